@@ -1,0 +1,230 @@
+"""Choosing a backend for each op call.
+
+Policies
+--------
+``"auto"`` (the default), ``"numba"`` or ``"numpy"``, chosen by, from strongest to weakest: the
+``backend=`` argument of a call, :func:`use_backend` for a block, :func:`set_backend`, and the
+``FASTCNN_BACKEND`` environment variable.
+
+In ``auto`` the first call with a new signature (op, shapes, parameters, dtype and thread count) runs
+every available backend once to compile and warm it, times a few more runs of each, and keeps the
+faster; later calls with that signature cost one dictionary lookup. Decisions are kept per machine in
+``$FASTCNN_HOME/dispatch/<machine>.json`` (``FASTCNN_DISPATCH_PERSIST=0`` turns that off), so a new
+process does not measure again.
+"""
+from __future__ import annotations
+
+import contextvars
+import hashlib
+import json
+import os
+import platform
+import statistics
+import threading
+import time
+import warnings
+from contextlib import contextmanager
+from typing import Any, Callable, Iterator
+
+import numpy as np
+
+from . import _files
+from .kernels import _jit
+
+BACKENDS = ("numba", "numpy")
+POLICIES = ("auto",) + BACKENDS
+_MEASURE_REPEATS = 3
+_MEASURE_BUDGET_S = 0.25  # a backend slower than this per run is timed once, not three times
+
+
+class BackendUnavailableError(ValueError):
+    """A backend was asked for by name but cannot run here (e.g. Numba is not installed)."""
+
+
+_registry: dict[str, dict[str, Callable[..., Any]]] = {}
+_local_policy: contextvars.ContextVar[str | None] = contextvars.ContextVar("fastcnn_backend", default=None)
+_global_policy: str | None = None  # None: read FASTCNN_BACKEND
+_choices: dict[str, str] = {}
+_decisions: dict[str, dict[str, Any]] = {}
+_lock = threading.Lock()
+_loaded = False
+_persist_warned = False
+
+
+def register(op: str, backend: str, fn: Callable[..., Any]) -> None:
+    """Register ``fn`` as ``backend``'s implementation of ``op``."""
+    _registry.setdefault(op, {})[backend] = fn
+
+
+def available_backends() -> tuple[str, ...]:
+    """The backends that can run here, in preference order."""
+    return tuple(b for b in BACKENDS if b != "numba" or _jit.NUMBA_AVAILABLE)
+
+
+def _check_policy(name: Any, source: str) -> str:
+    if name not in POLICIES:
+        raise ValueError(f"{source} must be one of {', '.join(map(repr, POLICIES))}, got {name!r}")
+    if name == "numba" and not _jit.NUMBA_AVAILABLE:
+        raise BackendUnavailableError(
+            f"{source}={name!r} but Numba is not installed; install it (pip install numba) or use 'numpy'"
+        )
+    return name
+
+
+def set_backend(name: str) -> None:
+    """Set the process-wide backend policy: ``"auto"``, ``"numba"`` or ``"numpy"``."""
+    global _global_policy
+    _global_policy = _check_policy(name, "backend")
+
+
+def get_backend() -> str:
+    """The policy in force here: the innermost :func:`use_backend`, else the process-wide one."""
+    local = _local_policy.get()
+    if local is not None:
+        return local
+    if _global_policy is not None:
+        return _global_policy
+    return _check_policy(os.environ.get("FASTCNN_BACKEND", "auto") or "auto", "FASTCNN_BACKEND")
+
+
+@contextmanager
+def use_backend(name: str) -> Iterator[None]:
+    """Use backend policy ``name`` inside a ``with`` block (per thread and per asyncio task)."""
+    token = _local_policy.set(_check_policy(name, "backend"))
+    try:
+        yield
+    finally:
+        _local_policy.reset(token)
+
+
+def run(op: str, signature: tuple, args: tuple, backend: str | None = None) -> Any:
+    """Run ``op`` on ``args`` with the backend that ``backend`` (or the policy in force) selects.
+
+    ``signature`` must describe everything that affects speed but not the values: shapes, parameters
+    and dtype.
+    """
+    policy = get_backend() if backend is None else _check_policy(backend, "backend")
+    impls = _registry[op]
+    if policy != "auto":
+        return impls[policy](*args)
+    key = f"{op}{signature}@{_jit.num_threads()}"
+    choice = _choices.get(key)
+    if choice is not None:
+        return impls[choice](*args)
+    return _decide(op, key, args)
+
+
+def _decide(op: str, key: str, args: tuple) -> Any:
+    with _lock:
+        _load_persisted()
+        choice = _choices.get(key)
+        if choice is not None:
+            return _registry[op][choice](*args)
+        candidates = [b for b in available_backends() if b in _registry[op]]
+        start = time.perf_counter()
+        timings: dict[str, float] = {}
+        results: dict[str, Any] = {}
+        for name in candidates:
+            fn = _registry[op][name]
+            results[name] = fn(*args)  # compiles (Numba) and warms caches; not timed
+            runs = []
+            for _ in range(_MEASURE_REPEATS if len(candidates) > 1 else 0):
+                t0 = time.perf_counter()
+                results[name] = fn(*args)
+                runs.append(time.perf_counter() - t0)
+                if runs[-1] > _MEASURE_BUDGET_S:
+                    break
+            timings[name] = statistics.median(runs) if runs else float("nan")
+        choice = min(candidates, key=lambda b: timings[b]) if len(candidates) > 1 else candidates[0]
+        _choices[key] = choice
+        _decisions[key] = {
+            "op": op,
+            "signature": key[len(op) :],
+            "choice": choice,
+            "ms": {b: round(t * 1e3, 4) for b, t in timings.items()},
+            "measure_ms": round((time.perf_counter() - start) * 1e3, 2),
+        }
+        _save_persisted()
+        return results[choice]
+
+
+def dispatch_decisions() -> list[dict[str, Any]]:
+    """The ``auto`` decisions known to this process: op, signature, choice, ms per backend, measure cost."""
+    with _lock:
+        _load_persisted()
+        return [dict(d) for d in _decisions.values()]
+
+
+def dispatch_report() -> str:
+    """A table of :func:`dispatch_decisions`, one line per decision."""
+    rows = [("op", "signature (shapes, params, dtype)@threads", "choice", "numba ms", "numpy ms", "measure ms")]
+    for d in dispatch_decisions():
+        ms = d["ms"]
+        rows.append((d["op"], d["signature"], d["choice"], str(ms.get("numba", "-")), str(ms.get("numpy", "-")), str(d["measure_ms"])))
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows)
+
+
+def clear_dispatch_decisions(persisted: bool = False) -> None:
+    """Forget the ``auto`` decisions of this process, and with ``persisted=True`` this machine's file."""
+    global _loaded
+    with _lock:
+        _choices.clear()
+        _decisions.clear()
+        _loaded = True
+        if persisted:
+            try:
+                decisions_path().unlink()
+            except FileNotFoundError:
+                pass
+
+
+def _machine_id() -> str:
+    cpu = platform.processor()
+    try:
+        with open("/proc/cpuinfo") as fh:
+            cpu = next((line.split(":", 1)[1].strip() for line in fh if line.startswith("model name")), cpu)
+    except OSError:
+        pass
+    numba_version = _jit.numba.__version__ if _jit.NUMBA_AVAILABLE else "none"
+    text = f"{platform.machine()}|{cpu}|{os.cpu_count()}|numpy {np.__version__}|numba {numba_version}"
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def decisions_path():
+    """The file where this machine's ``auto`` decisions are kept."""
+    return _files.home_dir() / "dispatch" / f"{_machine_id()}.json"
+
+
+def _persist_enabled() -> bool:
+    return os.environ.get("FASTCNN_DISPATCH_PERSIST", "1") not in ("0", "false", "no")
+
+
+def _load_persisted() -> None:
+    global _loaded
+    if _loaded:
+        return
+    _loaded = True
+    if not _persist_enabled():
+        return
+    try:
+        records = json.loads(decisions_path().read_text())
+        for key, record in records.items():
+            if record.get("choice") in available_backends():
+                _decisions.setdefault(key, record)
+                _choices.setdefault(key, record["choice"])
+    except (OSError, ValueError, AttributeError, TypeError):
+        return  # missing or unreadable: measure again, and the next save replaces it
+
+
+def _save_persisted() -> None:
+    global _persist_warned
+    if not _persist_enabled():
+        return
+    try:
+        with _files.atomic_write(decisions_path()) as fh:
+            fh.write(json.dumps(_decisions, indent=1, sort_keys=True).encode())
+    except OSError as exc:
+        if not _persist_warned:
+            warnings.warn(f"fastcnn: cannot save dispatch decisions ({exc}); they last for this process only", RuntimeWarning, stacklevel=3)
+            _persist_warned = True

@@ -1,0 +1,293 @@
+"""The functional ops: validate once, pad, dispatch to a backend kernel, crop.
+
+Layout is NCHW, weights are ``(C_out, C_in, kH, kW)`` as in PyTorch, and every op keeps the input's
+dtype (float32 or float64). Each op takes ``backend=`` (``"auto"``, ``"numba"`` or ``"numpy"``) to
+override the policy in force (see :mod:`fastcnn.dispatch`).
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from . import dispatch
+from .kernels import _jit, conv_numpy, pool_numpy
+from .kernels._shapes import IntOrPair, check_grad, conv_geometry, check_nchw_shape, float_array, pool_geometry
+
+__all__ = [
+    "conv2d",
+    "conv2d_backward",
+    "max_pool2d",
+    "max_pool2d_backward",
+    "avg_pool2d",
+    "avg_pool2d_backward",
+]
+
+_KERNELS = {
+    "conv2d": "conv2d_forward",
+    "conv2d_backward": "conv2d_backward",
+    "max_pool2d": "max_pool2d_forward",
+    "max_pool2d_backward": "max_pool2d_backward",
+    "avg_pool2d": "avg_pool2d_forward",
+    "avg_pool2d_backward": "avg_pool2d_backward",
+}
+
+
+def _register_backends() -> None:
+    modules = {"numpy": (conv_numpy, pool_numpy)}
+    if _jit.NUMBA_AVAILABLE:
+        from .kernels import conv_numba, pool_numba
+
+        modules["numba"] = (conv_numba, pool_numba)
+    for backend, mods in modules.items():
+        for op, kernel in _KERNELS.items():
+            module = next(m for m in mods if hasattr(m, kernel))
+            dispatch.register(op, backend, getattr(module, kernel))
+
+
+_register_backends()
+
+
+def _pad(x: np.ndarray, padding) -> np.ndarray:
+    """Zero-pad the two spatial axes by ``((top, bottom), (left, right))``."""
+    if not any(p for side in padding for p in side):
+        return x
+    return np.pad(x, ((0, 0), (0, 0)) + tuple(padding))
+
+
+def _crop(xp: np.ndarray, padding) -> np.ndarray:
+    """Undo :func:`_pad`, returning a C-contiguous array."""
+    (top, bottom), (left, right) = padding
+    if not (top or bottom or left or right):
+        return xp
+    h, w = xp.shape[2:]
+    return np.ascontiguousarray(xp[:, :, top : h - bottom, left : w - right])
+
+
+def _conv_inputs(x, weight, stride, padding, dilation):
+    x = float_array("x", x, ndim=4)
+    weight = float_array("weight", weight, ndim=4, dtype=x.dtype)
+    geo = conv_geometry(x.shape, weight.shape, stride, padding, dilation)
+    return x, weight, geo
+
+
+def conv2d(
+    x: np.ndarray,
+    weight: np.ndarray,
+    bias: np.ndarray | None = None,
+    stride: IntOrPair = 1,
+    padding: IntOrPair | str = 0,
+    dilation: IntOrPair = 1,
+    *,
+    backend: str | None = None,
+) -> np.ndarray:
+    """2-D cross-correlation, as :func:`torch.nn.functional.conv2d` with ``groups=1``.
+
+    Parameters
+    ----------
+    x : ndarray, shape (N, C_in, H, W)
+        Input, float32 or float64.
+    weight : ndarray, shape (C_out, C_in, kH, kW)
+        Filters, same dtype as ``x``.
+    bias : ndarray, shape (C_out,), optional
+        Added to every output pixel of each channel.
+    stride, dilation : int or (int, int)
+        At least 1.
+    padding : int or (int, int) or {"valid", "same"}
+        Zero padding on each side; ``"same"`` (stride 1) keeps the spatial size.
+    backend : {"auto", "numba", "numpy"}, optional
+        Overrides the backend policy for this call.
+
+    Returns
+    -------
+    ndarray, shape (N, C_out, H_out, W_out)
+    """
+    x, weight, geo = _conv_inputs(x, weight, stride, padding, dilation)
+    c_out = weight.shape[0]
+    if bias is None:
+        bias = np.zeros(c_out, dtype=x.dtype)
+    bias = float_array("bias", bias, ndim=1, dtype=x.dtype)
+    if bias.shape != (c_out,):
+        raise ValueError(f"bias must have shape ({c_out},) to match weight {weight.shape}, got {bias.shape}")
+    xp = _pad(x, geo.padding)
+    (sh, sw), (dh, dw), (oh, ow) = geo.stride, geo.dilation, geo.out_hw
+    signature = (xp.shape, weight.shape, geo.stride, geo.dilation, x.dtype.char)
+    return dispatch.run("conv2d", signature, (xp, weight, bias, sh, sw, dh, dw, oh, ow), backend)
+
+
+def conv2d_backward(
+    grad_y: np.ndarray,
+    x: np.ndarray,
+    weight: np.ndarray,
+    stride: IntOrPair = 1,
+    padding: IntOrPair | str = 0,
+    dilation: IntOrPair = 1,
+    *,
+    backend: str | None = None,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Gradients of :func:`conv2d` with respect to ``x``, ``weight`` and ``bias``.
+
+    Parameters
+    ----------
+    grad_y : ndarray, shape (N, C_out, H_out, W_out)
+        Gradient of the loss with respect to the conv output.
+    x, weight, stride, padding, dilation, backend
+        As passed to :func:`conv2d`.
+
+    Returns
+    -------
+    grad_x : ndarray, shape of ``x``
+    grad_weight : ndarray, shape of ``weight``
+    grad_bias : ndarray, shape (C_out,)
+    """
+    x, weight, geo = _conv_inputs(x, weight, stride, padding, dilation)
+    grad_y = check_grad("grad_y", grad_y, (x.shape[0], weight.shape[0]) + geo.out_hw, x.dtype)
+    xp = _pad(x, geo.padding)
+    (sh, sw), (dh, dw) = geo.stride, geo.dilation
+    signature = (xp.shape, weight.shape, geo.stride, geo.dilation, x.dtype.char)
+    grad_xp, grad_w = dispatch.run("conv2d_backward", signature, (grad_y, xp, weight, sh, sw, dh, dw), backend)
+    return _crop(grad_xp, geo.padding), grad_w, grad_y.sum(axis=(0, 2, 3))
+
+
+def max_pool2d(
+    x: np.ndarray,
+    kernel_size: IntOrPair,
+    stride: IntOrPair | None = None,
+    padding: IntOrPair = 0,
+    *,
+    backend: str | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """2-D max pooling with indices, as :func:`torch.nn.functional.max_pool2d` with ``return_indices``.
+
+    Parameters
+    ----------
+    x : ndarray, shape (N, C, H, W)
+    kernel_size : int or (int, int)
+    stride : int or (int, int), optional
+        Defaults to ``kernel_size``.
+    padding : int or (int, int)
+        Implicit ``-inf`` padding, at most half the kernel.
+    backend : {"auto", "numba", "numpy"}, optional
+
+    Returns
+    -------
+    y : ndarray, shape (N, C, H_out, W_out)
+    argmax : ndarray of int64, same shape as ``y``
+        Flat index (``row * W + col``) of each maximum in its input plane. Ties go to the first
+        maximum in row-major window order; a NaN in a window wins (the first one).
+    """
+    x = float_array("x", x, ndim=4)
+    geo = pool_geometry(x.shape, kernel_size, stride, padding)
+    signature = (x.shape, geo.kernel, geo.stride, geo.padding, x.dtype.char)
+    args = (x, *geo.kernel, *geo.stride, *geo.padding, *geo.out_hw)
+    return dispatch.run("max_pool2d", signature, args, backend)
+
+
+def max_pool2d_backward(
+    grad_y: np.ndarray,
+    argmax: np.ndarray,
+    input_shape: tuple[int, int, int, int],
+    *,
+    backend: str | None = None,
+) -> np.ndarray:
+    """Gradient of :func:`max_pool2d` with respect to its input.
+
+    Parameters
+    ----------
+    grad_y : ndarray, shape (N, C, H_out, W_out)
+    argmax : ndarray of ints, same shape as ``grad_y``
+        The indices :func:`max_pool2d` returned.
+    input_shape : (N, C, H, W)
+        Shape of the pooled input.
+    backend : {"auto", "numba", "numpy"}, optional
+
+    Returns
+    -------
+    ndarray of ``input_shape``
+    """
+    shape = check_nchw_shape("input_shape", input_shape)
+    grad_y = float_array("grad_y", grad_y, ndim=4)
+    argmax = np.asarray(argmax)
+    if argmax.dtype.kind not in "iu":
+        raise TypeError(f"argmax must be an integer array (the indices from max_pool2d), got dtype {argmax.dtype}")
+    if argmax.shape != grad_y.shape or grad_y.shape[:2] != shape[:2]:
+        raise ValueError(
+            f"grad_y {grad_y.shape}, argmax {argmax.shape} and input_shape {shape} do not match: "
+            "grad_y and argmax must have one shape, with N and C of input_shape"
+        )
+    plane = shape[2] * shape[3]
+    if argmax.size and (argmax.min() < 0 or argmax.max() >= plane):
+        raise ValueError(
+            f"argmax holds indices outside [0, {plane}) for input_shape {shape}: "
+            f"min {argmax.min()}, max {argmax.max()}"
+        )
+    argmax = np.ascontiguousarray(argmax, dtype=np.int64)
+    signature = (grad_y.shape, shape, grad_y.dtype.char)
+    return dispatch.run("max_pool2d_backward", signature, (grad_y, argmax, shape[2], shape[3]), backend)
+
+
+def avg_pool2d(
+    x: np.ndarray,
+    kernel_size: IntOrPair,
+    stride: IntOrPair | None = None,
+    padding: IntOrPair = 0,
+    *,
+    backend: str | None = None,
+) -> np.ndarray:
+    """2-D average pooling, as :func:`torch.nn.functional.avg_pool2d` (zero padding counted).
+
+    Parameters
+    ----------
+    x : ndarray, shape (N, C, H, W)
+    kernel_size : int or (int, int)
+    stride : int or (int, int), optional
+        Defaults to ``kernel_size``.
+    padding : int or (int, int)
+        Zero padding, at most half the kernel; padded zeros count in the average.
+    backend : {"auto", "numba", "numpy"}, optional
+
+    Returns
+    -------
+    ndarray, shape (N, C, H_out, W_out)
+    """
+    x = float_array("x", x, ndim=4)
+    geo = pool_geometry(x.shape, kernel_size, stride, padding)
+    xp = _pad(x, _symmetric(geo.padding))
+    signature = (xp.shape, geo.kernel, geo.stride, x.dtype.char)
+    return dispatch.run("avg_pool2d", signature, (xp, *geo.kernel, *geo.stride, *geo.out_hw), backend)
+
+
+def avg_pool2d_backward(
+    grad_y: np.ndarray,
+    input_shape: tuple[int, int, int, int],
+    kernel_size: IntOrPair,
+    stride: IntOrPair | None = None,
+    padding: IntOrPair = 0,
+    *,
+    backend: str | None = None,
+) -> np.ndarray:
+    """Gradient of :func:`avg_pool2d` with respect to its input of shape ``input_shape``.
+
+    Parameters
+    ----------
+    grad_y : ndarray, shape (N, C, H_out, W_out)
+    input_shape : (N, C, H, W)
+    kernel_size, stride, padding, backend
+        As passed to :func:`avg_pool2d`.
+
+    Returns
+    -------
+    ndarray of ``input_shape``
+    """
+    shape = check_nchw_shape("input_shape", input_shape)
+    geo = pool_geometry(shape, kernel_size, stride, padding)
+    grad_y = float_array("grad_y", grad_y, ndim=4)
+    grad_y = check_grad("grad_y", grad_y, shape[:2] + geo.out_hw, grad_y.dtype)
+    pads = _symmetric(geo.padding)
+    padded = shape[:2] + (shape[2] + 2 * geo.padding[0], shape[3] + 2 * geo.padding[1])
+    signature = (padded, geo.kernel, geo.stride, grad_y.dtype.char)
+    grad_xp = dispatch.run("avg_pool2d_backward", signature, (grad_y, padded, *geo.kernel, *geo.stride), backend)
+    return _crop(grad_xp, pads)
+
+
+def _symmetric(padding: tuple[int, int]):
+    return ((padding[0], padding[0]), (padding[1], padding[1]))
+

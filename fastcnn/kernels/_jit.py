@@ -1,0 +1,84 @@
+"""The one place that configures Numba: JIT flags, the threading layer and the on-disk cache.
+
+Threading layer
+---------------
+fastcnn prefers Numba's ``tbb`` layer, the only one that is safe both when several Python threads call
+parallel kernels at once (``workqueue`` aborts the process) and after ``fork()`` (``omp`` kills the
+child). pip's ``tbb`` wheel puts ``libtbb.so.12`` in ``<prefix>/lib``, which is not on the loader path,
+so it is loaded here, by absolute path, before Numba launches its threads. Without it Numba falls back
+to ``omp`` then ``workqueue``; :func:`threading_layer` reports what was chosen.
+
+Fast-math
+---------
+Only the flags that keep NaN and infinity semantics: max-pooling relies on ``-inf`` and NaN comparisons.
+"""
+from __future__ import annotations
+
+import ctypes
+import glob
+import os
+import sys
+import warnings
+from typing import Any, Callable
+
+FASTMATH_FLAGS = frozenset({"nsz", "arcp", "contract", "afn", "reassoc"})
+
+
+def _preload_tbb() -> None:
+    for prefix in dict.fromkeys((sys.prefix, sys.base_prefix)):
+        for path in sorted(glob.glob(os.path.join(prefix, "lib", "libtbb.so.12*"))):
+            try:
+                ctypes.CDLL(path, mode=ctypes.RTLD_GLOBAL)
+                return
+            except OSError:
+                continue
+
+
+try:
+    if sys.platform.startswith("linux"):
+        _preload_tbb()
+    import numba
+    from numba import prange
+except ImportError:  # the NumPy backend still works
+    numba = None
+    prange = range
+
+NUMBA_AVAILABLE = numba is not None
+_cache_warned = False
+
+
+def parallel_kernel(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """Compile ``fn`` as a parallel, cached, NaN-safe Numba kernel.
+
+    When no cache directory is writable the kernel is compiled without ``cache=True`` and one warning
+    is issued, so a read-only install still works (it just recompiles in every process).
+    """
+    global _cache_warned
+    options = dict(parallel=True, nogil=True, fastmath=set(FASTMATH_FLAGS), error_model="numpy")
+    try:
+        return numba.njit(cache=True, **options)(fn)
+    except RuntimeError as exc:  # numba: "cannot cache function ...: no locator available"
+        if not _cache_warned:
+            warnings.warn(
+                f"fastcnn: Numba cannot cache compiled kernels ({exc}); kernels are compiled in every "
+                "process. Set NUMBA_CACHE_DIR to a writable directory to fix this.",
+                RuntimeWarning,
+                stacklevel=2,
+            )
+            _cache_warned = True
+        return numba.njit(cache=False, **options)(fn)
+
+
+def num_threads() -> int:
+    """The number of threads Numba kernels use now (1 when Numba is absent)."""
+    return numba.get_num_threads() if NUMBA_AVAILABLE else 1
+
+
+def threading_layer() -> str:
+    """The Numba threading layer in use, or a short reason why there is none yet."""
+    if not NUMBA_AVAILABLE:
+        return "none (numba not installed)"
+    try:
+        return numba.threading_layer()
+    except ValueError:
+        return "not started"

@@ -1,0 +1,169 @@
+"""Argument checks, dtype rules and output-size formulas: the single source of truth for every op.
+
+Every public op validates through these helpers, so a bad argument gets the same clear
+``ValueError``/``TypeError`` whichever backend would have run.
+"""
+from __future__ import annotations
+
+import operator
+from typing import NamedTuple, Tuple, Union
+
+import numpy as np
+
+FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
+
+IntOrPair = Union[int, Tuple[int, int]]
+
+
+def float_array(name: str, value, ndim: int | None = None, dtype: np.dtype | None = None) -> np.ndarray:
+    """Return ``value`` as a C-contiguous float32/float64 array, or raise naming ``name``.
+
+    Parameters
+    ----------
+    name : str
+        The argument's name, used in error messages.
+    value : array_like
+        The argument.
+    ndim : int, optional
+        The required number of dimensions.
+    dtype : numpy.dtype, optional
+        The dtype the array must already have (e.g. the dtype of ``x`` for ``weight``).
+    """
+    arr = np.asarray(value)
+    if arr.dtype not in FLOAT_DTYPES:
+        raise TypeError(
+            f"{name} must be a float32 or float64 array, got dtype {arr.dtype}; "
+            f"convert it with {name}.astype(np.float32)"
+        )
+    if dtype is not None and arr.dtype != dtype:
+        raise TypeError(f"{name} has dtype {arr.dtype} but x has dtype {dtype}; use one dtype for both")
+    if ndim is not None and arr.ndim != ndim:
+        raise ValueError(f"{name} must be {ndim}-D, got shape {arr.shape}")
+    return np.ascontiguousarray(arr)
+
+
+def pair(name: str, value, minimum: int) -> tuple[int, int]:
+    """Normalise an int or a pair of ints to a pair, checking each is at least ``minimum``."""
+    items = value if isinstance(value, (tuple, list)) else (value, value)
+    if len(items) != 2:
+        raise ValueError(f"{name} must be an int or a pair of ints, got {value!r}")
+    out = []
+    for item in items:
+        if isinstance(item, (bool, np.bool_)):
+            raise TypeError(f"{name} must be an int or a pair of ints, got {value!r}")
+        try:
+            out.append(operator.index(item))
+        except TypeError:
+            raise TypeError(f"{name} must be an int or a pair of ints, got {value!r}") from None
+    if min(out) < minimum:
+        raise ValueError(f"{name} must be >= {minimum}, got {value!r}")
+    return out[0], out[1]
+
+
+def out_size(size: int, kernel: int, stride: int, pad_total: int, dilation: int = 1) -> int:
+    """Output length along one axis: ``floor((size + pad_total - dilation*(kernel-1) - 1) / stride) + 1``."""
+    return (size + pad_total - dilation * (kernel - 1) - 1) // stride + 1
+
+
+class ConvGeometry(NamedTuple):
+    """Normalised conv parameters. ``padding`` is ``((top, bottom), (left, right))``."""
+
+    stride: tuple[int, int]
+    padding: tuple[tuple[int, int], tuple[int, int]]
+    dilation: tuple[int, int]
+    out_hw: tuple[int, int]
+
+
+def conv_geometry(x_shape, w_shape, stride, padding, dilation) -> ConvGeometry:
+    """Check a conv2d call's shapes and parameters and compute its output size.
+
+    ``padding`` is an int, a pair, ``"valid"`` or ``"same"`` (stride 1 only; an odd total padding puts
+    the extra row/column at the bottom/right, as PyTorch does).
+    """
+    n, c, h, w = x_shape
+    c_out, c_in, kh, kw = w_shape
+    if c_out < 1 or kh < 1 or kw < 1:
+        raise ValueError(f"weight must have shape (C_out, C_in, kH, kW) with C_out, kH, kW >= 1, got {w_shape}")
+    if c != c_in:
+        raise ValueError(
+            f"x has {c} channels (shape {x_shape}) but weight expects {c_in} (shape {w_shape}); "
+            "weight must be (C_out, C_in, kH, kW) with C_in == x.shape[1]"
+        )
+    if c < 1:
+        raise ValueError(f"x must have at least one channel, got shape {x_shape}")
+    stride = pair("stride", stride, 1)
+    dilation = pair("dilation", dilation, 1)
+    span = (dilation[0] * (kh - 1) + 1, dilation[1] * (kw - 1) + 1)
+    if isinstance(padding, str):
+        if padding == "valid":
+            pads = ((0, 0), (0, 0))
+        elif padding == "same":
+            if stride != (1, 1):
+                raise ValueError(f"padding='same' needs stride 1, got stride={stride}")
+            pads = tuple((((s - 1) // 2), (s - 1) - (s - 1) // 2) for s in span)
+        else:
+            raise ValueError(f"padding must be an int, a pair, 'valid' or 'same', got {padding!r}")
+    else:
+        ph, pw = pair("padding", padding, 0)
+        pads = ((ph, ph), (pw, pw))
+    padded = (h + sum(pads[0]), w + sum(pads[1]))
+    if span[0] > padded[0] or span[1] > padded[1]:
+        raise ValueError(
+            f"kernel of size {(kh, kw)} with dilation {dilation} spans {span}, larger than the padded "
+            f"input {padded} (x shape {x_shape}, padding {pads})"
+        )
+    oh = out_size(h, kh, stride[0], sum(pads[0]), dilation[0])
+    ow = out_size(w, kw, stride[1], sum(pads[1]), dilation[1])
+    return ConvGeometry(stride, pads, dilation, (oh, ow))
+
+
+class PoolGeometry(NamedTuple):
+    """Normalised pooling parameters (symmetric padding)."""
+
+    kernel: tuple[int, int]
+    stride: tuple[int, int]
+    padding: tuple[int, int]
+    out_hw: tuple[int, int]
+
+
+def pool_geometry(x_shape, kernel_size, stride, padding) -> PoolGeometry:
+    """Check a pooling call's parameters and compute its output size (PyTorch rules, floor mode).
+
+    ``stride=None`` means ``stride = kernel_size``; padding may be at most half the kernel, so every
+    window holds at least one real element.
+    """
+    kernel = pair("kernel_size", kernel_size, 1)
+    stride = kernel if stride is None else pair("stride", stride, 1)
+    padding = pair("padding", padding, 0)
+    if padding[0] > kernel[0] // 2 or padding[1] > kernel[1] // 2:
+        raise ValueError(f"padding {padding} must be at most half of kernel_size {kernel}")
+    h, w = x_shape[2], x_shape[3]
+    if x_shape[1] < 1:
+        raise ValueError(f"x must have at least one channel, got shape {x_shape}")
+    if kernel[0] > h + 2 * padding[0] or kernel[1] > w + 2 * padding[1]:
+        raise ValueError(
+            f"kernel_size {kernel} is larger than the padded input {(h + 2 * padding[0], w + 2 * padding[1])} "
+            f"(x shape {x_shape}, padding {padding})"
+        )
+    oh = out_size(h, kernel[0], stride[0], 2 * padding[0])
+    ow = out_size(w, kernel[1], stride[1], 2 * padding[1])
+    return PoolGeometry(kernel, stride, padding, (oh, ow))
+
+
+def check_grad(name: str, grad, expected_shape, dtype) -> np.ndarray:
+    """Validate an incoming gradient against the forward output's shape and dtype."""
+    grad = float_array(name, grad, ndim=len(expected_shape), dtype=dtype)
+    if grad.shape != tuple(expected_shape):
+        raise ValueError(f"{name} has shape {grad.shape} but the forward output has shape {tuple(expected_shape)}")
+    return grad
+
+
+def check_nchw_shape(name: str, value) -> tuple[int, int, int, int]:
+    """Validate a user-given NCHW shape (e.g. ``input_shape`` of a pooling backward)."""
+    try:
+        shape = tuple(operator.index(v) for v in value)
+    except TypeError:
+        raise TypeError(f"{name} must be a tuple of 4 ints (N, C, H, W), got {value!r}") from None
+    if len(shape) != 4 or min(shape) < 0:
+        raise ValueError(f"{name} must be 4 non-negative ints (N, C, H, W), got {value!r}")
+    return shape

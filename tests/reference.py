@@ -1,0 +1,125 @@
+"""Plain, obviously correct loop implementations that every backend is compared against.
+
+Everything here computes in float64 and loops over output positions; speed is not a goal.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+
+def conv2d(x, w, b=None, stride=(1, 1), pads=((0, 0), (0, 0)), dilation=(1, 1)):
+    x = np.asarray(x, np.float64)
+    w = np.asarray(w, np.float64)
+    n, c, h, wd = x.shape
+    co, _, kh, kw = w.shape
+    xp = np.zeros((n, c, h + sum(pads[0]), wd + sum(pads[1])))
+    xp[:, :, pads[0][0] : pads[0][0] + h, pads[1][0] : pads[1][0] + wd] = x
+    sh, sw = stride
+    dh, dw = dilation
+    oh = (xp.shape[2] - dh * (kh - 1) - 1) // sh + 1
+    ow = (xp.shape[3] - dw * (kw - 1) - 1) // sw + 1
+    y = np.zeros((n, co, oh, ow))
+    for s in range(n):
+        for o in range(co):
+            for r in range(oh):
+                for q in range(ow):
+                    total = 0.0 if b is None else float(b[o])
+                    for ci in range(c):
+                        for i in range(kh):
+                            for j in range(kw):
+                                total += w[o, ci, i, j] * xp[s, ci, r * sh + i * dh, q * sw + j * dw]
+                    y[s, o, r, q] = total
+    return y
+
+
+def conv2d_backward(gy, x, w, stride=(1, 1), pads=((0, 0), (0, 0)), dilation=(1, 1)):
+    x = np.asarray(x, np.float64)
+    w = np.asarray(w, np.float64)
+    gy = np.asarray(gy, np.float64)
+    n, c, h, wd = x.shape
+    co, _, kh, kw = w.shape
+    xp = np.zeros((n, c, h + sum(pads[0]), wd + sum(pads[1])))
+    xp[:, :, pads[0][0] : pads[0][0] + h, pads[1][0] : pads[1][0] + wd] = x
+    gxp = np.zeros_like(xp)
+    gw = np.zeros_like(w)
+    sh, sw = stride
+    dh, dw = dilation
+    for s in range(n):
+        for o in range(co):
+            for r in range(gy.shape[2]):
+                for q in range(gy.shape[3]):
+                    for ci in range(c):
+                        for i in range(kh):
+                            for j in range(kw):
+                                a, bcol = r * sh + i * dh, q * sw + j * dw
+                                gw[o, ci, i, j] += gy[s, o, r, q] * xp[s, ci, a, bcol]
+                                gxp[s, ci, a, bcol] += gy[s, o, r, q] * w[o, ci, i, j]
+    gx = gxp[:, :, pads[0][0] : pads[0][0] + h, pads[1][0] : pads[1][0] + wd]
+    return gx, gw, gy.sum(axis=(0, 2, 3))
+
+
+def _pool_windows(x, kernel, stride, padding):
+    n, c, h, w = x.shape
+    (kh, kw), (sh, sw), (ph, pw) = kernel, stride, padding
+    oh = (h + 2 * ph - kh) // sh + 1
+    ow = (w + 2 * pw - kw) // sw + 1
+    for r in range(oh):
+        for q in range(ow):
+            cells = [
+                (r * sh - ph + i, q * sw - pw + j)
+                for i in range(kh)
+                for j in range(kw)
+            ]
+            yield r, q, cells, (oh, ow)
+
+
+def max_pool2d(x, kernel, stride, padding):
+    """Returns (y, argmax): the first maximum in row-major order, a NaN beating any number."""
+    n, c, h, w = x.shape
+    y = idx = None
+    for r, q, cells, (oh, ow) in _pool_windows(x, kernel, stride, padding):
+        if y is None:
+            y = np.empty((n, c, oh, ow), x.dtype)
+            idx = np.empty((n, c, oh, ow), np.int64)
+        for s in range(n):
+            for ch in range(c):
+                best, best_at = None, None
+                for a, bcol in cells:
+                    if not (0 <= a < h and 0 <= bcol < w):
+                        continue
+                    v = x[s, ch, a, bcol]
+                    if best is None or v > best or (np.isnan(v) and not np.isnan(best)):
+                        best, best_at = v, a * w + bcol
+                y[s, ch, r, q] = best
+                idx[s, ch, r, q] = best_at
+    return y, idx
+
+
+def avg_pool2d(x, kernel, stride, padding):
+    n, c, h, w = x.shape
+    y = None
+    for r, q, cells, (oh, ow) in _pool_windows(x, kernel, stride, padding):
+        if y is None:
+            y = np.empty((n, c, oh, ow))
+        total = np.zeros((n, c))
+        for a, bcol in cells:
+            if 0 <= a < h and 0 <= bcol < w:
+                total += x[:, :, a, bcol]
+        y[:, :, r, q] = total / (kernel[0] * kernel[1])
+    return y
+
+
+def numeric_grad(f, x, eps=1e-6):
+    """Central finite differences of the scalar function ``f`` at float64 ``x``."""
+    g = np.zeros_like(x)
+    flat = x.reshape(-1)
+    gflat = g.reshape(-1)
+    for k in range(flat.size):
+        old = flat[k]
+        flat[k] = old + eps
+        up = f()
+        flat[k] = old - eps
+        down = f()
+        flat[k] = old
+        gflat[k] = (up - down) / (2 * eps)
+    return g

@@ -1,0 +1,168 @@
+"""The dispatcher: policies, overrides, auto decisions, the report and per-machine persistence."""
+import json
+import os
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+
+import fastcnn
+import fastcnn.functional as F
+from fastcnn import dispatch
+
+from .conftest import BACKENDS
+
+X = np.random.default_rng(0).standard_normal((2, 3, 10, 10)).astype(np.float32)
+W = np.random.default_rng(1).standard_normal((4, 3, 3, 3)).astype(np.float32)
+
+
+@pytest.fixture
+def spy(monkeypatch):
+    """Record which backend ran each op, by wrapping the registered kernels."""
+    calls = []
+    for op, impls in dispatch._registry.items():
+        for name, fn in list(impls.items()):
+            def wrapped(*args, _fn=fn, _name=name, _op=op):
+                calls.append((_op, _name))
+                return _fn(*args)
+            monkeypatch.setitem(impls, name, wrapped)
+    return calls
+
+
+@pytest.fixture(autouse=True)
+def fresh_decisions(monkeypatch, tmp_path):
+    monkeypatch.setenv("FASTCNN_HOME", str(tmp_path))
+    monkeypatch.setattr(dispatch, "_global_policy", None)
+    dispatch.clear_dispatch_decisions()
+    monkeypatch.setattr(dispatch, "_loaded", False)
+    yield
+    dispatch.clear_dispatch_decisions()
+
+
+def test_forcing_a_backend_runs_only_that_backend(spy):
+    for name in BACKENDS:
+        spy.clear()
+        F.conv2d(X, W, backend=name)
+        assert spy == [("conv2d", name)]
+
+
+def test_set_backend_and_use_backend_nest(spy):
+    fastcnn.set_backend("numpy")
+    assert fastcnn.get_backend() == "numpy"
+    F.max_pool2d(X, 2)
+    assert spy[-1] == ("max_pool2d", "numpy")
+    if "numba" in BACKENDS:
+        with fastcnn.use_backend("numba"):
+            assert fastcnn.get_backend() == "numba"
+            F.max_pool2d(X, 2)
+            assert spy[-1] == ("max_pool2d", "numba")
+            F.max_pool2d(X, 2, backend="numpy")  # the per-call argument beats the block
+            assert spy[-1] == ("max_pool2d", "numpy")
+    assert fastcnn.get_backend() == "numpy"
+
+
+def test_env_variable_sets_the_default(monkeypatch, spy):
+    monkeypatch.setenv("FASTCNN_BACKEND", "numpy")
+    assert fastcnn.get_backend() == "numpy"
+    F.conv2d(X, W)
+    assert spy == [("conv2d", "numpy")]
+    monkeypatch.setenv("FASTCNN_BACKEND", "gpu")
+    with pytest.raises(ValueError, match=r"FASTCNN_BACKEND must be one of .* got 'gpu'"):
+        F.conv2d(X, W)
+
+
+def test_bad_names_are_rejected():
+    with pytest.raises(ValueError, match=r"backend must be one of"):
+        fastcnn.set_backend("fast")
+    with pytest.raises(ValueError, match=r"backend must be one of"):
+        with fastcnn.use_backend("torch"):
+            pass
+
+
+def test_auto_measures_once_then_reuses_the_choice(spy):
+    y = F.conv2d(X, W)
+    measured = list(spy)
+    assert {name for _, name in measured} == set(BACKENDS)
+    spy.clear()
+    np.testing.assert_array_equal(F.conv2d(X, W), y)
+    [(op, choice)] = spy
+    [decision] = fastcnn.dispatch_decisions()
+    assert op == "conv2d" and decision["choice"] == choice
+    assert decision["op"] == "conv2d" and "(2, 3, 10, 10)" in decision["signature"]
+    if len(BACKENDS) == 2:
+        assert set(decision["ms"]) == set(BACKENDS)
+        assert decision["ms"][choice] == min(decision["ms"].values())
+    report = fastcnn.dispatch_report()
+    assert "conv2d" in report and choice in report.splitlines()[1]
+
+
+def test_new_signature_is_measured_again(spy):
+    F.conv2d(X, W)
+    F.conv2d(X[:1], W)
+    F.conv2d(X.astype(np.float64), W.astype(np.float64))
+    assert len(fastcnn.dispatch_decisions()) == 3
+
+
+def test_decisions_persist_for_a_new_process(tmp_path):
+    F.max_pool2d(X, 2)
+    [decision] = fastcnn.dispatch_decisions()
+    saved = json.loads(dispatch.decisions_path().read_text())
+    assert [r["choice"] for r in saved.values()] == [decision["choice"]]
+    code = textwrap.dedent(
+        """
+        import numpy as np, fastcnn
+        from fastcnn import dispatch
+        [d] = fastcnn.dispatch_decisions()
+        calls = []
+        impls = dispatch._registry["max_pool2d"]
+        for name, fn in list(impls.items()):
+            impls[name] = lambda *a, _fn=fn, _n=name: calls.append(_n) or _fn(*a)
+        fastcnn.functional.max_pool2d(np.zeros((2, 3, 10, 10), np.float32), 2)
+        print(d["choice"], calls)
+        """
+    )
+    env = dict(os.environ, FASTCNN_HOME=str(tmp_path))
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True).stdout
+    assert out.split()[0] == decision["choice"]
+    assert out.strip().endswith(f"['{decision['choice']}']")  # one call, no re-measurement
+
+
+def test_a_corrupt_decision_file_is_ignored(spy):
+    path = dispatch.decisions_path()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("{not json")
+    F.max_pool2d(X, 2)
+    assert len(fastcnn.dispatch_decisions()) == 1
+    json.loads(path.read_text())  # rewritten whole
+
+
+def test_unwritable_home_warns_once_and_still_works(monkeypatch, tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    monkeypatch.setenv("FASTCNN_HOME", str(blocker / "sub"))
+    monkeypatch.setattr(dispatch, "_persist_warned", False)
+    with pytest.warns(RuntimeWarning, match="cannot save dispatch decisions"):
+        F.max_pool2d(X, 2)
+        F.max_pool2d(X, 3)
+    assert len(fastcnn.dispatch_decisions()) == 2
+
+
+def test_without_numba_numpy_still_works_and_numba_is_a_clear_error():
+    code = textwrap.dedent(
+        """
+        import sys
+        sys.modules["numba"] = None  # makes `import numba` fail
+        import numpy as np, fastcnn
+        assert fastcnn.available_backends() == ("numpy",)
+        y = fastcnn.functional.conv2d(np.ones((1, 1, 4, 4), np.float32), np.ones((1, 1, 3, 3), np.float32))
+        assert y.shape == (1, 1, 2, 2) and (y == 9).all()
+        try:
+            fastcnn.set_backend("numba")
+        except fastcnn.BackendUnavailableError as e:
+            print("refused:", e)
+        """
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert "refused: backend='numba' but Numba is not installed" in out

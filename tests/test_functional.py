@@ -1,0 +1,259 @@
+"""Every functional op, on every backend, against the naive references, SciPy and finite differences."""
+import numpy as np
+import pytest
+import scipy.signal
+from hypothesis import HealthCheck, assume, given, settings
+from hypothesis import strategies as st
+
+import fastcnn.functional as F
+
+from . import reference as ref
+from .conftest import BACKENDS
+
+SETTINGS = settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+TOL = {np.float32: dict(rtol=2e-4, atol=2e-5), np.float64: dict(rtol=1e-10, atol=1e-12)}
+
+
+@st.composite
+def conv_cases(draw):
+    kh, kw = draw(st.integers(1, 4)), draw(st.integers(1, 4))
+    dh, dw = draw(st.integers(1, 2)), draw(st.integers(1, 2))
+    ph, pw = draw(st.integers(0, 2)), draw(st.integers(0, 2))
+    h = draw(st.integers(max(1, dh * (kh - 1) + 1 - 2 * ph), 9))
+    w = draw(st.integers(max(1, dw * (kw - 1) + 1 - 2 * pw), 9))
+    return dict(
+        n=draw(st.integers(1, 3)),
+        c_in=draw(st.integers(1, 3)),
+        c_out=draw(st.integers(1, 4)),
+        h=h,
+        w=w,
+        kernel=(kh, kw),
+        stride=(draw(st.integers(1, 3)), draw(st.integers(1, 3))),
+        padding=(ph, pw),
+        dilation=(dh, dw),
+        dtype=draw(st.sampled_from([np.float32, np.float64])),
+        seed=draw(st.integers(0, 2**31)),
+    )
+
+
+def _conv_arrays(case):
+    rng = np.random.default_rng(case["seed"])
+    d = case["dtype"]
+    x = rng.standard_normal((case["n"], case["c_in"], case["h"], case["w"])).astype(d)
+    wt = rng.standard_normal((case["c_out"], case["c_in"]) + case["kernel"]).astype(d)
+    b = rng.standard_normal(case["c_out"]).astype(d)
+    return x, wt, b
+
+
+@SETTINGS
+@given(case=conv_cases())
+def test_conv2d_matches_reference_on_every_backend(case):
+    x, wt, b = _conv_arrays(case)
+    pads = tuple((p, p) for p in case["padding"])
+    expected = ref.conv2d(x, wt, b, case["stride"], pads, case["dilation"])
+    gy = np.random.default_rng(case["seed"] + 1).standard_normal(expected.shape).astype(case["dtype"])
+    exp_grads = ref.conv2d_backward(gy, x, wt, case["stride"], pads, case["dilation"])
+    params = dict(stride=case["stride"], padding=case["padding"], dilation=case["dilation"])
+    for backend in BACKENDS:
+        y = F.conv2d(x, wt, b, backend=backend, **params)
+        assert y.dtype == case["dtype"] and y.shape == expected.shape
+        np.testing.assert_allclose(y, expected, **TOL[case["dtype"]])
+        grads = F.conv2d_backward(gy, x, wt, backend=backend, **params)
+        for got, want in zip(grads, exp_grads):
+            assert got.dtype == case["dtype"] and got.shape == want.shape
+            np.testing.assert_allclose(got, want, **TOL[case["dtype"]])
+
+
+@pytest.mark.parametrize("padding", ["same", "valid"])
+@pytest.mark.parametrize("kernel", [(3, 3), (2, 4), (1, 1)])
+def test_conv2d_string_padding(backend, rng, padding, kernel):
+    x = rng.standard_normal((2, 2, 7, 8))
+    wt = rng.standard_normal((3, 2) + kernel)
+    y = F.conv2d(x, wt, padding=padding, dilation=(1, 2), backend=backend)
+    span = (kernel[0] - 1, 2 * (kernel[1] - 1))
+    if padding == "same":
+        assert y.shape[2:] == x.shape[2:]
+        pads = tuple((s // 2, s - s // 2) for s in span)  # PyTorch puts the odd extra at the end
+    else:
+        pads = ((0, 0), (0, 0))
+    np.testing.assert_allclose(y, ref.conv2d(x, wt, None, (1, 1), pads, (1, 2)), rtol=1e-12)
+    gy = rng.standard_normal(y.shape)
+    for got, want in zip(F.conv2d_backward(gy, x, wt, padding=padding, dilation=(1, 2), backend=backend),
+                         ref.conv2d_backward(gy, x, wt, (1, 1), pads, (1, 2))):
+        np.testing.assert_allclose(got, want, rtol=1e-10, atol=1e-12)
+
+
+def test_conv2d_matches_scipy_correlate(backend, rng):
+    x = rng.standard_normal((3, 4, 12, 10))
+    wt = rng.standard_normal((5, 4, 3, 2))
+    y = F.conv2d(x, wt, backend=backend)
+    for s in range(3):
+        for o in range(5):
+            want = scipy.signal.correlate(x[s], wt[o], mode="valid")[0]
+            np.testing.assert_allclose(y[s, o], want, rtol=1e-10, atol=1e-12)
+
+
+def test_conv2d_gradients_match_finite_differences(backend, rng):
+    x = rng.standard_normal((2, 2, 6, 5))
+    wt = rng.standard_normal((3, 2, 3, 2))
+    b = rng.standard_normal(3)
+    params = dict(stride=(2, 1), padding=(1, 2), dilation=(1, 2))
+    gy = rng.standard_normal(F.conv2d(x, wt, b, **params).shape)
+
+    def loss():
+        return float((F.conv2d(x, wt, b, backend=backend, **params) * gy).sum())
+
+    gx, gw, gb = F.conv2d_backward(gy, x, wt, backend=backend, **params)
+    np.testing.assert_allclose(gx, ref.numeric_grad(loss, x), rtol=1e-6, atol=1e-8)
+    np.testing.assert_allclose(gw, ref.numeric_grad(loss, wt), rtol=1e-6, atol=1e-8)
+    np.testing.assert_allclose(gb, ref.numeric_grad(loss, b), rtol=1e-6, atol=1e-8)
+
+
+@st.composite
+def pool_cases(draw):
+    kh, kw = draw(st.integers(1, 4)), draw(st.integers(1, 4))
+    ph, pw = draw(st.integers(0, kh // 2)), draw(st.integers(0, kw // 2))
+    stride = draw(st.one_of(st.none(), st.tuples(st.integers(1, 3), st.integers(1, 3))))
+    return dict(
+        shape=(draw(st.integers(1, 3)), draw(st.integers(1, 3)), draw(st.integers(max(1, kh - 2 * ph), 9)),
+               draw(st.integers(max(1, kw - 2 * pw), 9))),
+        kernel=(kh, kw),
+        stride=stride,
+        padding=(ph, pw),
+        dtype=draw(st.sampled_from([np.float32, np.float64])),
+        # Few distinct values, many zeros: ties everywhere, as after a ReLU.
+        ties=draw(st.booleans()),
+        seed=draw(st.integers(0, 2**31)),
+    )
+
+
+def _pool_input(case):
+    rng = np.random.default_rng(case["seed"])
+    if case["ties"]:
+        return np.maximum(rng.integers(-2, 3, case["shape"]), 0).astype(case["dtype"])
+    return rng.standard_normal(case["shape"]).astype(case["dtype"])
+
+
+@SETTINGS
+@given(case=pool_cases())
+def test_max_pool2d_matches_reference_with_ties(case):
+    x = _pool_input(case)
+    stride = case["stride"] or case["kernel"]
+    want_y, want_idx = ref.max_pool2d(x, case["kernel"], stride, case["padding"])
+    gy = np.random.default_rng(case["seed"]).standard_normal(want_y.shape).astype(case["dtype"])
+    want_gx = np.zeros(x.shape)
+    for s in range(x.shape[0]):
+        for c in range(x.shape[1]):
+            np.add.at(want_gx[s, c].reshape(-1), want_idx[s, c].ravel(), gy[s, c].ravel().astype(np.float64))
+    for backend in BACKENDS:
+        y, idx = F.max_pool2d(x, case["kernel"], case["stride"], case["padding"], backend=backend)
+        assert y.dtype == x.dtype and idx.dtype == np.int64
+        np.testing.assert_array_equal(y, want_y)
+        np.testing.assert_array_equal(idx, want_idx)
+        gx = F.max_pool2d_backward(gy, idx, x.shape, backend=backend)
+        assert gx.dtype == x.dtype
+        np.testing.assert_allclose(gx, want_gx, **TOL[case["dtype"]])
+
+
+@SETTINGS
+@given(case=pool_cases())
+def test_avg_pool2d_matches_reference(case):
+    x = _pool_input(case)
+    stride = case["stride"] or case["kernel"]
+    want = ref.avg_pool2d(x, case["kernel"], stride, case["padding"])
+    gy = np.random.default_rng(case["seed"]).standard_normal(want.shape).astype(case["dtype"])
+    for backend in BACKENDS:
+        y = F.avg_pool2d(x, case["kernel"], case["stride"], case["padding"], backend=backend)
+        assert y.dtype == x.dtype
+        np.testing.assert_allclose(y, want, **TOL[case["dtype"]])
+        gx = F.avg_pool2d_backward(gy, x.shape, case["kernel"], case["stride"], case["padding"], backend=backend)
+        assert gx.dtype == x.dtype and gx.shape == x.shape
+        # The gradient of a linear map is its transpose: <gy, A x> == <A^T gy, x>.
+        np.testing.assert_allclose((gx.astype(np.float64) * x).sum(), (gy.astype(np.float64) * want).sum(),
+                                   rtol=1e-4 if case["dtype"] == np.float32 else 1e-10, atol=1e-4)
+
+
+def test_pool_gradients_match_finite_differences(backend, rng):
+    x = rng.standard_normal((2, 2, 7, 6))  # distinct values: max-pool is differentiable here
+    gy_max = rng.standard_normal(F.max_pool2d(x, 3, 2, 1)[0].shape)
+    gy_avg = rng.standard_normal(F.avg_pool2d(x, 3, 2, 1).shape)
+
+    def max_loss():
+        return float((F.max_pool2d(x, 3, 2, 1, backend=backend)[0] * gy_max).sum())
+
+    def avg_loss():
+        return float((F.avg_pool2d(x, 3, 2, 1, backend=backend) * gy_avg).sum())
+
+    _, idx = F.max_pool2d(x, 3, 2, 1, backend=backend)
+    np.testing.assert_allclose(F.max_pool2d_backward(gy_max, idx, x.shape, backend=backend),
+                               ref.numeric_grad(max_loss, x), rtol=1e-6, atol=1e-8)
+    np.testing.assert_allclose(F.avg_pool2d_backward(gy_avg, x.shape, 3, 2, 1, backend=backend),
+                               ref.numeric_grad(avg_loss, x), rtol=1e-6, atol=1e-8)
+
+
+def test_max_pool2d_all_equal_window_picks_first_element(backend):
+    x = np.zeros((1, 1, 4, 4), np.float32)
+    _, idx = F.max_pool2d(x, 2, backend=backend)
+    np.testing.assert_array_equal(idx[0, 0], [[0, 2], [8, 10]])
+
+
+def test_max_pool2d_never_picks_padding_even_for_minus_inf(backend):
+    x = np.full((1, 1, 3, 3), -np.inf, np.float32)
+    y, idx = F.max_pool2d(x, 3, 2, 1, backend=backend)
+    assert np.all(y == -np.inf)
+    np.testing.assert_array_equal(idx[0, 0], [[0, 1], [3, 4]])
+
+
+def test_nan_in_nan_out(backend, rng):
+    x = rng.standard_normal((1, 1, 4, 4)).astype(np.float32)
+    x[0, 0, 1, 1] = np.nan
+    x[0, 0, 1, 0] = np.nan
+    y, idx = F.max_pool2d(x, 2, backend=backend)
+    assert np.isnan(y[0, 0, 0, 0]) and idx[0, 0, 0, 0] == 4  # the first NaN in row-major order
+    assert not np.isnan(y[0, 0, 1:, :]).any()
+    conv = F.conv2d(x, np.ones((1, 1, 2, 2), np.float32), backend=backend)
+    assert np.isnan(conv[0, 0, :2, :2]).all() and not np.isnan(conv[0, 0, 2:, 2:]).any()
+    assert np.isnan(F.avg_pool2d(x, 2, backend=backend)[0, 0, 0, 0])
+
+
+def test_non_contiguous_inputs_work(backend, rng):
+    x = rng.standard_normal((3, 8, 9, 2)).transpose(0, 3, 1, 2)  # (3, 2, 8, 9), not C-contiguous
+    wt = rng.standard_normal((2, 3, 3, 4)).transpose(0, 3, 2, 1)[:, ::2]  # (2, 2, 3, 3) strided
+    assert not x.flags.c_contiguous and not wt.flags.c_contiguous
+    np.testing.assert_allclose(F.conv2d(x, wt, backend=backend), ref.conv2d(x, wt), rtol=1e-10)
+    y, _ = F.max_pool2d(x[:, :, ::2], 2, backend=backend)
+    np.testing.assert_array_equal(y, ref.max_pool2d(x[:, :, ::2], (2, 2), (2, 2), (0, 0))[0])
+
+
+def test_empty_batch(backend):
+    x = np.zeros((0, 2, 5, 5), np.float32)
+    wt = np.zeros((3, 2, 3, 3), np.float32)
+    assert F.conv2d(x, wt, backend=backend).shape == (0, 3, 3, 3)
+    y, idx = F.max_pool2d(x, 2, backend=backend)
+    assert y.shape == idx.shape == (0, 2, 2, 2)
+    assert F.max_pool2d_backward(y, idx, x.shape, backend=backend).shape == x.shape
+
+
+def test_backends_agree_on_mnist_shapes(rng):
+    if len(BACKENDS) < 2:
+        pytest.skip("needs both backends")
+    x = rng.standard_normal((8, 8, 13, 13)).astype(np.float32)
+    wt = rng.standard_normal((16, 8, 3, 3)).astype(np.float32)
+    ys = [F.conv2d(x, wt, backend=b) for b in BACKENDS]
+    np.testing.assert_allclose(ys[0], ys[1], rtol=1e-4, atol=1e-4)
+    relu = np.maximum(ys[0], 0)
+    (y0, i0), (y1, i1) = (F.max_pool2d(relu, 2, backend=b) for b in BACKENDS)
+    np.testing.assert_array_equal(i0, i1)
+    np.testing.assert_array_equal(y0, y1)
+
+
+def test_numba_kernels_are_deterministic(rng):
+    if "numba" not in BACKENDS:
+        pytest.skip("numba not installed")
+    x = rng.standard_normal((16, 4, 12, 12)).astype(np.float32)
+    wt = rng.standard_normal((8, 4, 3, 3)).astype(np.float32)
+    gy = rng.standard_normal((16, 8, 10, 10)).astype(np.float32)
+    first = F.conv2d_backward(gy, x, wt, backend="numba")
+    for _ in range(3):
+        for a, b in zip(first, F.conv2d_backward(gy, x, wt, backend="numba")):
+            np.testing.assert_array_equal(a, b)
