@@ -1,5 +1,7 @@
 """fastcnn: fast convolutional networks on the CPU, in NumPy and Numba."""
-from . import functional
+__version__ = "0.1.0"
+
+from . import functional, layers, losses, models, optim
 from .dispatch import (
     BackendUnavailableError,
     available_backends,
@@ -10,17 +12,31 @@ from .dispatch import (
     set_backend,
     use_backend,
 )
-
-__version__ = "0.1.0"
+from .init import seed
+from .layers import (
+    AvgPool2D,
+    BatchNorm1D,
+    BatchNorm2D,
+    Conv2D,
+    Dense,
+    Dropout,
+    Flatten,
+    MaxPool2D,
+    ReLU,
+    Sigmoid,
+    Softmax,
+    Tanh,
+)
+from .losses import BCELoss, CrossEntropyLoss, MSELoss
+from .model import Sequential, TrainingDivergedError
+from .optim import SGD, Adam, CosineLR, OneCycleLR, StepLR
+from .saving import load_model
 
 __all__ = [
-    "functional",
-    "BackendUnavailableError",
-    "available_backends",
-    "clear_dispatch_decisions",
-    "dispatch_decisions",
-    "dispatch_report",
-    "get_backend",
-    "set_backend",
-    "use_backend",
+    "functional", "layers", "losses", "models", "optim",
+    "BackendUnavailableError", "available_backends", "clear_dispatch_decisions", "dispatch_decisions",
+    "dispatch_report", "get_backend", "set_backend", "use_backend", "seed",
+    "AvgPool2D", "BatchNorm1D", "BatchNorm2D", "Conv2D", "Dense", "Dropout", "Flatten", "MaxPool2D", "ReLU",
+    "Sigmoid", "Softmax", "Tanh", "BCELoss", "CrossEntropyLoss", "MSELoss", "Sequential", "TrainingDivergedError",
+    "SGD", "Adam", "CosineLR", "OneCycleLR", "StepLR", "load_model",
 ]

@@ -1,0 +1,459 @@
+"""Layers: each owns its parameters, caches what its backward needs, and knows its output shape.
+
+Every layer has ``forward(x, training=False)`` and ``backward(grad)``; parameters and their gradients
+are in the dicts ``params`` and ``grads`` under PyTorch's names (``weight``, ``bias``), and
+non-trainable state (batch-norm statistics) in ``buffers``.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from . import functional as F
+from .init import get_rng, glorot_uniform, he_normal
+from .kernels._shapes import IntOrPair, conv_geometry, pair, pool_geometry
+
+__all__ = [
+    "Layer",
+    "Conv2D",
+    "MaxPool2D",
+    "AvgPool2D",
+    "Dense",
+    "Flatten",
+    "Dropout",
+    "ReLU",
+    "Tanh",
+    "Sigmoid",
+    "Softmax",
+    "BatchNorm2D",
+    "BatchNorm1D",
+]
+
+
+class Layer:
+    """Base class. Subclasses set ``params``/``grads``/``buffers`` and implement the four methods."""
+
+    def __init__(self) -> None:
+        self.params: dict[str, np.ndarray] = {}
+        self.grads: dict[str, np.ndarray] = {}
+        self.buffers: dict[str, np.ndarray] = {}
+
+    def forward(self, x: np.ndarray, training: bool = False) -> np.ndarray:
+        raise NotImplementedError
+
+    def backward(self, grad: np.ndarray) -> np.ndarray:
+        raise NotImplementedError
+
+    def output_shape(self, input_shape: tuple[int, ...]) -> tuple[int, ...]:
+        """The per-sample output shape for a per-sample ``input_shape``; ValueError if it does not fit."""
+        return input_shape
+
+    def get_config(self) -> dict[str, Any]:
+        """The constructor arguments that rebuild this layer (JSON-serialisable)."""
+        return {}
+
+    def astype(self, dtype) -> "Layer":
+        """Convert parameters, gradients and float buffers to ``dtype`` in place; returns self."""
+        for store in (self.params, self.grads, self.buffers):
+            for k, v in store.items():
+                if v.dtype.kind == "f":
+                    store[k] = v.astype(dtype)
+        return self
+
+    @property
+    def num_params(self) -> int:
+        return sum(p.size for p in self.params.values())
+
+    def __repr__(self) -> str:
+        args = ", ".join(f"{k}={v!r}" for k, v in self.get_config().items())
+        return f"{type(self).__name__}({args})"
+
+    def describe(self) -> str:
+        """A short description for summaries, e.g. ``Conv2D(1->8, 3x3)``."""
+        return repr(self)
+
+    def _cached(self, name: str):
+        value = getattr(self, name, None)
+        if value is None:
+            raise RuntimeError(f"{type(self).__name__}.backward called before forward(..., training=True)")
+        return value
+
+
+def _expect(layer: Layer, input_shape, ndim: int, what: str) -> None:
+    if len(input_shape) != ndim:
+        raise ValueError(f"{layer!r} expects input of shape {what}, got (N, {', '.join(map(str, input_shape))})")
+
+
+def _init_weight(kind: str, shape, fan_in: int, fan_out: int, rng) -> np.ndarray:
+    if kind == "he":
+        return he_normal(shape, fan_in, rng)
+    if kind == "glorot":
+        return glorot_uniform(shape, fan_in, fan_out, rng)
+    raise ValueError(f"init must be 'he' or 'glorot', got {kind!r}")
+
+
+def _positive_int(name: str, value) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+        raise ValueError(f"{name} must be a positive int, got {value!r}")
+    return int(value)
+
+
+class Conv2D(Layer):
+    """2-D convolution over NCHW input, with weight ``(out_channels, in_channels, kH, kW)``.
+
+    Parameters
+    ----------
+    in_channels, out_channels : int
+    kernel_size, stride, dilation : int or (int, int)
+    padding : int, (int, int), "valid" or "same"
+    bias : bool
+    init : {"he", "glorot"}
+        He normal (for ReLU) or Glorot uniform initialisation of the weight; the bias starts at zero.
+    rng : numpy.random.Generator or int, optional
+        Generator for the initial weights; defaults to the library generator (:func:`fastcnn.seed`).
+    backend : {"auto", "numba", "numpy"}, optional
+        Pin this layer's ops to one backend.
+    """
+
+    def __init__(self, in_channels: int, out_channels: int, kernel_size: IntOrPair, stride: IntOrPair = 1,
+                 padding: IntOrPair | str = 0, dilation: IntOrPair = 1, bias: bool = True, init: str = "he",
+                 rng=None, backend: str | None = None) -> None:
+        super().__init__()
+        self.in_channels = _positive_int("in_channels", in_channels)
+        self.out_channels = _positive_int("out_channels", out_channels)
+        self.kernel_size = pair("kernel_size", kernel_size, 1)
+        self.stride = pair("stride", stride, 1)
+        self.padding = padding if isinstance(padding, str) else pair("padding", padding, 0)
+        self.dilation = pair("dilation", dilation, 1)
+        self.init = init
+        self.backend = backend
+        kh, kw = self.kernel_size
+        shape = (self.out_channels, self.in_channels, kh, kw)
+        self.params["weight"] = _init_weight(init, shape, in_channels * kh * kw, out_channels * kh * kw, get_rng(rng))
+        if bias:
+            self.params["bias"] = np.zeros(out_channels, np.float32)
+        self.grads = {k: np.zeros_like(v) for k, v in self.params.items()}
+        self._x = None
+
+    def _geometry(self):
+        return dict(stride=self.stride, padding=self.padding, dilation=self.dilation)
+
+    def forward(self, x, training=False):
+        self._x = x if training else None
+        return F.conv2d(x, self.params["weight"], self.params.get("bias"), backend=self.backend, **self._geometry())
+
+    def backward(self, grad):
+        gx, gw, gb = F.conv2d_backward(grad, self._cached("_x"), self.params["weight"], backend=self.backend,
+                                       **self._geometry())
+        self.grads["weight"] = gw
+        if "bias" in self.params:
+            self.grads["bias"] = gb
+        return gx
+
+    def output_shape(self, input_shape):
+        _expect(self, input_shape, 3, "(N, C, H, W)")
+        geo = conv_geometry((1,) + tuple(input_shape), self.params["weight"].shape, **self._geometry())
+        return (self.out_channels,) + geo.out_hw
+
+    def describe(self):
+        extra = "".join(f", {k} {v}" for k, v, default in (("stride", self.stride, (1, 1)), ("padding", self.padding, (0, 0)),
+                                                          ("dilation", self.dilation, (1, 1))) if v != default)
+        return f"Conv2D({self.in_channels}->{self.out_channels}, {self.kernel_size[0]}x{self.kernel_size[1]}{extra})"
+
+    def get_config(self):
+        return dict(in_channels=self.in_channels, out_channels=self.out_channels, kernel_size=list(self.kernel_size),
+                    stride=list(self.stride), padding=self.padding if isinstance(self.padding, str) else list(self.padding),
+                    dilation=list(self.dilation), bias="bias" in self.params, init=self.init)
+
+
+class _Pool2D(Layer):
+    def __init__(self, kernel_size: IntOrPair, stride: IntOrPair | None = None, padding: IntOrPair = 0,
+                 backend: str | None = None) -> None:
+        super().__init__()
+        self.kernel_size = pair("kernel_size", kernel_size, 1)
+        self.stride = self.kernel_size if stride is None else pair("stride", stride, 1)
+        self.padding = pair("padding", padding, 0)
+        self.backend = backend
+        self._input_shape = None
+
+    def output_shape(self, input_shape):
+        _expect(self, input_shape, 3, "(N, C, H, W)")
+        geo = pool_geometry((1,) + tuple(input_shape), self.kernel_size, self.stride, self.padding)
+        return (input_shape[0],) + geo.out_hw
+
+    def get_config(self):
+        return dict(kernel_size=list(self.kernel_size), stride=list(self.stride), padding=list(self.padding))
+
+    def describe(self):
+        extra = "".join(f", {k} {v}" for k, v, default in (("stride", self.stride, self.kernel_size),
+                                                          ("padding", self.padding, (0, 0))) if v != default)
+        return f"{type(self).__name__}({self.kernel_size[0]}x{self.kernel_size[1]}{extra})"
+
+
+class MaxPool2D(_Pool2D):
+    """2-D max pooling (implicit ``-inf`` padding; ties to the first maximum). See :func:`fastcnn.functional.max_pool2d`."""
+
+    def forward(self, x, training=False):
+        y, argmax = F.max_pool2d(x, self.kernel_size, self.stride, self.padding, backend=self.backend)
+        self._argmax, self._input_shape = (argmax, x.shape) if training else (None, None)
+        return y
+
+    def backward(self, grad):
+        return F.max_pool2d_backward(grad, self._cached("_argmax"), self._input_shape, backend=self.backend)
+
+
+class AvgPool2D(_Pool2D):
+    """2-D average pooling (zero padding counted). See :func:`fastcnn.functional.avg_pool2d`."""
+
+    def forward(self, x, training=False):
+        self._input_shape = x.shape if training else None
+        return F.avg_pool2d(x, self.kernel_size, self.stride, self.padding, backend=self.backend)
+
+    def backward(self, grad):
+        return F.avg_pool2d_backward(grad, self._cached("_input_shape"), self.kernel_size, self.stride,
+                                     self.padding, backend=self.backend)
+
+
+class Dense(Layer):
+    """Fully connected layer ``y = x @ weight.T + bias`` with weight ``(out_features, in_features)``.
+
+    Parameters
+    ----------
+    in_features, out_features : int
+    bias : bool
+    init : {"he", "glorot"}
+    rng : numpy.random.Generator or int, optional
+    """
+
+    def __init__(self, in_features: int, out_features: int, bias: bool = True, init: str = "he", rng=None) -> None:
+        super().__init__()
+        self.in_features = _positive_int("in_features", in_features)
+        self.out_features = _positive_int("out_features", out_features)
+        self.init = init
+        self.params["weight"] = _init_weight(init, (out_features, in_features), in_features, out_features, get_rng(rng))
+        if bias:
+            self.params["bias"] = np.zeros(out_features, np.float32)
+        self.grads = {k: np.zeros_like(v) for k, v in self.params.items()}
+        self._x = None
+
+    def forward(self, x, training=False):
+        if x.ndim != 2 or x.shape[1] != self.in_features:
+            raise ValueError(f"{self!r} expects input of shape (N, {self.in_features}), got {x.shape}")
+        self._x = x if training else None
+        y = x @ self.params["weight"].T
+        if "bias" in self.params:
+            y += self.params["bias"]
+        return y
+
+    def backward(self, grad):
+        x = self._cached("_x")
+        self.grads["weight"] = grad.T @ x
+        if "bias" in self.params:
+            self.grads["bias"] = grad.sum(axis=0)
+        return grad @ self.params["weight"]
+
+    def output_shape(self, input_shape):
+        if tuple(input_shape) != (self.in_features,):
+            raise ValueError(f"{self!r} expects input of shape (N, {self.in_features}), got (N, {', '.join(map(str, input_shape))})")
+        return (self.out_features,)
+
+    def describe(self):
+        return f"Dense({self.in_features}->{self.out_features})"
+
+    def get_config(self):
+        return dict(in_features=self.in_features, out_features=self.out_features, bias="bias" in self.params, init=self.init)
+
+
+class Flatten(Layer):
+    """Flatten every axis but the batch axis, in C order (as ``torch.nn.Flatten``)."""
+
+    def forward(self, x, training=False):
+        self._shape = x.shape
+        return x.reshape(x.shape[0], -1)
+
+    def backward(self, grad):
+        return grad.reshape(self._shape)
+
+    def output_shape(self, input_shape):
+        return (int(np.prod(input_shape)),)
+
+
+class Dropout(Layer):
+    """Inverted dropout: in training, zero each element with probability ``p`` and scale the rest by ``1/(1-p)``.
+
+    Masks are drawn from ``rng`` (a NumPy Generator, outside any kernel), so a seed reproduces a run.
+    """
+
+    def __init__(self, p: float = 0.5, rng=None) -> None:
+        super().__init__()
+        if not (isinstance(p, (int, float)) and 0.0 <= p < 1.0):
+            raise ValueError(f"Dropout p must be in [0, 1), got {p!r}")
+        self.p = float(p)
+        self.rng = get_rng(rng)
+        self._mask = None
+
+    def forward(self, x, training=False):
+        if not training or self.p == 0.0:
+            self._mask = None
+            return x
+        keep = 1.0 - self.p
+        self._mask = (self.rng.random(x.shape, dtype=np.float32) < keep).astype(x.dtype) * x.dtype.type(1.0 / keep)
+        return x * self._mask
+
+    def backward(self, grad):
+        return grad if self._mask is None else grad * self._mask
+
+    def get_config(self):
+        return dict(p=self.p)
+
+
+class ReLU(Layer):
+    """``max(x, 0)``."""
+
+    def forward(self, x, training=False):
+        y = np.maximum(x, 0)
+        self._y = y if training else None
+        return y
+
+    def backward(self, grad):
+        return grad * (self._cached("_y") > 0)
+
+
+class Tanh(Layer):
+    """Hyperbolic tangent."""
+
+    def forward(self, x, training=False):
+        y = np.tanh(x)
+        self._y = y if training else None
+        return y
+
+    def backward(self, grad):
+        y = self._cached("_y")
+        return grad * (1 - y * y)
+
+
+def sigmoid(x: np.ndarray) -> np.ndarray:
+    """Numerically stable logistic function (no overflow for large ``|x|``)."""
+    e = np.exp(-np.abs(x))
+    return np.where(x >= 0, 1 / (1 + e), e / (1 + e)).astype(x.dtype, copy=False)
+
+
+class Sigmoid(Layer):
+    """Logistic function ``1 / (1 + exp(-x))``, stable for any ``x``."""
+
+    def forward(self, x, training=False):
+        y = sigmoid(x)
+        self._y = y if training else None
+        return y
+
+    def backward(self, grad):
+        y = self._cached("_y")
+        return grad * y * (1 - y)
+
+
+def softmax(x: np.ndarray, axis: int = -1) -> np.ndarray:
+    """Softmax along ``axis``, shifted by the maximum so any finite logits are safe."""
+    z = x - x.max(axis=axis, keepdims=True)
+    e = np.exp(z)
+    return e / e.sum(axis=axis, keepdims=True)
+
+
+class Softmax(Layer):
+    """Softmax over the last axis. For training with cross-entropy, end the model in logits instead:
+    :class:`fastcnn.losses.CrossEntropyLoss` fuses the softmax and is exact for logits of any size."""
+
+    def forward(self, x, training=False):
+        y = softmax(x)
+        self._y = y if training else None
+        return y
+
+    def backward(self, grad):
+        y = self._cached("_y")
+        return y * (grad - (grad * y).sum(axis=-1, keepdims=True))
+
+
+class _BatchNorm(Layer):
+    _axes: tuple[int, ...] = ()
+    _ndim = 0
+
+    def __init__(self, num_features: int, eps: float = 1e-5, momentum: float = 0.1) -> None:
+        super().__init__()
+        self.num_features = _positive_int("num_features", num_features)
+        self.eps = float(eps)
+        self.momentum = float(momentum)
+        self.params = {"weight": np.ones(num_features, np.float32), "bias": np.zeros(num_features, np.float32)}
+        self.grads = {k: np.zeros_like(v) for k, v in self.params.items()}
+        self.buffers = {
+            "running_mean": np.zeros(num_features, np.float32),
+            "running_var": np.ones(num_features, np.float32),
+            "num_batches_tracked": np.zeros((), np.int64),
+        }
+
+    def _bshape(self, v):
+        return v.reshape((1, -1) + (1,) * (self._ndim - 2))
+
+    def forward(self, x, training=False):
+        if x.ndim != self._ndim or x.shape[1] != self.num_features:
+            raise ValueError(f"{self!r} expects input with {self._ndim} dims and {self.num_features} channels, got {x.shape}")
+        if training:
+            count = x.size // self.num_features
+            if count < 2:
+                raise ValueError(f"{type(self).__name__} needs more than one value per channel in training, got input {x.shape}")
+            mean = x.mean(axis=self._axes)
+            var = x.var(axis=self._axes)
+            m = self.momentum
+            self.buffers["running_mean"] = ((1 - m) * self.buffers["running_mean"] + m * mean).astype(x.dtype)
+            self.buffers["running_var"] = ((1 - m) * self.buffers["running_var"] + m * var * count / (count - 1)).astype(x.dtype)
+            self.buffers["num_batches_tracked"] = self.buffers["num_batches_tracked"] + 1
+        else:
+            mean, var = self.buffers["running_mean"], self.buffers["running_var"]
+        inv_std = (1.0 / np.sqrt(var + self.eps)).astype(x.dtype)
+        x_hat = (x - self._bshape(mean)) * self._bshape(inv_std)
+        self._cache = (x_hat, inv_std) if training else None
+        return x_hat * self._bshape(self.params["weight"]) + self._bshape(self.params["bias"])
+
+    def backward(self, grad):
+        x_hat, inv_std = self._cached("_cache")
+        self.grads["weight"] = (grad * x_hat).sum(axis=self._axes)
+        self.grads["bias"] = grad.sum(axis=self._axes)
+        count = grad.size // self.num_features
+        g = grad * self._bshape(self.params["weight"])
+        return (self._bshape(inv_std) / count) * (
+            count * g - g.sum(axis=self._axes, keepdims=True) - x_hat * (g * x_hat).sum(axis=self._axes, keepdims=True)
+        )
+
+    def output_shape(self, input_shape):
+        if len(input_shape) != self._ndim - 1 or input_shape[0] != self.num_features:
+            raise ValueError(f"{self!r} expects {self.num_features} channels in {self._ndim}-D input, got (N, {', '.join(map(str, input_shape))})")
+        return input_shape
+
+    def get_config(self):
+        return dict(num_features=self.num_features, eps=self.eps, momentum=self.momentum)
+
+
+class BatchNorm2D(_BatchNorm):
+    """Batch normalisation over (N, H, W) for each channel of NCHW input, as ``torch.nn.BatchNorm2d``.
+
+    Parameters
+    ----------
+    num_features : int
+    eps : float
+        Added to the variance; a batch whose channel is constant normalises to zero instead of NaN.
+    momentum : float
+        Weight of the new batch in the running statistics.
+    """
+
+    _axes = (0, 2, 3)
+    _ndim = 4
+
+
+class BatchNorm1D(_BatchNorm):
+    """Batch normalisation over N for each feature of (N, C) input, as ``torch.nn.BatchNorm1d``."""
+
+    _axes = (0,)
+    _ndim = 2
+
+
+LAYER_TYPES = {cls.__name__: cls for cls in (Conv2D, MaxPool2D, AvgPool2D, Dense, Flatten, Dropout, ReLU, Tanh,
+                                            Sigmoid, Softmax, BatchNorm2D, BatchNorm1D)}

@@ -1,0 +1,112 @@
+"""Losses. Call ``loss(pred, target)`` for the mean loss, then ``loss.backward()`` for d(loss)/d(pred)."""
+from __future__ import annotations
+
+import numpy as np
+
+__all__ = ["Loss", "CrossEntropyLoss", "MSELoss", "BCELoss", "accuracy"]
+
+
+class Loss:
+    """Base class: ``forward`` returns the mean loss as a float and caches what ``backward`` needs."""
+
+    def __call__(self, pred: np.ndarray, target: np.ndarray) -> float:
+        return self.forward(pred, target)
+
+    def forward(self, pred: np.ndarray, target: np.ndarray) -> float:
+        raise NotImplementedError
+
+    def backward(self) -> np.ndarray:
+        raise NotImplementedError
+
+    def check_targets(self, target: np.ndarray, pred_shape: tuple[int, ...]) -> np.ndarray:
+        """Validate ``target`` against predictions of shape ``pred_shape``; return it as an array."""
+        target = np.asarray(target)
+        if target.shape[:1] != pred_shape[:1]:
+            raise ValueError(f"target has {target.shape[0] if target.ndim else 0} samples (shape {target.shape}) "
+                             f"but the predictions have {pred_shape[0]} (shape {pred_shape})")
+        return target
+
+
+class CrossEntropyLoss(Loss):
+    """Softmax fused with cross-entropy, on logits ``(N, K)``; exact for logits of any size.
+
+    ``target`` is either integer class labels ``(N,)`` in ``[0, K)`` or one-hot / probability rows ``(N, K)``.
+    """
+
+    def check_targets(self, target, pred_shape):
+        target = super().check_targets(target, pred_shape)
+        if len(pred_shape) != 2:
+            raise ValueError(f"CrossEntropyLoss expects logits of shape (N, K), got {pred_shape}")
+        k = pred_shape[1]
+        if target.ndim == 1:
+            if target.dtype.kind not in "iu":
+                raise TypeError(f"class labels must be integers, got dtype {target.dtype}")
+            if target.size and (target.min() < 0 or target.max() >= k):
+                raise ValueError(f"labels must be in [0, {k}) for {k} outputs, got min {target.min()}, max {target.max()}")
+        elif target.shape != tuple(pred_shape) or target.dtype.kind != "f":
+            raise ValueError(f"one-hot targets must be a float array of shape {tuple(pred_shape)}, got {target.dtype} {target.shape}")
+        return target
+
+    def forward(self, pred, target):
+        target = self.check_targets(target, pred.shape)
+        z = pred - pred.max(axis=1, keepdims=True)
+        log_sum = np.log(np.exp(z).sum(axis=1, keepdims=True))
+        log_p = z - log_sum
+        n = pred.shape[0]
+        if target.ndim == 1:
+            value = -log_p[np.arange(n), target].sum() / max(n, 1)
+        else:
+            value = -(target * log_p).sum() / max(n, 1)
+        self._cache = (log_p, target)
+        return float(value)
+
+    def backward(self):
+        log_p, target = self._cache
+        grad = np.exp(log_p)
+        n = grad.shape[0]
+        if target.ndim == 1:
+            grad[np.arange(n), target] -= 1
+        else:
+            grad = grad * target.sum(axis=1, keepdims=True) - target
+        grad /= max(n, 1)
+        return grad.astype(log_p.dtype, copy=False)
+
+
+class MSELoss(Loss):
+    """Mean squared error over every element."""
+
+    def forward(self, pred, target):
+        target = self.check_targets(target, pred.shape).astype(pred.dtype, copy=False).reshape(pred.shape)
+        self._diff = pred - target
+        return float((self._diff.astype(np.float64) ** 2).mean())
+
+    def backward(self):
+        return self._diff * self._diff.dtype.type(2.0 / max(self._diff.size, 1))
+
+
+class BCELoss(Loss):
+    """Binary cross-entropy on probabilities (sigmoid outputs), clipped to ``[eps, 1 - eps]``."""
+
+    def __init__(self, eps: float = 1e-7) -> None:
+        self.eps = eps
+
+    def forward(self, pred, target):
+        target = self.check_targets(target, pred.shape).astype(pred.dtype, copy=False).reshape(pred.shape)
+        if target.size and (target.min() < 0 or target.max() > 1):
+            raise ValueError(f"BCELoss targets must be in [0, 1], got min {target.min()}, max {target.max()}")
+        p = np.clip(pred, self.eps, 1 - self.eps)
+        self._cache = (p, target)
+        return float(-(target * np.log(p) + (1 - target) * np.log1p(-p)).mean())
+
+    def backward(self):
+        p, t = self._cache
+        return ((p - t) / (p * (1 - p)) / max(p.size, 1)).astype(p.dtype, copy=False)
+
+
+def accuracy(pred: np.ndarray, target: np.ndarray) -> float | None:
+    """Fraction of rows whose arg-max matches the label (or one-hot arg-max); ``None`` if not a classifier."""
+    target = np.asarray(target)
+    if pred.ndim != 2 or pred.shape[1] < 2:
+        return None
+    labels = target.argmax(axis=1) if target.ndim == 2 else target
+    return float((pred.argmax(axis=1) == labels).mean()) if len(labels) else 0.0

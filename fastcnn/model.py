@@ -1,0 +1,303 @@
+"""``Sequential``: a stack of layers with fit / evaluate / predict, summaries, state dicts and files."""
+from __future__ import annotations
+
+import math
+import os
+from typing import Any, Sequence
+
+import numpy as np
+
+from .layers import Dropout, Layer
+from .losses import CrossEntropyLoss, Loss, accuracy
+from .optim import Adam, Optimizer
+from .progress import ProgressBar
+
+__all__ = ["Sequential", "TrainingDivergedError"]
+
+
+class TrainingDivergedError(FloatingPointError):
+    """The loss became NaN or infinite during ``fit``; the model holds the last weights that gave a finite loss."""
+
+    def __init__(self, message: str, history: dict[str, list[float]]) -> None:
+        super().__init__(message)
+        self.history = history
+
+
+class Sequential:
+    """Layers applied in order.
+
+    Parameters
+    ----------
+    layers : sequence of Layer
+    input_shape : tuple of int, optional
+        Per-sample input shape, e.g. ``(1, 28, 28)``; lets :meth:`summary` and the first forward check
+        every layer's shapes.
+    """
+
+    def __init__(self, layers: Sequence[Layer] = (), input_shape: tuple[int, ...] | None = None) -> None:
+        self.layers: list[Layer] = []
+        for layer in layers:
+            self.add(layer)
+        self.input_shape = None if input_shape is None else tuple(int(s) for s in input_shape)
+        self._checked_shapes: set[tuple[int, ...]] = set()
+        self.loss: Loss | None = None
+        self.recipe = None
+
+    def add(self, layer: Layer) -> None:
+        """Append a layer."""
+        if not isinstance(layer, Layer):
+            raise TypeError(f"Sequential takes fastcnn layers, got {type(layer).__name__}")
+        self.layers.append(layer)
+        self._checked_shapes = set()
+
+    # ---------------------------------------------------------------- shapes and parameters
+    def output_shapes(self, input_shape: tuple[int, ...] | None = None) -> list[tuple[int, ...]]:
+        """Per-sample output shape of every layer; ValueError naming the layer whose input does not fit."""
+        shape = tuple(input_shape or self.input_shape or ())
+        if not shape:
+            raise ValueError("no input shape: pass input_shape to Sequential(...) or to this call")
+        shapes = []
+        for i, layer in enumerate(self.layers):
+            try:
+                shape = tuple(layer.output_shape(shape))
+            except ValueError as exc:
+                source = f"layer {i - 1} ({type(self.layers[i - 1]).__name__})" if i else "the model input"
+                raise ValueError(f"layer {i} ({type(layer).__name__}) cannot take the output of {source}, "
+                                 f"shape (N, {', '.join(map(str, shape))}): {exc}") from None
+            shapes.append(shape)
+        return shapes
+
+    def summary(self, input_shape: tuple[int, ...] | None = None) -> str:
+        """A table of layers, output shapes and parameter counts (returned; print it to show it)."""
+        shapes = self.output_shapes(input_shape)
+        rows = [("#", "layer", "output shape", "params")]
+        for i, (layer, shape) in enumerate(zip(self.layers, shapes)):
+            rows.append((str(i), layer.describe(), "(N, " + ", ".join(map(str, shape)) + ")", f"{layer.num_params:,}"))
+        widths = [max(len(r[c]) for r in rows) for c in range(4)]
+        lines = ["  ".join(r[c].ljust(widths[c]) if c < 3 else r[c].rjust(widths[c]) for c in range(4)) for r in rows]
+        rule = "-" * len(lines[0])
+        total = sum(layer.num_params for layer in self.layers)
+        return "\n".join([lines[0], rule, *lines[1:], rule, f"total parameters: {total:,} ({self.dtype.name})"])
+
+    @property
+    def dtype(self) -> np.dtype:
+        for layer in self.layers:
+            for p in layer.params.values():
+                return p.dtype
+        return np.dtype(np.float32)
+
+    def astype(self, dtype) -> "Sequential":
+        """Convert every layer to ``dtype`` (float32 or float64) in place; returns self."""
+        dtype = np.dtype(dtype)
+        if dtype not in (np.float32, np.float64):
+            raise TypeError(f"dtype must be float32 or float64, got {dtype}")
+        for layer in self.layers:
+            layer.astype(dtype)
+        return self
+
+    def named_parameters(self) -> list[tuple[str, np.ndarray, np.ndarray]]:
+        """``(name, param, grad)`` for every trainable parameter, named as in PyTorch's ``nn.Sequential``."""
+        return [(f"{i}.{k}", p, layer.grads[k]) for i, layer in enumerate(self.layers) for k, p in layer.params.items()]
+
+    def state_dict(self) -> dict[str, np.ndarray]:
+        """Parameters and buffers by name (``"0.weight"``, ``"3.running_mean"``, ...), as PyTorch names them
+        for the equivalent ``nn.Sequential``; the arrays are copies."""
+        state = {}
+        for i, layer in enumerate(self.layers):
+            for store in (layer.params, layer.buffers):
+                for k, v in store.items():
+                    state[f"{i}.{k}"] = v.copy()
+        return state
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Copy arrays from ``state`` (names and shapes as :meth:`state_dict`; PyTorch tensors work too)."""
+        expected = {f"{i}.{k}": (layer, store, k) for i, layer in enumerate(self.layers)
+                    for store in (layer.params, layer.buffers) for k in store}
+        missing = sorted(set(expected) - set(state))
+        unexpected = sorted(set(state) - set(expected))
+        if missing or unexpected:
+            raise ValueError(f"state dict does not match the model: missing {missing}, unexpected {unexpected}")
+        arrays = {}
+        for name, (layer, store, k) in expected.items():
+            value = state[name]
+            value = np.asarray(value.detach().cpu().numpy() if hasattr(value, "detach") else value)
+            if value.shape != store[k].shape:
+                raise ValueError(f"{name}: shape {value.shape} in the state dict, {store[k].shape} in the model")
+            arrays[name] = value.astype(store[k].dtype)
+        for name, (layer, store, k) in expected.items():  # all checked: now change the model
+            store[k] = arrays[name]
+        self._checked_shapes = set()
+
+    def get_config(self) -> list[dict[str, Any]]:
+        return [{"type": type(layer).__name__, "config": layer.get_config()} for layer in self.layers]
+
+    # ---------------------------------------------------------------- computing
+    def _prepare_input(self, x) -> np.ndarray:
+        x = np.asarray(x)
+        if x.dtype.kind not in "f":
+            raise TypeError(f"x must be floating point (float32 images in [0, 1] for the MNIST models), got dtype "
+                            f"{x.dtype}; for uint8 images use x.astype(np.float32) / 255")
+        x = x.astype(self.dtype, copy=False)
+        shape = x.shape[1:]
+        if shape not in self._checked_shapes:
+            self.output_shapes(shape)
+            self._checked_shapes.add(shape)
+        return x
+
+    def forward(self, x: np.ndarray, training: bool = False) -> np.ndarray:
+        """Run every layer on the batch ``x``; with ``training=True`` layers keep what backward needs."""
+        x = self._prepare_input(x)
+        for layer in self.layers:
+            x = layer.forward(x, training)
+        return x
+
+    __call__ = forward
+
+    def backward(self, grad: np.ndarray) -> np.ndarray:
+        """Back-propagate ``grad`` (d loss / d output) through every layer; fills each layer's ``grads``."""
+        for layer in reversed(self.layers):
+            grad = layer.backward(grad)
+        return grad
+
+    def predict(self, x: np.ndarray, batch_size: int = 512) -> np.ndarray:
+        """The model's outputs (class scores / logits for classifiers) for ``x``, computed in batches."""
+        x = self._prepare_input(x)
+        _check_batch_size(batch_size)
+        if len(x) == 0:
+            raise ValueError("x is empty: predict needs at least one sample")
+        return np.concatenate([self.forward(x[i : i + batch_size]) for i in range(0, len(x), batch_size)])
+
+    def evaluate(self, x: np.ndarray, y: np.ndarray, batch_size: int = 512, loss: Loss | None = None) -> tuple[float, float | None]:
+        """Mean loss and accuracy (None for non-classifiers) over ``(x, y)``."""
+        loss = loss or self.loss or CrossEntropyLoss()
+        pred = self.predict(x, batch_size)
+        y = loss.check_targets(y, pred.shape)
+        return loss(pred, y), accuracy(pred, y)
+
+    def fit(
+        self,
+        x: np.ndarray,
+        y: np.ndarray,
+        epochs: int = 1,
+        batch_size: int = 32,
+        optimizer: Optimizer | None = None,
+        loss: Loss | None = None,
+        validation_data: tuple[np.ndarray, np.ndarray] | None = None,
+        shuffle: bool = True,
+        seed: int | None = None,
+        verbose: int = 1,
+    ) -> dict[str, list[float]]:
+        """Train on ``(x, y)`` with mini-batches.
+
+        Parameters
+        ----------
+        x : ndarray, shape (N, ...)
+            Float inputs.
+        y : ndarray
+            Targets: integer labels ``(N,)`` or one-hot rows for :class:`CrossEntropyLoss`, values for MSE.
+        epochs, batch_size : int
+        optimizer : Optimizer, optional
+            Defaults to ``Adam(1e-3)``.
+        loss : Loss, optional
+            Defaults to :class:`CrossEntropyLoss`.
+        validation_data : (x_val, y_val), optional
+            Evaluated after every epoch.
+        shuffle : bool
+        seed : int, optional
+            Seeds the shuffling and the dropout masks, so a run can be repeated exactly.
+        verbose : int
+            1 shows a progress bar per epoch; 0 is silent.
+
+        Returns
+        -------
+        dict
+            ``loss`` and ``accuracy`` per epoch, and ``val_loss``/``val_accuracy`` with validation data.
+
+        Raises
+        ------
+        TrainingDivergedError
+            When the loss stops being finite; the model keeps the last weights that gave a finite loss.
+        """
+        x = self._prepare_input(x)
+        _check_batch_size(batch_size)
+        if not isinstance(epochs, int) or epochs < 1:
+            raise ValueError(f"epochs must be a positive int, got {epochs!r}")
+        if len(x) == 0:
+            raise ValueError("x is empty: fit needs at least one sample")
+        optimizer = optimizer or Adam(1e-3)
+        self.loss = loss = loss or CrossEntropyLoss()
+        y = loss.check_targets(y, (len(x),) + self.output_shapes(x.shape[1:])[-1])
+        rng = np.random.default_rng(seed)
+        if seed is not None:
+            for i, layer in enumerate(self.layers):
+                if isinstance(layer, Dropout):
+                    layer.rng = np.random.default_rng([seed, i])
+        n = len(x)
+        steps = math.ceil(n / batch_size)
+        if optimizer.total_steps is None:
+            optimizer.total_steps = epochs * steps
+        named = self.named_parameters()
+        last_good = [p.copy() for _, p, _ in named]
+        history: dict[str, list[float]] = {"loss": [], "accuracy": []}
+        with np.errstate(over="ignore", invalid="ignore"):  # divergence is caught below, with a clear error
+            self._train_epochs(x, y, epochs, batch_size, optimizer, loss, validation_data, shuffle, rng, verbose,
+                               named, last_good, history)
+        return history
+
+    def _train_epochs(self, x, y, epochs, batch_size, optimizer, loss, validation_data, shuffle, rng, verbose,
+                      named, last_good, history) -> None:
+        n = len(x)
+        for epoch in range(epochs):
+            order = rng.permutation(n) if shuffle else np.arange(n)
+            bar = ProgressBar(n, f"epoch {epoch + 1}/{epochs}", enabled=verbose > 0)
+            total_loss, correct, seen = 0.0, 0, 0
+            for start in range(0, n, batch_size):
+                idx = order[start : start + batch_size]
+                xb, yb = x[idx], y[idx]
+                out = self.forward(xb, training=True)
+                value = loss(out, yb)
+                if not math.isfinite(value):
+                    for (_, p, _), good in zip(named, last_good):
+                        np.copyto(p, good)
+                    bar.close("diverged")
+                    raise TrainingDivergedError(
+                        f"loss became {value} at epoch {epoch + 1}, step {start // batch_size + 1} "
+                        f"(learning rate {optimizer.current_lr():g}); the model keeps the last weights with a "
+                        "finite loss. Try a lower learning rate.", history)
+                for (_, p, _), good in zip(named, last_good):
+                    np.copyto(good, p)
+                self.backward(loss.backward())
+                optimizer.step(self.named_parameters())
+                total_loss += value * len(idx)
+                acc = accuracy(out, yb)
+                correct += 0 if acc is None else round(acc * len(idx))
+                seen += len(idx)
+                bar.update(len(idx), _status(total_loss / seen, correct / seen if acc is not None else None))
+            history["loss"].append(total_loss / seen)
+            history["accuracy"].append(correct / seen if acc is not None else float("nan"))
+            status = _status(history["loss"][-1], history["accuracy"][-1] if acc is not None else None)
+            if validation_data is not None:
+                val_loss, val_acc = self.evaluate(*validation_data, loss=loss)
+                history.setdefault("val_loss", []).append(val_loss)
+                history.setdefault("val_accuracy", []).append(float("nan") if val_acc is None else val_acc)
+                status += f" - val_loss {val_loss:.4f}" + ("" if val_acc is None else f" val_acc {val_acc:.4f}")
+            bar.close(status)
+
+    # ---------------------------------------------------------------- files
+    def save(self, path: str | os.PathLike) -> None:
+        """Write the architecture and weights to one ``.npz`` file, atomically. See :func:`fastcnn.load_model`."""
+        from .saving import save_model
+
+        save_model(self, path)
+
+    def __repr__(self) -> str:
+        return "Sequential([\n" + "".join(f"    {layer!r},\n" for layer in self.layers) + "])"
+
+
+def _status(loss: float, acc: float | None) -> str:
+    return f"loss {loss:.4f}" + ("" if acc is None else f" acc {acc:.4f}")
+
+
+def _check_batch_size(batch_size) -> None:
+    if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
+        raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")

@@ -1,0 +1,70 @@
+"""Optimizer steps against updates computed by hand."""
+import math
+
+import numpy as np
+import pytest
+
+from fastcnn import optim
+
+
+def _run(opt, grads, p0=1.0):
+    p = np.array([p0])
+    for g in grads:
+        opt.step([("w", p, np.array([g]))])
+    return p[0]
+
+
+def test_sgd_plain_and_time_based_decay():
+    assert _run(optim.SGD(0.1), [2.0]) == pytest.approx(1.0 - 0.2)
+    # lr_t = 0.1 / (1 + 0.5 t): steps use 0.1, 0.0667, 0.05
+    assert _run(optim.SGD(0.1, decay=0.5), [1.0, 1.0, 1.0]) == pytest.approx(1.0 - 0.1 - 0.1 / 1.5 - 0.1 / 2.0)
+
+
+def test_sgd_momentum_and_nesterov_as_pytorch():
+    # buf1 = g1; buf2 = 0.9*buf1 + g2; p -= lr*buf
+    assert _run(optim.SGD(0.1, momentum=0.9), [1.0, 2.0]) == pytest.approx(1.0 - 0.1 * 1.0 - 0.1 * (0.9 + 2.0))
+    # nesterov: update = g + mu * buf
+    expected = 1.0 - 0.1 * (1.0 + 0.9 * 1.0) - 0.1 * (2.0 + 0.9 * 2.9)
+    assert _run(optim.SGD(0.1, momentum=0.9, nesterov=True), [1.0, 2.0]) == pytest.approx(expected)
+
+
+def test_weight_decay_adds_l2_gradient():
+    assert _run(optim.SGD(0.1, weight_decay=0.5), [0.0], p0=2.0) == pytest.approx(2.0 - 0.1 * 0.5 * 2.0)
+
+
+def test_adam_by_hand():
+    b1, b2, eps, lr = 0.9, 0.999, 1e-8, 0.01
+    p, m, v = 1.0, 0.0, 0.0
+    for t, g in enumerate([0.5, -1.0, 2.0], start=1):
+        m = b1 * m + (1 - b1) * g
+        v = b2 * v + (1 - b2) * g * g
+        p -= lr * (m / (1 - b1**t)) / (math.sqrt(v / (1 - b2**t)) + eps)
+    assert _run(optim.Adam(lr), [0.5, -1.0, 2.0]) == pytest.approx(p, rel=1e-12)
+
+
+def test_schedules():
+    step = optim.StepLR(2, gamma=0.5)
+    assert [step(t, None) for t in range(5)] == [1, 1, 0.5, 0.5, 0.25]
+    cos = optim.CosineLR()
+    assert cos(0, 10) == pytest.approx(1) and cos(5, 10) == pytest.approx(0.5) and cos(10, 10) == pytest.approx(0)
+    one = optim.OneCycleLR(pct_start=0.5, div_factor=10, final_div_factor=100)
+    assert one(0, 100) == pytest.approx(0.1) and one(50, 100) == pytest.approx(1.0)
+    assert one(100, 100) == pytest.approx(1 / 1000)
+    opt = optim.SGD(1.0, schedule=optim.CosineLR())
+    with pytest.raises(ValueError, match="needs the run's total steps"):
+        opt.current_lr()
+    opt.total_steps = 4
+    assert _run(opt, [1.0, 1.0], p0=0.0) == pytest.approx(-(1.0 + 0.5 * (1 + math.cos(math.pi / 4))))
+
+
+@pytest.mark.parametrize("make, pattern", [
+    (lambda: optim.SGD(-1), "lr must be a finite number >= 0"),
+    (lambda: optim.SGD(float("nan")), "lr must be a finite number >= 0"),
+    (lambda: optim.SGD(0.1, momentum=1.5), r"momentum must be in \[0, 1\)"),
+    (lambda: optim.SGD(0.1, nesterov=True), "nesterov=True needs momentum > 0"),
+    (lambda: optim.Adam(betas=(0.9, 1.0)), "betas must be two numbers"),
+    (lambda: optim.StepLR(0), "step_size must be >= 1"),
+])
+def test_bad_hyperparameters(make, pattern):
+    with pytest.raises(ValueError, match=pattern):
+        make()
