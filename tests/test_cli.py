@@ -1,0 +1,85 @@
+"""The command line, run as a user would: train, predict (test index, PNG, IDX), info, bad arguments."""
+import struct
+import subprocess
+import sys
+import zlib
+
+import numpy as np
+import pytest
+
+from fastcnn import cli, datasets, dispatch, threads
+
+
+@pytest.fixture(autouse=True)
+def restore_global_settings(monkeypatch):
+    """`fastcnn train` sets the process's backend and threads; keep that inside each test."""
+    monkeypatch.setattr(dispatch, "_global_policy", None)
+    before = threads.get_num_threads()
+    yield
+    threads.set_num_threads(before)
+
+
+def _write_png(path, gray):
+    h, w = gray.shape
+    raw = b"".join(b"\x00" + row.tobytes() for row in gray.astype(np.uint8))
+
+    def chunk(kind, data):
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", w, h, 8, 0, 0, 0, 0))
+                     + chunk(b"IDAT", zlib.compress(raw)) + chunk(b"IEND", b""))
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    out = tmp_path_factory.mktemp("cli") / "tiny.npz"
+    code = cli.main(["train", "--model", "tiny_cnn", "--batch-size", "32", "--epochs", "1", "--quiet",
+                     "--out", str(out)])
+    assert code == 0
+    return out
+
+
+def test_train_output(tmp_path, capsys):
+    out = tmp_path / "m.npz"
+    assert cli.main(["train", "--model", "tiny_cnn", "--batch-size", "64", "--quiet", "--out", str(out),
+                     "--lr", "0.1", "--backend", "numpy", "--threads", "1"]) == 0
+    text = capsys.readouterr().out
+    assert "training tiny_cnn on 4,000 MNIST images" in text and "backend numpy, 1 threads" in text
+    assert "Conv2D(1->1, 3x3)" in text and "test accuracy: 0." in text and "total wall time" in text
+    accuracy = float(text.split("test accuracy: ")[1].split()[0])
+    assert accuracy > 0.5
+
+
+def test_predict_test_image_png_and_idx(trained, tmp_path, capsys):
+    assert cli.main(["predict", str(trained), "--index", "0"]) == 0
+    text = capsys.readouterr().out
+    assert text.startswith("MNIST test image 0: predicted ") and "(true 7)" in text and "  9: " in text
+
+    _, (xt, _) = datasets.load_mnist(quiet=True)
+    png = tmp_path / "digit.png"
+    big = np.kron(255 - xt[0], np.ones((2, 2), np.uint8))  # 56x56, dark digit on light: inverted on read
+    _write_png(png, big)
+    assert cli.main(["predict", str(trained), str(png)]) == 0
+    png_line = capsys.readouterr().out.splitlines()[0]
+    idx = tmp_path / "images-idx3-ubyte"
+    idx.write_bytes(b"\0\0\x08\x03" + struct.pack(">III", 2, 28, 28) + xt[:2].tobytes())
+    assert cli.main(["predict", str(trained), str(idx), "--index", "0"]) == 0
+    idx_line = capsys.readouterr().out.splitlines()[0]
+    assert png_line.split("predicted")[1] == idx_line.split("predicted")[1]
+
+
+def test_bad_arguments_are_clear_errors(trained, tmp_path, capsys):
+    assert cli.main(["train", "--threads", "999", "--quiet"]) == 1
+    assert "threads must be an int from 1 to" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main(["train", "--epochs", "0"])
+    assert exit_info.value.code == 2
+    assert cli.main(["predict", str(tmp_path / "missing.npz"), "--index", "0"]) == 1
+    assert "No such file" in capsys.readouterr().err
+    assert cli.main(["predict", str(trained), "--index", "10000"]) == 1
+    assert "--index must be in [0, 10000)" in capsys.readouterr().err
+
+
+def test_info_and_module_entry_point():
+    out = subprocess.run([sys.executable, "-m", "fastcnn", "info"], capture_output=True, text=True, check=True).stdout
+    assert "threading layer" in out and "numpy" in out and "dispatch decisions" in out
