@@ -248,11 +248,11 @@ class Sequential:
                       named, last_good, history) -> None:
         n = len(x)
         for epoch in range(epochs):
-            order = rng.permutation(n) if shuffle else np.arange(n)
+            order = rng.permutation(n) if shuffle and batch_size < n else None  # full batch: order is moot
             bar = ProgressBar(n, f"epoch {epoch + 1}/{epochs}", enabled=verbose > 0)
             total_loss, correct, seen = 0.0, 0, 0
             for start in range(0, n, batch_size):
-                idx = order[start : start + batch_size]
+                idx = slice(start, start + batch_size) if order is None else order[start : start + batch_size]
                 xb, yb = x[idx], y[idx]
                 out = self.forward(xb, training=True)
                 value = loss(out, yb)
@@ -268,11 +268,11 @@ class Sequential:
                     np.copyto(good, p)
                 self.backward(loss.backward())
                 optimizer.step(self.named_parameters())
-                total_loss += value * len(idx)
+                total_loss += value * len(xb)
                 acc = accuracy(out, yb)
-                correct += 0 if acc is None else round(acc * len(idx))
-                seen += len(idx)
-                bar.update(len(idx), _status(total_loss / seen, correct / seen if acc is not None else None))
+                correct += 0 if acc is None else round(acc * len(xb))
+                seen += len(xb)
+                bar.update(len(xb), _status(total_loss / seen, correct / seen if acc is not None else None))
             history["loss"].append(total_loss / seen)
             history["accuracy"].append(correct / seen if acc is not None else float("nan"))
             status = _status(history["loss"][-1], history["accuracy"][-1] if acc is not None else None)
