@@ -50,6 +50,17 @@ def test_train_output(tmp_path, capsys):
     assert accuracy > 0.5
 
 
+def test_plots_are_written(tmp_path, capsys):
+    pytest.importorskip("matplotlib")  # part of the dev extra; optional for users
+    out = tmp_path / "plots"
+    assert cli.main(["train", "--model", "tiny_cnn", "--epochs", "2", "--batch-size", "64", "--lr", "0.1", "--quiet",
+                     "--out", str(tmp_path / "m.npz"), "--plot", str(out)]) == 0
+    names = sorted(p.name for p in out.iterdir())
+    assert names == ["confusion_matrix.png", "test_digits.png", "training_curves.png"]
+    assert all((out / n).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" for n in names)
+    assert "wrote" in capsys.readouterr().out
+
+
 def test_predict_test_image_png_and_idx(trained, tmp_path, capsys):
     assert cli.main(["predict", str(trained), "--index", "0"]) == 0
     text = capsys.readouterr().out
