@@ -12,7 +12,7 @@ import numpy as np
 
 from . import functional as F
 from .init import get_rng, glorot_uniform, he_normal
-from .kernels._shapes import IntOrPair, conv_geometry, pair, pool_geometry
+from .kernels._shapes import IntOrPair, conv_geometry, pair, pool_geometry, positive_int
 
 __all__ = [
     "Layer",
@@ -93,12 +93,6 @@ def _init_weight(kind: str, shape, fan_in: int, fan_out: int, rng) -> np.ndarray
     raise ValueError(f"init must be 'he' or 'glorot', got {kind!r}")
 
 
-def _positive_int(name: str, value) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
-        raise ValueError(f"{name} must be a positive int, got {value!r}")
-    return int(value)
-
-
 class Conv2D(Layer):
     """2-D convolution over NCHW input, with weight ``(out_channels, in_channels, kH, kW)``.
 
@@ -120,8 +114,8 @@ class Conv2D(Layer):
                  padding: IntOrPair | str = 0, dilation: IntOrPair = 1, bias: bool = True, init: str = "he",
                  rng=None, backend: str | None = None) -> None:
         super().__init__()
-        self.in_channels = _positive_int("in_channels", in_channels)
-        self.out_channels = _positive_int("out_channels", out_channels)
+        self.in_channels = positive_int("in_channels", in_channels)
+        self.out_channels = positive_int("out_channels", out_channels)
         self.kernel_size = pair("kernel_size", kernel_size, 1)
         self.stride = pair("stride", stride, 1)
         self.padding = padding if isinstance(padding, str) else pair("padding", padding, 0)
@@ -228,8 +222,8 @@ class Dense(Layer):
 
     def __init__(self, in_features: int, out_features: int, bias: bool = True, init: str = "he", rng=None) -> None:
         super().__init__()
-        self.in_features = _positive_int("in_features", in_features)
-        self.out_features = _positive_int("out_features", out_features)
+        self.in_features = positive_int("in_features", in_features)
+        self.out_features = positive_int("out_features", out_features)
         self.init = init
         self.params["weight"] = _init_weight(init, (out_features, in_features), in_features, out_features, get_rng(rng))
         if bias:
@@ -308,28 +302,41 @@ class Dropout(Layer):
         return dict(p=self.p)
 
 
-class ReLU(Layer):
+class _Activation(Layer):
+    """An element-wise (or row-wise) function whose derivative is computed from its output ``y``."""
+
+    def forward(self, x, training=False):
+        y = self._apply(x)
+        self._y = y if training else None
+        return y
+
+    def backward(self, grad):
+        return self._grad(grad, self._cached("_y"))
+
+    def _apply(self, x):
+        raise NotImplementedError
+
+    def _grad(self, grad, y):
+        raise NotImplementedError
+
+
+class ReLU(_Activation):
     """``max(x, 0)``."""
 
-    def forward(self, x, training=False):
-        y = np.maximum(x, 0)
-        self._y = y if training else None
-        return y
+    def _apply(self, x):
+        return np.maximum(x, 0)
 
-    def backward(self, grad):
-        return grad * (self._cached("_y") > 0)
+    def _grad(self, grad, y):
+        return grad * (y > 0)
 
 
-class Tanh(Layer):
+class Tanh(_Activation):
     """Hyperbolic tangent."""
 
-    def forward(self, x, training=False):
-        y = np.tanh(x)
-        self._y = y if training else None
-        return y
+    def _apply(self, x):
+        return np.tanh(x)
 
-    def backward(self, grad):
-        y = self._cached("_y")
+    def _grad(self, grad, y):
         return grad * (1 - y * y)
 
 
@@ -339,16 +346,13 @@ def sigmoid(x: np.ndarray) -> np.ndarray:
     return np.where(x >= 0, 1 / (1 + e), e / (1 + e)).astype(x.dtype, copy=False)
 
 
-class Sigmoid(Layer):
+class Sigmoid(_Activation):
     """Logistic function ``1 / (1 + exp(-x))``, stable for any ``x``."""
 
-    def forward(self, x, training=False):
-        y = sigmoid(x)
-        self._y = y if training else None
-        return y
+    def _apply(self, x):
+        return sigmoid(x)
 
-    def backward(self, grad):
-        y = self._cached("_y")
+    def _grad(self, grad, y):
         return grad * y * (1 - y)
 
 
@@ -359,17 +363,14 @@ def softmax(x: np.ndarray, axis: int = -1) -> np.ndarray:
     return e / e.sum(axis=axis, keepdims=True)
 
 
-class Softmax(Layer):
+class Softmax(_Activation):
     """Softmax over the last axis. For training with cross-entropy, end the model in logits instead:
     :class:`fastcnn.losses.CrossEntropyLoss` fuses the softmax and is exact for logits of any size."""
 
-    def forward(self, x, training=False):
-        y = softmax(x)
-        self._y = y if training else None
-        return y
+    def _apply(self, x):
+        return softmax(x)
 
-    def backward(self, grad):
-        y = self._cached("_y")
+    def _grad(self, grad, y):
         return y * (grad - (grad * y).sum(axis=-1, keepdims=True))
 
 
@@ -379,7 +380,7 @@ class _BatchNorm(Layer):
 
     def __init__(self, num_features: int, eps: float = 1e-5, momentum: float = 0.1) -> None:
         super().__init__()
-        self.num_features = _positive_int("num_features", num_features)
+        self.num_features = positive_int("num_features", num_features)
         self.eps = float(eps)
         self.momentum = float(momentum)
         self.params = {"weight": np.ones(num_features, np.float32), "bias": np.zeros(num_features, np.float32)}

@@ -7,6 +7,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from .kernels._shapes import positive_int
 from .layers import Dropout, Layer
 from .losses import CrossEntropyLoss, Loss, accuracy
 from .optim import Adam, Optimizer
@@ -162,7 +163,7 @@ class Sequential:
     def predict(self, x: np.ndarray, batch_size: int = 512) -> np.ndarray:
         """The model's outputs (class scores / logits for classifiers) for ``x``, computed in batches."""
         x = self._prepare_input(x)
-        _check_batch_size(batch_size)
+        positive_int("batch_size", batch_size)
         if len(x) == 0:
             raise ValueError("x is empty: predict needs at least one sample")
         return np.concatenate([self.forward(x[i : i + batch_size]) for i in range(0, len(x), batch_size)])
@@ -219,9 +220,8 @@ class Sequential:
             When the loss stops being finite; the model keeps the last weights that gave a finite loss.
         """
         x = self._prepare_input(x)
-        _check_batch_size(batch_size)
-        if not isinstance(epochs, int) or epochs < 1:
-            raise ValueError(f"epochs must be a positive int, got {epochs!r}")
+        positive_int("batch_size", batch_size)
+        positive_int("epochs", epochs)
         if len(x) == 0:
             raise ValueError("x is empty: fit needs at least one sample")
         optimizer = optimizer or Adam(1e-3)
@@ -233,55 +233,64 @@ class Sequential:
                 if isinstance(layer, Dropout):
                     layer.rng = np.random.default_rng([seed, i])
         n = len(x)
-        steps = math.ceil(n / batch_size)
         if optimizer.total_steps is None:
-            optimizer.total_steps = epochs * steps
-        named = self.named_parameters()
-        last_good = [p.copy() for _, p, _ in named]
+            optimizer.total_steps = epochs * math.ceil(n / batch_size)
         history: dict[str, list[float]] = {"loss": [], "accuracy": []}
-        with np.errstate(over="ignore", invalid="ignore"):  # divergence is caught below, with a clear error
-            self._train_epochs(x, y, epochs, batch_size, optimizer, loss, validation_data, shuffle, rng, verbose,
-                               named, last_good, history)
-        return history
-
-    def _train_epochs(self, x, y, epochs, batch_size, optimizer, loss, validation_data, shuffle, rng, verbose,
-                      named, last_good, history) -> None:
-        n = len(x)
         for epoch in range(epochs):
             order = rng.permutation(n) if shuffle and batch_size < n else None  # full batch: order is moot
             bar = ProgressBar(n, f"epoch {epoch + 1}/{epochs}", enabled=verbose > 0)
-            total_loss, correct, seen = 0.0, 0, 0
-            for start in range(0, n, batch_size):
-                idx = slice(start, start + batch_size) if order is None else order[start : start + batch_size]
-                xb, yb = x[idx], y[idx]
-                out = self.forward(xb, training=True)
-                value = loss(out, yb)
-                if not math.isfinite(value):
-                    for (_, p, _), good in zip(named, last_good):
-                        np.copyto(p, good)
-                    bar.close("diverged")
-                    raise TrainingDivergedError(
-                        f"loss became {value} at epoch {epoch + 1}, step {start // batch_size + 1} "
-                        f"(learning rate {optimizer.current_lr():g}); the model keeps the last weights with a "
-                        "finite loss. Try a lower learning rate.", history)
-                for (_, p, _), good in zip(named, last_good):
-                    np.copyto(good, p)
-                self.backward(loss.backward())
-                optimizer.step(self.named_parameters())
-                total_loss += value * len(xb)
-                acc = accuracy(out, yb)
-                correct += 0 if acc is None else round(acc * len(xb))
-                seen += len(xb)
-                bar.update(len(xb), _status(total_loss / seen, correct / seen if acc is not None else None))
-            history["loss"].append(total_loss / seen)
-            history["accuracy"].append(correct / seen if acc is not None else float("nan"))
-            status = _status(history["loss"][-1], history["accuracy"][-1] if acc is not None else None)
+            try:
+                mean_loss, acc = self._train_epoch(x, y, order, batch_size, optimizer, loss, bar)
+            except TrainingDivergedError as exc:
+                bar.close("diverged")
+                exc.args = (f"epoch {epoch + 1}: {exc.args[0]}",)
+                exc.history = history
+                raise
+            history["loss"].append(mean_loss)
+            history["accuracy"].append(float("nan") if acc is None else acc)
+            status = _status(mean_loss, acc)
             if validation_data is not None:
                 val_loss, val_acc = self.evaluate(*validation_data, loss=loss)
                 history.setdefault("val_loss", []).append(val_loss)
                 history.setdefault("val_accuracy", []).append(float("nan") if val_acc is None else val_acc)
                 status += f" - val_loss {val_loss:.4f}" + ("" if val_acc is None else f" val_acc {val_acc:.4f}")
             bar.close(status)
+        return history
+
+    def _train_epoch(self, x, y, order, batch_size, optimizer, loss, bar) -> tuple[float, float | None]:
+        """One pass over ``x`` in ``order`` (None: as stored); returns the mean loss and accuracy.
+
+        Before each update the weights are copied; if a loss is not finite they are put back and
+        :class:`TrainingDivergedError` is raised.
+        """
+        params = [p for _, p, _ in self.named_parameters()]
+        last_good = [p.copy() for p in params]
+        total_loss, correct, seen = 0.0, 0, 0
+        classifier = True
+        with np.errstate(over="ignore", invalid="ignore"):  # divergence is caught below, with a clear error
+            for start in range(0, len(x), batch_size):
+                idx = slice(start, start + batch_size) if order is None else order[start : start + batch_size]
+                xb, yb = x[idx], y[idx]
+                out = self.forward(xb, training=True)
+                value = loss(out, yb)
+                if not math.isfinite(value):
+                    for p, good in zip(params, last_good):
+                        np.copyto(p, good)
+                    raise TrainingDivergedError(
+                        f"loss became {value} at step {start // batch_size + 1} (learning rate "
+                        f"{optimizer.current_lr():g}); the model keeps the last weights with a finite loss. "
+                        "Try a lower learning rate.", {})
+                for p, good in zip(params, last_good):
+                    np.copyto(good, p)
+                self.backward(loss.backward())
+                optimizer.step(self.named_parameters())
+                acc = accuracy(out, yb)
+                classifier = acc is not None
+                total_loss += value * len(xb)
+                correct += round(acc * len(xb)) if classifier else 0
+                seen += len(xb)
+                bar.update(len(xb), _status(total_loss / seen, correct / seen if classifier else None))
+        return total_loss / seen, (correct / seen if classifier else None)
 
     # ---------------------------------------------------------------- files
     def save(self, path: str | os.PathLike) -> None:
@@ -296,8 +305,3 @@ class Sequential:
 
 def _status(loss: float, acc: float | None) -> str:
     return f"loss {loss:.4f}" + ("" if acc is None else f" acc {acc:.4f}")
-
-
-def _check_batch_size(batch_size) -> None:
-    if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
-        raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")

@@ -42,6 +42,13 @@ def float_array(name: str, value, ndim: int | None = None, dtype: np.dtype | Non
     return np.ascontiguousarray(arr)
 
 
+def positive_int(name: str, value) -> int:
+    """``value`` as an int >= 1, or a ValueError naming ``name`` (bools are refused)."""
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)) or value < 1:
+        raise ValueError(f"{name} must be a positive int, got {value!r}")
+    return int(value)
+
+
 def pair(name: str, value, minimum: int) -> tuple[int, int]:
     """Normalise an int or a pair of ints to a pair, checking each is at least ``minimum``."""
     items = value if isinstance(value, (tuple, list)) else (value, value)
