@@ -10,11 +10,16 @@ In ``auto`` the first call with a new signature (op, shapes, parameters, dtype a
 every available backend once to compile and warm it, times a few more runs of each, and keeps the
 faster; later calls with that signature cost one dictionary lookup. Decisions are kept per machine in
 ``$FASTCNN_HOME/dispatch/<machine>.json`` (``FASTCNN_DISPATCH_PERSIST=0`` turns that off), so a new
-process does not measure again.
+process does not measure again. The file name also hashes the kernels' source, NumPy's and Numba's
+versions, so changed kernels are measured afresh.
+
+In-place ops (the optimizer update) cannot be timed by running them twice; ``auto`` gives them the
+first available backend, Numba when it is installed.
 """
 from __future__ import annotations
 
 import contextvars
+import functools
 import hashlib
 import json
 import os
@@ -24,6 +29,7 @@ import threading
 import time
 import warnings
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any, Callable, Iterator
 
 import numpy as np
@@ -45,15 +51,22 @@ _registry: dict[str, dict[str, Callable[..., Any]]] = {}
 _local_policy: contextvars.ContextVar[str | None] = contextvars.ContextVar("fastcnn_backend", default=None)
 _global_policy: str | None = None  # None: read FASTCNN_BACKEND
 _choices: dict[str, str] = {}
+_in_place: set[str] = set()
 _decisions: dict[str, dict[str, Any]] = {}
 _lock = threading.Lock()
 _loaded = False
 _persist_warned = False
 
 
-def register(op: str, backend: str, fn: Callable[..., Any]) -> None:
-    """Register ``fn`` as ``backend``'s implementation of ``op``."""
+def register(op: str, backend: str, fn: Callable[..., Any], in_place: bool = False) -> None:
+    """Register ``fn`` as ``backend``'s implementation of ``op``.
+
+    An ``in_place`` op changes its arguments, so ``auto`` cannot time it by running it again: it takes
+    the first available backend in preference order instead.
+    """
     _registry.setdefault(op, {})[backend] = fn
+    if in_place:
+        _in_place.add(op)
 
 
 def available_backends() -> tuple[str, ...]:
@@ -107,6 +120,8 @@ def run(op: str, signature: tuple, args: tuple, backend: str | None = None) -> A
     impls = _registry[op]
     if policy != "auto":
         return impls[policy](*args)
+    if op in _in_place:
+        return impls[next(b for b in available_backends() if b in impls)](*args)
     key = f"{op}{signature}@{_jit.num_threads()}"
     choice = _choices.get(key)
     if choice is not None:
@@ -179,6 +194,7 @@ def clear_dispatch_decisions(persisted: bool = False) -> None:
                 pass
 
 
+@functools.lru_cache(maxsize=None)
 def _machine_id() -> str:
     cpu = platform.processor()
     try:
@@ -188,7 +204,10 @@ def _machine_id() -> str:
         pass
     numba_version = _jit.numba.__version__ if _jit.NUMBA_AVAILABLE else "none"
     text = f"{platform.machine()}|{cpu}|{os.cpu_count()}|numpy {np.__version__}|numba {numba_version}"
-    return hashlib.sha256(text.encode()).hexdigest()[:16]
+    digest = hashlib.sha256(text.encode())
+    for path in sorted(Path(_jit.__file__).parent.glob("*.py")):  # new kernels: measure again
+        digest.update(path.read_bytes())
+    return digest.hexdigest()[:16]
 
 
 def decisions_path():

@@ -9,7 +9,7 @@ from __future__ import annotations
 import numpy as np
 
 from . import dispatch
-from .kernels import _jit, conv_numpy, pool_numpy
+from .kernels import _jit, conv_numpy, elementwise_numpy, pool_numpy
 from .kernels._shapes import IntOrPair, check_grad, conv_geometry, check_nchw_shape, float_array, pool_geometry
 
 __all__ = [
@@ -19,28 +19,36 @@ __all__ = [
     "max_pool2d_backward",
     "avg_pool2d",
     "avg_pool2d_backward",
+    "relu",
+    "relu_backward",
 ]
 
 _KERNELS = {
     "conv2d": "conv2d_forward",
-    "conv2d_backward": "conv2d_backward",
+    "conv2d_grad_weight": "conv2d_grad_weight",
+    "conv2d_grad_input": "conv2d_grad_input",
     "max_pool2d": "max_pool2d_forward",
     "max_pool2d_backward": "max_pool2d_backward",
     "avg_pool2d": "avg_pool2d_forward",
     "avg_pool2d_backward": "avg_pool2d_backward",
+    "relu": "relu_forward",
+    "relu_backward": "relu_backward",
+    "adam_update": "adam_update",
 }
+
+_IN_PLACE = {"adam_update"}
 
 
 def _register_backends() -> None:
-    modules = {"numpy": (conv_numpy, pool_numpy)}
+    modules = {"numpy": (conv_numpy, pool_numpy, elementwise_numpy)}
     if _jit.NUMBA_AVAILABLE:
-        from .kernels import conv_numba, pool_numba
+        from .kernels import conv_numba, elementwise_numba, pool_numba
 
-        modules["numba"] = (conv_numba, pool_numba)
+        modules["numba"] = (conv_numba, pool_numba, elementwise_numba)
     for backend, mods in modules.items():
         for op, kernel in _KERNELS.items():
             module = next(m for m in mods if hasattr(m, kernel))
-            dispatch.register(op, backend, getattr(module, kernel))
+            dispatch.register(op, backend, getattr(module, kernel), in_place=op in _IN_PLACE)
 
 
 _register_backends()
@@ -121,8 +129,9 @@ def conv2d_backward(
     padding: IntOrPair | str = 0,
     dilation: IntOrPair = 1,
     *,
+    input_grad: bool = True,
     backend: str | None = None,
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+) -> tuple[np.ndarray | None, np.ndarray, np.ndarray]:
     """Gradients of :func:`conv2d` with respect to ``x``, ``weight`` and ``bias``.
 
     Parameters
@@ -130,11 +139,14 @@ def conv2d_backward(
     grad_y : ndarray, shape (N, C_out, H_out, W_out)
         Gradient of the loss with respect to the conv output.
     x, weight, stride, padding, dilation, backend
-        As passed to :func:`conv2d`.
+        As passed to :func:`conv2d`. The two gradients are dispatched separately, so ``auto`` may
+        pick a different backend for each.
+    input_grad : bool
+        Compute ``grad_x``; ``False`` skips that work (a network's first layer) and returns None.
 
     Returns
     -------
-    grad_x : ndarray, shape of ``x``
+    grad_x : ndarray, shape of ``x``, or None
     grad_weight : ndarray, shape of ``weight``
     grad_bias : ndarray, shape (C_out,)
     """
@@ -143,8 +155,13 @@ def conv2d_backward(
     xp = _pad(x, geo.padding)
     (sh, sw), (dh, dw) = geo.stride, geo.dilation
     signature = (xp.shape, weight.shape, geo.stride, geo.dilation, x.dtype.char)
-    grad_xp, grad_w = dispatch.run("conv2d_backward", signature, (grad_y, xp, weight, sh, sw, dh, dw), backend)
-    return _crop(grad_xp, geo.padding), grad_w, grad_y.sum(axis=(0, 2, 3))
+    kh, kw = weight.shape[2:]
+    grad_w = dispatch.run("conv2d_grad_weight", signature, (grad_y, xp, kh, kw, sh, sw, dh, dw), backend)
+    grad_x = None
+    if input_grad:
+        args = (grad_y, weight, xp.shape[2], xp.shape[3], sh, sw, dh, dw)
+        grad_x = _crop(dispatch.run("conv2d_grad_input", signature, args, backend), geo.padding)
+    return grad_x, grad_w, grad_y.sum(axis=(0, 2, 3))
 
 
 def max_pool2d(
@@ -291,3 +308,40 @@ def avg_pool2d_backward(
 def _symmetric(padding: tuple[int, int]):
     return ((padding[0], padding[0]), (padding[1], padding[1]))
 
+
+
+def relu(x: np.ndarray, *, backend: str | None = None) -> np.ndarray:
+    """``max(x, 0)`` element-wise (NaN stays NaN), any shape.
+
+    Parameters
+    ----------
+    x : ndarray
+        float32 or float64.
+    backend : {"auto", "numba", "numpy"}, optional
+
+    Returns
+    -------
+    ndarray of the shape and dtype of ``x``
+    """
+    x = float_array("x", x)
+    return dispatch.run("relu", (x.shape, x.dtype.char), (x,), backend)
+
+
+def relu_backward(grad_y: np.ndarray, y: np.ndarray, *, backend: str | None = None) -> np.ndarray:
+    """Gradient of :func:`relu`: ``grad_y`` where the output ``y`` is positive, else 0.
+
+    Parameters
+    ----------
+    grad_y : ndarray
+        Gradient with respect to the ReLU output.
+    y : ndarray
+        The output :func:`relu` returned, same shape.
+    backend : {"auto", "numba", "numpy"}, optional
+
+    Returns
+    -------
+    ndarray of the shape and dtype of ``y``
+    """
+    y = float_array("y", y)
+    grad_y = check_grad("grad_y", grad_y, y.shape, y.dtype)
+    return dispatch.run("relu_backward", (y.shape, y.dtype.char), (grad_y, y), backend)

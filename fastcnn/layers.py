@@ -12,6 +12,7 @@ import numpy as np
 
 from . import functional as F
 from .init import get_rng, glorot_uniform, he_normal
+from .kernels._blas import matmul
 from .kernels._shapes import IntOrPair, conv_geometry, pair, pool_geometry, positive_int
 
 __all__ = [
@@ -44,6 +45,10 @@ class Layer:
 
     def backward(self, grad: np.ndarray) -> np.ndarray:
         raise NotImplementedError
+
+    def backward_params(self, grad: np.ndarray) -> None:
+        """Fill ``grads`` from ``grad`` without computing the input gradient (nothing upstream needs it)."""
+        self.backward(grad)
 
     def output_shape(self, input_shape: tuple[int, ...]) -> tuple[int, ...]:
         """The per-sample output shape for a per-sample ``input_shape``; ValueError if it does not fit."""
@@ -138,8 +143,14 @@ class Conv2D(Layer):
         return F.conv2d(x, self.params["weight"], self.params.get("bias"), backend=self.backend, **self._geometry())
 
     def backward(self, grad):
-        gx, gw, gb = F.conv2d_backward(grad, self._cached("_x"), self.params["weight"], backend=self.backend,
-                                       **self._geometry())
+        return self._backward(grad, input_grad=True)
+
+    def backward_params(self, grad):
+        self._backward(grad, input_grad=False)
+
+    def _backward(self, grad, input_grad):
+        gx, gw, gb = F.conv2d_backward(grad, self._cached("_x"), self.params["weight"], input_grad=input_grad,
+                                       backend=self.backend, **self._geometry())
         self.grads["weight"] = gw
         if "bias" in self.params:
             self.grads["bias"] = gb
@@ -235,17 +246,19 @@ class Dense(Layer):
         if x.ndim != 2 or x.shape[1] != self.in_features:
             raise ValueError(f"{self!r} expects input of shape (N, {self.in_features}), got {x.shape}")
         self._x = x if training else None
-        y = x @ self.params["weight"].T
+        y = matmul(x, self.params["weight"].T)
         if "bias" in self.params:
             y += self.params["bias"]
         return y
 
     def backward(self, grad):
-        x = self._cached("_x")
-        self.grads["weight"] = grad.T @ x
+        self.backward_params(grad)
+        return matmul(grad, self.params["weight"])
+
+    def backward_params(self, grad):
+        self.grads["weight"] = matmul(grad.T, self._cached("_x"))
         if "bias" in self.params:
             self.grads["bias"] = grad.sum(axis=0)
-        return grad @ self.params["weight"]
 
     def output_shape(self, input_shape):
         if tuple(input_shape) != (self.in_features,):
@@ -324,10 +337,10 @@ class ReLU(_Activation):
     """``max(x, 0)``."""
 
     def _apply(self, x):
-        return np.maximum(x, 0)
+        return F.relu(x)
 
     def _grad(self, grad, y):
-        return grad * (y > 0)
+        return F.relu_backward(grad, y)
 
 
 class Tanh(_Activation):

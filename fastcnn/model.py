@@ -154,11 +154,22 @@ class Sequential:
 
     __call__ = forward
 
-    def backward(self, grad: np.ndarray) -> np.ndarray:
-        """Back-propagate ``grad`` (d loss / d output) through every layer; fills each layer's ``grads``."""
-        for layer in reversed(self.layers):
+    def backward(self, grad: np.ndarray, input_grad: bool = True) -> np.ndarray | None:
+        """Back-propagate ``grad`` (d loss / d output) through every layer; fills each layer's ``grads``.
+
+        Returns the gradient with respect to the model's input, or None with ``input_grad=False``,
+        which also skips the work that only that gradient needs (as training does).
+        """
+        first = 0
+        if not input_grad:
+            first = next((i for i, layer in enumerate(self.layers) if layer.params), len(self.layers))
+        for layer in reversed(self.layers[first + 1 :]):
             grad = layer.backward(grad)
-        return grad
+        if not input_grad:
+            if first < len(self.layers):
+                self.layers[first].backward_params(grad)
+            return None
+        return self.layers[0].backward(grad) if self.layers else grad
 
     def predict(self, x: np.ndarray, batch_size: int = 512) -> np.ndarray:
         """The model's outputs (class scores / logits for classifiers) for ``x``, computed in batches."""
@@ -282,7 +293,7 @@ class Sequential:
                         "Try a lower learning rate.", {})
                 for p, good in zip(params, last_good):
                     np.copyto(good, p)
-                self.backward(loss.backward())
+                self.backward(loss.backward(), input_grad=False)
                 optimizer.step(self.named_parameters())
                 acc = accuracy(out, yb)
                 classifier = acc is not None

@@ -11,6 +11,8 @@ from typing import Iterable
 
 import numpy as np
 
+from . import dispatch
+
 __all__ = ["Optimizer", "SGD", "Adam", "StepLR", "CosineLR", "OneCycleLR"]
 
 
@@ -161,18 +163,11 @@ class Adam(Optimizer):
         self.betas, self.eps = (float(betas[0]), float(betas[1])), float(eps)
 
     def _update(self, name, param, grad, lr):
-        t = param.dtype.type
         b1, b2 = self.betas
         state = self.state.get(name)
         if state is None:
             state = self.state[name] = {"m": np.zeros_like(param), "v": np.zeros_like(param)}
-        m, v = state["m"], state["v"]
-        m *= t(b1)
-        m += t(1 - b1) * grad
-        v *= t(b2)
-        v += t(1 - b2) * grad * grad
         step = self.iterations
-        step_size = lr / (1 - b1**step)
-        denom = np.sqrt(v / t(1 - b2**step))
-        denom += t(self.eps)
-        param -= t(step_size) * m / denom
+        args = (param, np.ascontiguousarray(grad, dtype=param.dtype), state["m"], state["v"], b1, b2,
+                lr / (1 - b1**step), 1 - b2**step, self.eps)
+        dispatch.run("adam_update", (param.shape, param.dtype.char), args)

@@ -36,3 +36,4 @@ def set_num_threads(n: int) -> None:
 def get_num_threads() -> int:
     """The number of threads Numba kernels use now."""
     return _jit.num_threads()
+

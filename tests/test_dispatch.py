@@ -166,3 +166,25 @@ def test_without_numba_numpy_still_works_and_numba_is_a_clear_error():
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert "refused: backend='numba' but Numba is not installed" in out
+
+
+def test_in_place_ops_run_once_under_auto(spy):
+    """The Adam update changes its arguments: auto must not time it by running it several times."""
+    p = np.ones(5, np.float32)
+    opt = fastcnn.optim.Adam(0.1)
+    opt.step([("w", p, np.full(5, 2.0, np.float32))])
+    assert spy == [("adam_update", BACKENDS[0])]
+    np.testing.assert_allclose(p, 0.9, rtol=1e-6)  # one step of Adam moves by lr
+    assert fastcnn.dispatch_decisions() == []
+
+
+def test_decision_file_name_depends_on_the_kernels_source(monkeypatch):
+    before = dispatch.decisions_path().name
+    original = dispatch.Path.read_bytes
+    monkeypatch.setattr(dispatch.Path, "read_bytes", lambda self: original(self) + b"# changed")
+    dispatch._machine_id.cache_clear()
+    try:
+        assert dispatch.decisions_path().name != before
+    finally:
+        monkeypatch.undo()
+        dispatch._machine_id.cache_clear()

@@ -257,3 +257,55 @@ def test_numba_kernels_are_deterministic(rng):
     for _ in range(3):
         for a, b in zip(first, F.conv2d_backward(gy, x, wt, backend="numba")):
             np.testing.assert_array_equal(a, b)
+
+
+def _dilate(k, dh, dw):
+    out = np.zeros(((k.shape[0] - 1) * dh + 1, (k.shape[1] - 1) * dw + 1))
+    out[::dh, ::dw] = k
+    return out
+
+
+@pytest.mark.parametrize("n, c_in, c_out, hw, dilation", [(4, 3, 5, (33, 30), (1, 2)), (64, 1, 8, (28, 28), (1, 1))])
+def test_conv2d_on_inputs_larger_than_a_kernel_block(backend, rng, n, c_in, c_out, hw, dilation):
+    """Big enough that the Numba kernels' flat runs span several cache blocks and samples; SciPy reference."""
+    x = rng.standard_normal((n, c_in) + hw)
+    wt = rng.standard_normal((c_out, c_in, 3, 3))
+    dh, dw = dilation
+    xp = np.pad(x, ((0, 0), (0, 0), (1, 1), (1, 1)))
+    kernels = [[_dilate(wt[o, ci], dh, dw) for ci in range(c_in)] for o in range(c_out)]
+    want = np.array([[sum(scipy.signal.correlate(xp[s, ci], kernels[o][ci], mode="valid") for ci in range(c_in))
+                      for o in range(c_out)] for s in range(n)])
+    y = F.conv2d(x, wt, padding=1, dilation=dilation, backend=backend)
+    np.testing.assert_allclose(y, want, rtol=1e-10, atol=1e-10)
+    gy = rng.standard_normal(y.shape)
+    gx, gw, _ = F.conv2d_backward(gy, x, wt, padding=1, dilation=dilation, backend=backend)
+    want_gw = np.array([[sum(scipy.signal.correlate(xp[s, ci], gy[s, o], mode="valid") for s in range(n))[::dh, ::dw]
+                         for ci in range(c_in)] for o in range(c_out)])
+    want_gxp = np.array([[sum(scipy.signal.convolve(gy[s, o], kernels[o][ci], mode="full") for o in range(c_out))
+                          for ci in range(c_in)] for s in range(n)])
+    np.testing.assert_allclose(gw, want_gw, rtol=1e-9, atol=1e-9)
+    np.testing.assert_allclose(gx, want_gxp[:, :, 1:-1, 1:-1], rtol=1e-9, atol=1e-9)
+
+
+def test_conv2d_backward_without_input_grad_skips_only_grad_x(backend, rng):
+    x = rng.standard_normal((3, 2, 9, 8)).astype(np.float32)
+    wt = rng.standard_normal((4, 2, 3, 3)).astype(np.float32)
+    gy = rng.standard_normal(F.conv2d(x, wt).shape).astype(np.float32)
+    full = F.conv2d_backward(gy, x, wt, backend=backend)
+    gx, gw, gb = F.conv2d_backward(gy, x, wt, input_grad=False, backend=backend)
+    assert gx is None
+    np.testing.assert_array_equal(gw, full[1])
+    np.testing.assert_array_equal(gb, full[2])
+
+
+def test_relu_and_its_gradient(backend, rng):
+    x = rng.standard_normal((3, 4, 5, 6)).astype(np.float32)
+    x[0, 0, 0, :3] = [np.nan, 0.0, -0.0]
+    y = F.relu(x, backend=backend)
+    np.testing.assert_array_equal(y, np.maximum(x, 0))  # NaN stays NaN, -0 becomes 0
+    gy = rng.standard_normal(x.shape).astype(np.float32)
+    gy[1, 0, 0, 0] = np.nan
+    want = np.where(y > 0, gy, 0)
+    np.testing.assert_array_equal(F.relu_backward(gy, y, backend=backend), want)
+    with pytest.raises(ValueError, match="grad_y has shape"):
+        F.relu_backward(gy[:1], y, backend=backend)

@@ -157,3 +157,20 @@ def test_layer_constructor_errors():
         L.Dropout(1.0)
     with pytest.raises(RuntimeError, match="backward called before forward"):
         L.Dense(2, 2).backward(np.zeros((1, 2)))
+
+
+def test_model_backward_without_input_grad_gives_the_same_parameter_grads(rng):
+    Conv2D, Dense, Flatten, ReLU = L.Conv2D, L.Dense, L.Flatten, L.ReLU
+    model = fastcnn.Sequential([Flatten(), Dense(12, 5, rng=1), ReLU(), Dense(5, 3, rng=2)], input_shape=(1, 3, 4))
+    conv_model = fastcnn.Sequential([Conv2D(1, 2, 3, rng=3), ReLU(), Flatten(), Dense(8, 3, rng=4)], input_shape=(1, 4, 4))
+    for m in (model, conv_model):
+        x = rng.standard_normal((6,) + m.input_shape).astype(np.float32)
+        gy = rng.standard_normal((6, 3)).astype(np.float32)
+        m.forward(x, training=True)
+        gx = m.backward(gy)
+        assert gx.shape == x.shape
+        full = {name: g.copy() for name, _, g in m.named_parameters()}
+        m.forward(x, training=True)
+        assert m.backward(gy, input_grad=False) is None
+        for name, _, g in m.named_parameters():
+            np.testing.assert_array_equal(g, full[name])

@@ -53,8 +53,22 @@ def parallel_kernel(fn: Callable[..., Any]) -> Callable[..., Any]:
     When no cache directory is writable the kernel is compiled without ``cache=True`` and one warning
     is issued, so a read-only install still works (it just recompiles in every process).
     """
+    return _compile(fn, parallel=True)
+
+
+def serial_kernel(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """Compile ``fn`` as a single-threaded kernel (for work too small to repay a thread launch)."""
+    return _compile(fn, parallel=False)
+
+
+def kernel_helper(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """Compile ``fn`` as a serial helper for the parallel kernels, with the same flags and caching."""
+    return _compile(fn, parallel=False, inline="always")
+
+
+def _compile(fn: Callable[..., Any], parallel: bool, inline: str = "never") -> Callable[..., Any]:
     global _cache_warned
-    options = dict(parallel=True, nogil=True, fastmath=set(FASTMATH_FLAGS), error_model="numpy")
+    options = dict(parallel=parallel, nogil=True, fastmath=set(FASTMATH_FLAGS), error_model="numpy", inline=inline)
     try:
         return numba.njit(cache=True, **options)(fn)
     except RuntimeError as exc:  # numba: "cannot cache function ...: no locator available"

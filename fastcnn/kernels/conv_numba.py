@@ -1,69 +1,255 @@
-"""Conv2D as direct ``@njit(parallel=True)`` loops.
+"""Conv2D as direct ``@njit(parallel=True)`` loops, built for the small-channel convs of MNIST nets.
+
+Stride 1 works in a "wide", channel-major layout: each channel of the whole batch is one flat run of
+``N * Hp * Wp`` values, and output pixel ``(s, r, q)`` sits at flat position ``s*Hp*Wp + r*Wp + q`` in
+the output run, so kernel element ``(i, j)`` reads the input run shifted by ``i*dh*Wp + j*dw``. Every
+(channel, kernel row) term is then one long contiguous multiply-add that LLVM vectorises; positions
+that are not real output pixels (the last columns and rows of each sample) are scratch, dropped from
+the output and zero in the gradient. The runs are cut into cache-sized blocks, which are also the
+parallel tasks. Other strides run row by row.
 
 Every parallel loop writes a disjoint slice of its output, so there are no races and the result does
-not depend on the thread count: the forward pass and grad_x run over (sample, channel) planes, the
-weight gradient over (out-channel, in-channel) pairs, each summing over the whole batch by itself.
+not depend on the thread count.
 """
 from __future__ import annotations
 
 import numpy as np
 
-from ._jit import parallel_kernel, prange
+from ._jit import kernel_helper, parallel_kernel, prange
+
+_BLOCK = 2048  # values per block of a run: the accumulator stays in L1 cache
+
+
+@kernel_helper
+def _add_taps(acc, src, taps, step):
+    """``acc[p] += sum(taps[j] * src[p + j * step] for j)`` for every ``p < len(acc)``.
+
+    Three taps per pass over ``acc``, so each load and store of ``acc`` carries three multiply-adds.
+    """
+    j = 0
+    while j + 3 <= taps.shape[0]:
+        a0, a1, a2 = taps[j], taps[j + 1], taps[j + 2]
+        s0, s1, s2 = src[j * step :], src[(j + 1) * step :], src[(j + 2) * step :]
+        for p in range(acc.shape[0]):
+            acc[p] += a0 * s0[p] + a1 * s1[p] + a2 * s2[p]
+        j += 3
+    while j < taps.shape[0]:
+        a, s0 = taps[j], src[j * step :]
+        for p in range(acc.shape[0]):
+            acc[p] += a * s0[p]
+        j += 1
+
+
+@kernel_helper
+def _add_tap_dots(out, g, src, step):
+    """``out[j] += sum(g[p] * src[p + j * step] for p < len(g))`` for every tap ``j``, three per pass."""
+    j = 0
+    while j + 3 <= out.shape[0]:
+        s0, s1, s2 = src[j * step :], src[(j + 1) * step :], src[(j + 2) * step :]
+        d0, d1, d2 = g[0] * s0[0], g[0] * s1[0], g[0] * s2[0]
+        for p in range(1, g.shape[0]):
+            d0 += g[p] * s0[p]
+            d1 += g[p] * s1[p]
+            d2 += g[p] * s2[p]
+        out[j] += d0
+        out[j + 1] += d1
+        out[j + 2] += d2
+        j += 3
+    while j < out.shape[0]:
+        s0 = src[j * step :]
+        d0 = g[0] * s0[0]
+        for p in range(1, g.shape[0]):
+            d0 += g[p] * s0[p]
+        out[j] += d0
+        j += 1
+
+
+@kernel_helper
+def _copy(dst, src):
+    """``dst[p] = src[p]`` for every ``p < len(dst)`` (a vectorised row copy)."""
+    for p in range(dst.shape[0]):
+        dst[p] = src[p]
 
 
 @parallel_kernel
-def conv2d_forward(xp, w, b, sh, sw, dh, dw, oh, ow):
-    """``y = conv(xp, w) + b`` for a padded input ``xp`` (N, C, Hp, Wp) and weight (C_out, C, kH, kW)."""
-    n, c_in = xp.shape[0], xp.shape[1]
+def _channel_major(a, hp, wp, head, tail):
+    """``a`` (N, C, H, W) as runs (C, head + N*hp*wp + tail): each sample's plane at the top left of
+    an ``hp x wp`` block, zeros elsewhere (the scratch positions, and the head and tail that shifted
+    reads run into)."""
+    n, c, h, w = a.shape
+    plane = hp * wp
+    runs = np.zeros((c, head + n * plane + tail), dtype=a.dtype)
+    for task in prange(n * c):
+        s, ch = task // c, task % c
+        for r in range(h):
+            start = head + s * plane + r * wp
+            _copy(runs[ch, start : start + w], a[s, ch, r])
+    return runs
+
+
+@parallel_kernel
+def _conv_wide(xp, w, b, dh, dw, oh, ow):
+    """Stride-1 forward pass in the wide layout (see the module docstring)."""
+    n, c_in, hp, wp = xp.shape
     c_out, _, kh, kw = w.shape
+    total = n * hp * wp
+    xr = _channel_major(xp, hp, wp, 0, (kh - 1) * dh * wp + (kw - 1) * dw)
+    yr = np.empty((c_out, total), dtype=xp.dtype)
+    blocks = (total + _BLOCK - 1) // _BLOCK
+    for task in prange(c_out * blocks):
+        co, b0 = task // blocks, (task % blocks) * _BLOCK
+        acc = yr[co, b0 : min(b0 + _BLOCK, total)]
+        acc[:] = b[co]
+        for ci in range(c_in):
+            for i in range(kh):
+                _add_taps(acc, xr[ci, b0 + i * dh * wp :], w[co, ci, i], dw)
     y = np.empty((n, c_out, oh, ow), dtype=xp.dtype)
     for task in prange(n * c_out):
         s, co = task // c_out, task % c_out
-        out = y[s, co]
-        out[:, :] = b[co]
-        for ci in range(c_in):
-            plane = xp[s, ci]
-            for i in range(kh):
-                for j in range(kw):
-                    wv = w[co, ci, i, j]
-                    for r in range(oh):
-                        row = plane[r * sh + i * dh]
-                        for q in range(ow):
-                            out[r, q] += wv * row[q * sw + j * dw]
+        for r in range(oh):
+            _copy(y[s, co, r], yr[co, s * hp * wp + r * wp :])
     return y
 
 
 @parallel_kernel
-def conv2d_backward(gy, xp, w, sh, sw, dh, dw):
-    """Gradients ``(grad_xp, grad_w)`` of a conv with respect to the padded input and the weight."""
-    n, c_in = xp.shape[0], xp.shape[1]
+def _conv_strided(xp, w, b, sh, sw, dh, dw, oh, ow):
+    """Forward pass for any stride, one output row at a time."""
+    n, c_in, hp, wp = xp.shape
     c_out, _, kh, kw = w.shape
-    oh, ow = gy.shape[2], gy.shape[3]
-    grad_w = np.empty_like(w)
+    y = np.empty((n, c_out, oh, ow), dtype=xp.dtype)
+    for task in prange(n * c_out):
+        s, co = task // c_out, task % c_out
+        for r in range(oh):
+            out = y[s, co, r]
+            out[:] = b[co]
+            for ci in range(c_in):
+                for i in range(kh):
+                    row = xp[s, ci, r * sh + i * dh]
+                    for j in range(kw):
+                        wv = w[co, ci, i, j]
+                        for q in range(ow):
+                            out[q] += wv * row[q * sw + j * dw]
+    return y
+
+
+@kernel_helper
+def conv2d_forward(xp, w, b, sh, sw, dh, dw, oh, ow):
+    """``y = conv(xp, w) + b`` for a padded input ``xp`` (N, C, Hp, Wp) and weight (C_out, C, kH, kW)."""
+    if sh == 1 and sw == 1:
+        return _conv_wide(xp, w, b, dh, dw, oh, ow)
+    return _conv_strided(xp, w, b, sh, sw, dh, dw, oh, ow)
+
+
+@parallel_kernel
+def _grad_weight_wide(gy, xp, kh, kw, dh, dw):
+    """Stride-1 weight gradient in the wide layout: per (C_out, C) pair, dot products of the runs."""
+    n, c_in, hp, wp = xp.shape
+    c_out = gy.shape[1]
+    total = n * hp * wp
+    gr = _channel_major(gy, hp, wp, 0, 0)
+    xr = _channel_major(xp, hp, wp, 0, (kh - 1) * dh * wp + (kw - 1) * dw)
+    grad_w = np.empty((c_out, c_in, kh, kw), dtype=gy.dtype)
+    for task in prange(c_out * c_in):
+        co, ci = task // c_in, task % c_in
+        sums = np.zeros((kh, kw), dtype=np.float64)  # float64 across blocks
+        part = np.empty(kw, dtype=gy.dtype)
+        for b0 in range(0, total, _BLOCK):
+            g = gr[co, b0 : min(b0 + _BLOCK, total)]
+            for i in range(kh):
+                part[:] = 0
+                _add_tap_dots(part, g, xr[ci, b0 + i * dh * wp :], dw)
+                for j in range(kw):
+                    sums[i, j] += part[j]
+        for i in range(kh):
+            for j in range(kw):
+                grad_w[co, ci, i, j] = sums[i, j]
+    return grad_w
+
+
+@parallel_kernel
+def _grad_weight_strided(gy, xp, kh, kw, sh, sw, dh, dw):
+    """Weight gradient for any stride, one output row at a time."""
+    n, c_in = xp.shape[0], xp.shape[1]
+    c_out, oh, ow = gy.shape[1], gy.shape[2], gy.shape[3]
+    grad_w = np.empty((c_out, c_in, kh, kw), dtype=gy.dtype)
     for task in prange(c_out * c_in):
         co, ci = task // c_in, task % c_in
         for i in range(kh):
             for j in range(kw):
-                acc = 0.0
+                total = 0.0  # float64 across samples
                 for s in range(n):
-                    g = gy[s, co]
-                    plane = xp[s, ci]
                     for r in range(oh):
-                        row = plane[r * sh + i * dh]
+                        row = xp[s, ci, r * sh + i * dh]
                         for q in range(ow):
-                            acc += g[r, q] * row[q * sw + j * dw]
-                grad_w[co, ci, i, j] = acc
-    grad_xp = np.zeros_like(xp)
-    for task in prange(n * c_in):
-        s, ci = task // c_in, task % c_in
-        out = grad_xp[s, ci]
+                            total += gy[s, co, r, q] * row[q * sw + j * dw]
+                grad_w[co, ci, i, j] = total
+    return grad_w
+
+
+@kernel_helper
+def conv2d_grad_weight(gy, xp, kh, kw, sh, sw, dh, dw):
+    """Gradient of a conv with respect to its weight, shape (C_out, C, kH, kW)."""
+    if sh == 1 and sw == 1:
+        return _grad_weight_wide(gy, xp, kh, kw, dh, dw)
+    return _grad_weight_strided(gy, xp, kh, kw, sh, sw, dh, dw)
+
+
+@parallel_kernel
+def _grad_input_wide(gy, w, hp, wp, dh, dw):
+    """Stride-1 input gradient in the wide layout: ``grad[p] = sum(w[i, j] * gy[p - i*dh*Wp - j*dw])``.
+
+    The gradient's runs cover every padded-input position, and the shifted reads of ``gy`` land on its
+    zero scratch positions or zero head wherever they fall outside the output.
+    """
+    n, c_out = gy.shape[0], gy.shape[1]
+    c_in, kh, kw = w.shape[1], w.shape[2], w.shape[3]
+    total = n * hp * wp
+    reach = (kh - 1) * dh * wp + (kw - 1) * dw
+    gr = _channel_major(gy, hp, wp, reach, 0)
+    taps = np.empty((c_in, c_out, kh, kw), dtype=w.dtype)  # each kernel row reversed
+    for ci in range(c_in):
         for co in range(c_out):
-            g = gy[s, co]
             for i in range(kh):
                 for j in range(kw):
-                    wv = w[co, ci, i, j]
-                    for r in range(oh):
-                        row = out[r * sh + i * dh]
-                        for q in range(ow):
-                            row[q * sw + j * dw] += wv * g[r, q]
-    return grad_xp, grad_w
+                    taps[ci, co, i, j] = w[co, ci, i, kw - 1 - j]
+    xr = np.empty((c_in, total), dtype=gy.dtype)
+    blocks = (total + _BLOCK - 1) // _BLOCK
+    for task in prange(c_in * blocks):
+        ci, b0 = task // blocks, (task % blocks) * _BLOCK
+        acc = xr[ci, b0 : min(b0 + _BLOCK, total)]
+        acc[:] = 0
+        for co in range(c_out):
+            for i in range(kh):
+                _add_taps(acc, gr[co, reach + b0 - i * dh * wp - (kw - 1) * dw :], taps[ci, co, i], dw)
+    grad_xp = np.empty((n, c_in, hp, wp), dtype=gy.dtype)
+    for task in prange(n * c_in):
+        s, ci = task // c_in, task % c_in
+        _copy(grad_xp[s, ci].reshape(hp * wp), xr[ci, s * hp * wp :])
+    return grad_xp
+
+
+@parallel_kernel
+def _grad_input_strided(gy, w, hp, wp, sh, sw, dh, dw):
+    """Input gradient for any stride, scattering one output row at a time."""
+    n, c_out, oh, ow = gy.shape
+    c_in, kh, kw = w.shape[1], w.shape[2], w.shape[3]
+    grad_xp = np.zeros((n, c_in, hp, wp), dtype=gy.dtype)
+    for task in prange(n * c_in):
+        s, ci = task // c_in, task % c_in
+        for co in range(c_out):
+            for i in range(kh):
+                for r in range(oh):
+                    row = grad_xp[s, ci, r * sh + i * dh]
+                    for q in range(ow):
+                        g = gy[s, co, r, q]
+                        for j in range(kw):
+                            row[q * sw + j * dw] += w[co, ci, i, j] * g
+    return grad_xp
+
+
+@kernel_helper
+def conv2d_grad_input(gy, w, hp, wp, sh, sw, dh, dw):
+    """Gradient of a conv with respect to its padded input, shape (N, C, hp, wp)."""
+    if sh == 1 and sw == 1:
+        return _grad_input_wide(gy, w, hp, wp, dh, dw)
+    return _grad_input_strided(gy, w, hp, wp, sh, sw, dh, dw)

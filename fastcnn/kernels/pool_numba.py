@@ -3,7 +3,51 @@ from __future__ import annotations
 
 import numpy as np
 
-from ._jit import parallel_kernel, prange
+from ._jit import kernel_helper, parallel_kernel, prange
+
+
+@kernel_helper
+def _first_max_2x2(a, b, c, d, w):
+    """Value and in-window offset (0, 1, w, w + 1) of the first maximum of a 2x2 window ``[[a, b], [c, d]]``.
+
+    Written without data-dependent branches (equality flags times offsets): post-ReLU data is full of
+    ties that make a branchy argmax mispredict on almost every window.
+    """
+    if a != a or b != b or c != c or d != d:  # rare: the first NaN wins
+        if a != a:
+            return a, 0
+        if b != b:
+            return b, 1
+        if c != c:
+            return c, w
+        return d, w + 1
+    best = max(max(a, b), max(c, d))
+    ea, eb, ec = np.int64(a == best), np.int64(b == best), np.int64(c == best)
+    return best, (1 - ea) * (eb + (1 - eb) * (w + 1 - ec))
+
+
+@kernel_helper
+def _max_pool_plane(plane, kh, kw, sh, sw, ph, pw, y, idx):
+    """Any window and padding: the maximum over the in-bounds part, then the first position holding it."""
+    h, w = plane.shape
+    oh, ow = y.shape
+    for r in range(oh):
+        r0, r1 = max(r * sh - ph, 0), min(r * sh - ph + kh, h)
+        for q in range(ow):
+            q0, q1 = max(q * sw - pw, 0), min(q * sw - pw + kw, w)
+            best = plane[r0, q0]
+            for i in range(r0, r1):
+                for j in range(q0, q1):
+                    v = plane[i, j]
+                    best = v if (v > best or v != v) and best == best else best
+            at = -1
+            for i in range(r0, r1):
+                for j in range(q0, q1):
+                    v = plane[i, j]
+                    hit = np.int64(at < 0 and (v == best or (v != v and best != best)))
+                    at += hit * (i * w + j - at)
+            y[r, q] = best
+            idx[r, q] = at
 
 
 @parallel_kernel
@@ -16,23 +60,19 @@ def max_pool2d_forward(x, kh, kw, sh, sw, ph, pw, oh, ow):
     n, c, h, w = x.shape
     y = np.empty((n, c, oh, ow), dtype=x.dtype)
     idx = np.empty((n, c, oh, ow), dtype=np.int64)
+    fast = kh == 2 and kw == 2 and sh == 2 and sw == 2 and ph == 0 and pw == 0
     for task in prange(n * c):
         s, ch = task // c, task % c
-        plane = x[s, ch]
-        for r in range(oh):
-            r0 = r * sh - ph
-            for q in range(ow):
-                q0 = q * sw - pw
-                best = plane[max(r0, 0), max(q0, 0)]
-                best_at = max(r0, 0) * w + max(q0, 0)
-                for i in range(max(r0, 0), min(r0 + kh, h)):
-                    for j in range(max(q0, 0), min(q0 + kw, w)):
-                        v = plane[i, j]
-                        if v > best or (v != v and best == best):
-                            best = v
-                            best_at = i * w + j
-                y[s, ch, r, q] = best
-                idx[s, ch, r, q] = best_at
+        if fast:
+            for r in range(oh):
+                top, bottom = x[s, ch, 2 * r], x[s, ch, 2 * r + 1]
+                yr, ir = y[s, ch, r], idx[s, ch, r]
+                for q in range(ow):
+                    best, at = _first_max_2x2(top[2 * q], top[2 * q + 1], bottom[2 * q], bottom[2 * q + 1], w)
+                    yr[q] = best
+                    ir[q] = 2 * r * w + 2 * q + at
+        else:
+            _max_pool_plane(x[s, ch], kh, kw, sh, sw, ph, pw, y[s, ch], idx[s, ch])
     return y, idx
 
 
@@ -40,13 +80,14 @@ def max_pool2d_forward(x, kh, kw, sh, sw, ph, pw, oh, ow):
 def max_pool2d_backward(gy, argmax, h, w):
     """Scatter ``gy`` (N, C, OH, OW) to the input positions named by ``argmax``; sums overlaps."""
     n, c, oh, ow = gy.shape
-    grad = np.zeros((n, c, h, w), dtype=gy.dtype)
+    grad = np.empty((n, c, h, w), dtype=gy.dtype)
     for task in prange(n * c):
         s, ch = task // c, task % c
         flat = grad[s, ch].reshape(h * w)
-        for r in range(oh):
-            for q in range(ow):
-                flat[argmax[s, ch, r, q]] += gy[s, ch, r, q]
+        flat[:] = 0
+        g, at = gy[s, ch].reshape(oh * ow), argmax[s, ch].reshape(oh * ow)
+        for p in range(oh * ow):
+            flat[at[p]] += g[p]
     return grad
 
 

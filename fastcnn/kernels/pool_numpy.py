@@ -3,10 +3,7 @@ from __future__ import annotations
 
 import numpy as np
 
-
-def _window(a, i, j, sh, sw, oh, ow):
-    """The strided view of ``a`` (N, C, H, W) seen by kernel offset ``(i, j)``: shape (N, C, OH, OW)."""
-    return a[:, :, i : i + sh * (oh - 1) + 1 : sh, j : j + sw * (ow - 1) + 1 : sw]
+from ._windows import window
 
 
 def max_pool2d_forward(x, kh, kw, sh, sw, ph, pw, oh, ow):
@@ -17,7 +14,7 @@ def max_pool2d_forward(x, kh, kw, sh, sw, ph, pw, oh, ow):
     """
     h, w = x.shape[2:]
     xp = np.pad(x, ((0, 0), (0, 0), (ph, ph), (pw, pw)), constant_values=-np.inf) if ph or pw else x
-    windows = np.stack([_window(xp, i, j, sh, sw, oh, ow) for i in range(kh) for j in range(kw)])
+    windows = np.stack([window(xp, i, j, sh, sw, oh, ow) for i in range(kh) for j in range(kw)])
     k = np.argmax(windows, axis=0)
     y = np.take_along_axis(windows, k[None], axis=0)[0]
     if ph or pw:
@@ -44,7 +41,7 @@ def avg_pool2d_forward(xp, kh, kw, sh, sw, oh, ow):
     y = np.zeros(xp.shape[:2] + (oh, ow), dtype=xp.dtype)
     for i in range(kh):
         for j in range(kw):
-            y += _window(xp, i, j, sh, sw, oh, ow)
+            y += window(xp, i, j, sh, sw, oh, ow)
     y *= xp.dtype.type(1.0 / (kh * kw))
     return y
 
@@ -56,5 +53,5 @@ def avg_pool2d_backward(gy, padded_shape, kh, kw, sh, sw):
     share = gy * gy.dtype.type(1.0 / (kh * kw))
     for i in range(kh):
         for j in range(kw):
-            _window(grad_xp, i, j, sh, sw, oh, ow)[...] += share
+            window(grad_xp, i, j, sh, sw, oh, ow)[...] += share
     return grad_xp

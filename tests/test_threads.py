@@ -1,0 +1,34 @@
+"""Thread pools: the one knob for Numba and BLAS, and BLAS held off small products."""
+import numpy as np
+import pytest
+from threadpoolctl import threadpool_info
+
+import fastcnn
+from fastcnn import threads
+from fastcnn.kernels import _blas
+
+
+def _blas_threads():
+    return [i["num_threads"] for i in threadpool_info() if i["user_api"] == "blas"]
+
+
+@pytest.mark.parametrize("shape", [(8, 16, 4), (300, 200, 100)])  # below and above the one-thread limit
+def test_matmul_is_exact_and_restores_the_blas_thread_count(rng, shape):
+    m, k, n = shape
+    a, b = rng.standard_normal((m, k)), rng.standard_normal((k, n))
+    before = _blas_threads()
+    np.testing.assert_array_equal(_blas.matmul(a, b), a @ b)
+    assert _blas_threads() == before
+
+
+def test_set_num_threads_sets_numba_and_blas_and_checks_its_argument():
+    before = threads.get_num_threads()
+    try:
+        threads.set_num_threads(1)
+        assert threads.get_num_threads() == 1
+        assert set(_blas_threads()) <= {1}
+    finally:
+        threads.set_num_threads(before)
+    for bad in (0, -1, threads.max_threads() + 1, 1.5, True, "2"):
+        with pytest.raises(ValueError, match="threads must be an int from 1 to"):
+            fastcnn.threads.set_num_threads(bad)
