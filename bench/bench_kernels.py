@@ -1,74 +1,84 @@
-"""Conv2D and pooling kernels, forward and backward, per backend (float32)."""
+"""The dispatched kernels (Conv2D, max-pool, average-pool), per phase, shape and backend (float32)."""
 import numpy as np
 import pytest
 
 import fastcnn.functional as F
 
-from ._common import param_backends, rand, run_measured, torch
+from ._common import fastcnn_backend, param_backends, rand, run_measured, torch
 
-# (N, C_in, H, W, C_out, k, stride, padding)
+# (N, C_in, H, W, C_out, k, stride, padding): the MNIST nets' convs first, then larger ones.
 CONV_SHAPES = [
     (64, 1, 28, 28, 32, 3, 1, 0),
-    (64, 32, 26, 26, 64, 3, 1, 0),
     (64, 8, 13, 13, 16, 3, 1, 0),
+    (64, 32, 26, 26, 64, 3, 1, 0),
+    (64, 1, 28, 28, 8, 3, 1, 0),
     (1, 32, 26, 26, 64, 3, 1, 0),
     (256, 1, 28, 28, 8, 5, 1, 2),
     (64, 64, 14, 14, 128, 3, 2, 1),
 ]
-POOL_SHAPES = [(64, 32, 26, 26), (64, 64, 24, 24), (256, 8, 26, 26)]
+MAX_POOL_SHAPES = [(64, 32, 26, 26), (64, 64, 24, 24), (64, 8, 26, 26), (256, 8, 26, 26)]
+# (shape, kernel, stride, padding)
+AVG_POOL_CASES = [((64, 32, 26, 26), 2, 2, 0), ((64, 64, 24, 24), 3, 2, 1)]
+PHASES = ["fwd", "bwd", "fwd+bwd"]
 
 
-def _conv_id(s):
+def conv_label(s):
     n, c, h, w, co, k, st, p = s
-    return f"conv {c}->{co} {k}x{k} s{st} p{p} on {n}x{h}x{w}"
+    return f"{c}->{co} {k}x{k} s{st} p{p} on {n}x{h}x{w}"
 
 
-def _conv_callables(shape, backend):
+def pool_label(shape, k=2, stride=2, padding=0):
+    extra = f" s{stride} p{padding}" if (stride, padding) != (k, 0) else ""
+    return f"{k}x{k}{extra} on ({', '.join(map(str, shape))})"
+
+
+def _torch_phases(forward, inputs):
+    """fwd (no graph), bwd (through a retained graph) and fwd+bwd callables for a torch function."""
+    leaves = [torch.from_numpy(a).requires_grad_() for a in inputs]
+
+    def fwd():
+        with torch.no_grad():
+            return forward(*leaves)
+
+    y = forward(*leaves)
+    gy = torch.ones_like(y)
+
+    def bwd():
+        y.backward(gy, retain_graph=True)
+
+    def fwd_bwd():
+        forward(*leaves).backward(gy)
+
+    return {"fwd": fwd, "bwd": bwd, "fwd+bwd": fwd_bwd}
+
+
+def _conv_phases(shape, backend):
     n, c, h, w, co, k, st, p = shape
     x, wt, b = rand((n, c, h, w)), rand((co, c, k, k), 1) * 0.1, rand((co,), 2)
     if backend == "torch":
-        tx = torch.from_numpy(x).requires_grad_()
-        tw = torch.from_numpy(wt).requires_grad_()
-        tb = torch.from_numpy(b).requires_grad_()
-
-        def fwd():
-            with torch.no_grad():
-                return torch.nn.functional.conv2d(tx, tw, tb, st, p)
-
-        def fwd_bwd():
-            y = torch.nn.functional.conv2d(tx, tw, tb, st, p)
-            y.backward(torch.ones_like(y))
-
-        return fwd, fwd_bwd
-    be = None if backend == "auto" else backend
+        return _torch_phases(lambda x, wt, b: torch.nn.functional.conv2d(x, wt, b, st, p), (x, wt, b))
+    be = fastcnn_backend(backend)
 
     def fwd():
         return F.conv2d(x, wt, b, st, p, backend=be)
 
     gy = np.ones_like(fwd())
 
-    def fwd_bwd():
-        F.conv2d(x, wt, b, st, p, backend=be)
+    def bwd():
         return F.conv2d_backward(gy, x, wt, st, p, backend=be)
 
-    return fwd, fwd_bwd
+    def fwd_bwd():
+        fwd()
+        return bwd()
+
+    return {"fwd": fwd, "bwd": bwd, "fwd+bwd": fwd_bwd}
 
 
-def _pool_callables(shape, backend):
+def _max_pool_phases(shape, backend):
     x = np.maximum(rand(shape), 0)  # post-ReLU: many ties
     if backend == "torch":
-        tx = torch.from_numpy(x).requires_grad_()
-
-        def fwd():
-            with torch.no_grad():
-                return torch.nn.functional.max_pool2d(tx, 2)
-
-        def fwd_bwd():
-            y = torch.nn.functional.max_pool2d(tx, 2)
-            y.backward(torch.ones_like(y))
-
-        return fwd, fwd_bwd
-    be = None if backend == "auto" else backend
+        return _torch_phases(lambda x: torch.nn.functional.max_pool2d(x, 2), (x,))
+    be = fastcnn_backend(backend)
 
     def fwd():
         return F.max_pool2d(x, 2, backend=be)
@@ -76,25 +86,57 @@ def _pool_callables(shape, backend):
     y, idx = fwd()
     gy = np.ones_like(y)
 
-    def fwd_bwd():
-        F.max_pool2d(x, 2, backend=be)
+    def bwd():
         return F.max_pool2d_backward(gy, idx, x.shape, backend=be)
 
-    return fwd, fwd_bwd
+    def fwd_bwd():
+        _, i = fwd()
+        return F.max_pool2d_backward(gy, i, x.shape, backend=be)
+
+    return {"fwd": fwd, "bwd": bwd, "fwd+bwd": fwd_bwd}
+
+
+def _avg_pool_phases(case, backend):
+    shape, k, st, p = case
+    x = rand(shape)
+    if backend == "torch":
+        return _torch_phases(lambda x: torch.nn.functional.avg_pool2d(x, k, st, p), (x,))
+    be = fastcnn_backend(backend)
+
+    def fwd():
+        return F.avg_pool2d(x, k, st, p, backend=be)
+
+    gy = np.ones_like(fwd())
+
+    def bwd():
+        return F.avg_pool2d_backward(gy, x.shape, k, st, p, backend=be)
+
+    def fwd_bwd():
+        fwd()
+        return bwd()
+
+    return {"fwd": fwd, "bwd": bwd, "fwd+bwd": fwd_bwd}
 
 
 @param_backends()
-@pytest.mark.parametrize("shape", CONV_SHAPES, ids=_conv_id)
-@pytest.mark.parametrize("phase", ["fwd", "fwd+bwd"])
+@pytest.mark.parametrize("shape", CONV_SHAPES, ids=conv_label)
+@pytest.mark.parametrize("phase", PHASES)
 def bench_conv2d(benchmark, shape, backend, phase):
-    fwd, fwd_bwd = _conv_callables(shape, backend)
-    run_measured(benchmark, f"conv2d {phase}: {_conv_id(shape)}", backend, fwd if phase == "fwd" else fwd_bwd)
+    fn = _conv_phases(shape, backend)[phase]
+    run_measured(benchmark, op="conv2d", phase=phase, shape=conv_label(shape), backend=backend, fn=fn)
 
 
 @param_backends()
-@pytest.mark.parametrize("shape", POOL_SHAPES, ids=lambda s: "maxpool 2x2 on " + "x".join(map(str, s)))
-@pytest.mark.parametrize("phase", ["fwd", "fwd+bwd"])
+@pytest.mark.parametrize("shape", MAX_POOL_SHAPES, ids=pool_label)
+@pytest.mark.parametrize("phase", PHASES)
 def bench_max_pool2d(benchmark, shape, backend, phase):
-    fwd, fwd_bwd = _pool_callables(shape, backend)
-    label = "maxpool 2x2 on " + "x".join(map(str, shape))
-    run_measured(benchmark, f"max_pool2d {phase}: {label}", backend, fwd if phase == "fwd" else fwd_bwd)
+    fn = _max_pool_phases(shape, backend)[phase]
+    run_measured(benchmark, op="max_pool2d", phase=phase, shape=pool_label(shape), backend=backend, fn=fn)
+
+
+@param_backends()
+@pytest.mark.parametrize("case", AVG_POOL_CASES, ids=lambda c: pool_label(*c))
+@pytest.mark.parametrize("phase", ["fwd", "fwd+bwd"])
+def bench_avg_pool2d(benchmark, case, backend, phase):
+    fn = _avg_pool_phases(case, backend)[phase]
+    run_measured(benchmark, op="avg_pool2d", phase=phase, shape=pool_label(*case), backend=backend, fn=fn)

@@ -39,8 +39,9 @@ from .kernels import _jit
 
 BACKENDS = ("numba", "numpy")
 POLICIES = ("auto",) + BACKENDS
-_MEASURE_REPEATS = 3
-_MEASURE_BUDGET_S = 0.25  # a backend slower than this per run is timed once, not three times
+_MEASURE_ROUNDS = (3, 15)  # rounds of timing, at least and at most
+_MEASURE_BUDGET_S = 0.05  # keep adding rounds (up to the most) while all of them took less than this
+_SLOW_ROUND_S = 0.1  # a round slower than this is the only one: the difference is plain to see
 
 
 class BackendUnavailableError(ValueError):
@@ -137,19 +138,8 @@ def _decide(op: str, key: str, args: tuple) -> Any:
             return _registry[op][choice](*args)
         candidates = [b for b in available_backends() if b in _registry[op]]
         start = time.perf_counter()
-        timings: dict[str, float] = {}
-        results: dict[str, Any] = {}
-        for name in candidates:
-            fn = _registry[op][name]
-            results[name] = fn(*args)  # compiles (Numba) and warms caches; not timed
-            runs = []
-            for _ in range(_MEASURE_REPEATS if len(candidates) > 1 else 0):
-                t0 = time.perf_counter()
-                results[name] = fn(*args)
-                runs.append(time.perf_counter() - t0)
-                if runs[-1] > _MEASURE_BUDGET_S:
-                    break
-            timings[name] = statistics.median(runs) if runs else float("nan")
+        results = {name: _registry[op][name](*args) for name in candidates}  # compile (Numba) and warm up
+        timings = _time_interleaved(op, candidates, args) if len(candidates) > 1 else {candidates[0]: float("nan")}
         choice = min(candidates, key=lambda b: timings[b]) if len(candidates) > 1 else candidates[0]
         _choices[key] = choice
         _decisions[key] = {
@@ -161,6 +151,22 @@ def _decide(op: str, key: str, args: tuple) -> Any:
         }
         _save_persisted()
         return results[choice]
+
+
+def _time_interleaved(op: str, candidates: list[str], args: tuple) -> dict[str, float]:
+    """Median seconds per call of each backend, timed in alternating rounds so that noise from the
+    rest of the machine falls on all of them alike."""
+    runs: dict[str, list[float]] = {name: [] for name in candidates}
+    spent = 0.0
+    for round_ in range(_MEASURE_ROUNDS[1]):
+        if spent > (_SLOW_ROUND_S if round_ < _MEASURE_ROUNDS[0] else _MEASURE_BUDGET_S) and round_ > 0:
+            break
+        for name in candidates if round_ % 2 == 0 else reversed(candidates):
+            t0 = time.perf_counter()
+            _registry[op][name](*args)
+            runs[name].append(time.perf_counter() - t0)
+            spent += runs[name][-1]
+    return {name: statistics.median(times) for name, times in runs.items()}
 
 
 def dispatch_decisions() -> list[dict[str, Any]]:

@@ -9,7 +9,7 @@ from __future__ import annotations
 import numpy as np
 
 from . import dispatch
-from .kernels import _jit, conv_numpy, elementwise_numpy, pool_numpy
+from .kernels import _jit, conv_numpy, elementwise_numpy, linear_numpy, pool_numpy
 from .kernels._shapes import IntOrPair, check_grad, conv_geometry, check_nchw_shape, float_array, pool_geometry
 
 __all__ = [
@@ -21,6 +21,8 @@ __all__ = [
     "avg_pool2d_backward",
     "relu",
     "relu_backward",
+    "linear",
+    "linear_backward",
 ]
 
 _KERNELS = {
@@ -31,6 +33,9 @@ _KERNELS = {
     "max_pool2d_backward": "max_pool2d_backward",
     "avg_pool2d": "avg_pool2d_forward",
     "avg_pool2d_backward": "avg_pool2d_backward",
+    "linear": "linear_forward",
+    "linear_grad_weight": "linear_grad_weight",
+    "linear_grad_input": "linear_grad_input",
     "relu": "relu_forward",
     "relu_backward": "relu_backward",
     "adam_update": "adam_update",
@@ -40,11 +45,11 @@ _IN_PLACE = {"adam_update"}
 
 
 def _register_backends() -> None:
-    modules = {"numpy": (conv_numpy, pool_numpy, elementwise_numpy)}
+    modules = {"numpy": (conv_numpy, pool_numpy, elementwise_numpy, linear_numpy)}
     if _jit.NUMBA_AVAILABLE:
-        from .kernels import conv_numba, elementwise_numba, pool_numba
+        from .kernels import conv_numba, elementwise_numba, linear_numba, pool_numba
 
-        modules["numba"] = (conv_numba, pool_numba, elementwise_numba)
+        modules["numba"] = (conv_numba, pool_numba, elementwise_numba, linear_numba)
     for backend, mods in modules.items():
         for op, kernel in _KERNELS.items():
             module = next(m for m in mods if hasattr(m, kernel))
@@ -345,3 +350,65 @@ def relu_backward(grad_y: np.ndarray, y: np.ndarray, *, backend: str | None = No
     y = float_array("y", y)
     grad_y = check_grad("grad_y", grad_y, y.shape, y.dtype)
     return dispatch.run("relu_backward", (y.shape, y.dtype.char), (grad_y, y), backend)
+
+
+def _linear_inputs(x, weight):
+    x = float_array("x", x, ndim=2)
+    weight = float_array("weight", weight, ndim=2, dtype=x.dtype)
+    if x.shape[1] != weight.shape[1]:
+        raise ValueError(f"x {x.shape} and weight {weight.shape} do not match: x must be (N, {weight.shape[1]})")
+    return x, weight
+
+
+def linear(x: np.ndarray, weight: np.ndarray, bias: np.ndarray | None = None, *,
+           backend: str | None = None) -> np.ndarray:
+    """Fully connected layer ``x @ weight.T + bias``, as :func:`torch.nn.functional.linear`.
+
+    Parameters
+    ----------
+    x : ndarray, shape (N, in_features)
+    weight : ndarray, shape (out_features, in_features)
+    bias : ndarray, shape (out_features,), optional
+    backend : {"auto", "numba", "numpy"}, optional
+        ``numpy`` is BLAS; ``numba`` is for thin layers (few outputs, large batches).
+
+    Returns
+    -------
+    ndarray, shape (N, out_features)
+    """
+    x, weight = _linear_inputs(x, weight)
+    n_out = weight.shape[0]
+    bias = np.zeros(n_out, x.dtype) if bias is None else float_array("bias", bias, ndim=1, dtype=x.dtype)
+    if bias.shape != (n_out,):
+        raise ValueError(f"bias must have shape ({n_out},) to match weight {weight.shape}, got {bias.shape}")
+    if x.shape[0] == 0:
+        return np.zeros((0, n_out), x.dtype)
+    return dispatch.run("linear", (x.shape, weight.shape, x.dtype.char), (x, weight, bias), backend)
+
+
+def linear_backward(grad_y: np.ndarray, x: np.ndarray, weight: np.ndarray, *, input_grad: bool = True,
+                    backend: str | None = None) -> tuple[np.ndarray | None, np.ndarray, np.ndarray]:
+    """Gradients of :func:`linear` with respect to ``x``, ``weight`` and ``bias``.
+
+    Parameters
+    ----------
+    grad_y : ndarray, shape (N, out_features)
+    x, weight, backend
+        As passed to :func:`linear`.
+    input_grad : bool
+        Compute ``grad_x``; ``False`` returns None in its place.
+
+    Returns
+    -------
+    grad_x : ndarray (N, in_features) or None
+    grad_weight : ndarray (out_features, in_features)
+    grad_bias : ndarray (out_features,)
+    """
+    x, weight = _linear_inputs(x, weight)
+    grad_y = check_grad("grad_y", grad_y, (x.shape[0], weight.shape[0]), x.dtype)
+    if x.shape[0] == 0:
+        return (np.zeros_like(x) if input_grad else None), np.zeros_like(weight), np.zeros(weight.shape[0], x.dtype)
+    signature = (x.shape, weight.shape, x.dtype.char)
+    grad_w = dispatch.run("linear_grad_weight", signature, (grad_y, x), backend)
+    grad_x = dispatch.run("linear_grad_input", signature, (grad_y, weight), backend) if input_grad else None
+    return grad_x, grad_w, grad_y.sum(axis=0)

@@ -12,7 +12,6 @@ import numpy as np
 
 from . import functional as F
 from .init import get_rng, glorot_uniform, he_normal
-from .kernels._blas import matmul
 from .kernels._shapes import IntOrPair, conv_geometry, pair, pool_geometry, positive_int
 
 __all__ = [
@@ -246,19 +245,20 @@ class Dense(Layer):
         if x.ndim != 2 or x.shape[1] != self.in_features:
             raise ValueError(f"{self!r} expects input of shape (N, {self.in_features}), got {x.shape}")
         self._x = x if training else None
-        y = matmul(x, self.params["weight"].T)
-        if "bias" in self.params:
-            y += self.params["bias"]
-        return y
+        return F.linear(x, self.params["weight"], self.params.get("bias"))
 
     def backward(self, grad):
-        self.backward_params(grad)
-        return matmul(grad, self.params["weight"])
+        return self._backward(grad, input_grad=True)
 
     def backward_params(self, grad):
-        self.grads["weight"] = matmul(grad.T, self._cached("_x"))
+        self._backward(grad, input_grad=False)
+
+    def _backward(self, grad, input_grad):
+        gx, gw, gb = F.linear_backward(grad, self._cached("_x"), self.params["weight"], input_grad=input_grad)
+        self.grads["weight"] = gw
         if "bias" in self.params:
-            self.grads["bias"] = grad.sum(axis=0)
+            self.grads["bias"] = gb
+        return gx
 
     def output_shape(self, input_shape):
         if tuple(input_shape) != (self.in_features,):

@@ -1,16 +1,10 @@
 """One knob for every thread pool fastcnn uses: Numba's kernels and the BLAS behind NumPy's matmul."""
 from __future__ import annotations
 
-import os
-
 from .kernels import _jit
 
 
-def max_threads() -> int:
-    """The most threads allowed: Numba's pool size (``NUMBA_NUM_THREADS``), else the CPU count."""
-    if _jit.NUMBA_AVAILABLE:
-        return _jit.numba.config.NUMBA_NUM_THREADS
-    return os.cpu_count() or 1
+max_threads = _jit.max_threads
 
 
 def set_num_threads(n: int) -> None:
@@ -24,8 +18,7 @@ def set_num_threads(n: int) -> None:
     limit = max_threads()
     if isinstance(n, bool) or not isinstance(n, int) or not 1 <= n <= limit:
         raise ValueError(f"threads must be an int from 1 to {limit} (this machine's limit), got {n!r}")
-    if _jit.NUMBA_AVAILABLE:
-        _jit.numba.set_num_threads(n)
+    _jit.set_threads(n)
     try:
         from threadpoolctl import threadpool_limits
     except ImportError:
@@ -34,6 +27,6 @@ def set_num_threads(n: int) -> None:
 
 
 def get_num_threads() -> int:
-    """The number of threads Numba kernels use now."""
+    """The number of threads fastcnn's kernels and matrix products use now."""
     return _jit.num_threads()
 

@@ -1,13 +1,8 @@
-import os
-import tempfile
+"""Fixtures shared by the tests (the root conftest.py points FASTCNN_HOME at a temporary directory)."""
+import numpy as np
+import pytest
 
-# Keep every test away from the user's real cache (dispatch decisions, data sets).
-os.environ.setdefault("FASTCNN_HOME", tempfile.mkdtemp(prefix="fastcnn-test-home-"))
-
-import numpy as np  # noqa: E402
-import pytest  # noqa: E402
-
-import fastcnn  # noqa: E402
+import fastcnn
 
 BACKENDS = fastcnn.available_backends()
 

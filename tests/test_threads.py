@@ -12,12 +12,15 @@ def _blas_threads():
     return [i["num_threads"] for i in threadpool_info() if i["user_api"] == "blas"]
 
 
-@pytest.mark.parametrize("shape", [(8, 16, 4), (300, 200, 100)])  # below and above the one-thread limit
-def test_matmul_is_exact_and_restores_the_blas_thread_count(rng, shape):
+@pytest.mark.parametrize("shape", [(8, 16, 4), (3000, 200, 10), (10, 200, 3000), (10, 30000, 20)])
+def test_matmul_is_right_repeatable_and_restores_the_blas_thread_count(rng, shape):
+    """Small, then large products split by rows, by columns and along the summed axis."""
     m, k, n = shape
     a, b = rng.standard_normal((m, k)), rng.standard_normal((k, n))
     before = _blas_threads()
-    np.testing.assert_array_equal(_blas.matmul(a, b), a @ b)
+    got = _blas.matmul(a, b)
+    np.testing.assert_allclose(got, a @ b, rtol=1e-12, atol=1e-12)
+    np.testing.assert_array_equal(_blas.matmul(a, b), got)
     assert _blas_threads() == before
 
 
@@ -31,4 +34,4 @@ def test_set_num_threads_sets_numba_and_blas_and_checks_its_argument():
         threads.set_num_threads(before)
     for bad in (0, -1, threads.max_threads() + 1, 1.5, True, "2"):
         with pytest.raises(ValueError, match="threads must be an int from 1 to"):
-            fastcnn.threads.set_num_threads(bad)
+            fastcnn.set_num_threads(bad)

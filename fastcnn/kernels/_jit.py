@@ -83,9 +83,26 @@ def _compile(fn: Callable[..., Any], parallel: bool, inline: str = "never") -> C
         return numba.njit(cache=False, **options)(fn)
 
 
+_threads_without_numba = os.cpu_count() or 1
+
+
+def max_threads() -> int:
+    """The most threads allowed: Numba's pool size (``NUMBA_NUM_THREADS``), else the CPU count."""
+    return numba.config.NUMBA_NUM_THREADS if NUMBA_AVAILABLE else os.cpu_count() or 1
+
+
 def num_threads() -> int:
-    """The number of threads Numba kernels use now (1 when Numba is absent)."""
-    return numba.get_num_threads() if NUMBA_AVAILABLE else 1
+    """The number of threads fastcnn's kernels and matrix products use now."""
+    return numba.get_num_threads() if NUMBA_AVAILABLE else _threads_without_numba
+
+
+def set_threads(n: int) -> None:
+    """Set :func:`num_threads` (checked by :func:`fastcnn.set_num_threads`)."""
+    global _threads_without_numba
+    if NUMBA_AVAILABLE:
+        numba.set_num_threads(n)
+    else:
+        _threads_without_numba = n
 
 
 def threading_layer() -> str:

@@ -1,0 +1,21 @@
+"""The fully connected layer's products through BLAS (see :func:`._blas.matmul` for its threads)."""
+from __future__ import annotations
+
+from ._blas import matmul
+
+
+def linear_forward(x, w, b):
+    """``x @ w.T + b`` for ``x`` (N, in) and ``w`` (out, in)."""
+    y = matmul(x, w.T)
+    y += b
+    return y
+
+
+def linear_grad_weight(gy, x):
+    """``gy.T @ x``: the weight gradient, shape (out, in)."""
+    return matmul(gy.T, x)
+
+
+def linear_grad_input(gy, w):
+    """``gy @ w``: the input gradient, shape (N, in)."""
+    return matmul(gy, w)
