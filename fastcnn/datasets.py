@@ -206,7 +206,9 @@ def _fetch(quiet: bool) -> Arrays:
 # ---------------------------------------------------------------- readers of local formats
 def _parse_label_csv(raw: bytes, what: str, has_labels: bool = True, width: int = 785) -> tuple:
     try:
-        table = np.loadtxt(io.BytesIO(raw), delimiter=",", skiprows=1, dtype=np.int64, ndmin=2)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)  # "input contained no data": reported below
+            table = np.loadtxt(io.BytesIO(raw), delimiter=",", skiprows=1, dtype=np.int64, ndmin=2)
     except ValueError as exc:
         raise MNISTError(f"{what}: not a CSV of integers ({exc})") from None
     if table.shape[1] != width:

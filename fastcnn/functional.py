@@ -10,7 +10,8 @@ import numpy as np
 
 from . import dispatch
 from .kernels import _jit, conv_numpy, elementwise_numpy, linear_numpy, pool_numpy
-from .kernels._shapes import IntOrPair, check_grad, conv_geometry, check_nchw_shape, float_array, pool_geometry
+from .kernels._shapes import (IntOrPair, check_allocation, check_grad, check_nchw_shape, conv_geometry, float_array,
+                              pool_geometry)
 
 __all__ = [
     "conv2d",
@@ -52,8 +53,10 @@ def _register_backends() -> None:
         modules["numba"] = (conv_numba, pool_numba, elementwise_numba, linear_numba)
     for backend, mods in modules.items():
         for op, kernel in _KERNELS.items():
-            module = next(m for m in mods if hasattr(m, kernel))
-            dispatch.register(op, backend, getattr(module, kernel), in_place=op in _IN_PLACE)
+            fn = getattr(next(m for m in mods if hasattr(m, kernel)), kernel)
+            if backend == "numba" and _jit.SERIALIZE_KERNELS:
+                fn = _jit.serialized(fn)
+            dispatch.register(op, backend, fn, in_place=op in _IN_PLACE)
 
 
 _register_backends()
@@ -79,6 +82,9 @@ def _conv_inputs(x, weight, stride, padding, dilation):
     x = float_array("x", x, ndim=4)
     weight = float_array("weight", weight, ndim=4, dtype=x.dtype)
     geo = conv_geometry(x.shape, weight.shape, stride, padding, dilation)
+    (top, bottom), (left, right) = geo.padding
+    check_allocation("padded conv2d input", x.shape[:2] + (x.shape[2] + top + bottom, x.shape[3] + left + right), x.dtype)
+    check_allocation("conv2d output", (x.shape[0], weight.shape[0]) + geo.out_hw, x.dtype)
     return x, weight, geo
 
 
@@ -198,6 +204,7 @@ def max_pool2d(
     """
     x = float_array("x", x, ndim=4)
     geo = pool_geometry(x.shape, kernel_size, stride, padding)
+    check_allocation("max_pool2d argmax", x.shape[:2] + geo.out_hw, np.int64)
     signature = (x.shape, geo.kernel, geo.stride, geo.padding, x.dtype.char)
     args = (x, *geo.kernel, *geo.stride, *geo.padding, *geo.out_hw)
     return dispatch.run("max_pool2d", signature, args, backend)
@@ -227,6 +234,7 @@ def max_pool2d_backward(
     """
     shape = check_nchw_shape("input_shape", input_shape)
     grad_y = float_array("grad_y", grad_y, ndim=4)
+    check_allocation("max_pool2d_backward output", shape, grad_y.dtype)
     argmax = np.asarray(argmax)
     if argmax.dtype.kind not in "iu":
         raise TypeError(f"argmax must be an integer array (the indices from max_pool2d), got dtype {argmax.dtype}")
@@ -272,6 +280,7 @@ def avg_pool2d(
     """
     x = float_array("x", x, ndim=4)
     geo = pool_geometry(x.shape, kernel_size, stride, padding)
+    check_allocation("padded avg_pool2d input", x.shape[:2] + (x.shape[2] + 2 * geo.padding[0], x.shape[3] + 2 * geo.padding[1]), x.dtype)
     xp = _pad(x, _symmetric(geo.padding))
     signature = (xp.shape, geo.kernel, geo.stride, x.dtype.char)
     return dispatch.run("avg_pool2d", signature, (xp, *geo.kernel, *geo.stride, *geo.out_hw), backend)
@@ -305,6 +314,7 @@ def avg_pool2d_backward(
     grad_y = check_grad("grad_y", grad_y, shape[:2] + geo.out_hw, grad_y.dtype)
     pads = _symmetric(geo.padding)
     padded = shape[:2] + (shape[2] + 2 * geo.padding[0], shape[3] + 2 * geo.padding[1])
+    check_allocation("avg_pool2d_backward output", padded, grad_y.dtype)
     signature = (padded, geo.kernel, geo.stride, grad_y.dtype.char)
     grad_xp = dispatch.run("avg_pool2d_backward", signature, (grad_y, padded, *geo.kernel, *geo.stride), backend)
     return _crop(grad_xp, pads)
@@ -383,6 +393,7 @@ def linear(x: np.ndarray, weight: np.ndarray, bias: np.ndarray | None = None, *,
         raise ValueError(f"bias must have shape ({n_out},) to match weight {weight.shape}, got {bias.shape}")
     if x.shape[0] == 0:
         return np.zeros((0, n_out), x.dtype)
+    check_allocation("linear output", (x.shape[0], n_out), x.dtype)
     return dispatch.run("linear", (x.shape, weight.shape, x.dtype.char), (x, weight, bias), backend)
 
 

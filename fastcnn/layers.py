@@ -6,13 +6,14 @@ non-trainable state (batch-norm statistics) in ``buffers``.
 """
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import numpy as np
 
 from . import functional as F
 from .init import get_rng, glorot_uniform, he_normal
-from .kernels._shapes import IntOrPair, conv_geometry, pair, pool_geometry, positive_int
+from .kernels._shapes import IntOrPair, check_grad, conv_geometry, float_array, pair, pool_geometry, positive_int
 
 __all__ = [
     "Layer",
@@ -76,6 +77,13 @@ class Layer:
     def describe(self) -> str:
         """A short description for summaries, e.g. ``Conv2D(1->8, 3x3)``."""
         return repr(self)
+
+    def _input(self, x, min_ndim: int = 1) -> np.ndarray:
+        """``x`` as a float array with at least ``min_ndim`` dimensions, or a clear error."""
+        x = float_array("x", x)
+        if x.ndim < min_ndim:
+            raise ValueError(f"{self!r} expects input with at least {min_ndim} dimensions (N, ...), got shape {x.shape}")
+        return x
 
     def _cached(self, name: str):
         value = getattr(self, name, None)
@@ -276,11 +284,17 @@ class Flatten(Layer):
     """Flatten every axis but the batch axis, in C order (as ``torch.nn.Flatten``)."""
 
     def forward(self, x, training=False):
+        x = self._input(x, 2)
         self._shape = x.shape
         return x.reshape(x.shape[0], -1)
 
     def backward(self, grad):
-        return grad.reshape(self._shape)
+        shape = self._cached("_shape")
+        grad = float_array("grad", grad)
+        if grad.shape != (shape[0], math.prod(shape[1:])):
+            raise ValueError(f"grad has shape {grad.shape} but the forward output has shape "
+                             f"{(shape[0], math.prod(shape[1:]))}")
+        return grad.reshape(shape)
 
     def output_shape(self, input_shape):
         return (int(np.prod(input_shape)),)
@@ -301,6 +315,8 @@ class Dropout(Layer):
         self._mask = None
 
     def forward(self, x, training=False):
+        x = self._input(x)
+        self._shape, self._dtype = x.shape, x.dtype
         if not training or self.p == 0.0:
             self._mask = None
             return x
@@ -309,6 +325,7 @@ class Dropout(Layer):
         return x * self._mask
 
     def backward(self, grad):
+        grad = check_grad("grad", grad, self._cached("_shape"), self._dtype)
         return grad if self._mask is None else grad * self._mask
 
     def get_config(self):
@@ -319,12 +336,13 @@ class _Activation(Layer):
     """An element-wise (or row-wise) function whose derivative is computed from its output ``y``."""
 
     def forward(self, x, training=False):
-        y = self._apply(x)
+        y = self._apply(self._input(x))
         self._y = y if training else None
         return y
 
     def backward(self, grad):
-        return self._grad(grad, self._cached("_y"))
+        y = self._cached("_y")
+        return self._grad(check_grad("grad", grad, y.shape, y.dtype), y)
 
     def _apply(self, x):
         raise NotImplementedError
@@ -408,6 +426,7 @@ class _BatchNorm(Layer):
         return v.reshape((1, -1) + (1,) * (self._ndim - 2))
 
     def forward(self, x, training=False):
+        x = self._input(x)
         if x.ndim != self._ndim or x.shape[1] != self.num_features:
             raise ValueError(f"{self!r} expects input with {self._ndim} dims and {self.num_features} channels, got {x.shape}")
         if training:
@@ -429,6 +448,7 @@ class _BatchNorm(Layer):
 
     def backward(self, grad):
         x_hat, inv_std = self._cached("_cache")
+        grad = check_grad("grad", grad, x_hat.shape, x_hat.dtype)
         self.grads["weight"] = (grad * x_hat).sum(axis=self._axes)
         self.grads["bias"] = grad.sum(axis=self._axes)
         count = grad.size // self.num_features

@@ -3,7 +3,7 @@
 OpenBLAS's own worker threads keep spinning for a while after every multi-threaded call, on the
 very cores the next Numba kernel needs, which halves that kernel's speed. So fastcnn holds BLAS to
 one thread during its products and, for a large product, runs the parts on its own threads (which
-sleep, not spin, when idle). The user's BLAS thread setting is restored when no product is running.
+sleep, not spin, when idle). The BLAS setting is restored when no fastcnn product is running.
 """
 from __future__ import annotations
 
@@ -16,32 +16,41 @@ from . import _jit
 
 _SPLIT_GEMM = 1 << 22  # multiply-adds from which a product is cut into one part per thread
 _lock = threading.Lock()
-_active = 0  # products running now (several Python threads may call matmul at once)
+_active = 0  # products running now, in any thread
 _saved: list[int] = []
 _pool: ThreadPoolExecutor | None = None
-_controllers = None
+_knobs = None
 
 
-def _blas():
-    """threadpoolctl's controllers for the BLAS libraries NumPy loaded ([] without threadpoolctl)."""
-    global _controllers
-    if _controllers is None:
+def _blas_knobs() -> list[tuple]:
+    """``(get, set)`` for the thread count of each BLAS library NumPy loaded ([] if unknown).
+
+    These are OpenBLAS's own process-wide functions. threadpoolctl's ``set_num_threads`` is not used
+    here: it lets only the first thread that calls it change the setting.
+    """
+    global _knobs
+    if _knobs is None:
+        _knobs = []
         try:
             from threadpoolctl import ThreadpoolController
         except ImportError:
-            _controllers = []
-        else:
-            _controllers = ThreadpoolController().select(user_api="blas").lib_controllers
-    return _controllers
+            return _knobs
+        for c in ThreadpoolController().select(internal_api="openblas").lib_controllers:
+            symbol = getattr(c, "_get_symbol", lambda name: None)
+            get, set_ = symbol("openblas_get_num_threads"), symbol("openblas_set_num_threads")
+            if get is not None and set_ is not None:
+                _knobs.append((get, set_))
+    return _knobs
 
 
 def _enter() -> None:
+    """Hold BLAS to one thread while any fastcnn product runs (the setting is process-wide)."""
     global _active, _saved
     with _lock:
         if _active == 0:
-            _saved = [c.get_num_threads() for c in _blas()]
-            for c in _blas():
-                c.set_num_threads(1)
+            _saved = [get() for get, _ in _blas_knobs()]
+            for _, set_ in _blas_knobs():
+                set_(1)
         _active += 1
 
 
@@ -50,8 +59,8 @@ def _leave() -> None:
     with _lock:
         _active -= 1
         if _active == 0:
-            for c, n in zip(_blas(), _saved):
-                c.set_num_threads(n)
+            for (_, set_), n in zip(_blas_knobs(), _saved):
+                set_(n)
 
 
 def _parts(a: np.ndarray, b: np.ndarray, count: int):

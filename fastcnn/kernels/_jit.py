@@ -2,11 +2,14 @@
 
 Threading layer
 ---------------
-fastcnn prefers Numba's ``tbb`` layer, the only one that is safe both when several Python threads call
-parallel kernels at once (``workqueue`` aborts the process) and after ``fork()`` (``omp`` kills the
+fastcnn chooses Numba's ``tbb`` layer, the only one that is safe both when several Python threads call
+parallel kernels at once (``workqueue`` aborts the process) and after ``fork()`` (GNU ``omp`` kills the
 child). pip's ``tbb`` wheel puts ``libtbb.so.12`` in ``<prefix>/lib``, which is not on the loader path,
-so it is loaded here, by absolute path, before Numba launches its threads. Without it Numba falls back
-to ``omp`` then ``workqueue``; :func:`threading_layer` reports what was chosen.
+so it is loaded here, by absolute path, before Numba launches its threads. Where TBB cannot be loaded,
+fastcnn chooses ``workqueue`` (fork-safe) and runs one parallel kernel at a time behind a lock
+(:data:`SERIALIZE_KERNELS`), so concurrent callers wait instead of aborting. A layer the user forces
+with ``NUMBA_THREADING_LAYER`` is kept (and serialised too if it is ``workqueue``).
+:func:`threading_layer` reports the layer in use.
 
 Fast-math
 ---------
@@ -18,6 +21,7 @@ import ctypes
 import glob
 import os
 import sys
+import threading
 import warnings
 from typing import Any, Callable
 
@@ -45,6 +49,34 @@ except ImportError:  # the NumPy backend still works
 
 NUMBA_AVAILABLE = numba is not None
 _cache_warned = False
+
+
+def _choose_threading_layer() -> str:
+    if os.environ.get("NUMBA_THREADING_LAYER"):
+        return numba.config.THREADING_LAYER
+    try:
+        from numba.np.ufunc import tbbpool  # noqa: F401  (fails when libtbb cannot be loaded)
+    except ImportError:
+        numba.config.THREADING_LAYER = "workqueue"
+    else:
+        numba.config.THREADING_LAYER = "tbb"
+    return numba.config.THREADING_LAYER
+
+
+CHOSEN_LAYER = _choose_threading_layer() if NUMBA_AVAILABLE else None
+SERIALIZE_KERNELS = CHOSEN_LAYER == "workqueue"
+"""True when parallel kernels must not run concurrently (the ``workqueue`` layer)."""
+kernel_lock = threading.Lock()
+
+
+def serialized(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """``fn`` behind :data:`kernel_lock`, for Python-level entry points to parallel kernels."""
+    def run(*args):
+        with kernel_lock:
+            return fn(*args)
+
+    run.__wrapped__ = fn
+    return run
 
 
 def parallel_kernel(fn: Callable[..., Any]) -> Callable[..., Any]:

@@ -5,7 +5,9 @@ Every public op validates through these helpers, so a bad argument gets the same
 """
 from __future__ import annotations
 
+import math
 import operator
+import os
 from typing import NamedTuple, Tuple, Union
 
 import numpy as np
@@ -39,7 +41,7 @@ def float_array(name: str, value, ndim: int | None = None, dtype: np.dtype | Non
         raise TypeError(f"{name} has dtype {arr.dtype} but x has dtype {dtype}; use one dtype for both")
     if ndim is not None and arr.ndim != ndim:
         raise ValueError(f"{name} must be {ndim}-D, got shape {arr.shape}")
-    return np.ascontiguousarray(arr)
+    return arr if arr.flags.c_contiguous else arr.copy(order="C")  # (ascontiguousarray makes 0-d into 1-d)
 
 
 def positive_int(name: str, value) -> int:
@@ -155,6 +157,30 @@ def pool_geometry(x_shape, kernel_size, stride, padding) -> PoolGeometry:
     oh = out_size(h, kernel[0], stride[0], 2 * padding[0])
     ow = out_size(w, kernel[1], stride[1], 2 * padding[1])
     return PoolGeometry(kernel, stride, padding, (oh, ow))
+
+
+def _physical_memory() -> int:
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):  # not POSIX: no limit of our own; NumPy still refuses
+        return 1 << 62
+
+
+def check_allocation(what: str, shape, dtype) -> None:
+    """Refuse, before allocating, an array larger than this machine's memory: ``MemoryError``.
+
+    Parameters
+    ----------
+    what : str
+        What the array is, for the message (e.g. ``"conv2d output"``).
+    shape : tuple of int
+    dtype : numpy.dtype
+    """
+    nbytes = math.prod(int(s) for s in shape) * np.dtype(dtype).itemsize
+    limit = _physical_memory()
+    if nbytes > limit:
+        raise MemoryError(f"{what} of shape {tuple(shape)} would need {nbytes / 2**30:,.1f} GiB, more than "
+                          f"this machine's {limit / 2**30:,.1f} GiB of memory; use a smaller batch or input")
 
 
 def check_grad(name: str, grad, expected_shape, dtype) -> np.ndarray:

@@ -1,0 +1,160 @@
+"""Property-based fuzzing of the public API with arbitrary arguments.
+
+The only outcomes allowed are a result of the documented shape and dtype, or a ValueError, TypeError
+or MemoryError whose message names something; never a Numba typing error, another exception type or
+a crash.
+"""
+import io
+import contextlib
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+import fastcnn
+import fastcnn.functional as F
+from fastcnn import cli, datasets, layers as L
+
+from .conftest import BACKENDS
+
+FUZZ = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture,
+                                                                      HealthCheck.too_slow])
+ALLOWED = (ValueError, TypeError, MemoryError)
+DTYPES = [np.float32, np.float64, np.float16, np.int32, np.int64, np.uint8, np.bool_, np.complex64, object]
+SPECIAL = [0.0, -0.0, 1.0, -1.0, np.nan, np.inf, -np.inf, 1e38, -1e38, 1e-45]
+
+
+@st.composite
+def arrays(draw, min_ndim=0, max_ndim=5, max_side=5):
+    shape = tuple(draw(st.lists(st.integers(0, max_side), min_size=min_ndim, max_size=max_ndim)))
+    dtype = draw(st.sampled_from(DTYPES))
+    values = np.array(draw(st.lists(st.sampled_from(SPECIAL) | st.floats(-3, 3), min_size=1, max_size=8)))
+    flat = np.resize(values, int(np.prod(shape)))
+    with np.errstate(invalid="ignore", over="ignore"):
+        return flat.astype(dtype).reshape(shape) if dtype is not object else flat.astype(object).reshape(shape)
+
+
+params = st.one_of(st.integers(-2, 6), st.tuples(st.integers(-1, 5), st.integers(-1, 5)), st.sampled_from(
+    [None, "same", "valid", "bogus", 1.5, (1, 2, 3), [2, 2], True, 10**9, np.int64(2)]))
+
+
+def _outcome(fn, *args, **kwargs):
+    """Call ``fn``; return its result, or None after an allowed error with a real message."""
+    try:
+        with np.errstate(all="ignore"):
+            return fn(*args, **kwargs)
+    except ALLOWED as exc:
+        assert str(exc).strip(), f"{type(exc).__name__} without a message"
+        return None
+
+
+@FUZZ
+@given(x=arrays(), w=arrays(), b=st.none() | arrays(max_ndim=2), stride=params, padding=params, dilation=params,
+       backend=st.sampled_from(BACKENDS + ("auto",)))
+def test_conv2d_takes_anything(x, w, b, stride, padding, dilation, backend):
+    y = _outcome(F.conv2d, x, w, b, stride, padding, dilation, backend=backend)
+    if y is not None:
+        assert y.dtype == x.dtype and y.ndim == 4 and y.shape[:2] == (x.shape[0], w.shape[0])
+        g = _outcome(F.conv2d_backward, np.ones_like(y), x, w, stride, padding, dilation, backend=backend)
+        assert g is not None and g[0].shape == x.shape and g[1].shape == w.shape
+
+
+@FUZZ
+@given(x=arrays(), kernel=params, stride=params, padding=params, backend=st.sampled_from(BACKENDS + ("auto",)))
+def test_pools_take_anything(x, kernel, stride, padding, backend):
+    out = _outcome(F.max_pool2d, x, kernel, stride, padding, backend=backend)
+    if out is not None:
+        y, idx = out
+        assert y.shape == idx.shape and y.dtype == x.dtype
+        gx = _outcome(F.max_pool2d_backward, np.ones_like(y), idx, x.shape, backend=backend)
+        assert gx is not None and gx.shape == x.shape
+    y = _outcome(F.avg_pool2d, x, kernel, stride, padding, backend=backend)
+    if y is not None:
+        gx = _outcome(F.avg_pool2d_backward, np.ones_like(y), x.shape, kernel, stride, padding, backend=backend)
+        assert gx is not None and gx.shape == x.shape
+
+
+@FUZZ
+@given(g=arrays(), idx=arrays(), shape=st.lists(st.integers(-2, 10**6), max_size=5), backend=st.sampled_from(BACKENDS))
+def test_max_pool2d_backward_takes_anything(g, idx, shape, backend):
+    out = _outcome(F.max_pool2d_backward, g, idx, tuple(shape), backend=backend)
+    if out is not None:
+        assert out.shape == tuple(shape)
+
+
+@FUZZ
+@given(x=arrays(), w=arrays(max_ndim=3), other=arrays(), backend=st.sampled_from(BACKENDS + ("auto",)))
+def test_linear_and_relu_take_anything(x, w, other, backend):
+    y = _outcome(F.linear, x, w, backend=backend)
+    if y is not None:
+        assert y.shape == (x.shape[0], w.shape[0])
+        _outcome(F.linear_backward, np.ones_like(y), x, w, backend=backend)
+    r = _outcome(F.relu, x, backend=backend)
+    if r is not None:
+        assert r.shape == x.shape
+        _outcome(F.relu_backward, other, r, backend=backend)
+
+
+layer_args = st.lists(st.one_of(st.integers(-2, 40), st.floats(-1, 2), st.none(), st.text(max_size=3),
+                                st.tuples(st.integers(-1, 4), st.integers(-1, 4))), max_size=4)
+
+
+@FUZZ
+@given(kind=st.sampled_from(sorted(L.LAYER_TYPES)), args=layer_args, x=arrays(max_side=6))
+def test_layers_take_anything(kind, args, x):
+    layer = _outcome(L.LAYER_TYPES[kind], *args)
+    if layer is None:
+        return
+    y = _outcome(layer.forward, x, True)
+    if y is not None and isinstance(y, np.ndarray):
+        _outcome(layer.backward, np.ones_like(y))
+
+
+@st.composite
+def images(draw):
+    """Mostly the right shape (N, 1, 8, 8), with any dtype and special values, or anything at all."""
+    n = draw(st.integers(0, 5))
+    values = arrays(max_ndim=1, max_side=8).filter(lambda a: a.size > 0)
+    well_formed = st.builds(lambda v, n: np.resize(v, (n, 1, 8, 8)), values, st.just(n))
+    return draw(well_formed | arrays(max_side=9))
+
+
+@FUZZ
+@given(x=images(), y=arrays(max_ndim=2, max_side=6) | st.lists(st.integers(-2, 11), max_size=6).map(np.array),
+       batch=st.integers(-1, 6), epochs=st.integers(-1, 2))
+def test_fit_and_predict_take_anything(x, y, batch, epochs):
+    model = fastcnn.Sequential([L.Conv2D(1, 2, 3, rng=0), L.ReLU(), L.MaxPool2D(2), L.Flatten()], input_shape=(1, 8, 8))
+    history = _outcome(model.fit, x, y, epochs=epochs, batch_size=batch, verbose=0)
+    if history is not None:
+        assert len(history["loss"]) == epochs
+    _outcome(model.predict, x, batch_size=batch)
+
+
+@FUZZ
+@given(data=st.binary(max_size=300), kind=st.sampled_from(["idx", "csv", "model"]))
+def test_loaders_refuse_garbage_cleanly(tmp_path_factory, data, kind):
+    path = tmp_path_factory.mktemp("fuzz") / f"file.{kind}"
+    path.write_bytes(data)
+    load = {"idx": datasets.read_idx, "csv": datasets.read_kaggle_csv, "model": fastcnn.load_model}[kind]
+    _outcome(load, path)
+
+
+cli_words = st.sampled_from(["train", "predict", "info", "bogus", "--model", "lenet", "mlp", "nope", "--epochs",
+                             "0", "-1", "x", "--threads", "999", "--backend", "numbo", "--lr", "-3", "inf",
+                             "--index", "70000", "missing.npz", "--batch-size", "--data", "/nonexistent"])
+
+
+@FUZZ
+@given(argv=st.lists(cli_words, max_size=6))
+def test_cli_never_shows_a_traceback(argv):
+    if "train" in argv:
+        argv = argv + ["--epochs", "0"]  # never start a real training run from the fuzzer (the last value wins)
+    err = io.StringIO()
+    with contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()):
+        try:
+            code = cli.main(argv)
+        except SystemExit as exc:  # argparse's usage errors
+            code = exc.code
+    assert "Traceback" not in err.getvalue()
+    assert code in (0, 1, 2)
