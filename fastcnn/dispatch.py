@@ -13,6 +13,9 @@ faster; later calls with that signature cost one dictionary lookup. Decisions ar
 process does not measure again. The file name also hashes the kernels' source, NumPy's and Numba's
 versions, so changed kernels are measured afresh.
 
+Timings are the best of several interleaved rounds. A decision measured while the machine is busy
+(1-minute load average above the core count) is used by this process but not saved.
+
 In-place ops (the optimizer update) cannot be timed by running them twice; ``auto`` gives them the
 first available backend, Numba when it is installed.
 """
@@ -24,7 +27,6 @@ import hashlib
 import json
 import os
 import platform
-import statistics
 import threading
 import time
 import warnings
@@ -53,6 +55,7 @@ _local_policy: contextvars.ContextVar[str | None] = contextvars.ContextVar("fast
 _global_policy: str | None = None  # None: read FASTCNN_BACKEND
 _choices: dict[str, str] = {}
 _in_place: set[str] = set()
+_unsaved: set[str] = set()  # decisions measured on a busy machine: this process only
 _decisions: dict[str, dict[str, Any]] = {}
 _lock = threading.Lock()
 _loaded = False
@@ -149,13 +152,16 @@ def _decide(op: str, key: str, args: tuple) -> Any:
             "ms": {b: round(t * 1e3, 4) for b, t in timings.items()},
             "measure_ms": round((time.perf_counter() - start) * 1e3, 2),
         }
-        _save_persisted()
+        if _machine_is_quiet():
+            _save_persisted()
+        else:
+            _unsaved.add(key)
         return results[choice]
 
 
 def _time_interleaved(op: str, candidates: list[str], args: tuple) -> dict[str, float]:
-    """Median seconds per call of each backend, timed in alternating rounds so that noise from the
-    rest of the machine falls on all of them alike."""
+    """Best seconds per call of each backend, timed in alternating rounds so that noise from the rest
+    of the machine falls on all of them alike."""
     runs: dict[str, list[float]] = {name: [] for name in candidates}
     spent = 0.0
     for round_ in range(_MEASURE_ROUNDS[1]):
@@ -166,7 +172,16 @@ def _time_interleaved(op: str, candidates: list[str], args: tuple) -> dict[str, 
             _registry[op][name](*args)
             runs[name].append(time.perf_counter() - t0)
             spent += runs[name][-1]
-    return {name: statistics.median(times) for name, times in runs.items()}
+    return {name: min(times) for name, times in runs.items()}  # the least disturbed run of each
+
+
+def _machine_is_quiet() -> bool:
+    """False when other work competes for the cores (1-minute load above the core count): timings
+    taken then are used by this process but not saved, so a busy moment cannot mislead later runs."""
+    try:
+        return os.getloadavg()[0] <= (os.cpu_count() or 1)
+    except (AttributeError, OSError):
+        return True
 
 
 def dispatch_decisions() -> list[dict[str, Any]]:
@@ -192,6 +207,7 @@ def clear_dispatch_decisions(persisted: bool = False) -> None:
     with _lock:
         _choices.clear()
         _decisions.clear()
+        _unsaved.clear()
         _loaded = True
         if persisted:
             try:
@@ -247,8 +263,9 @@ def _save_persisted() -> None:
     if not _persist_enabled():
         return
     try:
+        saved = {k: d for k, d in _decisions.items() if k not in _unsaved}
         with _files.atomic_write(decisions_path()) as fh:
-            fh.write(json.dumps(_decisions, indent=1, sort_keys=True).encode())
+            fh.write(json.dumps(saved, indent=1, sort_keys=True).encode())
     except OSError as exc:
         if not _persist_warned:
             warnings.warn(f"fastcnn: cannot save dispatch decisions ({exc}); they last for this process only", RuntimeWarning, stacklevel=3)

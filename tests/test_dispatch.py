@@ -188,3 +188,14 @@ def test_decision_file_name_depends_on_the_kernels_source(monkeypatch):
     finally:
         monkeypatch.undo()
         dispatch._machine_id.cache_clear()
+
+
+def test_decisions_measured_on_a_busy_machine_are_not_saved(monkeypatch):
+    monkeypatch.setattr(dispatch.os, "getloadavg", lambda: (64.0, 64.0, 64.0))
+    F.conv2d(X, W)
+    assert len(fastcnn.dispatch_decisions()) == 1  # used by this process
+    assert not dispatch.decisions_path().exists() or json.loads(dispatch.decisions_path().read_text()) == {}
+    monkeypatch.setattr(dispatch.os, "getloadavg", lambda: (0.0, 0.0, 0.0))
+    F.max_pool2d(X, 2)
+    saved = json.loads(dispatch.decisions_path().read_text())
+    assert [d["op"] for d in saved.values()] == ["max_pool2d"]

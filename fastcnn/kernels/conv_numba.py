@@ -9,7 +9,8 @@ the output and zero in the gradient. The runs are cut into cache-sized blocks, w
 parallel tasks. Other strides run row by row.
 
 Every parallel loop writes a disjoint slice of its output, so there are no races and the result does
-not depend on the thread count.
+not depend on the thread count. The public entry points pick the stride-1 or the general kernel in
+Python, so only the kernel a network uses is ever compiled.
 """
 from __future__ import annotations
 
@@ -132,7 +133,6 @@ def _conv_strided(xp, w, b, sh, sw, dh, dw, oh, ow):
     return y
 
 
-@kernel_helper
 def conv2d_forward(xp, w, b, sh, sw, dh, dw, oh, ow):
     """``y = conv(xp, w) + b`` for a padded input ``xp`` (N, C, Hp, Wp) and weight (C_out, C, kH, kW)."""
     if sh == 1 and sw == 1:
@@ -186,7 +186,6 @@ def _grad_weight_strided(gy, xp, kh, kw, sh, sw, dh, dw):
     return grad_w
 
 
-@kernel_helper
 def conv2d_grad_weight(gy, xp, kh, kw, sh, sw, dh, dw):
     """Gradient of a conv with respect to its weight, shape (C_out, C, kH, kW)."""
     if sh == 1 and sw == 1:
@@ -247,7 +246,6 @@ def _grad_input_strided(gy, w, hp, wp, sh, sw, dh, dw):
     return grad_xp
 
 
-@kernel_helper
 def conv2d_grad_input(gy, w, hp, wp, sh, sw, dh, dw):
     """Gradient of a conv with respect to its padded input, shape (N, C, hp, wp)."""
     if sh == 1 and sw == 1:
