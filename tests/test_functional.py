@@ -309,3 +309,15 @@ def test_relu_and_its_gradient(backend, rng):
     np.testing.assert_array_equal(F.relu_backward(gy, y, backend=backend), want)
     with pytest.raises(ValueError, match="grad_y has shape"):
         F.relu_backward(gy[:1], y, backend=backend)
+
+
+@pytest.mark.parametrize("n, n_in, n_out", [(5, 7, 3), (3000, 40, 10), (1, 1, 1)])
+def test_linear_and_its_gradients_match_the_formulas(backend, rng, n, n_in, n_out):
+    x, w, b = rng.standard_normal((n, n_in)), rng.standard_normal((n_out, n_in)), rng.standard_normal(n_out)
+    gy = rng.standard_normal((n, n_out))
+    np.testing.assert_allclose(F.linear(x, w, b, backend=backend), x @ w.T + b, rtol=1e-12, atol=1e-12)
+    gx, gw, gb = F.linear_backward(gy, x, w, backend=backend)
+    np.testing.assert_allclose(gx, gy @ w, rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(gw, gy.T @ x, rtol=1e-11, atol=1e-11)
+    np.testing.assert_allclose(gb, gy.sum(axis=0), rtol=1e-12)
+    assert F.linear_backward(gy, x, w, input_grad=False, backend=backend)[0] is None

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import threading
 from concurrent.futures import ThreadPoolExecutor
+from typing import Callable, TypeVar
 
 import numpy as np
 
@@ -20,6 +21,7 @@ _active = 0  # products running now, in any thread
 _saved: list[int] = []
 _pool: ThreadPoolExecutor | None = None
 _knobs = None
+T = TypeVar("T")
 
 
 def _blas_knobs() -> list[tuple]:
@@ -76,24 +78,39 @@ def _parts(a: np.ndarray, b: np.ndarray, count: int):
     return "sum", [(a[:, s], b[s]) for s in cuts]
 
 
+def on_threads(work: Callable[[int, int], T]) -> list[T]:
+    """Run ``work(worker, workers)`` once per fastcnn thread, BLAS held to one thread; results in worker order.
+
+    Each call handles a fixed share of the job (say, blocks ``worker``, ``worker + workers``, ...), so
+    results, and any sums over them in worker order, are the same on every run with this thread count.
+    """
+    global _pool
+    workers = _jit.num_threads()
+    _enter()
+    try:
+        if workers == 1:
+            return [work(0, 1)]
+        if _pool is None:
+            _pool = ThreadPoolExecutor(max_workers=max(1, _jit.max_threads() - 1), thread_name_prefix="fastcnn-blas")
+        futures = [_pool.submit(work, i, workers) for i in range(1, workers)]
+        return [work(0, workers)] + [f.result() for f in futures]
+    finally:
+        _leave()
+
+
 def matmul(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     """``a @ b`` for 2-D arrays, with BLAS on one thread and large products split over fastcnn's threads.
 
     The split is fixed by the shapes and the thread count, so results are repeatable.
     """
-    global _pool
-    threads = _jit.num_threads()
-    _enter()
-    try:
-        if threads == 1 or a.shape[0] * a.shape[1] * b.shape[1] < _SPLIT_GEMM:
+    if a.shape[0] * a.shape[1] * b.shape[1] < _SPLIT_GEMM:
+        _enter()
+        try:
             return a @ b
-        if _pool is None:
-            _pool = ThreadPoolExecutor(max_workers=max(1, _jit.max_threads() - 1), thread_name_prefix="fastcnn-blas")
-        kind, parts = _parts(a, b, threads)
-        futures = [_pool.submit(np.matmul, x, y) for x, y in parts[1:]]
-        results = [parts[0][0] @ parts[0][1]] + [f.result() for f in futures]
-    finally:
-        _leave()
+        finally:
+            _leave()
+    kind, parts = _parts(a, b, _jit.num_threads())
+    results = on_threads(lambda worker, workers: parts[worker][0] @ parts[worker][1])
     if kind == "rows":
         return np.concatenate(results, axis=0)
     if kind == "cols":

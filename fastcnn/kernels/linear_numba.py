@@ -21,6 +21,13 @@ def _dot(a, b):
     return acc
 
 
+@kernel_helper
+def _axpy(dst, a, src):
+    """``dst[p] += a * src[p]`` for every ``p``."""
+    for p in range(dst.shape[0]):
+        dst[p] += a * src[p]
+
+
 @parallel_kernel
 def linear_forward(x, w, b):
     """``x @ w.T + b`` for ``x`` (N, in) and ``w`` (out, in)."""
@@ -41,12 +48,8 @@ def linear_grad_weight(gy, x):
     for blk in prange(blocks):
         part = parts[blk]
         for r in range(blk * n // blocks, (blk + 1) * n // blocks):
-            xr = x[r]
             for j in range(n_out):
-                g = gy[r, j]
-                row = part[j]
-                for p in range(n_in):
-                    row[p] += g * xr[p]
+                _axpy(part[j], gy[r, j], x[r])
     grad_w = np.zeros((n_out, n_in), dtype=x.dtype)
     for blk in range(blocks):
         grad_w += parts[blk]
@@ -59,10 +62,6 @@ def linear_grad_input(gy, w):
     n, n_out, n_in = gy.shape[0], w.shape[0], w.shape[1]
     gx = np.zeros((n, n_in), dtype=gy.dtype)
     for r in prange(n):
-        out = gx[r]
         for j in range(n_out):
-            g = gy[r, j]
-            wj = w[j]
-            for p in range(n_in):
-                out[p] += g * wj[p]
+            _axpy(gx[r], gy[r, j], w[j])
     return gx
