@@ -156,12 +156,12 @@ def verdicts(rows: list[dict[str, Any]]) -> list[str]:
     judged = [r for r in rows if "choice_over_best" in r]
     wrong = [r for r in judged if r["choice_over_best"] > AUTO_CLOSE_ENOUGH]
     out.append(f"auto's choice within {AUTO_CLOSE_ENOUGH - 1:.0%} of the better backend on {len(judged) - len(wrong)} "
-               f"of {len(judged)} rows" + "".join(f"\nMISSED auto's choice {r['choice_over_best']:.2f}x best: {r['op']} "
-                                                 f"{r['phase']} {r['shape']}" for r in wrong))
+               f"of {len(judged)} rows")
+    out += [f"MISSED auto's choice {r['choice_over_best']:.2f}x best: {r['op']} {r['phase']} {r['shape']}" for r in wrong]
     noisy = [r for r in judged if r["auto_over_best"] > AUTO_CLOSE_ENOUGH and r not in wrong]
     if noisy:
-        out.append(f"({len(noisy)} rows where auto's own timing was over {AUTO_CLOSE_ENOUGH - 1:.0%} slower although it "
-                   "chose the faster backend: machine noise between the two benchmarks)")
+        out.append(f"rows where auto's own timing was over {AUTO_CLOSE_ENOUGH - 1:.0%} slower although it chose the "
+                   f"faster backend (machine noise between the two benchmarks): {len(noisy)}")
     return out
 
 
