@@ -5,6 +5,7 @@ Every public op validates through these helpers, so a bad argument gets the same
 """
 from __future__ import annotations
 
+import functools
 import math
 import operator
 import os
@@ -159,6 +160,7 @@ def pool_geometry(x_shape, kernel_size, stride, padding) -> PoolGeometry:
     return PoolGeometry(kernel, stride, padding, (oh, ow))
 
 
+@functools.lru_cache(maxsize=None)
 def _physical_memory() -> int:
     try:
         return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
