@@ -88,3 +88,15 @@ def test_avg_pool2d_backward_rejects_wrong_grad(backend):
 def test_unknown_backend_is_a_clear_error():
     with pytest.raises(ValueError, match=r"backend must be one of 'auto', 'numba', 'numpy', got 'cuda'"):
         F.conv2d(X, W, backend="cuda")
+
+
+@pytest.mark.parametrize("call, pattern", [
+    (lambda b: F.conv2d(X, W, padding=10**6, backend=b), r"padded conv2d input of shape \(2, 3, 2000008, 2000008\) would need"),
+    (lambda b: F.conv2d(np.zeros((2**20, 1, 3, 3), np.float32), np.zeros((2**14, 1, 1, 1), np.float32), backend=b),
+     r"conv2d output of shape \(1048576, 16384, 3, 3\) would need .* GiB, more than this machine's"),
+    (lambda b: F.max_pool2d_backward(np.zeros((1, 1, 1, 1), np.float32), np.zeros((1, 1, 1, 1), np.int64),
+                                     (1, 1, 10**6, 10**6), backend=b), r"max_pool2d_backward output .* would need"),
+])
+def test_arrays_larger_than_memory_are_refused_before_allocating(backend, call, pattern):
+    with pytest.raises(MemoryError, match=pattern):
+        call(backend)

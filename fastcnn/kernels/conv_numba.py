@@ -10,7 +10,8 @@ parallel tasks. Other strides run row by row.
 
 Every parallel loop writes a disjoint slice of its output, so there are no races and the result does
 not depend on the thread count. The public entry points pick the stride-1 or the general kernel in
-Python, so only the kernel a network uses is ever compiled.
+Python, so only the kernel a network uses is ever compiled, and allocate the large arrays with NumPy,
+which asks the kernel for huge pages (far fewer page faults than Numba's own allocations).
 """
 from __future__ import annotations
 
@@ -167,40 +168,40 @@ def _copy(dst, src):
         dst[p] = src[p]
 
 
-@parallel_kernel
-def _channel_major(a, hp, wp, head, tail):
+def _runs(a, hp, wp, head=0, tail=0):
     """``a`` (N, C, H, W) as runs (C, head + N*hp*wp + tail): each sample's plane at the top left of
     an ``hp x wp`` block, zeros elsewhere (the scratch positions, and the head and tail that shifted
     reads run into)."""
+    n, c = a.shape[:2]
+    runs = np.zeros((c, head + n * hp * wp + tail), dtype=a.dtype)
+    _fill_runs(a, runs, hp, wp, head)
+    return runs
+
+
+@parallel_kernel
+def _fill_runs(a, runs, hp, wp, head):
     n, c, h, w = a.shape
     plane = hp * wp
-    runs = np.zeros((c, head + n * plane + tail), dtype=a.dtype)
     for task in prange(n * c):
         s, ch = task // c, task % c
         for r in range(h):
             start = head + s * plane + r * wp
             _copy(runs[ch, start : start + w], a[s, ch, r])
-    return runs
 
 
 @parallel_kernel
-def _conv_wide(xp, w, b, dh, dw, oh, ow):
-    """Stride-1 forward pass in the wide layout (see the module docstring)."""
-    n, c_in, hp, wp = xp.shape
-    c_out, _, kh, kw = w.shape
-    total = n * hp * wp
-    xr = _channel_major(xp, hp, wp, 0, (kh - 1) * dh * wp + (kw - 1) * dw)
-    yr = np.empty((c_out, total), dtype=xp.dtype)
+def _conv_wide(xr, w, b, yr, y, hp, wp, dh, dw):
+    """Stride-1 forward pass in the wide layout (see the module docstring): runs ``xr`` -> ``y``."""
+    c_out, total = yr.shape
+    oh, ow = y.shape[2], y.shape[3]
     blocks, groups = (total + _BLOCK - 1) // _BLOCK, (c_out + 3) // 4
     for task in prange(groups * blocks):
         g, b0 = task // blocks, (task % blocks) * _BLOCK
         _correlate_group(yr, b, xr, 4 * g, min(4 * g + 4, c_out), b0, min(b0 + _BLOCK, total), b0, dh * wp, w, dw)
-    y = np.empty((n, c_out, oh, ow), dtype=xp.dtype)
-    for task in prange(n * c_out):
+    for task in prange(y.shape[0] * c_out):
         s, co = task // c_out, task % c_out
         for r in range(oh):
             _copy(y[s, co, r], yr[co, s * hp * wp + r * wp :])
-    return y
 
 
 @parallel_kernel
@@ -226,27 +227,29 @@ def _conv_strided(xp, w, b, sh, sw, dh, dw, oh, ow):
 
 def conv2d_forward(xp, w, b, sh, sw, dh, dw, oh, ow):
     """``y = conv(xp, w) + b`` for a padded input ``xp`` (N, C, Hp, Wp) and weight (C_out, C, kH, kW)."""
-    if sh == 1 and sw == 1:
-        return _conv_wide(xp, w, b, dh, dw, oh, ow)
-    return _conv_strided(xp, w, b, sh, sw, dh, dw, oh, ow)
+    if sh != 1 or sw != 1:
+        return _conv_strided(xp, w, b, sh, sw, dh, dw, oh, ow)
+    n, _, hp, wp = xp.shape
+    c_out, _, kh, kw = w.shape
+    xr = _runs(xp, hp, wp, tail=(kh - 1) * dh * wp + (kw - 1) * dw)
+    y = np.empty((n, c_out, oh, ow), dtype=xp.dtype)
+    _conv_wide(xr, w, b, np.empty((c_out, n * hp * wp), dtype=xp.dtype), y, hp, wp, dh, dw)
+    return y
 
 
 @parallel_kernel
-def _grad_weight_wide(gy, xp, kh, kw, dh, dw):
-    """Stride-1 weight gradient in the wide layout: dot products of the runs, for four output channels
-    and one input channel per task."""
-    n, c_in, hp, wp = xp.shape
-    c_out = gy.shape[1]
-    total = n * hp * wp
-    gr = _channel_major(gy, hp, wp, 0, 0)
-    xr = _channel_major(xp, hp, wp, 0, (kh - 1) * dh * wp + (kw - 1) * dw)
-    grad_w = np.empty((c_out, c_in, kh, kw), dtype=gy.dtype)
+def _grad_weight_wide(gr, xr, kh, kw, wp, dh, dw):
+    """Stride-1 weight gradient in the wide layout: dot products of the runs ``gr`` (of the output
+    gradient) and ``xr`` (of the input), for four output channels and one input channel per task."""
+    c_out, total = gr.shape
+    c_in = xr.shape[0]
+    grad_w = np.empty((c_out, c_in, kh, kw), dtype=gr.dtype)
     groups = (c_out + 3) // 4
     for task in prange(groups * c_in):
         g, ci = task // c_in, task % c_in
         o0, o1 = 4 * g, min(4 * g + 4, c_out)
         sums = np.zeros((4, kh, kw), dtype=np.float64)  # float64 across blocks
-        part = np.empty((4, kw), dtype=gy.dtype)
+        part = np.empty((4, kw), dtype=gr.dtype)
         for b0 in range(0, total, _BLOCK):
             b1 = min(b0 + _BLOCK, total)
             for i in range(kh):
@@ -289,41 +292,39 @@ def _grad_weight_strided(gy, xp, kh, kw, sh, sw, dh, dw):
 
 def conv2d_grad_weight(gy, xp, kh, kw, sh, sw, dh, dw):
     """Gradient of a conv with respect to its weight, shape (C_out, C, kH, kW)."""
-    if sh == 1 and sw == 1:
-        return _grad_weight_wide(gy, xp, kh, kw, dh, dw)
-    return _grad_weight_strided(gy, xp, kh, kw, sh, sw, dh, dw)
+    if sh != 1 or sw != 1:
+        return _grad_weight_strided(gy, xp, kh, kw, sh, sw, dh, dw)
+    hp, wp = xp.shape[2:]
+    xr = _runs(xp, hp, wp, tail=(kh - 1) * dh * wp + (kw - 1) * dw)
+    return _grad_weight_wide(_runs(gy, hp, wp), xr, kh, kw, wp, dh, dw)
 
 
 @parallel_kernel
-def _grad_input_wide(gy, w, hp, wp, dh, dw):
+def _grad_input_wide(gr, w, xr, grad_xp, dh, dw):
     """Stride-1 input gradient in the wide layout: ``grad[p] = sum(w[i, j] * gy[p - i*dh*Wp - j*dw])``.
 
     The gradient's runs cover every padded-input position, and the shifted reads of ``gy`` land on its
     zero scratch positions or zero head wherever they fall outside the output.
     """
-    n, c_out = gy.shape[0], gy.shape[1]
-    c_in, kh, kw = w.shape[1], w.shape[2], w.shape[3]
+    n, c_in, hp, wp = grad_xp.shape
+    c_out, kh, kw = w.shape[0], w.shape[2], w.shape[3]
     total = n * hp * wp
     reach = (kh - 1) * dh * wp + (kw - 1) * dw
-    gr = _channel_major(gy, hp, wp, reach, 0)
     taps = np.empty((c_in, c_out, kh, kw), dtype=w.dtype)  # each kernel row reversed
     for ci in range(c_in):
         for co in range(c_out):
             for i in range(kh):
                 for j in range(kw):
                     taps[ci, co, i, j] = w[co, ci, i, kw - 1 - j]
-    xr = np.empty((c_in, total), dtype=gy.dtype)
-    zero = np.zeros(c_in, dtype=gy.dtype)
+    zero = np.zeros(c_in, dtype=xr.dtype)
     blocks, groups = (total + _BLOCK - 1) // _BLOCK, (c_in + 3) // 4
     for task in prange(groups * blocks):
         g, b0 = task // blocks, (task % blocks) * _BLOCK
         _correlate_group(xr, zero, gr, 4 * g, min(4 * g + 4, c_in), b0, min(b0 + _BLOCK, total),
                          reach + b0 - (kw - 1) * dw, -dh * wp, taps, dw)
-    grad_xp = np.empty((n, c_in, hp, wp), dtype=gy.dtype)
     for task in prange(n * c_in):
         s, ci = task // c_in, task % c_in
         _copy(grad_xp[s, ci].reshape(hp * wp), xr[ci, s * hp * wp :])
-    return grad_xp
 
 
 @parallel_kernel
@@ -347,6 +348,10 @@ def _grad_input_strided(gy, w, hp, wp, sh, sw, dh, dw):
 
 def conv2d_grad_input(gy, w, hp, wp, sh, sw, dh, dw):
     """Gradient of a conv with respect to its padded input, shape (N, C, hp, wp)."""
-    if sh == 1 and sw == 1:
-        return _grad_input_wide(gy, w, hp, wp, dh, dw)
-    return _grad_input_strided(gy, w, hp, wp, sh, sw, dh, dw)
+    if sh != 1 or sw != 1:
+        return _grad_input_strided(gy, w, hp, wp, sh, sw, dh, dw)
+    n, c_in, kh, kw = gy.shape[0], w.shape[1], w.shape[2], w.shape[3]
+    gr = _runs(gy, hp, wp, head=(kh - 1) * dh * wp + (kw - 1) * dw)
+    grad_xp = np.empty((n, c_in, hp, wp), dtype=gy.dtype)
+    _grad_input_wide(gr, w, np.empty((c_in, n * hp * wp), dtype=gy.dtype), grad_xp, dh, dw)
+    return grad_xp
