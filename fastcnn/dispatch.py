@@ -114,16 +114,19 @@ def use_backend(name: str) -> Iterator[None]:
         _local_policy.reset(token)
 
 
-def run(op: str, signature: tuple, args: tuple, backend: str | None = None) -> Any:
+def run(op: str, signature: tuple, args: tuple, backend: str | None = None, auto_only: str | None = None) -> Any:
     """Run ``op`` on ``args`` with the backend that ``backend`` (or the policy in force) selects.
 
     ``signature`` must describe everything that affects speed but not the values: shapes, parameters
-    and dtype.
+    and dtype. ``auto_only`` names the one backend ``auto`` should use without measuring, for calls
+    the other backend is not built for (it is then not even compiled).
     """
     policy = get_backend() if backend is None else _check_policy(backend, "backend")
     impls = _registry[op]
     if policy != "auto":
         return impls[policy](*args)
+    if auto_only is not None:
+        return impls[auto_only](*args)
     if op in _in_place:
         return impls[next(b for b in available_backends() if b in impls)](*args)
     key = f"{op}{signature}@{_jit.num_threads()}"

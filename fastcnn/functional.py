@@ -362,6 +362,14 @@ def relu_backward(grad_y: np.ndarray, y: np.ndarray, *, backend: str | None = No
     return dispatch.run("relu_backward", (y.shape, y.dtype.char), (grad_y, y), backend)
 
 
+_THIN_OUTPUTS, _THIN_BATCH = 16, 1024  # Numba's linear kernels are for few outputs over many rows
+
+
+def _blas_unless_thin(x, weight) -> str | None:
+    """``"numpy"`` (BLAS, unmeasured) for layers the Numba kernels are not built for, else None."""
+    return None if weight.shape[0] <= _THIN_OUTPUTS and x.shape[0] >= _THIN_BATCH else "numpy"
+
+
 def _linear_inputs(x, weight):
     x = float_array("x", x, ndim=2)
     weight = float_array("weight", weight, ndim=2, dtype=x.dtype)
@@ -394,7 +402,8 @@ def linear(x: np.ndarray, weight: np.ndarray, bias: np.ndarray | None = None, *,
     if x.shape[0] == 0:
         return np.zeros((0, n_out), x.dtype)
     check_allocation("linear output", (x.shape[0], n_out), x.dtype)
-    return dispatch.run("linear", (x.shape, weight.shape, x.dtype.char), (x, weight, bias), backend)
+    signature = (x.shape, weight.shape, x.dtype.char)
+    return dispatch.run("linear", signature, (x, weight, bias), backend, _blas_unless_thin(x, weight))
 
 
 def linear_backward(grad_y: np.ndarray, x: np.ndarray, weight: np.ndarray, *, input_grad: bool = True,
@@ -419,7 +428,7 @@ def linear_backward(grad_y: np.ndarray, x: np.ndarray, weight: np.ndarray, *, in
     grad_y = check_grad("grad_y", grad_y, (x.shape[0], weight.shape[0]), x.dtype)
     if x.shape[0] == 0:
         return (np.zeros_like(x) if input_grad else None), np.zeros_like(weight), np.zeros(weight.shape[0], x.dtype)
-    signature = (x.shape, weight.shape, x.dtype.char)
-    grad_w = dispatch.run("linear_grad_weight", signature, (grad_y, x), backend)
-    grad_x = dispatch.run("linear_grad_input", signature, (grad_y, weight), backend) if input_grad else None
+    signature, only = (x.shape, weight.shape, x.dtype.char), _blas_unless_thin(x, weight)
+    grad_w = dispatch.run("linear_grad_weight", signature, (grad_y, x), backend, only)
+    grad_x = dispatch.run("linear_grad_input", signature, (grad_y, weight), backend, only) if input_grad else None
     return grad_x, grad_w, grad_y.sum(axis=0)
