@@ -54,7 +54,7 @@ def build_rows(benchmarks: Iterable[Any]) -> list[dict[str, Any]]:
         if "numba" in ms and "numpy" in ms:
             row["numba_speedup"] = ms["numpy"] / ms["numba"]
         best = min((ms[b] for b in ("numba", "numpy") if b in ms), default=None)
-        if "auto" in ms and best:
+        if "auto" in ms and best and "images" not in row:  # whole training runs mix ops: no single choice
             row["auto_over_best"] = ms["auto"] / best
             # One backend chosen for every op: judge the choice by that backend's own benchmark, which
             # was timed moments apart from auto's; on a noisy machine the two can differ by more than
