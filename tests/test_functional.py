@@ -2,7 +2,7 @@
 import numpy as np
 import pytest
 import scipy.signal
-from hypothesis import HealthCheck, assume, given, settings
+from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import fastcnn.functional as F

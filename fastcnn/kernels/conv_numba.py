@@ -193,7 +193,7 @@ def _fill_runs(a, runs, hp, wp, head):
 def _conv_wide(xr, w, b, yr, y, hp, wp, dh, dw):
     """Stride-1 forward pass in the wide layout (see the module docstring): runs ``xr`` -> ``y``."""
     c_out, total = yr.shape
-    oh, ow = y.shape[2], y.shape[3]
+    oh = y.shape[2]
     blocks, groups = (total + _BLOCK - 1) // _BLOCK, (c_out + 3) // 4
     for task in prange(groups * blocks):
         g, b0 = task // blocks, (task % blocks) * _BLOCK
