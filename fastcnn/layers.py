@@ -92,6 +92,26 @@ class Layer:
         return value
 
 
+class _WeightLayer(Layer):
+    """A layer with ``weight`` and optional ``bias`` whose three gradients come from one functional op."""
+
+    def backward(self, grad):
+        return self._backward(grad, input_grad=True)
+
+    def backward_params(self, grad):
+        self._backward(grad, input_grad=False)
+
+    def _backward(self, grad, input_grad):
+        gx, gw, gb = self._gradients(grad, input_grad)
+        self.grads["weight"] = gw
+        if "bias" in self.params:
+            self.grads["bias"] = gb
+        return gx
+
+    def _gradients(self, grad, input_grad: bool):
+        raise NotImplementedError
+
+
 def _expect(layer: Layer, input_shape, ndim: int, what: str) -> None:
     if len(input_shape) != ndim:
         raise ValueError(f"{layer!r} expects input of shape {what}, got (N, {', '.join(map(str, input_shape))})")
@@ -105,7 +125,7 @@ def _init_weight(kind: str, shape, fan_in: int, fan_out: int, rng) -> np.ndarray
     raise ValueError(f"init must be 'he' or 'glorot', got {kind!r}")
 
 
-class Conv2D(Layer):
+class Conv2D(_WeightLayer):
     """2-D convolution over NCHW input, with weight ``(out_channels, in_channels, kH, kW)``.
 
     Parameters
@@ -149,19 +169,9 @@ class Conv2D(Layer):
         self._x = x if training else None
         return F.conv2d(x, self.params["weight"], self.params.get("bias"), backend=self.backend, **self._geometry())
 
-    def backward(self, grad):
-        return self._backward(grad, input_grad=True)
-
-    def backward_params(self, grad):
-        self._backward(grad, input_grad=False)
-
-    def _backward(self, grad, input_grad):
-        gx, gw, gb = F.conv2d_backward(grad, self._cached("_x"), self.params["weight"], input_grad=input_grad,
-                                       backend=self.backend, **self._geometry())
-        self.grads["weight"] = gw
-        if "bias" in self.params:
-            self.grads["bias"] = gb
-        return gx
+    def _gradients(self, grad, input_grad):
+        return F.conv2d_backward(grad, self._cached("_x"), self.params["weight"], input_grad=input_grad,
+                                 backend=self.backend, **self._geometry())
 
     def output_shape(self, input_shape):
         _expect(self, input_shape, 3, "(N, C, H, W)")
@@ -227,7 +237,7 @@ class AvgPool2D(_Pool2D):
                                      self.padding, backend=self.backend)
 
 
-class Dense(Layer):
+class Dense(_WeightLayer):
     """Fully connected layer ``y = x @ weight.T + bias`` with weight ``(out_features, in_features)``.
 
     Parameters
@@ -255,18 +265,8 @@ class Dense(Layer):
         self._x = x if training else None
         return F.linear(x, self.params["weight"], self.params.get("bias"))
 
-    def backward(self, grad):
-        return self._backward(grad, input_grad=True)
-
-    def backward_params(self, grad):
-        self._backward(grad, input_grad=False)
-
-    def _backward(self, grad, input_grad):
-        gx, gw, gb = F.linear_backward(grad, self._cached("_x"), self.params["weight"], input_grad=input_grad)
-        self.grads["weight"] = gw
-        if "bias" in self.params:
-            self.grads["bias"] = gb
-        return gx
+    def _gradients(self, grad, input_grad):
+        return F.linear_backward(grad, self._cached("_x"), self.params["weight"], input_grad=input_grad)
 
     def output_shape(self, input_shape):
         if tuple(input_shape) != (self.in_features,):
@@ -285,16 +285,12 @@ class Flatten(Layer):
 
     def forward(self, x, training=False):
         x = self._input(x, 2)
-        self._shape = x.shape
+        self._shape, self._dtype = x.shape, x.dtype
         return x.reshape(x.shape[0], -1)
 
     def backward(self, grad):
         shape = self._cached("_shape")
-        grad = float_array("grad", grad)
-        if grad.shape != (shape[0], math.prod(shape[1:])):
-            raise ValueError(f"grad has shape {grad.shape} but the forward output has shape "
-                             f"{(shape[0], math.prod(shape[1:]))}")
-        return grad.reshape(shape)
+        return check_grad("grad", grad, (shape[0], math.prod(shape[1:])), self._dtype).reshape(shape)
 
     def output_shape(self, input_shape):
         return (int(np.prod(input_shape)),)

@@ -238,6 +238,11 @@ class Sequential:
         optimizer = optimizer or Adam(1e-3)
         self.loss = loss = loss or CrossEntropyLoss()
         y = loss.check_targets(y, (len(x),) + self.output_shapes(x.shape[1:])[-1])
+        for name, values in (("x", x), ("y", y)):
+            if values.dtype.kind == "f" and not np.isfinite(values).all():
+                bad = np.unravel_index(np.flatnonzero(~np.isfinite(values))[0], values.shape)
+                raise ValueError(f"{name} holds NaN or infinity (first at index {tuple(int(i) for i in bad)}); "
+                                 "fit needs finite inputs and targets")
         rng = np.random.default_rng(seed)
         if seed is not None:
             for i, layer in enumerate(self.layers):

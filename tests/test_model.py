@@ -218,3 +218,17 @@ def test_weights_move_to_and_from_pytorch():
     x = np.random.default_rng(0).random((4, 1, 28, 28), dtype=np.float32)
     np.testing.assert_allclose(net(torch.from_numpy(x)).detach().numpy(), model.predict(x), rtol=1e-4, atol=1e-5)
     model.load_state_dict(net.state_dict())
+
+
+def test_fit_refuses_nan_or_infinite_inputs_and_targets():
+    """Found by the fuzzer: NaN images used to surface as a misleading 'lower the learning rate'."""
+    model = fastcnn.models.tiny_cnn(seed=0)
+    x = np.zeros((4, 1, 28, 28), np.float32)
+    x[2, 0, 5, 7] = np.nan
+    with pytest.raises(ValueError, match=r"x holds NaN or infinity \(first at index \(2, 0, 5, 7\)\)"):
+        model.fit(x, np.zeros(4, np.int64), verbose=0)
+    toy = fastcnn.models.toy_conv(seed=0)
+    tx, ty = fastcnn.models.toy_data()
+    ty[1, 0] = np.inf
+    with pytest.raises(ValueError, match=r"y holds NaN or infinity \(first at index \(1, 0\)\)"):
+        toy.fit(tx, ty, loss=fastcnn.MSELoss(), verbose=0)

@@ -100,3 +100,10 @@ def test_unknown_backend_is_a_clear_error():
 def test_arrays_larger_than_memory_are_refused_before_allocating(backend, call, pattern):
     with pytest.raises(MemoryError, match=pattern):
         call(backend)
+
+
+@pytest.mark.parametrize("pool", [F.max_pool2d, F.avg_pool2d])
+def test_pooling_an_empty_plane_is_refused_even_with_padding(backend, pool):
+    """Found by the fuzzer: with padding, a 0x0 plane had windows of padding only."""
+    with pytest.raises(ValueError, match=r"non-empty height and width to pool, got shape \(1, 1, 0, 0\)"):
+        pool(np.zeros((1, 1, 0, 0), np.float32), 2, 1, 1, backend=backend)

@@ -150,6 +150,8 @@ def pool_geometry(x_shape, kernel_size, stride, padding) -> PoolGeometry:
     h, w = x_shape[2], x_shape[3]
     if x_shape[1] < 1:
         raise ValueError(f"x must have at least one channel, got shape {x_shape}")
+    if h < 1 or w < 1:  # every window must hold a real element, whatever the padding
+        raise ValueError(f"x must have a non-empty height and width to pool, got shape {x_shape}")
     if kernel[0] > h + 2 * padding[0] or kernel[1] > w + 2 * padding[1]:
         raise ValueError(
             f"kernel_size {kernel} is larger than the padded input {(h + 2 * padding[0], w + 2 * padding[1])} "
