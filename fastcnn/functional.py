@@ -69,6 +69,12 @@ def _pad(x: np.ndarray, padding) -> np.ndarray:
     return np.pad(x, ((0, 0), (0, 0)) + tuple(padding))
 
 
+def _padded_shape(shape, padding) -> tuple[int, int, int, int]:
+    """The NCHW ``shape`` after :func:`_pad` with ``((top, bottom), (left, right))``."""
+    (top, bottom), (left, right) = padding
+    return tuple(shape[:2]) + (shape[2] + top + bottom, shape[3] + left + right)
+
+
 def _crop(xp: np.ndarray, padding) -> np.ndarray:
     """Undo :func:`_pad`, returning a C-contiguous array."""
     (top, bottom), (left, right) = padding
@@ -78,12 +84,22 @@ def _crop(xp: np.ndarray, padding) -> np.ndarray:
     return np.ascontiguousarray(xp[:, :, top : h - bottom, left : w - right])
 
 
+def _bias(bias, weight: np.ndarray, dtype) -> np.ndarray:
+    """``bias`` checked against ``weight`` (one value per output, ``weight.shape[0]``); zeros if None."""
+    n_out = weight.shape[0]
+    if bias is None:
+        return np.zeros(n_out, dtype=dtype)
+    bias = float_array("bias", bias, ndim=1, dtype=dtype)
+    if bias.shape != (n_out,):
+        raise ValueError(f"bias must have shape ({n_out},) to match weight {weight.shape}, got {bias.shape}")
+    return bias
+
+
 def _conv_inputs(x, weight, stride, padding, dilation):
     x = float_array("x", x, ndim=4)
     weight = float_array("weight", weight, ndim=4, dtype=x.dtype)
     geo = conv_geometry(x.shape, weight.shape, stride, padding, dilation)
-    (top, bottom), (left, right) = geo.padding
-    check_allocation("padded conv2d input", x.shape[:2] + (x.shape[2] + top + bottom, x.shape[3] + left + right), x.dtype)
+    check_allocation("padded conv2d input", _padded_shape(x.shape, geo.padding), x.dtype)
     check_allocation("conv2d output", (x.shape[0], weight.shape[0]) + geo.out_hw, x.dtype)
     return x, weight, geo
 
@@ -120,12 +136,7 @@ def conv2d(
     ndarray, shape (N, C_out, H_out, W_out)
     """
     x, weight, geo = _conv_inputs(x, weight, stride, padding, dilation)
-    c_out = weight.shape[0]
-    if bias is None:
-        bias = np.zeros(c_out, dtype=x.dtype)
-    bias = float_array("bias", bias, ndim=1, dtype=x.dtype)
-    if bias.shape != (c_out,):
-        raise ValueError(f"bias must have shape ({c_out},) to match weight {weight.shape}, got {bias.shape}")
+    bias = _bias(bias, weight, x.dtype)
     xp = _pad(x, geo.padding)
     (sh, sw), (dh, dw), (oh, ow) = geo.stride, geo.dilation, geo.out_hw
     signature = (xp.shape, weight.shape, geo.stride, geo.dilation, x.dtype.char)
@@ -280,7 +291,7 @@ def avg_pool2d(
     """
     x = float_array("x", x, ndim=4)
     geo = pool_geometry(x.shape, kernel_size, stride, padding)
-    check_allocation("padded avg_pool2d input", x.shape[:2] + (x.shape[2] + 2 * geo.padding[0], x.shape[3] + 2 * geo.padding[1]), x.dtype)
+    check_allocation("padded avg_pool2d input", _padded_shape(x.shape, _symmetric(geo.padding)), x.dtype)
     xp = _pad(x, _symmetric(geo.padding))
     signature = (xp.shape, geo.kernel, geo.stride, x.dtype.char)
     return dispatch.run("avg_pool2d", signature, (xp, *geo.kernel, *geo.stride, *geo.out_hw), backend)
@@ -313,7 +324,7 @@ def avg_pool2d_backward(
     grad_y = float_array("grad_y", grad_y, ndim=4)
     grad_y = check_grad("grad_y", grad_y, shape[:2] + geo.out_hw, grad_y.dtype)
     pads = _symmetric(geo.padding)
-    padded = shape[:2] + (shape[2] + 2 * geo.padding[0], shape[3] + 2 * geo.padding[1])
+    padded = _padded_shape(shape, pads)
     check_allocation("avg_pool2d_backward output", padded, grad_y.dtype)
     signature = (padded, geo.kernel, geo.stride, grad_y.dtype.char)
     grad_xp = dispatch.run("avg_pool2d_backward", signature, (grad_y, padded, *geo.kernel, *geo.stride), backend)
@@ -396,9 +407,7 @@ def linear(x: np.ndarray, weight: np.ndarray, bias: np.ndarray | None = None, *,
     """
     x, weight = _linear_inputs(x, weight)
     n_out = weight.shape[0]
-    bias = np.zeros(n_out, x.dtype) if bias is None else float_array("bias", bias, ndim=1, dtype=x.dtype)
-    if bias.shape != (n_out,):
-        raise ValueError(f"bias must have shape ({n_out},) to match weight {weight.shape}, got {bias.shape}")
+    bias = _bias(bias, weight, x.dtype)
     if x.shape[0] == 0:
         return np.zeros((0, n_out), x.dtype)
     check_allocation("linear output", (x.shape[0], n_out), x.dtype)
