@@ -10,10 +10,11 @@ In ``auto`` the first call with a new signature (op, shapes, parameters, dtype a
 every available backend once to compile and warm it, times a few more runs of each, and keeps the
 faster; later calls with that signature cost one dictionary lookup. Decisions are kept per machine in
 ``$FASTCNN_HOME/dispatch/<machine>.json`` (``FASTCNN_DISPATCH_PERSIST=0`` turns that off), so a new
-process does not measure again. The file name also hashes the kernels' source, NumPy's and Numba's
-versions, so changed kernels are measured afresh.
+process does not measure again. The file name also hashes the kernels' and this module's source,
+NumPy's and Numba's versions, so changed kernels are measured afresh.
 
-Timings are the best of several interleaved rounds. A decision measured while the machine is busy
+Timings are the best of several interleaved rounds, each call after a pause like the one between two
+ops of a training step (so a parallel kernel pays for waking its threads, as it does there). A decision measured while the machine is busy
 (1-minute load average above the core count) is used by this process but not saved.
 
 In-place ops (the optimizer update) cannot be timed by running them twice; ``auto`` gives them the
@@ -44,6 +45,7 @@ POLICIES = ("auto",) + BACKENDS
 _MEASURE_ROUNDS = (3, 15)  # rounds of timing, at least and at most
 _MEASURE_BUDGET_S = 0.05  # keep adding rounds (up to the most) while all of them took less than this
 _SLOW_ROUND_S = 0.1  # a round slower than this is the only one: the difference is plain to see
+_GLUE_S = 50e-6  # the pause before each timed call (see _pause)
 
 
 class BackendUnavailableError(ValueError):
@@ -171,11 +173,21 @@ def _time_interleaved(op: str, candidates: list[str], args: tuple) -> dict[str, 
         if spent > (_SLOW_ROUND_S if round_ < _MEASURE_ROUNDS[0] else _MEASURE_BUDGET_S) and round_ > 0:
             break
         for name in candidates if round_ % 2 == 0 else reversed(candidates):
+            _pause()
             t0 = time.perf_counter()
             _registry[op][name](*args)
             runs[name].append(time.perf_counter() - t0)
             spent += runs[name][-1]
     return {name: min(times) for name, times in runs.items()}  # the least disturbed run of each
+
+
+def _pause(seconds: float = _GLUE_S) -> None:
+    """Busy-wait ``seconds``, as the Python code between two ops of a training step does. Numba's
+    worker threads go to sleep in such a gap, and waking them (about 10 microseconds) is part of what
+    a parallel kernel costs in real use, so each timed call comes after one."""
+    end = time.perf_counter() + seconds
+    while time.perf_counter() < end:
+        pass
 
 
 def _machine_is_quiet() -> bool:
@@ -230,8 +242,8 @@ def _machine_id() -> str:
     numba_version = _jit.numba.__version__ if _jit.NUMBA_AVAILABLE else "none"
     text = f"{platform.machine()}|{cpu}|{os.cpu_count()}|numpy {np.__version__}|numba {numba_version}"
     digest = hashlib.sha256(text.encode())
-    for path in sorted(Path(_jit.__file__).parent.glob("*.py")):  # new kernels: measure again
-        digest.update(path.read_bytes())
+    for path in [*sorted(Path(_jit.__file__).parent.glob("*.py")), Path(__file__)]:  # new kernels or way of
+        digest.update(path.read_bytes())  # measuring: measure again
     return digest.hexdigest()[:16]
 
 

@@ -299,7 +299,8 @@ class Flatten(Layer):
 class Dropout(Layer):
     """Inverted dropout: in training, zero each element with probability ``p`` and scale the rest by ``1/(1-p)``.
 
-    Masks are drawn from ``rng`` (a NumPy Generator, outside any kernel), so a seed reproduces a run.
+    Each mask comes from a seed drawn from ``rng`` (a NumPy Generator), so a seed reproduces a run;
+    see :func:`fastcnn.functional.dropout`.
     """
 
     def __init__(self, p: float = 0.5, rng=None) -> None:
@@ -308,21 +309,20 @@ class Dropout(Layer):
             raise ValueError(f"Dropout p must be in [0, 1), got {p!r}")
         self.p = float(p)
         self.rng = get_rng(rng)
-        self._mask = None
+        self._seed = None
 
     def forward(self, x, training=False):
         x = self._input(x)
         self._shape, self._dtype = x.shape, x.dtype
         if not training or self.p == 0.0:
-            self._mask = None
+            self._seed = None
             return x
-        keep = 1.0 - self.p
-        self._mask = (self.rng.random(x.shape, dtype=np.float32) < keep).astype(x.dtype) * x.dtype.type(1.0 / keep)
-        return x * self._mask
+        self._seed = int(self.rng.integers(2**64, dtype=np.uint64))  # the mask's seed: backward draws it again
+        return F.dropout(x, self.p, self._seed)
 
     def backward(self, grad):
         grad = check_grad("grad", grad, self._cached("_shape"), self._dtype)
-        return grad if self._mask is None else grad * self._mask
+        return grad if self._seed is None else F.dropout(grad, self.p, self._seed)
 
     def get_config(self):
         return dict(p=self.p)

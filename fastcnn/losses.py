@@ -3,6 +3,9 @@ from __future__ import annotations
 
 import numpy as np
 
+from . import functional as F
+from .kernels._shapes import class_labels
+
 __all__ = ["Loss", "CrossEntropyLoss", "MSELoss", "BCELoss", "accuracy"]
 
 
@@ -17,6 +20,11 @@ class Loss:
 
     def backward(self) -> np.ndarray:
         raise NotImplementedError
+
+    def _correct_count(self, pred: np.ndarray, target: np.ndarray) -> int | None:
+        """Right predictions among the rows of the last ``forward(pred, target)``; None if not a classifier."""
+        acc = accuracy(pred, target)
+        return None if acc is None else round(acc * len(pred))
 
     def check_targets(self, target: np.ndarray, pred_shape: tuple[int, ...]) -> np.ndarray:
         """Validate ``target`` against predictions of shape ``pred_shape``; return it as an array."""
@@ -37,39 +45,31 @@ class CrossEntropyLoss(Loss):
         target = super().check_targets(target, pred_shape)
         if len(pred_shape) != 2:
             raise ValueError(f"CrossEntropyLoss expects logits of shape (N, K), got {pred_shape}")
-        k = pred_shape[1]
         if target.ndim == 1:
-            if target.dtype.kind not in "iu":
-                raise TypeError(f"class labels must be integers, got dtype {target.dtype}")
-            if target.size and (target.min() < 0 or target.max() >= k):
-                raise ValueError(f"labels must be in [0, {k}) for {k} outputs, got min {target.min()}, max {target.max()}")
-        elif target.shape != tuple(pred_shape) or target.dtype.kind != "f":
+            return class_labels("labels", target, pred_shape[0], pred_shape[1])
+        if target.shape != tuple(pred_shape) or target.dtype.kind != "f":
             raise ValueError(f"one-hot targets must be a float array of shape {tuple(pred_shape)}, got {target.dtype} {target.shape}")
         return target
 
     def forward(self, pred, target):
+        target = np.asarray(target)
+        if target.ndim == 1:  # class labels: one fused pass, which checks them
+            value, self._grad, self._correct = F.softmax_cross_entropy(pred, target)
+            return value
         target = self.check_targets(target, pred.shape)
+        self._correct = None
         z = pred - pred.max(axis=1, keepdims=True)
-        log_sum = np.log(np.exp(z).sum(axis=1, keepdims=True))
-        log_p = z - log_sum
-        n = pred.shape[0]
-        if target.ndim == 1:
-            value = -log_p[np.arange(n), target].sum() / max(n, 1)
-        else:
-            value = -(target * log_p).sum() / max(n, 1)
-        self._cache = (log_p, target)
-        return float(value)
+        log_p = z - np.log(np.exp(z).sum(axis=1, keepdims=True))
+        n = max(pred.shape[0], 1)
+        grad = np.exp(log_p) * target.sum(axis=1, keepdims=True) - target
+        self._grad = (grad / n).astype(pred.dtype, copy=False)
+        return float(-(target * log_p).sum() / n)
 
     def backward(self):
-        log_p, target = self._cache
-        grad = np.exp(log_p)
-        n = grad.shape[0]
-        if target.ndim == 1:
-            grad[np.arange(n), target] -= 1
-        else:
-            grad = grad * target.sum(axis=1, keepdims=True) - target
-        grad /= max(n, 1)
-        return grad.astype(log_p.dtype, copy=False)
+        return self._grad
+
+    def _correct_count(self, pred, target):
+        return super()._correct_count(pred, target) if self._correct is None else self._correct
 
 
 class MSELoss(Loss):

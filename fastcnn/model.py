@@ -7,8 +7,10 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from . import dispatch
+from .kernels import _blas
 from .kernels._shapes import positive_int
-from .layers import Dropout, Layer
+from .layers import Dropout, Layer, MaxPool2D, ReLU
 from .losses import CrossEntropyLoss, Loss, accuracy
 from .optim import Adam, Optimizer
 from .progress import ProgressBar
@@ -148,9 +150,19 @@ class Sequential:
     def forward(self, x: np.ndarray, training: bool = False) -> np.ndarray:
         """Run every layer on the batch ``x``; with ``training=True`` layers keep what backward needs."""
         x = self._prepare_input(x)
-        for layer in self.layers:
+        for layer in self._run_order():
             x = layer.forward(x, training)
         return x
+
+    def _run_order(self) -> list[Layer]:
+        """The layers in the order forward runs them: as added, except that a ReLU directly followed
+        by a MaxPool2D runs after it. ReLU is monotone, so it commutes with a maximum: the outputs and
+        every gradient are the same, bit for bit, and the ReLU works on the pooled, smaller tensor."""
+        order = list(self.layers)
+        for i in range(len(order) - 1):
+            if type(order[i]) is ReLU and type(order[i + 1]) is MaxPool2D:
+                order[i], order[i + 1] = order[i + 1], order[i]
+        return order
 
     __call__ = forward
 
@@ -160,16 +172,17 @@ class Sequential:
         Returns the gradient with respect to the model's input, or None with ``input_grad=False``,
         which also skips the work that only that gradient needs (as training does).
         """
+        layers = self._run_order()
         first = 0
         if not input_grad:
-            first = next((i for i, layer in enumerate(self.layers) if layer.params), len(self.layers))
-        for layer in reversed(self.layers[first + 1 :]):
+            first = next((i for i, layer in enumerate(layers) if layer.params), len(layers))
+        for layer in reversed(layers[first + 1 :]):
             grad = layer.backward(grad)
         if not input_grad:
-            if first < len(self.layers):
-                self.layers[first].backward_params(grad)
+            if first < len(layers):
+                layers[first].backward_params(grad)
             return None
-        return self.layers[0].backward(grad) if self.layers else grad
+        return layers[0].backward(grad) if layers else grad
 
     def predict(self, x: np.ndarray, batch_size: int = 512) -> np.ndarray:
         """The model's outputs (class scores / logits for classifiers) for ``x``, computed in batches."""
@@ -252,25 +265,26 @@ class Sequential:
         if optimizer.total_steps is None:
             optimizer.total_steps = epochs * math.ceil(n / batch_size)
         history: dict[str, list[float]] = {"loss": [], "accuracy": []}
-        for epoch in range(epochs):
-            order = rng.permutation(n) if shuffle and batch_size < n else None  # full batch: order is moot
-            bar = ProgressBar(n, f"epoch {epoch + 1}/{epochs}", enabled=verbose > 0)
-            try:
-                mean_loss, acc = self._train_epoch(x, y, order, batch_size, optimizer, loss, bar)
-            except TrainingDivergedError as exc:
-                bar.close("diverged")
-                exc.args = (f"epoch {epoch + 1}: {exc.args[0]}",)
-                exc.history = history
-                raise
-            history["loss"].append(mean_loss)
-            history["accuracy"].append(float("nan") if acc is None else acc)
-            status = _status(mean_loss, acc)
-            if validation_data is not None:
-                val_loss, val_acc = self.evaluate(*validation_data, loss=loss)
-                history.setdefault("val_loss", []).append(val_loss)
-                history.setdefault("val_accuracy", []).append(float("nan") if val_acc is None else val_acc)
-                status += f" - val_loss {val_loss:.4f}" + ("" if val_acc is None else f" val_acc {val_acc:.4f}")
-            bar.close(status)
+        with dispatch.use_backend(dispatch.get_backend()), _blas.held():  # settled once, not per op
+            for epoch in range(epochs):
+                order = rng.permutation(n) if shuffle and batch_size < n else None  # full batch: order is moot
+                bar = ProgressBar(n, f"epoch {epoch + 1}/{epochs}", enabled=verbose > 0)
+                try:
+                    mean_loss, acc = self._train_epoch(x, y, order, batch_size, optimizer, loss, bar)
+                except TrainingDivergedError as exc:
+                    bar.close("diverged")
+                    exc.args = (f"epoch {epoch + 1}: {exc.args[0]}",)
+                    exc.history = history
+                    raise
+                history["loss"].append(mean_loss)
+                history["accuracy"].append(float("nan") if acc is None else acc)
+                status = _status(mean_loss, acc)
+                if validation_data is not None:
+                    val_loss, val_acc = self.evaluate(*validation_data, loss=loss)
+                    history.setdefault("val_loss", []).append(val_loss)
+                    history.setdefault("val_accuracy", []).append(float("nan") if val_acc is None else val_acc)
+                    status += f" - val_loss {val_loss:.4f}" + ("" if val_acc is None else f" val_acc {val_acc:.4f}")
+                bar.close(status)
         return history
 
     def _train_epoch(self, x, y, order, batch_size, optimizer, loss, bar) -> tuple[float, float | None]:
@@ -300,12 +314,12 @@ class Sequential:
                     np.copyto(good, p)
                 self.backward(loss.backward(), input_grad=False)
                 optimizer.step(self.named_parameters())
-                acc = accuracy(out, yb)
-                classifier = acc is not None
+                right = loss._correct_count(out, yb)
+                classifier = right is not None
                 total_loss += value * len(xb)
-                correct += round(acc * len(xb)) if classifier else 0
+                correct += right if classifier else 0
                 seen += len(xb)
-                bar.update(len(xb), _status(total_loss / seen, correct / seen if classifier else None))
+                bar.update(len(xb), lambda: _status(total_loss / seen, correct / seen if classifier else None))
         return total_loss / seen, (correct / seen if classifier else None)
 
     # ---------------------------------------------------------------- files

@@ -166,8 +166,11 @@ class Adam(Optimizer):
         b1, b2 = self.betas
         state = self.state.get(name)
         if state is None:
-            state = self.state[name] = {"m": np.zeros_like(param), "v": np.zeros_like(param)}
+            state = self.state[name] = {"m": np.zeros(param.shape, param.dtype), "v": np.zeros(param.shape, param.dtype)}
+        flat = param.reshape(-1) if param.flags.c_contiguous else param.flatten()  # the kernels take 1-D arrays
         step = self.iterations
-        args = (param, np.ascontiguousarray(grad, dtype=param.dtype), state["m"], state["v"], b1, b2,
-                lr / (1 - b1**step), 1 - b2**step, self.eps)
-        dispatch.run("adam_update", (param.shape, param.dtype.char), args)
+        args = (flat, np.ascontiguousarray(grad, dtype=param.dtype).reshape(-1), state["m"].reshape(-1),
+                state["v"].reshape(-1), b1, b2, lr / (1 - b1**step), 1 - b2**step, self.eps)
+        dispatch.run("adam_update", (param.size, param.dtype.char), args)
+        if not param.flags.c_contiguous:
+            param[...] = flat.reshape(param.shape)

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import sys
 import time
-from typing import IO
+from typing import IO, Callable
 
 
 class ProgressBar:
@@ -19,13 +19,16 @@ class ProgressBar:
         self.start = time.perf_counter()
         self._last_draw = 0.0
 
-    def update(self, n: int, status: str = "") -> None:
-        """Advance by ``n`` items and show ``status``; redraws at most every ``min_interval`` seconds."""
+    def update(self, n: int, status: str | Callable[[], str] = "") -> None:
+        """Advance by ``n`` items and show ``status`` (or what it returns, if a function: it is called
+        only when the bar is drawn); redraws at most every ``min_interval`` seconds."""
         self.count += n
+        if not self.interactive:
+            return
         now = time.perf_counter()
-        if self.interactive and (now - self._last_draw >= self.min_interval or self.count >= self.total):
+        if now - self._last_draw >= self.min_interval or self.count >= self.total:
             self._last_draw = now
-            self.file.write("\r" + self._line(status, now))
+            self.file.write("\r" + self._line(status() if callable(status) else status, now))
             self.file.flush()
 
     def close(self, status: str = "") -> None:

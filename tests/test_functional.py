@@ -259,6 +259,33 @@ def test_numba_kernels_are_deterministic(rng):
             np.testing.assert_array_equal(a, b)
 
 
+@pytest.mark.parametrize("stride", [1, 2])
+def test_numba_serial_twins_match_the_parallel_kernels(rng, monkeypatch, stride):
+    """Small calls run a serial compile of the same kernel: the results must be the same bits."""
+    if "numba" not in BACKENDS:
+        pytest.skip("numba not installed")
+    from fastcnn.kernels import _jit
+
+    x = rng.standard_normal((6, 3, 11, 11)).astype(np.float32)
+    wt = rng.standard_normal((5, 3, 3, 3)).astype(np.float32)
+    z, labels = rng.standard_normal((40, 7)).astype(np.float32), rng.integers(0, 7, 40)
+
+    def run():
+        y = F.conv2d(x, wt, stride=stride, backend="numba")
+        pooled, idx = F.max_pool2d(y, 2, backend="numba")
+        return [y, *F.conv2d_backward(np.ones_like(y), x, wt, stride=stride, backend="numba"), pooled,
+                F.max_pool2d_backward(pooled, idx, y.shape, backend="numba"),
+                *F.softmax_cross_entropy(z, labels, backend="numba")[:2]]
+
+    results = {}
+    for work in (0, 1 << 40):  # every kernel parallel, then every kernel serial
+        monkeypatch.setattr(_jit, "SERIAL_WORK", work)
+        results[work] = run()
+    for a, b in zip(*results.values()):
+        np.testing.assert_array_equal(a, b)
+    assert _jit._serial_twins  # the serial run did use twins
+
+
 def _dilate(k, dh, dw):
     out = np.zeros(((k.shape[0] - 1) * dh + 1, (k.shape[1] - 1) * dw + 1))
     out[::dh, ::dw] = k
@@ -311,7 +338,7 @@ def test_relu_and_its_gradient(backend, rng):
         F.relu_backward(gy[:1], y, backend=backend)
 
 
-@pytest.mark.parametrize("n, n_in, n_out", [(5, 7, 3), (3000, 40, 10), (1, 1, 1)])
+@pytest.mark.parametrize("n, n_in, n_out", [(5, 7, 3), (3000, 40, 10), (1, 1, 1), (1031, 100, 13), (97, 784, 16)])
 def test_linear_and_its_gradients_match_the_formulas(backend, rng, n, n_in, n_out):
     x, w, b = rng.standard_normal((n, n_in)), rng.standard_normal((n_out, n_in)), rng.standard_normal(n_out)
     gy = rng.standard_normal((n, n_out))
@@ -321,3 +348,62 @@ def test_linear_and_its_gradients_match_the_formulas(backend, rng, n, n_in, n_ou
     np.testing.assert_allclose(gw, gy.T @ x, rtol=1e-11, atol=1e-11)
     np.testing.assert_allclose(gb, gy.sum(axis=0), rtol=1e-12)
     assert F.linear_backward(gy, x, w, input_grad=False, backend=backend)[0] is None
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("n, k", [(1, 1), (7, 3), (3000, 10)])
+def test_softmax_cross_entropy_matches_the_naive_formula(backend, rng, dtype, n, k):
+    z = (rng.standard_normal((n, k)) * 4).astype(dtype)
+    labels = rng.integers(0, k, n).astype(np.uint8)
+    z[0, -1] = z[0, 0]  # a tie: the first largest logit is the prediction
+    zz = z.astype(np.float64)
+    p = np.exp(zz) / np.exp(zz).sum(axis=1, keepdims=True)
+    want_loss = -np.log(p[np.arange(n), labels]).mean()
+    want_grad = (p - np.eye(k)[labels]) / n
+    loss, grad, correct = F.softmax_cross_entropy(z, labels, backend=backend)
+    assert isinstance(loss, float) and grad.dtype == dtype and grad.shape == (n, k)
+    assert correct == sum(int(np.argmax(row) == label) for row, label in zip(z.tolist(), labels))
+    np.testing.assert_allclose(loss, want_loss, **TOL[dtype])
+    np.testing.assert_allclose(grad, want_grad, **TOL[dtype])
+
+
+def test_softmax_cross_entropy_is_exact_for_huge_and_equal_logits(backend):
+    z = np.array([[1e30, 0.0, -1e30], [5.0, 5.0, 5.0]], np.float32)
+    loss, grad, correct = F.softmax_cross_entropy(z, np.array([1, 2]), backend=backend)
+    assert correct == 0  # row 0 predicts class 0; row 1 ties, so predicts class 0 too
+    np.testing.assert_allclose(loss, (1e30 + np.log(3)) / 2, rtol=1e-6)
+    np.testing.assert_allclose(grad, [[0.5, -0.5, 0.0], [1 / 6, 1 / 6, -1 / 3]], rtol=1e-6, atol=1e-7)
+    assert F.softmax_cross_entropy(np.zeros((0, 4), np.float32), np.zeros(0, int), backend=backend)[0] == 0.0
+
+
+@pytest.mark.parametrize("labels, error, pattern", [
+    (np.array([0, 3]), ValueError, r"labels must be in \[0, 3\) for 3 outputs, got min 0, max 3"),
+    (np.array([0]), ValueError, r"labels must hold one class label per row of the logits \(2\), got shape \(1,\)"),
+    (np.array([0.0, 1.0]), TypeError, r"labels: class labels must be integers, got dtype float64"),
+])
+def test_softmax_cross_entropy_rejects_bad_labels(labels, error, pattern):
+    with pytest.raises(error, match=pattern):
+        F.softmax_cross_entropy(np.zeros((2, 3), np.float32), labels)
+
+
+def test_dropout_keeps_a_seeded_fraction_and_its_gradient_uses_the_same_mask(rng):
+    x = rng.standard_normal((64, 32, 12, 12)).astype(np.float32)
+    outs = {b: F.dropout(x, 0.25, 2**63 + 5, backend=b) for b in BACKENDS}
+    y = outs[BACKENDS[0]]
+    for other in outs.values():
+        np.testing.assert_array_equal(other, y)  # one mask on every backend
+    kept = y != 0
+    assert abs(kept.mean() - 0.75) < 0.005
+    np.testing.assert_allclose(y[kept], x[kept] / 0.75, rtol=1e-6)
+    grad = F.dropout(np.ones_like(x), 0.25, 2**63 + 5)
+    np.testing.assert_array_equal(grad != 0, kept)
+    assert not np.array_equal(F.dropout(x, 0.25, 6) != 0, kept)  # another seed, another mask
+    np.testing.assert_array_equal(F.dropout(x, 0.0, 1), x)
+
+
+@pytest.mark.parametrize("p, seed, pattern", [(1.0, 0, r"dropout p must be in \[0, 1\), got 1.0"),
+                                               (0.5, -1, r"dropout seed must be an integer in \[0, 2\*\*64\), got -1"),
+                                               (0.5, 1.5, "dropout seed must be an integer")])
+def test_dropout_rejects_bad_arguments(p, seed, pattern):
+    with pytest.raises(ValueError, match=pattern):
+        F.dropout(np.ones(3, np.float32), p, seed)

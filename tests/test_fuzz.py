@@ -93,6 +93,13 @@ def test_linear_and_relu_take_anything(x, w, other, backend):
     if r is not None:
         assert r.shape == x.shape
         _outcome(F.relu_backward, other, r, backend=backend)
+    d = _outcome(F.dropout, x, 0.5, 7, backend=backend)
+    if d is not None:
+        assert d.shape == x.shape
+    labels = other if other.dtype.kind != "f" or not x.ndim else np.arange(x.shape[0]) % 3
+    ce = _outcome(F.softmax_cross_entropy, x, labels, backend=backend)
+    if ce is not None:
+        assert ce[1].shape == x.shape
 
 
 layer_args = st.lists(st.one_of(st.integers(-2, 40), st.floats(-1, 2), st.none(), st.text(max_size=3),

@@ -4,6 +4,7 @@ import math
 import numpy as np
 import pytest
 
+import fastcnn
 from fastcnn import optim
 
 
@@ -68,3 +69,29 @@ def test_schedules():
 def test_bad_hyperparameters(make, pattern):
     with pytest.raises(ValueError, match=pattern):
         make()
+
+
+def test_adam_updates_every_parameter_alike_whatever_its_size_layout_or_dtype(backend):
+    """A big parameter (the parallel kernel), small ones (its serial twin), a non-contiguous one and two
+    dtypes each follow the formula."""
+    rng = np.random.default_rng(0)
+    shapes = [(40000,), (3, 7), (5,), (2, 2, 3, 3)]
+    params = [rng.standard_normal(s).astype(np.float32) for s in shapes]
+    params[1] = np.asfortranarray(params[1])
+    params.append(rng.standard_normal(6))  # float64
+    grads = [rng.standard_normal(p.shape).astype(p.dtype) for p in params]
+    lr, (b1, b2), eps = 0.01, (0.9, 0.999), 1e-8
+    want = [p.astype(np.float64) for p in params]
+    m = [np.zeros_like(w) for w in want]
+    v = [np.zeros_like(w) for w in want]
+    opt = optim.Adam(lr)
+    with fastcnn.use_backend(backend):
+        for t in (1, 2):
+            opt.step([(f"p{i}", p, g) for i, (p, g) in enumerate(zip(params, grads))])
+            for i, g in enumerate(grads):
+                m[i] = b1 * m[i] + (1 - b1) * g
+                v[i] = b2 * v[i] + (1 - b2) * g.astype(np.float64) ** 2
+                want[i] -= lr * (m[i] / (1 - b1**t)) / (np.sqrt(v[i] / (1 - b2**t)) + eps)
+    for p, w in zip(params, want):
+        np.testing.assert_allclose(p, w, rtol=1e-5, atol=1e-6)
+    assert params[1].flags.f_contiguous

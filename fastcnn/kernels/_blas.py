@@ -9,13 +9,15 @@ from __future__ import annotations
 
 import threading
 from concurrent.futures import ThreadPoolExecutor
-from typing import Callable, TypeVar
+from contextlib import contextmanager
+from typing import Callable, Iterator, TypeVar
 
 import numpy as np
 
 from . import _jit
 
-_SPLIT_GEMM = 1 << 22  # multiply-adds from which a product is cut into one part per thread
+_SPLIT_GEMM = 1 << 22  # multiply-adds from which a product is cut into one part per thread, if it is
+_SPLIT_DEPTH, _SPLIT_OUTPUTS = 32, 1024  # also this deep and this wide (thin ones are memory-bound)
 _lock = threading.Lock()
 _active = 0  # products running now, in any thread
 _saved: list[int] = []
@@ -65,6 +67,17 @@ def _leave() -> None:
                 set_(n)
 
 
+@contextmanager
+def held() -> Iterator[None]:
+    """Hold BLAS to one thread for a whole block of fastcnn work (a training run), so that each of its
+    many small products does not switch the setting back and forth."""
+    _enter()
+    try:
+        yield
+    finally:
+        _leave()
+
+
 def _parts(a: np.ndarray, b: np.ndarray, count: int):
     """Cut ``a @ b`` along its largest dimension: ``(kind, [(a_part, b_part), ...])``."""
     m, k, n = a.shape[0], a.shape[1], b.shape[1]
@@ -103,7 +116,8 @@ def matmul(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 
     The split is fixed by the shapes and the thread count, so results are repeatable.
     """
-    if a.shape[0] * a.shape[1] * b.shape[1] < _SPLIT_GEMM:
+    m, k, n = a.shape[0], a.shape[1], b.shape[1]
+    if m * k * n < _SPLIT_GEMM or k < _SPLIT_DEPTH or m * n < _SPLIT_OUTPUTS:
         _enter()
         try:
             return a @ b

@@ -22,6 +22,7 @@ import glob
 import os
 import sys
 import threading
+import types
 import warnings
 from typing import Any, Callable
 
@@ -93,6 +94,30 @@ def serial_kernel(fn: Callable[..., Any]) -> Callable[..., Any]:
     return _compile(fn, parallel=False)
 
 
+SERIAL_WORK = 1 << 15  # multiply-adds (or values) below which a kernel runs serially
+_serial_twins: dict[Any, Callable[..., Any]] = {}
+
+
+def sized(kernel: Callable[..., Any], work: int) -> Callable[..., Any]:
+    """``kernel``, or for less than :data:`SERIAL_WORK` of ``work`` its serial twin.
+
+    Waking Numba's sleeping worker threads costs about 10 microseconds per call, more than a small
+    job gains from them. The twin is compiled on first use from a renamed copy of the same function:
+    Numba's cache would mix up two compiles of one function with different options (numba#6845).
+    """
+    if work >= SERIAL_WORK:
+        return kernel
+    twin = _serial_twins.get(kernel)
+    if twin is None:
+        fn = kernel.py_func
+        name = fn.__name__ + "_serial"
+        copy = types.FunctionType(fn.__code__.replace(co_name=name), fn.__globals__, name, fn.__defaults__,
+                                  fn.__closure__)
+        copy.__qualname__, copy.__module__, copy.__doc__ = fn.__qualname__ + "_serial", fn.__module__, fn.__doc__
+        twin = _serial_twins[kernel] = serial_kernel(copy)
+    return twin
+
+
 def kernel_helper(fn: Callable[..., Any]) -> Callable[..., Any]:
     """Compile ``fn`` as a serial helper for the parallel kernels, with the same flags and caching."""
     return _compile(fn, parallel=False, inline="always")
@@ -123,9 +148,25 @@ def max_threads() -> int:
     return numba.config.NUMBA_NUM_THREADS if NUMBA_AVAILABLE else os.cpu_count() or 1
 
 
+_read_threads = None  # Numba's own reader of the thread count, once its threads are up
+
+
 def num_threads() -> int:
-    """The number of threads fastcnn's kernels and matrix products use now."""
-    return numba.get_num_threads() if NUMBA_AVAILABLE else _threads_without_numba
+    """The number of threads fastcnn's kernels and matrix products use now.
+
+    ``numba.get_num_threads`` takes a process lock on every call (about 4 microseconds); once Numba's
+    threads are up, its underlying reader gives the same answer without it.
+    """
+    global _read_threads
+    if not NUMBA_AVAILABLE:
+        return _threads_without_numba
+    if _read_threads is not None:
+        n = _read_threads()
+        if n > 0:
+            return n
+    n = numba.get_num_threads()
+    _read_threads = getattr(numba.np.ufunc.parallel, "_get_num_threads", None)
+    return n
 
 
 def set_threads(n: int) -> None:

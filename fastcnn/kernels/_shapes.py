@@ -204,3 +204,15 @@ def check_nchw_shape(name: str, value) -> tuple[int, int, int, int]:
     if len(shape) != 4 or min(shape) < 0:
         raise ValueError(f"{name} must be 4 non-negative ints (N, C, H, W), got {value!r}")
     return shape
+
+
+def class_labels(name: str, labels, n: int, classes: int) -> np.ndarray:
+    """``labels`` as an ``intp`` array of ``n`` class indices in ``[0, classes)``, or raise naming ``name``."""
+    labels = np.asarray(labels)
+    if labels.ndim != 1 or len(labels) != n:
+        raise ValueError(f"{name} must hold one class label per row of the logits ({n}), got shape {labels.shape}")
+    if labels.dtype.kind not in "iu":
+        raise TypeError(f"{name}: class labels must be integers, got dtype {labels.dtype}")
+    if n and (labels.min() < 0 or labels.max() >= classes):
+        raise ValueError(f"{name} must be in [0, {classes}) for {classes} outputs, got min {labels.min()}, max {labels.max()}")
+    return labels.astype(np.intp, copy=False)

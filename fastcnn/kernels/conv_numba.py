@@ -17,59 +17,10 @@ from __future__ import annotations
 
 import numpy as np
 
-from ._jit import kernel_helper, parallel_kernel, prange
+from ._jit import kernel_helper, parallel_kernel, prange, sized
+from ._taps import add_tap_dots, add_taps, add_taps4, tap_dots4
 
 _BLOCK = 2048  # values per block of a run: the accumulator stays in L1 cache
-
-
-@kernel_helper
-def _add_taps(acc, src, taps, step):
-    """``acc[p] += sum(taps[j] * src[p + j * step] for j)`` for every ``p < len(acc)``.
-
-    Three taps per pass over ``acc``, so each load and store of ``acc`` carries three multiply-adds.
-    """
-    j = 0
-    while j + 3 <= taps.shape[0]:
-        a0, a1, a2 = taps[j], taps[j + 1], taps[j + 2]
-        s0, s1, s2 = src[j * step :], src[(j + 1) * step :], src[(j + 2) * step :]
-        for p in range(acc.shape[0]):
-            acc[p] += a0 * s0[p] + a1 * s1[p] + a2 * s2[p]
-        j += 3
-    while j < taps.shape[0]:
-        a, s0 = taps[j], src[j * step :]
-        for p in range(acc.shape[0]):
-            acc[p] += a * s0[p]
-        j += 1
-
-
-@kernel_helper
-def _add_taps4(a0, a1, a2, a3, src, taps, step):
-    """:func:`_add_taps` for four output rows at once, ``taps`` (4, kW): every load of ``src`` feeds
-    four rows, which cuts the memory traffic per multiply-add by almost half."""
-    j = 0
-    while j + 3 <= taps.shape[1]:
-        s0, s1, s2 = src[j * step :], src[(j + 1) * step :], src[(j + 2) * step :]
-        w00, w01, w02 = taps[0, j], taps[0, j + 1], taps[0, j + 2]
-        w10, w11, w12 = taps[1, j], taps[1, j + 1], taps[1, j + 2]
-        w20, w21, w22 = taps[2, j], taps[2, j + 1], taps[2, j + 2]
-        w30, w31, w32 = taps[3, j], taps[3, j + 1], taps[3, j + 2]
-        for p in range(a0.shape[0]):
-            x0, x1, x2 = s0[p], s1[p], s2[p]
-            a0[p] += w00 * x0 + w01 * x1 + w02 * x2
-            a1[p] += w10 * x0 + w11 * x1 + w12 * x2
-            a2[p] += w20 * x0 + w21 * x1 + w22 * x2
-            a3[p] += w30 * x0 + w31 * x1 + w32 * x2
-        j += 3
-    while j < taps.shape[1]:
-        s0 = src[j * step :]
-        w0, w1, w2, w3 = taps[0, j], taps[1, j], taps[2, j], taps[3, j]
-        for p in range(a0.shape[0]):
-            x0 = s0[p]
-            a0[p] += w0 * x0
-            a1[p] += w1 * x0
-            a2[p] += w2 * x0
-            a3[p] += w3 * x0
-        j += 1
 
 
 @kernel_helper
@@ -86,79 +37,12 @@ def _correlate_group(out, b, runs, o0, o1, lo, hi, base, row_step, taps, dw):
         a0, a1, a2, a3 = out[o0, lo:hi], out[o0 + 1, lo:hi], out[o0 + 2, lo:hi], out[o0 + 3, lo:hi]
         for c in range(n_in):
             for i in range(kh):
-                _add_taps4(a0, a1, a2, a3, runs[c, base + i * row_step :], taps[o0:o1, c, i], dw)
+                add_taps4(a0, a1, a2, a3, runs[c, base + i * row_step :], taps[o0:o1, c, i], dw)
     else:
         for o in range(o0, o1):
             for c in range(n_in):
                 for i in range(kh):
-                    _add_taps(out[o, lo:hi], runs[c, base + i * row_step :], taps[o, c, i], dw)
-
-
-@kernel_helper
-def _add_tap_dots(out, g, src, step):
-    """``out[j] += sum(g[p] * src[p + j * step] for p < len(g))`` for every tap ``j``, three per pass."""
-    j = 0
-    while j + 3 <= out.shape[0]:
-        s0, s1, s2 = src[j * step :], src[(j + 1) * step :], src[(j + 2) * step :]
-        d0, d1, d2 = g[0] * s0[0], g[0] * s1[0], g[0] * s2[0]
-        for p in range(1, g.shape[0]):
-            d0 += g[p] * s0[p]
-            d1 += g[p] * s1[p]
-            d2 += g[p] * s2[p]
-        out[j] += d0
-        out[j + 1] += d1
-        out[j + 2] += d2
-        j += 3
-    while j < out.shape[0]:
-        s0 = src[j * step :]
-        d0 = g[0] * s0[0]
-        for p in range(1, g.shape[0]):
-            d0 += g[p] * s0[p]
-        out[j] += d0
-        j += 1
-
-
-@kernel_helper
-def _tap_dots4(out, g0, g1, g2, g3, src, step):
-    """``out[o, j] = sum(g_o[p] * src[p + j * step] for p < len(g0))`` for four rows ``g_o`` at once,
-    three taps per pass: twelve running sums share each load of ``src``."""
-    j = 0
-    while j + 3 <= out.shape[1]:
-        s0, s1, s2 = src[j * step :], src[(j + 1) * step :], src[(j + 2) * step :]
-        d00, d01, d02 = g0[0] * s0[0], g0[0] * s1[0], g0[0] * s2[0]
-        d10, d11, d12 = g1[0] * s0[0], g1[0] * s1[0], g1[0] * s2[0]
-        d20, d21, d22 = g2[0] * s0[0], g2[0] * s1[0], g2[0] * s2[0]
-        d30, d31, d32 = g3[0] * s0[0], g3[0] * s1[0], g3[0] * s2[0]
-        for p in range(1, g0.shape[0]):
-            x0, x1, x2 = s0[p], s1[p], s2[p]
-            d00 += g0[p] * x0
-            d01 += g0[p] * x1
-            d02 += g0[p] * x2
-            d10 += g1[p] * x0
-            d11 += g1[p] * x1
-            d12 += g1[p] * x2
-            d20 += g2[p] * x0
-            d21 += g2[p] * x1
-            d22 += g2[p] * x2
-            d30 += g3[p] * x0
-            d31 += g3[p] * x1
-            d32 += g3[p] * x2
-        out[0, j], out[0, j + 1], out[0, j + 2] = d00, d01, d02
-        out[1, j], out[1, j + 1], out[1, j + 2] = d10, d11, d12
-        out[2, j], out[2, j + 1], out[2, j + 2] = d20, d21, d22
-        out[3, j], out[3, j + 1], out[3, j + 2] = d30, d31, d32
-        j += 3
-    while j < out.shape[1]:
-        s0 = src[j * step :]
-        d0, d1, d2, d3 = g0[0] * s0[0], g1[0] * s0[0], g2[0] * s0[0], g3[0] * s0[0]
-        for p in range(1, g0.shape[0]):
-            x0 = s0[p]
-            d0 += g0[p] * x0
-            d1 += g1[p] * x0
-            d2 += g2[p] * x0
-            d3 += g3[p] * x0
-        out[0, j], out[1, j], out[2, j], out[3, j] = d0, d1, d2, d3
-        j += 1
+                    add_taps(out[o, lo:hi], runs[c, base + i * row_step :], taps[o, c, i], dw)
 
 
 @kernel_helper
@@ -174,7 +58,7 @@ def _runs(a, hp, wp, head=0, tail=0):
     reads run into)."""
     n, c = a.shape[:2]
     runs = np.zeros((c, head + n * hp * wp + tail), dtype=a.dtype)
-    _fill_runs(a, runs, hp, wp, head)
+    sized(_fill_runs, a.size)(a, runs, hp, wp, head)
     return runs
 
 
@@ -227,13 +111,14 @@ def _conv_strided(xp, w, b, sh, sw, dh, dw, oh, ow):
 
 def conv2d_forward(xp, w, b, sh, sw, dh, dw, oh, ow):
     """``y = conv(xp, w) + b`` for a padded input ``xp`` (N, C, Hp, Wp) and weight (C_out, C, kH, kW)."""
+    work = xp.shape[0] * oh * ow * w.size
     if sh != 1 or sw != 1:
-        return _conv_strided(xp, w, b, sh, sw, dh, dw, oh, ow)
+        return sized(_conv_strided, work)(xp, w, b, sh, sw, dh, dw, oh, ow)
     n, _, hp, wp = xp.shape
     c_out, _, kh, kw = w.shape
     xr = _runs(xp, hp, wp, tail=(kh - 1) * dh * wp + (kw - 1) * dw)
     y = np.empty((n, c_out, oh, ow), dtype=xp.dtype)
-    _conv_wide(xr, w, b, np.empty((c_out, n * hp * wp), dtype=xp.dtype), y, hp, wp, dh, dw)
+    sized(_conv_wide, work)(xr, w, b, np.empty((c_out, n * hp * wp), dtype=xp.dtype), y, hp, wp, dh, dw)
     return y
 
 
@@ -255,11 +140,11 @@ def _grad_weight_wide(gr, xr, kh, kw, wp, dh, dw):
             for i in range(kh):
                 src = xr[ci, b0 + i * dh * wp :]
                 if o1 - o0 == 4:
-                    _tap_dots4(part, gr[o0, b0:b1], gr[o0 + 1, b0:b1], gr[o0 + 2, b0:b1], gr[o0 + 3, b0:b1], src, dw)
+                    tap_dots4(part, gr[o0, b0:b1], gr[o0 + 1, b0:b1], gr[o0 + 2, b0:b1], gr[o0 + 3, b0:b1], src, dw)
                 else:
                     for o in range(o1 - o0):
                         part[o, :] = 0
-                        _add_tap_dots(part[o], gr[o0 + o, b0:b1], src, dw)
+                        add_tap_dots(part[o], gr[o0 + o, b0:b1], src, dw)
                 for o in range(o1 - o0):
                     for j in range(kw):
                         sums[o, i, j] += part[o, j]
@@ -292,11 +177,12 @@ def _grad_weight_strided(gy, xp, kh, kw, sh, sw, dh, dw):
 
 def conv2d_grad_weight(gy, xp, kh, kw, sh, sw, dh, dw):
     """Gradient of a conv with respect to its weight, shape (C_out, C, kH, kW)."""
+    work = gy.size * xp.shape[1] * kh * kw
     if sh != 1 or sw != 1:
-        return _grad_weight_strided(gy, xp, kh, kw, sh, sw, dh, dw)
+        return sized(_grad_weight_strided, work)(gy, xp, kh, kw, sh, sw, dh, dw)
     hp, wp = xp.shape[2:]
     xr = _runs(xp, hp, wp, tail=(kh - 1) * dh * wp + (kw - 1) * dw)
-    return _grad_weight_wide(_runs(gy, hp, wp), xr, kh, kw, wp, dh, dw)
+    return sized(_grad_weight_wide, work)(_runs(gy, hp, wp), xr, kh, kw, wp, dh, dw)
 
 
 @parallel_kernel
@@ -348,10 +234,11 @@ def _grad_input_strided(gy, w, hp, wp, sh, sw, dh, dw):
 
 def conv2d_grad_input(gy, w, hp, wp, sh, sw, dh, dw):
     """Gradient of a conv with respect to its padded input, shape (N, C, hp, wp)."""
+    work = gy.size * w.shape[1] * w.shape[2] * w.shape[3]
     if sh != 1 or sw != 1:
-        return _grad_input_strided(gy, w, hp, wp, sh, sw, dh, dw)
+        return sized(_grad_input_strided, work)(gy, w, hp, wp, sh, sw, dh, dw)
     n, c_in, kh, kw = gy.shape[0], w.shape[1], w.shape[2], w.shape[3]
     gr = _runs(gy, hp, wp, head=(kh - 1) * dh * wp + (kw - 1) * dw)
     grad_xp = np.empty((n, c_in, hp, wp), dtype=gy.dtype)
-    _grad_input_wide(gr, w, np.empty((c_in, n * hp * wp), dtype=gy.dtype), grad_xp, dh, dw)
+    sized(_grad_input_wide, work)(gr, w, np.empty((c_in, n * hp * wp), dtype=gy.dtype), grad_xp, dh, dw)
     return grad_xp

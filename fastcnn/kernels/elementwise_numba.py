@@ -1,11 +1,11 @@
-"""Element-wise training steps as Numba loops: ReLU and its gradient, and the Adam update."""
+"""Element-wise training steps as Numba loops: ReLU and its gradient, dropout, and the Adam update."""
 from __future__ import annotations
 
 import math
 
 import numpy as np
 
-from ._jit import parallel_kernel, prange, serial_kernel
+from ._jit import kernel_helper, parallel_kernel, prange, sized
 
 
 @parallel_kernel
@@ -29,13 +29,36 @@ def relu_backward(grad, y):
     return out.reshape(grad.shape)
 
 
-@serial_kernel
 def adam_update(param, grad, m, v, b1, b2, step_size, bias2, eps):
-    """One Adam step in place: ``m``, ``v`` and ``param`` are updated (see :class:`fastcnn.optim.Adam`)."""
-    p, g, mf, vf = param.reshape(param.size), grad.reshape(grad.size), m.reshape(m.size), v.reshape(v.size)
-    for i in range(p.size):
-        mi = b1 * mf[i] + (1 - b1) * g[i]
-        vi = b2 * vf[i] + (1 - b2) * g[i] * g[i]
-        mf[i] = mi
-        vf[i] = vi
-        p[i] -= step_size * mi / (math.sqrt(vi / bias2) + eps)
+    """One Adam step in place on the 1-D arrays ``param``, ``m`` and ``v`` (see :class:`fastcnn.optim.Adam`)."""
+    sized(_adam_update, param.size)(param, grad, m, v, b1, b2, step_size, bias2, eps)
+
+
+@parallel_kernel
+def _adam_update(param, grad, m, v, b1, b2, step_size, bias2, eps):
+    for i in prange(param.size):
+        mi = b1 * m[i] + (1 - b1) * grad[i]
+        vi = b2 * v[i] + (1 - b2) * grad[i] * grad[i]
+        m[i] = mi
+        v[i] = vi
+        param[i] -= step_size * mi / (math.sqrt(vi / bias2) + eps)
+
+
+@kernel_helper
+def _kept(seed, i, threshold):
+    """Whether element ``i`` survives dropout: SplitMix64 of ``seed + i``, top 24 bits < ``threshold``."""
+    z = seed + (np.uint64(i) + np.uint64(1)) * np.uint64(0x9E3779B97F4A7C15)
+    z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+    z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+    return ((z ^ (z >> np.uint64(31))) >> np.uint64(40)) < threshold
+
+
+@parallel_kernel
+def dropout(x, seed, threshold, scale):
+    """``x`` times ``scale`` where the element survives (see :func:`_kept`), else 0; also the gradient
+    (the same mask, drawn again from ``seed``)."""
+    flat = x.reshape(x.size)
+    y = np.empty_like(flat)
+    for i in prange(flat.size):
+        y[i] = flat[i] * scale if _kept(seed, i, threshold) else 0
+    return y.reshape(x.shape)

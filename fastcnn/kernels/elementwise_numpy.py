@@ -1,4 +1,4 @@
-"""Element-wise training steps in NumPy: ReLU and its gradient, and the Adam update."""
+"""Element-wise training steps in NumPy: ReLU and its gradient, dropout, and the Adam update."""
 from __future__ import annotations
 
 import numpy as np
@@ -15,7 +15,7 @@ def relu_backward(grad, y):
 
 
 def adam_update(param, grad, m, v, b1, b2, step_size, bias2, eps):
-    """One Adam step in place: ``m``, ``v`` and ``param`` are updated (see :class:`fastcnn.optim.Adam`)."""
+    """One Adam step in place on the 1-D arrays ``param``, ``m`` and ``v`` (see :class:`fastcnn.optim.Adam`)."""
     t = param.dtype.type
     m *= t(b1)
     m += t(1 - b1) * grad
@@ -24,3 +24,12 @@ def adam_update(param, grad, m, v, b1, b2, step_size, bias2, eps):
     denom = np.sqrt(v / t(bias2))
     denom += t(eps)
     param -= t(step_size) * m / denom
+
+
+def dropout(x, seed, threshold, scale):
+    """``x`` times ``scale`` where the element survives, else 0: the Numba kernel's SplitMix64 mask."""
+    z = seed + (np.arange(1, x.size + 1, dtype=np.uint64) * np.uint64(0x9E3779B97F4A7C15))
+    z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+    z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+    kept = ((z ^ (z >> np.uint64(31))) >> np.uint64(40)) < threshold
+    return np.where(kept.reshape(x.shape), x * scale, 0).astype(x.dtype, copy=False)

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ._jit import kernel_helper, parallel_kernel, prange
+from ._jit import kernel_helper, parallel_kernel, prange, sized
 
 
 @kernel_helper
@@ -86,12 +86,17 @@ def max_pool2d_forward(x, kh, kw, sh, sw, ph, pw, oh, ow):
     first NaN in a window wins. (The case is picked here, in Python, so only the kernel used compiles.)
     """
     if (kh, kw, sh, sw, ph, pw) == (2, 2, 2, 2, 0, 0):
-        return _max_pool_2x2(x, oh, ow)
-    return _max_pool_any(x, kh, kw, sh, sw, ph, pw, oh, ow)
+        return sized(_max_pool_2x2, x.size)(x, oh, ow)
+    return sized(_max_pool_any, x.shape[0] * x.shape[1] * oh * ow * kh * kw)(x, kh, kw, sh, sw, ph, pw, oh, ow)
+
+
+def max_pool2d_backward(gy, argmax, h, w):
+    """Scatter ``gy`` (N, C, OH, OW) to the input positions named by ``argmax``; sums overlaps."""
+    return sized(_max_pool_backward, gy.shape[0] * gy.shape[1] * h * w)(gy, argmax, h, w)
 
 
 @parallel_kernel
-def max_pool2d_backward(gy, argmax, h, w):
+def _max_pool_backward(gy, argmax, h, w):
     """Scatter ``gy`` (N, C, OH, OW) to the input positions named by ``argmax``; sums overlaps."""
     n, c, oh, ow = gy.shape
     grad = np.empty((n, c, h, w), dtype=gy.dtype)

@@ -1,0 +1,127 @@
+"""Multiply-add loops over shifted runs, shared by the convolution and dense-layer kernels.
+
+A "tap" is one weight applied to a copy of a flat run shifted by ``j * step``: a kernel row of a
+convolution (``step`` = the dilation), or one sample of a dense layer's input (``step`` = the row
+length). The four-row variants share every load between four output rows (register blocking), and
+every helper does three taps per pass, so LLVM vectorises each pass into one long loop.
+"""
+from __future__ import annotations
+
+from ._jit import kernel_helper
+
+
+@kernel_helper
+def add_taps(acc, src, taps, step):
+    """``acc[p] += sum(taps[j] * src[p + j * step] for j)`` for every ``p < len(acc)``.
+
+    Three taps per pass over ``acc``, so each load and store of ``acc`` carries three multiply-adds.
+    """
+    j = 0
+    while j + 3 <= taps.shape[0]:
+        a0, a1, a2 = taps[j], taps[j + 1], taps[j + 2]
+        s0, s1, s2 = src[j * step :], src[(j + 1) * step :], src[(j + 2) * step :]
+        for p in range(acc.shape[0]):
+            acc[p] += a0 * s0[p] + a1 * s1[p] + a2 * s2[p]
+        j += 3
+    while j < taps.shape[0]:
+        a, s0 = taps[j], src[j * step :]
+        for p in range(acc.shape[0]):
+            acc[p] += a * s0[p]
+        j += 1
+
+
+@kernel_helper
+def add_taps4(a0, a1, a2, a3, src, taps, step):
+    """:func:`add_taps` for four output rows at once, ``taps`` (4, kW): every load of ``src`` feeds
+    four rows, which cuts the memory traffic per multiply-add by almost half."""
+    j = 0
+    while j + 3 <= taps.shape[1]:
+        s0, s1, s2 = src[j * step :], src[(j + 1) * step :], src[(j + 2) * step :]
+        w00, w01, w02 = taps[0, j], taps[0, j + 1], taps[0, j + 2]
+        w10, w11, w12 = taps[1, j], taps[1, j + 1], taps[1, j + 2]
+        w20, w21, w22 = taps[2, j], taps[2, j + 1], taps[2, j + 2]
+        w30, w31, w32 = taps[3, j], taps[3, j + 1], taps[3, j + 2]
+        for p in range(a0.shape[0]):
+            x0, x1, x2 = s0[p], s1[p], s2[p]
+            a0[p] += w00 * x0 + w01 * x1 + w02 * x2
+            a1[p] += w10 * x0 + w11 * x1 + w12 * x2
+            a2[p] += w20 * x0 + w21 * x1 + w22 * x2
+            a3[p] += w30 * x0 + w31 * x1 + w32 * x2
+        j += 3
+    while j < taps.shape[1]:
+        s0 = src[j * step :]
+        w0, w1, w2, w3 = taps[0, j], taps[1, j], taps[2, j], taps[3, j]
+        for p in range(a0.shape[0]):
+            x0 = s0[p]
+            a0[p] += w0 * x0
+            a1[p] += w1 * x0
+            a2[p] += w2 * x0
+            a3[p] += w3 * x0
+        j += 1
+
+
+@kernel_helper
+def add_tap_dots(out, g, src, step):
+    """``out[j] += sum(g[p] * src[p + j * step] for p < len(g))`` for every tap ``j``, three per pass."""
+    j = 0
+    while j + 3 <= out.shape[0]:
+        s0, s1, s2 = src[j * step :], src[(j + 1) * step :], src[(j + 2) * step :]
+        d0, d1, d2 = g[0] * s0[0], g[0] * s1[0], g[0] * s2[0]
+        for p in range(1, g.shape[0]):
+            d0 += g[p] * s0[p]
+            d1 += g[p] * s1[p]
+            d2 += g[p] * s2[p]
+        out[j] += d0
+        out[j + 1] += d1
+        out[j + 2] += d2
+        j += 3
+    while j < out.shape[0]:
+        s0 = src[j * step :]
+        d0 = g[0] * s0[0]
+        for p in range(1, g.shape[0]):
+            d0 += g[p] * s0[p]
+        out[j] += d0
+        j += 1
+
+
+@kernel_helper
+def tap_dots4(out, g0, g1, g2, g3, src, step):
+    """``out[o, j] = sum(g_o[p] * src[p + j * step] for p < len(g0))`` for four rows ``g_o`` at once,
+    three taps per pass: twelve running sums share each load of ``src``."""
+    j = 0
+    while j + 3 <= out.shape[1]:
+        s0, s1, s2 = src[j * step :], src[(j + 1) * step :], src[(j + 2) * step :]
+        d00, d01, d02 = g0[0] * s0[0], g0[0] * s1[0], g0[0] * s2[0]
+        d10, d11, d12 = g1[0] * s0[0], g1[0] * s1[0], g1[0] * s2[0]
+        d20, d21, d22 = g2[0] * s0[0], g2[0] * s1[0], g2[0] * s2[0]
+        d30, d31, d32 = g3[0] * s0[0], g3[0] * s1[0], g3[0] * s2[0]
+        for p in range(1, g0.shape[0]):
+            x0, x1, x2 = s0[p], s1[p], s2[p]
+            d00 += g0[p] * x0
+            d01 += g0[p] * x1
+            d02 += g0[p] * x2
+            d10 += g1[p] * x0
+            d11 += g1[p] * x1
+            d12 += g1[p] * x2
+            d20 += g2[p] * x0
+            d21 += g2[p] * x1
+            d22 += g2[p] * x2
+            d30 += g3[p] * x0
+            d31 += g3[p] * x1
+            d32 += g3[p] * x2
+        out[0, j], out[0, j + 1], out[0, j + 2] = d00, d01, d02
+        out[1, j], out[1, j + 1], out[1, j + 2] = d10, d11, d12
+        out[2, j], out[2, j + 1], out[2, j + 2] = d20, d21, d22
+        out[3, j], out[3, j + 1], out[3, j + 2] = d30, d31, d32
+        j += 3
+    while j < out.shape[1]:
+        s0 = src[j * step :]
+        d0, d1, d2, d3 = g0[0] * s0[0], g1[0] * s0[0], g2[0] * s0[0], g3[0] * s0[0]
+        for p in range(1, g0.shape[0]):
+            x0 = s0[p]
+            d0 += g0[p] * x0
+            d1 += g1[p] * x0
+            d2 += g2[p] * x0
+            d3 += g3[p] * x0
+        out[0, j], out[1, j], out[2, j], out[3, j] = d0, d1, d2, d3
+        j += 1
