@@ -19,6 +19,31 @@ def _small_cnn(seed=0):
     ], input_shape=(1, 8, 8))
 
 
+def test_relu_before_max_pool_runs_after_it_with_identical_results(rng, backend):
+    """Sequential runs ReLU after an adjacent MaxPool2D (they commute); outputs and gradients must be
+    the very bits of running the layers as declared, ties among negative values included."""
+    model = fastcnn.Sequential([L.Conv2D(1, 4, 3, rng=0), L.ReLU(), L.MaxPool2D(2), L.Flatten(), L.Dense(144, 5, rng=0)],
+                               input_shape=(1, 14, 14))
+    assert [type(layer).__name__ for layer in model._run_order()][:3] == ["Conv2D", "MaxPool2D", "ReLU"]
+    x = rng.standard_normal((3, 1, 14, 14)).astype(np.float32)
+    x[0, 0, :4, :4] = -1.0  # windows of equal negative values
+    gy = rng.standard_normal((3, 5)).astype(np.float32)
+    with fastcnn.use_backend(backend):
+        out = model.forward(x, training=True)
+        gx = model.backward(gy)
+        grads = {name: g.copy() for name, _, g in model.named_parameters()}
+        h = x
+        for layer in model.layers:  # the declared order
+            h = layer.forward(h, training=True)
+        g = gy
+        for layer in reversed(model.layers):
+            g = layer.backward(g)
+    np.testing.assert_array_equal(out, h)
+    np.testing.assert_array_equal(gx, g)
+    for name, _, grad in model.named_parameters():
+        np.testing.assert_array_equal(grads[name], grad)
+
+
 def test_whole_model_gradient_matches_finite_differences(rng):
     model = _small_cnn().astype(np.float64)
     x = rng.standard_normal((4, 1, 8, 8))
