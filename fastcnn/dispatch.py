@@ -14,8 +14,9 @@ process does not measure again. The file name also hashes the kernels' and this 
 NumPy's and Numba's versions, so changed kernels are measured afresh.
 
 Timings are the best of several interleaved rounds, each call after a pause like the one between two
-ops of a training step (so a parallel kernel pays for waking its threads, as it does there). A decision measured while the machine is busy
-(1-minute load average above the core count) is used by this process but not saved.
+ops of a training step (so a parallel kernel pays for waking its threads, as it does there). A
+decision measured while the machine is busy (1-minute load average above the core count) is used by
+this process but not saved.
 
 In-place ops (the optimizer update) cannot be timed by running them twice; ``auto`` gives them the
 first available backend, Numba when it is installed.

@@ -36,6 +36,7 @@ def adam_update(param, grad, m, v, b1, b2, step_size, bias2, eps):
 
 @parallel_kernel
 def _adam_update(param, grad, m, v, b1, b2, step_size, bias2, eps):
+    """:func:`adam_update`, element by element."""
     for i in prange(param.size):
         mi = b1 * m[i] + (1 - b1) * grad[i]
         vi = b2 * v[i] + (1 - b2) * grad[i] * grad[i]

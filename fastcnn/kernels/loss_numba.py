@@ -16,8 +16,7 @@ def softmax_cross_entropy(z, labels):
 
 @parallel_kernel
 def _softmax_cross_entropy(z, labels):
-    """Mean cross-entropy of ``softmax(z)`` against integer ``labels``, its gradient w.r.t. ``z``, and
-    the number of rows whose first largest logit is at the label."""
+    """:func:`softmax_cross_entropy`, one row per task; the losses are summed in a fixed order."""
     n, k = z.shape
     grad = np.empty_like(z)
     losses = np.empty(n, dtype=np.float64)

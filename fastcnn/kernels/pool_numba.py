@@ -97,7 +97,7 @@ def max_pool2d_backward(gy, argmax, h, w):
 
 @parallel_kernel
 def _max_pool_backward(gy, argmax, h, w):
-    """Scatter ``gy`` (N, C, OH, OW) to the input positions named by ``argmax``; sums overlaps."""
+    """:func:`max_pool2d_backward`, one input plane per task."""
     n, c, oh, ow = gy.shape
     grad = np.empty((n, c, h, w), dtype=gy.dtype)
     for task in prange(n * c):
