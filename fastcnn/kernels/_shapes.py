@@ -88,8 +88,33 @@ def conv_geometry(x_shape, w_shape, stride, padding, dilation) -> ConvGeometry:
     """Check a conv2d call's shapes and parameters and compute its output size.
 
     ``padding`` is an int, a pair, ``"valid"`` or ``"same"`` (stride 1 only; an odd total padding puts
-    the extra row/column at the bottom/right, as PyTorch does).
+    the extra row/column at the bottom/right, as PyTorch does). Answers are remembered (a training
+    step asks the same questions every time).
     """
+    return _remembered(_conv_geometry, tuple(x_shape), tuple(w_shape), stride, padding, dilation)
+
+
+def _remembered(fn, *args):
+    """``fn(*args)``, from a cache of recent answers when every argument is a plain int, str, None or
+    tuple of those (the layers' own parameters); anything else, such as a list or a bool that must be
+    refused, is checked afresh."""
+    if all(_plain(a) for a in args):
+        return _geometry_cache(fn, *args)
+    return fn(*args)
+
+
+def _plain(value) -> bool:
+    if type(value) is tuple:
+        return all(_plain(v) for v in value)
+    return value is None or type(value) in (int, str)
+
+
+@functools.lru_cache(maxsize=256)
+def _geometry_cache(fn, *args):
+    return fn(*args)
+
+
+def _conv_geometry(x_shape, w_shape, stride, padding, dilation) -> ConvGeometry:
     n, c, h, w = x_shape
     c_out, c_in, kh, kw = w_shape
     if c_out < 1 or kh < 1 or kw < 1:
@@ -140,8 +165,12 @@ def pool_geometry(x_shape, kernel_size, stride, padding) -> PoolGeometry:
     """Check a pooling call's parameters and compute its output size (PyTorch rules, floor mode).
 
     ``stride=None`` means ``stride = kernel_size``; padding may be at most half the kernel, so every
-    window holds at least one real element.
+    window holds at least one real element. Answers are remembered, as for :func:`conv_geometry`.
     """
+    return _remembered(_pool_geometry, tuple(x_shape), kernel_size, stride, padding)
+
+
+def _pool_geometry(x_shape, kernel_size, stride, padding) -> PoolGeometry:
     kernel = pair("kernel_size", kernel_size, 1)
     stride = kernel if stride is None else pair("stride", stride, 1)
     padding = pair("padding", padding, 0)
