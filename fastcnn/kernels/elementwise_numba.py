@@ -6,6 +6,7 @@ import math
 import numpy as np
 
 from ._jit import kernel_helper, parallel_kernel, prange, sized
+from ._mask import kept
 
 
 @parallel_kernel
@@ -45,19 +46,13 @@ def _adam_update(param, grad, m, v, b1, b2, step_size, bias2, eps):
         param[i] -= step_size * mi / (math.sqrt(vi / bias2) + eps)
 
 
-@kernel_helper
-def _kept(seed, i, threshold):
-    """Whether element ``i`` survives dropout: SplitMix64 of ``seed + i``, top 24 bits < ``threshold``."""
-    z = seed + (np.uint64(i) + np.uint64(1)) * np.uint64(0x9E3779B97F4A7C15)
-    z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
-    z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
-    return ((z ^ (z >> np.uint64(31))) >> np.uint64(40)) < threshold
+_kept = kernel_helper(kept)
 
 
 @parallel_kernel
 def dropout(x, seed, threshold, scale):
-    """``x`` times ``scale`` where the element survives (see :func:`_kept`), else 0; also the gradient
-    (the same mask, drawn again from ``seed``)."""
+    """``x`` times ``scale`` where the element survives (see :func:`._mask.kept`), else 0; also the
+    gradient (the same mask, drawn again from ``seed``)."""
     flat = x.reshape(x.size)
     y = np.empty_like(flat)
     for i in prange(flat.size):

@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from ._mask import kept
+
 
 def relu_forward(x):
     """``max(x, 0)``, keeping NaN."""
@@ -27,9 +29,6 @@ def adam_update(param, grad, m, v, b1, b2, step_size, bias2, eps):
 
 
 def dropout(x, seed, threshold, scale):
-    """``x`` times ``scale`` where the element survives, else 0: the Numba kernel's SplitMix64 mask."""
-    z = seed + (np.arange(1, x.size + 1, dtype=np.uint64) * np.uint64(0x9E3779B97F4A7C15))
-    z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
-    z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
-    kept = ((z ^ (z >> np.uint64(31))) >> np.uint64(40)) < threshold
-    return np.where(kept.reshape(x.shape), x * scale, 0).astype(x.dtype, copy=False)
+    """``x`` times ``scale`` where the element survives (see :func:`._mask.kept`), else 0."""
+    mask = kept(seed, np.arange(x.size, dtype=np.uint64), threshold).reshape(x.shape)
+    return np.where(mask, x * scale, 0).astype(x.dtype, copy=False)
