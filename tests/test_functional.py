@@ -314,6 +314,46 @@ def test_conv2d_on_inputs_larger_than_a_kernel_block(backend, rng, n, c_in, c_ou
     np.testing.assert_allclose(gx, want_gxp[:, :, 1:-1, 1:-1], rtol=1e-9, atol=1e-9)
 
 
+def test_numba_conv_never_reads_stale_scratch(rng):
+    """The Numba conv keeps its temporaries between calls without clearing them: poison every kept
+    buffer, then check a padded, dilated conv (whose runs hold many zero positions) against SciPy."""
+    if "numba" not in BACKENDS:
+        pytest.skip("numba not installed")
+    from fastcnn.kernels import _scratch
+
+    x = rng.standard_normal((5, 3, 14, 13))
+    wt = rng.standard_normal((4, 3, 3, 3))
+    gy = rng.standard_normal((5, 4, 14, 11))
+    want = [F.conv2d(x, wt, padding=(1, 0), dilation=(1, 1), backend="numpy"),
+            *F.conv2d_backward(gy, x, wt, padding=(1, 0), backend="numpy")]
+    F.conv2d_backward(rng.standard_normal((9, 4, 30, 30)), rng.standard_normal((9, 3, 32, 32)), wt, backend="numba")
+    for buf in _scratch._local.buffers.values():
+        buf.view(np.float64)[:] = np.nan
+    got = [F.conv2d(x, wt, padding=(1, 0), backend="numba"), *F.conv2d_backward(gy, x, wt, padding=(1, 0), backend="numba")]
+    for a, b in zip(got, want):
+        np.testing.assert_allclose(a, b, rtol=1e-10, atol=1e-10)
+
+
+def test_scratch_reuses_one_buffer_per_role_and_thread():
+    import threading
+
+    from fastcnn.kernels._scratch import _KEEP_BYTES, scratch
+
+    a = scratch("test a", (3, 4), np.float32)
+    assert a.shape == (3, 4) and a.dtype == np.float32 and a.flags.c_contiguous
+    assert np.shares_memory(a, scratch("test a", (2, 2), np.float64))  # same role: same memory
+    assert not np.shares_memory(a, scratch("test b", (3, 4), np.float32))
+    bigger = scratch("test a", (1000,), np.float64)  # grown, and kept from now on
+    assert np.shares_memory(bigger, scratch("test a", (3, 4), np.float32))
+    other = []
+    thread = threading.Thread(target=lambda: other.append(scratch("test a", (3, 4), np.float32)))
+    thread.start()
+    thread.join()
+    assert not np.shares_memory(other[0], a)
+    huge = (_KEEP_BYTES // 4 + 1,)
+    assert not np.shares_memory(scratch("test huge", huge, np.float32), scratch("test huge", huge, np.float32))
+
+
 def test_conv2d_backward_without_input_grad_skips_only_grad_x(backend, rng):
     x = rng.standard_normal((3, 2, 9, 8)).astype(np.float32)
     wt = rng.standard_normal((4, 2, 3, 3)).astype(np.float32)

@@ -148,3 +148,27 @@ def test_unwritable_numba_cache_works_without_cache_and_warns_once():
     out = _python(code)
     assert out.returncode == 0, out.stderr[-3000:]
     assert out.stdout.strip() == "OK"
+
+
+@needs_numba
+def test_a_changed_helper_module_recompiles_the_kernels_that_use_it(tmp_path):
+    """Numba's cache checks only a kernel's own file; the dropout kernel compiles in ``_mask.kept``."""
+    import shutil
+
+    package = tmp_path / "fastcnn_copy"  # another name: the installed fastcnn may shadow PYTHONPATH
+    shutil.copytree(os.path.dirname(fastcnn.__file__), package, ignore=shutil.ignore_patterns("__pycache__"))
+    code = """
+    import numpy as np
+    from fastcnn_copy.kernels import elementwise_numba
+    print(int(elementwise_numba.dropout(np.ones(1000), np.uint64(7), np.uint64(1 << 23), 2.0).sum()))
+    """
+    env = {"PYTHONPATH": str(tmp_path)}
+    first = _python(code, env=env)
+    assert first.returncode == 0, first.stderr[-3000:]
+    assert int(first.stdout) not in (0, 2000)
+    mask = package / "kernels" / "_mask.py"
+    mask.write_text(mask.read_text() + "\n\ndef kept(seed, index, threshold):  # keeps every element\n"
+                    "    return True\n")
+    second = _python(code, env=env)
+    assert second.returncode == 0, second.stderr[-3000:]
+    assert int(second.stdout) == 2000

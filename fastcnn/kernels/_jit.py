@@ -14,11 +14,20 @@ with ``NUMBA_THREADING_LAYER`` is kept (and serialised too if it is ``workqueue`
 Fast-math
 ---------
 Only the flags that keep NaN and infinity semantics: max-pooling relies on ``-inf`` and NaN comparisons.
+
+Cache
+-----
+Numba checks a cached kernel against the source of its own module only, yet it compiles the helpers a
+kernel calls from other modules (:mod:`._taps`, :mod:`._mask`, the flags here) into that kernel.
+So every kernel of this package is stamped with the sources of all of its modules: a change to any
+of them recompiles every kernel, instead of loading stale machine code.
 """
 from __future__ import annotations
 
 import ctypes
+import functools
 import glob
+import hashlib
 import os
 import sys
 import threading
@@ -64,6 +73,66 @@ def _choose_threading_layer() -> str:
     return numba.config.THREADING_LAYER
 
 
+def sources_digest(directory: str) -> bytes:
+    """SHA-256 of every ``.py`` file in ``directory``, by name and content."""
+    return _digest(directory, tuple((e.name, e.stat().st_mtime_ns, e.stat().st_size)
+                                    for e in sorted(os.scandir(directory), key=lambda e: e.name)
+                                    if e.name.endswith(".py")))
+
+
+@functools.lru_cache(maxsize=4)
+def _digest(directory: str, stamps: tuple) -> bytes:  # stamps: re-read when a file changes
+    h = hashlib.sha256()
+    for name, _, _ in stamps:
+        with open(os.path.join(directory, name), "rb") as f:
+            h.update(name.encode() + b"\0" + f.read() + b"\0")
+    return h.digest()
+
+
+def _stamp_package_caches() -> None:
+    """Put a locator in front of Numba's own that, for this package's files, adds
+    :func:`sources_digest` of the package to each cache entry's source stamp (see the module docstring)."""
+    try:
+        from numba.core import caching
+        base = caching._CacheLocator
+    except (ImportError, AttributeError):  # a Numba without this machinery: its own stamps only
+        return
+    here = os.path.dirname(os.path.abspath(__file__))
+
+    class PackageStampedLocator(base):
+        def __init__(self, inner):
+            self._inner = inner
+            self._py_file = getattr(inner, "_py_file", None)
+
+        def ensure_cache_path(self):
+            self._inner.ensure_cache_path()
+
+        def get_cache_path(self):
+            return self._inner.get_cache_path()
+
+        def get_disambiguator(self):
+            return self._inner.get_disambiguator()
+
+        def get_source_stamp(self):
+            return self._inner.get_source_stamp(), sources_digest(here)
+
+        @classmethod
+        def from_function(cls, py_func, py_file):
+            if os.path.dirname(os.path.abspath(py_file)) != here:
+                return None
+            for other in caching.CacheImpl._locator_classes:
+                inner = None if other.__name__ == cls.__name__ else other.from_function(py_func, py_file)
+                if inner is not None:
+                    return cls(inner)
+            return None
+
+    classes = caching.CacheImpl._locator_classes
+    if not any(c.__name__ == PackageStampedLocator.__name__ for c in classes):
+        classes.insert(0, PackageStampedLocator)
+
+
+if NUMBA_AVAILABLE:
+    _stamp_package_caches()
 CHOSEN_LAYER = _choose_threading_layer() if NUMBA_AVAILABLE else None
 SERIALIZE_KERNELS = CHOSEN_LAYER == "workqueue"
 """True when parallel kernels must not run concurrently (the ``workqueue`` layer)."""

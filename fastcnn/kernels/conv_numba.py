@@ -18,6 +18,7 @@ from __future__ import annotations
 import numpy as np
 
 from ._jit import kernel_helper, parallel_kernel, prange, sized
+from ._scratch import scratch
 from ._taps import add_tap_dots, add_taps, add_taps4, tap_dots4
 
 _BLOCK = 2048  # values per block of a run: the accumulator stays in L1 cache
@@ -52,12 +53,12 @@ def _copy(dst, src):
         dst[p] = src[p]
 
 
-def _runs(a, hp, wp, head=0, tail=0):
-    """``a`` (N, C, H, W) as runs (C, head + N*hp*wp + tail): each sample's plane at the top left of
-    an ``hp x wp`` block, zeros elsewhere (the scratch positions, and the head and tail that shifted
-    reads run into)."""
+def _runs(a, hp, wp, role, head=0, tail=0):
+    """``a`` (N, C, H, W) as runs (C, head + N*hp*wp + tail) in the scratch array ``role``: each
+    sample's plane at the top left of an ``hp x wp`` block, zeros elsewhere (the scratch positions, and
+    the head and tail that shifted reads run into)."""
     n, c = a.shape[:2]
-    runs = np.zeros((c, head + n * hp * wp + tail), dtype=a.dtype)
+    runs = scratch(role, (c, head + n * hp * wp + tail), a.dtype)
     sized(_fill_runs, a.size)(a, runs, hp, wp, head)
     return runs
 
@@ -68,9 +69,18 @@ def _fill_runs(a, runs, hp, wp, head):
     plane = hp * wp
     for task in prange(n * c):
         s, ch = task // c, task % c
-        for r in range(h):
-            start = head + s * plane + r * wp
-            _copy(runs[ch, start : start + w], a[s, ch, r])
+        start = head + s * plane
+        if s == 0:
+            runs[ch, :head] = 0
+        if w == wp:  # no scratch columns: the plane is one run
+            _copy(runs[ch, start : start + h * w], a[s, ch].reshape(h * w))
+        else:
+            for r in range(h):
+                row = start + r * wp
+                _copy(runs[ch, row : row + w], a[s, ch, r])
+                runs[ch, row + w : row + wp] = 0
+        end = start + plane if s < n - 1 else runs.shape[1]
+        runs[ch, start + h * wp : end] = 0
 
 
 @parallel_kernel
@@ -116,9 +126,9 @@ def conv2d_forward(xp, w, b, sh, sw, dh, dw, oh, ow):
         return sized(_conv_strided, work)(xp, w, b, sh, sw, dh, dw, oh, ow)
     n, _, hp, wp = xp.shape
     c_out, _, kh, kw = w.shape
-    xr = _runs(xp, hp, wp, tail=(kh - 1) * dh * wp + (kw - 1) * dw)
+    xr = _runs(xp, hp, wp, "input runs", tail=(kh - 1) * dh * wp + (kw - 1) * dw)
     y = np.empty((n, c_out, oh, ow), dtype=xp.dtype)
-    sized(_conv_wide, work)(xr, w, b, np.empty((c_out, n * hp * wp), dtype=xp.dtype), y, hp, wp, dh, dw)
+    sized(_conv_wide, work)(xr, w, b, scratch("wide out", (c_out, n * hp * wp), xp.dtype), y, hp, wp, dh, dw)
     return y
 
 
@@ -181,8 +191,8 @@ def conv2d_grad_weight(gy, xp, kh, kw, sh, sw, dh, dw):
     if sh != 1 or sw != 1:
         return sized(_grad_weight_strided, work)(gy, xp, kh, kw, sh, sw, dh, dw)
     hp, wp = xp.shape[2:]
-    xr = _runs(xp, hp, wp, tail=(kh - 1) * dh * wp + (kw - 1) * dw)
-    return sized(_grad_weight_wide, work)(_runs(gy, hp, wp), xr, kh, kw, wp, dh, dw)
+    xr = _runs(xp, hp, wp, "input runs", tail=(kh - 1) * dh * wp + (kw - 1) * dw)
+    return sized(_grad_weight_wide, work)(_runs(gy, hp, wp, "grad runs"), xr, kh, kw, wp, dh, dw)
 
 
 @parallel_kernel
@@ -238,7 +248,7 @@ def conv2d_grad_input(gy, w, hp, wp, sh, sw, dh, dw):
     if sh != 1 or sw != 1:
         return sized(_grad_input_strided, work)(gy, w, hp, wp, sh, sw, dh, dw)
     n, c_in, kh, kw = gy.shape[0], w.shape[1], w.shape[2], w.shape[3]
-    gr = _runs(gy, hp, wp, head=(kh - 1) * dh * wp + (kw - 1) * dw)
+    gr = _runs(gy, hp, wp, "grad runs", head=(kh - 1) * dh * wp + (kw - 1) * dw)
     grad_xp = np.empty((n, c_in, hp, wp), dtype=gy.dtype)
-    sized(_grad_input_wide, work)(gr, w, np.empty((c_in, n * hp * wp), dtype=gy.dtype), grad_xp, dh, dw)
+    sized(_grad_input_wide, work)(gr, w, scratch("wide out", (c_in, n * hp * wp), gy.dtype), grad_xp, dh, dw)
     return grad_xp
