@@ -11,6 +11,7 @@ import numpy as np
 from . import dispatch
 from .kernels import _jit, conv_numpy, elementwise_numpy, linear_numpy, loss_numpy, pool_numpy
 from .kernels._blas import matmul
+from .kernels._scratch import shared_inputs
 from .kernels._shapes import (IntOrPair, check_allocation, check_grad, check_nchw_shape, class_labels, conv_geometry,
                               float_array, pool_geometry)
 
@@ -193,11 +194,12 @@ def conv2d_backward(
     (sh, sw), (dh, dw) = geo.stride, geo.dilation
     signature = (xp.shape, weight.shape, geo.stride, geo.dilation, x.dtype.char)
     kh, kw = weight.shape[2:]
-    grad_w = dispatch.run("conv2d_grad_weight", signature, (grad_y, xp, kh, kw, sh, sw, dh, dw), backend)
     grad_x = None
-    if input_grad:
-        args = (grad_y, weight, xp.shape[2], xp.shape[3], sh, sw, dh, dw)
-        grad_x = _crop(dispatch.run("conv2d_grad_input", signature, args, backend), geo.padding)
+    with shared_inputs():  # both gradients read grad_y the same way: a backend may prepare it once
+        grad_w = dispatch.run("conv2d_grad_weight", signature, (grad_y, xp, kh, kw, sh, sw, dh, dw), backend)
+        if input_grad:
+            args = (grad_y, weight, xp.shape[2], xp.shape[3], sh, sw, dh, dw)
+            grad_x = _crop(dispatch.run("conv2d_grad_input", signature, args, backend), geo.padding)
     return grad_x, grad_w, _bias_grad(grad_y)
 
 

@@ -357,6 +357,37 @@ def test_scratch_reuses_one_buffer_per_role_and_thread():
     assert not np.shares_memory(scratch("test huge", huge, np.float32), scratch("test huge", huge, np.float32))
 
 
+def test_derived_scratch_is_shared_only_inside_a_shared_inputs_block():
+    from fastcnn.kernels._scratch import derived, scratch, shared_inputs
+
+    fills = []
+
+    def make(source, layout=(0,)):
+        def fill(out):
+            fills.append(source)
+            out[:] = source + layout[0]
+        return derived("test derived", source.shape, source.dtype, source, layout, fill)
+
+    a, b = np.arange(4.0), np.ones(4)
+    make(a), make(a)
+    assert len(fills) == 2  # outside a block: filled every time
+    with shared_inputs():
+        fills.clear()
+        np.testing.assert_array_equal(make(a), a)
+        np.testing.assert_array_equal(make(a), a)
+        assert len(fills) == 1
+        np.testing.assert_array_equal(make(a, (1,)), a + 1)  # another layout
+        np.testing.assert_array_equal(make(b), b)  # another source refills the role ...
+        np.testing.assert_array_equal(make(a), a)  # ... so the first must be filled again
+        assert len(fills) == 4
+        scratch("test derived", (4,), np.float64)[:] = -1  # a plain scratch use overwrites the role
+        np.testing.assert_array_equal(make(a), a)
+        with shared_inputs():
+            make(b)
+        np.testing.assert_array_equal(make(a), a)  # the inner block refilled the buffer
+        assert len(fills) == 7
+
+
 def test_conv2d_backward_without_input_grad_skips_only_grad_x(backend, rng):
     x = rng.standard_normal((3, 2, 9, 8)).astype(np.float32)
     wt = rng.standard_normal((4, 2, 3, 3)).astype(np.float32)

@@ -9,6 +9,7 @@ Like oneDNN's global scratchpad, each thread keeps one buffer per role, grown to
 from __future__ import annotations
 
 import threading
+from typing import Callable
 
 import numpy as np
 
@@ -32,10 +33,54 @@ def scratch(role: str, shape: tuple[int, ...], dtype: np.dtype | type) -> np.nda
     ndarray
         Contents left over from earlier calls: the caller writes every element it reads.
     """
+    held = getattr(_local, "held", None)
+    if held:
+        held.pop(role, None)
+    return _buffer(role, shape, np.dtype(dtype))
+
+
+def derived(role: str, shape: tuple[int, ...], dtype: np.dtype | type, source: np.ndarray, layout: tuple,
+            fill: Callable[[np.ndarray], None]) -> np.ndarray:
+    """:func:`scratch` filled by ``fill(out)`` from ``source``; inside ``with shared_inputs():``, the
+    array an earlier op of the block filled from the same ``source`` and ``layout`` is returned as it is."""
     dtype = np.dtype(dtype)
+    out = _buffer(role, shape, dtype)
+    held = getattr(_local, "held", None) if _nbytes(shape, dtype) <= _KEEP_BYTES else None
+    tag = (id(source), source.__array_interface__["data"][0], source.shape, source.strides, source.dtype.str,
+           tuple(shape), dtype.str, layout)
+    if held is not None and held.get(role) == tag:
+        return out
+    if held:
+        held.pop(role, None)
+    fill(out)
+    if held is not None:
+        held[role] = tag
+    return out
+
+
+class shared_inputs:  # lower case: used like a function, ``with shared_inputs():``
+    """A block in which no op's input changes, so ops may share what :func:`derived` made from them
+    (the two gradients of a convolution both need the output gradient's runs, for one)."""
+
+    def __enter__(self) -> None:
+        self._outer = getattr(_local, "held", None)
+        _local.held = {}
+
+    def __exit__(self, *exc_info) -> None:
+        if self._outer:  # a nested block may have refilled the outer block's buffers
+            self._outer.clear()
+        _local.held = self._outer
+
+
+def _nbytes(shape: tuple[int, ...], dtype: np.dtype) -> int:
     nbytes = dtype.itemsize
     for n in shape:
         nbytes *= n
+    return nbytes
+
+
+def _buffer(role: str, shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray:
+    nbytes = _nbytes(shape, dtype)
     if nbytes > _KEEP_BYTES:
         return np.empty(shape, dtype)
     buffers = getattr(_local, "buffers", None)

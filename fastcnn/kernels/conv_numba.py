@@ -18,7 +18,7 @@ from __future__ import annotations
 import numpy as np
 
 from ._jit import kernel_helper, parallel_kernel, prange, sized
-from ._scratch import scratch
+from ._scratch import derived, scratch
 from ._taps import add_tap_dots, add_taps, add_taps4, tap_dots4
 
 _BLOCK = 2048  # values per block of a run: the accumulator stays in L1 cache
@@ -56,11 +56,10 @@ def _copy(dst, src):
 def _runs(a, hp, wp, role, head=0, tail=0):
     """``a`` (N, C, H, W) as runs (C, head + N*hp*wp + tail) in the scratch array ``role``: each
     sample's plane at the top left of an ``hp x wp`` block, zeros elsewhere (the scratch positions, and
-    the head and tail that shifted reads run into)."""
+    the head and tail that shifted reads run into). Made once per :class:`._scratch.shared_inputs` block."""
     n, c = a.shape[:2]
-    runs = scratch(role, (c, head + n * hp * wp + tail), a.dtype)
-    sized(_fill_runs, a.size)(a, runs, hp, wp, head)
-    return runs
+    return derived(role, (c, head + n * hp * wp + tail), a.dtype, a, (hp, wp, head, tail),
+                   lambda runs: sized(_fill_runs, a.size)(a, runs, hp, wp, head))
 
 
 @parallel_kernel
@@ -132,11 +131,17 @@ def conv2d_forward(xp, w, b, sh, sw, dh, dw, oh, ow):
     return y
 
 
+def _grad_head(kh, kw, wp, dh, dw):
+    """The zeros before the output gradient's runs: as far back as the input gradient's shifted reads reach."""
+    return (kh - 1) * dh * wp + (kw - 1) * dw
+
+
 @parallel_kernel
-def _grad_weight_wide(gr, xr, kh, kw, wp, dh, dw):
+def _grad_weight_wide(gr, head, xr, kh, kw, wp, dh, dw):
     """Stride-1 weight gradient in the wide layout: dot products of the runs ``gr`` (of the output
-    gradient) and ``xr`` (of the input), for four output channels and one input channel per task."""
-    c_out, total = gr.shape
+    gradient, from ``head`` on) and ``xr`` (of the input), for four output channels and one input
+    channel per task."""
+    c_out, total = gr.shape[0], gr.shape[1] - head
     c_in = xr.shape[0]
     grad_w = np.empty((c_out, c_in, kh, kw), dtype=gr.dtype)
     groups = (c_out + 3) // 4
@@ -150,11 +155,12 @@ def _grad_weight_wide(gr, xr, kh, kw, wp, dh, dw):
             for i in range(kh):
                 src = xr[ci, b0 + i * dh * wp :]
                 if o1 - o0 == 4:
-                    tap_dots4(part, gr[o0, b0:b1], gr[o0 + 1, b0:b1], gr[o0 + 2, b0:b1], gr[o0 + 3, b0:b1], src, dw)
+                    g0, g1, g2, g3 = gr[o0, head:], gr[o0 + 1, head:], gr[o0 + 2, head:], gr[o0 + 3, head:]
+                    tap_dots4(part, g0[b0:b1], g1[b0:b1], g2[b0:b1], g3[b0:b1], src, dw)
                 else:
                     for o in range(o1 - o0):
                         part[o, :] = 0
-                        add_tap_dots(part[o], gr[o0 + o, b0:b1], src, dw)
+                        add_tap_dots(part[o], gr[o0 + o, head + b0 : head + b1], src, dw)
                 for o in range(o1 - o0):
                     for j in range(kw):
                         sums[o, i, j] += part[o, j]
@@ -192,11 +198,12 @@ def conv2d_grad_weight(gy, xp, kh, kw, sh, sw, dh, dw):
         return sized(_grad_weight_strided, work)(gy, xp, kh, kw, sh, sw, dh, dw)
     hp, wp = xp.shape[2:]
     xr = _runs(xp, hp, wp, "input runs", tail=(kh - 1) * dh * wp + (kw - 1) * dw)
-    return sized(_grad_weight_wide, work)(_runs(gy, hp, wp, "grad runs"), xr, kh, kw, wp, dh, dw)
+    head = _grad_head(kh, kw, wp, dh, dw)  # the input gradient's layout, so the two share the runs
+    return sized(_grad_weight_wide, work)(_runs(gy, hp, wp, "grad runs", head=head), head, xr, kh, kw, wp, dh, dw)
 
 
 @parallel_kernel
-def _grad_input_wide(gr, w, xr, grad_xp, dh, dw):
+def _grad_input_wide(gr, head, w, xr, grad_xp, dh, dw):
     """Stride-1 input gradient in the wide layout: ``grad[p] = sum(w[i, j] * gy[p - i*dh*Wp - j*dw])``.
 
     The gradient's runs cover every padded-input position, and the shifted reads of ``gy`` land on its
@@ -205,7 +212,6 @@ def _grad_input_wide(gr, w, xr, grad_xp, dh, dw):
     n, c_in, hp, wp = grad_xp.shape
     c_out, kh, kw = w.shape[0], w.shape[2], w.shape[3]
     total = n * hp * wp
-    reach = (kh - 1) * dh * wp + (kw - 1) * dw
     taps = np.empty((c_in, c_out, kh, kw), dtype=w.dtype)  # each kernel row reversed
     for ci in range(c_in):
         for co in range(c_out):
@@ -217,7 +223,7 @@ def _grad_input_wide(gr, w, xr, grad_xp, dh, dw):
     for task in prange(groups * blocks):
         g, b0 = task // blocks, (task % blocks) * _BLOCK
         _correlate_group(xr, zero, gr, 4 * g, min(4 * g + 4, c_in), b0, min(b0 + _BLOCK, total),
-                         reach + b0 - (kw - 1) * dw, -dh * wp, taps, dw)
+                         head + b0 - (kw - 1) * dw, -dh * wp, taps, dw)
     for task in prange(n * c_in):
         s, ci = task // c_in, task % c_in
         _copy(grad_xp[s, ci].reshape(hp * wp), xr[ci, s * hp * wp :])
@@ -248,7 +254,8 @@ def conv2d_grad_input(gy, w, hp, wp, sh, sw, dh, dw):
     if sh != 1 or sw != 1:
         return sized(_grad_input_strided, work)(gy, w, hp, wp, sh, sw, dh, dw)
     n, c_in, kh, kw = gy.shape[0], w.shape[1], w.shape[2], w.shape[3]
-    gr = _runs(gy, hp, wp, "grad runs", head=(kh - 1) * dh * wp + (kw - 1) * dw)
+    head = _grad_head(kh, kw, wp, dh, dw)
+    gr = _runs(gy, hp, wp, "grad runs", head=head)
     grad_xp = np.empty((n, c_in, hp, wp), dtype=gy.dtype)
-    sized(_grad_input_wide, work)(gr, w, scratch("wide out", (c_in, n * hp * wp), gy.dtype), grad_xp, dh, dw)
+    sized(_grad_input_wide, work)(gr, head, w, scratch("wide out", (c_in, n * hp * wp), gy.dtype), grad_xp, dh, dw)
     return grad_xp
