@@ -308,7 +308,8 @@ def test_conv2d_on_inputs_larger_than_a_kernel_block(backend, rng, n, c_in, c_ou
     y = F.conv2d(x, wt, padding=1, dilation=dilation, backend=backend)
     np.testing.assert_allclose(y, want, rtol=1e-10, atol=1e-10)
     gy = rng.standard_normal(y.shape)
-    gx, gw, _ = F.conv2d_backward(gy, x, wt, padding=1, dilation=dilation, backend=backend)
+    gx, gw, gb = F.conv2d_backward(gy, x, wt, padding=1, dilation=dilation, backend=backend)
+    np.testing.assert_allclose(gb, gy.sum(axis=(0, 2, 3)), rtol=1e-10)
     want_gw = np.array([[sum(scipy.signal.correlate(xp[s, ci], gy[s, o], mode="valid") for s in range(n))[::dh, ::dw]
                          for ci in range(c_in)] for o in range(c_out)])
     want_gxp = np.array([[sum(scipy.signal.convolve(gy[s, o], kernels[o][ci], mode="full") for o in range(c_out))

@@ -129,3 +129,13 @@ def matmul(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     for r in results[1:]:
         total += r
     return total
+
+
+def channel_sums(a: np.ndarray) -> np.ndarray:
+    """``a`` (N, C, ...) summed over every axis but the channels (a bias gradient), as BLAS products
+    with ones, which are several times faster than NumPy's reductions over these axes."""
+    n, c = a.shape[:2]
+    per_sample = a.reshape(n, c, -1)
+    if per_sample.shape[2] != 1:
+        per_sample = matmul(per_sample.reshape(n * c, -1), np.ones((per_sample.shape[2], 1), a.dtype))
+    return matmul(np.ones((1, n), a.dtype), per_sample.reshape(n, c))[0]

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from ._blas import channel_sums
 from ._jit import kernel_helper, parallel_kernel, prange, sized
 from ._scratch import derived, scratch
 from ._taps import add_tap_dots, add_taps, add_taps4, tap_dots4
@@ -138,20 +139,25 @@ def _grad_head(kh, kw, wp, dh, dw):
 
 @parallel_kernel
 def _grad_weight_wide(gr, head, xr, kh, kw, wp, dh, dw):
-    """Stride-1 weight gradient in the wide layout: dot products of the runs ``gr`` (of the output
-    gradient, from ``head`` on) and ``xr`` (of the input), for four output channels and one input
-    channel per task."""
+    """Stride-1 weight and bias gradients in the wide layout: dot products of the runs ``gr`` (of the
+    output gradient, from ``head`` on) and ``xr`` (of the input), for four output channels and one input
+    channel per task; the tasks of input channel 0 also sum the runs (their scratch positions are 0)."""
     c_out, total = gr.shape[0], gr.shape[1] - head
     c_in = xr.shape[0]
     grad_w = np.empty((c_out, c_in, kh, kw), dtype=gr.dtype)
+    grad_b = np.empty(c_out, dtype=gr.dtype)
     groups = (c_out + 3) // 4
     for task in prange(groups * c_in):
         g, ci = task // c_in, task % c_in
         o0, o1 = 4 * g, min(4 * g + 4, c_out)
         sums = np.zeros((4, kh, kw), dtype=np.float64)  # float64 across blocks
+        bias = np.zeros(4, dtype=np.float64)
         part = np.empty((4, kw), dtype=gr.dtype)
         for b0 in range(0, total, _BLOCK):
             b1 = min(b0 + _BLOCK, total)
+            if ci == 0:
+                for o in range(o1 - o0):
+                    bias[o] += gr[o0 + o, head + b0 : head + b1].sum()
             for i in range(kh):
                 src = xr[ci, b0 + i * dh * wp :]
                 if o1 - o0 == 4:
@@ -168,7 +174,9 @@ def _grad_weight_wide(gr, head, xr, kh, kw, wp, dh, dw):
             for i in range(kh):
                 for j in range(kw):
                     grad_w[o0 + o, ci, i, j] = sums[o, i, j]
-    return grad_w
+            if ci == 0:
+                grad_b[o0 + o] = bias[o]
+    return grad_w, grad_b
 
 
 @parallel_kernel
@@ -192,10 +200,10 @@ def _grad_weight_strided(gy, xp, kh, kw, sh, sw, dh, dw):
 
 
 def conv2d_grad_weight(gy, xp, kh, kw, sh, sw, dh, dw):
-    """Gradient of a conv with respect to its weight, shape (C_out, C, kH, kW)."""
+    """Gradients of a conv with respect to its weight, shape (C_out, C, kH, kW), and its bias."""
     work = gy.size * xp.shape[1] * kh * kw
     if sh != 1 or sw != 1:
-        return sized(_grad_weight_strided, work)(gy, xp, kh, kw, sh, sw, dh, dw)
+        return sized(_grad_weight_strided, work)(gy, xp, kh, kw, sh, sw, dh, dw), channel_sums(gy)
     hp, wp = xp.shape[2:]
     xr = _runs(xp, hp, wp, "input runs", tail=(kh - 1) * dh * wp + (kw - 1) * dw)
     head = _grad_head(kh, kw, wp, dh, dw)  # the input gradient's layout, so the two share the runs

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ._blas import on_threads
+from ._blas import channel_sums, on_threads
 from ._windows import window
 
 _BLOCK_ELEMENTS = 1 << 18  # columns per block: 1 MB of float32, resident in L2
@@ -64,7 +64,7 @@ def conv2d_forward(xp, w, b, sh, sw, dh, dw, oh, ow):
 
 
 def conv2d_grad_weight(gy, xp, kh, kw, sh, sw, dh, dw):
-    """Gradient of a conv with respect to its weight, shape (C_out, C, kH, kW)."""
+    """Gradients of a conv with respect to its weight, shape (C_out, C, kH, kW), and its bias."""
     n, c = xp.shape[:2]
     c_out, oh, ow = gy.shape[1:]
     k, p = c * kh * kw, oh * ow
@@ -82,7 +82,7 @@ def conv2d_grad_weight(gy, xp, kh, kw, sh, sw, dh, dw):
     grad_w = parts[0]
     for part in parts[1:]:
         grad_w += part
-    return grad_w.reshape(c_out, c, kh, kw)
+    return grad_w.reshape(c_out, c, kh, kw), channel_sums(gy)
 
 
 def conv2d_grad_input(gy, w, hp, wp, sh, sw, dh, dw):
