@@ -243,8 +243,8 @@ def _machine_id() -> str:
     numba_version = _jit.numba.__version__ if _jit.NUMBA_AVAILABLE else "none"
     text = f"{platform.machine()}|{cpu}|{os.cpu_count()}|numpy {np.__version__}|numba {numba_version}"
     digest = hashlib.sha256(text.encode())
-    for path in [*sorted(Path(_jit.__file__).parent.glob("*.py")), Path(__file__)]:  # new kernels or way of
-        digest.update(path.read_bytes())  # measuring: measure again
+    digest.update(_jit.sources_digest(os.path.dirname(_jit.__file__)))  # new kernels or way of measuring:
+    digest.update(Path(__file__).read_bytes())  # measure again
     return digest.hexdigest()[:16]
 
 

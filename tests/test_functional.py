@@ -275,7 +275,8 @@ def test_numba_serial_twins_match_the_parallel_kernels(rng, monkeypatch, stride)
         pooled, idx = F.max_pool2d(y, 2, backend="numba")
         return [y, *F.conv2d_backward(np.ones_like(y), x, wt, stride=stride, backend="numba"), pooled,
                 F.max_pool2d_backward(pooled, idx, y.shape, backend="numba"),
-                *F.softmax_cross_entropy(z, labels, backend="numba")[:2]]
+                *F.softmax_cross_entropy(z, labels, backend="numba")[:2], F.relu(y, backend="numba"),
+                F.relu_backward(x, x, backend="numba"), F.dropout(x, 0.5, seed=3, backend="numba")]
 
     results = {}
     for work in (0, 1 << 40):  # every kernel parallel, then every kernel serial

@@ -9,9 +9,25 @@ from ._jit import kernel_helper, parallel_kernel, prange, sized
 from ._mask import kept
 
 
-@parallel_kernel
 def relu_forward(x):
     """``max(x, 0)``, keeping NaN."""
+    return sized(_relu_forward, x.size)(x)
+
+
+def relu_backward(grad, y):
+    """``grad`` where the ReLU output ``y`` is positive, else 0."""
+    return sized(_relu_backward, grad.size)(grad, y)
+
+
+def dropout(x, seed, threshold, scale):
+    """``x`` times ``scale`` where the element survives (see :func:`._mask.kept`), else 0; also the
+    gradient (the same mask, drawn again from ``seed``)."""
+    return sized(_dropout, x.size)(x, seed, threshold, scale)
+
+
+@parallel_kernel
+def _relu_forward(x):
+    """:func:`relu_forward`, element by element."""
     flat = x.reshape(x.size)
     y = np.empty_like(flat)
     for i in prange(flat.size):
@@ -21,8 +37,8 @@ def relu_forward(x):
 
 
 @parallel_kernel
-def relu_backward(grad, y):
-    """``grad`` where the ReLU output ``y`` is positive, else 0."""
+def _relu_backward(grad, y):
+    """:func:`relu_backward`, element by element."""
     g, yf = grad.reshape(grad.size), y.reshape(y.size)
     out = np.empty_like(g)
     for i in prange(g.size):
@@ -50,9 +66,8 @@ _kept = kernel_helper(kept)
 
 
 @parallel_kernel
-def dropout(x, seed, threshold, scale):
-    """``x`` times ``scale`` where the element survives (see :func:`._mask.kept`), else 0; also the
-    gradient (the same mask, drawn again from ``seed``)."""
+def _dropout(x, seed, threshold, scale):
+    """:func:`dropout`, element by element."""
     flat = x.reshape(x.size)
     y = np.empty_like(flat)
     for i in prange(flat.size):
