@@ -3,8 +3,8 @@
 A "tap" is one weight applied to a copy of a flat run shifted by ``j * step``: a kernel row of a
 convolution (``step`` = the dilation), or one sample of a dense layer's input (``step`` = the row
 length). The four-row variants share every load between four output rows (register blocking), and
-every helper does three taps per pass (:func:`tap_dots4` five where it can: a dense layer of ten
-outputs is two passes), so LLVM vectorises each pass into one long loop.
+every helper does three taps per pass (:func:`tap_dots4_by5` five), so LLVM vectorises each pass
+into one long loop.
 """
 from __future__ import annotations
 
@@ -88,7 +88,49 @@ def add_tap_dots(out, g, src, step):
 @kernel_helper
 def tap_dots4(out, g0, g1, g2, g3, src, step):
     """``out[o, j] = sum(g_o[p] * src[p + j * step] for p < len(g0))`` for four rows ``g_o`` at once,
-    five or three taps per pass: twenty or twelve running sums share each load of ``src``."""
+    three taps per pass: twelve running sums share each load of ``src``."""
+    zero = g0.dtype.type(0)
+    j = 0
+    while j + 3 <= out.shape[1]:
+        s0, s1, s2 = src[j * step :], src[(j + 1) * step :], src[(j + 2) * step :]
+        d00 = d01 = d02 = d10 = d11 = d12 = d20 = d21 = d22 = d30 = d31 = d32 = zero
+        for p in range(g0.shape[0]):
+            x0, x1, x2 = s0[p], s1[p], s2[p]
+            d00 += g0[p] * x0
+            d01 += g0[p] * x1
+            d02 += g0[p] * x2
+            d10 += g1[p] * x0
+            d11 += g1[p] * x1
+            d12 += g1[p] * x2
+            d20 += g2[p] * x0
+            d21 += g2[p] * x1
+            d22 += g2[p] * x2
+            d30 += g3[p] * x0
+            d31 += g3[p] * x1
+            d32 += g3[p] * x2
+        out[0, j], out[0, j + 1], out[0, j + 2] = d00, d01, d02
+        out[1, j], out[1, j + 1], out[1, j + 2] = d10, d11, d12
+        out[2, j], out[2, j + 1], out[2, j + 2] = d20, d21, d22
+        out[3, j], out[3, j + 1], out[3, j + 2] = d30, d31, d32
+        j += 3
+    while j < out.shape[1]:
+        s0 = src[j * step :]
+        d0 = d1 = d2 = d3 = zero
+        for p in range(g0.shape[0]):
+            x0 = s0[p]
+            d0 += g0[p] * x0
+            d1 += g1[p] * x0
+            d2 += g2[p] * x0
+            d3 += g3[p] * x0
+        out[0, j], out[1, j], out[2, j], out[3, j] = d0, d1, d2, d3
+        j += 1
+
+
+@kernel_helper
+def tap_dots4_by5(out, g0, g1, g2, g3, src, step):
+    """:func:`tap_dots4` with five taps per pass (twenty running sums) while five remain, the rest by
+    :func:`tap_dots4`: a dense layer's ten outputs are two passes. Kept apart from :func:`tap_dots4`,
+    which the convolutions use with three taps, so that their kernels do not compile this loop too."""
     zero = g0.dtype.type(0)
     j = 0
     while j + 5 <= out.shape[1]:
@@ -124,36 +166,5 @@ def tap_dots4(out, g0, g1, g2, g3, src, step):
         out[2, j], out[2, j + 1], out[2, j + 2], out[2, j + 3], out[2, j + 4] = d20, d21, d22, d23, d24
         out[3, j], out[3, j + 1], out[3, j + 2], out[3, j + 3], out[3, j + 4] = d30, d31, d32, d33, d34
         j += 5
-    while j + 3 <= out.shape[1]:
-        s0, s1, s2 = src[j * step :], src[(j + 1) * step :], src[(j + 2) * step :]
-        d00 = d01 = d02 = d10 = d11 = d12 = d20 = d21 = d22 = d30 = d31 = d32 = zero
-        for p in range(g0.shape[0]):
-            x0, x1, x2 = s0[p], s1[p], s2[p]
-            d00 += g0[p] * x0
-            d01 += g0[p] * x1
-            d02 += g0[p] * x2
-            d10 += g1[p] * x0
-            d11 += g1[p] * x1
-            d12 += g1[p] * x2
-            d20 += g2[p] * x0
-            d21 += g2[p] * x1
-            d22 += g2[p] * x2
-            d30 += g3[p] * x0
-            d31 += g3[p] * x1
-            d32 += g3[p] * x2
-        out[0, j], out[0, j + 1], out[0, j + 2] = d00, d01, d02
-        out[1, j], out[1, j + 1], out[1, j + 2] = d10, d11, d12
-        out[2, j], out[2, j + 1], out[2, j + 2] = d20, d21, d22
-        out[3, j], out[3, j + 1], out[3, j + 2] = d30, d31, d32
-        j += 3
-    while j < out.shape[1]:
-        s0 = src[j * step :]
-        d0 = d1 = d2 = d3 = zero
-        for p in range(g0.shape[0]):
-            x0 = s0[p]
-            d0 += g0[p] * x0
-            d1 += g1[p] * x0
-            d2 += g2[p] * x0
-            d3 += g3[p] * x0
-        out[0, j], out[1, j], out[2, j], out[3, j] = d0, d1, d2, d3
-        j += 1
+    if j < out.shape[1]:
+        tap_dots4(out[:, j:], g0, g1, g2, g3, src[j * step :], step)

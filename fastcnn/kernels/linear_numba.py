@@ -12,7 +12,7 @@ from __future__ import annotations
 import numpy as np
 
 from ._jit import parallel_kernel, prange
-from ._taps import add_taps, add_taps4, tap_dots4
+from ._taps import add_taps, add_taps4, tap_dots4_by5
 
 _ROWS = 96  # input rows per task: about 300 KB of a 784-wide float32 input, so it stays in L2 cache
 _BLOCK_ROWS, _MAX_BLOCKS = 4 * _ROWS, 16  # the weight gradient's partial sums: their number depends on
@@ -43,7 +43,7 @@ def _forward(x, w, b, y):
         out = np.empty((4, n_out), dtype=x.dtype)
         for r0 in range(task * _ROWS, min(n, (task + 1) * _ROWS), 4):
             last = min(r0 + 3, n - 1)  # a short last group repeats its last row
-            tap_dots4(out, x[r0], x[min(r0 + 1, last)], x[min(r0 + 2, last)], x[last], flat, n_in)
+            tap_dots4_by5(out, x[r0], x[min(r0 + 1, last)], x[min(r0 + 2, last)], x[last], flat, n_in)
             for r in range(last + 1 - r0):
                 for o in range(n_out):
                     y[r0 + r, o] = out[r, o] + b[o]
