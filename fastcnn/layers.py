@@ -222,7 +222,7 @@ class MaxPool2D(_Pool2D):
         return y
 
     def backward(self, grad):
-        return F.max_pool2d_backward(grad, self._cached("_argmax"), self._input_shape, backend=self.backend)
+        return F._max_pool2d_backward(grad, self._cached("_argmax"), self._input_shape, self.backend, check_range=False)
 
 
 class AvgPool2D(_Pool2D):
