@@ -10,7 +10,8 @@ from pathlib import Path
 
 import numpy as np
 
-from . import __version__, _files, datasets, dispatch, models, threads
+from . import __version__, _files, _warmup, datasets, dispatch, models, threads
+from . import functional as F
 from .kernels import _jit
 
 
@@ -85,10 +86,16 @@ def _train(args, parser) -> int:
           f"({recipe.optimizer} lr {recipe.lr:g}, batch {recipe.batch_size}, {recipe.epochs} epochs; "
           f"backend {dispatch.get_backend()}, {threads.get_num_threads()} threads)")
     print(model.summary())
+    helper = _warmup.start(model, recipe.batch_size)  # on a cold cache, two processes compile at once
+    try:  # meanwhile, the forward pass and the loss, on a whole batch and on the epoch's last one
+        warm = recipe.batch_size + len(x) % recipe.batch_size
+        F.softmax_cross_entropy(model.predict(x[:warm], batch_size=recipe.batch_size), y[:warm])
+    finally:
+        _warmup.finish(helper)
     # With --plot the test set is scored after every epoch too, for the training curves.
     history = model.fit(x, y, seed=args.seed, verbose=0 if args.quiet else 1,
                         validation_data=(xt, yt) if args.plot else None, **recipe.fit_kwargs())
-    predicted = model.predict(xt).argmax(axis=1)
+    predicted = model.predict(xt, batch_size=recipe.batch_size).argmax(axis=1)  # no new shapes to measure
     accuracy = float((predicted == yt).mean())
     model.save(args.out)
     elapsed = time.perf_counter() - start

@@ -94,3 +94,19 @@ def test_bad_arguments_are_clear_errors(trained, tmp_path, capsys):
 def test_info_and_module_entry_point():
     out = subprocess.run([sys.executable, "-m", "fastcnn", "info"], capture_output=True, text=True, check=True).stdout
     assert "threading layer" in out and "numpy" in out and "dispatch decisions" in out
+
+
+def test_warmup_hands_the_conv_gradients_of_a_model_to_another_process():
+    from fastcnn import _warmup, models
+    from fastcnn.kernels import _jit
+
+    model = models.lenet(seed=0)
+    calls = _warmup._conv_gradient_calls(model, 64)
+    assert [c["x"] for c in calls] == [(64, 1, 28, 28), (64, 8, 13, 13)]
+    assert [c["input_grad"] for c in calls] == [False, True]  # the first layer needs no input gradient
+    with dispatch.use_backend("numpy"):
+        assert _warmup.start(model, 2) is None
+    if not _jit.NUMBA_AVAILABLE:
+        return
+    helper = _warmup.start(model, 2)
+    assert helper.wait(300) == 0  # it compiled (or loaded) both layers' gradient kernels without error
