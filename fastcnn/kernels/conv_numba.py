@@ -83,6 +83,12 @@ def _fill_runs(a, runs, hp, wp, head):
         runs[ch, start + h * wp : end] = 0
 
 
+def _reach(kh, kw, wp, dh, dw):
+    """How far a kernel's shifted reads reach along a run: the zeros the input's runs need after them
+    (the forward pass, the weight gradient) and the output gradient's runs before them (the input gradient)."""
+    return (kh - 1) * dh * wp + (kw - 1) * dw
+
+
 @parallel_kernel
 def _conv_wide(xr, w, b, yr, y, hp, wp, dh, dw):
     """Stride-1 forward pass in the wide layout (see the module docstring): runs ``xr`` -> ``y``."""
@@ -126,15 +132,10 @@ def conv2d_forward(xp, w, b, sh, sw, dh, dw, oh, ow):
         return sized(_conv_strided, work)(xp, w, b, sh, sw, dh, dw, oh, ow)
     n, _, hp, wp = xp.shape
     c_out, _, kh, kw = w.shape
-    xr = _runs(xp, hp, wp, "input runs", tail=(kh - 1) * dh * wp + (kw - 1) * dw)
+    xr = _runs(xp, hp, wp, "input runs", tail=_reach(kh, kw, wp, dh, dw))
     y = np.empty((n, c_out, oh, ow), dtype=xp.dtype)
     sized(_conv_wide, work)(xr, w, b, scratch("wide out", (c_out, n * hp * wp), xp.dtype), y, hp, wp, dh, dw)
     return y
-
-
-def _grad_head(kh, kw, wp, dh, dw):
-    """The zeros before the output gradient's runs: as far back as the input gradient's shifted reads reach."""
-    return (kh - 1) * dh * wp + (kw - 1) * dw
 
 
 @parallel_kernel
@@ -205,9 +206,10 @@ def conv2d_grad_weight(gy, xp, kh, kw, sh, sw, dh, dw):
     if sh != 1 or sw != 1:
         return sized(_grad_weight_strided, work)(gy, xp, kh, kw, sh, sw, dh, dw), channel_sums(gy)
     hp, wp = xp.shape[2:]
-    xr = _runs(xp, hp, wp, "input runs", tail=(kh - 1) * dh * wp + (kw - 1) * dw)
-    head = _grad_head(kh, kw, wp, dh, dw)  # the input gradient's layout, so the two share the runs
-    return sized(_grad_weight_wide, work)(_runs(gy, hp, wp, "grad runs", head=head), head, xr, kh, kw, wp, dh, dw)
+    reach = _reach(kh, kw, wp, dh, dw)
+    xr = _runs(xp, hp, wp, "input runs", tail=reach)
+    gr = _runs(gy, hp, wp, "grad runs", head=reach)  # the input gradient's layout, so the two share the runs
+    return sized(_grad_weight_wide, work)(gr, reach, xr, kh, kw, wp, dh, dw)
 
 
 @parallel_kernel
@@ -262,7 +264,7 @@ def conv2d_grad_input(gy, w, hp, wp, sh, sw, dh, dw):
     if sh != 1 or sw != 1:
         return sized(_grad_input_strided, work)(gy, w, hp, wp, sh, sw, dh, dw)
     n, c_in, kh, kw = gy.shape[0], w.shape[1], w.shape[2], w.shape[3]
-    head = _grad_head(kh, kw, wp, dh, dw)
+    head = _reach(kh, kw, wp, dh, dw)
     gr = _runs(gy, hp, wp, "grad runs", head=head)
     grad_xp = np.empty((n, c_in, hp, wp), dtype=gy.dtype)
     sized(_grad_input_wide, work)(gr, head, w, scratch("wide out", (c_in, n * hp * wp), gy.dtype), grad_xp, dh, dw)
