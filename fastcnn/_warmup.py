@@ -54,20 +54,18 @@ def _conv_gradient_calls(model, batch_size: int) -> list[dict]:
         return []
     shapes = [tuple(model.input_shape)] + model.output_shapes()
     first = next((i for i, layer in enumerate(model.layers) if layer.params), None)
-    return [dict(x=(batch_size,) + shapes[i], weight=layer.params["weight"].shape, stride=layer.stride,
-                 padding=layer.padding, dilation=layer.dilation, input_grad=i != first, dtype=model.dtype.str)
+    return [dict(x=(batch_size,) + shapes[i], y=(batch_size,) + shapes[i + 1], weight=layer.params["weight"].shape,
+                 stride=layer.stride, padding=layer.padding, dilation=layer.dilation, input_grad=i != first,
+                 dtype=model.dtype.str)
             for i, layer in enumerate(model.layers) if isinstance(layer, Conv2D)]
 
 
 def _compile(calls: list[dict]) -> None:
     from . import functional as F
-    from .kernels._shapes import conv_geometry
 
     for c in calls:
-        x, weight = np.zeros(c["x"], c["dtype"]), np.zeros(c["weight"], c["dtype"])
+        x, grad_y, weight = (np.zeros(c[k], c["dtype"]) for k in ("x", "y", "weight"))
         params = {k: c[k] if isinstance(c[k], str) else tuple(c[k]) for k in ("stride", "padding", "dilation")}
-        out_hw = conv_geometry(x.shape, weight.shape, *params.values()).out_hw
-        grad_y = np.zeros((x.shape[0], weight.shape[0]) + out_hw, x.dtype)
         F.conv2d_backward(grad_y, x, weight, **params, input_grad=c["input_grad"], backend="numba")
 
 
