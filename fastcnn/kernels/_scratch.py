@@ -14,6 +14,7 @@ from typing import Callable
 import numpy as np
 
 _KEEP_BYTES = 1 << 28  # larger temporaries are allocated afresh on every call, not kept
+_ALIGN = 64  # bytes: a kept buffer starts on a cache line, as the kernels' vector loads assume for speed
 _local = threading.local()
 
 
@@ -88,5 +89,7 @@ def _buffer(role: str, shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray:
         buffers = _local.buffers = {}
     buf = buffers.get(role)
     if buf is None or buf.nbytes < nbytes:
-        buf = buffers[role] = np.empty(nbytes, np.uint8)
+        raw = np.empty(nbytes + _ALIGN, np.uint8)
+        start = -raw.__array_interface__["data"][0] % _ALIGN
+        buf = buffers[role] = raw[start : start + nbytes]
     return buf[:nbytes].view(dtype).reshape(shape)

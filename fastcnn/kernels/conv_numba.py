@@ -2,11 +2,13 @@
 
 Stride 1 works in a "wide", channel-major layout: each channel of the whole batch is one flat run of
 ``N * Hp * Wp`` values, and output pixel ``(s, r, q)`` sits at flat position ``s*Hp*Wp + r*Wp + q`` in
-the output run, so kernel element ``(i, j)`` reads the input run shifted by ``i*dh*Wp + j*dw``. Every
-(channel, kernel row) term is then one long contiguous multiply-add that LLVM vectorises; positions
-that are not real output pixels (the last columns and rows of each sample) are scratch, dropped from
-the output and zero in the gradient. The runs are cut into cache-sized blocks, which are also the
-parallel tasks. Other strides run row by row.
+the output run, so kernel element ``(i, j)`` reads the input run shifted by ``i*dh*Wp + j*dw``. The
+forward pass and the input gradient are then sums of shifted runs times weights, computed a register
+tile of output channels by positions at a time, and the weight gradient is dot products of runs with
+shifted runs, a tile of output channels by taps at a time (see :mod:`._tiles`). Positions that are
+not real output pixels (the last columns and rows of each sample, and the padding to whole tiles) are
+scratch, dropped from the output and zero in the gradient. The runs are cut into cache-sized blocks,
+which are also the parallel tasks. Other strides run row by row.
 
 Every parallel loop writes a disjoint slice of its output, so there are no races and the result does
 not depend on the thread count. The public entry points pick the stride-1 or the general kernel in
@@ -16,42 +18,69 @@ which asks the kernel for huge pages (far fewer page faults than Numba's own all
 from __future__ import annotations
 
 import numpy as np
+from numba.extending import register_jitable
 
 from ._blas import channel_sums
 from ._jit import kernel_helper, parallel_kernel, prange, sized
 from ._scratch import derived, scratch
-from ._taps import add_tap_dots, add_taps, add_taps4, tap_dots4
+from ._tiles import DOT_COLS, DOT_ROWS, ROWS, dot_tile, lanes, store_tile, tile_width
 
-_BLOCK = 2048  # values per block of a run: the accumulator stays in L1 cache
+_BLOCK = 2304  # values per block of a run (a whole number of tiles and vectors): one parallel task's share
+_TAPS_PER_PASS = 144  # a pass's weights, 8 rows of 144 float32 (4.5 KiB), stay in L1 cache
+_GRAD_TASKS = 16  # the weight gradient's tasks, at most: enough to balance two to four threads
+
+
+@register_jitable
+def _whole(n, step):
+    """``n`` rounded up to a multiple of ``step``."""
+    return -(-n // step) * step
 
 
 @kernel_helper
-def _correlate_group(out, b, runs, o0, o1, lo, hi, base, row_step, taps, dw):
-    """Block ``[lo, hi)`` of output runs ``o0 <= o < o1`` (at most four):
-    ``out[o, lo + p] = b[o] + sum over (c, i, j) of taps[o, c, i, j] * runs[c, base + i*row_step + j*dw + p]``.
-
-    Shared by the forward pass and the input gradient (which reads its runs backwards by rows).
-    """
-    n_in, kh = taps.shape[1], taps.shape[2]
-    for o in range(o0, o1):
-        out[o, lo:hi] = b[o]
-    if o1 - o0 == 4:
-        a0, a1, a2, a3 = out[o0, lo:hi], out[o0 + 1, lo:hi], out[o0 + 2, lo:hi], out[o0 + 3, lo:hi]
-        for c in range(n_in):
+def _tap_matrix(w, rows, flip):
+    """The weight (C_out, C_in, kH, kW) as a (rows, C_in*kH*kW) matrix, the rows past the last
+    channel zero. ``flip`` gives the input gradient's: a row per input channel, each kernel row reversed."""
+    c_out, c_in, kh, kw = w.shape
+    n_rows, n_cols = (c_in, c_out) if flip else (c_out, c_in)
+    taps = np.zeros((rows, n_cols * kh * kw), dtype=w.dtype)
+    for r in range(n_rows):
+        for c in range(n_cols):
             for i in range(kh):
-                add_taps4(a0, a1, a2, a3, runs[c, base + i * row_step :], taps[o0:o1, c, i], dw)
-    else:
-        for o in range(o0, o1):
-            for c in range(n_in):
-                for i in range(kh):
-                    add_taps(out[o, lo:hi], runs[c, base + i * row_step :], taps[o, c, i], dw)
+                for j in range(kw):
+                    taps[r, (c * kh + i) * kw + j] = w[c, r, i, kw - 1 - j] if flip else w[r, c, i, j]
+    return taps
 
 
 @kernel_helper
-def _copy(dst, src):
-    """``dst[p] = src[p]`` for every ``p < len(dst)`` (a vectorised row copy)."""
+def _tap_offsets(channels, kh, kw, run, base, row_step, dw):
+    """Where tap ``(c, i, j)`` reads in the flattened runs: ``c*run + base + i*row_step + j*dw``."""
+    offsets = np.empty(channels * kh * kw, dtype=np.int64)
+    for c in range(channels):
+        for i in range(kh):
+            for j in range(kw):
+                offsets[(c * kh + i) * kw + j] = c * run + base + i * row_step + j * dw
+    return offsets
+
+
+@kernel_helper
+def _correlate_block(out, taps, runs, offsets, task):
+    """Block ``task`` of every row of ``out``, a register tile at a time (see :func:`._tiles.store_tile`),
+    in passes of at most :data:`_TAPS_PER_PASS` taps, so that a pass's weights stay in L1 cache."""
+    rows, total = out.shape
+    n_taps = taps.shape[1]
+    per_pass = -(-n_taps // -(-n_taps // _TAPS_PER_PASS))
+    flat = runs.reshape(runs.size)
+    for r0 in range(0, rows, ROWS):
+        for t0 in range(0, n_taps, per_pass):
+            for p in range(task * _BLOCK, min(total, (task + 1) * _BLOCK), tile_width(out.itemsize)):
+                store_tile(out, taps, r0, p, flat, offsets, t0, min(t0 + per_pass, n_taps))
+
+
+@kernel_helper
+def _copy(dst, src, plus):
+    """``dst[p] = src[p] + plus`` for every ``p < len(dst)`` (a vectorised row copy)."""
     for p in range(dst.shape[0]):
-        dst[p] = src[p]
+        dst[p] = src[p] + plus
 
 
 def _runs(a, hp, wp, role, head=0, tail=0):
@@ -73,11 +102,11 @@ def _fill_runs(a, runs, hp, wp, head):
         if s == 0:
             runs[ch, :head] = 0
         if w == wp:  # no scratch columns: the plane is one run
-            _copy(runs[ch, start : start + h * w], a[s, ch].reshape(h * w))
+            _copy(runs[ch, start : start + h * w], a[s, ch].reshape(h * w), 0)
         else:
             for r in range(h):
                 row = start + r * wp
-                _copy(runs[ch, row : row + w], a[s, ch, r])
+                _copy(runs[ch, row : row + w], a[s, ch, r], 0)
                 runs[ch, row + w : row + wp] = 0
         end = start + plane if s < n - 1 else runs.shape[1]
         runs[ch, start + h * wp : end] = 0
@@ -89,19 +118,38 @@ def _reach(kh, kw, wp, dh, dw):
     return (kh - 1) * dh * wp + (kw - 1) * dw
 
 
+def _input_runs(xp, kh, kw, dh, dw):
+    """The runs of the padded input: the forward pass's and the weight gradient's layout, with whole
+    tiles of positions (see :func:`._tiles.tile_width`) and the zeros the shifted reads reach after them."""
+    n, _, hp, wp = xp.shape
+    pad = _whole(n * hp * wp, tile_width(xp.itemsize)) - n * hp * wp
+    return _runs(xp, hp, wp, "input runs", tail=pad + _reach(kh, kw, wp, dh, dw))
+
+
+def _grad_runs(gy, kh, kw, hp, wp, dh, dw):
+    """The runs of the output gradient, laid out as the padded input (whole tiles of positions), and
+    where they start: after a head of zeros that the input gradient's reads reach back into, rounded
+    up to whole vectors so that the weight gradient's loads of them are aligned. Returns (runs, head)."""
+    n = gy.shape[0]
+    head = _whole(_reach(kh, kw, wp, dh, dw), lanes(gy.itemsize))
+    pad = _whole(n * hp * wp, tile_width(gy.itemsize)) - n * hp * wp
+    return _runs(gy, hp, wp, "grad runs", head=head, tail=pad), head
+
+
 @parallel_kernel
 def _conv_wide(xr, w, b, yr, y, hp, wp, dh, dw):
-    """Stride-1 forward pass in the wide layout (see the module docstring): runs ``xr`` -> ``y``."""
-    c_out, total = yr.shape
+    """Stride-1 forward pass in the wide layout (see the module docstring): runs ``xr`` -> ``yr``,
+    whole tiles of rows and columns (the padding is dropped) -> ``y``."""
+    c_out, c_in, kh, kw = w.shape
     oh = y.shape[2]
-    blocks, groups = (total + _BLOCK - 1) // _BLOCK, (c_out + 3) // 4
-    for task in prange(groups * blocks):
-        g, b0 = task // blocks, (task % blocks) * _BLOCK
-        _correlate_group(yr, b, xr, 4 * g, min(4 * g + 4, c_out), b0, min(b0 + _BLOCK, total), b0, dh * wp, w, dw)
+    taps = _tap_matrix(w, yr.shape[0], False)
+    offsets = _tap_offsets(c_in, kh, kw, xr.shape[1], 0, dh * wp, dw)
+    for task in prange(-(-yr.shape[1] // _BLOCK)):
+        _correlate_block(yr, taps, xr, offsets, task)
     for task in prange(y.shape[0] * c_out):
         s, co = task // c_out, task % c_out
         for r in range(oh):
-            _copy(y[s, co, r], yr[co, s * hp * wp + r * wp :])
+            _copy(y[s, co, r], yr[co, s * hp * wp + r * wp :], b[co])
 
 
 @parallel_kernel
@@ -132,51 +180,78 @@ def conv2d_forward(xp, w, b, sh, sw, dh, dw, oh, ow):
         return sized(_conv_strided, work)(xp, w, b, sh, sw, dh, dw, oh, ow)
     n, _, hp, wp = xp.shape
     c_out, _, kh, kw = w.shape
-    xr = _runs(xp, hp, wp, "input runs", tail=_reach(kh, kw, wp, dh, dw))
     y = np.empty((n, c_out, oh, ow), dtype=xp.dtype)
-    sized(_conv_wide, work)(xr, w, b, scratch("wide out", (c_out, n * hp * wp), xp.dtype), y, hp, wp, dh, dw)
+    yr = scratch("wide out", (_whole(c_out, ROWS), _whole(n * hp * wp, tile_width(xp.itemsize))), xp.dtype)
+    sized(_conv_wide, work)(_input_runs(xp, kh, kw, dh, dw), w, b, yr, y, hp, wp, dh, dw)
     return y
 
 
 @parallel_kernel
 def _grad_weight_wide(gr, head, xr, kh, kw, wp, dh, dw):
     """Stride-1 weight and bias gradients in the wide layout: dot products of the runs ``gr`` (of the
-    output gradient, from ``head`` on) and ``xr`` (of the input), for four output channels and one input
-    channel per task; the tasks of input channel 0 also sum the runs (their scratch positions are 0)."""
-    c_out, total = gr.shape[0], gr.shape[1] - head
+    output gradient, from ``head`` on) and ``xr`` (of the input), a register tile of output channels by
+    taps at a time (see :func:`._tiles.dot_tile`).
+
+    A task is a group of output channels and a share of the blocks, for every input channel, so each
+    block of the runs is read from memory once per group; the input channel 0 pass also sums the runs
+    for the bias (their scratch positions are 0). The shares are fixed by the shapes, so the result does
+    not depend on the thread count.
+    """
+    c_out, length = gr.shape[0], gr.shape[1] - head
     c_in = xr.shape[0]
+    n_taps = kh * kw
+    tap_shift = np.empty(_whole(n_taps, DOT_COLS), dtype=np.int64)  # the last tap repeated to whole tiles
+    for t in range(tap_shift.size):
+        k = min(t, n_taps - 1)
+        tap_shift[t] = (k // kw) * dh * wp + (k % kw) * dw
+    groups, blocks = -(-c_out // DOT_ROWS), -(-length // _BLOCK)
+    per_task = max(1, c_in * groups // _GRAD_TASKS)  # input channels
+    chunks = -(-c_in // per_task)
+    shares = max(1, min(blocks // 4, _GRAD_TASKS // (groups * chunks)))  # of the blocks, 4 or more each
+    sums = np.zeros((shares, groups * DOT_ROWS, c_in, tap_shift.size))  # float64 across blocks
+    bias = np.zeros((shares, groups * DOT_ROWS))
+    g_flat, x_flat = gr.reshape(gr.size), xr.reshape(xr.size)
+    for task in prange(groups * chunks * shares):
+        g, chunk, share = task // (chunks * shares), (task // shares) % chunks, task % shares
+        o0, c0, c1 = g * DOT_ROWS, chunk * per_task, min(c_in, (chunk + 1) * per_task)
+        part = np.empty((DOT_ROWS, DOT_COLS), dtype=gr.dtype)
+        mine = np.zeros((DOT_ROWS, c1 - c0, tap_shift.size))  # this task's own: no cache line shared with another task
+        mine_b = np.zeros(DOT_ROWS)
+        g_starts = np.empty(DOT_ROWS, dtype=np.int64)
+        x_starts = np.empty(DOT_COLS, dtype=np.int64)
+        for blk in range(share * blocks // shares, (share + 1) * blocks // shares):
+            b0, b1 = blk * _BLOCK, min(length, (blk + 1) * _BLOCK)
+            for a in range(DOT_ROWS):
+                g_starts[a] = min(o0 + a, c_out - 1) * gr.shape[1] + head + b0
+                if chunk == 0:
+                    mine_b[a] += gr[min(o0 + a, c_out - 1), head + b0 : head + b1].sum()
+            for ci in range(c0, c1):
+                for t0 in range(0, tap_shift.size, DOT_COLS):
+                    for c in range(DOT_COLS):
+                        x_starts[c] = ci * xr.shape[1] + tap_shift[t0 + c] + b0
+                    dot_tile(part, g_flat, g_starts, x_flat, x_starts, b1 - b0)
+                    for a in range(DOT_ROWS):
+                        for c in range(DOT_COLS):
+                            mine[a, ci - c0, t0 + c] += part[a, c]
+        for a in range(min(DOT_ROWS, c_out - o0)):
+            if chunk == 0:
+                bias[share, o0 + a] = mine_b[a]
+            for ci in range(c0, c1):
+                for t in range(n_taps):
+                    sums[share, o0 + a, ci, t] = mine[a, ci - c0, t]
     grad_w = np.empty((c_out, c_in, kh, kw), dtype=gr.dtype)
     grad_b = np.empty(c_out, dtype=gr.dtype)
-    groups = (c_out + 3) // 4
-    for task in prange(groups * c_in):
-        g, ci = task // c_in, task % c_in
-        o0, o1 = 4 * g, min(4 * g + 4, c_out)
-        sums = np.zeros((4, kh, kw), dtype=np.float64)  # float64 across blocks
-        bias = np.zeros(4, dtype=np.float64)
-        part = np.empty((4, kw), dtype=gr.dtype)
-        for b0 in range(0, total, _BLOCK):
-            b1 = min(b0 + _BLOCK, total)
-            if ci == 0:
-                for o in range(o1 - o0):
-                    bias[o] += gr[o0 + o, head + b0 : head + b1].sum()
-            for i in range(kh):
-                src = xr[ci, b0 + i * dh * wp :]
-                if o1 - o0 == 4:
-                    g0, g1, g2, g3 = gr[o0, head:], gr[o0 + 1, head:], gr[o0 + 2, head:], gr[o0 + 3, head:]
-                    tap_dots4(part, g0[b0:b1], g1[b0:b1], g2[b0:b1], g3[b0:b1], src, dw)
-                else:
-                    for o in range(o1 - o0):
-                        part[o, :] = 0
-                        add_tap_dots(part[o], gr[o0 + o, head + b0 : head + b1], src, dw)
-                for o in range(o1 - o0):
-                    for j in range(kw):
-                        sums[o, i, j] += part[o, j]
-        for o in range(o1 - o0):
-            for i in range(kh):
-                for j in range(kw):
-                    grad_w[o0 + o, ci, i, j] = sums[o, i, j]
-            if ci == 0:
-                grad_b[o0 + o] = bias[o]
+    for o in range(c_out):  # loops: an array expression here would be a parallel loop of its own
+        total = 0.0
+        for share in range(shares):
+            total += bias[share, o]
+        grad_b[o] = total
+        for ci in range(c_in):
+            for t in range(n_taps):
+                total = 0.0
+                for share in range(shares):
+                    total += sums[share, o, ci, t]
+                grad_w[o, ci, t // kw, t % kw] = total
     return grad_w, grad_b
 
 
@@ -205,11 +280,9 @@ def conv2d_grad_weight(gy, xp, kh, kw, sh, sw, dh, dw):
     work = gy.size * xp.shape[1] * kh * kw
     if sh != 1 or sw != 1:
         return sized(_grad_weight_strided, work)(gy, xp, kh, kw, sh, sw, dh, dw), channel_sums(gy)
-    hp, wp = xp.shape[2:]
-    reach = _reach(kh, kw, wp, dh, dw)
-    xr = _runs(xp, hp, wp, "input runs", tail=reach)
-    gr = _runs(gy, hp, wp, "grad runs", head=reach)  # the input gradient's layout, so the two share the runs
-    return sized(_grad_weight_wide, work)(gr, reach, xr, kh, kw, wp, dh, dw)
+    hp, wp = xp.shape[2], xp.shape[3]
+    gr, head = _grad_runs(gy, kh, kw, hp, wp, dh, dw)
+    return sized(_grad_weight_wide, work)(gr, head, _input_runs(xp, kh, kw, dh, dw), kh, kw, wp, dh, dw)
 
 
 @parallel_kernel
@@ -221,22 +294,13 @@ def _grad_input_wide(gr, head, w, xr, grad_xp, dh, dw):
     """
     n, c_in, hp, wp = grad_xp.shape
     c_out, kh, kw = w.shape[0], w.shape[2], w.shape[3]
-    total = n * hp * wp
-    taps = np.empty((c_in, c_out, kh, kw), dtype=w.dtype)  # each kernel row reversed
-    for ci in range(c_in):
-        for co in range(c_out):
-            for i in range(kh):
-                for j in range(kw):
-                    taps[ci, co, i, j] = w[co, ci, i, kw - 1 - j]
-    zero = np.zeros(c_in, dtype=xr.dtype)
-    blocks, groups = (total + _BLOCK - 1) // _BLOCK, (c_in + 3) // 4
-    for task in prange(groups * blocks):
-        g, b0 = task // blocks, (task % blocks) * _BLOCK
-        _correlate_group(xr, zero, gr, 4 * g, min(4 * g + 4, c_in), b0, min(b0 + _BLOCK, total),
-                         head + b0 - (kw - 1) * dw, -dh * wp, taps, dw)
+    taps = _tap_matrix(w, xr.shape[0], True)
+    offsets = _tap_offsets(c_out, kh, kw, gr.shape[1], head - (kw - 1) * dw, -dh * wp, dw)
+    for task in prange(-(-xr.shape[1] // _BLOCK)):
+        _correlate_block(xr, taps, gr, offsets, task)
     for task in prange(n * c_in):
         s, ci = task // c_in, task % c_in
-        _copy(grad_xp[s, ci].reshape(hp * wp), xr[ci, s * hp * wp :])
+        _copy(grad_xp[s, ci].reshape(hp * wp), xr[ci, s * hp * wp :], 0)
 
 
 @parallel_kernel
@@ -264,8 +328,8 @@ def conv2d_grad_input(gy, w, hp, wp, sh, sw, dh, dw):
     if sh != 1 or sw != 1:
         return sized(_grad_input_strided, work)(gy, w, hp, wp, sh, sw, dh, dw)
     n, c_in, kh, kw = gy.shape[0], w.shape[1], w.shape[2], w.shape[3]
-    head = _reach(kh, kw, wp, dh, dw)
-    gr = _runs(gy, hp, wp, "grad runs", head=head)
+    gr, head = _grad_runs(gy, kh, kw, hp, wp, dh, dw)
     grad_xp = np.empty((n, c_in, hp, wp), dtype=gy.dtype)
-    sized(_grad_input_wide, work)(gr, head, w, scratch("wide out", (c_in, n * hp * wp), gy.dtype), grad_xp, dh, dw)
+    wide = scratch("wide out", (_whole(c_in, ROWS), gr.shape[1] - head), gy.dtype)
+    sized(_grad_input_wide, work)(gr, head, w, wide, grad_xp, dh, dw)
     return grad_xp

@@ -1,0 +1,158 @@
+"""Register tiles: the innermost loops of the convolutions, written as LLVM vector code.
+
+LLVM's loop vectoriser keeps running sums in registers only as the reductions of an innermost loop.
+A convolution's forward pass and input gradient want an outer product instead: a tile of :data:`ROWS`
+output rows by :data:`VECTORS` SIMD vectors of output positions, summed over every tap while all of it
+stays in registers, and written once (:func:`store_tile`). Python loops cannot say that, so these
+Numba intrinsics emit the loop directly: vector loads, broadcasts and ``llvm.fma`` on
+``<lanes x float>``. The weight gradient's dot products (:func:`dot_tile`) keep a fixed tile of
+:data:`DOT_ROWS` by :data:`DOT_COLS` vector sums the same way. A vector is 64 bytes (:func:`lanes`):
+one AVX-512 register; LLVM splits it into two or four registers on CPUs with narrower vectors, so
+the tiles are correct everywhere.
+
+The intrinsics are inlined into the kernel that calls them. They read whole vectors, so callers pad
+their arrays (see each function) and drop what lands in the padding.
+"""
+from __future__ import annotations
+
+from llvmlite import ir
+from numba import types
+from numba.core import cgutils
+from numba.extending import intrinsic, register_jitable
+
+ROWS, VECTORS = 8, 3  # 24 accumulators, 3 loads and 8 broadcasts per tap: measured best of 4x4 .. 16x1
+DOT_ROWS, DOT_COLS = 4, 3  # the weight gradient's tile, 4 output channels by 3 taps: measured best of 2x3 .. 12x3
+
+
+@register_jitable
+def lanes(itemsize: int) -> int:
+    """Values per 64-byte vector: 16 float32 or 8 float64."""
+    return 64 // itemsize
+
+
+@register_jitable
+def tile_width(itemsize: int) -> int:
+    """Output positions per :func:`store_tile`: 48 float32 or 24 float64."""
+    return VECTORS * lanes(itemsize)
+
+
+def _float_arrays(*arrays) -> bool:
+    dtypes = {a.dtype for a in arrays if isinstance(a, types.Array)}
+    return len(dtypes) == 1 and dtypes <= {types.float32, types.float64} and all(isinstance(a, types.Array) for a in arrays)
+
+
+def _vector_ops(context, builder, dtype):
+    """For ``dtype``: the lanes per vector, a zero vector, ``llvm.fma``, a broadcast, and a vector load
+    and store at an element index (aligned to the element only)."""
+    fty = context.get_value_type(dtype)
+    itemsize = context.get_abi_sizeof(fty)
+    n = lanes(itemsize)
+    vty = ir.VectorType(fty, n)
+    fma = cgutils.get_or_insert_function(builder.module, ir.FunctionType(vty, [vty, vty, vty]),
+                                         f"llvm.fma.v{n}{'f32' if n == 16 else 'f64'}")
+    mask = ir.Constant(ir.VectorType(ir.IntType(32), n), [0] * n)
+
+    def splat(value):
+        one = builder.insert_element(ir.Constant(vty, ir.Undefined), value, ir.Constant(ir.IntType(32), 0))
+        return builder.shuffle_vector(one, ir.Constant(vty, ir.Undefined), mask)
+
+    def load(data, index):
+        return builder.load(builder.bitcast(builder.gep(data, [index]), vty.as_pointer()), align=itemsize)
+
+    def store(value, data, index):
+        builder.store(value, builder.bitcast(builder.gep(data, [index]), vty.as_pointer()), align=itemsize)
+
+    return n, ir.Constant(vty, [ir.Constant(fty, 0.0)] * n), fma, splat, load, store
+
+
+def _int(value: int):
+    return ir.Constant(ir.IntType(64), value)
+
+
+@intrinsic
+def store_tile(typingctx, out, w, row, col, src, offsets, first, stop):
+    """``out[row + r, col + q] = sum(w[row + r, t] * src[offsets[t] + col + q] for first <= t < stop)``
+    for ``r < ROWS`` and ``q < VECTORS * lanes``; with ``first > 0`` the sum is added to ``out`` instead.
+
+    ``out`` and ``w`` are C-contiguous 2-D arrays, ``src`` 1-D, ``offsets`` int64: tap ``t`` of row
+    ``r`` weighs ``src`` shifted by ``offsets[t]``. The caller keeps every read and write in bounds.
+    """
+    if not (_float_arrays(out, w, src) and out.ndim == w.ndim == 2 and src.ndim == 1
+            and isinstance(offsets, types.Array) and offsets.dtype == types.int64):
+        return None
+    sig = types.void(out, w, types.intp, types.intp, src, offsets, types.intp, types.intp)
+
+    def codegen(context, builder, signature, args):
+        out_t, w_t, _, _, src_t, offsets_t, _, _ = signature.args
+        out_a, w_a = context.make_array(out_t)(context, builder, args[0]), context.make_array(w_t)(context, builder, args[1])
+        src_a = context.make_array(src_t)(context, builder, args[4])
+        offsets_a = context.make_array(offsets_t)(context, builder, args[5])
+        row, col, first, stop = args[2], args[3], args[6], args[7]
+        n, zero, fma, splat, load, store = _vector_ops(context, builder, out_t.dtype)
+        out_width = cgutils.unpack_tuple(builder, out_a.shape, 2)[1]
+        n_taps = cgutils.unpack_tuple(builder, w_a.shape, 2)[1]
+        acc = [[cgutils.alloca_once_value(builder, zero) for _ in range(VECTORS)] for _ in range(ROWS)]
+        w_rows = [builder.mul(builder.add(row, _int(r)), n_taps) for r in range(ROWS)]
+        with cgutils.for_range_slice(builder, first, stop, _int(1)) as (t, _):
+            start = builder.add(builder.load(builder.gep(offsets_a.data, [t])), col)
+            xs = [load(src_a.data, builder.add(start, _int(n * v))) for v in range(VECTORS)]
+            for r in range(ROWS):
+                weight = splat(builder.load(builder.gep(w_a.data, [builder.add(w_rows[r], t)])))
+                for v in range(VECTORS):
+                    builder.store(builder.call(fma, [weight, xs[v], builder.load(acc[r][v])]), acc[r][v])
+        bases = [builder.add(builder.mul(builder.add(row, _int(r)), out_width), col) for r in range(ROWS)]
+        with builder.if_then(builder.icmp_signed(">", first, _int(0))):
+            for r in range(ROWS):
+                for v in range(VECTORS):
+                    at = builder.add(bases[r], _int(n * v))
+                    builder.store(builder.fadd(builder.load(acc[r][v]), load(out_a.data, at)), acc[r][v])
+        for r in range(ROWS):
+            for v in range(VECTORS):
+                store(builder.load(acc[r][v]), out_a.data, builder.add(bases[r], _int(n * v)))
+        return context.get_dummy_value()
+
+    return sig, codegen
+
+
+@intrinsic
+def dot_tile(typingctx, out, g, g_starts, x, x_starts, length):
+    """``out[a, b] = sum(g[g_starts[a] + k] * x[x_starts[b] + k] for k < length)`` for
+    ``a < DOT_ROWS`` and ``b < DOT_COLS``.
+
+    ``out`` is C-contiguous (DOT_ROWS, DOT_COLS); ``length`` is a multiple of ``lanes``.
+    """
+    if not (_float_arrays(out, g, x) and out.ndim == 2 and g.ndim == x.ndim == 1
+            and isinstance(g_starts, types.Array) and isinstance(x_starts, types.Array)
+            and g_starts.dtype == x_starts.dtype == types.int64):
+        return None
+    sig = types.void(out, g, g_starts, x, x_starts, types.intp)
+
+    def codegen(context, builder, signature, args):
+        out_t, g_t, gs_t, x_t, xs_t, _ = signature.args
+        out_a, g_a = context.make_array(out_t)(context, builder, args[0]), context.make_array(g_t)(context, builder, args[1])
+        gs_a, x_a = context.make_array(gs_t)(context, builder, args[2]), context.make_array(x_t)(context, builder, args[3])
+        xs_a = context.make_array(xs_t)(context, builder, args[4])
+        n, zero, fma, _, load, _ = _vector_ops(context, builder, out_t.dtype)
+        g_at = [builder.load(builder.gep(gs_a.data, [_int(a)])) for a in range(DOT_ROWS)]
+        x_at = [builder.load(builder.gep(xs_a.data, [_int(b)])) for b in range(DOT_COLS)]
+        acc = [[cgutils.alloca_once_value(builder, zero) for _ in range(DOT_COLS)] for _ in range(DOT_ROWS)]
+        with cgutils.for_range(builder, builder.udiv(args[5], _int(n))) as loop:
+            k = builder.mul(loop.index, _int(n))
+            xv = [load(x_a.data, builder.add(x_at[b], k)) for b in range(DOT_COLS)]
+            for a in range(DOT_ROWS):
+                gv = load(g_a.data, builder.add(g_at[a], k))
+                for b in range(DOT_COLS):
+                    builder.store(builder.call(fma, [gv, xv[b], builder.load(acc[a][b])]), acc[a][b])
+        for a in range(DOT_ROWS):
+            for b in range(DOT_COLS):
+                v, width = builder.load(acc[a][b]), n
+                while width > 1:  # add the two halves of the vector, down to one lane
+                    width //= 2
+                    halves = [ir.Constant(ir.VectorType(ir.IntType(32), width), list(range(h, h + width)))
+                              for h in (0, width)]
+                    v = builder.fadd(builder.shuffle_vector(v, v, halves[0]), builder.shuffle_vector(v, v, halves[1]))
+                total = builder.extract_element(v, ir.Constant(ir.IntType(32), 0))
+                builder.store(total, builder.gep(out_a.data, [_int(a * DOT_COLS + b)]))
+        return context.get_dummy_value()
+
+    return sig, codegen
