@@ -418,11 +418,11 @@ def dropout(x: np.ndarray, p: float, seed: int, *, backend: str | None = None) -
     return dispatch.run("dropout", (x.shape, x.dtype.char), args, backend)
 
 
-_THIN_OUTPUTS, _THIN_BATCH = 16, 1024  # Numba's linear kernels are for few outputs over many rows
+_THIN_OUTPUTS, _THIN_BATCH = 16, 1024  # Numba's forward pass is for few outputs over many rows
 
 
 def _blas_unless_thin(x, weight) -> str | None:
-    """``"numpy"`` (BLAS, unmeasured) for layers the Numba kernels are not built for, else None."""
+    """``"numpy"`` (BLAS, unmeasured) for a forward pass the Numba kernel is not built for, else None."""
     return None if weight.shape[0] <= _THIN_OUTPUTS and x.shape[0] >= _THIN_BATCH else "numpy"
 
 
@@ -444,7 +444,7 @@ def linear(x: np.ndarray, weight: np.ndarray, bias: np.ndarray | None = None, *,
     weight : ndarray, shape (out_features, in_features)
     bias : ndarray, shape (out_features,), optional
     backend : {"auto", "numba", "numpy"}, optional
-        ``numpy`` is BLAS; ``numba`` is for thin layers (few outputs, large batches).
+        ``numpy`` is BLAS; ``numba``'s forward pass is for thin layers (few outputs, large batches).
 
     Returns
     -------
@@ -482,9 +482,9 @@ def linear_backward(grad_y: np.ndarray, x: np.ndarray, weight: np.ndarray, *, in
     grad_y = check_grad("grad_y", grad_y, (x.shape[0], weight.shape[0]), x.dtype)
     if x.shape[0] == 0:
         return (np.zeros_like(x) if input_grad else None), np.zeros_like(weight), np.zeros(weight.shape[0], x.dtype)
-    signature, only = (x.shape, weight.shape, x.dtype.char), _blas_unless_thin(x, weight)
-    grad_w = dispatch.run("linear_grad_weight", signature, (grad_y, x), backend, only)
-    grad_x = dispatch.run("linear_grad_input", signature, (grad_y, weight), backend, only) if input_grad else None
+    signature = (x.shape, weight.shape, x.dtype.char)  # both backends are measured for every layer
+    grad_w = dispatch.run("linear_grad_weight", signature, (grad_y, x), backend)
+    grad_x = dispatch.run("linear_grad_input", signature, (grad_y, weight), backend) if input_grad else None
     return grad_x, grad_w, channel_sums(grad_y)
 
 

@@ -429,6 +429,18 @@ def test_linear_and_its_gradients_match_the_formulas(backend, rng, n, n_in, n_ou
     assert F.linear_backward(gy, x, w, input_grad=False, backend=backend)[0] is None
 
 
+@pytest.mark.parametrize("n, n_in, n_out", [(64, 400, 128), (33, 50, 9), (600, 96, 12)])
+def test_linear_gradients_in_float32(backend, rng, n, n_in, n_out):
+    """float32 register tiles (48 wide, against 24 in float64): whole tiles, padded rows, a remainder
+    column block, and a weight gradient summed in chunks of the batch."""
+    x, w = rng.standard_normal((n, n_in)), rng.standard_normal((n_out, n_in))
+    gy = rng.standard_normal((n, n_out))
+    gx, gw, _ = F.linear_backward(*(a.astype(np.float32) for a in (gy, x, w)), backend=backend)
+    assert gx.dtype == gw.dtype == np.float32
+    np.testing.assert_allclose(gx, gy @ w, rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(gw, gy.T @ x, rtol=1e-4, atol=1e-3)
+
+
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("n, k", [(1, 1), (7, 3), (3000, 10)])
 def test_softmax_cross_entropy_matches_the_naive_formula(backend, rng, dtype, n, k):

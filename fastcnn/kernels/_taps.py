@@ -1,10 +1,10 @@
-"""Multiply-add loops over shifted runs, shared by the convolution and dense-layer kernels.
+"""Multiply-add loops over shifted runs, for the dense layer's Numba kernels.
 
-A "tap" is one weight applied to a copy of a flat run shifted by ``j * step``: a kernel row of a
-convolution (``step`` = the dilation), or one sample of a dense layer's input (``step`` = the row
-length). The four-row variants share every load between four output rows (register blocking), and
-every helper does three taps per pass (:func:`tap_dots4_by5` five), so LLVM vectorises each pass
-into one long loop.
+A "tap" is one weight applied to a copy of a flat run shifted by ``j * step``: here one sample of a
+dense layer's input (``step`` = the row length). The four-row variants share every load between four
+output rows (register blocking), and every helper does three taps per pass (:func:`tap_dots4_by5`
+five), so LLVM vectorises each pass into one long loop. (The convolutions use the register tiles of
+:mod:`._tiles` instead.)
 """
 from __future__ import annotations
 
@@ -62,30 +62,6 @@ def add_taps4(a0, a1, a2, a3, src, taps, step):
 
 
 @kernel_helper
-def add_tap_dots(out, g, src, step):
-    """``out[j] += sum(g[p] * src[p + j * step] for p < len(g))`` for every tap ``j``, three per pass."""
-    j = 0
-    while j + 3 <= out.shape[0]:
-        s0, s1, s2 = src[j * step :], src[(j + 1) * step :], src[(j + 2) * step :]
-        d0, d1, d2 = g[0] * s0[0], g[0] * s1[0], g[0] * s2[0]
-        for p in range(1, g.shape[0]):
-            d0 += g[p] * s0[p]
-            d1 += g[p] * s1[p]
-            d2 += g[p] * s2[p]
-        out[j] += d0
-        out[j + 1] += d1
-        out[j + 2] += d2
-        j += 3
-    while j < out.shape[0]:
-        s0 = src[j * step :]
-        d0 = g[0] * s0[0]
-        for p in range(1, g.shape[0]):
-            d0 += g[p] * s0[p]
-        out[j] += d0
-        j += 1
-
-
-@kernel_helper
 def tap_dots4(out, g0, g1, g2, g3, src, step):
     """``out[o, j] = sum(g_o[p] * src[p + j * step] for p < len(g0))`` for four rows ``g_o`` at once,
     three taps per pass: twelve running sums share each load of ``src``."""
@@ -129,8 +105,7 @@ def tap_dots4(out, g0, g1, g2, g3, src, step):
 @kernel_helper
 def tap_dots4_by5(out, g0, g1, g2, g3, src, step):
     """:func:`tap_dots4` with five taps per pass (twenty running sums) while five remain, the rest by
-    :func:`tap_dots4`: a dense layer's ten outputs are two passes. Kept apart from :func:`tap_dots4`,
-    which the convolutions use with three taps, so that their kernels do not compile this loop too."""
+    :func:`tap_dots4`: a dense layer's ten outputs are two passes."""
     zero = g0.dtype.type(0)
     j = 0
     while j + 5 <= out.shape[1]:

@@ -70,9 +70,9 @@ def _int(value: int):
 
 
 @intrinsic
-def store_tile(typingctx, out, w, row, col, src, offsets, first, stop):
+def store_tile(typingctx, out, w, row, col, src, offsets, first, stop, add):
     """``out[row + r, col + q] = sum(w[row + r, t] * src[offsets[t] + col + q] for first <= t < stop)``
-    for ``r < ROWS`` and ``q < VECTORS * lanes``; with ``first > 0`` the sum is added to ``out`` instead.
+    for ``r < ROWS`` and ``q < VECTORS * lanes``; with ``add`` true the sum is added to ``out`` instead.
 
     ``out`` and ``w`` are C-contiguous 2-D arrays, ``src`` 1-D, ``offsets`` int64: tap ``t`` of row
     ``r`` weighs ``src`` shifted by ``offsets[t]``. The caller keeps every read and write in bounds.
@@ -80,10 +80,10 @@ def store_tile(typingctx, out, w, row, col, src, offsets, first, stop):
     if not (_float_arrays(out, w, src) and out.ndim == w.ndim == 2 and src.ndim == 1
             and isinstance(offsets, types.Array) and offsets.dtype == types.int64):
         return None
-    sig = types.void(out, w, types.intp, types.intp, src, offsets, types.intp, types.intp)
+    sig = types.void(out, w, types.intp, types.intp, src, offsets, types.intp, types.intp, types.boolean)
 
     def codegen(context, builder, signature, args):
-        out_t, w_t, _, _, src_t, offsets_t, _, _ = signature.args
+        out_t, w_t, _, _, src_t, offsets_t, _, _, _ = signature.args
         out_a, w_a = context.make_array(out_t)(context, builder, args[0]), context.make_array(w_t)(context, builder, args[1])
         src_a = context.make_array(src_t)(context, builder, args[4])
         offsets_a = context.make_array(offsets_t)(context, builder, args[5])
@@ -101,7 +101,7 @@ def store_tile(typingctx, out, w, row, col, src, offsets, first, stop):
                 for v in range(VECTORS):
                     builder.store(builder.call(fma, [weight, xs[v], builder.load(acc[r][v])]), acc[r][v])
         bases = [builder.add(builder.mul(builder.add(row, _int(r)), out_width), col) for r in range(ROWS)]
-        with builder.if_then(builder.icmp_signed(">", first, _int(0))):
+        with builder.if_then(args[8]):
             for r in range(ROWS):
                 for v in range(VECTORS):
                     at = builder.add(bases[r], _int(n * v))

@@ -73,7 +73,7 @@ def _correlate_block(out, taps, runs, offsets, task):
     for r0 in range(0, rows, ROWS):
         for t0 in range(0, n_taps, per_pass):
             for p in range(task * _BLOCK, min(total, (task + 1) * _BLOCK), tile_width(out.itemsize)):
-                store_tile(out, taps, r0, p, flat, offsets, t0, min(t0 + per_pass, n_taps))
+                store_tile(out, taps, r0, p, flat, offsets, t0, min(t0 + per_pass, n_taps), t0 > 0)
 
 
 @kernel_helper
