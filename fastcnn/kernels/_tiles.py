@@ -22,6 +22,16 @@ from numba.extending import intrinsic, register_jitable
 
 ROWS, VECTORS = 8, 3  # 24 accumulators, 3 loads and 8 broadcasts per tap: measured best of 4x4 .. 16x1
 DOT_ROWS, DOT_COLS = 4, 3  # the weight gradient's tile, 4 output channels by 3 taps: measured best of 2x3 .. 12x3
+FEW_ROWS = 4  # fewer output rows than this go one row at a time, instead of padded to a whole tile
+TILE_SPEED = 8  # multiply-adds a tile kernel does in the time _jit.SERIAL_WORK counts one: divides the
+# work passed to _jit.sized, so a small call runs serially (measured: 1->1 3x3 at batch 32 is faster so)
+
+
+@register_jitable
+def tile_rows(n: int) -> int:
+    """Rows to allocate for ``n`` output rows: ``n`` itself when fewer than :data:`FEW_ROWS`, else
+    whole tiles of :data:`ROWS` (the rows past ``n`` are padding)."""
+    return n if n < FEW_ROWS else -(-n // ROWS) * ROWS
 
 
 @register_jitable
@@ -69,14 +79,22 @@ def _int(value: int):
     return ir.Constant(ir.IntType(64), value)
 
 
-@intrinsic
-def store_tile(typingctx, out, w, row, col, src, offsets, first, stop, add):
-    """``out[row + r, col + q] = sum(w[row + r, t] * src[offsets[t] + col + q] for first <= t < stop)``
-    for ``r < ROWS`` and ``q < VECTORS * lanes``; with ``add`` true the sum is added to ``out`` instead.
+def _store_tile(rows: int):
+    """An intrinsic ``store_tile(out, w, row, col, src, offsets, first, stop, add)``:
+    ``out[row + r, col + q] = sum(w[row + r, t] * src[offsets[t] + col + q] for first <= t < stop)``
+    for ``r < rows`` and ``q < VECTORS * lanes``; with ``add`` true the sum is added to ``out`` instead.
 
     ``out`` and ``w`` are C-contiguous 2-D arrays, ``src`` 1-D, ``offsets`` int64: tap ``t`` of row
     ``r`` weighs ``src`` shifted by ``offsets[t]``. The caller keeps every read and write in bounds.
     """
+    def store_tile(typingctx, out, w, row, col, src, offsets, first, stop, add):
+        return _store_tile_typing(rows, out, w, src, offsets)
+
+    store_tile.__name__ = store_tile.__qualname__ = f"store_tile_{rows}"  # one name per intrinsic
+    return intrinsic(store_tile)
+
+
+def _store_tile_typing(rows, out, w, src, offsets):
     if not (_float_arrays(out, w, src) and out.ndim == w.ndim == 2 and src.ndim == 1
             and isinstance(offsets, types.Array) and offsets.dtype == types.int64):
         return None
@@ -91,22 +109,22 @@ def store_tile(typingctx, out, w, row, col, src, offsets, first, stop, add):
         n, zero, fma, splat, load, store = _vector_ops(context, builder, out_t.dtype)
         out_width = cgutils.unpack_tuple(builder, out_a.shape, 2)[1]
         n_taps = cgutils.unpack_tuple(builder, w_a.shape, 2)[1]
-        acc = [[cgutils.alloca_once_value(builder, zero) for _ in range(VECTORS)] for _ in range(ROWS)]
-        w_rows = [builder.mul(builder.add(row, _int(r)), n_taps) for r in range(ROWS)]
+        acc = [[cgutils.alloca_once_value(builder, zero) for _ in range(VECTORS)] for _ in range(rows)]
+        w_rows = [builder.mul(builder.add(row, _int(r)), n_taps) for r in range(rows)]
         with cgutils.for_range_slice(builder, first, stop, _int(1)) as (t, _):
             start = builder.add(builder.load(builder.gep(offsets_a.data, [t])), col)
             xs = [load(src_a.data, builder.add(start, _int(n * v))) for v in range(VECTORS)]
-            for r in range(ROWS):
+            for r in range(rows):
                 weight = splat(builder.load(builder.gep(w_a.data, [builder.add(w_rows[r], t)])))
                 for v in range(VECTORS):
                     builder.store(builder.call(fma, [weight, xs[v], builder.load(acc[r][v])]), acc[r][v])
-        bases = [builder.add(builder.mul(builder.add(row, _int(r)), out_width), col) for r in range(ROWS)]
+        bases = [builder.add(builder.mul(builder.add(row, _int(r)), out_width), col) for r in range(rows)]
         with builder.if_then(args[8]):
-            for r in range(ROWS):
+            for r in range(rows):
                 for v in range(VECTORS):
                     at = builder.add(bases[r], _int(n * v))
                     builder.store(builder.fadd(builder.load(acc[r][v]), load(out_a.data, at)), acc[r][v])
-        for r in range(ROWS):
+        for r in range(rows):
             for v in range(VECTORS):
                 store(builder.load(acc[r][v]), out_a.data, builder.add(bases[r], _int(n * v)))
         return context.get_dummy_value()
@@ -114,13 +132,20 @@ def store_tile(typingctx, out, w, row, col, src, offsets, first, stop, add):
     return sig, codegen
 
 
-@intrinsic
-def dot_tile(typingctx, out, g, g_starts, x, x_starts, length):
-    """``out[a, b] = sum(g[g_starts[a] + k] * x[x_starts[b] + k] for k < length)`` for
-    ``a < DOT_ROWS`` and ``b < DOT_COLS``.
-
-    ``out`` is C-contiguous (DOT_ROWS, DOT_COLS); ``length`` is a multiple of ``lanes``.
+def _dot_tile(rows: int):
+    """An intrinsic ``dot_tile(out, g, g_starts, x, x_starts, length)``:
+    ``out[a, b] = sum(g[g_starts[a] + k] * x[x_starts[b] + k] for k < length)`` for ``a < rows`` and
+    ``b < DOT_COLS``. ``out`` is C-contiguous (rows, DOT_COLS) or larger; ``length`` is a multiple of
+    ``lanes``.
     """
+    def dot_tile(typingctx, out, g, g_starts, x, x_starts, length):
+        return _dot_tile_typing(rows, out, g, g_starts, x, x_starts)
+
+    dot_tile.__name__ = dot_tile.__qualname__ = f"dot_tile_{rows}"  # one name per intrinsic
+    return intrinsic(dot_tile)
+
+
+def _dot_tile_typing(rows, out, g, g_starts, x, x_starts):
     if not (_float_arrays(out, g, x) and out.ndim == 2 and g.ndim == x.ndim == 1
             and isinstance(g_starts, types.Array) and isinstance(x_starts, types.Array)
             and g_starts.dtype == x_starts.dtype == types.int64):
@@ -133,17 +158,17 @@ def dot_tile(typingctx, out, g, g_starts, x, x_starts, length):
         gs_a, x_a = context.make_array(gs_t)(context, builder, args[2]), context.make_array(x_t)(context, builder, args[3])
         xs_a = context.make_array(xs_t)(context, builder, args[4])
         n, zero, fma, _, load, _ = _vector_ops(context, builder, out_t.dtype)
-        g_at = [builder.load(builder.gep(gs_a.data, [_int(a)])) for a in range(DOT_ROWS)]
+        g_at = [builder.load(builder.gep(gs_a.data, [_int(a)])) for a in range(rows)]
         x_at = [builder.load(builder.gep(xs_a.data, [_int(b)])) for b in range(DOT_COLS)]
-        acc = [[cgutils.alloca_once_value(builder, zero) for _ in range(DOT_COLS)] for _ in range(DOT_ROWS)]
+        acc = [[cgutils.alloca_once_value(builder, zero) for _ in range(DOT_COLS)] for _ in range(rows)]
         with cgutils.for_range(builder, builder.udiv(args[5], _int(n))) as loop:
             k = builder.mul(loop.index, _int(n))
             xv = [load(x_a.data, builder.add(x_at[b], k)) for b in range(DOT_COLS)]
-            for a in range(DOT_ROWS):
+            for a in range(rows):
                 gv = load(g_a.data, builder.add(g_at[a], k))
                 for b in range(DOT_COLS):
                     builder.store(builder.call(fma, [gv, xv[b], builder.load(acc[a][b])]), acc[a][b])
-        for a in range(DOT_ROWS):
+        for a in range(rows):
             for b in range(DOT_COLS):
                 v, width = builder.load(acc[a][b]), n
                 while width > 1:  # add the two halves of the vector, down to one lane
@@ -156,3 +181,10 @@ def dot_tile(typingctx, out, g, g_starts, x, x_starts, length):
         return context.get_dummy_value()
 
     return sig, codegen
+
+
+
+store_tile = _store_tile(ROWS)
+store_row = _store_tile(1)  # for outputs of fewer than FEW_ROWS rows
+dot_tile = _dot_tile(DOT_ROWS)
+dot_row = _dot_tile(1)  # for fewer than DOT_ROWS rows of g

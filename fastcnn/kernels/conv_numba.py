@@ -23,7 +23,8 @@ from numba.extending import register_jitable
 from ._blas import channel_sums
 from ._jit import kernel_helper, parallel_kernel, prange, sized
 from ._scratch import derived, scratch
-from ._tiles import DOT_COLS, DOT_ROWS, ROWS, dot_tile, lanes, store_tile, tile_width
+from ._tiles import (DOT_COLS, DOT_ROWS, ROWS, TILE_SPEED, dot_row, dot_tile, lanes, store_row, store_tile, tile_rows,
+                     tile_width)
 
 _BLOCK = 2304  # values per block of a run (a whole number of tiles and vectors): one parallel task's share
 _TAPS_PER_PASS = 144  # a pass's weights, 8 rows of 144 float32 (4.5 KiB), stay in L1 cache
@@ -70,10 +71,14 @@ def _correlate_block(out, taps, runs, offsets, task):
     n_taps = taps.shape[1]
     per_pass = -(-n_taps // -(-n_taps // _TAPS_PER_PASS))
     flat = runs.reshape(runs.size)
-    for r0 in range(0, rows, ROWS):
+    step = ROWS if rows % ROWS == 0 else 1  # see _tiles.tile_rows
+    for r0 in range(0, rows, step):
         for t0 in range(0, n_taps, per_pass):
             for p in range(task * _BLOCK, min(total, (task + 1) * _BLOCK), tile_width(out.itemsize)):
-                store_tile(out, taps, r0, p, flat, offsets, t0, min(t0 + per_pass, n_taps), t0 > 0)
+                if step == ROWS:
+                    store_tile(out, taps, r0, p, flat, offsets, t0, min(t0 + per_pass, n_taps), t0 > 0)
+                else:
+                    store_row(out, taps, r0, p, flat, offsets, t0, min(t0 + per_pass, n_taps), t0 > 0)
 
 
 @kernel_helper
@@ -181,8 +186,8 @@ def conv2d_forward(xp, w, b, sh, sw, dh, dw, oh, ow):
     n, _, hp, wp = xp.shape
     c_out, _, kh, kw = w.shape
     y = np.empty((n, c_out, oh, ow), dtype=xp.dtype)
-    yr = scratch("wide out", (_whole(c_out, ROWS), _whole(n * hp * wp, tile_width(xp.itemsize))), xp.dtype)
-    sized(_conv_wide, work)(_input_runs(xp, kh, kw, dh, dw), w, b, yr, y, hp, wp, dh, dw)
+    yr = scratch("wide out", (tile_rows(c_out), _whole(n * hp * wp, tile_width(xp.itemsize))), xp.dtype)
+    sized(_conv_wide, work // TILE_SPEED)(_input_runs(xp, kh, kw, dh, dw), w, b, yr, y, hp, wp, dh, dw)
     return y
 
 
@@ -204,16 +209,17 @@ def _grad_weight_wide(gr, head, xr, kh, kw, wp, dh, dw):
     for t in range(tap_shift.size):
         k = min(t, n_taps - 1)
         tap_shift[t] = (k // kw) * dh * wp + (k % kw) * dw
-    groups, blocks = -(-c_out // DOT_ROWS), -(-length // _BLOCK)
+    group = DOT_ROWS if c_out >= DOT_ROWS else 1  # output channels per task and per tile
+    groups, blocks = -(-c_out // group), -(-length // _BLOCK)
     per_task = max(1, c_in * groups // _GRAD_TASKS)  # input channels
     chunks = -(-c_in // per_task)
     shares = max(1, min(blocks // 4, _GRAD_TASKS // (groups * chunks)))  # of the blocks, 4 or more each
-    sums = np.zeros((shares, groups * DOT_ROWS, c_in, tap_shift.size))  # float64 across blocks
-    bias = np.zeros((shares, groups * DOT_ROWS))
+    sums = np.zeros((shares, groups * group, c_in, tap_shift.size))  # float64 across blocks
+    bias = np.zeros((shares, groups * group))
     g_flat, x_flat = gr.reshape(gr.size), xr.reshape(xr.size)
     for task in prange(groups * chunks * shares):
         g, chunk, share = task // (chunks * shares), (task // shares) % chunks, task % shares
-        o0, c0, c1 = g * DOT_ROWS, chunk * per_task, min(c_in, (chunk + 1) * per_task)
+        o0, c0, c1 = g * group, chunk * per_task, min(c_in, (chunk + 1) * per_task)
         part = np.empty((DOT_ROWS, DOT_COLS), dtype=gr.dtype)
         mine = np.zeros((DOT_ROWS, c1 - c0, tap_shift.size))  # this task's own: no cache line shared with another task
         mine_b = np.zeros(DOT_ROWS)
@@ -221,7 +227,7 @@ def _grad_weight_wide(gr, head, xr, kh, kw, wp, dh, dw):
         x_starts = np.empty(DOT_COLS, dtype=np.int64)
         for blk in range(share * blocks // shares, (share + 1) * blocks // shares):
             b0, b1 = blk * _BLOCK, min(length, (blk + 1) * _BLOCK)
-            for a in range(DOT_ROWS):
+            for a in range(group):
                 g_starts[a] = min(o0 + a, c_out - 1) * gr.shape[1] + head + b0
                 if chunk == 0:
                     mine_b[a] += gr[min(o0 + a, c_out - 1), head + b0 : head + b1].sum()
@@ -229,11 +235,14 @@ def _grad_weight_wide(gr, head, xr, kh, kw, wp, dh, dw):
                 for t0 in range(0, tap_shift.size, DOT_COLS):
                     for c in range(DOT_COLS):
                         x_starts[c] = ci * xr.shape[1] + tap_shift[t0 + c] + b0
-                    dot_tile(part, g_flat, g_starts, x_flat, x_starts, b1 - b0)
-                    for a in range(DOT_ROWS):
+                    if group == DOT_ROWS:
+                        dot_tile(part, g_flat, g_starts, x_flat, x_starts, b1 - b0)
+                    else:
+                        dot_row(part, g_flat, g_starts, x_flat, x_starts, b1 - b0)
+                    for a in range(group):
                         for c in range(DOT_COLS):
                             mine[a, ci - c0, t0 + c] += part[a, c]
-        for a in range(min(DOT_ROWS, c_out - o0)):
+        for a in range(min(group, c_out - o0)):
             if chunk == 0:
                 bias[share, o0 + a] = mine_b[a]
             for ci in range(c0, c1):
@@ -282,7 +291,7 @@ def conv2d_grad_weight(gy, xp, kh, kw, sh, sw, dh, dw):
         return sized(_grad_weight_strided, work)(gy, xp, kh, kw, sh, sw, dh, dw), channel_sums(gy)
     hp, wp = xp.shape[2], xp.shape[3]
     gr, head = _grad_runs(gy, kh, kw, hp, wp, dh, dw)
-    return sized(_grad_weight_wide, work)(gr, head, _input_runs(xp, kh, kw, dh, dw), kh, kw, wp, dh, dw)
+    return sized(_grad_weight_wide, work // TILE_SPEED)(gr, head, _input_runs(xp, kh, kw, dh, dw), kh, kw, wp, dh, dw)
 
 
 @parallel_kernel
@@ -330,6 +339,6 @@ def conv2d_grad_input(gy, w, hp, wp, sh, sw, dh, dw):
     n, c_in, kh, kw = gy.shape[0], w.shape[1], w.shape[2], w.shape[3]
     gr, head = _grad_runs(gy, kh, kw, hp, wp, dh, dw)
     grad_xp = np.empty((n, c_in, hp, wp), dtype=gy.dtype)
-    wide = scratch("wide out", (_whole(c_in, ROWS), gr.shape[1] - head), gy.dtype)
-    sized(_grad_input_wide, work)(gr, head, w, wide, grad_xp, dh, dw)
+    wide = scratch("wide out", (tile_rows(c_in), gr.shape[1] - head), gy.dtype)
+    sized(_grad_input_wide, work // TILE_SPEED)(gr, head, w, wide, grad_xp, dh, dw)
     return grad_xp

@@ -15,7 +15,7 @@ import numpy as np
 
 from ._jit import parallel_kernel, prange, sized
 from ._taps import add_taps, add_taps4, tap_dots4_by5
-from ._tiles import ROWS, store_tile, tile_width
+from ._tiles import ROWS, TILE_SPEED, store_tile, tile_width
 
 _ROWS = 96  # input rows per task: about 300 KB of a 784-wide float32 input, so it stays in L2 cache
 _BLOCK_ROWS, _MAX_BLOCKS = 4 * _ROWS, 16  # the weight gradient's partial sums: their number depends on
@@ -74,7 +74,7 @@ def _tile_product(a, b, m):
     k, n = b.shape
     chunks = min(_MAX_BLOCKS, k // _PANEL)
     parts = np.empty((max(chunks, 1), a.shape[0], n), dtype=b.dtype)
-    sized(_products, a.shape[0] * k * n)(a, b, parts)
+    sized(_products, a.shape[0] * k * n // TILE_SPEED)(a, b, parts)
     total = parts[0]
     for part in parts[1:]:
         total += part
