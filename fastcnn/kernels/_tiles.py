@@ -6,7 +6,8 @@ output rows by :data:`VECTORS` SIMD vectors of output positions, summed over eve
 stays in registers, and written once (:func:`store_tile`). Python loops cannot say that, so these
 Numba intrinsics emit the loop directly: vector loads, broadcasts and ``llvm.fma`` on
 ``<lanes x float>``. The weight gradient's dot products (:func:`dot_tile`) keep a fixed tile of
-:data:`DOT_ROWS` by :data:`DOT_COLS` vector sums the same way. A vector is 64 bytes (:func:`lanes`):
+:data:`DOT_ROWS` by :data:`DOT_COLS` vector sums the same way, and so does a thin dense layer's
+forward pass, which also prefetches the input rows it will read next: compute and memory then overlap. A vector is 64 bytes (:func:`lanes`):
 one AVX-512 register; LLVM splits it into two or four registers on CPUs with narrower vectors, so
 the tiles are correct everywhere.
 
@@ -22,6 +23,7 @@ from numba.extending import intrinsic, register_jitable
 
 ROWS, VECTORS = 8, 3  # 24 accumulators, 3 loads and 8 broadcasts per tap: measured best of 4x4 .. 16x1
 DOT_ROWS, DOT_COLS = 4, 3  # the weight gradient's tile, 4 output channels by 3 taps: measured best of 2x3 .. 12x3
+DENSE_ROWS, DENSE_COLS = 4, 5  # input rows by outputs: an MLP's ten outputs in two calls
 FEW_ROWS = 4  # fewer output rows than this go one row at a time, instead of padded to a whole tile
 TILE_SPEED = 8  # multiply-adds a tile kernel does in the time _jit.SERIAL_WORK counts one: divides the
 # work passed to _jit.sized, so a small call runs serially (measured: 1->1 3x3 at batch 32 is faster so)
@@ -132,44 +134,53 @@ def _store_tile_typing(rows, out, w, src, offsets):
     return sig, codegen
 
 
-def _dot_tile(rows: int):
-    """An intrinsic ``dot_tile(out, g, g_starts, x, x_starts, length)``:
+def _dot_tile(rows: int, cols: int, prefetch: bool):
+    """An intrinsic ``dot_tile(out, g, g_starts, x, x_starts, length, ahead)``:
     ``out[a, b] = sum(g[g_starts[a] + k] * x[x_starts[b] + k] for k < length)`` for ``a < rows`` and
-    ``b < DOT_COLS``. ``out`` is C-contiguous (rows, DOT_COLS) or larger; ``length`` is a multiple of
-    ``lanes``.
-    """
-    def dot_tile(typingctx, out, g, g_starts, x, x_starts, length):
-        return _dot_tile_typing(rows, out, g, g_starts, x, x_starts)
+    ``b < cols``. ``out`` is C-contiguous (rows, cols) or larger; ``length`` is a multiple of ``lanes``.
 
-    dot_tile.__name__ = dot_tile.__qualname__ = f"dot_tile_{rows}"  # one name per intrinsic
+    With ``prefetch``, each step also asks the cache for the line ``ahead`` values further along each
+    row of ``g`` (the rows the next call will read, for a stream from memory); otherwise ``ahead`` is unused.
+    """
+    def dot_tile(typingctx, out, g, g_starts, x, x_starts, length, ahead):
+        return _dot_tile_typing(rows, cols, prefetch, out, g, g_starts, x, x_starts)
+
+    dot_tile.__name__ = dot_tile.__qualname__ = f"dot_tile_{rows}x{cols}{'_prefetch' if prefetch else ''}"
     return intrinsic(dot_tile)
 
 
-def _dot_tile_typing(rows, out, g, g_starts, x, x_starts):
+def _dot_tile_typing(rows, cols, prefetch, out, g, g_starts, x, x_starts):
     if not (_float_arrays(out, g, x) and out.ndim == 2 and g.ndim == x.ndim == 1
             and isinstance(g_starts, types.Array) and isinstance(x_starts, types.Array)
             and g_starts.dtype == x_starts.dtype == types.int64):
         return None
-    sig = types.void(out, g, g_starts, x, x_starts, types.intp)
+    sig = types.void(out, g, g_starts, x, x_starts, types.intp, types.intp)
 
     def codegen(context, builder, signature, args):
-        out_t, g_t, gs_t, x_t, xs_t, _ = signature.args
+        out_t, g_t, gs_t, x_t, xs_t, _, _ = signature.args
         out_a, g_a = context.make_array(out_t)(context, builder, args[0]), context.make_array(g_t)(context, builder, args[1])
         gs_a, x_a = context.make_array(gs_t)(context, builder, args[2]), context.make_array(x_t)(context, builder, args[3])
         xs_a = context.make_array(xs_t)(context, builder, args[4])
         n, zero, fma, _, load, _ = _vector_ops(context, builder, out_t.dtype)
         g_at = [builder.load(builder.gep(gs_a.data, [_int(a)])) for a in range(rows)]
-        x_at = [builder.load(builder.gep(xs_a.data, [_int(b)])) for b in range(DOT_COLS)]
-        acc = [[cgutils.alloca_once_value(builder, zero) for _ in range(DOT_COLS)] for _ in range(rows)]
+        x_at = [builder.load(builder.gep(xs_a.data, [_int(b)])) for b in range(cols)]
+        acc = [[cgutils.alloca_once_value(builder, zero) for _ in range(cols)] for _ in range(rows)]
+        byte_ptr, i32 = ir.IntType(8).as_pointer(), ir.IntType(32)
+        fetch = cgutils.get_or_insert_function(builder.module, ir.FunctionType(ir.VoidType(), [byte_ptr, i32, i32, i32]),
+                                               "llvm.prefetch.p0")
         with cgutils.for_range(builder, builder.udiv(args[5], _int(n))) as loop:
             k = builder.mul(loop.index, _int(n))
-            xv = [load(x_a.data, builder.add(x_at[b], k)) for b in range(DOT_COLS)]
+            for a in range(rows if prefetch else 0):  # read, keep in all caches, data
+                line = builder.gep(g_a.data, [builder.add(builder.add(g_at[a], args[6]), k)])
+                builder.call(fetch, [builder.bitcast(line, byte_ptr), ir.Constant(i32, 0), ir.Constant(i32, 3),
+                                     ir.Constant(i32, 1)])
+            xv = [load(x_a.data, builder.add(x_at[b], k)) for b in range(cols)]
             for a in range(rows):
                 gv = load(g_a.data, builder.add(g_at[a], k))
-                for b in range(DOT_COLS):
+                for b in range(cols):
                     builder.store(builder.call(fma, [gv, xv[b], builder.load(acc[a][b])]), acc[a][b])
         for a in range(rows):
-            for b in range(DOT_COLS):
+            for b in range(cols):
                 v, width = builder.load(acc[a][b]), n
                 while width > 1:  # add the two halves of the vector, down to one lane
                     width //= 2
@@ -177,7 +188,7 @@ def _dot_tile_typing(rows, out, g, g_starts, x, x_starts):
                               for h in (0, width)]
                     v = builder.fadd(builder.shuffle_vector(v, v, halves[0]), builder.shuffle_vector(v, v, halves[1]))
                 total = builder.extract_element(v, ir.Constant(ir.IntType(32), 0))
-                builder.store(total, builder.gep(out_a.data, [_int(a * DOT_COLS + b)]))
+                builder.store(total, builder.gep(out_a.data, [_int(a * cols + b)]))
         return context.get_dummy_value()
 
     return sig, codegen
@@ -186,5 +197,6 @@ def _dot_tile_typing(rows, out, g, g_starts, x, x_starts):
 
 store_tile = _store_tile(ROWS)
 store_row = _store_tile(1)  # for outputs of fewer than FEW_ROWS rows
-dot_tile = _dot_tile(DOT_ROWS)
-dot_row = _dot_tile(1)  # for fewer than DOT_ROWS rows of g
+dot_tile = _dot_tile(DOT_ROWS, DOT_COLS, False)
+dot_row = _dot_tile(1, DOT_COLS, False)  # for fewer than DOT_ROWS rows of g
+dense_tile = _dot_tile(DENSE_ROWS, DENSE_COLS, True)  # a thin dense layer's forward pass, streaming its input

@@ -236,9 +236,9 @@ def _grad_weight_wide(gr, head, xr, kh, kw, wp, dh, dw):
                     for c in range(DOT_COLS):
                         x_starts[c] = ci * xr.shape[1] + tap_shift[t0 + c] + b0
                     if group == DOT_ROWS:
-                        dot_tile(part, g_flat, g_starts, x_flat, x_starts, b1 - b0)
+                        dot_tile(part, g_flat, g_starts, x_flat, x_starts, b1 - b0, 0)
                     else:
-                        dot_row(part, g_flat, g_starts, x_flat, x_starts, b1 - b0)
+                        dot_row(part, g_flat, g_starts, x_flat, x_starts, b1 - b0, 0)
                     for a in range(group):
                         for c in range(DOT_COLS):
                             mine[a, ci - c0, t0 + c] += part[a, c]

@@ -14,8 +14,8 @@ from __future__ import annotations
 import numpy as np
 
 from ._jit import parallel_kernel, prange, sized
-from ._taps import add_taps, add_taps4, tap_dots4_by5
-from ._tiles import ROWS, TILE_SPEED, store_tile, tile_width
+from ._taps import add_taps, add_taps4
+from ._tiles import DENSE_COLS, DENSE_ROWS, ROWS, TILE_SPEED, dense_tile, lanes, store_tile, tile_width
 
 _ROWS = 96  # input rows per task: about 300 KB of a 784-wide float32 input, so it stays in L2 cache
 _BLOCK_ROWS, _MAX_BLOCKS = 4 * _ROWS, 16  # the weight gradient's partial sums: their number depends on
@@ -122,18 +122,31 @@ def _products(a, b, parts):
 
 @parallel_kernel
 def _forward(x, w, b, y):
-    """``y = x @ w.T + b``: each output is a dot product of an input row and a weight row."""
+    """``y = x @ w.T + b``: each output is a dot product of an input row and a weight row, a register
+    tile of 4 rows by 5 outputs at a time (:data:`._tiles.dense_tile`), which prefetches the next 4
+    rows while it works; the columns past the last whole vector by a loop."""
     n, n_in = x.shape
     n_out = w.shape[0]
-    flat = w.reshape(n_out * n_in)
-    for task in prange((n + _ROWS - 1) // _ROWS):
-        out = np.empty((4, n_out), dtype=x.dtype)
-        for r0 in range(task * _ROWS, min(n, (task + 1) * _ROWS), 4):
-            last = min(r0 + 3, n - 1)  # a short last group repeats its last row
-            tap_dots4_by5(out, x[r0], x[min(r0 + 1, last)], x[min(r0 + 2, last)], x[last], flat, n_in)
-            for r in range(last + 1 - r0):
-                for o in range(n_out):
-                    y[r0 + r, o] = out[r, o] + b[o]
+    whole = n_in - n_in % lanes(x.itemsize)
+    x_flat, w_flat = x.reshape(x.size), w.reshape(w.size)
+    for task in prange(-(-n // _ROWS)):
+        out = np.empty((DENSE_ROWS, DENSE_COLS), dtype=x.dtype)
+        x_starts = np.empty(DENSE_ROWS, dtype=np.int64)
+        w_starts = np.empty(DENSE_COLS, dtype=np.int64)
+        for r0 in range(task * _ROWS, min(n, (task + 1) * _ROWS), DENSE_ROWS):
+            for a in range(DENSE_ROWS):  # a short last group repeats its last row
+                x_starts[a] = min(r0 + a, n - 1) * n_in
+            ahead = DENSE_ROWS * n_in if r0 + 2 * DENSE_ROWS <= n else 0
+            for o0 in range(0, n_out, DENSE_COLS):
+                for c in range(DENSE_COLS):
+                    w_starts[c] = min(o0 + c, n_out - 1) * n_in
+                dense_tile(out, x_flat, x_starts, w_flat, w_starts, whole, ahead if o0 == 0 else 0)
+                for a in range(min(DENSE_ROWS, n - r0)):
+                    for c in range(min(DENSE_COLS, n_out - o0)):
+                        total = out[a, c] + b[o0 + c]
+                        for k in range(whole, n_in):
+                            total += x[r0 + a, k] * w[o0 + c, k]
+                        y[r0 + a, o0 + c] = total
 
 
 @parallel_kernel
