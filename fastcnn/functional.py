@@ -418,14 +418,6 @@ def dropout(x: np.ndarray, p: float, seed: int, *, backend: str | None = None) -
     return dispatch.run("dropout", (x.shape, x.dtype.char), args, backend)
 
 
-_THIN_OUTPUTS, _THIN_BATCH = 16, 1024  # Numba's forward pass is for few outputs over many rows
-
-
-def _blas_unless_thin(x, weight) -> str | None:
-    """``"numpy"`` (BLAS, unmeasured) for a forward pass the Numba kernel is not built for, else None."""
-    return None if weight.shape[0] <= _THIN_OUTPUTS and x.shape[0] >= _THIN_BATCH else "numpy"
-
-
 def _linear_inputs(x, weight):
     x = float_array("x", x, ndim=2)
     weight = float_array("weight", weight, ndim=2, dtype=x.dtype)
@@ -444,7 +436,7 @@ def linear(x: np.ndarray, weight: np.ndarray, bias: np.ndarray | None = None, *,
     weight : ndarray, shape (out_features, in_features)
     bias : ndarray, shape (out_features,), optional
     backend : {"auto", "numba", "numpy"}, optional
-        ``numpy`` is BLAS; ``numba``'s forward pass is for thin layers (few outputs, large batches).
+        ``numpy`` is BLAS; ``numba`` is register tiles (see :mod:`fastcnn.kernels.linear_numba`).
 
     Returns
     -------
@@ -457,7 +449,7 @@ def linear(x: np.ndarray, weight: np.ndarray, bias: np.ndarray | None = None, *,
         return np.zeros((0, n_out), x.dtype)
     check_allocation("linear output", (x.shape[0], n_out), x.dtype)
     signature = (x.shape, weight.shape, x.dtype.char)
-    return dispatch.run("linear", signature, (x, weight, bias), backend, _blas_unless_thin(x, weight))
+    return dispatch.run("linear", signature, (x, weight, bias), backend)
 
 
 def linear_backward(grad_y: np.ndarray, x: np.ndarray, weight: np.ndarray, *, input_grad: bool = True,
@@ -482,7 +474,7 @@ def linear_backward(grad_y: np.ndarray, x: np.ndarray, weight: np.ndarray, *, in
     grad_y = check_grad("grad_y", grad_y, (x.shape[0], weight.shape[0]), x.dtype)
     if x.shape[0] == 0:
         return (np.zeros_like(x) if input_grad else None), np.zeros_like(weight), np.zeros(weight.shape[0], x.dtype)
-    signature = (x.shape, weight.shape, x.dtype.char)  # both backends are measured for every layer
+    signature = (x.shape, weight.shape, x.dtype.char)
     grad_w = dispatch.run("linear_grad_weight", signature, (grad_y, x), backend)
     grad_x = dispatch.run("linear_grad_input", signature, (grad_y, weight), backend) if input_grad else None
     return grad_x, grad_w, channel_sums(grad_y)

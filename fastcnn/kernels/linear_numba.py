@@ -20,6 +20,7 @@ from ._tiles import DENSE_COLS, DENSE_ROWS, ROWS, TILE_SPEED, dense_tile, lanes,
 _ROWS = 96  # input rows per task: about 300 KB of a 784-wide float32 input, so it stays in L2 cache
 _BLOCK_ROWS, _MAX_BLOCKS = 4 * _ROWS, 16  # the weight gradient's partial sums: their number depends on
 # the batch only, so the summation order (and the result) does not depend on the thread count
+_OUT_BLOCK = 20  # outputs per forward task: a wide layer's forward pass splits its outputs over the threads
 _PANEL = 256  # rows of the right-hand factor per step of a tile product: 256 rows of 784 float32 (800 KB) fit L2
 
 
@@ -129,18 +130,20 @@ def _forward(x, w, b, y):
     n_out = w.shape[0]
     whole = n_in - n_in % lanes(x.itemsize)
     x_flat, w_flat = x.reshape(x.size), w.reshape(w.size)
-    for task in prange(-(-n // _ROWS)):
+    out_blocks = -(-n_out // _OUT_BLOCK)
+    for task in prange(-(-n // _ROWS) * out_blocks):
+        rows, outs = task // out_blocks, task % out_blocks
         out = np.empty((DENSE_ROWS, DENSE_COLS), dtype=x.dtype)
         x_starts = np.empty(DENSE_ROWS, dtype=np.int64)
         w_starts = np.empty(DENSE_COLS, dtype=np.int64)
-        for r0 in range(task * _ROWS, min(n, (task + 1) * _ROWS), DENSE_ROWS):
+        for r0 in range(rows * _ROWS, min(n, (rows + 1) * _ROWS), DENSE_ROWS):
             for a in range(DENSE_ROWS):  # a short last group repeats its last row
                 x_starts[a] = min(r0 + a, n - 1) * n_in
-            ahead = DENSE_ROWS * n_in if r0 + 2 * DENSE_ROWS <= n else 0
-            for o0 in range(0, n_out, DENSE_COLS):
+            ahead = DENSE_ROWS * n_in if r0 + 2 * DENSE_ROWS <= n and outs == 0 else 0
+            for o0 in range(outs * _OUT_BLOCK, min(n_out, (outs + 1) * _OUT_BLOCK), DENSE_COLS):
                 for c in range(DENSE_COLS):
                     w_starts[c] = min(o0 + c, n_out - 1) * n_in
-                dense_tile(out, x_flat, x_starts, w_flat, w_starts, whole, ahead if o0 == 0 else 0)
+                dense_tile(out, x_flat, x_starts, w_flat, w_starts, whole, ahead if o0 == outs * _OUT_BLOCK else 0)
                 for a in range(min(DENSE_ROWS, n - r0)):
                     for c in range(min(DENSE_COLS, n_out - o0)):
                         total = out[a, c] + b[o0 + c]
