@@ -30,10 +30,16 @@ TILE_SPEED = 8  # multiply-adds a tile kernel does in the time _jit.SERIAL_WORK 
 
 
 @register_jitable
+def whole(n: int, step: int) -> int:
+    """``n`` rounded up to a multiple of ``step``."""
+    return -(-n // step) * step
+
+
+@register_jitable
 def tile_rows(n: int) -> int:
     """Rows to allocate for ``n`` output rows: ``n`` itself when fewer than :data:`FEW_ROWS`, else
     whole tiles of :data:`ROWS` (the rows past ``n`` are padding)."""
-    return n if n < FEW_ROWS else -(-n // ROWS) * ROWS
+    return n if n < FEW_ROWS else whole(n, ROWS)
 
 
 @register_jitable

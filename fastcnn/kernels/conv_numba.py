@@ -18,23 +18,16 @@ which asks the kernel for huge pages (far fewer page faults than Numba's own all
 from __future__ import annotations
 
 import numpy as np
-from numba.extending import register_jitable
 
 from ._blas import channel_sums
 from ._jit import kernel_helper, parallel_kernel, prange, sized
 from ._scratch import derived, scratch
 from ._tiles import (DOT_COLS, DOT_ROWS, ROWS, TILE_SPEED, dot_row, dot_tile, lanes, store_row, store_tile, tile_rows,
-                     tile_width)
+                     tile_width, whole)
 
 _BLOCK = 2304  # values per block of a run (a whole number of tiles and vectors): one parallel task's share
 _TAPS_PER_PASS = 144  # a pass's weights, 8 rows of 144 float32 (4.5 KiB), stay in L1 cache
 _GRAD_TASKS = 16  # the weight gradient's tasks, at most: enough to balance two to four threads
-
-
-@register_jitable
-def _whole(n, step):
-    """``n`` rounded up to a multiple of ``step``."""
-    return -(-n // step) * step
 
 
 @kernel_helper
@@ -127,7 +120,7 @@ def _input_runs(xp, kh, kw, dh, dw):
     """The runs of the padded input: the forward pass's and the weight gradient's layout, with whole
     tiles of positions (see :func:`._tiles.tile_width`) and the zeros the shifted reads reach after them."""
     n, _, hp, wp = xp.shape
-    pad = _whole(n * hp * wp, tile_width(xp.itemsize)) - n * hp * wp
+    pad = whole(n * hp * wp, tile_width(xp.itemsize)) - n * hp * wp
     return _runs(xp, hp, wp, "input runs", tail=pad + _reach(kh, kw, wp, dh, dw))
 
 
@@ -136,8 +129,8 @@ def _grad_runs(gy, kh, kw, hp, wp, dh, dw):
     where they start: after a head of zeros that the input gradient's reads reach back into, rounded
     up to whole vectors so that the weight gradient's loads of them are aligned. Returns (runs, head)."""
     n = gy.shape[0]
-    head = _whole(_reach(kh, kw, wp, dh, dw), lanes(gy.itemsize))
-    pad = _whole(n * hp * wp, tile_width(gy.itemsize)) - n * hp * wp
+    head = whole(_reach(kh, kw, wp, dh, dw), lanes(gy.itemsize))
+    pad = whole(n * hp * wp, tile_width(gy.itemsize)) - n * hp * wp
     return _runs(gy, hp, wp, "grad runs", head=head, tail=pad), head
 
 
@@ -186,7 +179,7 @@ def conv2d_forward(xp, w, b, sh, sw, dh, dw, oh, ow):
     n, _, hp, wp = xp.shape
     c_out, _, kh, kw = w.shape
     y = np.empty((n, c_out, oh, ow), dtype=xp.dtype)
-    yr = scratch("wide out", (tile_rows(c_out), _whole(n * hp * wp, tile_width(xp.itemsize))), xp.dtype)
+    yr = scratch("wide out", (tile_rows(c_out), whole(n * hp * wp, tile_width(xp.itemsize))), xp.dtype)
     sized(_conv_wide, work // TILE_SPEED)(_input_runs(xp, kh, kw, dh, dw), w, b, yr, y, hp, wp, dh, dw)
     return y
 
@@ -197,15 +190,16 @@ def _grad_weight_wide(gr, head, xr, kh, kw, wp, dh, dw):
     output gradient, from ``head`` on) and ``xr`` (of the input), a register tile of output channels by
     taps at a time (see :func:`._tiles.dot_tile`).
 
-    A task is a group of output channels and a share of the blocks, for every input channel, so each
-    block of the runs is read from memory once per group; the input channel 0 pass also sums the runs
-    for the bias (their scratch positions are 0). The shares are fixed by the shapes, so the result does
-    not depend on the thread count.
+    A task is a group of output channels, a chunk of the input channels and a share of the blocks (at
+    most :data:`_GRAD_TASKS` tasks, shares of 4 blocks or more), so a block of the output gradient's
+    runs is read from memory once per task; the tasks of the first chunk also sum the runs for the
+    bias (their scratch positions are 0). Each task sums into arrays of its own, and the split is fixed
+    by the shapes, so the result does not depend on the thread count.
     """
     c_out, length = gr.shape[0], gr.shape[1] - head
     c_in = xr.shape[0]
     n_taps = kh * kw
-    tap_shift = np.empty(_whole(n_taps, DOT_COLS), dtype=np.int64)  # the last tap repeated to whole tiles
+    tap_shift = np.empty(whole(n_taps, DOT_COLS), dtype=np.int64)  # the last tap repeated to whole tiles
     for t in range(tap_shift.size):
         k = min(t, n_taps - 1)
         tap_shift[t] = (k // kw) * dh * wp + (k % kw) * dw

@@ -1,13 +1,14 @@
-"""The fully connected layer as Numba loops.
+"""The fully connected layer as Numba loops, built on the register tiles of :mod:`._tiles`.
 
-Thin layers (few outputs, a large batch; BLAS handles them poorly: an MLP's ``(60000, 784) @ (784, 10)``
-runs at half of memory speed) use the convolution helpers of :mod:`._taps` with the row length as the
-shift: a block of input rows is read from memory once and meets four weight rows per pass while it is
-in cache. The gradients of every layer at least one register tile wide are products of register tiles
-(:func:`._tiles.store_tile`): about twice as fast as BLAS on a layer of 400 or 9216 inputs and 128
-outputs at batch 64, where BLAS's own blocking does not pay. The dispatcher measures both backends.
+- Forward pass: dot products of input rows and weight rows, a tile of 4 rows by 5 outputs at a time
+  that prefetches the next rows, so a thin layer's large batch (an MLP's ``(60000, 784)`` input, where
+  BLAS runs at half of memory speed) streams from memory while the arithmetic runs.
+- Gradients: products of output tiles (8 rows by 48 columns) for any layer at least a tile wide,
+  about twice as fast as BLAS for 400 or 9216 inputs and 128 outputs at batch 64; narrower layers use
+  the multiply-add helpers of :mod:`._taps`.
 
-Every array is C-contiguous (the functional API makes it so).
+The dispatcher measures both backends for every shape. Every array is C-contiguous (the functional
+API makes it so).
 """
 from __future__ import annotations
 
@@ -15,7 +16,7 @@ import numpy as np
 
 from ._jit import parallel_kernel, prange, sized
 from ._taps import add_taps, add_taps4
-from ._tiles import DENSE_COLS, DENSE_ROWS, ROWS, TILE_SPEED, dense_tile, lanes, store_tile, tile_width
+from ._tiles import DENSE_COLS, DENSE_ROWS, ROWS, TILE_SPEED, dense_tile, lanes, store_tile, tile_width, whole
 
 _ROWS = 96  # input rows per task: about 300 KB of a 784-wide float32 input, so it stays in L2 cache
 _BLOCK_ROWS, _MAX_BLOCKS = 4 * _ROWS, 16  # the weight gradient's partial sums: their number depends on
@@ -43,7 +44,7 @@ def linear_grad_input(gy, w):
 def linear_grad_weight(gy, x):
     """``gy.T @ x``: the weight gradient, shape (out, in)."""
     if x.shape[1] >= tile_width(x.itemsize):
-        gy_t = np.empty((-(-gy.shape[1] // ROWS) * ROWS, gy.shape[0]), dtype=gy.dtype)
+        gy_t = np.empty((whole(gy.shape[1], ROWS), gy.shape[0]), dtype=gy.dtype)
         sized(_transpose_padded, gy.size)(gy, gy_t)
         return _tile_product(gy_t, x, gy.shape[1])
     return _grad_weight_thin(gy, x)
@@ -53,7 +54,7 @@ def _padded_rows(a):
     """``a`` with zero rows appended to whole register tiles of rows (``a`` itself when it has them)."""
     if a.shape[0] % ROWS == 0:
         return a
-    padded = np.zeros((-(-a.shape[0] // ROWS) * ROWS, a.shape[1]), dtype=a.dtype)
+    padded = np.zeros((whole(a.shape[0], ROWS), a.shape[1]), dtype=a.dtype)
     padded[: a.shape[0]] = a
     return padded
 
