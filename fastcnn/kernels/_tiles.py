@@ -5,14 +5,15 @@ A convolution's forward pass and input gradient want an outer product instead: a
 output rows by :data:`VECTORS` SIMD vectors of output positions, summed over every tap while all of it
 stays in registers, and written once (:func:`store_tile`). Python loops cannot say that, so these
 Numba intrinsics emit the loop directly: vector loads, broadcasts and ``llvm.fma`` on
-``<lanes x float>``. The weight gradient's dot products (:func:`dot_tile`) keep a fixed tile of
-:data:`DOT_ROWS` by :data:`DOT_COLS` vector sums the same way, and so does a thin dense layer's
-forward pass, which also prefetches the input rows it will read next: compute and memory then overlap. A vector is 64 bytes (:func:`lanes`):
-one AVX-512 register; LLVM splits it into two or four registers on CPUs with narrower vectors, so
-the tiles are correct everywhere.
+``<lanes x float>``. The weight gradient's dot products (``dot_tile``) keep a fixed tile of
+:data:`DOT_ROWS` by :data:`DOT_COLS` vector sums the same way, and so does a dense layer's forward
+pass (``dense_tile``), which also prefetches the input rows it will read next, so that streaming
+them from memory overlaps the arithmetic.
 
-The intrinsics are inlined into the kernel that calls them. They read whole vectors, so callers pad
-their arrays (see each function) and drop what lands in the padding.
+A vector is 64 bytes (:func:`lanes`): one AVX-512 register. LLVM splits it into two or four registers
+on CPUs with narrower vectors, so the tiles are correct everywhere (though tuned for AVX-512). The
+intrinsics are inlined into the kernel that calls them. They read whole vectors, so callers pad
+their arrays (see each factory) and drop what lands in the padding.
 """
 from __future__ import annotations
 
@@ -55,8 +56,11 @@ def tile_width(itemsize: int) -> int:
 
 
 def _float_arrays(*arrays) -> bool:
-    dtypes = {a.dtype for a in arrays if isinstance(a, types.Array)}
-    return len(dtypes) == 1 and dtypes <= {types.float32, types.float64} and all(isinstance(a, types.Array) for a in arrays)
+    """Whether the Numba types are all arrays of one float dtype."""
+    if not all(isinstance(a, types.Array) for a in arrays):
+        return False
+    dtypes = {a.dtype for a in arrays}
+    return len(dtypes) == 1 and dtypes <= {types.float32, types.float64}
 
 
 def _vector_ops(context, builder, dtype):
@@ -110,9 +114,8 @@ def _store_tile_typing(rows, out, w, src, offsets):
 
     def codegen(context, builder, signature, args):
         out_t, w_t, _, _, src_t, offsets_t, _, _, _ = signature.args
-        out_a, w_a = context.make_array(out_t)(context, builder, args[0]), context.make_array(w_t)(context, builder, args[1])
-        src_a = context.make_array(src_t)(context, builder, args[4])
-        offsets_a = context.make_array(offsets_t)(context, builder, args[5])
+        out_a, w_a, src_a, offsets_a = (context.make_array(ty)(context, builder, args[i])
+                                        for ty, i in ((out_t, 0), (w_t, 1), (src_t, 4), (offsets_t, 5)))
         row, col, first, stop = args[2], args[3], args[6], args[7]
         n, zero, fma, splat, load, store = _vector_ops(context, builder, out_t.dtype)
         out_width = cgutils.unpack_tuple(builder, out_a.shape, 2)[1]
@@ -143,10 +146,12 @@ def _store_tile_typing(rows, out, w, src, offsets):
 def _dot_tile(rows: int, cols: int, prefetch: bool):
     """An intrinsic ``dot_tile(out, g, g_starts, x, x_starts, length, ahead)``:
     ``out[a, b] = sum(g[g_starts[a] + k] * x[x_starts[b] + k] for k < length)`` for ``a < rows`` and
-    ``b < cols``. ``out`` is C-contiguous (rows, cols) or larger; ``length`` is a multiple of ``lanes``.
+    ``b < cols``. ``out`` is C-contiguous with rows of ``cols`` values; ``length`` is a multiple of
+    ``lanes``.
 
     With ``prefetch``, each step also asks the cache for the line ``ahead`` values further along each
-    row of ``g`` (the rows the next call will read, for a stream from memory); otherwise ``ahead`` is unused.
+    row of ``g`` (the rows the next call will read, for a stream from memory); otherwise ``ahead`` is
+    unused.
     """
     def dot_tile(typingctx, out, g, g_starts, x, x_starts, length, ahead):
         return _dot_tile_typing(rows, cols, prefetch, out, g, g_starts, x, x_starts)
@@ -164,16 +169,15 @@ def _dot_tile_typing(rows, cols, prefetch, out, g, g_starts, x, x_starts):
 
     def codegen(context, builder, signature, args):
         out_t, g_t, gs_t, x_t, xs_t, _, _ = signature.args
-        out_a, g_a = context.make_array(out_t)(context, builder, args[0]), context.make_array(g_t)(context, builder, args[1])
-        gs_a, x_a = context.make_array(gs_t)(context, builder, args[2]), context.make_array(x_t)(context, builder, args[3])
-        xs_a = context.make_array(xs_t)(context, builder, args[4])
+        out_a, g_a, gs_a, x_a, xs_a = (context.make_array(ty)(context, builder, args[i])
+                                       for i, ty in enumerate((out_t, g_t, gs_t, x_t, xs_t)))
         n, zero, fma, _, load, _ = _vector_ops(context, builder, out_t.dtype)
         g_at = [builder.load(builder.gep(gs_a.data, [_int(a)])) for a in range(rows)]
         x_at = [builder.load(builder.gep(xs_a.data, [_int(b)])) for b in range(cols)]
         acc = [[cgutils.alloca_once_value(builder, zero) for _ in range(cols)] for _ in range(rows)]
         byte_ptr, i32 = ir.IntType(8).as_pointer(), ir.IntType(32)
-        fetch = cgutils.get_or_insert_function(builder.module, ir.FunctionType(ir.VoidType(), [byte_ptr, i32, i32, i32]),
-                                               "llvm.prefetch.p0")
+        fetch = cgutils.get_or_insert_function(
+            builder.module, ir.FunctionType(ir.VoidType(), [byte_ptr, i32, i32, i32]), "llvm.prefetch.p0")
         with cgutils.for_range(builder, builder.udiv(args[5], _int(n))) as loop:
             k = builder.mul(loop.index, _int(n))
             for a in range(rows if prefetch else 0):  # read, keep in all caches, data
@@ -200,9 +204,8 @@ def _dot_tile_typing(rows, cols, prefetch, out, g, g_starts, x, x_starts):
     return sig, codegen
 
 
-
 store_tile = _store_tile(ROWS)
 store_row = _store_tile(1)  # for outputs of fewer than FEW_ROWS rows
 dot_tile = _dot_tile(DOT_ROWS, DOT_COLS, False)
 dot_row = _dot_tile(1, DOT_COLS, False)  # for fewer than DOT_ROWS rows of g
-dense_tile = _dot_tile(DENSE_ROWS, DENSE_COLS, True)  # a thin dense layer's forward pass, streaming its input
+dense_tile = _dot_tile(DENSE_ROWS, DENSE_COLS, True)  # a dense layer's forward pass, streaming its input
