@@ -116,11 +116,16 @@ def _reach(kh, kw, wp, dh, dw):
     return (kh - 1) * dh * wp + (kw - 1) * dw
 
 
+def _wide_length(n, hp, wp, itemsize):
+    """Positions in a wide array: ``n*hp*wp``, rounded up to whole tiles (see :func:`._tiles.tile_width`)."""
+    return whole(n * hp * wp, tile_width(itemsize))
+
+
 def _input_runs(xp, kh, kw, dh, dw):
     """The runs of the padded input: the forward pass's and the weight gradient's layout, with whole
-    tiles of positions (see :func:`._tiles.tile_width`) and the zeros the shifted reads reach after them."""
+    tiles of positions and the zeros the shifted reads reach after them."""
     n, _, hp, wp = xp.shape
-    pad = whole(n * hp * wp, tile_width(xp.itemsize)) - n * hp * wp
+    pad = _wide_length(n, hp, wp, xp.itemsize) - n * hp * wp
     return _runs(xp, hp, wp, "input runs", tail=pad + _reach(kh, kw, wp, dh, dw))
 
 
@@ -130,7 +135,7 @@ def _grad_runs(gy, kh, kw, hp, wp, dh, dw):
     up to whole vectors so that the weight gradient's loads of them are aligned. Returns (runs, head)."""
     n = gy.shape[0]
     head = whole(_reach(kh, kw, wp, dh, dw), lanes(gy.itemsize))
-    pad = whole(n * hp * wp, tile_width(gy.itemsize)) - n * hp * wp
+    pad = _wide_length(n, hp, wp, gy.itemsize) - n * hp * wp
     return _runs(gy, hp, wp, "grad runs", head=head, tail=pad), head
 
 
@@ -179,7 +184,7 @@ def conv2d_forward(xp, w, b, sh, sw, dh, dw, oh, ow):
     n, _, hp, wp = xp.shape
     c_out, _, kh, kw = w.shape
     y = np.empty((n, c_out, oh, ow), dtype=xp.dtype)
-    yr = scratch("wide out", (tile_rows(c_out), whole(n * hp * wp, tile_width(xp.itemsize))), xp.dtype)
+    yr = scratch("wide out", (tile_rows(c_out), _wide_length(n, hp, wp, xp.itemsize)), xp.dtype)
     sized(_conv_wide, work // TILE_SPEED)(_input_runs(xp, kh, kw, dh, dw), w, b, yr, y, hp, wp, dh, dw)
     return y
 
