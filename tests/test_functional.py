@@ -134,6 +134,14 @@ def _pool_input(case):
     return rng.standard_normal(case["shape"]).astype(case["dtype"])
 
 
+def _scatter_reference(gy, idx, shape):
+    want = np.zeros(shape)
+    for s in range(shape[0]):
+        for c in range(shape[1]):
+            np.add.at(want[s, c].reshape(-1), idx[s, c].ravel(), gy[s, c].ravel().astype(np.float64))
+    return want
+
+
 @SETTINGS
 @given(case=pool_cases())
 def test_max_pool2d_matches_reference_with_ties(case):
@@ -141,10 +149,7 @@ def test_max_pool2d_matches_reference_with_ties(case):
     stride = case["stride"] or case["kernel"]
     want_y, want_idx = ref.max_pool2d(x, case["kernel"], stride, case["padding"])
     gy = np.random.default_rng(case["seed"]).standard_normal(want_y.shape).astype(case["dtype"])
-    want_gx = np.zeros(x.shape)
-    for s in range(x.shape[0]):
-        for c in range(x.shape[1]):
-            np.add.at(want_gx[s, c].reshape(-1), want_idx[s, c].ravel(), gy[s, c].ravel().astype(np.float64))
+    want_gx = _scatter_reference(gy, want_idx, x.shape)
     for backend in BACKENDS:
         y, idx = F.max_pool2d(x, case["kernel"], case["stride"], case["padding"], backend=backend)
         assert y.dtype == x.dtype and idx.dtype == np.int64
@@ -153,6 +158,25 @@ def test_max_pool2d_matches_reference_with_ties(case):
         gx = F.max_pool2d_backward(gy, idx, x.shape, backend=backend)
         assert gx.dtype == x.dtype
         np.testing.assert_allclose(gx, want_gx, **TOL[case["dtype"]])
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_max_pool2d_2x2_on_wide_rows_with_nans_and_any_indices(backend, dtype, rng):
+    # 35 windows a row: several vectors of windows and a part vector; odd height and width.
+    x = np.maximum(rng.integers(-2, 3, (2, 3, 9, 71)), 0).astype(dtype)
+    x[0, 1, 2, 5] = x[0, 1, 3, 4] = x[1, 2, 8, 7] = np.nan
+    want_y, want_idx = ref.max_pool2d(x, (2, 2), (2, 2), (0, 0))
+    y, idx = F.max_pool2d(x, 2, backend=backend)
+    np.testing.assert_array_equal(y, want_y)
+    np.testing.assert_array_equal(idx, want_idx)
+    gy = rng.standard_normal(y.shape).astype(dtype)
+    np.testing.assert_allclose(F.max_pool2d_backward(gy, idx, x.shape, backend=backend),
+                               _scatter_reference(gy, idx, x.shape), **TOL[dtype])
+    # Indices outside their 2x2 block, repeated ones among them: every gradient still lands, and sums.
+    any_idx = rng.integers(0, 9 * 71, y.shape)
+    any_idx[1, 0, 0, :3] = 5
+    np.testing.assert_allclose(F.max_pool2d_backward(gy, any_idx, x.shape, backend=backend),
+                               _scatter_reference(gy, any_idx, x.shape), **TOL[dtype])
 
 
 @SETTINGS

@@ -1,29 +1,15 @@
-"""Max and average pooling as ``@njit(parallel=True)`` loops, one (sample, channel) plane per task."""
+"""Max and average pooling as ``@njit(parallel=True)`` loops, one (sample, channel) plane per task.
+
+The common max-pool, 2x2 windows with stride 2 and no padding, goes a vector of windows at a time
+(see :mod:`._pool_vectors`); other windows go one at a time.
+"""
 from __future__ import annotations
 
 import numpy as np
 
 from ._jit import kernel_helper, parallel_kernel, prange, sized
-
-
-@kernel_helper
-def _first_max_2x2(a, b, c, d, w):
-    """Value and in-window offset (0, 1, w, w + 1) of the first maximum of a 2x2 window ``[[a, b], [c, d]]``.
-
-    Written without data-dependent branches (equality flags times offsets): post-ReLU data is full of
-    ties that make a branchy argmax mispredict on almost every window.
-    """
-    if a != a or b != b or c != c or d != d:  # rare: the first NaN wins
-        if a != a:
-            return a, 0
-        if b != b:
-            return b, 1
-        if c != c:
-            return c, w
-        return d, w + 1
-    best = max(max(a, b), max(c, d))
-    ea, eb, ec = np.int64(a == best), np.int64(b == best), np.int64(c == best)
-    return best, (1 - ea) * (eb + (1 - eb) * (w + 1 - ec))
+from ._pool_vectors import max_pairs, unpool_pairs
+from ._tiles import lanes
 
 
 @kernel_helper
@@ -52,19 +38,18 @@ def _max_pool_plane(plane, kh, kw, sh, sw, ph, pw, y, idx):
 
 @parallel_kernel
 def _max_pool_2x2(x, oh, ow):
-    """The common case, 2x2 windows with stride 2 and no padding, in straight-line code."""
+    """2x2 windows with stride 2 and no padding, a vector of windows at a time; ``x`` C-contiguous."""
     n, c, h, w = x.shape
     y = np.empty((n, c, oh, ow), dtype=x.dtype)
     idx = np.empty((n, c, oh, ow), dtype=np.int64)
-    for task in prange(n * c):
-        s, ch = task // c, task % c
+    step = lanes(x.itemsize)
+    x_flat, y_flat, idx_flat = x.reshape(x.size), y.reshape(y.size), idx.reshape(idx.size)
+    for plane in prange(n * c):
         for r in range(oh):
-            top, bottom = x[s, ch, 2 * r], x[s, ch, 2 * r + 1]
-            yr, ir = y[s, ch, r], idx[s, ch, r]
-            for q in range(ow):
-                best, at = _first_max_2x2(top[2 * q], top[2 * q + 1], bottom[2 * q], bottom[2 * q + 1], w)
-                yr[q] = best
-                ir[q] = 2 * r * w + 2 * q + at
+            for q in range(0, ow, step):
+                corner = 2 * r * w + 2 * q
+                max_pairs(x_flat, plane * h * w + corner, w, y_flat, (plane * oh + r) * ow + q, idx_flat, corner,
+                          min(step, ow - q))
     return y, idx
 
 
@@ -86,13 +71,24 @@ def max_pool2d_forward(x, kh, kw, sh, sw, ph, pw, oh, ow):
     first NaN in a window wins. (The case is picked here, in Python, so only the kernel used compiles.)
     """
     if (kh, kw, sh, sw, ph, pw) == (2, 2, 2, 2, 0, 0):
-        return sized(_max_pool_2x2, x.size)(x, oh, ow)
+        return sized(_max_pool_2x2, x.size)(np.ascontiguousarray(x), oh, ow)
     return sized(_max_pool_any, x.shape[0] * x.shape[1] * oh * ow * kh * kw)(x, kh, kw, sh, sw, ph, pw, oh, ow)
 
 
 def max_pool2d_backward(gy, argmax, h, w):
     """Scatter ``gy`` (N, C, OH, OW) to the input positions named by ``argmax``; sums overlaps."""
+    if 2 * gy.shape[2] <= h < 2 * gy.shape[2] + 2 and 2 * gy.shape[3] <= w < 2 * gy.shape[3] + 2:  # as 2x2, stride 2
+        return sized(_max_unpool_2x2, gy.size * 4)(np.ascontiguousarray(gy), np.ascontiguousarray(argmax), h, w)
     return sized(_max_pool_backward, gy.shape[0] * gy.shape[1] * h * w)(gy, argmax, h, w)
+
+
+@kernel_helper
+def _scatter(flat, g, at):
+    """``flat[:] = 0``, then ``flat[at[p]] += g[p]`` for every ``p``."""
+    for p in range(flat.size):
+        flat[p] = 0
+    for p in range(g.size):
+        flat[at[p]] += g[p]
 
 
 @parallel_kernel
@@ -102,11 +98,36 @@ def _max_pool_backward(gy, argmax, h, w):
     grad = np.empty((n, c, h, w), dtype=gy.dtype)
     for task in prange(n * c):
         s, ch = task // c, task % c
-        flat = grad[s, ch].reshape(h * w)
-        flat[:] = 0
-        g, at = gy[s, ch].reshape(oh * ow), argmax[s, ch].reshape(oh * ow)
-        for p in range(oh * ow):
-            flat[at[p]] += g[p]
+        _scatter(grad[s, ch].reshape(h * w), gy[s, ch].reshape(oh * ow), argmax[s, ch].reshape(oh * ow))
+    return grad
+
+
+@parallel_kernel
+def _max_unpool_2x2(gy, argmax, h, w):
+    """:func:`max_pool2d_backward` when window ``(r, q)`` picked from the 2x2 block at ``(2r, 2q)``, as
+    in a 2x2, stride-2 pool: a vector of windows at a time, each input position written once, with no
+    zeroing pass. A plane with an index outside its block (other windows, or indices passed to the
+    public function) is scattered instead, so any indices give the right sums."""
+    n, c, oh, ow = gy.shape
+    grad = np.empty((n, c, h, w), dtype=gy.dtype)
+    step = lanes(gy.itemsize)
+    g_flat, idx_flat, grad_flat = gy.reshape(gy.size), argmax.reshape(argmax.size), grad.reshape(grad.size)
+    for plane in prange(n * c):
+        inside = True
+        start = plane * h * w
+        for r in range(oh):
+            for q in range(0, ow, step):
+                corner = 2 * r * w + 2 * q
+                inside &= unpool_pairs(g_flat, (plane * oh + r) * ow + q, idx_flat, corner, w, grad_flat,
+                                       start + corner, min(step, ow - q))
+            for col in range(2 * ow, w):  # an odd width's last column
+                grad_flat[start + 2 * r * w + col] = 0
+                grad_flat[start + (2 * r + 1) * w + col] = 0
+        for p in range(start + 2 * oh * w, start + h * w):  # an odd height's last row
+            grad_flat[p] = 0
+        if not inside:
+            at = plane * oh * ow
+            _scatter(grad_flat[start : start + h * w], g_flat[at : at + oh * ow], idx_flat[at : at + oh * ow])
     return grad
 
 

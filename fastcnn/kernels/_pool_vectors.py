@@ -1,0 +1,146 @@
+"""2x2 max-pooling with stride 2, a vector of windows at a time, written as LLVM vector code.
+
+A pooled row of an MNIST net is short (13 windows of a 26-wide plane), so LLVM's loop vectoriser,
+which wants long loops, leaves the windows scalar: about 8 cycles each. Here one call handles up to
+a vector of windows of one row pair: it loads both input rows, splits even and odd columns with
+shuffles, and picks each window's first maximum with compares and selects (:func:`max_pairs`); the
+gradient goes back the same way, each pooled value to the one position of its window that won
+(:func:`unpool_pairs`). Loads and stores past the row's last window are masked off, so a call never
+touches memory outside the row pair, and parallel tasks can own neighbouring rows.
+"""
+from __future__ import annotations
+
+from llvmlite import ir
+from numba import types
+from numba.core import cgutils
+from numba.extending import intrinsic
+
+from ._tiles import _float_arrays, _int, lanes
+
+_I32 = ir.IntType(32)
+
+
+class _Vectors:
+    """The vector building blocks for ``n``-lane vectors of ``fty`` and of int64."""
+
+    def __init__(self, builder, fty, n):
+        self.builder, self.n = builder, n
+        self.vty, self.ity = ir.VectorType(fty, n), ir.VectorType(ir.IntType(64), n)
+        self.zero = ir.Constant(self.vty, [ir.Constant(fty, 0.0)] * n)
+        self.iota = ir.Constant(self.ity, list(range(n)))
+
+    def splat(self, value):
+        b = self.builder
+        ty = ir.VectorType(value.type, self.n)
+        one = b.insert_element(ir.Constant(ty, ir.Undefined), value, ir.Constant(_I32, 0))
+        return b.shuffle_vector(one, ir.Constant(ty, ir.Undefined), ir.Constant(ir.VectorType(_I32, self.n), [0] * self.n))
+
+    def below(self, first, limit):
+        """The mask of lanes ``k`` with ``first + k < limit``."""
+        return self.builder.icmp_signed("<", self.builder.add(self.iota, self.splat(first)), self.splat(limit))
+
+    def load(self, data, index, mask, fill):
+        vty = fill.type
+        fn = cgutils.get_or_insert_function(self.builder.module, ir.FunctionType(vty, [data.type, mask.type, vty]),
+                                            f"llvm.masked.load.{_suffix(vty)}.p0")
+        return self.builder.call(fn, [self.builder.gep(data, [index]), mask, fill])
+
+    def store(self, value, data, index, mask):
+        fn = cgutils.get_or_insert_function(self.builder.module,
+                                            ir.FunctionType(ir.VoidType(), [value.type, data.type, mask.type]),
+                                            f"llvm.masked.store.{_suffix(value.type)}.p0")
+        self.builder.call(fn, [value, self.builder.gep(data, [index]), mask])
+
+    def shuffle(self, a, b, order):
+        return self.builder.shuffle_vector(a, b, ir.Constant(ir.VectorType(_I32, len(order)), order))
+
+
+def _suffix(vty) -> str:
+    element = vty.element
+    name = {ir.FloatType: "f32", ir.DoubleType: "f64"}.get(type(element)) or f"i{element.width}"
+    return f"v{vty.count}{name}"
+
+
+def _first_of(b, va, ia, vb, ib):
+    """Per lane, the value and index of the first maximum of ``(va, vb)``: ``va`` if ``va >= vb`` or
+    ``va`` is NaN, else ``vb`` (so a NaN wins, the first one if both are)."""
+    take_a = b.or_(b.fcmp_ordered(">=", va, vb), b.fcmp_unordered("uno", va, va))
+    return b.select(take_a, va, vb), b.select(take_a, ia, ib)
+
+
+@intrinsic
+def max_pairs(typingctx, x, at, w, y, out, idx, base, count):
+    """``max_pairs(x, at, w, y, out, idx, base, count)``: for window ``q < count``, the maximum of
+    ``x[at + 2q]``, ``x[at + 2q + 1]``, ``x[at + w + 2q]``, ``x[at + w + 2q + 1]`` to ``y[out + q]``
+    and its position (``base + 2q`` plus 0, 1, ``w`` or ``w + 1``: ties to the first in that order,
+    the first NaN wins) to ``idx[out + q]``. ``x`` and ``y`` are 1-D arrays of one float dtype, ``idx``
+    of int64; ``count`` is at most ``lanes`` (:func:`._tiles.lanes`)."""
+    if not (_float_arrays(x, y) and x.ndim == y.ndim == 1 and isinstance(idx, types.Array)
+            and idx.dtype == types.int64 and idx.ndim == 1):
+        return None
+    sig = types.void(x, types.intp, types.intp, y, types.intp, idx, types.intp, types.intp)
+
+    def codegen(context, builder, signature, args):
+        x_t, _, _, y_t, _, i_t, _, _ = signature.args
+        x_a, y_a, i_a = (context.make_array(t)(context, builder, args[k]) for t, k in ((x_t, 0), (y_t, 3), (i_t, 5)))
+        at, w, out, base, count = args[1], args[2], args[4], args[6], args[7]
+        fty = context.get_value_type(x_t.dtype)
+        v = _Vectors(builder, fty, lanes(context.get_abi_sizeof(fty)))
+        n, pairs = v.n, builder.mul(count, _int(2))
+        low, high = v.below(_int(0), pairs), v.below(_int(v.n), pairs)
+        evens, odds = list(range(0, 2 * n, 2)), list(range(1, 2 * n, 2))
+        columns = []
+        for start in (at, builder.add(at, w)):
+            first, second = v.load(x_a.data, start, low, v.zero), v.load(x_a.data, builder.add(start, _int(n)), high, v.zero)
+            columns += [v.shuffle(first, second, evens), v.shuffle(first, second, odds)]
+        a, b, c, d = columns
+        top = _first_of(builder, a, v.splat(_int(0)), b, v.splat(_int(1)))
+        bottom = _first_of(builder, c, v.splat(w), d, v.splat(builder.add(w, _int(1))))
+        best, offset = _first_of(builder, *top, *bottom)
+        position = builder.add(builder.add(v.splat(base), builder.add(v.iota, v.iota)), offset)
+        windows = v.below(_int(0), count)
+        v.store(best, y_a.data, out, windows)
+        v.store(position, i_a.data, out, windows)
+        return context.get_dummy_value()
+
+    return sig, codegen
+
+
+@intrinsic
+def unpool_pairs(typingctx, g, at, idx, base, w, grad, to, count):
+    """``unpool_pairs(g, at, idx, base, w, grad, to, count)``: the inverse of :func:`max_pairs`. For
+    window ``q < count``, ``g[at + q]`` goes to the position ``idx[at + q]`` names among ``grad[to + 2q]``,
+    ``grad[to + 2q + 1]``, ``grad[to + w + 2q]`` and ``grad[to + w + 2q + 1]`` (``base + 2q`` plus 0, 1,
+    ``w`` or ``w + 1``), and the other three get 0. Returns whether every index named a position of its
+    window; where one did not, that window's four positions are 0 and the caller must scatter instead."""
+    if not (_float_arrays(g, grad) and g.ndim == grad.ndim == 1 and isinstance(idx, types.Array)
+            and idx.dtype == types.int64 and idx.ndim == 1):
+        return None
+    sig = types.boolean(g, types.intp, idx, types.intp, types.intp, grad, types.intp, types.intp)
+
+    def codegen(context, builder, signature, args):
+        g_t, _, i_t, _, _, o_t, _, _ = signature.args
+        g_a, i_a, o_a = (context.make_array(t)(context, builder, args[k]) for t, k in ((g_t, 0), (i_t, 2), (o_t, 5)))
+        at, base, w, to, count = args[1], args[3], args[4], args[6], args[7]
+        fty = context.get_value_type(g_t.dtype)
+        v = _Vectors(builder, fty, lanes(context.get_abi_sizeof(fty)))
+        n = v.n
+        windows = v.below(_int(0), count)
+        values = v.load(g_a.data, at, windows, v.zero)
+        corner = builder.add(v.splat(base), builder.add(v.iota, v.iota))
+        offset = builder.sub(v.load(i_a.data, at, windows, corner), corner)  # masked-off lanes read offset 0
+        hits = [builder.icmp_signed("==", offset, v.splat(k)) for k in (_int(0), _int(1), w, builder.add(w, _int(1)))]
+        inside = builder.or_(builder.or_(hits[0], hits[1]), builder.or_(hits[2], hits[3]))
+        reduce_and = cgutils.get_or_insert_function(builder.module, ir.FunctionType(ir.IntType(1), [inside.type]),
+                                                    f"llvm.vector.reduce.and.v{n}i1")
+        parts = [builder.select(hit, values, v.zero) for hit in hits]
+        half = n // 2
+        interleave = [[k + j * n for k in range(lo, lo + half) for j in (0, 1)] for lo in (0, half)]
+        pairs = builder.mul(count, _int(2))
+        masks = (v.below(_int(0), pairs), v.below(_int(n), pairs))
+        for row, (left, right) in zip((to, builder.add(to, w)), (parts[:2], parts[2:])):
+            for k in (0, 1):
+                v.store(v.shuffle(left, right, interleave[k]), o_a.data, builder.add(row, _int(k * n)), masks[k])
+        return builder.call(reduce_and, [inside])
+
+    return sig, codegen
