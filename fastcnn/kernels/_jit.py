@@ -18,8 +18,8 @@ Only the flags that keep NaN and infinity semantics: max-pooling relies on ``-in
 Cache
 -----
 Numba checks a cached kernel against the source of its own module only, yet it compiles the helpers a
-kernel calls from other modules (:mod:`._taps`, :mod:`._tiles`, :mod:`._pool_vectors`, :mod:`._mask`, the flags here) into
-that kernel. So every kernel of this package is stamped with the sources of all of its modules: a
+kernel calls from other modules (:mod:`._taps`, :mod:`._tiles`, :mod:`._pool_vectors`, :mod:`._mask`,
+the flags here) into that kernel. So every kernel of this package is stamped with the sources of all of its modules: a
 change to any of them recompiles every kernel, instead of loading stale machine code.
 """
 from __future__ import annotations
