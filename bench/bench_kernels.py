@@ -1,4 +1,5 @@
-"""The dispatched kernels (Conv2D, max-pool, average-pool), per phase, shape and backend (float32)."""
+"""The dispatched kernels (Conv2D, max-pool, average-pool, Conv2D with its max-pool), per phase, shape
+and backend (float32)."""
 import numpy as np
 import pytest
 
@@ -17,6 +18,8 @@ CONV_SHAPES = [
     (64, 64, 14, 14, 128, 3, 2, 1),
 ]
 MAX_POOL_SHAPES = [(64, 32, 26, 26), (64, 64, 24, 24), (64, 8, 26, 26), (256, 8, 26, 26)]
+# A conv and the 2x2 max-pool after it, as Sequential runs them: lenet's two, pytorch_example's second.
+CONV_POOL_SHAPES = [(64, 1, 28, 28, 8, 3, 1, 0), (64, 8, 13, 13, 16, 3, 1, 0), (64, 32, 26, 26, 64, 3, 1, 0)]
 # (shape, kernel, stride, padding)
 AVG_POOL_CASES = [((64, 32, 26, 26), 2, 2, 0), ((64, 64, 24, 24), 3, 2, 1)]
 PHASES = ["fwd", "bwd", "fwd+bwd"]
@@ -74,6 +77,30 @@ def _conv_phases(shape, backend):
     return {"fwd": fwd, "bwd": bwd, "fwd+bwd": fwd_bwd}
 
 
+def _conv_pool_phases(shape, backend):
+    n, c, h, w, co, k, st, p = shape
+    x, wt, b = rand((n, c, h, w)), rand((co, c, k, k), 1) * 0.1, rand((co,), 2)
+    if backend == "torch":
+        return _torch_phases(lambda x, wt, b: torch.nn.functional.max_pool2d(torch.nn.functional.conv2d(x, wt, b, st, p), 2),
+                             (x, wt, b))
+    be = fastcnn_backend(backend)
+
+    def fwd():
+        return F.conv2d_max_pool2d(x, wt, b, st, p, backend=be)
+
+    y, idx = fwd()
+    gy = np.ones_like(y)
+
+    def bwd():
+        return F.conv2d_max_pool2d_backward(gy, idx, x, wt, st, p, backend=be)
+
+    def fwd_bwd():
+        _, i = fwd()
+        return F.conv2d_max_pool2d_backward(gy, i, x, wt, st, p, backend=be)
+
+    return {"fwd": fwd, "bwd": bwd, "fwd+bwd": fwd_bwd}
+
+
 def _max_pool_phases(shape, backend):
     x = np.maximum(rand(shape), 0)  # post-ReLU: many ties
     if backend == "torch":
@@ -124,6 +151,15 @@ def _avg_pool_phases(case, backend):
 def bench_conv2d(benchmark, shape, backend, phase):
     fn = _conv_phases(shape, backend)[phase]
     run_measured(benchmark, op="conv2d", phase=phase, shape=conv_label(shape), backend=backend, fn=fn)
+
+
+@param_backends()
+@pytest.mark.parametrize("shape", CONV_POOL_SHAPES, ids=conv_label)
+@pytest.mark.parametrize("phase", ["fwd", "fwd+bwd"])
+def bench_conv2d_max_pool2d(benchmark, shape, backend, phase):
+    fn = _conv_pool_phases(shape, backend)[phase]
+    run_measured(benchmark, op="conv2d_max_pool2d", phase=phase, shape=conv_label(shape) + ", 2x2 pool", backend=backend,
+                 fn=fn)
 
 
 @param_backends()

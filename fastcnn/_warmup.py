@@ -16,7 +16,7 @@ import numpy as np
 
 from . import dispatch
 from .kernels import _jit
-from .layers import Conv2D
+from .layers import Conv2D, _ConvMaxPool
 
 
 def start(model, batch_size: int) -> subprocess.Popen | None:
@@ -49,15 +49,22 @@ def finish(helper: subprocess.Popen | None, timeout: float = 300.0) -> None:
 
 
 def _conv_gradient_calls(model, batch_size: int) -> list[dict]:
-    """The arguments of every ``conv2d_backward`` a training step of ``model`` makes."""
+    """The arguments of every convolution's backward (alone or with its max-pool) in a training step
+    of ``model``."""
     if model.input_shape is None:
         return []
-    shapes = [tuple(model.input_shape)] + model.output_shapes()
-    first = next((i for i, layer in enumerate(model.layers) if layer.params), None)
-    return [dict(x=(batch_size,) + shapes[i], y=(batch_size,) + shapes[i + 1], weight=layer.params["weight"].shape,
-                 stride=layer.stride, padding=layer.padding, dilation=layer.dilation, input_grad=i != first,
-                 dtype=model.dtype.str)
-            for i, layer in enumerate(model.layers) if isinstance(layer, Conv2D)]
+    steps = model._run_order()
+    first = next((i for i, step in enumerate(steps) if step.params), None)
+    calls, shape = [], tuple(model.input_shape)
+    for i, step in enumerate(steps):
+        out = tuple(step.output_shape(shape))
+        conv = step.conv if isinstance(step, _ConvMaxPool) else step
+        if isinstance(conv, Conv2D):
+            calls.append(dict(x=(batch_size,) + shape, y=(batch_size,) + out, weight=conv.params["weight"].shape,
+                              stride=conv.stride, padding=conv.padding, dilation=conv.dilation,
+                              pooled=conv is not step, input_grad=i != first, dtype=model.dtype.str))
+        shape = out
+    return calls
 
 
 def _compile(calls: list[dict]) -> None:
@@ -66,7 +73,11 @@ def _compile(calls: list[dict]) -> None:
     for c in calls:
         x, grad_y, weight = (np.zeros(c[k], c["dtype"]) for k in ("x", "y", "weight"))
         params = {k: c[k] if isinstance(c[k], str) else tuple(c[k]) for k in ("stride", "padding", "dilation")}
-        F.conv2d_backward(grad_y, x, weight, **params, input_grad=c["input_grad"], backend="numba")
+        if c["pooled"]:
+            F.conv2d_max_pool2d_backward(grad_y, np.zeros(grad_y.shape, np.int64), x, weight, **params,
+                                         input_grad=c["input_grad"], backend="numba")
+        else:
+            F.conv2d_backward(grad_y, x, weight, **params, input_grad=c["input_grad"], backend="numba")
 
 
 if __name__ == "__main__":

@@ -18,6 +18,8 @@ from .kernels._shapes import (IntOrPair, check_allocation, check_grad, check_nch
 __all__ = [
     "conv2d",
     "conv2d_backward",
+    "conv2d_max_pool2d",
+    "conv2d_max_pool2d_backward",
     "max_pool2d",
     "max_pool2d_backward",
     "avg_pool2d",
@@ -34,6 +36,9 @@ _KERNELS = {
     "conv2d": "conv2d_forward",
     "conv2d_grad_weight": "conv2d_grad_weight",
     "conv2d_grad_input": "conv2d_grad_input",
+    "conv2d_max_pool2d": "conv2d_max_pool2d_forward",
+    "conv2d_max_pool2d_grad_weight": "conv2d_max_pool2d_grad_weight",
+    "conv2d_max_pool2d_grad_input": "conv2d_max_pool2d_grad_input",
     "max_pool2d": "max_pool2d_forward",
     "max_pool2d_backward": "max_pool2d_backward",
     "avg_pool2d": "avg_pool2d_forward",
@@ -180,17 +185,115 @@ def conv2d_backward(
     """
     x, weight, geo = _conv_inputs(x, weight, stride, padding, dilation)
     grad_y = check_grad("grad_y", grad_y, (x.shape[0], weight.shape[0]) + geo.out_hw, x.dtype)
+    return _conv_gradients("conv2d", (grad_y,), (), x, weight, geo, input_grad, backend)
+
+
+def _conv_gradients(op, grad, extra, x, weight, geo, input_grad, backend):
+    """The three gradients of a conv, from the ops ``op + "_grad_weight"`` and ``op + "_grad_input"``,
+    which take the arguments ``grad`` before and ``extra`` after the conv's own."""
     xp = _pad(x, geo.padding)
     (sh, sw), (dh, dw) = geo.stride, geo.dilation
-    signature = (xp.shape, weight.shape, geo.stride, geo.dilation, x.dtype.char)
+    signature = (xp.shape, weight.shape, geo.stride, geo.dilation) + tuple(g.shape for g in grad[1:]) + (x.dtype.char,)
     kh, kw = weight.shape[2:]
     grad_x = None
     with shared_inputs():  # both gradients read grad_y the same way: a backend may prepare it once
-        grad_w, grad_b = dispatch.run("conv2d_grad_weight", signature, (grad_y, xp, kh, kw, sh, sw, dh, dw), backend)
+        grad_w, grad_b = dispatch.run(op + "_grad_weight", signature, (*grad, xp, kh, kw, sh, sw, dh, dw, *extra), backend)
         if input_grad:
-            args = (grad_y, weight, xp.shape[2], xp.shape[3], sh, sw, dh, dw)
-            grad_x = _crop(dispatch.run("conv2d_grad_input", signature, args, backend), geo.padding)
+            args = (*grad, weight, xp.shape[2], xp.shape[3], sh, sw, dh, dw, *extra)
+            grad_x = _crop(dispatch.run(op + "_grad_input", signature, args, backend), geo.padding)
     return grad_x, grad_w, grad_b
+
+
+def conv2d_max_pool2d(
+    x: np.ndarray,
+    weight: np.ndarray,
+    bias: np.ndarray | None = None,
+    stride: IntOrPair = 1,
+    padding: IntOrPair | str = 0,
+    dilation: IntOrPair = 1,
+    pool_size: IntOrPair = 2,
+    pool_stride: IntOrPair | None = None,
+    pool_padding: IntOrPair = 0,
+    *,
+    backend: str | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """A convolution and the max-pool of its output in one op:
+    ``max_pool2d(conv2d(x, weight, bias, stride, padding, dilation), pool_size, pool_stride, pool_padding)``.
+
+    The Numba backend pools a stride-1 convolution's output with 2x2, stride-2 windows as it leaves
+    the convolution's working layout, so the full-size output is never written; other cases, and the
+    NumPy backend, run the two ops. :class:`fastcnn.Sequential` uses it for a Conv2D followed by a
+    MaxPool2D.
+
+    Parameters
+    ----------
+    x, weight, bias, stride, padding, dilation
+        As :func:`conv2d`.
+    pool_size, pool_stride, pool_padding
+        As ``kernel_size``, ``stride`` and ``padding`` of :func:`max_pool2d`.
+    backend : {"auto", "numba", "numpy"}, optional
+
+    Returns
+    -------
+    y : ndarray, shape (N, C_out, H_pool, W_pool)
+    argmax : ndarray of int64, same shape as ``y``
+        Flat index (``row * W_out + col``) of each maximum in its plane of the convolution's output
+        (N, C_out, H_out, W_out), as :func:`max_pool2d` gives it.
+    """
+    x, weight, geo = _conv_inputs(x, weight, stride, padding, dilation)
+    bias = _bias(bias, weight, x.dtype)
+    pool = pool_geometry((x.shape[0], weight.shape[0]) + geo.out_hw, pool_size, pool_stride, pool_padding)
+    check_allocation("conv2d_max_pool2d argmax", (x.shape[0], weight.shape[0]) + pool.out_hw, np.int64)
+    xp = _pad(x, geo.padding)
+    (sh, sw), (dh, dw), (oh, ow) = geo.stride, geo.dilation, geo.out_hw
+    signature = (xp.shape, weight.shape, geo.stride, geo.dilation, pool.kernel, pool.stride, pool.padding, x.dtype.char)
+    args = (xp, weight, bias, sh, sw, dh, dw, oh, ow, (*pool.kernel, *pool.stride, *pool.padding, *pool.out_hw))
+    return dispatch.run("conv2d_max_pool2d", signature, args, backend)
+
+
+def conv2d_max_pool2d_backward(
+    grad_y: np.ndarray,
+    argmax: np.ndarray,
+    x: np.ndarray,
+    weight: np.ndarray,
+    stride: IntOrPair = 1,
+    padding: IntOrPair | str = 0,
+    dilation: IntOrPair = 1,
+    *,
+    input_grad: bool = True,
+    backend: str | None = None,
+) -> tuple[np.ndarray | None, np.ndarray, np.ndarray]:
+    """Gradients of :func:`conv2d_max_pool2d` with respect to ``x``, ``weight`` and ``bias``: those of
+    :func:`conv2d` for the output gradient ``max_pool2d_backward(grad_y, argmax, conv output shape)``.
+
+    Parameters
+    ----------
+    grad_y : ndarray, shape (N, C_out, H_pool, W_pool)
+        Gradient of the loss with respect to the pooled output.
+    argmax : ndarray of ints, same shape as ``grad_y``
+        The indices :func:`conv2d_max_pool2d` returned.
+    x, weight, stride, padding, dilation, backend
+        As passed to :func:`conv2d_max_pool2d`.
+    input_grad : bool
+        Compute ``grad_x``; ``False`` skips that work and returns None.
+
+    Returns
+    -------
+    grad_x : ndarray, shape of ``x``, or None
+    grad_weight : ndarray, shape of ``weight``
+    grad_bias : ndarray, shape (C_out,)
+    """
+    return _conv2d_max_pool2d_backward(grad_y, argmax, x, weight, stride, padding, dilation, input_grad, backend,
+                                       check_range=True)
+
+
+def _conv2d_max_pool2d_backward(grad_y, argmax, x, weight, stride, padding, dilation, input_grad, backend,
+                                check_range: bool):
+    """:func:`conv2d_max_pool2d_backward`; ``check_range`` as in :func:`_max_pool2d_backward`."""
+    x, weight, geo = _conv_inputs(x, weight, stride, padding, dilation)
+    conv_shape = (x.shape[0], weight.shape[0]) + geo.out_hw
+    grad_y, argmax = _pooled_gradient(grad_y, argmax, conv_shape, "the conv output", check_range, x.dtype)
+    return _conv_gradients("conv2d_max_pool2d", (grad_y, argmax), geo.out_hw, x, weight, geo, input_grad, backend)
 
 
 def max_pool2d(
@@ -258,25 +361,30 @@ def _max_pool2d_backward(grad_y, argmax, input_shape, backend, check_range: bool
     the plane, for :class:`~fastcnn.layers.MaxPool2D`, whose indices come from its own forward pass
     (the scan was a third of that layer's backward time)."""
     shape = check_nchw_shape("input_shape", input_shape)
-    grad_y = float_array("grad_y", grad_y, ndim=4)
+    grad_y, argmax = _pooled_gradient(grad_y, argmax, shape, "input_shape", check_range)
     check_allocation("max_pool2d_backward output", shape, grad_y.dtype)
+    signature = (grad_y.shape, shape, grad_y.dtype.char)
+    return dispatch.run("max_pool2d_backward", signature, (grad_y, argmax, shape[2], shape[3]), backend)
+
+
+def _pooled_gradient(grad_y, argmax, shape, name: str, check_range: bool, dtype=None):
+    """``grad_y`` and ``argmax`` of a max-pool checked against the shape of its input, ``shape``
+    (called ``name`` in errors); ``argmax`` as C-contiguous int64."""
+    grad_y = float_array("grad_y", grad_y, ndim=4, dtype=dtype)
     argmax = np.asarray(argmax)
     if argmax.dtype.kind not in "iu":
         raise TypeError(f"argmax must be an integer array (the indices from max_pool2d), got dtype {argmax.dtype}")
     if argmax.shape != grad_y.shape or grad_y.shape[:2] != shape[:2]:
         raise ValueError(
-            f"grad_y {grad_y.shape}, argmax {argmax.shape} and input_shape {shape} do not match: "
-            "grad_y and argmax must have one shape, with N and C of input_shape"
+            f"grad_y {grad_y.shape}, argmax {argmax.shape} and {name} {shape} do not match: "
+            f"grad_y and argmax must have one shape, with N and C of {name}"
         )
     plane = shape[2] * shape[3]
     if check_range and argmax.size and (argmax.min() < 0 or argmax.max() >= plane):
         raise ValueError(
-            f"argmax holds indices outside [0, {plane}) for input_shape {shape}: "
-            f"min {argmax.min()}, max {argmax.max()}"
+            f"argmax holds indices outside [0, {plane}) for {name} {shape}: min {argmax.min()}, max {argmax.max()}"
         )
-    argmax = np.ascontiguousarray(argmax, dtype=np.int64)
-    signature = (grad_y.shape, shape, grad_y.dtype.char)
-    return dispatch.run("max_pool2d_backward", signature, (grad_y, argmax, shape[2], shape[3]), backend)
+    return grad_y, np.ascontiguousarray(argmax, dtype=np.int64)
 
 
 def avg_pool2d(

@@ -10,7 +10,7 @@ import numpy as np
 from . import dispatch
 from .kernels import _blas
 from .kernels._shapes import positive_int
-from .layers import Dropout, Layer, MaxPool2D, ReLU
+from .layers import Conv2D, Dropout, Layer, MaxPool2D, ReLU, _ConvMaxPool
 from .losses import CrossEntropyLoss, Loss, accuracy
 from .optim import Adam, Optimizer
 from .progress import ProgressBar
@@ -43,6 +43,7 @@ class Sequential:
             self.add(layer)
         self.input_shape = None if input_shape is None else tuple(int(s) for s in input_shape)
         self._checked_shapes: set[tuple[int, ...]] = set()
+        self._plan: tuple[tuple, list[Layer]] = ((), [])  # (the layers and their backends, the steps)
         self.loss: Loss | None = None
         self.recipe = None
 
@@ -155,14 +156,30 @@ class Sequential:
         return x
 
     def _run_order(self) -> list[Layer]:
-        """The layers in the order forward runs them: as added, except that a ReLU directly followed
-        by a MaxPool2D runs after it. ReLU is monotone, so it commutes with a maximum: the outputs and
-        every gradient are the same, bit for bit, and the ReLU works on the pooled, smaller tensor."""
+        """The steps forward runs, made again whenever the layers or their backends change:
+
+        - the layers as added, except that a ReLU directly followed by a MaxPool2D runs after it. ReLU
+          is monotone, so it commutes with a maximum: the outputs and every gradient are the same, bit
+          for bit, and the ReLU works on the pooled, smaller tensor;
+        - then a Conv2D directly followed by a MaxPool2D (with the same ``backend``) runs as one step,
+          :func:`fastcnn.functional.conv2d_max_pool2d`, which need not write the full-size conv output.
+        """
+        key = tuple((id(layer), getattr(layer, "backend", None)) for layer in self.layers)
+        if self._plan[0] == key:
+            return self._plan[1]
         order = list(self.layers)
         for i in range(len(order) - 1):
             if type(order[i]) is ReLU and type(order[i + 1]) is MaxPool2D:
                 order[i], order[i + 1] = order[i + 1], order[i]
-        return order
+        steps: list[Layer] = []
+        for layer in order:
+            last = steps[-1] if steps else None
+            if type(layer) is MaxPool2D and type(last) is Conv2D and last.backend == layer.backend:
+                steps[-1] = _ConvMaxPool(last, layer)
+            else:
+                steps.append(layer)
+        self._plan = (key, steps)
+        return steps
 
     __call__ = forward
 

@@ -103,7 +103,8 @@ def test_warmup_hands_the_conv_gradients_of_a_model_to_another_process():
     model = models.lenet(seed=0)
     calls = _warmup._conv_gradient_calls(model, 64)
     assert [c["x"] for c in calls] == [(64, 1, 28, 28), (64, 8, 13, 13)]
-    assert [c["y"] for c in calls] == [(64, 8, 26, 26), (64, 16, 11, 11)]
+    assert [c["y"] for c in calls] == [(64, 8, 13, 13), (64, 16, 5, 5)]  # each conv runs with its max-pool
+    assert [c["pooled"] for c in calls] == [True, True]
     assert [c["input_grad"] for c in calls] == [False, True]  # the first layer needs no input gradient
     with dispatch.use_backend("numpy"):
         assert _warmup.start(model, 2) is None

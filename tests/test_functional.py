@@ -346,6 +346,52 @@ def test_conv2d_on_inputs_larger_than_a_kernel_block(backend, rng, n, c_in, c_ou
     np.testing.assert_allclose(gx, want_gxp[:, :, 1:-1, 1:-1], rtol=1e-9, atol=1e-9)
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("conv, pool, shape", [
+    (dict(), dict(), (3, 1, 12, 12, 5)),  # the fused path: stride-1 conv, 2x2 pool ...
+    (dict(padding=1, dilation=(1, 2)), dict(), (2, 3, 9, 41, 4)),  # ... odd output sizes, 19 windows a row
+    (dict(stride=2), dict(), (2, 2, 11, 11, 3)),  # a strided conv, then the pool
+    (dict(), dict(pool_size=3, pool_stride=2, pool_padding=1), (2, 2, 9, 9, 3)),  # another pool
+    (dict(), dict(pool_size=3, pool_stride=2), (2, 2, 11, 11, 3)),  # its windows leave the 2x2 blocks
+])
+def test_conv2d_max_pool2d_matches_the_reference_conv_then_pool(backend, rng, dtype, conv, pool, shape):
+    n, c, h, w, c_out = shape
+    x = rng.standard_normal((n, c, h, w)).astype(dtype)
+    wt = rng.standard_normal((c_out, c, 3, 3)).astype(dtype)
+    b = rng.standard_normal(c_out).astype(dtype)
+    x[0, 0, :3, :3] = 0.0  # equal outputs in a window: ties go to the first
+    wt[0] = 0.0
+    geo = dict(stride=conv.get("stride", 1), padding=conv.get("padding", 0), dilation=conv.get("dilation", 1))
+    pad = geo["padding"]
+    dilation = geo["dilation"] if isinstance(geo["dilation"], tuple) else (geo["dilation"],) * 2
+    conv_out = ref.conv2d(x, wt, b, (geo["stride"],) * 2, ((pad, pad), (pad, pad)), dilation)
+    pool_args = [(pool.get(k, default),) * 2 for k, default in (("pool_size", 2), ("pool_stride", 2), ("pool_padding", 0))]
+    want_y, want_idx = ref.max_pool2d(conv_out.astype(dtype), *pool_args)
+    y, idx = F.conv2d_max_pool2d(x, wt, b, **geo, **pool, backend=backend)
+    assert y.dtype == dtype and idx.dtype == np.int64
+    np.testing.assert_allclose(y, want_y, **TOL[dtype])
+    np.testing.assert_array_equal(idx, want_idx)
+    gy = rng.standard_normal(y.shape).astype(dtype)
+    want = ref.conv2d_backward(_scatter_reference(gy, idx, conv_out.shape), x, wt, (geo["stride"],) * 2,
+                               ((pad, pad), (pad, pad)), dilation)
+    got = F.conv2d_max_pool2d_backward(gy, idx, x, wt, **geo, backend=backend)
+    for name, a, b in zip(("grad_x", "grad_weight", "grad_bias"), got, want):
+        assert a.dtype == dtype
+        np.testing.assert_allclose(a, b, **TOL[dtype], err_msg=name)
+    assert F.conv2d_max_pool2d_backward(gy, idx, x, wt, **geo, input_grad=False, backend=backend)[0] is None
+
+
+def test_conv2d_max_pool2d_backward_rejects_bad_indices(backend, rng):
+    x, wt = rng.standard_normal((2, 1, 6, 6)), rng.standard_normal((3, 1, 3, 3))
+    y, idx = F.conv2d_max_pool2d(x, wt, backend=backend)
+    with pytest.raises(ValueError, match=r"argmax holds indices outside \[0, 16\) for the conv output \(2, 3, 4, 4\)"):
+        F.conv2d_max_pool2d_backward(y, idx + 16, x, wt, backend=backend)
+    with pytest.raises(ValueError, match=r"grad_y \(2, 3, 2, 2\), argmax \(2, 3, 2, 1\) and the conv output"):
+        F.conv2d_max_pool2d_backward(y, idx[..., :1], x, wt, backend=backend)
+    with pytest.raises(TypeError, match="argmax must be an integer array"):
+        F.conv2d_max_pool2d_backward(y, idx.astype(float), x, wt, backend=backend)
+
+
 def test_numba_conv_never_reads_stale_scratch(rng):
     """The Numba conv keeps its temporaries between calls without clearing them: poison every kept
     buffer, then check a padded, dilated conv (whose runs hold many zero positions) against SciPy."""
@@ -356,12 +402,24 @@ def test_numba_conv_never_reads_stale_scratch(rng):
     x = rng.standard_normal((5, 3, 14, 13))
     wt = rng.standard_normal((4, 3, 3, 3))
     gy = rng.standard_normal((5, 4, 14, 11))
-    want = [F.conv2d(x, wt, padding=(1, 0), dilation=(1, 1), backend="numpy"),
-            *F.conv2d_backward(gy, x, wt, padding=(1, 0), backend="numpy")]
+    gp = rng.standard_normal((5, 4, 7, 5))
+
+    def poisoned(result):
+        for buf in getattr(_scratch._local, "buffers", {}).values():
+            buf.view(np.float64)[:] = np.nan
+        return result
+
+    def run(backend):
+        _, idx = F.conv2d_max_pool2d(x, wt, padding=(1, 0), backend=backend)
+        return [poisoned(F.conv2d(x, wt, padding=(1, 0), backend=backend)),
+                *poisoned(F.conv2d_backward(gy, x, wt, padding=(1, 0), backend=backend)),
+                *poisoned(F.conv2d_max_pool2d(x, wt, padding=(1, 0), backend=backend)),
+                *poisoned(F.conv2d_max_pool2d_backward(gp, idx, x, wt, padding=(1, 0), backend=backend))]  # runs from the pool
+
+    want = run("numpy")
     F.conv2d_backward(rng.standard_normal((9, 4, 30, 30)), rng.standard_normal((9, 3, 32, 32)), wt, backend="numba")
-    for buf in _scratch._local.buffers.values():
-        buf.view(np.float64)[:] = np.nan
-    got = [F.conv2d(x, wt, padding=(1, 0), backend="numba"), *F.conv2d_backward(gy, x, wt, padding=(1, 0), backend="numba")]
+    poisoned(None)
+    got = run("numba")
     for a, b in zip(got, want):
         np.testing.assert_allclose(a, b, rtol=1e-10, atol=1e-10)
 

@@ -19,12 +19,13 @@ def _small_cnn(seed=0):
     ], input_shape=(1, 8, 8))
 
 
-def test_relu_before_max_pool_runs_after_it_with_identical_results(rng, backend):
-    """Sequential runs ReLU after an adjacent MaxPool2D (they commute); outputs and gradients must be
-    the very bits of running the layers as declared, ties among negative values included."""
+def test_run_order_rewrites_give_identical_results(rng, backend):
+    """Sequential runs ReLU after an adjacent MaxPool2D (they commute), and then the Conv2D and the
+    MaxPool2D as one op; outputs and gradients must be the very bits of running the layers as declared,
+    ties among negative values included."""
     model = fastcnn.Sequential([L.Conv2D(1, 4, 3, rng=0), L.ReLU(), L.MaxPool2D(2), L.Flatten(), L.Dense(144, 5, rng=0)],
                                input_shape=(1, 14, 14))
-    assert [type(layer).__name__ for layer in model._run_order()][:3] == ["Conv2D", "MaxPool2D", "ReLU"]
+    assert [type(layer).__name__ for layer in model._run_order()][:3] == ["_ConvMaxPool", "ReLU", "Flatten"]
     x = rng.standard_normal((3, 1, 14, 14)).astype(np.float32)
     x[0, 0, :4, :4] = -1.0  # windows of equal negative values
     gy = rng.standard_normal((3, 5)).astype(np.float32)
@@ -42,6 +43,18 @@ def test_relu_before_max_pool_runs_after_it_with_identical_results(rng, backend)
     np.testing.assert_array_equal(gx, g)
     for name, _, grad in model.named_parameters():
         np.testing.assert_array_equal(grads[name], grad)
+
+
+def test_run_order_follows_changes_to_the_layers():
+    conv, pool = L.Conv2D(1, 2, 3, rng=0), L.MaxPool2D(2)
+    model = fastcnn.Sequential([conv, pool, L.Flatten()], input_shape=(1, 8, 8))
+    assert [type(step).__name__ for step in model._run_order()] == ["_ConvMaxPool", "Flatten"]
+    assert model._run_order() is model._run_order()  # made once
+    model.layers.insert(1, L.Tanh())
+    assert [type(step).__name__ for step in model._run_order()] == ["Conv2D", "Tanh", "MaxPool2D", "Flatten"]
+    del model.layers[1]
+    pool.backend = "numpy"  # pinned apart: not one op
+    assert [type(step).__name__ for step in model._run_order()] == ["Conv2D", "MaxPool2D", "Flatten"]
 
 
 def test_whole_model_gradient_matches_finite_differences(rng):

@@ -30,22 +30,25 @@ class _Vectors:
         self.iota = ir.Constant(self.ity, list(range(n)))
 
     def splat(self, value):
+        """``value`` in every lane."""
         b = self.builder
         ty = ir.VectorType(value.type, self.n)
         one = b.insert_element(ir.Constant(ty, ir.Undefined), value, ir.Constant(_I32, 0))
-        return b.shuffle_vector(one, ir.Constant(ty, ir.Undefined), ir.Constant(ir.VectorType(_I32, self.n), [0] * self.n))
+        return self.shuffle(one, ir.Constant(ty, ir.Undefined), [0] * self.n)
 
     def below(self, first, limit):
         """The mask of lanes ``k`` with ``first + k < limit``."""
         return self.builder.icmp_signed("<", self.builder.add(self.iota, self.splat(first)), self.splat(limit))
 
     def load(self, data, index, mask, fill):
+        """The vector at ``data[index]``; lanes off in ``mask`` are not read (nor can fault) and hold ``fill``."""
         vty = fill.type
         fn = cgutils.get_or_insert_function(self.builder.module, ir.FunctionType(vty, [data.type, mask.type, vty]),
                                             f"llvm.masked.load.{_suffix(vty)}.p0")
         return self.builder.call(fn, [self.builder.gep(data, [index]), mask, fill])
 
     def store(self, value, data, index, mask):
+        """Write the lanes of ``value`` that are on in ``mask`` to ``data[index:]``."""
         fn = cgutils.get_or_insert_function(self.builder.module,
                                             ir.FunctionType(ir.VoidType(), [value.type, data.type, mask.type]),
                                             f"llvm.masked.store.{_suffix(value.type)}.p0")
@@ -69,29 +72,37 @@ def _first_of(b, va, ia, vb, ib):
 
 
 @intrinsic
-def max_pairs(typingctx, x, at, w, y, out, idx, base, count):
-    """``max_pairs(x, at, w, y, out, idx, base, count)``: for window ``q < count``, the maximum of
-    ``x[at + 2q]``, ``x[at + 2q + 1]``, ``x[at + w + 2q]``, ``x[at + w + 2q + 1]`` to ``y[out + q]``
-    and its position (``base + 2q`` plus 0, 1, ``w`` or ``w + 1``: ties to the first in that order,
-    the first NaN wins) to ``idx[out + q]``. ``x`` and ``y`` are 1-D arrays of one float dtype, ``idx``
-    of int64; ``count`` is at most ``lanes`` (:func:`._tiles.lanes`)."""
+def max_pairs(typingctx, x, at, step, w, bias, y, out, idx, base, count):
+    """``max_pairs(x, at, step, w, bias, y, out, idx, base, count)``: for window ``q < count``, the
+    maximum of ``x[at + 2q]``, ``x[at + 2q + 1]``, ``x[at + step + 2q]``, ``x[at + step + 2q + 1]``
+    (each plus ``bias``, unless it is None) to ``y[out + q]``, and its position (``base + 2q`` plus 0, 1,
+    ``w`` or ``w + 1``: ties go to the first in that order, the first NaN wins) to ``idx[out + q]``.
+
+    ``step`` is the distance between the two input rows and ``w`` the width the positions count in;
+    they differ when ``x`` is a convolution's wide output (see :mod:`.conv_numba`). ``x`` and ``y`` are
+    1-D arrays of one float dtype, ``idx`` of int64; ``count`` is at most ``lanes``
+    (:func:`._tiles.lanes`)."""
     if not (_float_arrays(x, y) and x.ndim == y.ndim == 1 and isinstance(idx, types.Array)
-            and idx.dtype == types.int64 and idx.ndim == 1):
+            and idx.dtype == types.int64 and idx.ndim == 1 and isinstance(bias, (types.Float, types.NoneType))):
         return None
-    sig = types.void(x, types.intp, types.intp, y, types.intp, idx, types.intp, types.intp)
+    sig = types.void(x, types.intp, types.intp, types.intp, bias, y, types.intp, idx, types.intp, types.intp)
 
     def codegen(context, builder, signature, args):
-        x_t, _, _, y_t, _, i_t, _, _ = signature.args
-        x_a, y_a, i_a = (context.make_array(t)(context, builder, args[k]) for t, k in ((x_t, 0), (y_t, 3), (i_t, 5)))
-        at, w, out, base, count = args[1], args[2], args[4], args[6], args[7]
+        x_t, y_t, i_t = signature.args[0], signature.args[5], signature.args[7]
+        x_a, y_a, i_a = (context.make_array(t)(context, builder, args[k]) for t, k in ((x_t, 0), (y_t, 5), (i_t, 7)))
+        at, step, w, out, base, count = args[1], args[2], args[3], args[6], args[8], args[9]
         fty = context.get_value_type(x_t.dtype)
         v = _Vectors(builder, fty, lanes(context.get_abi_sizeof(fty)))
         n, pairs = v.n, builder.mul(count, _int(2))
         low, high = v.below(_int(0), pairs), v.below(_int(v.n), pairs)
         evens, odds = list(range(0, 2 * n, 2)), list(range(1, 2 * n, 2))
+        plus = None if isinstance(bias, types.NoneType) else v.splat(context.cast(builder, args[4], bias, x_t.dtype))
         columns = []
-        for start in (at, builder.add(at, w)):
-            first, second = v.load(x_a.data, start, low, v.zero), v.load(x_a.data, builder.add(start, _int(n)), high, v.zero)
+        for start in (at, builder.add(at, step)):
+            first = v.load(x_a.data, start, low, v.zero)
+            second = v.load(x_a.data, builder.add(start, _int(n)), high, v.zero)
+            if plus is not None:  # as the convolution adds its bias, before the maximum (same ties)
+                first, second = builder.fadd(first, plus), builder.fadd(second, plus)
             columns += [v.shuffle(first, second, evens), v.shuffle(first, second, odds)]
         a, b, c, d = columns
         top = _first_of(builder, a, v.splat(_int(0)), b, v.splat(_int(1)))
@@ -107,21 +118,22 @@ def max_pairs(typingctx, x, at, w, y, out, idx, base, count):
 
 
 @intrinsic
-def unpool_pairs(typingctx, g, at, idx, base, w, grad, to, count):
-    """``unpool_pairs(g, at, idx, base, w, grad, to, count)``: the inverse of :func:`max_pairs`. For
-    window ``q < count``, ``g[at + q]`` goes to the position ``idx[at + q]`` names among ``grad[to + 2q]``,
-    ``grad[to + 2q + 1]``, ``grad[to + w + 2q]`` and ``grad[to + w + 2q + 1]`` (``base + 2q`` plus 0, 1,
-    ``w`` or ``w + 1``), and the other three get 0. Returns whether every index named a position of its
-    window; where one did not, that window's four positions are 0 and the caller must scatter instead."""
+def unpool_pairs(typingctx, g, at, idx, base, w, grad, to, step, count):
+    """``unpool_pairs(g, at, idx, base, w, grad, to, step, count)``: the inverse of :func:`max_pairs`.
+    For window ``q < count``, ``g[at + q]`` goes to the position ``idx[at + q]`` names among
+    ``grad[to + 2q]``, ``grad[to + 2q + 1]``, ``grad[to + step + 2q]`` and ``grad[to + step + 2q + 1]``
+    (``base + 2q`` plus 0, 1, ``w`` or ``w + 1``), and the other three get 0. Returns whether every index
+    named a position of its window; where one did not, that window's four positions are 0 and the
+    caller must scatter instead."""
     if not (_float_arrays(g, grad) and g.ndim == grad.ndim == 1 and isinstance(idx, types.Array)
             and idx.dtype == types.int64 and idx.ndim == 1):
         return None
-    sig = types.boolean(g, types.intp, idx, types.intp, types.intp, grad, types.intp, types.intp)
+    sig = types.boolean(g, types.intp, idx, types.intp, types.intp, grad, types.intp, types.intp, types.intp)
 
     def codegen(context, builder, signature, args):
-        g_t, _, i_t, _, _, o_t, _, _ = signature.args
+        g_t, i_t, o_t = signature.args[0], signature.args[2], signature.args[5]
         g_a, i_a, o_a = (context.make_array(t)(context, builder, args[k]) for t, k in ((g_t, 0), (i_t, 2), (o_t, 5)))
-        at, base, w, to, count = args[1], args[3], args[4], args[6], args[7]
+        at, base, w, to, step, count = args[1], args[3], args[4], args[6], args[7], args[8]
         fty = context.get_value_type(g_t.dtype)
         v = _Vectors(builder, fty, lanes(context.get_abi_sizeof(fty)))
         n = v.n
@@ -138,7 +150,7 @@ def unpool_pairs(typingctx, g, at, idx, base, w, grad, to, count):
         interleave = [[k + j * n for k in range(lo, lo + half) for j in (0, 1)] for lo in (0, half)]
         pairs = builder.mul(count, _int(2))
         masks = (v.below(_int(0), pairs), v.below(_int(n), pairs))
-        for row, (left, right) in zip((to, builder.add(to, w)), (parts[:2], parts[2:])):
+        for row, (left, right) in zip((to, builder.add(to, step)), (parts[:2], parts[2:])):
             for k in (0, 1):
                 v.store(v.shuffle(left, right, interleave[k]), o_a.data, builder.add(row, _int(k * n)), masks[k])
         return builder.call(reduce_and, [inside])

@@ -40,15 +40,17 @@ def scratch(role: str, shape: tuple[int, ...], dtype: np.dtype | type) -> np.nda
     return _buffer(role, shape, np.dtype(dtype))
 
 
-def derived(role: str, shape: tuple[int, ...], dtype: np.dtype | type, source: np.ndarray, layout: tuple,
-            fill: Callable[[np.ndarray], None]) -> np.ndarray:
-    """:func:`scratch` filled by ``fill(out)`` from ``source``; inside ``with shared_inputs():``, the
-    array an earlier op of the block filled from the same ``source`` and ``layout`` is returned as it is."""
+def derived(role: str, shape: tuple[int, ...], dtype: np.dtype | type, source: np.ndarray | tuple[np.ndarray, ...],
+            layout: tuple, fill: Callable[[np.ndarray], None]) -> np.ndarray:
+    """:func:`scratch` filled by ``fill(out)`` from ``source`` (an array or a tuple of them); inside
+    ``with shared_inputs():``, the array an earlier op of the block filled from the same ``source`` and
+    ``layout`` is returned as it is."""
     dtype = np.dtype(dtype)
     out = _buffer(role, shape, dtype)
     held = getattr(_local, "held", None) if _nbytes(shape, dtype) <= _KEEP_BYTES else None
-    tag = (id(source), source.__array_interface__["data"][0], source.shape, source.strides, source.dtype.str,
-           tuple(shape), dtype.str, layout)
+    sources = source if isinstance(source, tuple) else (source,)
+    tag = tuple((id(a), a.__array_interface__["data"][0], a.shape, a.strides, a.dtype.str) for a in sources)
+    tag += (tuple(shape), dtype.str, layout)
     if held is not None and held.get(role) == tag:
         return out
     if held:

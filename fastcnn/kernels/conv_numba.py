@@ -10,6 +10,10 @@ not real output pixels (the last columns and rows of each sample, and the paddin
 scratch, dropped from the output and zero in the gradient. The runs are cut into cache-sized blocks,
 which are also the parallel tasks. Other strides run row by row.
 
+A conv followed by a 2x2, stride-2 max-pool (:func:`conv2d_max_pool2d_forward` and its gradients)
+never makes the full-size output: the forward pass pools the wide output as it copies it out, and
+the pool's gradient is written straight into the runs the conv's gradients read.
+
 Every parallel loop writes a disjoint slice of its output, so there are no races and the result does
 not depend on the thread count. The public entry points pick the stride-1 or the general kernel in
 Python, so only the kernel a network uses is ever compiled, and allocate the large arrays with NumPy,
@@ -19,6 +23,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from . import pool_numba
 from ._blas import channel_sums
 from ._jit import kernel_helper, parallel_kernel, prange, sized
 from ._scratch import derived, scratch
@@ -28,6 +33,7 @@ from ._tiles import (DOT_COLS, DOT_ROWS, ROWS, TILE_SPEED, dot_row, dot_tile, la
 _BLOCK = 2304  # values per block of a run (a whole number of tiles and vectors): one parallel task's share
 _TAPS_PER_PASS = 144  # a pass's weights, 8 rows of 144 float32 (4.5 KiB), stay in L1 cache
 _GRAD_TASKS = 16  # the weight gradient's tasks, at most: enough to balance two to four threads
+_NO_INDEX = np.empty((0, 0, 0, 0), dtype=np.int64)  # _conv_wide's argmax when it does not pool
 
 
 @kernel_helper
@@ -129,30 +135,71 @@ def _input_runs(xp, kh, kw, dh, dw):
     return _runs(xp, hp, wp, "input runs", tail=pad + _reach(kh, kw, wp, dh, dw))
 
 
+def _grad_layout(n, kh, kw, hp, wp, dh, dw, itemsize):
+    """The output gradient's runs are laid out as the padded input (whole tiles of positions), after a
+    head of zeros that the input gradient's reads reach back into, rounded up to whole vectors so that
+    the weight gradient's loads of them are aligned. Returns (head, tail): the zeros before and after."""
+    head = whole(_reach(kh, kw, wp, dh, dw), lanes(itemsize))
+    return head, _wide_length(n, hp, wp, itemsize) - n * hp * wp
+
+
 def _grad_runs(gy, kh, kw, hp, wp, dh, dw):
-    """The runs of the output gradient, laid out as the padded input (whole tiles of positions), and
-    where they start: after a head of zeros that the input gradient's reads reach back into, rounded
-    up to whole vectors so that the weight gradient's loads of them are aligned. Returns (runs, head)."""
-    n = gy.shape[0]
-    head = whole(_reach(kh, kw, wp, dh, dw), lanes(gy.itemsize))
-    pad = _wide_length(n, hp, wp, gy.itemsize) - n * hp * wp
-    return _runs(gy, hp, wp, "grad runs", head=head, tail=pad), head
+    """The runs of the output gradient (see :func:`_grad_layout`). Returns (runs, head)."""
+    head, tail = _grad_layout(gy.shape[0], kh, kw, hp, wp, dh, dw, gy.itemsize)
+    return _runs(gy, hp, wp, "grad runs", head=head, tail=tail), head
+
+
+def _unpooled_runs(gp, argmax, oh, ow, kh, kw, hp, wp, dh, dw):
+    """The runs of the gradient of a conv output (N, C, oh, ow) that a 2x2, stride-2 max-pool took to
+    ``gp`` with ``argmax`` (see :func:`.pool_numba.unpools_by_blocks`): the pool's gradient written
+    straight into the layout of :func:`_grad_runs`, never as an (N, C, oh, ow) array. Returns (runs, head)."""
+    n, c = gp.shape[:2]
+    head, tail = _grad_layout(n, kh, kw, hp, wp, dh, dw, gp.itemsize)
+    fill = sized(_unpool_runs, n * c * hp * wp)
+    shape, layout = (c, head + n * hp * wp + tail), ("unpooled", oh, ow, hp, wp, head)
+    runs = derived("grad runs", shape, gp.dtype, (gp, argmax), layout, lambda runs: fill(gp, argmax, ow, runs, hp, wp, head))
+    return runs, head
 
 
 @parallel_kernel
-def _conv_wide(xr, w, b, yr, y, hp, wp, dh, dw):
-    """Stride-1 forward pass in the wide layout (see the module docstring): runs ``xr`` -> ``yr``,
-    whole tiles of rows and columns (the padding is dropped) -> ``y``."""
+def _unpool_runs(gp, argmax, ow, runs, hp, wp, head):
+    """:func:`_unpooled_runs`, a (sample, channel) plane per task; the first and last samples' tasks
+    also zero the head and the tail of their run."""
+    n, c, rows, cols = gp.shape
+    plane, length = hp * wp, runs.shape[1]
+    g_flat, idx_flat, runs_flat = gp.reshape(gp.size), argmax.reshape(argmax.size), runs.reshape(runs.size)
+    for task in prange(n * c):
+        s, ch = task // c, task % c
+        start = ch * length + head + s * plane
+        if s == 0:
+            for p in range(ch * length, start):
+                runs_flat[p] = 0
+        pool_numba.unpool_plane(g_flat, task * rows * cols, idx_flat, ow, runs_flat, start, wp, plane, rows, cols)
+        if s == n - 1:
+            for p in range(start + plane, (ch + 1) * length):
+                runs_flat[p] = 0
+
+
+@parallel_kernel
+def _conv_wide(xr, w, b, yr, y, idx, hp, wp, dh, dw, ow):
+    """Stride-1 forward pass in the wide layout (see the module docstring): runs ``xr`` -> ``yr``, then
+    the output, ``ow`` columns a row, to ``y`` (the padding and scratch positions dropped); or, if ``idx``
+    is not empty, the output's 2x2, stride-2 max-pool to ``y`` and its argmax to ``idx``."""
     c_out, c_in, kh, kw = w.shape
-    oh = y.shape[2]
+    rows, cols = y.shape[2], y.shape[3]
     taps = _tap_matrix(w, yr.shape[0], False)
     offsets = _tap_offsets(c_in, kh, kw, xr.shape[1], 0, dh * wp, dw)
     for task in prange(-(-yr.shape[1] // _BLOCK)):
         _correlate_block(yr, taps, xr, offsets, task)
+    wide, y_flat, idx_flat = yr.reshape(yr.size), y.reshape(y.size), idx.reshape(idx.size)
     for task in prange(y.shape[0] * c_out):
         s, co = task // c_out, task % c_out
-        for r in range(oh):
-            _copy(y[s, co, r], yr[co, s * hp * wp + r * wp :], b[co])
+        start = co * yr.shape[1] + s * hp * wp
+        if idx.size:
+            pool_numba.pool_rows(wide, start, wp, ow, b[co], y_flat, task * rows * cols, idx_flat, rows, cols)
+        else:
+            for r in range(rows):
+                _copy(y[s, co, r], wide[start + r * wp :], b[co])
 
 
 @parallel_kernel
@@ -181,12 +228,29 @@ def conv2d_forward(xp, w, b, sh, sw, dh, dw, oh, ow):
     work = xp.shape[0] * oh * ow * w.size
     if sh != 1 or sw != 1:
         return sized(_conv_strided, work)(xp, w, b, sh, sw, dh, dw, oh, ow)
+    y = np.empty((xp.shape[0], w.shape[0], oh, ow), dtype=xp.dtype)
+    _conv_wide_into(xp, w, b, y, _NO_INDEX, dh, dw, ow, work)
+    return y
+
+
+def _conv_wide_into(xp, w, b, y, idx, dh, dw, ow, work):
+    """Run :func:`_conv_wide` on the padded input ``xp`` into ``y`` (and ``idx``)."""
     n, _, hp, wp = xp.shape
     c_out, _, kh, kw = w.shape
-    y = np.empty((n, c_out, oh, ow), dtype=xp.dtype)
     yr = scratch("wide out", (tile_rows(c_out), _wide_length(n, hp, wp, xp.itemsize)), xp.dtype)
-    sized(_conv_wide, work // TILE_SPEED)(_input_runs(xp, kh, kw, dh, dw), w, b, yr, y, hp, wp, dh, dw)
-    return y
+    sized(_conv_wide, work // TILE_SPEED)(_input_runs(xp, kh, kw, dh, dw), w, b, yr, y, idx, hp, wp, dh, dw, ow)
+
+
+def conv2d_max_pool2d_forward(xp, w, b, sh, sw, dh, dw, oh, ow, pool):
+    """``max_pool2d(conv2d(...))``: the conv's arguments as :func:`conv2d_forward`'s, ``pool`` the
+    pool's as :func:`.pool_numba.max_pool2d_forward`'s. A 2x2, stride-2 pool after a stride-1 conv
+    pools the conv's wide output as it leaves it, so the full-size output is never written."""
+    if (sh, sw) != (1, 1) or tuple(pool[:6]) != (2, 2, 2, 2, 0, 0):
+        return pool_numba.max_pool2d_forward(conv2d_forward(xp, w, b, sh, sw, dh, dw, oh, ow), *pool)
+    shape = (xp.shape[0], w.shape[0]) + tuple(pool[6:])
+    y, idx = np.empty(shape, dtype=xp.dtype), np.empty(shape, dtype=np.int64)
+    _conv_wide_into(xp, w, b, y, idx, dh, dw, ow, xp.shape[0] * oh * ow * w.size)
+    return y, idx
 
 
 @parallel_kernel
@@ -288,9 +352,28 @@ def conv2d_grad_weight(gy, xp, kh, kw, sh, sw, dh, dw):
     work = gy.size * xp.shape[1] * kh * kw
     if sh != 1 or sw != 1:
         return sized(_grad_weight_strided, work)(gy, xp, kh, kw, sh, sw, dh, dw), channel_sums(gy)
-    hp, wp = xp.shape[2], xp.shape[3]
-    gr, head = _grad_runs(gy, kh, kw, hp, wp, dh, dw)
+    return _grad_weight_of_runs(*_grad_runs(gy, kh, kw, xp.shape[2], xp.shape[3], dh, dw), xp, kh, kw, dh, dw, work)
+
+
+def _grad_weight_of_runs(gr, head, xp, kh, kw, dh, dw, work):
+    """Stride-1 weight and bias gradients from the output gradient's runs ``gr`` (see :func:`_grad_layout`)."""
+    wp = xp.shape[3]
     return sized(_grad_weight_wide, work // TILE_SPEED)(gr, head, _input_runs(xp, kh, kw, dh, dw), kh, kw, wp, dh, dw)
+
+
+def _fuses_unpool(gp, sh, sw, oh, ow) -> bool:
+    """Whether the conv's gradients can take a max-pool's gradient ``gp`` as runs (see :func:`_unpooled_runs`)."""
+    return sh == sw == 1 and pool_numba.unpools_by_blocks(gp.shape[2], gp.shape[3], oh, ow)
+
+
+def conv2d_max_pool2d_grad_weight(gp, argmax, xp, kh, kw, sh, sw, dh, dw, oh, ow):
+    """:func:`conv2d_grad_weight` of the conv output (N, C_out, oh, ow) that a max-pool took to ``gp``
+    with ``argmax``."""
+    if not _fuses_unpool(gp, sh, sw, oh, ow):
+        return conv2d_grad_weight(pool_numba.max_pool2d_backward(gp, argmax, oh, ow), xp, kh, kw, sh, sw, dh, dw)
+    runs, head = _unpooled_runs(gp, argmax, oh, ow, kh, kw, xp.shape[2], xp.shape[3], dh, dw)
+    work = gp.shape[0] * gp.shape[1] * oh * ow * xp.shape[1] * kh * kw
+    return _grad_weight_of_runs(runs, head, xp, kh, kw, dh, dw, work)
 
 
 @parallel_kernel
@@ -335,9 +418,23 @@ def conv2d_grad_input(gy, w, hp, wp, sh, sw, dh, dw):
     work = gy.size * w.shape[1] * w.shape[2] * w.shape[3]
     if sh != 1 or sw != 1:
         return sized(_grad_input_strided, work)(gy, w, hp, wp, sh, sw, dh, dw)
-    n, c_in, kh, kw = gy.shape[0], w.shape[1], w.shape[2], w.shape[3]
-    gr, head = _grad_runs(gy, kh, kw, hp, wp, dh, dw)
-    grad_xp = np.empty((n, c_in, hp, wp), dtype=gy.dtype)
-    wide = scratch("wide out", (tile_rows(c_in), gr.shape[1] - head), gy.dtype)
+    gr, head = _grad_runs(gy, w.shape[2], w.shape[3], hp, wp, dh, dw)
+    return _grad_input_of_runs(gr, head, w, gy.shape[0], hp, wp, dh, dw, work)
+
+
+def _grad_input_of_runs(gr, head, w, n, hp, wp, dh, dw, work):
+    """Stride-1 input gradient, (n, C, hp, wp), from the output gradient's runs ``gr`` (see :func:`_grad_layout`)."""
+    grad_xp = np.empty((n, w.shape[1], hp, wp), dtype=gr.dtype)
+    wide = scratch("wide out", (tile_rows(w.shape[1]), gr.shape[1] - head), gr.dtype)
     sized(_grad_input_wide, work // TILE_SPEED)(gr, head, w, wide, grad_xp, dh, dw)
     return grad_xp
+
+
+def conv2d_max_pool2d_grad_input(gp, argmax, w, hp, wp, sh, sw, dh, dw, oh, ow):
+    """:func:`conv2d_grad_input` of the conv output (N, C_out, oh, ow) that a max-pool took to ``gp``
+    with ``argmax``."""
+    if not _fuses_unpool(gp, sh, sw, oh, ow):
+        return conv2d_grad_input(pool_numba.max_pool2d_backward(gp, argmax, oh, ow), w, hp, wp, sh, sw, dh, dw)
+    runs, head = _unpooled_runs(gp, argmax, oh, ow, w.shape[2], w.shape[3], hp, wp, dh, dw)
+    work = gp.shape[0] * gp.shape[1] * oh * ow * w.shape[1] * w.shape[2] * w.shape[3]
+    return _grad_input_of_runs(runs, head, w, gp.shape[0], hp, wp, dh, dw, work)

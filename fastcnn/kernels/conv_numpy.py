@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from . import pool_numpy
 from ._blas import channel_sums, on_threads
 from ._windows import window
 
@@ -103,3 +104,20 @@ def conv2d_grad_input(gy, w, hp, wp, sh, sw, dh, dw):
 
     on_threads(work)
     return grad_xp
+
+
+def conv2d_max_pool2d_forward(xp, w, b, sh, sw, dh, dw, oh, ow, pool):
+    """``max_pool2d(conv2d(...))``, as the two ops: ``pool`` holds the pool's arguments."""
+    return pool_numpy.max_pool2d_forward(conv2d_forward(xp, w, b, sh, sw, dh, dw, oh, ow), *pool)
+
+
+def conv2d_max_pool2d_grad_weight(gp, argmax, xp, kh, kw, sh, sw, dh, dw, oh, ow):
+    """:func:`conv2d_grad_weight` of the conv output (N, C_out, oh, ow) that a max-pool took to ``gp``
+    with ``argmax``."""
+    return conv2d_grad_weight(pool_numpy.max_pool2d_backward(gp, argmax, oh, ow), xp, kh, kw, sh, sw, dh, dw)
+
+
+def conv2d_max_pool2d_grad_input(gp, argmax, w, hp, wp, sh, sw, dh, dw, oh, ow):
+    """:func:`conv2d_grad_input` of the conv output (N, C_out, oh, ow) that a max-pool took to ``gp``
+    with ``argmax``."""
+    return conv2d_grad_input(pool_numpy.max_pool2d_backward(gp, argmax, oh, ow), w, hp, wp, sh, sw, dh, dw)

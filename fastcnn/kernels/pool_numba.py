@@ -36,20 +36,27 @@ def _max_pool_plane(plane, kh, kw, sh, sw, ph, pw, y, idx):
             idx[r, q] = at
 
 
+@kernel_helper
+def pool_rows(x, at, step, w, bias, y, out, idx, rows, cols):
+    """2x2, stride-2 max-pooling of one plane, a vector of windows at a time: ``rows`` by ``cols``
+    windows from ``x[at:]``, whose rows are ``step`` apart, to ``y[out:]`` and ``idx[out:]`` (positions
+    counted in rows of ``w``). See :func:`._pool_vectors.max_pairs`."""
+    n = lanes(x.itemsize)
+    for r in range(rows):
+        for q in range(0, cols, n):
+            corner = 2 * r * w + 2 * q
+            max_pairs(x, at + 2 * r * step + 2 * q, step, w, bias, y, out + r * cols + q, idx, corner, min(n, cols - q))
+
+
 @parallel_kernel
 def _max_pool_2x2(x, oh, ow):
-    """2x2 windows with stride 2 and no padding, a vector of windows at a time; ``x`` C-contiguous."""
+    """2x2 windows with stride 2 and no padding (see :func:`pool_rows`); ``x`` C-contiguous."""
     n, c, h, w = x.shape
     y = np.empty((n, c, oh, ow), dtype=x.dtype)
     idx = np.empty((n, c, oh, ow), dtype=np.int64)
-    step = lanes(x.itemsize)
     x_flat, y_flat, idx_flat = x.reshape(x.size), y.reshape(y.size), idx.reshape(idx.size)
     for plane in prange(n * c):
-        for r in range(oh):
-            for q in range(0, ow, step):
-                corner = 2 * r * w + 2 * q
-                max_pairs(x_flat, plane * h * w + corner, w, y_flat, (plane * oh + r) * ow + q, idx_flat, corner,
-                          min(step, ow - q))
+        pool_rows(x_flat, plane * h * w, w, w, None, y_flat, plane * oh * ow, idx_flat, oh, ow)
     return y, idx
 
 
@@ -75,20 +82,53 @@ def max_pool2d_forward(x, kh, kw, sh, sw, ph, pw, oh, ow):
     return sized(_max_pool_any, x.shape[0] * x.shape[1] * oh * ow * kh * kw)(x, kh, kw, sh, sw, ph, pw, oh, ow)
 
 
+def unpools_by_blocks(rows, cols, h, w) -> bool:
+    """Whether a ``rows`` x ``cols`` pooled output of an ``h`` x ``w`` plane has the shape of a 2x2,
+    stride-2 pool's, for which :func:`unpool_plane` is the fast gradient."""
+    return 2 * rows <= h < 2 * rows + 2 and 2 * cols <= w < 2 * cols + 2
+
+
 def max_pool2d_backward(gy, argmax, h, w):
     """Scatter ``gy`` (N, C, OH, OW) to the input positions named by ``argmax``; sums overlaps."""
-    if 2 * gy.shape[2] <= h < 2 * gy.shape[2] + 2 and 2 * gy.shape[3] <= w < 2 * gy.shape[3] + 2:  # as 2x2, stride 2
+    if unpools_by_blocks(gy.shape[2], gy.shape[3], h, w):
         return sized(_max_unpool_2x2, gy.size * 4)(np.ascontiguousarray(gy), np.ascontiguousarray(argmax), h, w)
     return sized(_max_pool_backward, gy.shape[0] * gy.shape[1] * h * w)(gy, argmax, h, w)
 
 
 @kernel_helper
-def _scatter(flat, g, at):
-    """``flat[:] = 0``, then ``flat[at[p]] += g[p]`` for every ``p``."""
-    for p in range(flat.size):
-        flat[p] = 0
+def _scatter(grad, g, at, w, step):
+    """``grad[:] = 0``, then ``g[p]`` added at position ``at[p]`` of a plane of width ``w`` whose rows
+    are ``step`` apart in ``grad``, for every ``p``."""
+    for p in range(grad.size):
+        grad[p] = 0
     for p in range(g.size):
-        flat[at[p]] += g[p]
+        if step == w:
+            grad[at[p]] += g[p]
+        else:
+            grad[at[p] // w * step + at[p] % w] += g[p]
+
+
+@kernel_helper
+def unpool_plane(g, at, idx, w, grad, to, step, size, rows, cols):
+    """The gradient of :func:`pool_rows` for one plane: ``rows`` by ``cols`` windows of ``g[at:]``, to
+    the positions ``idx[at:]`` names (counted in rows of ``w``), in ``grad[to : to + size]`` with rows
+    ``step`` apart; every other position of it 0. Each position is written once; a plane with an index
+    outside its window's 2x2 block (other windows, or indices passed to the public function) is
+    scattered instead, so any indices give the right sums. See :func:`._pool_vectors.unpool_pairs`."""
+    n = lanes(g.itemsize)
+    inside = True
+    for r in range(rows):
+        row = to + 2 * r * step
+        for q in range(0, cols, n):
+            inside &= unpool_pairs(g, at + r * cols + q, idx, 2 * r * w + 2 * q, w, grad, row + 2 * q, step,
+                                   min(n, cols - q))
+        for col in range(2 * cols, step):  # an odd width's last column, and any scratch columns
+            grad[row + col] = 0
+            grad[row + step + col] = 0
+    for p in range(to + 2 * rows * step, to + size):  # an odd height's last row, and any scratch rows
+        grad[p] = 0
+    if not inside:
+        _scatter(grad[to : to + size], g[at : at + rows * cols], idx[at : at + rows * cols], w, step)
 
 
 @parallel_kernel
@@ -98,36 +138,19 @@ def _max_pool_backward(gy, argmax, h, w):
     grad = np.empty((n, c, h, w), dtype=gy.dtype)
     for task in prange(n * c):
         s, ch = task // c, task % c
-        _scatter(grad[s, ch].reshape(h * w), gy[s, ch].reshape(oh * ow), argmax[s, ch].reshape(oh * ow))
+        _scatter(grad[s, ch].reshape(h * w), gy[s, ch].reshape(oh * ow), argmax[s, ch].reshape(oh * ow), w, w)
     return grad
 
 
 @parallel_kernel
 def _max_unpool_2x2(gy, argmax, h, w):
-    """:func:`max_pool2d_backward` when window ``(r, q)`` picked from the 2x2 block at ``(2r, 2q)``, as
-    in a 2x2, stride-2 pool: a vector of windows at a time, each input position written once, with no
-    zeroing pass. A plane with an index outside its block (other windows, or indices passed to the
-    public function) is scattered instead, so any indices give the right sums."""
+    """:func:`max_pool2d_backward` for the shapes of :func:`unpools_by_blocks`, a plane per task (see
+    :func:`unpool_plane`)."""
     n, c, oh, ow = gy.shape
     grad = np.empty((n, c, h, w), dtype=gy.dtype)
-    step = lanes(gy.itemsize)
     g_flat, idx_flat, grad_flat = gy.reshape(gy.size), argmax.reshape(argmax.size), grad.reshape(grad.size)
     for plane in prange(n * c):
-        inside = True
-        start = plane * h * w
-        for r in range(oh):
-            for q in range(0, ow, step):
-                corner = 2 * r * w + 2 * q
-                inside &= unpool_pairs(g_flat, (plane * oh + r) * ow + q, idx_flat, corner, w, grad_flat,
-                                       start + corner, min(step, ow - q))
-            for col in range(2 * ow, w):  # an odd width's last column
-                grad_flat[start + 2 * r * w + col] = 0
-                grad_flat[start + (2 * r + 1) * w + col] = 0
-        for p in range(start + 2 * oh * w, start + h * w):  # an odd height's last row
-            grad_flat[p] = 0
-        if not inside:
-            at = plane * oh * ow
-            _scatter(grad_flat[start : start + h * w], g_flat[at : at + oh * ow], idx_flat[at : at + oh * ow])
+        unpool_plane(g_flat, plane * oh * ow, idx_flat, w, grad_flat, plane * h * w, w, h * w, oh, ow)
     return grad
 
 
