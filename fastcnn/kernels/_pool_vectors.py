@@ -118,29 +118,31 @@ def max_pairs(typingctx, x, at, step, w, bias, y, out, idx, base, count):
 
 
 @intrinsic
-def unpool_pairs(typingctx, g, at, idx, base, w, grad, to, step, count):
-    """``unpool_pairs(g, at, idx, base, w, grad, to, step, count)``: the inverse of :func:`max_pairs`.
-    For window ``q < count``, ``g[at + q]`` goes to the position ``idx[at + q]`` names among
-    ``grad[to + 2q]``, ``grad[to + 2q + 1]``, ``grad[to + step + 2q]`` and ``grad[to + step + 2q + 1]``
-    (``base + 2q`` plus 0, 1, ``w`` or ``w + 1``), and the other three get 0. Returns whether every index
-    named a position of its window; where one did not, that window's four positions are 0 and the
-    caller must scatter instead."""
+def unpool_pairs(typingctx, g, at, idx, base, w, grad, to, step, count, width):
+    """``unpool_pairs(g, at, idx, base, w, grad, to, step, count, width)``: the inverse of
+    :func:`max_pairs`. For window ``q < count``, ``g[at + q]`` goes to the position ``idx[at + q]`` names
+    among ``grad[to + 2q]``, ``grad[to + 2q + 1]``, ``grad[to + step + 2q]`` and ``grad[to + step + 2q + 1]``
+    (``base + 2q`` plus 0, 1, ``w`` or ``w + 1``), and the other three get 0; so do the positions from
+    ``2 * count`` to ``width`` (at most ``2 * lanes``) of both rows. Returns whether every index named a
+    position of its window; where one did not, that window's four positions are 0 and the caller must
+    scatter instead."""
     if not (_float_arrays(g, grad) and g.ndim == grad.ndim == 1 and isinstance(idx, types.Array)
             and idx.dtype == types.int64 and idx.ndim == 1):
         return None
-    sig = types.boolean(g, types.intp, idx, types.intp, types.intp, grad, types.intp, types.intp, types.intp)
+    sig = types.boolean(g, types.intp, idx, types.intp, types.intp, grad, types.intp, types.intp, types.intp,
+                        types.intp)
 
     def codegen(context, builder, signature, args):
         g_t, i_t, o_t = signature.args[0], signature.args[2], signature.args[5]
         g_a, i_a, o_a = (context.make_array(t)(context, builder, args[k]) for t, k in ((g_t, 0), (i_t, 2), (o_t, 5)))
-        at, base, w, to, step, count = args[1], args[3], args[4], args[6], args[7], args[8]
+        at, base, w, to, step, count, width = args[1], args[3], args[4], args[6], args[7], args[8], args[9]
         fty = context.get_value_type(g_t.dtype)
         v = _Vectors(builder, fty, lanes(context.get_abi_sizeof(fty)))
         n = v.n
         windows = v.below(_int(0), count)
         values = v.load(g_a.data, at, windows, v.zero)
         corner = builder.add(v.splat(base), builder.add(v.iota, v.iota))
-        offset = builder.sub(v.load(i_a.data, at, windows, corner), corner)  # masked-off lanes read offset 0
+        offset = builder.sub(v.load(i_a.data, at, windows, corner), corner)  # masked-off lanes: offset 0, value 0
         hits = [builder.icmp_signed("==", offset, v.splat(k)) for k in (_int(0), _int(1), w, builder.add(w, _int(1)))]
         inside = builder.or_(builder.or_(hits[0], hits[1]), builder.or_(hits[2], hits[3]))
         reduce_and = cgutils.get_or_insert_function(builder.module, ir.FunctionType(ir.IntType(1), [inside.type]),
@@ -148,11 +150,33 @@ def unpool_pairs(typingctx, g, at, idx, base, w, grad, to, step, count):
         parts = [builder.select(hit, values, v.zero) for hit in hits]
         half = n // 2
         interleave = [[k + j * n for k in range(lo, lo + half) for j in (0, 1)] for lo in (0, half)]
-        pairs = builder.mul(count, _int(2))
-        masks = (v.below(_int(0), pairs), v.below(_int(n), pairs))
+        masks = (v.below(_int(0), width), v.below(_int(n), width))
         for row, (left, right) in zip((to, builder.add(to, step)), (parts[:2], parts[2:])):
             for k in (0, 1):
                 v.store(v.shuffle(left, right, interleave[k]), o_a.data, builder.add(row, _int(k * n)), masks[k])
         return builder.call(reduce_and, [inside])
+
+    return sig, codegen
+
+
+@intrinsic
+def clear(typingctx, a, start, length):
+    """``clear(a, start, length)``: ``a[start : start + length] = 0``, a vector at a time (a 1-D float array)."""
+    if not (_float_arrays(a) and a.ndim == 1):
+        return None
+    sig = types.void(a, types.intp, types.intp)
+
+    def codegen(context, builder, signature, args):
+        a_a = context.make_array(signature.args[0])(context, builder, args[0])
+        start, length = args[1], args[2]
+        fty = context.get_value_type(signature.args[0].dtype)
+        v = _Vectors(builder, fty, lanes(context.get_abi_sizeof(fty)))
+        whole_vectors = builder.udiv(length, _int(v.n))
+        everything = v.below(_int(0), _int(v.n))
+        with cgutils.for_range(builder, whole_vectors) as loop:
+            v.store(v.zero, a_a.data, builder.add(start, builder.mul(loop.index, _int(v.n))), everything)
+        done = builder.mul(whole_vectors, _int(v.n))
+        v.store(v.zero, a_a.data, builder.add(start, done), v.below(done, length))
+        return context.get_dummy_value()
 
     return sig, codegen

@@ -26,6 +26,7 @@ import numpy as np
 from . import pool_numba
 from ._blas import channel_sums
 from ._jit import kernel_helper, parallel_kernel, prange, sized
+from ._pool_vectors import clear
 from ._scratch import derived, scratch
 from ._tiles import (DOT_COLS, DOT_ROWS, ROWS, TILE_SPEED, dot_row, dot_tile, lanes, store_row, store_tile, tile_rows,
                      tile_width, whole)
@@ -172,12 +173,10 @@ def _unpool_runs(gp, argmax, ow, runs, hp, wp, head):
         s, ch = task // c, task % c
         start = ch * length + head + s * plane
         if s == 0:
-            for p in range(ch * length, start):
-                runs_flat[p] = 0
+            clear(runs_flat, ch * length, head)
         pool_numba.unpool_plane(g_flat, task * rows * cols, idx_flat, ow, runs_flat, start, wp, plane, rows, cols)
         if s == n - 1:
-            for p in range(start + plane, (ch + 1) * length):
-                runs_flat[p] = 0
+            clear(runs_flat, start + plane, (ch + 1) * length - start - plane)
 
 
 @parallel_kernel

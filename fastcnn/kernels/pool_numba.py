@@ -8,7 +8,7 @@ from __future__ import annotations
 import numpy as np
 
 from ._jit import kernel_helper, parallel_kernel, prange, sized
-from ._pool_vectors import max_pairs, unpool_pairs
+from ._pool_vectors import clear, max_pairs, unpool_pairs
 from ._tiles import lanes
 
 
@@ -120,13 +120,15 @@ def unpool_plane(g, at, idx, w, grad, to, step, size, rows, cols):
     for r in range(rows):
         row = to + 2 * r * step
         for q in range(0, cols, n):
-            inside &= unpool_pairs(g, at + r * cols + q, idx, 2 * r * w + 2 * q, w, grad, row + 2 * q, step,
-                                   min(n, cols - q))
-        for col in range(2 * cols, step):  # an odd width's last column, and any scratch columns
-            grad[row + col] = 0
-            grad[row + step + col] = 0
-    for p in range(to + 2 * rows * step, to + size):  # an odd height's last row, and any scratch rows
-        grad[p] = 0
+            count = min(n, cols - q)
+            width = 2 * count if q + n < cols else min(step - 2 * q, 2 * n)  # the last also clears the row's end
+            inside &= unpool_pairs(g, at + r * cols + q, idx, 2 * r * w + 2 * q, w, grad, row + 2 * q, step, count,
+                                   width)
+        last = 2 * ((cols - 1) // n * n) + 2 * n  # past what the last call cleared: wide rows' scratch columns
+        if last < step:
+            clear(grad, row + last, step - last)
+            clear(grad, row + step + last, step - last)
+    clear(grad, to + 2 * rows * step, size - 2 * rows * step)  # an odd height's last row, and any scratch rows
     if not inside:
         _scatter(grad[to : to + size], g[at : at + rows * cols], idx[at : at + rows * cols], w, step)
 
