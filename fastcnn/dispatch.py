@@ -56,7 +56,8 @@ class BackendUnavailableError(ValueError):
 _registry: dict[str, dict[str, Callable[..., Any]]] = {}
 _local_policy: contextvars.ContextVar[str | None] = contextvars.ContextVar("fastcnn_backend", default=None)
 _global_policy: str | None = None  # None: read FASTCNN_BACKEND
-_choices: dict[str, str] = {}
+_choices: dict[str, str] = {}  # by the key the decisions file uses, a string
+_known: dict[tuple, Callable[..., Any]] = {}  # (op, signature, threads) -> the chosen kernel: the fast path
 _in_place: set[str] = set()
 _unsaved: set[str] = set()  # decisions measured on a busy machine: this process only
 _decisions: dict[str, dict[str, Any]] = {}
@@ -132,11 +133,16 @@ def run(op: str, signature: tuple, args: tuple, backend: str | None = None, auto
         return impls[auto_only](*args)
     if op in _in_place:
         return impls[next(b for b in available_backends() if b in impls)](*args)
-    key = f"{op}{signature}@{_jit.num_threads()}"
+    threads = _jit.num_threads()
+    kernel = _known.get((op, signature, threads))
+    if kernel is not None:
+        return kernel(*args)
+    key = f"{op}{signature}@{threads}"  # about 2 us to format: once per signature, not per call
     choice = _choices.get(key)
-    if choice is not None:
-        return impls[choice](*args)
-    return _decide(op, key, args)
+    if choice is None:
+        return _decide(op, key, args)
+    _known[(op, signature, threads)] = impls[choice]
+    return impls[choice](*args)
 
 
 def _decide(op: str, key: str, args: tuple) -> Any:
@@ -222,6 +228,7 @@ def clear_dispatch_decisions(persisted: bool = False) -> None:
     global _loaded
     with _lock:
         _choices.clear()
+        _known.clear()
         _decisions.clear()
         _unsaved.clear()
         _loaded = True

@@ -98,15 +98,21 @@ def _remembered(fn, *args):
     """``fn(*args)``, from a cache of recent answers when every argument is a plain int, str, None or
     tuple of those (the layers' own parameters); anything else, such as a list or a bool that must be
     refused, is checked afresh."""
-    if all(_plain(a) for a in args):
+    if _plain(args):
         return _geometry_cache(fn, *args)
     return fn(*args)
 
 
+_PLAIN_TYPES = frozenset((int, str, type(None)))
+
+
 def _plain(value) -> bool:
-    if type(value) is tuple:
-        return all(_plain(v) for v in value)
-    return value is None or type(value) in (int, str)
+    if type(value) is not tuple:
+        return type(value) in _PLAIN_TYPES
+    for item in value:  # a loop, not all(...): this runs several times per op call
+        if type(item) not in _PLAIN_TYPES and not (type(item) is tuple and _plain(item)):
+            return False
+    return True
 
 
 @functools.lru_cache(maxsize=256)
