@@ -185,15 +185,16 @@ def conv2d_backward(
     """
     x, weight, geo = _conv_inputs(x, weight, stride, padding, dilation)
     grad_y = check_grad("grad_y", grad_y, (x.shape[0], weight.shape[0]) + geo.out_hw, x.dtype)
-    return _conv_gradients("conv2d", (grad_y,), (), x, weight, geo, input_grad, backend)
+    return _conv_gradients("conv2d", (grad_y,), (), (), x, weight, geo, input_grad, backend)
 
 
-def _conv_gradients(op, grad, extra, x, weight, geo, input_grad, backend):
+def _conv_gradients(op, grad, extra, described, x, weight, geo, input_grad, backend):
     """The three gradients of a conv, from the ops ``op + "_grad_weight"`` and ``op + "_grad_input"``,
-    which take the arguments ``grad`` before and ``extra`` after the conv's own."""
+    which take the arguments ``grad`` before and ``extra`` after the conv's own; ``described`` is what
+    their dispatch signature needs besides the conv's shapes."""
     xp = _pad(x, geo.padding)
     (sh, sw), (dh, dw) = geo.stride, geo.dilation
-    signature = (xp.shape, weight.shape, geo.stride, geo.dilation) + tuple(g.shape for g in grad[1:]) + (x.dtype.char,)
+    signature = (xp.shape, weight.shape, geo.stride, geo.dilation) + tuple(described) + (x.dtype.char,)
     kh, kw = weight.shape[2:]
     grad_x = None
     with shared_inputs():  # both gradients read grad_y the same way: a backend may prepare it once
@@ -214,16 +215,19 @@ def conv2d_max_pool2d(
     pool_size: IntOrPair = 2,
     pool_stride: IntOrPair | None = None,
     pool_padding: IntOrPair = 0,
+    relu: bool = False,
     *,
     backend: str | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """A convolution and the max-pool of its output in one op:
-    ``max_pool2d(conv2d(x, weight, bias, stride, padding, dilation), pool_size, pool_stride, pool_padding)``.
+    ``max_pool2d(conv2d(x, weight, bias, stride, padding, dilation), pool_size, pool_stride, pool_padding)``,
+    and with ``relu`` a ReLU of the pooled values (the same as a ReLU before the pool: it commutes with
+    a maximum).
 
     The Numba backend pools a stride-1 convolution's output with 2x2, stride-2 windows as it leaves
     the convolution's working layout, so the full-size output is never written; other cases, and the
-    NumPy backend, run the two ops. :class:`fastcnn.Sequential` uses it for a Conv2D followed by a
-    MaxPool2D.
+    NumPy backend, run the separate ops. :class:`fastcnn.Sequential` uses it for a Conv2D followed by
+    a MaxPool2D (and a ReLU on either side of the pool).
 
     Parameters
     ----------
@@ -231,6 +235,8 @@ def conv2d_max_pool2d(
         As :func:`conv2d`.
     pool_size, pool_stride, pool_padding
         As ``kernel_size``, ``stride`` and ``padding`` of :func:`max_pool2d`.
+    relu : bool
+        Apply ``max(y, 0)`` (NaN kept) to the pooled output.
     backend : {"auto", "numba", "numpy"}, optional
 
     Returns
@@ -246,8 +252,12 @@ def conv2d_max_pool2d(
     check_allocation("conv2d_max_pool2d argmax", (x.shape[0], weight.shape[0]) + pool.out_hw, np.int64)
     xp = _pad(x, geo.padding)
     (sh, sw), (dh, dw), (oh, ow) = geo.stride, geo.dilation, geo.out_hw
-    signature = (xp.shape, weight.shape, geo.stride, geo.dilation, pool.kernel, pool.stride, pool.padding, x.dtype.char)
-    args = (xp, weight, bias, sh, sw, dh, dw, oh, ow, (*pool.kernel, *pool.stride, *pool.padding, *pool.out_hw))
+    if not isinstance(relu, (bool, np.bool_)):
+        raise TypeError(f"relu must be True or False, got {relu!r}")
+    relu = bool(relu)
+    signature = (xp.shape, weight.shape, geo.stride, geo.dilation, pool.kernel, pool.stride, pool.padding, relu,
+                 x.dtype.char)
+    args = (xp, weight, bias, sh, sw, dh, dw, oh, ow, (*pool.kernel, *pool.stride, *pool.padding, *pool.out_hw), relu)
     return dispatch.run("conv2d_max_pool2d", signature, args, backend)
 
 
@@ -260,11 +270,13 @@ def conv2d_max_pool2d_backward(
     padding: IntOrPair | str = 0,
     dilation: IntOrPair = 1,
     *,
+    relu_output: np.ndarray | None = None,
     input_grad: bool = True,
     backend: str | None = None,
 ) -> tuple[np.ndarray | None, np.ndarray, np.ndarray]:
     """Gradients of :func:`conv2d_max_pool2d` with respect to ``x``, ``weight`` and ``bias``: those of
-    :func:`conv2d` for the output gradient ``max_pool2d_backward(grad_y, argmax, conv output shape)``.
+    :func:`conv2d` for the output gradient ``max_pool2d_backward(grad_y, argmax, conv output shape)``
+    (of ``relu_backward(grad_y, relu_output)`` when the op applied its ReLU).
 
     Parameters
     ----------
@@ -274,6 +286,9 @@ def conv2d_max_pool2d_backward(
         The indices :func:`conv2d_max_pool2d` returned.
     x, weight, stride, padding, dilation, backend
         As passed to :func:`conv2d_max_pool2d`.
+    relu_output : ndarray, optional
+        The ``y`` that :func:`conv2d_max_pool2d` returned with ``relu=True``: the gradient passes only
+        where it is positive. None (the default) when the op applied no ReLU.
     input_grad : bool
         Compute ``grad_x``; ``False`` skips that work and returns None.
 
@@ -283,17 +298,21 @@ def conv2d_max_pool2d_backward(
     grad_weight : ndarray, shape of ``weight``
     grad_bias : ndarray, shape (C_out,)
     """
-    return _conv2d_max_pool2d_backward(grad_y, argmax, x, weight, stride, padding, dilation, input_grad, backend,
-                                       check_range=True)
+    return _conv2d_max_pool2d_backward(grad_y, argmax, x, weight, stride, padding, dilation, relu_output, input_grad,
+                                       backend, check_range=True)
 
 
-def _conv2d_max_pool2d_backward(grad_y, argmax, x, weight, stride, padding, dilation, input_grad, backend,
-                                check_range: bool):
+def _conv2d_max_pool2d_backward(grad_y, argmax, x, weight, stride, padding, dilation, relu_output, input_grad,
+                                backend, check_range: bool):
     """:func:`conv2d_max_pool2d_backward`; ``check_range`` as in :func:`_max_pool2d_backward`."""
     x, weight, geo = _conv_inputs(x, weight, stride, padding, dilation)
     conv_shape = (x.shape[0], weight.shape[0]) + geo.out_hw
     grad_y, argmax = _pooled_gradient(grad_y, argmax, conv_shape, "the conv output", check_range, x.dtype)
-    return _conv_gradients("conv2d_max_pool2d", (grad_y, argmax), geo.out_hw, x, weight, geo, input_grad, backend)
+    if relu_output is not None:
+        relu_output = check_grad("relu_output", relu_output, grad_y.shape, x.dtype)
+    grad = (grad_y, argmax, relu_output)
+    described = (grad_y.shape, relu_output is not None)
+    return _conv_gradients("conv2d_max_pool2d", grad, geo.out_hw, described, x, weight, geo, input_grad, backend)
 
 
 def max_pool2d(

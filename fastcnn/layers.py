@@ -226,27 +226,30 @@ class MaxPool2D(_Pool2D):
 
 
 class _ConvMaxPool(_WeightLayer):
-    """A :class:`Conv2D` and the :class:`MaxPool2D` after it, run as one op,
-    :func:`fastcnn.functional.conv2d_max_pool2d`: a step of :class:`fastcnn.Sequential`'s run order,
-    not a layer to add. The parameters and gradients are the convolution's own dicts."""
+    """A :class:`Conv2D` and the :class:`MaxPool2D` after it, and optionally the :class:`ReLU` after
+    that, run as one op, :func:`fastcnn.functional.conv2d_max_pool2d`: a step of
+    :class:`fastcnn.Sequential`'s run order, not a layer to add. The parameters and gradients are the
+    convolution's own dicts."""
 
-    def __init__(self, conv: Conv2D, pool: MaxPool2D) -> None:
+    def __init__(self, conv: Conv2D, pool: MaxPool2D, relu: ReLU | None = None) -> None:
         super().__init__()
-        self.conv, self.pool = conv, pool
+        self.conv, self.pool, self.relu = conv, pool, relu
         self.params, self.grads = conv.params, conv.grads
-        self._argmax = None
+        self._argmax = self._y = None
 
     def forward(self, x, training=False):
         conv, pool = self.conv, self.pool
         y, argmax = F.conv2d_max_pool2d(x, conv.params["weight"], conv.params.get("bias"), **conv._geometry(),
                                         pool_size=pool.kernel_size, pool_stride=pool.stride,
-                                        pool_padding=pool.padding, backend=conv.backend)
-        conv._x, self._argmax = (x, argmax) if training else (None, None)
+                                        pool_padding=pool.padding, relu=self.relu is not None, backend=conv.backend)
+        conv._x, self._argmax, self._y = (x, argmax, y) if training else (None, None, None)
         return y
 
     def _gradients(self, grad, input_grad):
         conv = self.conv
-        return F._conv2d_max_pool2d_backward(grad, self._cached("_argmax"), conv._cached("_x"), conv.params["weight"],
+        argmax = self._cached("_argmax")
+        return F._conv2d_max_pool2d_backward(grad, argmax, conv._cached("_x"), conv.params["weight"],
+                                             relu_output=self._y if self.relu is not None else None,
                                              input_grad=input_grad, backend=conv.backend, check_range=False,
                                              **conv._geometry())
 
@@ -254,7 +257,7 @@ class _ConvMaxPool(_WeightLayer):
         return self.pool.output_shape(self.conv.output_shape(input_shape))
 
     def __repr__(self) -> str:
-        return f"_ConvMaxPool({self.conv!r}, {self.pool!r})"
+        return f"_ConvMaxPool({self.conv!r}, {self.pool!r}, {self.relu!r})"
 
 
 class AvgPool2D(_Pool2D):

@@ -161,8 +161,9 @@ class Sequential:
         - the layers as added, except that a ReLU directly followed by a MaxPool2D runs after it. ReLU
           is monotone, so it commutes with a maximum: the outputs and every gradient are the same, bit
           for bit, and the ReLU works on the pooled, smaller tensor;
-        - then a Conv2D directly followed by a MaxPool2D (with the same ``backend``) runs as one step,
-          :func:`fastcnn.functional.conv2d_max_pool2d`, which need not write the full-size conv output.
+        - then a Conv2D directly followed by a MaxPool2D (with the same ``backend``), and by the ReLU
+          after that if there is one, runs as one step, :func:`fastcnn.functional.conv2d_max_pool2d`,
+          which need not write the full-size conv output.
         """
         key = tuple((id(layer), getattr(layer, "backend", None)) for layer in self.layers)
         if self._plan[0] == key:
@@ -176,6 +177,8 @@ class Sequential:
             last = steps[-1] if steps else None
             if type(layer) is MaxPool2D and type(last) is Conv2D and last.backend == layer.backend:
                 steps[-1] = _ConvMaxPool(last, layer)
+            elif type(layer) is ReLU and type(last) is _ConvMaxPool and last.relu is None:
+                steps[-1] = _ConvMaxPool(last.conv, last.pool, layer)
             else:
                 steps.append(layer)
         self._plan = (key, steps)

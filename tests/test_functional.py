@@ -354,7 +354,8 @@ def test_conv2d_on_inputs_larger_than_a_kernel_block(backend, rng, n, c_in, c_ou
     (dict(), dict(pool_size=3, pool_stride=2, pool_padding=1), (2, 2, 9, 9, 3)),  # another pool
     (dict(), dict(pool_size=3, pool_stride=2), (2, 2, 11, 11, 3)),  # its windows leave the 2x2 blocks
 ])
-def test_conv2d_max_pool2d_matches_the_reference_conv_then_pool(backend, rng, dtype, conv, pool, shape):
+@pytest.mark.parametrize("relu", [False, True])
+def test_conv2d_max_pool2d_matches_the_reference_conv_then_pool(backend, rng, dtype, conv, pool, shape, relu):
     n, c, h, w, c_out = shape
     x = rng.standard_normal((n, c, h, w)).astype(dtype)
     wt = rng.standard_normal((c_out, c, 3, 3)).astype(dtype)
@@ -367,18 +368,23 @@ def test_conv2d_max_pool2d_matches_the_reference_conv_then_pool(backend, rng, dt
     conv_out = ref.conv2d(x, wt, b, (geo["stride"],) * 2, ((pad, pad), (pad, pad)), dilation)
     pool_args = [(pool.get(k, default),) * 2 for k, default in (("pool_size", 2), ("pool_stride", 2), ("pool_padding", 0))]
     want_y, want_idx = ref.max_pool2d(conv_out.astype(dtype), *pool_args)
-    y, idx = F.conv2d_max_pool2d(x, wt, b, **geo, **pool, backend=backend)
+    if relu:
+        want_y = np.maximum(want_y, 0)
+    y, idx = F.conv2d_max_pool2d(x, wt, b, **geo, **pool, relu=relu, backend=backend)
     assert y.dtype == dtype and idx.dtype == np.int64
     np.testing.assert_allclose(y, want_y, **TOL[dtype])
     np.testing.assert_array_equal(idx, want_idx)
     gy = rng.standard_normal(y.shape).astype(dtype)
-    want = ref.conv2d_backward(_scatter_reference(gy, idx, conv_out.shape), x, wt, (geo["stride"],) * 2,
+    passed = np.where(want_y > 0, gy, 0) if relu else gy
+    want = ref.conv2d_backward(_scatter_reference(passed, idx, conv_out.shape), x, wt, (geo["stride"],) * 2,
                                ((pad, pad), (pad, pad)), dilation)
-    got = F.conv2d_max_pool2d_backward(gy, idx, x, wt, **geo, backend=backend)
+    relu_output = y if relu else None
+    got = F.conv2d_max_pool2d_backward(gy, idx, x, wt, **geo, relu_output=relu_output, backend=backend)
     for name, a, b in zip(("grad_x", "grad_weight", "grad_bias"), got, want):
         assert a.dtype == dtype
         np.testing.assert_allclose(a, b, **TOL[dtype], err_msg=name)
-    assert F.conv2d_max_pool2d_backward(gy, idx, x, wt, **geo, input_grad=False, backend=backend)[0] is None
+    no_gx = F.conv2d_max_pool2d_backward(gy, idx, x, wt, **geo, relu_output=relu_output, input_grad=False, backend=backend)
+    assert no_gx[0] is None
 
 
 def test_conv2d_max_pool2d_backward_rejects_bad_indices(backend, rng):
@@ -390,6 +396,10 @@ def test_conv2d_max_pool2d_backward_rejects_bad_indices(backend, rng):
         F.conv2d_max_pool2d_backward(y, idx[..., :1], x, wt, backend=backend)
     with pytest.raises(TypeError, match="argmax must be an integer array"):
         F.conv2d_max_pool2d_backward(y, idx.astype(float), x, wt, backend=backend)
+    with pytest.raises(ValueError, match=r"relu_output has shape \(2, 3, 2, 1\) but the forward output has shape"):
+        F.conv2d_max_pool2d_backward(y, idx, x, wt, relu_output=y[..., :1], backend=backend)
+    with pytest.raises(TypeError, match="relu must be True or False, got 'yes'"):
+        F.conv2d_max_pool2d(x, wt, relu="yes", backend=backend)
 
 
 def test_numba_conv_never_reads_stale_scratch(rng):

@@ -72,25 +72,27 @@ def _first_of(b, va, ia, vb, ib):
 
 
 @intrinsic
-def max_pairs(typingctx, x, at, step, w, bias, y, out, idx, base, count):
-    """``max_pairs(x, at, step, w, bias, y, out, idx, base, count)``: for window ``q < count``, the
-    maximum of ``x[at + 2q]``, ``x[at + 2q + 1]``, ``x[at + step + 2q]``, ``x[at + step + 2q + 1]``
-    (each plus ``bias``, unless it is None) to ``y[out + q]``, and its position (``base + 2q`` plus 0, 1,
-    ``w`` or ``w + 1``: ties go to the first in that order, the first NaN wins) to ``idx[out + q]``.
+def max_pairs(typingctx, x, at, step, w, bias, relu, y, out, idx, base, count):
+    """``max_pairs(x, at, step, w, bias, relu, y, out, idx, base, count)``: for window ``q < count``,
+    the maximum of ``x[at + 2q]``, ``x[at + 2q + 1]``, ``x[at + step + 2q]``, ``x[at + step + 2q + 1]``
+    (each plus ``bias``, unless it is None) to ``y[out + q]`` (with ``relu``, a maximum <= 0 as 0, NaN
+    kept), and its position (``base + 2q`` plus 0, 1, ``w`` or ``w + 1``: ties go to the first in that
+    order, the first NaN wins) to ``idx[out + q]``.
 
     ``step`` is the distance between the two input rows and ``w`` the width the positions count in;
     they differ when ``x`` is a convolution's wide output (see :mod:`.conv_numba`). ``x`` and ``y`` are
     1-D arrays of one float dtype, ``idx`` of int64; ``count`` is at most ``lanes``
     (:func:`._tiles.lanes`)."""
     if not (_float_arrays(x, y) and x.ndim == y.ndim == 1 and isinstance(idx, types.Array)
-            and idx.dtype == types.int64 and idx.ndim == 1 and isinstance(bias, (types.Float, types.NoneType))):
+            and idx.dtype == types.int64 and idx.ndim == 1 and isinstance(bias, (types.Float, types.NoneType))
+            and isinstance(relu, types.Boolean)):
         return None
-    sig = types.void(x, types.intp, types.intp, types.intp, bias, y, types.intp, idx, types.intp, types.intp)
+    sig = types.void(x, types.intp, types.intp, types.intp, bias, relu, y, types.intp, idx, types.intp, types.intp)
 
     def codegen(context, builder, signature, args):
-        x_t, y_t, i_t = signature.args[0], signature.args[5], signature.args[7]
-        x_a, y_a, i_a = (context.make_array(t)(context, builder, args[k]) for t, k in ((x_t, 0), (y_t, 5), (i_t, 7)))
-        at, step, w, out, base, count = args[1], args[2], args[3], args[6], args[8], args[9]
+        x_t, y_t, i_t = signature.args[0], signature.args[6], signature.args[8]
+        x_a, y_a, i_a = (context.make_array(t)(context, builder, args[k]) for t, k in ((x_t, 0), (y_t, 6), (i_t, 8)))
+        at, step, w, relu, out, base, count = args[1], args[2], args[3], args[5], args[7], args[9], args[10]
         fty = context.get_value_type(x_t.dtype)
         v = _Vectors(builder, fty, lanes(context.get_abi_sizeof(fty)))
         n, pairs = v.n, builder.mul(count, _int(2))
@@ -108,6 +110,8 @@ def max_pairs(typingctx, x, at, step, w, bias, y, out, idx, base, count):
         top = _first_of(builder, a, v.splat(_int(0)), b, v.splat(_int(1)))
         bottom = _first_of(builder, c, v.splat(w), d, v.splat(builder.add(w, _int(1))))
         best, offset = _first_of(builder, *top, *bottom)
+        cut = builder.and_(v.splat(relu), builder.fcmp_ordered("<=", best, v.zero))  # as relu: 0 if v <= 0 else v
+        best = builder.select(cut, v.zero, best)
         position = builder.add(builder.add(v.splat(base), builder.add(v.iota, v.iota)), offset)
         windows = v.below(_int(0), count)
         v.store(best, y_a.data, out, windows)
@@ -118,29 +122,34 @@ def max_pairs(typingctx, x, at, step, w, bias, y, out, idx, base, count):
 
 
 @intrinsic
-def unpool_pairs(typingctx, g, at, idx, base, w, grad, to, step, count, width):
-    """``unpool_pairs(g, at, idx, base, w, grad, to, step, count, width)``: the inverse of
+def unpool_pairs(typingctx, g, at, idx, base, w, gate, gated, grad, to, step, count, width):
+    """``unpool_pairs(g, at, idx, base, w, gate, gated, grad, to, step, count, width)``: the inverse of
     :func:`max_pairs`. For window ``q < count``, ``g[at + q]`` goes to the position ``idx[at + q]`` names
     among ``grad[to + 2q]``, ``grad[to + 2q + 1]``, ``grad[to + step + 2q]`` and ``grad[to + step + 2q + 1]``
     (``base + 2q`` plus 0, 1, ``w`` or ``w + 1``), and the other three get 0; so do the positions from
-    ``2 * count`` to ``width`` (at most ``2 * lanes``) of both rows. Returns whether every index named a
-    position of its window; where one did not, that window's four positions are 0 and the caller must
-    scatter instead."""
-    if not (_float_arrays(g, grad) and g.ndim == grad.ndim == 1 and isinstance(idx, types.Array)
-            and idx.dtype == types.int64 and idx.ndim == 1):
+    ``2 * count`` to ``width`` (at most ``2 * lanes``) of both rows. With ``gated``, a window whose
+    ``gate[at + q]`` (the ReLU's output) is not > 0 passes 0 instead; without, ``gate`` is not read.
+    Returns whether every index named a position of its window; where one did not, that window's four
+    positions are 0 and the caller must scatter instead."""
+    if not (_float_arrays(g, gate, grad) and g.ndim == gate.ndim == grad.ndim == 1 and isinstance(idx, types.Array)
+            and idx.dtype == types.int64 and idx.ndim == 1 and isinstance(gated, types.Boolean)):
         return None
-    sig = types.boolean(g, types.intp, idx, types.intp, types.intp, grad, types.intp, types.intp, types.intp,
-                        types.intp)
+    sig = types.boolean(g, types.intp, idx, types.intp, types.intp, gate, gated, grad, types.intp, types.intp,
+                        types.intp, types.intp)
 
     def codegen(context, builder, signature, args):
-        g_t, i_t, o_t = signature.args[0], signature.args[2], signature.args[5]
-        g_a, i_a, o_a = (context.make_array(t)(context, builder, args[k]) for t, k in ((g_t, 0), (i_t, 2), (o_t, 5)))
-        at, base, w, to, step, count, width = args[1], args[3], args[4], args[6], args[7], args[8], args[9]
+        g_t, i_t, e_t, o_t = signature.args[0], signature.args[2], signature.args[5], signature.args[7]
+        g_a, i_a, e_a, o_a = (context.make_array(t)(context, builder, args[k])
+                              for t, k in ((g_t, 0), (i_t, 2), (e_t, 5), (o_t, 7)))
+        at, base, w, gated, to, step, count, width = args[1], args[3], args[4], args[6], args[8], args[9], args[10], args[11]
         fty = context.get_value_type(g_t.dtype)
         v = _Vectors(builder, fty, lanes(context.get_abi_sizeof(fty)))
         n = v.n
         windows = v.below(_int(0), count)
         values = v.load(g_a.data, at, windows, v.zero)
+        one = ir.Constant(v.vty, [ir.Constant(fty, 1.0)] * n)
+        gate_values = v.load(e_a.data, at, builder.and_(windows, v.splat(gated)), one)  # ungated: no lane read
+        values = builder.select(builder.fcmp_ordered(">", gate_values, v.zero), values, v.zero)
         corner = builder.add(v.splat(base), builder.add(v.iota, v.iota))
         offset = builder.sub(v.load(i_a.data, at, windows, corner), corner)  # masked-off lanes: offset 0, value 0
         hits = [builder.icmp_signed("==", offset, v.splat(k)) for k in (_int(0), _int(1), w, builder.add(w, _int(1)))]

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from . import pool_numba
+from . import elementwise_numba, pool_numba
 from ._blas import channel_sums
 from ._jit import kernel_helper, parallel_kernel, prange, sized
 from ._pool_vectors import clear
@@ -150,40 +150,47 @@ def _grad_runs(gy, kh, kw, hp, wp, dh, dw):
     return _runs(gy, hp, wp, "grad runs", head=head, tail=tail), head
 
 
-def _unpooled_runs(gp, argmax, oh, ow, kh, kw, hp, wp, dh, dw):
-    """The runs of the gradient of a conv output (N, C, oh, ow) that a 2x2, stride-2 max-pool took to
-    ``gp`` with ``argmax`` (see :func:`.pool_numba.unpools_by_blocks`): the pool's gradient written
-    straight into the layout of :func:`_grad_runs`, never as an (N, C, oh, ow) array. Returns (runs, head)."""
+def _unpooled_runs(gp, argmax, gate, oh, ow, kh, kw, hp, wp, dh, dw):
+    """The runs of the gradient of a conv output (N, C, oh, ow) that a 2x2, stride-2 max-pool (and, if
+    ``gate`` is not None, a ReLU whose output it is) took to ``gp`` with ``argmax`` (see
+    :func:`.pool_numba.unpools_by_blocks`): the gradient written straight into the layout of
+    :func:`_grad_runs`, never as an (N, C, oh, ow) array. Returns (runs, head)."""
     n, c = gp.shape[:2]
     head, tail = _grad_layout(n, kh, kw, hp, wp, dh, dw, gp.itemsize)
     fill = sized(_unpool_runs, n * c * hp * wp)
+    sources = (gp, argmax) if gate is None else (gp, argmax, gate)
     shape, layout = (c, head + n * hp * wp + tail), ("unpooled", oh, ow, hp, wp, head)
-    runs = derived("grad runs", shape, gp.dtype, (gp, argmax), layout, lambda runs: fill(gp, argmax, ow, runs, hp, wp, head))
+    gated = gate is not None
+    runs = derived("grad runs", shape, gp.dtype, sources, layout,
+                   lambda runs: fill(gp, argmax, gate if gated else gp, gated, ow, runs, hp, wp, head))
     return runs, head
 
 
 @parallel_kernel
-def _unpool_runs(gp, argmax, ow, runs, hp, wp, head):
+def _unpool_runs(gp, argmax, gate, gated, ow, runs, hp, wp, head):
     """:func:`_unpooled_runs`, a (sample, channel) plane per task; the first and last samples' tasks
     also zero the head and the tail of their run."""
     n, c, rows, cols = gp.shape
     plane, length = hp * wp, runs.shape[1]
     g_flat, idx_flat, runs_flat = gp.reshape(gp.size), argmax.reshape(argmax.size), runs.reshape(runs.size)
+    gate_flat = gate.reshape(gate.size)
     for task in prange(n * c):
         s, ch = task // c, task % c
         start = ch * length + head + s * plane
         if s == 0:
             clear(runs_flat, ch * length, head)
-        pool_numba.unpool_plane(g_flat, task * rows * cols, idx_flat, ow, runs_flat, start, wp, plane, rows, cols)
+        pool_numba.unpool_plane(g_flat, task * rows * cols, idx_flat, ow, gate_flat, gated, runs_flat, start, wp, plane,
+                                rows, cols)
         if s == n - 1:
             clear(runs_flat, start + plane, (ch + 1) * length - start - plane)
 
 
 @parallel_kernel
-def _conv_wide(xr, w, b, yr, y, idx, hp, wp, dh, dw, ow):
+def _conv_wide(xr, w, b, yr, y, idx, relu, hp, wp, dh, dw, ow):
     """Stride-1 forward pass in the wide layout (see the module docstring): runs ``xr`` -> ``yr``, then
     the output, ``ow`` columns a row, to ``y`` (the padding and scratch positions dropped); or, if ``idx``
-    is not empty, the output's 2x2, stride-2 max-pool to ``y`` and its argmax to ``idx``."""
+    is not empty, the output's 2x2, stride-2 max-pool (through a ReLU with ``relu``) to ``y`` and its
+    argmax to ``idx``."""
     c_out, c_in, kh, kw = w.shape
     rows, cols = y.shape[2], y.shape[3]
     taps = _tap_matrix(w, yr.shape[0], False)
@@ -195,7 +202,7 @@ def _conv_wide(xr, w, b, yr, y, idx, hp, wp, dh, dw, ow):
         s, co = task // c_out, task % c_out
         start = co * yr.shape[1] + s * hp * wp
         if idx.size:
-            pool_numba.pool_rows(wide, start, wp, ow, b[co], y_flat, task * rows * cols, idx_flat, rows, cols)
+            pool_numba.pool_rows(wide, start, wp, ow, b[co], relu, y_flat, task * rows * cols, idx_flat, rows, cols)
         else:
             for r in range(rows):
                 _copy(y[s, co, r], wide[start + r * wp :], b[co])
@@ -228,27 +235,29 @@ def conv2d_forward(xp, w, b, sh, sw, dh, dw, oh, ow):
     if sh != 1 or sw != 1:
         return sized(_conv_strided, work)(xp, w, b, sh, sw, dh, dw, oh, ow)
     y = np.empty((xp.shape[0], w.shape[0], oh, ow), dtype=xp.dtype)
-    _conv_wide_into(xp, w, b, y, _NO_INDEX, dh, dw, ow, work)
+    _conv_wide_into(xp, w, b, y, _NO_INDEX, False, dh, dw, ow, work)
     return y
 
 
-def _conv_wide_into(xp, w, b, y, idx, dh, dw, ow, work):
+def _conv_wide_into(xp, w, b, y, idx, relu, dh, dw, ow, work):
     """Run :func:`_conv_wide` on the padded input ``xp`` into ``y`` (and ``idx``)."""
     n, _, hp, wp = xp.shape
     c_out, _, kh, kw = w.shape
     yr = scratch("wide out", (tile_rows(c_out), _wide_length(n, hp, wp, xp.itemsize)), xp.dtype)
-    sized(_conv_wide, work // TILE_SPEED)(_input_runs(xp, kh, kw, dh, dw), w, b, yr, y, idx, hp, wp, dh, dw, ow)
+    sized(_conv_wide, work // TILE_SPEED)(_input_runs(xp, kh, kw, dh, dw), w, b, yr, y, idx, relu, hp, wp, dh, dw, ow)
 
 
-def conv2d_max_pool2d_forward(xp, w, b, sh, sw, dh, dw, oh, ow, pool):
-    """``max_pool2d(conv2d(...))``: the conv's arguments as :func:`conv2d_forward`'s, ``pool`` the
-    pool's as :func:`.pool_numba.max_pool2d_forward`'s. A 2x2, stride-2 pool after a stride-1 conv
-    pools the conv's wide output as it leaves it, so the full-size output is never written."""
+def conv2d_max_pool2d_forward(xp, w, b, sh, sw, dh, dw, oh, ow, pool, relu):
+    """``max_pool2d(conv2d(...))``, and a ReLU after it with ``relu``: the conv's arguments as
+    :func:`conv2d_forward`'s, ``pool`` the pool's as :func:`.pool_numba.max_pool2d_forward`'s. A 2x2,
+    stride-2 pool after a stride-1 conv pools the conv's wide output as it leaves it, so the full-size
+    output is never written."""
     if (sh, sw) != (1, 1) or tuple(pool[:6]) != (2, 2, 2, 2, 0, 0):
-        return pool_numba.max_pool2d_forward(conv2d_forward(xp, w, b, sh, sw, dh, dw, oh, ow), *pool)
+        y, idx = pool_numba.max_pool2d_forward(conv2d_forward(xp, w, b, sh, sw, dh, dw, oh, ow), *pool)
+        return (elementwise_numba.relu_forward(y) if relu else y), idx
     shape = (xp.shape[0], w.shape[0]) + tuple(pool[6:])
     y, idx = np.empty(shape, dtype=xp.dtype), np.empty(shape, dtype=np.int64)
-    _conv_wide_into(xp, w, b, y, idx, dh, dw, ow, xp.shape[0] * oh * ow * w.size)
+    _conv_wide_into(xp, w, b, y, idx, relu, dh, dw, ow, xp.shape[0] * oh * ow * w.size)
     return y, idx
 
 
@@ -365,12 +374,19 @@ def _fuses_unpool(gp, sh, sw, oh, ow) -> bool:
     return sh == sw == 1 and pool_numba.unpools_by_blocks(gp.shape[2], gp.shape[3], oh, ow)
 
 
-def conv2d_max_pool2d_grad_weight(gp, argmax, xp, kh, kw, sh, sw, dh, dw, oh, ow):
+def _unpooled(gp, argmax, gate, oh, ow):
+    """The conv output's gradient (N, C, oh, ow) from the pooled one (see :func:`conv2d_max_pool2d_grad_weight`)."""
+    if gate is not None:
+        gp = elementwise_numba.relu_backward(gp, gate)
+    return pool_numba.max_pool2d_backward(gp, argmax, oh, ow)
+
+
+def conv2d_max_pool2d_grad_weight(gp, argmax, gate, xp, kh, kw, sh, sw, dh, dw, oh, ow):
     """:func:`conv2d_grad_weight` of the conv output (N, C_out, oh, ow) that a max-pool took to ``gp``
-    with ``argmax``."""
+    with ``argmax``; if ``gate`` is not None, through a ReLU after the pool, whose output it is."""
     if not _fuses_unpool(gp, sh, sw, oh, ow):
-        return conv2d_grad_weight(pool_numba.max_pool2d_backward(gp, argmax, oh, ow), xp, kh, kw, sh, sw, dh, dw)
-    runs, head = _unpooled_runs(gp, argmax, oh, ow, kh, kw, xp.shape[2], xp.shape[3], dh, dw)
+        return conv2d_grad_weight(_unpooled(gp, argmax, gate, oh, ow), xp, kh, kw, sh, sw, dh, dw)
+    runs, head = _unpooled_runs(gp, argmax, gate, oh, ow, kh, kw, xp.shape[2], xp.shape[3], dh, dw)
     work = gp.shape[0] * gp.shape[1] * oh * ow * xp.shape[1] * kh * kw
     return _grad_weight_of_runs(runs, head, xp, kh, kw, dh, dw, work)
 
@@ -429,11 +445,11 @@ def _grad_input_of_runs(gr, head, w, n, hp, wp, dh, dw, work):
     return grad_xp
 
 
-def conv2d_max_pool2d_grad_input(gp, argmax, w, hp, wp, sh, sw, dh, dw, oh, ow):
+def conv2d_max_pool2d_grad_input(gp, argmax, gate, w, hp, wp, sh, sw, dh, dw, oh, ow):
     """:func:`conv2d_grad_input` of the conv output (N, C_out, oh, ow) that a max-pool took to ``gp``
-    with ``argmax``."""
+    with ``argmax``; ``gate`` as in :func:`conv2d_max_pool2d_grad_weight`."""
     if not _fuses_unpool(gp, sh, sw, oh, ow):
-        return conv2d_grad_input(pool_numba.max_pool2d_backward(gp, argmax, oh, ow), w, hp, wp, sh, sw, dh, dw)
-    runs, head = _unpooled_runs(gp, argmax, oh, ow, w.shape[2], w.shape[3], hp, wp, dh, dw)
+        return conv2d_grad_input(_unpooled(gp, argmax, gate, oh, ow), w, hp, wp, sh, sw, dh, dw)
+    runs, head = _unpooled_runs(gp, argmax, gate, oh, ow, w.shape[2], w.shape[3], hp, wp, dh, dw)
     work = gp.shape[0] * gp.shape[1] * oh * ow * w.shape[1] * w.shape[2] * w.shape[3]
     return _grad_input_of_runs(runs, head, w, gp.shape[0], hp, wp, dh, dw, work)

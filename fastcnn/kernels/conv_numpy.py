@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from . import pool_numpy
+from . import elementwise_numpy, pool_numpy
 from ._blas import channel_sums, on_threads
 from ._windows import window
 
@@ -106,18 +106,27 @@ def conv2d_grad_input(gy, w, hp, wp, sh, sw, dh, dw):
     return grad_xp
 
 
-def conv2d_max_pool2d_forward(xp, w, b, sh, sw, dh, dw, oh, ow, pool):
-    """``max_pool2d(conv2d(...))``, as the two ops: ``pool`` holds the pool's arguments."""
-    return pool_numpy.max_pool2d_forward(conv2d_forward(xp, w, b, sh, sw, dh, dw, oh, ow), *pool)
+def conv2d_max_pool2d_forward(xp, w, b, sh, sw, dh, dw, oh, ow, pool, relu):
+    """``max_pool2d(conv2d(...))``, and a ReLU after it with ``relu``, as the separate ops: ``pool``
+    holds the pool's arguments."""
+    y, idx = pool_numpy.max_pool2d_forward(conv2d_forward(xp, w, b, sh, sw, dh, dw, oh, ow), *pool)
+    return (elementwise_numpy.relu_forward(y) if relu else y), idx
 
 
-def conv2d_max_pool2d_grad_weight(gp, argmax, xp, kh, kw, sh, sw, dh, dw, oh, ow):
+def _unpooled(gp, argmax, gate, oh, ow):
+    """The conv output's gradient (N, C, oh, ow) from the pooled one (see :func:`conv2d_max_pool2d_grad_weight`)."""
+    if gate is not None:
+        gp = elementwise_numpy.relu_backward(gp, gate)
+    return pool_numpy.max_pool2d_backward(gp, argmax, oh, ow)
+
+
+def conv2d_max_pool2d_grad_weight(gp, argmax, gate, xp, kh, kw, sh, sw, dh, dw, oh, ow):
     """:func:`conv2d_grad_weight` of the conv output (N, C_out, oh, ow) that a max-pool took to ``gp``
-    with ``argmax``."""
-    return conv2d_grad_weight(pool_numpy.max_pool2d_backward(gp, argmax, oh, ow), xp, kh, kw, sh, sw, dh, dw)
+    with ``argmax``; if ``gate`` is not None, through a ReLU after the pool, whose output it is."""
+    return conv2d_grad_weight(_unpooled(gp, argmax, gate, oh, ow), xp, kh, kw, sh, sw, dh, dw)
 
 
-def conv2d_max_pool2d_grad_input(gp, argmax, w, hp, wp, sh, sw, dh, dw, oh, ow):
+def conv2d_max_pool2d_grad_input(gp, argmax, gate, w, hp, wp, sh, sw, dh, dw, oh, ow):
     """:func:`conv2d_grad_input` of the conv output (N, C_out, oh, ow) that a max-pool took to ``gp``
-    with ``argmax``."""
-    return conv2d_grad_input(pool_numpy.max_pool2d_backward(gp, argmax, oh, ow), w, hp, wp, sh, sw, dh, dw)
+    with ``argmax``; ``gate`` as in :func:`conv2d_max_pool2d_grad_weight`."""
+    return conv2d_grad_input(_unpooled(gp, argmax, gate, oh, ow), w, hp, wp, sh, sw, dh, dw)

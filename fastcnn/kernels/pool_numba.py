@@ -37,15 +37,16 @@ def _max_pool_plane(plane, kh, kw, sh, sw, ph, pw, y, idx):
 
 
 @kernel_helper
-def pool_rows(x, at, step, w, bias, y, out, idx, rows, cols):
+def pool_rows(x, at, step, w, bias, relu, y, out, idx, rows, cols):
     """2x2, stride-2 max-pooling of one plane, a vector of windows at a time: ``rows`` by ``cols``
-    windows from ``x[at:]``, whose rows are ``step`` apart, to ``y[out:]`` and ``idx[out:]`` (positions
-    counted in rows of ``w``). See :func:`._pool_vectors.max_pairs`."""
+    windows from ``x[at:]``, whose rows are ``step`` apart, to ``y[out:]`` (through a ReLU with
+    ``relu``) and ``idx[out:]`` (positions counted in rows of ``w``). See :func:`._pool_vectors.max_pairs`."""
     n = lanes(x.itemsize)
     for r in range(rows):
         for q in range(0, cols, n):
             corner = 2 * r * w + 2 * q
-            max_pairs(x, at + 2 * r * step + 2 * q, step, w, bias, y, out + r * cols + q, idx, corner, min(n, cols - q))
+            max_pairs(x, at + 2 * r * step + 2 * q, step, w, bias, relu, y, out + r * cols + q, idx, corner,
+                      min(n, cols - q))
 
 
 @parallel_kernel
@@ -56,7 +57,7 @@ def _max_pool_2x2(x, oh, ow):
     idx = np.empty((n, c, oh, ow), dtype=np.int64)
     x_flat, y_flat, idx_flat = x.reshape(x.size), y.reshape(y.size), idx.reshape(idx.size)
     for plane in prange(n * c):
-        pool_rows(x_flat, plane * h * w, w, w, None, y_flat, plane * oh * ow, idx_flat, oh, ow)
+        pool_rows(x_flat, plane * h * w, w, w, None, False, y_flat, plane * oh * ow, idx_flat, oh, ow)
     return y, idx
 
 
@@ -96,12 +97,14 @@ def max_pool2d_backward(gy, argmax, h, w):
 
 
 @kernel_helper
-def _scatter(grad, g, at, w, step):
+def _scatter(grad, g, at, w, step, gate, gated):
     """``grad[:] = 0``, then ``g[p]`` added at position ``at[p]`` of a plane of width ``w`` whose rows
-    are ``step`` apart in ``grad``, for every ``p``."""
+    are ``step`` apart in ``grad``, for every ``p`` (with ``gated``, only where ``gate[p] > 0``)."""
     for p in range(grad.size):
         grad[p] = 0
     for p in range(g.size):
+        if gated and not gate[p] > 0:
+            continue
         if step == w:
             grad[at[p]] += g[p]
         else:
@@ -109,12 +112,13 @@ def _scatter(grad, g, at, w, step):
 
 
 @kernel_helper
-def unpool_plane(g, at, idx, w, grad, to, step, size, rows, cols):
+def unpool_plane(g, at, idx, w, gate, gated, grad, to, step, size, rows, cols):
     """The gradient of :func:`pool_rows` for one plane: ``rows`` by ``cols`` windows of ``g[at:]``, to
     the positions ``idx[at:]`` names (counted in rows of ``w``), in ``grad[to : to + size]`` with rows
-    ``step`` apart; every other position of it 0. Each position is written once; a plane with an index
-    outside its window's 2x2 block (other windows, or indices passed to the public function) is
-    scattered instead, so any indices give the right sums. See :func:`._pool_vectors.unpool_pairs`."""
+    ``step`` apart; every other position of it 0. With ``gated``, through the ReLU whose output is
+    ``gate[at:]`` first. Each position is written once; a plane with an index outside its window's 2x2
+    block (other windows, or indices passed to the public function) is scattered instead, so any
+    indices give the right sums. See :func:`._pool_vectors.unpool_pairs`."""
     n = lanes(g.itemsize)
     inside = True
     for r in range(rows):
@@ -122,15 +126,16 @@ def unpool_plane(g, at, idx, w, grad, to, step, size, rows, cols):
         for q in range(0, cols, n):
             count = min(n, cols - q)
             width = 2 * count if q + n < cols else min(step - 2 * q, 2 * n)  # the last also clears the row's end
-            inside &= unpool_pairs(g, at + r * cols + q, idx, 2 * r * w + 2 * q, w, grad, row + 2 * q, step, count,
-                                   width)
+            inside &= unpool_pairs(g, at + r * cols + q, idx, 2 * r * w + 2 * q, w, gate, gated, grad, row + 2 * q,
+                                   step, count, width)
         last = 2 * ((cols - 1) // n * n) + 2 * n  # past what the last call cleared: wide rows' scratch columns
         if last < step:
             clear(grad, row + last, step - last)
             clear(grad, row + step + last, step - last)
     clear(grad, to + 2 * rows * step, size - 2 * rows * step)  # an odd height's last row, and any scratch rows
     if not inside:
-        _scatter(grad[to : to + size], g[at : at + rows * cols], idx[at : at + rows * cols], w, step)
+        span = slice(at, at + rows * cols)
+        _scatter(grad[to : to + size], g[span], idx[span], w, step, gate[span] if gated else g[span], gated)
 
 
 @parallel_kernel
@@ -140,7 +145,8 @@ def _max_pool_backward(gy, argmax, h, w):
     grad = np.empty((n, c, h, w), dtype=gy.dtype)
     for task in prange(n * c):
         s, ch = task // c, task % c
-        _scatter(grad[s, ch].reshape(h * w), gy[s, ch].reshape(oh * ow), argmax[s, ch].reshape(oh * ow), w, w)
+        g = gy[s, ch].reshape(oh * ow)
+        _scatter(grad[s, ch].reshape(h * w), g, argmax[s, ch].reshape(oh * ow), w, w, g, False)
     return grad
 
 
@@ -152,7 +158,7 @@ def _max_unpool_2x2(gy, argmax, h, w):
     grad = np.empty((n, c, h, w), dtype=gy.dtype)
     g_flat, idx_flat, grad_flat = gy.reshape(gy.size), argmax.reshape(argmax.size), grad.reshape(grad.size)
     for plane in prange(n * c):
-        unpool_plane(g_flat, plane * oh * ow, idx_flat, w, grad_flat, plane * h * w, w, h * w, oh, ow)
+        unpool_plane(g_flat, plane * oh * ow, idx_flat, w, g_flat, False, grad_flat, plane * h * w, w, h * w, oh, ow)
     return grad
 
 
