@@ -24,6 +24,7 @@ from __future__ import annotations
 import numpy as np
 
 from . import elementwise_numba, pool_numba
+from ._compose import pooled, unpooled
 from ._blas import channel_sums
 from ._jit import kernel_helper, parallel_kernel, prange, sized
 from ._pool_vectors import clear
@@ -253,8 +254,7 @@ def conv2d_max_pool2d_forward(xp, w, b, sh, sw, dh, dw, oh, ow, pool, relu):
     stride-2 pool after a stride-1 conv pools the conv's wide output as it leaves it, so the full-size
     output is never written."""
     if (sh, sw) != (1, 1) or tuple(pool[:6]) != (2, 2, 2, 2, 0, 0):
-        y, idx = pool_numba.max_pool2d_forward(conv2d_forward(xp, w, b, sh, sw, dh, dw, oh, ow), *pool)
-        return (elementwise_numba.relu_forward(y) if relu else y), idx
+        return pooled(pool_numba, elementwise_numba, conv2d_forward(xp, w, b, sh, sw, dh, dw, oh, ow), pool, relu)
     shape = (xp.shape[0], w.shape[0]) + tuple(pool[6:])
     y, idx = np.empty(shape, dtype=xp.dtype), np.empty(shape, dtype=np.int64)
     _conv_wide_into(xp, w, b, y, idx, relu, dh, dw, ow, xp.shape[0] * oh * ow * w.size)
@@ -374,18 +374,12 @@ def _fuses_unpool(gp, sh, sw, oh, ow) -> bool:
     return sh == sw == 1 and pool_numba.unpools_by_blocks(gp.shape[2], gp.shape[3], oh, ow)
 
 
-def _unpooled(gp, argmax, gate, oh, ow):
-    """The conv output's gradient (N, C, oh, ow) from the pooled one (see :func:`conv2d_max_pool2d_grad_weight`)."""
-    if gate is not None:
-        gp = elementwise_numba.relu_backward(gp, gate)
-    return pool_numba.max_pool2d_backward(gp, argmax, oh, ow)
-
-
 def conv2d_max_pool2d_grad_weight(gp, argmax, gate, xp, kh, kw, sh, sw, dh, dw, oh, ow):
     """:func:`conv2d_grad_weight` of the conv output (N, C_out, oh, ow) that a max-pool took to ``gp``
     with ``argmax``; if ``gate`` is not None, through a ReLU after the pool, whose output it is."""
     if not _fuses_unpool(gp, sh, sw, oh, ow):
-        return conv2d_grad_weight(_unpooled(gp, argmax, gate, oh, ow), xp, kh, kw, sh, sw, dh, dw)
+        gy = unpooled(pool_numba, elementwise_numba, gp, argmax, gate, oh, ow)
+        return conv2d_grad_weight(gy, xp, kh, kw, sh, sw, dh, dw)
     runs, head = _unpooled_runs(gp, argmax, gate, oh, ow, kh, kw, xp.shape[2], xp.shape[3], dh, dw)
     work = gp.shape[0] * gp.shape[1] * oh * ow * xp.shape[1] * kh * kw
     return _grad_weight_of_runs(runs, head, xp, kh, kw, dh, dw, work)
@@ -449,7 +443,8 @@ def conv2d_max_pool2d_grad_input(gp, argmax, gate, w, hp, wp, sh, sw, dh, dw, oh
     """:func:`conv2d_grad_input` of the conv output (N, C_out, oh, ow) that a max-pool took to ``gp``
     with ``argmax``; ``gate`` as in :func:`conv2d_max_pool2d_grad_weight`."""
     if not _fuses_unpool(gp, sh, sw, oh, ow):
-        return conv2d_grad_input(_unpooled(gp, argmax, gate, oh, ow), w, hp, wp, sh, sw, dh, dw)
+        gy = unpooled(pool_numba, elementwise_numba, gp, argmax, gate, oh, ow)
+        return conv2d_grad_input(gy, w, hp, wp, sh, sw, dh, dw)
     runs, head = _unpooled_runs(gp, argmax, gate, oh, ow, w.shape[2], w.shape[3], hp, wp, dh, dw)
     work = gp.shape[0] * gp.shape[1] * oh * ow * w.shape[1] * w.shape[2] * w.shape[3]
     return _grad_input_of_runs(runs, head, w, gp.shape[0], hp, wp, dh, dw, work)

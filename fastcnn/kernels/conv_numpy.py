@@ -11,6 +11,7 @@ import numpy as np
 
 from . import elementwise_numpy, pool_numpy
 from ._blas import channel_sums, on_threads
+from ._compose import pooled, unpooled
 from ._windows import window
 
 _BLOCK_ELEMENTS = 1 << 18  # columns per block: 1 MB of float32, resident in L2
@@ -109,24 +110,18 @@ def conv2d_grad_input(gy, w, hp, wp, sh, sw, dh, dw):
 def conv2d_max_pool2d_forward(xp, w, b, sh, sw, dh, dw, oh, ow, pool, relu):
     """``max_pool2d(conv2d(...))``, and a ReLU after it with ``relu``, as the separate ops: ``pool``
     holds the pool's arguments."""
-    y, idx = pool_numpy.max_pool2d_forward(conv2d_forward(xp, w, b, sh, sw, dh, dw, oh, ow), *pool)
-    return (elementwise_numpy.relu_forward(y) if relu else y), idx
-
-
-def _unpooled(gp, argmax, gate, oh, ow):
-    """The conv output's gradient (N, C, oh, ow) from the pooled one (see :func:`conv2d_max_pool2d_grad_weight`)."""
-    if gate is not None:
-        gp = elementwise_numpy.relu_backward(gp, gate)
-    return pool_numpy.max_pool2d_backward(gp, argmax, oh, ow)
+    return pooled(pool_numpy, elementwise_numpy, conv2d_forward(xp, w, b, sh, sw, dh, dw, oh, ow), pool, relu)
 
 
 def conv2d_max_pool2d_grad_weight(gp, argmax, gate, xp, kh, kw, sh, sw, dh, dw, oh, ow):
     """:func:`conv2d_grad_weight` of the conv output (N, C_out, oh, ow) that a max-pool took to ``gp``
     with ``argmax``; if ``gate`` is not None, through a ReLU after the pool, whose output it is."""
-    return conv2d_grad_weight(_unpooled(gp, argmax, gate, oh, ow), xp, kh, kw, sh, sw, dh, dw)
+    gy = unpooled(pool_numpy, elementwise_numpy, gp, argmax, gate, oh, ow)
+    return conv2d_grad_weight(gy, xp, kh, kw, sh, sw, dh, dw)
 
 
 def conv2d_max_pool2d_grad_input(gp, argmax, gate, w, hp, wp, sh, sw, dh, dw, oh, ow):
     """:func:`conv2d_grad_input` of the conv output (N, C_out, oh, ow) that a max-pool took to ``gp``
     with ``argmax``; ``gate`` as in :func:`conv2d_max_pool2d_grad_weight`."""
-    return conv2d_grad_input(_unpooled(gp, argmax, gate, oh, ow), w, hp, wp, sh, sw, dh, dw)
+    gy = unpooled(pool_numpy, elementwise_numpy, gp, argmax, gate, oh, ow)
+    return conv2d_grad_input(gy, w, hp, wp, sh, sw, dh, dw)

@@ -1,0 +1,20 @@
+"""A conv's max-pool (and ReLU) as a backend's separate kernels: for the NumPy backend, and for the
+cases the Numba backend does not fuse (see :func:`.conv_numba.conv2d_max_pool2d_forward`).
+
+``pool`` and ``elementwise`` are a backend's modules (e.g. :mod:`.pool_numpy`, :mod:`.elementwise_numpy`).
+"""
+from __future__ import annotations
+
+
+def pooled(pool, elementwise, y, pool_args, relu):
+    """``max_pool2d(y, *pool_args)``, with ``relu`` through a ReLU after it: (pooled, argmax)."""
+    out, idx = pool.max_pool2d_forward(y, *pool_args)
+    return (elementwise.relu_forward(out) if relu else out), idx
+
+
+def unpooled(pool, elementwise, gp, argmax, gate, oh, ow):
+    """The gradient of :func:`pooled`'s input (N, C, oh, ow) from that of its output, ``gp``; ``gate``
+    is the pooled output if :func:`pooled` applied its ReLU, else None."""
+    if gate is not None:
+        gp = elementwise.relu_backward(gp, gate)
+    return pool.max_pool2d_backward(gp, argmax, oh, ow)
