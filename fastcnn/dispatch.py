@@ -131,11 +131,12 @@ def run(op: str, signature: tuple, args: tuple, backend: str | None = None, auto
         return impls[policy](*args)
     if auto_only is not None:
         return impls[auto_only](*args)
-    if op in _in_place:
-        return impls[next(b for b in available_backends() if b in impls)](*args)
     threads = _jit.num_threads()
     kernel = _known.get((op, signature, threads))
     if kernel is not None:
+        return kernel(*args)
+    if op in _in_place:
+        kernel = _known[(op, signature, threads)] = impls[next(b for b in available_backends() if b in impls)]
         return kernel(*args)
     key = f"{op}{signature}@{threads}"  # about 2 us to format: once per signature, not per call
     choice = _choices.get(key)

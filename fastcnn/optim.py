@@ -93,12 +93,17 @@ class Optimizer:
         """Update every ``param`` in place from its ``grad``."""
         lr = self.current_lr()
         self.iterations += 1
+        rates = self._rates(lr)
         for name, param, grad in named:
             if self.weight_decay:
                 grad = grad + param.dtype.type(self.weight_decay) * param
-            self._update(name, param, grad, lr)
+            self._update(name, param, grad, rates)
 
-    def _update(self, name, param, grad, lr):
+    def _rates(self, lr: float):
+        """What every parameter's update of this step uses (computed once per step)."""
+        return lr
+
+    def _update(self, name, param, grad, rates):
         raise NotImplementedError
 
 
@@ -162,15 +167,18 @@ class Adam(Optimizer):
             raise ValueError(f"eps must be > 0, got {eps!r}")
         self.betas, self.eps = (float(betas[0]), float(betas[1])), float(eps)
 
-    def _update(self, name, param, grad, lr):
+    def _rates(self, lr):
         b1, b2 = self.betas
-        state = self.state.get(name)
-        if state is None:
-            state = self.state[name] = {"m": np.zeros(param.shape, param.dtype), "v": np.zeros(param.shape, param.dtype)}
-        flat = param.reshape(-1) if param.flags.c_contiguous else param.flatten()  # the kernels take 1-D arrays
         step = self.iterations
-        args = (flat, np.ascontiguousarray(grad, dtype=param.dtype).reshape(-1), state["m"].reshape(-1),
-                state["v"].reshape(-1), b1, b2, lr / (1 - b1**step), 1 - b2**step, self.eps)
-        dispatch.run("adam_update", (param.size, param.dtype.char), args)
+        return b1, b2, lr / (1 - b1**step), 1 - b2**step, self.eps
+
+    def _update(self, name, param, grad, rates):
+        state = self.state.get(name)
+        if state is None or state["m"].size != param.size or state["m"].dtype != param.dtype:
+            state = self.state[name] = {"m": np.zeros(param.size, param.dtype), "v": np.zeros(param.size, param.dtype)}
+        flat = param.reshape(-1) if param.flags.c_contiguous else param.flatten()  # the kernels take 1-D arrays
+        if grad.dtype != param.dtype or not grad.flags.c_contiguous:
+            grad = np.ascontiguousarray(grad, dtype=param.dtype)
+        dispatch.run("adam_update", (param.size, param.dtype.char), (flat, grad.reshape(-1), state["m"], state["v"], *rates))
         if not param.flags.c_contiguous:
             param[...] = flat.reshape(param.shape)
