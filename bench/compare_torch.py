@@ -4,11 +4,12 @@
     python -m bench.compare_torch --presets lenet mlp --epochs 5 --headline
 
 For each preset both libraries start from the same weights and train with the same batch size,
-optimizer, schedule and thread count; the table gives seconds per epoch (median over the epochs; the
-first fastcnn epoch includes loading the Numba kernels and the dispatcher's choices), the ratio and
-test accuracy. ``mlp`` is full-batch gradient descent for 500 iterations, timed in total and also
-against the tutorial's plain-NumPy loop. ``--headline`` times ``fastcnn train`` end to end in a fresh
-process and PyTorch training the same LeNet recipe. Needs PyTorch (``pip install torch``).
+optimizer, schedule and thread count, taking turns epoch by epoch (so the machine's slow spells fall
+on both); the table gives seconds per epoch (median over the epochs; the first fastcnn epoch includes
+loading the Numba kernels and the dispatcher's choices), the ratio and test accuracy. ``mlp`` is
+full-batch gradient descent for 500 iterations, timed in total and also against the tutorial's
+plain-NumPy loop. ``--headline`` times ``fastcnn train`` end to end in a fresh process and PyTorch
+training the same LeNet recipe. Needs PyTorch (``pip install torch``).
 """
 from __future__ import annotations
 
@@ -18,6 +19,7 @@ import statistics
 import subprocess
 import sys
 import time
+from typing import Iterator
 
 import numpy as np
 
@@ -60,17 +62,16 @@ def numpy_mlp(model, x: np.ndarray, y: np.ndarray, iterations: int) -> float:
     return time.perf_counter() - start
 
 
-def fastcnn_epochs(model, x, y, recipe, epochs: int) -> list[float]:
-    """Train with ``Sequential.fit`` one epoch at a time (one schedule over all of them); seconds per epoch."""
+def fastcnn_epochs(model, x, y, recipe, epochs: int) -> Iterator[float]:
+    """Train with ``Sequential.fit`` one epoch at a time (one schedule over all of them); yields each
+    epoch's seconds as it ends."""
     kwargs = recipe.fit_kwargs()
     kwargs["optimizer"].total_steps = epochs * math.ceil(len(x) / recipe.batch_size)
     kwargs["epochs"] = 1
-    times = []
     for epoch in range(epochs):
         start = time.perf_counter()
         model.fit(x, y, seed=epoch, verbose=0, **kwargs)
-        times.append(time.perf_counter() - start)
-    return times
+        yield time.perf_counter() - start
 
 
 def compare(name: str, epochs: int, data) -> dict:
@@ -89,8 +90,9 @@ def compare(name: str, epochs: int, data) -> dict:
         unit = f"s for {MLP_ITERATIONS} iterations"
         baseline, baseline_name = plain, "plain NumPy"
     else:
-        ours = statistics.median(fastcnn_epochs(model, x, y, recipe, epochs))
-        theirs = statistics.median(torch_peer.train_epochs(net, x, y, recipe, epochs))
+        # Epochs alternate between the two, so the machine's slow spells fall on both alike.
+        turns = zip(fastcnn_epochs(model, x, y, recipe, epochs), torch_peer.epoch_times(net, x, y, recipe, epochs))
+        ours, theirs = (statistics.median(side) for side in zip(*turns))
         unit = f"s/epoch, median of {epochs}"
         baseline, baseline_name = theirs, "PyTorch"
     acc = float((model.predict(xt).argmax(1) == yt).mean())

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import math
 import time
+from typing import Iterator
 
 import numpy as np
 import torch
@@ -56,12 +57,16 @@ def optimizer(net: nn.Module, recipe, total_steps: int):
 
 def train_epochs(net, x: np.ndarray, y: np.ndarray, recipe, epochs: int, seed: int = 0) -> list[float]:
     """Train ``net`` like ``Sequential.fit`` does; return the seconds each epoch took."""
+    return list(epoch_times(net, x, y, recipe, epochs, seed))
+
+
+def epoch_times(net, x: np.ndarray, y: np.ndarray, recipe, epochs: int, seed: int = 0) -> Iterator[float]:
+    """:func:`train_epochs` one epoch at a time: yields each epoch's seconds as it ends."""
     tx, ty = torch.from_numpy(x), torch.from_numpy(y.astype(np.int64))
     n, bs = len(x), recipe.batch_size
     opt, sched = optimizer(net, recipe, epochs * math.ceil(n / bs))
     gen = torch.Generator().manual_seed(seed)
     net.train()
-    times = []
     for _ in range(epochs):
         start = time.perf_counter()
         order = torch.randperm(n, generator=gen) if bs < n else None
@@ -73,8 +78,7 @@ def train_epochs(net, x: np.ndarray, y: np.ndarray, recipe, epochs: int, seed: i
             opt.step()
             if sched is not None:
                 sched.step()
-        times.append(time.perf_counter() - start)
-    return times
+        yield time.perf_counter() - start
 
 
 def accuracy(net, x: np.ndarray, y: np.ndarray, batch_size: int = 1000) -> float:
