@@ -246,15 +246,15 @@ def conv2d_max_pool2d(
         Flat index (``row * W_out + col``) of each maximum in its plane of the convolution's output
         (N, C_out, H_out, W_out), as :func:`max_pool2d` gives it.
     """
+    if not isinstance(relu, (bool, np.bool_)):
+        raise TypeError(f"relu must be True or False, got {relu!r}")
+    relu = bool(relu)
     x, weight, geo = _conv_inputs(x, weight, stride, padding, dilation)
     bias = _bias(bias, weight, x.dtype)
     pool = pool_geometry((x.shape[0], weight.shape[0]) + geo.out_hw, pool_size, pool_stride, pool_padding)
     check_allocation("conv2d_max_pool2d argmax", (x.shape[0], weight.shape[0]) + pool.out_hw, np.int64)
     xp = _pad(x, geo.padding)
     (sh, sw), (dh, dw), (oh, ow) = geo.stride, geo.dilation, geo.out_hw
-    if not isinstance(relu, (bool, np.bool_)):
-        raise TypeError(f"relu must be True or False, got {relu!r}")
-    relu = bool(relu)
     signature = (xp.shape, weight.shape, geo.stride, geo.dilation, pool.kernel, pool.stride, pool.padding, relu,
                  x.dtype.char)
     args = (xp, weight, bias, sh, sw, dh, dw, oh, ow, (*pool.kernel, *pool.stride, *pool.padding, *pool.out_hw), relu)

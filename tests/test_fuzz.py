@@ -60,6 +60,20 @@ def test_conv2d_takes_anything(x, w, b, stride, padding, dilation, backend):
 
 
 @FUZZ
+@given(x=arrays(), w=arrays(), stride=params, pool=params, relu=st.sampled_from([False, True, 1, "no"]),
+       other=arrays(), backend=st.sampled_from(BACKENDS + ("auto",)))
+def test_conv2d_max_pool2d_takes_anything(x, w, stride, pool, relu, other, backend):
+    out = _outcome(F.conv2d_max_pool2d, x, w, None, stride, pool_size=pool, relu=relu, backend=backend)
+    if out is not None:
+        y, idx = out
+        assert y.shape == idx.shape and y.dtype == x.dtype and y.shape[:2] == (x.shape[0], w.shape[0])
+        g = _outcome(F.conv2d_max_pool2d_backward, np.ones_like(y), idx, x, w, stride, relu_output=y if relu else None,
+                     backend=backend)
+        assert g is not None and g[0].shape == x.shape and g[1].shape == w.shape
+        _outcome(F.conv2d_max_pool2d_backward, other, idx, x, w, stride, relu_output=other, backend=backend)
+
+
+@FUZZ
 @given(x=arrays(), kernel=params, stride=params, padding=params, backend=st.sampled_from(BACKENDS + ("auto",)))
 def test_pools_take_anything(x, kernel, stride, padding, backend):
     out = _outcome(F.max_pool2d, x, kernel, stride, padding, backend=backend)
