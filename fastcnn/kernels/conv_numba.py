@@ -265,7 +265,7 @@ def conv2d_max_pool2d_forward(xp, w, b, sh, sw, dh, dw, oh, ow, pool, relu):
 def _grad_weight_wide(gr, head, xr, kh, kw, wp, dh, dw):
     """Stride-1 weight and bias gradients in the wide layout: dot products of the runs ``gr`` (of the
     output gradient, from ``head`` on) and ``xr`` (of the input), a register tile of output channels by
-    taps at a time (see :func:`._tiles.dot_tile`).
+    (input channel, tap) pairs at a time (see :func:`._tiles.dot_tile`).
 
     A task is a group of output channels, a chunk of the input channels and a share of the blocks (at
     most :data:`_GRAD_TASKS` tasks, shares of 4 blocks or more), so a block of the output gradient's
@@ -276,23 +276,24 @@ def _grad_weight_wide(gr, head, xr, kh, kw, wp, dh, dw):
     c_out, length = gr.shape[0], gr.shape[1] - head
     c_in = xr.shape[0]
     n_taps = kh * kw
-    tap_shift = np.empty(whole(n_taps, DOT_COLS), dtype=np.int64)  # the last tap repeated to whole tiles
-    for t in range(tap_shift.size):
-        k = min(t, n_taps - 1)
-        tap_shift[t] = (k // kw) * dh * wp + (k % kw) * dw
     group = DOT_ROWS if c_out >= DOT_ROWS else 1  # output channels per task and per tile
     groups, blocks = -(-c_out // group), -(-length // _BLOCK)
     per_task = max(1, c_in * groups // _GRAD_TASKS)  # input channels
     chunks = -(-c_in // per_task)
     shares = max(1, min(blocks // 4, _GRAD_TASKS // (groups * chunks)))  # of the blocks, 4 or more each
-    sums = np.zeros((shares, groups * group, c_in, tap_shift.size))  # float64 across blocks
+    sums = np.zeros((shares, groups * group, c_in, n_taps))  # float64 across blocks
     bias = np.zeros((shares, groups * group))
     g_flat, x_flat = gr.reshape(gr.size), xr.reshape(xr.size)
     for task in prange(groups * chunks * shares):
         g, chunk, share = task // (chunks * shares), (task // shares) % chunks, task % shares
         o0, c0, c1 = g * group, chunk * per_task, min(c_in, (chunk + 1) * per_task)
+        columns = (c1 - c0) * n_taps  # (input channel, tap) pairs, the last repeated to whole tiles
+        reads = np.empty(whole(columns, DOT_COLS), dtype=np.int64)  # where each starts in x_flat
+        for k in range(reads.size):
+            ci, t = c0 + min(k, columns - 1) // n_taps, min(k, columns - 1) % n_taps
+            reads[k] = ci * xr.shape[1] + (t // kw) * dh * wp + (t % kw) * dw
         part = np.empty((DOT_ROWS, DOT_COLS), dtype=gr.dtype)
-        mine = np.zeros((DOT_ROWS, c1 - c0, tap_shift.size))  # this task's own: no cache line shared with another task
+        mine = np.zeros((DOT_ROWS, reads.size))  # this task's own: no cache line shared with another task
         mine_b = np.zeros(DOT_ROWS)
         g_starts = np.empty(DOT_ROWS, dtype=np.int64)
         x_starts = np.empty(DOT_COLS, dtype=np.int64)
@@ -302,23 +303,21 @@ def _grad_weight_wide(gr, head, xr, kh, kw, wp, dh, dw):
                 g_starts[a] = min(o0 + a, c_out - 1) * gr.shape[1] + head + b0
                 if chunk == 0:
                     mine_b[a] += gr[min(o0 + a, c_out - 1), head + b0 : head + b1].sum()
-            for ci in range(c0, c1):
-                for t0 in range(0, tap_shift.size, DOT_COLS):
+            for k0 in range(0, reads.size, DOT_COLS):
+                for c in range(DOT_COLS):
+                    x_starts[c] = reads[k0 + c] + b0
+                if group == DOT_ROWS:
+                    dot_tile(part, g_flat, g_starts, x_flat, x_starts, b1 - b0, 0)
+                else:
+                    dot_row(part, g_flat, g_starts, x_flat, x_starts, b1 - b0, 0)
+                for a in range(group):
                     for c in range(DOT_COLS):
-                        x_starts[c] = ci * xr.shape[1] + tap_shift[t0 + c] + b0
-                    if group == DOT_ROWS:
-                        dot_tile(part, g_flat, g_starts, x_flat, x_starts, b1 - b0, 0)
-                    else:
-                        dot_row(part, g_flat, g_starts, x_flat, x_starts, b1 - b0, 0)
-                    for a in range(group):
-                        for c in range(DOT_COLS):
-                            mine[a, ci - c0, t0 + c] += part[a, c]
+                        mine[a, k0 + c] += part[a, c]
         for a in range(min(group, c_out - o0)):
             if chunk == 0:
                 bias[share, o0 + a] = mine_b[a]
-            for ci in range(c0, c1):
-                for t in range(n_taps):
-                    sums[share, o0 + a, ci, t] = mine[a, ci - c0, t]
+            for k in range(columns):
+                sums[share, o0 + a, c0 + k // n_taps, k % n_taps] = mine[a, k]
     grad_w = np.empty((c_out, c_in, kh, kw), dtype=gr.dtype)
     grad_b = np.empty(c_out, dtype=gr.dtype)
     for o in range(c_out):  # loops: an array expression here would be a parallel loop of its own
