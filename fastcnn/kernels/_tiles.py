@@ -24,7 +24,7 @@ from numba.extending import intrinsic, register_jitable
 
 ROWS, VECTORS = 8, 3  # 24 accumulators, 3 loads and 8 broadcasts per tap: measured best of 4x4 .. 16x1
 DOT_ROWS, DOT_COLS = 4, 6  # the weight gradient's tile, 4 output channels by 6 (input channel, tap) pairs:
-# measured best of 2x3 .. 12x3 and 4x6 (4x6 over 4x3: -10% on lenet's 8->16 gradient, -17% on a 32->64)
+# measured best of 2x3 .. 12x3 and 4x6 (4x6 over 4x3: 3-12% less time on lenet's 8->16 gradient, 17-20% on a 32->64)
 DENSE_ROWS, DENSE_COLS = 4, 5  # input rows by outputs: an MLP's ten outputs in two calls
 FEW_ROWS = 4  # fewer output rows than this go one row at a time, instead of padded to a whole tile
 TILE_SPEED = 8  # multiply-adds a tile kernel does in the time _jit.SERIAL_WORK counts one: divides the
