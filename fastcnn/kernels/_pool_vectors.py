@@ -16,54 +16,7 @@ from numba import types
 from numba.core import cgutils
 from numba.extending import intrinsic
 
-from ._tiles import _float_arrays, _int, lanes
-
-_I32 = ir.IntType(32)
-
-
-class _Vectors:
-    """The vector building blocks for ``n``-lane vectors of ``fty`` and of int64."""
-
-    def __init__(self, builder, fty, n):
-        self.builder, self.n = builder, n
-        self.vty, self.ity = ir.VectorType(fty, n), ir.VectorType(ir.IntType(64), n)
-        self.zero = ir.Constant(self.vty, [ir.Constant(fty, 0.0)] * n)
-        self.iota = ir.Constant(self.ity, list(range(n)))
-
-    def splat(self, value):
-        """``value`` in every lane."""
-        b = self.builder
-        ty = ir.VectorType(value.type, self.n)
-        one = b.insert_element(ir.Constant(ty, ir.Undefined), value, ir.Constant(_I32, 0))
-        return self.shuffle(one, ir.Constant(ty, ir.Undefined), [0] * self.n)
-
-    def below(self, first, limit):
-        """The mask of lanes ``k`` with ``first + k < limit``."""
-        return self.builder.icmp_signed("<", self.builder.add(self.iota, self.splat(first)), self.splat(limit))
-
-    def load(self, data, index, mask, fill):
-        """The vector at ``data[index]``; lanes off in ``mask`` are not read (nor can fault) and hold ``fill``."""
-        vty = fill.type
-        fn = cgutils.get_or_insert_function(self.builder.module, ir.FunctionType(vty, [data.type, mask.type, vty]),
-                                            f"llvm.masked.load.{_suffix(vty)}.p0")
-        return self.builder.call(fn, [self.builder.gep(data, [index]), mask, fill])
-
-    def store(self, value, data, index, mask):
-        """Write the lanes of ``value`` that are on in ``mask`` to ``data[index:]``."""
-        fn = cgutils.get_or_insert_function(self.builder.module,
-                                            ir.FunctionType(ir.VoidType(), [value.type, data.type, mask.type]),
-                                            f"llvm.masked.store.{_suffix(value.type)}.p0")
-        self.builder.call(fn, [value, self.builder.gep(data, [index]), mask])
-
-    def shuffle(self, a, b, order):
-        return self.builder.shuffle_vector(a, b, ir.Constant(ir.VectorType(_I32, len(order)), order))
-
-
-def _suffix(vty) -> str:
-    element = vty.element
-    name = {ir.FloatType: "f32", ir.DoubleType: "f64"}.get(type(element)) or f"i{element.width}"
-    return f"v{vty.count}{name}"
-
+from ._tiles import _float_arrays, _int, _Vectors
 
 def _first_of(b, va, ia, vb, ib):
     """Per lane, the value and index of the first maximum of ``(va, vb)``: ``va`` if ``va >= vb`` or
@@ -94,8 +47,7 @@ def max_pairs(typingctx, x, at, step, w, bias, relu, y, out, idx, base, count):
         x_t, y_t, i_t = signature.args[0], signature.args[6], signature.args[8]
         x_a, y_a, i_a = (context.make_array(t)(context, builder, args[k]) for t, k in ((x_t, 0), (y_t, 6), (i_t, 8)))
         at, step, w, relu, out, base, count = args[1], args[2], args[3], args[5], args[7], args[9], args[10]
-        fty = context.get_value_type(x_t.dtype)
-        v = _Vectors(builder, fty, lanes(context.get_abi_sizeof(fty)))
+        v = _Vectors(context, builder, x_t.dtype)
         n, pairs = v.n, builder.mul(count, _int(2))
         low, high = v.below(_int(0), pairs), v.below(_int(v.n), pairs)
         evens, odds = list(range(0, 2 * n, 2)), list(range(1, 2 * n, 2))
@@ -143,12 +95,11 @@ def unpool_pairs(typingctx, g, at, idx, base, w, gate, gated, grad, to, step, co
         g_a, i_a, e_a, o_a = (context.make_array(t)(context, builder, args[k])
                               for t, k in ((g_t, 0), (i_t, 2), (e_t, 5), (o_t, 7)))
         at, base, w, gated, to, step, count, width = args[1], args[3], args[4], args[6], args[8], args[9], args[10], args[11]
-        fty = context.get_value_type(g_t.dtype)
-        v = _Vectors(builder, fty, lanes(context.get_abi_sizeof(fty)))
+        v = _Vectors(context, builder, g_t.dtype)
         n = v.n
         windows = v.below(_int(0), count)
         values = v.load(g_a.data, at, windows, v.zero)
-        one = ir.Constant(v.vty, [ir.Constant(fty, 1.0)] * n)
+        one = ir.Constant(v.vty, [ir.Constant(v.fty, 1.0)] * n)
         gate_values = v.load(e_a.data, at, builder.and_(windows, v.splat(gated)), one)  # ungated: no lane read
         values = builder.select(builder.fcmp_ordered(">", gate_values, v.zero), values, v.zero)
         corner = builder.add(v.splat(base), builder.add(v.iota, v.iota))
@@ -179,8 +130,7 @@ def clear(typingctx, a, start, length):
     def codegen(context, builder, signature, args):
         a_a = context.make_array(signature.args[0])(context, builder, args[0])
         start, length = args[1], args[2]
-        fty = context.get_value_type(signature.args[0].dtype)
-        v = _Vectors(builder, fty, lanes(context.get_abi_sizeof(fty)))
+        v = _Vectors(context, builder, signature.args[0].dtype)
         whole_vectors = builder.udiv(length, _int(v.n))
         everything = v.below(_int(0), _int(v.n))
         with cgutils.for_range(builder, whole_vectors) as loop:

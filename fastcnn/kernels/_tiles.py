@@ -64,28 +64,72 @@ def _float_arrays(*arrays) -> bool:
     return len(dtypes) == 1 and dtypes <= {types.float32, types.float64}
 
 
-def _vector_ops(context, builder, dtype):
-    """For ``dtype``: the lanes per vector, a zero vector, ``llvm.fma``, a broadcast, and a vector load
-    and store at an element index (aligned to the element only)."""
-    fty = context.get_value_type(dtype)
-    itemsize = context.get_abi_sizeof(fty)
-    n = lanes(itemsize)
-    vty = ir.VectorType(fty, n)
-    fma = cgutils.get_or_insert_function(builder.module, ir.FunctionType(vty, [vty, vty, vty]),
-                                         f"llvm.fma.v{n}{'f32' if n == 16 else 'f64'}")
-    mask = ir.Constant(ir.VectorType(ir.IntType(32), n), [0] * n)
+_I32 = ir.IntType(32)
 
-    def splat(value):
-        one = builder.insert_element(ir.Constant(vty, ir.Undefined), value, ir.Constant(ir.IntType(32), 0))
-        return builder.shuffle_vector(one, ir.Constant(vty, ir.Undefined), mask)
 
-    def load(data, index):
-        return builder.load(builder.bitcast(builder.gep(data, [index]), vty.as_pointer()), align=itemsize)
+class _Vectors:
+    """LLVM IR building blocks for vectors of ``lanes`` values of one float dtype, and for the int64
+    vectors and lane masks that go with them. Loads and stores are aligned to the element only."""
 
-    def store(value, data, index):
-        builder.store(value, builder.bitcast(builder.gep(data, [index]), vty.as_pointer()), align=itemsize)
+    def __init__(self, context, builder, dtype):
+        self.builder = builder
+        self.fty = context.get_value_type(dtype)
+        self.itemsize = context.get_abi_sizeof(self.fty)
+        self.n = n = lanes(self.itemsize)
+        self.vty = ir.VectorType(self.fty, n)
+        self.zero = ir.Constant(self.vty, [ir.Constant(self.fty, 0.0)] * n)
+        self.iota = ir.Constant(ir.VectorType(ir.IntType(64), n), list(range(n)))
 
-    return n, ir.Constant(vty, [ir.Constant(fty, 0.0)] * n), fma, splat, load, store
+    def splat(self, value):
+        """``value`` in every lane."""
+        ty = ir.VectorType(value.type, self.n)
+        one = self.builder.insert_element(ir.Constant(ty, ir.Undefined), value, ir.Constant(_I32, 0))
+        return self.shuffle(one, ir.Constant(ty, ir.Undefined), [0] * self.n)
+
+    def shuffle(self, a, b, order):
+        """The lanes of ``a`` then ``b`` picked by ``order`` (a list of lane numbers)."""
+        return self.builder.shuffle_vector(a, b, ir.Constant(ir.VectorType(_I32, len(order)), order))
+
+    def fma(self, a, b, c):
+        """``a * b + c`` lane by lane, one rounding (``llvm.fma``)."""
+        fn = cgutils.get_or_insert_function(self.builder.module, ir.FunctionType(self.vty, [self.vty] * 3),
+                                            f"llvm.fma.{_suffix(self.vty)}")
+        return self.builder.call(fn, [a, b, c])
+
+    def load_all(self, data, index):
+        """The vector at ``data[index]``."""
+        pointer = self.builder.bitcast(self.builder.gep(data, [index]), self.vty.as_pointer())
+        return self.builder.load(pointer, align=self.itemsize)
+
+    def store_all(self, value, data, index):
+        """Write ``value`` to ``data[index:]``."""
+        self.builder.store(value, self.builder.bitcast(self.builder.gep(data, [index]), self.vty.as_pointer()),
+                           align=self.itemsize)
+
+    def below(self, first, limit):
+        """The mask of lanes ``k`` with ``first + k < limit``."""
+        return self.builder.icmp_signed("<", self.builder.add(self.iota, self.splat(first)), self.splat(limit))
+
+    def load(self, data, index, mask, fill):
+        """The vector at ``data[index]``; lanes off in ``mask`` are not read (nor can fault) and hold ``fill``."""
+        vty = fill.type
+        fn = cgutils.get_or_insert_function(self.builder.module, ir.FunctionType(vty, [data.type, mask.type, vty]),
+                                            f"llvm.masked.load.{_suffix(vty)}.p0")
+        return self.builder.call(fn, [self.builder.gep(data, [index]), mask, fill])
+
+    def store(self, value, data, index, mask):
+        """Write the lanes of ``value`` that are on in ``mask`` to ``data[index:]``."""
+        fn = cgutils.get_or_insert_function(self.builder.module,
+                                            ir.FunctionType(ir.VoidType(), [value.type, data.type, mask.type]),
+                                            f"llvm.masked.store.{_suffix(value.type)}.p0")
+        self.builder.call(fn, [value, self.builder.gep(data, [index]), mask])
+
+
+def _suffix(vty) -> str:
+    """An intrinsic's name suffix for the vector type ``vty``, e.g. ``v16f32``."""
+    element = vty.element
+    name = {ir.FloatType: "f32", ir.DoubleType: "f64"}.get(type(element)) or f"i{element.width}"
+    return f"v{vty.count}{name}"
 
 
 def _int(value: int):
@@ -118,7 +162,8 @@ def _store_tile_typing(rows, out, w, src, offsets):
         out_a, w_a, src_a, offsets_a = (context.make_array(ty)(context, builder, args[i])
                                         for ty, i in ((out_t, 0), (w_t, 1), (src_t, 4), (offsets_t, 5)))
         row, col, first, stop = args[2], args[3], args[6], args[7]
-        n, zero, fma, splat, load, store = _vector_ops(context, builder, out_t.dtype)
+        vectors = _Vectors(context, builder, out_t.dtype)
+        n, zero, splat, load, store = vectors.n, vectors.zero, vectors.splat, vectors.load_all, vectors.store_all
         out_width = cgutils.unpack_tuple(builder, out_a.shape, 2)[1]
         n_taps = cgutils.unpack_tuple(builder, w_a.shape, 2)[1]
         acc = [[cgutils.alloca_once_value(builder, zero) for _ in range(VECTORS)] for _ in range(rows)]
@@ -129,7 +174,7 @@ def _store_tile_typing(rows, out, w, src, offsets):
             for r in range(rows):
                 weight = splat(builder.load(builder.gep(w_a.data, [builder.add(w_rows[r], t)])))
                 for v in range(VECTORS):
-                    builder.store(builder.call(fma, [weight, xs[v], builder.load(acc[r][v])]), acc[r][v])
+                    builder.store(vectors.fma(weight, xs[v], builder.load(acc[r][v])), acc[r][v])
         bases = [builder.add(builder.mul(builder.add(row, _int(r)), out_width), col) for r in range(rows)]
         with builder.if_then(args[8]):
             for r in range(rows):
@@ -172,7 +217,8 @@ def _dot_tile_typing(rows, cols, prefetch, out, g, g_starts, x, x_starts):
         out_t, g_t, gs_t, x_t, xs_t, _, _ = signature.args
         out_a, g_a, gs_a, x_a, xs_a = (context.make_array(ty)(context, builder, args[i])
                                        for i, ty in enumerate((out_t, g_t, gs_t, x_t, xs_t)))
-        n, zero, fma, _, load, _ = _vector_ops(context, builder, out_t.dtype)
+        vectors = _Vectors(context, builder, out_t.dtype)
+        n, zero, load = vectors.n, vectors.zero, vectors.load_all
         g_at = [builder.load(builder.gep(gs_a.data, [_int(a)])) for a in range(rows)]
         x_at = [builder.load(builder.gep(xs_a.data, [_int(b)])) for b in range(cols)]
         acc = [[cgutils.alloca_once_value(builder, zero) for _ in range(cols)] for _ in range(rows)]
@@ -189,7 +235,7 @@ def _dot_tile_typing(rows, cols, prefetch, out, g, g_starts, x, x_starts):
             for a in range(rows):
                 gv = load(g_a.data, builder.add(g_at[a], k))
                 for b in range(cols):
-                    builder.store(builder.call(fma, [gv, xv[b], builder.load(acc[a][b])]), acc[a][b])
+                    builder.store(vectors.fma(gv, xv[b], builder.load(acc[a][b])), acc[a][b])
         for a in range(rows):
             for b in range(cols):
                 v, width = builder.load(acc[a][b]), n

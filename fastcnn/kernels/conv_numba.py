@@ -100,22 +100,33 @@ def _runs(a, hp, wp, role, head=0, tail=0):
 
 @parallel_kernel
 def _fill_runs(a, runs, hp, wp, head):
+    """:func:`_runs`, a (sample, channel) plane per task."""
     n, c, h, w = a.shape
-    plane = hp * wp
+    plane, length = hp * wp, runs.shape[1]
+    flat = runs.reshape(runs.size)
     for task in prange(n * c):
         s, ch = task // c, task % c
-        start = head + s * plane
-        if s == 0:
-            runs[ch, :head] = 0
+        start = ch * length + head + s * plane
         if w == wp:  # no scratch columns: the plane is one run
-            _copy(runs[ch, start : start + h * w], a[s, ch].reshape(h * w), 0)
+            _copy(flat[start : start + h * w], a[s, ch].reshape(h * w), 0)
         else:
             for r in range(h):
                 row = start + r * wp
-                _copy(runs[ch, row : row + w], a[s, ch, r], 0)
-                runs[ch, row + w : row + wp] = 0
-        end = start + plane if s < n - 1 else runs.shape[1]
-        runs[ch, start + h * wp : end] = 0
+                _copy(flat[row : row + w], a[s, ch, r], 0)
+                clear(flat, row + w, wp - w)
+        clear(flat, start + h * wp, plane - h * wp)
+        _clear_ends(flat, ch, length, start, plane, s, n)
+
+
+@kernel_helper
+def _clear_ends(flat, run, length, start, plane, s, n):
+    """Zero the values of run ``run`` (the runs are rows of ``length`` values in ``flat``) that lie
+    outside every sample's plane: before sample 0's, if ``s == 0``, and after the last sample's, if
+    ``s == n - 1``; sample ``s``'s plane of ``plane`` values starts at ``start``."""
+    if s == 0:
+        clear(flat, run * length, start - run * length)
+    if s == n - 1:
+        clear(flat, start + plane, (run + 1) * length - start - plane)
 
 
 def _reach(kh, kw, wp, dh, dw):
@@ -169,8 +180,7 @@ def _unpooled_runs(gp, argmax, gate, oh, ow, kh, kw, hp, wp, dh, dw):
 
 @parallel_kernel
 def _unpool_runs(gp, argmax, gate, gated, ow, runs, hp, wp, head):
-    """:func:`_unpooled_runs`, a (sample, channel) plane per task; the first and last samples' tasks
-    also zero the head and the tail of their run."""
+    """:func:`_unpooled_runs`, a (sample, channel) plane per task."""
     n, c, rows, cols = gp.shape
     plane, length = hp * wp, runs.shape[1]
     g_flat, idx_flat, runs_flat = gp.reshape(gp.size), argmax.reshape(argmax.size), runs.reshape(runs.size)
@@ -178,12 +188,9 @@ def _unpool_runs(gp, argmax, gate, gated, ow, runs, hp, wp, head):
     for task in prange(n * c):
         s, ch = task // c, task % c
         start = ch * length + head + s * plane
-        if s == 0:
-            clear(runs_flat, ch * length, head)
         pool_numba.unpool_plane(g_flat, task * rows * cols, idx_flat, ow, gate_flat, gated, runs_flat, start, wp, plane,
                                 rows, cols)
-        if s == n - 1:
-            clear(runs_flat, start + plane, (ch + 1) * length - start - plane)
+        _clear_ends(runs_flat, ch, length, start, plane, s, n)
 
 
 @parallel_kernel
@@ -253,7 +260,7 @@ def conv2d_max_pool2d_forward(xp, w, b, sh, sw, dh, dw, oh, ow, pool, relu):
     :func:`conv2d_forward`'s, ``pool`` the pool's as :func:`.pool_numba.max_pool2d_forward`'s. A 2x2,
     stride-2 pool after a stride-1 conv pools the conv's wide output as it leaves it, so the full-size
     output is never written."""
-    if (sh, sw) != (1, 1) or tuple(pool[:6]) != (2, 2, 2, 2, 0, 0):
+    if (sh, sw) != (1, 1) or tuple(pool[:6]) != pool_numba.WINDOWS_2X2:
         return pooled(pool_numba, elementwise_numba, conv2d_forward(xp, w, b, sh, sw, dh, dw, oh, ow), pool, relu)
     shape = (xp.shape[0], w.shape[0]) + tuple(pool[6:])
     y, idx = np.empty(shape, dtype=xp.dtype), np.empty(shape, dtype=np.int64)

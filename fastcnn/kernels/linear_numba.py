@@ -129,7 +129,7 @@ def _forward(x, w, b, y):
     rows while it works; the columns past the last whole vector by a loop."""
     n, n_in = x.shape
     n_out = w.shape[0]
-    whole = n_in - n_in % lanes(x.itemsize)
+    vector_end = n_in - n_in % lanes(x.itemsize)  # the dot products' whole vectors end here
     x_flat, w_flat = x.reshape(x.size), w.reshape(w.size)
     out_blocks = -(-n_out // _OUT_BLOCK)
     for task in prange(-(-n // _ROWS) * out_blocks):
@@ -144,11 +144,11 @@ def _forward(x, w, b, y):
             for o0 in range(outs * _OUT_BLOCK, min(n_out, (outs + 1) * _OUT_BLOCK), DENSE_COLS):
                 for c in range(DENSE_COLS):
                     w_starts[c] = min(o0 + c, n_out - 1) * n_in
-                dense_tile(out, x_flat, x_starts, w_flat, w_starts, whole, ahead if o0 == outs * _OUT_BLOCK else 0)
+                dense_tile(out, x_flat, x_starts, w_flat, w_starts, vector_end, ahead if o0 == outs * _OUT_BLOCK else 0)
                 for a in range(min(DENSE_ROWS, n - r0)):
                     for c in range(min(DENSE_COLS, n_out - o0)):
                         total = out[a, c] + b[o0 + c]
-                        for k in range(whole, n_in):
+                        for k in range(vector_end, n_in):
                             total += x[r0 + a, k] * w[o0 + c, k]
                         y[r0 + a, o0 + c] = total
 

@@ -11,6 +11,8 @@ from ._jit import kernel_helper, parallel_kernel, prange, sized
 from ._pool_vectors import clear, max_pairs, unpool_pairs
 from ._tiles import lanes
 
+WINDOWS_2X2 = (2, 2, 2, 2, 0, 0)  # (kh, kw, sh, sw, ph, pw) of the pool the vector kernels serve
+
 
 @kernel_helper
 def _max_pool_plane(plane, kh, kw, sh, sw, ph, pw, y, idx):
@@ -78,7 +80,7 @@ def max_pool2d_forward(x, kh, kw, sh, sw, ph, pw, oh, ow):
     Padding is ``-inf`` and never chosen; ties go to the first maximum in row-major window order; the
     first NaN in a window wins. (The case is picked here, in Python, so only the kernel used compiles.)
     """
-    if (kh, kw, sh, sw, ph, pw) == (2, 2, 2, 2, 0, 0):
+    if (kh, kw, sh, sw, ph, pw) == WINDOWS_2X2:
         return sized(_max_pool_2x2, x.size)(np.ascontiguousarray(x), oh, ow)
     return sized(_max_pool_any, x.shape[0] * x.shape[1] * oh * ow * kh * kw)(x, kh, kw, sh, sw, ph, pw, oh, ow)
 
