@@ -54,7 +54,7 @@ def _conv_gradient_calls(model, batch_size: int) -> list[dict]:
     if model.input_shape is None:
         return []
     steps = model._run_order()
-    first = next((i for i, step in enumerate(steps) if step.params), None)
+    first = model._first_trained_step()
     calls, shape = [], tuple(model.input_shape)
     for i, step in enumerate(steps):
         out = tuple(step.output_shape(shape))

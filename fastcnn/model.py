@@ -193,9 +193,7 @@ class Sequential:
         which also skips the work that only that gradient needs (as training does).
         """
         layers = self._run_order()
-        first = 0
-        if not input_grad:
-            first = next((i for i, layer in enumerate(layers) if layer.params), len(layers))
+        first = 0 if input_grad else self._first_trained_step()
         for layer in reversed(layers[first + 1 :]):
             grad = layer.backward(grad)
         if not input_grad:
@@ -203,6 +201,11 @@ class Sequential:
                 layers[first].backward_params(grad)
             return None
         return layers[0].backward(grad) if layers else grad
+
+    def _first_trained_step(self) -> int:
+        """Where in :meth:`_run_order` the first step with parameters is (its length if none has any):
+        training back-propagates no further than it."""
+        return next((i for i, step in enumerate(self._run_order()) if step.params), len(self._run_order()))
 
     def predict(self, x: np.ndarray, batch_size: int = 512) -> np.ndarray:
         """The model's outputs (class scores / logits for classifiers) for ``x``, computed in batches."""
