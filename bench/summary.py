@@ -107,11 +107,11 @@ def environment(threads: int) -> dict[str, Any]:
     except OSError:
         pass
     return {"fastcnn": fastcnn.__version__, "numpy": np.__version__, "numba": _numba_version(), "torch": torch_version,
-            "threads": threads, "threading_layer": fastcnn.kernels._jit.threading_layer(), "cpu": cpu}
+            "threads": threads, "threading_layer": fastcnn.kernels.jit.threading_layer(), "cpu": cpu}
 
 
 def _numba_version():
-    return fastcnn.kernels._jit.numba.__version__ if fastcnn.kernels._jit.NUMBA_AVAILABLE else None
+    return fastcnn.kernels.jit.numba.__version__ if fastcnn.kernels.jit.NUMBA_AVAILABLE else None
 
 
 TRAINING_COLUMNS = ["training", "numba img/s", "numpy img/s", "auto img/s", "torch img/s", "auto / torch time"]

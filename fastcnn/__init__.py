@@ -28,9 +28,8 @@ from .layers import (
     Tanh,
 )
 from .losses import BCELoss, CrossEntropyLoss, MSELoss
-from .model import Sequential, TrainingDivergedError
+from .model import Sequential, TrainingDivergedError, load_model
 from .optim import SGD, Adam, CosineLR, OneCycleLR, StepLR
-from .saving import load_model
 from .threads import get_num_threads, set_num_threads
 
 __all__ = [

@@ -15,14 +15,14 @@ import sys
 import numpy as np
 
 from . import dispatch
-from .kernels import _jit
+from .kernels import jit
 from .layers import Conv2D, _ConvMaxPool
 
 
 def start(model, batch_size: int) -> subprocess.Popen | None:
     """Start compiling the gradients of ``model``'s convolutions for batches of ``batch_size``, in the
     background; None when there is nothing to compile (no Numba, the NumPy backend, no convolution)."""
-    if not _jit.NUMBA_AVAILABLE or dispatch.get_backend() == "numpy":
+    if not jit.NUMBA_AVAILABLE or dispatch.get_backend() == "numpy":
         return None
     calls = _conv_gradient_calls(model, batch_size)
     if not calls:

@@ -12,7 +12,7 @@ import numpy as np
 
 from . import __version__, _files, _warmup, datasets, dispatch, models, threads
 from . import functional as F
-from .kernels import _jit
+from .kernels import jit
 
 
 def _positive(text: str) -> int:
@@ -113,7 +113,7 @@ def _train(args, parser) -> int:
 
 def _predict(args, parser) -> int:
     from .layers import softmax
-    from .saving import load_model
+    from .model import load_model
 
     model = load_model(args.model)
     if args.image is None:
@@ -160,7 +160,7 @@ def _png_digit(path) -> np.ndarray:
 def _info(args, parser) -> int:
     from . import functional
 
-    if _jit.NUMBA_AVAILABLE:  # start Numba's thread pool so the layer it picked can be reported
+    if jit.NUMBA_AVAILABLE:  # start Numba's thread pool so the layer it picked can be reported
         functional.max_pool2d(np.zeros((1, 1, 2, 2), np.float32), 2, backend="numba")
     try:
         import threadpoolctl
@@ -173,9 +173,9 @@ def _info(args, parser) -> int:
         ("fastcnn", __version__),
         ("python", platform.python_version()),
         ("numpy", np.__version__),
-        ("numba", _jit.numba.__version__ if _jit.NUMBA_AVAILABLE else "not installed (numpy backend only)"),
+        ("numba", jit.numba.__version__ if jit.NUMBA_AVAILABLE else "not installed (numpy backend only)"),
         ("backends", ", ".join(dispatch.available_backends()) + f" (policy: {dispatch.get_backend()})"),
-        ("threading layer", _jit.threading_layer()),
+        ("threading layer", jit.threading_layer()),
         ("threads", f"{threads.get_num_threads()} of {threads.max_threads()}"),
         ("BLAS", blas),
         ("cache directory", str(_files.home_dir())),

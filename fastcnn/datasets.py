@@ -9,7 +9,6 @@ Local copies can be used instead: the four IDX files, ``mnist.pkl.gz`` or the Ka
 from __future__ import annotations
 
 import gzip
-import hashlib
 import io
 import os
 import pickle
@@ -111,17 +110,13 @@ def to_float(images: np.ndarray) -> np.ndarray:
 
 
 # ---------------------------------------------------------------- verification and the cache
-def _digest(a: np.ndarray) -> str:
-    return hashlib.sha256(np.ascontiguousarray(a).tobytes()).hexdigest()
-
-
 def _verify(arrays: Arrays, what: str) -> None:
     for name, want in SHA256.items():
         a = arrays.get(name)
         if a is None or a.dtype != np.uint8 or a.shape != SHAPES[name]:
             got = "missing" if a is None else f"{a.dtype} {a.shape}"
             raise MNISTError(f"{what}: {name} should be uint8 {SHAPES[name]}, got {got}")
-        if _digest(a) != want:
+        if _files.sha256_hex(a) != want:
             raise MNISTError(f"{what}: {name} fails its SHA-256 check (altered, truncated or not the canonical MNIST)")
 
 

@@ -38,8 +38,8 @@ from typing import Any, Callable, Iterator
 
 import numpy as np
 
-from . import _files
-from .kernels import _jit
+from . import _files, backends
+from .kernels import jit
 
 BACKENDS = ("numba", "numpy")
 POLICIES = ("auto",) + BACKENDS
@@ -53,12 +53,12 @@ class BackendUnavailableError(ValueError):
     """A backend was asked for by name but cannot run here (e.g. Numba is not installed)."""
 
 
-_registry: dict[str, dict[str, Callable[..., Any]]] = {}
+_registry: dict[str, dict[str, Callable[..., Any]]] = {op: entry.kernels for op, entry in backends.OPS.items()}
 _local_policy: contextvars.ContextVar[str | None] = contextvars.ContextVar("fastcnn_backend", default=None)
 _global_policy: str | None = None  # None: read FASTCNN_BACKEND
 _choices: dict[str, str] = {}  # by the key the decisions file uses, a string
 _known: dict[tuple, Callable[..., Any]] = {}  # (op, signature, threads) -> the chosen kernel: the fast path
-_in_place: set[str] = set()
+_in_place: set[str] = {op for op, entry in backends.OPS.items() if entry.in_place}
 _unsaved: set[str] = set()  # decisions measured on a busy machine: this process only
 _decisions: dict[str, dict[str, Any]] = {}
 _lock = threading.Lock()
@@ -66,26 +66,15 @@ _loaded = False
 _persist_warned = False
 
 
-def register(op: str, backend: str, fn: Callable[..., Any], in_place: bool = False) -> None:
-    """Register ``fn`` as ``backend``'s implementation of ``op``.
-
-    An ``in_place`` op changes its arguments, so ``auto`` cannot time it by running it again: it takes
-    the first available backend in preference order instead.
-    """
-    _registry.setdefault(op, {})[backend] = fn
-    if in_place:
-        _in_place.add(op)
-
-
 def available_backends() -> tuple[str, ...]:
     """The backends that can run here, in preference order."""
-    return tuple(b for b in BACKENDS if b != "numba" or _jit.NUMBA_AVAILABLE)
+    return tuple(b for b in BACKENDS if b != "numba" or jit.NUMBA_AVAILABLE)
 
 
 def _check_policy(name: Any, source: str) -> str:
     if name not in POLICIES:
         raise ValueError(f"{source} must be one of {', '.join(map(repr, POLICIES))}, got {name!r}")
-    if name == "numba" and not _jit.NUMBA_AVAILABLE:
+    if name == "numba" and not jit.NUMBA_AVAILABLE:
         raise BackendUnavailableError(
             f"{source}={name!r} but Numba is not installed; install it (pip install numba) or use 'numpy'"
         )
@@ -131,7 +120,7 @@ def run(op: str, signature: tuple, args: tuple, backend: str | None = None, auto
         return impls[policy](*args)
     if auto_only is not None:
         return impls[auto_only](*args)
-    threads = _jit.num_threads()
+    threads = jit.num_threads()
     kernel = _known.get((op, signature, threads))
     if kernel is not None:
         return kernel(*args)
@@ -248,10 +237,10 @@ def _machine_id() -> str:
             cpu = next((line.split(":", 1)[1].strip() for line in fh if line.startswith("model name")), cpu)
     except OSError:
         pass
-    numba_version = _jit.numba.__version__ if _jit.NUMBA_AVAILABLE else "none"
+    numba_version = jit.numba.__version__ if jit.NUMBA_AVAILABLE else "none"
     text = f"{platform.machine()}|{cpu}|{os.cpu_count()}|numpy {np.__version__}|numba {numba_version}"
     digest = hashlib.sha256(text.encode())
-    digest.update(_jit.sources_digest(os.path.dirname(_jit.__file__)))  # new kernels or way of measuring:
+    digest.update(jit.sources_digest(os.path.dirname(jit.__file__)))  # new kernels or way of measuring:
     digest.update(Path(__file__).read_bytes())  # measure again
     return digest.hexdigest()[:16]
 

@@ -9,11 +9,10 @@ from __future__ import annotations
 import numpy as np
 
 from . import dispatch
-from .kernels import _jit, conv_numpy, elementwise_numpy, linear_numpy, loss_numpy, pool_numpy
-from .kernels._blas import channel_sums
-from .kernels._scratch import shared_inputs
-from .kernels._shapes import (IntOrPair, check_allocation, check_grad, check_nchw_shape, class_labels, conv_geometry,
-                              float_array, pool_geometry)
+from ._checks import (IntOrPair, check_allocation, check_grad, check_nchw_shape, class_labels, conv_geometry,
+                      float_array, pool_geometry)
+from .kernels.blas import channel_sums
+from .kernels.scratch import shared_inputs
 
 __all__ = [
     "conv2d",
@@ -31,47 +30,6 @@ __all__ = [
     "linear_backward",
     "softmax_cross_entropy",
 ]
-
-_KERNELS = {
-    "conv2d": "conv2d_forward",
-    "conv2d_grad_weight": "conv2d_grad_weight",
-    "conv2d_grad_input": "conv2d_grad_input",
-    "conv2d_max_pool2d": "conv2d_max_pool2d_forward",
-    "conv2d_max_pool2d_grad_weight": "conv2d_max_pool2d_grad_weight",
-    "conv2d_max_pool2d_grad_input": "conv2d_max_pool2d_grad_input",
-    "max_pool2d": "max_pool2d_forward",
-    "max_pool2d_backward": "max_pool2d_backward",
-    "avg_pool2d": "avg_pool2d_forward",
-    "avg_pool2d_backward": "avg_pool2d_backward",
-    "linear": "linear_forward",
-    "linear_grad_weight": "linear_grad_weight",
-    "linear_grad_input": "linear_grad_input",
-    "relu": "relu_forward",
-    "relu_backward": "relu_backward",
-    "dropout": "dropout",
-    "adam_update": "adam_update",
-    "softmax_cross_entropy": "softmax_cross_entropy",
-}
-
-_IN_PLACE = {"adam_update"}
-
-
-def _register_backends() -> None:
-    modules = {"numpy": (conv_numpy, pool_numpy, elementwise_numpy, linear_numpy, loss_numpy)}
-    if _jit.NUMBA_AVAILABLE:
-        from .kernels import conv_numba, elementwise_numba, linear_numba, loss_numba, pool_numba
-
-        modules["numba"] = (conv_numba, pool_numba, elementwise_numba, linear_numba, loss_numba)
-    for backend, mods in modules.items():
-        for op, kernel in _KERNELS.items():
-            fn = getattr(next(m for m in mods if hasattr(m, kernel)), kernel)
-            if backend == "numba" and _jit.SERIALIZE_KERNELS:
-                fn = _jit.serialized(fn)
-            dispatch.register(op, backend, fn, in_place=op in _IN_PLACE)
-
-
-_register_backends()
-
 
 def _pad(x: np.ndarray, padding) -> np.ndarray:
     """Zero-pad the two spatial axes by ``((top, bottom), (left, right))``."""

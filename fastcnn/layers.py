@@ -13,7 +13,7 @@ import numpy as np
 
 from . import functional as F
 from .init import get_rng, glorot_uniform, he_normal
-from .kernels._shapes import IntOrPair, check_grad, conv_geometry, float_array, pair, pool_geometry, positive_int
+from ._checks import IntOrPair, check_grad, conv_geometry, float_array, pair, pool_geometry, positive_int
 
 __all__ = [
     "Layer",

@@ -4,7 +4,7 @@ from __future__ import annotations
 import numpy as np
 
 from . import functional as F
-from .kernels._shapes import class_labels
+from ._checks import class_labels
 
 __all__ = ["Loss", "CrossEntropyLoss", "MSELoss", "BCELoss", "accuracy"]
 

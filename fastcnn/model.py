@@ -7,15 +7,18 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from . import dispatch
-from .kernels import _blas
-from .kernels._shapes import positive_int
-from .layers import Conv2D, Dropout, Layer, MaxPool2D, ReLU, _ConvMaxPool
+from . import dispatch, saving
+from ._checks import positive_int
+from .kernels import blas
+from .layers import LAYER_TYPES, Conv2D, Dropout, Layer, MaxPool2D, ReLU, _ConvMaxPool
 from .losses import CrossEntropyLoss, Loss, accuracy
 from .optim import Adam, Optimizer
 from .progress import ProgressBar
 
-__all__ = ["Sequential", "TrainingDivergedError"]
+__all__ = ["Sequential", "TrainingDivergedError", "load_model"]
+
+FORMAT = "fastcnn.model"
+FORMAT_VERSION = 1
 
 
 class TrainingDivergedError(FloatingPointError):
@@ -133,7 +136,28 @@ class Sequential:
         self._checked_shapes = set()
 
     def get_config(self) -> list[dict[str, Any]]:
+        """Each layer's type and constructor arguments: what :meth:`from_config` rebuilds the model from."""
         return [{"type": type(layer).__name__, "config": layer.get_config()} for layer in self.layers]
+
+    @classmethod
+    def from_config(cls, config: list[dict[str, Any]], input_shape: tuple[int, ...] | None = None) -> "Sequential":
+        """A new model with the layers :meth:`get_config` described (freshly initialised weights).
+
+        Raises
+        ------
+        ValueError
+            An unknown layer type or arguments its constructor refuses.
+        """
+        layers = []
+        for spec in config:
+            layer_type = LAYER_TYPES.get(spec.get("type")) if isinstance(spec, dict) else None
+            if layer_type is None:
+                raise ValueError(f"unknown layer type in {spec!r}; known: {', '.join(LAYER_TYPES)}")
+            try:
+                layers.append(layer_type(**spec.get("config", {})))
+            except TypeError as exc:
+                raise ValueError(f"cannot rebuild layer {spec!r}: {exc}") from None
+        return cls(layers, input_shape=input_shape)
 
     # ---------------------------------------------------------------- computing
     def _prepare_input(self, x) -> np.ndarray:
@@ -288,7 +312,7 @@ class Sequential:
         if optimizer.total_steps is None:
             optimizer.total_steps = epochs * math.ceil(n / batch_size)
         history: dict[str, list[float]] = {"loss": [], "accuracy": []}
-        with dispatch.use_backend(dispatch.get_backend()), _blas.held():  # settled once, not per op
+        with dispatch.use_backend(dispatch.get_backend()), blas.held():  # settled once, not per op
             for epoch in range(epochs):
                 order = rng.permutation(n) if shuffle and batch_size < n else None  # full batch: order is moot
                 bar = ProgressBar(n, f"epoch {epoch + 1}/{epochs}", enabled=verbose > 0)
@@ -347,13 +371,35 @@ class Sequential:
 
     # ---------------------------------------------------------------- files
     def save(self, path: str | os.PathLike) -> None:
-        """Write the architecture and weights to one ``.npz`` file, atomically. See :func:`fastcnn.load_model`."""
-        from .saving import save_model
+        """Write the architecture and weights to one ``.npz`` file, atomically. See :func:`load_model`."""
+        from . import __version__
 
-        save_model(self, path)
+        header = {"fastcnn_version": __version__, "dtype": self.dtype.name, "layers": self.get_config(),
+                  "input_shape": None if self.input_shape is None else list(self.input_shape)}
+        saving.write_archive(path, FORMAT, FORMAT_VERSION, header, self.state_dict())
 
     def __repr__(self) -> str:
         return "Sequential([\n" + "".join(f"    {layer!r},\n" for layer in self.layers) + "])"
+
+
+def load_model(path: str | os.PathLike) -> Sequential:
+    """Read a model written by :meth:`Sequential.save`.
+
+    Raises
+    ------
+    FileNotFoundError
+        No such file.
+    ValueError
+        The file is not a fastcnn model, is damaged, or comes from a newer format version.
+    """
+    header, arrays = saving.read_archive(path, FORMAT, FORMAT_VERSION)
+    try:
+        model = Sequential.from_config(header["layers"], input_shape=header.get("input_shape"))
+    except (KeyError, ValueError) as exc:
+        raise ValueError(f"{os.fspath(path)}: cannot rebuild the model: {exc}") from None
+    model.astype(header.get("dtype", "float32"))
+    model.load_state_dict(arrays)
+    return model
 
 
 def _status(loss: float, acc: float | None) -> str:

@@ -1,95 +1,86 @@
-"""Model files: one ``.npz`` holding the architecture (JSON) and the weights, never pickled.
+"""A codec for fastcnn's files: ``(header, arrays) <-> one .npz``, never pickled.
 
-The file is written to a temporary name and renamed, so a crash leaves the old file or none, never half
-of one. Each array's SHA-256 is stored in the header and checked on load, so a truncated, altered or
-foreign file is refused before any weight reaches the model.
+The header is JSON: a ``format`` name, a ``format_version``, whatever the caller adds, and each array's
+SHA-256, shape and dtype. Writing goes through :func:`fastcnn._files.atomic_write`, so a crash leaves
+the old file or none, never half of one. Reading checks the format, the version and every array's
+checksum before handing anything back, so a truncated, altered or foreign file is refused with a
+``ValueError``. This module knows nothing of models: :mod:`fastcnn.model` builds and rebuilds them.
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import zipfile
+from typing import Any
 
 import numpy as np
 
 from . import _files
-from .layers import LAYER_TYPES
-from .model import Sequential
 
-FORMAT = "fastcnn.model"
-FORMAT_VERSION = 1
 _HEADER = "__fastcnn__"
 
 
-def _digest(a: np.ndarray) -> str:
-    return hashlib.sha256(np.ascontiguousarray(a).tobytes()).hexdigest()
+def write_archive(path: str | os.PathLike, format_name: str, version: int, header: dict[str, Any],
+                  arrays: dict[str, np.ndarray]) -> None:
+    """Write ``header`` (JSON-serialisable) and ``arrays`` to ``path`` atomically.
 
-
-def save_model(model: Sequential, path: str | os.PathLike) -> None:
-    """Write ``model`` to ``path`` (``.npz``) atomically."""
-    from . import __version__
-
-    state = model.state_dict()
-    header = {
-        "format": FORMAT,
-        "format_version": FORMAT_VERSION,
-        "fastcnn_version": __version__,
-        "dtype": model.dtype.name,
-        "input_shape": None if model.input_shape is None else list(model.input_shape),
-        "layers": model.get_config(),
-        "arrays": {name: {"sha256": _digest(a), "shape": list(a.shape), "dtype": a.dtype.name} for name, a in state.items()},
-    }
-    arrays = {f"w/{name}": a for name, a in state.items()}
+    Parameters
+    ----------
+    path : path-like
+        The ``.npz`` file to write.
+    format_name, version : str, int
+        What the file holds; :func:`read_archive` refuses other formats and newer versions.
+    header : dict
+        Anything JSON can hold; the keys ``format``, ``format_version`` and ``arrays`` are added.
+    arrays : dict of str to ndarray
+        Stored under their names, each with its SHA-256, shape and dtype in the header.
+    """
+    header = dict(header, format=format_name, format_version=version, arrays={
+        name: {"sha256": _files.sha256_hex(a), "shape": list(a.shape), "dtype": a.dtype.name} for name, a in arrays.items()})
     with _files.atomic_write(path) as fh:
-        np.savez(fh, **{_HEADER: np.array(json.dumps(header))}, **arrays)
+        np.savez(fh, **{_HEADER: np.array(json.dumps(header))}, **{f"w/{name}": a for name, a in arrays.items()})
 
 
-def load_model(path: str | os.PathLike) -> Sequential:
-    """Read a model written by :meth:`Sequential.save`.
+def read_archive(path: str | os.PathLike, format_name: str, version: int) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+    """Read a file written by :func:`write_archive` with ``format_name``, at most ``version``.
+
+    Returns
+    -------
+    header : dict
+    arrays : dict of str to ndarray
+        Every array listed in the header, each matching its SHA-256.
 
     Raises
     ------
     FileNotFoundError
         No such file.
     ValueError
-        The file is not a fastcnn model, is damaged, or comes from a newer format version.
+        Not such a file, damaged, or of a newer format version.
     """
     path = os.fspath(path)
+    what = format_name.replace(".", " ")
     try:
         with np.load(path, allow_pickle=False) as data:
             if _HEADER not in data.files:
-                raise ValueError(f"{path} is not a fastcnn model file (no {_HEADER} header)")
+                raise ValueError(f"{path} is not a {what} file (no {_HEADER} header)")
             header = json.loads(str(data[_HEADER][()]))
             arrays = {name[2:]: data[name] for name in data.files if name.startswith("w/")}
     except FileNotFoundError:
         raise
     except (zipfile.BadZipFile, EOFError, OSError, KeyError, json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise ValueError(f"{path} is not a readable fastcnn model file ({type(exc).__name__}: {exc})") from None
+        raise ValueError(f"{path} is not a readable {what} file ({type(exc).__name__}: {exc})") from None
     except ValueError as exc:
-        raise ValueError(f"{path} is not a readable fastcnn model file: {exc}") from None
-    if not isinstance(header, dict) or header.get("format") != FORMAT:
-        raise ValueError(f"{path} is not a fastcnn model file")
-    version = header.get("format_version")
-    if not isinstance(version, int) or version > FORMAT_VERSION:
-        raise ValueError(f"{path} has model format version {version!r}; this fastcnn reads versions up to "
-                         f"{FORMAT_VERSION}: upgrade fastcnn to load it")
+        raise ValueError(f"{path} is not a readable {what} file: {exc}") from None
+    if not isinstance(header, dict) or header.get("format") != format_name:
+        raise ValueError(f"{path} is not a {what} file")
+    found = header.get("format_version")
+    if not isinstance(found, int) or found > version:
+        raise ValueError(f"{path} has {what} format version {found!r}; this fastcnn reads versions up to "
+                         f"{version}: upgrade fastcnn to load it")
     expected = header.get("arrays", {})
     if set(expected) != set(arrays):
         raise ValueError(f"{path} is damaged: the header lists arrays {sorted(expected)} but the file holds {sorted(arrays)}")
     for name, array in arrays.items():
-        if _digest(array) != expected[name]["sha256"]:
+        if _files.sha256_hex(array) != expected[name]["sha256"]:
             raise ValueError(f"{path} is damaged: array {name!r} fails its SHA-256 check")
-    layers = []
-    for spec in header["layers"]:
-        cls = LAYER_TYPES.get(spec.get("type"))
-        if cls is None:
-            raise ValueError(f"{path} uses an unknown layer type {spec.get('type')!r}")
-        try:
-            layers.append(cls(**spec.get("config", {})))
-        except TypeError as exc:
-            raise ValueError(f"{path}: cannot rebuild layer {spec!r}: {exc}") from None
-    model = Sequential(layers, input_shape=header.get("input_shape"))
-    model.astype(header.get("dtype", "float32"))
-    model.load_state_dict(arrays)
-    return model
+    return header, arrays

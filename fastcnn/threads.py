@@ -1,10 +1,10 @@
 """One knob for every thread pool fastcnn uses: Numba's kernels and the BLAS behind NumPy's matmul."""
 from __future__ import annotations
 
-from .kernels import _jit
+from .kernels import jit
 
 
-max_threads = _jit.max_threads
+max_threads = jit.max_threads
 
 
 def set_num_threads(n: int) -> None:
@@ -18,7 +18,7 @@ def set_num_threads(n: int) -> None:
     limit = max_threads()
     if isinstance(n, bool) or not isinstance(n, int) or not 1 <= n <= limit:
         raise ValueError(f"threads must be an int from 1 to {limit} (this machine's limit), got {n!r}")
-    _jit.set_threads(n)
+    jit.set_threads(n)
     try:
         from threadpoolctl import threadpool_limits
     except ImportError:
@@ -28,5 +28,5 @@ def set_num_threads(n: int) -> None:
 
 def get_num_threads() -> int:
     """The number of threads fastcnn's kernels and matrix products use now."""
-    return _jit.num_threads()
+    return jit.num_threads()
 

@@ -98,7 +98,7 @@ def test_info_and_module_entry_point():
 
 def test_warmup_hands_the_conv_gradients_of_a_model_to_another_process():
     from fastcnn import _warmup, models
-    from fastcnn.kernels import _jit
+    from fastcnn.kernels import jit
 
     model = models.lenet(seed=0)
     calls = _warmup._conv_gradient_calls(model, 64)
@@ -108,7 +108,7 @@ def test_warmup_hands_the_conv_gradients_of_a_model_to_another_process():
     assert [c["input_grad"] for c in calls] == [False, True]  # the first layer needs no input gradient
     with dispatch.use_backend("numpy"):
         assert _warmup.start(model, 2) is None
-    if not _jit.NUMBA_AVAILABLE:
+    if not jit.NUMBA_AVAILABLE:
         return
     helper = _warmup.start(model, 2)
     assert helper.wait(300) == 0  # it compiled (or loaded) both layers' gradient kernels without error

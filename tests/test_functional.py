@@ -288,7 +288,7 @@ def test_numba_serial_twins_match_the_parallel_kernels(rng, monkeypatch, stride)
     """Small calls run a serial compile of the same kernel: the results must be the same bits."""
     if "numba" not in BACKENDS:
         pytest.skip("numba not installed")
-    from fastcnn.kernels import _jit
+    from fastcnn.kernels import jit
 
     x = rng.standard_normal((6, 3, 11, 11)).astype(np.float32)
     wt = rng.standard_normal((5, 3, 3, 3)).astype(np.float32)
@@ -304,11 +304,11 @@ def test_numba_serial_twins_match_the_parallel_kernels(rng, monkeypatch, stride)
 
     results = {}
     for work in (0, 1 << 40):  # every kernel parallel, then every kernel serial
-        monkeypatch.setattr(_jit, "SERIAL_WORK", work)
+        monkeypatch.setattr(jit, "SERIAL_WORK", work)
         results[work] = run()
     for a, b in zip(*results.values()):
         np.testing.assert_array_equal(a, b)
-    assert _jit._serial_twins  # the serial run did use twins
+    assert jit._serial_twins  # the serial run did use twins
 
 
 def _dilate(k, dh, dw):
@@ -407,7 +407,7 @@ def test_numba_conv_never_reads_stale_scratch(rng):
     buffer, then check a padded, dilated conv (whose runs hold many zero positions) against SciPy."""
     if "numba" not in BACKENDS:
         pytest.skip("numba not installed")
-    from fastcnn.kernels import _scratch
+    from fastcnn.kernels import scratch
 
     x = rng.standard_normal((5, 3, 14, 13))
     wt = rng.standard_normal((4, 3, 3, 3))
@@ -415,7 +415,7 @@ def test_numba_conv_never_reads_stale_scratch(rng):
     gp = rng.standard_normal((5, 4, 7, 5))
 
     def poisoned(result):
-        for buf in getattr(_scratch._local, "buffers", {}).values():
+        for buf in getattr(scratch._local, "buffers", {}).values():
             buf.view(np.float64)[:] = np.nan
         return result
 
@@ -437,7 +437,7 @@ def test_numba_conv_never_reads_stale_scratch(rng):
 def test_scratch_reuses_one_buffer_per_role_and_thread():
     import threading
 
-    from fastcnn.kernels._scratch import _KEEP_BYTES, scratch
+    from fastcnn.kernels.scratch import _KEEP_BYTES, scratch
 
     a = scratch("test a", (3, 4), np.float32)
     assert a.shape == (3, 4) and a.dtype == np.float32 and a.flags.c_contiguous
@@ -455,7 +455,7 @@ def test_scratch_reuses_one_buffer_per_role_and_thread():
 
 
 def test_derived_scratch_is_shared_only_inside_a_shared_inputs_block():
-    from fastcnn.kernels._scratch import derived, scratch, shared_inputs
+    from fastcnn.kernels.scratch import derived, scratch, shared_inputs
 
     fills = []
 

@@ -21,7 +21,7 @@ needs_numba = pytest.mark.skipif("numba" not in BACKENDS, reason="Numba is not i
 # Runs every op and a model serially, then the same calls from several threads at once, and compares.
 CONCURRENT = """
 import threading, numpy as np, fastcnn, fastcnn.functional as F
-from fastcnn.kernels import _jit
+from fastcnn.kernels import jit
 rng = np.random.default_rng(0)
 x = rng.standard_normal((32, 8, 28, 28)).astype(np.float32)
 w = rng.standard_normal((16, 8, 3, 3)).astype(np.float32)
@@ -53,7 +53,7 @@ threads = [threading.Thread(target=run, args=(i,)) for i in range(4)]
 for t in threads: t.start()
 for t in threads: t.join()
 assert not errors, errors
-print("OK", _jit.threading_layer(), _jit.SERIALIZE_KERNELS)
+print("OK", jit.threading_layer(), jit.SERIALIZE_KERNELS)
 """
 
 WITHOUT_TBB = "import sys; sys.modules['numba.np.ufunc.tbbpool'] = None  # as if libtbb were missing\n"

@@ -5,7 +5,7 @@ from threadpoolctl import threadpool_info
 
 import fastcnn
 from fastcnn import threads
-from fastcnn.kernels import _blas
+from fastcnn.kernels import blas
 
 
 def _blas_threads():
@@ -18,9 +18,9 @@ def test_matmul_is_right_repeatable_and_restores_the_blas_thread_count(rng, shap
     m, k, n = shape
     a, b = rng.standard_normal((m, k)), rng.standard_normal((k, n))
     before = _blas_threads()
-    got = _blas.matmul(a, b)
+    got = blas.matmul(a, b)
     np.testing.assert_allclose(got, a @ b, rtol=1e-12, atol=1e-12)
-    np.testing.assert_array_equal(_blas.matmul(a, b), got)
+    np.testing.assert_array_equal(blas.matmul(a, b), got)
     assert _blas_threads() == before
 
 

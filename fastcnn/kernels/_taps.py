@@ -7,7 +7,7 @@ pass into one long loop. They serve the layers narrower than a register tile of 
 """
 from __future__ import annotations
 
-from ._jit import kernel_helper
+from .jit import kernel_helper
 
 
 @kernel_helper

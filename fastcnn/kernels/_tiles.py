@@ -27,8 +27,8 @@ DOT_ROWS, DOT_COLS = 4, 6  # the weight gradient's tile, 4 output channels by 6 
 # measured best of 2x3 .. 12x3 and 4x6 (4x6 over 4x3: 3-12% less time on lenet's 8->16 gradient, 17-20% on a 32->64)
 DENSE_ROWS, DENSE_COLS = 4, 5  # input rows by outputs: an MLP's ten outputs in two calls
 FEW_ROWS = 4  # fewer output rows than this go one row at a time, instead of padded to a whole tile
-TILE_SPEED = 8  # multiply-adds a tile kernel does in the time _jit.SERIAL_WORK counts one: divides the
-# work passed to _jit.sized, so a small call runs serially (measured: 1->1 3x3 at batch 32 is faster so)
+TILE_SPEED = 8  # multiply-adds a tile kernel does in the time jit.SERIAL_WORK counts one: divides the
+# work passed to jit.sized, so a small call runs serially (measured: 1->1 3x3 at batch 32 is faster so)
 
 
 @register_jitable

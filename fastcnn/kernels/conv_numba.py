@@ -25,10 +25,10 @@ import numpy as np
 
 from . import elementwise_numba, pool_numba
 from ._compose import pooled, unpooled
-from ._blas import channel_sums
-from ._jit import kernel_helper, parallel_kernel, prange, sized
+from .blas import channel_sums
+from .jit import kernel_helper, parallel_kernel, prange, sized
 from ._pool_vectors import clear
-from ._scratch import derived, scratch
+from .scratch import derived, scratch
 from ._tiles import (DOT_COLS, DOT_ROWS, ROWS, TILE_SPEED, dot_row, dot_tile, lanes, store_row, store_tile, tile_rows,
                      tile_width, whole)
 
@@ -92,7 +92,7 @@ def _copy(dst, src, plus):
 def _runs(a, hp, wp, role, head=0, tail=0):
     """``a`` (N, C, H, W) as runs (C, head + N*hp*wp + tail) in the scratch array ``role``: each
     sample's plane at the top left of an ``hp x wp`` block, zeros elsewhere (the scratch positions, and
-    the head and tail that shifted reads run into). Made once per :class:`._scratch.shared_inputs` block."""
+    the head and tail that shifted reads run into). Made once per :class:`.scratch.shared_inputs` block."""
     n, c = a.shape[:2]
     return derived(role, (c, head + n * hp * wp + tail), a.dtype, a, (hp, wp, head, tail),
                    lambda runs: sized(_fill_runs, a.size)(a, runs, hp, wp, head))

@@ -2,7 +2,7 @@
 
 The batch is cut into blocks of samples whose columns (about 1 MB) stay in cache; each block is one
 GEMM, ``(C_out, C_in*kH*kW) @ (C_in*kH*kW, block*OH*OW)``, and fastcnn's threads take the blocks in
-turn (see :func:`._blas.on_threads`). im2col loops only over the kernel offsets (kH * kW strided
+turn (see :func:`.blas.on_threads`). im2col loops only over the kernel offsets (kH * kW strided
 copies, as in Chainer's ``utils/conv.py``).
 """
 from __future__ import annotations
@@ -10,7 +10,7 @@ from __future__ import annotations
 import numpy as np
 
 from . import elementwise_numpy, pool_numpy
-from ._blas import channel_sums, on_threads
+from .blas import channel_sums, on_threads
 from ._compose import pooled, unpooled
 from ._windows import window
 

@@ -5,7 +5,7 @@ import math
 
 import numpy as np
 
-from ._jit import kernel_helper, parallel_kernel, prange, sized
+from .jit import kernel_helper, parallel_kernel, prange, sized
 from ._mask import kept
 
 

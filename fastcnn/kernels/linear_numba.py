@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ._jit import parallel_kernel, prange, sized
+from .jit import parallel_kernel, prange, sized
 from ._taps import add_taps, add_taps4
 from ._tiles import DENSE_COLS, DENSE_ROWS, ROWS, TILE_SPEED, dense_tile, lanes, store_tile, tile_width, whole
 

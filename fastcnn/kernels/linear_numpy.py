@@ -1,7 +1,7 @@
-"""The fully connected layer's products through BLAS (see :func:`._blas.matmul` for its threads)."""
+"""The fully connected layer's products through BLAS (see :func:`.blas.matmul` for its threads)."""
 from __future__ import annotations
 
-from ._blas import matmul
+from .blas import matmul
 
 
 def linear_forward(x, w, b):

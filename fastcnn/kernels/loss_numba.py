@@ -11,7 +11,7 @@ import math
 
 import numpy as np
 
-from ._jit import parallel_kernel, prange, sized
+from .jit import parallel_kernel, prange, sized
 
 
 def softmax_cross_entropy(z, labels):
@@ -59,4 +59,8 @@ def _finish_rows(z, labels, grad):
         for j in range(label):
             hit &= row[j] < top
         hits[r] = hit
-    return losses.sum() / n, grad, hits.sum()
+    total_loss, total_hits = 0.0, 0
+    for r in range(n):  # a loop: ``losses.sum()`` here would be a parallel reduction, its order set by the threads
+        total_loss += losses[r]
+        total_hits += hits[r]
+    return total_loss / n, grad, total_hits

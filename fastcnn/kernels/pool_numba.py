@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ._jit import kernel_helper, parallel_kernel, prange, sized
+from .jit import kernel_helper, parallel_kernel, prange, sized
 from ._pool_vectors import clear, max_pairs, unpool_pairs
 from ._tiles import lanes
 

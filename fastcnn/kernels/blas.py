@@ -13,7 +13,7 @@ from typing import Callable, TypeVar
 
 import numpy as np
 
-from . import _jit
+from . import jit
 
 _SPLIT_GEMM = 1 << 22  # multiply-adds from which a product is cut into one part per thread, if it is
 _SPLIT_DEPTH, _SPLIT_OUTPUTS = 32, 1024  # also this deep and this wide (thin ones are memory-bound)
@@ -100,12 +100,12 @@ def on_threads(work: Callable[[int, int], T]) -> list[T]:
     results, and any sums over them in worker order, are the same on every run with this thread count.
     """
     global _pool
-    workers = _jit.num_threads()
+    workers = jit.num_threads()
     with held():
         if workers == 1:
             return [work(0, 1)]
         if _pool is None:
-            _pool = ThreadPoolExecutor(max_workers=max(1, _jit.max_threads() - 1), thread_name_prefix="fastcnn-blas")
+            _pool = ThreadPoolExecutor(max_workers=max(1, jit.max_threads() - 1), thread_name_prefix="fastcnn-blas")
         futures = [_pool.submit(work, i, workers) for i in range(1, workers)]
         return [work(0, workers)] + [f.result() for f in futures]
 
@@ -119,7 +119,7 @@ def matmul(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     if m * k * n < _SPLIT_GEMM or k < _SPLIT_DEPTH or m * n < _SPLIT_OUTPUTS:
         with held():
             return a @ b
-    kind, parts = _parts(a, b, _jit.num_threads())
+    kind, parts = _parts(a, b, jit.num_threads())
     results = on_threads(lambda worker, workers: parts[worker][0] @ parts[worker][1])
     if kind == "rows":
         return np.concatenate(results, axis=0)

@@ -1,0 +1,71 @@
+"""The registry: every op's kernels, one line per op.
+
+Each line names the op (what :func:`fastcnn.dispatch.run` is called with), the kernel module pair it
+lives in and the kernel's name in both modules. The NumPy kernel always exists; the Numba one is
+registered when Numba is installed. A missing or misspelt kernel fails here, at import, naming the op.
+
+To add an op: write its kernel in ``kernels/<family>_numpy.py`` (and ``kernels/<family>_numba.py``
+where a compiled loop pays), add one line below, and call ``dispatch.run("<op>", signature, args)``
+from a validating wrapper in :mod:`fastcnn.functional`.
+"""
+from __future__ import annotations
+
+from types import ModuleType
+from typing import Any, Callable, NamedTuple
+
+from .kernels import conv_numpy, elementwise_numpy, jit, linear_numpy, loss_numpy, pool_numpy
+
+if jit.NUMBA_AVAILABLE:
+    from .kernels import conv_numba, elementwise_numba, linear_numba, loss_numba, pool_numba
+else:
+    conv_numba = elementwise_numba = linear_numba = loss_numba = pool_numba = None
+
+
+class Op(NamedTuple):
+    """An op's kernels by backend name, and whether it changes its arguments in place (then ``auto``
+    cannot time it by running it twice)."""
+
+    kernels: dict[str, Callable[..., Any]]
+    in_place: bool
+
+
+OPS: dict[str, Op] = {}
+
+
+def _op(name: str, numpy: ModuleType, numba: ModuleType | None, kernel: str, in_place: bool = False) -> None:
+    """Register op ``name``: ``numpy.<kernel>``, and ``numba.<kernel>`` when Numba is installed and
+    ``numba`` is not None."""
+    if name in OPS:
+        raise RuntimeError(f"op {name!r} is registered twice in fastcnn.backends")
+    kernels = {}
+    for backend, module in (("numba", numba), ("numpy", numpy)):
+        if module is None:
+            continue
+        fn = getattr(module, kernel, None)
+        if fn is None:
+            raise ImportError(f"fastcnn.backends: op {name!r} names {module.__name__}.{kernel}, which does not exist")
+        if backend == "numba" and jit.SERIALIZE_KERNELS:
+            fn = jit.serialized(fn)
+        kernels[backend] = fn
+    OPS[name] = Op(kernels, in_place)
+
+
+#   op                                numpy kernels      numba kernels      kernel name
+_op("conv2d",                         conv_numpy,        conv_numba,        "conv2d_forward")
+_op("conv2d_grad_weight",             conv_numpy,        conv_numba,        "conv2d_grad_weight")
+_op("conv2d_grad_input",              conv_numpy,        conv_numba,        "conv2d_grad_input")
+_op("conv2d_max_pool2d",              conv_numpy,        conv_numba,        "conv2d_max_pool2d_forward")
+_op("conv2d_max_pool2d_grad_weight",  conv_numpy,        conv_numba,        "conv2d_max_pool2d_grad_weight")
+_op("conv2d_max_pool2d_grad_input",   conv_numpy,        conv_numba,        "conv2d_max_pool2d_grad_input")
+_op("max_pool2d",                     pool_numpy,        pool_numba,        "max_pool2d_forward")
+_op("max_pool2d_backward",            pool_numpy,        pool_numba,        "max_pool2d_backward")
+_op("avg_pool2d",                     pool_numpy,        pool_numba,        "avg_pool2d_forward")
+_op("avg_pool2d_backward",            pool_numpy,        pool_numba,        "avg_pool2d_backward")
+_op("linear",                         linear_numpy,      linear_numba,      "linear_forward")
+_op("linear_grad_weight",             linear_numpy,      linear_numba,      "linear_grad_weight")
+_op("linear_grad_input",              linear_numpy,      linear_numba,      "linear_grad_input")
+_op("relu",                           elementwise_numpy, elementwise_numba, "relu_forward")
+_op("relu_backward",                  elementwise_numpy, elementwise_numba, "relu_backward")
+_op("dropout",                        elementwise_numpy, elementwise_numba, "dropout")
+_op("softmax_cross_entropy",          loss_numpy,        loss_numba,        "softmax_cross_entropy")
+_op("adam_update",                    elementwise_numpy, elementwise_numba, "adam_update", in_place=True)
