@@ -9,10 +9,12 @@ import time
 from pathlib import Path
 
 import numpy as np
+import threadpoolctl
 
 from . import __version__, _files, _warmup, datasets, dispatch, models, threads
 from . import functional as F
 from .kernels import jit
+from .tables import format_table
 
 
 def _positive(text: str) -> int:
@@ -162,13 +164,8 @@ def _info(args, parser) -> int:
 
     if jit.NUMBA_AVAILABLE:  # start Numba's thread pool so the layer it picked can be reported
         functional.max_pool2d(np.zeros((1, 1, 2, 2), np.float32), 2, backend="numba")
-    try:
-        import threadpoolctl
-
-        blas = ", ".join(f"{i['internal_api']} {i['version']} ({i['num_threads']} threads)"
-                         for i in threadpoolctl.threadpool_info() if i["user_api"] == "blas") or "none found"
-    except ImportError:
-        blas = "unknown (threadpoolctl not installed)"
+    blas = ", ".join(f"{i['internal_api']} {i['version']} ({i['num_threads']} threads)"
+                     for i in threadpoolctl.threadpool_info() if i["user_api"] == "blas") or "none found"
     rows = [
         ("fastcnn", __version__),
         ("python", platform.python_version()),
@@ -183,9 +180,7 @@ def _info(args, parser) -> int:
         ("numba cache", os.environ.get("NUMBA_CACHE_DIR") or "beside the package (__pycache__)"),
         ("dispatch decisions", str(dispatch.decisions_path())),
     ]
-    width = max(len(k) for k, _ in rows)
-    for key, value in rows:
-        print(f"{key.ljust(width)}  {value}")
+    print(format_table(rows))
     print()
     print(dispatch.dispatch_report())
     return 0

@@ -230,6 +230,7 @@ def conv2d_max_pool2d_backward(
     *,
     relu_output: np.ndarray | None = None,
     input_grad: bool = True,
+    check_indices: bool = True,
     backend: str | None = None,
 ) -> tuple[np.ndarray | None, np.ndarray, np.ndarray]:
     """Gradients of :func:`conv2d_max_pool2d` with respect to ``x``, ``weight`` and ``bias``: those of
@@ -249,6 +250,8 @@ def conv2d_max_pool2d_backward(
         where it is positive. None (the default) when the op applied no ReLU.
     input_grad : bool
         Compute ``grad_x``; ``False`` skips that work and returns None.
+    check_indices : bool
+        As in :func:`max_pool2d_backward`.
 
     Returns
     -------
@@ -256,16 +259,9 @@ def conv2d_max_pool2d_backward(
     grad_weight : ndarray, shape of ``weight``
     grad_bias : ndarray, shape (C_out,)
     """
-    return _conv2d_max_pool2d_backward(grad_y, argmax, x, weight, stride, padding, dilation, relu_output, input_grad,
-                                       backend, check_range=True)
-
-
-def _conv2d_max_pool2d_backward(grad_y, argmax, x, weight, stride, padding, dilation, relu_output, input_grad,
-                                backend, check_range: bool):
-    """:func:`conv2d_max_pool2d_backward`; ``check_range`` as in :func:`_max_pool2d_backward`."""
     x, weight, geo = _conv_inputs(x, weight, stride, padding, dilation)
     conv_shape = (x.shape[0], weight.shape[0]) + geo.out_hw
-    grad_y, argmax = _pooled_gradient(grad_y, argmax, conv_shape, "the conv output", check_range, x.dtype)
+    grad_y, argmax = _pooled_gradient(grad_y, argmax, conv_shape, "the conv output", check_indices, x.dtype)
     if relu_output is not None:
         relu_output = check_grad("relu_output", relu_output, grad_y.shape, x.dtype)
     grad = (grad_y, argmax, relu_output)
@@ -313,6 +309,7 @@ def max_pool2d_backward(
     argmax: np.ndarray,
     input_shape: tuple[int, int, int, int],
     *,
+    check_indices: bool = True,
     backend: str | None = None,
 ) -> np.ndarray:
     """Gradient of :func:`max_pool2d` with respect to its input.
@@ -324,27 +321,25 @@ def max_pool2d_backward(
         The indices :func:`max_pool2d` returned.
     input_shape : (N, C, H, W)
         Shape of the pooled input.
+    check_indices : bool
+        Scan ``argmax`` for indices outside the input plane (a ValueError). ``False`` skips the scan,
+        for indices that come straight from :func:`max_pool2d`, as :class:`~fastcnn.layers.MaxPool2D`
+        passes them (the scan was a third of that layer's backward time); indices out of range then
+        write out of bounds.
     backend : {"auto", "numba", "numpy"}, optional
 
     Returns
     -------
     ndarray of ``input_shape``
     """
-    return _max_pool2d_backward(grad_y, argmax, input_shape, backend, check_range=True)
-
-
-def _max_pool2d_backward(grad_y, argmax, input_shape, backend, check_range: bool) -> np.ndarray:
-    """:func:`max_pool2d_backward`; ``check_range=False`` skips scanning ``argmax`` for indices outside
-    the plane, for :class:`~fastcnn.layers.MaxPool2D`, whose indices come from its own forward pass
-    (the scan was a third of that layer's backward time)."""
     shape = check_nchw_shape("input_shape", input_shape)
-    grad_y, argmax = _pooled_gradient(grad_y, argmax, shape, "input_shape", check_range)
+    grad_y, argmax = _pooled_gradient(grad_y, argmax, shape, "input_shape", check_indices)
     check_allocation("max_pool2d_backward output", shape, grad_y.dtype)
     signature = (grad_y.shape, shape, grad_y.dtype.char)
     return dispatch.run("max_pool2d_backward", signature, (grad_y, argmax, shape[2], shape[3]), backend)
 
 
-def _pooled_gradient(grad_y, argmax, shape, name: str, check_range: bool, dtype=None):
+def _pooled_gradient(grad_y, argmax, shape, name: str, check_indices: bool, dtype=None):
     """``grad_y`` and ``argmax`` of a max-pool checked against the shape of its input, ``shape``
     (called ``name`` in errors); ``argmax`` as C-contiguous int64."""
     grad_y = float_array("grad_y", grad_y, ndim=4, dtype=dtype)
@@ -357,7 +352,7 @@ def _pooled_gradient(grad_y, argmax, shape, name: str, check_range: bool, dtype=
             f"grad_y and argmax must have one shape, with N and C of {name}"
         )
     plane = shape[2] * shape[3]
-    if check_range and argmax.size and (argmax.min() < 0 or argmax.max() >= plane):
+    if check_indices and argmax.size and (argmax.min() < 0 or argmax.max() >= plane):
         raise ValueError(
             f"argmax holds indices outside [0, {plane}) for {name} {shape}: min {argmax.min()}, max {argmax.max()}"
         )

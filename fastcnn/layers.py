@@ -162,20 +162,21 @@ class Conv2D(_WeightLayer):
         self.grads = {k: np.zeros_like(v) for k, v in self.params.items()}
         self._x = None
 
-    def _geometry(self):
+    def geometry(self) -> dict[str, Any]:
+        """``stride``, ``padding`` and ``dilation``, as the functional conv ops take them."""
         return dict(stride=self.stride, padding=self.padding, dilation=self.dilation)
 
     def forward(self, x, training=False):
         self._x = x if training else None
-        return F.conv2d(x, self.params["weight"], self.params.get("bias"), backend=self.backend, **self._geometry())
+        return F.conv2d(x, self.params["weight"], self.params.get("bias"), backend=self.backend, **self.geometry())
 
     def _gradients(self, grad, input_grad):
         return F.conv2d_backward(grad, self._cached("_x"), self.params["weight"], input_grad=input_grad,
-                                 backend=self.backend, **self._geometry())
+                                 backend=self.backend, **self.geometry())
 
     def output_shape(self, input_shape):
         _expect(self, input_shape, 3, "(N, C, H, W)")
-        geo = conv_geometry((1,) + tuple(input_shape), self.params["weight"].shape, **self._geometry())
+        geo = conv_geometry((1,) + tuple(input_shape), self.params["weight"].shape, **self.geometry())
         return (self.out_channels,) + geo.out_hw
 
     def describe(self):
@@ -222,7 +223,8 @@ class MaxPool2D(_Pool2D):
         return y
 
     def backward(self, grad):
-        return F._max_pool2d_backward(grad, self._cached("_argmax"), self._input_shape, self.backend, check_range=False)
+        return F.max_pool2d_backward(grad, self._cached("_argmax"), self._input_shape, check_indices=False,
+                                     backend=self.backend)
 
 
 class _ConvMaxPool(_WeightLayer):
@@ -235,23 +237,23 @@ class _ConvMaxPool(_WeightLayer):
         super().__init__()
         self.conv, self.pool, self.relu = conv, pool, relu
         self.params, self.grads = conv.params, conv.grads
-        self._argmax = self._y = None
+        self._x = self._argmax = self._y = None
 
     def forward(self, x, training=False):
         conv, pool = self.conv, self.pool
-        y, argmax = F.conv2d_max_pool2d(x, conv.params["weight"], conv.params.get("bias"), **conv._geometry(),
+        y, argmax = F.conv2d_max_pool2d(x, conv.params["weight"], conv.params.get("bias"), **conv.geometry(),
                                         pool_size=pool.kernel_size, pool_stride=pool.stride,
                                         pool_padding=pool.padding, relu=self.relu is not None, backend=conv.backend)
-        conv._x, self._argmax, self._y = (x, argmax, y) if training else (None, None, None)
+        self._x, self._argmax, self._y = (x, argmax, y) if training else (None, None, None)
         return y
 
     def _gradients(self, grad, input_grad):
         conv = self.conv
         argmax = self._cached("_argmax")
-        return F._conv2d_max_pool2d_backward(grad, argmax, conv._cached("_x"), conv.params["weight"],
-                                             relu_output=self._y if self.relu is not None else None,
-                                             input_grad=input_grad, backend=conv.backend, check_range=False,
-                                             **conv._geometry())
+        return F.conv2d_max_pool2d_backward(grad, argmax, self._cached("_x"), conv.params["weight"],
+                                            relu_output=self._y if self.relu is not None else None,
+                                            input_grad=input_grad, check_indices=False, backend=conv.backend,
+                                            **conv.geometry())
 
     def output_shape(self, input_shape):
         return self.pool.output_shape(self.conv.output_shape(input_shape))

@@ -21,7 +21,7 @@ class Loss:
     def backward(self) -> np.ndarray:
         raise NotImplementedError
 
-    def _correct_count(self, pred: np.ndarray, target: np.ndarray) -> int | None:
+    def correct_count(self, pred: np.ndarray, target: np.ndarray) -> int | None:
         """Right predictions among the rows of the last ``forward(pred, target)``; None if not a classifier."""
         acc = accuracy(pred, target)
         return None if acc is None else round(acc * len(pred))
@@ -68,8 +68,8 @@ class CrossEntropyLoss(Loss):
     def backward(self):
         return self._grad
 
-    def _correct_count(self, pred, target):
-        return super()._correct_count(pred, target) if self._correct is None else self._correct
+    def correct_count(self, pred, target):
+        return super().correct_count(pred, target) if self._correct is None else self._correct
 
 
 class MSELoss(Loss):

@@ -14,6 +14,7 @@ from .layers import LAYER_TYPES, Conv2D, Dropout, Layer, MaxPool2D, ReLU, _ConvM
 from .losses import CrossEntropyLoss, Loss, accuracy
 from .optim import Adam, Optimizer
 from .progress import ProgressBar
+from .tables import format_table
 
 __all__ = ["Sequential", "TrainingDivergedError", "load_model"]
 
@@ -80,11 +81,9 @@ class Sequential:
         rows = [("#", "layer", "output shape", "params")]
         for i, (layer, shape) in enumerate(zip(self.layers, shapes)):
             rows.append((str(i), layer.describe(), "(N, " + ", ".join(map(str, shape)) + ")", f"{layer.num_params:,}"))
-        widths = [max(len(r[c]) for r in rows) for c in range(4)]
-        lines = ["  ".join(r[c].ljust(widths[c]) if c < 3 else r[c].rjust(widths[c]) for c in range(4)) for r in rows]
-        rule = "-" * len(lines[0])
+        table = format_table(rows, right=[3], header_rule=True)
         total = sum(layer.num_params for layer in self.layers)
-        return "\n".join([lines[0], rule, *lines[1:], rule, f"total parameters: {total:,} ({self.dtype.name})"])
+        return "\n".join([table, table.split("\n")[1], f"total parameters: {total:,} ({self.dtype.name})"])
 
     @property
     def dtype(self) -> np.dtype:
@@ -361,7 +360,7 @@ class Sequential:
                     np.copyto(good, p)
                 self.backward(loss.backward(), input_grad=False)
                 optimizer.step(self.named_parameters())
-                right = loss._correct_count(out, yb)
+                right = loss.correct_count(out, yb)
                 classifier = right is not None
                 total_loss += value * len(xb)
                 correct += right if classifier else 0
