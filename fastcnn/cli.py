@@ -114,7 +114,6 @@ def _train(args, parser) -> int:
 
 
 def _predict(args, parser) -> int:
-    from .layers import softmax
     from .model import load_model
 
     model = load_model(args.model)
@@ -136,7 +135,7 @@ def _predict(args, parser) -> int:
                              f"got shape {images.shape} and index {index}")
         image, truth, source = images[index].astype(np.float32) / 255, None, f"{args.image}[{index}]"
     scores = model.predict(image[None, None])[0]
-    probs = scores if np.all(scores >= 0) and abs(scores.sum() - 1) < 1e-4 else softmax(scores)
+    probs = scores if np.all(scores >= 0) and abs(scores.sum() - 1) < 1e-4 else F.softmax(scores)
     digit = int(np.argmax(probs))
     print(f"{source}: predicted {digit}" + ("" if truth is None else f" (true {truth})"))
     for k, p in enumerate(probs):

@@ -25,10 +25,19 @@ __all__ = [
     "avg_pool2d_backward",
     "relu",
     "relu_backward",
+    "tanh",
+    "tanh_backward",
+    "sigmoid",
+    "sigmoid_backward",
+    "softmax",
+    "softmax_backward",
     "dropout",
     "linear",
     "linear_backward",
     "softmax_cross_entropy",
+    "soft_cross_entropy",
+    "mse_loss",
+    "binary_cross_entropy",
 ]
 
 def _pad(x: np.ndarray, padding) -> np.ndarray:
@@ -467,6 +476,47 @@ def relu_backward(grad_y: np.ndarray, y: np.ndarray, *, backend: str | None = No
     return dispatch.run("relu_backward", (y.shape, y.dtype.char), (grad_y, y), backend)
 
 
+def _activation(op: str, x, backend: str | None) -> np.ndarray:
+    x = float_array("x", x)
+    return dispatch.run(op, (x.shape, x.dtype.char), (x,), backend)
+
+
+def _activation_backward(op: str, grad_y, y, backend: str | None) -> np.ndarray:
+    y = float_array("y", y)
+    grad_y = check_grad("grad_y", grad_y, y.shape, y.dtype)
+    return dispatch.run(op, (y.shape, y.dtype.char), (grad_y, y), backend)
+
+
+def tanh(x: np.ndarray, *, backend: str | None = None) -> np.ndarray:
+    """``tanh(x)`` element-wise, any shape, float32 or float64 (the same dtype out)."""
+    return _activation("tanh", x, backend)
+
+
+def tanh_backward(grad_y: np.ndarray, y: np.ndarray, *, backend: str | None = None) -> np.ndarray:
+    """Gradient of :func:`tanh` from its output ``y``: ``grad_y * (1 - y**2)``."""
+    return _activation_backward("tanh_backward", grad_y, y, backend)
+
+
+def sigmoid(x: np.ndarray, *, backend: str | None = None) -> np.ndarray:
+    """The logistic function ``1 / (1 + exp(-x))`` element-wise, without overflow for any ``x``."""
+    return _activation("sigmoid", x, backend)
+
+
+def sigmoid_backward(grad_y: np.ndarray, y: np.ndarray, *, backend: str | None = None) -> np.ndarray:
+    """Gradient of :func:`sigmoid` from its output ``y``: ``grad_y * y * (1 - y)``."""
+    return _activation_backward("sigmoid_backward", grad_y, y, backend)
+
+
+def softmax(x: np.ndarray, *, backend: str | None = None) -> np.ndarray:
+    """Softmax over the last axis, shifted by each row's maximum so any finite values are safe."""
+    return _activation("softmax", x, backend)
+
+
+def softmax_backward(grad_y: np.ndarray, y: np.ndarray, *, backend: str | None = None) -> np.ndarray:
+    """Gradient of :func:`softmax` from its output ``y``: ``y * (grad_y - sum(grad_y * y))`` per row."""
+    return _activation_backward("softmax_backward", grad_y, y, backend)
+
+
 def dropout(x: np.ndarray, p: float, seed: int, *, backend: str | None = None) -> np.ndarray:
     """Inverted dropout: each element zeroed with probability ``p``, the others scaled by ``1/(1-p)``.
 
@@ -591,3 +641,72 @@ def softmax_cross_entropy(logits: np.ndarray, labels: np.ndarray, *,
         return 0.0, np.zeros_like(logits), 0
     loss, grad, correct = dispatch.run("softmax_cross_entropy", (logits.shape, logits.dtype.char), (logits, labels), backend)
     return float(loss), grad, int(correct)
+
+
+def _loss_inputs(pred, target):
+    pred = float_array("pred", pred)
+    target = np.asarray(target)
+    if target.shape != pred.shape:
+        raise ValueError(f"target must have the shape of pred {pred.shape}, got {target.shape}")
+    if target.dtype.kind not in "fiub":
+        raise TypeError(f"target must be numeric, got dtype {target.dtype}")
+    return pred, np.ascontiguousarray(target, dtype=pred.dtype)
+
+
+def _mean_loss(op: str, backend: str | None, pred, target, *extra) -> tuple[float, np.ndarray]:
+    if pred.size == 0:
+        return 0.0, np.zeros_like(pred)
+    return dispatch.run(op, (pred.shape, pred.dtype.char), (pred, target, *extra), backend)
+
+
+def soft_cross_entropy(logits: np.ndarray, target: np.ndarray, *, backend: str | None = None) -> tuple[float, np.ndarray]:
+    """Mean cross-entropy of ``softmax(logits)`` against rows of probabilities (one-hot rows, or soft
+    labels) and its gradient, as :func:`torch.nn.functional.cross_entropy` with probability targets.
+
+    Parameters
+    ----------
+    logits : ndarray, shape (N, K)
+    target : ndarray, shape (N, K)
+        Each row a distribution over the K classes (rows that do not sum to 1 scale the loss).
+
+    Returns
+    -------
+    loss : float
+        The mean over the N rows (0.0 for N = 0).
+    grad : ndarray, shape (N, K)
+        d loss / d logits, in the dtype of ``logits``.
+    """
+    logits, target = _loss_inputs(logits, target)
+    if logits.ndim != 2:
+        raise ValueError(f"logits must be 2-D (N, K), got shape {logits.shape}")
+    return _mean_loss("soft_cross_entropy", backend, logits, target)
+
+
+def mse_loss(pred: np.ndarray, target: np.ndarray, *, backend: str | None = None) -> tuple[float, np.ndarray]:
+    """Mean squared error over every element, and its gradient w.r.t. ``pred``.
+
+    Returns
+    -------
+    loss : float
+        ``mean((pred - target)**2)``, summed in float64 (0.0 when empty).
+    grad : ndarray of the shape and dtype of ``pred``
+    """
+    return _mean_loss("mse", backend, *_loss_inputs(pred, target))
+
+
+def binary_cross_entropy(pred: np.ndarray, target: np.ndarray, eps: float = 1e-7, *,
+                         backend: str | None = None) -> tuple[float, np.ndarray]:
+    """Mean binary cross-entropy of probabilities ``pred`` against ``target`` in [0, 1], and its
+    gradient w.r.t. ``pred``. ``pred`` is clipped to ``[eps, 1 - eps]``, so 0 and 1 give finite losses.
+
+    Returns
+    -------
+    loss : float
+    grad : ndarray of the shape and dtype of ``pred``
+    """
+    pred, target = _loss_inputs(pred, target)
+    if not (isinstance(eps, (int, float)) and 0 < eps < 0.5):
+        raise ValueError(f"eps must be a number in (0, 0.5), got {eps!r}")
+    if target.size and (target.min() < 0 or target.max() > 1):
+        raise ValueError(f"binary_cross_entropy targets must be in [0, 1], got min {target.min()}, max {target.max()}")
+    return _mean_loss("bce", backend, pred, target, pred.dtype.type(eps))

@@ -398,33 +398,20 @@ class Tanh(_Activation):
     """Hyperbolic tangent."""
 
     def _apply(self, x):
-        return np.tanh(x)
+        return F.tanh(x)
 
     def _grad(self, grad, y):
-        return grad * (1 - y * y)
-
-
-def sigmoid(x: np.ndarray) -> np.ndarray:
-    """Numerically stable logistic function (no overflow for large ``|x|``)."""
-    e = np.exp(-np.abs(x))
-    return np.where(x >= 0, 1 / (1 + e), e / (1 + e)).astype(x.dtype, copy=False)
+        return F.tanh_backward(grad, y)
 
 
 class Sigmoid(_Activation):
     """Logistic function ``1 / (1 + exp(-x))``, stable for any ``x``."""
 
     def _apply(self, x):
-        return sigmoid(x)
+        return F.sigmoid(x)
 
     def _grad(self, grad, y):
-        return grad * y * (1 - y)
-
-
-def softmax(x: np.ndarray, axis: int = -1) -> np.ndarray:
-    """Softmax along ``axis``, shifted by the maximum so any finite logits are safe."""
-    z = x - x.max(axis=axis, keepdims=True)
-    e = np.exp(z)
-    return e / e.sum(axis=axis, keepdims=True)
+        return F.sigmoid_backward(grad, y)
 
 
 class Softmax(_Activation):
@@ -432,10 +419,10 @@ class Softmax(_Activation):
     :class:`fastcnn.losses.CrossEntropyLoss` fuses the softmax and is exact for logits of any size."""
 
     def _apply(self, x):
-        return softmax(x)
+        return F.softmax(x)
 
     def _grad(self, grad, y):
-        return y * (grad - (grad * y).sum(axis=-1, keepdims=True))
+        return F.softmax_backward(grad, y)
 
 
 class _BatchNorm(Layer):

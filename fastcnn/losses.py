@@ -58,12 +58,8 @@ class CrossEntropyLoss(Loss):
             return value
         target = self.check_targets(target, pred.shape)
         self._correct = None
-        z = pred - pred.max(axis=1, keepdims=True)
-        log_p = z - np.log(np.exp(z).sum(axis=1, keepdims=True))
-        n = max(pred.shape[0], 1)
-        grad = np.exp(log_p) * target.sum(axis=1, keepdims=True) - target
-        self._grad = (grad / n).astype(pred.dtype, copy=False)
-        return float(-(target * log_p).sum() / n)
+        value, self._grad = F.soft_cross_entropy(pred, target)
+        return value
 
     def backward(self):
         return self._grad
@@ -76,12 +72,12 @@ class MSELoss(Loss):
     """Mean squared error over every element."""
 
     def forward(self, pred, target):
-        target = self.check_targets(target, pred.shape).astype(pred.dtype, copy=False).reshape(pred.shape)
-        self._diff = pred - target
-        return float((self._diff.astype(np.float64) ** 2).mean())
+        target = self.check_targets(target, pred.shape).reshape(pred.shape)
+        value, self._grad = F.mse_loss(pred, target)
+        return value
 
     def backward(self):
-        return self._diff * self._diff.dtype.type(2.0 / max(self._diff.size, 1))
+        return self._grad
 
 
 class BCELoss(Loss):
@@ -91,16 +87,12 @@ class BCELoss(Loss):
         self.eps = eps
 
     def forward(self, pred, target):
-        target = self.check_targets(target, pred.shape).astype(pred.dtype, copy=False).reshape(pred.shape)
-        if target.size and (target.min() < 0 or target.max() > 1):
-            raise ValueError(f"BCELoss targets must be in [0, 1], got min {target.min()}, max {target.max()}")
-        p = np.clip(pred, self.eps, 1 - self.eps)
-        self._cache = (p, target)
-        return float(-(target * np.log(p) + (1 - target) * np.log1p(-p)).mean())
+        target = self.check_targets(target, pred.shape).reshape(pred.shape)
+        value, self._grad = F.binary_cross_entropy(pred, target, self.eps)
+        return value
 
     def backward(self):
-        p, t = self._cache
-        return ((p - t) / (p * (1 - p)) / max(p.size, 1)).astype(p.dtype, copy=False)
+        return self._grad
 
 
 def accuracy(pred: np.ndarray, target: np.ndarray) -> float | None:
