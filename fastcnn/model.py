@@ -173,7 +173,11 @@ class Sequential:
 
     def forward(self, x: np.ndarray, training: bool = False) -> np.ndarray:
         """Run every layer on the batch ``x``; with ``training=True`` layers keep what backward needs."""
-        x = self._prepare_input(x)
+        return self._forward(self._prepare_input(x), training)
+
+    def _forward(self, x: np.ndarray, training: bool) -> np.ndarray:
+        """:meth:`forward` for a batch of an input that :meth:`_prepare_input` already checked (once
+        per ``fit``/``predict`` call, not per batch)."""
         for layer in self._run_order():
             x = layer.forward(x, training)
         return x
@@ -236,7 +240,7 @@ class Sequential:
         positive_int("batch_size", batch_size)
         if len(x) == 0:
             raise ValueError("x is empty: predict needs at least one sample")
-        return np.concatenate([self.forward(x[i : i + batch_size]) for i in range(0, len(x), batch_size)])
+        return np.concatenate([self._forward(x[i : i + batch_size], False) for i in range(0, len(x), batch_size)])
 
     def evaluate(self, x: np.ndarray, y: np.ndarray, batch_size: int = 512, loss: Loss | None = None) -> tuple[float, float | None]:
         """Mean loss and accuracy (None for non-classifiers) over ``(x, y)``."""
@@ -347,7 +351,7 @@ class Sequential:
             for start in range(0, len(x), batch_size):
                 idx = slice(start, start + batch_size) if order is None else order[start : start + batch_size]
                 xb, yb = x[idx], y[idx]
-                out = self.forward(xb, training=True)
+                out = self._forward(xb, training=True)
                 value = loss(out, yb)
                 if not math.isfinite(value):
                     for p, good in zip(params, last_good):
