@@ -1,7 +1,7 @@
 """fastcnn: fast convolutional networks on the CPU, in NumPy and Numba."""
-__version__ = "0.1.0"
 
 from . import functional, layers, losses, models, optim, threads
+from ._version import __version__
 from .dispatch import (
     BackendUnavailableError,
     available_backends,

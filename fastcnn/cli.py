@@ -11,7 +11,8 @@ from pathlib import Path
 import numpy as np
 import threadpoolctl
 
-from . import __version__, _files, _warmup, datasets, dispatch, models, threads
+from . import _files, _warmup, datasets, dispatch, models, threads
+from ._version import __version__
 from . import functional as F
 from .kernels import jit
 from .tables import format_table

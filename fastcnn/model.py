@@ -8,6 +8,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from . import dispatch, saving
+from ._version import __version__
 from ._checks import positive_int
 from .kernels import blas
 from .layers import LAYER_TYPES, Conv2D, Dropout, Layer, MaxPool2D, ReLU, _ConvMaxPool
@@ -375,8 +376,6 @@ class Sequential:
     # ---------------------------------------------------------------- files
     def save(self, path: str | os.PathLike) -> None:
         """Write the architecture and weights to one ``.npz`` file, atomically. See :func:`load_model`."""
-        from . import __version__
-
         header = {"fastcnn_version": __version__, "dtype": self.dtype.name, "layers": self.get_config(),
                   "input_shape": None if self.input_shape is None else list(self.input_shape)}
         saving.write_archive(path, FORMAT, FORMAT_VERSION, header, self.state_dict())
