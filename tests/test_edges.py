@@ -65,3 +65,69 @@ def test_elementwise_linear_and_loss_with_an_empty_batch(backend, dtype):
     _zero_gradients(*F.linear_backward(y, x, w, backend=backend), x, w)
     loss, grad, correct = F.softmax_cross_entropy(np.zeros((0, 4), dtype), np.zeros(0, np.int64), backend=backend)
     assert (loss, correct) == (0.0, 0) and grad.shape == (0, 4) and grad.dtype == dtype
+
+
+# ---------------------------------------------------------------- NaN in max-pool windows
+try:
+    import torch
+except ImportError:  # the reference loop stands in for PyTorch
+    torch = None
+
+
+def _expected_pool(x, kernel, stride, padding):
+    """``(y, argmax)`` from PyTorch's CPU kernel when importable, else from the reference loop."""
+    if torch is None:
+        return ref.max_pool2d(x, kernel, stride, padding)
+    y, idx = torch.nn.functional.max_pool2d(torch.from_numpy(x), kernel, stride, padding, return_indices=True)
+    return y.numpy(), idx.numpy()
+
+
+def _nan_planes(dtype, rng, shape):
+    """Small integers after a ReLU (many ties, many zeros), with NaN, -inf and all-NaN windows."""
+    x = np.maximum(rng.integers(-2, 3, shape), 0).astype(dtype)
+    x[rng.random(shape) < 0.15] = np.nan
+    x[0, 0, :2, :2] = np.nan  # a window of NaN only
+    x[0, 0, 2:4, :2] = -np.inf  # a window of -inf only
+    x[0, 0, :2, 2:4] = [[np.nan, 1], [1, np.nan]]  # two NaN apart
+    x[0, 0, 2:4, 2:4] = [[3, 3], [np.nan, 3]]  # NaN among ties
+    return x
+
+
+def test_pytorch_picks_the_last_nan_and_the_first_maximum():
+    if torch is None:
+        pytest.skip("PyTorch is not installed")
+    x = np.array([[[[1, np.nan, 2, np.nan], [np.nan, np.nan, 1, 1], [5, 5, 1, 1], [-np.inf] * 4]]], np.float32)
+    y, idx = _expected_pool(x, (1, 4), (1, 4), (0, 0))
+    np.testing.assert_array_equal(idx.ravel(), [3, 5, 8, 12])
+    np.testing.assert_array_equal(y.ravel(), [np.nan, np.nan, 5, -np.inf])
+    np.testing.assert_array_equal(_expected_pool(x, (1, 4), (1, 4), (0, 0))[1], ref.max_pool2d(x, (1, 4), (1, 4), (0, 0))[1])
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("kernel, stride, padding", [((2, 2), (2, 2), (0, 0)), ((3, 3), (2, 2), (1, 1)),
+                                                     ((2, 2), (1, 1), (0, 0)), ((2, 3), (2, 1), (1, 0))])
+def test_max_pool2d_with_nan_picks_what_pytorch_picks(backend, dtype, kernel, stride, padding):
+    # 38 windows a row on the 2x2 path: whole vectors of windows and a part vector, in both dtypes.
+    x = _nan_planes(dtype, np.random.default_rng(5), (2, 3, 7, 77))
+    want_y, want_idx = _expected_pool(x, kernel, stride, padding)
+    y, idx = F.max_pool2d(x, kernel, stride, padding, backend=backend)
+    np.testing.assert_array_equal(idx, want_idx)
+    np.testing.assert_array_equal(y, want_y)  # NaN where PyTorch has NaN
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("relu", [False, True])
+@pytest.mark.parametrize("conv_stride, pool", [(1, 2), (2, 2), (1, 3)])
+def test_fused_conv_max_pool_with_nan_picks_what_pytorch_picks(backend, dtype, relu, conv_stride, pool):
+    rng = np.random.default_rng(6)
+    x = np.maximum(rng.integers(-1, 3, (2, 2, 12, 40)), 0).astype(dtype)
+    x[rng.random(x.shape) < 0.02] = np.nan
+    w = rng.integers(-1, 2, (3, 2, 3, 3)).astype(dtype)  # integer sums: exact in every backend and in PyTorch
+    conv = ref.conv2d(x, w, stride=(conv_stride, conv_stride)).astype(dtype)
+    want_y, want_idx = _expected_pool(conv, (pool, pool), (pool, pool), (0, 0))
+    if relu:
+        want_y = np.where(want_y <= 0, 0, want_y)  # NaN kept
+    y, idx = F.conv2d_max_pool2d(x, w, None, conv_stride, pool_size=pool, relu=relu, backend=backend)
+    assert np.isnan(want_y).any() and (~np.isnan(want_y)).any()
+    np.testing.assert_array_equal(idx, want_idx)
+    np.testing.assert_array_equal(y, want_y)
