@@ -132,7 +132,7 @@ def _read_cache(cache: Path) -> Arrays:
 
 def _write_cache(arrays: Arrays, cache: Path) -> None:
     try:
-        with _files.atomic_write(cache) as fh:
+        with _files.atomic_write(cache, make_parents=True) as fh:
             np.savez(fh, **arrays)
     except OSError as exc:
         warnings.warn(f"fastcnn: cannot cache MNIST in {cache} ({exc}); it will be fetched again next time",

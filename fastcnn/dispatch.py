@@ -277,7 +277,7 @@ def _save_persisted() -> None:
         return
     try:
         saved = {k: d for k, d in _decisions.items() if k not in _unsaved}
-        with _files.atomic_write(decisions_path()) as fh:
+        with _files.atomic_write(decisions_path(), make_parents=True) as fh:
             fh.write(json.dumps(saved, indent=1, sort_keys=True).encode())
     except OSError as exc:
         if not _persist_warned:

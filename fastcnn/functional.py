@@ -303,7 +303,8 @@ def max_pool2d(
     y : ndarray, shape (N, C, H_out, W_out)
     argmax : ndarray of int64, same shape as ``y``
         Flat index (``row * W + col``) of each maximum in its input plane. Ties go to the first
-        maximum in row-major window order; a NaN in a window wins (the first one).
+        maximum in row-major window order; a NaN in a window wins (the last one, as PyTorch's CPU
+        kernel, which takes each value that is greater or NaN).
     """
     x = float_array("x", x, ndim=4)
     geo = pool_geometry(x.shape, kernel_size, stride, padding)

@@ -7,7 +7,9 @@ non-trainable state (batch-norm statistics) in ``buffers``.
 from __future__ import annotations
 
 import math
-from typing import Any
+from contextlib import contextmanager
+from contextvars import ContextVar
+from typing import Any, Callable, Iterator
 
 import numpy as np
 
@@ -32,8 +34,42 @@ __all__ = [
 ]
 
 
+_placeholder_dtype: ContextVar[np.dtype | None] = ContextVar("fastcnn_placeholder_dtype", default=None)
+
+
+@contextmanager
+def weights_follow(dtype) -> Iterator[None]:
+    """Layers built in this block hold placeholders of ``dtype`` instead of initial values: read-only
+    zeros of the right shapes that take no memory (:func:`numpy.broadcast_to` of one zero) and draw no
+    random numbers. For loaders, which compare the placeholders' shapes with a file's arrays, before
+    reading those, and then put the arrays in (:func:`fastcnn.load_model`)."""
+    token = _placeholder_dtype.set(np.dtype(dtype))
+    try:
+        yield
+    finally:
+        _placeholder_dtype.reset(token)
+
+
+def fresh(shape: tuple[int, ...], make: Callable[[], np.ndarray], dtype=None) -> np.ndarray:
+    """A new parameter, buffer or gradient: ``make()``, or inside :func:`weights_follow` its placeholder
+    (of ``dtype`` if given, else the block's)."""
+    placeholder = _placeholder_dtype.get()
+    if placeholder is None:
+        return make()
+    return np.broadcast_to(np.zeros((), placeholder if dtype is None else dtype), shape)
+
+
+def _zero_grads(params: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    return {k: fresh(v.shape, lambda v=v: np.zeros_like(v), v.dtype) for k, v in params.items()}
+
+
 class Layer:
-    """Base class. Subclasses set ``params``/``grads``/``buffers`` and implement the four methods."""
+    """Base class. Subclasses set ``params``/``grads``/``buffers`` and implement the four methods.
+
+    Subclasses create every parameter, buffer and gradient with :func:`fresh`, so that a loader can
+    build them from a file's configuration without allocating or initialising anything
+    (:func:`weights_follow`).
+    """
 
     def __init__(self) -> None:
         self.params: dict[str, np.ndarray] = {}
@@ -156,10 +192,11 @@ class Conv2D(_WeightLayer):
         self.backend = backend
         kh, kw = self.kernel_size
         shape = (self.out_channels, self.in_channels, kh, kw)
-        self.params["weight"] = _init_weight(init, shape, in_channels * kh * kw, out_channels * kh * kw, get_rng(rng))
+        self.params["weight"] = fresh(shape, lambda: _init_weight(init, shape, in_channels * kh * kw,
+                                                                  out_channels * kh * kw, get_rng(rng)))
         if bias:
-            self.params["bias"] = np.zeros(out_channels, np.float32)
-        self.grads = {k: np.zeros_like(v) for k, v in self.params.items()}
+            self.params["bias"] = fresh((out_channels,), lambda: np.zeros(out_channels, np.float32))
+        self.grads = _zero_grads(self.params)
         self._x = None
 
     def geometry(self) -> dict[str, Any]:
@@ -290,10 +327,11 @@ class Dense(_WeightLayer):
         self.in_features = positive_int("in_features", in_features)
         self.out_features = positive_int("out_features", out_features)
         self.init = init
-        self.params["weight"] = _init_weight(init, (out_features, in_features), in_features, out_features, get_rng(rng))
+        shape = (self.out_features, self.in_features)
+        self.params["weight"] = fresh(shape, lambda: _init_weight(init, shape, in_features, out_features, get_rng(rng)))
         if bias:
-            self.params["bias"] = np.zeros(out_features, np.float32)
-        self.grads = {k: np.zeros_like(v) for k, v in self.params.items()}
+            self.params["bias"] = fresh((out_features,), lambda: np.zeros(out_features, np.float32))
+        self.grads = _zero_grads(self.params)
         self._x = None
 
     def forward(self, x, training=False):
@@ -434,12 +472,13 @@ class _BatchNorm(Layer):
         self.num_features = positive_int("num_features", num_features)
         self.eps = float(eps)
         self.momentum = float(momentum)
-        self.params = {"weight": np.ones(num_features, np.float32), "bias": np.zeros(num_features, np.float32)}
-        self.grads = {k: np.zeros_like(v) for k, v in self.params.items()}
+        n = (self.num_features,)
+        self.params = {"weight": fresh(n, lambda: np.ones(n, np.float32)), "bias": fresh(n, lambda: np.zeros(n, np.float32))}
+        self.grads = _zero_grads(self.params)
         self.buffers = {
-            "running_mean": np.zeros(num_features, np.float32),
-            "running_var": np.ones(num_features, np.float32),
-            "num_batches_tracked": np.zeros((), np.int64),
+            "running_mean": fresh(n, lambda: np.zeros(n, np.float32)),
+            "running_var": fresh(n, lambda: np.ones(n, np.float32)),
+            "num_batches_tracked": fresh((), lambda: np.zeros((), np.int64), np.int64),
         }
 
     def _bshape(self, v):

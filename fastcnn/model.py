@@ -7,11 +7,11 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from . import dispatch, saving
+from . import _untrusted, dispatch, saving
 from ._version import __version__
 from ._checks import positive_int
 from .kernels import blas
-from .layers import LAYER_TYPES, Conv2D, Dropout, Layer, MaxPool2D, ReLU, _ConvMaxPool
+from .layers import LAYER_TYPES, Conv2D, Dropout, Layer, MaxPool2D, ReLU, _ConvMaxPool, weights_follow
 from .losses import CrossEntropyLoss, Loss, accuracy
 from .optim import Adam, Optimizer
 from .progress import ProgressBar
@@ -116,10 +116,18 @@ class Sequential:
                     state[f"{i}.{k}"] = v.copy()
         return state
 
+    def _state_slots(self) -> dict[str, tuple[Layer, dict[str, np.ndarray], str]]:
+        """``name: (layer, store, key)`` for every parameter and buffer, named as :meth:`state_dict` names them."""
+        return {f"{i}.{k}": (layer, store, k) for i, layer in enumerate(self.layers)
+                for store in (layer.params, layer.buffers) for k in store}
+
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Copy arrays from ``state`` (names and shapes as :meth:`state_dict`; PyTorch tensors work too)."""
-        expected = {f"{i}.{k}": (layer, store, k) for i, layer in enumerate(self.layers)
-                    for store in (layer.params, layer.buffers) for k in store}
+        self._load_state(state, copy=True)
+
+    def _load_state(self, state: dict[str, Any], copy: bool) -> None:
+        """:meth:`load_state_dict`; with ``copy=False``, arrays of the model's dtype are taken as they are."""
+        expected = self._state_slots()
         missing = sorted(set(expected) - set(state))
         unexpected = sorted(set(state) - set(expected))
         if missing or unexpected:
@@ -130,7 +138,7 @@ class Sequential:
             value = np.asarray(value.detach().cpu().numpy() if hasattr(value, "detach") else value)
             if value.shape != store[k].shape:
                 raise ValueError(f"{name}: shape {value.shape} in the state dict, {store[k].shape} in the model")
-            arrays[name] = value.astype(store[k].dtype)
+            arrays[name] = value.astype(store[k].dtype, copy=copy)
         for name, (layer, store, k) in expected.items():  # all checked: now change the model
             store[k] = arrays[name]
         self._checked_shapes = set()
@@ -155,7 +163,7 @@ class Sequential:
                 raise ValueError(f"unknown layer type in {spec!r}; known: {', '.join(LAYER_TYPES)}")
             try:
                 layers.append(layer_type(**spec.get("config", {})))
-            except TypeError as exc:
+            except (TypeError, OverflowError) as exc:
                 raise ValueError(f"cannot rebuild layer {spec!r}: {exc}") from None
         return cls(layers, input_shape=input_shape)
 
@@ -387,20 +395,57 @@ class Sequential:
 def load_model(path: str | os.PathLike) -> Sequential:
     """Read a model written by :meth:`Sequential.save`.
 
+    Nothing the file claims is allocated before it is checked: the file's structure and sizes
+    (:func:`fastcnn.saving.read_archive`), then the layers, built from their configurations without
+    initial values (:func:`fastcnn.layers.weights_follow`), against the shapes and dtypes of the arrays
+    they will receive; only then are the arrays read, checked (SHA-256, finite) and put in.
+
     Raises
     ------
     FileNotFoundError
         No such file.
     ValueError
-        The file is not a fastcnn model, is damaged, or comes from a newer format version.
+        The file is not a fastcnn model, is damaged or hostile (the message says what is wrong), or
+        comes from a newer format version.
     """
-    header, arrays = saving.read_archive(path, FORMAT, FORMAT_VERSION)
+    where = os.fspath(path)
+    built: list[Sequential] = []
+    header, arrays = saving.read_archive(path, FORMAT, FORMAT_VERSION, check=lambda h: built.append(_rebuild(h, where)))
+    bad = _untrusted.first_non_finite(arrays.items())
+    if bad is not None:
+        raise ValueError(f"{where}: array {bad!r} holds NaN or infinity; a trained model's weights are finite")
+    model = built[0]
+    model._load_state(arrays, copy=False)
+    return model
+
+
+def _rebuild(header: dict[str, Any], where: str) -> Sequential:
+    """The model ``header`` describes, with placeholder weights, checked against the header's table of
+    arrays (names, shapes, dtypes): what :func:`load_model` does before reading any array."""
+    dtype, layers, input_shape = header.get("dtype", "float32"), header.get("layers"), header.get("input_shape")
+    if dtype not in ("float32", "float64"):
+        raise ValueError(f"{where}: the model's dtype is {dtype!r:.100}, not float32 or float64")
+    if not (isinstance(layers, list) and all(isinstance(spec, dict) and isinstance(spec.get("config", {}), dict)
+                                             for spec in layers)):
+        raise ValueError(f"{where}: cannot rebuild the model: 'layers' is not a list of layer descriptions")
+    if input_shape is not None and not (isinstance(input_shape, list) and len(input_shape) <= 8
+                                        and all(type(s) is int and s > 0 for s in input_shape)):
+        raise ValueError(f"{where}: cannot rebuild the model: input_shape {input_shape!r:.100} is not a list of positive ints")
     try:
-        model = Sequential.from_config(header["layers"], input_shape=header.get("input_shape"))
-    except (KeyError, ValueError) as exc:
-        raise ValueError(f"{os.fspath(path)}: cannot rebuild the model: {exc}") from None
-    model.astype(header.get("dtype", "float32"))
-    model.load_state_dict(arrays)
+        with weights_follow(dtype):
+            model = Sequential.from_config(layers, input_shape=input_shape)
+    except (TypeError, ValueError, OverflowError, MemoryError) as exc:
+        raise ValueError(f"{where}: cannot rebuild the model: {exc}") from None
+    declared = header["arrays"]  # (read_archive checked its form)
+    slots = model._state_slots()
+    if set(slots) != set(declared):
+        raise ValueError(f"{where}: the layers' configurations need arrays {sorted(slots)} but the file holds "
+                         f"{sorted(declared)}")
+    for name, (layer, store, k) in slots.items():
+        want, got = (store[k].shape, store[k].dtype.name), (tuple(declared[name]["shape"]), declared[name]["dtype"])
+        if want != got:
+            raise ValueError(f"{where}: layer {name.split('.')[0]} ({layer.describe()}) needs {name} of shape {want[0]} "
+                             f"{want[1]}, but the file holds {got[1]} {got[0]}")
     return model
 
 

@@ -4,8 +4,8 @@ A pooled row of an MNIST net is short (13 windows of a 26-wide plane), so LLVM's
 which wants long loops, left the windows scalar (lenet's first pool took 75 us a batch; 25 us this
 way). Here one call handles up to
 a vector of windows of one row pair: it loads both input rows, splits even and odd columns with
-shuffles, and picks each window's first maximum with compares and selects (:func:`_max_pairs`); the
-gradient goes back the same way, each pooled value to the one position of its window that won
+shuffles, and picks each window's first maximum (or last NaN, as PyTorch) with compares and selects
+(:func:`_max_pairs`); the gradient goes back the same way, each pooled value to the one position of its window that won
 (:func:`unpool_pairs`). Loads and stores past the row's last window are masked off, so a call never
 touches memory outside the row pair, and parallel tasks can own neighbouring rows.
 """
@@ -20,10 +20,11 @@ from ._tiles import _float_arrays, _int, _Vectors, lanes
 from .jit import CHECK_BOUNDS
 
 def _first_of(b, va, ia, vb, ib):
-    """Per lane, the value and index of the first maximum of ``(va, vb)``: ``va`` if ``va >= vb`` or
-    ``va`` is NaN, else ``vb`` (so a NaN wins, the first one if both are)."""
-    take_a = b.or_(b.fcmp_ordered(">=", va, vb), b.fcmp_unordered("uno", va, va))
-    return b.select(take_a, va, vb), b.select(take_a, ia, ib)
+    """Per lane, the value and index PyTorch's rule keeps of ``(va, vb)``, ``va`` coming first: ``vb``
+    if ``vb > va`` or ``vb`` is NaN, else ``va``. So ties go to ``va`` and a NaN wins, the later one if
+    both are; applied to two halves of a window, it gives the window's first maximum or last NaN."""
+    take_b = b.or_(b.fcmp_ordered(">", vb, va), b.fcmp_unordered("uno", vb, vb))
+    return b.select(take_b, vb, va), b.select(take_b, ib, ia)
 
 
 @intrinsic
@@ -32,7 +33,7 @@ def _max_pairs(typingctx, x, at, step, w, bias, relu, y, out, idx, base, count):
     the maximum of ``x[at + 2q]``, ``x[at + 2q + 1]``, ``x[at + step + 2q]``, ``x[at + step + 2q + 1]``
     (each plus ``bias``, unless it is None) to ``y[out + q]`` (with ``relu``, a maximum <= 0 as 0, NaN
     kept), and its position (``base + 2q`` plus 0, 1, ``w`` or ``w + 1``: ties go to the first in that
-    order, the first NaN wins) to ``idx[out + q]``.
+    order, the last NaN wins) to ``idx[out + q]``.
 
     ``step`` is the distance between the two input rows and ``w`` the width the positions count in;
     they differ when ``x`` is a convolution's wide output (see :mod:`.conv_numba`). ``x`` and ``y`` are

@@ -14,6 +14,7 @@ run on any thread.
 """
 from __future__ import annotations
 
+import math
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from typing import Callable, TypeVar
@@ -146,7 +147,8 @@ def channel_sums(a: np.ndarray) -> np.ndarray:
     """``a`` (N, C, ...) summed over every axis but the channels (a bias gradient), as BLAS products
     with ones, which are several times faster than NumPy's reductions over these axes."""
     n, c = a.shape[:2]
-    per_sample = a.reshape(n, c, -1)
-    if per_sample.shape[2] != 1:
-        per_sample = matmul(per_sample.reshape(n * c, -1), np.ones((per_sample.shape[2], 1), a.dtype))
+    size = math.prod(a.shape[2:])  # (not -1 in the reshapes: an empty batch has no size to infer from)
+    per_sample = a.reshape(n, c, size)
+    if size != 1:
+        per_sample = matmul(per_sample.reshape(n * c, size), np.ones((size, 1), a.dtype))
     return matmul(np.ones((1, n), a.dtype), per_sample.reshape(n, c))[0]
