@@ -1,7 +1,8 @@
 """fastcnn: fast convolutional networks on the CPU, in NumPy and Numba."""
 __version__ = "0.1.0"
 
-from . import functional, layers, losses, models, optim, threads
+from . import callbacks, functional, layers, losses, models, optim, threads
+from .callbacks import Callback, EarlyStopping, ModelCheckpoint
 from .dispatch import (
     BackendUnavailableError,
     available_backends,
@@ -33,10 +34,10 @@ from .optim import SGD, Adam, CosineLR, OneCycleLR, StepLR
 from .threads import get_num_threads, set_num_threads
 
 __all__ = [
-    "functional", "layers", "losses", "models", "optim", "threads", "get_num_threads", "set_num_threads",
+    "callbacks", "functional", "layers", "losses", "models", "optim", "threads", "get_num_threads", "set_num_threads",
     "BackendUnavailableError", "available_backends", "clear_dispatch_decisions", "dispatch_decisions",
     "dispatch_report", "get_backend", "set_backend", "use_backend", "seed",
     "AvgPool2D", "BatchNorm1D", "BatchNorm2D", "Conv2D", "Dense", "Dropout", "Flatten", "MaxPool2D", "ReLU",
     "Sigmoid", "Softmax", "Tanh", "BCELoss", "CrossEntropyLoss", "MSELoss", "Sequential", "TrainingDivergedError",
-    "SGD", "Adam", "CosineLR", "OneCycleLR", "StepLR", "load_model",
+    "SGD", "Adam", "CosineLR", "OneCycleLR", "StepLR", "load_model", "Callback", "EarlyStopping", "ModelCheckpoint",
 ]

@@ -13,7 +13,7 @@ import numpy as np
 
 from . import dispatch
 
-__all__ = ["Optimizer", "SGD", "Adam", "StepLR", "CosineLR", "OneCycleLR"]
+__all__ = ["Optimizer", "SGD", "Adam", "StepLR", "CosineLR", "OneCycleLR", "OPTIMIZERS", "get_optimizer"]
 
 
 class Schedule:
@@ -182,3 +182,32 @@ class Adam(Optimizer):
         dispatch.run("adam_update", (param.size, param.dtype.char), (flat, grad.reshape(-1), state["m"], state["v"], *rates))
         if not param.flags.c_contiguous:
             param[...] = flat.reshape(param.shape)
+
+
+#: The optimizers ``fit(optimizer=...)`` knows by name, each with its default settings.
+OPTIMIZERS = {"adam": Adam, "sgd": SGD}
+
+
+def get_optimizer(optimizer: "Optimizer | str | None") -> Optimizer:
+    """An optimizer from an instance, a name in :data:`OPTIMIZERS` (``"adam"``, ``"sgd"``; any case) or
+    None (``Adam(1e-3)``), as ``fit`` accepts it.
+
+    Raises
+    ------
+    ValueError
+        An unknown name; the message lists the known ones.
+    TypeError
+        Neither an Optimizer nor a string.
+    """
+    if optimizer is None:
+        return Adam(1e-3)
+    if isinstance(optimizer, Optimizer):
+        return optimizer
+    if isinstance(optimizer, str):
+        make = OPTIMIZERS.get(optimizer.lower())
+        if make is None:
+            raise ValueError(f"unknown optimizer {optimizer!r}; choose one of {', '.join(map(repr, OPTIMIZERS))} "
+                             "or pass an instance, e.g. fastcnn.Adam(3e-3)")
+        return make()
+    raise TypeError(f"optimizer must be a fastcnn optimizer (fastcnn.Adam(...), fastcnn.SGD(...)) or its name, "
+                    f"got {type(optimizer).__name__}")
