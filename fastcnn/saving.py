@@ -70,6 +70,10 @@ def read_archive(path: str | os.PathLike, format_name: str, version: int) -> tup
     except (zipfile.BadZipFile, EOFError, OSError, KeyError, json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise ValueError(f"{path} is not a readable {what} file ({type(exc).__name__}: {exc})") from None
     except ValueError as exc:
+        if "pickle" in str(exc):  # NumPy's hint to load it "unsafely" is the opposite of what we promise
+            why = ("it holds Python objects" if "Object arrays" in str(exc) else "it is not a .npz archive")
+            raise ValueError(f"{path} is not a readable {what} file: {why} (fastcnn reads only the .npz files "
+                             "Sequential.save writes, and never unpickles)") from None
         raise ValueError(f"{path} is not a readable {what} file: {exc}") from None
     if not isinstance(header, dict) or header.get("format") != format_name:
         raise ValueError(f"{path} is not a {what} file")
