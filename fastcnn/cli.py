@@ -74,6 +74,10 @@ def main(argv: list[str] | None = None) -> int:
     except (ValueError, TypeError, OSError, ImportError) as exc:
         print(f"fastcnn {args.command}: error: {exc}", file=sys.stderr)
         return 1
+    except KeyboardInterrupt:  # `train` says more itself
+        print(f"\nfastcnn {args.command}: interrupted", file=sys.stderr)
+        _clear_stale_interrupt()
+        return 130
 
 
 def _check_out_dir(path, parents: bool) -> None:

@@ -161,7 +161,10 @@ def load_digit(path: str | os.PathLike, preprocess: bool = True) -> np.ndarray:
     """
     gray = read_gray(path)
     if preprocess:
-        return mnist_style(gray)
+        try:
+            return mnist_style(gray)
+        except ValueError as exc:
+            raise ValueError(f"{os.fspath(path)}: {exc}") from None
     Image, _ = _pil()
     if _background_is_light(gray):
         gray = 1.0 - gray

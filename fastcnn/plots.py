@@ -67,14 +67,14 @@ def plot_training_curves(history: dict, path) -> Path:
 
 def plot_confusion_matrix(labels: np.ndarray, predicted: np.ndarray, path, title: str = "test set") -> Path:
     """The confusion matrix of ``labels`` and ``predicted`` (all of them) as two panels: counts, and
-    each row divided by its true class's count."""
+    each row as percentages of its true class's count."""
     plt = pyplot()
     matrix = confusion_matrix(labels, predicted)
-    rates = matrix / np.maximum(matrix.sum(axis=1, keepdims=True), 1)
+    percent = 100 * matrix / np.maximum(matrix.sum(axis=1, keepdims=True), 1)
     errors = int(matrix.sum() - np.trace(matrix))
     fig, axes = plt.subplots(1, 2, figsize=(12, 5.5))
     for ax, values, text, name in ((axes[0], matrix, lambda v: str(v), "counts"),
-                                   (axes[1], rates, lambda v: f"{v:.2f}" if v else "0", "share of each true class")):
+                                   (axes[1], percent, lambda v: f"{v:.1f}" if v else "", "% of each true class (row)")):
         ax.imshow(values, cmap="Blues")
         top = values.max()
         for (i, j), v in np.ndenumerate(values):

@@ -82,6 +82,9 @@ def test_unreadable_and_missing_files_are_clear(tmp_path):
         images.read_gray(tmp_path / "missing.png")
     with pytest.raises(ValueError, match="no digit"):
         images.mnist_style(np.ones((40, 40)))
+    Image.new("L", (40, 30), 255).save(tmp_path / "blank.png")
+    with pytest.raises(ValueError, match=r"blank.png: the image holds no digit"):
+        images.load_digit(tmp_path / "blank.png")
     with pytest.raises(ValueError, match=r"shape \(H, W\)"):
         images.mnist_style(np.ones((1, 28, 28)))
 

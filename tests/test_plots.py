@@ -35,7 +35,7 @@ def test_confusion_matrix_picture_is_of_the_whole_test_set(tmp_path, monkeypatch
     path = plots.plot_confusion_matrix(labels, predicted, tmp_path / "cm.png")
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert titles == ["confusion matrix, test set: 10,000 images, 161 wrong"]
-    assert panels == ["counts", "share of each true class"]
+    assert panels == ["counts", "% of each true class (row)"]
 
 
 @pytest.mark.parametrize("epochs", [1, 2, 7, 30, 100])
