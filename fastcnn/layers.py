@@ -176,6 +176,19 @@ class Conv2D(_WeightLayer):
         Generator for the initial weights; defaults to the library generator (:func:`fastcnn.seed`).
     backend : {"auto", "numba", "numpy"}, optional
         Pin this layer's ops to one backend.
+
+    Notes
+    -----
+    Input ``(N, in_channels, H, W)``, output ``(N, out_channels, H_out, W_out)`` with, per axis,
+    ``H_out = floor((H + pad_top + pad_bottom - dilation * (kH - 1) - 1) / stride) + 1``
+    (``padding=p`` pads ``p`` on each side; ``"same"`` keeps ``H_out = H`` and needs stride 1).
+
+    Examples
+    --------
+    >>> Conv2D(1, 8, 3).output_shape((1, 28, 28))             # 28 - 3 + 1 = 26
+    (8, 26, 26)
+    >>> Conv2D(8, 16, 3, stride=2, padding=1).output_shape((8, 28, 28))  # floor((28 + 2 - 3) / 2) + 1
+    (16, 14, 14)
     """
 
     def __init__(self, in_channels: int, out_channels: int, kernel_size: IntOrPair, stride: IntOrPair = 1,
@@ -252,7 +265,28 @@ class _Pool2D(Layer):
 
 
 class MaxPool2D(_Pool2D):
-    """2-D max pooling (implicit ``-inf`` padding; ties to the first maximum). See :func:`fastcnn.functional.max_pool2d`."""
+    """2-D max pooling (implicit ``-inf`` padding; ties to the first maximum). See :func:`fastcnn.functional.max_pool2d`.
+
+    Parameters
+    ----------
+    kernel_size : int or (int, int)
+    stride : int or (int, int), optional
+        Defaults to ``kernel_size`` (windows side by side).
+    padding : int or (int, int)
+        At most half the window.
+
+    Notes
+    -----
+    Input ``(N, C, H, W)``, output ``(N, C, H_out, W_out)`` with, per axis,
+    ``H_out = floor((H + 2 * padding - kernel_size) / stride) + 1`` (PyTorch's floor mode).
+
+    Examples
+    --------
+    >>> MaxPool2D(2).output_shape((8, 26, 26))                # floor((26 - 2) / 2) + 1
+    (8, 13, 13)
+    >>> MaxPool2D(3, stride=2, padding=1).output_shape((8, 28, 28))
+    (8, 14, 14)
+    """
 
     def forward(self, x, training=False):
         y, argmax = F.max_pool2d(x, self.kernel_size, self.stride, self.padding, backend=self.backend)
@@ -300,7 +334,16 @@ class _ConvMaxPool(_WeightLayer):
 
 
 class AvgPool2D(_Pool2D):
-    """2-D average pooling (zero padding counted). See :func:`fastcnn.functional.avg_pool2d`."""
+    """2-D average pooling (zero padding counted). See :func:`fastcnn.functional.avg_pool2d`.
+
+    Parameters and output size as :class:`MaxPool2D`:
+    ``H_out = floor((H + 2 * padding - kernel_size) / stride) + 1``.
+
+    Examples
+    --------
+    >>> AvgPool2D(2).output_shape((16, 11, 11))               # floor((11 - 2) / 2) + 1: the last row is dropped
+    (16, 5, 5)
+    """
 
     def forward(self, x, training=False):
         self._input_shape = x.shape if training else None
@@ -320,6 +363,17 @@ class Dense(_WeightLayer):
     bias : bool
     init : {"he", "glorot"}
     rng : numpy.random.Generator or int, optional
+
+    Notes
+    -----
+    Input ``(N, in_features)``, output ``(N, out_features)``; after convolutions, put a
+    :class:`Flatten` first and take ``in_features = C * H * W`` of the last conv or pool output
+    (``Sequential.summary()`` shows it).
+
+    Examples
+    --------
+    >>> Dense(400, 128).output_shape((400,))
+    (128,)
     """
 
     def __init__(self, in_features: int, out_features: int, bias: bool = True, init: str = "he", rng=None) -> None:
@@ -356,7 +410,15 @@ class Dense(_WeightLayer):
 
 
 class Flatten(Layer):
-    """Flatten every axis but the batch axis, in C order (as ``torch.nn.Flatten``)."""
+    """Flatten every axis but the batch axis, in C order (as ``torch.nn.Flatten``).
+
+    Input ``(N, C, H, W)`` (or any ``(N, ...)``), output ``(N, C * H * W)``.
+
+    Examples
+    --------
+    >>> Flatten().output_shape((16, 5, 5))                    # 16 * 5 * 5
+    (400,)
+    """
 
     def forward(self, x, training=False):
         x = self._input(x, 2)
@@ -375,7 +437,13 @@ class Dropout(Layer):
     """Inverted dropout: in training, zero each element with probability ``p`` and scale the rest by ``1/(1-p)``.
 
     Each mask comes from a seed drawn from ``rng`` (a NumPy Generator), so a seed reproduces a run;
-    see :func:`fastcnn.functional.dropout`.
+    see :func:`fastcnn.functional.dropout`. Outside training (``predict``, ``evaluate``) it passes its
+    input through unchanged. The output has the input's shape.
+
+    Examples
+    --------
+    >>> Dropout(0.25).output_shape((128,))
+    (128,)
     """
 
     def __init__(self, p: float = 0.5, rng=None) -> None:
@@ -535,6 +603,15 @@ class BatchNorm2D(_BatchNorm):
         Added to the variance; a batch whose channel is constant normalises to zero instead of NaN.
     momentum : float
         Weight of the new batch in the running statistics.
+
+    Notes
+    -----
+    The output has the input's shape ``(N, num_features, H, W)``.
+
+    Examples
+    --------
+    >>> BatchNorm2D(8).output_shape((8, 26, 26))
+    (8, 26, 26)
     """
 
     _axes = (0, 2, 3)
@@ -542,7 +619,14 @@ class BatchNorm2D(_BatchNorm):
 
 
 class BatchNorm1D(_BatchNorm):
-    """Batch normalisation over N for each feature of (N, C) input, as ``torch.nn.BatchNorm1d``."""
+    """Batch normalisation over N for each feature of (N, C) input, as ``torch.nn.BatchNorm1d``; the
+    output has the input's shape.
+
+    Examples
+    --------
+    >>> BatchNorm1D(128).output_shape((128,))
+    (128,)
+    """
 
     _axes = (0,)
     _ndim = 2

@@ -8,12 +8,13 @@ from typing import Any, Sequence
 import numpy as np
 
 from . import _untrusted, dispatch, saving
-from ._version import __version__
 from ._checks import positive_int
+from ._version import __version__
+from .callbacks import Callback, CallbackList
 from .kernels import blas
 from .layers import LAYER_TYPES, Conv2D, Dropout, Layer, MaxPool2D, ReLU, _ConvMaxPool, weights_follow
-from .losses import CrossEntropyLoss, Loss, accuracy
-from .optim import Adam, Optimizer
+from .losses import CrossEntropyLoss, Loss, accuracy, get_loss
+from .optim import Optimizer, get_optimizer
 from .progress import ProgressBar
 from .tables import format_table
 
@@ -176,9 +177,19 @@ class Sequential:
         x = x.astype(self.dtype, copy=False)
         shape = x.shape[1:]
         if shape not in self._checked_shapes:
-            self.output_shapes(shape)
+            try:
+                self.output_shapes(shape)
+            except ValueError as exc:
+                raise ValueError(f"{exc}{_layout_hint(x.shape, self._sample_shape())}") from None
             self._checked_shapes.add(shape)
         return x
+
+    def _sample_shape(self) -> tuple[int, ...] | None:
+        """The per-sample input shape if known, else ``(C,)`` from a first layer that has ``in_channels``."""
+        if self.input_shape is not None:
+            return self.input_shape
+        channels = getattr(self.layers[0], "in_channels", None) if self.layers else None
+        return None if channels is None else (channels,)
 
     def forward(self, x: np.ndarray, training: bool = False) -> np.ndarray:
         """Run every layer on the batch ``x``; with ``training=True`` layers keep what backward needs."""
@@ -264,12 +275,14 @@ class Sequential:
         y: np.ndarray,
         epochs: int = 1,
         batch_size: int = 32,
-        optimizer: Optimizer | None = None,
-        loss: Loss | None = None,
+        optimizer: Optimizer | str | None = None,
+        loss: Loss | str | None = None,
         validation_data: tuple[np.ndarray, np.ndarray] | None = None,
         shuffle: bool = True,
         seed: int | None = None,
         verbose: int = 1,
+        validation_split: float = 0.0,
+        callbacks: Sequence[Callback] | None = None,
     ) -> dict[str, list[float]]:
         """Train on ``(x, y)`` with mini-batches.
 
@@ -280,10 +293,12 @@ class Sequential:
         y : ndarray
             Targets: integer labels ``(N,)`` or one-hot rows for :class:`CrossEntropyLoss`, values for MSE.
         epochs, batch_size : int
-        optimizer : Optimizer, optional
-            Defaults to ``Adam(1e-3)``.
-        loss : Loss, optional
-            Defaults to :class:`CrossEntropyLoss`.
+        optimizer : Optimizer or str, optional
+            An instance, or a name with default settings: ``"adam"`` (``Adam(1e-3)``, the default) or
+            ``"sgd"`` (``SGD(0.01)``); see :func:`fastcnn.optim.get_optimizer`.
+        loss : Loss or str, optional
+            An instance or a name: ``"cross_entropy"`` (the default), ``"mse"``, ``"bce"`` (or Keras's
+            names); see :func:`fastcnn.losses.get_loss`.
         validation_data : (x_val, y_val), optional
             Evaluated after every epoch.
         shuffle : bool
@@ -291,6 +306,12 @@ class Sequential:
             Seeds the shuffling and the dropout masks, so a run can be repeated exactly.
         verbose : int
             1 shows a progress bar per epoch; 0 is silent.
+        validation_split : float
+            As Keras: this fraction of the samples, taken from the end of ``x`` and ``y`` before any
+            shuffling, is held out and evaluated after every epoch instead of trained on.
+        callbacks : list of Callback, optional
+            Run at the start, after every epoch (and may stop training) and at the end; see
+            :mod:`fastcnn.callbacks` (``EarlyStopping``, ``ModelCheckpoint``).
 
         Returns
         -------
@@ -307,8 +328,11 @@ class Sequential:
         positive_int("epochs", epochs)
         if len(x) == 0:
             raise ValueError("x is empty: fit needs at least one sample")
-        optimizer = optimizer or Adam(1e-3)
-        self.loss = loss = loss or CrossEntropyLoss()
+        optimizer = get_optimizer(optimizer)
+        self.loss = loss = get_loss(loss)
+        callbacks = CallbackList(callbacks)
+        if validation_split:
+            x, y, validation_data = _split_validation(x, y, validation_split, validation_data)
         y = loss.check_targets(y, (len(x),) + self.output_shapes(x.shape[1:])[-1])
         for name, values in (("x", x), ("y", y)):
             if values.dtype.kind == "f" and not np.isfinite(values).all():
@@ -324,6 +348,7 @@ class Sequential:
         if optimizer.total_steps is None:
             optimizer.total_steps = epochs * math.ceil(n / batch_size)
         history: dict[str, list[float]] = {"loss": [], "accuracy": []}
+        callbacks.train_begin(self)
         with dispatch.use_backend(dispatch.get_backend()), blas.held():  # settled once, not per op
             for epoch in range(epochs):
                 order = rng.permutation(n) if shuffle and batch_size < n else None  # full batch: order is moot
@@ -344,6 +369,9 @@ class Sequential:
                     history.setdefault("val_accuracy", []).append(float("nan") if val_acc is None else val_acc)
                     status += f" - val_loss {val_loss:.4f}" + ("" if val_acc is None else f" val_acc {val_acc:.4f}")
                 bar.close(status)
+                if callbacks.epoch_end(self, epoch, history):
+                    break
+        callbacks.train_end(self, history)
         return history
 
     def _train_epoch(self, x, y, order, batch_size, optimizer, loss, bar) -> tuple[float, float | None]:
@@ -447,6 +475,40 @@ def _rebuild(header: dict[str, Any], where: str) -> Sequential:
             raise ValueError(f"{where}: layer {name.split('.')[0]} ({layer.describe()}) needs {name} of shape {want[0]} "
                              f"{want[1]}, but the file holds {got[1]} {got[0]}")
     return model
+
+
+def _layout_hint(shape: tuple[int, ...], expected: tuple[int, ...] | None) -> str:
+    """The fix for the two common layout mistakes, one image without its batch axis and NHWC images."""
+    if not expected or len(shape) < 2:
+        return ""
+    want = "(N, " + ", ".join(map(str, expected)) + ")" if len(expected) > 1 else f"(N, {expected[0]}, H, W)"
+    if len(shape) == 4 and shape[-1] == expected[0] and shape[1] != expected[0]:
+        return f". x looks like channels-last (NHWC) images; fastcnn takes NCHW {want}: use x.transpose(0, 3, 1, 2)"
+    if len(shape) == 3 and len(expected) in (1, 3):
+        if shape[0] == expected[0] and (len(expected) == 1 or shape == expected):
+            fix = "for one image use x[None]" + ("; for a batch of gray images (N, H, W) use x[:, None]" if expected[0] == 1 else "")
+        elif expected[0] == 1:
+            fix = "for a batch of gray images (N, H, W) use x[:, None]"
+        else:
+            return ""
+        return f". The model takes a batch {want}; {fix}"
+    return ""
+
+
+def _split_validation(x: np.ndarray, y, fraction: float, validation_data) -> tuple:
+    """``fit``'s ``validation_split``: the last ``fraction`` of the samples become the validation data."""
+    if validation_data is not None:
+        raise ValueError("pass validation_data or validation_split, not both")
+    if isinstance(fraction, bool) or not isinstance(fraction, (int, float)) or not 0 < fraction < 1:
+        raise ValueError(f"validation_split must be a fraction in (0, 1), got {fraction!r}")
+    y = np.asarray(y)
+    if len(y) != len(x):
+        raise ValueError(f"x has {len(x)} samples but y has {len(y)} (shape {y.shape})")
+    split = int(len(x) * (1 - fraction))
+    if split < 1 or split == len(x):
+        raise ValueError(f"validation_split={fraction} leaves {split} of {len(x)} samples to train on and "
+                         f"{len(x) - split} to validate; both need at least one")
+    return x[:split], y[:split], (x[split:], y[split:])
 
 
 def _status(loss: float, acc: float | None) -> str:
