@@ -1,0 +1,103 @@
+"""Data-parallel training (fastcnn.distributed): the batch split and the one-process context here, and
+real runs under ``mpiexec -n 2`` (tests/mpi_worker.py), skipped when mpi4py or mpiexec is missing."""
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import fastcnn
+from fastcnn import distributed
+
+WORKER = Path(__file__).with_name("mpi_worker.py")
+
+
+def _mpi_available() -> bool:
+    try:
+        import mpi4py  # noqa: F401
+    except ImportError:
+        return False
+    return distributed.mpiexec_path() is not None
+
+
+needs_mpi = pytest.mark.skipif(not _mpi_available(), reason="needs the mpi extra: pip install 'fastcnn[mpi]'")
+
+
+class _FakeWorld:
+    def __init__(self, rank, size):
+        self.rank, self.size, self.is_root, self.comm = rank, size, rank == 0, None
+
+
+@pytest.mark.parametrize("size", [1, 2, 3, 7])
+@pytest.mark.parametrize("start, stop", [(0, 64), (64, 65), (128, 133), (5, 5)])
+def test_shares_cover_the_batch_once_and_differ_by_at_most_one(size, start, stop):
+    shares = [distributed.DataParallel(_FakeWorld(r, size)).share(start, stop) for r in range(size)]
+    assert shares[0][0] == start and shares[-1][1] == stop
+    assert all(a[1] == b[0] for a, b in zip(shares, shares[1:]))  # contiguous, in rank order
+    sizes = [hi - lo for lo, hi in shares]
+    assert max(sizes) - min(sizes) <= 1 and sizes == sorted(sizes, reverse=True)
+
+
+def test_one_process_context_changes_nothing():
+    x = np.random.default_rng(0).random((40, 1, 6, 6), dtype=np.float32)
+    y = np.arange(40) % 3
+
+    def train(**kwargs):
+        m = fastcnn.Sequential([fastcnn.Flatten(), fastcnn.Dense(36, 3, rng=0)], input_shape=(1, 6, 6))
+        return m.fit(x, y, batch_size=16, seed=1, verbose=0, **kwargs), m.state_dict()
+
+    (h1, s1), (h2, s2) = train(), train(distributed=False)
+    assert h1 == h2 and all(np.array_equal(s1[k], s2[k]) for k in s1)
+    assert isinstance(distributed.training_context(False), distributed.Local)
+
+
+def test_missing_mpi4py_says_how_to_install(monkeypatch):
+    monkeypatch.setitem(sys.modules, "mpi4py", None)
+    monkeypatch.setattr(distributed, "_world", None)
+    with pytest.raises(ImportError, match=r"pip install 'fastcnn\[mpi\]'"):
+        distributed.training_context(True)
+
+
+def _mpiexec(mode, out, timeout):
+    env = dict(os.environ, FASTCNN_BACKEND="numpy", PYTHONPATH=str(Path(__file__).parents[1]))
+    cmd = [distributed.mpiexec_path(), "-n", "2", sys.executable, str(WORKER), mode, str(out)]
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env)
+
+
+@needs_mpi
+def test_two_processes_train_as_one_with_identical_weights(tmp_path):
+    run = _mpiexec("train", tmp_path, timeout=300)
+    assert run.returncode == 0, run.stderr
+    r0, r1 = (json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1))
+    assert (r0["size"], r1["size"]) == (2, 2)
+    assert r0["digest"] == r1["digest"], "ranks hold different weights after fit"
+    assert r0["warnings"] == r1["warnings"] == []  # no rank's weights drifted and had to be replaced
+    assert r0["history"] == r1["history"]  # the reduced loss and accuracy are global
+    # One process with the same global batches: the same up to the order of float32 sums.
+    one = r0["one_process_history"]
+    for key in ("loss", "val_loss"):
+        np.testing.assert_allclose(r0["history"][key], one[key], rtol=1e-4, atol=1e-6)
+    assert r0["history"]["accuracy"] == pytest.approx(one["accuracy"], abs=2 / 513)
+    assert r0["one_process_max_weight_diff"] < 1e-4
+    # Validation shared between the ranks and reduced equals evaluating the whole set in one process.
+    assert r0["history"]["val_loss"][-1] == pytest.approx(r0["evaluate"][0], rel=1e-5)
+    assert r0["history"]["val_accuracy"][-1] == r0["evaluate"][1]
+    # Dropout: masks differ between ranks, yet the weights agree and a second run repeats the first.
+    assert r0["dropout_digests"][0] == r0["dropout_digests"][1] == r1["dropout_digests"][0]
+    assert r0["dropout_rng_states"] != r1["dropout_rng_states"]
+    assert run.stderr.count("epoch 1/2") == 1  # only rank 0 shows progress
+
+
+@needs_mpi
+def test_an_error_on_one_rank_stops_both_within_seconds(tmp_path):
+    start = time.perf_counter()
+    run = _mpiexec("abort", tmp_path, timeout=120)
+    elapsed = time.perf_counter() - start
+    assert run.returncode != 0
+    assert "rank 1 of 2 failed" in run.stderr and "deliberate failure on rank 1" in run.stderr
+    assert not list(tmp_path.glob("finished*"))  # neither rank got past fit
+    assert elapsed < 60, f"took {elapsed:.0f} s"
