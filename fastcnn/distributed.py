@@ -45,8 +45,8 @@ from typing import Any, Callable, Iterator, TypeVar
 
 import numpy as np
 
-__all__ = ["World", "world", "Local", "DataParallel", "training_context", "run_first_per_host", "abort", "mpiexec_path",
-           "INSTALL_HINT"]
+__all__ = ["World", "world", "Local", "DataParallel", "training_context", "run_first_per_host", "abort_on_error",
+           "abort", "mpiexec_path", "INSTALL_HINT"]
 
 INSTALL_HINT = "pip install 'fastcnn[mpi]'"
 
@@ -262,19 +262,24 @@ class DataParallel(Local):
         loss_sum, right, n = sums
         return float(loss_sum / n), None if math.isnan(right) else float(right / n)
 
-    # ---------------------------------------------------------------- failures
-    @contextmanager
     def guard(self, collective=()):
-        """Stop every rank if this one raises: the others would wait for it in the next collective
-        call forever. Exceptions in ``collective`` (raised on every rank at the same point, such as a
-        diverged loss, which all ranks see after the same Allreduce) pass through."""
-        try:
-            yield
-        except collective:
-            raise
-        except BaseException:
-            abort(self.world)
-            raise  # not reached: abort ends this process
+        return abort_on_error(self.world, collective)
+
+
+@contextmanager
+def abort_on_error(w: World, collective: tuple[type[BaseException], ...] = ()) -> Iterator[None]:
+    """Stop every rank of ``w`` if this one raises: the others would wait for it in their next
+    collective call forever. Exceptions in ``collective`` (raised on every rank at the same point,
+    such as a diverged loss, which all ranks see after the same Allreduce) pass through, as does
+    everything when ``w`` has one rank."""
+    try:
+        yield
+    except collective:
+        raise
+    except BaseException:
+        if w.size > 1:
+            abort(w)
+        raise
 
 
 def abort(w: World, exc_info=None) -> None:

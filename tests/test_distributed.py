@@ -2,6 +2,7 @@
 real runs under ``mpiexec -n 2`` (tests/mpi_worker.py), skipped when mpi4py or mpiexec is missing."""
 import json
 import os
+import re
 import subprocess
 import sys
 import time
@@ -101,3 +102,54 @@ def test_an_error_on_one_rank_stops_both_within_seconds(tmp_path):
     assert "rank 1 of 2 failed" in run.stderr and "deliberate failure on rank 1" in run.stderr
     assert not list(tmp_path.glob("finished*"))  # neither rank got past fit
     assert elapsed < 60, f"took {elapsed:.0f} s"
+
+
+@pytest.fixture
+def restore_global_settings(monkeypatch):
+    """`fastcnn train` sets the process's backend and threads; keep that inside each test."""
+    from fastcnn import dispatch, threads
+
+    monkeypatch.setattr(dispatch, "_global_policy", None)
+    before = threads.get_num_threads()
+    yield
+    threads.set_num_threads(before)
+
+
+TRAIN_TINY = ["train", "--model", "tiny_cnn", "--batch-size", "64", "--quiet", "--lr", "0.1", "--backend", "numpy",
+              "--distributed"]
+
+
+def test_cli_distributed_without_the_extra_says_how_to_install(monkeypatch, capsys, tmp_path):
+    from fastcnn import cli
+
+    monkeypatch.setitem(sys.modules, "mpi4py", None)
+    monkeypatch.setattr(distributed, "_world", None)
+    assert cli.main(TRAIN_TINY + ["--out", str(tmp_path / "m.npz")]) == 1
+    assert "pip install 'fastcnn[mpi]'" in capsys.readouterr().err
+    assert not (tmp_path / "m.npz").exists()
+
+
+@needs_mpi
+def test_cli_distributed_without_mpiexec_trains_in_one_process(restore_global_settings, capsys, tmp_path):
+    from fastcnn import cli
+
+    assert cli.main(TRAIN_TINY + ["--threads", "1", "--out", str(tmp_path / "m.npz")]) == 0
+    out, err = capsys.readouterr()
+    assert "this is the only process" in err and "training in one process" in err
+    assert "test accuracy" in out and (tmp_path / "m.npz").exists()
+
+
+@needs_mpi
+def test_cli_under_mpiexec_rank_0_reports_and_writes(tmp_path):
+    env = dict(os.environ, PYTHONPATH=str(Path(__file__).parents[1]))
+    cmd = [distributed.mpiexec_path(), "-n", "2", "-wdir", str(tmp_path), sys.executable, "-m", "fastcnn",
+           *TRAIN_TINY, "--epochs", "1", "--out", "m.npz"]
+    run = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env)
+    assert run.returncode == 0, run.stderr
+    assert run.stdout.count("training tiny_cnn on 4,000 MNIST images") == 1, run.stdout
+    assert re.search(r"\d+ threads in each of 2 processes", run.stdout)
+    assert run.stdout.count("test accuracy: ") == 1
+    accuracy = float(run.stdout.split("test accuracy: ")[1].split()[0])
+    assert accuracy > 0.5
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.npz"]
+    assert fastcnn.load_model(tmp_path / "m.npz").predict(np.zeros((1, 1, 28, 28), np.float32)).shape == (1, 10)
