@@ -191,8 +191,9 @@ class DataParallel(Local):
         if seed is None:  # one seed for all: the shuffle must be the same everywhere
             seed = int(np.random.SeedSequence().entropy % 2**63)
         seed = self.comm.bcast(seed, root=0)
-        for array in self._state(model):  # start from rank 0's weights and statistics
-            self.comm.Bcast(array, root=0)
+        for layer in model.layers:  # start from rank 0's weights and statistics
+            self._broadcast(layer.params)
+            self._broadcast(layer.buffers)
         named = model.named_parameters()
         bounds = np.cumsum([0] + [p.size for _, p, _ in named])
         self._slices = list(zip(bounds[:-1].tolist(), bounds[1:].tolist()))
@@ -204,8 +205,7 @@ class DataParallel(Local):
 
     def end_epoch(self, model):
         for layer in model.layers:  # batch-norm statistics: rank 0's, as DDP's broadcast_buffers
-            for array in layer.buffers.values():
-                self.comm.Bcast(array, root=0)
+            self._broadcast(layer.buffers)
 
     def end(self, model):
         digest = hashlib.sha256()
@@ -214,15 +214,19 @@ class DataParallel(Local):
         digests = self.comm.allgather(digest.hexdigest())
         if len(set(digests)) > 1:
             differ = [r for r, d in enumerate(digests) if d != digests[0]]
-            for _, p, _ in model.named_parameters():
-                self.comm.Bcast(p, root=0)
+            for layer in model.layers:
+                self._broadcast(layer.params)
             if self.is_root:
                 warnings.warn(f"after training, the weights of ranks {differ} differed from rank 0's (hosts that round "
                               "differently?); rank 0's weights were copied to every rank", RuntimeWarning, stacklevel=3)
 
-    @staticmethod
-    def _state(model) -> list[np.ndarray]:
-        return [a for layer in model.layers for store in (layer.params, layer.buffers) for a in store.values()]
+    def _broadcast(self, store: dict[str, np.ndarray]) -> None:
+        """Rank 0's arrays of ``store`` on every rank: in place where they can be written, else (a
+        NumPy scalar such as a batch count) as new arrays."""
+        for key, value in store.items():
+            if not (isinstance(value, np.ndarray) and value.flags.c_contiguous and value.flags.writeable):
+                value = store[key] = np.array(value)
+            self.comm.Bcast(value, root=0)
 
     # ---------------------------------------------------------------- every step
     def share(self, start, stop):

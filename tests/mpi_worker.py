@@ -29,15 +29,17 @@ def data(n=SAMPLES, seed=0):
     return x, y
 
 
-def model(dropout=False):
-    layers = [fastcnn.Conv2D(1, 4, 3, rng=1), fastcnn.ReLU(), fastcnn.MaxPool2D(2), fastcnn.Flatten()]
-    layers += [fastcnn.Dropout(0.3)] if dropout else []
+def model(dropout_and_batchnorm=False):
+    layers = [fastcnn.Conv2D(1, 4, 3, rng=1), fastcnn.ReLU(), fastcnn.MaxPool2D(2)]
+    layers += [fastcnn.BatchNorm2D(4)] if dropout_and_batchnorm else []
+    layers += [fastcnn.Flatten()] + ([fastcnn.Dropout(0.3)] if dropout_and_batchnorm else [])
     layers += [fastcnn.Dense(4 * 13 * 13, 10, rng=2)]
     return fastcnn.Sequential(layers, input_shape=(1, 28, 28))
 
 
 def digest(m):
-    return fastcnn._files.sha256_hex(np.concatenate([p.ravel() for _, p, _ in m.named_parameters()]))
+    """SHA-256 of the weights and buffers (batch-norm statistics)."""
+    return fastcnn._files.sha256_hex(np.concatenate([np.ravel(a).astype(np.float64) for a in m.state_dict().values()]))
 
 
 def train(out: Path) -> None:
@@ -53,10 +55,10 @@ def train(out: Path) -> None:
         result.update(history=history, digest=digest(m), evaluate=m.evaluate(xv, yv))
         result["dropout_digests"], result["dropout_rng_states"] = [], []
         for _ in range(2):  # twice, to see that the masks are reproducible
-            d = model(dropout=True)
-            d.fit(x, y, batch_size=BATCH, seed=5, verbose=0, distributed=True)
+            d = model(dropout_and_batchnorm=True)
+            d.fit(x, y, epochs=2, batch_size=BATCH, seed=5, verbose=0, distributed=True)
             result["dropout_digests"].append(digest(d))
-            result["dropout_rng_states"].append(str(d.layers[4].rng.bit_generator.state["state"]))
+            result["dropout_rng_states"].append(str(d.layers[5].rng.bit_generator.state["state"]))
     result["warnings"] = [str(c.message) for c in caught]
     if w.is_root:  # the same training in one process
         ref = model()
