@@ -135,8 +135,9 @@ class Local:
     size = 1
     is_root = True
 
-    def begin(self, model, seed: int | None) -> int | None:
-        """Prepare ``model`` for training; returns the seed every rank uses."""
+    def begin(self, model, seed: int | None, settings: dict[str, Any]) -> int | None:
+        """Prepare ``model`` for training with ``settings`` (what every rank must pass alike: data
+        shapes, epochs, batch size); returns the seed every rank uses."""
         return seed
 
     def dropout_rng(self, seed: int, index: int) -> np.random.Generator:
@@ -187,7 +188,15 @@ class DataParallel(Local):
         self._slices: list[tuple[int, int]] = []
 
     # ---------------------------------------------------------------- before and after training
-    def begin(self, model, seed):
+    def begin(self, model, seed, settings):
+        """Raises ValueError on every rank if the ranks' ``settings`` or models differ: they would
+        otherwise run different numbers of steps, and wait for each other forever."""
+        settings = dict(settings, parameters=[(name, p.shape, p.dtype.str) for name, p, _ in model.named_parameters()])
+        everyone = self.comm.allgather(settings)
+        differ = [r for r, other in enumerate(everyone) if other != everyone[0]]
+        if differ:
+            raise ValueError(f"fit(distributed=True): every rank must pass the same data shapes, settings and model; "
+                             f"rank 0 has {everyone[0]}, rank {differ[0]} has {everyone[differ[0]]}")
         if seed is None:  # one seed for all: the shuffle must be the same everywhere
             seed = int(np.random.SeedSequence().entropy % 2**63)
         seed = self.comm.bcast(seed, root=0)

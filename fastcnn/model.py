@@ -311,7 +311,7 @@ class Sequential:
                 raise ValueError(f"{name} holds NaN or infinity (first at index {tuple(int(i) for i in bad)}); "
                                  "fit needs finite inputs and targets")
         ctx = training_context(distributed)
-        seed = ctx.begin(self, seed)
+        seed = ctx.begin(self, seed, dict(x=x.shape, y=y.shape, epochs=epochs, batch_size=batch_size, shuffle=shuffle))
         rng = np.random.default_rng(seed)
         if seed is not None:
             for i, layer in enumerate(self.layers):

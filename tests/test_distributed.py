@@ -45,6 +45,31 @@ def test_shares_cover_the_batch_once_and_differ_by_at_most_one(size, start, stop
     assert max(sizes) - min(sizes) <= 1 and sizes == sorted(sizes, reverse=True)
 
 
+class _DoublingComm:
+    """Allreduce as if a second rank had contributed exactly what this one did."""
+
+    def Allreduce(self, _, buf):
+        buf *= 2
+
+
+@pytest.mark.parametrize("right", [7, None])
+def test_all_reduce_scales_by_the_share_and_carries_loss_and_right_predictions(monkeypatch, right):
+    monkeypatch.setattr(distributed.DataParallel, "_mpi_in_place", staticmethod(lambda: None))
+    world = _FakeWorld(0, 2)
+    world.comm = _DoublingComm()
+    ctx = distributed.DataParallel(world)
+    model = fastcnn.Sequential([fastcnn.Dense(3, 2, rng=0)])
+    ctx._slices, ctx._buffer = [(0, 6), (6, 8)], np.zeros(10, np.float32)
+    model.layers[0].grads = {"weight": np.arange(6, dtype=np.float32).reshape(2, 3), "bias": np.ones(2, np.float32)}
+    named, loss, right_all = ctx.all_reduce(model.named_parameters(), 0.5, right, 16, 64)
+    # this rank's 16 of 64 samples, twice: half the batch's gradient, loss and right predictions
+    np.testing.assert_array_equal(named[0][2], np.arange(6).reshape(2, 3) * 0.5)
+    np.testing.assert_array_equal(named[1][2], [0.5, 0.5])
+    assert loss == 0.25 and right_all == (None if right is None else 14)
+    named, loss, right_all = ctx.all_reduce(model.named_parameters(), 0.0, 0, 0, 64)  # an empty share adds nothing
+    assert not any(g.any() for _, _, g in named) and loss == 0 and right_all == 0
+
+
 def test_one_process_context_changes_nothing():
     x = np.random.default_rng(0).random((40, 1, 6, 6), dtype=np.float32)
     y = np.arange(40) % 3
@@ -94,6 +119,8 @@ def test_two_processes_train_as_one_with_identical_weights(tmp_path):
     assert r0["dropout_digests"][0] == r0["dropout_digests"][1] == r1["dropout_digests"][0]
     assert r0["dropout_rng_states"] != r1["dropout_rng_states"]
     assert run.stderr.count("epoch 1/2") == 1  # only rank 0 shows progress
+    for r in (r0, r1):
+        assert "every rank must pass the same data" in r["mismatch"] and "(512, 1, 28, 28)" in r["mismatch"]
 
 
 @needs_mpi
