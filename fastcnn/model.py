@@ -8,8 +8,8 @@ from typing import Any, Sequence
 import numpy as np
 
 from . import dispatch, saving
-from .distributed import training_context
 from ._checks import positive_int
+from .distributed import training_context
 from .kernels import blas
 from .layers import LAYER_TYPES, Conv2D, Dropout, Layer, MaxPool2D, ReLU, _ConvMaxPool
 from .losses import CrossEntropyLoss, Loss, accuracy
