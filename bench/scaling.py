@@ -16,7 +16,9 @@ script cannot run on: a data-parallel step on P processes of 1 thread takes the 
 step time at the batch share ``batch / P`` plus an allreduce modelled as ``log2(P) * latency +
 2 (P - 1) / P * transfer``, with latency and transfer measured between the 2 processes here; one
 process with P threads follows Amdahl's law with the serial fraction that the measured 2-thread
-speed-up implies. It ignores memory bandwidth shared by many processes, hosts' networks and turbo.
+speed-up implies. Step times are the fastest of a few short runs and allreduce times the fastest of
+100, so that a busy machine's slow spells fall out: the model is of idle cores. It ignores memory
+bandwidth shared by many processes, hosts' networks and turbo clocks.
 """
 from __future__ import annotations
 
@@ -44,6 +46,9 @@ def _worker(spec: dict) -> None:
     w = distributed.world()
     fastcnn.set_num_threads(spec["threads"])
     (x, y), (xt, yt) = distributed.run_first_per_host(w, lambda: datasets.load_mnist(as_float=True, quiet=True))
+    if "probe" in spec:
+        print(RESULT + json.dumps(dict(spec, step_s=_probe(spec, x, y))), flush=True)
+        return
     recipe = models.PRESETS[spec["model"]](seed=0).recipe
     batch = spec.get("batch") or recipe.batch_size
     if spec.get("steps"):
@@ -69,6 +74,26 @@ def _worker(spec: dict) -> None:
     if w.is_root:
         result["test_accuracy"] = model.evaluate(xt, yt)[1]
         print(RESULT + json.dumps(result), flush=True)
+
+
+def _probe(spec: dict, x: np.ndarray, y: np.ndarray, steps: int = 40, repeats: int = 5) -> dict[int, float]:
+    """Seconds per training step in this one process at each batch size of ``spec["probe"]``: the
+    fastest of ``repeats`` runs of ``steps`` steps (after one that compiles and lets the dispatcher
+    choose), so that a busy machine's slow spells fall out."""
+    from fastcnn import models
+
+    make = models.PRESETS[spec["model"]]
+    step_s = {}
+    for batch in spec["probe"]:
+        times = []
+        for _ in range(repeats + 1):
+            model = make(seed=0)
+            kwargs = dict(model.recipe.fit_kwargs(), epochs=1, batch_size=batch)
+            start = time.perf_counter()
+            model.fit(x[: steps * batch], y[: steps * batch], seed=0, verbose=0, **kwargs)
+            times.append((time.perf_counter() - start) / steps)
+        step_s[batch] = min(times[1:])
+    return step_s
 
 
 def _allreduce_ms(comm, size: int, repeats: int = 100) -> dict:
@@ -137,25 +162,22 @@ def table(results: dict) -> str:
     return "\n".join(lines)
 
 
-def model_curve(results: dict, name: str, steps: int = 150) -> str:
-    """The modelled curve for ``name`` (see the module's description); measures 1-thread steps at the
-    batch shares it needs."""
+def model_curve(results: dict, name: str) -> str:
+    """The modelled curve for ``name`` (see the module's description): measures the step times it
+    needs (1 thread at every batch share, 2 threads at the whole batch) in short repeated runs."""
     one = results[(name, 1, 1)][0]
     batch = one["batch"]
-    t1 = {batch: statistics.median(r["seconds"] / r["steps"] for r in results[(name, 1, 1)])}
-    for p in MODEL_CORES[1:]:
-        share = max(1, batch // p)
-        if share not in t1:
-            res = _run(dict(model=name, threads=1, steps=steps, batch=share), 1)
-            t1[share] = res["seconds"] / res["steps"]
-    two_threads = statistics.median(r["seconds"] / r["steps"] for r in results[(name, 1, 2)])
+    shares = sorted({max(1, batch // p) for p in MODEL_CORES}, reverse=True)
+    t1 = {int(b): s for b, s in _run(dict(model=name, threads=1, probe=shares), 1)["step_s"].items()}
+    two_threads = _run(dict(model=name, threads=2, probe=[batch]), 1)["step_s"][str(batch)]
     serial = min(max(2 * two_threads / t1[batch] - 1, 0.0), 1.0)  # Amdahl: S2 = 1 / (s + (1 - s) / 2)
     pair = results[(name, 2, 1)]
     latency = min(r["latency_ms"] for r in pair) / 1e3
     transfer = max(min(r["allreduce_ms"] for r in pair) / 1e3 - latency, 0.0)
     busy = statistics.median(r["allreduce_median_ms"] for r in pair)
     lines = [f"MODEL, not a measurement ({name}, global batch {batch}, {one['params']:,} parameters): measured 1-thread "
-             f"step {t1[batch] * 1e3:.2f} ms; serial fraction {serial:.2f} (from the measured 2-thread speed-up); "
+             f"step {t1[batch] * 1e3:.2f} ms, 2-thread {two_threads * 1e3:.2f} ms (each the fastest of 5 runs of 40 steps), "
+             f"so a serial fraction of {serial:.2f}; "
              f"allreduce latency {latency * 1e6:.0f} us + transfer {transfer * 1e6:.0f} us between 2 processes "
              f"(the fastest of 100; their median here, with scheduling delays: {busy * 1e3:.0f} us)",
              "| cores | P processes x 1 thread: step ms (share compute + allreduce) | speed-up | 1 process x P threads (Amdahl) | speed-up |",
