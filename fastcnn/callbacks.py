@@ -143,7 +143,12 @@ class ModelCheckpoint(_Monitor):
     ----------
     saved : list of str
         The paths written, in order.
+
+    In data-parallel training (``fit(distributed=True)``) only rank 0 runs callbacks that write files
+    (``writes_files = True``); the others run the rest, on the same global logs.
     """
+
+    writes_files = True
 
     def __init__(self, path: str | os.PathLike, monitor: str = "val_loss", save_best_only: bool = False,
                  mode: str = "auto") -> None:

@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import threadpoolctl
 
-from . import _files, _warmup, datasets, dispatch, models, threads
+from . import _files, _warmup, datasets, dispatch, distributed, models, threads
 from ._version import __version__
 from . import functional as F
 from .callbacks import Callback
@@ -53,6 +53,9 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--parents", action="store_true", help="create the folders of --out and --plot if they do not exist")
     train.add_argument("--data", metavar="PATH", help="local MNIST (IDX directory or mnist.pkl.gz) instead of the cache")
     train.add_argument("--quiet", action="store_true", help="no progress bar")
+    train.add_argument("--distributed", action="store_true",
+                       help="data-parallel over MPI: `mpiexec -n N fastcnn train --distributed` (needs fastcnn[mpi]); "
+                            "--threads is then per process (default: this host's cores / its processes)")
 
     predict = sub.add_parser("predict", help="classify a digit with a saved model")
     predict.add_argument("model", help="a model saved by `fastcnn train` or Sequential.save")
@@ -115,7 +118,17 @@ def _train(args, parser) -> int:
         _check_out_dir(args.plot, args.parents)  # DIR itself is made when the plots are written
     counter = _EpochCounter()
     try:
-        return _run_training(args, counter)
+        if not args.distributed:
+            return _run_training(args, counter, None)
+        w = distributed.world()
+        if w.size == 1:
+            print("fastcnn train: --distributed, but this is the only process (start several with "
+                  "`mpiexec -n N fastcnn train --distributed`): training in one process", file=sys.stderr)
+            return _run_training(args, counter, None)
+        if not args.threads:  # processes x threads = this host's cores
+            args.threads = max(1, threads.max_threads() // w.local_size)
+        with distributed.abort_on_error(w):  # an error on one rank stops all; rank 0 alone reports and writes
+            return _run_training(args, counter, w)
     except KeyboardInterrupt:
         _clear_stale_interrupt()
         if counter.stage == "training":
@@ -144,37 +157,58 @@ def _clear_stale_interrupt() -> None:
             pass
 
 
-def _run_training(args, counter: "_EpochCounter") -> int:
+def _run_training(args, counter: "_EpochCounter", w) -> int:
+    """``fastcnn train`` in this process, or on every rank of the MPI world ``w`` (None: one process)."""
     start = time.perf_counter()
+    root = w is None or w.is_root
+    say = print if root else lambda *a, **k: None
     if args.threads:
         threads.set_num_threads(args.threads)
     if args.backend:
         dispatch.set_backend(args.backend)
     model = models.PRESETS[args.model](seed=args.seed)
     recipe = model.recipe.with_overrides(epochs=args.epochs, batch_size=args.batch_size, optimizer=args.optimizer, lr=args.lr)
-    (x, y), (xt, yt) = datasets.load_mnist(path=args.data, as_float=True)
+
+    def load():
+        return datasets.load_mnist(path=args.data, as_float=True, quiet=not root)
+
+    # Ranks on one host share its cache: the first fetches MNIST if need be, the others then read it.
+    (x, y), (xt, yt) = load() if w is None else distributed.run_first_per_host(w, load)
     if recipe.train_limit:
         x, y = x[: recipe.train_limit], y[: recipe.train_limit]
-    print(f"fastcnn {__version__}: training {args.model} on {len(x):,} MNIST images "
-          f"({recipe.optimizer} lr {recipe.lr:g}, batch {recipe.batch_size}, {recipe.epochs} epochs; "
-          f"backend {dispatch.get_backend()}, {threads.get_num_threads()} threads)")
-    print(model.summary())
+    say(f"fastcnn {__version__}: training {args.model} on {len(x):,} MNIST images "
+        f"({recipe.optimizer} lr {recipe.lr:g}, batch {recipe.batch_size}, {recipe.epochs} epochs; "
+        f"backend {dispatch.get_backend()}, {threads.get_num_threads()} threads"
+        + ("" if w is None else f" in each of {w.size} processes") + ")")
+    say(model.summary())
     counter.epochs = recipe.epochs
-    helper = _warmup.start(model, recipe.batch_size)  # on a cold cache, two processes compile at once
-    try:  # meanwhile, the forward pass and the loss, on a whole batch and on the epoch's last one
-        warm = recipe.batch_size + len(x) % recipe.batch_size
-        F.softmax_cross_entropy(model.predict(x[:warm], batch_size=recipe.batch_size), y[:warm])
-        _warmup.finish(helper)
-    finally:
-        if helper is not None and helper.poll() is None:  # interrupted: stop the other compiling process too
-            helper.kill()
-            helper.wait()
+    processes = 1 if w is None else w.size
+    batch = -(-recipe.batch_size // processes)  # a process's share of a batch (the largest)
+
+    def warm_up():
+        helper = _warmup.start(model, batch)  # on a cold cache, two processes compile at once
+        try:  # meanwhile, the forward pass and the loss, on a whole batch and on the epoch's last one
+            warm = batch + -(-(len(x) % recipe.batch_size) // processes)
+            F.softmax_cross_entropy(model.predict(x[:warm], batch_size=batch), y[:warm])
+            _warmup.finish(helper)
+        finally:
+            if helper is not None and helper.poll() is None:  # interrupted: stop the other compiling process too
+                helper.kill()
+                helper.wait()
+
+    if w is None:
+        warm_up()
+    else:  # on a cold Numba cache the host's first rank compiles, the others then load its kernels
+        distributed.run_first_per_host(w, warm_up)
     # With --plot the test set is scored after every epoch too, for the training curves.
     counter.stage = "training"
     history = model.fit(x, y, seed=args.seed, verbose=0 if args.quiet else 1, callbacks=[counter],
-                        validation_data=(xt, yt) if args.plot else None, **recipe.fit_kwargs())
+                        validation_data=(xt, yt) if args.plot else None, distributed=w is not None,
+                        **recipe.fit_kwargs())
+    if not root:
+        return 0
     counter.stage = "evaluating"
-    predicted = model.predict(xt, batch_size=recipe.batch_size).argmax(axis=1)  # no new shapes to measure
+    predicted = model.predict(xt, batch_size=batch).argmax(axis=1)  # no new shapes to measure
     accuracy = float((predicted == yt).mean())
     model.save(args.out)  # atomic: Ctrl-C during the write leaves the old file or none
     counter.stage = "saved"

@@ -11,6 +11,7 @@ from . import _untrusted, dispatch, saving
 from ._checks import positive_int
 from ._version import __version__
 from .callbacks import Callback, CallbackList
+from .distributed import training_context
 from .kernels import blas
 from .layers import LAYER_TYPES, Conv2D, Dropout, Layer, MaxPool2D, ReLU, _ConvMaxPool, weights_follow
 from .losses import CrossEntropyLoss, Loss, accuracy, get_loss
@@ -283,6 +284,7 @@ class Sequential:
         verbose: int = 1,
         validation_split: float = 0.0,
         callbacks: Sequence[Callback] | None = None,
+        distributed: bool = False,
     ) -> dict[str, list[float]]:
         """Train on ``(x, y)`` with mini-batches.
 
@@ -312,6 +314,11 @@ class Sequential:
         callbacks : list of Callback, optional
             Run at the start, after every epoch (and may stop training) and at the end; see
             :mod:`fastcnn.callbacks` (``EarlyStopping``, ``ModelCheckpoint``).
+        distributed : bool
+            Data-parallel training over MPI, in a script started by ``mpiexec -n N`` (needs
+            ``pip install 'fastcnn[mpi]'``): every rank passes the same data, takes a share of each
+            batch, and the gradients are averaged, so a run learns as one process with the same
+            ``batch_size`` would; only rank 0 shows progress. See :mod:`fastcnn.distributed`.
 
         Returns
         -------
@@ -330,7 +337,6 @@ class Sequential:
             raise ValueError("x is empty: fit needs at least one sample")
         optimizer = get_optimizer(optimizer)
         self.loss = loss = get_loss(loss)
-        callbacks = CallbackList(callbacks)
         if validation_split:
             x, y, validation_data = _split_validation(x, y, validation_split, validation_data)
         y = loss.check_targets(y, (len(x),) + self.output_shapes(x.shape[1:])[-1])
@@ -339,22 +345,26 @@ class Sequential:
                 bad = np.unravel_index(np.flatnonzero(~np.isfinite(values))[0], values.shape)
                 raise ValueError(f"{name} holds NaN or infinity (first at index {tuple(int(i) for i in bad)}); "
                                  "fit needs finite inputs and targets")
+        ctx = training_context(distributed)
+        callbacks = CallbackList(c for c in callbacks or () if ctx.is_root or not getattr(c, "writes_files", False))
+        seed = ctx.begin(self, seed, dict(x=x.shape, y=y.shape, epochs=epochs, batch_size=batch_size, shuffle=shuffle))
         rng = np.random.default_rng(seed)
         if seed is not None:
             for i, layer in enumerate(self.layers):
                 if isinstance(layer, Dropout):
-                    layer.rng = np.random.default_rng([seed, i])
+                    layer.rng = ctx.dropout_rng(seed, i)
         n = len(x)
         if optimizer.total_steps is None:
             optimizer.total_steps = epochs * math.ceil(n / batch_size)
         history: dict[str, list[float]] = {"loss": [], "accuracy": []}
         callbacks.train_begin(self)
-        with dispatch.use_backend(dispatch.get_backend()), blas.held():  # settled once, not per op
+        # the backend and BLAS's threads are settled once, not per op; an error on one process stops all
+        with ctx.guard((TrainingDivergedError,)), dispatch.use_backend(dispatch.get_backend()), blas.held():
             for epoch in range(epochs):
                 order = rng.permutation(n) if shuffle and batch_size < n else None  # full batch: order is moot
-                bar = ProgressBar(n, f"epoch {epoch + 1}/{epochs}", enabled=verbose > 0)
+                bar = ProgressBar(n, f"epoch {epoch + 1}/{epochs}", enabled=verbose > 0 and ctx.is_root)
                 try:
-                    mean_loss, acc = self._train_epoch(x, y, order, batch_size, optimizer, loss, bar)
+                    mean_loss, acc = self._train_epoch(x, y, order, batch_size, optimizer, loss, bar, ctx)
                 except TrainingDivergedError as exc:
                     bar.close("diverged")
                     exc.args = (f"epoch {epoch + 1}: {exc.args[0]}",)
@@ -363,19 +373,23 @@ class Sequential:
                 history["loss"].append(mean_loss)
                 history["accuracy"].append(float("nan") if acc is None else acc)
                 status = _status(mean_loss, acc)
+                ctx.end_epoch(self)
                 if validation_data is not None:
-                    val_loss, val_acc = self.evaluate(*validation_data, loss=loss)
+                    val_loss, val_acc = ctx.evaluate(self, *validation_data, loss=loss)
                     history.setdefault("val_loss", []).append(val_loss)
                     history.setdefault("val_accuracy", []).append(float("nan") if val_acc is None else val_acc)
                     status += f" - val_loss {val_loss:.4f}" + ("" if val_acc is None else f" val_acc {val_acc:.4f}")
                 bar.close(status)
                 if callbacks.epoch_end(self, epoch, history):
                     break
+            ctx.end(self)
         callbacks.train_end(self, history)
         return history
 
-    def _train_epoch(self, x, y, order, batch_size, optimizer, loss, bar) -> tuple[float, float | None]:
+    def _train_epoch(self, x, y, order, batch_size, optimizer, loss, bar, ctx) -> tuple[float, float | None]:
         """One pass over ``x`` in ``order`` (None: as stored); returns the mean loss and accuracy.
+        ``ctx`` (see :mod:`fastcnn.distributed`) says which share of each batch this process computes
+        and averages the gradients, loss and right predictions over the processes.
 
         Before each update the weights are copied; if a loss is not finite they are put back and
         :class:`TrainingDivergedError` is raised.
@@ -386,10 +400,17 @@ class Sequential:
         classifier = True
         with np.errstate(over="ignore", invalid="ignore"):  # divergence is caught below, with a clear error
             for start in range(0, len(x), batch_size):
-                idx = slice(start, start + batch_size) if order is None else order[start : start + batch_size]
+                stop = min(start + batch_size, len(x))
+                lo, hi = ctx.share(start, stop)
+                idx = slice(lo, hi) if order is None else order[lo:hi]
                 xb, yb = x[idx], y[idx]
-                out = self._forward(xb, training=True)
-                value = loss(out, yb)
+                value, right = 0.0, 0  # a share may be empty (a short last batch over many processes)
+                if len(xb):
+                    out = self._forward(xb, training=True)
+                    value = loss(out, yb)
+                    right = loss.correct_count(out, yb)
+                    self.backward(loss.backward(), input_grad=False)
+                named, value, right = ctx.all_reduce(self.named_parameters(), value, right, len(xb), stop - start)
                 if not math.isfinite(value):
                     for p, good in zip(params, last_good):
                         np.copyto(p, good)
@@ -399,14 +420,12 @@ class Sequential:
                         "Try a lower learning rate.", {})
                 for p, good in zip(params, last_good):
                     np.copyto(good, p)
-                self.backward(loss.backward(), input_grad=False)
-                optimizer.step(self.named_parameters())
-                right = loss.correct_count(out, yb)
+                optimizer.step(named)
                 classifier = right is not None
-                total_loss += value * len(xb)
+                total_loss += value * (stop - start)
                 correct += right if classifier else 0
-                seen += len(xb)
-                bar.update(len(xb), lambda: _status(total_loss / seen, correct / seen if classifier else None))
+                seen += stop - start
+                bar.update(stop - start, lambda: _status(total_loss / seen, correct / seen if classifier else None))
         return total_loss / seen, (correct / seen if classifier else None)
 
     # ---------------------------------------------------------------- files
