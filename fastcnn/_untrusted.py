@@ -180,10 +180,11 @@ def npz_members(zf: zipfile.ZipFile, where: str, archive_size: int,
 
 
 def read_member(zf: zipfile.ZipFile, member: Member, where: str) -> np.ndarray:
-    """The array of a member :func:`npz_members` checked (its size is known to be what it holds)."""
+    """The array of a member :func:`npz_members` checked (its size is known to be what it holds), in C order."""
     try:
         with zf.open(member.info) as stream:
-            return np.lib.format.read_array(stream, allow_pickle=False, max_header_size=_NPY_HEADER_LIMIT)
+            array = np.lib.format.read_array(stream, allow_pickle=False, max_header_size=_NPY_HEADER_LIMIT)
+        return np.ascontiguousarray(array) if member.fortran_order and array.ndim > 1 else array
     except (ValueError,) + _ZIP_ERRORS as exc:
         raise ValueError(f"{where}, member {member.info.filename!r}, cannot be read ({type(exc).__name__}: {exc})") from None
 

@@ -129,6 +129,8 @@ def test_layers_are_built_without_initialisation_when_weights_follow(tmp_path, g
     assert dense.params["weight"].shape == (100000, 100000) and dense.params["weight"].dtype == np.float64
     assert dense.params["weight"].strides == (0, 0) and not dense.params["weight"].flags.writeable
     assert model.predict(np.zeros((2, 1, 28, 28), np.float32)).shape == (2, 10)
+    history = model.fit(np.zeros((4, 1, 28, 28), np.float32), np.arange(4), epochs=1, batch_size=2, verbose=0)
+    assert np.isfinite(history["loss"]).all()  # the placeholders' gradients give way to real ones
 
 
 def test_a_deeply_nested_or_huge_header_is_a_value_error(tmp_path, good_members):
