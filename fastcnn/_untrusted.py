@@ -36,10 +36,12 @@ def _nesting(codes: np.ndarray) -> int:
     depth a JSON parser reaches."""
     if codes.size == 0:
         return 0
-    pos = np.arange(codes.size)
-    last_plain = np.maximum.accumulate(np.where(codes == 0x5C, -1, pos))  # last position not a backslash
-    backslashes_before = np.concatenate(([0], pos[:-1] - last_plain[:-1]))
-    quote = (codes == 0x22) & (backslashes_before % 2 == 0)
+    quote = codes == 0x22
+    backslash = codes == 0x5C
+    if backslash.any():
+        pos = np.arange(codes.size)
+        last_plain = np.maximum.accumulate(np.where(backslash, -1, pos))  # last position not a backslash
+        quote &= np.concatenate(([0], pos[:-1] - last_plain[:-1])) % 2 == 0
     outside = np.cumsum(quote) % 2 == 0
     opens = ((codes == 0x5B) | (codes == 0x7B)) & outside
     closes = ((codes == 0x5D) | (codes == 0x7D)) & outside

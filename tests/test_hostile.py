@@ -19,7 +19,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import fastcnn
-from fastcnn import datasets, dispatch
+from fastcnn import _untrusted, datasets, dispatch
 from fastcnn import layers as L
 
 try:
@@ -342,3 +342,28 @@ def test_damaged_and_random_bytes_are_refused_cleanly(tmp_path_factory, good_mem
         path = folder / "m.npz"
         path.write_bytes(raw)
         _load_outcome(path, len(raw))
+
+
+def _depth(value) -> int:
+    if isinstance(value, list):
+        return 1 + max(map(_depth, value), default=0)
+    if isinstance(value, dict):
+        return 1 + max(map(_depth, value.values()), default=0)
+    return 0
+
+
+json_values = st.recursive(st.none() | st.booleans() | st.integers() | st.text(alphabet='[]{}"\\ab\u00e9\u4e2d', max_size=6),
+                           lambda inner: st.lists(inner, max_size=3)
+                           | st.dictionaries(st.text(alphabet='[]{}"\\ab', max_size=4), inner, max_size=3), max_leaves=12)
+
+
+@FUZZ
+@given(value=json_values, ascii=st.booleans())
+def test_the_nesting_scan_measures_what_the_parser_would(value, ascii):
+    text = json.dumps(value, ensure_ascii=ascii)
+    assert _untrusted._nesting(np.frombuffer(text.encode("utf-32-le"), np.uint32)) == _depth(value)
+    assert _untrusted._nesting(np.frombuffer(text.encode(), np.uint8)) == _depth(value)
+    assert _untrusted.parse_json(text, "x", 10**6, max_depth=_depth(value)) == value
+    if _depth(value):
+        with pytest.raises(ValueError, match="nested"):
+            _untrusted.parse_json(text, "x", 10**6, max_depth=_depth(value) - 1)
