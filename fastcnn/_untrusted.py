@@ -26,7 +26,6 @@ MAX_COMPRESSION_RATIO = 64
 about 1.1x), a deflate bomb about 1000x."""
 _COMPRESSION_SLACK = 1 << 16
 _NPY_HEADER_LIMIT = 10_000  # characters of an .npy header dict (NumPy's own default limit)
-_CHUNK = 1 << 20
 
 
 def _nesting(codes: np.ndarray) -> int:
