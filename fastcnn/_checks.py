@@ -45,6 +45,23 @@ def float_array(name: str, value, ndim: int | None = None, dtype: np.dtype | Non
     return arr if arr.flags.c_contiguous else arr.copy(order="C")  # (ascontiguousarray makes 0-d into 1-d)
 
 
+def by_name(what: str, value, base: type, choices: dict, default, examples: str):
+    """``value`` if it is a ``base`` instance, ``choices[name]()`` for a name (any case), ``default()``
+    for None; a ValueError listing the names for an unknown one, a TypeError for anything else.
+    ``what`` names the argument and ``examples`` shows instances in the messages."""
+    if value is None:
+        return default()
+    if isinstance(value, base):
+        return value
+    if isinstance(value, str):
+        make = choices.get(value.lower())
+        if make is None:
+            raise ValueError(f"unknown {what} {value!r}; choose one of {', '.join(map(repr, choices))} "
+                             f"or pass an instance, e.g. {examples.split(', ')[0]}")
+        return make()
+    raise TypeError(f"{what} must be a fastcnn {what} ({examples}, ...) or its name, got {type(value).__name__}")
+
+
 def positive_int(name: str, value) -> int:
     """``value`` as an int >= 1, or a ValueError naming ``name`` (bools are refused)."""
     if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)) or value < 1:

@@ -4,7 +4,7 @@ from __future__ import annotations
 import numpy as np
 
 from . import functional as F
-from ._checks import class_labels
+from ._checks import by_name, class_labels
 
 __all__ = ["Loss", "CrossEntropyLoss", "MSELoss", "BCELoss", "accuracy", "LOSSES", "get_loss"]
 
@@ -132,15 +132,4 @@ def get_loss(loss: "Loss | str | None") -> Loss:
     TypeError
         Neither a Loss nor a string.
     """
-    if loss is None:
-        return CrossEntropyLoss()
-    if isinstance(loss, Loss):
-        return loss
-    if isinstance(loss, str):
-        make = LOSSES.get(loss.lower())
-        if make is None:
-            raise ValueError(f"unknown loss {loss!r}; choose one of {', '.join(map(repr, LOSSES))} "
-                             "or pass an instance, e.g. fastcnn.MSELoss()")
-        return make()
-    raise TypeError(f"loss must be a fastcnn loss (fastcnn.CrossEntropyLoss(), fastcnn.MSELoss(), ...) or its name, "
-                    f"got {type(loss).__name__}")
+    return by_name("loss", loss, Loss, LOSSES, CrossEntropyLoss, "fastcnn.MSELoss(), fastcnn.CrossEntropyLoss()")

@@ -19,6 +19,7 @@ from typing import Iterable
 import numpy as np
 
 from . import dispatch
+from ._checks import by_name
 
 __all__ = ["Optimizer", "SGD", "Adam", "StepLR", "CosineLR", "OneCycleLR", "OPTIMIZERS", "get_optimizer"]
 
@@ -214,15 +215,4 @@ def get_optimizer(optimizer: "Optimizer | str | None") -> Optimizer:
     TypeError
         Neither an Optimizer nor a string.
     """
-    if optimizer is None:
-        return Adam(1e-3)
-    if isinstance(optimizer, Optimizer):
-        return optimizer
-    if isinstance(optimizer, str):
-        make = OPTIMIZERS.get(optimizer.lower())
-        if make is None:
-            raise ValueError(f"unknown optimizer {optimizer!r}; choose one of {', '.join(map(repr, OPTIMIZERS))} "
-                             "or pass an instance, e.g. fastcnn.Adam(3e-3)")
-        return make()
-    raise TypeError(f"optimizer must be a fastcnn optimizer (fastcnn.Adam(...), fastcnn.SGD(...)) or its name, "
-                    f"got {type(optimizer).__name__}")
+    return by_name("optimizer", optimizer, Optimizer, OPTIMIZERS, Adam, "fastcnn.Adam(3e-3), fastcnn.SGD(0.01)")
