@@ -378,6 +378,13 @@ class Sequential:
                   "input_shape": None if self.input_shape is None else list(self.input_shape)}
         saving.write_archive(path, FORMAT, FORMAT_VERSION, header, self.state_dict())
 
+    def export_onnx(self, path: str | os.PathLike, input_shape: tuple[int, ...] | None = None) -> None:
+        """Write the model as an ONNX file (batch axis dynamic), atomically; needs ``fastcnn[onnx]``.
+        See :func:`fastcnn.onnx_io.export_onnx` and :func:`fastcnn.load_onnx`."""
+        from .onnx_io import export_onnx
+
+        export_onnx(self, path, input_shape)
+
     def __repr__(self) -> str:
         return "Sequential([\n" + "".join(f"    {layer!r},\n" for layer in self.layers) + "])"
 
