@@ -1,4 +1,4 @@
-"""The ``fastcnn`` command: ``train``, ``predict`` and ``info``."""
+"""The ``fastcnn`` command: ``train``, ``predict``, ``export`` and ``info``."""
 from __future__ import annotations
 
 import argparse
@@ -53,6 +53,10 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("image", nargs="?", help="a PNG (white digit on black, any size) or an IDX image file")
     predict.add_argument("--index", type=int, default=None, help="which image: of the IDX file, or of the MNIST test set")
 
+    export = sub.add_parser("export", help="write a saved model as ONNX (needs fastcnn[onnx])")
+    export.add_argument("model", help="a model saved by `fastcnn train` or Sequential.save")
+    export.add_argument("out", help="the ONNX file to write")
+
     sub.add_parser("info", help="versions, threads, caches and the dispatcher's saved decisions")
     return parser
 
@@ -61,7 +65,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
-        return {"train": _train, "predict": _predict, "info": _info}[args.command](args, parser)
+        return {"train": _train, "predict": _predict, "export": _export, "info": _info}[args.command](args, parser)
     except (ValueError, TypeError, OSError, ImportError) as exc:
         print(f"fastcnn {args.command}: error: {exc}", file=sys.stderr)
         return 1
@@ -139,6 +143,15 @@ def _predict(args, parser) -> int:
     print(f"{source}: predicted {digit}" + ("" if truth is None else f" (true {truth})"))
     for k, p in enumerate(probs):
         print(f"  {k}: {p:6.4f} {'#' * int(round(p * 40))}")
+    return 0
+
+
+def _export(args, parser) -> int:
+    from .model import load_model
+
+    model = load_model(args.model)
+    model.export_onnx(args.out)
+    print(f"wrote {args.out} ({os.path.getsize(args.out):,} bytes; input (N, {', '.join(map(str, model.input_shape))}))")
     return 0
 
 

@@ -488,7 +488,9 @@ def _import_batch_norm(r: _Reader, node, attrs: dict) -> Layer:
     kind = {2: BatchNorm2D, 0: BatchNorm1D}.get(len(r.shape) - 1)
     if kind is None:
         raise r.fail(node, f"needs an (N, C) or (N, C, H, W) input, got (N, {', '.join(map(str, r.shape))})")
-    layer = kind(r.shape[0], eps=float(attrs.get("epsilon", 1e-5)), momentum=1.0 - float(attrs.get("momentum", 0.9)))
+    # Float attributes are float32 in ONNX: read back as the shortest decimal that float32 gives (1e-5, not 9.99e-6).
+    eps, momentum = (float(str(np.float32(attrs.get(k, d)))) for k, d in (("epsilon", 1e-5), ("momentum", 0.9)))
+    layer = kind(r.shape[0], eps=eps, momentum=round(1.0 - momentum, 9))
     for name, value in zip(names, values):
         r.assign(node, layer, name, value)
     return layer
