@@ -7,10 +7,10 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from . import dispatch, saving
+from . import dispatch, inference, saving
 from ._checks import positive_int
 from .kernels import blas
-from .layers import LAYER_TYPES, Conv2D, Dropout, Layer, MaxPool2D, ReLU, _ConvMaxPool
+from .layers import LAYER_TYPES, Conv2D, Dropout, Layer, MaxPool2D, ReLU, Sigmoid, Softmax, _ConvMaxPool, softmax
 from .losses import CrossEntropyLoss, Loss, accuracy
 from .optim import Adam, Optimizer
 from .progress import ProgressBar
@@ -47,6 +47,7 @@ class Sequential:
         self.input_shape = None if input_shape is None else tuple(int(s) for s in input_shape)
         self._checked_shapes: set[tuple[int, ...]] = set()
         self._plan: tuple[tuple, list[Layer]] = ((), [])  # (the layers and their backends, the steps)
+        self._inference: inference.InferencePlan | None = None  # what predict runs, see fastcnn.inference
         self.loss: Loss | None = None
         self.recipe = None
 
@@ -232,12 +233,24 @@ class Sequential:
         return next((i for i, step in enumerate(self._run_order()) if step.params), len(self._run_order()))
 
     def predict(self, x: np.ndarray, batch_size: int = 512) -> np.ndarray:
-        """The model's outputs (class scores / logits for classifiers) for ``x``, computed in batches."""
+        """The model's outputs for ``x``, computed in batches: what its last layer gives, so class scores
+        (logits) for a classifier that ends in a Dense layer; see :meth:`predict_proba` for probabilities.
+
+        Runs the model's inference plan (:mod:`fastcnn.inference`: batch norm folded, steps fused,
+        the input checked once), which gives what :meth:`forward` gives.
+        """
         x = self._prepare_input(x)
         positive_int("batch_size", batch_size)
         if len(x) == 0:
             raise ValueError("x is empty: predict needs at least one sample")
-        return np.concatenate([self.forward(x[i : i + batch_size]) for i in range(0, len(x), batch_size)])
+        self._inference = inference.current_plan(self._inference, self.layers, self.dtype)
+        return self._inference.predict(x, batch_size)
+
+    def predict_proba(self, x: np.ndarray, batch_size: int = 512) -> np.ndarray:
+        """Class probabilities for ``x``: the softmax over the last axis of :meth:`predict`'s outputs, or
+        those outputs as they are when the model already ends in a Softmax or Sigmoid layer."""
+        out = self.predict(x, batch_size)
+        return out if self.layers and isinstance(self.layers[-1], (Softmax, Sigmoid)) else softmax(out)
 
     def evaluate(self, x: np.ndarray, y: np.ndarray, batch_size: int = 512, loss: Loss | None = None) -> tuple[float, float | None]:
         """Mean loss and accuracy (None for non-classifiers) over ``(x, y)``."""
