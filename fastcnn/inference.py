@@ -61,8 +61,9 @@ def _folded(layer: Layer, bn) -> Arrays:
 
 
 class _Step:
-    """One step of a plan: ``run(x, arrays)``, ``arrays`` being what :attr:`arrays` gave for this
-    predict call; what depends only on the input shape is prepared once per shape."""
+    """One step of a plan: ``run(x, arrays, policy)``, ``arrays`` being what :attr:`arrays` gave for
+    this predict call and ``policy`` the backend policy in force (read once per call: reading it costs
+    microseconds); what depends only on the input shape is prepared once per shape."""
 
     arrays: Arrays = staticmethod(lambda: ())
 
@@ -79,7 +80,7 @@ class _Step:
     def prepare(self, shape: tuple) -> Any:
         raise NotImplementedError
 
-    def run(self, x: np.ndarray, arrays) -> np.ndarray:
+    def run(self, x: np.ndarray, arrays, policy: str) -> np.ndarray:
         raise NotImplementedError
 
 
@@ -126,9 +127,9 @@ class _Conv(_Step):
             extra = ((*p.kernel, *p.stride, *p.padding, *p.out_hw), self.relu)
         return pad, signature, (sh, sw, dh, dw, oh, ow, *extra)
 
-    def run(self, x, arrays):
+    def run(self, x, arrays, policy):
         pad, signature, args = self.prepared(x.shape)
-        y = dispatch.run(self.op, signature, (x if pad is None else pad(x), *arrays, *args), self.conv.backend)
+        y = dispatch.run(self.op, signature, (x if pad is None else pad(x), *arrays, *args), self.conv.backend or policy)
         return y if self.pool is None else y[0]
 
 
@@ -150,9 +151,9 @@ class _Pool(_Step):
         pad, xp_shape = _padder(shape, ((ph, ph), (pw, pw)), self.dtype)
         return pad, (xp_shape, geo.kernel, geo.stride, self.dtype.char), (*geo.kernel, *geo.stride, *geo.out_hw)
 
-    def run(self, x, arrays):
+    def run(self, x, arrays, policy):
         pad, signature, args = self.prepared(x.shape)
-        y = dispatch.run(self.op, signature, (x if pad is None else pad(x), *args), self.layer.backend)
+        y = dispatch.run(self.op, signature, (x if pad is None else pad(x), *args), self.layer.backend or policy)
         return y[0] if self.op == "max_pool2d" else y
 
 
@@ -168,23 +169,23 @@ class _Linear(_Step):
         check_allocation("linear output", (shape[0], self.w_shape[0]), self.dtype)
         return (shape, self.w_shape, self.dtype.char)
 
-    def run(self, x, arrays):
-        return dispatch.run("linear", self.prepared(x.shape), (x, *arrays))
+    def run(self, x, arrays, policy):
+        return dispatch.run("linear", self.prepared(x.shape), (x, *arrays), policy)
 
 
 class _Relu(_Step):
     def __init__(self, dtype, layer: ReLU) -> None:
         super().__init__(dtype)
 
-    def run(self, x, arrays):
-        return dispatch.run("relu", (x.shape, self.dtype.char), (x,))
+    def run(self, x, arrays, policy):
+        return dispatch.run("relu", (x.shape, self.dtype.char), (x,), policy)
 
 
 class _Flatten(_Step):
     def __init__(self, dtype, layer: Flatten) -> None:
         super().__init__(dtype)
 
-    def run(self, x, arrays):
+    def run(self, x, arrays, policy):
         return x.reshape(x.shape[0], -1)
 
 
@@ -195,7 +196,7 @@ class _Layer(_Step):
         super().__init__(dtype)
         self.layer = layer
 
-    def run(self, x, arrays):
+    def run(self, x, arrays, policy):
         return self.layer.forward(x, False)
 
 
@@ -224,7 +225,9 @@ class InferencePlan:
         from .model import Sequential
 
         self.dtype = dtype = np.dtype(dtype)
-        self.key: tuple = ()
+        self._layers = list(layers)
+        self._backends = [getattr(layer, "backend", None) for layer in layers]
+        self._arrays = [(store, dict(store)) for layer in layers for store in (layer.params, layer.buffers) if store]
         arrays: dict[int, Arrays] = {}  # id(layer in the fusion list) -> where its weights come from
         virtual: list[Layer] = []
         kept = [layer for layer in layers if type(layer) is not Dropout]
@@ -257,31 +260,38 @@ class InferencePlan:
             else:
                 self.steps.append(_Layer(dtype, step))
 
+    def is_current(self, layers: list[Layer], dtype) -> bool:
+        """Whether the plan was built for these layers (the same objects), their backends, ``dtype`` and
+        the same parameter and buffer arrays (compared by identity: a few microseconds)."""
+        if dtype != self.dtype or len(layers) != len(self._layers):
+            return False
+        for layer, built, backend in zip(layers, self._layers, self._backends):
+            if layer is not built or getattr(layer, "backend", None) != backend:
+                return False
+        for store, arrays in self._arrays:
+            if len(store) != len(arrays):
+                return False
+            for key, value in arrays.items():
+                if store.get(key) is not value:
+                    return False
+        return True
+
     def predict(self, x: np.ndarray, batch_size: int) -> np.ndarray:
         """Outputs for ``x`` (already validated: the model's dtype and per-sample shape), in batches."""
         bound = [(step, step.arrays()) for step in self.steps]  # batch norm folded once per call
+        policy = dispatch.get_backend()
         outputs = []
-        # As fit does: the backend policy settled once (reading it costs microseconds per op), and
-        # BLAS held to one thread for the whole call rather than switched around each product.
-        with dispatch.use_backend(dispatch.get_backend()), blas.held():
+        with blas.held():  # as in fit: BLAS held to one thread for the call, not switched around each product
             for start in range(0, len(x), batch_size):
                 h = np.ascontiguousarray(x[start : start + batch_size])
                 for step, arrays in bound:
-                    h = step.run(h, arrays)
+                    h = step.run(h, arrays, policy)
                 outputs.append(h)
         return outputs[0] if len(outputs) == 1 else np.concatenate(outputs)
 
 
-def _plan_key(layers: list[Layer], dtype) -> tuple:
-    return (np.dtype(dtype),) + tuple(
-        (id(layer), getattr(layer, "backend", None), *(id(v) for store in (layer.params, layer.buffers) for v in store.values()))
-        for layer in layers)
-
-
 def current_plan(plan: InferencePlan | None, layers: list[Layer], dtype) -> InferencePlan:
     """``plan`` if it was built for these layers, backends, dtype and parameter arrays; else a new plan."""
-    key = _plan_key(layers, dtype)
-    if plan is None or plan.key != key:
+    if plan is None or not plan.is_current(layers, dtype):
         plan = InferencePlan(layers, dtype)
-        plan.key = key
     return plan
