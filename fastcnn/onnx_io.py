@@ -429,6 +429,8 @@ def _import_matmul(r: _Reader, node, attrs: dict) -> Layer:
 def _import_add(r: _Reader, node, attrs: dict) -> Layer | None:
     """The bias after a MatMul: the Dense before it gains the bias."""
     _check_attrs(r, node, attrs, {})
+    if len(node.input) != 2:
+        raise r.fail(node, f"takes {len(node.input)} inputs; Add takes two")
     other = 1 if node.input[0] == r.current else 0
     if node.input[other] not in r.constants:
         raise r.fail(node, "adds two computed tensors (a residual connection or other branch), which fastcnn "
@@ -490,6 +492,8 @@ def _import_batch_norm(r: _Reader, node, attrs: dict) -> Layer:
         raise r.fail(node, f"needs an (N, C) or (N, C, H, W) input, got (N, {', '.join(map(str, r.shape))})")
     # Float attributes are float32 in ONNX: read back as the shortest decimal that float32 gives (1e-5, not 9.99e-6).
     eps, momentum = (float(str(np.float32(attrs.get(k, d)))) for k, d in (("epsilon", 1e-5), ("momentum", 0.9)))
+    if not (eps > 0 and math.isfinite(eps) and 0 <= momentum <= 1):
+        raise r.fail(node, f"epsilon must be finite and > 0 and momentum in [0, 1], got {eps} and {momentum}")
     layer = kind(r.shape[0], eps=eps, momentum=round(1.0 - momentum, 9))
     for name, value in zip(names, values):
         r.assign(node, layer, name, value)
