@@ -426,7 +426,7 @@ def _import_matmul(r: _Reader, node, attrs: dict) -> Layer:
 
 
 @_imports("Add")
-def _import_add(r: _Reader, node, attrs: dict) -> Layer | None:
+def _import_add(r: _Reader, node, attrs: dict) -> None:
     """The bias after a MatMul: the Dense before it gains the bias."""
     _check_attrs(r, node, attrs, {})
     if len(node.input) != 2:
@@ -439,8 +439,8 @@ def _import_add(r: _Reader, node, attrs: dict) -> Layer | None:
     last = r.layers[-1] if r.layers else None
     if not (type(last) is Dense and "bias" not in last.params):
         raise r.fail(node, "adds a constant other than a bias after a bias-free MatMul or Gemm")
-    r.layers.pop()
-    return _dense(r, node, last.params["weight"], b.reshape(-1) if b.ndim == 2 and b.shape[0] == 1 else b)
+    r.layers[-1] = _dense(r, node, last.params["weight"], b.reshape(-1) if b.ndim == 2 and b.shape[0] == 1 else b)
+    return None  # the Dense before it now has the bias; the shape is unchanged
 
 
 @_imports("Flatten")

@@ -330,3 +330,24 @@ def test_fuzz_graph_mutations_give_a_model_or_a_clear_error(tmp_path_factory, no
     path = tmp_path_factory.mktemp("g") / "g.onnx"
     path.write_bytes(proto.SerializeToString())
     _load_or_refuse(path)
+
+
+def test_reshape_matmul_add_constants_and_global_pools(tmp_path):
+    rng = np.random.default_rng(8)
+    w = rng.standard_normal((2, 3)).astype(np.float32)  # MatMul's right operand: (in, out)
+    b = rng.standard_normal(3).astype(np.float32)
+    nodes = [helper.make_node("GlobalMaxPool", ["x"], ["p"], name="gmax"),
+             helper.make_node("Identity", ["p"], ["i"]),
+             helper.make_node("Constant", [], ["shape"], value=numpy_helper.from_array(np.array([0, -1], np.int64))),
+             helper.make_node("Reshape", ["i", "shape"], ["f"], name="flat"),
+             helper.make_node("MatMul", ["f", "w"], ["m"]), helper.make_node("Add", ["b", "m"], ["y"])]
+    path = _model_file(tmp_path / "r.onnx", nodes, [numpy_helper.from_array(w, "w"), numpy_helper.from_array(b, "b")],
+                       in_shape=("N", 2, 3, 4))
+    model = fastcnn.load_onnx(path)
+    assert [type(layer) for layer in model.layers] == [L.MaxPool2D, L.Flatten, L.Dense]
+    x = rng.standard_normal((3, 2, 3, 4)).astype(np.float32)
+    np.testing.assert_allclose(model.predict(x), x.max(axis=(2, 3)) @ w + b, rtol=1e-6, atol=1e-6)
+    bad = [helper.make_node("Constant", [], ["shape"], value=numpy_helper.from_array(np.array([0, 5, -1], np.int64))),
+           helper.make_node("Reshape", ["x", "shape"], ["y"], name="reshape")]
+    with pytest.raises(ValueError, match=r"node 'reshape' \(Reshape\).*flatten"):
+        fastcnn.load_onnx(_model_file(tmp_path / "bad.onnx", bad, in_shape=("N", 2, 3, 4)))
