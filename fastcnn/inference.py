@@ -16,14 +16,16 @@ The plan is rebuilt when a layer, a backend or a parameter array is replaced (``
 (what optimizers do) are read live. Steps fastcnn has no fast path for run their layer's own
 ``forward(x, training=False)``.
 
-Kernels allocate their outputs, so no activation buffer is shared between calls (two threads may
-predict with one model at once); what is reused is everything that depends only on the shapes.
+Kernels allocate their outputs, so no activation is shared between calls (two threads may predict
+with one model at once); what is reused is everything that depends only on the shapes, and the
+zero-padded copies of padded convs' and pools' inputs (per thread).
 Measured for LeNet at batch 1, layer by layer forward spent more time in Python than in kernels; see
 ``python -m bench.inference``.
 """
 from __future__ import annotations
 
 import copy
+import threading
 from typing import Any, Callable
 
 import numpy as np
@@ -74,6 +76,8 @@ class _Step:
     def prepared(self, shape: tuple) -> Any:
         found = self._prepared.get(shape)
         if found is None:
+            if len(self._prepared) >= 8:  # a caller cycling through batch sizes: keep memory bounded
+                self._prepared.clear()
             found = self._prepared[shape] = self.prepare(shape)
         return found
 
@@ -84,18 +88,33 @@ class _Step:
         raise NotImplementedError
 
 
+_KEEP_PADDED_BYTES = 64 << 20  # padded inputs up to this size are kept for the next call
+
+
 def _padder(shape: tuple, pads, dtype: np.dtype) -> tuple[Callable[[np.ndarray], np.ndarray] | None, tuple]:
     """A function that zero-pads ``(N, C, H, W)`` input by ``((top, bottom), (left, right))`` (None
-    when there is no padding), and the padded shape."""
+    when there is no padding), and the padded shape.
+
+    The padded array is kept per thread and reused by the next call with this shape: only its
+    interior is written again, its border stays zero. Fresh memory of this size costs a page fault
+    per 4 KiB on every call (see the README's "Memory"); the kernel reads the array before the step
+    returns, so no later call can see it changed.
+    """
     (t, b), (l, r) = pads
     n, c, h, w = shape
     padded = (n, c, h + t + b, w + l + r)
     if not (t or b or l or r):
         return None, padded
     check_allocation("padded input", padded, dtype)
+    keep = np.prod(padded, dtype=np.float64) * np.dtype(dtype).itemsize <= _KEEP_PADDED_BYTES
+    local = threading.local()
 
     def pad(x: np.ndarray) -> np.ndarray:
-        xp = np.zeros(padded, dtype)
+        xp = getattr(local, "xp", None)
+        if xp is None:
+            xp = np.zeros(padded, dtype)
+            if keep:
+                local.xp = xp
         xp[:, :, t : t + h, l : l + w] = x
         return xp
 
