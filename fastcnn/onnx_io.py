@@ -131,24 +131,17 @@ def _export_dropout(g: _Builder, i: int, layer: Dropout, shape: tuple) -> None:
     g.node(i, layer, "Dropout", [g.tensor(f"{i}.ratio", np.array(layer.p, g.dtype))])
 
 
-@_exports("ReLU")
-def _export_relu(g, i, layer, shape):
-    g.node(i, layer, "Relu", [])
+def _elementwise(op_type: str, **attrs) -> _Exporter:
+    """The converter of a layer that is one ONNX op without weights."""
+    def convert(g: _Builder, i: int, layer: Layer, shape: tuple) -> None:
+        g.node(i, layer, op_type, [], **attrs)
+    return convert
 
 
-@_exports("Tanh")
-def _export_tanh(g, i, layer, shape):
-    g.node(i, layer, "Tanh", [])
-
-
-@_exports("Sigmoid")
-def _export_sigmoid(g, i, layer, shape):
-    g.node(i, layer, "Sigmoid", [])
-
-
-@_exports("Softmax")
-def _export_softmax(g, i, layer, shape):
-    g.node(i, layer, "Softmax", [], axis=-1)
+_exports("ReLU")(_elementwise("Relu"))
+_exports("Tanh")(_elementwise("Tanh"))
+_exports("Sigmoid")(_elementwise("Sigmoid"))
+_exports("Softmax")(_elementwise("Softmax", axis=-1))
 
 
 @_exports("BatchNorm2D")
