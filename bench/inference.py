@@ -153,8 +153,6 @@ def profile(name: str = "lenet", batch: int = 1, calls: int = 3000) -> str:
     its own; medians per iteration. What ``predict`` takes beyond its steps is its own Python (the
     input check, the plan's key, batching). Interleaving at this grain lets a busy machine's slow
     spells fall on every part alike."""
-    from fastcnn.kernels import blas
-
     model = networks()[name]()
     x = np.random.default_rng(0).random((batch,) + model.input_shape, dtype=np.float32)
     for _ in range(20):
@@ -168,12 +166,11 @@ def profile(name: str = "lenet", batch: int = 1, calls: int = 3000) -> str:
         whole.append(clock() - t0)
         h = x
         policy = dispatch.get_backend()
-        with blas.held():
-            for k, step in enumerate(plan.steps):
-                arrays = step.arrays()
-                t0 = clock()
-                h = step.run(h, arrays, policy)
-                parts[k].append(clock() - t0)
+        for k, step in enumerate(plan.steps):
+            arrays = step.arrays()
+            t0 = clock()
+            h = step.run(h, arrays, policy)
+            parts[k].append(clock() - t0)
     med = [statistics.median(p) / 1e3 for p in parts]
     total = statistics.median(whole) / 1e3
     lines = [f"{name} at batch {batch}: predict {total:.1f} us per call (median of {calls})"]
@@ -182,7 +179,7 @@ def profile(name: str = "lenet", batch: int = 1, calls: int = 3000) -> str:
         lines.append(f"  {type(step).__name__[1:]:8s} {getattr(step, 'op', ''):18s} {str(h.shape):18s} {t:8.1f} us")
         h = step.run(h, step.arrays(), policy)
     lines.append(f"  steps together {sum(med):.1f} us; predict's own Python (input check, plan key, batching, "
-                 f"backend and BLAS settings) {total - sum(med):.1f} us")
+                 f"backend policy) {total - sum(med):.1f} us")
     for d in dispatch.dispatch_decisions():
         lines.append(f"  dispatcher: {d['op']} {d['signature'][:70]} -> {d['choice']} {d['ms']}")
     return "\n".join(lines)

@@ -32,7 +32,6 @@ import numpy as np
 
 from . import dispatch
 from ._checks import check_allocation, conv_geometry, pool_geometry
-from .kernels import blas
 from .layers import (AvgPool2D, BatchNorm1D, BatchNorm2D, Conv2D, Dense, Dropout, Flatten, Layer, MaxPool2D, ReLU,
                      _ConvMaxPool)
 
@@ -300,12 +299,11 @@ class InferencePlan:
         bound = [(step, step.arrays()) for step in self.steps]  # batch norm folded once per call
         policy = dispatch.get_backend()
         outputs = []
-        with blas.held():  # as in fit: BLAS held to one thread for the call, not switched around each product
-            for start in range(0, len(x), batch_size):
-                h = np.ascontiguousarray(x[start : start + batch_size])
-                for step, arrays in bound:
-                    h = step.run(h, arrays, policy)
-                outputs.append(h)
+        for start in range(0, len(x), batch_size):
+            h = np.ascontiguousarray(x[start : start + batch_size])
+            for step, arrays in bound:
+                h = step.run(h, arrays, policy)
+            outputs.append(h)
         return outputs[0] if len(outputs) == 1 else np.concatenate(outputs)
 
 
