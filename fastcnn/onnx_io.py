@@ -68,8 +68,10 @@ class _Builder:
         store = layer.params if key in layer.params else layer.buffers
         return [self.tensor(f"{index}.{key}", store[key])] if key in store else []
 
-    def node(self, index: int, layer: Layer, op_type: str, extra_inputs: list[str], **attrs) -> None:
-        name = f"{index}.{type(layer).__name__}"
+    def node(self, index: int, layer: Layer, op_type: str, extra_inputs: list[str], suffix: str = "", **attrs) -> None:
+        """Append ``op_type`` reading the current tensor and ``extra_inputs``; its output becomes current.
+        A layer written as several nodes gives each but the last a ``suffix`` (e.g. ``".sigmoid"``)."""
+        name = f"{index}.{type(layer).__name__}{suffix}"
         self.nodes.append(self.onnx.helper.make_node(op_type, [self.current, *extra_inputs], [name], name=name, **attrs))
         self.current = name
 
