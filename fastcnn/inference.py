@@ -18,9 +18,8 @@ The plan is rebuilt when a layer, a backend or a parameter array is replaced (``
 
 Kernels allocate their outputs, so no activation is shared between calls (two threads may predict
 with one model at once); what is reused is everything that depends only on the shapes, and the
-zero-padded copies of padded convs' and pools' inputs (per thread).
-Measured for LeNet at batch 1, layer by layer forward spent more time in Python than in kernels; see
-``python -m bench.inference``.
+zero-padded copies of padded convs' and pools' inputs (per thread). ``python -m bench.inference
+--profile`` splits predict's time into its steps and its own Python.
 """
 from __future__ import annotations
 

@@ -237,7 +237,8 @@ class Sequential:
         (logits) for a classifier that ends in a Dense layer; see :meth:`predict_proba` for probabilities.
 
         Runs the model's inference plan (:mod:`fastcnn.inference`: batch norm folded, steps fused,
-        the input checked once), which gives what :meth:`forward` gives.
+        the input checked once), which gives what :meth:`forward` gives (to the last bits where a
+        batch norm is folded).
         """
         x = self._prepare_input(x)
         positive_int("batch_size", batch_size)
