@@ -24,7 +24,7 @@ from typing import Any, Callable
 import numpy as np
 
 from . import _files
-from ._checks import conv_geometry
+from ._checks import check_allocation, conv_geometry
 from .layers import (AvgPool2D, BatchNorm1D, BatchNorm2D, Conv2D, Dense, Dropout, Flatten, Layer, MaxPool2D, ReLU,
                      Sigmoid, Softmax, Tanh)
 
@@ -535,6 +535,7 @@ def _read_proto(path: str, onnx):
     if size > MAX_FILE_BYTES:
         raise ValueError(f"{path}: {size:,} bytes, more than an ONNX file can hold ({MAX_FILE_BYTES:,}); "
                          "files with external data are not read")
+    check_allocation(f"{path}: the ONNX file read into memory", (size,), np.uint8)
     with open(path, "rb") as fh:
         data = fh.read(MAX_FILE_BYTES + 1)
     proto = onnx.ModelProto()
