@@ -192,9 +192,6 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rounds", type=int, default=7)
     parser.add_argument("--profile", action="store_true", help="also split LeNet's batch-1 predict into its steps")
     args = parser.parse_args(argv)
-    if any(os.environ.get(k) != v for k, v in MALLOC_ENV.items()):  # glibc reads these at start-up only
-        os.execve(sys.executable, [sys.executable, "-m", "bench.inference", *(argv or sys.argv[1:])],
-                  {**os.environ, **MALLOC_ENV})
     rows = measure(args.models, args.batches, args.rounds)
     print(f"Median ms per call over {args.rounds} interleaved rounds, float32, {threads()} threads; "
           f"`python -m bench.inference {' '.join(argv or sys.argv[1:])}`".rstrip())
@@ -206,4 +203,6 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
+    if any(os.environ.get(k) != v for k, v in MALLOC_ENV.items()):  # glibc reads these at start-up only
+        os.execve(sys.executable, [sys.executable, "-m", "bench.inference", *sys.argv[1:]], {**os.environ, **MALLOC_ENV})
     sys.exit(main())
