@@ -1,14 +1,29 @@
 """Project-wide pytest options: ``pytest --benchmark`` runs the ``bench/`` suites for real.
 
 Without it, the benchmarks still run once each, unmeasured, alongside the tests, so they cannot rot.
-With it, a summary table is printed at the end and written to ``.benchmarks/summary.{json,md}``.
+With it, a summary table is printed at the very end (after pytest-benchmark's own tables) and written
+to ``.benchmarks/summary.{json,md}``.
+
+Tests and benchmarks run with their own ``FASTCNN_HOME``, a temporary folder made here and removed when
+the session ends, even when ``FASTCNN_HOME`` is set: the user's cache (dispatch decisions, data sets)
+is never written. A cached MNIST found in the user's cache is copied in, so it is not fetched again.
 """
 import os
+import shutil
 import tempfile
 from pathlib import Path
 
-# Keep tests and benchmarks away from the user's real cache (dispatch decisions, data sets).
-os.environ.setdefault("FASTCNN_HOME", tempfile.mkdtemp(prefix="fastcnn-test-home-"))
+import pytest
+
+_MNIST_CACHE = "mnist.npz"  # fastcnn.datasets.CACHE_NAME, without importing fastcnn before FASTCNN_HOME is set
+_user_home = Path(os.environ.get("FASTCNN_HOME") or Path.home() / ".cache" / "fastcnn").expanduser()
+_test_home = Path(tempfile.mkdtemp(prefix="fastcnn-test-home-"))
+os.environ["FASTCNN_HOME"] = str(_test_home)
+if (_user_home / _MNIST_CACHE).is_file():
+    try:  # a copy, not a link: a test may damage the cache on purpose
+        shutil.copyfile(_user_home / _MNIST_CACHE, _test_home / _MNIST_CACHE)
+    except OSError:
+        pass
 
 
 def pytest_addoption(parser):
@@ -20,11 +35,16 @@ def pytest_addoption(parser):
     )
 
 
+@pytest.hookimpl(tryfirst=True)  # before pytest-benchmark's own pytest_configure copies the options
 def pytest_configure(config):
     if not config.getoption("--benchmark"):
         config.option.benchmark_disable = True
-    elif config.option.benchmark_max_time == 1.0:  # pytest-benchmark's default: halve it, 2 noisy cores
-        config.option.benchmark_max_time = 0.5
+    elif not any(arg.startswith("--benchmark-max-time") for arg in config.invocation_params.args):
+        config.option.benchmark_max_time = 0.5  # half pytest-benchmark's default: 2 noisy cores
+
+
+def pytest_unconfigure(config):
+    shutil.rmtree(_test_home, ignore_errors=True)
 
 
 def pytest_collection_modifyitems(config, items):
@@ -32,6 +52,7 @@ def pytest_collection_modifyitems(config, items):
         items[:] = [item for item in items if "bench" in item.nodeid.split("/")[0]]
 
 
+@pytest.hookimpl(trylast=True)  # after pytest-benchmark's tables, so that it is what stays on the screen
 def pytest_terminal_summary(terminalreporter, config):
     session = getattr(config, "_benchmarksession", None)
     if not config.getoption("--benchmark") or session is None or not session.benchmarks:
@@ -45,6 +66,7 @@ def pytest_terminal_summary(terminalreporter, config):
     env = summary.environment(bench_threads())
     tr = terminalreporter
     tr.write_sep("=", "fastcnn summary: median ms, numba vs numpy, auto's choice, ratio to PyTorch")
+    tr.write_line(summary.header(env, float(session.options["max_time"])))
     tr.write_line(summary.terminal(rows))
     for line in summary.verdicts(rows):
         tr.write_line(line)

@@ -146,9 +146,25 @@ def _tables(rows: list[dict[str, Any]]) -> list[tuple[list[str], list[list[str]]
                                             (INFERENCE_COLUMNS, inference)) if body]
 
 
+def torch_note(env: dict[str, Any]) -> str:
+    """Why the PyTorch columns are empty, when they are."""
+    if env["torch"]:
+        return f"PyTorch {env['torch']} measured in the same run."
+    return ("PyTorch is not installed, so the torch columns and the ratios to PyTorch are \"-\" "
+            "(pip install torch to compare; its CPU wheel is enough).")
+
+
+def header(env: dict[str, Any], max_time: float) -> str:
+    """What the numbers are: threads, CPU, versions, the time each benchmark ran, and PyTorch's presence."""
+    return (f"median of rounds within max_time={max_time:g} s per benchmark, float32, {env['threads']} threads "
+            f"({env['threading_layer']}), {env['cpu']}; numpy {env['numpy']}, numba {env['numba']}. "
+            + torch_note(env))
+
+
 def markdown(rows: list[dict[str, Any]], env: dict[str, Any]) -> str:
     lines = [f"Median ms per call, float32, {env['threads']} threads ({env['threading_layer']}), {env['cpu']}; "
-             f"numpy {env['numpy']}, numba {env['numba']}, torch {env['torch'] or 'not installed'}."]
+             f"numpy {env['numpy']}, numba {env['numba']}, torch {env['torch'] or 'not installed'}."
+             + ("" if env["torch"] else " " + torch_note(env))]
     for cols, body in _tables(rows):
         lines += ["", "| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
         lines += ["| " + " | ".join(r) + " |" for r in body]

@@ -215,7 +215,7 @@ def check_allocation(what: str, shape, dtype) -> None:
     shape : tuple of int
     dtype : numpy.dtype
     """
-    nbytes = math.prod(int(s) for s in shape) * np.dtype(dtype).itemsize
+    nbytes = math.prod(map(int, shape)) * np.dtype(dtype).itemsize  # Python ints: no overflow
     limit = _physical_memory()
     if nbytes > limit:
         raise MemoryError(f"{what} of shape {tuple(shape)} would need {nbytes / 2**30:,.1f} GiB, more than "

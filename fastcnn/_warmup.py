@@ -37,7 +37,7 @@ def finish(helper: subprocess.Popen | None, timeout: float = 300.0) -> None:
         return
     from .kernels import conv_numba
 
-    cold = any(sum(k.stats.cache_misses.values()) for k in (conv_numba._conv_wide, conv_numba._conv_strided))
+    cold = jit.cache_misses(*conv_numba.forward_kernels()) > 0
     try:
         if cold:
             helper.wait(timeout)

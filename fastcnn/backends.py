@@ -5,7 +5,8 @@ lives in and the kernel's name in both modules. The NumPy kernel always exists; 
 registered when Numba is installed. A missing or misspelt kernel fails here, at import, naming the op.
 
 To add an op: write its kernel in ``kernels/<family>_numpy.py`` (and ``kernels/<family>_numba.py``
-where a compiled loop pays), add one line below, and call ``dispatch.run("<op>", signature, args)``
+where a compiled loop pays: ``None`` below means NumPy's vectorised code is as fast, e.g. for
+``exp``, which Numba compiles to one scalar library call per value), add one line below, and call ``dispatch.run("<op>", signature, args)``
 from a validating wrapper in :mod:`fastcnn.functional`.
 """
 from __future__ import annotations
@@ -66,6 +67,15 @@ _op("linear_grad_weight",             linear_numpy,      linear_numba,      "lin
 _op("linear_grad_input",              linear_numpy,      linear_numba,      "linear_grad_input")
 _op("relu",                           elementwise_numpy, elementwise_numba, "relu_forward")
 _op("relu_backward",                  elementwise_numpy, elementwise_numba, "relu_backward")
+_op("tanh",                           elementwise_numpy, None,              "tanh_forward")
+_op("tanh_backward",                  elementwise_numpy, None,              "tanh_backward")
+_op("sigmoid",                        elementwise_numpy, None,              "sigmoid_forward")
+_op("sigmoid_backward",               elementwise_numpy, None,              "sigmoid_backward")
+_op("softmax",                        elementwise_numpy, None,              "softmax_forward")
+_op("softmax_backward",               elementwise_numpy, None,              "softmax_backward")
 _op("dropout",                        elementwise_numpy, elementwise_numba, "dropout")
 _op("softmax_cross_entropy",          loss_numpy,        loss_numba,        "softmax_cross_entropy")
+_op("soft_cross_entropy",             loss_numpy,        None,              "soft_cross_entropy")
+_op("mse",                            loss_numpy,        None,              "mse")
+_op("bce",                            loss_numpy,        None,              "bce")
 _op("adam_update",                    elementwise_numpy, elementwise_numba, "adam_update", in_place=True)

@@ -127,12 +127,13 @@ def _read_cache(cache: Path) -> Arrays:
         _verify(arrays, f"the cached {cache}")
         return arrays
     except (MNISTError, OSError, ValueError, KeyError, zipfile.BadZipFile, EOFError) as exc:
-        raise MNISTError(f"the MNIST cache {cache} is damaged ({exc}); delete it and run again to fetch it anew") from None
+        why = "not a .npz archive" if "pickle" in str(exc) else exc  # never NumPy's hint to unpickle
+        raise MNISTError(f"the MNIST cache {cache} is damaged ({why}); delete it and run again to fetch it anew") from None
 
 
 def _write_cache(arrays: Arrays, cache: Path) -> None:
     try:
-        with _files.atomic_write(cache) as fh:
+        with _files.atomic_write(cache, make_parents=True) as fh:
             np.savez(fh, **arrays)
     except OSError as exc:
         warnings.warn(f"fastcnn: cannot cache MNIST in {cache} ({exc}); it will be fetched again next time",

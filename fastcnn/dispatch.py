@@ -39,6 +39,7 @@ from typing import Any, Callable, Iterator
 import numpy as np
 
 from . import _files, backends
+from .tables import format_table
 from .kernels import jit
 
 BACKENDS = ("numba", "numpy")
@@ -209,8 +210,7 @@ def dispatch_report() -> str:
     for d in dispatch_decisions():
         ms = d["ms"]
         rows.append((d["op"], d["signature"], d["choice"], str(ms.get("numba", "-")), str(ms.get("numpy", "-")), str(d["measure_ms"])))
-    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
-    return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows)
+    return format_table(rows)
 
 
 def clear_dispatch_decisions(persisted: bool = False) -> None:
@@ -277,7 +277,7 @@ def _save_persisted() -> None:
         return
     try:
         saved = {k: d for k, d in _decisions.items() if k not in _unsaved}
-        with _files.atomic_write(decisions_path()) as fh:
+        with _files.atomic_write(decisions_path(), make_parents=True) as fh:
             fh.write(json.dumps(saved, indent=1, sort_keys=True).encode())
     except OSError as exc:
         if not _persist_warned:

@@ -25,10 +25,19 @@ __all__ = [
     "avg_pool2d_backward",
     "relu",
     "relu_backward",
+    "tanh",
+    "tanh_backward",
+    "sigmoid",
+    "sigmoid_backward",
+    "softmax",
+    "softmax_backward",
     "dropout",
     "linear",
     "linear_backward",
     "softmax_cross_entropy",
+    "soft_cross_entropy",
+    "mse_loss",
+    "binary_cross_entropy",
 ]
 
 def _pad(x: np.ndarray, padding) -> np.ndarray:
@@ -230,6 +239,7 @@ def conv2d_max_pool2d_backward(
     *,
     relu_output: np.ndarray | None = None,
     input_grad: bool = True,
+    check_indices: bool = True,
     backend: str | None = None,
 ) -> tuple[np.ndarray | None, np.ndarray, np.ndarray]:
     """Gradients of :func:`conv2d_max_pool2d` with respect to ``x``, ``weight`` and ``bias``: those of
@@ -249,6 +259,8 @@ def conv2d_max_pool2d_backward(
         where it is positive. None (the default) when the op applied no ReLU.
     input_grad : bool
         Compute ``grad_x``; ``False`` skips that work and returns None.
+    check_indices : bool
+        As in :func:`max_pool2d_backward`.
 
     Returns
     -------
@@ -256,16 +268,9 @@ def conv2d_max_pool2d_backward(
     grad_weight : ndarray, shape of ``weight``
     grad_bias : ndarray, shape (C_out,)
     """
-    return _conv2d_max_pool2d_backward(grad_y, argmax, x, weight, stride, padding, dilation, relu_output, input_grad,
-                                       backend, check_range=True)
-
-
-def _conv2d_max_pool2d_backward(grad_y, argmax, x, weight, stride, padding, dilation, relu_output, input_grad,
-                                backend, check_range: bool):
-    """:func:`conv2d_max_pool2d_backward`; ``check_range`` as in :func:`_max_pool2d_backward`."""
     x, weight, geo = _conv_inputs(x, weight, stride, padding, dilation)
     conv_shape = (x.shape[0], weight.shape[0]) + geo.out_hw
-    grad_y, argmax = _pooled_gradient(grad_y, argmax, conv_shape, "the conv output", check_range, x.dtype)
+    grad_y, argmax = _pooled_gradient(grad_y, argmax, conv_shape, "the conv output", check_indices, x.dtype)
     if relu_output is not None:
         relu_output = check_grad("relu_output", relu_output, grad_y.shape, x.dtype)
     grad = (grad_y, argmax, relu_output)
@@ -298,7 +303,8 @@ def max_pool2d(
     y : ndarray, shape (N, C, H_out, W_out)
     argmax : ndarray of int64, same shape as ``y``
         Flat index (``row * W + col``) of each maximum in its input plane. Ties go to the first
-        maximum in row-major window order; a NaN in a window wins (the first one).
+        maximum in row-major window order; a NaN in a window wins (the last one, as PyTorch's CPU
+        kernel, which takes each value that is greater or NaN).
     """
     x = float_array("x", x, ndim=4)
     geo = pool_geometry(x.shape, kernel_size, stride, padding)
@@ -313,6 +319,7 @@ def max_pool2d_backward(
     argmax: np.ndarray,
     input_shape: tuple[int, int, int, int],
     *,
+    check_indices: bool = True,
     backend: str | None = None,
 ) -> np.ndarray:
     """Gradient of :func:`max_pool2d` with respect to its input.
@@ -324,27 +331,25 @@ def max_pool2d_backward(
         The indices :func:`max_pool2d` returned.
     input_shape : (N, C, H, W)
         Shape of the pooled input.
+    check_indices : bool
+        Scan ``argmax`` for indices outside the input plane (a ValueError). ``False`` skips the scan,
+        for indices that come straight from :func:`max_pool2d`, as :class:`~fastcnn.layers.MaxPool2D`
+        passes them (the scan was a third of that layer's backward time); indices out of range then
+        write out of bounds.
     backend : {"auto", "numba", "numpy"}, optional
 
     Returns
     -------
     ndarray of ``input_shape``
     """
-    return _max_pool2d_backward(grad_y, argmax, input_shape, backend, check_range=True)
-
-
-def _max_pool2d_backward(grad_y, argmax, input_shape, backend, check_range: bool) -> np.ndarray:
-    """:func:`max_pool2d_backward`; ``check_range=False`` skips scanning ``argmax`` for indices outside
-    the plane, for :class:`~fastcnn.layers.MaxPool2D`, whose indices come from its own forward pass
-    (the scan was a third of that layer's backward time)."""
     shape = check_nchw_shape("input_shape", input_shape)
-    grad_y, argmax = _pooled_gradient(grad_y, argmax, shape, "input_shape", check_range)
+    grad_y, argmax = _pooled_gradient(grad_y, argmax, shape, "input_shape", check_indices)
     check_allocation("max_pool2d_backward output", shape, grad_y.dtype)
     signature = (grad_y.shape, shape, grad_y.dtype.char)
     return dispatch.run("max_pool2d_backward", signature, (grad_y, argmax, shape[2], shape[3]), backend)
 
 
-def _pooled_gradient(grad_y, argmax, shape, name: str, check_range: bool, dtype=None):
+def _pooled_gradient(grad_y, argmax, shape, name: str, check_indices: bool, dtype=None):
     """``grad_y`` and ``argmax`` of a max-pool checked against the shape of its input, ``shape``
     (called ``name`` in errors); ``argmax`` as C-contiguous int64."""
     grad_y = float_array("grad_y", grad_y, ndim=4, dtype=dtype)
@@ -357,7 +362,7 @@ def _pooled_gradient(grad_y, argmax, shape, name: str, check_range: bool, dtype=
             f"grad_y and argmax must have one shape, with N and C of {name}"
         )
     plane = shape[2] * shape[3]
-    if check_range and argmax.size and (argmax.min() < 0 or argmax.max() >= plane):
+    if check_indices and argmax.size and (argmax.min() < 0 or argmax.max() >= plane):
         raise ValueError(
             f"argmax holds indices outside [0, {plane}) for {name} {shape}: min {argmax.min()}, max {argmax.max()}"
         )
@@ -470,6 +475,47 @@ def relu_backward(grad_y: np.ndarray, y: np.ndarray, *, backend: str | None = No
     y = float_array("y", y)
     grad_y = check_grad("grad_y", grad_y, y.shape, y.dtype)
     return dispatch.run("relu_backward", (y.shape, y.dtype.char), (grad_y, y), backend)
+
+
+def _activation(op: str, x, backend: str | None) -> np.ndarray:
+    x = float_array("x", x)
+    return dispatch.run(op, (x.shape, x.dtype.char), (x,), backend)
+
+
+def _activation_backward(op: str, grad_y, y, backend: str | None) -> np.ndarray:
+    y = float_array("y", y)
+    grad_y = check_grad("grad_y", grad_y, y.shape, y.dtype)
+    return dispatch.run(op, (y.shape, y.dtype.char), (grad_y, y), backend)
+
+
+def tanh(x: np.ndarray, *, backend: str | None = None) -> np.ndarray:
+    """``tanh(x)`` element-wise, any shape, float32 or float64 (the same dtype out)."""
+    return _activation("tanh", x, backend)
+
+
+def tanh_backward(grad_y: np.ndarray, y: np.ndarray, *, backend: str | None = None) -> np.ndarray:
+    """Gradient of :func:`tanh` from its output ``y``: ``grad_y * (1 - y**2)``."""
+    return _activation_backward("tanh_backward", grad_y, y, backend)
+
+
+def sigmoid(x: np.ndarray, *, backend: str | None = None) -> np.ndarray:
+    """The logistic function ``1 / (1 + exp(-x))`` element-wise, without overflow for any ``x``."""
+    return _activation("sigmoid", x, backend)
+
+
+def sigmoid_backward(grad_y: np.ndarray, y: np.ndarray, *, backend: str | None = None) -> np.ndarray:
+    """Gradient of :func:`sigmoid` from its output ``y``: ``grad_y * y * (1 - y)``."""
+    return _activation_backward("sigmoid_backward", grad_y, y, backend)
+
+
+def softmax(x: np.ndarray, *, backend: str | None = None) -> np.ndarray:
+    """Softmax over the last axis, shifted by each row's maximum so any finite values are safe."""
+    return _activation("softmax", x, backend)
+
+
+def softmax_backward(grad_y: np.ndarray, y: np.ndarray, *, backend: str | None = None) -> np.ndarray:
+    """Gradient of :func:`softmax` from its output ``y``: ``y * (grad_y - sum(grad_y * y))`` per row."""
+    return _activation_backward("softmax_backward", grad_y, y, backend)
 
 
 def dropout(x: np.ndarray, p: float, seed: int, *, backend: str | None = None) -> np.ndarray:
@@ -596,3 +642,72 @@ def softmax_cross_entropy(logits: np.ndarray, labels: np.ndarray, *,
         return 0.0, np.zeros_like(logits), 0
     loss, grad, correct = dispatch.run("softmax_cross_entropy", (logits.shape, logits.dtype.char), (logits, labels), backend)
     return float(loss), grad, int(correct)
+
+
+def _loss_inputs(pred, target):
+    pred = float_array("pred", pred)
+    target = np.asarray(target)
+    if target.shape != pred.shape:
+        raise ValueError(f"target must have the shape of pred {pred.shape}, got {target.shape}")
+    if target.dtype.kind not in "fiub":
+        raise TypeError(f"target must be numeric, got dtype {target.dtype}")
+    return pred, np.ascontiguousarray(target, dtype=pred.dtype)
+
+
+def _mean_loss(op: str, backend: str | None, pred, target, *extra) -> tuple[float, np.ndarray]:
+    if pred.size == 0:
+        return 0.0, np.zeros_like(pred)
+    return dispatch.run(op, (pred.shape, pred.dtype.char), (pred, target, *extra), backend)
+
+
+def soft_cross_entropy(logits: np.ndarray, target: np.ndarray, *, backend: str | None = None) -> tuple[float, np.ndarray]:
+    """Mean cross-entropy of ``softmax(logits)`` against rows of probabilities (one-hot rows, or soft
+    labels) and its gradient, as :func:`torch.nn.functional.cross_entropy` with probability targets.
+
+    Parameters
+    ----------
+    logits : ndarray, shape (N, K)
+    target : ndarray, shape (N, K)
+        Each row a distribution over the K classes (rows that do not sum to 1 scale the loss).
+
+    Returns
+    -------
+    loss : float
+        The mean over the N rows (0.0 for N = 0).
+    grad : ndarray, shape (N, K)
+        d loss / d logits, in the dtype of ``logits``.
+    """
+    logits, target = _loss_inputs(logits, target)
+    if logits.ndim != 2:
+        raise ValueError(f"logits must be 2-D (N, K), got shape {logits.shape}")
+    return _mean_loss("soft_cross_entropy", backend, logits, target)
+
+
+def mse_loss(pred: np.ndarray, target: np.ndarray, *, backend: str | None = None) -> tuple[float, np.ndarray]:
+    """Mean squared error over every element, and its gradient w.r.t. ``pred``.
+
+    Returns
+    -------
+    loss : float
+        ``mean((pred - target)**2)``, summed in float64 (0.0 when empty).
+    grad : ndarray of the shape and dtype of ``pred``
+    """
+    return _mean_loss("mse", backend, *_loss_inputs(pred, target))
+
+
+def binary_cross_entropy(pred: np.ndarray, target: np.ndarray, eps: float = 1e-7, *,
+                         backend: str | None = None) -> tuple[float, np.ndarray]:
+    """Mean binary cross-entropy of probabilities ``pred`` against ``target`` in [0, 1], and its
+    gradient w.r.t. ``pred``. ``pred`` is clipped to ``[eps, 1 - eps]``, so 0 and 1 give finite losses.
+
+    Returns
+    -------
+    loss : float
+    grad : ndarray of the shape and dtype of ``pred``
+    """
+    pred, target = _loss_inputs(pred, target)
+    if not (isinstance(eps, (int, float)) and 0 < eps < 0.5):
+        raise ValueError(f"eps must be a number in (0, 0.5), got {eps!r}")
+    if target.size and (target.min() < 0 or target.max() > 1):
+        raise ValueError(f"binary_cross_entropy targets must be in [0, 1], got min {target.min()}, max {target.max()}")
+    return _mean_loss("bce", backend, pred, target, pred.dtype.type(eps))

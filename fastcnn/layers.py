@@ -7,7 +7,9 @@ non-trainable state (batch-norm statistics) in ``buffers``.
 from __future__ import annotations
 
 import math
-from typing import Any
+from contextlib import contextmanager
+from contextvars import ContextVar
+from typing import Any, Callable, Iterator
 
 import numpy as np
 
@@ -32,8 +34,42 @@ __all__ = [
 ]
 
 
+_placeholder_dtype: ContextVar[np.dtype | None] = ContextVar("fastcnn_placeholder_dtype", default=None)
+
+
+@contextmanager
+def weights_follow(dtype) -> Iterator[None]:
+    """Layers built in this block hold placeholders of ``dtype`` instead of initial values: read-only
+    zeros of the right shapes that take no memory (:func:`numpy.broadcast_to` of one zero) and draw no
+    random numbers. For loaders, which compare the placeholders' shapes with a file's arrays, before
+    reading those, and then put the arrays in (:func:`fastcnn.load_model`)."""
+    token = _placeholder_dtype.set(np.dtype(dtype))
+    try:
+        yield
+    finally:
+        _placeholder_dtype.reset(token)
+
+
+def fresh(shape: tuple[int, ...], make: Callable[[], np.ndarray], dtype=None) -> np.ndarray:
+    """A new parameter, buffer or gradient: ``make()``, or inside :func:`weights_follow` its placeholder
+    (of ``dtype`` if given, else the block's)."""
+    placeholder = _placeholder_dtype.get()
+    if placeholder is None:
+        return make()
+    return np.broadcast_to(np.zeros((), placeholder if dtype is None else dtype), shape)
+
+
+def _zero_grads(params: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    return {k: fresh(v.shape, lambda v=v: np.zeros_like(v), v.dtype) for k, v in params.items()}
+
+
 class Layer:
-    """Base class. Subclasses set ``params``/``grads``/``buffers`` and implement the four methods."""
+    """Base class. Subclasses set ``params``/``grads``/``buffers`` and implement the four methods.
+
+    Subclasses create every parameter, buffer and gradient with :func:`fresh`, so that a loader can
+    build them from a file's configuration without allocating or initialising anything
+    (:func:`weights_follow`).
+    """
 
     def __init__(self) -> None:
         self.params: dict[str, np.ndarray] = {}
@@ -140,6 +176,19 @@ class Conv2D(_WeightLayer):
         Generator for the initial weights; defaults to the library generator (:func:`fastcnn.seed`).
     backend : {"auto", "numba", "numpy"}, optional
         Pin this layer's ops to one backend.
+
+    Notes
+    -----
+    Input ``(N, in_channels, H, W)``, output ``(N, out_channels, H_out, W_out)`` with, per axis,
+    ``H_out = floor((H + pad_top + pad_bottom - dilation * (kH - 1) - 1) / stride) + 1``
+    (``padding=p`` pads ``p`` on each side; ``"same"`` keeps ``H_out = H`` and needs stride 1).
+
+    Examples
+    --------
+    >>> Conv2D(1, 8, 3).output_shape((1, 28, 28))             # 28 - 3 + 1 = 26
+    (8, 26, 26)
+    >>> Conv2D(8, 16, 3, stride=2, padding=1).output_shape((8, 28, 28))  # floor((28 + 2 - 3) / 2) + 1
+    (16, 14, 14)
     """
 
     def __init__(self, in_channels: int, out_channels: int, kernel_size: IntOrPair, stride: IntOrPair = 1,
@@ -156,26 +205,28 @@ class Conv2D(_WeightLayer):
         self.backend = backend
         kh, kw = self.kernel_size
         shape = (self.out_channels, self.in_channels, kh, kw)
-        self.params["weight"] = _init_weight(init, shape, in_channels * kh * kw, out_channels * kh * kw, get_rng(rng))
+        self.params["weight"] = fresh(shape, lambda: _init_weight(init, shape, in_channels * kh * kw,
+                                                                  out_channels * kh * kw, get_rng(rng)))
         if bias:
-            self.params["bias"] = np.zeros(out_channels, np.float32)
-        self.grads = {k: np.zeros_like(v) for k, v in self.params.items()}
+            self.params["bias"] = fresh((out_channels,), lambda: np.zeros(out_channels, np.float32))
+        self.grads = _zero_grads(self.params)
         self._x = None
 
-    def _geometry(self):
+    def geometry(self) -> dict[str, Any]:
+        """``stride``, ``padding`` and ``dilation``, as the functional conv ops take them."""
         return dict(stride=self.stride, padding=self.padding, dilation=self.dilation)
 
     def forward(self, x, training=False):
         self._x = x if training else None
-        return F.conv2d(x, self.params["weight"], self.params.get("bias"), backend=self.backend, **self._geometry())
+        return F.conv2d(x, self.params["weight"], self.params.get("bias"), backend=self.backend, **self.geometry())
 
     def _gradients(self, grad, input_grad):
         return F.conv2d_backward(grad, self._cached("_x"), self.params["weight"], input_grad=input_grad,
-                                 backend=self.backend, **self._geometry())
+                                 backend=self.backend, **self.geometry())
 
     def output_shape(self, input_shape):
         _expect(self, input_shape, 3, "(N, C, H, W)")
-        geo = conv_geometry((1,) + tuple(input_shape), self.params["weight"].shape, **self._geometry())
+        geo = conv_geometry((1,) + tuple(input_shape), self.params["weight"].shape, **self.geometry())
         return (self.out_channels,) + geo.out_hw
 
     def describe(self):
@@ -214,7 +265,28 @@ class _Pool2D(Layer):
 
 
 class MaxPool2D(_Pool2D):
-    """2-D max pooling (implicit ``-inf`` padding; ties to the first maximum). See :func:`fastcnn.functional.max_pool2d`."""
+    """2-D max pooling (implicit ``-inf`` padding; ties to the first maximum). See :func:`fastcnn.functional.max_pool2d`.
+
+    Parameters
+    ----------
+    kernel_size : int or (int, int)
+    stride : int or (int, int), optional
+        Defaults to ``kernel_size`` (windows side by side).
+    padding : int or (int, int)
+        At most half the window.
+
+    Notes
+    -----
+    Input ``(N, C, H, W)``, output ``(N, C, H_out, W_out)`` with, per axis,
+    ``H_out = floor((H + 2 * padding - kernel_size) / stride) + 1`` (PyTorch's floor mode).
+
+    Examples
+    --------
+    >>> MaxPool2D(2).output_shape((8, 26, 26))                # floor((26 - 2) / 2) + 1
+    (8, 13, 13)
+    >>> MaxPool2D(3, stride=2, padding=1).output_shape((8, 28, 28))
+    (8, 14, 14)
+    """
 
     def forward(self, x, training=False):
         y, argmax = F.max_pool2d(x, self.kernel_size, self.stride, self.padding, backend=self.backend)
@@ -222,7 +294,8 @@ class MaxPool2D(_Pool2D):
         return y
 
     def backward(self, grad):
-        return F._max_pool2d_backward(grad, self._cached("_argmax"), self._input_shape, self.backend, check_range=False)
+        return F.max_pool2d_backward(grad, self._cached("_argmax"), self._input_shape, check_indices=False,
+                                     backend=self.backend)
 
 
 class _ConvMaxPool(_WeightLayer):
@@ -235,23 +308,23 @@ class _ConvMaxPool(_WeightLayer):
         super().__init__()
         self.conv, self.pool, self.relu = conv, pool, relu
         self.params, self.grads = conv.params, conv.grads
-        self._argmax = self._y = None
+        self._x = self._argmax = self._y = None
 
     def forward(self, x, training=False):
         conv, pool = self.conv, self.pool
-        y, argmax = F.conv2d_max_pool2d(x, conv.params["weight"], conv.params.get("bias"), **conv._geometry(),
+        y, argmax = F.conv2d_max_pool2d(x, conv.params["weight"], conv.params.get("bias"), **conv.geometry(),
                                         pool_size=pool.kernel_size, pool_stride=pool.stride,
                                         pool_padding=pool.padding, relu=self.relu is not None, backend=conv.backend)
-        conv._x, self._argmax, self._y = (x, argmax, y) if training else (None, None, None)
+        self._x, self._argmax, self._y = (x, argmax, y) if training else (None, None, None)
         return y
 
     def _gradients(self, grad, input_grad):
         conv = self.conv
         argmax = self._cached("_argmax")
-        return F._conv2d_max_pool2d_backward(grad, argmax, conv._cached("_x"), conv.params["weight"],
-                                             relu_output=self._y if self.relu is not None else None,
-                                             input_grad=input_grad, backend=conv.backend, check_range=False,
-                                             **conv._geometry())
+        return F.conv2d_max_pool2d_backward(grad, argmax, self._cached("_x"), conv.params["weight"],
+                                            relu_output=self._y if self.relu is not None else None,
+                                            input_grad=input_grad, check_indices=False, backend=conv.backend,
+                                            **conv.geometry())
 
     def output_shape(self, input_shape):
         return self.pool.output_shape(self.conv.output_shape(input_shape))
@@ -261,7 +334,16 @@ class _ConvMaxPool(_WeightLayer):
 
 
 class AvgPool2D(_Pool2D):
-    """2-D average pooling (zero padding counted). See :func:`fastcnn.functional.avg_pool2d`."""
+    """2-D average pooling (zero padding counted). See :func:`fastcnn.functional.avg_pool2d`.
+
+    Parameters and output size as :class:`MaxPool2D`:
+    ``H_out = floor((H + 2 * padding - kernel_size) / stride) + 1``.
+
+    Examples
+    --------
+    >>> AvgPool2D(2).output_shape((16, 11, 11))               # floor((11 - 2) / 2) + 1: the last row is dropped
+    (16, 5, 5)
+    """
 
     def forward(self, x, training=False):
         self._input_shape = x.shape if training else None
@@ -281,6 +363,17 @@ class Dense(_WeightLayer):
     bias : bool
     init : {"he", "glorot"}
     rng : numpy.random.Generator or int, optional
+
+    Notes
+    -----
+    Input ``(N, in_features)``, output ``(N, out_features)``; after convolutions, put a
+    :class:`Flatten` first and take ``in_features = C * H * W`` of the last conv or pool output
+    (``Sequential.summary()`` shows it).
+
+    Examples
+    --------
+    >>> Dense(400, 128).output_shape((400,))
+    (128,)
     """
 
     def __init__(self, in_features: int, out_features: int, bias: bool = True, init: str = "he", rng=None) -> None:
@@ -288,10 +381,11 @@ class Dense(_WeightLayer):
         self.in_features = positive_int("in_features", in_features)
         self.out_features = positive_int("out_features", out_features)
         self.init = init
-        self.params["weight"] = _init_weight(init, (out_features, in_features), in_features, out_features, get_rng(rng))
+        shape = (self.out_features, self.in_features)
+        self.params["weight"] = fresh(shape, lambda: _init_weight(init, shape, in_features, out_features, get_rng(rng)))
         if bias:
-            self.params["bias"] = np.zeros(out_features, np.float32)
-        self.grads = {k: np.zeros_like(v) for k, v in self.params.items()}
+            self.params["bias"] = fresh((out_features,), lambda: np.zeros(out_features, np.float32))
+        self.grads = _zero_grads(self.params)
         self._x = None
 
     def forward(self, x, training=False):
@@ -316,7 +410,15 @@ class Dense(_WeightLayer):
 
 
 class Flatten(Layer):
-    """Flatten every axis but the batch axis, in C order (as ``torch.nn.Flatten``)."""
+    """Flatten every axis but the batch axis, in C order (as ``torch.nn.Flatten``).
+
+    Input ``(N, C, H, W)`` (or any ``(N, ...)``), output ``(N, C * H * W)``.
+
+    Examples
+    --------
+    >>> Flatten().output_shape((16, 5, 5))                    # 16 * 5 * 5
+    (400,)
+    """
 
     def forward(self, x, training=False):
         x = self._input(x, 2)
@@ -335,7 +437,13 @@ class Dropout(Layer):
     """Inverted dropout: in training, zero each element with probability ``p`` and scale the rest by ``1/(1-p)``.
 
     Each mask comes from a seed drawn from ``rng`` (a NumPy Generator), so a seed reproduces a run;
-    see :func:`fastcnn.functional.dropout`.
+    see :func:`fastcnn.functional.dropout`. Outside training (``predict``, ``evaluate``) it passes its
+    input through unchanged. The output has the input's shape.
+
+    Examples
+    --------
+    >>> Dropout(0.25).output_shape((128,))
+    (128,)
     """
 
     def __init__(self, p: float = 0.5, rng=None) -> None:
@@ -396,33 +504,20 @@ class Tanh(_Activation):
     """Hyperbolic tangent."""
 
     def _apply(self, x):
-        return np.tanh(x)
+        return F.tanh(x)
 
     def _grad(self, grad, y):
-        return grad * (1 - y * y)
-
-
-def sigmoid(x: np.ndarray) -> np.ndarray:
-    """Numerically stable logistic function (no overflow for large ``|x|``)."""
-    e = np.exp(-np.abs(x))
-    return np.where(x >= 0, 1 / (1 + e), e / (1 + e)).astype(x.dtype, copy=False)
+        return F.tanh_backward(grad, y)
 
 
 class Sigmoid(_Activation):
     """Logistic function ``1 / (1 + exp(-x))``, stable for any ``x``."""
 
     def _apply(self, x):
-        return sigmoid(x)
+        return F.sigmoid(x)
 
     def _grad(self, grad, y):
-        return grad * y * (1 - y)
-
-
-def softmax(x: np.ndarray, axis: int = -1) -> np.ndarray:
-    """Softmax along ``axis``, shifted by the maximum so any finite logits are safe."""
-    z = x - x.max(axis=axis, keepdims=True)
-    e = np.exp(z)
-    return e / e.sum(axis=axis, keepdims=True)
+        return F.sigmoid_backward(grad, y)
 
 
 class Softmax(_Activation):
@@ -430,10 +525,10 @@ class Softmax(_Activation):
     :class:`fastcnn.losses.CrossEntropyLoss` fuses the softmax and is exact for logits of any size."""
 
     def _apply(self, x):
-        return softmax(x)
+        return F.softmax(x)
 
     def _grad(self, grad, y):
-        return y * (grad - (grad * y).sum(axis=-1, keepdims=True))
+        return F.softmax_backward(grad, y)
 
 
 class _BatchNorm(Layer):
@@ -445,12 +540,13 @@ class _BatchNorm(Layer):
         self.num_features = positive_int("num_features", num_features)
         self.eps = float(eps)
         self.momentum = float(momentum)
-        self.params = {"weight": np.ones(num_features, np.float32), "bias": np.zeros(num_features, np.float32)}
-        self.grads = {k: np.zeros_like(v) for k, v in self.params.items()}
+        n = (self.num_features,)
+        self.params = {"weight": fresh(n, lambda: np.ones(n, np.float32)), "bias": fresh(n, lambda: np.zeros(n, np.float32))}
+        self.grads = _zero_grads(self.params)
         self.buffers = {
-            "running_mean": np.zeros(num_features, np.float32),
-            "running_var": np.ones(num_features, np.float32),
-            "num_batches_tracked": np.zeros((), np.int64),
+            "running_mean": fresh(n, lambda: np.zeros(n, np.float32)),
+            "running_var": fresh(n, lambda: np.ones(n, np.float32)),
+            "num_batches_tracked": fresh((), lambda: np.zeros((), np.int64), np.int64),
         }
 
     def _bshape(self, v):
@@ -507,6 +603,15 @@ class BatchNorm2D(_BatchNorm):
         Added to the variance; a batch whose channel is constant normalises to zero instead of NaN.
     momentum : float
         Weight of the new batch in the running statistics.
+
+    Notes
+    -----
+    The output has the input's shape ``(N, num_features, H, W)``.
+
+    Examples
+    --------
+    >>> BatchNorm2D(8).output_shape((8, 26, 26))
+    (8, 26, 26)
     """
 
     _axes = (0, 2, 3)
@@ -514,7 +619,14 @@ class BatchNorm2D(_BatchNorm):
 
 
 class BatchNorm1D(_BatchNorm):
-    """Batch normalisation over N for each feature of (N, C) input, as ``torch.nn.BatchNorm1d``."""
+    """Batch normalisation over N for each feature of (N, C) input, as ``torch.nn.BatchNorm1d``; the
+    output has the input's shape.
+
+    Examples
+    --------
+    >>> BatchNorm1D(128).output_shape((128,))
+    (128,)
+    """
 
     _axes = (0,)
     _ndim = 2

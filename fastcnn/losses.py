@@ -6,7 +6,7 @@ import numpy as np
 from . import functional as F
 from ._checks import class_labels
 
-__all__ = ["Loss", "CrossEntropyLoss", "MSELoss", "BCELoss", "accuracy"]
+__all__ = ["Loss", "CrossEntropyLoss", "MSELoss", "BCELoss", "accuracy", "LOSSES", "get_loss"]
 
 
 class Loss:
@@ -21,7 +21,7 @@ class Loss:
     def backward(self) -> np.ndarray:
         raise NotImplementedError
 
-    def _correct_count(self, pred: np.ndarray, target: np.ndarray) -> int | None:
+    def correct_count(self, pred: np.ndarray, target: np.ndarray) -> int | None:
         """Right predictions among the rows of the last ``forward(pred, target)``; None if not a classifier."""
         acc = accuracy(pred, target)
         return None if acc is None else round(acc * len(pred))
@@ -38,50 +38,55 @@ class Loss:
 class CrossEntropyLoss(Loss):
     """Softmax fused with cross-entropy, on logits ``(N, K)``; exact for logits of any size.
 
-    ``target`` is either integer class labels ``(N,)`` in ``[0, K)`` or one-hot / probability rows ``(N, K)``.
+    ``target`` is either integer class labels ``(N,)`` (or ``(N, 1)``, as a column) in ``[0, K)`` or
+    one-hot / probability rows ``(N, K)``.
     """
 
     def check_targets(self, target, pred_shape):
-        target = super().check_targets(target, pred_shape)
+        target = _label_column(super().check_targets(target, pred_shape))
         if len(pred_shape) != 2:
             raise ValueError(f"CrossEntropyLoss expects logits of shape (N, K), got {pred_shape}")
         if target.ndim == 1:
             return class_labels("labels", target, pred_shape[0], pred_shape[1])
+        if target.ndim == 2 and target.shape[1] == 1 and pred_shape[1] != 1:
+            raise ValueError(f"targets of shape {target.shape} hold one {target.dtype} per sample: class labels must be "
+                             f"integers (y.ravel().astype(int)); one-hot targets have shape {tuple(pred_shape)}")
         if target.shape != tuple(pred_shape) or target.dtype.kind != "f":
             raise ValueError(f"one-hot targets must be a float array of shape {tuple(pred_shape)}, got {target.dtype} {target.shape}")
         return target
 
     def forward(self, pred, target):
-        target = np.asarray(target)
+        target = _label_column(np.asarray(target))
         if target.ndim == 1:  # class labels: one fused pass, which checks them
             value, self._grad, self._correct = F.softmax_cross_entropy(pred, target)
             return value
         target = self.check_targets(target, pred.shape)
         self._correct = None
-        z = pred - pred.max(axis=1, keepdims=True)
-        log_p = z - np.log(np.exp(z).sum(axis=1, keepdims=True))
-        n = max(pred.shape[0], 1)
-        grad = np.exp(log_p) * target.sum(axis=1, keepdims=True) - target
-        self._grad = (grad / n).astype(pred.dtype, copy=False)
-        return float(-(target * log_p).sum() / n)
+        value, self._grad = F.soft_cross_entropy(pred, target)
+        return value
 
     def backward(self):
         return self._grad
 
-    def _correct_count(self, pred, target):
-        return super()._correct_count(pred, target) if self._correct is None else self._correct
+    def correct_count(self, pred, target):
+        return super().correct_count(pred, target) if self._correct is None else self._correct
+
+
+def _label_column(target: np.ndarray) -> np.ndarray:
+    """Integer labels given as a column ``(N, 1)`` (as Keras and pandas users hold them) as ``(N,)``."""
+    return target[:, 0] if target.ndim == 2 and target.shape[1] == 1 and target.dtype.kind in "iu" else target
 
 
 class MSELoss(Loss):
     """Mean squared error over every element."""
 
     def forward(self, pred, target):
-        target = self.check_targets(target, pred.shape).astype(pred.dtype, copy=False).reshape(pred.shape)
-        self._diff = pred - target
-        return float((self._diff.astype(np.float64) ** 2).mean())
+        target = self.check_targets(target, pred.shape).reshape(pred.shape)
+        value, self._grad = F.mse_loss(pred, target)
+        return value
 
     def backward(self):
-        return self._diff * self._diff.dtype.type(2.0 / max(self._diff.size, 1))
+        return self._grad
 
 
 class BCELoss(Loss):
@@ -91,16 +96,12 @@ class BCELoss(Loss):
         self.eps = eps
 
     def forward(self, pred, target):
-        target = self.check_targets(target, pred.shape).astype(pred.dtype, copy=False).reshape(pred.shape)
-        if target.size and (target.min() < 0 or target.max() > 1):
-            raise ValueError(f"BCELoss targets must be in [0, 1], got min {target.min()}, max {target.max()}")
-        p = np.clip(pred, self.eps, 1 - self.eps)
-        self._cache = (p, target)
-        return float(-(target * np.log(p) + (1 - target) * np.log1p(-p)).mean())
+        target = self.check_targets(target, pred.shape).reshape(pred.shape)
+        value, self._grad = F.binary_cross_entropy(pred, target, self.eps)
+        return value
 
     def backward(self):
-        p, t = self._cache
-        return ((p - t) / (p * (1 - p)) / max(p.size, 1)).astype(p.dtype, copy=False)
+        return self._grad
 
 
 def accuracy(pred: np.ndarray, target: np.ndarray) -> float | None:
@@ -110,3 +111,36 @@ def accuracy(pred: np.ndarray, target: np.ndarray) -> float | None:
         return None
     labels = target.argmax(axis=1) if target.ndim == 2 else target
     return float((pred.argmax(axis=1) == labels).mean()) if len(labels) else 0.0
+
+
+#: The losses ``fit(loss=...)`` knows by name; Keras's names are accepted too.
+LOSSES = {
+    "cross_entropy": CrossEntropyLoss, "mse": MSELoss, "bce": BCELoss,
+    "sparse_categorical_crossentropy": CrossEntropyLoss, "categorical_crossentropy": CrossEntropyLoss,
+    "mean_squared_error": MSELoss, "binary_crossentropy": BCELoss,
+}
+
+
+def get_loss(loss: "Loss | str | None") -> Loss:
+    """A loss from an instance, a name in :data:`LOSSES` (``"cross_entropy"``, ``"mse"``, ``"bce"``, or
+    Keras's names) or None (:class:`CrossEntropyLoss`), as ``fit`` accepts it.
+
+    Raises
+    ------
+    ValueError
+        An unknown name; the message lists the known ones.
+    TypeError
+        Neither a Loss nor a string.
+    """
+    if loss is None:
+        return CrossEntropyLoss()
+    if isinstance(loss, Loss):
+        return loss
+    if isinstance(loss, str):
+        make = LOSSES.get(loss.lower())
+        if make is None:
+            raise ValueError(f"unknown loss {loss!r}; choose one of {', '.join(map(repr, LOSSES))} "
+                             "or pass an instance, e.g. fastcnn.MSELoss()")
+        return make()
+    raise TypeError(f"loss must be a fastcnn loss (fastcnn.CrossEntropyLoss(), fastcnn.MSELoss(), ...) or its name, "
+                    f"got {type(loss).__name__}")

@@ -7,13 +7,18 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from . import dispatch, inference, saving
+from . import _untrusted, dispatch, inference, saving
 from ._checks import positive_int
+from ._version import __version__
+from .callbacks import Callback, CallbackList
+from .distributed import training_context
 from .kernels import blas
-from .layers import LAYER_TYPES, Conv2D, Dropout, Layer, MaxPool2D, ReLU, Sigmoid, Softmax, _ConvMaxPool, softmax
-from .losses import CrossEntropyLoss, Loss, accuracy
-from .optim import Adam, Optimizer
+from .layers import (LAYER_TYPES, Conv2D, Dropout, Layer, MaxPool2D, ReLU, Sigmoid, Softmax, _ConvMaxPool, softmax,
+                     weights_follow)
+from .losses import CrossEntropyLoss, Loss, accuracy, get_loss
+from .optim import Optimizer, get_optimizer
 from .progress import ProgressBar
+from .tables import format_table
 
 __all__ = ["Sequential", "TrainingDivergedError", "load_model"]
 
@@ -81,11 +86,9 @@ class Sequential:
         rows = [("#", "layer", "output shape", "params")]
         for i, (layer, shape) in enumerate(zip(self.layers, shapes)):
             rows.append((str(i), layer.describe(), "(N, " + ", ".join(map(str, shape)) + ")", f"{layer.num_params:,}"))
-        widths = [max(len(r[c]) for r in rows) for c in range(4)]
-        lines = ["  ".join(r[c].ljust(widths[c]) if c < 3 else r[c].rjust(widths[c]) for c in range(4)) for r in rows]
-        rule = "-" * len(lines[0])
+        table = format_table(rows, right=[3], header_rule=True)
         total = sum(layer.num_params for layer in self.layers)
-        return "\n".join([lines[0], rule, *lines[1:], rule, f"total parameters: {total:,} ({self.dtype.name})"])
+        return "\n".join([table, table.split("\n")[1], f"total parameters: {total:,} ({self.dtype.name})"])
 
     @property
     def dtype(self) -> np.dtype:
@@ -117,10 +120,18 @@ class Sequential:
                     state[f"{i}.{k}"] = v.copy()
         return state
 
+    def _state_slots(self) -> dict[str, tuple[Layer, dict[str, np.ndarray], str]]:
+        """``name: (layer, store, key)`` for every parameter and buffer, named as :meth:`state_dict` names them."""
+        return {f"{i}.{k}": (layer, store, k) for i, layer in enumerate(self.layers)
+                for store in (layer.params, layer.buffers) for k in store}
+
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Copy arrays from ``state`` (names and shapes as :meth:`state_dict`; PyTorch tensors work too)."""
-        expected = {f"{i}.{k}": (layer, store, k) for i, layer in enumerate(self.layers)
-                    for store in (layer.params, layer.buffers) for k in store}
+        self._load_state(state, copy=True)
+
+    def _load_state(self, state: dict[str, Any], copy: bool) -> None:
+        """:meth:`load_state_dict`; with ``copy=False``, arrays of the model's dtype are taken as they are."""
+        expected = self._state_slots()
         missing = sorted(set(expected) - set(state))
         unexpected = sorted(set(state) - set(expected))
         if missing or unexpected:
@@ -131,7 +142,7 @@ class Sequential:
             value = np.asarray(value.detach().cpu().numpy() if hasattr(value, "detach") else value)
             if value.shape != store[k].shape:
                 raise ValueError(f"{name}: shape {value.shape} in the state dict, {store[k].shape} in the model")
-            arrays[name] = value.astype(store[k].dtype)
+            arrays[name] = value.astype(store[k].dtype, copy=copy)
         for name, (layer, store, k) in expected.items():  # all checked: now change the model
             store[k] = arrays[name]
         self._checked_shapes = set()
@@ -156,7 +167,7 @@ class Sequential:
                 raise ValueError(f"unknown layer type in {spec!r}; known: {', '.join(LAYER_TYPES)}")
             try:
                 layers.append(layer_type(**spec.get("config", {})))
-            except TypeError as exc:
+            except (TypeError, OverflowError) as exc:
                 raise ValueError(f"cannot rebuild layer {spec!r}: {exc}") from None
         return cls(layers, input_shape=input_shape)
 
@@ -169,13 +180,27 @@ class Sequential:
         x = x.astype(self.dtype, copy=False)
         shape = x.shape[1:]
         if shape not in self._checked_shapes:
-            self.output_shapes(shape)
+            try:
+                self.output_shapes(shape)
+            except ValueError as exc:
+                raise ValueError(f"{exc}{_layout_hint(x.shape, self._sample_shape())}") from None
             self._checked_shapes.add(shape)
         return x
 
+    def _sample_shape(self) -> tuple[int, ...] | None:
+        """The per-sample input shape if known, else ``(C,)`` from a first layer that has ``in_channels``."""
+        if self.input_shape is not None:
+            return self.input_shape
+        channels = getattr(self.layers[0], "in_channels", None) if self.layers else None
+        return None if channels is None else (channels,)
+
     def forward(self, x: np.ndarray, training: bool = False) -> np.ndarray:
         """Run every layer on the batch ``x``; with ``training=True`` layers keep what backward needs."""
-        x = self._prepare_input(x)
+        return self._forward(self._prepare_input(x), training)
+
+    def _forward(self, x: np.ndarray, training: bool) -> np.ndarray:
+        """:meth:`forward` for a batch of an input that :meth:`_prepare_input` already checked (once
+        per ``fit``/``predict`` call, not per batch)."""
         for layer in self._run_order():
             x = layer.forward(x, training)
         return x
@@ -266,12 +291,15 @@ class Sequential:
         y: np.ndarray,
         epochs: int = 1,
         batch_size: int = 32,
-        optimizer: Optimizer | None = None,
-        loss: Loss | None = None,
+        optimizer: Optimizer | str | None = None,
+        loss: Loss | str | None = None,
         validation_data: tuple[np.ndarray, np.ndarray] | None = None,
         shuffle: bool = True,
         seed: int | None = None,
         verbose: int = 1,
+        validation_split: float = 0.0,
+        callbacks: Sequence[Callback] | None = None,
+        distributed: bool = False,
     ) -> dict[str, list[float]]:
         """Train on ``(x, y)`` with mini-batches.
 
@@ -282,10 +310,12 @@ class Sequential:
         y : ndarray
             Targets: integer labels ``(N,)`` or one-hot rows for :class:`CrossEntropyLoss`, values for MSE.
         epochs, batch_size : int
-        optimizer : Optimizer, optional
-            Defaults to ``Adam(1e-3)``.
-        loss : Loss, optional
-            Defaults to :class:`CrossEntropyLoss`.
+        optimizer : Optimizer or str, optional
+            An instance, or a name with default settings: ``"adam"`` (``Adam(1e-3)``, the default) or
+            ``"sgd"`` (``SGD(0.01)``); see :func:`fastcnn.optim.get_optimizer`.
+        loss : Loss or str, optional
+            An instance or a name: ``"cross_entropy"`` (the default), ``"mse"``, ``"bce"`` (or Keras's
+            names); see :func:`fastcnn.losses.get_loss`.
         validation_data : (x_val, y_val), optional
             Evaluated after every epoch.
         shuffle : bool
@@ -293,6 +323,17 @@ class Sequential:
             Seeds the shuffling and the dropout masks, so a run can be repeated exactly.
         verbose : int
             1 shows a progress bar per epoch; 0 is silent.
+        validation_split : float
+            As Keras: this fraction of the samples, taken from the end of ``x`` and ``y`` before any
+            shuffling, is held out and evaluated after every epoch instead of trained on.
+        callbacks : list of Callback, optional
+            Run at the start, after every epoch (and may stop training) and at the end; see
+            :mod:`fastcnn.callbacks` (``EarlyStopping``, ``ModelCheckpoint``).
+        distributed : bool
+            Data-parallel training over MPI, in a script started by ``mpiexec -n N`` (needs
+            ``pip install 'fastcnn[mpi]'``): every rank passes the same data, takes a share of each
+            batch, and the gradients are averaged, so a run learns as one process with the same
+            ``batch_size`` would; only rank 0 shows progress. See :mod:`fastcnn.distributed`.
 
         Returns
         -------
@@ -309,29 +350,36 @@ class Sequential:
         positive_int("epochs", epochs)
         if len(x) == 0:
             raise ValueError("x is empty: fit needs at least one sample")
-        optimizer = optimizer or Adam(1e-3)
-        self.loss = loss = loss or CrossEntropyLoss()
+        optimizer = get_optimizer(optimizer)
+        self.loss = loss = get_loss(loss)
+        if validation_split:
+            x, y, validation_data = _split_validation(x, y, validation_split, validation_data)
         y = loss.check_targets(y, (len(x),) + self.output_shapes(x.shape[1:])[-1])
         for name, values in (("x", x), ("y", y)):
             if values.dtype.kind == "f" and not np.isfinite(values).all():
                 bad = np.unravel_index(np.flatnonzero(~np.isfinite(values))[0], values.shape)
                 raise ValueError(f"{name} holds NaN or infinity (first at index {tuple(int(i) for i in bad)}); "
                                  "fit needs finite inputs and targets")
+        ctx = training_context(distributed)
+        callbacks = CallbackList(c for c in callbacks or () if ctx.is_root or not getattr(c, "writes_files", False))
+        seed = ctx.begin(self, seed, dict(x=x.shape, y=y.shape, epochs=epochs, batch_size=batch_size, shuffle=shuffle))
         rng = np.random.default_rng(seed)
         if seed is not None:
             for i, layer in enumerate(self.layers):
                 if isinstance(layer, Dropout):
-                    layer.rng = np.random.default_rng([seed, i])
+                    layer.rng = ctx.dropout_rng(seed, i)
         n = len(x)
         if optimizer.total_steps is None:
             optimizer.total_steps = epochs * math.ceil(n / batch_size)
         history: dict[str, list[float]] = {"loss": [], "accuracy": []}
-        with dispatch.use_backend(dispatch.get_backend()), blas.held():  # settled once, not per op
+        callbacks.train_begin(self)
+        # the backend and BLAS's threads are settled once, not per op; an error on one process stops all
+        with ctx.guard((TrainingDivergedError,)), dispatch.use_backend(dispatch.get_backend()), blas.held():
             for epoch in range(epochs):
                 order = rng.permutation(n) if shuffle and batch_size < n else None  # full batch: order is moot
-                bar = ProgressBar(n, f"epoch {epoch + 1}/{epochs}", enabled=verbose > 0)
+                bar = ProgressBar(n, f"epoch {epoch + 1}/{epochs}", enabled=verbose > 0 and ctx.is_root)
                 try:
-                    mean_loss, acc = self._train_epoch(x, y, order, batch_size, optimizer, loss, bar)
+                    mean_loss, acc = self._train_epoch(x, y, order, batch_size, optimizer, loss, bar, ctx)
                 except TrainingDivergedError as exc:
                     bar.close("diverged")
                     exc.args = (f"epoch {epoch + 1}: {exc.args[0]}",)
@@ -340,16 +388,23 @@ class Sequential:
                 history["loss"].append(mean_loss)
                 history["accuracy"].append(float("nan") if acc is None else acc)
                 status = _status(mean_loss, acc)
+                ctx.end_epoch(self)
                 if validation_data is not None:
-                    val_loss, val_acc = self.evaluate(*validation_data, loss=loss)
+                    val_loss, val_acc = ctx.evaluate(self, *validation_data, loss=loss)
                     history.setdefault("val_loss", []).append(val_loss)
                     history.setdefault("val_accuracy", []).append(float("nan") if val_acc is None else val_acc)
                     status += f" - val_loss {val_loss:.4f}" + ("" if val_acc is None else f" val_acc {val_acc:.4f}")
                 bar.close(status)
+                if callbacks.epoch_end(self, epoch, history):
+                    break
+            ctx.end(self)
+        callbacks.train_end(self, history)
         return history
 
-    def _train_epoch(self, x, y, order, batch_size, optimizer, loss, bar) -> tuple[float, float | None]:
+    def _train_epoch(self, x, y, order, batch_size, optimizer, loss, bar, ctx) -> tuple[float, float | None]:
         """One pass over ``x`` in ``order`` (None: as stored); returns the mean loss and accuracy.
+        ``ctx`` (see :mod:`fastcnn.distributed`) says which share of each batch this process computes
+        and averages the gradients, loss and right predictions over the processes.
 
         Before each update the weights are copied; if a loss is not finite they are put back and
         :class:`TrainingDivergedError` is raised.
@@ -360,10 +415,17 @@ class Sequential:
         classifier = True
         with np.errstate(over="ignore", invalid="ignore"):  # divergence is caught below, with a clear error
             for start in range(0, len(x), batch_size):
-                idx = slice(start, start + batch_size) if order is None else order[start : start + batch_size]
+                stop = min(start + batch_size, len(x))
+                lo, hi = ctx.share(start, stop)
+                idx = slice(lo, hi) if order is None else order[lo:hi]
                 xb, yb = x[idx], y[idx]
-                out = self.forward(xb, training=True)
-                value = loss(out, yb)
+                value, right = 0.0, 0  # a share may be empty (a short last batch over many processes)
+                if len(xb):
+                    out = self._forward(xb, training=True)
+                    value = loss(out, yb)
+                    right = loss.correct_count(out, yb)
+                    self.backward(loss.backward(), input_grad=False)
+                named, value, right = ctx.all_reduce(self.named_parameters(), value, right, len(xb), stop - start)
                 if not math.isfinite(value):
                     for p, good in zip(params, last_good):
                         np.copyto(p, good)
@@ -373,21 +435,17 @@ class Sequential:
                         "Try a lower learning rate.", {})
                 for p, good in zip(params, last_good):
                     np.copyto(good, p)
-                self.backward(loss.backward(), input_grad=False)
-                optimizer.step(self.named_parameters())
-                right = loss._correct_count(out, yb)
+                optimizer.step(named)
                 classifier = right is not None
-                total_loss += value * len(xb)
+                total_loss += value * (stop - start)
                 correct += right if classifier else 0
-                seen += len(xb)
-                bar.update(len(xb), lambda: _status(total_loss / seen, correct / seen if classifier else None))
+                seen += stop - start
+                bar.update(stop - start, lambda: _status(total_loss / seen, correct / seen if classifier else None))
         return total_loss / seen, (correct / seen if classifier else None)
 
     # ---------------------------------------------------------------- files
     def save(self, path: str | os.PathLike) -> None:
         """Write the architecture and weights to one ``.npz`` file, atomically. See :func:`load_model`."""
-        from . import __version__
-
         header = {"fastcnn_version": __version__, "dtype": self.dtype.name, "layers": self.get_config(),
                   "input_shape": None if self.input_shape is None else list(self.input_shape)}
         saving.write_archive(path, FORMAT, FORMAT_VERSION, header, self.state_dict())
@@ -406,21 +464,92 @@ class Sequential:
 def load_model(path: str | os.PathLike) -> Sequential:
     """Read a model written by :meth:`Sequential.save`.
 
+    Nothing the file claims is allocated before it is checked: the file's structure and sizes
+    (:func:`fastcnn.saving.read_archive`), then the layers, built from their configurations without
+    initial values (:func:`fastcnn.layers.weights_follow`), against the shapes and dtypes of the arrays
+    they will receive; only then are the arrays read, checked (SHA-256, finite) and put in.
+
     Raises
     ------
     FileNotFoundError
         No such file.
     ValueError
-        The file is not a fastcnn model, is damaged, or comes from a newer format version.
+        The file is not a fastcnn model, is damaged or hostile (the message says what is wrong), or
+        comes from a newer format version.
     """
-    header, arrays = saving.read_archive(path, FORMAT, FORMAT_VERSION)
-    try:
-        model = Sequential.from_config(header["layers"], input_shape=header.get("input_shape"))
-    except (KeyError, ValueError) as exc:
-        raise ValueError(f"{os.fspath(path)}: cannot rebuild the model: {exc}") from None
-    model.astype(header.get("dtype", "float32"))
-    model.load_state_dict(arrays)
+    where = os.fspath(path)
+    built: list[Sequential] = []
+    header, arrays = saving.read_archive(path, FORMAT, FORMAT_VERSION, check=lambda h: built.append(_rebuild(h, where)))
+    bad = _untrusted.first_non_finite(arrays.items())
+    if bad is not None:
+        raise ValueError(f"{where}: array {bad!r} holds NaN or infinity; a trained model's weights are finite")
+    model = built[0]
+    model._load_state(arrays, copy=False)
     return model
+
+
+def _rebuild(header: dict[str, Any], where: str) -> Sequential:
+    """The model ``header`` describes, with placeholder weights, checked against the header's table of
+    arrays (names, shapes, dtypes): what :func:`load_model` does before reading any array."""
+    dtype, layers, input_shape = header.get("dtype", "float32"), header.get("layers"), header.get("input_shape")
+    if dtype not in ("float32", "float64"):
+        raise ValueError(f"{where}: the model's dtype is {dtype!r:.100}, not float32 or float64")
+    if not (isinstance(layers, list) and all(isinstance(spec, dict) and isinstance(spec.get("config", {}), dict)
+                                             for spec in layers)):
+        raise ValueError(f"{where}: cannot rebuild the model: 'layers' is not a list of layer descriptions")
+    if input_shape is not None and not (isinstance(input_shape, list) and len(input_shape) <= 8
+                                        and all(type(s) is int and s > 0 for s in input_shape)):
+        raise ValueError(f"{where}: cannot rebuild the model: input_shape {input_shape!r:.100} is not a list of positive ints")
+    try:
+        with weights_follow(dtype):
+            model = Sequential.from_config(layers, input_shape=input_shape)
+    except (TypeError, ValueError, OverflowError, MemoryError) as exc:
+        raise ValueError(f"{where}: cannot rebuild the model: {exc}") from None
+    declared = header["arrays"]  # (read_archive checked its form)
+    slots = model._state_slots()
+    if set(slots) != set(declared):
+        raise ValueError(f"{where}: the layers' configurations need arrays {sorted(slots)} but the file holds "
+                         f"{sorted(declared)}")
+    for name, (layer, store, k) in slots.items():
+        want, got = (store[k].shape, store[k].dtype.name), (tuple(declared[name]["shape"]), declared[name]["dtype"])
+        if want != got:
+            raise ValueError(f"{where}: layer {name.split('.')[0]} ({layer.describe()}) needs {name} of shape {want[0]} "
+                             f"{want[1]}, but the file holds {got[1]} {got[0]}")
+    return model
+
+
+def _layout_hint(shape: tuple[int, ...], expected: tuple[int, ...] | None) -> str:
+    """The fix for the two common layout mistakes, one image without its batch axis and NHWC images."""
+    if not expected or len(shape) < 2:
+        return ""
+    want = "(N, " + ", ".join(map(str, expected)) + ")" if len(expected) > 1 else f"(N, {expected[0]}, H, W)"
+    if len(shape) == 4 and shape[-1] == expected[0] and shape[1] != expected[0]:
+        return f". x looks like channels-last (NHWC) images; fastcnn takes NCHW {want}: use x.transpose(0, 3, 1, 2)"
+    if len(shape) == 3 and len(expected) in (1, 3):
+        if shape[0] == expected[0] and (len(expected) == 1 or shape == expected):
+            fix = "for one image use x[None]" + ("; for a batch of gray images (N, H, W) use x[:, None]" if expected[0] == 1 else "")
+        elif expected[0] == 1:
+            fix = "for a batch of gray images (N, H, W) use x[:, None]"
+        else:
+            return ""
+        return f". The model takes a batch {want}; {fix}"
+    return ""
+
+
+def _split_validation(x: np.ndarray, y, fraction: float, validation_data) -> tuple:
+    """``fit``'s ``validation_split``: the last ``fraction`` of the samples become the validation data."""
+    if validation_data is not None:
+        raise ValueError("pass validation_data or validation_split, not both")
+    if isinstance(fraction, bool) or not isinstance(fraction, (int, float)) or not 0 < fraction < 1:
+        raise ValueError(f"validation_split must be a fraction in (0, 1), got {fraction!r}")
+    y = np.asarray(y)
+    if len(y) != len(x):
+        raise ValueError(f"x has {len(x)} samples but y has {len(y)} (shape {y.shape})")
+    split = int(len(x) * (1 - fraction))
+    if split < 1 or split == len(x):
+        raise ValueError(f"validation_split={fraction} leaves {split} of {len(x)} samples to train on and "
+                         f"{len(x) - split} to validate; both need at least one")
+    return x[:split], y[:split], (x[split:], y[split:])
 
 
 def _status(loss: float, acc: float | None) -> str:

@@ -25,6 +25,7 @@ import numpy as np
 
 from . import _files
 from ._checks import check_allocation, conv_geometry
+from ._version import __version__
 from .layers import (AvgPool2D, BatchNorm1D, BatchNorm2D, Conv2D, Dense, Dropout, Flatten, Layer, MaxPool2D, ReLU,
                      Sigmoid, Softmax, Tanh)
 
@@ -193,8 +194,6 @@ def export_onnx(model, path: str | os.PathLike, input_shape: tuple[int, ...] | N
         [onnx.helper.make_tensor_value_info(_INPUT, elem, ["N", *shape])],
         [onnx.helper.make_tensor_value_info(_OUTPUT, elem, ["N", *shapes[-1]])],
         g.initializers)
-    from . import __version__
-
     proto = onnx.helper.make_model(graph, producer_name="fastcnn", producer_version=__version__,
                                    opset_imports=[onnx.helper.make_opsetid("", OPSET)])
     proto.ir_version = min(proto.ir_version, 8)  # what opset 17 needs; older runtimes refuse newer IR versions

@@ -3,6 +3,13 @@
 An optimizer updates parameters in place from ``(name, param, grad)`` triples, keeping its per-parameter
 state under the names. Its learning rate at step ``t`` (0-based) is
 ``lr / (1 + decay * t) * schedule(t, total_steps)``.
+
+Schedules count optimizer steps (batches), not epochs, and ``fit`` sets ``total_steps`` to
+``epochs * ceil(N / batch_size)``. PyTorch's ``StepLR(step_size=10)`` called once per epoch is
+``StepLR(step_size=10 * steps_per_epoch)`` here, with ``steps_per_epoch = ceil(N / batch_size)``:
+
+>>> steps_per_epoch = math.ceil(60_000 / 64)                    # 938 batches in an MNIST epoch
+>>> opt = SGD(0.1, momentum=0.9, schedule=StepLR(step_size=10 * steps_per_epoch, gamma=0.1))
 """
 from __future__ import annotations
 
@@ -13,11 +20,12 @@ import numpy as np
 
 from . import dispatch
 
-__all__ = ["Optimizer", "SGD", "Adam", "StepLR", "CosineLR", "OneCycleLR"]
+__all__ = ["Optimizer", "SGD", "Adam", "StepLR", "CosineLR", "OneCycleLR", "OPTIMIZERS", "get_optimizer"]
 
 
 class Schedule:
-    """A learning-rate multiplier as a function of the step and the run's total steps."""
+    """A learning-rate multiplier as a function of the optimizer step (0-based, one per batch) and the
+    run's total steps."""
 
     def __call__(self, step: int, total_steps: int | None) -> float:
         raise NotImplementedError
@@ -30,7 +38,11 @@ class Schedule:
 
 
 class StepLR(Schedule):
-    """Multiply the rate by ``gamma`` every ``step_size`` steps."""
+    """Multiply the rate by ``gamma`` every ``step_size`` optimizer steps (batches, not epochs).
+
+    For PyTorch's per-epoch ``StepLR(step_size=k)``, pass ``k * ceil(N / batch_size)``; see the module's
+    documentation.
+    """
 
     def __init__(self, step_size: int, gamma: float = 0.1) -> None:
         if step_size < 1:
@@ -42,7 +54,8 @@ class StepLR(Schedule):
 
 
 class CosineLR(Schedule):
-    """Cosine decay from 1 to ``min_factor`` over the run."""
+    """Cosine decay from 1 to ``min_factor`` over the run's ``total_steps`` optimizer steps (all epochs
+    of a ``fit``), as PyTorch's ``CosineAnnealingLR(T_max=total_steps)`` stepped once per batch."""
 
     def __init__(self, min_factor: float = 0.0) -> None:
         self.min_factor = min_factor
@@ -54,7 +67,9 @@ class CosineLR(Schedule):
 
 class OneCycleLR(Schedule):
     """One-cycle: cosine warm-up from ``1/div_factor`` to 1 over ``pct_start`` of the run, then cosine
-    annealing to ``1/final_div_factor`` (as ``torch.optim.lr_scheduler.OneCycleLR``)."""
+    annealing to ``1/final_div_factor`` (as ``torch.optim.lr_scheduler.OneCycleLR``). The run is the
+    ``total_steps`` optimizer steps of a ``fit`` (every batch of every epoch), as PyTorch's scheduler
+    stepped once per batch."""
 
     def __init__(self, pct_start: float = 0.25, div_factor: float = 25.0, final_div_factor: float = 1e4) -> None:
         self.pct_start, self.div_factor, self.final_div_factor = pct_start, div_factor, final_div_factor
@@ -182,3 +197,32 @@ class Adam(Optimizer):
         dispatch.run("adam_update", (param.size, param.dtype.char), (flat, grad.reshape(-1), state["m"], state["v"], *rates))
         if not param.flags.c_contiguous:
             param[...] = flat.reshape(param.shape)
+
+
+#: The optimizers ``fit(optimizer=...)`` knows by name, each with its default settings.
+OPTIMIZERS = {"adam": Adam, "sgd": SGD}
+
+
+def get_optimizer(optimizer: "Optimizer | str | None") -> Optimizer:
+    """An optimizer from an instance, a name in :data:`OPTIMIZERS` (``"adam"``, ``"sgd"``; any case) or
+    None (``Adam(1e-3)``), as ``fit`` accepts it.
+
+    Raises
+    ------
+    ValueError
+        An unknown name; the message lists the known ones.
+    TypeError
+        Neither an Optimizer nor a string.
+    """
+    if optimizer is None:
+        return Adam(1e-3)
+    if isinstance(optimizer, Optimizer):
+        return optimizer
+    if isinstance(optimizer, str):
+        make = OPTIMIZERS.get(optimizer.lower())
+        if make is None:
+            raise ValueError(f"unknown optimizer {optimizer!r}; choose one of {', '.join(map(repr, OPTIMIZERS))} "
+                             "or pass an instance, e.g. fastcnn.Adam(3e-3)")
+        return make()
+    raise TypeError(f"optimizer must be a fastcnn optimizer (fastcnn.Adam(...), fastcnn.SGD(...)) or its name, "
+                    f"got {type(optimizer).__name__}")

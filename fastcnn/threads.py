@@ -1,7 +1,7 @@
 """One knob for every thread pool fastcnn uses: Numba's kernels and the BLAS behind NumPy's matmul."""
 from __future__ import annotations
 
-from .kernels import jit
+from .kernels import blas, jit
 
 
 max_threads = jit.max_threads
@@ -19,11 +19,7 @@ def set_num_threads(n: int) -> None:
     if isinstance(n, bool) or not isinstance(n, int) or not 1 <= n <= limit:
         raise ValueError(f"threads must be an int from 1 to {limit} (this machine's limit), got {n!r}")
     jit.set_threads(n)
-    try:
-        from threadpoolctl import threadpool_limits
-    except ImportError:
-        return
-    threadpool_limits(n, user_api="blas")
+    blas.set_threads(n)
 
 
 def get_num_threads() -> int:

@@ -74,7 +74,8 @@ def _pool_windows(x, kernel, stride, padding):
 
 
 def max_pool2d(x, kernel, stride, padding):
-    """Returns (y, argmax): the first maximum in row-major order, a NaN beating any number."""
+    """Returns (y, argmax): the first maximum in row-major order; if the window holds NaN, the last NaN
+    (PyTorch's CPU rule: take ``v`` when ``v > best or isnan(v)``)."""
     n, c, h, w = x.shape
     y = idx = None
     for r, q, cells, (oh, ow) in _pool_windows(x, kernel, stride, padding):
@@ -88,7 +89,7 @@ def max_pool2d(x, kernel, stride, padding):
                     if not (0 <= a < h and 0 <= bcol < w):
                         continue
                     v = x[s, ch, a, bcol]
-                    if best is None or v > best or (np.isnan(v) and not np.isnan(best)):
+                    if best is None or v > best or np.isnan(v):
                         best, best_at = v, a * w + bcol
                 y[s, ch, r, q] = best
                 idx[s, ch, r, q] = best_at

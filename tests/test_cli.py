@@ -2,7 +2,6 @@
 import struct
 import subprocess
 import sys
-import zlib
 
 import numpy as np
 import pytest
@@ -17,17 +16,6 @@ def restore_global_settings(monkeypatch):
     before = threads.get_num_threads()
     yield
     threads.set_num_threads(before)
-
-
-def _write_png(path, gray):
-    h, w = gray.shape
-    raw = b"".join(b"\x00" + row.tobytes() for row in gray.astype(np.uint8))
-
-    def chunk(kind, data):
-        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
-
-    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", w, h, 8, 0, 0, 0, 0))
-                     + chunk(b"IDAT", zlib.compress(raw)) + chunk(b"IEND", b""))
 
 
 @pytest.fixture(scope="module")
@@ -66,11 +54,12 @@ def test_predict_test_image_png_and_idx(trained, tmp_path, capsys):
     text = capsys.readouterr().out
     assert text.startswith("MNIST test image 0: predicted ") and "(true 7)" in text and "  9: " in text
 
+    Image = pytest.importorskip("PIL.Image")
     _, (xt, _) = datasets.load_mnist(quiet=True)
     png = tmp_path / "digit.png"
     big = np.kron(255 - xt[0], np.ones((2, 2), np.uint8))  # 56x56, dark digit on light: inverted on read
-    _write_png(png, big)
-    assert cli.main(["predict", str(trained), str(png)]) == 0
+    Image.fromarray(big).save(png)
+    assert cli.main(["predict", str(trained), str(png), "--no-preprocess"]) == 0
     png_line = capsys.readouterr().out.splitlines()[0]
     idx = tmp_path / "images-idx3-ubyte"
     idx.write_bytes(b"\0\0\x08\x03" + struct.pack(">III", 2, 28, 28) + xt[:2].tobytes())
@@ -94,6 +83,14 @@ def test_bad_arguments_are_clear_errors(trained, tmp_path, capsys):
 def test_info_and_module_entry_point():
     out = subprocess.run([sys.executable, "-m", "fastcnn", "info"], capture_output=True, text=True, check=True).stdout
     assert "threading layer" in out and "numpy" in out and "dispatch decisions" in out
+    from fastcnn.kernels import jit
+
+    layer = next(line for line in out.splitlines() if line.startswith("threading layer")).split()[-1]
+    if jit.NUMBA_AVAILABLE:  # the layer actually started, not "not started"
+        assert layer in ("tbb", "omp", "workqueue")
+    blas = next(line for line in out.splitlines() if line.startswith("BLAS"))
+    if blas.count(" from ") > 1:  # several copies are explained
+        assert "each wheel ships its own BLAS" in out and "from numpy" in blas
 
 
 def test_warmup_hands_the_conv_gradients_of_a_model_to_another_process():
@@ -112,3 +109,114 @@ def test_warmup_hands_the_conv_gradients_of_a_model_to_another_process():
         return
     helper = _warmup.start(model, 2)
     assert helper.wait(300) == 0  # it compiled (or loaded) both layers' gradient kernels without error
+
+
+def test_default_output_is_named_after_the_preset(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "lenet.npz").write_bytes(b"the default preset's model")
+    assert cli.main(["train", "--model", "tiny_cnn", "--epochs", "1", "--quiet"]) == 0
+    assert "model saved to tiny_cnn.npz" in capsys.readouterr().out
+    assert (tmp_path / "lenet.npz").read_bytes() == b"the default preset's model"  # untouched
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["lenet.npz", "tiny_cnn.npz"]
+
+
+def test_a_missing_output_folder_is_an_error_unless_asked(tmp_path, trained, capsys):
+    out = tmp_path / "no" / "such" / "m.npz"
+    assert cli.main(["train", "--model", "tiny_cnn", "--quiet", "--out", str(out)]) == 1
+    err = capsys.readouterr().err
+    assert f"the folder {out.parent} does not exist (create it, or pass --parents)" in err
+    assert not (tmp_path / "no").exists()
+    assert cli.main(["train", "--model", "tiny_cnn", "--quiet", "--plot", str(tmp_path / "a" / "b")]) == 1
+    assert "does not exist" in capsys.readouterr().err
+    show = tmp_path / "new" / "seen.png"
+    assert cli.main(["predict", str(trained), "--index", "0", "--show", str(show)]) == 1
+    assert cli.main(["predict", str(trained), "--index", "0", "--show", str(show), "--parents"]) == 0
+    assert show.exists()
+
+
+def _interrupt_on_call(monkeypatch, target, name, call):
+    real, calls = getattr(target, name), []
+
+    def interrupted(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == call:
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(target, name, interrupted)
+
+
+def test_ctrl_c_during_training_says_where_and_saves_nothing(tmp_path, monkeypatch, capsys):
+    from fastcnn.model import Sequential
+
+    out = tmp_path / "m.npz"
+    out.write_bytes(b"an older model")
+    _interrupt_on_call(monkeypatch, Sequential, "_train_epoch", 2)  # in the second epoch
+    code = cli.main(["train", "--model", "tiny_cnn", "--epochs", "3", "--quiet", "--out", str(out)])
+    err = capsys.readouterr().err
+    assert code == 130
+    assert err.strip().splitlines() == [f"fastcnn train: interrupted at epoch 2 of 3; nothing was saved ({out} is as it was)"]
+    assert out.read_bytes() == b"an older model" and [p.name for p in tmp_path.iterdir()] == ["m.npz"]
+
+
+def test_ctrl_c_while_saving_leaves_no_half_written_file(tmp_path, monkeypatch, capsys):
+    from fastcnn import saving
+
+    _interrupt_on_call(monkeypatch, saving.np, "savez", 1)
+    out = tmp_path / "m.npz"
+    assert cli.main(["train", "--model", "tiny_cnn", "--epochs", "1", "--quiet", "--out", str(out)]) == 130
+    assert "interrupted after training, before saving; nothing was saved" in capsys.readouterr().err
+    assert list(tmp_path.iterdir()) == []  # neither the model nor a temporary file
+
+
+def test_ctrl_c_in_a_real_process_exits_130_with_one_line(tmp_path):
+    """SIGINT sent to `fastcnn train` while it runs: exit status 130, one line, no traceback."""
+    import os
+    import signal
+    import time
+
+    proc = subprocess.Popen([sys.executable, "-m", "fastcnn", "train", "--model", "tiny_cnn", "--epochs", "50",
+                             "--out", str(tmp_path / "m.npz")], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, env=dict(os.environ, PYTHONUNBUFFERED="1"))
+    line = ""
+    deadline = time.monotonic() + 240
+    while "total parameters" not in line and time.monotonic() < deadline:  # the summary: training is next
+        line = proc.stdout.readline()
+        assert line or proc.poll() is None, proc.stderr.read()
+    time.sleep(1.0)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err
+    assert "Traceback" not in err
+    last = err.strip().splitlines()[-1]
+    assert last.startswith("fastcnn train: interrupted ") and "nothing was saved" in last
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_predict_reads_pictures_and_shows_what_it_classified(trained, tmp_path, capsys):
+    Image = pytest.importorskip("PIL.Image")
+    from fastcnn import images
+
+    _, (xt, yt) = datasets.load_mnist(quiet=True)
+    ink = Image.fromarray(xt[0]).resize((90, 90), Image.Resampling.BILINEAR)  # a small 7
+    canvas = Image.new("RGBA", (600, 400), (0, 0, 0, 0))  # transparent, as drawing apps export
+    canvas.paste(Image.new("RGBA", (90, 90), (0, 0, 0, 255)), (420, 40), mask=ink)  # black ink, alpha = the digit
+    canvas.save(tmp_path / "seven.png")
+    show = tmp_path / "seen.png"
+    assert cli.main(["predict", str(trained), str(tmp_path / "seven.png"), "--show", str(show)]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith(f"{tmp_path / 'seven.png'}: predicted ") and f"classified: {show}" in out
+    seen = images.read_gray(show)
+    np.testing.assert_allclose(seen, images.load_digit(tmp_path / "seven.png"), atol=0.5 / 255 + 1e-6)
+    assert np.corrcoef(seen.ravel(), xt[0].ravel())[0, 1] > 0.9  # the 7 it came from, rebuilt
+    assert cli.main(["predict", str(trained), str(tmp_path / "seven.png"), "--show", str(show), "--no-preprocess"]) == 0
+    assert np.corrcoef(images.read_gray(show).ravel(), xt[0].ravel())[0, 1] < 0.5
+
+
+def test_no_message_suggests_unpickling(tmp_path, capsys):
+    text = tmp_path / "model.npz"
+    text.write_text("layers: conv, relu, dense\n")
+    assert cli.main(["predict", str(text), "--index", "0"]) == 1
+    err = capsys.readouterr().err
+    assert "not a .npz archive" in err and "never unpickles" in err
+    assert "allow_pickle" not in err and "unsafe" not in err

@@ -5,10 +5,11 @@ or MemoryError whose message names something; never a Numba typing error, anothe
 a crash.
 """
 import io
+import math
 import contextlib
 
 import numpy as np
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, find, given, settings
 from hypothesis import strategies as st
 
 import fastcnn
@@ -26,12 +27,35 @@ SPECIAL = [0.0, -0.0, 1.0, -1.0, np.nan, np.inf, -np.inf, 1e38, -1e38, 1e-45]
 
 @st.composite
 def arrays(draw, min_ndim=0, max_ndim=5, max_side=5):
-    shape = tuple(draw(st.lists(st.integers(0, max_side), min_size=min_ndim, max_size=max_ndim)))
+    shape = tuple(draw(st.lists(EDGE_SIDES.map(lambda s: min(s, max_side)), min_size=min_ndim, max_size=max_ndim)))
     dtype = draw(st.sampled_from(DTYPES))
     values = np.array(draw(st.lists(st.sampled_from(SPECIAL) | st.floats(-3, 3), min_size=1, max_size=8)))
     flat = np.resize(values, int(np.prod(shape)))
     with np.errstate(invalid="ignore", over="ignore"):
         return flat.astype(dtype).reshape(shape) if dtype is not object else flat.astype(object).reshape(shape)
+
+
+EDGE_SIDES = st.sampled_from([0, 1, 2]) | st.integers(0, 5)  # empty, single and tiny sizes, drawn on purpose
+
+
+@st.composite
+def batches(draw, channels=None):
+    """A well-formed NCHW float batch whose batch size is often 0 or 1 and whose sides are small."""
+    n = draw(st.sampled_from([0, 0, 1]) | st.integers(0, 3))
+    c = channels if channels is not None else draw(st.integers(1, 3))
+    h, w = draw(st.integers(1, 6)), draw(st.integers(1, 6))
+    values = np.array(draw(st.lists(st.sampled_from(SPECIAL) | st.floats(-3, 3), min_size=1, max_size=8)))
+    dtype = draw(st.sampled_from([np.float32, np.float64]))
+    return np.resize(values, (n, c, h, w)).astype(dtype)
+
+
+@st.composite
+def conv_pairs(draw):
+    """``(x, weight)`` that fit each other (often an empty batch, a 1x1 or a whole-input kernel), or anything."""
+    x = draw(batches())
+    kh, kw = draw(st.integers(1, x.shape[2])), draw(st.integers(1, x.shape[3]))
+    values = np.array(draw(st.lists(st.sampled_from(SPECIAL) | st.floats(-3, 3), min_size=1, max_size=8)))
+    return x, np.resize(values, (draw(st.integers(1, 3)), x.shape[1], kh, kw)).astype(x.dtype)
 
 
 params = st.one_of(st.integers(-2, 6), st.tuples(st.integers(-1, 5), st.integers(-1, 5)), st.sampled_from(
@@ -49,9 +73,10 @@ def _outcome(fn, *args, allowed=ALLOWED, **kwargs):
 
 
 @FUZZ
-@given(x=arrays(), w=arrays(), b=st.none() | arrays(max_ndim=2), stride=params, padding=params, dilation=params,
-       backend=st.sampled_from(BACKENDS + ("auto",)))
-def test_conv2d_takes_anything(x, w, b, stride, padding, dilation, backend):
+@given(xw=conv_pairs() | st.tuples(arrays(), arrays()), b=st.none() | arrays(max_ndim=2), stride=params, padding=params,
+       dilation=params, backend=st.sampled_from(BACKENDS + ("auto",)))
+def test_conv2d_takes_anything(xw, b, stride, padding, dilation, backend):
+    x, w = xw
     y = _outcome(F.conv2d, x, w, b, stride, padding, dilation, backend=backend)
     if y is not None:
         assert y.dtype == x.dtype and y.ndim == 4 and y.shape[:2] == (x.shape[0], w.shape[0])
@@ -60,9 +85,10 @@ def test_conv2d_takes_anything(x, w, b, stride, padding, dilation, backend):
 
 
 @FUZZ
-@given(x=arrays(), w=arrays(), stride=params, pool=params, relu=st.sampled_from([False, True, 1, "no"]),
-       other=arrays(), backend=st.sampled_from(BACKENDS + ("auto",)))
-def test_conv2d_max_pool2d_takes_anything(x, w, stride, pool, relu, other, backend):
+@given(xw=conv_pairs() | st.tuples(arrays(), arrays()), stride=params, pool=params,
+       relu=st.sampled_from([False, True, 1, "no"]), other=arrays(), backend=st.sampled_from(BACKENDS + ("auto",)))
+def test_conv2d_max_pool2d_takes_anything(xw, stride, pool, relu, other, backend):
+    x, w = xw
     out = _outcome(F.conv2d_max_pool2d, x, w, None, stride, pool_size=pool, relu=relu, backend=backend)
     if out is not None:
         y, idx = out
@@ -74,7 +100,7 @@ def test_conv2d_max_pool2d_takes_anything(x, w, stride, pool, relu, other, backe
 
 
 @FUZZ
-@given(x=arrays(), kernel=params, stride=params, padding=params, backend=st.sampled_from(BACKENDS + ("auto",)))
+@given(x=batches() | arrays(), kernel=params, stride=params, padding=params, backend=st.sampled_from(BACKENDS + ("auto",)))
 def test_pools_take_anything(x, kernel, stride, padding, backend):
     out = _outcome(F.max_pool2d, x, kernel, stride, padding, backend=backend)
     if out is not None:
@@ -97,7 +123,8 @@ def test_max_pool2d_backward_takes_anything(g, idx, shape, backend):
 
 
 @FUZZ
-@given(x=arrays(), w=arrays(max_ndim=3), other=arrays(), backend=st.sampled_from(BACKENDS + ("auto",)))
+@given(x=batches().map(lambda a: a.reshape(a.shape[0], math.prod(a.shape[1:]))) | arrays(), w=arrays(max_ndim=3), other=arrays(),
+       backend=st.sampled_from(BACKENDS + ("auto",)))
 def test_linear_and_relu_take_anything(x, w, other, backend):
     y = _outcome(F.linear, x, w, backend=backend)
     if y is not None:
@@ -114,6 +141,12 @@ def test_linear_and_relu_take_anything(x, w, other, backend):
     ce = _outcome(F.softmax_cross_entropy, x, labels, backend=backend)
     if ce is not None:
         assert ce[1].shape == x.shape
+
+
+def test_the_strategies_draw_empty_batches_and_edge_sizes():
+    assert find(conv_pairs(), lambda xw: xw[0].shape[0] == 0 and xw[1].shape[2:] == xw[0].shape[2:]) is not None
+    assert find(batches(), lambda x: x.shape[0] == 0 and x.shape[2] == 1) is not None
+    assert find(arrays(min_ndim=4, max_ndim=4), lambda a: a.shape[0] == 0 and a.shape[1] == 1) is not None
 
 
 layer_args = st.lists(st.one_of(st.integers(-2, 40), st.floats(-1, 2), st.none(), st.text(max_size=3),

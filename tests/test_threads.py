@@ -35,3 +35,19 @@ def test_set_num_threads_sets_numba_and_blas_and_checks_its_argument():
     for bad in (0, -1, threads.max_threads() + 1, 1.5, True, "2"):
         with pytest.raises(ValueError, match="threads must be an int from 1 to"):
             fastcnn.set_num_threads(bad)
+
+
+def test_set_num_threads_works_from_any_python_thread():
+    """BLAS's thread count is process-wide: a second Python thread can change it too (threadpoolctl's
+    own limits would let only the first thread that called them do so)."""
+    import threading
+
+    before = threads.get_num_threads()
+    try:
+        threads.set_num_threads(threads.max_threads())
+        worker = threading.Thread(target=threads.set_num_threads, args=(1,))
+        worker.start()
+        worker.join()
+        assert set(_blas_threads()) <= {1}
+    finally:
+        threads.set_num_threads(before)

@@ -4,8 +4,8 @@ A pooled row of an MNIST net is short (13 windows of a 26-wide plane), so LLVM's
 which wants long loops, left the windows scalar (lenet's first pool took 75 us a batch; 25 us this
 way). Here one call handles up to
 a vector of windows of one row pair: it loads both input rows, splits even and odd columns with
-shuffles, and picks each window's first maximum with compares and selects (:func:`max_pairs`); the
-gradient goes back the same way, each pooled value to the one position of its window that won
+shuffles, and picks each window's first maximum (or last NaN, as PyTorch) with compares and selects
+(:func:`_max_pairs`); the gradient goes back the same way, each pooled value to the one position of its window that won
 (:func:`unpool_pairs`). Loads and stores past the row's last window are masked off, so a call never
 touches memory outside the row pair, and parallel tasks can own neighbouring rows.
 """
@@ -14,24 +14,26 @@ from __future__ import annotations
 from llvmlite import ir
 from numba import types
 from numba.core import cgutils
-from numba.extending import intrinsic
+from numba.extending import intrinsic, register_jitable
 
-from ._tiles import _float_arrays, _int, _Vectors
+from ._tiles import _float_arrays, _int, _Vectors, lanes
+from .jit import CHECK_BOUNDS
 
 def _first_of(b, va, ia, vb, ib):
-    """Per lane, the value and index of the first maximum of ``(va, vb)``: ``va`` if ``va >= vb`` or
-    ``va`` is NaN, else ``vb`` (so a NaN wins, the first one if both are)."""
-    take_a = b.or_(b.fcmp_ordered(">=", va, vb), b.fcmp_unordered("uno", va, va))
-    return b.select(take_a, va, vb), b.select(take_a, ia, ib)
+    """Per lane, the value and index PyTorch's rule keeps of ``(va, vb)``, ``va`` coming first: ``vb``
+    if ``vb > va`` or ``vb`` is NaN, else ``va``. So ties go to ``va`` and a NaN wins, the later one if
+    both are; applied to two halves of a window, it gives the window's first maximum or last NaN."""
+    take_b = b.or_(b.fcmp_ordered(">", vb, va), b.fcmp_unordered("uno", vb, vb))
+    return b.select(take_b, vb, va), b.select(take_b, ib, ia)
 
 
 @intrinsic
-def max_pairs(typingctx, x, at, step, w, bias, relu, y, out, idx, base, count):
-    """``max_pairs(x, at, step, w, bias, relu, y, out, idx, base, count)``: for window ``q < count``,
+def _max_pairs(typingctx, x, at, step, w, bias, relu, y, out, idx, base, count):
+    """``_max_pairs(x, at, step, w, bias, relu, y, out, idx, base, count)``: for window ``q < count``,
     the maximum of ``x[at + 2q]``, ``x[at + 2q + 1]``, ``x[at + step + 2q]``, ``x[at + step + 2q + 1]``
     (each plus ``bias``, unless it is None) to ``y[out + q]`` (with ``relu``, a maximum <= 0 as 0, NaN
     kept), and its position (``base + 2q`` plus 0, 1, ``w`` or ``w + 1``: ties go to the first in that
-    order, the first NaN wins) to ``idx[out + q]``.
+    order, the last NaN wins) to ``idx[out + q]``.
 
     ``step`` is the distance between the two input rows and ``w`` the width the positions count in;
     they differ when ``x`` is a convolution's wide output (see :mod:`.conv_numba`). ``x`` and ``y`` are
@@ -75,9 +77,9 @@ def max_pairs(typingctx, x, at, step, w, bias, relu, y, out, idx, base, count):
 
 
 @intrinsic
-def unpool_pairs(typingctx, g, at, idx, base, w, gate, gated, grad, to, step, count, width):
-    """``unpool_pairs(g, at, idx, base, w, gate, gated, grad, to, step, count, width)``: the inverse of
-    :func:`max_pairs`. For window ``q < count``, ``g[at + q]`` goes to the position ``idx[at + q]`` names
+def _unpool_pairs(typingctx, g, at, idx, base, w, gate, gated, grad, to, step, count, width):
+    """``_unpool_pairs(g, at, idx, base, w, gate, gated, grad, to, step, count, width)``: the inverse of
+    :func:`_max_pairs`. For window ``q < count``, ``g[at + q]`` goes to the position ``idx[at + q]`` names
     among ``grad[to + 2q]``, ``grad[to + 2q + 1]``, ``grad[to + step + 2q]`` and ``grad[to + step + 2q + 1]``
     (``base + 2q`` plus 0, 1, ``w`` or ``w + 1``), and the other three get 0; so do the positions from
     ``2 * count`` to ``width`` (at most ``2 * lanes``) of both rows. With ``gated``, a window whose
@@ -121,8 +123,8 @@ def unpool_pairs(typingctx, g, at, idx, base, w, gate, gated, grad, to, step, co
 
 
 @intrinsic
-def clear(typingctx, a, start, length):
-    """``clear(a, start, length)``: ``a[start : start + length] = 0``, a vector at a time (a 1-D float array)."""
+def _clear(typingctx, a, start, length):
+    """``_clear(a, start, length)``: ``a[start : start + length] = 0``, a vector at a time (a 1-D float array)."""
     if not (_float_arrays(a) and a.ndim == 1):
         return None
     sig = types.void(a, types.intp, types.intp)
@@ -140,3 +142,36 @@ def clear(typingctx, a, start, length):
         return context.get_dummy_value()
 
     return sig, codegen
+
+
+@register_jitable(inline="always")
+def max_pairs(x, at, step, w, bias, relu, y, out, idx, base, count):
+    """:func:`_max_pairs`, its reads and writes asserted in bounds under ``jit.CHECK_BOUNDS``."""
+    if CHECK_BOUNDS:
+        assert 0 <= count and count <= lanes(x.itemsize), "max_pairs: count is not in [0, lanes]"
+        assert 0 <= at and 0 <= at + step and at + 2 * count <= x.size and at + step + 2 * count <= x.size, \
+            "max_pairs: a read of x is out of bounds"
+        assert 0 <= out and out + count <= y.size and out + count <= idx.size, "max_pairs: a write is out of bounds"
+    _max_pairs(x, at, step, w, bias, relu, y, out, idx, base, count)
+
+
+@register_jitable(inline="always")
+def unpool_pairs(g, at, idx, base, w, gate, gated, grad, to, step, count, width):
+    """:func:`_unpool_pairs`, its reads and writes asserted in bounds under ``jit.CHECK_BOUNDS``."""
+    if CHECK_BOUNDS:
+        n = lanes(g.itemsize)
+        assert 0 <= count and count <= n and 2 * count <= width and width <= 2 * n, \
+            "unpool_pairs: count or width out of range"
+        assert 0 <= at and at + count <= g.size and at + count <= idx.size, "unpool_pairs: a read is out of bounds"
+        assert not gated or at + count <= gate.size, "unpool_pairs: a read of gate is out of bounds"
+        assert 0 <= to and 0 <= to + step and to + width <= grad.size and to + step + width <= grad.size, \
+            "unpool_pairs: a write of grad is out of bounds"
+    return _unpool_pairs(g, at, idx, base, w, gate, gated, grad, to, step, count, width)
+
+
+@register_jitable(inline="always")
+def clear(a, start, length):
+    """:func:`_clear`, asserted in bounds under ``jit.CHECK_BOUNDS``."""
+    if CHECK_BOUNDS:
+        assert 0 <= length and 0 <= start and start + length <= a.size, "clear: out of bounds"
+    _clear(a, start, length)

@@ -22,6 +22,8 @@ from numba import types
 from numba.core import cgutils
 from numba.extending import intrinsic, register_jitable
 
+from .jit import CHECK_BOUNDS
+
 ROWS, VECTORS = 8, 3  # 24 accumulators, 3 loads and 8 broadcasts per tap: measured best of 4x4 .. 16x1
 DOT_ROWS, DOT_COLS = 4, 6  # the weight gradient's tile, 4 output channels by 6 (input channel, tap) pairs:
 # measured best of 2x3 .. 12x3 and 4x6 (4x6 over 4x3: 3-12% less time on lenet's 8->16 gradient, 17-20% on a 32->64)
@@ -251,8 +253,71 @@ def _dot_tile_typing(rows, cols, prefetch, out, g, g_starts, x, x_starts):
     return sig, codegen
 
 
-store_tile = _store_tile(ROWS)
-store_row = _store_tile(1)  # for outputs of fewer than FEW_ROWS rows
-dot_tile = _dot_tile(DOT_ROWS, DOT_COLS, False)
-dot_row = _dot_tile(1, DOT_COLS, False)  # for fewer than DOT_ROWS rows of g
-dense_tile = _dot_tile(DENSE_ROWS, DENSE_COLS, True)  # a dense layer's forward pass, streaming its input
+_store_tile_rows = _store_tile(ROWS)
+_store_tile_one = _store_tile(1)
+_dot_tile_rows = _dot_tile(DOT_ROWS, DOT_COLS, False)
+_dot_tile_one = _dot_tile(1, DOT_COLS, False)
+_dense_tile = _dot_tile(DENSE_ROWS, DENSE_COLS, True)
+
+
+@register_jitable
+def check_store_tile(rows, out, w, row, col, src, offsets, first, stop):
+    """Assert the preconditions of a ``store_tile`` of ``rows`` rows: every read and write in bounds."""
+    assert 0 <= row and row + rows <= out.shape[0] and row + rows <= w.shape[0], "store_tile: rows out of bounds"
+    assert 0 <= col and col + tile_width(out.itemsize) <= out.shape[1], "store_tile: columns out of bounds"
+    assert 0 <= first and first <= stop and stop <= w.shape[1] and stop <= offsets.size, "store_tile: taps out of bounds"
+    for t in range(first, stop):
+        assert 0 <= offsets[t] + col and offsets[t] + col + tile_width(out.itemsize) <= src.size, \
+            "store_tile: a shifted read of src is out of bounds"
+
+
+@register_jitable
+def check_dot_tile(rows, cols, out, g, g_starts, x, x_starts, length):
+    """Assert the preconditions of a ``dot_tile`` of ``rows`` by ``cols``: every read and write in bounds."""
+    assert out.size >= rows * cols and g_starts.size >= rows and x_starts.size >= cols, "dot_tile: tile out of bounds"
+    assert length >= 0 and length % lanes(g.itemsize) == 0, "dot_tile: length is not whole vectors"
+    for a in range(rows):
+        assert 0 <= g_starts[a] and g_starts[a] + length <= g.size, "dot_tile: a row of g is out of bounds"
+    for b in range(cols):
+        assert 0 <= x_starts[b] and x_starts[b] + length <= x.size, "dot_tile: a row of x is out of bounds"
+
+
+@register_jitable(inline="always")
+def store_tile(out, w, row, col, src, offsets, first, stop, add):
+    """The :func:`_store_tile` intrinsic for :data:`ROWS` rows (bounds asserted under ``jit.CHECK_BOUNDS``)."""
+    if CHECK_BOUNDS:
+        check_store_tile(ROWS, out, w, row, col, src, offsets, first, stop)
+    _store_tile_rows(out, w, row, col, src, offsets, first, stop, add)
+
+
+@register_jitable(inline="always")
+def store_row(out, w, row, col, src, offsets, first, stop, add):
+    """:func:`store_tile` for one row: outputs of fewer than :data:`FEW_ROWS` rows."""
+    if CHECK_BOUNDS:
+        check_store_tile(1, out, w, row, col, src, offsets, first, stop)
+    _store_tile_one(out, w, row, col, src, offsets, first, stop, add)
+
+
+@register_jitable(inline="always")
+def dot_tile(out, g, g_starts, x, x_starts, length, ahead):
+    """The :func:`_dot_tile` intrinsic, :data:`DOT_ROWS` by :data:`DOT_COLS`: the weight gradient's tile."""
+    if CHECK_BOUNDS:
+        check_dot_tile(DOT_ROWS, DOT_COLS, out, g, g_starts, x, x_starts, length)
+    _dot_tile_rows(out, g, g_starts, x, x_starts, length, ahead)
+
+
+@register_jitable(inline="always")
+def dot_row(out, g, g_starts, x, x_starts, length, ahead):
+    """:func:`dot_tile` for one row of ``g`` (fewer than :data:`DOT_ROWS` rows)."""
+    if CHECK_BOUNDS:
+        check_dot_tile(1, DOT_COLS, out, g, g_starts, x, x_starts, length)
+    _dot_tile_one(out, g, g_starts, x, x_starts, length, ahead)
+
+
+@register_jitable(inline="always")
+def dense_tile(out, g, g_starts, x, x_starts, length, ahead):
+    """:func:`_dot_tile` of :data:`DENSE_ROWS` by :data:`DENSE_COLS`, prefetching ``ahead`` values along
+    ``g``: a dense layer's forward pass, streaming its input (a prefetch cannot fault: it is not checked)."""
+    if CHECK_BOUNDS:
+        check_dot_tile(DENSE_ROWS, DENSE_COLS, out, g, g_starts, x, x_starts, length)
+    _dense_tile(out, g, g_starts, x, x_starts, length, ahead)

@@ -1,17 +1,26 @@
-"""Matrix products through BLAS, kept out of the way of Numba's threads.
+"""Matrix products through BLAS, kept out of the way of Numba's threads; the one place that sets
+BLAS's thread count.
 
 OpenBLAS's own worker threads keep spinning for a while after every multi-threaded call, on the
 very cores the next Numba kernel needs, which halves that kernel's speed. So fastcnn holds BLAS to
 one thread during its products and, for a large product, runs the parts on its own threads (which
 sleep, not spin, when idle). The BLAS setting is restored when no fastcnn product is running.
+
+The thread count is set through OpenBLAS's own process-wide functions (found by threadpoolctl, which
+knows the symbol prefixes of each build), for :func:`held` and for :func:`set_threads` alike.
+threadpoolctl's own ``set_num_threads``/``threadpool_limits`` are not used: for OpenBLAS's shared pool
+they let only the first Python thread that calls them change the setting, while fastcnn's products
+run on any thread.
 """
 from __future__ import annotations
 
+import math
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from typing import Callable, TypeVar
 
 import numpy as np
+from threadpoolctl import ThreadpoolController
 
 from . import jit
 
@@ -26,18 +35,10 @@ T = TypeVar("T")
 
 
 def _blas_knobs() -> list[tuple]:
-    """``(get, set)`` for the thread count of each BLAS library NumPy loaded ([] if unknown).
-
-    These are OpenBLAS's own process-wide functions. threadpoolctl's ``set_num_threads`` is not used
-    here: it lets only the first thread that calls it change the setting.
-    """
+    """``(get, set)`` for the thread count of each OpenBLAS library NumPy loaded ([] if none)."""
     global _knobs
     if _knobs is None:
         _knobs = []
-        try:
-            from threadpoolctl import ThreadpoolController
-        except ImportError:
-            return _knobs
         for c in ThreadpoolController().select(internal_api="openblas").lib_controllers:
             symbol = getattr(c, "_get_symbol", lambda name: None)
             get, set_ = symbol("openblas_get_num_threads"), symbol("openblas_set_num_threads")
@@ -64,6 +65,17 @@ def _leave() -> None:
         if _active == 0:
             for (_, set_), n in zip(_blas_knobs(), _saved):
                 set_(n)
+
+
+def set_threads(n: int) -> None:
+    """Let BLAS use ``n`` threads outside fastcnn's own products (inside them it stays at one)."""
+    global _saved
+    with _lock:
+        if _active:
+            _saved = [n] * len(_blas_knobs())  # restored when the last product ends
+            return
+        for _, set_ in _blas_knobs():
+            set_(n)
 
 
 class held:  # lower case: it is used like a function, ``with held():``
@@ -135,7 +147,8 @@ def channel_sums(a: np.ndarray) -> np.ndarray:
     """``a`` (N, C, ...) summed over every axis but the channels (a bias gradient), as BLAS products
     with ones, which are several times faster than NumPy's reductions over these axes."""
     n, c = a.shape[:2]
-    per_sample = a.reshape(n, c, -1)
-    if per_sample.shape[2] != 1:
-        per_sample = matmul(per_sample.reshape(n * c, -1), np.ones((per_sample.shape[2], 1), a.dtype))
+    size = math.prod(a.shape[2:])  # (not -1 in the reshapes: an empty batch has no size to infer from)
+    per_sample = a.reshape(n, c, size)
+    if size != 1:
+        per_sample = matmul(per_sample.reshape(n * c, size), np.ones((size, 1), a.dtype))
     return matmul(np.ones((1, n), a.dtype), per_sample.reshape(n, c))[0]

@@ -39,10 +39,10 @@ def _im2col(xp, kh, kw, sh, sw, dh, dw, oh, ow, buf) -> np.ndarray:
 
 def _channels_first(a: np.ndarray) -> np.ndarray:
     """(m, C, OH, OW) -> (C, m*OH*OW), the column order of :func:`_im2col`."""
-    m, c = a.shape[:2]
+    m, c, oh, ow = a.shape
     if m == 1:
-        return a.reshape(c, -1)
-    return np.ascontiguousarray(a.reshape(m, c, -1).transpose(1, 0, 2)).reshape(c, -1)
+        return a.reshape(c, oh * ow)
+    return np.ascontiguousarray(a.reshape(m, c, oh * ow).transpose(1, 0, 2)).reshape(c, m * oh * ow)
 
 
 def conv2d_forward(xp, w, b, sh, sw, dh, dw, oh, ow):

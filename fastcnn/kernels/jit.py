@@ -15,6 +15,10 @@ Fast-math
 ---------
 Only the flags that keep NaN and infinity semantics: max-pooling relies on ``-inf`` and NaN comparisons.
 
+Bounds checks
+-------------
+:data:`CHECK_BOUNDS` compiles assertions of every LLVM-IR helper's preconditions into its callers.
+
 Cache
 -----
 Numba checks a cached kernel against the source of its own module only, yet it compiles the helpers a
@@ -36,6 +40,10 @@ import warnings
 from typing import Any, Callable
 
 FASTMATH_FLAGS = frozenset({"nsz", "arcp", "contract", "afn", "reassoc"})
+CHECK_BOUNDS = os.environ.get("FASTCNN_CHECK_BOUNDS", "") not in ("", "0")
+"""``FASTCNN_CHECK_BOUNDS=1``: the LLVM-IR helpers (:mod:`._tiles`, :mod:`._pool_vectors`) assert every
+bounds precondition of each call before it runs (an ``AssertionError`` instead of memory corruption);
+kernels compiled so are cached apart from the ordinary ones. For tests and debugging: it is slower."""
 
 
 def _preload_tbb() -> None:
@@ -114,7 +122,7 @@ def _stamp_package_caches() -> None:
             return self._inner.get_disambiguator()
 
         def get_source_stamp(self):
-            return self._inner.get_source_stamp(), sources_digest(here)
+            return self._inner.get_source_stamp(), sources_digest(here), CHECK_BOUNDS
 
         @classmethod
         def from_function(cls, py_func, py_file):
@@ -245,6 +253,12 @@ def set_threads(n: int) -> None:
         numba.set_num_threads(n)
     else:
         _threads_without_numba = n
+
+
+def cache_misses(*kernels: Callable[..., Any]) -> int:
+    """How many times these compiled kernels were compiled in this process rather than loaded from
+    the on-disk cache (0 when the cache was warm for every signature they ran)."""
+    return sum(sum(kernel.stats.cache_misses.values()) for kernel in kernels)
 
 
 def threading_layer() -> str:

@@ -16,24 +16,21 @@ WINDOWS_2X2 = (2, 2, 2, 2, 0, 0)  # (kh, kw, sh, sw, ph, pw) of the pool the vec
 
 @kernel_helper
 def _max_pool_plane(plane, kh, kw, sh, sw, ph, pw, y, idx):
-    """Any window and padding: the maximum over the in-bounds part, then the first position holding it."""
+    """Any window and padding: over the in-bounds part, in row-major order, each value greater than
+    the best so far or NaN becomes the best (PyTorch's rule: the first maximum, or the last NaN)."""
     h, w = plane.shape
     oh, ow = y.shape
     for r in range(oh):
         r0, r1 = max(r * sh - ph, 0), min(r * sh - ph + kh, h)
         for q in range(ow):
             q0, q1 = max(q * sw - pw, 0), min(q * sw - pw + kw, w)
-            best = plane[r0, q0]
+            best, at = plane[r0, q0], r0 * w + q0
             for i in range(r0, r1):
                 for j in range(q0, q1):
                     v = plane[i, j]
-                    best = v if (v > best or v != v) and best == best else best
-            at = -1
-            for i in range(r0, r1):
-                for j in range(q0, q1):
-                    v = plane[i, j]
-                    hit = np.int64(at < 0 and (v == best or (v != v and best != best)))
-                    at += hit * (i * w + j - at)
+                    take = v > best or v != v
+                    best = v if take else best
+                    at = i * w + j if take else at
             y[r, q] = best
             idx[r, q] = at
 
@@ -78,7 +75,7 @@ def max_pool2d_forward(x, kh, kw, sh, sw, ph, pw, oh, ow):
     """Max-pool ``x`` (N, C, H, W); return ``(y, argmax)``, argmax a flat index into each input plane.
 
     Padding is ``-inf`` and never chosen; ties go to the first maximum in row-major window order; the
-    first NaN in a window wins. (The case is picked here, in Python, so only the kernel used compiles.)
+    last NaN in a window wins (as PyTorch). (The case is picked here, in Python, so only the kernel used compiles.)
     """
     if (kh, kw, sh, sw, ph, pw) == WINDOWS_2X2:
         return sized(_max_pool_2x2, x.size)(np.ascontiguousarray(x), oh, ow)

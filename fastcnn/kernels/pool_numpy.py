@@ -9,13 +9,16 @@ from ._windows import window
 def max_pool2d_forward(x, kh, kw, sh, sw, ph, pw, oh, ow):
     """Max-pool ``x`` (N, C, H, W); return ``(y, argmax)``, argmax a flat index into each input plane.
 
-    Padding is ``-inf``. Ties go to the first maximum in row-major window order and NaN wins (the
-    first NaN), matching :func:`numpy.argmax` and the Numba kernel.
+    Padding is ``-inf``. Ties go to the first maximum in row-major window order (as
+    :func:`numpy.argmax`) and NaN wins, the last NaN of the window (as PyTorch and the Numba kernel).
     """
     h, w = x.shape[2:]
     xp = np.pad(x, ((0, 0), (0, 0), (ph, ph), (pw, pw)), constant_values=-np.inf) if ph or pw else x
     windows = np.stack([window(xp, i, j, sh, sw, oh, ow) for i in range(kh) for j in range(kw)])
     k = np.argmax(windows, axis=0)
+    nan = np.isnan(windows)
+    if nan.any():
+        k = np.where(nan.any(axis=0), len(windows) - 1 - np.argmax(nan[::-1], axis=0), k)
     y = np.take_along_axis(windows, k[None], axis=0)[0]
     if ph or pw:
         # A window whose maximum is -inf may have picked padding: use its first real element instead.

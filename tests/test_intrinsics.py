@@ -1,0 +1,229 @@
+"""The LLVM-IR helpers of ``kernels/_tiles.py`` and ``kernels/_pool_vectors.py``, each called directly
+through a tiny ``@njit`` wrapper and compared with the formula in its docstring: random offsets,
+counts 1..lanes, float32 and float64. Memory corruption is the one failure no end-to-end test reliably
+catches, so each test also checks that nothing outside the documented writes changed."""
+import os
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+
+numba = pytest.importorskip("numba")
+
+from fastcnn.kernels import _pool_vectors as pv  # noqa: E402
+from fastcnn.kernels import _tiles as tiles  # noqa: E402
+
+DTYPES = [np.float32, np.float64]
+
+
+@numba.njit
+def _store_tile(out, w, row, col, src, offsets, first, stop, add):
+    tiles.store_tile(out, w, row, col, src, offsets, first, stop, add)
+
+
+@numba.njit
+def _store_row(out, w, row, col, src, offsets, first, stop, add):
+    tiles.store_row(out, w, row, col, src, offsets, first, stop, add)
+
+
+@numba.njit
+def _dot_tile(out, g, g_starts, x, x_starts, length):
+    tiles.dot_tile(out, g, g_starts, x, x_starts, length, 0)
+
+
+@numba.njit
+def _dot_row(out, g, g_starts, x, x_starts, length):
+    tiles.dot_row(out, g, g_starts, x, x_starts, length, 0)
+
+
+@numba.njit
+def _dense_tile(out, g, g_starts, x, x_starts, length, ahead):
+    tiles.dense_tile(out, g, g_starts, x, x_starts, length, ahead)
+
+
+@numba.njit
+def _max_pairs(x, at, step, w, relu, y, out, idx, base, count):
+    pv.max_pairs(x, at, step, w, None, relu, y, out, idx, base, count)
+
+
+@numba.njit
+def _max_pairs_bias(x, at, step, w, bias, relu, y, out, idx, base, count):
+    pv.max_pairs(x, at, step, w, bias, relu, y, out, idx, base, count)
+
+
+@numba.njit
+def _unpool_pairs(g, at, idx, base, w, gate, gated, grad, to, step, count, width):
+    return pv.unpool_pairs(g, at, idx, base, w, gate, gated, grad, to, step, count, width)
+
+
+@numba.njit
+def _clear(a, start, length):
+    pv.clear(a, start, length)
+
+
+def _lanes(dtype):
+    return 64 // np.dtype(dtype).itemsize
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("rows", [tiles.ROWS, 1])
+def test_store_tile_sums_shifted_reads(dtype, rows):
+    rng = np.random.default_rng(rows)
+    width = tiles.VECTORS * _lanes(dtype)
+    call = _store_tile if rows == tiles.ROWS else _store_row
+    for trial in range(6):
+        n_taps = int(rng.integers(1, 20))
+        out = rng.standard_normal((rows + 3, width * 2 + 5)).astype(dtype)
+        w = rng.standard_normal((rows + 3, n_taps)).astype(dtype)
+        src = rng.standard_normal(400).astype(dtype)
+        col = int(rng.integers(0, out.shape[1] - width + 1))
+        row = int(rng.integers(0, 4))
+        offsets = rng.integers(0, src.size - width - col + 1, n_taps).astype(np.int64)
+        first = int(rng.integers(0, n_taps))
+        stop = int(rng.integers(first, n_taps + 1))
+        add = bool(trial % 2)
+        expected = out.astype(np.float64)
+        tile = sum(w[row : row + rows, t, None].astype(np.float64) * src[offsets[t] + col : offsets[t] + col + width]
+                   for t in range(first, stop)) + np.zeros((rows, width))
+        expected[row : row + rows, col : col + width] = tile + (expected[row : row + rows, col : col + width] if add else 0)
+        call(out, w, row, col, src, offsets, first, stop, add)
+        np.testing.assert_allclose(out, expected, rtol=1e-5 if dtype == np.float32 else 1e-12, atol=1e-5)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("kind", ["tile", "row", "dense"])
+def test_dot_tile_gives_dot_products(dtype, kind):
+    rng = np.random.default_rng(7)
+    rows, cols, call = {"tile": (tiles.DOT_ROWS, tiles.DOT_COLS, _dot_tile), "row": (1, tiles.DOT_COLS, _dot_row),
+                        "dense": (tiles.DENSE_ROWS, tiles.DENSE_COLS, _dense_tile)}[kind]
+    n = _lanes(dtype)
+    for _ in range(6):
+        length = n * int(rng.integers(0, 6))
+        g = rng.standard_normal(300).astype(dtype)
+        x = rng.standard_normal(300).astype(dtype)
+        g_starts = rng.integers(0, g.size - length + 1, rows).astype(np.int64)
+        x_starts = rng.integers(0, x.size - length + 1, cols).astype(np.int64)
+        out = np.full((rows + 1, cols), 7.0, dtype)  # C-contiguous rows of cols values; the last row must stay
+        args = (out, g, g_starts, x, x_starts, length) + ((int(rng.integers(0, 64)),) if kind == "dense" else ())
+        call(*args)
+        expected = [g[g_starts[a] : g_starts[a] + length].astype(np.float64) @ x[x_starts[b] : x_starts[b] + length]
+                    for a in range(rows) for b in range(cols)]
+        np.testing.assert_allclose(out[:rows].ravel(), expected, rtol=1e-5 if dtype == np.float32 else 1e-12, atol=1e-5)
+        assert (out[rows] == 7.0).all()
+
+
+def _max_pairs_reference(x, at, step, w, bias, relu, base, count):
+    """The docstring's formula: per window, the first maximum of its four values (plus bias)."""
+    values, positions = [], []
+    for q in range(count):
+        window = [x[at + 2 * q], x[at + 2 * q + 1], x[at + step + 2 * q], x[at + step + 2 * q + 1]]
+        window = [v + bias for v in window] if bias is not None else window
+        offsets = [0, 1, w, w + 1]
+        k = int(np.argmax(window))  # the first maximum (no NaN here)
+        best = window[k]
+        values.append(0.0 if relu and best <= 0 else best)
+        positions.append(base + 2 * q + offsets[k])
+    return np.array(values), np.array(positions)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_max_pairs_takes_the_first_maximum_of_each_window(dtype):
+    rng = np.random.default_rng(3)
+    n = _lanes(dtype)
+    for count in range(1, n + 1):
+        x = rng.integers(-2, 3, 200).astype(dtype)  # small integers: many ties
+        step = int(rng.integers(2 * count, 40))
+        at = int(rng.integers(0, x.size - step - 2 * count + 1))
+        w, base = int(rng.integers(2 * count, 50)), int(rng.integers(0, 100))
+        relu = bool(count % 2)
+        bias = None if count % 3 else dtype(0.5)
+        y = np.full(n + 6, 9.0, dtype)
+        idx = np.full(n + 6, -9, np.int64)
+        out = int(rng.integers(0, 6))
+        if bias is None:
+            _max_pairs(x, at, step, w, relu, y, out, idx, base, count)
+        else:
+            _max_pairs_bias(x, at, step, w, bias, relu, y, out, idx, base, count)
+        values, positions = _max_pairs_reference(x, at, step, w, bias, relu, base, count)
+        np.testing.assert_array_equal(y[out : out + count], values.astype(dtype))
+        np.testing.assert_array_equal(idx[out : out + count], positions)
+        outside = np.r_[0:out, out + count : y.size]
+        assert (y[outside] == 9.0).all() and (idx[outside] == -9).all()
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_unpool_pairs_routes_each_gradient_to_its_window_position(dtype):
+    rng = np.random.default_rng(5)
+    n = _lanes(dtype)
+    for count in range(1, n + 1):
+        g = rng.standard_normal(n + 4).astype(dtype)
+        gate = rng.standard_normal(n + 4).astype(dtype)
+        at, base, w = int(rng.integers(0, 4)), int(rng.integers(0, 50)), int(rng.integers(2 * count, 40))
+        choice = rng.integers(0, 4, count)
+        idx = np.zeros(n + 4, np.int64)
+        idx[at : at + count] = base + 2 * np.arange(count) + np.array([0, 1, w, w + 1])[choice]
+        width = int(rng.integers(2 * count, 2 * n + 1))
+        step = int(rng.integers(width, 60))
+        to = int(rng.integers(0, 5))
+        gated = bool(count % 2)
+        grad = np.full(to + step + width + 7, 5.0, dtype)
+        expected = grad.copy()
+        for row in (to, to + step):
+            expected[row : row + width] = 0
+        for q in range(count):
+            value = g[at + q] if not gated or gate[at + q] > 0 else 0
+            k = choice[q]
+            expected[to + (step if k >= 2 else 0) + 2 * q + k % 2] = value
+        assert _unpool_pairs(g, at, idx, base, w, gate, gated, grad, to, step, count, width)
+        np.testing.assert_array_equal(grad, expected)
+        idx[at] = base + 2  # the next window's position: not its own
+        assert not _unpool_pairs(g, at, idx, base, w, gate, gated, grad, to, step, count, width)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_clear_zeroes_exactly_its_span(dtype):
+    rng = np.random.default_rng(9)
+    for _ in range(20):
+        a = np.full(100, 3.0, dtype)
+        start = int(rng.integers(0, 100))
+        length = int(rng.integers(0, 100 - start + 1))
+        _clear(a, start, length)
+        assert (a[start : start + length] == 0).all()
+        assert (a[:start] == 3.0).all() and (a[start + length :] == 3.0).all()
+
+
+BOUNDS_SCRIPT = textwrap.dedent("""
+    import numba, numpy as np
+    from fastcnn.kernels import _pool_vectors as pv, _tiles as tiles, jit
+    assert jit.CHECK_BOUNDS
+
+    @numba.njit
+    def clear(a, start, length):
+        pv.clear(a, start, length)
+
+    @numba.njit
+    def store(out, w, src, offsets):
+        tiles.store_tile(out, w, 0, 0, src, offsets, 0, 1, False)
+
+    a = np.zeros(10, np.float32)
+    clear(a, 2, 8)  # in bounds
+    for call in (lambda: clear(a, 5, 8),
+                 lambda: store(np.zeros((8, 48), np.float32), np.zeros((8, 1), np.float32),
+                               np.zeros(50, np.float32), np.array([3], np.int64))):
+        try:
+            call()
+        except AssertionError as exc:
+            print("refused:", exc)
+        else:
+            raise SystemExit("an out-of-bounds call was not refused")
+""")
+
+
+def test_bounds_switch_refuses_out_of_bounds_calls(tmp_path):
+    """Under FASTCNN_CHECK_BOUNDS=1 a call that would touch memory outside its arrays raises instead."""
+    env = dict(os.environ, FASTCNN_CHECK_BOUNDS="1", NUMBA_CACHE_DIR=str(tmp_path))
+    result = subprocess.run([sys.executable, "-c", BOUNDS_SCRIPT], env=env, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert result.stdout.count("refused:") == 2, result.stdout
