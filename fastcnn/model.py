@@ -13,8 +13,8 @@ from ._version import __version__
 from .callbacks import Callback, CallbackList
 from .distributed import training_context
 from .kernels import blas
-from .layers import (LAYER_TYPES, Conv2D, Dropout, Layer, MaxPool2D, ReLU, Sigmoid, Softmax, _ConvMaxPool, softmax,
-                     weights_follow)
+from .functional import softmax
+from .layers import LAYER_TYPES, Conv2D, Dropout, Layer, MaxPool2D, ReLU, Sigmoid, Softmax, _ConvMaxPool, weights_follow
 from .losses import CrossEntropyLoss, Loss, accuracy, get_loss
 from .optim import Optimizer, get_optimizer
 from .progress import ProgressBar
