@@ -192,7 +192,8 @@ def open_npz(path: str | os.PathLike, what: str) -> tuple[zipfile.ZipFile, int]:
     try:
         return zipfile.ZipFile(path), size
     except (zipfile.BadZipFile, zlib.error, EOFError, ValueError, NotImplementedError, OverflowError) as exc:
-        raise ValueError(f"{path} is not a readable {what} file ({type(exc).__name__}: {exc})") from None
+        raise ValueError(f"{path} is not a readable {what} file: it is not a .npz archive ({type(exc).__name__}: "
+                         f"{exc}); fastcnn reads only the .npz files it writes, and never unpickles") from None
 
 
 def read_npz(path: str | os.PathLike, what: str, expected: dict[str, tuple[tuple[int, ...], Any]]) -> dict[str, np.ndarray]:
