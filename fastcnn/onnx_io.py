@@ -27,7 +27,7 @@ from . import _files
 from ._checks import check_allocation, conv_geometry
 from ._version import __version__
 from .layers import (AvgPool2D, BatchNorm1D, BatchNorm2D, Conv2D, Dense, Dropout, Flatten, Layer, MaxPool2D, ReLU,
-                     Sigmoid, Softmax, Tanh)
+                     Sigmoid, Softmax, Tanh, weights_follow)
 
 __all__ = ["OPSET", "MAX_FILE_BYTES", "export_onnx", "load_onnx"]
 
@@ -615,7 +615,8 @@ def load_onnx(path: str | os.PathLike):
         if not node.output or any(o in consumed for o in node.output[1:] if o):
             raise r.fail(node, "its second output is used; fastcnn reads inference graphs with one output per node")
         try:
-            layer = importer(r, node, _attributes(r, node, onnx))
+            with weights_follow(dtype):  # placeholders until the file's arrays, checked, are put in
+                layer = importer(r, node, _attributes(r, node, onnx))
             out_shape = r.shape if layer is None else tuple(layer.output_shape(r.shape))
         except (ValueError, TypeError) as exc:
             if str(exc).startswith(f"{path}: node "):
@@ -628,4 +629,4 @@ def load_onnx(path: str | os.PathLike):
     if outputs != [r.current]:
         raise ValueError(f"{path}: the graph's outputs are {outputs}; fastcnn reads one output, the end of the chain "
                          f"({r.current!r})")
-    return Sequential(r.layers, input_shape=shape).astype(dtype)
+    return Sequential(r.layers, input_shape=shape)

@@ -140,6 +140,9 @@ def test_cli_export(tmp_path, capsys):
     back = fastcnn.load_onnx(tmp_path / "m.onnx")
     xb = np.random.default_rng(2).random((2, 1, 28, 28), dtype=np.float32)
     assert np.array_equal(back.predict(xb), model.predict(xb))
+    before = back.layers[0].params["weight"].copy()
+    back.fit(xb, np.array([1, 2]), epochs=1, batch_size=2, verbose=0)  # an imported model trains on
+    assert not np.array_equal(back.layers[0].params["weight"], before)
     assert cli.main(["export", str(tmp_path / "missing.npz"), str(tmp_path / "o.onnx")]) == 1
     assert "error" in capsys.readouterr().err
 
