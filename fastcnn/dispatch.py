@@ -38,7 +38,7 @@ from typing import Any, Callable, Iterator
 
 import numpy as np
 
-from . import _files, backends
+from . import _files, _untrusted, backends
 from .tables import format_table
 from .kernels import jit
 
@@ -47,6 +47,7 @@ POLICIES = ("auto",) + BACKENDS
 _MEASURE_ROUNDS = (3, 15)  # rounds of timing, at least and at most
 _MEASURE_BUDGET_S = 0.05  # keep adding rounds (up to the most) while all of them took less than this
 _SLOW_ROUND_S = 0.1  # a round slower than this is the only one: the difference is plain to see
+_MAX_FILE_BYTES = 8 << 20  # a persisted decision takes about 250 bytes
 _GLUE_S = 50e-6  # the pause before each timed call (see _pause)
 
 
@@ -262,13 +263,23 @@ def _load_persisted() -> None:
     if not _persist_enabled():
         return
     try:
-        records = json.loads(decisions_path().read_text())
-        for key, record in records.items():
-            if record.get("choice") in available_backends():
-                _decisions.setdefault(key, record)
-                _choices.setdefault(key, record["choice"])
-    except (OSError, ValueError, AttributeError, TypeError):
-        return  # missing or unreadable: measure again, and the next save replaces it
+        records = _untrusted.parse_json(_untrusted.read_limited(decisions_path(), _MAX_FILE_BYTES, "dispatch decisions"),
+                                        "dispatch decisions", _MAX_FILE_BYTES, max_depth=4)
+    except (OSError, ValueError):
+        return  # missing, unreadable or hostile: measure again, and the next save replaces it
+    for key, record in records.items() if isinstance(records, dict) else ():
+        if _valid_record(key, record):
+            _decisions.setdefault(key, record)
+            _choices.setdefault(key, record["choice"])
+
+
+def _valid_record(key: str, record) -> bool:
+    """Whether ``record`` has the form :func:`run` saves under ``key``, for a backend available here."""
+    number = (int, float)
+    return (isinstance(record, dict) and isinstance(record.get("op"), str) and isinstance(record.get("signature"), str)
+            and key == record["op"] + record["signature"] and record.get("choice") in available_backends()
+            and isinstance(record.get("ms"), dict) and all(isinstance(v, number) for v in record["ms"].values())
+            and isinstance(record.get("measure_ms"), number))
 
 
 def _save_persisted() -> None:

@@ -131,3 +131,25 @@ def test_fused_conv_max_pool_with_nan_picks_what_pytorch_picks(backend, dtype, r
     assert np.isnan(want_y).any() and (~np.isnan(want_y)).any()
     np.testing.assert_array_equal(idx, want_idx)
     np.testing.assert_array_equal(y, want_y)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_the_vector_pool_picks_the_last_nan_in_every_lane(dtype):
+    """The LLVM compare-and-select itself (:func:`fastcnn.kernels._pool_vectors.max_pairs`, through
+    :func:`~fastcnn.kernels.pool_numba.pool_rows`): every count of windows up to a vector, every lane."""
+    pool_numba = pytest.importorskip("fastcnn.kernels.pool_numba")
+    from fastcnn.kernels._tiles import lanes
+
+    n, rng = lanes(np.dtype(dtype).itemsize), np.random.default_rng(7)
+    width = 2 * n + 3
+    for count in range(1, n + 1):
+        x = rng.choice(np.array([np.nan, 1, 1, 0, -np.inf], dtype), 2 * width)
+        y, idx = np.full(n + 1, 9, dtype), np.full(n + 1, -9, np.int64)
+        pool_numba.pool_rows(x, 0, width, width, None, False, y, 0, idx, 1, count)
+        for q in range(count):
+            at = [2 * q, 2 * q + 1, width + 2 * q, width + 2 * q + 1]
+            values = x[at]
+            k = 3 - int(np.argmax(np.isnan(values)[::-1])) if np.isnan(values).any() else int(np.argmax(values))
+            assert idx[q] == at[k], (count, q, values)
+            np.testing.assert_array_equal(y[q], values[k])
+        assert (y[count:] == 9).all() and (idx[count:] == -9).all()  # nothing written past the last window
