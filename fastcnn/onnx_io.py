@@ -10,8 +10,10 @@ initializers are named as :meth:`Sequential.state_dict` names the parameters (``
 each node as its layer (``"0.Conv2D"``).
 
 Import never runs code from the file and never allocates what the file merely claims: the file's size
-is bounded before it is parsed, and every tensor's declared size is checked against the bytes that
-actually hold it before an array is made; tensors stored outside the file (external data) are refused.
+is bounded before it is parsed, every tensor's declared size is checked against the bytes that
+actually hold it before an array is made, and layers hold placeholders (``weights_follow``) until
+their checked arrays go in; tensors stored outside the file (external data) and weights holding NaN
+or infinity (as :func:`fastcnn.load_model` refuses them) are refused.
 This module is named ``onnx_io`` so that ``import onnx`` inside fastcnn means the ONNX package.
 """
 from __future__ import annotations
@@ -23,7 +25,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from . import _files
+from . import _files, _untrusted
 from ._checks import check_allocation, conv_geometry
 from ._version import __version__
 from .layers import (AvgPool2D, BatchNorm1D, BatchNorm2D, Conv2D, Dense, Dropout, Flatten, Layer, MaxPool2D, ReLU,
@@ -246,6 +248,8 @@ class _Reader:
             raise self.fail(node, f"{key} has shape {value.shape}; {layer.describe()} needs {store[key].shape}")
         if value.dtype.kind != "f":
             raise self.fail(node, f"{key} must be floating point, got {value.dtype}")
+        if _untrusted.first_non_finite([(key, value)]):
+            raise self.fail(node, f"{key} holds NaN or infinity; a trained model's weights are finite")
         store[key] = value.astype(self.dtype)
 
 
@@ -535,8 +539,7 @@ def _read_proto(path: str, onnx):
         raise ValueError(f"{path}: {size:,} bytes, more than an ONNX file can hold ({MAX_FILE_BYTES:,}); "
                          "files with external data are not read")
     check_allocation(f"{path}: the ONNX file read into memory", (size,), np.uint8)
-    with open(path, "rb") as fh:
-        data = fh.read(MAX_FILE_BYTES + 1)
+    data = _untrusted.read_limited(path, MAX_FILE_BYTES, "ONNX file")
     proto = onnx.ModelProto()
     try:
         proto.ParseFromString(data)

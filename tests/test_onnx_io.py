@@ -234,6 +234,9 @@ def test_inconsistent_or_oversized_tensors_are_refused_before_allocating(tmp_pat
     short = _raw_tensor("w", [2, 1, 3, 3], b"\0" * 16)
     with pytest.raises(ValueError, match="holds 16 bytes"):
         fastcnn.load_onnx(_model_file(tmp_path / "s.onnx", [helper.make_node("Conv", ["x", "w"], ["y"])], [short]))
+    nan = numpy_helper.from_array(np.full((2, 1, 3, 3), np.nan, np.float32), "w")
+    with pytest.raises(ValueError, match="NaN"):
+        fastcnn.load_onnx(_model_file(tmp_path / "n.onnx", [helper.make_node("Conv", ["x", "w"], ["y"])], [nan]))
     wrong = numpy_helper.from_array(np.ones((2, 3, 3, 3), np.float32), "w")  # 3 input channels for a 1-channel input
     with pytest.raises(ValueError, match="channels"):
         fastcnn.load_onnx(_model_file(tmp_path / "w.onnx", [helper.make_node("Conv", ["x", "w"], ["y"])], [wrong]))
