@@ -123,10 +123,27 @@ def _training_cells(row: dict[str, Any]) -> list[str]:
     return cells + [f"{row['over_torch']:.2f}x" if "over_torch" in row else "-"]
 
 
+INFERENCE_COLUMNS = ["inference", "fastcnn ms", "ORT ms", "torch ms", "fastcnn / ORT", "fastcnn / torch", "target"]
+
+
+def _inference_cells(row: dict[str, Any]) -> list[str]:
+    from .inference import TARGETS as ORT_TARGETS
+
+    ms = row["ms"]
+    name, _, batch = row["shape"].rpartition(" at batch ")
+    target = ORT_TARGETS.get((name, int(batch)))
+    over = ms["fastcnn"] / ms["ort"] if "fastcnn" in ms and "ort" in ms else None
+    verdict = "-" if target is None else f"<= {target:.1f}x ORT" + ("" if over is None else ": met" if over <= target else ": missed")
+    return ([row["shape"]] + [f"{ms[k]:.3f}" if k in ms else "-" for k in ("fastcnn", "ort", "torch")]
+            + [f"{ms['fastcnn'] / ms[k]:.2f}x" if "fastcnn" in ms and k in ms else "-" for k in ("ort", "torch")] + [verdict])
+
+
 def _tables(rows: list[dict[str, Any]]) -> list[tuple[list[str], list[list[str]]]]:
-    kernels = [_cells(r) for r in rows if "images" not in r]
+    kernels = [_cells(r) for r in rows if "images" not in r and r["op"] != "predict"]
     training = [_training_cells(r) for r in rows if "images" in r]
-    return [(cols, body) for cols, body in ((COLUMNS, kernels), (TRAINING_COLUMNS, training)) if body]
+    inference = [_inference_cells(r) for r in rows if r["op"] == "predict"]
+    return [(cols, body) for cols, body in ((COLUMNS, kernels), (TRAINING_COLUMNS, training),
+                                            (INFERENCE_COLUMNS, inference)) if body]
 
 
 def torch_note(env: dict[str, Any]) -> str:

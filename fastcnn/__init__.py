@@ -63,6 +63,7 @@ from .layers import (
 )
 from .losses import BCELoss, CrossEntropyLoss, MSELoss
 from .model import Sequential, TrainingDivergedError, load_model
+from .onnx_io import load_onnx
 from .optim import SGD, Adam, CosineLR, OneCycleLR, StepLR
 from .threads import get_num_threads, set_num_threads
 
@@ -73,4 +74,5 @@ __all__ = [
     "AvgPool2D", "BatchNorm1D", "BatchNorm2D", "Conv2D", "Dense", "Dropout", "Flatten", "MaxPool2D", "ReLU",
     "Sigmoid", "Softmax", "Tanh", "BCELoss", "CrossEntropyLoss", "MSELoss", "Sequential", "TrainingDivergedError",
     "SGD", "Adam", "CosineLR", "OneCycleLR", "StepLR", "load_model", "Callback", "EarlyStopping", "ModelCheckpoint",
+    "load_onnx",
 ]

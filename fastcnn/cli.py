@@ -1,4 +1,4 @@
-"""The ``fastcnn`` command: ``train``, ``predict`` and ``info``."""
+"""The ``fastcnn`` command: ``train``, ``predict``, ``export`` and ``info``."""
 from __future__ import annotations
 
 import argparse
@@ -68,6 +68,10 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("--show", metavar="OUT.png", help="write the 28x28 image that is classified")
     predict.add_argument("--parents", action="store_true", help="create --show's folder if it does not exist")
 
+    export = sub.add_parser("export", help="write a saved model as ONNX (needs fastcnn[onnx])")
+    export.add_argument("model", help="a model saved by `fastcnn train` or Sequential.save")
+    export.add_argument("out", help="the ONNX file to write")
+
     sub.add_parser("info", help="versions, threads, caches and the dispatcher's saved decisions")
     return parser
 
@@ -76,7 +80,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
-        return {"train": _train, "predict": _predict, "info": _info}[args.command](args, parser)
+        return {"train": _train, "predict": _predict, "export": _export, "info": _info}[args.command](args, parser)
     except (ValueError, TypeError, OSError, ImportError) as exc:
         print(f"fastcnn {args.command}: error: {exc}", file=sys.stderr)
         return 1
@@ -260,6 +264,16 @@ def _predict(args, parser) -> int:
         print(f"  {k}: {p:6.4f} {'#' * int(round(p * 40))}")
     if args.show:
         print(f"the 28x28 image classified: {args.show}")
+    return 0
+
+
+def _export(args, parser) -> int:
+    from .model import load_model
+
+    model = load_model(args.model)
+    _check_out_dir(args.out, parents=False)
+    model.export_onnx(args.out)
+    print(f"wrote {args.out} ({os.path.getsize(args.out):,} bytes; input (N, {', '.join(map(str, model.input_shape))}))")
     return 0
 
 

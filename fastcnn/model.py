@@ -7,13 +7,14 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from . import _untrusted, dispatch, saving
+from . import _untrusted, dispatch, inference, saving
 from ._checks import positive_int
 from ._version import __version__
 from .callbacks import Callback, CallbackList
 from .distributed import training_context
 from .kernels import blas
-from .layers import LAYER_TYPES, Conv2D, Dropout, Layer, MaxPool2D, ReLU, _ConvMaxPool, weights_follow
+from .functional import softmax
+from .layers import LAYER_TYPES, Conv2D, Dropout, Layer, MaxPool2D, ReLU, Sigmoid, Softmax, _ConvMaxPool, weights_follow
 from .losses import CrossEntropyLoss, Loss, accuracy, get_loss
 from .optim import Optimizer, get_optimizer
 from .progress import ProgressBar
@@ -51,6 +52,7 @@ class Sequential:
         self.input_shape = None if input_shape is None else tuple(int(s) for s in input_shape)
         self._checked_shapes: set[tuple[int, ...]] = set()
         self._plan: tuple[tuple, list[Layer]] = ((), [])  # (the layers and their backends, the steps)
+        self._inference: inference.InferencePlan | None = None  # what predict runs, see fastcnn.inference
         self.loss: Loss | None = None
         self.recipe = None
 
@@ -256,12 +258,25 @@ class Sequential:
         return next((i for i, step in enumerate(self._run_order()) if step.params), len(self._run_order()))
 
     def predict(self, x: np.ndarray, batch_size: int = 512) -> np.ndarray:
-        """The model's outputs (class scores / logits for classifiers) for ``x``, computed in batches."""
+        """The model's outputs for ``x``, computed in batches: what its last layer gives, so class scores
+        (logits) for a classifier that ends in a Dense layer; see :meth:`predict_proba` for probabilities.
+
+        Runs the model's inference plan (:mod:`fastcnn.inference`: batch norm folded, steps fused,
+        the input checked once), which gives what :meth:`forward` gives (to the last bits where a
+        batch norm is folded).
+        """
         x = self._prepare_input(x)
         positive_int("batch_size", batch_size)
         if len(x) == 0:
             raise ValueError("x is empty: predict needs at least one sample")
-        return np.concatenate([self._forward(x[i : i + batch_size], False) for i in range(0, len(x), batch_size)])
+        self._inference = inference.current_plan(self._inference, self.layers, self.dtype)
+        return self._inference.predict(x, batch_size)
+
+    def predict_proba(self, x: np.ndarray, batch_size: int = 512) -> np.ndarray:
+        """Class probabilities for ``x``: the softmax over the last axis of :meth:`predict`'s outputs, or
+        those outputs as they are when the model already ends in a Softmax or Sigmoid layer."""
+        out = self.predict(x, batch_size)
+        return out if self.layers and isinstance(self.layers[-1], (Softmax, Sigmoid)) else softmax(out)
 
     def evaluate(self, x: np.ndarray, y: np.ndarray, batch_size: int = 512, loss: Loss | None = None) -> tuple[float, float | None]:
         """Mean loss and accuracy (None for non-classifiers) over ``(x, y)``."""
@@ -434,6 +449,13 @@ class Sequential:
         header = {"fastcnn_version": __version__, "dtype": self.dtype.name, "layers": self.get_config(),
                   "input_shape": None if self.input_shape is None else list(self.input_shape)}
         saving.write_archive(path, FORMAT, FORMAT_VERSION, header, self.state_dict())
+
+    def export_onnx(self, path: str | os.PathLike, input_shape: tuple[int, ...] | None = None) -> None:
+        """Write the model as an ONNX file (batch axis dynamic), atomically; needs ``fastcnn[onnx]``.
+        See :func:`fastcnn.onnx_io.export_onnx` and :func:`fastcnn.load_onnx`."""
+        from .onnx_io import export_onnx
+
+        export_onnx(self, path, input_shape)
 
     def __repr__(self) -> str:
         return "Sequential([\n" + "".join(f"    {layer!r},\n" for layer in self.layers) + "])"

@@ -1,0 +1,150 @@
+"""The inference plan behind predict/evaluate: the same answers as running the layers, batch norm
+folded, and never stale after training, edits in place, new weights or a new dtype."""
+import threading
+
+import numpy as np
+import pytest
+
+import fastcnn
+from fastcnn import inference, models
+from fastcnn import layers as L
+
+
+def _forward(model, x, batch_size):
+    """The reference: every layer's own forward, batch by batch (what predict did before the plan)."""
+    return np.concatenate([model.forward(x[i : i + batch_size]) for i in range(0, len(x), batch_size)])
+
+
+def _bn(layer, seed):
+    rng = np.random.default_rng(seed)
+    n = layer.num_features
+    layer.params["weight"] = rng.uniform(0.5, 2, n).astype(np.float32)
+    layer.params["bias"] = rng.uniform(-1, 1, n).astype(np.float32)
+    layer.buffers["running_mean"] = rng.uniform(-1, 1, n).astype(np.float32)
+    layer.buffers["running_var"] = rng.uniform(0.5, 2, n).astype(np.float32)
+    return layer
+
+
+def bn_model():
+    return fastcnn.Sequential([
+        L.Conv2D(1, 4, 3, padding=1, rng=0), _bn(L.BatchNorm2D(4), 1), L.ReLU(), L.MaxPool2D(2),
+        L.Conv2D(4, 4, 3, bias=False, rng=2), _bn(L.BatchNorm2D(4), 3), L.Tanh(), L.AvgPool2D(2, padding=1),
+        L.Flatten(), L.Dropout(0.5, rng=0), L.Dense(16, 8, rng=4), _bn(L.BatchNorm1D(8), 5), L.ReLU(),
+        L.Dense(8, 3, rng=6),
+    ], input_shape=(1, 8, 8))
+
+
+@pytest.mark.parametrize("name", ["lenet", "mlp", "toy_conv"])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_predict_is_the_layers_forward_bit_for_bit(name, dtype):
+    model = models.PRESETS[name](seed=0).astype(dtype)
+    x = np.random.default_rng(0).random((5,) + model.input_shape).astype(dtype)
+    for batch_size in (2, 5):
+        got = model.predict(x, batch_size=batch_size)
+        assert got.dtype == dtype
+        assert np.array_equal(got, _forward(model, x, batch_size))
+
+
+def test_batch_norm_is_folded_and_steps_fused():
+    model = bn_model()
+    x = np.random.default_rng(1).random((6, 1, 8, 8), dtype=np.float32)
+    np.testing.assert_allclose(model.predict(x, batch_size=4), _forward(model, x, 4), rtol=1e-5, atol=1e-5)
+    steps = model._inference.steps
+    # conv+BN+ReLU+pool is one fused op; conv+BN, then Tanh and the pool; dense+BN; ReLU; dense.
+    assert [type(s).__name__ for s in steps] == ["_Conv", "_Conv", "_Layer", "_Pool", "_Flatten", "_Linear", "_Relu",
+                                                  "_Linear"]
+    assert steps[0].op == "conv2d_max_pool2d" and steps[0].relu
+
+
+def test_fold_against_float64_reference():
+    conv, bn = L.Conv2D(2, 3, 3, rng=0), _bn(L.BatchNorm2D(3), 1)
+    conv.params["bias"] = np.arange(3, dtype=np.float32)
+    w, b = inference.fold_batch_norm(conv.params["weight"], conv.params["bias"], bn)
+    x = np.random.default_rng(2).standard_normal((2, 2, 5, 5))
+    ref = bn.astype(np.float64).forward(conv.astype(np.float64).forward(x))
+    got = fastcnn.functional.conv2d(x, w.astype(np.float64), b.astype(np.float64))
+    np.testing.assert_allclose(got, ref, rtol=1e-6, atol=1e-6)
+
+
+def test_predict_follows_training_edits_and_new_weights():
+    model = bn_model()
+    x = np.random.default_rng(3).random((8, 1, 8, 8), dtype=np.float32)
+    y = np.arange(8) % 3
+    before = model.predict(x)
+    model.fit(x, y, epochs=1, batch_size=4, verbose=0, optimizer=fastcnn.SGD(0.5))
+    after = model.predict(x)
+    assert not np.allclose(before, after)
+    np.testing.assert_allclose(after, _forward(model, x, 8), rtol=1e-5, atol=1e-5)
+    model.layers[0].params["weight"] *= 2  # in place: the plan reads live arrays and folds per call
+    np.testing.assert_allclose(model.predict(x), _forward(model, x, 8), rtol=1e-5, atol=1e-5)
+    model.load_state_dict(bn_model().state_dict())
+    np.testing.assert_allclose(model.predict(x), before, rtol=1e-6, atol=1e-6)
+    model.astype(np.float64)
+    assert model.predict(x).dtype == np.float64
+    model.layers[-1] = L.Dense(8, 2, rng=7).astype(np.float64)
+    assert model.predict(x).shape == (8, 2)
+
+
+def test_parameters_the_fast_path_cannot_take_still_give_the_right_answer():
+    model = models.lenet(seed=0)
+    x = np.random.default_rng(4).random((3, 1, 28, 28), dtype=np.float32)
+    expected = model.predict(x)
+    model.layers[0].params["weight"] = np.asfortranarray(model.layers[0].params["weight"])
+    model.layers[7].params["weight"] = np.asfortranarray(model.layers[7].params["weight"])
+    assert np.array_equal(model.predict(x), expected)
+
+
+def test_predict_proba():
+    model = models.lenet(seed=0)
+    x = np.random.default_rng(5).random((4, 1, 28, 28), dtype=np.float32)
+    p = model.predict_proba(x)
+    np.testing.assert_allclose(p.sum(axis=1), 1, rtol=1e-6)
+    np.testing.assert_allclose(p, fastcnn.functional.softmax(model.predict(x)), rtol=1e-6)
+    ends_in_softmax = fastcnn.Sequential([L.Flatten(), L.Dense(784, 10, rng=0), L.Softmax()], input_shape=(1, 28, 28))
+    assert np.array_equal(ends_in_softmax.predict_proba(x), ends_in_softmax.predict(x))
+
+
+def test_evaluate_runs_the_plan():
+    model = bn_model()
+    x = np.random.default_rng(6).random((5, 1, 8, 8), dtype=np.float32)
+    y = np.array([0, 1, 2, 0, 1])
+    loss, acc = model.evaluate(x, y)
+    ref = _forward(model, x, 5)
+    assert loss == pytest.approx(fastcnn.CrossEntropyLoss()(ref, y), rel=1e-5)
+    assert acc == pytest.approx(float((ref.argmax(1) == y).mean()))
+
+
+def test_threads_share_one_model():
+    model = models.lenet(seed=0)
+    x = np.random.default_rng(7).random((4, 1, 28, 28), dtype=np.float32)
+    expected = model.predict(x)
+    results = [None] * 4
+
+    def work(i):
+        results[i] = [model.predict(x) for _ in range(5)]
+
+    threads = [threading.Thread(target=work, args=(i,)) for i in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert all(np.array_equal(r, expected) for rs in results for r in rs)
+
+
+def test_bad_input_is_checked_once_per_call():
+    model = models.lenet(seed=0)
+    with pytest.raises(ValueError, match="cannot take"):
+        model.predict(np.zeros((2, 1, 20, 28), np.float32))
+    with pytest.raises(TypeError, match="floating point"):
+        model.predict(np.zeros((2, 1, 28, 28), np.uint8))
+    with pytest.raises(ValueError, match="empty"):
+        model.predict(np.zeros((0, 1, 28, 28), np.float32))
+
+
+def test_padded_inputs_are_reused_without_changing_answers():
+    model = fastcnn.Sequential([L.Conv2D(2, 3, 3, padding=1, rng=0), L.ReLU(), L.AvgPool2D(3, stride=2, padding=1),
+                                L.Conv2D(3, 2, 2, padding="same", rng=1)], input_shape=(2, 6, 7))
+    rng = np.random.default_rng(8)
+    for n in (3, 1, 3, 2, 3):  # shapes met again reuse their padded buffers; the answers stay right
+        x = rng.standard_normal((n, 2, 6, 7)).astype(np.float32)
+        assert np.array_equal(model.predict(x), _forward(model, x, n))

@@ -1,0 +1,359 @@
+"""ONNX export and import: against ONNX Runtime, PyTorch's exporter, and the exact round trip."""
+import os
+import warnings
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+import fastcnn
+from fastcnn import cli, models
+from fastcnn._checks import conv_geometry
+from fastcnn import layers as L
+
+onnx = pytest.importorskip("onnx")
+from onnx import TensorProto, helper, numpy_helper  # noqa: E402
+
+try:
+    import onnxruntime as ort
+except ImportError:
+    ort = None
+
+needs_ort = pytest.mark.skipif(ort is None, reason="onnxruntime is not installed")
+
+
+def _bn(layer, seed):
+    rng = np.random.default_rng(seed)
+    n = layer.num_features
+    layer.params["weight"] = rng.uniform(0.5, 2, n).astype(np.float32)
+    layer.params["bias"] = rng.uniform(-1, 1, n).astype(np.float32)
+    layer.buffers["running_mean"] = rng.uniform(-1, 1, n).astype(np.float32)
+    layer.buffers["running_var"] = rng.uniform(0.5, 2, n).astype(np.float32)
+    return layer
+
+
+def every_layer_model() -> fastcnn.Sequential:
+    """One model holding every layer type and every padding form fastcnn has."""
+    return fastcnn.Sequential([
+        L.Conv2D(2, 4, 3, padding="same", rng=1), _bn(L.BatchNorm2D(4, eps=1e-3, momentum=0.2), 2), L.ReLU(),
+        L.Conv2D(4, 4, 2, padding="same", rng=3),                     # even kernel: asymmetric "same" pads
+        L.MaxPool2D(3, stride=2, padding=1),
+        L.Conv2D(4, 5, (3, 2), stride=(2, 1), padding=(1, 0), dilation=(1, 2), rng=4), L.Tanh(),
+        L.AvgPool2D(2, padding=1),
+        L.Conv2D(5, 3, 1, bias=False, padding="valid", rng=5), L.Sigmoid(),
+        L.Flatten(), L.Dropout(0.25, rng=0), L.Dense(12, 6, rng=6), _bn(L.BatchNorm1D(6), 7), L.ReLU(),
+        L.Dense(6, 4, bias=False, rng=8), L.Softmax(),
+    ], input_shape=(2, 11, 10))
+
+
+@pytest.fixture
+def x():
+    return np.random.default_rng(0).standard_normal((3, 2, 11, 10)).astype(np.float32)
+
+
+@needs_ort
+@pytest.mark.parametrize("batch", [1, 3])
+def test_onnx_runtime_runs_every_layer_type_like_predict(tmp_path, x, batch):
+    model = every_layer_model()
+    path = tmp_path / "m.onnx"
+    model.export_onnx(path)
+    onnx.checker.check_model(str(path), full_check=True)
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    got = session.run(None, {"input": x[:batch]})[0]
+    assert got.shape == (batch, 4)
+    np.testing.assert_allclose(got, model.predict(x[:batch]), rtol=0, atol=1e-4)
+
+
+@needs_ort
+@pytest.mark.parametrize("name", sorted(models.PRESETS))
+def test_onnx_runtime_runs_every_preset(tmp_path, name):
+    model = models.PRESETS[name](seed=0)
+    model.export_onnx(tmp_path / "m.onnx")
+    xb = np.random.default_rng(1).random((2,) + model.input_shape, dtype=np.float32)
+    session = ort.InferenceSession(str(tmp_path / "m.onnx"), providers=["CPUExecutionProvider"])
+    np.testing.assert_allclose(session.run(None, {"input": xb})[0], model.predict(xb), rtol=0, atol=1e-4)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_round_trip_is_exact(tmp_path, x, dtype):
+    model = every_layer_model().astype(dtype)
+    model.export_onnx(tmp_path / "m.onnx")
+    back = fastcnn.load_onnx(tmp_path / "m.onnx")
+    assert [type(a) for a in back.layers] == [type(a) for a in model.layers]
+    shapes = [model.input_shape] + model.output_shapes()
+    for a, b, shape in zip(model.layers, back.layers, shapes):  # "same" may come back as the equal explicit padding
+        ca, cb = a.get_config(), b.get_config()
+        if isinstance(a, L.Conv2D):
+            geo = [conv_geometry((1,) + shape, layer.params["weight"].shape, layer.stride, layer.padding,
+                                 layer.dilation) for layer in (a, b)]
+            assert geo[0] == geo[1]
+            del ca["padding"], cb["padding"]
+        assert ca == cb
+    assert back.input_shape == model.input_shape and back.dtype == dtype
+    ours, theirs = model.state_dict(), back.state_dict()
+    for name, value in ours.items():
+        if not name.endswith("num_batches_tracked"):
+            assert theirs[name].dtype == value.dtype and np.array_equal(theirs[name], value), name
+    for a, b in zip(model.layers, back.layers):
+        if isinstance(a, L._BatchNorm):
+            assert (a.eps, a.momentum) == (b.eps, b.momentum)
+        if isinstance(a, L.Dropout):
+            assert a.p == b.p
+    assert np.array_equal(back.predict(x.astype(dtype)), model.predict(x.astype(dtype)))
+
+
+def test_names_are_readable_and_weights_stored_once(tmp_path):
+    model = every_layer_model()
+    model.export_onnx(tmp_path / "m.onnx")
+    proto = onnx.load(str(tmp_path / "m.onnx"))
+    names = [t.name for t in proto.graph.initializer]
+    assert len(names) == len(set(names))
+    expected = {k for k in model.state_dict() if not k.endswith("num_batches_tracked")} | {"11.ratio"}
+    assert set(names) == expected
+    assert [n.name for n in proto.graph.node][:3] == ["0.Conv2D", "1.BatchNorm2D", "2.ReLU"]
+    assert proto.graph.input[0].name == "input" and proto.graph.output[0].name == "output"
+    assert proto.graph.input[0].type.tensor_type.shape.dim[0].dim_param == "N"
+    data_bytes = sum(numpy_helper.to_array(t).nbytes for t in proto.graph.initializer)
+    assert os.path.getsize(tmp_path / "m.onnx") < data_bytes + 4096
+
+
+class _Custom(L.Layer):
+    pass
+
+
+def test_export_refuses_what_it_cannot_write_and_leaves_the_old_file(tmp_path):
+    path = tmp_path / "m.onnx"
+    path.write_bytes(b"old")
+    with pytest.raises(ValueError, match="_Custom"):
+        fastcnn.Sequential([L.ReLU(), _Custom()], input_shape=(3,)).export_onnx(path)
+    with pytest.raises(ValueError, match="input shape"):
+        fastcnn.Sequential([L.ReLU()]).export_onnx(path)
+    assert path.read_bytes() == b"old" and os.listdir(tmp_path) == ["m.onnx"]
+
+
+def test_cli_export(tmp_path, capsys):
+    model = models.lenet(seed=0)
+    model.save(tmp_path / "m.npz")
+    assert cli.main(["export", str(tmp_path / "m.npz"), str(tmp_path / "m.onnx")]) == 0
+    assert "wrote" in capsys.readouterr().out
+    back = fastcnn.load_onnx(tmp_path / "m.onnx")
+    xb = np.random.default_rng(2).random((2, 1, 28, 28), dtype=np.float32)
+    assert np.array_equal(back.predict(xb), model.predict(xb))
+    before = back.layers[0].params["weight"].copy()
+    back.fit(xb, np.array([1, 2]), epochs=1, batch_size=2, verbose=0)  # an imported model trains on
+    assert not np.array_equal(back.layers[0].params["weight"], before)
+    assert cli.main(["export", str(tmp_path / "missing.npz"), str(tmp_path / "o.onnx")]) == 1
+    assert "error" in capsys.readouterr().err
+
+
+# ---------------------------------------------------------------------------- PyTorch's exporter
+def _torch_export(net, x, path):
+    """``torch.onnx.export`` with the TorchScript exporter where it exists (the dynamo one needs onnxscript)."""
+    torch = pytest.importorskip("torch")
+    kwargs = dict(input_names=["x"], output_names=["y"], dynamic_axes={"x": {0: "N"}, "y": {0: "N"}})
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        try:
+            torch.onnx.export(net, (torch.from_numpy(x),), str(path), dynamo=False, **kwargs)
+        except TypeError:  # a torch without the dynamo switch
+            torch.onnx.export(net, (torch.from_numpy(x),), str(path), **kwargs)
+        except (ImportError, RuntimeError) as exc:
+            pytest.skip(f"torch.onnx.export unavailable here: {exc}")
+
+
+def test_imports_what_torch_onnx_export_writes(tmp_path):
+    torch = pytest.importorskip("torch")
+    nn = torch.nn
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.BatchNorm2d(4), nn.ReLU(), nn.MaxPool2d(2),
+                        nn.Conv2d(4, 6, 3, stride=2, dilation=1), nn.Tanh(), nn.AvgPool2d(2, padding=1),
+                        nn.Flatten(), nn.Dropout(0.3), nn.Linear(24, 10), nn.BatchNorm1d(10), nn.Sigmoid(),
+                        nn.Linear(10, 5), nn.Softmax(-1))
+    conv_net = nn.Sequential(nn.Conv2d(1, 3, 3), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(3, 2))
+    for module in net.modules():
+        if isinstance(module, (nn.BatchNorm1d, nn.BatchNorm2d)):
+            module.running_mean.uniform_(-1, 1)
+            module.running_var.uniform_(0.5, 2)
+    x = np.random.default_rng(3).random((2, 1, 14, 14), dtype=np.float32)
+    for i, n in enumerate((net.eval(), conv_net.eval())):
+        _torch_export(n, x, tmp_path / f"t{i}.onnx")
+        model = fastcnn.load_onnx(tmp_path / f"t{i}.onnx")
+        with torch.no_grad():
+            expected = n(torch.from_numpy(x)).numpy()
+        np.testing.assert_allclose(model.predict(x), expected, rtol=0, atol=1e-5)
+        assert model.input_shape == (1, 14, 14)
+
+
+# ---------------------------------------------------------------------------- files we cannot represent
+def _model_file(path, nodes, initializers=(), in_shape=("N", 1, 4, 4), out="y", opset=17):
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, list(in_shape))],
+                              [helper.make_tensor_value_info(out, TensorProto.FLOAT, None)], list(initializers))
+    proto = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
+    onnx.save(proto, str(path))
+    return path
+
+
+def test_unsupported_op_names_the_node_and_op(tmp_path):
+    path = _model_file(tmp_path / "a.onnx", [helper.make_node("Relu", ["x"], ["h"], name="first"),
+                                            helper.make_node("LeakyRelu", ["h"], ["y"], name="leaky")])
+    with pytest.raises(ValueError, match=r"node 'leaky' \(LeakyRelu\).*not supported"):
+        fastcnn.load_onnx(path)
+
+
+def test_branches_are_refused(tmp_path):
+    nodes = [helper.make_node("Relu", ["x"], ["a"], name="a"), helper.make_node("Tanh", ["x"], ["b"], name="b"),
+             helper.make_node("Add", ["a", "b"], ["y"], name="sum")]
+    with pytest.raises(ValueError, match=r"node 'b' \(Tanh\).*not a chain"):
+        fastcnn.load_onnx(_model_file(tmp_path / "b.onnx", nodes))
+    nodes = [helper.make_node("Relu", ["x"], ["a"], name="a"), helper.make_node("Add", ["a", "x"], ["y"], name="res")]
+    with pytest.raises(ValueError, match=r"node 'res' \(Add\).*residual"):
+        fastcnn.load_onnx(_model_file(tmp_path / "c.onnx", nodes))
+
+
+def test_dynamic_spatial_shapes_are_refused(tmp_path):
+    path = _model_file(tmp_path / "d.onnx", [helper.make_node("Relu", ["x"], ["y"])], in_shape=("N", 1, "H", "W"))
+    with pytest.raises(ValueError, match="fixed positive size"):
+        fastcnn.load_onnx(path)
+
+
+def _raw_tensor(name, dims, raw):
+    """A float tensor whose declared shape need not match its bytes (onnx.helper refuses to write one)."""
+    t = TensorProto(name=name, data_type=TensorProto.FLOAT, raw_data=raw)
+    t.dims.extend(dims)
+    return t
+
+
+def test_inconsistent_or_oversized_tensors_are_refused_before_allocating(tmp_path):
+    w = numpy_helper.from_array(np.ones((2, 1, 3, 3), np.float32), "w")
+    path = _model_file(tmp_path / "ok.onnx", [helper.make_node("Conv", ["x", "w"], ["y"])], [w])
+    assert fastcnn.load_onnx(path).layers[0].params["weight"].shape == (2, 1, 3, 3)
+    huge = _raw_tensor("w", [10**6, 10**6, 3, 3], b"\0" * 16)
+    with pytest.raises(ValueError, match="more than the whole file"):
+        fastcnn.load_onnx(_model_file(tmp_path / "h.onnx", [helper.make_node("Conv", ["x", "w"], ["y"])], [huge]))
+    short = _raw_tensor("w", [2, 1, 3, 3], b"\0" * 16)
+    with pytest.raises(ValueError, match="holds 16 bytes"):
+        fastcnn.load_onnx(_model_file(tmp_path / "s.onnx", [helper.make_node("Conv", ["x", "w"], ["y"])], [short]))
+    nan = numpy_helper.from_array(np.full((2, 1, 3, 3), np.nan, np.float32), "w")
+    with pytest.raises(ValueError, match="NaN"):
+        fastcnn.load_onnx(_model_file(tmp_path / "n.onnx", [helper.make_node("Conv", ["x", "w"], ["y"])], [nan]))
+    wrong = numpy_helper.from_array(np.ones((2, 3, 3, 3), np.float32), "w")  # 3 input channels for a 1-channel input
+    with pytest.raises(ValueError, match="channels"):
+        fastcnn.load_onnx(_model_file(tmp_path / "w.onnx", [helper.make_node("Conv", ["x", "w"], ["y"])], [wrong]))
+    external = _raw_tensor("w", [2, 1, 3, 3], b"")
+    external.ClearField("raw_data")
+    external.data_location = TensorProto.EXTERNAL
+    external.external_data.add(key="location", value="weights.bin")
+    with pytest.raises(ValueError, match="external data"):
+        fastcnn.load_onnx(_model_file(tmp_path / "e.onnx", [helper.make_node("Conv", ["x", "w"], ["y"])], [external]))
+
+
+def test_asymmetric_pads_and_ceil_mode_are_refused(tmp_path):
+    w = numpy_helper.from_array(np.ones((2, 1, 3, 3), np.float32), "w")
+    conv = helper.make_node("Conv", ["x", "w"], ["y"], name="c", pads=[0, 0, 1, 2])
+    with pytest.raises(ValueError, match=r"node 'c' \(Conv\).*asymmetric"):
+        fastcnn.load_onnx(_model_file(tmp_path / "p.onnx", [conv], [w]))
+    pool = helper.make_node("MaxPool", ["x"], ["y"], name="m", kernel_shape=[2, 2], ceil_mode=1)
+    with pytest.raises(ValueError, match=r"node 'm' \(MaxPool\).*ceil_mode"):
+        fastcnn.load_onnx(_model_file(tmp_path / "m.onnx", [pool]))
+
+
+def test_not_an_onnx_file(tmp_path):
+    (tmp_path / "junk.onnx").write_bytes(b"\xff" * 64)
+    with pytest.raises(ValueError, match="not an ONNX model"):
+        fastcnn.load_onnx(tmp_path / "junk.onnx")
+    with pytest.raises(FileNotFoundError):
+        fastcnn.load_onnx(tmp_path / "missing.onnx")
+
+
+# ---------------------------------------------------------------------------- fuzzing
+_SEED_FILES: dict[str, bytes] = {}
+
+
+def _seed_bytes(tmp_path_factory) -> bytes:
+    if "lenet" not in _SEED_FILES:
+        path = tmp_path_factory.mktemp("fuzz") / "seed.onnx"
+        fastcnn.Sequential([L.Conv2D(1, 2, 3, padding=1, rng=0), _bn(L.BatchNorm2D(2), 0), L.ReLU(), L.MaxPool2D(2),
+                            L.AvgPool2D(2), L.Flatten(), L.Dense(2, 3, rng=0), L.Softmax()],
+                           input_shape=(1, 4, 4)).export_onnx(path)
+        _SEED_FILES["lenet"] = path.read_bytes()
+    return _SEED_FILES["lenet"]
+
+
+FUZZ = settings(max_examples=int(os.environ.get("FUZZ_EXAMPLES", 60)), deadline=None,
+                suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+
+
+def _load_or_refuse(path):
+    try:
+        model = fastcnn.load_onnx(path)
+    except (ValueError, TypeError):
+        return
+    if np.prod(model.input_shape) > 10**6:  # a mutated input size: loading it allocated nothing, running it would
+        return
+    x = np.zeros((1,) + model.input_shape, np.float32)
+    try:
+        model.predict(x)
+    except (ValueError, TypeError):  # a file may hold a model whose shapes only its own runtime would refuse
+        pass
+
+
+@FUZZ
+@given(edits=st.lists(st.tuples(st.integers(0, 10**6), st.integers(0, 255)), min_size=1, max_size=8),
+       cut=st.one_of(st.none(), st.integers(0, 10**6)))
+def test_fuzz_byte_mutations_give_a_model_or_a_clear_error(tmp_path_factory, edits, cut):
+    data = bytearray(_seed_bytes(tmp_path_factory))
+    for pos, value in edits:
+        data[pos % len(data)] = value
+    if cut is not None:
+        data = data[: cut % len(data)]
+    path = tmp_path_factory.mktemp("m") / "m.onnx"
+    path.write_bytes(bytes(data))
+    _load_or_refuse(path)
+
+
+@FUZZ
+@given(node=st.integers(0, 50), attr=st.integers(0, 50), value=st.one_of(
+    st.integers(-3, 40), st.lists(st.integers(-3, 9), max_size=6), st.floats(allow_nan=True)),
+    dim=st.one_of(st.none(), st.tuples(st.integers(0, 50), st.integers(0, 5), st.integers(-2, 10**9))))
+def test_fuzz_graph_mutations_give_a_model_or_a_clear_error(tmp_path_factory, node, attr, value, dim):
+    proto = onnx.ModelProto()
+    proto.ParseFromString(_seed_bytes(tmp_path_factory))
+    n = proto.graph.node[node % len(proto.graph.node)]
+    if n.attribute:
+        a = n.attribute[attr % len(n.attribute)]
+        if isinstance(value, list) and a.type == onnx.AttributeProto.INTS:
+            del a.ints[:]
+            a.ints.extend(value)
+        elif isinstance(value, int) and a.type == onnx.AttributeProto.INT:
+            a.i = value
+        elif isinstance(value, float) and a.type == onnx.AttributeProto.FLOAT:
+            a.f = value
+    if dim is not None:
+        t = proto.graph.initializer[dim[0] % len(proto.graph.initializer)]
+        if t.dims:
+            t.dims[dim[1] % len(t.dims)] = dim[2]
+    path = tmp_path_factory.mktemp("g") / "g.onnx"
+    path.write_bytes(proto.SerializeToString())
+    _load_or_refuse(path)
+
+
+def test_reshape_matmul_add_constants_and_global_pools(tmp_path):
+    rng = np.random.default_rng(8)
+    w = rng.standard_normal((2, 3)).astype(np.float32)  # MatMul's right operand: (in, out)
+    b = rng.standard_normal(3).astype(np.float32)
+    nodes = [helper.make_node("GlobalMaxPool", ["x"], ["p"], name="gmax"),
+             helper.make_node("Identity", ["p"], ["i"]),
+             helper.make_node("Constant", [], ["shape"], value=numpy_helper.from_array(np.array([0, -1], np.int64))),
+             helper.make_node("Reshape", ["i", "shape"], ["f"], name="flat"),
+             helper.make_node("MatMul", ["f", "w"], ["m"]), helper.make_node("Add", ["b", "m"], ["y"])]
+    path = _model_file(tmp_path / "r.onnx", nodes, [numpy_helper.from_array(w, "w"), numpy_helper.from_array(b, "b")],
+                       in_shape=("N", 2, 3, 4))
+    model = fastcnn.load_onnx(path)
+    assert [type(layer) for layer in model.layers] == [L.MaxPool2D, L.Flatten, L.Dense]
+    x = rng.standard_normal((3, 2, 3, 4)).astype(np.float32)
+    np.testing.assert_allclose(model.predict(x), x.max(axis=(2, 3)) @ w + b, rtol=1e-6, atol=1e-6)
+    bad = [helper.make_node("Constant", [], ["shape"], value=numpy_helper.from_array(np.array([0, 5, -1], np.int64))),
+           helper.make_node("Reshape", ["x", "shape"], ["y"], name="reshape")]
+    with pytest.raises(ValueError, match=r"node 'reshape' \(Reshape\).*flatten"):
+        fastcnn.load_onnx(_model_file(tmp_path / "bad.onnx", bad, in_shape=("N", 2, 3, 4)))
