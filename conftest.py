@@ -23,7 +23,12 @@ def pytest_addoption(parser):
 def pytest_configure(config):
     if not config.getoption("--benchmark"):
         config.option.benchmark_disable = True
-    elif config.option.benchmark_max_time == 1.0:  # pytest-benchmark's default: halve it, 2 noisy cores
+        return
+    from bench._common import ensure_torch_malloc_env
+
+    capture = config.pluginmanager.getplugin("capturemanager")
+    ensure_torch_malloc_env(before_exec=capture.stop_global_capturing if capture else None)
+    if config.option.benchmark_max_time == 1.0:  # pytest-benchmark's default: halve it, 2 noisy cores
         config.option.benchmark_max_time = 0.5
 
 
