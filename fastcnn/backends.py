@@ -13,12 +13,12 @@ from __future__ import annotations
 from types import ModuleType
 from typing import Any, Callable, NamedTuple
 
-from .kernels import conv_numpy, elementwise_numpy, jit, linear_numpy, loss_numpy, pool_numpy
+from .kernels import conv_numpy, elementwise_numpy, jit, linear_numpy, loss_numpy, norm_numpy, pool_numpy
 
 if jit.NUMBA_AVAILABLE:
-    from .kernels import conv_numba, elementwise_numba, linear_numba, loss_numba, pool_numba
+    from .kernels import conv_numba, elementwise_numba, linear_numba, loss_numba, norm_numba, pool_numba
 else:
-    conv_numba = elementwise_numba = linear_numba = loss_numba = pool_numba = None
+    conv_numba = elementwise_numba = linear_numba = loss_numba = norm_numba = pool_numba = None
 
 
 class Op(NamedTuple):
@@ -68,4 +68,7 @@ _op("relu",                           elementwise_numpy, elementwise_numba, "rel
 _op("relu_backward",                  elementwise_numpy, elementwise_numba, "relu_backward")
 _op("dropout",                        elementwise_numpy, elementwise_numba, "dropout")
 _op("softmax_cross_entropy",          loss_numpy,        loss_numba,        "softmax_cross_entropy")
+_op("batch_norm_stats",               norm_numpy,        norm_numba,        "batch_norm_stats")
+_op("batch_norm_apply",               norm_numpy,        norm_numba,        "batch_norm_apply")
+_op("batch_norm_backward",            norm_numpy,        norm_numba,        "batch_norm_backward")
 _op("adam_update",                    elementwise_numpy, elementwise_numba, "adam_update", in_place=True)
