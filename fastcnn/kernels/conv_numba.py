@@ -8,7 +8,8 @@ tile of output channels by positions at a time, and the weight gradient is dot p
 shifted runs, a tile of output channels by taps at a time (see :mod:`._tiles`). Positions that are
 not real output pixels (the last columns and rows of each sample, and the padding to whole tiles) are
 scratch, dropped from the output and zero in the gradient. The runs are cut into cache-sized blocks,
-which are also the parallel tasks. Other strides run row by row.
+which are also the parallel tasks. Other strides with dilation 1 become a stride-1 conv of the
+input's phases (:mod:`._polyphase`); with dilation too, they run row by row.
 
 A conv followed by a 2x2, stride-2 max-pool (:func:`conv2d_max_pool2d_forward` and its gradients)
 never makes the full-size output: the forward pass pools the wide output as it copies it out, and
@@ -23,7 +24,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from . import elementwise_numba, pool_numba
+from . import _polyphase, elementwise_numba, pool_numba
 from ._compose import pooled, unpooled
 from .blas import channel_sums
 from .jit import kernel_helper, parallel_kernel, prange, sized
@@ -240,11 +241,20 @@ def _conv_strided(xp, w, b, sh, sw, dh, dw, oh, ow):
 def conv2d_forward(xp, w, b, sh, sw, dh, dw, oh, ow):
     """``y = conv(xp, w) + b`` for a padded input ``xp`` (N, C, Hp, Wp) and weight (C_out, C, kH, kW)."""
     work = xp.shape[0] * oh * ow * w.size
+    if _by_phases(sh, sw, dh, dw):
+        kh, kw = w.shape[2:]
+        xq = _polyphase.split_input(xp, kh, kw, sh, sw, oh, ow)
+        return conv2d_forward(xq, _polyphase.split_weight(w, sh, sw), b, 1, 1, 1, 1, oh, ow)
     if sh != 1 or sw != 1:
         return sized(_conv_strided, work)(xp, w, b, sh, sw, dh, dw, oh, ow)
     y = np.empty((xp.shape[0], w.shape[0], oh, ow), dtype=xp.dtype)
     _conv_wide_into(xp, w, b, y, _NO_INDEX, False, dh, dw, ow, work)
     return y
+
+
+def _by_phases(sh, sw, dh, dw) -> bool:
+    """Whether a conv runs as a stride-1 conv of its input's phases (see :mod:`._polyphase`)."""
+    return (sh, sw) != (1, 1) and dh == dw == 1
 
 
 def _conv_wide_into(xp, w, b, y, idx, relu, dh, dw, ow, work):
@@ -364,6 +374,11 @@ def _grad_weight_strided(gy, xp, kh, kw, sh, sw, dh, dw):
 def conv2d_grad_weight(gy, xp, kh, kw, sh, sw, dh, dw):
     """Gradients of a conv with respect to its weight, shape (C_out, C, kH, kW), and its bias."""
     work = gy.size * xp.shape[1] * kh * kw
+    if _by_phases(sh, sw, dh, dw):
+        xq = _polyphase.split_input(xp, kh, kw, sh, sw, gy.shape[2], gy.shape[3])
+        ka, kb = -(-kh // sh), -(-kw // sw)
+        grad_wq, grad_b = conv2d_grad_weight(gy, xq, ka, kb, 1, 1, 1, 1)
+        return _polyphase.merge_weight_grad(grad_wq, kh, kw, sh, sw), grad_b
     if sh != 1 or sw != 1:
         return sized(_grad_weight_strided, work)(gy, xp, kh, kw, sh, sw, dh, dw), channel_sums(gy)
     return _grad_weight_of_runs(*_grad_runs(gy, kh, kw, xp.shape[2], xp.shape[3], dh, dw), xp, kh, kw, dh, dw, work)
@@ -431,6 +446,11 @@ def _grad_input_strided(gy, w, hp, wp, sh, sw, dh, dw):
 def conv2d_grad_input(gy, w, hp, wp, sh, sw, dh, dw):
     """Gradient of a conv with respect to its padded input, shape (N, C, hp, wp)."""
     work = gy.size * w.shape[1] * w.shape[2] * w.shape[3]
+    if _by_phases(sh, sw, dh, dw):
+        kh, kw = w.shape[2:]
+        _, _, _, _, hq, wq = _polyphase.phase_shape(kh, kw, sh, sw, gy.shape[2], gy.shape[3])
+        grad_xq = conv2d_grad_input(gy, _polyphase.split_weight(w, sh, sw), hq, wq, 1, 1, 1, 1)
+        return _polyphase.merge_input_grad(grad_xq, w.shape[1], hp, wp, kh, kw, sh, sw)
     if sh != 1 or sw != 1:
         return sized(_grad_input_strided, work)(gy, w, hp, wp, sh, sw, dh, dw)
     gr, head = _grad_runs(gy, w.shape[2], w.shape[3], hp, wp, dh, dw)

@@ -1,0 +1,82 @@
+"""A strided convolution as a stride-1 one: the polyphase split.
+
+With stride ``(sh, sw)`` (dilation 1), output ``(r, q)`` reads input ``(r*sh + i, q*sw + j)``. Writing
+``i = a*sh + pi`` and ``j = b*sw + pj``, that is position ``(r + a, q + b)`` of the input's phase
+``(pi, pj)``, the plane ``xp[pi::sh, pj::sw]``. So the conv equals a stride-1 conv of the phases,
+stacked as channels (``C * ph * pw`` of them, ``ph = min(sh, kh)``: phases no tap reads are left out),
+with the kernel cut the same way into ``ceil(kh/sh) x ceil(kw/sw)`` sub-kernels, zero where a phase
+has fewer taps. The stride-1 register tiles then do the arithmetic; the price is those zero taps
+(16 multiply-adds for 9 in a 3x3, stride-2 conv) and one copy of the input.
+
+The gradients follow: the weight gradient of the phase conv, cut back to the kernel's taps, and the
+input gradient of the phase conv, put back into the input's phases (zero where no tap reads).
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from .scratch import derived
+
+
+def phase_shape(kh, kw, sh, sw, oh, ow):
+    """``(ph, pw, ka, kb, hq, wq)``: phases used, sub-kernel size and phase-plane size for an output (oh, ow)."""
+    ka, kb = -(-kh // sh), -(-kw // sw)
+    return min(sh, kh), min(sw, kw), ka, kb, oh + ka - 1, ow + kb - 1
+
+
+def split_input(xp, kh, kw, sh, sw, oh, ow):
+    """The padded input ``xp`` (N, C, Hp, Wp) as phases (N, C*ph*pw, hq, wq), zero past the input's edge."""
+    n, c = xp.shape[:2]
+    ph, pw, _, _, hq, wq = phase_shape(kh, kw, sh, sw, oh, ow)
+
+    def fill(out):
+        for pi in range(ph):
+            for pj in range(pw):
+                src = xp[:, :, pi::sh, pj::sw][:, :, :hq, :wq]
+                dst = out[:, :, pi, pj]
+                rows, cols = src.shape[2], src.shape[3]
+                dst[:, :, :rows, :cols] = src
+                dst[:, :, rows:] = 0
+                dst[:, :, :rows, cols:] = 0
+
+    out = derived("phases", (n, c, ph, pw, hq, wq), xp.dtype, xp, ("phases", kh, kw, sh, sw, oh, ow), fill)
+    return out.reshape(n, c * ph * pw, hq, wq)
+
+
+def split_weight(w, sh, sw):
+    """The weight (C_out, C, kH, kW) as the phase conv's (C_out, C*ph*pw, ka, kb), zero-filled."""
+    c_out, c_in, kh, kw = w.shape
+    ph, pw, ka, kb = min(sh, kh), min(sw, kw), -(-kh // sh), -(-kw // sw)
+    out = np.zeros((c_out, c_in, ph, pw, ka, kb), w.dtype)
+    for pi in range(ph):
+        for pj in range(pw):
+            sub = w[:, :, pi::sh, pj::sw]
+            out[:, :, pi, pj, : sub.shape[2], : sub.shape[3]] = sub
+    return out.reshape(c_out, c_in * ph * pw, ka, kb)
+
+
+def merge_weight_grad(gw_phases, kh, kw, sh, sw):
+    """The phase conv's weight gradient (C_out, C*ph*pw, ka, kb) back as (C_out, C, kH, kW)."""
+    c_out = gw_phases.shape[0]
+    ph, pw, ka, kb = min(sh, kh), min(sw, kw), gw_phases.shape[2], gw_phases.shape[3]
+    c_in = gw_phases.shape[1] // (ph * pw)
+    g = gw_phases.reshape(c_out, c_in, ph, pw, ka, kb)
+    grad_w = np.empty((c_out, c_in, kh, kw), gw_phases.dtype)
+    for pi in range(ph):
+        for pj in range(pw):
+            dst = grad_w[:, :, pi::sh, pj::sw]
+            dst[...] = g[:, :, pi, pj, : dst.shape[2], : dst.shape[3]]
+    return grad_w
+
+
+def merge_input_grad(gx_phases, c_in, hp, wp, kh, kw, sh, sw):
+    """The phase conv's input gradient (N, C*ph*pw, hq, wq) back as the padded input's (N, C, hp, wp)."""
+    n, _, hq, wq = gx_phases.shape
+    ph, pw = min(sh, kh), min(sw, kw)
+    g = gx_phases.reshape(n, c_in, ph, pw, hq, wq)
+    grad_xp = np.zeros((n, c_in, hp, wp), gx_phases.dtype)  # positions no tap reads get 0
+    for pi in range(ph):
+        for pj in range(pw):
+            dst = grad_xp[:, :, pi::sh, pj::sw][:, :, :hq, :wq]
+            dst[...] = g[:, :, pi, pj, : dst.shape[2], : dst.shape[3]]
+    return grad_xp
