@@ -8,8 +8,10 @@ with the kernel cut the same way into ``ceil(kh/sh) x ceil(kw/sw)`` sub-kernels,
 has fewer taps. The stride-1 register tiles then do the arithmetic; the price is those zero taps
 (16 multiply-adds for 9 in a 3x3, stride-2 conv) and one copy of the input.
 
-The gradients follow: the weight gradient of the phase conv, cut back to the kernel's taps, and the
-input gradient of the phase conv, put back into the input's phases (zero where no tap reads).
+The forward pass need not pay for the zero taps: :func:`tap_offsets` says where each of the kernel's
+own taps reads in the phases' runs, and the tiles sum just those. The gradients follow the cut
+kernel: the weight gradient of the phase conv, cut back to the kernel's taps, and the input gradient
+of the phase conv, put back into the input's phases (zero where no tap reads).
 """
 from __future__ import annotations
 
@@ -41,6 +43,16 @@ def split_input(xp, kh, kw, sh, sw, oh, ow):
 
     out = derived("phases", (n, c, ph, pw, hq, wq), xp.dtype, xp, ("phases", kh, kw, sh, sw, oh, ow), fill)
     return out.reshape(n, c * ph * pw, hq, wq)
+
+
+def tap_offsets(c_in, kh, kw, sh, sw, run, wq):
+    """Where tap ``(c, i, j)`` of the kernel (in that order, as :func:`.conv_numba._tap_matrix`'s
+    columns) reads in the phases' runs (``run`` values per channel, planes ``wq`` wide): channel
+    ``(c, i mod sh, j mod sw)`` of the phases, shifted by ``(i div sh, j div sw)``."""
+    ph, pw = min(sh, kh), min(sw, kw)
+    c, i, j = np.meshgrid(np.arange(c_in), np.arange(kh), np.arange(kw), indexing="ij")
+    channel = (c * ph + i % sh) * pw + j % sw
+    return (channel * run + (i // sh) * wq + j // sw).reshape(-1).astype(np.int64)
 
 
 def split_weight(w, sh, sw):

@@ -195,15 +195,13 @@ def _unpool_runs(gp, argmax, gate, gated, ow, runs, hp, wp, head):
 
 
 @parallel_kernel
-def _conv_wide(xr, w, b, yr, y, idx, relu, hp, wp, dh, dw, ow):
-    """Stride-1 forward pass in the wide layout (see the module docstring): runs ``xr`` -> ``yr``, then
-    the output, ``ow`` columns a row, to ``y`` (the padding and scratch positions dropped); or, if ``idx``
-    is not empty, the output's 2x2, stride-2 max-pool (through a ReLU with ``relu``) to ``y`` and its
-    argmax to ``idx``."""
-    c_out, c_in, kh, kw = w.shape
+def _conv_wide(xr, taps, offsets, b, yr, y, idx, relu, hp, wp, ow):
+    """Stride-1 forward pass in the wide layout (see the module docstring): runs ``xr`` -> ``yr``, tap
+    ``k`` (weights ``taps[:, k]``) reading the runs from ``offsets[k]`` on; then the output, ``ow``
+    columns a row, to ``y`` (the padding and scratch positions dropped); or, if ``idx`` is not empty,
+    the output's 2x2, stride-2 max-pool (through a ReLU with ``relu``) to ``y`` and its argmax to ``idx``."""
+    c_out = y.shape[1]
     rows, cols = y.shape[2], y.shape[3]
-    taps = _tap_matrix(w, yr.shape[0], False)
-    offsets = _tap_offsets(c_in, kh, kw, xr.shape[1], 0, dh * wp, dw)
     for task in prange(-(-yr.shape[1] // _BLOCK)):
         _correlate_block(yr, taps, xr, offsets, task)
     wide, y_flat, idx_flat = yr.reshape(yr.size), y.reshape(y.size), idx.reshape(idx.size)
@@ -241,10 +239,14 @@ def _conv_strided(xp, w, b, sh, sw, dh, dw, oh, ow):
 def conv2d_forward(xp, w, b, sh, sw, dh, dw, oh, ow):
     """``y = conv(xp, w) + b`` for a padded input ``xp`` (N, C, Hp, Wp) and weight (C_out, C, kH, kW)."""
     work = xp.shape[0] * oh * ow * w.size
-    if _by_phases(sh, sw, dh, dw):
+    if _by_phases(sh, sw, dh, dw):  # the phase conv with the kernel's own taps: no zero taps
         kh, kw = w.shape[2:]
-        xq = _polyphase.split_input(xp, kh, kw, sh, sw, oh, ow)
-        return conv2d_forward(xq, _polyphase.split_weight(w, sh, sw), b, 1, 1, 1, 1, oh, ow)
+        _, _, ka, kb, hq, wq = _polyphase.phase_shape(kh, kw, sh, sw, oh, ow)
+        xr = _input_runs(_polyphase.split_input(xp, kh, kw, sh, sw, oh, ow), ka, kb, 1, 1)
+        offsets = _polyphase.tap_offsets(w.shape[1], kh, kw, sh, sw, xr.shape[1], wq)
+        y = np.empty((xp.shape[0], w.shape[0], oh, ow), dtype=xp.dtype)
+        _run_conv_wide(xr, w, offsets, b, y, _NO_INDEX, False, hq, wq, ow, work)
+        return y
     if sh != 1 or sw != 1:
         return sized(_conv_strided, work)(xp, w, b, sh, sw, dh, dw, oh, ow)
     y = np.empty((xp.shape[0], w.shape[0], oh, ow), dtype=xp.dtype)
@@ -259,10 +261,19 @@ def _by_phases(sh, sw, dh, dw) -> bool:
 
 def _conv_wide_into(xp, w, b, y, idx, relu, dh, dw, ow, work):
     """Run :func:`_conv_wide` on the padded input ``xp`` into ``y`` (and ``idx``)."""
-    n, _, hp, wp = xp.shape
-    c_out, _, kh, kw = w.shape
-    yr = scratch("wide out", (tile_rows(c_out), _wide_length(n, hp, wp, xp.itemsize)), xp.dtype)
-    sized(_conv_wide, work // TILE_SPEED)(_input_runs(xp, kh, kw, dh, dw), w, b, yr, y, idx, relu, hp, wp, dh, dw, ow)
+    _, c_in, hp, wp = xp.shape
+    kh, kw = w.shape[2:]
+    xr = _input_runs(xp, kh, kw, dh, dw)
+    offsets = _tap_offsets(c_in, kh, kw, xr.shape[1], 0, dh * wp, dw)
+    _run_conv_wide(xr, w, offsets, b, y, idx, relu, hp, wp, ow, work)
+
+
+def _run_conv_wide(xr, w, offsets, b, y, idx, relu, hp, wp, ow, work):
+    """Run :func:`_conv_wide` on the runs ``xr`` of planes ``hp x wp``, with the weight's taps reading
+    from ``offsets``."""
+    yr = scratch("wide out", (tile_rows(w.shape[0]), _wide_length(y.shape[0], hp, wp, xr.itemsize)), xr.dtype)
+    taps = _tap_matrix(w, yr.shape[0], False)
+    sized(_conv_wide, work // TILE_SPEED)(xr, taps, offsets, b, yr, y, idx, relu, hp, wp, ow)
 
 
 def conv2d_max_pool2d_forward(xp, w, b, sh, sw, dh, dw, oh, ow, pool, relu):
