@@ -12,17 +12,35 @@ pytestmark = pytest.mark.skipif("numba" not in F.dispatch.available_backends(), 
 
 
 @pytest.mark.parametrize("kh, kw, sh, sw", [(3, 3, 2, 2), (5, 4, 2, 3), (1, 1, 2, 2), (2, 3, 3, 2)])
-def test_split_weight_and_merge_weight_grad_are_inverse_and_place_every_tap(kh, kw, sh, sw, rng):
-    w = rng.standard_normal((3, 2, kh, kw))
-    wq = _polyphase.split_weight(w, sh, sw)
+def test_merge_weight_grad_takes_each_tap_from_its_phase(kh, kw, sh, sw, rng):
     ph, pw, ka, kb, _, _ = _polyphase.phase_shape(kh, kw, sh, sw, 4, 4)
-    assert wq.shape == (3, 2 * ph * pw, ka, kb)
-    g = wq.reshape(3, 2, ph, pw, ka, kb)
+    g = rng.standard_normal((3, 2, ph, pw, ka, kb))
+    merged = _polyphase.merge_weight_grad(g.reshape(3, 2 * ph * pw, ka, kb), kh, kw, sh, sw)
+    assert merged.shape == (3, 2, kh, kw)
     for i in range(kh):
         for j in range(kw):
-            np.testing.assert_array_equal(g[:, :, i % sh, j % sw, i // sh, j // sw], w[:, :, i, j])
-    assert np.count_nonzero(wq) == np.count_nonzero(w)  # the rest are the zero taps
-    np.testing.assert_array_equal(_polyphase.merge_weight_grad(wq, kh, kw, sh, sw), w)
+            np.testing.assert_array_equal(merged[:, :, i, j], g[:, :, i % sh, j % sw, i // sh, j // sw])
+
+
+@pytest.mark.parametrize("kh, kw, sh, sw", [(3, 3, 2, 2), (5, 4, 3, 2)])
+def test_tap_offsets_point_at_each_taps_phase_and_shift(kh, kw, sh, sw):
+    run, wq = 1000, 7
+    ph, pw = min(sh, kh), min(sw, kw)
+    offsets = _polyphase.tap_offsets(2, kh, kw, sh, sw, run, wq)
+    for c in range(2):
+        for i in range(kh):
+            for j in range(kw):
+                channel = (c * ph + i % sh) * pw + j % sw
+                assert offsets[(c * kh + i) * kw + j] == channel * run + (i // sh) * wq + j // sw
+
+
+def test_put_phase_writes_only_its_phase_within_both_edges(rng):
+    grad = np.zeros((1, 2, 7, 6))
+    g = rng.standard_normal((1, 2, 5, 2))
+    _polyphase.put_phase(grad, g, 1, 0, 2, 3)
+    want = np.zeros_like(grad)
+    want[:, :, 1::2, 0::3] = g[:, :, :3, :2]
+    np.testing.assert_array_equal(grad, want)
 
 
 @pytest.mark.parametrize("kh, kw, sh, sw, oh, ow", [(3, 3, 2, 2, 4, 5), (1, 1, 2, 2, 3, 3), (5, 4, 3, 2, 2, 3)])

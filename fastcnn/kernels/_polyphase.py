@@ -4,14 +4,14 @@ With stride ``(sh, sw)`` (dilation 1), output ``(r, q)`` reads input ``(r*sh + i
 ``i = a*sh + pi`` and ``j = b*sw + pj``, that is position ``(r + a, q + b)`` of the input's phase
 ``(pi, pj)``, the plane ``xp[pi::sh, pj::sw]``. So the conv equals a stride-1 conv of the phases,
 stacked as channels (``C * ph * pw`` of them, ``ph = min(sh, kh)``: phases no tap reads are left out),
-with the kernel cut the same way into ``ceil(kh/sh) x ceil(kw/sw)`` sub-kernels, zero where a phase
-has fewer taps. The stride-1 register tiles then do the arithmetic; the price is those zero taps
-(16 multiply-adds for 9 in a 3x3, stride-2 conv) and one copy of the input.
+with the kernel cut the same way into ``ceil(kh/sh) x ceil(kw/sw)`` sub-kernels. The stride-1
+register tiles then do the arithmetic, at the price of one copy of the input:
 
-The forward pass need not pay for the zero taps: :func:`tap_offsets` says where each of the kernel's
-own taps reads in the phases' runs, and the tiles sum just those. The gradients follow the cut
-kernel: the weight gradient of the phase conv, cut back to the kernel's taps, and the input gradient
-of the phase conv, put back into the input's phases (zero where no tap reads).
+- forward: :func:`tap_offsets` says where each of the kernel's own taps reads in the phases' runs;
+- weight gradient: the phase conv's, with the cut kernel zero where a phase has fewer taps (16
+  multiply-adds for 9 in a 3x3, stride-2 conv), cut back by :func:`merge_weight_grad`;
+- input gradient: a stride-1 input gradient per phase with that phase's own sub-kernel, written into
+  the phase by :func:`put_phase` (positions no tap reads get 0).
 """
 from __future__ import annotations
 
@@ -55,18 +55,6 @@ def tap_offsets(c_in, kh, kw, sh, sw, run, wq):
     return (channel * run + (i // sh) * wq + j // sw).reshape(-1).astype(np.int64)
 
 
-def split_weight(w, sh, sw):
-    """The weight (C_out, C, kH, kW) as the phase conv's (C_out, C*ph*pw, ka, kb), zero-filled."""
-    c_out, c_in, kh, kw = w.shape
-    ph, pw, ka, kb = min(sh, kh), min(sw, kw), -(-kh // sh), -(-kw // sw)
-    out = np.zeros((c_out, c_in, ph, pw, ka, kb), w.dtype)
-    for pi in range(ph):
-        for pj in range(pw):
-            sub = w[:, :, pi::sh, pj::sw]
-            out[:, :, pi, pj, : sub.shape[2], : sub.shape[3]] = sub
-    return out.reshape(c_out, c_in * ph * pw, ka, kb)
-
-
 def merge_weight_grad(gw_phases, kh, kw, sh, sw):
     """The phase conv's weight gradient (C_out, C*ph*pw, ka, kb) back as (C_out, C, kH, kW)."""
     c_out = gw_phases.shape[0]
@@ -81,14 +69,8 @@ def merge_weight_grad(gw_phases, kh, kw, sh, sw):
     return grad_w
 
 
-def merge_input_grad(gx_phases, c_in, hp, wp, kh, kw, sh, sw):
-    """The phase conv's input gradient (N, C*ph*pw, hq, wq) back as the padded input's (N, C, hp, wp)."""
-    n, _, hq, wq = gx_phases.shape
-    ph, pw = min(sh, kh), min(sw, kw)
-    g = gx_phases.reshape(n, c_in, ph, pw, hq, wq)
-    grad_xp = np.zeros((n, c_in, hp, wp), gx_phases.dtype)  # positions no tap reads get 0
-    for pi in range(ph):
-        for pj in range(pw):
-            dst = grad_xp[:, :, pi::sh, pj::sw][:, :, :hq, :wq]
-            dst[...] = g[:, :, pi, pj, : dst.shape[2], : dst.shape[3]]
-    return grad_xp
+def put_phase(grad_xp, g, pi, pj, sh, sw):
+    """Write ``g`` (N, C, rows, cols), a gradient over phase ``(pi, pj)`` of the padded input, into
+    ``grad_xp`` (N, C, hp, wp); the parts of either beyond the other's edge are left out."""
+    dst = grad_xp[:, :, pi::sh, pj::sw][:, :, : g.shape[2], : g.shape[3]]
+    dst[...] = g[:, :, : dst.shape[2], : dst.shape[3]]

@@ -457,11 +457,14 @@ def _grad_input_strided(gy, w, hp, wp, sh, sw, dh, dw):
 def conv2d_grad_input(gy, w, hp, wp, sh, sw, dh, dw):
     """Gradient of a conv with respect to its padded input, shape (N, C, hp, wp)."""
     work = gy.size * w.shape[1] * w.shape[2] * w.shape[3]
-    if _by_phases(sh, sw, dh, dw):
-        kh, kw = w.shape[2:]
-        _, _, _, _, hq, wq = _polyphase.phase_shape(kh, kw, sh, sw, gy.shape[2], gy.shape[3])
-        grad_xq = conv2d_grad_input(gy, _polyphase.split_weight(w, sh, sw), hq, wq, 1, 1, 1, 1)
-        return _polyphase.merge_input_grad(grad_xq, w.shape[1], hp, wp, kh, kw, sh, sw)
+    if _by_phases(sh, sw, dh, dw):  # each phase's gradient from its own sub-kernel: no zero taps
+        grad_xp = np.zeros((gy.shape[0], w.shape[1], hp, wp), dtype=gy.dtype)  # where no tap reads: 0
+        for pi in range(min(sh, w.shape[2])):
+            for pj in range(min(sw, w.shape[3])):
+                sub = np.ascontiguousarray(w[:, :, pi::sh, pj::sw])
+                hq, wq = gy.shape[2] + sub.shape[2] - 1, gy.shape[3] + sub.shape[3] - 1
+                _polyphase.put_phase(grad_xp, conv2d_grad_input(gy, sub, hq, wq, 1, 1, 1, 1), pi, pj, sh, sw)
+        return grad_xp
     if sh != 1 or sw != 1:
         return sized(_grad_input_strided, work)(gy, w, hp, wp, sh, sw, dh, dw)
     gr, head = _grad_runs(gy, w.shape[2], w.shape[3], hp, wp, dh, dw)
