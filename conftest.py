@@ -16,7 +16,8 @@ from pathlib import Path
 import pytest
 
 _MNIST_CACHE = "mnist.npz"  # fastcnn.datasets.CACHE_NAME, without importing fastcnn before FASTCNN_HOME is set
-_user_home = Path(os.environ.get("FASTCNN_HOME") or Path.home() / ".cache" / "fastcnn").expanduser()
+_user_setting = os.environ.get("FASTCNN_HOME")
+_user_home = Path(_user_setting or Path.home() / ".cache" / "fastcnn").expanduser()
 _test_home = Path(tempfile.mkdtemp(prefix="fastcnn-test-home-"))
 os.environ["FASTCNN_HOME"] = str(_test_home)
 if (_user_home / _MNIST_CACHE).is_file():
@@ -39,7 +40,22 @@ def pytest_addoption(parser):
 def pytest_configure(config):
     if not config.getoption("--benchmark"):
         config.option.benchmark_disable = True
-    elif not any(arg.startswith("--benchmark-max-time") for arg in config.invocation_params.args):
+        return
+    from bench._common import ensure_torch_malloc_env
+
+    capture = config.pluginmanager.getplugin("capturemanager")
+
+    def before_exec():  # the process starts again: give back pytest's file descriptors and our home
+        if capture:
+            capture.stop_global_capturing()
+        shutil.rmtree(_test_home, ignore_errors=True)
+        if _user_setting is None:
+            os.environ.pop("FASTCNN_HOME", None)
+        else:
+            os.environ["FASTCNN_HOME"] = _user_setting
+
+    ensure_torch_malloc_env(before_exec=before_exec)
+    if not any(arg.startswith("--benchmark-max-time") for arg in config.invocation_params.args):
         config.option.benchmark_max_time = 0.5  # half pytest-benchmark's default: 2 noisy cores
 
 

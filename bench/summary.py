@@ -2,6 +2,8 @@
 
 One row per (op, phase, shape): the median ms of every backend, how much faster Numba is than NumPy,
 what ``auto`` chose and how close it came to the better backend, and fastcnn's time over PyTorch's.
+The model zoo (``bench/zoo.py``) has its own table, one row per (network, phase), which
+``python -m bench.zoo`` prints too.
 """
 from __future__ import annotations
 
@@ -13,6 +15,7 @@ from typing import Any, Iterable
 import numpy as np
 
 import fastcnn
+from fastcnn.tables import format_table
 
 # Issue 5's targets: fastcnn (auto) over PyTorch, forward + backward at batch 64.
 TARGETS = {
@@ -22,6 +25,8 @@ TARGETS = {
     ("max_pool2d", "fwd+bwd", "2x2 on (64, 32, 26, 26)"): 0.25,
     ("max_pool2d", "fwd+bwd", "2x2 on (64, 64, 24, 24)"): 0.25,
 }
+# Issue 17's targets for every zoo network: fastcnn (auto) over PyTorch, per phase kind.
+ZOO_TARGETS = {"train": 0.8, "infer": 1.0}
 AUTO_CLOSE_ENOUGH = 1.10  # auto may be at most 10% slower than the better backend
 _SHORT = {"conv2d": "fwd", "conv2d_grad_weight": "dW", "conv2d_grad_input": "dX", "max_pool2d": "fwd",
           "max_pool2d_backward": "bwd", "avg_pool2d": "fwd", "avg_pool2d_backward": "bwd", "conv2d_max_pool2d": "fwd",
@@ -38,10 +43,11 @@ def _choice(choices: dict[str, str]) -> str:
 
 def build_rows(benchmarks: Iterable[Any]) -> list[dict[str, Any]]:
     """Rows from pytest-benchmark's results (objects with ``extra_info`` and ``stats.median`` in s)."""
+    benchmarks = list(benchmarks)
     rows: dict[tuple, dict[str, Any]] = {}
     for bench in benchmarks:
         info = bench.extra_info
-        if "op" not in info or not bench.stats:
+        if "op" not in info or not bench.stats or info["op"] == "zoo":
             continue
         key = (info["op"], info["phase"], info["shape"])
         row = rows.setdefault(key, {"op": key[0], "phase": key[1], "shape": key[2], "ms": {}})
@@ -71,7 +77,7 @@ def build_rows(benchmarks: Iterable[Any]) -> list[dict[str, Any]]:
         if key in TARGETS:
             row["target_over_torch"] = TARGETS[key]
             row["target_met"] = row.get("over_torch", np.inf) <= TARGETS[key]
-    return list(rows.values())
+    return list(rows.values()) + zoo_rows_from_benchmarks(benchmarks)
 
 
 def _cells(row: dict[str, Any]) -> list[str]:
@@ -138,14 +144,6 @@ def _inference_cells(row: dict[str, Any]) -> list[str]:
             + [f"{ms['fastcnn'] / ms[k]:.2f}x" if "fastcnn" in ms and k in ms else "-" for k in ("ort", "torch")] + [verdict])
 
 
-def _tables(rows: list[dict[str, Any]]) -> list[tuple[list[str], list[list[str]]]]:
-    kernels = [_cells(r) for r in rows if "images" not in r and r["op"] != "predict"]
-    training = [_training_cells(r) for r in rows if "images" in r]
-    inference = [_inference_cells(r) for r in rows if r["op"] == "predict"]
-    return [(cols, body) for cols, body in ((COLUMNS, kernels), (TRAINING_COLUMNS, training),
-                                            (INFERENCE_COLUMNS, inference)) if body]
-
-
 def torch_note(env: dict[str, Any]) -> str:
     """Why the PyTorch columns are empty, when they are."""
     if env["torch"]:
@@ -161,6 +159,88 @@ def header(env: dict[str, Any], max_time: float) -> str:
             + torch_note(env))
 
 
+# ------------------------------------------------------------------------------------------- the zoo
+ZOO_COLUMNS = ["net", "phase", "numba ms", "numpy ms", "auto ms", "torch ms", "numba / numpy", "auto chose",
+               "auto / best", "auto / torch", "target", "spread"]
+
+
+def zoo_rows(results: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Rows of the zoo table from measurements: dicts with ``name``, ``phase``, ``kind`` (train or
+    infer), ``backend``, ``seconds`` (median), optionally ``spread`` ((max - min) / median of its
+    samples; the row shows its noisiest backend's) and, for ``auto``, ``choice`` (backend -> decisions)."""
+    rows: dict[tuple, dict[str, Any]] = {}
+    for r in results:
+        row = rows.setdefault((r["name"], r["phase"]), {"net": r["name"], "phase": r["phase"], "kind": r["kind"],
+                                                        "ms": {}, "zoo": True})
+        row["ms"][r["backend"]] = r["seconds"] * 1e3
+        if r.get("spread") is not None:
+            row["spread"] = max(row.get("spread", 0.0), r["spread"])
+        if r.get("choice") is not None:
+            row["auto_counts"] = r["choice"]
+    for row in rows.values():
+        ms = row["ms"]
+        if "numba" in ms and "numpy" in ms:
+            row["numba_over_numpy"] = ms["numba"] / ms["numpy"]
+        best = min((ms[b] for b in ("numba", "numpy") if b in ms), default=None)
+        if "auto" in ms and best:
+            row["auto_over_best"] = ms["auto"] / best
+        if "auto" in ms and "torch" in ms:
+            row["over_torch"] = ms["auto"] / ms["torch"]
+        row["target_over_torch"] = ZOO_TARGETS[row["kind"]]
+        if "over_torch" in row:
+            row["target_met"] = row["over_torch"] <= row["target_over_torch"]
+    return list(rows.values())
+
+
+def zoo_rows_from_benchmarks(benchmarks: Iterable[Any]) -> list[dict[str, Any]]:
+    """:func:`zoo_rows` from pytest-benchmark's results (``bench/bench_zoo.py``)."""
+    return zoo_rows(dict(name=b.extra_info["shape"], phase=b.extra_info["phase"], kind=b.extra_info["kind"],
+                         backend=b.extra_info["backend"], seconds=b.stats.median, choice=b.extra_info.get("auto_counts"))
+                    for b in benchmarks if b.extra_info.get("op") == "zoo" and b.stats)
+
+
+def _zoo_cells(row: dict[str, Any]) -> list[str]:
+    ms = row["ms"]
+
+    def ratio(key):
+        return f"{row[key]:.2f}x" if key in row else "-"
+
+    chose = ", ".join(f"{b} {n}" for b, n in sorted(row.get("auto_counts", {}).items())) or "-"
+    target = f"<= {row['target_over_torch']:.2f}x"
+    if "target_met" in row:
+        target += ": met" if row["target_met"] else ": MISSED"
+    return [row["net"], row["phase"]] + [f"{ms[b]:.3f}" if b in ms else "-" for b in ("numba", "numpy", "auto", "torch")] + [
+        ratio("numba_over_numpy"), chose, ratio("auto_over_best"), ratio("over_torch"), target,
+        f"{row['spread']:.0%}" if "spread" in row else "-"]
+
+
+def zoo_table(rows: list[dict[str, Any]]) -> str:
+    """The zoo's rows as an aligned text table."""
+    return format_table([ZOO_COLUMNS] + [_zoo_cells(r) for r in rows])
+
+
+def zoo_verdicts(rows: list[dict[str, Any]]) -> list[str]:
+    """Targets met and missed over the zoo's rows: PyTorch ratios, auto's closeness, Numba vs NumPy."""
+    judged = [r for r in rows if "target_met" in r]
+    out = [f"zoo: target met on {sum(r['target_met'] for r in judged)} of {len(judged)} rows "
+           f"(training step <= {ZOO_TARGETS['train']:.2f}x PyTorch, inference <= {ZOO_TARGETS['infer']:.2f}x)"]
+    close = [r for r in rows if "auto_over_best" in r]
+    out.append(f"zoo: auto within {AUTO_CLOSE_ENOUGH - 1:.0%} of the better backend on "
+               f"{sum(r['auto_over_best'] <= AUTO_CLOSE_ENOUGH for r in close)} of {len(close)} rows")
+    slow = [r for r in rows if r.get("numba_over_numpy", 0) > 1.5]
+    out += [f"zoo: numba {r['numba_over_numpy']:.2f}x numpy's time on {r['net']} {r['phase']}" for r in slow]
+    return out
+
+
+def _tables(rows: list[dict[str, Any]]) -> list[tuple[list[str], list[list[str]]]]:
+    kernels = [_cells(r) for r in rows if "images" not in r and "zoo" not in r and r["op"] != "predict"]
+    training = [_training_cells(r) for r in rows if "images" in r]
+    inference = [_inference_cells(r) for r in rows if "zoo" not in r and r["op"] == "predict"]
+    zoo = [_zoo_cells(r) for r in rows if "zoo" in r]
+    return [(cols, body) for cols, body in ((COLUMNS, kernels), (TRAINING_COLUMNS, training),
+                                            (INFERENCE_COLUMNS, inference), (ZOO_COLUMNS, zoo)) if body]
+
+
 def markdown(rows: list[dict[str, Any]], env: dict[str, Any]) -> str:
     lines = [f"Median ms per call, float32, {env['threads']} threads ({env['threading_layer']}), {env['cpu']}; "
              f"numpy {env['numpy']}, numba {env['numba']}, torch {env['torch'] or 'not installed'}."
@@ -172,21 +252,19 @@ def markdown(rows: list[dict[str, Any]], env: dict[str, Any]) -> str:
 
 
 def terminal(rows: list[dict[str, Any]]) -> str:
-    out = []
-    for cols, body in _tables(rows):
-        table = [cols] + body
-        widths = [max(len(r[i]) for r in table) for i in range(len(cols))]
-        out.append("\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in table))
-    return "\n\n".join(out)
+    return "\n\n".join(format_table([cols] + body) for cols, body in _tables(rows))
 
 
 def verdicts(rows: list[dict[str, Any]]) -> list[str]:
     """One line per target and for auto's closeness: what was met and what was missed."""
     out = []
     for r in rows:
-        if "target_met" in r and "over_torch" in r:
+        if "target_met" in r and "over_torch" in r and "zoo" not in r:
             out.append(f"{'met   ' if r['target_met'] else 'MISSED'} {r['op']} {r['phase']} {r['shape']}: "
                        f"{r['over_torch']:.2f}x PyTorch (target <= {r['target_over_torch']:.2f}x)")
+    zoo = [r for r in rows if "zoo" in r]
+    if zoo:
+        out += zoo_verdicts(zoo)
     judged = [r for r in rows if "choice_over_best" in r]
     wrong = [r for r in judged if r["choice_over_best"] > AUTO_CLOSE_ENOUGH]
     out.append(f"auto's choice within {AUTO_CLOSE_ENOUGH - 1:.0%} of the better backend on {len(judged) - len(wrong)} "

@@ -29,6 +29,9 @@ def mirror(model) -> nn.Sequential:
             mods.append(nn.AvgPool2d(layer.kernel_size, layer.stride, layer.padding))
         elif isinstance(layer, L.Dense):
             mods.append(nn.Linear(layer.in_features, layer.out_features, bias="bias" in layer.params))
+        elif isinstance(layer, (L.BatchNorm2D, L.BatchNorm1D)):
+            kind = nn.BatchNorm2d if isinstance(layer, L.BatchNorm2D) else nn.BatchNorm1d
+            mods.append(kind(layer.num_features, eps=layer.eps, momentum=layer.momentum))
         elif isinstance(layer, L.Dropout):
             mods.append(nn.Dropout(layer.p))
         else:

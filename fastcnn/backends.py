@@ -14,12 +14,12 @@ from __future__ import annotations
 from types import ModuleType
 from typing import Any, Callable, NamedTuple
 
-from .kernels import conv_numpy, elementwise_numpy, jit, linear_numpy, loss_numpy, pool_numpy
+from .kernels import conv_numpy, elementwise_numpy, jit, linear_numpy, loss_numpy, norm_numpy, pool_numpy
 
 if jit.NUMBA_AVAILABLE:
-    from .kernels import conv_numba, elementwise_numba, linear_numba, loss_numba, pool_numba
+    from .kernels import conv_numba, elementwise_numba, linear_numba, loss_numba, norm_numba, pool_numba
 else:
-    conv_numba = elementwise_numba = linear_numba = loss_numba = pool_numba = None
+    conv_numba = elementwise_numba = linear_numba = loss_numba = norm_numba = pool_numba = None
 
 
 class Op(NamedTuple):
@@ -78,4 +78,7 @@ _op("softmax_cross_entropy",          loss_numpy,        loss_numba,        "sof
 _op("soft_cross_entropy",             loss_numpy,        None,              "soft_cross_entropy")
 _op("mse",                            loss_numpy,        None,              "mse")
 _op("bce",                            loss_numpy,        None,              "bce")
+_op("batch_norm_stats",               norm_numpy,        norm_numba,        "batch_norm_stats")
+_op("batch_norm_apply",               norm_numpy,        norm_numba,        "batch_norm_apply")
+_op("batch_norm_backward",            norm_numpy,        norm_numba,        "batch_norm_backward")
 _op("adam_update",                    elementwise_numpy, elementwise_numba, "adam_update", in_place=True)

@@ -38,6 +38,9 @@ __all__ = [
     "soft_cross_entropy",
     "mse_loss",
     "binary_cross_entropy",
+    "batch_norm",
+    "batch_norm_backward",
+    "batch_norm_scale_shift",
 ]
 
 def _pad(x: np.ndarray, padding) -> np.ndarray:
@@ -711,3 +714,123 @@ def binary_cross_entropy(pred: np.ndarray, target: np.ndarray, eps: float = 1e-7
     if target.size and (target.min() < 0 or target.max() > 1):
         raise ValueError(f"binary_cross_entropy targets must be in [0, 1], got min {target.min()}, max {target.max()}")
     return _mean_loss("bce", backend, pred, target, pred.dtype.type(eps))
+
+
+def _channels_view(name: str, x) -> np.ndarray:
+    """``x`` (N, C, ...) as a C-contiguous ``(N, C, L)`` view, L the product of the trailing axes."""
+    x = float_array(name, x)
+    if x.ndim < 2:
+        raise ValueError(f"{name} must be (N, C, ...) with at least 2 dimensions, got shape {x.shape}")
+    return x.reshape(x.shape[0], x.shape[1], int(np.prod(x.shape[2:])))
+
+
+def _channel_vector(name: str, value, channels: int, dtype) -> np.ndarray:
+    v = float_array(name, value, ndim=1, dtype=dtype)
+    if v.shape[0] != channels:
+        raise ValueError(f"{name} must hold one value per channel ({channels}), got shape {v.shape}")
+    return v
+
+
+def _inv_std(var: np.ndarray, eps: float, dtype) -> np.ndarray:
+    """``1 / sqrt(var + eps)`` computed in float64, in ``dtype``."""
+    return (1.0 / np.sqrt(np.asarray(var, np.float64) + eps)).astype(dtype)
+
+
+def batch_norm_scale_shift(weight: np.ndarray, bias: np.ndarray, mean: np.ndarray, var: np.ndarray,
+                           eps: float) -> tuple[np.ndarray, np.ndarray]:
+    """Batch norm as a per-channel affine map: ``y = x * scale + shift``.
+
+    ``scale = weight / sqrt(var + eps)`` and ``shift = bias - mean * scale``, in the dtype of
+    ``weight``. With the running statistics, this is what inference folds into the preceding
+    convolution (``w' = w * scale[:, None, None, None]``, ``b' = b * scale + shift``).
+    """
+    dtype = np.asarray(weight).dtype
+    scale = np.asarray(weight, np.float64) * _inv_std(var, eps, np.float64)
+    shift = np.asarray(bias, np.float64) - np.asarray(mean, np.float64) * scale
+    return scale.astype(dtype), shift.astype(dtype)
+
+
+def batch_norm(x: np.ndarray, weight: np.ndarray, bias: np.ndarray, mean: np.ndarray | None = None,
+               var: np.ndarray | None = None, *, eps: float = 1e-5, relu: bool = False,
+               backend: str | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Batch normalisation over every axis but the channel axis 1, optionally followed by a ReLU.
+
+    Parameters
+    ----------
+    x : ndarray, shape (N, C, ...)
+        ``(N, C, H, W)`` for BatchNorm2D, ``(N, C)`` for BatchNorm1D; float32 or float64.
+    weight, bias : ndarray, shape (C,)
+    mean, var : ndarray, shape (C,), optional
+        The statistics to normalise with (running ones, at inference). When both are None, the
+        batch's own are computed (training): mean and biased variance over N and the trailing axes.
+    eps : float
+    relu : bool
+        Apply ``max(., 0)`` to the result in the same pass.
+    backend : {"auto", "numba", "numpy"}, optional
+
+    Returns
+    -------
+    y : ndarray of the shape and dtype of ``x``
+    mean, var : ndarray (C,)
+        The statistics used (the batch's in training: biased variance).
+    """
+    x3 = _channels_view("x", x)
+    n, c, length = x3.shape
+    weight = _channel_vector("weight", weight, c, x3.dtype)
+    bias = _channel_vector("bias", bias, c, x3.dtype)
+    if (mean is None) != (var is None):
+        raise ValueError("batch_norm takes both mean and var (inference) or neither (batch statistics)")
+    if mean is None:
+        if n * length < 2:
+            raise ValueError(f"batch_norm needs more than one value per channel for batch statistics, got x {np.shape(x)}")
+        mean, var = dispatch.run("batch_norm_stats", (x3.shape, x3.dtype.char), (x3,), backend)
+    else:
+        mean = _channel_vector("mean", mean, c, x3.dtype)
+        var = _channel_vector("var", var, c, x3.dtype)
+    scale = weight * _inv_std(var, eps, x3.dtype)
+    y = dispatch.run("batch_norm_apply", (x3.shape, x3.dtype.char, bool(relu)), (x3, mean, scale, bias, bool(relu)),
+                     backend)
+    return y.reshape(np.shape(x)), mean, var
+
+
+def batch_norm_backward(grad_y: np.ndarray, x: np.ndarray, weight: np.ndarray, mean: np.ndarray, var: np.ndarray, *,
+                        eps: float = 1e-5, relu_output: np.ndarray | None = None,
+                        backend: str | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Gradients of training-mode :func:`batch_norm` (batch statistics) with respect to ``x``,
+    ``weight`` and ``bias``.
+
+    Parameters
+    ----------
+    grad_y : ndarray
+        Gradient with respect to the output, shaped as ``x``.
+    x, weight : ndarray
+        As passed to :func:`batch_norm`.
+    mean, var : ndarray (C,)
+        The batch statistics :func:`batch_norm` returned.
+    eps : float
+    relu_output : ndarray, optional
+        The output of :func:`batch_norm` when it ran with ``relu=True``: the gradient flows where it
+        is positive.
+    backend : {"auto", "numba", "numpy"}, optional
+
+    Returns
+    -------
+    grad_x : ndarray shaped as ``x``
+    grad_weight, grad_bias : ndarray (C,)
+    """
+    x3 = _channels_view("x", x)
+    c = x3.shape[1]
+    grad3 = check_grad("grad_y", grad_y, np.shape(x), x3.dtype).reshape(x3.shape)
+    weight = _channel_vector("weight", weight, c, x3.dtype)
+    mean = _channel_vector("mean", mean, c, x3.dtype)
+    var = _channel_vector("var", var, c, x3.dtype)
+    y3 = None
+    if relu_output is not None:
+        y3 = check_grad("relu_output", relu_output, np.shape(x), x3.dtype).reshape(x3.shape)
+    if x3.size == 0:
+        return np.zeros_like(x3).reshape(np.shape(x)), np.zeros(c, x3.dtype), np.zeros(c, x3.dtype)
+    inv_std = _inv_std(var, eps, x3.dtype)
+    scale = weight * inv_std
+    gx, gw, gb = dispatch.run("batch_norm_backward", (x3.shape, x3.dtype.char, y3 is not None),
+                              (grad3, x3, mean, inv_std, scale, y3), backend)
+    return gx.reshape(np.shape(x)), gw, gb

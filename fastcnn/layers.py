@@ -535,7 +535,7 @@ class _BatchNorm(Layer):
     _axes: tuple[int, ...] = ()
     _ndim = 0
 
-    def __init__(self, num_features: int, eps: float = 1e-5, momentum: float = 0.1) -> None:
+    def __init__(self, num_features: int, eps: float = 1e-5, momentum: float = 0.1, backend: str | None = None) -> None:
         super().__init__()
         self.num_features = positive_int("num_features", num_features)
         self.eps = float(eps)
@@ -543,46 +543,39 @@ class _BatchNorm(Layer):
         n = (self.num_features,)
         self.params = {"weight": fresh(n, lambda: np.ones(n, np.float32)), "bias": fresh(n, lambda: np.zeros(n, np.float32))}
         self.grads = _zero_grads(self.params)
+        self.backend = backend
         self.buffers = {
             "running_mean": fresh(n, lambda: np.zeros(n, np.float32)),
             "running_var": fresh(n, lambda: np.ones(n, np.float32)),
             "num_batches_tracked": fresh((), lambda: np.zeros((), np.int64), np.int64),
         }
 
-    def _bshape(self, v):
-        return v.reshape((1, -1) + (1,) * (self._ndim - 2))
-
     def forward(self, x, training=False):
+        return self._forward(x, training, relu=False)
+
+    def _forward(self, x, training, relu):
         x = self._input(x)
         if x.ndim != self._ndim or x.shape[1] != self.num_features:
             raise ValueError(f"{self!r} expects input with {self._ndim} dims and {self.num_features} channels, got {x.shape}")
+        if training and x.size // self.num_features < 2:
+            raise ValueError(f"{type(self).__name__} needs more than one value per channel in training, got input {x.shape}")
+        stats = () if training else (self.buffers["running_mean"], self.buffers["running_var"])
+        y, mean, var = F.batch_norm(x, self.params["weight"], self.params["bias"], *stats, eps=self.eps, relu=relu,
+                                    backend=self.backend)
         if training:
             count = x.size // self.num_features
-            if count < 2:
-                raise ValueError(f"{type(self).__name__} needs more than one value per channel in training, got input {x.shape}")
-            mean = x.mean(axis=self._axes)
-            var = x.var(axis=self._axes)
             m = self.momentum
             self.buffers["running_mean"] = ((1 - m) * self.buffers["running_mean"] + m * mean).astype(x.dtype)
             self.buffers["running_var"] = ((1 - m) * self.buffers["running_var"] + m * var * count / (count - 1)).astype(x.dtype)
             self.buffers["num_batches_tracked"] = self.buffers["num_batches_tracked"] + 1
-        else:
-            mean, var = self.buffers["running_mean"], self.buffers["running_var"]
-        inv_std = (1.0 / np.sqrt(var + self.eps)).astype(x.dtype)
-        x_hat = (x - self._bshape(mean)) * self._bshape(inv_std)
-        self._cache = (x_hat, inv_std) if training else None
-        return x_hat * self._bshape(self.params["weight"]) + self._bshape(self.params["bias"])
+        self._cache = (x, mean, var, y if relu else None) if training else None
+        return y
 
     def backward(self, grad):
-        x_hat, inv_std = self._cached("_cache")
-        grad = check_grad("grad", grad, x_hat.shape, x_hat.dtype)
-        self.grads["weight"] = (grad * x_hat).sum(axis=self._axes)
-        self.grads["bias"] = grad.sum(axis=self._axes)
-        count = grad.size // self.num_features
-        g = grad * self._bshape(self.params["weight"])
-        return (self._bshape(inv_std) / count) * (
-            count * g - g.sum(axis=self._axes, keepdims=True) - x_hat * (g * x_hat).sum(axis=self._axes, keepdims=True)
-        )
+        x, mean, var, relu_output = self._cached("_cache")
+        gx, self.grads["weight"], self.grads["bias"] = F.batch_norm_backward(
+            grad, x, self.params["weight"], mean, var, eps=self.eps, relu_output=relu_output, backend=self.backend)
+        return gx
 
     def output_shape(self, input_shape):
         if len(input_shape) != self._ndim - 1 or input_shape[0] != self.num_features:
@@ -591,6 +584,29 @@ class _BatchNorm(Layer):
 
     def get_config(self):
         return dict(num_features=self.num_features, eps=self.eps, momentum=self.momentum)
+
+
+class _BatchNormReLU(Layer):
+    """A batch norm and the :class:`ReLU` after it, run as one op (:func:`fastcnn.functional.batch_norm`
+    with ``relu=True``): a step of :class:`fastcnn.Sequential`'s run order, not a layer to add. The
+    parameters, gradients and buffers are the batch norm's own dicts."""
+
+    def __init__(self, norm: _BatchNorm, relu: ReLU) -> None:
+        super().__init__()
+        self.norm, self.relu = norm, relu
+        self.params, self.grads, self.buffers = norm.params, norm.grads, norm.buffers
+
+    def forward(self, x, training=False):
+        return self.norm._forward(x, training, relu=True)
+
+    def backward(self, grad):
+        return self.norm.backward(grad)
+
+    def output_shape(self, input_shape):
+        return self.norm.output_shape(input_shape)
+
+    def __repr__(self) -> str:
+        return f"_BatchNormReLU({self.norm!r}, {self.relu!r})"
 
 
 class BatchNorm2D(_BatchNorm):

@@ -14,7 +14,8 @@ from .callbacks import Callback, CallbackList
 from .distributed import training_context
 from .kernels import blas
 from .functional import softmax
-from .layers import LAYER_TYPES, Conv2D, Dropout, Layer, MaxPool2D, ReLU, Sigmoid, Softmax, _ConvMaxPool, weights_follow
+from .layers import (LAYER_TYPES, Conv2D, Dropout, Layer, MaxPool2D, ReLU, Sigmoid, Softmax, _BatchNorm, _BatchNormReLU,
+                     _ConvMaxPool, weights_follow)
 from .losses import CrossEntropyLoss, Loss, accuracy, get_loss
 from .optim import Optimizer, get_optimizer
 from .progress import ProgressBar
@@ -213,7 +214,9 @@ class Sequential:
           for bit, and the ReLU works on the pooled, smaller tensor;
         - then a Conv2D directly followed by a MaxPool2D (with the same ``backend``), and by the ReLU
           after that if there is one, runs as one step, :func:`fastcnn.functional.conv2d_max_pool2d`,
-          which need not write the full-size conv output.
+          which need not write the full-size conv output;
+        - a batch norm directly followed by a ReLU runs as one step, :func:`fastcnn.functional.batch_norm`
+          with ``relu=True`` (one pass over the data instead of two, forward and backward).
         """
         key = tuple((id(layer), getattr(layer, "backend", None)) for layer in self.layers)
         if self._plan[0] == key:
@@ -229,6 +232,8 @@ class Sequential:
                 steps[-1] = _ConvMaxPool(last, layer)
             elif type(layer) is ReLU and type(last) is _ConvMaxPool and last.relu is None:
                 steps[-1] = _ConvMaxPool(last.conv, last.pool, layer)
+            elif type(layer) is ReLU and isinstance(last, _BatchNorm):
+                steps[-1] = _BatchNormReLU(last, layer)
             else:
                 steps.append(layer)
         self._plan = (key, steps)

@@ -8,7 +8,8 @@ tile of output channels by positions at a time, and the weight gradient is dot p
 shifted runs, a tile of output channels by taps at a time (see :mod:`._tiles`). Positions that are
 not real output pixels (the last columns and rows of each sample, and the padding to whole tiles) are
 scratch, dropped from the output and zero in the gradient. The runs are cut into cache-sized blocks,
-which are also the parallel tasks. Other strides run row by row.
+which are also the parallel tasks. Other strides with dilation 1 become a stride-1 conv of the
+input's phases (:mod:`._polyphase`); with dilation too, they run row by row.
 
 A conv followed by a 2x2, stride-2 max-pool (:func:`conv2d_max_pool2d_forward` and its gradients)
 never makes the full-size output: the forward pass pools the wide output as it copies it out, and
@@ -23,7 +24,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from . import elementwise_numba, pool_numba
+from . import _polyphase, elementwise_numba, pool_numba
 from ._compose import pooled, unpooled
 from .blas import channel_sums
 from .jit import kernel_helper, parallel_kernel, prange, sized
@@ -194,15 +195,13 @@ def _unpool_runs(gp, argmax, gate, gated, ow, runs, hp, wp, head):
 
 
 @parallel_kernel
-def _conv_wide(xr, w, b, yr, y, idx, relu, hp, wp, dh, dw, ow):
-    """Stride-1 forward pass in the wide layout (see the module docstring): runs ``xr`` -> ``yr``, then
-    the output, ``ow`` columns a row, to ``y`` (the padding and scratch positions dropped); or, if ``idx``
-    is not empty, the output's 2x2, stride-2 max-pool (through a ReLU with ``relu``) to ``y`` and its
-    argmax to ``idx``."""
-    c_out, c_in, kh, kw = w.shape
+def _conv_wide(xr, taps, offsets, b, yr, y, idx, relu, hp, wp, ow):
+    """Stride-1 forward pass in the wide layout (see the module docstring): runs ``xr`` -> ``yr``, tap
+    ``k`` (weights ``taps[:, k]``) reading the runs from ``offsets[k]`` on; then the output, ``ow``
+    columns a row, to ``y`` (the padding and scratch positions dropped); or, if ``idx`` is not empty,
+    the output's 2x2, stride-2 max-pool (through a ReLU with ``relu``) to ``y`` and its argmax to ``idx``."""
+    c_out = y.shape[1]
     rows, cols = y.shape[2], y.shape[3]
-    taps = _tap_matrix(w, yr.shape[0], False)
-    offsets = _tap_offsets(c_in, kh, kw, xr.shape[1], 0, dh * wp, dw)
     for task in prange(-(-yr.shape[1] // _BLOCK)):
         _correlate_block(yr, taps, xr, offsets, task)
     wide, y_flat, idx_flat = yr.reshape(yr.size), y.reshape(y.size), idx.reshape(idx.size)
@@ -245,6 +244,14 @@ def forward_kernels():
 def conv2d_forward(xp, w, b, sh, sw, dh, dw, oh, ow):
     """``y = conv(xp, w) + b`` for a padded input ``xp`` (N, C, Hp, Wp) and weight (C_out, C, kH, kW)."""
     work = xp.shape[0] * oh * ow * w.size
+    if _by_phases(sh, sw, dh, dw):  # the phase conv with the kernel's own taps: no zero taps
+        kh, kw = w.shape[2:]
+        _, _, ka, kb, hq, wq = _polyphase.phase_shape(kh, kw, sh, sw, oh, ow)
+        xr = _input_runs(_polyphase.split_input(xp, kh, kw, sh, sw, oh, ow), ka, kb, 1, 1)
+        offsets = _polyphase.tap_offsets(w.shape[1], kh, kw, sh, sw, xr.shape[1], wq)
+        y = np.empty((xp.shape[0], w.shape[0], oh, ow), dtype=xp.dtype)
+        _run_conv_wide(xr, w, offsets, b, y, _NO_INDEX, False, hq, wq, ow, work)
+        return y
     if sh != 1 or sw != 1:
         return sized(_conv_strided, work)(xp, w, b, sh, sw, dh, dw, oh, ow)
     y = np.empty((xp.shape[0], w.shape[0], oh, ow), dtype=xp.dtype)
@@ -252,12 +259,26 @@ def conv2d_forward(xp, w, b, sh, sw, dh, dw, oh, ow):
     return y
 
 
+def _by_phases(sh, sw, dh, dw) -> bool:
+    """Whether a conv runs as a stride-1 conv of its input's phases (see :mod:`._polyphase`)."""
+    return (sh, sw) != (1, 1) and dh == dw == 1
+
+
 def _conv_wide_into(xp, w, b, y, idx, relu, dh, dw, ow, work):
     """Run :func:`_conv_wide` on the padded input ``xp`` into ``y`` (and ``idx``)."""
-    n, _, hp, wp = xp.shape
-    c_out, _, kh, kw = w.shape
-    yr = scratch("wide out", (tile_rows(c_out), _wide_length(n, hp, wp, xp.itemsize)), xp.dtype)
-    sized(_conv_wide, work // TILE_SPEED)(_input_runs(xp, kh, kw, dh, dw), w, b, yr, y, idx, relu, hp, wp, dh, dw, ow)
+    _, c_in, hp, wp = xp.shape
+    kh, kw = w.shape[2:]
+    xr = _input_runs(xp, kh, kw, dh, dw)
+    offsets = _tap_offsets(c_in, kh, kw, xr.shape[1], 0, dh * wp, dw)
+    _run_conv_wide(xr, w, offsets, b, y, idx, relu, hp, wp, ow, work)
+
+
+def _run_conv_wide(xr, w, offsets, b, y, idx, relu, hp, wp, ow, work):
+    """Run :func:`_conv_wide` on the runs ``xr`` of planes ``hp x wp``, with the weight's taps reading
+    from ``offsets``."""
+    yr = scratch("wide out", (tile_rows(w.shape[0]), _wide_length(y.shape[0], hp, wp, xr.itemsize)), xr.dtype)
+    taps = _tap_matrix(w, yr.shape[0], False)
+    sized(_conv_wide, work // TILE_SPEED)(xr, taps, offsets, b, yr, y, idx, relu, hp, wp, ow)
 
 
 def conv2d_max_pool2d_forward(xp, w, b, sh, sw, dh, dw, oh, ow, pool, relu):
@@ -369,6 +390,11 @@ def _grad_weight_strided(gy, xp, kh, kw, sh, sw, dh, dw):
 def conv2d_grad_weight(gy, xp, kh, kw, sh, sw, dh, dw):
     """Gradients of a conv with respect to its weight, shape (C_out, C, kH, kW), and its bias."""
     work = gy.size * xp.shape[1] * kh * kw
+    if _by_phases(sh, sw, dh, dw):
+        xq = _polyphase.split_input(xp, kh, kw, sh, sw, gy.shape[2], gy.shape[3])
+        ka, kb = -(-kh // sh), -(-kw // sw)
+        grad_wq, grad_b = conv2d_grad_weight(gy, xq, ka, kb, 1, 1, 1, 1)
+        return _polyphase.merge_weight_grad(grad_wq, kh, kw, sh, sw), grad_b
     if sh != 1 or sw != 1:
         return sized(_grad_weight_strided, work)(gy, xp, kh, kw, sh, sw, dh, dw), channel_sums(gy)
     return _grad_weight_of_runs(*_grad_runs(gy, kh, kw, xp.shape[2], xp.shape[3], dh, dw), xp, kh, kw, dh, dw, work)
@@ -436,6 +462,14 @@ def _grad_input_strided(gy, w, hp, wp, sh, sw, dh, dw):
 def conv2d_grad_input(gy, w, hp, wp, sh, sw, dh, dw):
     """Gradient of a conv with respect to its padded input, shape (N, C, hp, wp)."""
     work = gy.size * w.shape[1] * w.shape[2] * w.shape[3]
+    if _by_phases(sh, sw, dh, dw):  # each phase's gradient from its own sub-kernel: no zero taps
+        grad_xp = np.zeros((gy.shape[0], w.shape[1], hp, wp), dtype=gy.dtype)  # where no tap reads: 0
+        for pi in range(min(sh, w.shape[2])):
+            for pj in range(min(sw, w.shape[3])):
+                sub = np.ascontiguousarray(w[:, :, pi::sh, pj::sw])
+                hq, wq = gy.shape[2] + sub.shape[2] - 1, gy.shape[3] + sub.shape[3] - 1
+                _polyphase.put_phase(grad_xp, conv2d_grad_input(gy, sub, hq, wq, 1, 1, 1, 1), pi, pj, sh, sw)
+        return grad_xp
     if sh != 1 or sw != 1:
         return sized(_grad_input_strided, work)(gy, w, hp, wp, sh, sw, dh, dw)
     gr, head = _grad_runs(gy, w.shape[2], w.shape[3], hp, wp, dh, dw)

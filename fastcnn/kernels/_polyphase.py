@@ -1,0 +1,76 @@
+"""A strided convolution as a stride-1 one: the polyphase split.
+
+With stride ``(sh, sw)`` (dilation 1), output ``(r, q)`` reads input ``(r*sh + i, q*sw + j)``. Writing
+``i = a*sh + pi`` and ``j = b*sw + pj``, that is position ``(r + a, q + b)`` of the input's phase
+``(pi, pj)``, the plane ``xp[pi::sh, pj::sw]``. So the conv equals a stride-1 conv of the phases,
+stacked as channels (``C * ph * pw`` of them, ``ph = min(sh, kh)``: phases no tap reads are left out),
+with the kernel cut the same way into ``ceil(kh/sh) x ceil(kw/sw)`` sub-kernels. The stride-1
+register tiles then do the arithmetic, at the price of one copy of the input:
+
+- forward: :func:`tap_offsets` says where each of the kernel's own taps reads in the phases' runs;
+- weight gradient: the phase conv's, with the cut kernel zero where a phase has fewer taps (16
+  multiply-adds for 9 in a 3x3, stride-2 conv), cut back by :func:`merge_weight_grad`;
+- input gradient: a stride-1 input gradient per phase with that phase's own sub-kernel, written into
+  the phase by :func:`put_phase` (positions no tap reads get 0).
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from .scratch import derived
+
+
+def phase_shape(kh, kw, sh, sw, oh, ow):
+    """``(ph, pw, ka, kb, hq, wq)``: phases used, sub-kernel size and phase-plane size for an output (oh, ow)."""
+    ka, kb = -(-kh // sh), -(-kw // sw)
+    return min(sh, kh), min(sw, kw), ka, kb, oh + ka - 1, ow + kb - 1
+
+
+def split_input(xp, kh, kw, sh, sw, oh, ow):
+    """The padded input ``xp`` (N, C, Hp, Wp) as phases (N, C*ph*pw, hq, wq), zero past the input's edge."""
+    n, c = xp.shape[:2]
+    ph, pw, _, _, hq, wq = phase_shape(kh, kw, sh, sw, oh, ow)
+
+    def fill(out):
+        for pi in range(ph):
+            for pj in range(pw):
+                src = xp[:, :, pi::sh, pj::sw][:, :, :hq, :wq]
+                dst = out[:, :, pi, pj]
+                rows, cols = src.shape[2], src.shape[3]
+                dst[:, :, :rows, :cols] = src
+                dst[:, :, rows:] = 0
+                dst[:, :, :rows, cols:] = 0
+
+    out = derived("phases", (n, c, ph, pw, hq, wq), xp.dtype, xp, ("phases", kh, kw, sh, sw, oh, ow), fill)
+    return out.reshape(n, c * ph * pw, hq, wq)
+
+
+def tap_offsets(c_in, kh, kw, sh, sw, run, wq):
+    """Where tap ``(c, i, j)`` of the kernel (in that order, as :func:`.conv_numba._tap_matrix`'s
+    columns) reads in the phases' runs (``run`` values per channel, planes ``wq`` wide): channel
+    ``(c, i mod sh, j mod sw)`` of the phases, shifted by ``(i div sh, j div sw)``."""
+    ph, pw = min(sh, kh), min(sw, kw)
+    c, i, j = np.meshgrid(np.arange(c_in), np.arange(kh), np.arange(kw), indexing="ij")
+    channel = (c * ph + i % sh) * pw + j % sw
+    return (channel * run + (i // sh) * wq + j // sw).reshape(-1).astype(np.int64)
+
+
+def merge_weight_grad(gw_phases, kh, kw, sh, sw):
+    """The phase conv's weight gradient (C_out, C*ph*pw, ka, kb) back as (C_out, C, kH, kW)."""
+    c_out = gw_phases.shape[0]
+    ph, pw, ka, kb = min(sh, kh), min(sw, kw), gw_phases.shape[2], gw_phases.shape[3]
+    c_in = gw_phases.shape[1] // (ph * pw)
+    g = gw_phases.reshape(c_out, c_in, ph, pw, ka, kb)
+    grad_w = np.empty((c_out, c_in, kh, kw), gw_phases.dtype)
+    for pi in range(ph):
+        for pj in range(pw):
+            dst = grad_w[:, :, pi::sh, pj::sw]
+            dst[...] = g[:, :, pi, pj, : dst.shape[2], : dst.shape[3]]
+    return grad_w
+
+
+def put_phase(grad_xp, g, pi, pj, sh, sw):
+    """Write ``g`` (N, C, rows, cols), a gradient over phase ``(pi, pj)`` of the padded input, into
+    ``grad_xp`` (N, C, hp, wp); the parts of either beyond the other's edge are left out."""
+    dst = grad_xp[:, :, pi::sh, pj::sw][:, :, : g.shape[2], : g.shape[3]]
+    dst[...] = g[:, :, : dst.shape[2], : dst.shape[3]]

@@ -1,0 +1,106 @@
+"""Batch normalisation as Numba loops, on a ``(N, C, L)`` view of the input (see :mod:`.norm_numpy`
+for the op's meaning).
+
+- Statistics: one thread per channel, two passes over the channel's N runs of L values (the sum, then
+  the squared deviations from the mean), both accumulated in float64; the channel's data is small
+  enough to still be in cache for the second pass, which avoids the cancellation of a one-pass
+  ``E[x^2] - E[x]^2``.
+- The affine map (and ReLU): one pass, one ``(n, c)`` run per task.
+- Backward: one thread per channel, two passes: the sums of ``g`` and ``g * x_hat`` (``g`` masked by
+  the ReLU's output when the op had one), then the input gradient. ``x_hat`` is recomputed from ``x``
+  in both, so the forward pass never writes it.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from .jit import parallel_kernel, prange, sized
+
+
+def batch_norm_stats(x):
+    """Per-channel mean and biased variance of ``x`` ``(N, C, L)`` over N and L, in ``x``'s dtype."""
+    return sized(_stats, x.size)(x)
+
+
+def batch_norm_apply(x, mean, scale, bias, relu):
+    """``(x - mean[c]) * scale[c] + bias[c]`` for ``x`` ``(N, C, L)``, then ``max(., 0)`` if ``relu``."""
+    return sized(_apply, x.size)(x, mean, scale, bias, relu)
+
+
+def batch_norm_backward(grad, x, mean, inv_std, scale, y):
+    """Gradients of training-mode batch norm; ``y`` is the output of a fused ReLU or None.
+    Returns ``(grad_x, grad_weight, grad_bias)``."""
+    relu = y is not None
+    return sized(_backward, x.size)(grad, x, mean, inv_std, scale, y if relu else grad, relu)
+
+
+@parallel_kernel
+def _stats(x):
+    """:func:`batch_norm_stats`: a channel per task."""
+    n, c, length = x.shape
+    mean, var = np.empty(c, x.dtype), np.empty(c, x.dtype)
+    count = n * length
+    for ch in prange(c):
+        total = 0.0
+        for i in range(n):
+            for j in range(length):
+                total += x[i, ch, j]
+        mu = total / count if count else 0.0
+        dev = 0.0
+        for i in range(n):
+            for j in range(length):
+                d = x[i, ch, j] - mu
+                dev += d * d
+        mean[ch] = mu
+        var[ch] = dev / count if count else 0.0
+    return mean, var
+
+
+@parallel_kernel
+def _apply(x, mean, scale, bias, relu):
+    """:func:`batch_norm_apply`: an ``(n, c)`` run per task."""
+    n, c, length = x.shape
+    y = np.empty_like(x)
+    for task in prange(n * c):
+        i, ch = task // c, task % c
+        mu, s, t = mean[ch], scale[ch], bias[ch]
+        if relu:
+            for j in range(length):
+                v = (x[i, ch, j] - mu) * s + t
+                y[i, ch, j] = 0 if v <= 0 else v  # NaN stays NaN, as in ReLU
+        else:
+            for j in range(length):
+                y[i, ch, j] = (x[i, ch, j] - mu) * s + t
+    return y
+
+
+@parallel_kernel
+def _backward(grad, x, mean, inv_std, scale, y, relu):
+    """:func:`batch_norm_backward`: a channel per task, two passes."""
+    n, c, length = x.shape
+    gx = np.empty_like(x)
+    grad_weight, grad_bias = np.empty(c, x.dtype), np.empty(c, x.dtype)
+    count = n * length
+    for ch in prange(c):
+        mu, k = mean[ch], inv_std[ch]
+        sum_g = 0.0
+        sum_gx = 0.0
+        for i in range(n):
+            for j in range(length):
+                g = grad[i, ch, j]
+                if relu and not y[i, ch, j] > 0:
+                    g = 0
+                sum_g += g
+                sum_gx += g * ((x[i, ch, j] - mu) * k)
+        grad_weight[ch] = sum_gx
+        grad_bias[ch] = sum_g
+        s = scale[ch]
+        a = s / count if count else 0.0
+        b, d = a * sum_g, a * sum_gx
+        for i in range(n):
+            for j in range(length):
+                g = grad[i, ch, j]
+                if relu and not y[i, ch, j] > 0:
+                    g = 0
+                gx[i, ch, j] = s * g - (b + ((x[i, ch, j] - mu) * k) * d)
+    return gx, grad_weight, grad_bias

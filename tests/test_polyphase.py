@@ -1,0 +1,84 @@
+"""Strided convolutions through the polyphase split (fastcnn/kernels/_polyphase.py): the split and
+merge helpers against their formulas, and the Numba conv built on them against the reference loops."""
+import numpy as np
+import pytest
+
+import fastcnn.functional as F
+from fastcnn.kernels import _polyphase
+
+from . import reference as ref
+
+pytestmark = pytest.mark.skipif("numba" not in F.dispatch.available_backends(), reason="Numba not installed")
+
+
+@pytest.mark.parametrize("kh, kw, sh, sw", [(3, 3, 2, 2), (5, 4, 2, 3), (1, 1, 2, 2), (2, 3, 3, 2)])
+def test_merge_weight_grad_takes_each_tap_from_its_phase(kh, kw, sh, sw, rng):
+    ph, pw, ka, kb, _, _ = _polyphase.phase_shape(kh, kw, sh, sw, 4, 4)
+    g = rng.standard_normal((3, 2, ph, pw, ka, kb))
+    merged = _polyphase.merge_weight_grad(g.reshape(3, 2 * ph * pw, ka, kb), kh, kw, sh, sw)
+    assert merged.shape == (3, 2, kh, kw)
+    for i in range(kh):
+        for j in range(kw):
+            np.testing.assert_array_equal(merged[:, :, i, j], g[:, :, i % sh, j % sw, i // sh, j // sw])
+
+
+@pytest.mark.parametrize("kh, kw, sh, sw", [(3, 3, 2, 2), (5, 4, 3, 2)])
+def test_tap_offsets_point_at_each_taps_phase_and_shift(kh, kw, sh, sw):
+    run, wq = 1000, 7
+    ph, pw = min(sh, kh), min(sw, kw)
+    offsets = _polyphase.tap_offsets(2, kh, kw, sh, sw, run, wq)
+    for c in range(2):
+        for i in range(kh):
+            for j in range(kw):
+                channel = (c * ph + i % sh) * pw + j % sw
+                assert offsets[(c * kh + i) * kw + j] == channel * run + (i // sh) * wq + j // sw
+
+
+def test_put_phase_writes_only_its_phase_within_both_edges(rng):
+    grad = np.zeros((1, 2, 7, 6))
+    g = rng.standard_normal((1, 2, 5, 2))
+    _polyphase.put_phase(grad, g, 1, 0, 2, 3)
+    want = np.zeros_like(grad)
+    want[:, :, 1::2, 0::3] = g[:, :, :3, :2]
+    np.testing.assert_array_equal(grad, want)
+
+
+@pytest.mark.parametrize("kh, kw, sh, sw, oh, ow", [(3, 3, 2, 2, 4, 5), (1, 1, 2, 2, 3, 3), (5, 4, 3, 2, 2, 3)])
+def test_split_input_reads_each_phase(kh, kw, sh, sw, oh, ow, rng):
+    hp, wp = (oh - 1) * sh + kh, (ow - 1) * sw + kw
+    xp = rng.standard_normal((2, 3, hp, wp))
+    xq = _polyphase.split_input(xp, kh, kw, sh, sw, oh, ow)
+    ph, pw, ka, kb, hq, wq = _polyphase.phase_shape(kh, kw, sh, sw, oh, ow)
+    g = xq.reshape(2, 3, ph, pw, hq, wq)
+    for pi in range(ph):
+        for pj in range(pw):
+            for u in range(hq):
+                for v in range(wq):
+                    a, b = u * sh + pi, v * sw + pj
+                    want = xp[:, :, a, b] if a < hp and b < wp else 0
+                    np.testing.assert_array_equal(g[:, :, pi, pj, u, v], want)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("c_in, c_out, k, stride, padding, hw", [
+    (5, 9, 3, 2, 1, (9, 8)),     # more than one register tile of output channels, odd sizes
+    (3, 16, 7, 2, 3, (11, 11)),  # a stem: 7x7, stride 2
+    (6, 4, 1, 2, 0, (7, 6)),     # 1x1 stride 2: one phase
+    (4, 3, (3, 5), (3, 2), (1, 2), (10, 9)),
+])
+def test_strided_numba_conv_matches_the_reference(c_in, c_out, k, stride, padding, hw, dtype, rng):
+    x = rng.standard_normal((3, c_in) + hw).astype(dtype)
+    kh, kw = (k, k) if isinstance(k, int) else k
+    w = rng.standard_normal((c_out, c_in, kh, kw)).astype(dtype)
+    b = rng.standard_normal(c_out).astype(dtype)
+    st = (stride, stride) if isinstance(stride, int) else stride
+    pd = (padding, padding) if isinstance(padding, int) else padding
+    pads = ((pd[0], pd[0]), (pd[1], pd[1]))
+    tol = dict(rtol=1e-4, atol=1e-4) if dtype == np.float32 else dict(rtol=1e-10, atol=1e-10)
+    y = F.conv2d(x, w, b, stride=st, padding=pd, backend="numba")
+    np.testing.assert_allclose(y, ref.conv2d(x, w, b, st, pads), **tol)
+    gy = rng.standard_normal(y.shape).astype(dtype)
+    got = F.conv2d_backward(gy, x, w, stride=st, padding=pd, backend="numba")
+    for a, want in zip(got, ref.conv2d_backward(gy, x, w, st, pads)):
+        assert a.dtype == dtype
+        np.testing.assert_allclose(a, want, **tol)
