@@ -25,6 +25,12 @@ __all__ = [
     "avg_pool2d_backward",
     "relu",
     "relu_backward",
+    "leaky_relu",
+    "leaky_relu_backward",
+    "silu",
+    "silu_backward",
+    "gelu",
+    "gelu_backward",
     "dropout",
     "linear",
     "linear_backward",
@@ -470,6 +476,92 @@ def relu_backward(grad_y: np.ndarray, y: np.ndarray, *, backend: str | None = No
     y = float_array("y", y)
     grad_y = check_grad("grad_y", grad_y, y.shape, y.dtype)
     return dispatch.run("relu_backward", (y.shape, y.dtype.char), (grad_y, y), backend)
+
+
+def _slope(negative_slope) -> float:
+    if isinstance(negative_slope, (bool, np.bool_)) or not isinstance(negative_slope, (int, float, np.floating, np.integer)) \
+            or not np.isfinite(negative_slope):
+        raise ValueError(f"negative_slope must be a finite number, got {negative_slope!r}")
+    return float(negative_slope)
+
+
+def _approximate(approximate) -> bool:
+    """Whether GELU's ``approximate`` asks for the tanh form."""
+    if approximate not in ("none", "tanh"):
+        raise ValueError(f"approximate must be 'none' or 'tanh', got {approximate!r}")
+    return approximate == "tanh"
+
+
+def _activation_gradient(name, grad_y, x, extra, described, backend):
+    """Gradient ``name + "_backward"`` of an activation at its input ``x``; ``extra`` are the op's
+    parameters, ``described`` those of them that the dispatch signature needs."""
+    x = float_array("x", x)
+    grad_y = check_grad("grad_y", grad_y, x.shape, x.dtype)
+    return dispatch.run(name + "_backward", (x.shape, x.dtype.char) + described, (grad_y, x) + extra, backend)
+
+
+def leaky_relu(x: np.ndarray, negative_slope: float = 0.01, *, backend: str | None = None) -> np.ndarray:
+    """``x`` where positive, else ``negative_slope * x``, as :func:`torch.nn.functional.leaky_relu`.
+
+    Parameters
+    ----------
+    x : ndarray
+        float32 or float64, any shape.
+    negative_slope : float
+    backend : {"auto", "numba", "numpy"}, optional
+
+    Returns
+    -------
+    ndarray of the shape and dtype of ``x``
+    """
+    x = float_array("x", x)
+    slope = _slope(negative_slope)
+    return dispatch.run("leaky_relu", (x.shape, x.dtype.char), (x, slope), backend)
+
+
+def leaky_relu_backward(grad_y: np.ndarray, x: np.ndarray, negative_slope: float = 0.01, *,
+                        backend: str | None = None) -> np.ndarray:
+    """Gradient of :func:`leaky_relu` at its input ``x``: ``grad_y`` where ``x > 0``, else
+    ``negative_slope * grad_y``."""
+    return _activation_gradient("leaky_relu", grad_y, x, (_slope(negative_slope),), (), backend)
+
+
+def silu(x: np.ndarray, *, backend: str | None = None) -> np.ndarray:
+    """``x * sigmoid(x)`` (swish), as :func:`torch.nn.functional.silu`; any shape, float32 or float64."""
+    x = float_array("x", x)
+    return dispatch.run("silu", (x.shape, x.dtype.char), (x,), backend)
+
+
+def silu_backward(grad_y: np.ndarray, x: np.ndarray, *, backend: str | None = None) -> np.ndarray:
+    """Gradient of :func:`silu` at its input ``x``: ``grad_y * s * (1 + x * (1 - s))``, ``s = sigmoid(x)``."""
+    return _activation_gradient("silu", grad_y, x, (), (), backend)
+
+
+def gelu(x: np.ndarray, approximate: str = "none", *, backend: str | None = None) -> np.ndarray:
+    """``x * Phi(x)``, Phi the standard normal CDF, as :func:`torch.nn.functional.gelu`.
+
+    Parameters
+    ----------
+    x : ndarray
+        float32 or float64, any shape.
+    approximate : {"none", "tanh"}
+        ``"tanh"``: ``0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3)))``, as PyTorch's.
+    backend : {"auto", "numba", "numpy"}, optional
+
+    Returns
+    -------
+    ndarray of the shape and dtype of ``x``
+    """
+    x = float_array("x", x)
+    tanh = _approximate(approximate)
+    return dispatch.run("gelu", (x.shape, x.dtype.char, tanh), (x, tanh), backend)
+
+
+def gelu_backward(grad_y: np.ndarray, x: np.ndarray, approximate: str = "none", *,
+                  backend: str | None = None) -> np.ndarray:
+    """Gradient of :func:`gelu` at its input ``x``."""
+    tanh = _approximate(approximate)
+    return _activation_gradient("gelu", grad_y, x, (tanh,), (tanh,), backend)
 
 
 def dropout(x: np.ndarray, p: float, seed: int, *, backend: str | None = None) -> np.ndarray:

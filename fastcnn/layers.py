@@ -27,6 +27,9 @@ __all__ = [
     "Tanh",
     "Sigmoid",
     "Softmax",
+    "LeakyReLU",
+    "SiLU",
+    "GELU",
     "BatchNorm2D",
     "BatchNorm1D",
 ]
@@ -436,6 +439,67 @@ class Softmax(_Activation):
         return y * (grad - (grad * y).sum(axis=-1, keepdims=True))
 
 
+class _InputActivation(Layer):
+    """An element-wise function whose derivative is computed from its input ``x``: the op ``_op`` and
+    its gradient ``_op + "_backward"`` in :mod:`fastcnn.functional`, with :meth:`_args` after ``x``."""
+
+    _op = ""
+
+    def __init__(self, backend: str | None = None) -> None:
+        super().__init__()
+        self.backend = backend
+        self._x = None
+
+    def _args(self) -> dict[str, Any]:
+        return {}
+
+    def forward(self, x, training=False):
+        x = self._input(x)
+        self._x = x if training else None
+        return getattr(F, self._op)(x, **self._args(), backend=self.backend)
+
+    def backward(self, grad):
+        return getattr(F, self._op + "_backward")(grad, self._cached("_x"), **self._args(), backend=self.backend)
+
+    def get_config(self):
+        return self._args()
+
+
+class LeakyReLU(_InputActivation):
+    """``x`` where positive, else ``negative_slope * x``, as ``torch.nn.LeakyReLU``."""
+
+    _op = "leaky_relu"
+
+    def __init__(self, negative_slope: float = 0.01, backend: str | None = None) -> None:
+        super().__init__(backend)
+        F.leaky_relu(np.zeros(0, np.float32), negative_slope)  # checks negative_slope
+        self.negative_slope = float(negative_slope)
+
+    def _args(self):
+        return dict(negative_slope=self.negative_slope)
+
+
+class SiLU(_InputActivation):
+    """``x * sigmoid(x)`` (swish), as ``torch.nn.SiLU``."""
+
+    _op = "silu"
+
+
+class GELU(_InputActivation):
+    """``x * Phi(x)``, Phi the standard normal CDF, as ``torch.nn.GELU``; ``approximate="tanh"`` uses
+    PyTorch's tanh approximation."""
+
+    _op = "gelu"
+
+    def __init__(self, approximate: str = "none", backend: str | None = None) -> None:
+        super().__init__(backend)
+        F.gelu(np.zeros(0, np.float32), approximate)  # checks approximate
+        self.approximate = approximate
+
+    def _args(self):
+        return dict(approximate=self.approximate)
+
+
 class _BatchNorm(Layer):
     _axes: tuple[int, ...] = ()
     _ndim = 0
@@ -521,4 +585,4 @@ class BatchNorm1D(_BatchNorm):
 
 
 LAYER_TYPES = {cls.__name__: cls for cls in (Conv2D, MaxPool2D, AvgPool2D, Dense, Flatten, Dropout, ReLU, Tanh,
-                                            Sigmoid, Softmax, BatchNorm2D, BatchNorm1D)}
+                                            Sigmoid, Softmax, LeakyReLU, SiLU, GELU, BatchNorm2D, BatchNorm1D)}

@@ -1,5 +1,8 @@
-"""Element-wise training steps in NumPy: ReLU and its gradient, dropout, and the Adam update."""
+"""Element-wise training steps in NumPy: ReLU, LeakyReLU, SiLU and GELU and their gradients, dropout,
+and the Adam update."""
 from __future__ import annotations
+
+import math
 
 import numpy as np
 
@@ -32,3 +35,64 @@ def dropout(x, seed, threshold, scale):
     """``x`` times ``scale`` where the element survives (see :func:`._mask.kept`), else 0."""
     mask = kept(seed, np.arange(x.size, dtype=np.uint64), threshold).reshape(x.shape)
     return np.where(mask, x * scale, 0).astype(x.dtype, copy=False)
+
+
+def leaky_relu_forward(x, slope):
+    """``x`` where positive, else ``slope * x``."""
+    return np.where(x > 0, x, x * slope)
+
+
+def leaky_relu_backward(grad, x, slope):
+    """``grad`` where the input ``x`` is positive, else ``slope * grad``."""
+    return np.where(x > 0, grad, grad * slope)
+
+
+def _sigmoid(x):
+    """``1 / (1 + exp(-x))``; ``exp`` overflowing to inf for very negative ``x`` gives the right 0."""
+    with np.errstate(over="ignore"):
+        return 1 / (1 + np.exp(-x))
+
+
+def silu_forward(x):
+    """``x * sigmoid(x)``."""
+    return x * _sigmoid(x)
+
+
+def silu_backward(grad, x):
+    """``grad * s * (1 + x * (1 - s))`` with ``s = sigmoid(x)``."""
+    s = _sigmoid(x)
+    return grad * (s * (1 + x * (1 - s)))
+
+
+_SQRT_2_OVER_PI = math.sqrt(2 / math.pi)
+_INV_SQRT_2PI = 1 / math.sqrt(2 * math.pi)
+_GELU_CUBIC = 0.044715
+
+
+def _erf(x):
+    """The error function element-wise: SciPy's vectorised one where SciPy is installed, else
+    :func:`math.erf` per element (NumPy has no ``erf``)."""
+    try:
+        from scipy.special import erf
+    except ImportError:
+        return np.frompyfunc(math.erf, 1, 1)(x).astype(x.dtype)
+    return erf(x).astype(x.dtype, copy=False)
+
+
+def gelu_forward(x, tanh):
+    """``x * Phi(x)`` (Phi the normal CDF), or with ``tanh`` PyTorch's tanh approximation of it."""
+    t = x.dtype.type
+    if tanh:
+        return t(0.5) * x * (1 + np.tanh(t(_SQRT_2_OVER_PI) * (x + t(_GELU_CUBIC) * x * x * x)))
+    return t(0.5) * x * (1 + _erf(x * t(1 / math.sqrt(2))))
+
+
+def gelu_backward(grad, x, tanh):
+    """``grad`` times the derivative of :func:`gelu_forward` at ``x``."""
+    t = x.dtype.type
+    if tanh:
+        th = np.tanh(t(_SQRT_2_OVER_PI) * (x + t(_GELU_CUBIC) * x * x * x))
+        slope = t(0.5) * (1 + th) + t(0.5) * x * (1 - th * th) * t(_SQRT_2_OVER_PI) * (1 + t(3 * _GELU_CUBIC) * x * x)
+    else:
+        slope = t(0.5) * (1 + _erf(x * t(1 / math.sqrt(2)))) + x * np.exp(t(-0.5) * x * x) * t(_INV_SQRT_2PI)
+    return grad * slope
