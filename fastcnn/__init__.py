@@ -1,7 +1,8 @@
 """fastcnn: fast convolutional networks on the CPU, in NumPy and Numba."""
 __version__ = "0.1.0"
 
-from . import functional, layers, losses, models, optim, threads
+from . import blocks, functional, layers, losses, models, optim, threads
+from .blocks import Residual
 from .dispatch import (
     BackendUnavailableError,
     available_backends,
@@ -36,7 +37,7 @@ from .optim import SGD, Adam, CosineLR, OneCycleLR, StepLR
 from .threads import get_num_threads, set_num_threads
 
 __all__ = [
-    "functional", "layers", "losses", "models", "optim", "threads", "get_num_threads", "set_num_threads",
+    "blocks", "Residual", "functional", "layers", "losses", "models", "optim", "threads", "get_num_threads", "set_num_threads",
     "BackendUnavailableError", "available_backends", "clear_dispatch_decisions", "dispatch_decisions",
     "dispatch_report", "get_backend", "set_backend", "use_backend", "seed",
     "AvgPool2D", "BatchNorm1D", "BatchNorm2D", "Conv2D", "Dense", "Dropout", "Flatten", "MaxPool2D", "ReLU",

@@ -61,6 +61,16 @@ class Layer:
         """The constructor arguments that rebuild this layer (JSON-serialisable)."""
         return {}
 
+    @classmethod
+    def from_config(cls, config: dict[str, Any]) -> "Layer":
+        """The layer :meth:`get_config` described (fresh weights)."""
+        return cls(**config)
+
+    def inner_rows(self, prefix: str, input_shape: tuple[int, ...]) -> list[tuple[str, str, tuple[int, ...], int]]:
+        """Summary rows ``(name, description, output shape, parameters)`` of the layers inside this one
+        (a block's), named from ``prefix``, for a per-sample ``input_shape``; none for a plain layer."""
+        return []
+
     def astype(self, dtype) -> "Layer":
         """Convert parameters, gradients and float buffers to ``dtype`` in place; returns self."""
         for store in (self.params, self.grads, self.buffers):

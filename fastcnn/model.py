@@ -78,8 +78,11 @@ class Sequential:
         """A table of layers, output shapes and parameter counts (returned; print it to show it)."""
         shapes = self.output_shapes(input_shape)
         rows = [("#", "layer", "output shape", "params")]
+        inputs = [tuple(input_shape or self.input_shape)] + shapes[:-1]
         for i, (layer, shape) in enumerate(zip(self.layers, shapes)):
             rows.append((str(i), layer.describe(), "(N, " + ", ".join(map(str, shape)) + ")", f"{layer.num_params:,}"))
+            rows.extend((name, "  " + text, "(N, " + ", ".join(map(str, out)) + ")", f"{count:,}")
+                        for name, text, out, count in layer.inner_rows(str(i), inputs[i]))
         widths = [max(len(r[c]) for r in rows) for c in range(4)]
         lines = ["  ".join(r[c].ljust(widths[c]) if c < 3 else r[c].rjust(widths[c]) for c in range(4)) for r in rows]
         rule = "-" * len(lines[0])
@@ -154,8 +157,8 @@ class Sequential:
             if layer_type is None:
                 raise ValueError(f"unknown layer type in {spec!r}; known: {', '.join(LAYER_TYPES)}")
             try:
-                layers.append(layer_type(**spec.get("config", {})))
-            except TypeError as exc:
+                layers.append(layer_type.from_config(spec.get("config", {})))
+            except (TypeError, KeyError) as exc:
                 raise ValueError(f"cannot rebuild layer {spec!r}: {exc}") from None
         return cls(layers, input_shape=input_shape)
 
@@ -209,6 +212,10 @@ class Sequential:
         return steps
 
     __call__ = forward
+
+    def steps(self) -> list[Layer]:
+        """The steps :meth:`forward` runs (see :meth:`_run_order`), for blocks that run a container's layers."""
+        return self._run_order()
 
     def backward(self, grad: np.ndarray, input_grad: bool = True) -> np.ndarray | None:
         """Back-propagate ``grad`` (d loss / d output) through every layer; fills each layer's ``grads``.
