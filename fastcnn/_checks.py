@@ -159,27 +159,52 @@ def _conv_geometry(x_shape, w_shape, stride, padding, dilation) -> ConvGeometry:
 
 
 class PoolGeometry(NamedTuple):
-    """Normalised pooling parameters (symmetric padding)."""
+    """Normalised pooling parameters: ``padding`` on each side (both sides alike); ``extra`` the rows
+    and columns that ceil mode's last windows reach past the bottom/right padding (0 in floor mode)."""
 
     kernel: tuple[int, int]
     stride: tuple[int, int]
     padding: tuple[int, int]
     out_hw: tuple[int, int]
+    dilation: tuple[int, int] = (1, 1)
+    ceil_mode: bool = False
+    extra: tuple[int, int] = (0, 0)
 
 
-def pool_geometry(x_shape, kernel_size, stride, padding) -> PoolGeometry:
-    """Check a pooling call's parameters and compute its output size (PyTorch rules, floor mode).
+def flag(name: str, value) -> int:
+    """A bool argument as 0 or 1 (an int, so geometry answers can be remembered), or a TypeError."""
+    if not isinstance(value, (bool, np.bool_)):
+        raise TypeError(f"{name} must be True or False, got {value!r}")
+    return int(value)
 
-    ``stride=None`` means ``stride = kernel_size``; padding may be at most half the kernel, so every
-    window holds at least one real element. Answers are remembered, as for :func:`conv_geometry`.
+
+def pool_out_size(size: int, kernel: int, stride: int, padding: int, dilation: int = 1, ceil_mode: bool = False) -> int:
+    """A pool's output length along one axis, as PyTorch: ``(size + 2*padding - dilation*(kernel-1) - 1) / stride
+    + 1`` rounded down, or up in ceil mode, where a last window that would start in the right padding
+    (not inside the input or the left padding) is dropped."""
+    span = size + 2 * padding - dilation * (kernel - 1) - 1
+    out = (span + (stride - 1 if ceil_mode else 0)) // stride + 1
+    if ceil_mode and (out - 1) * stride >= size + padding:
+        out -= 1
+    return out
+
+
+def pool_geometry(x_shape, kernel_size, stride, padding, dilation=1, ceil_mode: int = 0) -> PoolGeometry:
+    """Check a pooling call's parameters and compute its output size (PyTorch rules).
+
+    ``stride=None`` means ``stride = kernel_size``; padding may be at most half the kernel, and every
+    window must hold at least one element of the input (else a ValueError naming the parameters);
+    ``ceil_mode`` is 0 or 1 (see :func:`flag`). Answers are remembered, as for :func:`conv_geometry`.
     """
-    return _remembered(_pool_geometry, tuple(x_shape), kernel_size, stride, padding)
+    return _remembered(_pool_geometry, tuple(x_shape), kernel_size, stride, padding, dilation, ceil_mode)
 
 
-def _pool_geometry(x_shape, kernel_size, stride, padding) -> PoolGeometry:
+def _pool_geometry(x_shape, kernel_size, stride, padding, dilation, ceil_mode) -> PoolGeometry:
     kernel = pair("kernel_size", kernel_size, 1)
     stride = kernel if stride is None else pair("stride", stride, 1)
     padding = pair("padding", padding, 0)
+    dilation = pair("dilation", dilation, 1)
+    ceil_mode = bool(ceil_mode)
     if padding[0] > kernel[0] // 2 or padding[1] > kernel[1] // 2:
         raise ValueError(f"padding {padding} must be at most half of kernel_size {kernel}")
     h, w = x_shape[2], x_shape[3]
@@ -187,14 +212,42 @@ def _pool_geometry(x_shape, kernel_size, stride, padding) -> PoolGeometry:
         raise ValueError(f"x must have at least one channel, got shape {x_shape}")
     if h < 1 or w < 1:  # every window must hold a real element, whatever the padding
         raise ValueError(f"x must have a non-empty height and width to pool, got shape {x_shape}")
-    if kernel[0] > h + 2 * padding[0] or kernel[1] > w + 2 * padding[1]:
+    span = (dilation[0] * (kernel[0] - 1) + 1, dilation[1] * (kernel[1] - 1) + 1)
+    if span[0] > h + 2 * padding[0] or span[1] > w + 2 * padding[1]:
+        dilated = "" if dilation == (1, 1) else f" with dilation {dilation}, spanning {span},"
         raise ValueError(
-            f"kernel_size {kernel} is larger than the padded input {(h + 2 * padding[0], w + 2 * padding[1])} "
-            f"(x shape {x_shape}, padding {padding})"
+            f"kernel_size {kernel}{dilated} is larger than the padded input "
+            f"{(h + 2 * padding[0], w + 2 * padding[1])} (x shape {x_shape}, padding {padding})"
         )
-    oh = out_size(h, kernel[0], stride[0], 2 * padding[0])
-    ow = out_size(w, kernel[1], stride[1], 2 * padding[1])
-    return PoolGeometry(kernel, stride, padding, (oh, ow))
+    out = tuple(pool_out_size(size, k, s, p, d, ceil_mode)
+                for size, k, s, p, d in zip((h, w), kernel, stride, padding, dilation))
+    for axis, size, k, s, p, d, o in zip(("height", "width"), (h, w), kernel, stride, padding, dilation, out):
+        for r in range(o):  # with dilation, a window can fall between the input's rows
+            if not any(0 <= r * s - p + i * d < size for i in range(k)):
+                raise ValueError(
+                    f"pooling window {r} along the {axis} holds no input element (x shape {x_shape}, kernel_size "
+                    f"{kernel}, stride {stride}, padding {padding}, dilation {dilation}, ceil_mode {ceil_mode}); "
+                    "every window must overlap the input")
+    extra = tuple(max((o - 1) * s + sp - size - 2 * p, 0)
+                  for o, s, sp, size, p in zip(out, stride, span, (h, w), padding))
+    return PoolGeometry(kernel, stride, padding, out, dilation, ceil_mode, extra)
+
+
+def avg_pool_scales(geo: PoolGeometry, hw: tuple[int, int], count_include_pad: bool,
+                    divisor_override: int | None, dtype) -> np.ndarray:
+    """``1 / divisor`` of every output cell of an average pool, shape ``out_hw``, as PyTorch divides:
+    ``divisor_override`` if given, else the window's size within the padded input (ceil mode's windows
+    are cut at the right padding) with ``count_include_pad``, else its count of input elements."""
+    if divisor_override is not None:
+        return np.full(geo.out_hw, 1.0 / divisor_override, dtype=dtype)
+    counts = []
+    for o, k, s, p, size in zip(geo.out_hw, geo.kernel, geo.stride, geo.padding, hw):
+        start = np.arange(o) * s - p
+        end = np.minimum(start + k, size + p)
+        if not count_include_pad:
+            start, end = np.maximum(start, 0), np.minimum(end, size)
+        counts.append(end - start)
+    return (1.0 / np.outer(counts[0], counts[1])).astype(dtype)
 
 
 @functools.lru_cache(maxsize=None)

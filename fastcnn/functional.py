@@ -9,8 +9,8 @@ from __future__ import annotations
 import numpy as np
 
 from . import dispatch
-from ._checks import (IntOrPair, check_allocation, check_grad, check_nchw_shape, class_labels, conv_geometry,
-                      float_array, pool_geometry)
+from ._checks import (IntOrPair, avg_pool_scales, check_allocation, check_grad, check_nchw_shape, class_labels,
+                      conv_geometry, flag, float_array, pool_geometry)
 from .kernels.blas import channel_sums
 from .kernels.scratch import shared_inputs
 
@@ -180,6 +180,8 @@ def conv2d_max_pool2d(
     pool_stride: IntOrPair | None = None,
     pool_padding: IntOrPair = 0,
     relu: bool = False,
+    pool_dilation: IntOrPair = 1,
+    pool_ceil_mode: bool = False,
     *,
     backend: str | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
@@ -197,8 +199,8 @@ def conv2d_max_pool2d(
     ----------
     x, weight, bias, stride, padding, dilation
         As :func:`conv2d`.
-    pool_size, pool_stride, pool_padding
-        As ``kernel_size``, ``stride`` and ``padding`` of :func:`max_pool2d`.
+    pool_size, pool_stride, pool_padding, pool_dilation, pool_ceil_mode
+        As ``kernel_size``, ``stride``, ``padding``, ``dilation`` and ``ceil_mode`` of :func:`max_pool2d`.
     relu : bool
         Apply ``max(y, 0)`` (NaN kept) to the pooled output.
     backend : {"auto", "numba", "numpy"}, optional
@@ -215,13 +217,14 @@ def conv2d_max_pool2d(
     relu = bool(relu)
     x, weight, geo = _conv_inputs(x, weight, stride, padding, dilation)
     bias = _bias(bias, weight, x.dtype)
-    pool = pool_geometry((x.shape[0], weight.shape[0]) + geo.out_hw, pool_size, pool_stride, pool_padding)
+    pool = pool_geometry((x.shape[0], weight.shape[0]) + geo.out_hw, pool_size, pool_stride, pool_padding, pool_dilation,
+                         flag("pool_ceil_mode", pool_ceil_mode))
     check_allocation("conv2d_max_pool2d argmax", (x.shape[0], weight.shape[0]) + pool.out_hw, np.int64)
     xp = _pad(x, geo.padding)
     (sh, sw), (dh, dw), (oh, ow) = geo.stride, geo.dilation, geo.out_hw
-    signature = (xp.shape, weight.shape, geo.stride, geo.dilation, pool.kernel, pool.stride, pool.padding, relu,
-                 x.dtype.char)
-    args = (xp, weight, bias, sh, sw, dh, dw, oh, ow, (*pool.kernel, *pool.stride, *pool.padding, *pool.out_hw), relu)
+    signature = (xp.shape, weight.shape, geo.stride, geo.dilation, pool.kernel, pool.stride, pool.padding, pool.dilation,
+                 pool.out_hw, relu, x.dtype.char)
+    args = (xp, weight, bias, sh, sw, dh, dw, oh, ow, _max_pool_args(pool), relu)
     return dispatch.run("conv2d_max_pool2d", signature, args, backend)
 
 
@@ -284,6 +287,8 @@ def max_pool2d(
     kernel_size: IntOrPair,
     stride: IntOrPair | None = None,
     padding: IntOrPair = 0,
+    dilation: IntOrPair = 1,
+    ceil_mode: bool = False,
     *,
     backend: str | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
@@ -297,6 +302,11 @@ def max_pool2d(
         Defaults to ``kernel_size``.
     padding : int or (int, int)
         Implicit ``-inf`` padding, at most half the kernel.
+    dilation : int or (int, int)
+        Spacing between a window's elements.
+    ceil_mode : bool
+        Round the output size up: a last, partial window is kept if it starts inside the input or the
+        left padding.
     backend : {"auto", "numba", "numpy"}, optional
 
     Returns
@@ -307,11 +317,15 @@ def max_pool2d(
         maximum in row-major window order; a NaN in a window wins (the first one).
     """
     x = float_array("x", x, ndim=4)
-    geo = pool_geometry(x.shape, kernel_size, stride, padding)
+    geo = pool_geometry(x.shape, kernel_size, stride, padding, dilation, flag("ceil_mode", ceil_mode))
     check_allocation("max_pool2d argmax", x.shape[:2] + geo.out_hw, np.int64)
-    signature = (x.shape, geo.kernel, geo.stride, geo.padding, x.dtype.char)
-    args = (x, *geo.kernel, *geo.stride, *geo.padding, *geo.out_hw)
-    return dispatch.run("max_pool2d", signature, args, backend)
+    signature = (x.shape, geo.kernel, geo.stride, geo.padding, geo.dilation, geo.out_hw, x.dtype.char)
+    return dispatch.run("max_pool2d", signature, (x, *_max_pool_args(geo)), backend)
+
+
+def _max_pool_args(geo) -> tuple[int, ...]:
+    """The max-pool kernels' arguments after the input: kH, kW, sH, sW, pH, pW, dH, dW, oH, oW."""
+    return (*geo.kernel, *geo.stride, *geo.padding, *geo.dilation, *geo.out_hw)
 
 
 def max_pool2d_backward(
@@ -375,10 +389,13 @@ def avg_pool2d(
     kernel_size: IntOrPair,
     stride: IntOrPair | None = None,
     padding: IntOrPair = 0,
+    ceil_mode: bool = False,
+    count_include_pad: bool = True,
+    divisor_override: int | None = None,
     *,
     backend: str | None = None,
 ) -> np.ndarray:
-    """2-D average pooling, as :func:`torch.nn.functional.avg_pool2d` (zero padding counted).
+    """2-D average pooling, as :func:`torch.nn.functional.avg_pool2d`.
 
     Parameters
     ----------
@@ -387,7 +404,14 @@ def avg_pool2d(
     stride : int or (int, int), optional
         Defaults to ``kernel_size``.
     padding : int or (int, int)
-        Zero padding, at most half the kernel; padded zeros count in the average.
+        Zero padding, at most half the kernel.
+    ceil_mode : bool
+        Round the output size up, as :func:`max_pool2d`.
+    count_include_pad : bool
+        Divide by the window's size within the padded input (a ceil-mode window is cut at the right
+        padding), padded zeros counted; ``False`` divides by its number of input elements.
+    divisor_override : int, optional
+        Divide every window's sum by this instead.
     backend : {"auto", "numba", "numpy"}, optional
 
     Returns
@@ -395,11 +419,30 @@ def avg_pool2d(
     ndarray, shape (N, C, H_out, W_out)
     """
     x = float_array("x", x, ndim=4)
-    geo = pool_geometry(x.shape, kernel_size, stride, padding)
-    check_allocation("padded avg_pool2d input", _padded_shape(x.shape, _symmetric(geo.padding)), x.dtype)
-    xp = _pad(x, _symmetric(geo.padding))
+    geo, scale = _avg_pool_geometry(x.shape, kernel_size, stride, padding, ceil_mode, count_include_pad,
+                                    divisor_override, x.dtype)
+    pads = _avg_pool_pads(geo)
+    check_allocation("padded avg_pool2d input", _padded_shape(x.shape, pads), x.dtype)
+    xp = _pad(x, pads)
     signature = (xp.shape, geo.kernel, geo.stride, x.dtype.char)
-    return dispatch.run("avg_pool2d", signature, (xp, *geo.kernel, *geo.stride, *geo.out_hw), backend)
+    return dispatch.run("avg_pool2d", signature, (xp, *geo.kernel, *geo.stride, *geo.out_hw, scale), backend)
+
+
+def _avg_pool_geometry(shape, kernel_size, stride, padding, ceil_mode, count_include_pad, divisor_override, dtype):
+    """The pool's geometry and the ``1 / divisor`` of every output cell (see :func:`._checks.avg_pool_scales`)."""
+    ceil = flag("ceil_mode", ceil_mode)
+    include = flag("count_include_pad", count_include_pad)
+    if divisor_override is not None and (isinstance(divisor_override, (bool, np.bool_))
+                                         or not isinstance(divisor_override, (int, np.integer)) or divisor_override < 1):
+        raise ValueError(f"divisor_override must be None or a positive int, got {divisor_override!r}")
+    geo = pool_geometry(shape, kernel_size, stride, padding, 1, ceil)
+    return geo, avg_pool_scales(geo, shape[2:], include, divisor_override, dtype)
+
+
+def _avg_pool_pads(geo) -> tuple[tuple[int, int], tuple[int, int]]:
+    """Zero padding that holds every window: the pool's own, and ceil mode's extra at the bottom/right."""
+    (ph, pw), (eh, ew) = geo.padding, geo.extra
+    return ((ph, ph + eh), (pw, pw + ew))
 
 
 def avg_pool2d_backward(
@@ -408,6 +451,9 @@ def avg_pool2d_backward(
     kernel_size: IntOrPair,
     stride: IntOrPair | None = None,
     padding: IntOrPair = 0,
+    ceil_mode: bool = False,
+    count_include_pad: bool = True,
+    divisor_override: int | None = None,
     *,
     backend: str | None = None,
 ) -> np.ndarray:
@@ -417,7 +463,7 @@ def avg_pool2d_backward(
     ----------
     grad_y : ndarray, shape (N, C, H_out, W_out)
     input_shape : (N, C, H, W)
-    kernel_size, stride, padding, backend
+    kernel_size, stride, padding, ceil_mode, count_include_pad, divisor_override, backend
         As passed to :func:`avg_pool2d`.
 
     Returns
@@ -425,20 +471,16 @@ def avg_pool2d_backward(
     ndarray of ``input_shape``
     """
     shape = check_nchw_shape("input_shape", input_shape)
-    geo = pool_geometry(shape, kernel_size, stride, padding)
     grad_y = float_array("grad_y", grad_y, ndim=4)
+    geo, scale = _avg_pool_geometry(shape, kernel_size, stride, padding, ceil_mode, count_include_pad,
+                                    divisor_override, grad_y.dtype)
     grad_y = check_grad("grad_y", grad_y, shape[:2] + geo.out_hw, grad_y.dtype)
-    pads = _symmetric(geo.padding)
+    pads = _avg_pool_pads(geo)
     padded = _padded_shape(shape, pads)
     check_allocation("avg_pool2d_backward output", padded, grad_y.dtype)
     signature = (padded, geo.kernel, geo.stride, grad_y.dtype.char)
-    grad_xp = dispatch.run("avg_pool2d_backward", signature, (grad_y, padded, *geo.kernel, *geo.stride), backend)
-    return _crop(grad_xp, pads)
-
-
-def _symmetric(padding: tuple[int, int]):
-    return ((padding[0], padding[0]), (padding[1], padding[1]))
-
+    args = (grad_y, padded, *geo.kernel, *geo.stride, scale)
+    return _crop(dispatch.run("avg_pool2d_backward", signature, args, backend), pads)
 
 
 def relu(x: np.ndarray, *, backend: str | None = None) -> np.ndarray:

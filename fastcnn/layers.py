@@ -13,7 +13,7 @@ import numpy as np
 
 from . import functional as F
 from .init import get_rng, glorot_uniform, he_normal
-from ._checks import IntOrPair, check_grad, conv_geometry, float_array, pair, pool_geometry, positive_int
+from ._checks import IntOrPair, check_grad, conv_geometry, flag, float_array, pair, pool_geometry, positive_int
 
 __all__ = [
     "Layer",
@@ -203,34 +203,52 @@ class Conv2D(_WeightLayer):
 
 
 class _Pool2D(Layer):
+    _options: tuple[str, ...] = ()  # the subclass's options beyond kernel_size, stride and padding
+
     def __init__(self, kernel_size: IntOrPair, stride: IntOrPair | None = None, padding: IntOrPair = 0,
                  backend: str | None = None) -> None:
         super().__init__()
         self.kernel_size = pair("kernel_size", kernel_size, 1)
         self.stride = self.kernel_size if stride is None else pair("stride", stride, 1)
         self.padding = pair("padding", padding, 0)
+        self.dilation = (1, 1)
+        self.ceil_mode = False
         self.backend = backend
         self._input_shape = None
 
     def output_shape(self, input_shape):
         _expect(self, input_shape, 3, "(N, C, H, W)")
-        geo = pool_geometry((1,) + tuple(input_shape), self.kernel_size, self.stride, self.padding)
+        geo = pool_geometry((1,) + tuple(input_shape), self.kernel_size, self.stride, self.padding, self.dilation,
+                            int(self.ceil_mode))
         return (input_shape[0],) + geo.out_hw
 
     def get_config(self):
-        return dict(kernel_size=list(self.kernel_size), stride=list(self.stride), padding=list(self.padding))
+        options = {k: list(v) if isinstance(v, tuple) else v for k, v in ((k, getattr(self, k)) for k in self._options)}
+        return dict(kernel_size=list(self.kernel_size), stride=list(self.stride), padding=list(self.padding), **options)
 
     def describe(self):
         extra = "".join(f", {k} {v}" for k, v, default in (("stride", self.stride, self.kernel_size),
                                                           ("padding", self.padding, (0, 0))) if v != default)
+        defaults = type(self)(1).get_config()
+        extra += "".join(f", {k} {v}" for k, v in self.get_config().items() if k in self._options and v != defaults[k])
         return f"{type(self).__name__}({self.kernel_size[0]}x{self.kernel_size[1]}{extra})"
 
 
 class MaxPool2D(_Pool2D):
-    """2-D max pooling (implicit ``-inf`` padding; ties to the first maximum). See :func:`fastcnn.functional.max_pool2d`."""
+    """2-D max pooling (implicit ``-inf`` padding; ties to the first maximum), with ``dilation`` and
+    ``ceil_mode`` as ``torch.nn.MaxPool2d``. See :func:`fastcnn.functional.max_pool2d`."""
+
+    _options = ("dilation", "ceil_mode")
+
+    def __init__(self, kernel_size: IntOrPair, stride: IntOrPair | None = None, padding: IntOrPair = 0,
+                 dilation: IntOrPair = 1, ceil_mode: bool = False, backend: str | None = None) -> None:
+        super().__init__(kernel_size, stride, padding, backend)
+        self.dilation = pair("dilation", dilation, 1)
+        self.ceil_mode = bool(flag("ceil_mode", ceil_mode))
 
     def forward(self, x, training=False):
-        y, argmax = F.max_pool2d(x, self.kernel_size, self.stride, self.padding, backend=self.backend)
+        y, argmax = F.max_pool2d(x, self.kernel_size, self.stride, self.padding, self.dilation, self.ceil_mode,
+                                 backend=self.backend)
         self._argmax, self._input_shape = (argmax, x.shape) if training else (None, None)
         return y
 
@@ -254,7 +272,8 @@ class _ConvMaxPool(_WeightLayer):
         conv, pool = self.conv, self.pool
         y, argmax = F.conv2d_max_pool2d(x, conv.params["weight"], conv.params.get("bias"), **conv._geometry(),
                                         pool_size=pool.kernel_size, pool_stride=pool.stride,
-                                        pool_padding=pool.padding, relu=self.relu is not None, backend=conv.backend)
+                                        pool_padding=pool.padding, relu=self.relu is not None,
+                                        pool_dilation=pool.dilation, pool_ceil_mode=pool.ceil_mode, backend=conv.backend)
         conv._x, self._argmax, self._y = (x, argmax, y) if training else (None, None, None)
         return y
 
@@ -274,15 +293,32 @@ class _ConvMaxPool(_WeightLayer):
 
 
 class AvgPool2D(_Pool2D):
-    """2-D average pooling (zero padding counted). See :func:`fastcnn.functional.avg_pool2d`."""
+    """2-D average pooling with ``ceil_mode``, ``count_include_pad`` and ``divisor_override`` as
+    ``torch.nn.AvgPool2d``. See :func:`fastcnn.functional.avg_pool2d`."""
+
+    _options = ("ceil_mode", "count_include_pad", "divisor_override")
+
+    def __init__(self, kernel_size: IntOrPair, stride: IntOrPair | None = None, padding: IntOrPair = 0,
+                 ceil_mode: bool = False, count_include_pad: bool = True, divisor_override: int | None = None,
+                 backend: str | None = None) -> None:
+        super().__init__(kernel_size, stride, padding, backend)
+        self.ceil_mode = bool(flag("ceil_mode", ceil_mode))
+        self.count_include_pad = bool(flag("count_include_pad", count_include_pad))
+        if divisor_override is not None:
+            positive_int("divisor_override", divisor_override)
+        self.divisor_override = divisor_override
+
+    def _options_args(self):
+        return dict(ceil_mode=self.ceil_mode, count_include_pad=self.count_include_pad,
+                    divisor_override=self.divisor_override, backend=self.backend)
 
     def forward(self, x, training=False):
         self._input_shape = x.shape if training else None
-        return F.avg_pool2d(x, self.kernel_size, self.stride, self.padding, backend=self.backend)
+        return F.avg_pool2d(x, self.kernel_size, self.stride, self.padding, **self._options_args())
 
     def backward(self, grad):
         return F.avg_pool2d_backward(grad, self._cached("_input_shape"), self.kernel_size, self.stride,
-                                     self.padding, backend=self.backend)
+                                     self.padding, **self._options_args())
 
 
 class Dense(_WeightLayer):
