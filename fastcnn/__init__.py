@@ -23,6 +23,8 @@ from .layers import (
     Dropout,
     Flatten,
     GELU,
+    GlobalAvgPool2D,
+    GlobalMaxPool2D,
     LeakyReLU,
     MaxPool2D,
     ReLU,
@@ -41,6 +43,6 @@ __all__ = [
     "BackendUnavailableError", "available_backends", "clear_dispatch_decisions", "dispatch_decisions",
     "dispatch_report", "get_backend", "set_backend", "use_backend", "seed",
     "AvgPool2D", "BatchNorm1D", "BatchNorm2D", "Conv2D", "Dense", "Dropout", "Flatten", "MaxPool2D", "ReLU",
-    "Sigmoid", "Softmax", "Tanh", "LeakyReLU", "SiLU", "GELU", "BCELoss", "CrossEntropyLoss", "MSELoss", "Sequential", "TrainingDivergedError",
+    "Sigmoid", "Softmax", "Tanh", "LeakyReLU", "SiLU", "GELU", "GlobalAvgPool2D", "GlobalMaxPool2D", "BCELoss", "CrossEntropyLoss", "MSELoss", "Sequential", "TrainingDivergedError",
     "SGD", "Adam", "CosineLR", "OneCycleLR", "StepLR", "load_model",
 ]

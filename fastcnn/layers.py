@@ -20,6 +20,8 @@ __all__ = [
     "Conv2D",
     "MaxPool2D",
     "AvgPool2D",
+    "GlobalAvgPool2D",
+    "GlobalMaxPool2D",
     "Dense",
     "Flatten",
     "Dropout",
@@ -319,6 +321,44 @@ class AvgPool2D(_Pool2D):
     def backward(self, grad):
         return F.avg_pool2d_backward(grad, self._cached("_input_shape"), self.kernel_size, self.stride,
                                      self.padding, **self._options_args())
+
+
+class _GlobalPool2D(Layer):
+    """``(N, C, H, W) -> (N, C)``: one value per plane."""
+
+    def __init__(self, backend: str | None = None) -> None:
+        super().__init__()
+        self.backend = backend
+        self._input_shape = None
+
+    def output_shape(self, input_shape):
+        _expect(self, input_shape, 3, "(N, C, H, W)")
+        if min(input_shape) < 1:
+            raise ValueError(f"{self!r} needs a non-empty (C, H, W), got (N, {', '.join(map(str, input_shape))})")
+        return (input_shape[0],)
+
+
+class GlobalAvgPool2D(_GlobalPool2D):
+    """The mean of every channel's plane, ``(N, C, H, W) -> (N, C)``. See :func:`fastcnn.functional.global_avg_pool2d`."""
+
+    def forward(self, x, training=False):
+        self._input_shape = np.shape(x) if training else None
+        return F.global_avg_pool2d(x, backend=self.backend)
+
+    def backward(self, grad):
+        return F.global_avg_pool2d_backward(grad, self._cached("_input_shape"), backend=self.backend)
+
+
+class GlobalMaxPool2D(_GlobalPool2D):
+    """The maximum of every channel's plane, ``(N, C, H, W) -> (N, C)``. See :func:`fastcnn.functional.global_max_pool2d`."""
+
+    def forward(self, x, training=False):
+        y, argmax = F.global_max_pool2d(x, backend=self.backend)
+        self._argmax, self._input_shape = (argmax, np.shape(x)) if training else (None, None)
+        return y
+
+    def backward(self, grad):
+        return F.global_max_pool2d_backward(grad, self._cached("_argmax"), self._input_shape, backend=self.backend)
 
 
 class Dense(_WeightLayer):
@@ -631,4 +671,5 @@ class BatchNorm1D(_BatchNorm):
 
 
 LAYER_TYPES = {cls.__name__: cls for cls in (Conv2D, MaxPool2D, AvgPool2D, Dense, Flatten, Dropout, ReLU, Tanh,
-                                            Sigmoid, Softmax, LeakyReLU, SiLU, GELU, BatchNorm2D, BatchNorm1D)}
+                                            Sigmoid, Softmax, LeakyReLU, SiLU, GELU, BatchNorm2D, BatchNorm1D,
+                                            GlobalAvgPool2D, GlobalMaxPool2D)}

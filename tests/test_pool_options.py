@@ -161,3 +161,48 @@ def test_pool_options_take_empty_batches(backend):
     assert F.max_pool2d_backward(y, idx, x.shape, backend=backend).shape == x.shape
     y = F.avg_pool2d(x, 2, ceil_mode=True, count_include_pad=False, backend=backend)
     assert F.avg_pool2d_backward(y, x.shape, 2, ceil_mode=True, count_include_pad=False, backend=backend).shape == x.shape
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_global_pools_match_reference_gradients_and_pytorch(dtype, backend):
+    rng = np.random.default_rng(3)
+    x = np.maximum(np.round(rng.standard_normal((3, 4, 5, 6)) * 2), 0).astype(dtype)  # ties, zero planes
+    x[0, 0, 1, 2] = np.nan
+    gy = rng.standard_normal((3, 4)).astype(dtype)
+    y = F.global_avg_pool2d(x, backend=backend)
+    assert y.shape == (3, 4) and y.dtype == dtype
+    np.testing.assert_allclose(y, x.astype(np.float64).mean(axis=(2, 3)), rtol=1e-6)
+    np.testing.assert_allclose(F.global_avg_pool2d_backward(gy, x.shape, backend=backend),
+                               np.broadcast_to(gy[:, :, None, None] / 30, x.shape), rtol=1e-6)
+    m, idx = F.global_max_pool2d(x, backend=backend)
+    want_y, want_idx = ref.max_pool2d(x, (5, 6), (5, 6), (0, 0))
+    np.testing.assert_array_equal(m, want_y[:, :, 0, 0])
+    np.testing.assert_array_equal(idx, want_idx[:, :, 0, 0])
+    gx = F.global_max_pool2d_backward(gy, idx, x.shape, backend=backend)
+    want_gx = np.zeros((12, 30), dtype)
+    want_gx[np.arange(12), want_idx.ravel()] = gy.ravel()
+    np.testing.assert_array_equal(gx, want_gx.reshape(x.shape))
+    if torch is not None:
+        x = np.nan_to_num(x)
+        np.testing.assert_allclose(F.global_avg_pool2d(x, backend=backend),
+                                   torch.nn.functional.adaptive_avg_pool2d(torch.from_numpy(x), 1).numpy()[:, :, 0, 0],
+                                   rtol=1e-6)
+        np.testing.assert_array_equal(F.global_max_pool2d(x, backend=backend)[0],
+                                      torch.amax(torch.from_numpy(x), dim=(2, 3)).numpy())
+
+
+def test_global_pool_layers_empty_batches_and_bad_input():
+    for layer in (L.GlobalAvgPool2D(), L.GlobalMaxPool2D()):
+        x = np.random.default_rng(4).standard_normal((2, 3, 4, 4))
+        g = np.random.default_rng(5).standard_normal((2, 3))
+        layer.forward(x, training=True)
+        gx = layer.backward(g)
+        np.testing.assert_allclose(gx, ref.numeric_grad(lambda: float((layer.forward(x) * g).sum()), x), atol=1e-8)
+        empty = np.zeros((0, 3, 4, 4), np.float32)
+        assert layer.forward(empty, training=True).shape == (0, 3)
+        assert layer.backward(np.zeros((0, 3), np.float32)).shape == empty.shape
+        assert layer.output_shape((3, 4, 4)) == (3,)
+        with pytest.raises(ValueError, match="H, W >= 1"):
+            layer.forward(np.zeros((2, 3, 0, 4), np.float32))
+        with pytest.raises(ValueError):
+            layer.output_shape((3, 4))
