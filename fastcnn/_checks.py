@@ -84,14 +84,14 @@ class ConvGeometry(NamedTuple):
     out_hw: tuple[int, int]
 
 
-def conv_geometry(x_shape, w_shape, stride, padding, dilation) -> ConvGeometry:
+def conv_geometry(x_shape, w_shape, stride, padding, dilation, groups=1) -> ConvGeometry:
     """Check a conv2d call's shapes and parameters and compute its output size.
 
     ``padding`` is an int, a pair, ``"valid"`` or ``"same"`` (stride 1 only; an odd total padding puts
     the extra row/column at the bottom/right, as PyTorch does). Answers are remembered (a training
     step asks the same questions every time).
     """
-    return _remembered(_conv_geometry, tuple(x_shape), tuple(w_shape), stride, padding, dilation)
+    return _remembered(_conv_geometry, tuple(x_shape), tuple(w_shape), stride, padding, dilation, groups)
 
 
 def _remembered(fn, *args):
@@ -120,12 +120,19 @@ def _geometry_cache(fn, *args):
     return fn(*args)
 
 
-def _conv_geometry(x_shape, w_shape, stride, padding, dilation) -> ConvGeometry:
+def _conv_geometry(x_shape, w_shape, stride, padding, dilation, groups) -> ConvGeometry:
     n, c, h, w = x_shape
     c_out, c_in, kh, kw = w_shape
     if c_out < 1 or kh < 1 or kw < 1:
         raise ValueError(f"weight must have shape (C_out, C_in, kH, kW) with C_out, kH, kW >= 1, got {w_shape}")
-    if c != c_in:
+    groups = positive_int("groups", groups)
+    if groups > 1 and (c % groups or c_out % groups):
+        raise ValueError(f"groups={groups} must divide both the input channels ({c}, x shape {x_shape}) and the "
+                         f"output channels ({c_out}, weight shape {w_shape})")
+    if groups > 1 and c_in * groups != c:
+        raise ValueError(f"x has {c} channels (shape {x_shape}) but weight {w_shape} with groups={groups} expects "
+                         f"{c_in * groups}; weight must be (C_out, C_in // groups, kH, kW)")
+    if groups == 1 and c != c_in:
         raise ValueError(
             f"x has {c} channels (shape {x_shape}) but weight expects {c_in} (shape {w_shape}); "
             "weight must be (C_out, C_in, kH, kW) with C_in == x.shape[1]"

@@ -13,12 +13,12 @@ from __future__ import annotations
 from types import ModuleType
 from typing import Any, Callable, NamedTuple
 
-from .kernels import conv_numpy, elementwise_numpy, jit, linear_numpy, loss_numpy, pool_numpy
+from .kernels import conv_numpy, depthwise_numpy, elementwise_numpy, jit, linear_numpy, loss_numpy, pool_numpy
 
 if jit.NUMBA_AVAILABLE:
-    from .kernels import conv_numba, elementwise_numba, linear_numba, loss_numba, pool_numba
+    from .kernels import conv_numba, depthwise_numba, elementwise_numba, linear_numba, loss_numba, pool_numba
 else:
-    conv_numba = elementwise_numba = linear_numba = loss_numba = pool_numba = None
+    conv_numba = depthwise_numba = elementwise_numba = linear_numba = loss_numba = pool_numba = None
 
 
 class Op(NamedTuple):
@@ -54,6 +54,9 @@ def _op(name: str, numpy: ModuleType, numba: ModuleType | None, kernel: str, in_
 _op("conv2d",                         conv_numpy,        conv_numba,        "conv2d_forward")
 _op("conv2d_grad_weight",             conv_numpy,        conv_numba,        "conv2d_grad_weight")
 _op("conv2d_grad_input",              conv_numpy,        conv_numba,        "conv2d_grad_input")
+_op("depthwise_conv2d",               depthwise_numpy,   depthwise_numba,   "conv2d_forward")
+_op("depthwise_conv2d_grad_weight",   depthwise_numpy,   depthwise_numba,   "conv2d_grad_weight")
+_op("depthwise_conv2d_grad_input",    depthwise_numpy,   depthwise_numba,   "conv2d_grad_input")
 _op("conv2d_max_pool2d",              conv_numpy,        conv_numba,        "conv2d_max_pool2d_forward")
 _op("conv2d_max_pool2d_grad_weight",  conv_numpy,        conv_numba,        "conv2d_max_pool2d_grad_weight")
 _op("conv2d_max_pool2d_grad_input",   conv_numpy,        conv_numba,        "conv2d_max_pool2d_grad_input")

@@ -74,10 +74,10 @@ def _bias(bias, weight: np.ndarray, dtype) -> np.ndarray:
     return bias
 
 
-def _conv_inputs(x, weight, stride, padding, dilation):
+def _conv_inputs(x, weight, stride, padding, dilation, groups=1):
     x = float_array("x", x, ndim=4)
     weight = float_array("weight", weight, ndim=4, dtype=x.dtype)
-    geo = conv_geometry(x.shape, weight.shape, stride, padding, dilation)
+    geo = conv_geometry(x.shape, weight.shape, stride, padding, dilation, groups)
     check_allocation("padded conv2d input", _padded_shape(x.shape, geo.padding), x.dtype)
     check_allocation("conv2d output", (x.shape[0], weight.shape[0]) + geo.out_hw, x.dtype)
     return x, weight, geo
@@ -90,16 +90,17 @@ def conv2d(
     stride: IntOrPair = 1,
     padding: IntOrPair | str = 0,
     dilation: IntOrPair = 1,
+    groups: int = 1,
     *,
     backend: str | None = None,
 ) -> np.ndarray:
-    """2-D cross-correlation, as :func:`torch.nn.functional.conv2d` with ``groups=1``.
+    """2-D cross-correlation, as :func:`torch.nn.functional.conv2d`.
 
     Parameters
     ----------
     x : ndarray, shape (N, C_in, H, W)
         Input, float32 or float64.
-    weight : ndarray, shape (C_out, C_in, kH, kW)
+    weight : ndarray, shape (C_out, C_in // groups, kH, kW)
         Filters, same dtype as ``x``.
     bias : ndarray, shape (C_out,), optional
         Added to every output pixel of each channel.
@@ -107,6 +108,10 @@ def conv2d(
         At least 1.
     padding : int or (int, int) or {"valid", "same"}
         Zero padding on each side; ``"same"`` (stride 1) keeps the spatial size.
+    groups : int
+        Split the input and output channels into ``groups`` blocks, block ``g`` of the output seeing
+        only block ``g`` of the input; it must divide both. ``groups == C_in`` is a depthwise
+        convolution, which has kernels of its own (direct loops over each channel's plane).
     backend : {"auto", "numba", "numpy"}, optional
         Overrides the backend policy for this call.
 
@@ -114,12 +119,33 @@ def conv2d(
     -------
     ndarray, shape (N, C_out, H_out, W_out)
     """
-    x, weight, geo = _conv_inputs(x, weight, stride, padding, dilation)
+    x, weight, geo = _conv_inputs(x, weight, stride, padding, dilation, groups)
     bias = _bias(bias, weight, x.dtype)
     xp = _pad(x, geo.padding)
     (sh, sw), (dh, dw), (oh, ow) = geo.stride, geo.dilation, geo.out_hw
+    if groups > 1 and not _depthwise(x, groups):  # a conv per group
+        blocks = zip(_blocks(xp, groups, 1), _blocks(weight, groups, 0), _blocks(bias, groups, 0))
+        signature = (_block_shape(xp.shape, groups, 1), _block_shape(weight.shape, groups, 0), geo.stride, geo.dilation,
+                     x.dtype.char)
+        return np.concatenate([dispatch.run("conv2d", signature, (xg, wg, bg, sh, sw, dh, dw, oh, ow), backend)
+                               for xg, wg, bg in blocks], axis=1)
     signature = (xp.shape, weight.shape, geo.stride, geo.dilation, x.dtype.char)
-    return dispatch.run("conv2d", signature, (xp, weight, bias, sh, sw, dh, dw, oh, ow), backend)
+    op = "conv2d" if groups == 1 else "depthwise_conv2d"
+    return dispatch.run(op, signature, (xp, weight, bias, sh, sw, dh, dw, oh, ow), backend)
+
+
+def _depthwise(x: np.ndarray, groups: int) -> bool:
+    """Whether a conv of ``x`` with ``groups`` is depthwise (one input channel per group)."""
+    return groups == x.shape[1]
+
+
+def _blocks(a: np.ndarray, groups: int, axis: int) -> list[np.ndarray]:
+    """``a`` cut along ``axis`` into ``groups`` equal C-contiguous blocks (a grouped conv's channels)."""
+    return [np.ascontiguousarray(block) for block in np.split(a, groups, axis=axis)]
+
+
+def _block_shape(shape, groups: int, axis: int) -> tuple[int, ...]:
+    return tuple(size // groups if k == axis else size for k, size in enumerate(shape))
 
 
 def conv2d_backward(
@@ -129,6 +155,7 @@ def conv2d_backward(
     stride: IntOrPair = 1,
     padding: IntOrPair | str = 0,
     dilation: IntOrPair = 1,
+    groups: int = 1,
     *,
     input_grad: bool = True,
     backend: str | None = None,
@@ -139,7 +166,7 @@ def conv2d_backward(
     ----------
     grad_y : ndarray, shape (N, C_out, H_out, W_out)
         Gradient of the loss with respect to the conv output.
-    x, weight, stride, padding, dilation, backend
+    x, weight, stride, padding, dilation, groups, backend
         As passed to :func:`conv2d`. The two gradients are dispatched separately, so ``auto`` may
         pick a different backend for each.
     input_grad : bool
@@ -151,9 +178,18 @@ def conv2d_backward(
     grad_weight : ndarray, shape of ``weight``
     grad_bias : ndarray, shape (C_out,)
     """
-    x, weight, geo = _conv_inputs(x, weight, stride, padding, dilation)
+    x, weight, geo = _conv_inputs(x, weight, stride, padding, dilation, groups)
     grad_y = check_grad("grad_y", grad_y, (x.shape[0], weight.shape[0]) + geo.out_hw, x.dtype)
-    return _conv_gradients("conv2d", (grad_y,), (), (), x, weight, geo, input_grad, backend)
+    if x.shape[0] == 0:  # an empty batch: zero gradients
+        return (np.zeros_like(x) if input_grad else None), np.zeros_like(weight), np.zeros(weight.shape[0], x.dtype)
+    if groups == 1:
+        return _conv_gradients("conv2d", (grad_y,), (), (), x, weight, geo, input_grad, backend)
+    if _depthwise(x, groups):
+        return _conv_gradients("depthwise_conv2d", (grad_y,), (x.shape[1],), (), x, weight, geo, input_grad, backend)
+    parts = [_conv_gradients("conv2d", (gg,), (), (), xg, wg, geo, input_grad, backend)
+             for gg, xg, wg in zip(_blocks(grad_y, groups, 1), _blocks(x, groups, 1), _blocks(weight, groups, 0))]
+    grad_x = np.concatenate([p[0] for p in parts], axis=1) if input_grad else None
+    return grad_x, np.concatenate([p[1] for p in parts]), np.concatenate([p[2] for p in parts])
 
 
 def _conv_gradients(op, grad, extra, described, x, weight, geo, input_grad, backend):

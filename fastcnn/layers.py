@@ -151,6 +151,9 @@ class Conv2D(_WeightLayer):
     bias : bool
     init : {"he", "glorot"}
         He normal (for ReLU) or Glorot uniform initialisation of the weight; the bias starts at zero.
+    groups : int
+        Grouped convolution, weight ``(out_channels, in_channels // groups, kH, kW)``; ``groups ==
+        in_channels`` is depthwise. It must divide both channel counts.
     rng : numpy.random.Generator or int, optional
         Generator for the initial weights; defaults to the library generator (:func:`fastcnn.seed`).
     backend : {"auto", "numba", "numpy"}, optional
@@ -159,10 +162,13 @@ class Conv2D(_WeightLayer):
 
     def __init__(self, in_channels: int, out_channels: int, kernel_size: IntOrPair, stride: IntOrPair = 1,
                  padding: IntOrPair | str = 0, dilation: IntOrPair = 1, bias: bool = True, init: str = "he",
-                 rng=None, backend: str | None = None) -> None:
+                 rng=None, backend: str | None = None, groups: int = 1) -> None:
         super().__init__()
         self.in_channels = positive_int("in_channels", in_channels)
         self.out_channels = positive_int("out_channels", out_channels)
+        self.groups = positive_int("groups", groups)
+        if in_channels % groups or out_channels % groups:
+            raise ValueError(f"groups={groups} must divide in_channels ({in_channels}) and out_channels ({out_channels})")
         self.kernel_size = pair("kernel_size", kernel_size, 1)
         self.stride = pair("stride", stride, 1)
         self.padding = padding if isinstance(padding, str) else pair("padding", padding, 0)
@@ -170,8 +176,9 @@ class Conv2D(_WeightLayer):
         self.init = init
         self.backend = backend
         kh, kw = self.kernel_size
-        shape = (self.out_channels, self.in_channels, kh, kw)
-        self.params["weight"] = _init_weight(init, shape, in_channels * kh * kw, out_channels * kh * kw, get_rng(rng))
+        shape = (self.out_channels, self.in_channels // groups, kh, kw)
+        self.params["weight"] = _init_weight(init, shape, shape[1] * kh * kw, out_channels // groups * kh * kw,
+                                             get_rng(rng))
         if bias:
             self.params["bias"] = np.zeros(out_channels, np.float32)
         self.grads = {k: np.zeros_like(v) for k, v in self.params.items()}
@@ -180,28 +187,38 @@ class Conv2D(_WeightLayer):
     def _geometry(self):
         return dict(stride=self.stride, padding=self.padding, dilation=self.dilation)
 
+    @property
+    def fuses_pool(self) -> bool:
+        """Whether :class:`fastcnn.Sequential` may run this conv and a max-pool after it as one op."""
+        return self.groups == 1
+
+    def _conv_args(self):
+        return dict(self._geometry(), groups=self.groups) if self.groups > 1 else self._geometry()
+
     def forward(self, x, training=False):
         self._x = x if training else None
-        return F.conv2d(x, self.params["weight"], self.params.get("bias"), backend=self.backend, **self._geometry())
+        return F.conv2d(x, self.params["weight"], self.params.get("bias"), backend=self.backend, **self._conv_args())
 
     def _gradients(self, grad, input_grad):
         return F.conv2d_backward(grad, self._cached("_x"), self.params["weight"], input_grad=input_grad,
-                                 backend=self.backend, **self._geometry())
+                                 backend=self.backend, **self._conv_args())
 
     def output_shape(self, input_shape):
         _expect(self, input_shape, 3, "(N, C, H, W)")
-        geo = conv_geometry((1,) + tuple(input_shape), self.params["weight"].shape, **self._geometry())
+        geo = conv_geometry((1,) + tuple(input_shape), self.params["weight"].shape, **self._conv_args())
         return (self.out_channels,) + geo.out_hw
 
     def describe(self):
         extra = "".join(f", {k} {v}" for k, v, default in (("stride", self.stride, (1, 1)), ("padding", self.padding, (0, 0)),
-                                                          ("dilation", self.dilation, (1, 1))) if v != default)
+                                                          ("dilation", self.dilation, (1, 1)),
+                                                          ("groups", self.groups, 1)) if v != default)
         return f"Conv2D({self.in_channels}->{self.out_channels}, {self.kernel_size[0]}x{self.kernel_size[1]}{extra})"
 
     def get_config(self):
         return dict(in_channels=self.in_channels, out_channels=self.out_channels, kernel_size=list(self.kernel_size),
                     stride=list(self.stride), padding=self.padding if isinstance(self.padding, str) else list(self.padding),
-                    dilation=list(self.dilation), bias="bias" in self.params, init=self.init)
+                    dilation=list(self.dilation), bias="bias" in self.params, init=self.init,
+                    **({"groups": self.groups} if self.groups > 1 else {}))
 
 
 class _Pool2D(Layer):

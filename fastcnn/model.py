@@ -202,7 +202,7 @@ class Sequential:
         steps: list[Layer] = []
         for layer in order:
             last = steps[-1] if steps else None
-            if type(layer) is MaxPool2D and type(last) is Conv2D and last.backend == layer.backend:
+            if type(layer) is MaxPool2D and type(last) is Conv2D and last.fuses_pool and last.backend == layer.backend:
                 steps[-1] = _ConvMaxPool(last, layer)
             elif type(layer) is ReLU and type(last) is _ConvMaxPool and last.relu is None:
                 steps[-1] = _ConvMaxPool(last.conv, last.pool, layer)

@@ -7,7 +7,7 @@ from __future__ import annotations
 import numpy as np
 
 
-def conv2d(x, w, b=None, stride=(1, 1), pads=((0, 0), (0, 0)), dilation=(1, 1)):
+def conv2d(x, w, b=None, stride=(1, 1), pads=((0, 0), (0, 0)), dilation=(1, 1), groups=1):
     x = np.asarray(x, np.float64)
     w = np.asarray(w, np.float64)
     n, c, h, wd = x.shape
@@ -19,20 +19,22 @@ def conv2d(x, w, b=None, stride=(1, 1), pads=((0, 0), (0, 0)), dilation=(1, 1)):
     oh = (xp.shape[2] - dh * (kh - 1) - 1) // sh + 1
     ow = (xp.shape[3] - dw * (kw - 1) - 1) // sw + 1
     y = np.zeros((n, co, oh, ow))
+    cig = w.shape[1]  # input channels per group
     for s in range(n):
         for o in range(co):
+            first = o // (co // groups) * cig
             for r in range(oh):
                 for q in range(ow):
                     total = 0.0 if b is None else float(b[o])
-                    for ci in range(c):
+                    for ci in range(cig):
                         for i in range(kh):
                             for j in range(kw):
-                                total += w[o, ci, i, j] * xp[s, ci, r * sh + i * dh, q * sw + j * dw]
+                                total += w[o, ci, i, j] * xp[s, first + ci, r * sh + i * dh, q * sw + j * dw]
                     y[s, o, r, q] = total
     return y
 
 
-def conv2d_backward(gy, x, w, stride=(1, 1), pads=((0, 0), (0, 0)), dilation=(1, 1)):
+def conv2d_backward(gy, x, w, stride=(1, 1), pads=((0, 0), (0, 0)), dilation=(1, 1), groups=1):
     x = np.asarray(x, np.float64)
     w = np.asarray(w, np.float64)
     gy = np.asarray(gy, np.float64)
@@ -44,16 +46,18 @@ def conv2d_backward(gy, x, w, stride=(1, 1), pads=((0, 0), (0, 0)), dilation=(1,
     gw = np.zeros_like(w)
     sh, sw = stride
     dh, dw = dilation
+    cig = w.shape[1]
     for s in range(n):
         for o in range(co):
+            first = o // (co // groups) * cig
             for r in range(gy.shape[2]):
                 for q in range(gy.shape[3]):
-                    for ci in range(c):
+                    for ci in range(cig):
                         for i in range(kh):
                             for j in range(kw):
                                 a, bcol = r * sh + i * dh, q * sw + j * dw
-                                gw[o, ci, i, j] += gy[s, o, r, q] * xp[s, ci, a, bcol]
-                                gxp[s, ci, a, bcol] += gy[s, o, r, q] * w[o, ci, i, j]
+                                gw[o, ci, i, j] += gy[s, o, r, q] * xp[s, first + ci, a, bcol]
+                                gxp[s, first + ci, a, bcol] += gy[s, o, r, q] * w[o, ci, i, j]
     gx = gxp[:, :, pads[0][0] : pads[0][0] + h, pads[1][0] : pads[1][0] + wd]
     return gx, gw, gy.sum(axis=(0, 2, 3))
 
