@@ -75,6 +75,20 @@ def out_size(size: int, kernel: int, stride: int, pad_total: int, dilation: int 
     return (size + pad_total - dilation * (kernel - 1) - 1) // stride + 1
 
 
+def conv_padding(value) -> Union[str, Tuple[int, ...]]:
+    """A conv's ``padding`` normalised: ``"valid"``, ``"same"``, a pair ``(ph, pw)`` (an int is both) or a
+    4-tuple ``(left, right, top, bottom)`` as :func:`torch.nn.functional.pad` orders it; all >= 0."""
+    if isinstance(value, str):
+        if value not in ("valid", "same"):
+            raise ValueError(f"padding must be an int, a pair, a 4-tuple, 'valid' or 'same', got {value!r}")
+        return value
+    if isinstance(value, (tuple, list)) and len(value) == 4:
+        left, right = pair("padding", value[:2], 0)
+        top, bottom = pair("padding", value[2:], 0)
+        return (left, right, top, bottom)
+    return pair("padding", value, 0)
+
+
 class ConvGeometry(NamedTuple):
     """Normalised conv parameters. ``padding`` is ``((top, bottom), (left, right))``."""
 
@@ -87,9 +101,10 @@ class ConvGeometry(NamedTuple):
 def conv_geometry(x_shape, w_shape, stride, padding, dilation, groups=1) -> ConvGeometry:
     """Check a conv2d call's shapes and parameters and compute its output size.
 
-    ``padding`` is an int, a pair, ``"valid"`` or ``"same"`` (stride 1 only; an odd total padding puts
-    the extra row/column at the bottom/right, as PyTorch does). Answers are remembered (a training
-    step asks the same questions every time).
+    ``padding`` is as :func:`conv_padding` takes it; ``"same"`` pads so that the output size is
+    ``ceil(input / stride)`` (TensorFlow's rule, PyTorch's for stride 1), an odd total padding putting
+    the extra row/column at the bottom/right. Answers are remembered (a training step asks the same
+    questions every time).
     """
     return _remembered(_conv_geometry, tuple(x_shape), tuple(w_shape), stride, padding, dilation, groups)
 
@@ -142,18 +157,17 @@ def _conv_geometry(x_shape, w_shape, stride, padding, dilation, groups) -> ConvG
     stride = pair("stride", stride, 1)
     dilation = pair("dilation", dilation, 1)
     span = (dilation[0] * (kh - 1) + 1, dilation[1] * (kw - 1) + 1)
-    if isinstance(padding, str):
-        if padding == "valid":
-            pads = ((0, 0), (0, 0))
-        elif padding == "same":
-            if stride != (1, 1):
-                raise ValueError(f"padding='same' needs stride 1, got stride={stride}")
-            pads = tuple((((s - 1) // 2), (s - 1) - (s - 1) // 2) for s in span)
-        else:
-            raise ValueError(f"padding must be an int, a pair, 'valid' or 'same', got {padding!r}")
+    padding = conv_padding(padding)
+    if padding == "valid":
+        pads = ((0, 0), (0, 0))
+    elif padding == "same":
+        totals = (max((-(-size // st) - 1) * st + sp - size, 0) for size, st, sp in zip((h, w), stride, span))
+        pads = tuple((t // 2, t - t // 2) for t in totals)
+    elif len(padding) == 4:
+        left, right, top, bottom = padding
+        pads = ((top, bottom), (left, right))
     else:
-        ph, pw = pair("padding", padding, 0)
-        pads = ((ph, ph), (pw, pw))
+        pads = ((padding[0], padding[0]), (padding[1], padding[1]))
     padded = (h + sum(pads[0]), w + sum(pads[1]))
     if span[0] > padded[0] or span[1] > padded[1]:
         raise ValueError(

@@ -106,8 +106,10 @@ def conv2d(
         Added to every output pixel of each channel.
     stride, dilation : int or (int, int)
         At least 1.
-    padding : int or (int, int) or {"valid", "same"}
-        Zero padding on each side; ``"same"`` (stride 1) keeps the spatial size.
+    padding : int or (int, int) or (left, right, top, bottom) or {"valid", "same"}
+        Zero padding: on each side, per axis, or per side in :func:`torch.nn.functional.pad`'s order;
+        ``"same"`` gives an output of ``ceil(H / stride)`` by ``ceil(W / stride)`` (TensorFlow's rule,
+        PyTorch's for stride 1), an odd extra row/column at the bottom/right.
     groups : int
         Split the input and output channels into ``groups`` blocks, block ``g`` of the output seeing
         only block ``g`` of the input; it must divide both. ``groups == C_in`` is a depthwise

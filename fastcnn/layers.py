@@ -13,7 +13,7 @@ import numpy as np
 
 from . import functional as F
 from .init import get_rng, glorot_uniform, he_normal
-from ._checks import IntOrPair, check_grad, conv_geometry, flag, float_array, pair, pool_geometry, positive_int
+from ._checks import IntOrPair, check_grad, conv_geometry, conv_padding, flag, float_array, pair, pool_geometry, positive_int
 
 __all__ = [
     "Layer",
@@ -147,7 +147,8 @@ class Conv2D(_WeightLayer):
     ----------
     in_channels, out_channels : int
     kernel_size, stride, dilation : int or (int, int)
-    padding : int, (int, int), "valid" or "same"
+    padding : int, (int, int), (left, right, top, bottom), "valid" or "same"
+        Zero padding; ``"same"`` gives ``ceil(H / stride)`` rows and columns (see :func:`fastcnn.functional.conv2d`).
     bias : bool
     init : {"he", "glorot"}
         He normal (for ReLU) or Glorot uniform initialisation of the weight; the bias starts at zero.
@@ -171,7 +172,7 @@ class Conv2D(_WeightLayer):
             raise ValueError(f"groups={groups} must divide in_channels ({in_channels}) and out_channels ({out_channels})")
         self.kernel_size = pair("kernel_size", kernel_size, 1)
         self.stride = pair("stride", stride, 1)
-        self.padding = padding if isinstance(padding, str) else pair("padding", padding, 0)
+        self.padding = conv_padding(padding)
         self.dilation = pair("dilation", dilation, 1)
         self.init = init
         self.backend = backend
