@@ -94,7 +94,7 @@ def _train(args, parser) -> int:
         _warmup.finish(helper)
     # With --plot the test set is scored after every epoch too, for the training curves.
     history = model.fit(x, y, seed=args.seed, verbose=0 if args.quiet else 1,
-                        validation_data=(xt, yt) if args.plot else None, **recipe.fit_kwargs())
+                        validation_data=(xt, yt) if args.plot else None, **recipe.fit_kwargs(args.seed))
     predicted = model.predict(xt, batch_size=recipe.batch_size).argmax(axis=1)  # no new shapes to measure
     accuracy = float((predicted == yt).mean())
     model.save(args.out)

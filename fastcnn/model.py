@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import math
 import os
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 
@@ -265,6 +265,7 @@ class Sequential:
         shuffle: bool = True,
         seed: int | None = None,
         verbose: int = 1,
+        augment: Callable[[np.ndarray], np.ndarray] | None = None,
     ) -> dict[str, list[float]]:
         """Train on ``(x, y)`` with mini-batches.
 
@@ -286,6 +287,9 @@ class Sequential:
             Seeds the shuffling and the dropout masks, so a run can be repeated exactly.
         verbose : int
             1 shows a progress bar per epoch; 0 is silent.
+        augment : callable, optional
+            Applied to every training batch before the forward pass (e.g.
+            :class:`fastcnn.augment.RandomShiftRotate`); returns a batch of the same shape.
 
         Returns
         -------
@@ -324,7 +328,7 @@ class Sequential:
                 order = rng.permutation(n) if shuffle and batch_size < n else None  # full batch: order is moot
                 bar = ProgressBar(n, f"epoch {epoch + 1}/{epochs}", enabled=verbose > 0)
                 try:
-                    mean_loss, acc = self._train_epoch(x, y, order, batch_size, optimizer, loss, bar)
+                    mean_loss, acc = self._train_epoch(x, y, order, batch_size, optimizer, loss, bar, augment)
                 except TrainingDivergedError as exc:
                     bar.close("diverged")
                     exc.args = (f"epoch {epoch + 1}: {exc.args[0]}",)
@@ -341,7 +345,7 @@ class Sequential:
                 bar.close(status)
         return history
 
-    def _train_epoch(self, x, y, order, batch_size, optimizer, loss, bar) -> tuple[float, float | None]:
+    def _train_epoch(self, x, y, order, batch_size, optimizer, loss, bar, augment=None) -> tuple[float, float | None]:
         """One pass over ``x`` in ``order`` (None: as stored); returns the mean loss and accuracy.
 
         Before each update the weights are copied; if a loss is not finite they are put back and
@@ -355,6 +359,8 @@ class Sequential:
             for start in range(0, len(x), batch_size):
                 idx = slice(start, start + batch_size) if order is None else order[start : start + batch_size]
                 xb, yb = x[idx], y[idx]
+                if augment is not None:
+                    xb = augment(xb)
                 out = self.forward(xb, training=True)
                 value = loss(out, yb)
                 if not math.isfinite(value):
