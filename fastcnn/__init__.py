@@ -19,6 +19,7 @@ from .layers import (
     BatchNorm1D,
     BatchNorm2D,
     Conv2D,
+    ConvTranspose2D,
     Dense,
     Dropout,
     Flatten,
@@ -42,7 +43,7 @@ __all__ = [
     "blocks", "Residual", "functional", "layers", "losses", "models", "optim", "threads", "get_num_threads", "set_num_threads",
     "BackendUnavailableError", "available_backends", "clear_dispatch_decisions", "dispatch_decisions",
     "dispatch_report", "get_backend", "set_backend", "use_backend", "seed",
-    "AvgPool2D", "BatchNorm1D", "BatchNorm2D", "Conv2D", "Dense", "Dropout", "Flatten", "MaxPool2D", "ReLU",
+    "AvgPool2D", "BatchNorm1D", "BatchNorm2D", "Conv2D", "ConvTranspose2D", "Dense", "Dropout", "Flatten", "MaxPool2D", "ReLU",
     "Sigmoid", "Softmax", "Tanh", "LeakyReLU", "SiLU", "GELU", "GlobalAvgPool2D", "GlobalMaxPool2D", "BCELoss", "CrossEntropyLoss", "MSELoss", "Sequential", "TrainingDivergedError",
     "SGD", "Adam", "CosineLR", "OneCycleLR", "StepLR", "load_model",
 ]

@@ -179,6 +179,53 @@ def _conv_geometry(x_shape, w_shape, stride, padding, dilation, groups) -> ConvG
     return ConvGeometry(stride, pads, dilation, (oh, ow))
 
 
+class TransposedGeometry(NamedTuple):
+    """Normalised conv_transpose2d parameters: ``out_hw`` is the output's size, ``full_hw`` the size
+    before the padding is cut off (the input size of the convolution it transposes, padded)."""
+
+    stride: tuple[int, int]
+    padding: tuple[int, int]
+    dilation: tuple[int, int]
+    out_hw: tuple[int, int]
+    full_hw: tuple[int, int]
+
+
+def conv_transpose_geometry(x_shape, w_shape, stride, padding, output_padding, dilation, groups) -> TransposedGeometry:
+    """Check a conv_transpose2d call (weight ``(C_in, C_out // groups, kH, kW)``) and compute its output
+    size, as PyTorch: ``(H - 1) * stride - 2 * padding + dilation * (kH - 1) + output_padding + 1``;
+    ``output_padding`` must be smaller than the stride or the dilation. Answers are remembered."""
+    return _remembered(_conv_transpose_geometry, tuple(x_shape), tuple(w_shape), stride, padding, output_padding,
+                       dilation, groups)
+
+
+def _conv_transpose_geometry(x_shape, w_shape, stride, padding, output_padding, dilation, groups):
+    n, c, h, w = x_shape
+    c_in, c_out_g, kh, kw = w_shape
+    groups = positive_int("groups", groups)
+    if c_out_g < 1 or kh < 1 or kw < 1:
+        raise ValueError(f"weight must have shape (C_in, C_out // groups, kH, kW) with each >= 1, got {w_shape}")
+    if c < 1 or c != c_in:
+        raise ValueError(f"x has {c} channels (shape {x_shape}) but weight {w_shape} expects {c_in}; a transposed "
+                         "conv's weight is (C_in, C_out // groups, kH, kW)")
+    if c % groups:
+        raise ValueError(f"groups={groups} must divide the input channels ({c}, x shape {x_shape})")
+    stride = pair("stride", stride, 1)
+    padding = pair("padding", padding, 0)
+    dilation = pair("dilation", dilation, 1)
+    output_padding = pair("output_padding", output_padding, 0)
+    for op, st, d in zip(output_padding, stride, dilation):
+        if op >= max(st, d):
+            raise ValueError(f"output_padding {output_padding} must be smaller than either stride {stride} or "
+                             f"dilation {dilation}")
+    full = tuple((size - 1) * st + d * (k - 1) + 1 + op
+                 for size, st, d, k, op in zip((h, w), stride, dilation, (kh, kw), output_padding))
+    out = tuple(f - 2 * p for f, p in zip(full, padding))
+    if min(out) < 1 or h < 1 or w < 1:
+        raise ValueError(f"conv_transpose2d of x {x_shape} with weight {w_shape}, stride {stride}, padding {padding}, "
+                         f"output_padding {output_padding} and dilation {dilation} leaves an empty output {out}")
+    return TransposedGeometry(stride, padding, dilation, out, full)
+
+
 class PoolGeometry(NamedTuple):
     """Normalised pooling parameters: ``padding`` on each side (both sides alike); ``extra`` the rows
     and columns that ceil mode's last windows reach past the bottom/right padding (0 in floor mode)."""

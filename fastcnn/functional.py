@@ -10,13 +10,15 @@ import numpy as np
 
 from . import dispatch
 from ._checks import (IntOrPair, avg_pool_scales, check_allocation, check_grad, check_nchw_shape, class_labels,
-                      conv_geometry, flag, float_array, pool_geometry)
+                      conv_geometry, conv_transpose_geometry, flag, float_array, pool_geometry)
 from .kernels.blas import channel_sums
 from .kernels.scratch import shared_inputs
 
 __all__ = [
     "conv2d",
     "conv2d_backward",
+    "conv_transpose2d",
+    "conv_transpose2d_backward",
     "conv2d_max_pool2d",
     "conv2d_max_pool2d_backward",
     "max_pool2d",
@@ -209,6 +211,100 @@ def _conv_gradients(op, grad, extra, described, x, weight, geo, input_grad, back
             args = (*grad, weight, xp.shape[2], xp.shape[3], sh, sw, dh, dw, *extra)
             grad_x = _crop(dispatch.run(op + "_grad_input", signature, args, backend), geo.padding)
     return grad_x, grad_w, grad_b
+
+
+def _transposed_inputs(x, weight, stride, padding, output_padding, groups, dilation):
+    x = float_array("x", x, ndim=4)
+    weight = float_array("weight", weight, ndim=4, dtype=x.dtype)
+    geo = conv_transpose_geometry(x.shape, weight.shape, stride, padding, output_padding, dilation, groups)
+    n_out = weight.shape[1] * groups
+    check_allocation("conv_transpose2d output", (x.shape[0], n_out) + geo.full_hw, x.dtype)
+    return x, weight, geo, n_out
+
+
+def conv_transpose2d(
+    x: np.ndarray,
+    weight: np.ndarray,
+    bias: np.ndarray | None = None,
+    stride: IntOrPair = 1,
+    padding: IntOrPair = 0,
+    output_padding: IntOrPair = 0,
+    groups: int = 1,
+    dilation: IntOrPair = 1,
+    *,
+    backend: str | None = None,
+) -> np.ndarray:
+    """2-D transposed convolution, as :func:`torch.nn.functional.conv_transpose2d` (same argument order):
+    the gradient of :func:`conv2d` with respect to its input, computed by the same kernels.
+
+    Parameters
+    ----------
+    x : ndarray, shape (N, C_in, H, W)
+    weight : ndarray, shape (C_in, C_out // groups, kH, kW)
+    bias : ndarray, shape (C_out,), optional
+    stride, dilation : int or (int, int)
+    padding : int or (int, int)
+        Rows and columns cut from each side of the full output.
+    output_padding : int or (int, int)
+        Extra rows/columns at the bottom/right; smaller than the stride or the dilation.
+    groups : int
+        Must divide ``C_in``.
+    backend : {"auto", "numba", "numpy"}, optional
+
+    Returns
+    -------
+    ndarray, shape (N, C_out, H_out, W_out)
+        ``H_out = (H - 1) * stride - 2 * padding + dilation * (kH - 1) + output_padding + 1``.
+    """
+    x, weight, geo, n_out = _transposed_inputs(x, weight, stride, padding, output_padding, groups, dilation)
+    bias = None if bias is None else _bias(bias, np.empty((n_out,)), x.dtype)
+    (sh, sw), (dh, dw), (hp, wp) = geo.stride, geo.dilation, geo.full_hw
+    signature = ((x.shape[0], weight.shape[1], hp, wp), _block_shape(weight.shape, groups, 0), geo.stride, geo.dilation,
+                 x.dtype.char)
+    full = np.concatenate([dispatch.run("conv2d_grad_input", signature, (xg, wg, hp, wp, sh, sw, dh, dw), backend)
+                           for xg, wg in zip(_blocks(x, groups, 1), _blocks(weight, groups, 0))], axis=1) \
+        if x.shape[0] else np.zeros((0, n_out, hp, wp), x.dtype)
+    (ph, pw) = geo.padding
+    y = _crop(full, ((ph, ph), (pw, pw)))
+    if bias is not None:
+        y += bias[:, None, None]
+    return y
+
+
+def conv_transpose2d_backward(
+    grad_y: np.ndarray,
+    x: np.ndarray,
+    weight: np.ndarray,
+    stride: IntOrPair = 1,
+    padding: IntOrPair = 0,
+    output_padding: IntOrPair = 0,
+    groups: int = 1,
+    dilation: IntOrPair = 1,
+    *,
+    input_grad: bool = True,
+    backend: str | None = None,
+) -> tuple[np.ndarray | None, np.ndarray, np.ndarray]:
+    """Gradients of :func:`conv_transpose2d` with respect to ``x``, ``weight`` and ``bias``: the input
+    gradient is :func:`conv2d` of ``grad_y`` and the weight gradient :func:`conv2d_backward`'s, with the
+    roles of input and output exchanged.
+
+    Returns
+    -------
+    grad_x : ndarray, shape of ``x``, or None with ``input_grad=False``
+    grad_weight : ndarray, shape of ``weight``
+    grad_bias : ndarray, shape (C_out,)
+    """
+    x, weight, geo, n_out = _transposed_inputs(x, weight, stride, padding, output_padding, groups, dilation)
+    grad_y = check_grad("grad_y", grad_y, (x.shape[0], n_out) + geo.out_hw, x.dtype)
+    (ph, pw), (sh, sw), (dh, dw), (kh, kw) = geo.padding, geo.stride, geo.dilation, weight.shape[2:]
+    # The full output, cut to the rows and columns that x reaches (output_padding's last ones it does not).
+    reach = ((x.shape[2] - 1) * sh + dh * (kh - 1) + 1, (x.shape[3] - 1) * sw + dw * (kw - 1) + 1)
+    full = np.pad(grad_y, ((0, 0), (0, 0), (ph, ph), (pw, pw)))[:, :, : reach[0], : reach[1]]
+    full = np.ascontiguousarray(full)
+    conv = dict(stride=geo.stride, padding=0, dilation=geo.dilation, groups=groups, backend=backend)
+    grad_x = conv2d(full, weight, None, **conv) if input_grad else None
+    _, grad_w, _ = conv2d_backward(x, full, weight, input_grad=False, **conv)
+    return grad_x, grad_w, grad_y.sum(axis=(0, 2, 3)).astype(x.dtype)
 
 
 def conv2d_max_pool2d(

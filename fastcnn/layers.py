@@ -13,11 +13,12 @@ import numpy as np
 
 from . import functional as F
 from .init import get_rng, glorot_uniform, he_normal
-from ._checks import IntOrPair, check_grad, conv_geometry, conv_padding, flag, float_array, pair, pool_geometry, positive_int
+from ._checks import IntOrPair, check_grad, conv_geometry, conv_padding, conv_transpose_geometry, flag, float_array, pair, pool_geometry, positive_int
 
 __all__ = [
     "Layer",
     "Conv2D",
+    "ConvTranspose2D",
     "MaxPool2D",
     "AvgPool2D",
     "GlobalAvgPool2D",
@@ -220,6 +221,72 @@ class Conv2D(_WeightLayer):
                     stride=list(self.stride), padding=self.padding if isinstance(self.padding, str) else list(self.padding),
                     dilation=list(self.dilation), bias="bias" in self.params, init=self.init,
                     **({"groups": self.groups} if self.groups > 1 else {}))
+
+
+class ConvTranspose2D(_WeightLayer):
+    """2-D transposed convolution with weight ``(in_channels, out_channels // groups, kH, kW)``, as
+    ``torch.nn.ConvTranspose2d``. See :func:`fastcnn.functional.conv_transpose2d`.
+
+    Parameters
+    ----------
+    in_channels, out_channels : int
+    kernel_size, stride, padding, output_padding, dilation : int or (int, int)
+    groups : int
+    bias : bool
+    init : {"he", "glorot"}
+    rng : numpy.random.Generator or int, optional
+    backend : {"auto", "numba", "numpy"}, optional
+    """
+
+    def __init__(self, in_channels: int, out_channels: int, kernel_size: IntOrPair, stride: IntOrPair = 1,
+                 padding: IntOrPair = 0, output_padding: IntOrPair = 0, groups: int = 1, bias: bool = True,
+                 dilation: IntOrPair = 1, init: str = "he", rng=None, backend: str | None = None) -> None:
+        super().__init__()
+        self.in_channels = positive_int("in_channels", in_channels)
+        self.out_channels = positive_int("out_channels", out_channels)
+        self.groups = positive_int("groups", groups)
+        if in_channels % groups or out_channels % groups:
+            raise ValueError(f"groups={groups} must divide in_channels ({in_channels}) and out_channels ({out_channels})")
+        self.kernel_size = pair("kernel_size", kernel_size, 1)
+        self.stride = pair("stride", stride, 1)
+        self.padding = pair("padding", padding, 0)
+        self.output_padding = pair("output_padding", output_padding, 0)
+        self.dilation = pair("dilation", dilation, 1)
+        self.init = init
+        self.backend = backend
+        kh, kw = self.kernel_size
+        shape = (self.in_channels, self.out_channels // groups, kh, kw)
+        self.params["weight"] = _init_weight(init, shape, shape[1] * kh * kw, shape[0] // groups * kh * kw, get_rng(rng))
+        if bias:
+            self.params["bias"] = np.zeros(out_channels, np.float32)
+        self.grads = {k: np.zeros_like(v) for k, v in self.params.items()}
+        self._x = None
+
+    def _args(self):
+        return dict(stride=self.stride, padding=self.padding, output_padding=self.output_padding, groups=self.groups,
+                    dilation=self.dilation)
+
+    def forward(self, x, training=False):
+        self._x = x if training else None
+        return F.conv_transpose2d(x, self.params["weight"], self.params.get("bias"), backend=self.backend, **self._args())
+
+    def _gradients(self, grad, input_grad):
+        return F.conv_transpose2d_backward(grad, self._cached("_x"), self.params["weight"], input_grad=input_grad,
+                                           backend=self.backend, **self._args())
+
+    def output_shape(self, input_shape):
+        _expect(self, input_shape, 3, "(N, C, H, W)")
+        geo = conv_transpose_geometry((1,) + tuple(input_shape), self.params["weight"].shape, **self._args())
+        return (self.out_channels,) + geo.out_hw
+
+    def describe(self):
+        extra = "".join(f", {k} {v}" for k, v in self._args().items() if v not in ((1, 1), (0, 0), 1))
+        return f"ConvTranspose2D({self.in_channels}->{self.out_channels}, {self.kernel_size[0]}x{self.kernel_size[1]}{extra})"
+
+    def get_config(self):
+        return dict(in_channels=self.in_channels, out_channels=self.out_channels, kernel_size=list(self.kernel_size),
+                    **{k: v if isinstance(v, int) else list(v) for k, v in self._args().items()},
+                    bias="bias" in self.params, init=self.init)
 
 
 class _Pool2D(Layer):
@@ -688,6 +755,6 @@ class BatchNorm1D(_BatchNorm):
     _ndim = 2
 
 
-LAYER_TYPES = {cls.__name__: cls for cls in (Conv2D, MaxPool2D, AvgPool2D, Dense, Flatten, Dropout, ReLU, Tanh,
+LAYER_TYPES = {cls.__name__: cls for cls in (Conv2D, ConvTranspose2D, MaxPool2D, AvgPool2D, Dense, Flatten, Dropout, ReLU, Tanh,
                                             Sigmoid, Softmax, LeakyReLU, SiLU, GELU, BatchNorm2D, BatchNorm1D,
                                             GlobalAvgPool2D, GlobalMaxPool2D)}
