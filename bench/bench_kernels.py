@@ -185,6 +185,8 @@ GROUPED_SHAPES = [
     (64, 64, 14, 14, 64, 3, 2, 1, 64),
     (64, 32, 26, 26, 64, 3, 1, 1, 4),
 ]
+# (N, C_in, H, W, C_out, k, stride, padding, output_padding): a decoder's upsampling steps.
+TRANSPOSED_SHAPES = [(64, 32, 7, 7, 16, 3, 2, 1, 1), (64, 16, 14, 14, 8, 4, 2, 1, 0)]
 GLOBAL_POOL_SHAPES = [(64, 32, 14, 14), (64, 128, 7, 7)]
 ACTIVATIONS = [("leaky_relu", {}), ("silu", {}), ("gelu", {}), ("gelu", {"approximate": "tanh"})]
 ACTIVATION_SHAPE = (64, 16, 26, 26)
@@ -210,6 +212,22 @@ def _grouped_phases(shape, backend):
     gy = np.ones((n, co) + F.conv2d(x[:1], wt, b, st, p, groups=g).shape[2:], np.float32)
     return _phases(lambda: F.conv2d(x, wt, b, st, p, groups=g, backend=be),
                    lambda _: F.conv2d_backward(gy, x, wt, st, p, groups=g, backend=be))
+
+
+def transposed_label(s):
+    n, c, h, w, co, k, st, p, op = s
+    return f"{c}->{co} {k}x{k} s{st} p{p} op{op} on {n}x{h}x{w}"
+
+
+def _transposed_phases(shape, backend):
+    n, c, h, w, co, k, st, p, op = shape
+    x, wt, b = rand((n, c, h, w)), rand((c, co, k, k), 1) * 0.1, rand((co,), 2)
+    if backend == "torch":
+        return _torch_phases(lambda x, wt, b: torch.nn.functional.conv_transpose2d(x, wt, b, st, p, op), (x, wt, b))
+    be = fastcnn_backend(backend)
+    gy = np.ones_like(F.conv_transpose2d(x, wt, b, st, p, op))
+    return _phases(lambda: F.conv_transpose2d(x, wt, b, st, p, op, backend=be),
+                   lambda _: F.conv_transpose2d_backward(gy, x, wt, st, p, op, backend=be))
 
 
 def _global_pool_phases(kind, shape, backend):
@@ -265,3 +283,11 @@ def bench_global_pool2d(benchmark, kind, shape, backend, phase):
 def bench_activation(benchmark, case, backend, phase):
     fn = _activation_phases(*case, backend)[phase]
     run_measured(benchmark, op=_activation_name(case), phase=phase, shape=str(ACTIVATION_SHAPE), backend=backend, fn=fn)
+
+
+@param_backends()
+@pytest.mark.parametrize("shape", TRANSPOSED_SHAPES, ids=transposed_label)
+@pytest.mark.parametrize("phase", ["fwd", "fwd+bwd"])
+def bench_conv_transpose2d(benchmark, shape, backend, phase):
+    fn = _transposed_phases(shape, backend)[phase]
+    run_measured(benchmark, op="conv_transpose2d", phase=phase, shape=transposed_label(shape), backend=backend, fn=fn)
