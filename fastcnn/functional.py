@@ -10,7 +10,7 @@ import numpy as np
 
 from . import dispatch
 from ._checks import (IntOrPair, avg_pool_scales, check_allocation, check_grad, check_nchw_shape, class_labels,
-                      conv_geometry, conv_transpose_geometry, flag, float_array, pool_geometry)
+                      conv_geometry, conv_transpose_geometry, flag, float_array, pair, pool_geometry)
 from .kernels.blas import channel_sums
 from .kernels.scratch import shared_inputs
 
@@ -19,6 +19,8 @@ __all__ = [
     "conv2d_backward",
     "conv_transpose2d",
     "conv_transpose2d_backward",
+    "pad2d",
+    "pad2d_backward",
     "conv2d_max_pool2d",
     "conv2d_max_pool2d_backward",
     "max_pool2d",
@@ -211,6 +213,57 @@ def _conv_gradients(op, grad, extra, described, x, weight, geo, input_grad, back
             args = (*grad, weight, xp.shape[2], xp.shape[3], sh, sw, dh, dw, *extra)
             grad_x = _crop(dispatch.run(op + "_grad_input", signature, args, backend), geo.padding)
     return grad_x, grad_w, grad_b
+
+
+PAD_MODES = {"zeros": "constant", "reflect": "reflect", "replicate": "edge", "circular": "wrap"}
+
+
+def _pad_args(shape, padding, mode):
+    """``padding`` (left, right, top, bottom) checked for ``mode`` against an NCHW ``shape``, as PyTorch:
+    reflection needs each pad smaller than its axis, circular padding at most its size."""
+    if mode not in PAD_MODES:
+        raise ValueError(f"mode must be one of {', '.join(map(repr, PAD_MODES))}, got {mode!r}")
+    if not (isinstance(padding, (tuple, list)) and len(padding) == 4):
+        raise ValueError(f"padding must be (left, right, top, bottom), got {padding!r}")
+    left, right = pair("padding", padding[:2], 0)
+    top, bottom = pair("padding", padding[2:], 0)
+    h, w = shape[2], shape[3]
+    limit = {"reflect": (h - 1, w - 1), "circular": (h, w)}.get(mode)
+    if limit is not None and (max(top, bottom) > limit[0] or max(left, right) > limit[1]):
+        raise ValueError(f"{mode} padding {tuple(padding)} is too large for an input of height {h} and width {w} "
+                         f"(each pad at most {'size - 1' if mode == 'reflect' else 'the size'})")
+    return ((top, bottom), (left, right))
+
+
+def pad2d(x: np.ndarray, padding: tuple[int, int, int, int], mode: str = "zeros") -> np.ndarray:
+    """Pad the last two axes of ``x`` (N, C, H, W) by ``padding = (left, right, top, bottom)``, as
+    :func:`torch.nn.functional.pad` and the ``padding_mode`` of ``torch.nn.Conv2d``.
+
+    Parameters
+    ----------
+    x : ndarray, shape (N, C, H, W)
+    padding : (left, right, top, bottom)
+    mode : {"zeros", "reflect", "replicate", "circular"}
+    """
+    x = float_array("x", x, ndim=4)
+    pads = _pad_args(x.shape, padding, mode)
+    check_allocation("pad2d output", _padded_shape(x.shape, pads), x.dtype)
+    return np.pad(x, ((0, 0), (0, 0)) + pads, mode=PAD_MODES[mode])
+
+
+def pad2d_backward(grad_y: np.ndarray, input_shape: tuple[int, int, int, int], padding: tuple[int, int, int, int],
+                   mode: str = "zeros") -> np.ndarray:
+    """Gradient of :func:`pad2d`: every padded position's gradient added to the input position it copies.
+
+    The copy is separable (a row map times a column map), so the sum is two small matrix products.
+    """
+    shape = check_nchw_shape("input_shape", input_shape)
+    pads = _pad_args(shape, padding, mode)
+    grad_y = float_array("grad_y", grad_y, ndim=4)
+    grad_y = check_grad("grad_y", grad_y, _padded_shape(shape, pads), grad_y.dtype)
+    rows, cols = (np.pad(np.eye(size, dtype=grad_y.dtype), (pad, (0, 0)), mode=PAD_MODES[mode])
+                  for size, pad in zip(shape[2:], pads))
+    return np.ascontiguousarray(np.matmul(rows.T, np.matmul(grad_y, cols)))
 
 
 def _transposed_inputs(x, weight, stride, padding, output_padding, groups, dilation):

@@ -156,6 +156,8 @@ class Conv2D(_WeightLayer):
     groups : int
         Grouped convolution, weight ``(out_channels, in_channels // groups, kH, kW)``; ``groups ==
         in_channels`` is depthwise. It must divide both channel counts.
+    padding_mode : {"zeros", "reflect", "replicate", "circular"}
+        What the padding holds, as ``torch.nn.Conv2d``'s (see :func:`fastcnn.functional.pad2d`).
     rng : numpy.random.Generator or int, optional
         Generator for the initial weights; defaults to the library generator (:func:`fastcnn.seed`).
     backend : {"auto", "numba", "numpy"}, optional
@@ -164,8 +166,11 @@ class Conv2D(_WeightLayer):
 
     def __init__(self, in_channels: int, out_channels: int, kernel_size: IntOrPair, stride: IntOrPair = 1,
                  padding: IntOrPair | str = 0, dilation: IntOrPair = 1, bias: bool = True, init: str = "he",
-                 rng=None, backend: str | None = None, groups: int = 1) -> None:
+                 rng=None, backend: str | None = None, groups: int = 1, padding_mode: str = "zeros") -> None:
         super().__init__()
+        if padding_mode not in F.PAD_MODES:
+            raise ValueError(f"padding_mode must be one of {', '.join(map(repr, F.PAD_MODES))}, got {padding_mode!r}")
+        self.padding_mode = padding_mode
         self.in_channels = positive_int("in_channels", in_channels)
         self.out_channels = positive_int("out_channels", out_channels)
         self.groups = positive_int("groups", groups)
@@ -192,35 +197,53 @@ class Conv2D(_WeightLayer):
     @property
     def fuses_pool(self) -> bool:
         """Whether :class:`fastcnn.Sequential` may run this conv and a max-pool after it as one op."""
-        return self.groups == 1
+        return self.groups == 1 and self.padding_mode == "zeros"
 
     def _conv_args(self):
-        return dict(self._geometry(), groups=self.groups) if self.groups > 1 else self._geometry()
+        args = self._geometry()
+        if self.padding_mode != "zeros":
+            args["padding"] = 0  # forward pads with pad2d first
+        return dict(args, groups=self.groups) if self.groups > 1 else args
+
+    def _pads(self, shape) -> tuple[int, int, int, int]:
+        """The (left, right, top, bottom) padding of an input of ``shape`` (``"same"`` depends on it)."""
+        (top, bottom), (left, right) = conv_geometry(shape, self.params["weight"].shape, **self._geometry(),
+                                                     groups=self.groups).padding
+        return (left, right, top, bottom)
 
     def forward(self, x, training=False):
+        if self.padding_mode != "zeros":
+            self._input_shape = np.shape(x)
+            x = F.pad2d(x, self._pads(np.shape(x)), self.padding_mode)
         self._x = x if training else None
         return F.conv2d(x, self.params["weight"], self.params.get("bias"), backend=self.backend, **self._conv_args())
 
     def _gradients(self, grad, input_grad):
-        return F.conv2d_backward(grad, self._cached("_x"), self.params["weight"], input_grad=input_grad,
-                                 backend=self.backend, **self._conv_args())
+        gx, gw, gb = F.conv2d_backward(grad, self._cached("_x"), self.params["weight"], input_grad=input_grad,
+                                       backend=self.backend, **self._conv_args())
+        if gx is not None and self.padding_mode != "zeros":
+            gx = F.pad2d_backward(gx, self._input_shape, self._pads(self._input_shape), self.padding_mode)
+        return gx, gw, gb
 
     def output_shape(self, input_shape):
         _expect(self, input_shape, 3, "(N, C, H, W)")
-        geo = conv_geometry((1,) + tuple(input_shape), self.params["weight"].shape, **self._conv_args())
+        geo = conv_geometry((1,) + tuple(input_shape), self.params["weight"].shape, **self._geometry(),
+                            groups=self.groups)
         return (self.out_channels,) + geo.out_hw
 
     def describe(self):
         extra = "".join(f", {k} {v}" for k, v, default in (("stride", self.stride, (1, 1)), ("padding", self.padding, (0, 0)),
                                                           ("dilation", self.dilation, (1, 1)),
-                                                          ("groups", self.groups, 1)) if v != default)
+                                                          ("groups", self.groups, 1),
+                                                          ("padding_mode", self.padding_mode, "zeros")) if v != default)
         return f"Conv2D({self.in_channels}->{self.out_channels}, {self.kernel_size[0]}x{self.kernel_size[1]}{extra})"
 
     def get_config(self):
         return dict(in_channels=self.in_channels, out_channels=self.out_channels, kernel_size=list(self.kernel_size),
                     stride=list(self.stride), padding=self.padding if isinstance(self.padding, str) else list(self.padding),
                     dilation=list(self.dilation), bias="bias" in self.params, init=self.init,
-                    **({"groups": self.groups} if self.groups > 1 else {}))
+                    **({"groups": self.groups} if self.groups > 1 else {}),
+                    **({"padding_mode": self.padding_mode} if self.padding_mode != "zeros" else {}))
 
 
 class ConvTranspose2D(_WeightLayer):

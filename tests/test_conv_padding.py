@@ -70,3 +70,45 @@ def test_padding_bad_arguments():
             F.conv2d(x, wt, padding=bad)
         with pytest.raises(error, match="padding"):
             L.Conv2D(1, 1, 3, padding=bad)
+
+
+NP_MODES = {"zeros": "constant", "reflect": "reflect", "replicate": "edge", "circular": "wrap"}
+
+
+@pytest.mark.parametrize("mode", ["zeros", "reflect", "replicate", "circular"])
+def test_padding_modes_match_numpy_finite_differences_and_pytorch(mode, backend):
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((2, 2, 5, 6))
+    pads = (2, 1, 0, 3)  # left, right, top, bottom
+    y = F.pad2d(x, pads, mode)
+    np.testing.assert_array_equal(y, np.pad(x, ((0, 0), (0, 0), (0, 3), (2, 1)), mode=NP_MODES[mode]))
+    gy = rng.standard_normal(y.shape)
+    np.testing.assert_allclose(F.pad2d_backward(gy, x.shape, pads, mode),
+                               ref.numeric_grad(lambda: float((F.pad2d(x, pads, mode) * gy).sum()), x), atol=1e-8)
+    layer = L.Conv2D(2, 3, 3, stride=(2, 1), padding="same", padding_mode=mode, rng=0, backend=backend).astype(np.float64)
+    out = layer.forward(x, training=True)
+    g = rng.standard_normal(out.shape)
+    gx = layer.backward(g)
+    np.testing.assert_allclose(gx, ref.numeric_grad(lambda: float((layer.forward(x) * g).sum()), x), atol=1e-7)
+    assert "type" not in layer.get_config() and (mode == "zeros") == ("padding_mode" not in layer.get_config())
+    if torch is not None:
+        conv = torch.nn.Conv2d(2, 3, 3, padding=(1, 1), padding_mode=mode).double()
+        conv.load_state_dict({k: torch.from_numpy(v) for k, v in layer.params.items()})
+        mine = L.Conv2D(2, 3, 3, padding=1, padding_mode=mode, rng=0, backend=backend).astype(np.float64)
+        mine.params.update({k: v.copy() for k, v in layer.params.items()})
+        np.testing.assert_allclose(mine.forward(x), conv(torch.from_numpy(x)).detach().numpy(), rtol=1e-10, atol=1e-12)
+
+
+def test_padding_mode_layer_is_not_fused_and_round_trips(tmp_path):
+    model = fastcnn.Sequential([L.Conv2D(1, 2, 3, padding=1, padding_mode="reflect", rng=0), L.MaxPool2D(2)],
+                               input_shape=(1, 6, 6))
+    assert [type(s).__name__ for s in model.steps()] == ["Conv2D", "MaxPool2D"]
+    model.save(tmp_path / "r.npz")
+    x = np.random.default_rng(1).standard_normal((2, 1, 6, 6)).astype(np.float32)
+    np.testing.assert_array_equal(fastcnn.load_model(tmp_path / "r.npz").predict(x), model.predict(x))
+    with pytest.raises(ValueError, match="padding_mode"):
+        L.Conv2D(1, 2, 3, padding_mode="mirror")
+    with pytest.raises(ValueError, match="reflect padding"):
+        F.pad2d(np.zeros((1, 1, 2, 2)), (2, 0, 0, 0), "reflect")
+    with pytest.raises(ValueError, match="mode"):
+        F.pad2d(np.zeros((1, 1, 2, 2)), (1, 0, 0, 0), "edge")
