@@ -827,15 +827,14 @@ def gelu(x: np.ndarray, approximate: str = "none", *, backend: str | None = None
     ndarray of the shape and dtype of ``x``
     """
     x = float_array("x", x)
-    tanh = _approximate(approximate)
-    return dispatch.run("gelu", (x.shape, x.dtype.char, tanh), (x, tanh), backend)
+    op = "gelu_tanh" if _approximate(approximate) else "gelu"
+    return dispatch.run(op, (x.shape, x.dtype.char), (x,), backend)
 
 
 def gelu_backward(grad_y: np.ndarray, x: np.ndarray, approximate: str = "none", *,
                   backend: str | None = None) -> np.ndarray:
     """Gradient of :func:`gelu` at its input ``x``."""
-    tanh = _approximate(approximate)
-    return _activation_gradient("gelu", grad_y, x, (tanh,), (tanh,), backend)
+    return _activation_gradient("gelu_tanh" if _approximate(approximate) else "gelu", grad_y, x, (), (), backend)
 
 
 def dropout(x: np.ndarray, p: float, seed: int, *, backend: str | None = None) -> np.ndarray:

@@ -6,6 +6,7 @@ import math
 
 import numpy as np
 
+from ._erf import ERF_CLAMP, erf_rational
 from ._mask import kept
 
 
@@ -70,8 +71,11 @@ _GELU_CUBIC = 0.044715
 
 
 def _erf(x):
-    """The error function element-wise: SciPy's vectorised one where SciPy is installed, else
-    :func:`math.erf` per element (NumPy has no ``erf``)."""
+    """The error function element-wise: for float32 the rational function of :mod:`._erf`; for float64
+    SciPy's where SciPy is installed, else :func:`math.erf` per element (NumPy has no ``erf``)."""
+    if x.dtype == np.float32:
+        c = np.clip(x, -ERF_CLAMP, ERF_CLAMP)
+        return erf_rational(c, c * c)
     try:
         from scipy.special import erf
     except ImportError:
@@ -79,20 +83,31 @@ def _erf(x):
     return erf(x).astype(x.dtype, copy=False)
 
 
-def gelu_forward(x, tanh):
-    """``x * Phi(x)`` (Phi the normal CDF), or with ``tanh`` PyTorch's tanh approximation of it."""
+def _tanh_form(x):
     t = x.dtype.type
-    if tanh:
-        return t(0.5) * x * (1 + np.tanh(t(_SQRT_2_OVER_PI) * (x + t(_GELU_CUBIC) * x * x * x)))
+    return np.tanh(t(_SQRT_2_OVER_PI) * (x + t(_GELU_CUBIC) * x * x * x))
+
+
+def gelu_forward(x):
+    """``x * Phi(x)``, Phi the standard normal CDF."""
+    t = x.dtype.type
     return t(0.5) * x * (1 + _erf(x * t(1 / math.sqrt(2))))
 
 
-def gelu_backward(grad, x, tanh):
+def gelu_backward(grad, x):
     """``grad`` times the derivative of :func:`gelu_forward` at ``x``."""
     t = x.dtype.type
-    if tanh:
-        th = np.tanh(t(_SQRT_2_OVER_PI) * (x + t(_GELU_CUBIC) * x * x * x))
-        slope = t(0.5) * (1 + th) + t(0.5) * x * (1 - th * th) * t(_SQRT_2_OVER_PI) * (1 + t(3 * _GELU_CUBIC) * x * x)
-    else:
-        slope = t(0.5) * (1 + _erf(x * t(1 / math.sqrt(2)))) + x * np.exp(t(-0.5) * x * x) * t(_INV_SQRT_2PI)
-    return grad * slope
+    return grad * (t(0.5) * (1 + _erf(x * t(1 / math.sqrt(2)))) + x * np.exp(t(-0.5) * x * x) * t(_INV_SQRT_2PI))
+
+
+def gelu_tanh_forward(x):
+    """PyTorch's tanh approximation of GELU: ``0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3)))``."""
+    t = x.dtype.type
+    return t(0.5) * x * (1 + _tanh_form(x))
+
+
+def gelu_tanh_backward(grad, x):
+    """``grad`` times the derivative of :func:`gelu_tanh_forward` at ``x``."""
+    t = x.dtype.type
+    th = _tanh_form(x)
+    return grad * (t(0.5) * (1 + th) + t(0.5) * x * (1 - th * th) * t(_SQRT_2_OVER_PI) * (1 + t(3 * _GELU_CUBIC) * x * x))
