@@ -76,6 +76,7 @@ def test_resnet_preset_trains_a_step_and_uses_its_augmentation():
     assert any(isinstance(layer, fastcnn.Residual) for layer in model.layers)
     x = np.random.default_rng(0).random((8, 1, 28, 28)).astype(np.float32)
     kwargs.update(epochs=1, batch_size=4)
-    history = model.fit(x, np.arange(8) % 10, verbose=0, **kwargs)
+    with fastcnn.use_backend(fastcnn.available_backends()[0]):  # no per-shape measuring: this is not about speed
+        history = model.fit(x, np.arange(8) % 10, verbose=0, **kwargs)
+        assert model.predict(x).shape == (8, 10)
     assert np.isfinite(history["loss"][0])
-    assert model.predict(x).shape == (8, 10)
