@@ -14,7 +14,7 @@ from fastcnn import models
 from ._common import BACKENDS, fastcnn_backend, param_backends, run_measured
 
 # preset -> (batch size, steps per round)
-TRAINING = {"lenet": (64, 40), "tiny_cnn": (32, 40), "pytorch_example": (64, 4), "mlp": (60000, 1)}
+TRAINING = {"lenet": (64, 40), "tiny_cnn": (32, 40), "pytorch_example": (64, 4), "mlp": (60000, 1), "resnet": (128, 8)}
 
 
 def _trainer(name, backend):

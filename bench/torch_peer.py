@@ -13,16 +13,36 @@ import torch
 from torch import nn
 
 from fastcnn import layers as L
+from fastcnn.blocks import Residual as Residual_
 
 
-def mirror(model) -> nn.Sequential:
-    """A ``torch.nn.Sequential`` with ``model``'s layers and a copy of its current weights."""
+class Residual(nn.Module):
+    """``body(x) + shortcut(x)``: the module :class:`fastcnn.Residual` shares its state-dict names with."""
+
+    def __init__(self, body, shortcut=None):
+        super().__init__()
+        self.body = nn.Sequential(*body)
+        self.shortcut = nn.Sequential(*shortcut) if shortcut else nn.Identity()
+
+    def forward(self, x):
+        return self.body(x) + self.shortcut(x)
+
+
+def _modules(layers) -> list[nn.Module]:
     mods = []
-    for layer in model.layers:
-        if isinstance(layer, L.Conv2D):
+    for layer in layers:
+        if isinstance(layer, Residual_):
+            shortcut = None if layer.shortcut is None else _modules(layer.shortcut.layers)
+            mods.append(Residual(_modules(layer.body.layers), shortcut))
+        elif isinstance(layer, L.Conv2D):
             padding = layer.padding if isinstance(layer.padding, str) else tuple(layer.padding)
             mods.append(nn.Conv2d(layer.in_channels, layer.out_channels, layer.kernel_size, layer.stride, padding,
-                                  layer.dilation, bias="bias" in layer.params))
+                                  layer.dilation, bias="bias" in layer.params, groups=layer.groups,
+                                  padding_mode=layer.padding_mode))
+        elif isinstance(layer, L.BatchNorm2D):
+            mods.append(nn.BatchNorm2d(layer.num_features, layer.eps, layer.momentum))
+        elif isinstance(layer, L.GlobalAvgPool2D):
+            mods.append(nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten()))
         elif isinstance(layer, L.MaxPool2D):
             mods.append(nn.MaxPool2d(layer.kernel_size, layer.stride, layer.padding))
         elif isinstance(layer, L.AvgPool2D):
@@ -36,7 +56,12 @@ def mirror(model) -> nn.Sequential:
             mods.append(nn.Dropout(layer.p))
         else:
             mods.append({L.ReLU: nn.ReLU, L.Flatten: nn.Flatten, L.Tanh: nn.Tanh, L.Sigmoid: nn.Sigmoid}[type(layer)]())
-    net = nn.Sequential(*mods)
+    return mods
+
+
+def mirror(model) -> nn.Sequential:
+    """A ``torch.nn.Sequential`` with ``model``'s layers and a copy of its current weights."""
+    net = nn.Sequential(*_modules(model.layers))
     net.load_state_dict({k: torch.from_numpy(np.array(v)) for k, v in model.state_dict().items()})
     return net
 

@@ -33,9 +33,10 @@ Where things are
   the faster (``fastcnn.dispatch_report()``; force one with ``fastcnn.set_backend``);
   ``fastcnn.set_num_threads`` sets the threads.
 """
-from . import callbacks, functional, layers, losses, models, optim, threads
+from . import blocks, callbacks, functional, layers, losses, models, optim, threads
 from ._version import __version__
 from .callbacks import Callback, EarlyStopping, ModelCheckpoint
+from .blocks import Residual
 from .dispatch import (
     BackendUnavailableError,
     available_backends,
@@ -52,11 +53,17 @@ from .layers import (
     BatchNorm1D,
     BatchNorm2D,
     Conv2D,
+    ConvTranspose2D,
     Dense,
     Dropout,
     Flatten,
+    GELU,
+    GlobalAvgPool2D,
+    GlobalMaxPool2D,
+    LeakyReLU,
     MaxPool2D,
     ReLU,
+    SiLU,
     Sigmoid,
     Softmax,
     Tanh,
@@ -68,11 +75,12 @@ from .optim import SGD, Adam, CosineLR, OneCycleLR, StepLR
 from .threads import get_num_threads, set_num_threads
 
 __all__ = [
-    "callbacks", "functional", "layers", "losses", "models", "optim", "threads", "get_num_threads", "set_num_threads",
-    "BackendUnavailableError", "available_backends", "clear_dispatch_decisions", "dispatch_decisions",
-    "dispatch_report", "get_backend", "set_backend", "use_backend", "seed",
-    "AvgPool2D", "BatchNorm1D", "BatchNorm2D", "Conv2D", "Dense", "Dropout", "Flatten", "MaxPool2D", "ReLU",
-    "Sigmoid", "Softmax", "Tanh", "BCELoss", "CrossEntropyLoss", "MSELoss", "Sequential", "TrainingDivergedError",
+    "blocks", "callbacks", "functional", "layers", "losses", "models", "optim", "threads", "get_num_threads",
+    "set_num_threads", "BackendUnavailableError", "available_backends", "clear_dispatch_decisions", "dispatch_decisions",
+    "dispatch_report", "get_backend", "set_backend", "use_backend", "seed", "Residual",
+    "AvgPool2D", "BatchNorm1D", "BatchNorm2D", "Conv2D", "ConvTranspose2D", "Dense", "Dropout", "Flatten", "MaxPool2D",
+    "ReLU", "Sigmoid", "Softmax", "Tanh", "LeakyReLU", "SiLU", "GELU", "GlobalAvgPool2D", "GlobalMaxPool2D", "BCELoss",
+    "CrossEntropyLoss", "MSELoss", "Sequential", "TrainingDivergedError",
     "SGD", "Adam", "CosineLR", "OneCycleLR", "StepLR", "load_model", "Callback", "EarlyStopping", "ModelCheckpoint",
     "load_onnx",
 ]

@@ -92,6 +92,20 @@ def out_size(size: int, kernel: int, stride: int, pad_total: int, dilation: int 
     return (size + pad_total - dilation * (kernel - 1) - 1) // stride + 1
 
 
+def conv_padding(value) -> Union[str, Tuple[int, ...]]:
+    """A conv's ``padding`` normalised: ``"valid"``, ``"same"``, a pair ``(ph, pw)`` (an int is both) or a
+    4-tuple ``(left, right, top, bottom)`` as :func:`torch.nn.functional.pad` orders it; all >= 0."""
+    if isinstance(value, str):
+        if value not in ("valid", "same"):
+            raise ValueError(f"padding must be an int, a pair, a 4-tuple, 'valid' or 'same', got {value!r}")
+        return value
+    if isinstance(value, (tuple, list)) and len(value) == 4:
+        left, right = pair("padding", value[:2], 0)
+        top, bottom = pair("padding", value[2:], 0)
+        return (left, right, top, bottom)
+    return pair("padding", value, 0)
+
+
 class ConvGeometry(NamedTuple):
     """Normalised conv parameters. ``padding`` is ``((top, bottom), (left, right))``."""
 
@@ -101,14 +115,15 @@ class ConvGeometry(NamedTuple):
     out_hw: tuple[int, int]
 
 
-def conv_geometry(x_shape, w_shape, stride, padding, dilation) -> ConvGeometry:
+def conv_geometry(x_shape, w_shape, stride, padding, dilation, groups=1) -> ConvGeometry:
     """Check a conv2d call's shapes and parameters and compute its output size.
 
-    ``padding`` is an int, a pair, ``"valid"`` or ``"same"`` (stride 1 only; an odd total padding puts
-    the extra row/column at the bottom/right, as PyTorch does). Answers are remembered (a training
-    step asks the same questions every time).
+    ``padding`` is as :func:`conv_padding` takes it; ``"same"`` pads so that the output size is
+    ``ceil(input / stride)`` (TensorFlow's rule, PyTorch's for stride 1), an odd total padding putting
+    the extra row/column at the bottom/right. Answers are remembered (a training step asks the same
+    questions every time).
     """
-    return _remembered(_conv_geometry, tuple(x_shape), tuple(w_shape), stride, padding, dilation)
+    return _remembered(_conv_geometry, tuple(x_shape), tuple(w_shape), stride, padding, dilation, groups)
 
 
 def _remembered(fn, *args):
@@ -137,12 +152,19 @@ def _geometry_cache(fn, *args):
     return fn(*args)
 
 
-def _conv_geometry(x_shape, w_shape, stride, padding, dilation) -> ConvGeometry:
+def _conv_geometry(x_shape, w_shape, stride, padding, dilation, groups) -> ConvGeometry:
     n, c, h, w = x_shape
     c_out, c_in, kh, kw = w_shape
     if c_out < 1 or kh < 1 or kw < 1:
         raise ValueError(f"weight must have shape (C_out, C_in, kH, kW) with C_out, kH, kW >= 1, got {w_shape}")
-    if c != c_in:
+    groups = positive_int("groups", groups)
+    if groups > 1 and (c % groups or c_out % groups):
+        raise ValueError(f"groups={groups} must divide both the input channels ({c}, x shape {x_shape}) and the "
+                         f"output channels ({c_out}, weight shape {w_shape})")
+    if groups > 1 and c_in * groups != c:
+        raise ValueError(f"x has {c} channels (shape {x_shape}) but weight {w_shape} with groups={groups} expects "
+                         f"{c_in * groups}; weight must be (C_out, C_in // groups, kH, kW)")
+    if groups == 1 and c != c_in:
         raise ValueError(
             f"x has {c} channels (shape {x_shape}) but weight expects {c_in} (shape {w_shape}); "
             "weight must be (C_out, C_in, kH, kW) with C_in == x.shape[1]"
@@ -152,18 +174,17 @@ def _conv_geometry(x_shape, w_shape, stride, padding, dilation) -> ConvGeometry:
     stride = pair("stride", stride, 1)
     dilation = pair("dilation", dilation, 1)
     span = (dilation[0] * (kh - 1) + 1, dilation[1] * (kw - 1) + 1)
-    if isinstance(padding, str):
-        if padding == "valid":
-            pads = ((0, 0), (0, 0))
-        elif padding == "same":
-            if stride != (1, 1):
-                raise ValueError(f"padding='same' needs stride 1, got stride={stride}")
-            pads = tuple((((s - 1) // 2), (s - 1) - (s - 1) // 2) for s in span)
-        else:
-            raise ValueError(f"padding must be an int, a pair, 'valid' or 'same', got {padding!r}")
+    padding = conv_padding(padding)
+    if padding == "valid":
+        pads = ((0, 0), (0, 0))
+    elif padding == "same":
+        totals = (max((-(-size // st) - 1) * st + sp - size, 0) for size, st, sp in zip((h, w), stride, span))
+        pads = tuple((t // 2, t - t // 2) for t in totals)
+    elif len(padding) == 4:
+        left, right, top, bottom = padding
+        pads = ((top, bottom), (left, right))
     else:
-        ph, pw = pair("padding", padding, 0)
-        pads = ((ph, ph), (pw, pw))
+        pads = ((padding[0], padding[0]), (padding[1], padding[1]))
     padded = (h + sum(pads[0]), w + sum(pads[1]))
     if span[0] > padded[0] or span[1] > padded[1]:
         raise ValueError(
@@ -175,28 +196,100 @@ def _conv_geometry(x_shape, w_shape, stride, padding, dilation) -> ConvGeometry:
     return ConvGeometry(stride, pads, dilation, (oh, ow))
 
 
+class TransposedGeometry(NamedTuple):
+    """Normalised conv_transpose2d parameters: ``out_hw`` is the output's size, ``full_hw`` the size
+    before the padding is cut off (the input size of the convolution it transposes, padded)."""
+
+    stride: tuple[int, int]
+    padding: tuple[int, int]
+    dilation: tuple[int, int]
+    out_hw: tuple[int, int]
+    full_hw: tuple[int, int]
+
+
+def conv_transpose_geometry(x_shape, w_shape, stride, padding, output_padding, dilation, groups) -> TransposedGeometry:
+    """Check a conv_transpose2d call (weight ``(C_in, C_out // groups, kH, kW)``) and compute its output
+    size, as PyTorch: ``(H - 1) * stride - 2 * padding + dilation * (kH - 1) + output_padding + 1``;
+    ``output_padding`` must be smaller than the stride or the dilation. Answers are remembered."""
+    return _remembered(_conv_transpose_geometry, tuple(x_shape), tuple(w_shape), stride, padding, output_padding,
+                       dilation, groups)
+
+
+def _conv_transpose_geometry(x_shape, w_shape, stride, padding, output_padding, dilation, groups):
+    n, c, h, w = x_shape
+    c_in, c_out_g, kh, kw = w_shape
+    groups = positive_int("groups", groups)
+    if c_out_g < 1 or kh < 1 or kw < 1:
+        raise ValueError(f"weight must have shape (C_in, C_out // groups, kH, kW) with each >= 1, got {w_shape}")
+    if c < 1 or c != c_in:
+        raise ValueError(f"x has {c} channels (shape {x_shape}) but weight {w_shape} expects {c_in}; a transposed "
+                         "conv's weight is (C_in, C_out // groups, kH, kW)")
+    if c % groups:
+        raise ValueError(f"groups={groups} must divide the input channels ({c}, x shape {x_shape})")
+    stride = pair("stride", stride, 1)
+    padding = pair("padding", padding, 0)
+    dilation = pair("dilation", dilation, 1)
+    output_padding = pair("output_padding", output_padding, 0)
+    for op, st, d in zip(output_padding, stride, dilation):
+        if op >= max(st, d):
+            raise ValueError(f"output_padding {output_padding} must be smaller than either stride {stride} or "
+                             f"dilation {dilation}")
+    full = tuple((size - 1) * st + d * (k - 1) + 1 + op
+                 for size, st, d, k, op in zip((h, w), stride, dilation, (kh, kw), output_padding))
+    out = tuple(f - 2 * p for f, p in zip(full, padding))
+    if min(out) < 1 or h < 1 or w < 1:
+        raise ValueError(f"conv_transpose2d of x {x_shape} with weight {w_shape}, stride {stride}, padding {padding}, "
+                         f"output_padding {output_padding} and dilation {dilation} leaves an empty output {out}")
+    return TransposedGeometry(stride, padding, dilation, out, full)
+
+
 class PoolGeometry(NamedTuple):
-    """Normalised pooling parameters (symmetric padding)."""
+    """Normalised pooling parameters: ``padding`` on each side (both sides alike); ``extra`` the rows
+    and columns that ceil mode's last windows reach past the bottom/right padding (0 in floor mode)."""
 
     kernel: tuple[int, int]
     stride: tuple[int, int]
     padding: tuple[int, int]
     out_hw: tuple[int, int]
+    dilation: tuple[int, int] = (1, 1)
+    ceil_mode: bool = False
+    extra: tuple[int, int] = (0, 0)
 
 
-def pool_geometry(x_shape, kernel_size, stride, padding) -> PoolGeometry:
-    """Check a pooling call's parameters and compute its output size (PyTorch rules, floor mode).
+def flag(name: str, value) -> int:
+    """A bool argument as 0 or 1 (an int, so geometry answers can be remembered), or a TypeError."""
+    if not isinstance(value, (bool, np.bool_)):
+        raise TypeError(f"{name} must be True or False, got {value!r}")
+    return int(value)
 
-    ``stride=None`` means ``stride = kernel_size``; padding may be at most half the kernel, so every
-    window holds at least one real element. Answers are remembered, as for :func:`conv_geometry`.
+
+def pool_out_size(size: int, kernel: int, stride: int, padding: int, dilation: int = 1, ceil_mode: bool = False) -> int:
+    """A pool's output length along one axis, as PyTorch: ``(size + 2*padding - dilation*(kernel-1) - 1) / stride
+    + 1`` rounded down, or up in ceil mode, where a last window that would start in the right padding
+    (not inside the input or the left padding) is dropped."""
+    span = size + 2 * padding - dilation * (kernel - 1) - 1
+    out = (span + (stride - 1 if ceil_mode else 0)) // stride + 1
+    if ceil_mode and (out - 1) * stride >= size + padding:
+        out -= 1
+    return out
+
+
+def pool_geometry(x_shape, kernel_size, stride, padding, dilation=1, ceil_mode: int = 0) -> PoolGeometry:
+    """Check a pooling call's parameters and compute its output size (PyTorch rules).
+
+    ``stride=None`` means ``stride = kernel_size``; padding may be at most half the kernel, and every
+    window must hold at least one element of the input (else a ValueError naming the parameters);
+    ``ceil_mode`` is 0 or 1 (see :func:`flag`). Answers are remembered, as for :func:`conv_geometry`.
     """
-    return _remembered(_pool_geometry, tuple(x_shape), kernel_size, stride, padding)
+    return _remembered(_pool_geometry, tuple(x_shape), kernel_size, stride, padding, dilation, ceil_mode)
 
 
-def _pool_geometry(x_shape, kernel_size, stride, padding) -> PoolGeometry:
+def _pool_geometry(x_shape, kernel_size, stride, padding, dilation, ceil_mode) -> PoolGeometry:
     kernel = pair("kernel_size", kernel_size, 1)
     stride = kernel if stride is None else pair("stride", stride, 1)
     padding = pair("padding", padding, 0)
+    dilation = pair("dilation", dilation, 1)
+    ceil_mode = bool(ceil_mode)
     if padding[0] > kernel[0] // 2 or padding[1] > kernel[1] // 2:
         raise ValueError(f"padding {padding} must be at most half of kernel_size {kernel}")
     h, w = x_shape[2], x_shape[3]
@@ -204,14 +297,42 @@ def _pool_geometry(x_shape, kernel_size, stride, padding) -> PoolGeometry:
         raise ValueError(f"x must have at least one channel, got shape {x_shape}")
     if h < 1 or w < 1:  # every window must hold a real element, whatever the padding
         raise ValueError(f"x must have a non-empty height and width to pool, got shape {x_shape}")
-    if kernel[0] > h + 2 * padding[0] or kernel[1] > w + 2 * padding[1]:
+    span = (dilation[0] * (kernel[0] - 1) + 1, dilation[1] * (kernel[1] - 1) + 1)
+    if span[0] > h + 2 * padding[0] or span[1] > w + 2 * padding[1]:
+        dilated = "" if dilation == (1, 1) else f" with dilation {dilation}, spanning {span},"
         raise ValueError(
-            f"kernel_size {kernel} is larger than the padded input {(h + 2 * padding[0], w + 2 * padding[1])} "
-            f"(x shape {x_shape}, padding {padding})"
+            f"kernel_size {kernel}{dilated} is larger than the padded input "
+            f"{(h + 2 * padding[0], w + 2 * padding[1])} (x shape {x_shape}, padding {padding})"
         )
-    oh = out_size(h, kernel[0], stride[0], 2 * padding[0])
-    ow = out_size(w, kernel[1], stride[1], 2 * padding[1])
-    return PoolGeometry(kernel, stride, padding, (oh, ow))
+    out = tuple(pool_out_size(size, k, s, p, d, ceil_mode)
+                for size, k, s, p, d in zip((h, w), kernel, stride, padding, dilation))
+    for axis, size, k, s, p, d, o in zip(("height", "width"), (h, w), kernel, stride, padding, dilation, out):
+        for r in range(o):  # with dilation, a window can fall between the input's rows
+            if not any(0 <= r * s - p + i * d < size for i in range(k)):
+                raise ValueError(
+                    f"pooling window {r} along the {axis} holds no input element (x shape {x_shape}, kernel_size "
+                    f"{kernel}, stride {stride}, padding {padding}, dilation {dilation}, ceil_mode {ceil_mode}); "
+                    "every window must overlap the input")
+    extra = tuple(max((o - 1) * s + sp - size - 2 * p, 0)
+                  for o, s, sp, size, p in zip(out, stride, span, (h, w), padding))
+    return PoolGeometry(kernel, stride, padding, out, dilation, ceil_mode, extra)
+
+
+def avg_pool_scales(geo: PoolGeometry, hw: tuple[int, int], count_include_pad: bool,
+                    divisor_override: int | None, dtype) -> np.ndarray:
+    """``1 / divisor`` of every output cell of an average pool, shape ``out_hw``, as PyTorch divides:
+    ``divisor_override`` if given, else the window's size within the padded input (ceil mode's windows
+    are cut at the right padding) with ``count_include_pad``, else its count of input elements."""
+    if divisor_override is not None:
+        return np.full(geo.out_hw, 1.0 / divisor_override, dtype=dtype)
+    counts = []
+    for o, k, s, p, size in zip(geo.out_hw, geo.kernel, geo.stride, geo.padding, hw):
+        start = np.arange(o) * s - p
+        end = np.minimum(start + k, size + p)
+        if not count_include_pad:
+            start, end = np.maximum(start, 0), np.minimum(end, size)
+        counts.append(end - start)
+    return (1.0 / np.outer(counts[0], counts[1])).astype(dtype)
 
 
 @functools.lru_cache(maxsize=None)

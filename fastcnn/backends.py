@@ -14,12 +14,14 @@ from __future__ import annotations
 from types import ModuleType
 from typing import Any, Callable, NamedTuple
 
-from .kernels import conv_numpy, elementwise_numpy, jit, linear_numpy, loss_numpy, norm_numpy, pool_numpy
+from .kernels import (conv_numpy, depthwise_numpy, elementwise_numpy, jit, linear_numpy, loss_numpy, norm_numpy,
+                      pool_numpy)
 
 if jit.NUMBA_AVAILABLE:
-    from .kernels import conv_numba, elementwise_numba, linear_numba, loss_numba, norm_numba, pool_numba
+    from .kernels import (conv_numba, depthwise_numba, elementwise_numba, linear_numba, loss_numba, norm_numba,
+                          pool_numba)
 else:
-    conv_numba = elementwise_numba = linear_numba = loss_numba = norm_numba = pool_numba = None
+    conv_numba = depthwise_numba = elementwise_numba = linear_numba = loss_numba = norm_numba = pool_numba = None
 
 
 class Op(NamedTuple):
@@ -55,6 +57,9 @@ def _op(name: str, numpy: ModuleType, numba: ModuleType | None, kernel: str, in_
 _op("conv2d",                         conv_numpy,        conv_numba,        "conv2d_forward")
 _op("conv2d_grad_weight",             conv_numpy,        conv_numba,        "conv2d_grad_weight")
 _op("conv2d_grad_input",              conv_numpy,        conv_numba,        "conv2d_grad_input")
+_op("depthwise_conv2d",               depthwise_numpy,   depthwise_numba,   "conv2d_forward")
+_op("depthwise_conv2d_grad_weight",   depthwise_numpy,   depthwise_numba,   "conv2d_grad_weight")
+_op("depthwise_conv2d_grad_input",    depthwise_numpy,   depthwise_numba,   "conv2d_grad_input")
 _op("conv2d_max_pool2d",              conv_numpy,        conv_numba,        "conv2d_max_pool2d_forward")
 _op("conv2d_max_pool2d_grad_weight",  conv_numpy,        conv_numba,        "conv2d_max_pool2d_grad_weight")
 _op("conv2d_max_pool2d_grad_input",   conv_numpy,        conv_numba,        "conv2d_max_pool2d_grad_input")
@@ -73,6 +78,14 @@ _op("sigmoid",                        elementwise_numpy, None,              "sig
 _op("sigmoid_backward",               elementwise_numpy, None,              "sigmoid_backward")
 _op("softmax",                        elementwise_numpy, None,              "softmax_forward")
 _op("softmax_backward",               elementwise_numpy, None,              "softmax_backward")
+_op("leaky_relu",                     elementwise_numpy, elementwise_numba, "leaky_relu_forward")
+_op("leaky_relu_backward",            elementwise_numpy, elementwise_numba, "leaky_relu_backward")
+_op("silu",                           elementwise_numpy, None,              "silu_forward")
+_op("silu_backward",                  elementwise_numpy, None,              "silu_backward")
+_op("gelu",                           elementwise_numpy, elementwise_numba, "gelu_forward")
+_op("gelu_backward",                  elementwise_numpy, elementwise_numba, "gelu_backward")
+_op("gelu_tanh",                      elementwise_numpy, None,              "gelu_tanh_forward")
+_op("gelu_tanh_backward",             elementwise_numpy, None,              "gelu_tanh_backward")
 _op("dropout",                        elementwise_numpy, elementwise_numba, "dropout")
 _op("softmax_cross_entropy",          loss_numpy,        loss_numba,        "softmax_cross_entropy")
 _op("soft_cross_entropy",             loss_numpy,        None,              "soft_cross_entropy")

@@ -208,7 +208,7 @@ def _run_training(args, counter: "_EpochCounter", w) -> int:
     counter.stage = "training"
     history = model.fit(x, y, seed=args.seed, verbose=0 if args.quiet else 1, callbacks=[counter],
                         validation_data=(xt, yt) if args.plot else None, distributed=w is not None,
-                        **recipe.fit_kwargs())
+                        **recipe.fit_kwargs(args.seed))
     if not root:
         return 0
     counter.stage = "evaluating"

@@ -119,7 +119,7 @@ def run(op: str, signature: tuple, args: tuple, backend: str | None = None, auto
     policy = get_backend() if backend is None else _check_policy(backend, "backend")
     impls = _registry[op]
     if policy != "auto":
-        return impls[policy](*args)
+        return impls.get(policy, impls["numpy"])(*args)  # an op with no Numba kernel runs NumPy's
     if auto_only is not None:
         return impls[auto_only](*args)
     threads = jit.num_threads()

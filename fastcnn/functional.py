@@ -9,20 +9,28 @@ from __future__ import annotations
 import numpy as np
 
 from . import dispatch
-from ._checks import (IntOrPair, check_allocation, check_grad, check_nchw_shape, class_labels, conv_geometry,
-                      float_array, pool_geometry)
+from ._checks import (IntOrPair, avg_pool_scales, check_allocation, check_grad, check_nchw_shape, class_labels,
+                      conv_geometry, conv_transpose_geometry, flag, float_array, pair, pool_geometry)
 from .kernels.blas import channel_sums
 from .kernels.scratch import shared_inputs
 
 __all__ = [
     "conv2d",
     "conv2d_backward",
+    "conv_transpose2d",
+    "conv_transpose2d_backward",
+    "pad2d",
+    "pad2d_backward",
     "conv2d_max_pool2d",
     "conv2d_max_pool2d_backward",
     "max_pool2d",
     "max_pool2d_backward",
     "avg_pool2d",
     "avg_pool2d_backward",
+    "global_avg_pool2d",
+    "global_avg_pool2d_backward",
+    "global_max_pool2d",
+    "global_max_pool2d_backward",
     "relu",
     "relu_backward",
     "tanh",
@@ -31,6 +39,12 @@ __all__ = [
     "sigmoid_backward",
     "softmax",
     "softmax_backward",
+    "leaky_relu",
+    "leaky_relu_backward",
+    "silu",
+    "silu_backward",
+    "gelu",
+    "gelu_backward",
     "dropout",
     "linear",
     "linear_backward",
@@ -76,10 +90,10 @@ def _bias(bias, weight: np.ndarray, dtype) -> np.ndarray:
     return bias
 
 
-def _conv_inputs(x, weight, stride, padding, dilation):
+def _conv_inputs(x, weight, stride, padding, dilation, groups=1):
     x = float_array("x", x, ndim=4)
     weight = float_array("weight", weight, ndim=4, dtype=x.dtype)
-    geo = conv_geometry(x.shape, weight.shape, stride, padding, dilation)
+    geo = conv_geometry(x.shape, weight.shape, stride, padding, dilation, groups)
     check_allocation("padded conv2d input", _padded_shape(x.shape, geo.padding), x.dtype)
     check_allocation("conv2d output", (x.shape[0], weight.shape[0]) + geo.out_hw, x.dtype)
     return x, weight, geo
@@ -92,23 +106,30 @@ def conv2d(
     stride: IntOrPair = 1,
     padding: IntOrPair | str = 0,
     dilation: IntOrPair = 1,
+    groups: int = 1,
     *,
     backend: str | None = None,
 ) -> np.ndarray:
-    """2-D cross-correlation, as :func:`torch.nn.functional.conv2d` with ``groups=1``.
+    """2-D cross-correlation, as :func:`torch.nn.functional.conv2d`.
 
     Parameters
     ----------
     x : ndarray, shape (N, C_in, H, W)
         Input, float32 or float64.
-    weight : ndarray, shape (C_out, C_in, kH, kW)
+    weight : ndarray, shape (C_out, C_in // groups, kH, kW)
         Filters, same dtype as ``x``.
     bias : ndarray, shape (C_out,), optional
         Added to every output pixel of each channel.
     stride, dilation : int or (int, int)
         At least 1.
-    padding : int or (int, int) or {"valid", "same"}
-        Zero padding on each side; ``"same"`` (stride 1) keeps the spatial size.
+    padding : int or (int, int) or (left, right, top, bottom) or {"valid", "same"}
+        Zero padding: on each side, per axis, or per side in :func:`torch.nn.functional.pad`'s order;
+        ``"same"`` gives an output of ``ceil(H / stride)`` by ``ceil(W / stride)`` (TensorFlow's rule,
+        PyTorch's for stride 1), an odd extra row/column at the bottom/right.
+    groups : int
+        Split the input and output channels into ``groups`` blocks, block ``g`` of the output seeing
+        only block ``g`` of the input; it must divide both. ``groups == C_in`` is a depthwise
+        convolution, which has kernels of its own (direct loops over each channel's plane).
     backend : {"auto", "numba", "numpy"}, optional
         Overrides the backend policy for this call.
 
@@ -116,12 +137,33 @@ def conv2d(
     -------
     ndarray, shape (N, C_out, H_out, W_out)
     """
-    x, weight, geo = _conv_inputs(x, weight, stride, padding, dilation)
+    x, weight, geo = _conv_inputs(x, weight, stride, padding, dilation, groups)
     bias = _bias(bias, weight, x.dtype)
     xp = _pad(x, geo.padding)
     (sh, sw), (dh, dw), (oh, ow) = geo.stride, geo.dilation, geo.out_hw
+    if groups > 1 and not _depthwise(x, groups):  # a conv per group
+        blocks = zip(_blocks(xp, groups, 1), _blocks(weight, groups, 0), _blocks(bias, groups, 0))
+        signature = (_block_shape(xp.shape, groups, 1), _block_shape(weight.shape, groups, 0), geo.stride, geo.dilation,
+                     x.dtype.char)
+        return np.concatenate([dispatch.run("conv2d", signature, (xg, wg, bg, sh, sw, dh, dw, oh, ow), backend)
+                               for xg, wg, bg in blocks], axis=1)
     signature = (xp.shape, weight.shape, geo.stride, geo.dilation, x.dtype.char)
-    return dispatch.run("conv2d", signature, (xp, weight, bias, sh, sw, dh, dw, oh, ow), backend)
+    op = "conv2d" if groups == 1 else "depthwise_conv2d"
+    return dispatch.run(op, signature, (xp, weight, bias, sh, sw, dh, dw, oh, ow), backend)
+
+
+def _depthwise(x: np.ndarray, groups: int) -> bool:
+    """Whether a conv of ``x`` with ``groups`` is depthwise (one input channel per group)."""
+    return groups == x.shape[1]
+
+
+def _blocks(a: np.ndarray, groups: int, axis: int) -> list[np.ndarray]:
+    """``a`` cut along ``axis`` into ``groups`` equal C-contiguous blocks (a grouped conv's channels)."""
+    return [np.ascontiguousarray(block) for block in np.split(a, groups, axis=axis)]
+
+
+def _block_shape(shape, groups: int, axis: int) -> tuple[int, ...]:
+    return tuple(size // groups if k == axis else size for k, size in enumerate(shape))
 
 
 def conv2d_backward(
@@ -131,6 +173,7 @@ def conv2d_backward(
     stride: IntOrPair = 1,
     padding: IntOrPair | str = 0,
     dilation: IntOrPair = 1,
+    groups: int = 1,
     *,
     input_grad: bool = True,
     backend: str | None = None,
@@ -141,7 +184,7 @@ def conv2d_backward(
     ----------
     grad_y : ndarray, shape (N, C_out, H_out, W_out)
         Gradient of the loss with respect to the conv output.
-    x, weight, stride, padding, dilation, backend
+    x, weight, stride, padding, dilation, groups, backend
         As passed to :func:`conv2d`. The two gradients are dispatched separately, so ``auto`` may
         pick a different backend for each.
     input_grad : bool
@@ -153,9 +196,18 @@ def conv2d_backward(
     grad_weight : ndarray, shape of ``weight``
     grad_bias : ndarray, shape (C_out,)
     """
-    x, weight, geo = _conv_inputs(x, weight, stride, padding, dilation)
+    x, weight, geo = _conv_inputs(x, weight, stride, padding, dilation, groups)
     grad_y = check_grad("grad_y", grad_y, (x.shape[0], weight.shape[0]) + geo.out_hw, x.dtype)
-    return _conv_gradients("conv2d", (grad_y,), (), (), x, weight, geo, input_grad, backend)
+    if x.shape[0] == 0:  # an empty batch: zero gradients
+        return (np.zeros_like(x) if input_grad else None), np.zeros_like(weight), np.zeros(weight.shape[0], x.dtype)
+    if groups == 1:
+        return _conv_gradients("conv2d", (grad_y,), (), (), x, weight, geo, input_grad, backend)
+    if _depthwise(x, groups):
+        return _conv_gradients("depthwise_conv2d", (grad_y,), (x.shape[1],), (), x, weight, geo, input_grad, backend)
+    parts = [_conv_gradients("conv2d", (gg,), (), (), xg, wg, geo, input_grad, backend)
+             for gg, xg, wg in zip(_blocks(grad_y, groups, 1), _blocks(x, groups, 1), _blocks(weight, groups, 0))]
+    grad_x = np.concatenate([p[0] for p in parts], axis=1) if input_grad else None
+    return grad_x, np.concatenate([p[1] for p in parts]), np.concatenate([p[2] for p in parts])
 
 
 def _conv_gradients(op, grad, extra, described, x, weight, geo, input_grad, backend):
@@ -175,6 +227,151 @@ def _conv_gradients(op, grad, extra, described, x, weight, geo, input_grad, back
     return grad_x, grad_w, grad_b
 
 
+PAD_MODES = {"zeros": "constant", "reflect": "reflect", "replicate": "edge", "circular": "wrap"}
+
+
+def _pad_args(shape, padding, mode):
+    """``padding`` (left, right, top, bottom) checked for ``mode`` against an NCHW ``shape``, as PyTorch:
+    reflection needs each pad smaller than its axis, circular padding at most its size."""
+    if mode not in PAD_MODES:
+        raise ValueError(f"mode must be one of {', '.join(map(repr, PAD_MODES))}, got {mode!r}")
+    if not (isinstance(padding, (tuple, list)) and len(padding) == 4):
+        raise ValueError(f"padding must be (left, right, top, bottom), got {padding!r}")
+    left, right = pair("padding", padding[:2], 0)
+    top, bottom = pair("padding", padding[2:], 0)
+    h, w = shape[2], shape[3]
+    limit = {"reflect": (h - 1, w - 1), "circular": (h, w)}.get(mode)
+    if limit is not None and (max(top, bottom) > limit[0] or max(left, right) > limit[1]):
+        raise ValueError(f"{mode} padding {tuple(padding)} is too large for an input of height {h} and width {w} "
+                         f"(each pad at most {'size - 1' if mode == 'reflect' else 'the size'})")
+    return ((top, bottom), (left, right))
+
+
+def pad2d(x: np.ndarray, padding: tuple[int, int, int, int], mode: str = "zeros") -> np.ndarray:
+    """Pad the last two axes of ``x`` (N, C, H, W) by ``padding = (left, right, top, bottom)``, as
+    :func:`torch.nn.functional.pad` and the ``padding_mode`` of ``torch.nn.Conv2d``.
+
+    Parameters
+    ----------
+    x : ndarray, shape (N, C, H, W)
+    padding : (left, right, top, bottom)
+    mode : {"zeros", "reflect", "replicate", "circular"}
+    """
+    x = float_array("x", x, ndim=4)
+    pads = _pad_args(x.shape, padding, mode)
+    check_allocation("pad2d output", _padded_shape(x.shape, pads), x.dtype)
+    return np.pad(x, ((0, 0), (0, 0)) + pads, mode=PAD_MODES[mode])
+
+
+def pad2d_backward(grad_y: np.ndarray, input_shape: tuple[int, int, int, int], padding: tuple[int, int, int, int],
+                   mode: str = "zeros") -> np.ndarray:
+    """Gradient of :func:`pad2d`: every padded position's gradient added to the input position it copies.
+
+    The copy is separable (a row map times a column map), so the sum is two small matrix products.
+    """
+    shape = check_nchw_shape("input_shape", input_shape)
+    pads = _pad_args(shape, padding, mode)
+    grad_y = float_array("grad_y", grad_y, ndim=4)
+    grad_y = check_grad("grad_y", grad_y, _padded_shape(shape, pads), grad_y.dtype)
+    rows, cols = (np.pad(np.eye(size, dtype=grad_y.dtype), (pad, (0, 0)), mode=PAD_MODES[mode])
+                  for size, pad in zip(shape[2:], pads))
+    return np.ascontiguousarray(np.matmul(rows.T, np.matmul(grad_y, cols)))
+
+
+def _transposed_inputs(x, weight, stride, padding, output_padding, groups, dilation):
+    x = float_array("x", x, ndim=4)
+    weight = float_array("weight", weight, ndim=4, dtype=x.dtype)
+    geo = conv_transpose_geometry(x.shape, weight.shape, stride, padding, output_padding, dilation, groups)
+    n_out = weight.shape[1] * groups
+    check_allocation("conv_transpose2d output", (x.shape[0], n_out) + geo.full_hw, x.dtype)
+    return x, weight, geo, n_out
+
+
+def conv_transpose2d(
+    x: np.ndarray,
+    weight: np.ndarray,
+    bias: np.ndarray | None = None,
+    stride: IntOrPair = 1,
+    padding: IntOrPair = 0,
+    output_padding: IntOrPair = 0,
+    groups: int = 1,
+    dilation: IntOrPair = 1,
+    *,
+    backend: str | None = None,
+) -> np.ndarray:
+    """2-D transposed convolution, as :func:`torch.nn.functional.conv_transpose2d` (same argument order):
+    the gradient of :func:`conv2d` with respect to its input, computed by the same kernels.
+
+    Parameters
+    ----------
+    x : ndarray, shape (N, C_in, H, W)
+    weight : ndarray, shape (C_in, C_out // groups, kH, kW)
+    bias : ndarray, shape (C_out,), optional
+    stride, dilation : int or (int, int)
+    padding : int or (int, int)
+        Rows and columns cut from each side of the full output.
+    output_padding : int or (int, int)
+        Extra rows/columns at the bottom/right; smaller than the stride or the dilation.
+    groups : int
+        Must divide ``C_in``.
+    backend : {"auto", "numba", "numpy"}, optional
+
+    Returns
+    -------
+    ndarray, shape (N, C_out, H_out, W_out)
+        ``H_out = (H - 1) * stride - 2 * padding + dilation * (kH - 1) + output_padding + 1``.
+    """
+    x, weight, geo, n_out = _transposed_inputs(x, weight, stride, padding, output_padding, groups, dilation)
+    bias = None if bias is None else _bias(bias, np.empty((n_out,)), x.dtype)
+    (sh, sw), (dh, dw), (hp, wp) = geo.stride, geo.dilation, geo.full_hw
+    signature = ((x.shape[0], weight.shape[1], hp, wp), _block_shape(weight.shape, groups, 0), geo.stride, geo.dilation,
+                 x.dtype.char)
+    full = np.concatenate([dispatch.run("conv2d_grad_input", signature, (xg, wg, hp, wp, sh, sw, dh, dw), backend)
+                           for xg, wg in zip(_blocks(x, groups, 1), _blocks(weight, groups, 0))], axis=1) \
+        if x.shape[0] else np.zeros((0, n_out, hp, wp), x.dtype)
+    (ph, pw) = geo.padding
+    y = _crop(full, ((ph, ph), (pw, pw)))
+    if bias is not None:
+        y += bias[:, None, None]
+    return y
+
+
+def conv_transpose2d_backward(
+    grad_y: np.ndarray,
+    x: np.ndarray,
+    weight: np.ndarray,
+    stride: IntOrPair = 1,
+    padding: IntOrPair = 0,
+    output_padding: IntOrPair = 0,
+    groups: int = 1,
+    dilation: IntOrPair = 1,
+    *,
+    input_grad: bool = True,
+    backend: str | None = None,
+) -> tuple[np.ndarray | None, np.ndarray, np.ndarray]:
+    """Gradients of :func:`conv_transpose2d` with respect to ``x``, ``weight`` and ``bias``: the input
+    gradient is :func:`conv2d` of ``grad_y`` and the weight gradient :func:`conv2d_backward`'s, with the
+    roles of input and output exchanged.
+
+    Returns
+    -------
+    grad_x : ndarray, shape of ``x``, or None with ``input_grad=False``
+    grad_weight : ndarray, shape of ``weight``
+    grad_bias : ndarray, shape (C_out,)
+    """
+    x, weight, geo, n_out = _transposed_inputs(x, weight, stride, padding, output_padding, groups, dilation)
+    grad_y = check_grad("grad_y", grad_y, (x.shape[0], n_out) + geo.out_hw, x.dtype)
+    (ph, pw), (sh, sw), (dh, dw), (kh, kw) = geo.padding, geo.stride, geo.dilation, weight.shape[2:]
+    # The full output, cut to the rows and columns that x reaches (output_padding's last ones it does not).
+    reach = ((x.shape[2] - 1) * sh + dh * (kh - 1) + 1, (x.shape[3] - 1) * sw + dw * (kw - 1) + 1)
+    full = np.pad(grad_y, ((0, 0), (0, 0), (ph, ph), (pw, pw)))[:, :, : reach[0], : reach[1]]
+    full = np.ascontiguousarray(full)
+    conv = dict(stride=geo.stride, padding=0, dilation=geo.dilation, groups=groups, backend=backend)
+    grad_x = conv2d(full, weight, None, **conv) if input_grad else None
+    _, grad_w, _ = conv2d_backward(x, full, weight, input_grad=False, **conv)
+    return grad_x, grad_w, grad_y.sum(axis=(0, 2, 3)).astype(x.dtype)
+
+
 def conv2d_max_pool2d(
     x: np.ndarray,
     weight: np.ndarray,
@@ -186,6 +383,8 @@ def conv2d_max_pool2d(
     pool_stride: IntOrPair | None = None,
     pool_padding: IntOrPair = 0,
     relu: bool = False,
+    pool_dilation: IntOrPair = 1,
+    pool_ceil_mode: bool = False,
     *,
     backend: str | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
@@ -203,8 +402,8 @@ def conv2d_max_pool2d(
     ----------
     x, weight, bias, stride, padding, dilation
         As :func:`conv2d`.
-    pool_size, pool_stride, pool_padding
-        As ``kernel_size``, ``stride`` and ``padding`` of :func:`max_pool2d`.
+    pool_size, pool_stride, pool_padding, pool_dilation, pool_ceil_mode
+        As ``kernel_size``, ``stride``, ``padding``, ``dilation`` and ``ceil_mode`` of :func:`max_pool2d`.
     relu : bool
         Apply ``max(y, 0)`` (NaN kept) to the pooled output.
     backend : {"auto", "numba", "numpy"}, optional
@@ -221,13 +420,14 @@ def conv2d_max_pool2d(
     relu = bool(relu)
     x, weight, geo = _conv_inputs(x, weight, stride, padding, dilation)
     bias = _bias(bias, weight, x.dtype)
-    pool = pool_geometry((x.shape[0], weight.shape[0]) + geo.out_hw, pool_size, pool_stride, pool_padding)
+    pool = pool_geometry((x.shape[0], weight.shape[0]) + geo.out_hw, pool_size, pool_stride, pool_padding, pool_dilation,
+                         flag("pool_ceil_mode", pool_ceil_mode))
     check_allocation("conv2d_max_pool2d argmax", (x.shape[0], weight.shape[0]) + pool.out_hw, np.int64)
     xp = _pad(x, geo.padding)
     (sh, sw), (dh, dw), (oh, ow) = geo.stride, geo.dilation, geo.out_hw
-    signature = (xp.shape, weight.shape, geo.stride, geo.dilation, pool.kernel, pool.stride, pool.padding, relu,
-                 x.dtype.char)
-    args = (xp, weight, bias, sh, sw, dh, dw, oh, ow, (*pool.kernel, *pool.stride, *pool.padding, *pool.out_hw), relu)
+    signature = (xp.shape, weight.shape, geo.stride, geo.dilation, pool.kernel, pool.stride, pool.padding, pool.dilation,
+                 pool.out_hw, relu, x.dtype.char)
+    args = (xp, weight, bias, sh, sw, dh, dw, oh, ow, _max_pool_args(pool), relu)
     return dispatch.run("conv2d_max_pool2d", signature, args, backend)
 
 
@@ -286,6 +486,8 @@ def max_pool2d(
     kernel_size: IntOrPair,
     stride: IntOrPair | None = None,
     padding: IntOrPair = 0,
+    dilation: IntOrPair = 1,
+    ceil_mode: bool = False,
     *,
     backend: str | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
@@ -299,6 +501,11 @@ def max_pool2d(
         Defaults to ``kernel_size``.
     padding : int or (int, int)
         Implicit ``-inf`` padding, at most half the kernel.
+    dilation : int or (int, int)
+        Spacing between a window's elements.
+    ceil_mode : bool
+        Round the output size up: a last, partial window is kept if it starts inside the input or the
+        left padding.
     backend : {"auto", "numba", "numpy"}, optional
 
     Returns
@@ -310,11 +517,15 @@ def max_pool2d(
         kernel, which takes each value that is greater or NaN).
     """
     x = float_array("x", x, ndim=4)
-    geo = pool_geometry(x.shape, kernel_size, stride, padding)
+    geo = pool_geometry(x.shape, kernel_size, stride, padding, dilation, flag("ceil_mode", ceil_mode))
     check_allocation("max_pool2d argmax", x.shape[:2] + geo.out_hw, np.int64)
-    signature = (x.shape, geo.kernel, geo.stride, geo.padding, x.dtype.char)
-    args = (x, *geo.kernel, *geo.stride, *geo.padding, *geo.out_hw)
-    return dispatch.run("max_pool2d", signature, args, backend)
+    signature = (x.shape, geo.kernel, geo.stride, geo.padding, geo.dilation, geo.out_hw, x.dtype.char)
+    return dispatch.run("max_pool2d", signature, (x, *_max_pool_args(geo)), backend)
+
+
+def _max_pool_args(geo) -> tuple[int, ...]:
+    """The max-pool kernels' arguments after the input: kH, kW, sH, sW, pH, pW, dH, dW, oH, oW."""
+    return (*geo.kernel, *geo.stride, *geo.padding, *geo.dilation, *geo.out_hw)
 
 
 def max_pool2d_backward(
@@ -377,10 +588,13 @@ def avg_pool2d(
     kernel_size: IntOrPair,
     stride: IntOrPair | None = None,
     padding: IntOrPair = 0,
+    ceil_mode: bool = False,
+    count_include_pad: bool = True,
+    divisor_override: int | None = None,
     *,
     backend: str | None = None,
 ) -> np.ndarray:
-    """2-D average pooling, as :func:`torch.nn.functional.avg_pool2d` (zero padding counted).
+    """2-D average pooling, as :func:`torch.nn.functional.avg_pool2d`.
 
     Parameters
     ----------
@@ -389,7 +603,14 @@ def avg_pool2d(
     stride : int or (int, int), optional
         Defaults to ``kernel_size``.
     padding : int or (int, int)
-        Zero padding, at most half the kernel; padded zeros count in the average.
+        Zero padding, at most half the kernel.
+    ceil_mode : bool
+        Round the output size up, as :func:`max_pool2d`.
+    count_include_pad : bool
+        Divide by the window's size within the padded input (a ceil-mode window is cut at the right
+        padding), padded zeros counted; ``False`` divides by its number of input elements.
+    divisor_override : int, optional
+        Divide every window's sum by this instead.
     backend : {"auto", "numba", "numpy"}, optional
 
     Returns
@@ -397,11 +618,30 @@ def avg_pool2d(
     ndarray, shape (N, C, H_out, W_out)
     """
     x = float_array("x", x, ndim=4)
-    geo = pool_geometry(x.shape, kernel_size, stride, padding)
-    check_allocation("padded avg_pool2d input", _padded_shape(x.shape, _symmetric(geo.padding)), x.dtype)
-    xp = _pad(x, _symmetric(geo.padding))
+    geo, scale = _avg_pool_geometry(x.shape, kernel_size, stride, padding, ceil_mode, count_include_pad,
+                                    divisor_override, x.dtype)
+    pads = _avg_pool_pads(geo)
+    check_allocation("padded avg_pool2d input", _padded_shape(x.shape, pads), x.dtype)
+    xp = _pad(x, pads)
     signature = (xp.shape, geo.kernel, geo.stride, x.dtype.char)
-    return dispatch.run("avg_pool2d", signature, (xp, *geo.kernel, *geo.stride, *geo.out_hw), backend)
+    return dispatch.run("avg_pool2d", signature, (xp, *geo.kernel, *geo.stride, *geo.out_hw, scale), backend)
+
+
+def _avg_pool_geometry(shape, kernel_size, stride, padding, ceil_mode, count_include_pad, divisor_override, dtype):
+    """The pool's geometry and the ``1 / divisor`` of every output cell (see :func:`._checks.avg_pool_scales`)."""
+    ceil = flag("ceil_mode", ceil_mode)
+    include = flag("count_include_pad", count_include_pad)
+    if divisor_override is not None and (isinstance(divisor_override, (bool, np.bool_))
+                                         or not isinstance(divisor_override, (int, np.integer)) or divisor_override < 1):
+        raise ValueError(f"divisor_override must be None or a positive int, got {divisor_override!r}")
+    geo = pool_geometry(shape, kernel_size, stride, padding, 1, ceil)
+    return geo, avg_pool_scales(geo, shape[2:], include, divisor_override, dtype)
+
+
+def _avg_pool_pads(geo) -> tuple[tuple[int, int], tuple[int, int]]:
+    """Zero padding that holds every window: the pool's own, and ceil mode's extra at the bottom/right."""
+    (ph, pw), (eh, ew) = geo.padding, geo.extra
+    return ((ph, ph + eh), (pw, pw + ew))
 
 
 def avg_pool2d_backward(
@@ -410,6 +650,9 @@ def avg_pool2d_backward(
     kernel_size: IntOrPair,
     stride: IntOrPair | None = None,
     padding: IntOrPair = 0,
+    ceil_mode: bool = False,
+    count_include_pad: bool = True,
+    divisor_override: int | None = None,
     *,
     backend: str | None = None,
 ) -> np.ndarray:
@@ -419,7 +662,7 @@ def avg_pool2d_backward(
     ----------
     grad_y : ndarray, shape (N, C, H_out, W_out)
     input_shape : (N, C, H, W)
-    kernel_size, stride, padding, backend
+    kernel_size, stride, padding, ceil_mode, count_include_pad, divisor_override, backend
         As passed to :func:`avg_pool2d`.
 
     Returns
@@ -427,20 +670,57 @@ def avg_pool2d_backward(
     ndarray of ``input_shape``
     """
     shape = check_nchw_shape("input_shape", input_shape)
-    geo = pool_geometry(shape, kernel_size, stride, padding)
     grad_y = float_array("grad_y", grad_y, ndim=4)
+    geo, scale = _avg_pool_geometry(shape, kernel_size, stride, padding, ceil_mode, count_include_pad,
+                                    divisor_override, grad_y.dtype)
     grad_y = check_grad("grad_y", grad_y, shape[:2] + geo.out_hw, grad_y.dtype)
-    pads = _symmetric(geo.padding)
+    pads = _avg_pool_pads(geo)
     padded = _padded_shape(shape, pads)
     check_allocation("avg_pool2d_backward output", padded, grad_y.dtype)
     signature = (padded, geo.kernel, geo.stride, grad_y.dtype.char)
-    grad_xp = dispatch.run("avg_pool2d_backward", signature, (grad_y, padded, *geo.kernel, *geo.stride), backend)
-    return _crop(grad_xp, pads)
+    args = (grad_y, padded, *geo.kernel, *geo.stride, scale)
+    return _crop(dispatch.run("avg_pool2d_backward", signature, args, backend), pads)
 
 
-def _symmetric(padding: tuple[int, int]):
-    return ((padding[0], padding[0]), (padding[1], padding[1]))
+def _plane(name: str, shape) -> tuple[int, int]:
+    """The (H, W) of a global pool's input ``shape``, which must be NCHW with a non-empty plane."""
+    if len(shape) != 4 or shape[2] < 1 or shape[3] < 1:
+        raise ValueError(f"{name} must be (N, C, H, W) with H, W >= 1 for global pooling, got shape {tuple(shape)}")
+    return shape[2], shape[3]
 
+
+def global_avg_pool2d(x: np.ndarray, *, backend: str | None = None) -> np.ndarray:
+    """The mean of every (sample, channel) plane: ``(N, C, H, W) -> (N, C)``, as
+    ``torch.nn.functional.adaptive_avg_pool2d(x, 1).flatten(1)``; :func:`avg_pool2d` with one window."""
+    x = float_array("x", x)
+    return avg_pool2d(x, _plane("x", x.shape), backend=backend).reshape(x.shape[:2])
+
+
+def global_avg_pool2d_backward(grad_y: np.ndarray, input_shape: tuple[int, int, int, int], *,
+                               backend: str | None = None) -> np.ndarray:
+    """Gradient of :func:`global_avg_pool2d`: ``grad_y / (H * W)`` over every plane of ``input_shape``."""
+    shape = check_nchw_shape("input_shape", input_shape)
+    grad_y = float_array("grad_y", grad_y, ndim=2)
+    grad_y = check_grad("grad_y", grad_y, shape[:2], grad_y.dtype)
+    return avg_pool2d_backward(grad_y.reshape(shape[:2] + (1, 1)), shape, _plane("input_shape", shape), backend=backend)
+
+
+def global_max_pool2d(x: np.ndarray, *, backend: str | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """The maximum of every (sample, channel) plane and its flat index: ``(N, C, H, W) -> (N, C)`` twice,
+    as :func:`max_pool2d` with one window (ties to the first maximum, NaN wins)."""
+    x = float_array("x", x)
+    y, argmax = max_pool2d(x, _plane("x", x.shape), backend=backend)
+    return y.reshape(x.shape[:2]), argmax.reshape(x.shape[:2])
+
+
+def global_max_pool2d_backward(grad_y: np.ndarray, argmax: np.ndarray, input_shape: tuple[int, int, int, int], *,
+                               backend: str | None = None) -> np.ndarray:
+    """Gradient of :func:`global_max_pool2d`: ``grad_y`` at each plane's ``argmax``, 0 elsewhere."""
+    shape = check_nchw_shape("input_shape", input_shape)
+    grad_y, argmax = np.asarray(grad_y), np.asarray(argmax)
+    if grad_y.ndim != 2 or argmax.ndim != 2:
+        raise ValueError(f"grad_y {grad_y.shape} and argmax {argmax.shape} must be (N, C) for input_shape {shape}")
+    return max_pool2d_backward(grad_y[:, :, None, None], argmax[:, :, None, None], shape, backend=backend)
 
 
 def relu(x: np.ndarray, *, backend: str | None = None) -> np.ndarray:
@@ -519,6 +799,91 @@ def softmax(x: np.ndarray, *, backend: str | None = None) -> np.ndarray:
 def softmax_backward(grad_y: np.ndarray, y: np.ndarray, *, backend: str | None = None) -> np.ndarray:
     """Gradient of :func:`softmax` from its output ``y``: ``y * (grad_y - sum(grad_y * y))`` per row."""
     return _activation_backward("softmax_backward", grad_y, y, backend)
+
+
+def _slope(negative_slope) -> float:
+    if isinstance(negative_slope, (bool, np.bool_)) or not isinstance(negative_slope, (int, float, np.floating, np.integer)) \
+            or not np.isfinite(negative_slope):
+        raise ValueError(f"negative_slope must be a finite number, got {negative_slope!r}")
+    return float(negative_slope)
+
+
+def _approximate(approximate) -> bool:
+    """Whether GELU's ``approximate`` asks for the tanh form."""
+    if approximate not in ("none", "tanh"):
+        raise ValueError(f"approximate must be 'none' or 'tanh', got {approximate!r}")
+    return approximate == "tanh"
+
+
+def _activation_gradient(name, grad_y, x, extra, described, backend):
+    """Gradient ``name + "_backward"`` of an activation at its input ``x``; ``extra`` are the op's
+    parameters, ``described`` those of them that the dispatch signature needs."""
+    x = float_array("x", x)
+    grad_y = check_grad("grad_y", grad_y, x.shape, x.dtype)
+    return dispatch.run(name + "_backward", (x.shape, x.dtype.char) + described, (grad_y, x) + extra, backend)
+
+
+def leaky_relu(x: np.ndarray, negative_slope: float = 0.01, *, backend: str | None = None) -> np.ndarray:
+    """``x`` where positive, else ``negative_slope * x``, as :func:`torch.nn.functional.leaky_relu`.
+
+    Parameters
+    ----------
+    x : ndarray
+        float32 or float64, any shape.
+    negative_slope : float
+    backend : {"auto", "numba", "numpy"}, optional
+
+    Returns
+    -------
+    ndarray of the shape and dtype of ``x``
+    """
+    x = float_array("x", x)
+    slope = _slope(negative_slope)
+    return dispatch.run("leaky_relu", (x.shape, x.dtype.char), (x, slope), backend)
+
+
+def leaky_relu_backward(grad_y: np.ndarray, x: np.ndarray, negative_slope: float = 0.01, *,
+                        backend: str | None = None) -> np.ndarray:
+    """Gradient of :func:`leaky_relu` at its input ``x``: ``grad_y`` where ``x > 0``, else
+    ``negative_slope * grad_y``."""
+    return _activation_gradient("leaky_relu", grad_y, x, (_slope(negative_slope),), (), backend)
+
+
+def silu(x: np.ndarray, *, backend: str | None = None) -> np.ndarray:
+    """``x * sigmoid(x)`` (swish), as :func:`torch.nn.functional.silu`; any shape, float32 or float64."""
+    x = float_array("x", x)
+    return dispatch.run("silu", (x.shape, x.dtype.char), (x,), backend)
+
+
+def silu_backward(grad_y: np.ndarray, x: np.ndarray, *, backend: str | None = None) -> np.ndarray:
+    """Gradient of :func:`silu` at its input ``x``: ``grad_y * s * (1 + x * (1 - s))``, ``s = sigmoid(x)``."""
+    return _activation_gradient("silu", grad_y, x, (), (), backend)
+
+
+def gelu(x: np.ndarray, approximate: str = "none", *, backend: str | None = None) -> np.ndarray:
+    """``x * Phi(x)``, Phi the standard normal CDF, as :func:`torch.nn.functional.gelu`.
+
+    Parameters
+    ----------
+    x : ndarray
+        float32 or float64, any shape.
+    approximate : {"none", "tanh"}
+        ``"tanh"``: ``0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3)))``, as PyTorch's.
+    backend : {"auto", "numba", "numpy"}, optional
+
+    Returns
+    -------
+    ndarray of the shape and dtype of ``x``
+    """
+    x = float_array("x", x)
+    op = "gelu_tanh" if _approximate(approximate) else "gelu"
+    return dispatch.run(op, (x.shape, x.dtype.char), (x,), backend)
+
+
+def gelu_backward(grad_y: np.ndarray, x: np.ndarray, approximate: str = "none", *,
+                  backend: str | None = None) -> np.ndarray:
+    """Gradient of :func:`gelu` at its input ``x``."""
+    return _activation_gradient("gelu_tanh" if _approximate(approximate) else "gelu", grad_y, x, (), (), backend)
 
 
 def dropout(x: np.ndarray, p: float, seed: int, *, backend: str | None = None) -> np.ndarray:

@@ -15,13 +15,16 @@ import numpy as np
 
 from . import functional as F
 from .init import get_rng, glorot_uniform, he_normal
-from ._checks import IntOrPair, check_grad, conv_geometry, float_array, pair, pool_geometry, positive_int
+from ._checks import IntOrPair, check_grad, conv_geometry, conv_padding, conv_transpose_geometry, flag, float_array, pair, pool_geometry, positive_int
 
 __all__ = [
     "Layer",
     "Conv2D",
+    "ConvTranspose2D",
     "MaxPool2D",
     "AvgPool2D",
+    "GlobalAvgPool2D",
+    "GlobalMaxPool2D",
     "Dense",
     "Flatten",
     "Dropout",
@@ -29,6 +32,9 @@ __all__ = [
     "Tanh",
     "Sigmoid",
     "Softmax",
+    "LeakyReLU",
+    "SiLU",
+    "GELU",
     "BatchNorm2D",
     "BatchNorm1D",
 ]
@@ -93,6 +99,16 @@ class Layer:
     def get_config(self) -> dict[str, Any]:
         """The constructor arguments that rebuild this layer (JSON-serialisable)."""
         return {}
+
+    @classmethod
+    def from_config(cls, config: dict[str, Any]) -> "Layer":
+        """The layer :meth:`get_config` described (fresh weights)."""
+        return cls(**config)
+
+    def inner_rows(self, prefix: str, input_shape: tuple[int, ...]) -> list[tuple[str, str, tuple[int, ...], int]]:
+        """Summary rows ``(name, description, output shape, parameters)`` of the layers inside this one
+        (a block's), named from ``prefix``, for a per-sample ``input_shape``; none for a plain layer."""
+        return []
 
     def astype(self, dtype) -> "Layer":
         """Convert parameters, gradients and float buffers to ``dtype`` in place; returns self."""
@@ -168,10 +184,16 @@ class Conv2D(_WeightLayer):
     ----------
     in_channels, out_channels : int
     kernel_size, stride, dilation : int or (int, int)
-    padding : int, (int, int), "valid" or "same"
+    padding : int, (int, int), (left, right, top, bottom), "valid" or "same"
+        Zero padding; ``"same"`` gives ``ceil(H / stride)`` rows and columns (see :func:`fastcnn.functional.conv2d`).
     bias : bool
     init : {"he", "glorot"}
         He normal (for ReLU) or Glorot uniform initialisation of the weight; the bias starts at zero.
+    groups : int
+        Grouped convolution, weight ``(out_channels, in_channels // groups, kH, kW)``; ``groups ==
+        in_channels`` is depthwise. It must divide both channel counts.
+    padding_mode : {"zeros", "reflect", "replicate", "circular"}
+        What the padding holds, as ``torch.nn.Conv2d``'s (see :func:`fastcnn.functional.pad2d`).
     rng : numpy.random.Generator or int, optional
         Generator for the initial weights; defaults to the library generator (:func:`fastcnn.seed`).
     backend : {"auto", "numba", "numpy"}, optional
@@ -193,20 +215,26 @@ class Conv2D(_WeightLayer):
 
     def __init__(self, in_channels: int, out_channels: int, kernel_size: IntOrPair, stride: IntOrPair = 1,
                  padding: IntOrPair | str = 0, dilation: IntOrPair = 1, bias: bool = True, init: str = "he",
-                 rng=None, backend: str | None = None) -> None:
+                 rng=None, backend: str | None = None, groups: int = 1, padding_mode: str = "zeros") -> None:
         super().__init__()
+        if padding_mode not in F.PAD_MODES:
+            raise ValueError(f"padding_mode must be one of {', '.join(map(repr, F.PAD_MODES))}, got {padding_mode!r}")
+        self.padding_mode = padding_mode
         self.in_channels = positive_int("in_channels", in_channels)
         self.out_channels = positive_int("out_channels", out_channels)
+        self.groups = positive_int("groups", groups)
+        if in_channels % groups or out_channels % groups:
+            raise ValueError(f"groups={groups} must divide in_channels ({in_channels}) and out_channels ({out_channels})")
         self.kernel_size = pair("kernel_size", kernel_size, 1)
         self.stride = pair("stride", stride, 1)
-        self.padding = padding if isinstance(padding, str) else pair("padding", padding, 0)
+        self.padding = conv_padding(padding)
         self.dilation = pair("dilation", dilation, 1)
         self.init = init
         self.backend = backend
         kh, kw = self.kernel_size
-        shape = (self.out_channels, self.in_channels, kh, kw)
-        self.params["weight"] = fresh(shape, lambda: _init_weight(init, shape, in_channels * kh * kw,
-                                                                  out_channels * kh * kw, get_rng(rng)))
+        shape = (self.out_channels, self.in_channels // groups, kh, kw)
+        self.params["weight"] = fresh(shape, lambda: _init_weight(init, shape, shape[1] * kh * kw,
+                                                                  out_channels // groups * kh * kw, get_rng(rng)))
         if bias:
             self.params["bias"] = fresh((out_channels,), lambda: np.zeros(out_channels, np.float32))
         self.grads = _zero_grads(self.params)
@@ -216,56 +244,160 @@ class Conv2D(_WeightLayer):
         """``stride``, ``padding`` and ``dilation``, as the functional conv ops take them."""
         return dict(stride=self.stride, padding=self.padding, dilation=self.dilation)
 
+    @property
+    def fuses_pool(self) -> bool:
+        """Whether :class:`fastcnn.Sequential` may run this conv and a max-pool after it as one op."""
+        return self.groups == 1 and self.padding_mode == "zeros"
+
+    def _conv_args(self):
+        args = self.geometry()
+        if self.padding_mode != "zeros":
+            args["padding"] = 0  # forward pads with pad2d first
+        return dict(args, groups=self.groups) if self.groups > 1 else args
+
+    def _pads(self, shape) -> tuple[int, int, int, int]:
+        """The (left, right, top, bottom) padding of an input of ``shape`` (``"same"`` depends on it)."""
+        (top, bottom), (left, right) = conv_geometry(shape, self.params["weight"].shape, **self.geometry(),
+                                                     groups=self.groups).padding
+        return (left, right, top, bottom)
+
     def forward(self, x, training=False):
+        if self.padding_mode != "zeros":
+            self._input_shape = np.shape(x)
+            x = F.pad2d(x, self._pads(np.shape(x)), self.padding_mode)
         self._x = x if training else None
-        return F.conv2d(x, self.params["weight"], self.params.get("bias"), backend=self.backend, **self.geometry())
+        return F.conv2d(x, self.params["weight"], self.params.get("bias"), backend=self.backend, **self._conv_args())
 
     def _gradients(self, grad, input_grad):
-        return F.conv2d_backward(grad, self._cached("_x"), self.params["weight"], input_grad=input_grad,
-                                 backend=self.backend, **self.geometry())
+        gx, gw, gb = F.conv2d_backward(grad, self._cached("_x"), self.params["weight"], input_grad=input_grad,
+                                       backend=self.backend, **self._conv_args())
+        if gx is not None and self.padding_mode != "zeros":
+            gx = F.pad2d_backward(gx, self._input_shape, self._pads(self._input_shape), self.padding_mode)
+        return gx, gw, gb
 
     def output_shape(self, input_shape):
         _expect(self, input_shape, 3, "(N, C, H, W)")
-        geo = conv_geometry((1,) + tuple(input_shape), self.params["weight"].shape, **self.geometry())
+        geo = conv_geometry((1,) + tuple(input_shape), self.params["weight"].shape, **self.geometry(),
+                            groups=self.groups)
         return (self.out_channels,) + geo.out_hw
 
     def describe(self):
         extra = "".join(f", {k} {v}" for k, v, default in (("stride", self.stride, (1, 1)), ("padding", self.padding, (0, 0)),
-                                                          ("dilation", self.dilation, (1, 1))) if v != default)
+                                                          ("dilation", self.dilation, (1, 1)),
+                                                          ("groups", self.groups, 1),
+                                                          ("padding_mode", self.padding_mode, "zeros")) if v != default)
         return f"Conv2D({self.in_channels}->{self.out_channels}, {self.kernel_size[0]}x{self.kernel_size[1]}{extra})"
 
     def get_config(self):
         return dict(in_channels=self.in_channels, out_channels=self.out_channels, kernel_size=list(self.kernel_size),
                     stride=list(self.stride), padding=self.padding if isinstance(self.padding, str) else list(self.padding),
-                    dilation=list(self.dilation), bias="bias" in self.params, init=self.init)
+                    dilation=list(self.dilation), bias="bias" in self.params, init=self.init,
+                    **({"groups": self.groups} if self.groups > 1 else {}),
+                    **({"padding_mode": self.padding_mode} if self.padding_mode != "zeros" else {}))
+
+
+class ConvTranspose2D(_WeightLayer):
+    """2-D transposed convolution with weight ``(in_channels, out_channels // groups, kH, kW)``, as
+    ``torch.nn.ConvTranspose2d``. See :func:`fastcnn.functional.conv_transpose2d`.
+
+    Parameters
+    ----------
+    in_channels, out_channels : int
+    kernel_size, stride, padding, output_padding, dilation : int or (int, int)
+    groups : int
+    bias : bool
+    init : {"he", "glorot"}
+    rng : numpy.random.Generator or int, optional
+    backend : {"auto", "numba", "numpy"}, optional
+    """
+
+    def __init__(self, in_channels: int, out_channels: int, kernel_size: IntOrPair, stride: IntOrPair = 1,
+                 padding: IntOrPair = 0, output_padding: IntOrPair = 0, groups: int = 1, bias: bool = True,
+                 dilation: IntOrPair = 1, init: str = "he", rng=None, backend: str | None = None) -> None:
+        super().__init__()
+        self.in_channels = positive_int("in_channels", in_channels)
+        self.out_channels = positive_int("out_channels", out_channels)
+        self.groups = positive_int("groups", groups)
+        if in_channels % groups or out_channels % groups:
+            raise ValueError(f"groups={groups} must divide in_channels ({in_channels}) and out_channels ({out_channels})")
+        self.kernel_size = pair("kernel_size", kernel_size, 1)
+        self.stride = pair("stride", stride, 1)
+        self.padding = pair("padding", padding, 0)
+        self.output_padding = pair("output_padding", output_padding, 0)
+        self.dilation = pair("dilation", dilation, 1)
+        self.init = init
+        self.backend = backend
+        kh, kw = self.kernel_size
+        shape = (self.in_channels, self.out_channels // groups, kh, kw)
+        self.params["weight"] = fresh(shape, lambda: _init_weight(init, shape, shape[1] * kh * kw,
+                                                                  shape[0] // groups * kh * kw, get_rng(rng)))
+        if bias:
+            self.params["bias"] = fresh((out_channels,), lambda: np.zeros(out_channels, np.float32))
+        self.grads = _zero_grads(self.params)
+        self._x = None
+
+    def _args(self):
+        return dict(stride=self.stride, padding=self.padding, output_padding=self.output_padding, groups=self.groups,
+                    dilation=self.dilation)
+
+    def forward(self, x, training=False):
+        self._x = x if training else None
+        return F.conv_transpose2d(x, self.params["weight"], self.params.get("bias"), backend=self.backend, **self._args())
+
+    def _gradients(self, grad, input_grad):
+        return F.conv_transpose2d_backward(grad, self._cached("_x"), self.params["weight"], input_grad=input_grad,
+                                           backend=self.backend, **self._args())
+
+    def output_shape(self, input_shape):
+        _expect(self, input_shape, 3, "(N, C, H, W)")
+        geo = conv_transpose_geometry((1,) + tuple(input_shape), self.params["weight"].shape, **self._args())
+        return (self.out_channels,) + geo.out_hw
+
+    def describe(self):
+        extra = "".join(f", {k} {v}" for k, v in self._args().items() if v not in ((1, 1), (0, 0), 1))
+        return f"ConvTranspose2D({self.in_channels}->{self.out_channels}, {self.kernel_size[0]}x{self.kernel_size[1]}{extra})"
+
+    def get_config(self):
+        return dict(in_channels=self.in_channels, out_channels=self.out_channels, kernel_size=list(self.kernel_size),
+                    **{k: v if isinstance(v, int) else list(v) for k, v in self._args().items()},
+                    bias="bias" in self.params, init=self.init)
 
 
 class _Pool2D(Layer):
+    _options: tuple[str, ...] = ()  # the subclass's options beyond kernel_size, stride and padding
+
     def __init__(self, kernel_size: IntOrPair, stride: IntOrPair | None = None, padding: IntOrPair = 0,
                  backend: str | None = None) -> None:
         super().__init__()
         self.kernel_size = pair("kernel_size", kernel_size, 1)
         self.stride = self.kernel_size if stride is None else pair("stride", stride, 1)
         self.padding = pair("padding", padding, 0)
+        self.dilation = (1, 1)
+        self.ceil_mode = False
         self.backend = backend
         self._input_shape = None
 
     def output_shape(self, input_shape):
         _expect(self, input_shape, 3, "(N, C, H, W)")
-        geo = pool_geometry((1,) + tuple(input_shape), self.kernel_size, self.stride, self.padding)
+        geo = pool_geometry((1,) + tuple(input_shape), self.kernel_size, self.stride, self.padding, self.dilation,
+                            int(self.ceil_mode))
         return (input_shape[0],) + geo.out_hw
 
     def get_config(self):
-        return dict(kernel_size=list(self.kernel_size), stride=list(self.stride), padding=list(self.padding))
+        options = {k: list(v) if isinstance(v, tuple) else v for k, v in ((k, getattr(self, k)) for k in self._options)}
+        return dict(kernel_size=list(self.kernel_size), stride=list(self.stride), padding=list(self.padding), **options)
 
     def describe(self):
         extra = "".join(f", {k} {v}" for k, v, default in (("stride", self.stride, self.kernel_size),
                                                           ("padding", self.padding, (0, 0))) if v != default)
+        defaults = type(self)(1).get_config()
+        extra += "".join(f", {k} {v}" for k, v in self.get_config().items() if k in self._options and v != defaults[k])
         return f"{type(self).__name__}({self.kernel_size[0]}x{self.kernel_size[1]}{extra})"
 
 
 class MaxPool2D(_Pool2D):
-    """2-D max pooling (implicit ``-inf`` padding; ties to the first maximum). See :func:`fastcnn.functional.max_pool2d`.
+    """2-D max pooling (implicit ``-inf`` padding; ties to the first maximum, a NaN to the last NaN), with
+    ``dilation`` and ``ceil_mode`` as ``torch.nn.MaxPool2d``. See :func:`fastcnn.functional.max_pool2d`.
 
     Parameters
     ----------
@@ -274,11 +406,15 @@ class MaxPool2D(_Pool2D):
         Defaults to ``kernel_size`` (windows side by side).
     padding : int or (int, int)
         At most half the window.
+    dilation : int or (int, int)
+        Spacing between a window's taps.
+    ceil_mode : bool
+        Round the output size up (a window must still start inside the input or its left padding).
 
     Notes
     -----
     Input ``(N, C, H, W)``, output ``(N, C, H_out, W_out)`` with, per axis,
-    ``H_out = floor((H + 2 * padding - kernel_size) / stride) + 1`` (PyTorch's floor mode).
+    ``H_out = floor((H + 2 * padding - dilation * (kernel_size - 1) - 1) / stride) + 1`` (ceil with ``ceil_mode``).
 
     Examples
     --------
@@ -288,8 +424,17 @@ class MaxPool2D(_Pool2D):
     (8, 14, 14)
     """
 
+    _options = ("dilation", "ceil_mode")
+
+    def __init__(self, kernel_size: IntOrPair, stride: IntOrPair | None = None, padding: IntOrPair = 0,
+                 dilation: IntOrPair = 1, ceil_mode: bool = False, backend: str | None = None) -> None:
+        super().__init__(kernel_size, stride, padding, backend)
+        self.dilation = pair("dilation", dilation, 1)
+        self.ceil_mode = bool(flag("ceil_mode", ceil_mode))
+
     def forward(self, x, training=False):
-        y, argmax = F.max_pool2d(x, self.kernel_size, self.stride, self.padding, backend=self.backend)
+        y, argmax = F.max_pool2d(x, self.kernel_size, self.stride, self.padding, self.dilation, self.ceil_mode,
+                                 backend=self.backend)
         self._argmax, self._input_shape = (argmax, x.shape) if training else (None, None)
         return y
 
@@ -314,7 +459,8 @@ class _ConvMaxPool(_WeightLayer):
         conv, pool = self.conv, self.pool
         y, argmax = F.conv2d_max_pool2d(x, conv.params["weight"], conv.params.get("bias"), **conv.geometry(),
                                         pool_size=pool.kernel_size, pool_stride=pool.stride,
-                                        pool_padding=pool.padding, relu=self.relu is not None, backend=conv.backend)
+                                        pool_padding=pool.padding, relu=self.relu is not None,
+                                        pool_dilation=pool.dilation, pool_ceil_mode=pool.ceil_mode, backend=conv.backend)
         self._x, self._argmax, self._y = (x, argmax, y) if training else (None, None, None)
         return y
 
@@ -334,10 +480,12 @@ class _ConvMaxPool(_WeightLayer):
 
 
 class AvgPool2D(_Pool2D):
-    """2-D average pooling (zero padding counted). See :func:`fastcnn.functional.avg_pool2d`.
+    """2-D average pooling with ``ceil_mode``, ``count_include_pad`` and ``divisor_override`` as
+    ``torch.nn.AvgPool2d``. See :func:`fastcnn.functional.avg_pool2d`.
 
-    Parameters and output size as :class:`MaxPool2D`:
-    ``H_out = floor((H + 2 * padding - kernel_size) / stride) + 1``.
+    Parameters and output size as :class:`MaxPool2D` (no dilation):
+    ``H_out = floor((H + 2 * padding - kernel_size) / stride) + 1``; padded zeros count in the average
+    unless ``count_include_pad=False``; ``divisor_override`` replaces the window size as the divisor.
 
     Examples
     --------
@@ -345,13 +493,67 @@ class AvgPool2D(_Pool2D):
     (16, 5, 5)
     """
 
+    _options = ("ceil_mode", "count_include_pad", "divisor_override")
+
+    def __init__(self, kernel_size: IntOrPair, stride: IntOrPair | None = None, padding: IntOrPair = 0,
+                 ceil_mode: bool = False, count_include_pad: bool = True, divisor_override: int | None = None,
+                 backend: str | None = None) -> None:
+        super().__init__(kernel_size, stride, padding, backend)
+        self.ceil_mode = bool(flag("ceil_mode", ceil_mode))
+        self.count_include_pad = bool(flag("count_include_pad", count_include_pad))
+        if divisor_override is not None:
+            positive_int("divisor_override", divisor_override)
+        self.divisor_override = divisor_override
+
+    def _options_args(self):
+        return dict(ceil_mode=self.ceil_mode, count_include_pad=self.count_include_pad,
+                    divisor_override=self.divisor_override, backend=self.backend)
+
     def forward(self, x, training=False):
         self._input_shape = x.shape if training else None
-        return F.avg_pool2d(x, self.kernel_size, self.stride, self.padding, backend=self.backend)
+        return F.avg_pool2d(x, self.kernel_size, self.stride, self.padding, **self._options_args())
 
     def backward(self, grad):
         return F.avg_pool2d_backward(grad, self._cached("_input_shape"), self.kernel_size, self.stride,
-                                     self.padding, backend=self.backend)
+                                     self.padding, **self._options_args())
+
+
+class _GlobalPool2D(Layer):
+    """``(N, C, H, W) -> (N, C)``: one value per plane."""
+
+    def __init__(self, backend: str | None = None) -> None:
+        super().__init__()
+        self.backend = backend
+        self._input_shape = None
+
+    def output_shape(self, input_shape):
+        _expect(self, input_shape, 3, "(N, C, H, W)")
+        if min(input_shape) < 1:
+            raise ValueError(f"{self!r} needs a non-empty (C, H, W), got (N, {', '.join(map(str, input_shape))})")
+        return (input_shape[0],)
+
+
+class GlobalAvgPool2D(_GlobalPool2D):
+    """The mean of every channel's plane, ``(N, C, H, W) -> (N, C)``. See :func:`fastcnn.functional.global_avg_pool2d`."""
+
+    def forward(self, x, training=False):
+        self._input_shape = np.shape(x) if training else None
+        return F.global_avg_pool2d(x, backend=self.backend)
+
+    def backward(self, grad):
+        return F.global_avg_pool2d_backward(grad, self._cached("_input_shape"), backend=self.backend)
+
+
+class GlobalMaxPool2D(_GlobalPool2D):
+    """The maximum of every channel's plane, ``(N, C, H, W) -> (N, C)``. See :func:`fastcnn.functional.global_max_pool2d`."""
+
+    def forward(self, x, training=False):
+        y, argmax = F.global_max_pool2d(x, backend=self.backend)
+        self._argmax, self._input_shape = (argmax, np.shape(x)) if training else (None, None)
+        return y
+
+    def backward(self, grad):
+        return F.global_max_pool2d_backward(grad, self._cached("_argmax"), self._input_shape, backend=self.backend)
 
 
 class Dense(_WeightLayer):
@@ -531,6 +733,67 @@ class Softmax(_Activation):
         return F.softmax_backward(grad, y)
 
 
+class _InputActivation(Layer):
+    """An element-wise function whose derivative is computed from its input ``x``: the op ``_op`` and
+    its gradient ``_op + "_backward"`` in :mod:`fastcnn.functional`, with :meth:`_args` after ``x``."""
+
+    _op = ""
+
+    def __init__(self, backend: str | None = None) -> None:
+        super().__init__()
+        self.backend = backend
+        self._x = None
+
+    def _args(self) -> dict[str, Any]:
+        return {}
+
+    def forward(self, x, training=False):
+        x = self._input(x)
+        self._x = x if training else None
+        return getattr(F, self._op)(x, **self._args(), backend=self.backend)
+
+    def backward(self, grad):
+        return getattr(F, self._op + "_backward")(grad, self._cached("_x"), **self._args(), backend=self.backend)
+
+    def get_config(self):
+        return self._args()
+
+
+class LeakyReLU(_InputActivation):
+    """``x`` where positive, else ``negative_slope * x``, as ``torch.nn.LeakyReLU``."""
+
+    _op = "leaky_relu"
+
+    def __init__(self, negative_slope: float = 0.01, backend: str | None = None) -> None:
+        super().__init__(backend)
+        F.leaky_relu(np.zeros(0, np.float32), negative_slope)  # checks negative_slope
+        self.negative_slope = float(negative_slope)
+
+    def _args(self):
+        return dict(negative_slope=self.negative_slope)
+
+
+class SiLU(_InputActivation):
+    """``x * sigmoid(x)`` (swish), as ``torch.nn.SiLU``."""
+
+    _op = "silu"
+
+
+class GELU(_InputActivation):
+    """``x * Phi(x)``, Phi the standard normal CDF, as ``torch.nn.GELU``; ``approximate="tanh"`` uses
+    PyTorch's tanh approximation."""
+
+    _op = "gelu"
+
+    def __init__(self, approximate: str = "none", backend: str | None = None) -> None:
+        super().__init__(backend)
+        F.gelu(np.zeros(0, np.float32), approximate)  # checks approximate
+        self.approximate = approximate
+
+    def _args(self):
+        return dict(approximate=self.approximate)
+
+
 class _BatchNorm(Layer):
     _axes: tuple[int, ...] = ()
     _ndim = 0
@@ -648,5 +911,6 @@ class BatchNorm1D(_BatchNorm):
     _ndim = 2
 
 
-LAYER_TYPES = {cls.__name__: cls for cls in (Conv2D, MaxPool2D, AvgPool2D, Dense, Flatten, Dropout, ReLU, Tanh,
-                                            Sigmoid, Softmax, BatchNorm2D, BatchNorm1D)}
+LAYER_TYPES = {cls.__name__: cls for cls in (Conv2D, ConvTranspose2D, MaxPool2D, AvgPool2D, Dense, Flatten, Dropout, ReLU, Tanh,
+                                            Sigmoid, Softmax, LeakyReLU, SiLU, GELU, BatchNorm2D, BatchNorm1D,
+                                            GlobalAvgPool2D, GlobalMaxPool2D)}

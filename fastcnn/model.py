@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import math
 import os
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 
@@ -85,8 +85,11 @@ class Sequential:
         """A table of layers, output shapes and parameter counts (returned; print it to show it)."""
         shapes = self.output_shapes(input_shape)
         rows = [("#", "layer", "output shape", "params")]
+        inputs = [tuple(input_shape or self.input_shape)] + shapes[:-1]
         for i, (layer, shape) in enumerate(zip(self.layers, shapes)):
             rows.append((str(i), layer.describe(), "(N, " + ", ".join(map(str, shape)) + ")", f"{layer.num_params:,}"))
+            rows.extend((name, "  " + text, "(N, " + ", ".join(map(str, out)) + ")", f"{count:,}")
+                        for name, text, out, count in layer.inner_rows(str(i), inputs[i]))
         table = format_table(rows, right=[3], header_rule=True)
         total = sum(layer.num_params for layer in self.layers)
         return "\n".join([table, table.split("\n")[1], f"total parameters: {total:,} ({self.dtype.name})"])
@@ -167,8 +170,8 @@ class Sequential:
             if layer_type is None:
                 raise ValueError(f"unknown layer type in {spec!r}; known: {', '.join(LAYER_TYPES)}")
             try:
-                layers.append(layer_type(**spec.get("config", {})))
-            except (TypeError, OverflowError) as exc:
+                layers.append(layer_type.from_config(spec.get("config", {})))
+            except (TypeError, KeyError, OverflowError) as exc:
                 raise ValueError(f"cannot rebuild layer {spec!r}: {exc}") from None
         return cls(layers, input_shape=input_shape)
 
@@ -228,7 +231,7 @@ class Sequential:
         steps: list[Layer] = []
         for layer in order:
             last = steps[-1] if steps else None
-            if type(layer) is MaxPool2D and type(last) is Conv2D and last.backend == layer.backend:
+            if type(layer) is MaxPool2D and type(last) is Conv2D and last.fuses_pool and last.backend == layer.backend:
                 steps[-1] = _ConvMaxPool(last, layer)
             elif type(layer) is ReLU and type(last) is _ConvMaxPool and last.relu is None:
                 steps[-1] = _ConvMaxPool(last.conv, last.pool, layer)
@@ -240,6 +243,10 @@ class Sequential:
         return steps
 
     __call__ = forward
+
+    def steps(self) -> list[Layer]:
+        """The steps :meth:`forward` runs (see :meth:`_run_order`), for blocks that run a container's layers."""
+        return self._run_order()
 
     def backward(self, grad: np.ndarray, input_grad: bool = True) -> np.ndarray | None:
         """Back-propagate ``grad`` (d loss / d output) through every layer; fills each layer's ``grads``.
@@ -305,6 +312,7 @@ class Sequential:
         validation_split: float = 0.0,
         callbacks: Sequence[Callback] | None = None,
         distributed: bool = False,
+        augment: Callable[[np.ndarray], np.ndarray] | None = None,
     ) -> dict[str, list[float]]:
         """Train on ``(x, y)`` with mini-batches.
 
@@ -339,6 +347,9 @@ class Sequential:
             ``pip install 'fastcnn[mpi]'``): every rank passes the same data, takes a share of each
             batch, and the gradients are averaged, so a run learns as one process with the same
             ``batch_size`` would; only rank 0 shows progress. See :mod:`fastcnn.distributed`.
+        augment : callable, optional
+            Applied to every training batch before the forward pass (e.g.
+            :class:`fastcnn.augment.RandomShiftRotate`); returns a batch of the same shape.
 
         Returns
         -------
@@ -384,7 +395,7 @@ class Sequential:
                 order = rng.permutation(n) if shuffle and batch_size < n else None  # full batch: order is moot
                 bar = ProgressBar(n, f"epoch {epoch + 1}/{epochs}", enabled=verbose > 0 and ctx.is_root)
                 try:
-                    mean_loss, acc = self._train_epoch(x, y, order, batch_size, optimizer, loss, bar, ctx)
+                    mean_loss, acc = self._train_epoch(x, y, order, batch_size, optimizer, loss, bar, ctx, augment)
                 except TrainingDivergedError as exc:
                     bar.close("diverged")
                     exc.args = (f"epoch {epoch + 1}: {exc.args[0]}",)
@@ -406,7 +417,7 @@ class Sequential:
         callbacks.train_end(self, history)
         return history
 
-    def _train_epoch(self, x, y, order, batch_size, optimizer, loss, bar, ctx) -> tuple[float, float | None]:
+    def _train_epoch(self, x, y, order, batch_size, optimizer, loss, bar, ctx, augment) -> tuple[float, float | None]:
         """One pass over ``x`` in ``order`` (None: as stored); returns the mean loss and accuracy.
         ``ctx`` (see :mod:`fastcnn.distributed`) says which share of each batch this process computes
         and averages the gradients, loss and right predictions over the processes.
@@ -426,6 +437,8 @@ class Sequential:
                 xb, yb = x[idx], y[idx]
                 value, right = 0.0, 0  # a share may be empty (a short last batch over many processes)
                 if len(xb):
+                    if augment is not None:
+                        xb = augment(xb)
                     out = self._forward(xb, training=True)
                     value = loss(out, yb)
                     right = loss.correct_count(out, yb)

@@ -13,13 +13,17 @@ from typing import Any, Callable
 
 import numpy as np
 
+from .augment import RandomShiftRotate
+from .blocks import Residual
 from .init import get_rng
-from .layers import Conv2D, Dense, Dropout, Flatten, MaxPool2D, ReLU, Sigmoid, Tanh
+from .layers import (BatchNorm2D, Conv2D, Dense, Dropout, Flatten, GlobalAvgPool2D, MaxPool2D, ReLU, Sigmoid,
+                     Tanh)
 from .losses import CrossEntropyLoss, Loss, MSELoss
 from .model import Sequential
 from .optim import SGD, Adam, CosineLR, OneCycleLR, Optimizer
 
-__all__ = ["Recipe", "PRESETS", "mlp", "tiny_cnn", "toy_conv", "keras_cnn", "lenet", "pytorch_example", "toy_data"]
+__all__ = ["Recipe", "PRESETS", "mlp", "tiny_cnn", "toy_conv", "keras_cnn", "lenet", "pytorch_example", "resnet",
+           "toy_data"]
 
 _SCHEDULES = {None: lambda: None, "onecycle": OneCycleLR, "cosine": CosineLR}
 
@@ -40,6 +44,8 @@ class Recipe:
     schedule : {None, "onecycle", "cosine"}
     train_limit : int, optional
         Train on the first ``train_limit`` images only, as the tutorial did.
+    augment : (max_shift, max_degrees), optional
+        Train on randomly shifted and rotated images (:class:`fastcnn.augment.RandomShiftRotate`).
     """
 
     optimizer: str
@@ -51,6 +57,7 @@ class Recipe:
     decay: float = 0.0
     schedule: str | None = None
     train_limit: int | None = None
+    augment: tuple[float, float] | None = None
 
     def with_overrides(self, **changes: Any) -> "Recipe":
         """A copy with the non-None ``changes`` applied (e.g. from command-line flags)."""
@@ -67,9 +74,13 @@ class Recipe:
     def make_loss(self) -> Loss:
         return {"cross_entropy": CrossEntropyLoss, "mse": MSELoss}[self.loss]()
 
-    def fit_kwargs(self) -> dict[str, Any]:
-        """Arguments for :meth:`Sequential.fit`: optimizer, loss, epochs and batch size."""
-        return dict(optimizer=self.make_optimizer(), loss=self.make_loss(), epochs=self.epochs, batch_size=self.batch_size)
+    def fit_kwargs(self, seed: int | None = 0) -> dict[str, Any]:
+        """Arguments for :meth:`Sequential.fit`: optimizer, loss, epochs, batch size and any augmentation
+        (seeded with ``seed``)."""
+        kwargs = dict(optimizer=self.make_optimizer(), loss=self.make_loss(), epochs=self.epochs, batch_size=self.batch_size)
+        if self.augment is not None:
+            kwargs["augment"] = RandomShiftRotate(*self.augment, seed=seed)
+        return kwargs
 
 
 def _preset(layers: Callable[[np.random.Generator], list], input_shape, recipe: Recipe, seed) -> Sequential:
@@ -141,6 +152,29 @@ def pytorch_example(seed: int | None = None) -> Sequential:
                               Dense(128, 10, rng=r)], MNIST_SHAPE, Recipe("adam", 1e-3, batch_size=64, epochs=1), seed)
 
 
+def _basic_block(channels: int, rng) -> list:
+    """A ResNet basic block at constant width and the ReLU after it: ReLU(x + BN(conv(ReLU(BN(conv(x))))))."""
+    body = [Conv2D(channels, channels, 3, padding=1, bias=False, rng=rng), BatchNorm2D(channels), ReLU(),
+            Conv2D(channels, channels, 3, padding=1, bias=False, rng=rng), BatchNorm2D(channels)]
+    return [Residual(body), ReLU()]
+
+
+def _stage(c_in: int, c_out: int, rng) -> list:
+    """A widening conv, a 2x2 max-pool (fused with the conv), batch norm and ReLU, then a basic block."""
+    return [Conv2D(c_in, c_out, 3, padding=1, bias=False, rng=rng), MaxPool2D(2), BatchNorm2D(c_out), ReLU(),
+            *_basic_block(c_out, rng)]
+
+
+def resnet(seed: int | None = None) -> Sequential:
+    """A small ResNet: two stages (16 channels at 14x14, 32 at 7x7), each a conv and 2x2 max-pool with
+    batch norm and ReLU, then a residual basic block; global average pooling and Dense(32, 10). Adam
+    3e-3 with a one-cycle schedule, batch 128, 8 epochs, on images randomly shifted by up to 2 pixels
+    and rotated by up to 10 degrees."""
+    return _preset(lambda r: [*_stage(1, 16, r), *_stage(16, 32, r), GlobalAvgPool2D(), Dense(32, 10, rng=r)],
+                   MNIST_SHAPE,
+                   Recipe("adam", 3e-3, batch_size=128, epochs=8, schedule="onecycle", augment=(2.0, 10.0)), seed)
+
+
 PRESETS: dict[str, Callable[..., Sequential]] = {
-    f.__name__: f for f in (lenet, mlp, tiny_cnn, keras_cnn, pytorch_example, toy_conv)
+    f.__name__: f for f in (lenet, mlp, tiny_cnn, keras_cnn, pytorch_example, resnet, toy_conv)
 }

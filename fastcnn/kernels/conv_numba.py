@@ -286,9 +286,9 @@ def conv2d_max_pool2d_forward(xp, w, b, sh, sw, dh, dw, oh, ow, pool, relu):
     :func:`conv2d_forward`'s, ``pool`` the pool's as :func:`.pool_numba.max_pool2d_forward`'s. A 2x2,
     stride-2 pool after a stride-1 conv pools the conv's wide output as it leaves it, so the full-size
     output is never written."""
-    if (sh, sw) != (1, 1) or tuple(pool[:6]) != pool_numba.WINDOWS_2X2:
+    if (sh, sw) != (1, 1) or not pool_numba.vector_pool(*pool[:8], oh, ow, *pool[8:]):
         return pooled(pool_numba, elementwise_numba, conv2d_forward(xp, w, b, sh, sw, dh, dw, oh, ow), pool, relu)
-    shape = (xp.shape[0], w.shape[0]) + tuple(pool[6:])
+    shape = (xp.shape[0], w.shape[0]) + tuple(pool[8:])
     y, idx = np.empty(shape, dtype=xp.dtype), np.empty(shape, dtype=np.int64)
     _conv_wide_into(xp, w, b, y, idx, relu, dh, dw, ow, xp.shape[0] * oh * ow * w.size)
     return y, idx

@@ -1,8 +1,12 @@
-"""Element-wise training steps in NumPy: the activations and their gradients, dropout, and the Adam update."""
+"""Element-wise training steps in NumPy: the activations (ReLU, LeakyReLU, SiLU, GELU, tanh, sigmoid,
+softmax) and their gradients, dropout, and the Adam update."""
 from __future__ import annotations
+
+import math
 
 import numpy as np
 
+from ._erf import ERF_CLAMP, erf_rational
 from ._mask import kept
 
 
@@ -64,3 +68,78 @@ def softmax_forward(x):
 def softmax_backward(grad, y):
     """Gradient of the softmax over the last axis from its output ``y``."""
     return y * (grad - (grad * y).sum(axis=-1, keepdims=True))
+
+
+def leaky_relu_forward(x, slope):
+    """``x`` where positive, else ``slope * x``."""
+    return np.where(x > 0, x, x * slope)
+
+
+def leaky_relu_backward(grad, x, slope):
+    """``grad`` where the input ``x`` is positive, else ``slope * grad``."""
+    return np.where(x > 0, grad, grad * slope)
+
+
+def _sigmoid(x):
+    """``1 / (1 + exp(-x))``; ``exp`` overflowing to inf for very negative ``x`` gives the right 0."""
+    with np.errstate(over="ignore"):
+        return 1 / (1 + np.exp(-x))
+
+
+def silu_forward(x):
+    """``x * sigmoid(x)``."""
+    return x * _sigmoid(x)
+
+
+def silu_backward(grad, x):
+    """``grad * s * (1 + x * (1 - s))`` with ``s = sigmoid(x)``."""
+    s = _sigmoid(x)
+    return grad * (s * (1 + x * (1 - s)))
+
+
+_SQRT_2_OVER_PI = math.sqrt(2 / math.pi)
+_INV_SQRT_2PI = 1 / math.sqrt(2 * math.pi)
+_GELU_CUBIC = 0.044715
+
+
+def _erf(x):
+    """The error function element-wise: for float32 the rational function of :mod:`._erf`; for float64
+    SciPy's where SciPy is installed, else :func:`math.erf` per element (NumPy has no ``erf``)."""
+    if x.dtype == np.float32:
+        c = np.clip(x, -ERF_CLAMP, ERF_CLAMP)
+        return erf_rational(c, c * c)
+    try:
+        from scipy.special import erf
+    except ImportError:
+        return np.frompyfunc(math.erf, 1, 1)(x).astype(x.dtype)
+    return erf(x).astype(x.dtype, copy=False)
+
+
+def _tanh_form(x):
+    t = x.dtype.type
+    return np.tanh(t(_SQRT_2_OVER_PI) * (x + t(_GELU_CUBIC) * x * x * x))
+
+
+def gelu_forward(x):
+    """``x * Phi(x)``, Phi the standard normal CDF."""
+    t = x.dtype.type
+    return t(0.5) * x * (1 + _erf(x * t(1 / math.sqrt(2))))
+
+
+def gelu_backward(grad, x):
+    """``grad`` times the derivative of :func:`gelu_forward` at ``x``."""
+    t = x.dtype.type
+    return grad * (t(0.5) * (1 + _erf(x * t(1 / math.sqrt(2)))) + x * np.exp(t(-0.5) * x * x) * t(_INV_SQRT_2PI))
+
+
+def gelu_tanh_forward(x):
+    """PyTorch's tanh approximation of GELU: ``0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3)))``."""
+    t = x.dtype.type
+    return t(0.5) * x * (1 + _tanh_form(x))
+
+
+def gelu_tanh_backward(grad, x):
+    """``grad`` times the derivative of :func:`gelu_tanh_forward` at ``x``."""
+    t = x.dtype.type
+    th = _tanh_form(x)
+    return grad * (t(0.5) * (1 + th) + t(0.5) * x * (1 - th * th) * t(_SQRT_2_OVER_PI) * (1 + t(3 * _GELU_CUBIC) * x * x))

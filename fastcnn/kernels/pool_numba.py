@@ -11,26 +11,42 @@ from .jit import kernel_helper, parallel_kernel, prange, sized
 from ._pool_vectors import clear, max_pairs, unpool_pairs
 from ._tiles import lanes
 
-WINDOWS_2X2 = (2, 2, 2, 2, 0, 0)  # (kh, kw, sh, sw, ph, pw) of the pool the vector kernels serve
+WINDOWS_2X2 = (2, 2, 2, 2, 0, 0, 1, 1)  # (kh, kw, sh, sw, ph, pw, dh, dw) of the pool the vector kernels serve
+
+
+def vector_pool(kh, kw, sh, sw, ph, pw, dh, dw, h, w, oh, ow) -> bool:
+    """Whether a max-pool of an ``h`` x ``w`` plane to ``oh`` x ``ow`` is the vector kernels' (2x2 windows,
+    stride 2, no padding or dilation, no ceil-mode window past the edge)."""
+    return (kh, kw, sh, sw, ph, pw, dh, dw) == WINDOWS_2X2 and (oh, ow) == (h // 2, w // 2)
 
 
 @kernel_helper
-def _max_pool_plane(plane, kh, kw, sh, sw, ph, pw, y, idx):
-    """Any window and padding: over the in-bounds part, in row-major order, each value greater than
-    the best so far or NaN becomes the best (PyTorch's rule: the first maximum, or the last NaN)."""
+def _first_tap(start, k, d, size):
+    """The taps ``[i0, i1)`` of a window starting at ``start`` (taps ``d`` apart) that fall in ``[0, size)``."""
+    i0 = 0 if start >= 0 else (d - 1 - start) // d
+    return i0, min(k, (size - 1 - start) // d + 1)
+
+
+@kernel_helper
+def _max_pool_plane(plane, kh, kw, sh, sw, ph, pw, dh, dw, y, idx):
+    """Any window, padding and dilation: over the in-bounds taps, in row-major order, each value greater
+    than the best so far or NaN becomes the best (PyTorch's rule: the first maximum, or the last NaN)."""
     h, w = plane.shape
     oh, ow = y.shape
     for r in range(oh):
-        r0, r1 = max(r * sh - ph, 0), min(r * sh - ph + kh, h)
+        top = r * sh - ph
+        i0, i1 = _first_tap(top, kh, dh, h)
         for q in range(ow):
-            q0, q1 = max(q * sw - pw, 0), min(q * sw - pw + kw, w)
-            best, at = plane[r0, q0], r0 * w + q0
-            for i in range(r0, r1):
-                for j in range(q0, q1):
-                    v = plane[i, j]
+            left = q * sw - pw
+            j0, j1 = _first_tap(left, kw, dw, w)
+            best, at = plane[top + i0 * dh, left + j0 * dw], (top + i0 * dh) * w + left + j0 * dw
+            for i in range(i0, i1):
+                for j in range(j0, j1):
+                    a, b = top + i * dh, left + j * dw
+                    v = plane[a, b]
                     take = v > best or v != v
                     best = v if take else best
-                    at = i * w + j if take else at
+                    at = a * w + b if take else at
             y[r, q] = best
             idx[r, q] = at
 
@@ -61,25 +77,26 @@ def _max_pool_2x2(x, oh, ow):
 
 
 @parallel_kernel
-def _max_pool_any(x, kh, kw, sh, sw, ph, pw, oh, ow):
+def _max_pool_any(x, kh, kw, sh, sw, ph, pw, dh, dw, oh, ow):
     n, c = x.shape[0], x.shape[1]
     y = np.empty((n, c, oh, ow), dtype=x.dtype)
     idx = np.empty((n, c, oh, ow), dtype=np.int64)
     for task in prange(n * c):
         s, ch = task // c, task % c
-        _max_pool_plane(x[s, ch], kh, kw, sh, sw, ph, pw, y[s, ch], idx[s, ch])
+        _max_pool_plane(x[s, ch], kh, kw, sh, sw, ph, pw, dh, dw, y[s, ch], idx[s, ch])
     return y, idx
 
 
-def max_pool2d_forward(x, kh, kw, sh, sw, ph, pw, oh, ow):
+def max_pool2d_forward(x, kh, kw, sh, sw, ph, pw, dh, dw, oh, ow):
     """Max-pool ``x`` (N, C, H, W); return ``(y, argmax)``, argmax a flat index into each input plane.
 
     Padding is ``-inf`` and never chosen; ties go to the first maximum in row-major window order; the
     last NaN in a window wins (as PyTorch). (The case is picked here, in Python, so only the kernel used compiles.)
     """
-    if (kh, kw, sh, sw, ph, pw) == WINDOWS_2X2:
+    if vector_pool(kh, kw, sh, sw, ph, pw, dh, dw, x.shape[2], x.shape[3], oh, ow):
         return sized(_max_pool_2x2, x.size)(np.ascontiguousarray(x), oh, ow)
-    return sized(_max_pool_any, x.shape[0] * x.shape[1] * oh * ow * kh * kw)(x, kh, kw, sh, sw, ph, pw, oh, ow)
+    work = x.shape[0] * x.shape[1] * oh * ow * kh * kw
+    return sized(_max_pool_any, work)(x, kh, kw, sh, sw, ph, pw, dh, dw, oh, ow)
 
 
 def unpools_by_blocks(rows, cols, h, w) -> bool:
@@ -162,11 +179,10 @@ def _max_unpool_2x2(gy, argmax, h, w):
 
 
 @parallel_kernel
-def avg_pool2d_forward(xp, kh, kw, sh, sw, oh, ow):
-    """Average-pool a zero-padded input; the divisor is always ``kH * kW`` (padding counts)."""
+def avg_pool2d_forward(xp, kh, kw, sh, sw, oh, ow, scale):
+    """Average-pool a zero-padded input: each window's sum times ``scale`` (OH, OW), 1 / its divisor."""
     n, c = xp.shape[0], xp.shape[1]
     y = np.empty((n, c, oh, ow), dtype=xp.dtype)
-    scale = 1.0 / (kh * kw)
     for task in prange(n * c):
         s, ch = task // c, task % c
         plane = xp[s, ch]
@@ -176,22 +192,21 @@ def avg_pool2d_forward(xp, kh, kw, sh, sw, oh, ow):
                 for i in range(kh):
                     for j in range(kw):
                         acc += plane[r * sh + i, q * sw + j]
-                y[s, ch, r, q] = acc * scale
+                y[s, ch, r, q] = acc * scale[r, q]
     return y
 
 
 @parallel_kernel
-def avg_pool2d_backward(gy, padded_shape, kh, kw, sh, sw):
+def avg_pool2d_backward(gy, padded_shape, kh, kw, sh, sw, scale):
     """Gradient of :func:`avg_pool2d_forward` with respect to the padded input."""
     n, c, oh, ow = gy.shape
     grad_xp = np.zeros(padded_shape, dtype=gy.dtype)
-    scale = 1.0 / (kh * kw)
     for task in prange(n * c):
         s, ch = task // c, task % c
         plane = grad_xp[s, ch]
         for r in range(oh):
             for q in range(ow):
-                g = gy[s, ch, r, q] * scale
+                g = gy[s, ch, r, q] * scale[r, q]
                 for i in range(kh):
                     for j in range(kw):
                         plane[r * sh + i, q * sw + j] += g

@@ -6,27 +6,32 @@ import numpy as np
 from ._windows import window
 
 
-def max_pool2d_forward(x, kh, kw, sh, sw, ph, pw, oh, ow):
-    """Max-pool ``x`` (N, C, H, W); return ``(y, argmax)``, argmax a flat index into each input plane.
+def max_pool2d_forward(x, kh, kw, sh, sw, ph, pw, dh, dw, oh, ow):
+    """Max-pool ``x`` (N, C, H, W) with windows of ``kh`` x ``kw`` elements ``dh``, ``dw`` apart; return
+    ``(y, argmax)``, argmax a flat index into each input plane. ``oh``, ``ow`` may ask for ceil mode's
+    last windows, which reach past the bottom/right padding.
 
     Padding is ``-inf``. Ties go to the first maximum in row-major window order (as
     :func:`numpy.argmax`) and NaN wins, the last NaN of the window (as PyTorch and the Numba kernel).
     """
     h, w = x.shape[2:]
-    xp = np.pad(x, ((0, 0), (0, 0), (ph, ph), (pw, pw)), constant_values=-np.inf) if ph or pw else x
-    windows = np.stack([window(xp, i, j, sh, sw, oh, ow) for i in range(kh) for j in range(kw)])
+    eh = max((oh - 1) * sh + (kh - 1) * dh + 1 - h - 2 * ph, 0)
+    ew = max((ow - 1) * sw + (kw - 1) * dw + 1 - w - 2 * pw, 0)
+    padded = ph or pw or eh or ew
+    xp = np.pad(x, ((0, 0), (0, 0), (ph, ph + eh), (pw, pw + ew)), constant_values=-np.inf) if padded else x
+    windows = np.stack([window(xp, i * dh, j * dw, sh, sw, oh, ow) for i in range(kh) for j in range(kw)])
     k = np.argmax(windows, axis=0)
     nan = np.isnan(windows)
     if nan.any():
         k = np.where(nan.any(axis=0), len(windows) - 1 - np.argmax(nan[::-1], axis=0), k)
     y = np.take_along_axis(windows, k[None], axis=0)[0]
-    if ph or pw:
+    if padded:
         # A window whose maximum is -inf may have picked padding: use its first real element instead.
-        first_i = np.maximum(ph - np.arange(oh) * sh, 0)[:, None]
-        first_j = np.maximum(pw - np.arange(ow) * sw, 0)[None, :]
+        first_i = np.maximum(-((np.arange(oh) * sh - ph) // dh), 0)[:, None]
+        first_j = np.maximum(-((np.arange(ow) * sw - pw) // dw), 0)[None, :]
         k = np.where(y == -np.inf, first_i * kw + first_j, k)
-    rows = np.arange(oh)[:, None] * sh - ph + k // kw
-    cols = np.arange(ow)[None, :] * sw - pw + k % kw
+    rows = np.arange(oh)[:, None] * sh - ph + k // kw * dh
+    cols = np.arange(ow)[None, :] * sw - pw + k % kw * dw
     return y, rows * w + cols
 
 
@@ -39,21 +44,21 @@ def max_pool2d_backward(gy, argmax, h, w):
     return grad.astype(gy.dtype, copy=False).reshape(n, c, h, w)
 
 
-def avg_pool2d_forward(xp, kh, kw, sh, sw, oh, ow):
-    """Average-pool a zero-padded input; the divisor is always ``kH * kW`` (padding counts)."""
+def avg_pool2d_forward(xp, kh, kw, sh, sw, oh, ow, scale):
+    """Average-pool a zero-padded input: each window's sum times ``scale`` (OH, OW), 1 / its divisor."""
     y = np.zeros(xp.shape[:2] + (oh, ow), dtype=xp.dtype)
     for i in range(kh):
         for j in range(kw):
             y += window(xp, i, j, sh, sw, oh, ow)
-    y *= xp.dtype.type(1.0 / (kh * kw))
+    y *= scale
     return y
 
 
-def avg_pool2d_backward(gy, padded_shape, kh, kw, sh, sw):
+def avg_pool2d_backward(gy, padded_shape, kh, kw, sh, sw, scale):
     """Gradient of :func:`avg_pool2d_forward` with respect to the padded input."""
     oh, ow = gy.shape[2:]
     grad_xp = np.zeros(padded_shape, dtype=gy.dtype)
-    share = gy * gy.dtype.type(1.0 / (kh * kw))
+    share = gy * scale
     for i in range(kh):
         for j in range(kw):
             window(grad_xp, i, j, sh, sw, oh, ow)[...] += share

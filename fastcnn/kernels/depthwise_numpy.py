@@ -1,0 +1,53 @@
+"""Depthwise convolution in vectorised NumPy: each input channel convolved with its own ``m`` filters
+(``groups == C_in``, weight ``(C_in * m, 1, kH, kW)``), one strided window per kernel tap.
+
+Every function takes the arguments of its :mod:`.conv_numpy` namesake; the gradients also take ``c``,
+the number of input channels.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from ._windows import window
+
+
+def _split(w, c):
+    """The weight (C*m, 1, kH, kW) as (C, m, kH, kW): output channel ``c*m + k`` reads input channel ``c``."""
+    return w.reshape(c, w.shape[0] // c, w.shape[2], w.shape[3])
+
+
+def conv2d_forward(xp, w, b, sh, sw, dh, dw, oh, ow):
+    """``y = depthwise_conv(xp, w) + b`` for a padded input ``xp`` (N, C, Hp, Wp)."""
+    n, c = xp.shape[:2]
+    wc = _split(w, c)
+    y = np.zeros((n, c, wc.shape[1], oh, ow), dtype=xp.dtype)
+    for i in range(wc.shape[2]):
+        for j in range(wc.shape[3]):
+            y += window(xp, i * dh, j * dw, sh, sw, oh, ow)[:, :, None] * wc[None, :, :, i, j, None, None]
+    y = y.reshape(n, w.shape[0], oh, ow)
+    y += b[:, None, None]
+    return y
+
+
+def conv2d_grad_weight(gy, xp, kh, kw, sh, sw, dh, dw, c):
+    """Gradients with respect to the weight (C*m, 1, kH, kW) and the bias (``c`` = C)."""
+    n = xp.shape[0]
+    c_out, oh, ow = gy.shape[1:]
+    g = gy.reshape(n, c, c_out // c, oh, ow)
+    grad_w = np.empty((c, c_out // c, kh, kw), dtype=gy.dtype)
+    for i in range(kh):
+        for j in range(kw):
+            grad_w[:, :, i, j] = np.einsum("ncmrq,ncrq->cm", g, window(xp, i * dh, j * dw, sh, sw, oh, ow))
+    return grad_w.reshape(c_out, 1, kh, kw), gy.sum(axis=(0, 2, 3))
+
+
+def conv2d_grad_input(gy, w, hp, wp, sh, sw, dh, dw, c):
+    """Gradient with respect to the padded input, shape (N, c, hp, wp)."""
+    n, c_out, oh, ow = gy.shape
+    g = gy.reshape(n, c, c_out // c, oh, ow)
+    wc = _split(w, c)
+    grad_xp = np.zeros((n, c, hp, wp), dtype=gy.dtype)
+    for i in range(wc.shape[2]):
+        for j in range(wc.shape[3]):
+            window(grad_xp, i * dh, j * dw, sh, sw, oh, ow)[...] += np.einsum("ncmrq,cm->ncrq", g, wc[:, :, i, j])
+    return grad_xp
