@@ -31,6 +31,7 @@ import numpy as np
 
 from . import dispatch
 from ._checks import check_allocation, conv_geometry, pool_geometry
+from .functional import _avg_pool_geometry, _avg_pool_pads, _max_pool_args
 from .layers import (AvgPool2D, BatchNorm1D, BatchNorm2D, Conv2D, Dense, Dropout, Flatten, Layer, MaxPool2D, ReLU,
                      _ConvMaxPool)
 
@@ -138,10 +139,11 @@ class _Conv(_Step):
             signature = (xp_shape, w_shape, geo.stride, geo.dilation, self.dtype.char)
             extra = ()
         else:
-            p = pool_geometry(out, self.pool.kernel_size, self.pool.stride, self.pool.padding)
-            signature = (xp_shape, w_shape, geo.stride, geo.dilation, p.kernel, p.stride, p.padding, self.relu,
-                         self.dtype.char)
-            extra = ((*p.kernel, *p.stride, *p.padding, *p.out_hw), self.relu)
+            pool = self.pool
+            p = pool_geometry(out, pool.kernel_size, pool.stride, pool.padding, pool.dilation, int(pool.ceil_mode))
+            signature = (xp_shape, w_shape, geo.stride, geo.dilation, p.kernel, p.stride, p.padding, p.dilation,
+                         p.out_hw, self.relu, self.dtype.char)
+            extra = (_max_pool_args(p), self.relu)
         return pad, signature, (sh, sw, dh, dw, oh, ow, *extra)
 
     def run(self, x, arrays, policy):
@@ -160,13 +162,15 @@ class _Pool(_Step):
 
     def prepare(self, shape):
         layer = self.layer
-        geo = pool_geometry(shape, layer.kernel_size, layer.stride, layer.padding)
         if self.op == "max_pool2d":
-            signature = (shape, geo.kernel, geo.stride, geo.padding, self.dtype.char)
-            return None, signature, (*geo.kernel, *geo.stride, *geo.padding, *geo.out_hw)
-        (ph, pw) = geo.padding
-        pad, xp_shape = _padder(shape, ((ph, ph), (pw, pw)), self.dtype)
-        return pad, (xp_shape, geo.kernel, geo.stride, self.dtype.char), (*geo.kernel, *geo.stride, *geo.out_hw)
+            geo = pool_geometry(shape, layer.kernel_size, layer.stride, layer.padding, layer.dilation,
+                                int(layer.ceil_mode))
+            signature = (shape, geo.kernel, geo.stride, geo.padding, geo.dilation, geo.out_hw, self.dtype.char)
+            return None, signature, _max_pool_args(geo)
+        geo, scale = _avg_pool_geometry(shape, layer.kernel_size, layer.stride, layer.padding, layer.ceil_mode,
+                                        layer.count_include_pad, layer.divisor_override, self.dtype)
+        pad, xp_shape = _padder(shape, _avg_pool_pads(geo), self.dtype)
+        return pad, (xp_shape, geo.kernel, geo.stride, self.dtype.char), (*geo.kernel, *geo.stride, *geo.out_hw, scale)
 
     def run(self, x, arrays, policy):
         pad, signature, args = self.prepared(x.shape)
@@ -221,6 +225,12 @@ def _folds(layer: Layer, after: Layer | None) -> bool:
     return (type(layer) is Conv2D and type(after) is BatchNorm2D) or (type(layer) is Dense and type(after) is BatchNorm1D)
 
 
+def _plain(layer: Layer) -> bool:
+    """Whether the fast path computes this layer: not a Conv2D with groups or a padding mode (those run
+    their own ``forward``)."""
+    return type(layer) is not Conv2D or (layer.groups == 1 and layer.padding_mode == "zeros")
+
+
 def _fusable_params(layer: Layer, dtype: np.dtype) -> bool:
     """The fast path passes parameters to kernels as they are: they must be C-contiguous, of the
     model's dtype (else the layer runs its own, checking, forward)."""
@@ -255,7 +265,7 @@ class InferencePlan:
                 arrays[id(stand_in)] = _folded(kept[i - 1], layer)
                 continue
             virtual.append(layer)
-            if type(layer) in (Conv2D, Dense) and _fusable_params(layer, dtype):
+            if type(layer) in (Conv2D, Dense) and _fusable_params(layer, dtype) and _plain(layer):
                 arrays[id(layer)] = _live(layer)
         self.steps: list[_Step] = []
         for step in Sequential(virtual)._run_order():
@@ -272,8 +282,8 @@ class InferencePlan:
                 self.steps.append(_Relu(dtype, step))
             elif type(step) is Flatten:
                 self.steps.append(_Flatten(dtype, step))
-            elif type(step) is _ConvMaxPool:  # parameters the fast path cannot take: run the layers themselves
-                self.steps.extend(_Layer(dtype, layer) for layer in (step.conv, step.pool, step.relu) if layer)
+            elif type(step) is _ConvMaxPool:  # parameters or options the fast path cannot take: the fused op
+                self.steps.append(_Layer(dtype, step))
             else:
                 self.steps.append(_Layer(dtype, step))
 
