@@ -22,6 +22,7 @@ This module is named ``onnx_io`` so that ``import onnx`` inside fastcnn means th
 """
 from __future__ import annotations
 
+import heapq
 import math
 import os
 from dataclasses import dataclass, field
@@ -746,9 +747,14 @@ def _import_identity(r: _Reader, node, attrs: dict) -> None:
 
 
 # ------------------------------------------------------------------ the walk through the graph
-def _walk(r: _Reader, start: str, stop: str, allowed: set | None, onnx) -> None:
+_MAX_NESTING = 64  # residual blocks inside residual blocks: a bound on the walk's recursion
+
+
+def _walk(r: _Reader, start: str, stop: str, allowed: set | None, onnx, depth: int = 0) -> None:
     """Read the nodes from tensor ``start`` to tensor ``stop`` (only nodes in ``allowed``, if given) into
-    ``r.layers``, following ``r.shape``."""
+    ``r.layers``, following ``r.shape``; ``depth`` counts the residual blocks it is inside."""
+    if depth > _MAX_NESTING:
+        raise ValueError(f"{r.path}: residual blocks nested more than {_MAX_NESTING} deep at tensor {start!r}")
     r.current = start
     while r.current != stop:
         readers = [i for i in r.consumers.get(r.current, []) if allowed is None or i in allowed]
@@ -760,7 +766,7 @@ def _walk(r: _Reader, start: str, stop: str, allowed: set | None, onnx) -> None:
         if len(readers) == 1:
             _read_node(r, readers[0], onnx)
         else:
-            _read_fork(r, readers, allowed, onnx)
+            _read_fork(r, readers, allowed, onnx, depth)
     if r.pad is not None:
         raise ValueError(f"{r.path}: a Pad ends at {stop!r}; fastcnn reads a Pad only as the padding of a Conv")
 
@@ -835,16 +841,30 @@ def _scalar(r: _Reader, name: str) -> float | None:
     return float(value.reshape(-1)[0]) if value.size == 1 and value.dtype.kind == "f" else None
 
 
-def _descendants(r: _Reader, starts, allowed: set | None) -> set:
-    seen, todo = set(), list(starts)
-    while todo:
-        index = todo.pop()
-        if index in seen or (allowed is not None and index not in allowed):
-            continue
+def _output(node) -> str:
+    """The node's (first) output; ``""`` if it has none."""
+    return node.output[0] if node.output else ""
+
+
+def _meeting(r: _Reader, readers: list[int], allowed: set | None) -> tuple[int | None, set]:
+    """The first node (in the file's order) that every one of ``readers`` reaches, and the nodes reached
+    before it. Visits only the nodes up to that one, in order (a node is visited again only when more
+    readers reach it, at most ``len(readers)`` times), so a long graph costs the branches' length."""
+    reached: dict[int, int] = {i: 1 << k for k, i in enumerate(readers)}  # node -> bit mask of the readers reaching it
+    full = (1 << len(readers)) - 1
+    heap = sorted(readers)
+    seen: set = set()
+    while heap:
+        index = heapq.heappop(heap)
+        mask = reached[index]
+        if mask == full:
+            return index, seen
         seen.add(index)
-        for out in r.nodes[index].output[:1]:
-            todo.extend(r.consumers.get(out, []))
-    return seen
+        for consumer in r.consumers.get(_output(r.nodes[index]), []):
+            if (allowed is None or consumer in allowed) and reached.get(consumer, 0) | mask != reached.get(consumer, 0):
+                reached[consumer] = reached.get(consumer, 0) | mask
+                heapq.heappush(heap, consumer)
+    return None, seen
 
 
 def _ancestors(r: _Reader, tensor: str, stop: str, within: set) -> set:
@@ -859,18 +879,21 @@ def _ancestors(r: _Reader, tensor: str, stop: str, within: set) -> set:
     return seen
 
 
-def _read_fork(r: _Reader, readers: list[int], allowed: set | None, onnx) -> None:
+def _read_fork(r: _Reader, readers: list[int], allowed: set | None, onnx, depth: int) -> None:
     """The tensor ``r.current`` is read by several nodes: an activation of ``_PATTERNS``, or a residual
     block (two branches that meet in an Add)."""
     from .blocks import Residual
 
     x = r.current
-    later = sorted(_descendants(r, readers, allowed))
-    for root in later[:16]:  # a pattern's nodes come right after the fork
+    if any(i in r.used for i in readers):
+        raise r.fail(r.nodes[readers[0]], "is reached twice: the graph has a cycle")
+    join, before = _meeting(r, readers, allowed)
+    after = set() if join is None else {join, *r.consumers.get(_output(r.nodes[join]), [])}
+    for root in sorted(before | after)[:16]:  # a pattern ends at the meeting or a node after it
         for make_pattern in _PATTERNS.values():
             pattern, make = make_pattern
             found: set = set()
-            if not _match(r, pattern, r.nodes[root].output[0], x, allowed, found) or not set(readers) <= found:
+            if not _match(r, pattern, _output(r.nodes[root]), x, allowed, found) or not set(readers) <= found:
                 continue
             inner = [r.nodes[i].output[0] for i in found if i != root]
             if all(set(r.consumers.get(t, [])) <= found for t in inner):
@@ -879,25 +902,22 @@ def _read_fork(r: _Reader, readers: list[int], allowed: set | None, onnx) -> Non
                 r.last_input = r.shape
                 r.current = r.nodes[root].output[0]
                 return
-    reach = [_descendants(r, [i], allowed) for i in readers]
-    common = sorted(set.intersection(*reach))
-    if not common:
-        raise r.fail(r.nodes[readers[1]], f"reads {x!r} as node {r.nodes[readers[0]].name!r} does, and the two "
+    if join is None:
+        raise r.fail(r.nodes[readers[1]], f"reads {x!r} as node {r.nodes[readers[0]].name!r} does, and the "
                                           "branches never meet; fastcnn reads branches only as residual blocks")
-    join = r.nodes[common[0]]
-    if join.op_type != "Add" or len(join.input) != 2:
+    join_index, join = join, r.nodes[join]
+    if join.op_type != "Add" or len(join.input) != 2 or not _output(join):
         raise r.fail(join, f"joins branches from {x!r}; fastcnn reads branches only as residual blocks joined by an "
                            "Add (or as the SiLU and GELU patterns)")
-    within = set().union(*reach) - {common[0]}
-    branches = [_ancestors(r, t, x, within) for t in join.input]
-    if branches[0] & branches[1] or not set(readers) <= branches[0] | branches[1] | {common[0]}:
+    branches = [_ancestors(r, t, x, before) for t in join.input]
+    if branches[0] & branches[1] or not set(readers) <= branches[0] | branches[1] | {join_index}:
         raise r.fail(join, f"joins branches from {x!r} that share nodes or leave others out; fastcnn reads two "
                            "separate branches (body and shortcut)")
     saved, in_shape = r.layers, r.shape
     parts = []
     for tensor, branch in zip(join.input, branches):
         r.layers, r.shape = [], in_shape
-        _walk(r, x, tensor, branch, onnx)
+        _walk(r, x, tensor, branch, onnx, depth + 1)
         parts.append(r.layers)
     body, shortcut = parts if parts[0] or not parts[1] else parts[::-1]
     r.layers = saved
@@ -905,7 +925,7 @@ def _read_fork(r: _Reader, readers: list[int], allowed: set | None, onnx) -> Non
         block = Residual(body, shortcut or None, input_shape=in_shape)
     except (ValueError, TypeError) as exc:
         raise r.fail(join, str(exc)) from None
-    r.used.add(common[0])
+    r.used.add(join_index)
     r.layers.append(block)
     r.last_input = in_shape
     r.current, r.shape = join.output[0], tuple(block.output_shape(in_shape))

@@ -303,14 +303,25 @@ def test_not_an_onnx_file(tmp_path):
 _SEED_FILES: dict[str, bytes] = {}
 
 
-def _seed_bytes(tmp_path_factory) -> bytes:
-    if "lenet" not in _SEED_FILES:
+def _seed_models() -> dict:
+    return {
+        "lenet": lambda: fastcnn.Sequential(
+            [L.Conv2D(1, 2, 3, padding=1, rng=0), _bn(L.BatchNorm2D(2), 0), L.ReLU(), L.MaxPool2D(2), L.AvgPool2D(2),
+             L.Flatten(), L.Dense(2, 3, rng=0), L.Softmax()], input_shape=(1, 4, 4)),
+        "residual": lambda: fastcnn.Sequential(
+            [L.Conv2D(1, 2, 3, padding=1, padding_mode="reflect", rng=0),
+             Residual([L.Conv2D(2, 2, 3, padding=1, groups=2, rng=1), L.SiLU()], [L.Conv2D(2, 2, 1, rng=2)]),
+             Residual([L.GELU(), L.LeakyReLU()]), L.AvgPool2D(2, divisor_override=3), L.GlobalAvgPool2D(),
+             L.Dense(2, 3, rng=3)], input_shape=(1, 4, 4)),
+    }
+
+
+def _seed_bytes(tmp_path_factory, name: str = "lenet") -> bytes:
+    if name not in _SEED_FILES:
         path = tmp_path_factory.mktemp("fuzz") / "seed.onnx"
-        fastcnn.Sequential([L.Conv2D(1, 2, 3, padding=1, rng=0), _bn(L.BatchNorm2D(2), 0), L.ReLU(), L.MaxPool2D(2),
-                            L.AvgPool2D(2), L.Flatten(), L.Dense(2, 3, rng=0), L.Softmax()],
-                           input_shape=(1, 4, 4)).export_onnx(path)
-        _SEED_FILES["lenet"] = path.read_bytes()
-    return _SEED_FILES["lenet"]
+        _seed_models()[name]().export_onnx(path)
+        _SEED_FILES[name] = path.read_bytes()
+    return _SEED_FILES[name]
 
 
 FUZZ = settings(max_examples=int(os.environ.get("FUZZ_EXAMPLES", 60)), deadline=None,
@@ -333,9 +344,9 @@ def _load_or_refuse(path):
 
 @FUZZ
 @given(edits=st.lists(st.tuples(st.integers(0, 10**6), st.integers(0, 255)), min_size=1, max_size=8),
-       cut=st.one_of(st.none(), st.integers(0, 10**6)))
-def test_fuzz_byte_mutations_give_a_model_or_a_clear_error(tmp_path_factory, edits, cut):
-    data = bytearray(_seed_bytes(tmp_path_factory))
+       cut=st.one_of(st.none(), st.integers(0, 10**6)), seed=st.sampled_from(["lenet", "residual"]))
+def test_fuzz_byte_mutations_give_a_model_or_a_clear_error(tmp_path_factory, edits, cut, seed):
+    data = bytearray(_seed_bytes(tmp_path_factory, seed))
     for pos, value in edits:
         data[pos % len(data)] = value
     if cut is not None:
@@ -348,10 +359,17 @@ def test_fuzz_byte_mutations_give_a_model_or_a_clear_error(tmp_path_factory, edi
 @FUZZ
 @given(node=st.integers(0, 50), attr=st.integers(0, 50), value=st.one_of(
     st.integers(-3, 40), st.lists(st.integers(-3, 9), max_size=6), st.floats(allow_nan=True)),
-    dim=st.one_of(st.none(), st.tuples(st.integers(0, 50), st.integers(0, 5), st.integers(-2, 10**9))))
-def test_fuzz_graph_mutations_give_a_model_or_a_clear_error(tmp_path_factory, node, attr, value, dim):
+    dim=st.one_of(st.none(), st.tuples(st.integers(0, 50), st.integers(0, 5), st.integers(-2, 10**9))),
+    seed=st.sampled_from(["lenet", "residual"]), rewire=st.one_of(st.none(), st.tuples(st.integers(0, 50),
+                                                                                         st.integers(0, 50))))
+def test_fuzz_graph_mutations_give_a_model_or_a_clear_error(tmp_path_factory, node, attr, value, dim, seed, rewire):
     proto = onnx.ModelProto()
-    proto.ParseFromString(_seed_bytes(tmp_path_factory))
+    proto.ParseFromString(_seed_bytes(tmp_path_factory, seed))
+    if rewire is not None:  # a node reads another tensor of the graph: branches, cycles, dead ends
+        nodes = proto.graph.node
+        target = nodes[rewire[0] % len(nodes)]
+        if target.input:
+            target.input[0] = (["input"] + [n.output[0] for n in nodes])[rewire[1] % (len(nodes) + 1)]
     n = proto.graph.node[node % len(proto.graph.node)]
     if n.attribute:
         a = n.attribute[attr % len(n.attribute)]
