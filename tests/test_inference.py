@@ -45,6 +45,23 @@ def test_predict_is_the_layers_forward_bit_for_bit(name, dtype):
         assert np.array_equal(got, _forward(model, x, batch_size))
 
 
+def test_predict_follows_every_conv_and_pool_option():
+    """Grouped and padding-mode convs (not folded: a batch norm after them runs as itself), a conv fused
+    with a dilated ceil-mode max-pool, and average pools with ceil mode, count_include_pad=False and
+    divisor_override, against the layers' own forward."""
+    model = fastcnn.Sequential([
+        L.Conv2D(2, 4, 3, padding=1, groups=2, rng=0), _bn(L.BatchNorm2D(4), 1),
+        L.Conv2D(4, 4, 3, padding=1, padding_mode="reflect", rng=2), _bn(L.BatchNorm2D(4), 3),
+        L.Conv2D(4, 4, 3, rng=4), L.MaxPool2D(2, stride=2, padding=1, dilation=2, ceil_mode=True), L.ReLU(),
+        L.AvgPool2D(3, stride=2, padding=1, ceil_mode=True, count_include_pad=False),
+        L.AvgPool2D(2, stride=1, divisor_override=3), L.MaxPool2D(2, stride=1, ceil_mode=True),
+        L.Flatten(), L.Dense(16, 2, rng=5),
+    ], input_shape=(2, 13, 13))
+    x = np.random.default_rng(4).standard_normal((3, 2, 13, 13)).astype(np.float32)
+    assert np.array_equal(model.predict(x, batch_size=2), _forward(model, x, 2))
+    assert "_Conv" in [type(s).__name__ for s in model._inference.steps]
+
+
 def test_batch_norm_is_folded_and_steps_fused():
     model = bn_model()
     x = np.random.default_rng(1).random((6, 1, 8, 8), dtype=np.float32)
