@@ -33,6 +33,7 @@ import numpy as np
 from . import _files, _untrusted
 from ._checks import avg_pool_scales, check_allocation, conv_geometry, pool_geometry
 from ._version import __version__
+from .functional import PAD_MODES
 from .layers import (GELU, AvgPool2D, BatchNorm1D, BatchNorm2D, Conv2D, ConvTranspose2D, Dense, Dropout, Flatten,
                      GlobalAvgPool2D, GlobalMaxPool2D, Layer, LeakyReLU, MaxPool2D, ReLU, Sigmoid, SiLU, Softmax, Tanh,
                      weights_follow)
@@ -105,9 +106,6 @@ def _onnx_pads(pads) -> list[int]:
     return [t, l, b, r]
 
 
-_PAD_MODES = {"reflect": "reflect", "replicate": "edge", "circular": "wrap"}  # fastcnn's padding_mode: ONNX Pad's mode
-
-
 @_exports("Conv2D")
 def _export_conv(g: _Builder, i: str, layer: Conv2D, shape: tuple) -> None:
     """A Conv; a padding mode other than zeros is a Pad node before it (``i.pads`` its pads)."""
@@ -117,7 +115,7 @@ def _export_conv(g: _Builder, i: str, layer: Conv2D, shape: tuple) -> None:
     if layer.padding_mode != "zeros":
         t, l, b, r = pads
         g.node(i, layer, "Pad", [g.tensor(f"{i}.pads", np.array([0, 0, t, l, 0, 0, b, r], np.int64))], suffix=".pad",
-               mode=_PAD_MODES[layer.padding_mode])
+               mode=PAD_MODES[layer.padding_mode])  # NumPy's pad modes, which are ONNX's
         pads = [0, 0, 0, 0]
     g.node(i, layer, "Conv", g.param(i, layer, "weight") + g.param(i, layer, "bias"), kernel_shape=list(w.shape[2:]),
            strides=list(geo.stride), pads=pads, dilations=list(geo.dilation), group=layer.groups)
@@ -131,7 +129,7 @@ def _export_conv_transpose(g: _Builder, i: str, layer: ConvTranspose2D, shape: t
            dilations=list(layer.dilation), output_padding=list(layer.output_padding), group=layer.groups)
 
 
-def _pool_attrs(layer, shape: tuple) -> dict:
+def _pool_attrs(i: str, layer, shape: tuple) -> dict:
     """A pool's attributes. ``ceil_mode`` is written only where it changes the output size: ONNX's
     formula lacks PyTorch's rule that drops a last window starting in the right padding, so a pool
     where that rule applies is the same pool in floor mode (ONNX Runtime itself follows PyTorch)."""
@@ -142,16 +140,15 @@ def _pool_attrs(layer, shape: tuple) -> dict:
     floor = tuple(span // s + 1 for span, s in zip(spans, layer.stride))
     ceil = tuple(-(-span // s) + 1 for span, s in zip(spans, layer.stride))
     if ours not in (floor, ceil):
-        raise ValueError(f"{layer.describe()} on input (N, {', '.join(map(str, shape))}): ceil_mode gives {ours}, which "
-                         f"ONNX's pools give in "
-                         f"neither mode (floor {floor}, ceil {ceil})")
+        raise ValueError(f"layer {i} ({layer.describe()}) on input (N, {', '.join(map(str, shape))}): ceil_mode gives "
+                         f"{ours}, which ONNX's pools give in neither mode (floor {floor}, ceil {ceil})")
     return dict(kernel_shape=list(layer.kernel_size), strides=list(layer.stride), pads=[ph, pw, ph, pw],
                 ceil_mode=int(ours != floor))
 
 
 @_exports("MaxPool2D")
 def _export_max_pool(g: _Builder, i: str, layer: MaxPool2D, shape: tuple) -> None:
-    g.node(i, layer, "MaxPool", [], dilations=list(layer.dilation), **_pool_attrs(layer, shape))
+    g.node(i, layer, "MaxPool", [], dilations=list(layer.dilation), **_pool_attrs(i, layer, shape))
 
 
 @_exports("AvgPool2D")
@@ -166,7 +163,7 @@ def _export_avg_pool(g: _Builder, i: str, layer: AvgPool2D, shape: tuple) -> Non
             raise ValueError(f"layer {i} ({layer.describe()}) on input (N, {', '.join(map(str, shape))}): "
                              "divisor_override with windows cut at the border (ceil_mode) has no exact ONNX form")
         count_pad = count_pad or layer.padding != (0, 0)
-    g.node(i, layer, "AveragePool", [], count_include_pad=int(count_pad), **_pool_attrs(layer, shape),
+    g.node(i, layer, "AveragePool", [], count_include_pad=int(count_pad), **_pool_attrs(i, layer, shape),
            suffix=".pool" if layer.divisor_override is not None else "")
     if layer.divisor_override is not None:
         scale = layer.kernel_size[0] * layer.kernel_size[1] / layer.divisor_override
@@ -477,7 +474,7 @@ def _import_conv(r: _Reader, node, attrs: dict) -> Layer:
 def _import_pad(r: _Reader, node, attrs: dict) -> None:
     """The padding of the Conv that must follow: zeros, reflect, edge (replicate) or wrap (circular)."""
     _check_attrs(r, node, attrs, dict(mode=...))
-    modes = {"constant": "zeros", **{onnx_mode: ours for ours, onnx_mode in _PAD_MODES.items()}}
+    modes = {onnx_mode: ours for ours, onnx_mode in PAD_MODES.items()}
     mode = modes.get(attrs.get("mode", "constant"))
     if mode is None:
         raise r.fail(node, f"mode {attrs.get('mode')!r} is not supported (only {', '.join(modes)})")
