@@ -67,8 +67,9 @@ def test_batch_norm_is_folded_and_steps_fused():
     x = np.random.default_rng(1).random((6, 1, 8, 8), dtype=np.float32)
     np.testing.assert_allclose(model.predict(x, batch_size=4), _forward(model, x, 4), rtol=1e-5, atol=1e-5)
     steps = model._inference.steps
-    # conv+BN+ReLU+pool is one fused op; conv+BN, then Tanh and the pool; dense+BN; ReLU; dense.
-    assert [type(s).__name__ for s in steps] == ["_Conv", "_Conv", "_Layer", "_Pool", "_Flatten", "_Linear", "_Relu",
+    # conv+BN+ReLU+pool is one fused op; conv+BN, then Tanh and the average pool (their layers' own
+    # forward); dense+BN; ReLU; dense.
+    assert [type(s).__name__ for s in steps] == ["_Conv", "_Conv", "_Layer", "_Layer", "_Flatten", "_Linear", "_Relu",
                                                   "_Linear"]
     assert steps[0].op == "conv2d_max_pool2d" and steps[0].relu
 
