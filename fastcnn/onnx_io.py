@@ -928,6 +928,74 @@ def _read_fork(r: _Reader, readers: list[int], allowed: set | None, onnx, depth:
     r.current, r.shape = join.output[0], tuple(block.output_shape(in_shape))
 
 
+# ------------------------------------------------------------------ small constant computations
+_MAX_FOLDED = 1024  # elements: the shape computations exporters leave in (PyTorch's Pad pads) are tiny
+
+
+def _fold(r: _Reader, node, onnx) -> bool:
+    """Compute a node of ``_FOLDERS`` whose inputs are all small constants, as a new constant (PyTorch
+    writes a padding-mode conv's pads as ConstantOfShape, Concat, Reshape, Slice, Transpose and Cast
+    of constants). Returns whether it did; nothing is computed over more than ``_MAX_FOLDED`` elements."""
+    folder = _FOLDERS.get(node.op_type)
+    names = [name for name in node.input if name]
+    if folder is None or len(node.output) != 1 or not all(name in r.constants for name in names):
+        return False
+    inputs = [r.constant(node, k, "input") if name else None for k, name in enumerate(node.input)]
+    if any(a is not None and a.size > _MAX_FOLDED for a in inputs):
+        return False
+    try:
+        value = np.asarray(folder(inputs, _attributes(r, node, onnx)))
+    except (ValueError, TypeError, IndexError, KeyError) as exc:
+        raise r.fail(node, f"cannot compute it from its constant inputs: {exc}") from None
+    r.constants[node.output[0]] = value
+    return True
+
+
+def _constant_of_shape(inputs, attrs):
+    shape = [int(d) for d in inputs[0].reshape(-1)]
+    if any(d < 0 for d in shape) or math.prod(shape) > _MAX_FOLDED:
+        raise ValueError(f"shape {shape} is negative or over {_MAX_FOLDED} elements")
+    fill = attrs.get("value")
+    fill = np.zeros(1, np.float32) if fill is None else tensor_array(fill, 64, "ConstantOfShape value")
+    return np.full(shape, fill.reshape(-1)[0], fill.dtype)
+
+
+def _reshape(inputs, attrs):
+    data, target = inputs[0], [int(d) for d in inputs[1].reshape(-1)]
+    if not attrs.get("allowzero", 0):
+        target = [data.shape[k] if d == 0 and k < data.ndim else d for k, d in enumerate(target)]
+    return data.reshape(target)
+
+
+def _slice(inputs, attrs):
+    data, starts, ends = inputs[:3]
+    axes = inputs[3] if len(inputs) > 3 and inputs[3] is not None else np.arange(len(starts))
+    steps = inputs[4] if len(inputs) > 4 and inputs[4] is not None else np.ones(len(starts), np.int64)
+    index = [slice(None)] * data.ndim
+    for start, end, axis, step in zip(starts, ends, axes, steps):
+        if step == 0:
+            raise ValueError("a slice step of 0")
+        index[int(axis)] = slice(int(start), int(end), int(step))
+    return data[tuple(index)]
+
+
+def _cast(inputs, attrs):
+    dtype = _NP_TYPES.get(attrs.get("to"))
+    if dtype is None:
+        raise ValueError(f"cast to element type {attrs.get('to')}")
+    return inputs[0].astype(dtype)
+
+
+_FOLDERS: dict[str, Callable[[list, dict], np.ndarray]] = {
+    "ConstantOfShape": _constant_of_shape,
+    "Concat": lambda inputs, attrs: np.concatenate([a for a in inputs if a is not None], axis=attrs.get("axis")),
+    "Reshape": _reshape,
+    "Slice": _slice,
+    "Transpose": lambda inputs, attrs: np.transpose(inputs[0], attrs.get("perm")),
+    "Cast": _cast,
+}
+
+
 def _attributes(r: _Reader, node, onnx) -> dict:
     attrs = {}
     for a in node.attribute:
@@ -997,6 +1065,8 @@ def load_onnx(path: str | os.PathLike):
     body, an empty branch the identity shortcut). The input must be (N, C, H, W) or (N, F) with a fixed
     size on every axis but N. This is what ``torch.onnx.export`` writes for the equivalent PyTorch
     modules in eval mode (a ``torch.nn.Sequential``, and blocks whose forward is ``body(x) + shortcut(x)``).
+    ConstantOfShape, Concat, Reshape, Slice, Transpose and Cast nodes whose inputs are all small
+    constants (PyTorch's computation of a padding-mode conv's pads) are computed at load.
 
     Raises
     ------
@@ -1018,7 +1088,8 @@ def load_onnx(path: str | os.PathLike):
     constants: dict[str, Any] = {t.name: t for t in graph.initializer}
     name, dtype, shape = _input_spec(path, graph, constants)
     r = _Reader(path, size, opset, dtype, name, shape, constants)  # r.shape follows the walk; shape stays
-    for node in graph.node:
+    folded = set()
+    for index, node in enumerate(graph.node):
         if node.domain not in ("", "ai.onnx"):
             raise r.fail(node, f"op {node.domain}::{node.op_type} is not supported")
         if node.op_type == "Constant":
@@ -1026,7 +1097,10 @@ def load_onnx(path: str | os.PathLike):
             if value is None or len(node.output) != 1:
                 raise r.fail(node, "only Constant nodes holding a tensor are supported")
             r.constants[node.output[0]] = value
-    r.nodes = [node for node in graph.node if node.op_type != "Constant"]
+            folded.add(index)
+        elif _fold(r, node, onnx):
+            folded.add(index)
+    r.nodes = [node for index, node in enumerate(graph.node) if index not in folded]
     for index, node in enumerate(r.nodes):
         for tensor in dict.fromkeys(node.input):
             if tensor and tensor not in r.constants:

@@ -556,3 +556,31 @@ def test_imports_what_torch_writes_for_the_new_layer_types(tmp_path, opset):
     with torch.no_grad():
         expected = net(torch.from_numpy(x)).numpy()
     np.testing.assert_allclose(model.predict(x), expected, rtol=0, atol=1e-5)
+
+
+def test_imports_torch_padding_mode_convs_whose_pads_are_computed_from_constants(tmp_path):
+    torch = pytest.importorskip("torch")
+    nn = torch.nn
+    torch.manual_seed(1)
+    net = nn.Sequential(nn.Conv2d(2, 4, 3, groups=2, padding=1, padding_mode="reflect"), nn.ReLU(),
+                        nn.Conv2d(4, 2, 3, padding=(1, 2), padding_mode="replicate")).eval()
+    x = np.random.default_rng(8).standard_normal((2, 2, 6, 6)).astype(np.float32)
+    _torch_export(net, x, tmp_path / "p.onnx")
+    model = fastcnn.load_onnx(tmp_path / "p.onnx")
+    assert [(layer.padding, layer.padding_mode) for layer in model.layers[::2]] == [((1, 1), "reflect"),
+                                                                                    ((1, 2), "replicate")]
+    with torch.no_grad():
+        expected = net(torch.from_numpy(x)).numpy()
+    np.testing.assert_allclose(model.predict(x), expected, rtol=0, atol=1e-5)
+
+
+def test_constant_computations_are_bounded_and_checked(tmp_path):
+    huge = numpy_helper.from_array(np.array([10**6, 10**6], np.int64), "shape")
+    nodes = [helper.make_node("ConstantOfShape", ["shape"], ["c"], name="big"), helper.make_node("Relu", ["x"], ["y"])]
+    with pytest.raises(ValueError, match=r"node 'big' \(ConstantOfShape\).*over 1024 elements"):
+        fastcnn.load_onnx(_model_file(tmp_path / "c.onnx", nodes, [huge]))
+    data = numpy_helper.from_array(np.arange(6, dtype=np.int64), "d")
+    target = numpy_helper.from_array(np.array([4, -1], np.int64), "t")
+    nodes = [helper.make_node("Reshape", ["d", "t"], ["c"], name="bad"), helper.make_node("Relu", ["x"], ["y"])]
+    with pytest.raises(ValueError, match=r"node 'bad' \(Reshape\): cannot compute it"):
+        fastcnn.load_onnx(_model_file(tmp_path / "r.onnx", nodes, [data, target]))
