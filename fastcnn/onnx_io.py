@@ -887,8 +887,7 @@ def _read_fork(r: _Reader, readers: list[int], allowed: set | None, onnx, depth:
     join, before = _meeting(r, readers, allowed)
     after = set() if join is None else {join, *r.consumers.get(_output(r.nodes[join]), [])}
     for root in sorted(before | after)[:16]:  # a pattern ends at the meeting or a node after it
-        for make_pattern in _PATTERNS.values():
-            pattern, make = make_pattern
+        for pattern, make in _PATTERNS.values():
             found: set = set()
             if not _match(r, pattern, _output(r.nodes[root]), x, allowed, found) or not set(readers) <= found:
                 continue
