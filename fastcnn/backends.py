@@ -94,4 +94,6 @@ _op("bce",                            loss_numpy,        None,              "bce
 _op("batch_norm_stats",               norm_numpy,        norm_numba,        "batch_norm_stats")
 _op("batch_norm_apply",               norm_numpy,        norm_numba,        "batch_norm_apply")
 _op("batch_norm_backward",            norm_numpy,        norm_numba,        "batch_norm_backward")
+_op("batch_norm_grad_sums",           norm_numpy,        norm_numba,        "batch_norm_grad_sums")
+_op("batch_norm_input_grad",          norm_numpy,        norm_numba,        "batch_norm_input_grad")
 _op("adam_update",                    elementwise_numpy, elementwise_numba, "adam_update", in_place=True)

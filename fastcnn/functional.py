@@ -54,6 +54,9 @@ __all__ = [
     "binary_cross_entropy",
     "batch_norm",
     "batch_norm_backward",
+    "batch_norm_stats",
+    "batch_norm_grad_sums",
+    "batch_norm_input_grad",
     "batch_norm_scale_shift",
 ]
 
@@ -1174,19 +1177,81 @@ def batch_norm_backward(grad_y: np.ndarray, x: np.ndarray, weight: np.ndarray, m
     grad_x : ndarray shaped as ``x``
     grad_weight, grad_bias : ndarray (C,)
     """
+    grad3, x3, mean, inv_std, y3 = _backward_inputs(grad_y, x, mean, var, eps, relu_output)
+    c = x3.shape[1]
+    weight = _channel_vector("weight", weight, c, x3.dtype)
+    if x3.size == 0:
+        return np.zeros_like(x3).reshape(np.shape(x)), np.zeros(c, x3.dtype), np.zeros(c, x3.dtype)
+    scale = weight * inv_std
+    gx, gw, gb = dispatch.run("batch_norm_backward", (x3.shape, x3.dtype.char, y3 is not None),
+                              (grad3, x3, mean, inv_std, scale, y3), backend)
+    return gx.reshape(np.shape(x)), gw, gb
+
+
+def batch_norm_stats(x: np.ndarray, *, backend: str | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """The batch statistics :func:`batch_norm` computes in training: per-channel mean and biased
+    variance of ``x`` ``(N, C, ...)`` over every axis but 1, in ``x``'s dtype; zeros for an empty batch.
+
+    With the number of values per channel, this is what a synchronised batch norm combines over
+    processes (:class:`fastcnn.distributed.BatchNormSync`).
+    """
+    x3 = _channels_view("x", x)
+    if x3.size == 0:
+        return np.zeros(x3.shape[1], x3.dtype), np.zeros(x3.shape[1], x3.dtype)
+    return dispatch.run("batch_norm_stats", (x3.shape, x3.dtype.char), (x3,), backend)
+
+
+def batch_norm_grad_sums(grad_y: np.ndarray, x: np.ndarray, mean: np.ndarray, var: np.ndarray, *, eps: float = 1e-5,
+                         relu_output: np.ndarray | None = None,
+                         backend: str | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """The first half of :func:`batch_norm_backward`: the per-channel sums of ``grad_y * x_hat`` and
+    of ``grad_y`` (``x_hat = (x - mean) / sqrt(var + eps)``; ``grad_y`` masked where ``relu_output`` is
+    not positive), which are the gradients with respect to ``weight`` and ``bias``.
+
+    Returns
+    -------
+    grad_weight, grad_bias : ndarray (C,)
+    """
+    grad3, x3, mean, inv_std, y3 = _backward_inputs(grad_y, x, mean, var, eps, relu_output)
+    if x3.size == 0:
+        return np.zeros(x3.shape[1], x3.dtype), np.zeros(x3.shape[1], x3.dtype)
+    return dispatch.run("batch_norm_grad_sums", (x3.shape, x3.dtype.char, y3 is not None),
+                        (grad3, x3, mean, inv_std, y3), backend)
+
+
+def batch_norm_input_grad(grad_y: np.ndarray, x: np.ndarray, weight: np.ndarray, mean: np.ndarray, var: np.ndarray,
+                          grad_weight: np.ndarray, grad_bias: np.ndarray, *, eps: float = 1e-5,
+                          relu_output: np.ndarray | None = None, backend: str | None = None) -> np.ndarray:
+    """The second half of :func:`batch_norm_backward`: the gradient with respect to ``x`` given the
+    per-channel sums, ``s * g - s / count * (grad_bias + x_hat * grad_weight)`` with
+    ``s = weight / sqrt(var + eps)``, ``g`` the (masked) ``grad_y`` and ``count`` the values per channel
+    in ``x``.
+
+    With the sums :func:`batch_norm_grad_sums` returns for the same arguments this is
+    :func:`batch_norm_backward`'s ``grad_x``. A synchronised batch norm passes instead the mean over
+    the processes of their sums, each weighted by its share of the global batch's values.
+    """
+    grad3, x3, mean, inv_std, y3 = _backward_inputs(grad_y, x, mean, var, eps, relu_output)
+    c = x3.shape[1]
+    weight = _channel_vector("weight", weight, c, x3.dtype)
+    grad_weight = _channel_vector("grad_weight", grad_weight, c, x3.dtype)
+    grad_bias = _channel_vector("grad_bias", grad_bias, c, x3.dtype)
+    if x3.size == 0:
+        return np.zeros_like(x3).reshape(np.shape(x))
+    gx = dispatch.run("batch_norm_input_grad", (x3.shape, x3.dtype.char, y3 is not None),
+                      (grad3, x3, mean, inv_std, weight * inv_std, y3, grad_weight, grad_bias), backend)
+    return gx.reshape(np.shape(x))
+
+
+def _backward_inputs(grad_y, x, mean, var, eps, relu_output):
+    """The checked ``(grad, x, mean, 1 / sqrt(var + eps), relu_output)`` of the batch-norm gradient
+    ops, arrays as ``(N, C, L)`` views (``relu_output`` None when not given)."""
     x3 = _channels_view("x", x)
     c = x3.shape[1]
     grad3 = check_grad("grad_y", grad_y, np.shape(x), x3.dtype).reshape(x3.shape)
-    weight = _channel_vector("weight", weight, c, x3.dtype)
     mean = _channel_vector("mean", mean, c, x3.dtype)
     var = _channel_vector("var", var, c, x3.dtype)
     y3 = None
     if relu_output is not None:
         y3 = check_grad("relu_output", relu_output, np.shape(x), x3.dtype).reshape(x3.shape)
-    if x3.size == 0:
-        return np.zeros_like(x3).reshape(np.shape(x)), np.zeros(c, x3.dtype), np.zeros(c, x3.dtype)
-    inv_std = _inv_std(var, eps, x3.dtype)
-    scale = weight * inv_std
-    gx, gw, gb = dispatch.run("batch_norm_backward", (x3.shape, x3.dtype.char, y3 is not None),
-                              (grad3, x3, mean, inv_std, scale, y3), backend)
-    return gx.reshape(np.shape(x)), gw, gb
+    return grad3, x3, mean, _inv_std(var, eps, x3.dtype), y3

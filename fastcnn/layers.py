@@ -625,7 +625,7 @@ class Flatten(Layer):
     def forward(self, x, training=False):
         x = self._input(x, 2)
         self._shape, self._dtype = x.shape, x.dtype
-        return x.reshape(x.shape[0], -1)
+        return x.reshape(x.shape[0], math.prod(x.shape[1:]))  # -1 cannot be inferred when N is 0
 
     def backward(self, grad):
         shape = self._cached("_shape")

@@ -8,13 +8,14 @@ for the op's meaning).
 - The affine map (and ReLU): one pass, one ``(n, c)`` run per task.
 - Backward: one thread per channel, two passes: the sums of ``g`` and ``g * x_hat`` (``g`` masked by
   the ReLU's output when the op had one), then the input gradient. ``x_hat`` is recomputed from ``x``
-  in both, so the forward pass never writes it.
+  in both, so the forward pass never writes it. A synchronised batch norm runs the two passes as two
+  kernels (``batch_norm_grad_sums``, ``batch_norm_input_grad``), reducing the sums between them.
 """
 from __future__ import annotations
 
 import numpy as np
 
-from .jit import parallel_kernel, prange, sized
+from .jit import kernel_helper, parallel_kernel, prange, sized
 
 
 def batch_norm_stats(x):
@@ -32,6 +33,18 @@ def batch_norm_backward(grad, x, mean, inv_std, scale, y):
     Returns ``(grad_x, grad_weight, grad_bias)``."""
     relu = y is not None
     return sized(_backward, x.size)(grad, x, mean, inv_std, scale, y if relu else grad, relu)
+
+
+def batch_norm_grad_sums(grad, x, mean, inv_std, y):
+    """The first pass of :func:`batch_norm_backward`: ``(grad_weight, grad_bias)``."""
+    relu = y is not None
+    return sized(_grad_sums, x.size)(grad, x, mean, inv_std, y if relu else grad, relu)
+
+
+def batch_norm_input_grad(grad, x, mean, inv_std, scale, y, grad_weight, grad_bias):
+    """The second pass of :func:`batch_norm_backward`, from the given sums: ``grad_x``."""
+    relu = y is not None
+    return sized(_input_grad, x.size)(grad, x, mean, inv_std, scale, y if relu else grad, relu, grad_weight, grad_bias)
 
 
 @parallel_kernel
@@ -77,30 +90,64 @@ def _apply(x, mean, scale, bias, relu):
 @parallel_kernel
 def _backward(grad, x, mean, inv_std, scale, y, relu):
     """:func:`batch_norm_backward`: a channel per task, two passes."""
-    n, c, length = x.shape
+    c = x.shape[1]
     gx = np.empty_like(x)
     grad_weight, grad_bias = np.empty(c, x.dtype), np.empty(c, x.dtype)
-    count = n * length
     for ch in prange(c):
-        mu, k = mean[ch], inv_std[ch]
-        sum_g = 0.0
-        sum_gx = 0.0
-        for i in range(n):
-            for j in range(length):
-                g = grad[i, ch, j]
-                if relu and not y[i, ch, j] > 0:
-                    g = 0
-                sum_g += g
-                sum_gx += g * ((x[i, ch, j] - mu) * k)
+        sum_gx, sum_g = _channel_sums(grad, x, y, relu, ch, mean[ch], inv_std[ch])
         grad_weight[ch] = sum_gx
         grad_bias[ch] = sum_g
-        s = scale[ch]
-        a = s / count if count else 0.0
-        b, d = a * sum_g, a * sum_gx
-        for i in range(n):
-            for j in range(length):
-                g = grad[i, ch, j]
-                if relu and not y[i, ch, j] > 0:
-                    g = 0
-                gx[i, ch, j] = s * g - (b + ((x[i, ch, j] - mu) * k) * d)
+        _channel_input_grad(gx, grad, x, y, relu, ch, mean[ch], inv_std[ch], scale[ch], sum_gx, sum_g)
     return gx, grad_weight, grad_bias
+
+
+@parallel_kernel
+def _grad_sums(grad, x, mean, inv_std, y, relu):
+    """:func:`batch_norm_grad_sums`: a channel per task."""
+    c = x.shape[1]
+    grad_weight, grad_bias = np.empty(c, x.dtype), np.empty(c, x.dtype)
+    for ch in prange(c):
+        sum_gx, sum_g = _channel_sums(grad, x, y, relu, ch, mean[ch], inv_std[ch])
+        grad_weight[ch] = sum_gx
+        grad_bias[ch] = sum_g
+    return grad_weight, grad_bias
+
+
+@parallel_kernel
+def _input_grad(grad, x, mean, inv_std, scale, y, relu, grad_weight, grad_bias):
+    """:func:`batch_norm_input_grad`: a channel per task."""
+    gx = np.empty_like(x)
+    for ch in prange(x.shape[1]):
+        _channel_input_grad(gx, grad, x, y, relu, ch, mean[ch], inv_std[ch], scale[ch], grad_weight[ch], grad_bias[ch])
+    return gx
+
+
+@kernel_helper
+def _channel_sums(grad, x, y, relu, ch, mu, k):
+    """Channel ``ch``'s sums of ``g * x_hat`` and ``g`` (``g`` masked by a fused ReLU), in float64."""
+    n, _, length = x.shape
+    sum_g = 0.0
+    sum_gx = 0.0
+    for i in range(n):
+        for j in range(length):
+            g = grad[i, ch, j]
+            if relu and not y[i, ch, j] > 0:
+                g = 0
+            sum_g += g
+            sum_gx += g * ((x[i, ch, j] - mu) * k)
+    return sum_gx, sum_g
+
+
+@kernel_helper
+def _channel_input_grad(gx, grad, x, y, relu, ch, mu, k, s, sum_gx, sum_g):
+    """Write channel ``ch`` of ``gx``: ``s * g - s / count * (sum_g + x_hat * sum_gx)``."""
+    n, _, length = x.shape
+    count = n * length
+    a = s / count if count else 0.0
+    b, d = a * sum_g, a * sum_gx
+    for i in range(n):
+        for j in range(length):
+            g = grad[i, ch, j]
+            if relu and not y[i, ch, j] > 0:
+                g = 0
+            gx[i, ch, j] = s * g - (b + ((x[i, ch, j] - mu) * k) * d)

@@ -33,13 +33,39 @@ def batch_norm_backward(grad, x, mean, inv_std, scale, y):
     ``y`` is the op's output when a ReLU followed inside the op (its gradient is then ``grad`` where
     ``y > 0``), else None. Returns ``(grad_x, grad_weight, grad_bias)``.
     """
-    if y is not None:
-        grad = np.where(y > 0, grad, 0).astype(grad.dtype, copy=False)
-    count = grad.shape[0] * grad.shape[2]
-    x_hat = (x - mean[:, None]) * inv_std[:, None]
-    grad_bias = grad.sum(axis=(0, 2))
-    grad_weight = (grad * x_hat).sum(axis=(0, 2))
-    k = scale / count
+    grad, x_hat = _masked(grad, y), _normalised(x, mean, inv_std)
+    grad_weight, grad_bias = _sums(grad, x_hat)
+    return _input_grad(grad, x_hat, scale, grad_weight, grad_bias), grad_weight, grad_bias
+
+
+def batch_norm_grad_sums(grad, x, mean, inv_std, y):
+    """The first half of :func:`batch_norm_backward`: ``(grad_weight, grad_bias)``, the per-channel sums
+    of ``grad * x_hat`` and of ``grad``."""
+    return _sums(_masked(grad, y), _normalised(x, mean, inv_std))
+
+
+def batch_norm_input_grad(grad, x, mean, inv_std, scale, y, grad_weight, grad_bias):
+    """The second half of :func:`batch_norm_backward`: ``grad_x`` from the given per-channel sums
+    ``grad_weight`` and ``grad_bias`` (a synchronised batch norm's, reduced over processes)."""
+    return _input_grad(_masked(grad, y), _normalised(x, mean, inv_std), scale, grad_weight, grad_bias)
+
+
+def _masked(grad, y):
+    """``grad`` where the fused ReLU's output ``y`` is positive, 0 elsewhere; ``grad`` if ``y`` is None."""
+    return grad if y is None else np.where(y > 0, grad, 0).astype(grad.dtype, copy=False)
+
+
+def _normalised(x, mean, inv_std):
+    return (x - mean[:, None]) * inv_std[:, None]
+
+
+def _sums(grad, x_hat):
+    return (grad * x_hat).sum(axis=(0, 2)), grad.sum(axis=(0, 2))
+
+
+def _input_grad(grad, x_hat, scale, grad_weight, grad_bias):
+    """``scale * grad - scale / count * (grad_bias + x_hat * grad_weight)``, count = N * L."""
+    k = scale / (grad.shape[0] * grad.shape[2])
     gx = grad * scale[:, None]
     gx -= k[:, None] * (grad_bias[:, None] + x_hat * grad_weight[:, None])
-    return gx, grad_weight, grad_bias
+    return gx
