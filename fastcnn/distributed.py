@@ -24,9 +24,28 @@ How a step runs on N ranks, and why the ranks stay bit-identical:
   0's weights to all and warns.
 
 Dropout draws its masks from ``[seed, layer index, rank]``: different on every rank, reproducible.
-Batch-norm statistics are per rank during an epoch (PyTorch DDP's default); at the end of each epoch,
-before validation, rank 0's running statistics are copied to every rank (DDP's ``broadcast_buffers``).
-Synchronised batch norm (statistics over the global batch) is not implemented.
+
+Batch norm, by default, normalises each rank's share with that share's own statistics (PyTorch DDP's
+default): the step then differs from one process's on the same global batch, and more so the smaller
+the shares. At the end of each epoch, before validation, rank 0's running statistics are copied to
+every rank (DDP's ``broadcast_buffers``). With ``fit(..., sync_batchnorm=True)`` (PyTorch's
+``SyncBatchNorm``) every batch-norm layer works on the global batch instead, through a
+:class:`BatchNormSync` that the context installs as the layer's ``stats_reducer`` for the duration of
+``fit`` (outside it, and in one process, the hook is None and costs nothing):
+
+- forward: one ``Allgather`` of each rank's (values per channel, mean, variance), combined in float64
+  with the pairwise formula of Chan et al. (no cancellation of ``E[x^2] - E[x]^2``); every rank
+  normalises its share with the global statistics and updates its running statistics with them;
+- backward: one ``Allreduce`` of the per-channel sums of ``g`` and ``g * x_hat``, each rank's weighted
+  by its share of the batch, from which each rank forms its input gradient: the gradient of the global
+  batch's mean loss, in the units of its own share's loss, as the gradient averaging expects;
+- so one step is one process's step on the global batch up to rounding, and the running statistics
+  are the same bytes on every rank without copying. A rank with an empty share of a short last batch
+  still runs its forward and backward pass on zero samples: the others wait for its contributions.
+
+That is two more collective calls per batch-norm layer and step, of ``1 + 2C`` and ``2C`` float64
+values for ``C`` channels: latency rather than bandwidth (tens of microseconds on one machine, more
+between machines), and the ranks wait for each other at every batch-norm layer instead of once per step.
 """
 from __future__ import annotations
 
@@ -45,8 +64,10 @@ from typing import Any, Callable, Iterator, TypeVar
 
 import numpy as np
 
-__all__ = ["World", "world", "Local", "DataParallel", "training_context", "run_first_per_host", "abort_on_error",
-           "abort", "mpiexec_path", "INSTALL_HINT"]
+from .layers import _BatchNorm
+
+__all__ = ["World", "world", "Local", "DataParallel", "BatchNormSync", "combine_statistics", "training_context",
+           "run_first_per_host", "abort_on_error", "abort", "mpiexec_path", "INSTALL_HINT"]
 
 INSTALL_HINT = "pip install 'fastcnn[mpi]'"
 
@@ -134,6 +155,8 @@ class Local:
     rank = 0
     size = 1
     is_root = True
+    sync_batchnorm = False
+    """Whether batch norm works on the global batch: every rank then runs each step, even on an empty share."""
 
     def begin(self, model, seed: int | None, settings: dict[str, Any]) -> int | None:
         """Prepare ``model`` for training with ``settings`` (what every rank must pass alike: data
@@ -166,6 +189,11 @@ class Local:
         """Called when training has finished."""
 
     @contextmanager
+    def attached(self, model) -> Iterator[None]:
+        """Hook this context into ``model``'s layers while training (one process: nothing to hook)."""
+        yield
+
+    @contextmanager
     def guard(self, collective: tuple[type[BaseException], ...] = ()) -> Iterator[None]:
         """Let exceptions through (in one process there is nobody to stop)."""
         yield
@@ -178,12 +206,15 @@ class DataParallel(Local):
     ----------
     w : World
         From :func:`world`; its size must be at least 2.
+    sync_batchnorm : bool
+        Batch statistics over the global batch (:class:`BatchNormSync`) instead of each rank's share.
     """
 
-    def __init__(self, w: World) -> None:
+    def __init__(self, w: World, sync_batchnorm: bool = False) -> None:
         self.world = w
         self.comm = w.comm
         self.rank, self.size, self.is_root = w.rank, w.size, w.is_root
+        self.sync_batchnorm = bool(sync_batchnorm)
         self._buffer = np.empty(0)
         self._slices: list[tuple[int, int]] = []
 
@@ -191,7 +222,8 @@ class DataParallel(Local):
     def begin(self, model, seed, settings):
         """Raises ValueError on every rank if the ranks' ``settings`` or models differ: they would
         otherwise run different numbers of steps, and wait for each other forever."""
-        settings = dict(settings, parameters=[(name, p.shape, p.dtype.str) for name, p, _ in model.named_parameters()])
+        settings = dict(settings, parameters=[(name, p.shape, p.dtype.str) for name, p, _ in model.named_parameters()],
+                        sync_batchnorm=self.sync_batchnorm)
         everyone = self.comm.allgather(settings)
         differ = [r for r, other in enumerate(everyone) if other != everyone[0]]
         if differ:
@@ -213,21 +245,41 @@ class DataParallel(Local):
         return np.random.default_rng([seed, index, self.rank])
 
     def end_epoch(self, model):
+        if self.sync_batchnorm:  # the running statistics are the same everywhere already
+            return
         for layer in model.layers:  # batch-norm statistics: rank 0's, as DDP's broadcast_buffers
             self._broadcast(layer.buffers)
 
     def end(self, model):
         digest = hashlib.sha256()
-        for _, p, _ in model.named_parameters():
-            digest.update(np.ascontiguousarray(p).tobytes())
+        for layer in model.layers:
+            for store in (layer.params, layer.buffers):
+                for value in store.values():
+                    digest.update(np.ascontiguousarray(value).tobytes())
         digests = self.comm.allgather(digest.hexdigest())
         if len(set(digests)) > 1:
             differ = [r for r, d in enumerate(digests) if d != digests[0]]
             for layer in model.layers:
                 self._broadcast(layer.params)
+                self._broadcast(layer.buffers)
             if self.is_root:
-                warnings.warn(f"after training, the weights of ranks {differ} differed from rank 0's (hosts that round "
-                              "differently?); rank 0's weights were copied to every rank", RuntimeWarning, stacklevel=3)
+                warnings.warn(f"after training, the weights or batch-norm statistics of ranks {differ} differed from rank "
+                              "0's (hosts that round differently?); rank 0's were copied to every rank", RuntimeWarning,
+                              stacklevel=3)
+
+    @contextmanager
+    def attached(self, model):
+        """With ``sync_batchnorm``, every batch-norm layer of ``model`` (in blocks too) gets a
+        :class:`BatchNormSync` as ``stats_reducer`` until the block ends, however it ends."""
+        norms = {id(layer): layer for layer in _batch_norm_layers(model.layers)} if self.sync_batchnorm else {}
+        sync = BatchNormSync(self.comm)
+        for layer in norms.values():
+            layer.stats_reducer = sync
+        try:
+            yield
+        finally:
+            for layer in norms.values():
+                del layer.stats_reducer  # back to the class's None
 
     def _broadcast(self, store: dict[str, np.ndarray]) -> None:
         """Rank 0's arrays of ``store`` on every rank: in place where they can be written, else (a
@@ -279,6 +331,62 @@ class DataParallel(Local):
         return abort_on_error(self.world, collective)
 
 
+class BatchNormSync:
+    """The ``stats_reducer`` of a batch-norm layer in synchronised training over ``comm``: see the
+    module's description. Every rank calls each method once per layer and step, in the same order."""
+
+    def __init__(self, comm: Any) -> None:
+        self.comm = comm
+
+    def statistics(self, mean: np.ndarray, var: np.ndarray, count: int) -> tuple[tuple[np.ndarray, np.ndarray], int]:
+        """The global batch's ``((mean, var), values per channel)`` from this rank's share's ``mean``
+        and biased ``var`` over ``count`` values per channel (one ``Allgather``), combined in float64
+        and returned in ``mean``'s dtype."""
+        c = len(mean)
+        mine = np.empty(1 + 2 * c)
+        mine[0], mine[1 : 1 + c], mine[1 + c :] = count, mean, var
+        everyone = np.empty((self.comm.Get_size(), 1 + 2 * c))
+        self.comm.Allgather(mine, everyone)
+        (global_mean, global_var), total = combine_statistics(everyone[:, 0], everyone[:, 1 : 1 + c], everyone[:, 1 + c :])
+        return (global_mean.astype(mean.dtype), global_var.astype(mean.dtype)), total
+
+    def gradient_sums(self, grad_weight: np.ndarray, grad_bias: np.ndarray,
+                      share: float) -> tuple[np.ndarray, np.ndarray]:
+        """The sums :func:`fastcnn.functional.batch_norm_input_grad` needs, from this rank's sums of
+        ``g * x_hat`` and ``g`` and its ``share`` of the global batch's values: the sum over ranks of
+        ``share * sums`` (one ``Allreduce`` in float64), in ``grad_weight``'s dtype."""
+        c = len(grad_weight)
+        mine, total = np.empty(2 * c), np.empty(2 * c)
+        mine[:c], mine[c:] = grad_weight, grad_bias
+        mine *= share
+        self.comm.Allreduce(mine, total)
+        return total[:c].astype(grad_weight.dtype), total[c:].astype(grad_weight.dtype)
+
+
+def combine_statistics(counts: np.ndarray, means: np.ndarray,
+                       variances: np.ndarray) -> tuple[tuple[np.ndarray, np.ndarray], int]:
+    """Mean and biased variance per channel of the union of parts with ``counts[r]`` values per channel,
+    means ``means[r]`` and biased variances ``variances[r]`` (pairwise formula, float64: no
+    cancellation however large the mean against the spread); returns ``((mean, var), total count)``.
+    Parts with no values add nothing."""
+    counts = np.asarray(counts, np.float64)[:, None]
+    means, variances = np.asarray(means, np.float64), np.asarray(variances, np.float64)
+    total = counts.sum()
+    mean = (counts * means).sum(axis=0) / max(total, 1)
+    squares = (counts * variances).sum(axis=0) + (counts * (means - mean) ** 2).sum(axis=0)
+    return (mean, squares / max(total, 1)), int(total)
+
+
+def _batch_norm_layers(layers: list) -> Iterator[_BatchNorm]:
+    """The batch-norm layers among ``layers`` and inside their containers (the ``Sequential`` containers of blocks)."""
+    for layer in layers:
+        if isinstance(layer, _BatchNorm):
+            yield layer
+        for inner in vars(layer).values():
+            if isinstance(getattr(inner, "layers", None), list):
+                yield from _batch_norm_layers(inner.layers)
+
+
 @contextmanager
 def abort_on_error(w: World, collective: tuple[type[BaseException], ...] = ()) -> Iterator[None]:
     """Stop every rank of ``w`` if this one raises: the others would wait for it in their next
@@ -304,9 +412,19 @@ def abort(w: World, exc_info=None) -> None:
     os._exit(1)  # MPICH's MPI_Abort can return before the process manager ends this process
 
 
-def training_context(distributed: bool) -> Local:
+def training_context(distributed: bool, sync_batchnorm: bool = False) -> Local:
     """:class:`Local`, or with ``distributed=True`` :class:`DataParallel` over :func:`world` (or
-    :class:`Local` with a warning when this process is the only rank)."""
+    :class:`Local` with a warning when this process is the only rank, where batch norm is synchronised
+    by definition).
+
+    Raises
+    ------
+    ValueError
+        ``sync_batchnorm`` without ``distributed``.
+    """
+    if sync_batchnorm and not distributed:
+        raise ValueError("sync_batchnorm=True synchronises batch norm over the processes of distributed training; "
+                         "it needs distributed=True")
     if not distributed:
         return Local()
     w = world()
@@ -314,4 +432,4 @@ def training_context(distributed: bool) -> Local:
         warnings.warn("fit(distributed=True): this is the only MPI process (not started by `mpiexec -n N`); "
                       "training in one process", RuntimeWarning, stacklevel=3)
         return Local()
-    return DataParallel(w)
+    return DataParallel(w, sync_batchnorm)

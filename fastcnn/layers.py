@@ -797,6 +797,10 @@ class GELU(_InputActivation):
 class _BatchNorm(Layer):
     _axes: tuple[int, ...] = ()
     _ndim = 0
+    stats_reducer = None
+    """None, or while :meth:`fastcnn.Sequential.fit` trains with ``sync_batchnorm=True`` the
+    :class:`fastcnn.distributed.BatchNormSync` that makes the batch statistics (and the input gradient)
+    those of the global batch, over every process."""
 
     def __init__(self, num_features: int, eps: float = 1e-5, momentum: float = 0.1, backend: str | None = None) -> None:
         super().__init__()
@@ -820,25 +824,33 @@ class _BatchNorm(Layer):
         x = self._input(x)
         if x.ndim != self._ndim or x.shape[1] != self.num_features:
             raise ValueError(f"{self!r} expects input with {self._ndim} dims and {self.num_features} channels, got {x.shape}")
-        if training and x.size // self.num_features < 2:
-            raise ValueError(f"{type(self).__name__} needs more than one value per channel in training, got input {x.shape}")
+        sync = self.stats_reducer if training else None
+        count = x.size // self.num_features
         stats = () if training else (self.buffers["running_mean"], self.buffers["running_var"])
+        if sync is not None:  # this process's statistics, combined with every other's
+            stats, count = sync.statistics(*F.batch_norm_stats(x, backend=self.backend), count)
+        if training and count < 2:
+            raise ValueError(f"{type(self).__name__} needs more than one value per channel in training, got input {x.shape}"
+                             + ("" if sync is None else f" ({count} values per channel over all processes)"))
         y, mean, var = F.batch_norm(x, self.params["weight"], self.params["bias"], *stats, eps=self.eps, relu=relu,
                                     backend=self.backend)
         if training:
-            count = x.size // self.num_features
             m = self.momentum
             self.buffers["running_mean"] = ((1 - m) * self.buffers["running_mean"] + m * mean).astype(x.dtype)
             self.buffers["running_var"] = ((1 - m) * self.buffers["running_var"] + m * var * count / (count - 1)).astype(x.dtype)
             self.buffers["num_batches_tracked"] = self.buffers["num_batches_tracked"] + 1
-        self._cache = (x, mean, var, y if relu else None) if training else None
+        self._cache = (x, mean, var, y if relu else None, sync, count) if training else None
         return y
 
     def backward(self, grad):
-        x, mean, var, relu_output = self._cached("_cache")
-        gx, self.grads["weight"], self.grads["bias"] = F.batch_norm_backward(
-            grad, x, self.params["weight"], mean, var, eps=self.eps, relu_output=relu_output, backend=self.backend)
-        return gx
+        x, mean, var, relu_output, sync, count = self._cached("_cache")
+        weight, options = self.params["weight"], dict(eps=self.eps, relu_output=relu_output, backend=self.backend)
+        if sync is None:
+            gx, self.grads["weight"], self.grads["bias"] = F.batch_norm_backward(grad, x, weight, mean, var, **options)
+            return gx
+        self.grads["weight"], self.grads["bias"] = F.batch_norm_grad_sums(grad, x, mean, var, **options)
+        sums = sync.gradient_sums(self.grads["weight"], self.grads["bias"], share=x.size // self.num_features / count)
+        return F.batch_norm_input_grad(grad, x, weight, mean, var, *sums, **options)
 
     def output_shape(self, input_shape):
         if len(input_shape) != self._ndim - 1 or input_shape[0] != self.num_features:

@@ -313,6 +313,7 @@ class Sequential:
         callbacks: Sequence[Callback] | None = None,
         distributed: bool = False,
         augment: Callable[[np.ndarray], np.ndarray] | None = None,
+        sync_batchnorm: bool = False,
     ) -> dict[str, list[float]]:
         """Train on ``(x, y)`` with mini-batches.
 
@@ -350,6 +351,11 @@ class Sequential:
         augment : callable, optional
             Applied to every training batch before the forward pass (e.g.
             :class:`fastcnn.augment.RandomShiftRotate`); returns a batch of the same shape.
+        sync_batchnorm : bool
+            With ``distributed=True``: every batch-norm layer normalises with the statistics of the
+            global batch (all ranks' shares, as PyTorch's ``SyncBatchNorm``) instead of its rank's
+            share, so a step is one process's step on the same batch; costs two small collective calls
+            per batch-norm layer and step. ValueError without ``distributed=True``.
 
         Returns
         -------
@@ -376,7 +382,7 @@ class Sequential:
                 bad = np.unravel_index(np.flatnonzero(~np.isfinite(values))[0], values.shape)
                 raise ValueError(f"{name} holds NaN or infinity (first at index {tuple(int(i) for i in bad)}); "
                                  "fit needs finite inputs and targets")
-        ctx = training_context(distributed)
+        ctx = training_context(distributed, sync_batchnorm)
         callbacks = CallbackList(c for c in callbacks or () if ctx.is_root or not getattr(c, "writes_files", False))
         seed = ctx.begin(self, seed, dict(x=x.shape, y=y.shape, epochs=epochs, batch_size=batch_size, shuffle=shuffle))
         rng = np.random.default_rng(seed)
@@ -390,7 +396,8 @@ class Sequential:
         history: dict[str, list[float]] = {"loss": [], "accuracy": []}
         callbacks.train_begin(self)
         # the backend and BLAS's threads are settled once, not per op; an error on one process stops all
-        with ctx.guard((TrainingDivergedError,)), dispatch.use_backend(dispatch.get_backend()), blas.held():
+        with ctx.guard((TrainingDivergedError,)), ctx.attached(self), dispatch.use_backend(dispatch.get_backend()), \
+                blas.held():
             for epoch in range(epochs):
                 order = rng.permutation(n) if shuffle and batch_size < n else None  # full batch: order is moot
                 bar = ProgressBar(n, f"epoch {epoch + 1}/{epochs}", enabled=verbose > 0 and ctx.is_root)
@@ -436,8 +443,8 @@ class Sequential:
                 idx = slice(lo, hi) if order is None else order[lo:hi]
                 xb, yb = x[idx], y[idx]
                 value, right = 0.0, 0  # a share may be empty (a short last batch over many processes)
-                if len(xb):
-                    if augment is not None:
+                if len(xb) or ctx.sync_batchnorm:  # a synchronised batch norm waits for every rank's share
+                    if augment is not None and len(xb):
                         xb = augment(xb)
                     out = self._forward(xb, training=True)
                     value = loss(out, yb)

@@ -1,7 +1,9 @@
-"""Run by tests/test_distributed.py under ``mpiexec -n 2``: ``python mpi_worker.py (train|abort) OUT_DIR``.
+"""Run by tests/test_distributed.py under ``mpiexec -n 2``:
+``python mpi_worker.py (train|sync_batchnorm|abort) OUT_DIR``.
 
 ``train`` trains small models with ``fit(distributed=True)`` and, on rank 0, the same model in one
 process; every rank writes what it saw to ``OUT_DIR/rank<r>.json`` for the test to compare.
+``sync_batchnorm`` does the same for a model with batch norm, with and without ``sync_batchnorm=True``.
 ``abort`` raises on rank 1 in the middle of an epoch; rank 0 must not get past ``fit``.
 """
 import json
@@ -73,6 +75,50 @@ def train(out: Path) -> None:
     (out / f"rank{w.rank}.json").write_text(json.dumps(result, default=int))
 
 
+def bn_model(one_d=True):
+    """Batch norm fused with a ReLU (2-D), and alone (1-D, left out for batches of one sample)."""
+    layers = [fastcnn.Conv2D(1, 4, 3, rng=1), fastcnn.BatchNorm2D(4), fastcnn.ReLU(), fastcnn.MaxPool2D(2),
+              fastcnn.Flatten(), fastcnn.Dense(4 * 13 * 13, 16, rng=2)]
+    layers += [fastcnn.BatchNorm1D(16)] if one_d else [fastcnn.ReLU()]
+    layers += [fastcnn.Dense(16, 10, rng=3)]
+    return fastcnn.Sequential(layers, input_shape=(1, 28, 28))
+
+
+def sync_batchnorm(out: Path) -> None:
+    w = distributed.world()
+    result = {"rank": w.rank}
+    runs = {  # name: (samples, epochs, model kwargs, sync)
+        "sync": (256, 2, {}, True),
+        "per_rank": (256, 2, {}, False),
+        "sync_short_shares": (258, 1, {}, True),  # the last batch: 1 + 1 samples, too few for BatchNorm1D per rank
+        "sync_empty_share": (257, 1, dict(one_d=False), True),  # rank 1's share of the last batch is empty
+    }
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        for name, (n, epochs, kwargs, sync) in runs.items():
+            x, y = data(n, seed=4)
+            fit = dict(epochs=epochs, batch_size=BATCH, seed=3, verbose=0)
+            m = bn_model(**kwargs)
+            history = m.fit(x, y, optimizer=fastcnn.SGD(0.05, momentum=0.9), distributed=True, sync_batchnorm=sync, **fit)
+            norms = [layer for layer in m.layers if isinstance(layer, fastcnn.layers._BatchNorm)]
+            run = result[name] = {"history": history, "digest": digest(m),
+                                  "hooks_removed": all(layer.stats_reducer is None for layer in norms)}
+            if w.is_root:  # the same training in one process
+                ref = bn_model(**kwargs)
+                run["one_process_history"] = ref.fit(x, y, optimizer=fastcnn.SGD(0.05, momentum=0.9), **fit)
+                run["max_weight_diff"] = max(float(np.abs(p - q).max()) for (_, p, _), (_, q, _)
+                                             in zip(m.named_parameters(), ref.named_parameters()))
+                mine, theirs = m.state_dict(), ref.state_dict()
+                run["max_running_stat_diff"] = max(float(np.abs(mine[k] - theirs[k]).max()) for k in mine
+                                                   if "running" in k)
+    result["warnings"] = [str(c.message) for c in caught]
+    try:  # one rank synchronises, the other not: a clear error on both ranks, not a hang
+        bn_model().fit(*data(128), verbose=0, distributed=True, sync_batchnorm=w.rank == 0)
+    except ValueError as exc:
+        result["mismatch"] = str(exc)
+    (out / f"rank{w.rank}.json").write_text(json.dumps(result, default=int))
+
+
 class FailOnRank1(fastcnn.layers.Layer):
     """Raises in its third training forward pass on rank 1."""
 
@@ -98,4 +144,4 @@ def abort(out: Path) -> None:
 
 
 if __name__ == "__main__":
-    {"train": train, "abort": abort}[sys.argv[1]](Path(sys.argv[2]))
+    {"train": train, "sync_batchnorm": sync_batchnorm, "abort": abort}[sys.argv[1]](Path(sys.argv[2]))
