@@ -56,6 +56,9 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--distributed", action="store_true",
                        help="data-parallel over MPI: `mpiexec -n N fastcnn train --distributed` (needs fastcnn[mpi]); "
                             "--threads is then per process (default: this host's cores / its processes)")
+    train.add_argument("--sync-batchnorm", action="store_true",
+                       help="with --distributed: batch norm over the global batch, not each process's share "
+                            "(two small collective calls per batch-norm layer and step)")
 
     predict = sub.add_parser("predict", help="classify a digit with a saved model")
     predict.add_argument("model", help="a model saved by `fastcnn train` or Sequential.save")
@@ -113,6 +116,9 @@ class _EpochCounter(Callback):
 
 
 def _train(args, parser) -> int:
+    if args.sync_batchnorm and not args.distributed:
+        parser.error("--sync-batchnorm synchronises batch norm over the processes of --distributed training; "
+                     "add --distributed")
     args.out = args.out or f"{args.model}.npz"
     _check_out_dir(args.out, args.parents)
     if args.plot:
@@ -208,6 +214,7 @@ def _run_training(args, counter: "_EpochCounter", w) -> int:
     counter.stage = "training"
     history = model.fit(x, y, seed=args.seed, verbose=0 if args.quiet else 1, callbacks=[counter],
                         validation_data=(xt, yt) if args.plot else None, distributed=w is not None,
+                        sync_batchnorm=w is not None and args.sync_batchnorm,
                         **recipe.fit_kwargs(args.seed))
     if not root:
         return 0

@@ -187,6 +187,16 @@ def test_cli_distributed_without_the_extra_says_how_to_install(monkeypatch, caps
     assert not (tmp_path / "m.npz").exists()
 
 
+def test_cli_sync_batchnorm_needs_distributed(capsys, tmp_path):
+    from fastcnn import cli
+
+    with pytest.raises(SystemExit) as exc:
+        cli.main(TRAIN_TINY[:-1] + ["--sync-batchnorm", "--out", str(tmp_path / "m.npz")])
+    err = capsys.readouterr().err
+    assert exc.value.code == 2 and "--sync-batchnorm synchronises" in err and "add --distributed" in err
+    assert not (tmp_path / "m.npz").exists()
+
+
 @needs_mpi
 def test_cli_distributed_without_mpiexec_trains_in_one_process(restore_global_settings, capsys, tmp_path):
     from fastcnn import cli
@@ -201,7 +211,7 @@ def test_cli_distributed_without_mpiexec_trains_in_one_process(restore_global_se
 def test_cli_under_mpiexec_rank_0_reports_and_writes(tmp_path):
     env = dict(os.environ, PYTHONPATH=str(Path(__file__).parents[1]))
     cmd = [distributed.mpiexec_path(), "-n", "2", "-wdir", str(tmp_path), sys.executable, "-m", "fastcnn",
-           *TRAIN_TINY, "--epochs", "1", "--out", "m.npz"]
+           *TRAIN_TINY, "--epochs", "1", "--out", "m.npz", "--sync-batchnorm"]  # (tiny_cnn has no batch norm)
     run = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env)
     assert run.returncode == 0, run.stderr
     assert run.stdout.count("training tiny_cnn on 4,000 MNIST images") == 1, run.stdout
