@@ -157,3 +157,21 @@ def test_a_training_step_runs_on_an_empty_share():
     assert out.shape == (0, 3) and loss(out, np.zeros(0, np.int64)) == 0.0
     m.backward(loss.backward(), input_grad=False)
     assert not any(g.any() for _, _, g in m.named_parameters())
+
+
+class _FakeWorld:
+    rank, size, is_root, comm = 0, 2, True, None
+
+
+def test_every_batch_norm_gets_the_hook_while_training_and_loses_it_however_training_ends():
+    model = fastcnn.models.resnet(seed=0)  # six batch norms, four of them inside Residual blocks
+    norms = list(distributed._batch_norm_layers(model.layers))
+    assert len(norms) == 6 and len({id(n) for n in norms}) == 6
+    ctx = distributed.DataParallel(_FakeWorld(), sync_batchnorm=True)
+    with pytest.raises(RuntimeError, match="boom"):
+        with ctx.attached(model):
+            assert all(isinstance(n.stats_reducer, distributed.BatchNormSync) for n in norms)
+            raise RuntimeError("boom")
+    assert all(n.stats_reducer is None for n in norms) and "stats_reducer" not in vars(norms[0])
+    with distributed.DataParallel(_FakeWorld()).attached(model):  # per-rank batch norm: no hook
+        assert all(n.stats_reducer is None for n in norms)
