@@ -264,9 +264,9 @@ class DataParallel(Local):
                 self._broadcast(layer.params)
                 self._broadcast(layer.buffers)
             if self.is_root:
-                warnings.warn(f"after training, the weights or batch-norm statistics of ranks {differ} differed from rank "
-                              "0's (hosts that round differently?); rank 0's were copied to every rank", RuntimeWarning,
-                              stacklevel=3)
+                warnings.warn(f"after training, the weights or batch-norm statistics of ranks {differ} differed "
+                              "from rank 0's (hosts that round differently?); rank 0's were copied to every rank",
+                              RuntimeWarning, stacklevel=3)
 
     @contextmanager
     def attached(self, model):
@@ -348,7 +348,8 @@ class BatchNormSync:
         mine[0], mine[1 : 1 + c], mine[1 + c :] = count, mean, var
         everyone = np.empty((self.comm.Get_size(), 1 + 2 * c))
         self.comm.Allgather(mine, everyone)
-        (global_mean, global_var), total = combine_statistics(everyone[:, 0], everyone[:, 1 : 1 + c], everyone[:, 1 + c :])
+        (global_mean, global_var), total = combine_statistics(everyone[:, 0], everyone[:, 1 : 1 + c],
+                                                              everyone[:, 1 + c :])
         return (global_mean.astype(mean.dtype), global_var.astype(mean.dtype)), total
 
     def gradient_sums(self, grad_weight: np.ndarray, grad_bias: np.ndarray,

@@ -99,7 +99,8 @@ def sync_batchnorm(out: Path) -> None:
             x, y = data(n, seed=4)
             fit = dict(epochs=epochs, batch_size=BATCH, seed=3, verbose=0)
             m = bn_model(**kwargs)
-            history = m.fit(x, y, optimizer=fastcnn.SGD(0.05, momentum=0.9), distributed=True, sync_batchnorm=sync, **fit)
+            history = m.fit(x, y, optimizer=fastcnn.SGD(0.05, momentum=0.9), distributed=True, sync_batchnorm=sync,
+                            **fit)
             norms = [layer for layer in m.layers if isinstance(layer, fastcnn.layers._BatchNorm)]
             run = result[name] = {"history": history, "digest": digest(m),
                                   "hooks_removed": all(layer.stats_reducer is None for layer in norms)}
