@@ -31,6 +31,7 @@ import numpy as np
 
 from . import dispatch
 from ._checks import check_allocation, conv_geometry, pool_geometry
+from .functional import _avg_pool_geometry, _avg_pool_pads, _max_pool_args
 from .layers import (AvgPool2D, BatchNorm1D, BatchNorm2D, Conv2D, Dense, Dropout, Flatten, Layer, MaxPool2D, ReLU,
                      _ConvMaxPool)
 
@@ -125,11 +126,11 @@ class _Conv(_Step):
     def __init__(self, dtype, conv: Conv2D, arrays: Arrays, pool: MaxPool2D | None = None, relu: bool = False) -> None:
         super().__init__(dtype)
         self.conv, self.pool, self.relu, self.arrays = conv, pool, relu, arrays
-        self.op = "conv2d" if pool is None else "conv2d_max_pool2d"
+        self.op = "depthwise_conv2d" if conv.groups > 1 else "conv2d" if pool is None else "conv2d_max_pool2d"
 
     def prepare(self, shape):
         conv, w_shape = self.conv, self.conv.params["weight"].shape
-        geo = conv_geometry(shape, w_shape, conv.stride, conv.padding, conv.dilation)
+        geo = conv_geometry(shape, w_shape, conv.stride, conv.padding, conv.dilation, conv.groups)
         pad, xp_shape = _padder(shape, geo.padding, self.dtype)
         out = (shape[0], w_shape[0]) + geo.out_hw
         check_allocation("conv2d output", out, self.dtype)
@@ -138,10 +139,11 @@ class _Conv(_Step):
             signature = (xp_shape, w_shape, geo.stride, geo.dilation, self.dtype.char)
             extra = ()
         else:
-            p = pool_geometry(out, self.pool.kernel_size, self.pool.stride, self.pool.padding)
-            signature = (xp_shape, w_shape, geo.stride, geo.dilation, p.kernel, p.stride, p.padding, self.relu,
-                         self.dtype.char)
-            extra = ((*p.kernel, *p.stride, *p.padding, *p.out_hw), self.relu)
+            pool = self.pool
+            p = pool_geometry(out, pool.kernel_size, pool.stride, pool.padding, pool.dilation, int(pool.ceil_mode))
+            signature = (xp_shape, w_shape, geo.stride, geo.dilation, p.kernel, p.stride, p.padding, p.dilation,
+                         p.out_hw, self.relu, self.dtype.char)
+            extra = (_max_pool_args(p), self.relu)
         return pad, signature, (sh, sw, dh, dw, oh, ow, *extra)
 
     def run(self, x, arrays, policy):
@@ -160,13 +162,15 @@ class _Pool(_Step):
 
     def prepare(self, shape):
         layer = self.layer
-        geo = pool_geometry(shape, layer.kernel_size, layer.stride, layer.padding)
         if self.op == "max_pool2d":
-            signature = (shape, geo.kernel, geo.stride, geo.padding, self.dtype.char)
-            return None, signature, (*geo.kernel, *geo.stride, *geo.padding, *geo.out_hw)
-        (ph, pw) = geo.padding
-        pad, xp_shape = _padder(shape, ((ph, ph), (pw, pw)), self.dtype)
-        return pad, (xp_shape, geo.kernel, geo.stride, self.dtype.char), (*geo.kernel, *geo.stride, *geo.out_hw)
+            geo = pool_geometry(shape, layer.kernel_size, layer.stride, layer.padding, layer.dilation,
+                                int(layer.ceil_mode))
+            signature = (shape, geo.kernel, geo.stride, geo.padding, geo.dilation, geo.out_hw, self.dtype.char)
+            return None, signature, _max_pool_args(geo)
+        geo, scale = _avg_pool_geometry(shape, layer.kernel_size, layer.stride, layer.padding, layer.ceil_mode,
+                                        layer.count_include_pad, layer.divisor_override, self.dtype)
+        pad, xp_shape = _padder(shape, _avg_pool_pads(geo), self.dtype)
+        return pad, (xp_shape, geo.kernel, geo.stride, self.dtype.char), (*geo.kernel, *geo.stride, *geo.out_hw, scale)
 
     def run(self, x, arrays, policy):
         pad, signature, args = self.prepared(x.shape)
@@ -223,7 +227,10 @@ def _folds(layer: Layer, after: Layer | None) -> bool:
 
 def _fusable_params(layer: Layer, dtype: np.dtype) -> bool:
     """The fast path passes parameters to kernels as they are: they must be C-contiguous, of the
-    model's dtype (else the layer runs its own, checking, forward)."""
+    model's dtype (else the layer runs its own, checking, forward). Its convs are zero-padded, with
+    one group or one input channel per group (depthwise)."""
+    if type(layer) is Conv2D and (layer.padding_mode != "zeros" or layer.groups not in (1, layer.in_channels)):
+        return False
     return all(p.dtype == dtype and p.flags.c_contiguous for p in layer.params.values())
 
 

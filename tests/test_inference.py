@@ -94,6 +94,25 @@ def test_parameters_the_fast_path_cannot_take_still_give_the_right_answer():
     assert np.array_equal(model.predict(x), expected)
 
 
+def test_grouped_and_padding_mode_convs_and_pool_options():
+    """Depthwise convs (batch norm folded in) take the plan's depthwise op; other grouped convs and
+    padding modes other than zeros run their layer's own forward; pools keep their dilation, ceil mode
+    and count_include_pad."""
+    model = fastcnn.Sequential([
+        L.Conv2D(4, 4, 3, padding=1, groups=2, rng=0), _bn(L.BatchNorm2D(4), 1), L.ReLU(),
+        L.Conv2D(4, 4, 3, stride=2, padding=1, groups=4, bias=False, rng=2), _bn(L.BatchNorm2D(4), 3),
+        L.Conv2D(4, 4, 3, padding=1, padding_mode="reflect", rng=4),
+        L.MaxPool2D(2, stride=1, dilation=2, ceil_mode=True), L.AvgPool2D(2, padding=1, ceil_mode=True, count_include_pad=False),
+        L.Flatten(),
+    ], input_shape=(4, 8, 8))
+    x = np.random.default_rng(6).random((3, 4, 8, 8), dtype=np.float32)
+    np.testing.assert_allclose(model.predict(x), _forward(model, x, 3), rtol=1e-5, atol=1e-5)
+    steps = model._inference.steps
+    assert [type(s).__name__ for s in steps] == ["_Layer", "_Layer", "_Conv", "_Layer", "_Pool", "_Pool",
+                                                  "_Flatten"]
+    assert steps[2].op == "depthwise_conv2d"
+
+
 def test_predict_proba():
     model = models.lenet(seed=0)
     x = np.random.default_rng(5).random((4, 1, 28, 28), dtype=np.float32)
