@@ -107,12 +107,15 @@ def conv_padding(value) -> Union[str, Tuple[int, ...]]:
 
 
 class ConvGeometry(NamedTuple):
-    """Normalised conv parameters. ``padding`` is ``((top, bottom), (left, right))``."""
+    """Normalised conv parameters, as the kernels take them. ``padding`` is ``((top, bottom), (left,
+    right))``; ``padded_hw`` the input's height and width after it."""
 
     stride: tuple[int, int]
     padding: tuple[tuple[int, int], tuple[int, int]]
     dilation: tuple[int, int]
     out_hw: tuple[int, int]
+    kernel: tuple[int, int]
+    padded_hw: tuple[int, int]
 
 
 def conv_geometry(x_shape, w_shape, stride, padding, dilation, groups=1) -> ConvGeometry:
@@ -193,7 +196,7 @@ def _conv_geometry(x_shape, w_shape, stride, padding, dilation, groups) -> ConvG
         )
     oh = out_size(h, kh, stride[0], sum(pads[0]), dilation[0])
     ow = out_size(w, kw, stride[1], sum(pads[1]), dilation[1])
-    return ConvGeometry(stride, pads, dilation, (oh, ow))
+    return ConvGeometry(stride, pads, dilation, (oh, ow), (kh, kw), padded)
 
 
 class TransposedGeometry(NamedTuple):

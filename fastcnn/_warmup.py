@@ -53,13 +53,13 @@ def _conv_gradient_calls(model, batch_size: int) -> list[dict]:
     of ``model``."""
     if model.input_shape is None:
         return []
-    steps = model._run_order()
-    first = model._first_trained_step()
+    steps = model.steps()
+    first = model.first_trained_step()
     calls, shape = [], tuple(model.input_shape)
     for i, step in enumerate(steps):
         out = tuple(step.output_shape(shape))
         conv = step.conv if isinstance(step, _ConvMaxPool) else step
-        if isinstance(conv, Conv2D):
+        if isinstance(conv, Conv2D) and conv.fuses_pool:  # (grouped and padding-mode convs compile on first use)
             calls.append(dict(x=(batch_size,) + shape, y=(batch_size,) + out, weight=conv.params["weight"].shape,
                               stride=conv.stride, padding=conv.padding, dilation=conv.dilation,
                               pooled=conv is not step, input_grad=i != first, dtype=model.dtype.str))

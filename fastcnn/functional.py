@@ -9,8 +9,8 @@ from __future__ import annotations
 import numpy as np
 
 from . import dispatch
-from ._checks import (IntOrPair, avg_pool_scales, check_allocation, check_grad, check_nchw_shape, class_labels,
-                      conv_geometry, conv_transpose_geometry, flag, float_array, pair, pool_geometry)
+from ._checks import (ConvGeometry, IntOrPair, avg_pool_scales, check_allocation, check_grad, check_nchw_shape,
+                      class_labels, conv_geometry, conv_transpose_geometry, flag, float_array, pair, pool_geometry)
 from .kernels.blas import channel_sums
 from .kernels.scratch import shared_inputs, zero_padded
 
@@ -141,16 +141,15 @@ def conv2d(
     x, weight, geo = _conv_inputs(x, weight, stride, padding, dilation, groups)
     bias = _bias(bias, weight, x.dtype)
     xp = _pad(x, geo.padding)
-    (sh, sw), (dh, dw), (oh, ow) = geo.stride, geo.dilation, geo.out_hw
     if groups > 1 and not _depthwise(x, groups):  # a conv per group
         blocks = zip(_blocks(xp, groups, 1), _blocks(weight, groups, 0), _blocks(bias, groups, 0))
         signature = (_block_shape(xp.shape, groups, 1), _block_shape(weight.shape, groups, 0), geo.stride, geo.dilation,
                      x.dtype.char)
-        return np.concatenate([dispatch.run("conv2d", signature, (xg, wg, bg, sh, sw, dh, dw, oh, ow), backend)
+        return np.concatenate([dispatch.run("conv2d", signature, (xg, wg, bg, geo), backend)
                                for xg, wg, bg in blocks], axis=1)
     signature = (xp.shape, weight.shape, geo.stride, geo.dilation, x.dtype.char)
     op = "conv2d" if groups == 1 else "depthwise_conv2d"
-    return dispatch.run(op, signature, (xp, weight, bias, sh, sw, dh, dw, oh, ow), backend)
+    return dispatch.run(op, signature, (xp, weight, bias, geo), backend)
 
 
 def _depthwise(x: np.ndarray, groups: int) -> bool:
@@ -216,15 +215,12 @@ def _conv_gradients(op, grad, extra, described, x, weight, geo, input_grad, back
     which take the arguments ``grad`` before and ``extra`` after the conv's own; ``described`` is what
     their dispatch signature needs besides the conv's shapes."""
     xp = _pad(x, geo.padding)
-    (sh, sw), (dh, dw) = geo.stride, geo.dilation
     signature = (xp.shape, weight.shape, geo.stride, geo.dilation) + tuple(described) + (x.dtype.char,)
-    kh, kw = weight.shape[2:]
     grad_x = None
     with shared_inputs():  # both gradients read grad_y the same way: a backend may prepare it once
-        grad_w, grad_b = dispatch.run(op + "_grad_weight", signature, (*grad, xp, kh, kw, sh, sw, dh, dw, *extra), backend)
+        grad_w, grad_b = dispatch.run(op + "_grad_weight", signature, (*grad, xp, geo, *extra), backend)
         if input_grad:
-            args = (*grad, weight, xp.shape[2], xp.shape[3], sh, sw, dh, dw, *extra)
-            grad_x = _crop(dispatch.run(op + "_grad_input", signature, args, backend), geo.padding)
+            grad_x = _crop(dispatch.run(op + "_grad_input", signature, (*grad, weight, geo, *extra), backend), geo.padding)
     return grad_x, grad_w, grad_b
 
 
@@ -324,10 +320,11 @@ def conv_transpose2d(
     """
     x, weight, geo, n_out = _transposed_inputs(x, weight, stride, padding, output_padding, groups, dilation)
     bias = None if bias is None else _bias(bias, np.empty((n_out,)), x.dtype)
-    (sh, sw), (dh, dw), (hp, wp) = geo.stride, geo.dilation, geo.full_hw
+    hp, wp = geo.full_hw
     signature = ((x.shape[0], weight.shape[1], hp, wp), _block_shape(weight.shape, groups, 0), geo.stride, geo.dilation,
                  x.dtype.char)
-    full = np.concatenate([dispatch.run("conv2d_grad_input", signature, (xg, wg, hp, wp, sh, sw, dh, dw), backend)
+    conv_geo = ConvGeometry(geo.stride, ((0, 0), (0, 0)), geo.dilation, x.shape[2:], weight.shape[2:], geo.full_hw)
+    full = np.concatenate([dispatch.run("conv2d_grad_input", signature, (xg, wg, conv_geo), backend)
                            for xg, wg in zip(_blocks(x, groups, 1), _blocks(weight, groups, 0))], axis=1) \
         if x.shape[0] else np.zeros((0, n_out, hp, wp), x.dtype)
     (ph, pw) = geo.padding
@@ -425,10 +422,9 @@ def conv2d_max_pool2d(
                          flag("pool_ceil_mode", pool_ceil_mode))
     check_allocation("conv2d_max_pool2d argmax", (x.shape[0], weight.shape[0]) + pool.out_hw, np.int64)
     xp = _pad(x, geo.padding)
-    (sh, sw), (dh, dw), (oh, ow) = geo.stride, geo.dilation, geo.out_hw
     signature = (xp.shape, weight.shape, geo.stride, geo.dilation, pool.kernel, pool.stride, pool.padding, pool.dilation,
                  pool.out_hw, relu, x.dtype.char)
-    args = (xp, weight, bias, sh, sw, dh, dw, oh, ow, _max_pool_args(pool), relu)
+    args = (xp, weight, bias, geo, pool, relu)
     return dispatch.run("conv2d_max_pool2d", signature, args, backend)
 
 
@@ -479,7 +475,7 @@ def conv2d_max_pool2d_backward(
         relu_output = check_grad("relu_output", relu_output, grad_y.shape, x.dtype)
     grad = (grad_y, argmax, relu_output)
     described = (grad_y.shape, relu_output is not None)
-    return _conv_gradients("conv2d_max_pool2d", grad, geo.out_hw, described, x, weight, geo, input_grad, backend)
+    return _conv_gradients("conv2d_max_pool2d", grad, (), described, x, weight, geo, input_grad, backend)
 
 
 def max_pool2d(
@@ -521,12 +517,7 @@ def max_pool2d(
     geo = pool_geometry(x.shape, kernel_size, stride, padding, dilation, flag("ceil_mode", ceil_mode))
     check_allocation("max_pool2d argmax", x.shape[:2] + geo.out_hw, np.int64)
     signature = (x.shape, geo.kernel, geo.stride, geo.padding, geo.dilation, geo.out_hw, x.dtype.char)
-    return dispatch.run("max_pool2d", signature, (x, *_max_pool_args(geo)), backend)
-
-
-def _max_pool_args(geo) -> tuple[int, ...]:
-    """The max-pool kernels' arguments after the input: kH, kW, sH, sW, pH, pW, dH, dW, oH, oW."""
-    return (*geo.kernel, *geo.stride, *geo.padding, *geo.dilation, *geo.out_hw)
+    return dispatch.run("max_pool2d", signature, (x, geo), backend)
 
 
 def max_pool2d_backward(
@@ -625,7 +616,7 @@ def avg_pool2d(
     check_allocation("padded avg_pool2d input", _padded_shape(x.shape, pads), x.dtype)
     xp = _pad(x, pads)
     signature = (xp.shape, geo.kernel, geo.stride, x.dtype.char)
-    return dispatch.run("avg_pool2d", signature, (xp, *geo.kernel, *geo.stride, *geo.out_hw, scale), backend)
+    return dispatch.run("avg_pool2d", signature, (xp, geo, scale), backend)
 
 
 def _avg_pool_geometry(shape, kernel_size, stride, padding, ceil_mode, count_include_pad, divisor_override, dtype):
@@ -679,7 +670,7 @@ def avg_pool2d_backward(
     padded = _padded_shape(shape, pads)
     check_allocation("avg_pool2d_backward output", padded, grad_y.dtype)
     signature = (padded, geo.kernel, geo.stride, grad_y.dtype.char)
-    args = (grad_y, padded, *geo.kernel, *geo.stride, scale)
+    args = (grad_y, padded, geo, scale)
     return _crop(dispatch.run("avg_pool2d_backward", signature, args, backend), pads)
 
 

@@ -31,8 +31,7 @@ import numpy as np
 
 from . import dispatch
 from ._checks import check_allocation, conv_geometry, pool_geometry
-from .functional import _avg_pool_geometry, _avg_pool_pads, _max_pool_args
-from .layers import (AvgPool2D, BatchNorm1D, BatchNorm2D, Conv2D, Dense, Dropout, Flatten, Layer, MaxPool2D, ReLU,
+from .layers import (BatchNorm1D, BatchNorm2D, Conv2D, Dense, Dropout, Flatten, Layer, MaxPool2D, ReLU,
                      _ConvMaxPool)
 
 __all__ = ["InferencePlan", "current_plan", "fold_batch_norm"]
@@ -126,25 +125,20 @@ class _Conv(_Step):
     def __init__(self, dtype, conv: Conv2D, arrays: Arrays, pool: MaxPool2D | None = None, relu: bool = False) -> None:
         super().__init__(dtype)
         self.conv, self.pool, self.relu, self.arrays = conv, pool, relu, arrays
-        self.op = "depthwise_conv2d" if conv.groups > 1 else "conv2d" if pool is None else "conv2d_max_pool2d"
+        self.op = "conv2d" if pool is None else "conv2d_max_pool2d"
 
     def prepare(self, shape):
         conv, w_shape = self.conv, self.conv.params["weight"].shape
-        geo = conv_geometry(shape, w_shape, conv.stride, conv.padding, conv.dilation, conv.groups)
+        geo = conv_geometry(shape, w_shape, conv.stride, conv.padding, conv.dilation)
         pad, xp_shape = _padder(shape, geo.padding, self.dtype)
         out = (shape[0], w_shape[0]) + geo.out_hw
         check_allocation("conv2d output", out, self.dtype)
-        (sh, sw), (dh, dw), (oh, ow) = geo.stride, geo.dilation, geo.out_hw
-        if self.pool is None:
-            signature = (xp_shape, w_shape, geo.stride, geo.dilation, self.dtype.char)
-            extra = ()
-        else:
-            pool = self.pool
-            p = pool_geometry(out, pool.kernel_size, pool.stride, pool.padding, pool.dilation, int(pool.ceil_mode))
-            signature = (xp_shape, w_shape, geo.stride, geo.dilation, p.kernel, p.stride, p.padding, p.dilation,
-                         p.out_hw, self.relu, self.dtype.char)
-            extra = (_max_pool_args(p), self.relu)
-        return pad, signature, (sh, sw, dh, dw, oh, ow, *extra)
+        if self.pool is None:  # the signatures as fastcnn.functional's conv2d and conv2d_max_pool2d give them
+            return pad, (xp_shape, w_shape, geo.stride, geo.dilation, self.dtype.char), (geo,)
+        p = _pool_geometry(out, self.pool)
+        signature = (xp_shape, w_shape, geo.stride, geo.dilation, p.kernel, p.stride, p.padding, p.dilation, p.out_hw,
+                     self.relu, self.dtype.char)
+        return pad, signature, (geo, p, self.relu)
 
     def run(self, x, arrays, policy):
         pad, signature, args = self.prepared(x.shape)
@@ -153,29 +147,24 @@ class _Conv(_Step):
 
 
 class _Pool(_Step):
-    """A MaxPool2D (``max_pool2d``, its argmax unused) or an AvgPool2D (``avg_pool2d``)."""
+    """A MaxPool2D (``max_pool2d``, its argmax unused)."""
 
-    def __init__(self, dtype, layer) -> None:
+    def __init__(self, dtype, layer: MaxPool2D) -> None:
         super().__init__(dtype)
         self.layer = layer
-        self.op = "max_pool2d" if type(layer) is MaxPool2D else "avg_pool2d"
 
     def prepare(self, shape):
-        layer = self.layer
-        if self.op == "max_pool2d":
-            geo = pool_geometry(shape, layer.kernel_size, layer.stride, layer.padding, layer.dilation,
-                                int(layer.ceil_mode))
-            signature = (shape, geo.kernel, geo.stride, geo.padding, geo.dilation, geo.out_hw, self.dtype.char)
-            return None, signature, _max_pool_args(geo)
-        geo, scale = _avg_pool_geometry(shape, layer.kernel_size, layer.stride, layer.padding, layer.ceil_mode,
-                                        layer.count_include_pad, layer.divisor_override, self.dtype)
-        pad, xp_shape = _padder(shape, _avg_pool_pads(geo), self.dtype)
-        return pad, (xp_shape, geo.kernel, geo.stride, self.dtype.char), (*geo.kernel, *geo.stride, *geo.out_hw, scale)
+        geo = _pool_geometry(shape, self.layer)  # the signature as fastcnn.functional's max_pool2d gives it
+        return (shape, geo.kernel, geo.stride, geo.padding, geo.dilation, geo.out_hw, self.dtype.char), geo
 
     def run(self, x, arrays, policy):
-        pad, signature, args = self.prepared(x.shape)
-        y = dispatch.run(self.op, signature, (x if pad is None else pad(x), *args), self.layer.backend or policy)
-        return y[0] if self.op == "max_pool2d" else y
+        signature, geo = self.prepared(x.shape)
+        return dispatch.run("max_pool2d", signature, (x, geo), self.layer.backend or policy)[0]
+
+
+def _pool_geometry(shape, pool: MaxPool2D):
+    """The geometry of the max-pool layer ``pool`` on inputs of ``shape``."""
+    return pool_geometry(shape, pool.kernel_size, pool.stride, pool.padding, pool.dilation, int(pool.ceil_mode))
 
 
 class _Linear(_Step):
@@ -221,16 +210,19 @@ class _Layer(_Step):
         return self.layer.forward(x, False)
 
 
+def _fast(layer: Layer) -> bool:
+    """Whether the plan runs ``layer`` through its own steps: a Dense, or a Conv2D that fuses with a
+    pool (no groups, zero padding); other convs run their layer's forward."""
+    return type(layer) is Dense or (type(layer) is Conv2D and layer.fuses_pool)
+
+
 def _folds(layer: Layer, after: Layer | None) -> bool:
-    return (type(layer) is Conv2D and type(after) is BatchNorm2D) or (type(layer) is Dense and type(after) is BatchNorm1D)
+    return _fast(layer) and type(after) is {Conv2D: BatchNorm2D, Dense: BatchNorm1D}[type(layer)]
 
 
 def _fusable_params(layer: Layer, dtype: np.dtype) -> bool:
     """The fast path passes parameters to kernels as they are: they must be C-contiguous, of the
-    model's dtype (else the layer runs its own, checking, forward). Its convs are zero-padded, with
-    one group or one input channel per group (depthwise)."""
-    if type(layer) is Conv2D and (layer.padding_mode != "zeros" or layer.groups not in (1, layer.in_channels)):
-        return False
+    model's dtype (else the layer runs its own, checking, forward)."""
     return all(p.dtype == dtype and p.flags.c_contiguous for p in layer.params.values())
 
 
@@ -262,10 +254,10 @@ class InferencePlan:
                 arrays[id(stand_in)] = _folded(kept[i - 1], layer)
                 continue
             virtual.append(layer)
-            if type(layer) in (Conv2D, Dense) and _fusable_params(layer, dtype):
+            if _fast(layer) and _fusable_params(layer, dtype):
                 arrays[id(layer)] = _live(layer)
         self.steps: list[_Step] = []
-        for step in Sequential(virtual)._run_order():
+        for step in Sequential(virtual).steps():
             conv = step.conv if type(step) is _ConvMaxPool else step
             if type(conv) is Conv2D and id(conv) in arrays:
                 pool = step.pool if type(step) is _ConvMaxPool else None
@@ -273,7 +265,7 @@ class InferencePlan:
                 self.steps.append(_Conv(dtype, conv, arrays[id(conv)], pool, relu))
             elif type(step) is Dense and id(step) in arrays:
                 self.steps.append(_Linear(dtype, step, arrays[id(step)]))
-            elif type(step) in (MaxPool2D, AvgPool2D):
+            elif type(step) is MaxPool2D:
                 self.steps.append(_Pool(dtype, step))
             elif type(step) is ReLU:
                 self.steps.append(_Relu(dtype, step))

@@ -255,7 +255,7 @@ class Sequential:
         which also skips the work that only that gradient needs (as training does).
         """
         layers = self._run_order()
-        first = 0 if input_grad else self._first_trained_step()
+        first = 0 if input_grad else self.first_trained_step()
         for layer in reversed(layers[first + 1 :]):
             grad = layer.backward(grad)
         if not input_grad:
@@ -264,7 +264,7 @@ class Sequential:
             return None
         return layers[0].backward(grad) if layers else grad
 
-    def _first_trained_step(self) -> int:
+    def first_trained_step(self) -> int:
         """Where in :meth:`_run_order` the first step with parameters is (its length if none has any):
         training back-propagates no further than it."""
         return next((i for i, step in enumerate(self._run_order()) if step.params), len(self._run_order()))

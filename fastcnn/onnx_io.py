@@ -1,9 +1,13 @@
 """ONNX export and import of :class:`~fastcnn.model.Sequential` models (needs ``pip install 'fastcnn[onnx]'``).
 
-Export writes one node (or none) per layer, through a table of converters keyed by the layer's type
-name: a new layer type is one function registered with ``@_exports("TypeName")``. Import reads a
-chain of ONNX nodes through a second table keyed by op type (``@_imports("OpType")``); each importer
-turns one node into a fastcnn layer (or into nothing, for Identity and Constant).
+Export writes one node (or a few) per layer, through a table of converters keyed by the layer's type
+name: a new layer type is one function registered with ``@_exports("TypeName")``; a
+:class:`~fastcnn.blocks.Residual` writes its body and shortcut as two branches joined by an Add. Import
+walks the graph from its input through a second table keyed by op type (``@_imports("OpType")``);
+each importer turns one node into a fastcnn layer (or into nothing, for Identity and Constant). Where
+a tensor is read by several nodes, the walk recognises the activations written as small graphs
+(``_PATTERNS``: SiLU as Sigmoid and Mul, GELU before opset 20) or else a residual block: two branches
+from the tensor that meet again in an Add, read as ``Residual(body, shortcut)``.
 
 Naming: the graph's input is ``input`` with a symbolic batch axis ``N``, its output ``output``; the
 initializers are named as :meth:`Sequential.state_dict` names the parameters (``"0.weight"``), and
@@ -18,6 +22,7 @@ This module is named ``onnx_io`` so that ``import onnx`` inside fastcnn means th
 """
 from __future__ import annotations
 
+import heapq
 import math
 import os
 from dataclasses import dataclass, field
@@ -26,15 +31,18 @@ from typing import Any, Callable
 import numpy as np
 
 from . import _files, _untrusted
-from ._checks import check_allocation, conv_geometry
+from ._checks import avg_pool_scales, check_allocation, conv_geometry, pool_geometry
 from ._version import __version__
-from .layers import (AvgPool2D, BatchNorm1D, BatchNorm2D, Conv2D, Dense, Dropout, Flatten, Layer, MaxPool2D, ReLU,
-                     Sigmoid, Softmax, Tanh, weights_follow)
+from .functional import PAD_MODES
+from .layers import (GELU, AvgPool2D, BatchNorm1D, BatchNorm2D, Conv2D, ConvTranspose2D, Dense, Dropout, Flatten,
+                     GlobalAvgPool2D, GlobalMaxPool2D, Layer, LeakyReLU, MaxPool2D, ReLU, Sigmoid, SiLU, Softmax, Tanh,
+                     weights_follow)
 
 __all__ = ["OPSET", "MAX_FILE_BYTES", "export_onnx", "load_onnx"]
 
-OPSET = 17
-"""The default-domain opset that export writes (ONNX Runtime 1.14 and later run it)."""
+OPSET = 20
+"""The default-domain opset that export writes (ONNX Runtime 1.17 and later run it): 19 for Pad's
+``wrap`` mode (circular padding), 20 for the Gelu op."""
 
 MAX_FILE_BYTES = 2**31 - 1
 """Largest file import reads: protobuf's own limit for one message."""
@@ -66,12 +74,12 @@ class _Builder:
         self.initializers.append(self.onnx.numpy_helper.from_array(np.array(array, order="C"), name))
         return name
 
-    def param(self, index: int, layer: Layer, key: str) -> list[str]:
+    def param(self, index: str, layer: Layer, key: str) -> list[str]:
         """``[name]`` of the layer's parameter or buffer ``key`` stored as an initializer; ``[]`` if absent."""
         store = layer.params if key in layer.params else layer.buffers
         return [self.tensor(f"{index}.{key}", store[key])] if key in store else []
 
-    def node(self, index: int, layer: Layer, op_type: str, extra_inputs: list[str], suffix: str = "", **attrs) -> None:
+    def node(self, index: str, layer: Layer, op_type: str, extra_inputs: list[str], suffix: str = "", **attrs) -> None:
         """Append ``op_type`` reading the current tensor and ``extra_inputs``; its output becomes current.
         A layer written as several nodes gives each but the last a ``suffix`` (e.g. ``".sigmoid"``)."""
         name = f"{index}.{type(layer).__name__}{suffix}"
@@ -79,12 +87,13 @@ class _Builder:
         self.current = name
 
 
-_Exporter = Callable[[_Builder, int, Any, tuple], None]
+_Exporter = Callable[[_Builder, str, Any, tuple], None]
 _EXPORTERS: dict[str, _Exporter] = {}
 
 
 def _exports(type_name: str) -> Callable[[_Exporter], _Exporter]:
-    """Register the converter for fastcnn layers of type ``type_name``: ``fn(builder, index, layer, input_shape)``."""
+    """Register the converter for fastcnn layers of type ``type_name``: ``fn(builder, name, layer, input_shape)``,
+    ``name`` the layer's state-dict prefix (``"3"``, or ``"3.body.0"`` inside a block)."""
     def register(fn: _Exporter) -> _Exporter:
         _EXPORTERS[type_name] = fn
         return fn
@@ -98,47 +107,100 @@ def _onnx_pads(pads) -> list[int]:
 
 
 @_exports("Conv2D")
-def _export_conv(g: _Builder, i: int, layer: Conv2D, shape: tuple) -> None:
+def _export_conv(g: _Builder, i: str, layer: Conv2D, shape: tuple) -> None:
+    """A Conv; a padding mode other than zeros is a Pad node before it (``i.pads`` its pads)."""
     w = layer.params["weight"]
-    geo = conv_geometry((1,) + shape, w.shape, layer.stride, layer.padding, layer.dilation)
+    geo = conv_geometry((1,) + shape, w.shape, layer.stride, layer.padding, layer.dilation, layer.groups)
+    pads = _onnx_pads(geo.padding)
+    if layer.padding_mode != "zeros":
+        t, l, b, r = pads
+        g.node(i, layer, "Pad", [g.tensor(f"{i}.pads", np.array([0, 0, t, l, 0, 0, b, r], np.int64))], suffix=".pad",
+               mode=PAD_MODES[layer.padding_mode])  # NumPy's pad modes, which are ONNX's
+        pads = [0, 0, 0, 0]
     g.node(i, layer, "Conv", g.param(i, layer, "weight") + g.param(i, layer, "bias"), kernel_shape=list(w.shape[2:]),
-           strides=list(geo.stride), pads=_onnx_pads(geo.padding), dilations=list(geo.dilation), group=1)
+           strides=list(geo.stride), pads=pads, dilations=list(geo.dilation), group=layer.groups)
 
 
-def _pool_attrs(layer) -> dict:
+@_exports("ConvTranspose2D")
+def _export_conv_transpose(g: _Builder, i: str, layer: ConvTranspose2D, shape: tuple) -> None:
     ph, pw = layer.padding
-    return dict(kernel_shape=list(layer.kernel_size), strides=list(layer.stride), pads=[ph, pw, ph, pw], ceil_mode=0)
+    g.node(i, layer, "ConvTranspose", g.param(i, layer, "weight") + g.param(i, layer, "bias"),
+           kernel_shape=list(layer.kernel_size), strides=list(layer.stride), pads=[ph, pw, ph, pw],
+           dilations=list(layer.dilation), output_padding=list(layer.output_padding), group=layer.groups)
+
+
+def _pool_attrs(i: str, layer, shape: tuple) -> dict:
+    """A pool's attributes. ``ceil_mode`` is written only where it changes the output size: ONNX's
+    formula lacks PyTorch's rule that drops a last window starting in the right padding, so a pool
+    where that rule applies is the same pool in floor mode (ONNX Runtime itself follows PyTorch)."""
+    ph, pw = layer.padding
+    ours = layer.output_shape(shape)[1:]
+    dilation = getattr(layer, "dilation", (1, 1))
+    spans = [size + 2 * p - d * (k - 1) - 1 for size, p, d, k in zip(shape[1:], layer.padding, dilation, layer.kernel_size)]
+    floor = tuple(span // s + 1 for span, s in zip(spans, layer.stride))
+    ceil = tuple(-(-span // s) + 1 for span, s in zip(spans, layer.stride))
+    if ours not in (floor, ceil):
+        raise ValueError(f"layer {i} ({layer.describe()}) on input (N, {', '.join(map(str, shape))}): ceil_mode gives "
+                         f"{ours}, which ONNX's pools give in neither mode (floor {floor}, ceil {ceil})")
+    return dict(kernel_shape=list(layer.kernel_size), strides=list(layer.stride), pads=[ph, pw, ph, pw],
+                ceil_mode=int(ours != floor))
 
 
 @_exports("MaxPool2D")
-def _export_max_pool(g: _Builder, i: int, layer: MaxPool2D, shape: tuple) -> None:
-    g.node(i, layer, "MaxPool", [], **_pool_attrs(layer))
+def _export_max_pool(g: _Builder, i: str, layer: MaxPool2D, shape: tuple) -> None:
+    g.node(i, layer, "MaxPool", [], dilations=list(layer.dilation), **_pool_attrs(i, layer, shape))
 
 
 @_exports("AvgPool2D")
-def _export_avg_pool(g: _Builder, i: int, layer: AvgPool2D, shape: tuple) -> None:
-    g.node(i, layer, "AveragePool", [], count_include_pad=1, **_pool_attrs(layer))
+def _export_avg_pool(g: _Builder, i: str, layer: AvgPool2D, shape: tuple) -> None:
+    """An AveragePool; ``divisor_override`` d is an AveragePool counting the padding followed by a Mul
+    by ``kH * kW / d`` (``i.divisor``), exact when every window is whole (else a ValueError)."""
+    count_pad = layer.count_include_pad
+    if layer.divisor_override is not None:
+        geo = pool_geometry((1,) + shape, layer.kernel_size, layer.stride, layer.padding, 1, int(layer.ceil_mode))
+        whole = 1.0 / (layer.kernel_size[0] * layer.kernel_size[1])
+        if not np.all(avg_pool_scales(geo, shape[1:], True, None, np.float64) == whole):
+            raise ValueError(f"layer {i} ({layer.describe()}) on input (N, {', '.join(map(str, shape))}): "
+                             "divisor_override with windows cut at the border (ceil_mode) has no exact ONNX form")
+        count_pad = count_pad or layer.padding != (0, 0)
+    g.node(i, layer, "AveragePool", [], count_include_pad=int(count_pad), **_pool_attrs(i, layer, shape),
+           suffix=".pool" if layer.divisor_override is not None else "")
+    if layer.divisor_override is not None:
+        scale = layer.kernel_size[0] * layer.kernel_size[1] / layer.divisor_override
+        g.node(i, layer, "Mul", [g.tensor(f"{i}.divisor", np.array(scale, g.dtype))])
+
+
+def _global_pool(op_type: str) -> _Exporter:
+    """``(N, C, H, W) -> (N, C)``: ONNX's global pool keeps the 1x1 plane, a Flatten drops it."""
+    def convert(g: _Builder, i: str, layer: Layer, shape: tuple) -> None:
+        g.node(i, layer, op_type, [], suffix=".pool")
+        g.node(i, layer, "Flatten", [], axis=1)
+    return convert
+
+
+_exports("GlobalAvgPool2D")(_global_pool("GlobalAveragePool"))
+_exports("GlobalMaxPool2D")(_global_pool("GlobalMaxPool"))
 
 
 @_exports("Dense")
-def _export_dense(g: _Builder, i: int, layer: Dense, shape: tuple) -> None:
+def _export_dense(g: _Builder, i: str, layer: Dense, shape: tuple) -> None:
     g.node(i, layer, "Gemm", g.param(i, layer, "weight") + g.param(i, layer, "bias"), transB=1)
 
 
 @_exports("Flatten")
-def _export_flatten(g: _Builder, i: int, layer: Flatten, shape: tuple) -> None:
+def _export_flatten(g: _Builder, i: str, layer: Flatten, shape: tuple) -> None:
     g.node(i, layer, "Flatten", [], axis=1)
 
 
 @_exports("Dropout")
-def _export_dropout(g: _Builder, i: int, layer: Dropout, shape: tuple) -> None:
+def _export_dropout(g: _Builder, i: str, layer: Dropout, shape: tuple) -> None:
     """An inference-mode Dropout (identity; ONNX Runtime removes it) that keeps ``p`` for import."""
     g.node(i, layer, "Dropout", [g.tensor(f"{i}.ratio", np.array(layer.p, g.dtype))])
 
 
 def _elementwise(op_type: str, **attrs) -> _Exporter:
     """The converter of a layer that is one ONNX op without weights."""
-    def convert(g: _Builder, i: int, layer: Layer, shape: tuple) -> None:
+    def convert(g: _Builder, i: str, layer: Layer, shape: tuple) -> None:
         g.node(i, layer, op_type, [], **attrs)
     return convert
 
@@ -147,14 +209,46 @@ _exports("ReLU")(_elementwise("Relu"))
 _exports("Tanh")(_elementwise("Tanh"))
 _exports("Sigmoid")(_elementwise("Sigmoid"))
 _exports("Softmax")(_elementwise("Softmax", axis=-1))
+_exports("GELU")(lambda g, i, layer, shape: g.node(i, layer, "Gelu", [], approximate=layer.approximate))
+_exports("LeakyReLU")(lambda g, i, layer, shape: g.node(i, layer, "LeakyRelu", [], alpha=layer.negative_slope))
+
+
+@_exports("SiLU")
+def _export_silu(g: _Builder, i: str, layer: SiLU, shape: tuple) -> None:
+    x = g.current
+    g.node(i, layer, "Sigmoid", [], suffix=".sigmoid")
+    g.node(i, layer, "Mul", [x])
+
+
+@_exports("Residual")
+def _export_residual(g: _Builder, i: str, layer, shape: tuple) -> None:
+    """The body and the shortcut as two branches from the block's input, joined by ``Add(body, shortcut)``."""
+    x = g.current
+    _export_layers(g, f"{i}.body.", layer.body, shape)
+    body, g.current = g.current, x
+    if layer.shortcut is not None:
+        _export_layers(g, f"{i}.shortcut.", layer.shortcut, shape)
+    shortcut, g.current = g.current, body
+    g.node(i, layer, "Add", [shortcut])
 
 
 @_exports("BatchNorm2D")
 @_exports("BatchNorm1D")
-def _export_batch_norm(g: _Builder, i: int, layer, shape: tuple) -> None:
+def _export_batch_norm(g: _Builder, i: str, layer, shape: tuple) -> None:
     inputs = [name for key in ("weight", "bias", "running_mean", "running_var") for name in g.param(i, layer, key)]
     # ONNX's momentum weighs the running statistic, PyTorch's (and fastcnn's) the new batch.
     g.node(i, layer, "BatchNormalization", inputs, epsilon=layer.eps, momentum=1.0 - layer.momentum)
+
+
+def _export_layers(g: _Builder, prefix: str, container, shape: tuple) -> None:
+    """Write the layers of a Sequential ``container`` (per-sample input ``shape``), named ``prefix + index``."""
+    missing = sorted({type(layer).__name__ for layer in container.layers} - set(_EXPORTERS))
+    if missing:
+        raise ValueError(f"cannot export layers of type {', '.join(missing)} to ONNX; "
+                         f"exportable: {', '.join(sorted(_EXPORTERS))}")
+    shapes = [shape] + (container.output_shapes(shape) if container.layers else [])
+    for j, layer in enumerate(container.layers):
+        _EXPORTERS[type(layer).__name__](g, f"{prefix}{j}", layer, shapes[j])
 
 
 def export_onnx(model, path: str | os.PathLike, input_shape: tuple[int, ...] | None = None) -> None:
@@ -179,13 +273,8 @@ def export_onnx(model, path: str | os.PathLike, input_shape: tuple[int, ...] | N
     if not shape:
         raise ValueError("export_onnx needs the per-sample input shape: pass input_shape, or build the model with it")
     shapes = [shape] + model.output_shapes(shape)
-    missing = [type(layer).__name__ for layer in model.layers if type(layer).__name__ not in _EXPORTERS]
-    if missing:
-        raise ValueError(f"cannot export layers of type {', '.join(sorted(set(missing)))} to ONNX; "
-                         f"exportable: {', '.join(sorted(_EXPORTERS))}")
     g = _Builder(onnx, model.dtype)
-    for i, layer in enumerate(model.layers):
-        _EXPORTERS[type(layer).__name__](g, i, layer, shapes[i])
+    _export_layers(g, "", model, shape)
     elem = onnx.helper.np_dtype_to_tensor_dtype(model.dtype)
     if g.nodes:
         g.nodes[-1].output[0] = _OUTPUT
@@ -198,7 +287,7 @@ def export_onnx(model, path: str | os.PathLike, input_shape: tuple[int, ...] | N
         g.initializers)
     proto = onnx.helper.make_model(graph, producer_name="fastcnn", producer_version=__version__,
                                    opset_imports=[onnx.helper.make_opsetid("", OPSET)])
-    proto.ir_version = min(proto.ir_version, 8)  # what opset 17 needs; older runtimes refuse newer IR versions
+    proto.ir_version = min(proto.ir_version, 9)  # what opset 20 needs; older runtimes refuse newer IR versions
     data = proto.SerializeToString()
     with _files.atomic_write(path) as fh:
         fh.write(data)
@@ -222,6 +311,13 @@ class _Reader:
     shape: tuple
     constants: dict[str, Any]
     layers: list = field(default_factory=list)
+    nodes: list = field(default_factory=list)          # the graph's nodes but Constants, in the file's order
+    consumers: dict = field(default_factory=dict)      # tensor name -> indices of the nodes reading it
+    producer: dict = field(default_factory=dict)       # tensor name -> index of the node writing it
+    used: set = field(default_factory=set)             # indices of the nodes read so far
+    pad: tuple | None = None                           # a Pad's ((left, right, top, bottom), mode) for the next Conv
+    last_input: tuple = ()                             # the input shape of the last layer appended
+    whole_plane: dict = field(default_factory=dict)    # id of a pool read from a global pool -> its fastcnn type
 
     def fail(self, node, message: str) -> ValueError:
         return ValueError(f"{self.path}: node {node.name or '(unnamed)'!r} ({node.op_type}): {message}")
@@ -330,28 +426,95 @@ def _check_attrs(r: _Reader, node, attrs: dict, allowed: dict) -> None:
             raise r.fail(node, f"attribute {name}={value!r} is not supported (only {allowed[name]!r})")
 
 
+def _same_pads(r: _Reader, node, attrs: dict, kernel, stride, dilation) -> tuple[tuple, tuple]:
+    """``((top, bottom), (left, right))`` from ``pads`` or ``auto_pad`` (SAME_*: ``ceil(size / stride)`` outputs)."""
+    auto = attrs.get("auto_pad", "NOTSET")
+    if auto not in ("SAME_UPPER", "SAME_LOWER"):
+        return _pads(r, node, attrs, kernel, stride, dilation)
+    totals = [max((-(-size // s) - 1) * s + d * (k - 1) + 1 - size, 0)
+              for size, s, d, k in zip(_spatial(r, node), stride, dilation, kernel)]
+    return tuple((t // 2, t - t // 2) if auto == "SAME_UPPER" else (t - t // 2, t // 2) for t in totals)
+
+
 @_imports("Conv")
 def _import_conv(r: _Reader, node, attrs: dict) -> Layer:
-    _check_attrs(r, node, attrs, dict(kernel_shape=..., strides=..., pads=..., dilations=..., auto_pad=..., group=1))
+    """A Conv, grouped or not; a Pad node just before it gives its padding and padding mode."""
+    _check_attrs(r, node, attrs, dict(kernel_shape=..., strides=..., pads=..., dilations=..., auto_pad=..., group=...))
     _spatial(r, node)
     w = r.constant(node, 1, "weight", np.float32)
     b = r.constant(node, 2, "bias", np.float32)
     if w is None or w.ndim != 4:
-        raise r.fail(node, f"needs a 4-D weight (C_out, C_in, kH, kW), got {None if w is None else w.shape}")
+        raise r.fail(node, f"needs a 4-D weight (C_out, C_in / group, kH, kW), got {None if w is None else w.shape}")
     kernel = _ints(r, node, attrs, "kernel_shape", 2, list(w.shape[2:]))
     if kernel != w.shape[2:]:
         raise r.fail(node, f"kernel_shape {kernel} does not match the weight {w.shape}")
     stride = _ints(r, node, attrs, "strides", 2, [1, 1])
     dilation = _ints(r, node, attrs, "dilations", 2, [1, 1])
-    pads = _pads(r, node, attrs, kernel, stride, dilation)
-    if pads[0][0] == pads[0][1] and pads[1][0] == pads[1][1]:
-        padding: Any = (pads[0][0], pads[1][0])
-    elif stride == (1, 1) and conv_geometry((1, w.shape[1], 1 + sum(pads[0]), 1 + sum(pads[1])), w.shape, 1, "same",
-                                            dilation).padding == pads:
-        padding = "same"
-    else:
-        raise r.fail(node, f"asymmetric pads {pads} other than 'same' padding are not supported")
-    layer = Conv2D(w.shape[1], w.shape[0], kernel, stride, padding, dilation, bias=b is not None, rng=0)
+    groups = attrs.get("group", 1)
+    if not isinstance(groups, int) or groups < 1:
+        raise r.fail(node, f"attribute group must be a positive integer, got {groups!r}")
+    (t, b_), (left, right) = _same_pads(r, node, attrs, kernel, stride, dilation)
+    mode = "zeros"
+    if r.pad is not None:
+        (pl, pr, pt, pb), mode = r.pad
+        r.pad = None
+        if mode != "zeros" and (t, b_, left, right) != (0, 0, 0, 0):
+            raise r.fail(node, f"pads {[t, left, b_, right]} after a Pad in mode {mode!r}; fastcnn's Conv2D pads once")
+        t, b_, left, right = t + pt, b_ + pb, left + pl, right + pr
+    padding: Any = (t, left) if (t, left) == (b_, right) else (left, right, t, b_)
+    layer = Conv2D(r.shape[0], w.shape[0], kernel, stride, padding, dilation, bias=b is not None, rng=0,
+                   groups=groups, padding_mode=mode)
+    r.assign(node, layer, "weight", w)
+    if b is not None:
+        r.assign(node, layer, "bias", b)
+    return layer
+
+
+@_imports("Pad")
+def _import_pad(r: _Reader, node, attrs: dict) -> None:
+    """The padding of the Conv that must follow: zeros, reflect, edge (replicate) or wrap (circular)."""
+    _check_attrs(r, node, attrs, dict(mode=...))
+    modes = {onnx_mode: ours for ours, onnx_mode in PAD_MODES.items()}
+    mode = modes.get(attrs.get("mode", "constant"))
+    if mode is None:
+        raise r.fail(node, f"mode {attrs.get('mode')!r} is not supported (only {', '.join(modes)})")
+    _spatial(r, node)
+    pads = r.constant(node, 1, "pads", np.int64)
+    value = r.constant(node, 2, "constant_value")
+    if len(node.input) > 3 and node.input[3]:
+        raise r.fail(node, "the axes input is not supported; pads must cover all four axes")
+    if value is not None and (value.size != 1 or float(value.reshape(-1)[0]) != 0.0):
+        raise r.fail(node, "pads with a value other than zero")
+    if pads is None or pads.shape != (8,) or pads[[0, 1, 4, 5]].any() or (pads < 0).any():
+        raise r.fail(node, f"pads {None if pads is None else pads.tolist()}: fastcnn pads height and width only, by "
+                           "[0, 0, top, left, 0, 0, bottom, right] >= 0")
+    if r.pad is not None:
+        raise r.fail(node, "two Pads in a row; fastcnn's Conv2D pads once")
+    t, left, b, right = (int(v) for v in pads[[2, 3, 6, 7]])
+    r.pad = ((left, right, t, b), mode)
+
+
+@_imports("ConvTranspose")
+def _import_conv_transpose(r: _Reader, node, attrs: dict) -> Layer:
+    _check_attrs(r, node, attrs, dict(kernel_shape=..., strides=..., pads=..., dilations=..., auto_pad="NOTSET",
+                                      group=..., output_padding=...))
+    _spatial(r, node)
+    w = r.constant(node, 1, "weight", np.float32)
+    b = r.constant(node, 2, "bias", np.float32)
+    if w is None or w.ndim != 4:
+        raise r.fail(node, f"needs a 4-D weight (C_in, C_out / group, kH, kW), got {None if w is None else w.shape}")
+    kernel = _ints(r, node, attrs, "kernel_shape", 2, list(w.shape[2:]))
+    if kernel != w.shape[2:]:
+        raise r.fail(node, f"kernel_shape {kernel} does not match the weight {w.shape}")
+    groups = attrs.get("group", 1)
+    if not isinstance(groups, int) or groups < 1:
+        raise r.fail(node, f"attribute group must be a positive integer, got {groups!r}")
+    t, left, bottom, right = _ints(r, node, attrs, "pads", 4, [0, 0, 0, 0])
+    if (t, left) != (bottom, right):
+        raise r.fail(node, f"asymmetric pads {[t, left, bottom, right]} are not supported")
+    layer = ConvTranspose2D(r.shape[0], w.shape[1] * groups, kernel, _ints(r, node, attrs, "strides", 2, [1, 1]),
+                            (t, left), _ints(r, node, attrs, "output_padding", 2, [0, 0]), groups, bias=b is not None,
+                            dilation=_ints(r, node, attrs, "dilations", 2, [1, 1]), rng=0)
     r.assign(node, layer, "weight", w)
     if b is not None:
         r.assign(node, layer, "bias", b)
@@ -368,29 +531,40 @@ def _pool_args(r: _Reader, node, attrs: dict) -> tuple:
     return kernel, stride, (t, left)
 
 
+def _ceil_mode(r: _Reader, node, attrs: dict) -> bool:
+    value = attrs.get("ceil_mode", 0)
+    if value not in (0, 1):
+        raise r.fail(node, f"attribute ceil_mode must be 0 or 1, got {value!r}")
+    return bool(value)
+
+
 @_imports("MaxPool")
 def _import_max_pool(r: _Reader, node, attrs: dict) -> Layer:
-    _check_attrs(r, node, attrs, dict(kernel_shape=..., strides=..., pads=..., auto_pad=..., ceil_mode=0,
-                                      dilations=[1, 1], storage_order=0))
-    return MaxPool2D(*_pool_args(r, node, attrs))
+    _check_attrs(r, node, attrs, dict(kernel_shape=..., strides=..., pads=..., auto_pad=..., ceil_mode=...,
+                                      dilations=..., storage_order=0))
+    return MaxPool2D(*_pool_args(r, node, attrs), dilation=_ints(r, node, attrs, "dilations", 2, [1, 1]),
+                     ceil_mode=_ceil_mode(r, node, attrs))
 
 
 @_imports("AveragePool")
 def _import_avg_pool(r: _Reader, node, attrs: dict) -> Layer:
-    _check_attrs(r, node, attrs, dict(kernel_shape=..., strides=..., pads=..., auto_pad=..., ceil_mode=0,
+    _check_attrs(r, node, attrs, dict(kernel_shape=..., strides=..., pads=..., auto_pad=..., ceil_mode=...,
                                       dilations=[1, 1], count_include_pad=...))
-    kernel, stride, padding = _pool_args(r, node, attrs)
-    if padding != (0, 0) and attrs.get("count_include_pad", 0) != 1:
-        raise r.fail(node, "padded average pooling must count the padding (count_include_pad=1), as fastcnn does")
-    return AvgPool2D(kernel, stride, padding)
+    count = attrs.get("count_include_pad", 0)
+    if count not in (0, 1):
+        raise r.fail(node, f"attribute count_include_pad must be 0 or 1, got {count!r}")
+    return AvgPool2D(*_pool_args(r, node, attrs), ceil_mode=_ceil_mode(r, node, attrs), count_include_pad=bool(count))
 
 
 @_imports("GlobalAveragePool", "GlobalMaxPool")
 def _import_global_pool(r: _Reader, node, attrs: dict) -> Layer:
-    """A pool whose window is the whole (static) plane."""
+    """A pool whose window is the whole (static) plane, output (N, C, 1, 1); a Flatten after it makes it
+    the global pool layer, output (N, C) (see :func:`_flatten`)."""
     _check_attrs(r, node, attrs, {})
     hw = _spatial(r, node)
-    return (AvgPool2D if node.op_type == "GlobalAveragePool" else MaxPool2D)(hw)
+    layer = (AvgPool2D if node.op_type == "GlobalAveragePool" else MaxPool2D)(hw)
+    r.whole_plane[id(layer)] = GlobalAvgPool2D if node.op_type == "GlobalAveragePool" else GlobalMaxPool2D
+    return layer
 
 
 @_imports("Gemm")
@@ -425,14 +599,15 @@ def _import_matmul(r: _Reader, node, attrs: dict) -> Layer:
 
 @_imports("Add")
 def _import_add(r: _Reader, node, attrs: dict) -> None:
-    """The bias after a MatMul: the Dense before it gains the bias."""
+    """The bias after a MatMul: the Dense before it gains the bias. (An Add joining two branches is
+    read by the walk as a residual block, see :func:`_read_fork`.)"""
     _check_attrs(r, node, attrs, {})
     if len(node.input) != 2:
         raise r.fail(node, f"takes {len(node.input)} inputs; Add takes two")
     other = 1 if node.input[0] == r.current else 0
     if node.input[other] not in r.constants:
-        raise r.fail(node, "adds two computed tensors (a residual connection or other branch), which fastcnn "
-                           "cannot represent in a Sequential yet")
+        raise r.fail(node, "adds two computed tensors that are not the two branches of a residual block "
+                           "(body and shortcut from one tensor)")
     b = r.constant(node, other, "bias", np.float32)
     last = r.layers[-1] if r.layers else None
     if not (type(last) is Dense and "bias" not in last.params):
@@ -441,10 +616,44 @@ def _import_add(r: _Reader, node, attrs: dict) -> None:
     return None  # the Dense before it now has the bias; the shape is unchanged
 
 
+@_imports("Mul")
+def _import_mul(r: _Reader, node, attrs: dict) -> None:
+    """A scalar after an average pool whose windows are all whole: the pool's ``divisor_override``
+    (``kH * kW / scalar``, which must be a whole number)."""
+    _check_attrs(r, node, attrs, {})
+    other = 1 if node.input[0] == r.current else 0
+    if len(node.input) != 2 or node.input[other] not in r.constants:
+        raise r.fail(node, "multiplies computed tensors outside the SiLU and GELU patterns fastcnn reads")
+    c = r.constant(node, other, "scale", np.float32)
+    last = r.layers[-1] if r.layers else None
+    if type(last) is not AvgPool2D or last.divisor_override is not None or c.size != 1:
+        raise r.fail(node, "multiplies by a constant; fastcnn reads that only as a scalar after an average pool "
+                           "(its divisor_override)")
+    k = last.kernel_size[0] * last.kernel_size[1]
+    scale = float(c.reshape(-1)[0])
+    divisor = round(k / scale) if scale > 0 and math.isfinite(k / scale) else 0
+    geo = pool_geometry((1,) + r.last_input, last.kernel_size, last.stride, last.padding, 1, int(last.ceil_mode))
+    whole = np.all(avg_pool_scales(geo, r.last_input[1:], last.count_include_pad, None, np.float64) == 1.0 / k)
+    if divisor < 1 or abs(divisor * scale - k) > 1e-6 * k or not whole:
+        raise r.fail(node, f"scales an average pool by {scale}: not kH * kW / d for a whole divisor d over whole "
+                           "windows (divisor_override)")
+    r.layers[-1] = AvgPool2D(last.kernel_size, last.stride, last.padding, last.ceil_mode, last.count_include_pad,
+                             divisor)
+
+
+def _flatten(r: _Reader) -> Layer:
+    """A Flatten; after a global pool (read as a pool over the whole plane), that pool's global layer."""
+    last = r.layers[-1] if r.layers else None
+    if id(last) in r.whole_plane:
+        r.layers.pop()
+        return r.whole_plane.pop(id(last))()  # its input (C, 1, 1) gives the same (C,)
+    return Flatten()
+
+
 @_imports("Flatten")
 def _import_flatten(r: _Reader, node, attrs: dict) -> Layer:
     _check_attrs(r, node, attrs, dict(axis=1))
-    return Flatten()
+    return _flatten(r)
 
 
 @_imports("Reshape")
@@ -457,7 +666,26 @@ def _import_reshape(r: _Reader, node, attrs: dict) -> Layer:
             int(target[1]) not in (-1, size) or tuple(target) == (-1, -1):
         raise r.fail(node, f"reshapes to {None if target is None else target.tolist()}; fastcnn reads only a "
                            f"flatten to (N, {size}) ([0, -1], [-1, {size}] or [0, {size}])")
-    return Flatten()
+    return _flatten(r)
+
+
+@_imports("LeakyRelu")
+def _import_leaky_relu(r: _Reader, node, attrs: dict) -> Layer:
+    _check_attrs(r, node, attrs, dict(alpha=...))
+    return LeakyReLU(_float32_attr(attrs.get("alpha", 0.01)))
+
+
+@_imports("Gelu")
+def _import_gelu(r: _Reader, node, attrs: dict) -> Layer:
+    _check_attrs(r, node, attrs, dict(approximate=...))
+    if attrs.get("approximate", "none") not in ("none", "tanh"):
+        raise r.fail(node, f"approximate={attrs['approximate']!r}; Gelu's are 'none' and 'tanh'")
+    return GELU(attrs.get("approximate", "none"))
+
+
+def _float32_attr(value) -> float:
+    """A float attribute (float32 in ONNX) as the shortest decimal that float32 gives (0.01, not 0.0099999998)."""
+    return float(str(np.float32(value)))
 
 
 @_imports("Relu", "Tanh", "Sigmoid")
@@ -513,6 +741,258 @@ def _import_dropout(r: _Reader, node, attrs: dict) -> Layer:
 @_imports("Identity")
 def _import_identity(r: _Reader, node, attrs: dict) -> None:
     _check_attrs(r, node, attrs, {})
+
+
+# ------------------------------------------------------------------ the walk through the graph
+_MAX_NESTING = 64  # residual blocks inside residual blocks: a bound on the walk's recursion
+
+
+def _walk(r: _Reader, start: str, stop: str, allowed: set | None, onnx, depth: int = 0) -> None:
+    """Read the nodes from tensor ``start`` to tensor ``stop`` (only nodes in ``allowed``, if given) into
+    ``r.layers``, following ``r.shape``; ``depth`` counts the residual blocks it is inside."""
+    if depth > _MAX_NESTING:
+        raise ValueError(f"{r.path}: residual blocks nested more than {_MAX_NESTING} deep at tensor {start!r}")
+    r.current = start
+    while r.current != stop:
+        readers = [i for i in r.consumers.get(r.current, []) if allowed is None or i in allowed]
+        if not readers:
+            raise ValueError(f"{r.path}: tensor {r.current!r} is read by no node on the way to {stop!r}; "
+                             "the graph is not a chain from its input to its output")
+        if r.pad is not None and (len(readers) > 1 or r.nodes[readers[0]].op_type != "Conv"):
+            raise r.fail(r.nodes[readers[0]], "follows a Pad; fastcnn reads a Pad only as the padding of a Conv")
+        if len(readers) == 1:
+            _read_node(r, readers[0], onnx)
+        else:
+            _read_fork(r, readers, allowed, onnx, depth)
+    if r.pad is not None:
+        raise ValueError(f"{r.path}: a Pad ends at {stop!r}; fastcnn reads a Pad only as the padding of a Conv")
+
+
+def _read_node(r: _Reader, index: int, onnx) -> None:
+    node = r.nodes[index]
+    if index in r.used:
+        raise r.fail(node, "is reached twice: the graph has a cycle")
+    importer = _IMPORTERS.get(node.op_type)
+    if importer is None:
+        raise r.fail(node, f"op type {node.op_type} is not supported; supported: {', '.join(sorted(_IMPORTERS))}")
+    if r.current not in node.input[:2] or (node.input[0] != r.current and node.op_type not in ("Add", "Mul")):
+        raise r.fail(node, f"reads {list(node.input)}, not the output of the node before ({r.current!r}): "
+                           "the graph is not a chain, which a Sequential needs")
+    if not node.output or any(o in r.consumers for o in node.output[1:] if o):
+        raise r.fail(node, "its second output is used; fastcnn reads inference graphs with one output per node")
+    r.used.add(index)
+    try:
+        with weights_follow(r.dtype):  # placeholders until the file's arrays, checked, are put in
+            layer = importer(r, node, _attributes(r, node, onnx))
+        out_shape = r.shape if layer is None else tuple(layer.output_shape(r.shape))
+    except (ValueError, TypeError) as exc:
+        if str(exc).startswith(f"{r.path}: "):
+            raise
+        raise r.fail(node, str(exc)) from None
+    if layer is not None:
+        r.layers.append(layer)
+        r.last_input = r.shape
+    r.current, r.shape = node.output[0], out_shape
+
+
+# Activations that exporters write as small graphs: an expression over the input "X" and scalar constants
+# ("C", value); Add and Mul match in either order. What PyTorch writes for SiLU, and for GELU before opset 20.
+_SQRT2, _BETA, _KAPPA = math.sqrt(2.0), math.sqrt(2.0 / math.pi), 0.044715
+_PATTERNS: dict[str, tuple[Any, Callable[[], Layer]]] = {
+    "SiLU": (("Mul", "X", ("Sigmoid", "X")), SiLU),
+    "GELU": (("Mul", ("Mul", "X", ("Add", ("Erf", ("Div", "X", ("C", _SQRT2))), ("C", 1.0))), ("C", 0.5)), GELU),
+    "GELU tanh": (("Mul", ("C", 0.5), ("Mul", "X", ("Add", ("C", 1.0), ("Tanh", ("Mul", ("C", _BETA), ("Add", "X", (
+        "Mul", ("C", _KAPPA), ("Mul", "X", ("Mul", "X", "X"))))))))), lambda: GELU("tanh")),
+}
+
+
+def _match(r: _Reader, pattern, tensor: str, x: str, allowed: set | None, found: set) -> bool:
+    """Whether ``tensor`` is computed from ``x`` as ``pattern`` says; adds the nodes it takes to ``found``."""
+    if pattern == "X":
+        return tensor == x
+    if pattern[0] == "C":
+        if tensor not in r.constants:
+            return False
+        value = _scalar(r, tensor)
+        return value is not None and abs(value - pattern[1]) <= 1e-6 * max(1.0, abs(pattern[1]))
+    index = r.producer.get(tensor)
+    if index is None or index in r.used or (allowed is not None and index not in allowed):
+        return False
+    node = r.nodes[index]
+    operands = pattern[1:]
+    if node.op_type != pattern[0] or len(node.attribute) or len(node.input) != len(operands):
+        return False
+    orders = [operands, operands[::-1]] if node.op_type in ("Add", "Mul") else [operands]
+    for order in orders:
+        taken: set = set()
+        if all(_match(r, p, t, x, allowed, taken) for p, t in zip(order, node.input)):
+            found |= taken | {index}
+            return True
+    return False
+
+
+def _scalar(r: _Reader, name: str) -> float | None:
+    value = r.constants[name]
+    if not isinstance(value, np.ndarray):
+        value = r.constants[name] = tensor_array(value, r.file_size, f"{r.path}: tensor {name!r}")
+    return float(value.reshape(-1)[0]) if value.size == 1 and value.dtype.kind == "f" else None
+
+
+def _output(node) -> str:
+    """The node's (first) output; ``""`` if it has none."""
+    return node.output[0] if node.output else ""
+
+
+def _meeting(r: _Reader, readers: list[int], allowed: set | None) -> tuple[int | None, set]:
+    """The first node (in the file's order) that every one of ``readers`` reaches, and the nodes reached
+    before it. Visits only the nodes up to that one, in order (a node is visited again only when more
+    readers reach it, at most ``len(readers)`` times), so a long graph costs the branches' length."""
+    reached: dict[int, int] = {i: 1 << k for k, i in enumerate(readers)}  # node -> bit mask of the readers reaching it
+    full = (1 << len(readers)) - 1
+    heap = sorted(readers)
+    seen: set = set()
+    while heap:
+        index = heapq.heappop(heap)
+        mask = reached[index]
+        if mask == full:
+            return index, seen
+        seen.add(index)
+        for consumer in r.consumers.get(_output(r.nodes[index]), []):
+            if (allowed is None or consumer in allowed) and reached.get(consumer, 0) | mask != reached.get(consumer, 0):
+                reached[consumer] = reached.get(consumer, 0) | mask
+                heapq.heappush(heap, consumer)
+    return None, seen
+
+
+def _ancestors(r: _Reader, tensor: str, stop: str, within: set) -> set:
+    seen, todo = set(), [tensor]
+    while todo:
+        t = todo.pop()
+        index = r.producer.get(t)
+        if t == stop or index is None or index in seen or index not in within:
+            continue
+        seen.add(index)
+        todo.extend(i for i in r.nodes[index].input if i and i not in r.constants)
+    return seen
+
+
+def _read_fork(r: _Reader, readers: list[int], allowed: set | None, onnx, depth: int) -> None:
+    """The tensor ``r.current`` is read by several nodes: an activation of ``_PATTERNS``, or a residual
+    block (two branches that meet in an Add)."""
+    from .blocks import Residual
+
+    x = r.current
+    if any(i in r.used for i in readers):
+        raise r.fail(r.nodes[readers[0]], "is reached twice: the graph has a cycle")
+    join, before = _meeting(r, readers, allowed)
+    after = set() if join is None else {join, *r.consumers.get(_output(r.nodes[join]), [])}
+    for root in sorted(before | after)[:16]:  # a pattern ends at the meeting or a node after it
+        for pattern, make in _PATTERNS.values():
+            found: set = set()
+            if not _match(r, pattern, _output(r.nodes[root]), x, allowed, found) or not set(readers) <= found:
+                continue
+            inner = [r.nodes[i].output[0] for i in found if i != root]
+            if all(set(r.consumers.get(t, [])) <= found for t in inner):
+                r.used |= found
+                r.layers.append(make())
+                r.last_input = r.shape
+                r.current = r.nodes[root].output[0]
+                return
+    if join is None:
+        raise r.fail(r.nodes[readers[1]], f"reads {x!r} as node {r.nodes[readers[0]].name!r} does, and the "
+                                          "branches never meet; fastcnn reads branches only as residual blocks")
+    join_index, join = join, r.nodes[join]
+    if join.op_type != "Add" or len(join.input) != 2 or not _output(join):
+        raise r.fail(join, f"joins branches from {x!r}; fastcnn reads branches only as residual blocks joined by an "
+                           "Add (or as the SiLU and GELU patterns)")
+    branches = [_ancestors(r, t, x, before) for t in join.input]
+    if branches[0] & branches[1] or not set(readers) <= branches[0] | branches[1] | {join_index}:
+        raise r.fail(join, f"joins branches from {x!r} that share nodes or leave others out; fastcnn reads two "
+                           "separate branches (body and shortcut)")
+    saved, in_shape = r.layers, r.shape
+    parts = []
+    for tensor, branch in zip(join.input, branches):
+        r.layers, r.shape = [], in_shape
+        _walk(r, x, tensor, branch, onnx, depth + 1)
+        parts.append(r.layers)
+    body, shortcut = parts if parts[0] or not parts[1] else parts[::-1]
+    r.layers = saved
+    try:
+        block = Residual(body, shortcut or None, input_shape=in_shape)
+    except (ValueError, TypeError) as exc:
+        raise r.fail(join, str(exc)) from None
+    r.used.add(join_index)
+    r.layers.append(block)
+    r.last_input = in_shape
+    r.current, r.shape = join.output[0], tuple(block.output_shape(in_shape))
+
+
+# ------------------------------------------------------------------ small constant computations
+_MAX_FOLDED = 1024  # elements: the shape computations exporters leave in (PyTorch's Pad pads) are tiny
+
+
+def _fold(r: _Reader, node, onnx) -> bool:
+    """Compute a node of ``_FOLDERS`` whose inputs are all small constants, as a new constant (PyTorch
+    writes a padding-mode conv's pads as ConstantOfShape, Concat, Reshape, Slice, Transpose and Cast
+    of constants). Returns whether it did; nothing is computed over more than ``_MAX_FOLDED`` elements."""
+    folder = _FOLDERS.get(node.op_type)
+    names = [name for name in node.input if name]
+    if folder is None or len(node.output) != 1 or not all(name in r.constants for name in names):
+        return False
+    inputs = [r.constant(node, k, "input") if name else None for k, name in enumerate(node.input)]
+    if any(a is not None and a.size > _MAX_FOLDED for a in inputs):
+        return False
+    try:
+        value = np.asarray(folder(inputs, _attributes(r, node, onnx)))
+    except (ValueError, TypeError, IndexError, KeyError) as exc:
+        raise r.fail(node, f"cannot compute it from its constant inputs: {exc}") from None
+    r.constants[node.output[0]] = value
+    return True
+
+
+def _constant_of_shape(inputs, attrs):
+    shape = [int(d) for d in inputs[0].reshape(-1)]
+    if any(d < 0 for d in shape) or math.prod(shape) > _MAX_FOLDED:
+        raise ValueError(f"shape {shape} is negative or over {_MAX_FOLDED} elements")
+    fill = attrs.get("value")
+    fill = np.zeros(1, np.float32) if fill is None else tensor_array(fill, 64, "ConstantOfShape value")
+    return np.full(shape, fill.reshape(-1)[0], fill.dtype)
+
+
+def _reshape(inputs, attrs):
+    data, target = inputs[0], [int(d) for d in inputs[1].reshape(-1)]
+    if not attrs.get("allowzero", 0):
+        target = [data.shape[k] if d == 0 and k < data.ndim else d for k, d in enumerate(target)]
+    return data.reshape(target)
+
+
+def _slice(inputs, attrs):
+    data, starts, ends = inputs[:3]
+    axes = inputs[3] if len(inputs) > 3 and inputs[3] is not None else np.arange(len(starts))
+    steps = inputs[4] if len(inputs) > 4 and inputs[4] is not None else np.ones(len(starts), np.int64)
+    index = [slice(None)] * data.ndim
+    for start, end, axis, step in zip(starts, ends, axes, steps):
+        if step == 0:
+            raise ValueError("a slice step of 0")
+        index[int(axis)] = slice(int(start), int(end), int(step))
+    return data[tuple(index)]
+
+
+def _cast(inputs, attrs):
+    dtype = _NP_TYPES.get(attrs.get("to"))
+    if dtype is None:
+        raise ValueError(f"cast to element type {attrs.get('to')}")
+    return inputs[0].astype(dtype)
+
+
+_FOLDERS: dict[str, Callable[[list, dict], np.ndarray]] = {
+    "ConstantOfShape": _constant_of_shape,
+    "Concat": lambda inputs, attrs: np.concatenate([a for a in inputs if a is not None], axis=attrs.get("axis")),
+    "Reshape": _reshape,
+    "Slice": _slice,
+    "Transpose": lambda inputs, attrs: np.transpose(inputs[0], attrs.get("perm")),
+    "Cast": _cast,
+}
 
 
 def _attributes(r: _Reader, node, onnx) -> dict:
@@ -573,11 +1053,19 @@ def _input_spec(path: str, graph, constants: dict) -> tuple[str, np.dtype, tuple
 def load_onnx(path: str | os.PathLike):
     """Read an ONNX model that is a chain of supported operators into a :class:`~fastcnn.model.Sequential`.
 
-    Supported: Conv (groups 1), BatchNormalization (inference), Relu, Tanh, Sigmoid, Softmax (last
-    axis), MaxPool, AveragePool, GlobalAveragePool and GlobalMaxPool (as pools over the whole plane),
-    Flatten, Reshape to (N, features), Gemm, MatMul followed by Add, Dropout and Identity. The input
-    must be (N, C, H, W) or (N, F) with a fixed size on every axis but N. This is what
-    ``torch.onnx.export`` writes for a ``torch.nn.Sequential`` of the equivalent layers in eval mode.
+    Supported: Conv (grouped, any pads or auto_pad; a Pad before it in mode constant, reflect, edge or
+    wrap gives its padding mode), ConvTranspose, BatchNormalization (inference), Relu, LeakyRelu, Tanh,
+    Sigmoid, Gelu, Softmax (last axis), MaxPool (dilations, ceil_mode), AveragePool (ceil_mode,
+    count_include_pad; a Mul by a scalar after it as ``divisor_override``), GlobalAveragePool and
+    GlobalMaxPool (the global pool layers when a Flatten follows, else pools over the whole plane),
+    Flatten, Reshape to (N, features), Gemm, MatMul followed by Add, Dropout and Identity; SiLU as
+    Sigmoid and Mul, GELU as PyTorch writes it before opset 20; and residual blocks: a tensor read by
+    two branches that meet in an Add becomes ``Residual(body, shortcut)`` (the Add's first input the
+    body, an empty branch the identity shortcut). The input must be (N, C, H, W) or (N, F) with a fixed
+    size on every axis but N. This is what ``torch.onnx.export`` writes for the equivalent PyTorch
+    modules in eval mode (a ``torch.nn.Sequential``, and blocks whose forward is ``body(x) + shortcut(x)``).
+    ConstantOfShape, Concat, Reshape, Slice, Transpose and Cast nodes whose inputs are all small
+    constants (PyTorch's computation of a padding-mode conv's pads) are computed at load.
 
     Raises
     ------
@@ -598,9 +1086,9 @@ def load_onnx(path: str | os.PathLike):
         raise ValueError(f"{path}: default-domain opset {opset}; fastcnn reads opsets 7 to {onnx.defs.onnx_opset_version()}")
     constants: dict[str, Any] = {t.name: t for t in graph.initializer}
     name, dtype, shape = _input_spec(path, graph, constants)
-    r = _Reader(path, size, opset, dtype, name, shape, constants)  # r.shape follows the chain; shape stays
-    consumed = [i for node in graph.node for i in node.input] + [o.name for o in graph.output]
-    for node in graph.node:
+    r = _Reader(path, size, opset, dtype, name, shape, constants)  # r.shape follows the walk; shape stays
+    folded = set()
+    for index, node in enumerate(graph.node):
         if node.domain not in ("", "ai.onnx"):
             raise r.fail(node, f"op {node.domain}::{node.op_type} is not supported")
         if node.op_type == "Constant":
@@ -608,28 +1096,22 @@ def load_onnx(path: str | os.PathLike):
             if value is None or len(node.output) != 1:
                 raise r.fail(node, "only Constant nodes holding a tensor are supported")
             r.constants[node.output[0]] = value
-            continue
-        importer = _IMPORTERS.get(node.op_type)
-        if importer is None:
-            raise r.fail(node, f"op type {node.op_type} is not supported; supported: {', '.join(sorted(_IMPORTERS))}")
-        if r.current not in node.input[:2] or (node.input[0] != r.current and node.op_type != "Add"):
-            raise r.fail(node, f"reads {list(node.input)}, not the output of the node before ({r.current!r}): "
-                               "the graph is not a chain, which a Sequential needs")
-        if not node.output or any(o in consumed for o in node.output[1:] if o):
-            raise r.fail(node, "its second output is used; fastcnn reads inference graphs with one output per node")
-        try:
-            with weights_follow(dtype):  # placeholders until the file's arrays, checked, are put in
-                layer = importer(r, node, _attributes(r, node, onnx))
-            out_shape = r.shape if layer is None else tuple(layer.output_shape(r.shape))
-        except (ValueError, TypeError) as exc:
-            if str(exc).startswith(f"{path}: node "):
-                raise
-            raise r.fail(node, str(exc)) from None
-        if layer is not None:
-            r.layers.append(layer)
-        r.current, r.shape = node.output[0], out_shape
+            folded.add(index)
+        elif _fold(r, node, onnx):
+            folded.add(index)
+    r.nodes = [node for index, node in enumerate(graph.node) if index not in folded]
+    for index, node in enumerate(r.nodes):
+        for tensor in dict.fromkeys(node.input):
+            if tensor and tensor not in r.constants:
+                r.consumers.setdefault(tensor, []).append(index)
+        for tensor in node.output[:1]:
+            r.producer.setdefault(tensor, index)
     outputs = [o.name for o in graph.output]
-    if outputs != [r.current]:
-        raise ValueError(f"{path}: the graph's outputs are {outputs}; fastcnn reads one output, the end of the chain "
-                         f"({r.current!r})")
+    if len(outputs) != 1:
+        raise ValueError(f"{path}: the graph's outputs are {outputs}; fastcnn reads one output")
+    _walk(r, name, outputs[0], None, onnx)
+    unused = [node for index, node in enumerate(r.nodes) if index not in r.used]
+    if unused:
+        raise r.fail(unused[0], "is not on the way from the input to the output; fastcnn reads a chain of nodes "
+                                "(with residual branches)")
     return Sequential(r.layers, input_shape=shape)

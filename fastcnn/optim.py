@@ -195,7 +195,7 @@ class Adam(Optimizer):
         flat = param.reshape(-1) if param.flags.c_contiguous else param.flatten()  # the kernels take 1-D arrays
         if grad.dtype != param.dtype or not grad.flags.c_contiguous:
             grad = np.ascontiguousarray(grad, dtype=param.dtype)
-        dispatch.run("adam_update", (param.size, param.dtype.char), (flat, grad.reshape(-1), state["m"], state["v"], *rates))
+        dispatch.run("adam_update", (param.size, param.dtype.char), (flat, grad.reshape(-1), state["m"], state["v"], rates))
         if not param.flags.c_contiguous:
             param[...] = flat.reshape(param.shape)
 

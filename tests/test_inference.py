@@ -45,13 +45,31 @@ def test_predict_is_the_layers_forward_bit_for_bit(name, dtype):
         assert np.array_equal(got, _forward(model, x, batch_size))
 
 
+def test_predict_follows_every_conv_and_pool_option():
+    """Grouped and padding-mode convs (not folded: a batch norm after them runs as itself), a conv fused
+    with a dilated ceil-mode max-pool, and average pools with ceil mode, count_include_pad=False and
+    divisor_override, against the layers' own forward."""
+    model = fastcnn.Sequential([
+        L.Conv2D(2, 4, 3, padding=1, groups=2, rng=0), _bn(L.BatchNorm2D(4), 1),
+        L.Conv2D(4, 4, 3, padding=1, padding_mode="reflect", rng=2), _bn(L.BatchNorm2D(4), 3),
+        L.Conv2D(4, 4, 3, rng=4), L.MaxPool2D(2, stride=2, padding=1, dilation=2, ceil_mode=True), L.ReLU(),
+        L.AvgPool2D(3, stride=2, padding=1, ceil_mode=True, count_include_pad=False),
+        L.AvgPool2D(2, stride=1, divisor_override=3), L.MaxPool2D(2, stride=1, ceil_mode=True),
+        L.Flatten(), L.Dense(16, 2, rng=5),
+    ], input_shape=(2, 13, 13))
+    x = np.random.default_rng(4).standard_normal((3, 2, 13, 13)).astype(np.float32)
+    assert np.array_equal(model.predict(x, batch_size=2), _forward(model, x, 2))
+    assert "_Conv" in [type(s).__name__ for s in model._inference.steps]
+
+
 def test_batch_norm_is_folded_and_steps_fused():
     model = bn_model()
     x = np.random.default_rng(1).random((6, 1, 8, 8), dtype=np.float32)
     np.testing.assert_allclose(model.predict(x, batch_size=4), _forward(model, x, 4), rtol=1e-5, atol=1e-5)
     steps = model._inference.steps
-    # conv+BN+ReLU+pool is one fused op; conv+BN, then Tanh and the pool; dense+BN; ReLU; dense.
-    assert [type(s).__name__ for s in steps] == ["_Conv", "_Conv", "_Layer", "_Pool", "_Flatten", "_Linear", "_Relu",
+    # conv+BN+ReLU+pool is one fused op; conv+BN, then Tanh and the average pool (their layers' own
+    # forward); dense+BN; ReLU; dense.
+    assert [type(s).__name__ for s in steps] == ["_Conv", "_Conv", "_Layer", "_Layer", "_Flatten", "_Linear", "_Relu",
                                                   "_Linear"]
     assert steps[0].op == "conv2d_max_pool2d" and steps[0].relu
 
@@ -92,25 +110,6 @@ def test_parameters_the_fast_path_cannot_take_still_give_the_right_answer():
     model.layers[0].params["weight"] = np.asfortranarray(model.layers[0].params["weight"])
     model.layers[7].params["weight"] = np.asfortranarray(model.layers[7].params["weight"])
     assert np.array_equal(model.predict(x), expected)
-
-
-def test_grouped_and_padding_mode_convs_and_pool_options():
-    """Depthwise convs (batch norm folded in) take the plan's depthwise op; other grouped convs and
-    padding modes other than zeros run their layer's own forward; pools keep their dilation, ceil mode
-    and count_include_pad."""
-    model = fastcnn.Sequential([
-        L.Conv2D(4, 4, 3, padding=1, groups=2, rng=0), _bn(L.BatchNorm2D(4), 1), L.ReLU(),
-        L.Conv2D(4, 4, 3, stride=2, padding=1, groups=4, bias=False, rng=2), _bn(L.BatchNorm2D(4), 3),
-        L.Conv2D(4, 4, 3, padding=1, padding_mode="reflect", rng=4),
-        L.MaxPool2D(2, stride=1, dilation=2, ceil_mode=True), L.AvgPool2D(2, padding=1, ceil_mode=True, count_include_pad=False),
-        L.Flatten(),
-    ], input_shape=(4, 8, 8))
-    x = np.random.default_rng(6).random((3, 4, 8, 8), dtype=np.float32)
-    np.testing.assert_allclose(model.predict(x), _forward(model, x, 3), rtol=1e-5, atol=1e-5)
-    steps = model._inference.steps
-    assert [type(s).__name__ for s in steps] == ["_Layer", "_Layer", "_Conv", "_Layer", "_Pool", "_Pool",
-                                                  "_Flatten"]
-    assert steps[2].op == "depthwise_conv2d"
 
 
 def test_predict_proba():

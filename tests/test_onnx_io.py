@@ -11,6 +11,7 @@ import fastcnn
 from fastcnn import cli, models
 from fastcnn._checks import conv_geometry
 from fastcnn import layers as L
+from fastcnn.blocks import Residual
 
 onnx = pytest.importorskip("onnx")
 from onnx import TensorProto, helper, numpy_helper  # noqa: E402
@@ -148,10 +149,10 @@ def test_cli_export(tmp_path, capsys):
 
 
 # ---------------------------------------------------------------------------- PyTorch's exporter
-def _torch_export(net, x, path):
+def _torch_export(net, x, path, **options):
     """``torch.onnx.export`` with the TorchScript exporter where it exists (the dynamo one needs onnxscript)."""
     torch = pytest.importorskip("torch")
-    kwargs = dict(input_names=["x"], output_names=["y"], dynamic_axes={"x": {0: "N"}, "y": {0: "N"}})
+    kwargs = dict(input_names=["x"], output_names=["y"], dynamic_axes={"x": {0: "N"}, "y": {0: "N"}}, **options)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         try:
@@ -196,19 +197,40 @@ def _model_file(path, nodes, initializers=(), in_shape=("N", 1, 4, 4), out="y", 
 
 def test_unsupported_op_names_the_node_and_op(tmp_path):
     path = _model_file(tmp_path / "a.onnx", [helper.make_node("Relu", ["x"], ["h"], name="first"),
-                                            helper.make_node("LeakyRelu", ["h"], ["y"], name="leaky")])
-    with pytest.raises(ValueError, match=r"node 'leaky' \(LeakyRelu\).*not supported"):
+                                            helper.make_node("Selu", ["h"], ["y"], name="selu")])
+    with pytest.raises(ValueError, match=r"node 'selu' \(Selu\).*not supported"):
         fastcnn.load_onnx(path)
 
 
-def test_branches_are_refused(tmp_path):
+def test_branches_other_than_residual_adds_are_refused(tmp_path):
     nodes = [helper.make_node("Relu", ["x"], ["a"], name="a"), helper.make_node("Tanh", ["x"], ["b"], name="b"),
-             helper.make_node("Add", ["a", "b"], ["y"], name="sum")]
-    with pytest.raises(ValueError, match=r"node 'b' \(Tanh\).*not a chain"):
+             helper.make_node("Mul", ["a", "b"], ["y"], name="prod")]
+    with pytest.raises(ValueError, match=r"node 'prod' \(Mul\): joins branches from 'x'.*residual"):
         fastcnn.load_onnx(_model_file(tmp_path / "b.onnx", nodes))
-    nodes = [helper.make_node("Relu", ["x"], ["a"], name="a"), helper.make_node("Add", ["a", "x"], ["y"], name="res")]
-    with pytest.raises(ValueError, match=r"node 'res' \(Add\).*residual"):
+    nodes = [helper.make_node("Relu", ["x"], ["a"], name="a"), helper.make_node("Tanh", ["x"], ["y"], name="b")]
+    with pytest.raises(ValueError, match=r"node 'b' \(Tanh\).*never meet"):
         fastcnn.load_onnx(_model_file(tmp_path / "c.onnx", nodes))
+    nodes = [helper.make_node("Relu", ["x"], ["a"], name="a"), helper.make_node("Add", ["a", "x"], ["d"], name="res"),
+             helper.make_node("Add", ["d", "a"], ["y"], name="again")]  # a is read again after the block
+    with pytest.raises(ValueError, match=r"node 'again' \(Add\): adds two computed tensors"):
+        fastcnn.load_onnx(_model_file(tmp_path / "d.onnx", nodes))
+    nodes = [helper.make_node("Relu", ["x"], ["a"], name="a"), helper.make_node("Tanh", ["x"], ["y"], name="b"),
+             helper.make_node("Sigmoid", ["a"], ["c"], name="dead")]
+    with pytest.raises(ValueError, match=r"never meet"):
+        fastcnn.load_onnx(_model_file(tmp_path / "e.onnx", nodes))
+    nodes = [helper.make_node("Relu", ["x"], ["y"], name="a"), helper.make_node("Sigmoid", ["z"], ["c"], name="dead")]
+    with pytest.raises(ValueError, match=r"node 'dead' \(Sigmoid\).*not on the way"):
+        fastcnn.load_onnx(_model_file(tmp_path / "f.onnx", nodes))
+
+
+def test_three_branches_joined_by_two_adds_are_nested_residuals(tmp_path):
+    nodes = [helper.make_node("Relu", ["x"], ["a"]), helper.make_node("Tanh", ["x"], ["b"]),
+             helper.make_node("Sigmoid", ["x"], ["c"]), helper.make_node("Add", ["a", "b"], ["d"]),
+             helper.make_node("Add", ["d", "c"], ["y"])]
+    model = fastcnn.load_onnx(_model_file(tmp_path / "n.onnx", nodes))
+    assert [type(layer).__name__ for layer in model.layers] == ["Residual"]
+    x = np.random.default_rng(4).standard_normal((2, 1, 4, 4)).astype(np.float32)
+    np.testing.assert_allclose(model.predict(x), np.maximum(x, 0) + np.tanh(x) + 1 / (1 + np.exp(-x)), atol=1e-6)
 
 
 def test_dynamic_spatial_shapes_are_refused(tmp_path):
@@ -238,7 +260,7 @@ def test_inconsistent_or_oversized_tensors_are_refused_before_allocating(tmp_pat
     with pytest.raises(ValueError, match="NaN"):
         fastcnn.load_onnx(_model_file(tmp_path / "n.onnx", [helper.make_node("Conv", ["x", "w"], ["y"])], [nan]))
     wrong = numpy_helper.from_array(np.ones((2, 3, 3, 3), np.float32), "w")  # 3 input channels for a 1-channel input
-    with pytest.raises(ValueError, match="channels"):
+    with pytest.raises(ValueError, match=r"\(Conv\): weight has shape \(2, 3, 3, 3\).*needs \(2, 1, 3, 3\)"):
         fastcnn.load_onnx(_model_file(tmp_path / "w.onnx", [helper.make_node("Conv", ["x", "w"], ["y"])], [wrong]))
     external = _raw_tensor("w", [2, 1, 3, 3], b"")
     external.ClearField("raw_data")
@@ -248,14 +270,25 @@ def test_inconsistent_or_oversized_tensors_are_refused_before_allocating(tmp_pat
         fastcnn.load_onnx(_model_file(tmp_path / "e.onnx", [helper.make_node("Conv", ["x", "w"], ["y"])], [external]))
 
 
-def test_asymmetric_pads_and_ceil_mode_are_refused(tmp_path):
+def test_asymmetric_pads_pads_and_scales_outside_what_fastcnn_represents_are_refused(tmp_path):
     w = numpy_helper.from_array(np.ones((2, 1, 3, 3), np.float32), "w")
-    conv = helper.make_node("Conv", ["x", "w"], ["y"], name="c", pads=[0, 0, 1, 2])
-    with pytest.raises(ValueError, match=r"node 'c' \(Conv\).*asymmetric"):
-        fastcnn.load_onnx(_model_file(tmp_path / "p.onnx", [conv], [w]))
-    pool = helper.make_node("MaxPool", ["x"], ["y"], name="m", kernel_shape=[2, 2], ceil_mode=1)
-    with pytest.raises(ValueError, match=r"node 'm' \(MaxPool\).*ceil_mode"):
+    conv = helper.make_node("Conv", ["x", "w"], ["y"], name="c", pads=[0, 0, 1, 2])  # top, left, bottom, right
+    assert fastcnn.load_onnx(_model_file(tmp_path / "p.onnx", [conv], [w])).layers[0].padding == (0, 2, 0, 1)
+    pool = helper.make_node("MaxPool", ["x"], ["y"], name="m", kernel_shape=[2, 2], pads=[0, 0, 1, 1])
+    with pytest.raises(ValueError, match=r"node 'm' \(MaxPool\).*asymmetric"):
         fastcnn.load_onnx(_model_file(tmp_path / "m.onnx", [pool]))
+    pads = numpy_helper.from_array(np.array([0, 0, 1, 1, 0, 0, 1, 1], np.int64), "pads")
+    lone_pad = [helper.make_node("Pad", ["x", "pads"], ["p"], name="pad", mode="reflect"),
+                helper.make_node("Relu", ["p"], ["y"], name="relu")]
+    with pytest.raises(ValueError, match=r"node 'relu' \(Relu\): follows a Pad"):
+        fastcnn.load_onnx(_model_file(tmp_path / "pad.onnx", lone_pad, [pads]))
+    scale = numpy_helper.from_array(np.array(1.5, np.float32), "s")  # 4 / 1.5 is no whole divisor
+    scaled = [helper.make_node("AveragePool", ["x"], ["p"], kernel_shape=[2, 2], strides=[2, 2]),
+              helper.make_node("Mul", ["p", "s"], ["y"], name="scale")]
+    with pytest.raises(ValueError, match=r"node 'scale' \(Mul\).*divisor"):
+        fastcnn.load_onnx(_model_file(tmp_path / "s.onnx", scaled, [scale]))
+    with pytest.raises(ValueError, match=r"node 'scale' \(Mul\).*average pool"):
+        fastcnn.load_onnx(_model_file(tmp_path / "r.onnx", [helper.make_node("Relu", ["x"], ["p"]), scaled[1]], [scale]))
 
 
 def test_not_an_onnx_file(tmp_path):
@@ -270,14 +303,25 @@ def test_not_an_onnx_file(tmp_path):
 _SEED_FILES: dict[str, bytes] = {}
 
 
-def _seed_bytes(tmp_path_factory) -> bytes:
-    if "lenet" not in _SEED_FILES:
+def _seed_models() -> dict:
+    return {
+        "lenet": lambda: fastcnn.Sequential(
+            [L.Conv2D(1, 2, 3, padding=1, rng=0), _bn(L.BatchNorm2D(2), 0), L.ReLU(), L.MaxPool2D(2), L.AvgPool2D(2),
+             L.Flatten(), L.Dense(2, 3, rng=0), L.Softmax()], input_shape=(1, 4, 4)),
+        "residual": lambda: fastcnn.Sequential(
+            [L.Conv2D(1, 2, 3, padding=1, padding_mode="reflect", rng=0),
+             Residual([L.Conv2D(2, 2, 3, padding=1, groups=2, rng=1), L.SiLU()], [L.Conv2D(2, 2, 1, rng=2)]),
+             Residual([L.GELU(), L.LeakyReLU()]), L.AvgPool2D(2, divisor_override=3), L.GlobalAvgPool2D(),
+             L.Dense(2, 3, rng=3)], input_shape=(1, 4, 4)),
+    }
+
+
+def _seed_bytes(tmp_path_factory, name: str = "lenet") -> bytes:
+    if name not in _SEED_FILES:
         path = tmp_path_factory.mktemp("fuzz") / "seed.onnx"
-        fastcnn.Sequential([L.Conv2D(1, 2, 3, padding=1, rng=0), _bn(L.BatchNorm2D(2), 0), L.ReLU(), L.MaxPool2D(2),
-                            L.AvgPool2D(2), L.Flatten(), L.Dense(2, 3, rng=0), L.Softmax()],
-                           input_shape=(1, 4, 4)).export_onnx(path)
-        _SEED_FILES["lenet"] = path.read_bytes()
-    return _SEED_FILES["lenet"]
+        _seed_models()[name]().export_onnx(path)
+        _SEED_FILES[name] = path.read_bytes()
+    return _SEED_FILES[name]
 
 
 FUZZ = settings(max_examples=int(os.environ.get("FUZZ_EXAMPLES", 60)), deadline=None,
@@ -300,9 +344,9 @@ def _load_or_refuse(path):
 
 @FUZZ
 @given(edits=st.lists(st.tuples(st.integers(0, 10**6), st.integers(0, 255)), min_size=1, max_size=8),
-       cut=st.one_of(st.none(), st.integers(0, 10**6)))
-def test_fuzz_byte_mutations_give_a_model_or_a_clear_error(tmp_path_factory, edits, cut):
-    data = bytearray(_seed_bytes(tmp_path_factory))
+       cut=st.one_of(st.none(), st.integers(0, 10**6)), seed=st.sampled_from(["lenet", "residual"]))
+def test_fuzz_byte_mutations_give_a_model_or_a_clear_error(tmp_path_factory, edits, cut, seed):
+    data = bytearray(_seed_bytes(tmp_path_factory, seed))
     for pos, value in edits:
         data[pos % len(data)] = value
     if cut is not None:
@@ -315,10 +359,17 @@ def test_fuzz_byte_mutations_give_a_model_or_a_clear_error(tmp_path_factory, edi
 @FUZZ
 @given(node=st.integers(0, 50), attr=st.integers(0, 50), value=st.one_of(
     st.integers(-3, 40), st.lists(st.integers(-3, 9), max_size=6), st.floats(allow_nan=True)),
-    dim=st.one_of(st.none(), st.tuples(st.integers(0, 50), st.integers(0, 5), st.integers(-2, 10**9))))
-def test_fuzz_graph_mutations_give_a_model_or_a_clear_error(tmp_path_factory, node, attr, value, dim):
+    dim=st.one_of(st.none(), st.tuples(st.integers(0, 50), st.integers(0, 5), st.integers(-2, 10**9))),
+    seed=st.sampled_from(["lenet", "residual"]), rewire=st.one_of(st.none(), st.tuples(st.integers(0, 50),
+                                                                                         st.integers(0, 50))))
+def test_fuzz_graph_mutations_give_a_model_or_a_clear_error(tmp_path_factory, node, attr, value, dim, seed, rewire):
     proto = onnx.ModelProto()
-    proto.ParseFromString(_seed_bytes(tmp_path_factory))
+    proto.ParseFromString(_seed_bytes(tmp_path_factory, seed))
+    if rewire is not None:  # a node reads another tensor of the graph: branches, cycles, dead ends
+        nodes = proto.graph.node
+        target = nodes[rewire[0] % len(nodes)]
+        if target.input:
+            target.input[0] = (["input"] + [n.output[0] for n in nodes])[rewire[1] % (len(nodes) + 1)]
     n = proto.graph.node[node % len(proto.graph.node)]
     if n.attribute:
         a = n.attribute[attr % len(n.attribute)]
@@ -350,10 +401,186 @@ def test_reshape_matmul_add_constants_and_global_pools(tmp_path):
     path = _model_file(tmp_path / "r.onnx", nodes, [numpy_helper.from_array(w, "w"), numpy_helper.from_array(b, "b")],
                        in_shape=("N", 2, 3, 4))
     model = fastcnn.load_onnx(path)
-    assert [type(layer) for layer in model.layers] == [L.MaxPool2D, L.Flatten, L.Dense]
+    assert [type(layer) for layer in model.layers] == [L.GlobalMaxPool2D, L.Dense]  # the global pool and its flatten
     x = rng.standard_normal((3, 2, 3, 4)).astype(np.float32)
     np.testing.assert_allclose(model.predict(x), x.max(axis=(2, 3)) @ w + b, rtol=1e-6, atol=1e-6)
     bad = [helper.make_node("Constant", [], ["shape"], value=numpy_helper.from_array(np.array([0, 5, -1], np.int64))),
            helper.make_node("Reshape", ["x", "shape"], ["y"], name="reshape")]
     with pytest.raises(ValueError, match=r"node 'reshape' \(Reshape\).*flatten"):
         fastcnn.load_onnx(_model_file(tmp_path / "bad.onnx", bad, in_shape=("N", 2, 3, 4)))
+
+
+# ---------------------------------------------------------------------------- issue 16's layer types
+def new_layers_model() -> fastcnn.Sequential:
+    """Grouped, depthwise, padding-mode and transposed convs, pool options, global pools, the new
+    activations and residual blocks (both kinds of shortcut), on tiny shapes; ceil_mode changes each
+    pool's output size here, so that it survives the round trip."""
+    return fastcnn.Sequential([
+        L.Conv2D(2, 4, 3, padding=1, padding_mode="reflect", groups=2, rng=1), L.LeakyReLU(0.2), L.SiLU(),
+        Residual([L.Conv2D(4, 4, 3, padding="same", groups=4, rng=2), L.GELU()]),
+        Residual([L.Conv2D(4, 6, 3, stride=2, padding="same", rng=3), _bn(L.BatchNorm2D(6), 4), L.GELU("tanh")],
+                 [L.Conv2D(4, 6, 1, stride=2, bias=False, rng=5), _bn(L.BatchNorm2D(6), 6)]),
+        L.ConvTranspose2D(6, 4, 3, stride=2, padding=1, output_padding=1, groups=2, rng=7),
+        L.Conv2D(4, 4, 3, padding=(1, 0, 2, 1), padding_mode="circular", rng=8),
+        L.Conv2D(4, 4, 3, padding=1, padding_mode="replicate", rng=9),
+        L.MaxPool2D(2, stride=1, padding=1, dilation=2), L.MaxPool2D(2, ceil_mode=True),
+        L.AvgPool2D(3, stride=2, padding=1, ceil_mode=True, count_include_pad=False),
+        L.AvgPool2D(2, stride=1, divisor_override=3),
+        L.GlobalAvgPool2D(), L.Dense(4, 3, rng=10),
+    ], input_shape=(2, 9, 8))
+
+
+def global_max_model() -> fastcnn.Sequential:
+    return fastcnn.Sequential([L.ConvTranspose2D(2, 3, 2, dilation=2, rng=0), L.GlobalMaxPool2D(), L.GELU()],
+                              input_shape=(2, 3, 4))
+
+
+NEW_MODELS = {"new_layers": new_layers_model, "global_max": global_max_model}
+
+
+@needs_ort
+@pytest.mark.parametrize("name", sorted(NEW_MODELS))
+def test_onnx_runtime_runs_the_new_layer_types_like_predict(tmp_path, name):
+    model = NEW_MODELS[name]()
+    model.export_onnx(tmp_path / "m.onnx")
+    onnx.checker.check_model(str(tmp_path / "m.onnx"), full_check=True)
+    x = np.random.default_rng(5).standard_normal((3,) + model.input_shape).astype(np.float32)
+    session = ort.InferenceSession(str(tmp_path / "m.onnx"), providers=["CPUExecutionProvider"])
+    np.testing.assert_allclose(session.run(None, {"input": x})[0], model.predict(x), rtol=0, atol=1e-4)
+
+
+def _assert_same_layers(ours, theirs, shape):
+    """Same types and configurations (a conv's padding compared as the pads it gives), recursing into blocks."""
+    assert [type(a) for a in ours] == [type(b) for b in theirs]
+    for a, b in zip(ours, theirs):
+        if isinstance(a, Residual):
+            _assert_same_layers(a.body.layers, b.body.layers, shape)
+            assert (a.shortcut is None) == (b.shortcut is None)
+            if a.shortcut is not None:
+                _assert_same_layers(a.shortcut.layers, b.shortcut.layers, shape)
+        else:
+            ca, cb = a.get_config(), b.get_config()
+            if isinstance(a, L.Conv2D):
+                assert a._pads((1,) + shape) == b._pads((1,) + shape)
+                del ca["padding"], cb["padding"]
+            assert ca == cb, (ca, cb)
+        shape = a.output_shape(shape)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("name", sorted(NEW_MODELS))
+def test_round_trip_of_the_new_layer_types_is_exact(tmp_path, name, dtype):
+    model = NEW_MODELS[name]().astype(dtype)
+    model.export_onnx(tmp_path / "m.onnx")
+    back = fastcnn.load_onnx(tmp_path / "m.onnx")
+    _assert_same_layers(model.layers, back.layers, model.input_shape)
+    ours, theirs = model.state_dict(), back.state_dict()
+    assert {k for k in ours if "num_batches" not in k} == {k for k in theirs if "num_batches" not in k}
+    for key, value in ours.items():
+        if "num_batches" not in key:
+            assert theirs[key].dtype == value.dtype and np.array_equal(theirs[key], value), key
+    x = np.random.default_rng(6).standard_normal((2,) + model.input_shape).astype(dtype)
+    assert np.array_equal(back.predict(x), model.predict(x))
+
+
+def test_new_layer_names_are_the_state_dict_names(tmp_path):
+    model = new_layers_model()
+    model.export_onnx(tmp_path / "m.onnx")
+    proto = onnx.load(str(tmp_path / "m.onnx"))
+    names = {t.name for t in proto.graph.initializer}
+    assert names == {k for k in model.state_dict() if "num_batches" not in k} | {"0.pads", "6.pads", "7.pads",
+                                                                                    "11.divisor"}
+    nodes = [n.name for n in proto.graph.node]
+    assert nodes[:5] == ["0.Conv2D.pad", "0.Conv2D", "1.LeakyReLU", "2.SiLU.sigmoid", "2.SiLU"]
+    assert "4.body.0.Conv2D" in nodes and "4.shortcut.1.BatchNorm2D" in nodes and "4.Residual" in nodes
+
+
+def test_export_refuses_a_divisor_override_onnx_cannot_state_exactly(tmp_path):
+    model = fastcnn.Sequential([L.AvgPool2D(2, ceil_mode=True, divisor_override=3)], input_shape=(1, 5, 5))
+    with pytest.raises(ValueError, match=r"layer 0 \(AvgPool2D\(2x2.*divisor_override.*no exact ONNX form"):
+        model.export_onnx(tmp_path / "m.onnx")
+    assert not os.listdir(tmp_path)
+
+
+class _TorchResidual:
+    """``body(x) + shortcut(x)`` as a torch module (built lazily: torch is optional)."""
+
+    @staticmethod
+    def make(body, shortcut=None):
+        import torch
+
+        class Block(torch.nn.Module):
+            def __init__(self):
+                super().__init__()
+                self.body = torch.nn.Sequential(*body)
+                self.shortcut = torch.nn.Sequential(*shortcut) if shortcut else torch.nn.Identity()
+
+            def forward(self, x):
+                return self.body(x) + self.shortcut(x)
+
+        return Block()
+
+
+@pytest.mark.parametrize("opset", [13, 20])
+def test_imports_what_torch_writes_for_the_new_layer_types(tmp_path, opset):
+    """Residual blocks (a 1x1 stride-2 conv + BN shortcut, an identity one), depthwise conv, LeakyReLU,
+    SiLU (Sigmoid + Mul), GELU (its op at opset 20, its formula before), ConvTranspose2d and
+    AdaptiveAvgPool2d(1) + Flatten."""
+    torch = pytest.importorskip("torch")
+    nn = torch.nn
+    torch.manual_seed(0)
+    net = nn.Sequential(
+        nn.Conv2d(1, 4, 3, padding=1),
+        _TorchResidual.make([nn.Conv2d(4, 4, 3, padding=1, bias=False), nn.BatchNorm2d(4), nn.SiLU(),
+                             nn.Conv2d(4, 8, 3, stride=2, padding=1)],
+                            [nn.Conv2d(4, 8, 1, stride=2, bias=False), nn.BatchNorm2d(8)]),
+        nn.ReLU(),
+        _TorchResidual.make([nn.Conv2d(8, 8, 3, padding=1, groups=8), nn.GELU(), nn.GELU(approximate="tanh"),
+                             nn.LeakyReLU(0.3)]),
+        nn.ConvTranspose2d(8, 4, 3, stride=2, padding=1, output_padding=1), nn.SiLU(),
+        nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, 3)).eval()
+    for module in net.modules():
+        if isinstance(module, nn.BatchNorm2d):
+            module.running_mean.uniform_(-1, 1)
+            module.running_var.uniform_(0.5, 2)
+    x = np.random.default_rng(7).standard_normal((2, 1, 8, 8)).astype(np.float32)
+    path = tmp_path / "t.onnx"
+    _torch_export(net, x, path, opset_version=opset)
+    model = fastcnn.load_onnx(path)
+    assert [type(layer).__name__ for layer in model.layers] == ["Conv2D", "Residual", "ReLU", "Residual",
+                                                                "ConvTranspose2D", "SiLU", "GlobalAvgPool2D", "Dense"]
+    inner = [type(layer).__name__ for layer in model.layers[3].body.layers]
+    assert inner == ["Conv2D", "GELU", "GELU", "LeakyReLU"] and model.layers[3].shortcut is None
+    assert [layer.approximate for layer in model.layers[3].body.layers[1:3]] == ["none", "tanh"]
+    assert model.layers[1].shortcut.layers[0].stride == (2, 2) and model.layers[3].body.layers[0].groups == 8
+    with torch.no_grad():
+        expected = net(torch.from_numpy(x)).numpy()
+    np.testing.assert_allclose(model.predict(x), expected, rtol=0, atol=1e-5)
+
+
+def test_imports_torch_padding_mode_convs_whose_pads_are_computed_from_constants(tmp_path):
+    torch = pytest.importorskip("torch")
+    nn = torch.nn
+    torch.manual_seed(1)
+    net = nn.Sequential(nn.Conv2d(2, 4, 3, groups=2, padding=1, padding_mode="reflect"), nn.ReLU(),
+                        nn.Conv2d(4, 2, 3, padding=(1, 2), padding_mode="replicate")).eval()
+    x = np.random.default_rng(8).standard_normal((2, 2, 6, 6)).astype(np.float32)
+    _torch_export(net, x, tmp_path / "p.onnx")
+    model = fastcnn.load_onnx(tmp_path / "p.onnx")
+    assert [(layer.padding, layer.padding_mode) for layer in model.layers[::2]] == [((1, 1), "reflect"),
+                                                                                    ((1, 2), "replicate")]
+    with torch.no_grad():
+        expected = net(torch.from_numpy(x)).numpy()
+    np.testing.assert_allclose(model.predict(x), expected, rtol=0, atol=1e-5)
+
+
+def test_constant_computations_are_bounded_and_checked(tmp_path):
+    huge = numpy_helper.from_array(np.array([10**6, 10**6], np.int64), "shape")
+    nodes = [helper.make_node("ConstantOfShape", ["shape"], ["c"], name="big"), helper.make_node("Relu", ["x"], ["y"])]
+    with pytest.raises(ValueError, match=r"node 'big' \(ConstantOfShape\).*over 1024 elements"):
+        fastcnn.load_onnx(_model_file(tmp_path / "c.onnx", nodes, [huge]))
+    data = numpy_helper.from_array(np.arange(6, dtype=np.int64), "d")
+    target = numpy_helper.from_array(np.array([4, -1], np.int64), "t")
+    nodes = [helper.make_node("Reshape", ["d", "t"], ["c"], name="bad"), helper.make_node("Relu", ["x"], ["y"])]
+    with pytest.raises(ValueError, match=r"node 'bad' \(Reshape\): cannot compute it"):
+        fastcnn.load_onnx(_model_file(tmp_path / "r.onnx", nodes, [data, target]))

@@ -6,9 +6,10 @@ cases the Numba backend does not fuse (see :func:`.conv_numba.conv2d_max_pool2d_
 from __future__ import annotations
 
 
-def pooled(pool, elementwise, y, pool_args, relu):
-    """``max_pool2d(y, *pool_args)``, with ``relu`` through a ReLU after it: (pooled, argmax)."""
-    out, idx = pool.max_pool2d_forward(y, *pool_args)
+def pooled(pool, elementwise, y, geometry, relu):
+    """``max_pool2d(y)`` with the windows of ``geometry`` (a PoolGeometry), with ``relu`` through a ReLU
+    after it: (pooled, argmax)."""
+    out, idx = pool.max_pool2d_forward(y, geometry)
     return (elementwise.relu_forward(out) if relu else out), idx
 
 

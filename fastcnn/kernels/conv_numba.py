@@ -241,8 +241,14 @@ def forward_kernels():
     return _conv_wide, _conv_strided
 
 
-def conv2d_forward(xp, w, b, sh, sw, dh, dw, oh, ow):
-    """``y = conv(xp, w) + b`` for a padded input ``xp`` (N, C, Hp, Wp) and weight (C_out, C, kH, kW)."""
+def conv2d_forward(xp, w, b, geo):
+    """``y = conv(xp, w) + b`` for a padded input ``xp`` (N, C, Hp, Wp) and weight (C_out, C, kH, kW);
+    ``geo`` is the conv's :class:`~fastcnn._checks.ConvGeometry` (its stride, dilation and output size)."""
+    return _conv2d_forward(xp, w, b, *geo.stride, *geo.dilation, *geo.out_hw)
+
+
+def _conv2d_forward(xp, w, b, sh, sw, dh, dw, oh, ow):
+    """:func:`conv2d_forward` with the geometry's numbers."""
     work = xp.shape[0] * oh * ow * w.size
     if _by_phases(sh, sw, dh, dw):  # the phase conv with the kernel's own taps: no zero taps
         kh, kw = w.shape[2:]
@@ -281,14 +287,15 @@ def _run_conv_wide(xr, w, offsets, b, y, idx, relu, hp, wp, ow, work):
     sized(_conv_wide, work // TILE_SPEED)(xr, taps, offsets, b, yr, y, idx, relu, hp, wp, ow)
 
 
-def conv2d_max_pool2d_forward(xp, w, b, sh, sw, dh, dw, oh, ow, pool, relu):
+def conv2d_max_pool2d_forward(xp, w, b, geo, pool, relu):
     """``max_pool2d(conv2d(...))``, and a ReLU after it with ``relu``: the conv's arguments as
-    :func:`conv2d_forward`'s, ``pool`` the pool's as :func:`.pool_numba.max_pool2d_forward`'s. A 2x2,
+    :func:`conv2d_forward`'s, ``pool`` the pool's :class:`~fastcnn._checks.PoolGeometry`. A 2x2,
     stride-2 pool after a stride-1 conv pools the conv's wide output as it leaves it, so the full-size
     output is never written."""
-    if (sh, sw) != (1, 1) or not pool_numba.vector_pool(*pool[:8], oh, ow, *pool[8:]):
-        return pooled(pool_numba, elementwise_numba, conv2d_forward(xp, w, b, sh, sw, dh, dw, oh, ow), pool, relu)
-    shape = (xp.shape[0], w.shape[0]) + tuple(pool[8:])
+    (oh, ow), (dh, dw) = geo.out_hw, geo.dilation
+    if geo.stride != (1, 1) or not pool_numba.vector_pool(pool, oh, ow):
+        return pooled(pool_numba, elementwise_numba, conv2d_forward(xp, w, b, geo), pool, relu)
+    shape = (xp.shape[0], w.shape[0]) + pool.out_hw
     y, idx = np.empty(shape, dtype=xp.dtype), np.empty(shape, dtype=np.int64)
     _conv_wide_into(xp, w, b, y, idx, relu, dh, dw, ow, xp.shape[0] * oh * ow * w.size)
     return y, idx
@@ -387,13 +394,19 @@ def _grad_weight_strided(gy, xp, kh, kw, sh, sw, dh, dw):
     return grad_w
 
 
-def conv2d_grad_weight(gy, xp, kh, kw, sh, sw, dh, dw):
-    """Gradients of a conv with respect to its weight, shape (C_out, C, kH, kW), and its bias."""
+def conv2d_grad_weight(gy, xp, geo):
+    """Gradients of a conv with respect to its weight, shape (C_out, C, kH, kW), and its bias;
+    ``geo`` as in :func:`conv2d_forward`."""
+    return _conv2d_grad_weight(gy, xp, *geo.kernel, *geo.stride, *geo.dilation)
+
+
+def _conv2d_grad_weight(gy, xp, kh, kw, sh, sw, dh, dw):
+    """:func:`conv2d_grad_weight` with the geometry's numbers."""
     work = gy.size * xp.shape[1] * kh * kw
     if _by_phases(sh, sw, dh, dw):
         xq = _polyphase.split_input(xp, kh, kw, sh, sw, gy.shape[2], gy.shape[3])
         ka, kb = -(-kh // sh), -(-kw // sw)
-        grad_wq, grad_b = conv2d_grad_weight(gy, xq, ka, kb, 1, 1, 1, 1)
+        grad_wq, grad_b = _conv2d_grad_weight(gy, xq, ka, kb, 1, 1, 1, 1)
         return _polyphase.merge_weight_grad(grad_wq, kh, kw, sh, sw), grad_b
     if sh != 1 or sw != 1:
         return sized(_grad_weight_strided, work)(gy, xp, kh, kw, sh, sw, dh, dw), channel_sums(gy)
@@ -411,12 +424,13 @@ def _fuses_unpool(gp, sh, sw, oh, ow) -> bool:
     return sh == sw == 1 and pool_numba.unpools_by_blocks(gp.shape[2], gp.shape[3], oh, ow)
 
 
-def conv2d_max_pool2d_grad_weight(gp, argmax, gate, xp, kh, kw, sh, sw, dh, dw, oh, ow):
+def conv2d_max_pool2d_grad_weight(gp, argmax, gate, xp, geo):
     """:func:`conv2d_grad_weight` of the conv output (N, C_out, oh, ow) that a max-pool took to ``gp``
     with ``argmax``; if ``gate`` is not None, through a ReLU after the pool, whose output it is."""
+    (kh, kw), (sh, sw), (dh, dw), (oh, ow) = geo.kernel, geo.stride, geo.dilation, geo.out_hw
     if not _fuses_unpool(gp, sh, sw, oh, ow):
         gy = unpooled(pool_numba, elementwise_numba, gp, argmax, gate, oh, ow)
-        return conv2d_grad_weight(gy, xp, kh, kw, sh, sw, dh, dw)
+        return conv2d_grad_weight(gy, xp, geo)
     runs, head = _unpooled_runs(gp, argmax, gate, oh, ow, kh, kw, xp.shape[2], xp.shape[3], dh, dw)
     work = gp.shape[0] * gp.shape[1] * oh * ow * xp.shape[1] * kh * kw
     return _grad_weight_of_runs(runs, head, xp, kh, kw, dh, dw, work)
@@ -459,8 +473,14 @@ def _grad_input_strided(gy, w, hp, wp, sh, sw, dh, dw):
     return grad_xp
 
 
-def conv2d_grad_input(gy, w, hp, wp, sh, sw, dh, dw):
-    """Gradient of a conv with respect to its padded input, shape (N, C, hp, wp)."""
+def conv2d_grad_input(gy, w, geo):
+    """Gradient of a conv with respect to its padded input, shape (N, C) + ``geo.padded_hw``; ``geo``
+    as in :func:`conv2d_forward`."""
+    return _conv2d_grad_input(gy, w, *geo.padded_hw, *geo.stride, *geo.dilation)
+
+
+def _conv2d_grad_input(gy, w, hp, wp, sh, sw, dh, dw):
+    """:func:`conv2d_grad_input` with the geometry's numbers."""
     work = gy.size * w.shape[1] * w.shape[2] * w.shape[3]
     if _by_phases(sh, sw, dh, dw):  # each phase's gradient from its own sub-kernel: no zero taps
         grad_xp = np.zeros((gy.shape[0], w.shape[1], hp, wp), dtype=gy.dtype)  # where no tap reads: 0
@@ -468,7 +488,7 @@ def conv2d_grad_input(gy, w, hp, wp, sh, sw, dh, dw):
             for pj in range(min(sw, w.shape[3])):
                 sub = np.ascontiguousarray(w[:, :, pi::sh, pj::sw])
                 hq, wq = gy.shape[2] + sub.shape[2] - 1, gy.shape[3] + sub.shape[3] - 1
-                _polyphase.put_phase(grad_xp, conv2d_grad_input(gy, sub, hq, wq, 1, 1, 1, 1), pi, pj, sh, sw)
+                _polyphase.put_phase(grad_xp, _conv2d_grad_input(gy, sub, hq, wq, 1, 1, 1, 1), pi, pj, sh, sw)
         return grad_xp
     if sh != 1 or sw != 1:
         return sized(_grad_input_strided, work)(gy, w, hp, wp, sh, sw, dh, dw)
@@ -484,12 +504,13 @@ def _grad_input_of_runs(gr, head, w, n, hp, wp, dh, dw, work):
     return grad_xp
 
 
-def conv2d_max_pool2d_grad_input(gp, argmax, gate, w, hp, wp, sh, sw, dh, dw, oh, ow):
+def conv2d_max_pool2d_grad_input(gp, argmax, gate, w, geo):
     """:func:`conv2d_grad_input` of the conv output (N, C_out, oh, ow) that a max-pool took to ``gp``
     with ``argmax``; ``gate`` as in :func:`conv2d_max_pool2d_grad_weight`."""
+    (hp, wp), (sh, sw), (dh, dw), (oh, ow) = geo.padded_hw, geo.stride, geo.dilation, geo.out_hw
     if not _fuses_unpool(gp, sh, sw, oh, ow):
         gy = unpooled(pool_numba, elementwise_numba, gp, argmax, gate, oh, ow)
-        return conv2d_grad_input(gy, w, hp, wp, sh, sw, dh, dw)
+        return conv2d_grad_input(gy, w, geo)
     runs, head = _unpooled_runs(gp, argmax, gate, oh, ow, w.shape[2], w.shape[3], hp, wp, dh, dw)
     work = gp.shape[0] * gp.shape[1] * oh * ow * w.shape[1] * w.shape[2] * w.shape[3]
     return _grad_input_of_runs(runs, head, w, gp.shape[0], hp, wp, dh, dw, work)

@@ -45,8 +45,10 @@ def _channels_first(a: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(a.reshape(m, c, oh * ow).transpose(1, 0, 2)).reshape(c, m * oh * ow)
 
 
-def conv2d_forward(xp, w, b, sh, sw, dh, dw, oh, ow):
-    """``y = conv(xp, w) + b`` for a padded input ``xp`` (N, C, Hp, Wp) and weight (C_out, C, kH, kW)."""
+def conv2d_forward(xp, w, b, geo):
+    """``y = conv(xp, w) + b`` for a padded input ``xp`` (N, C, Hp, Wp) and weight (C_out, C, kH, kW);
+    ``geo`` is the conv's :class:`~fastcnn._checks.ConvGeometry` (its stride, dilation and output size)."""
+    (sh, sw), (dh, dw), (oh, ow) = geo.stride, geo.dilation, geo.out_hw
     n, c = xp.shape[:2]
     c_out, _, kh, kw = w.shape
     k, p = c * kh * kw, oh * ow
@@ -65,8 +67,9 @@ def conv2d_forward(xp, w, b, sh, sw, dh, dw, oh, ow):
     return y.reshape(n, c_out, oh, ow)
 
 
-def conv2d_grad_weight(gy, xp, kh, kw, sh, sw, dh, dw):
+def conv2d_grad_weight(gy, xp, geo):
     """Gradients of a conv with respect to its weight, shape (C_out, C, kH, kW), and its bias."""
+    (kh, kw), (sh, sw), (dh, dw) = geo.kernel, geo.stride, geo.dilation
     n, c = xp.shape[:2]
     c_out, oh, ow = gy.shape[1:]
     k, p = c * kh * kw, oh * ow
@@ -87,8 +90,9 @@ def conv2d_grad_weight(gy, xp, kh, kw, sh, sw, dh, dw):
     return grad_w.reshape(c_out, c, kh, kw), channel_sums(gy)
 
 
-def conv2d_grad_input(gy, w, hp, wp, sh, sw, dh, dw):
-    """Gradient of a conv with respect to its padded input, shape (N, C, hp, wp)."""
+def conv2d_grad_input(gy, w, geo):
+    """Gradient of a conv with respect to its padded input, shape (N, C) + ``geo.padded_hw``."""
+    (hp, wp), (sh, sw), (dh, dw) = geo.padded_hw, geo.stride, geo.dilation
     n, _, oh, ow = gy.shape
     c_out, c, kh, kw = w.shape
     w2t = w.reshape(c_out, -1).T
@@ -107,21 +111,21 @@ def conv2d_grad_input(gy, w, hp, wp, sh, sw, dh, dw):
     return grad_xp
 
 
-def conv2d_max_pool2d_forward(xp, w, b, sh, sw, dh, dw, oh, ow, pool, relu):
-    """``max_pool2d(conv2d(...))``, and a ReLU after it with ``relu``, as the separate ops: ``pool``
-    holds the pool's arguments."""
-    return pooled(pool_numpy, elementwise_numpy, conv2d_forward(xp, w, b, sh, sw, dh, dw, oh, ow), pool, relu)
+def conv2d_max_pool2d_forward(xp, w, b, geo, pool, relu):
+    """``max_pool2d(conv2d(...))``, and a ReLU after it with ``relu``, as the separate ops: ``pool`` is
+    the pool's :class:`~fastcnn._checks.PoolGeometry`."""
+    return pooled(pool_numpy, elementwise_numpy, conv2d_forward(xp, w, b, geo), pool, relu)
 
 
-def conv2d_max_pool2d_grad_weight(gp, argmax, gate, xp, kh, kw, sh, sw, dh, dw, oh, ow):
-    """:func:`conv2d_grad_weight` of the conv output (N, C_out, oh, ow) that a max-pool took to ``gp``
-    with ``argmax``; if ``gate`` is not None, through a ReLU after the pool, whose output it is."""
-    gy = unpooled(pool_numpy, elementwise_numpy, gp, argmax, gate, oh, ow)
-    return conv2d_grad_weight(gy, xp, kh, kw, sh, sw, dh, dw)
+def conv2d_max_pool2d_grad_weight(gp, argmax, gate, xp, geo):
+    """:func:`conv2d_grad_weight` of the conv output (N, C_out) + ``geo.out_hw`` that a max-pool took to
+    ``gp`` with ``argmax``; if ``gate`` is not None, through a ReLU after the pool, whose output it is."""
+    gy = unpooled(pool_numpy, elementwise_numpy, gp, argmax, gate, *geo.out_hw)
+    return conv2d_grad_weight(gy, xp, geo)
 
 
-def conv2d_max_pool2d_grad_input(gp, argmax, gate, w, hp, wp, sh, sw, dh, dw, oh, ow):
-    """:func:`conv2d_grad_input` of the conv output (N, C_out, oh, ow) that a max-pool took to ``gp``
-    with ``argmax``; ``gate`` as in :func:`conv2d_max_pool2d_grad_weight`."""
-    gy = unpooled(pool_numpy, elementwise_numpy, gp, argmax, gate, oh, ow)
-    return conv2d_grad_input(gy, w, hp, wp, sh, sw, dh, dw)
+def conv2d_max_pool2d_grad_input(gp, argmax, gate, w, geo):
+    """:func:`conv2d_grad_input` of the conv output (N, C_out) + ``geo.out_hw`` that a max-pool took to
+    ``gp`` with ``argmax``; ``gate`` as in :func:`conv2d_max_pool2d_grad_weight`."""
+    gy = unpooled(pool_numpy, elementwise_numpy, gp, argmax, gate, *geo.out_hw)
+    return conv2d_grad_input(gy, w, geo)

@@ -13,18 +13,22 @@ import numpy as np
 from .jit import parallel_kernel, prange, sized
 
 
-def conv2d_forward(xp, w, b, sh, sw, dh, dw, oh, ow):
-    """``y = depthwise_conv(xp, w) + b`` for a padded input ``xp`` (N, C, Hp, Wp)."""
+def conv2d_forward(xp, w, b, geo):
+    """``y = depthwise_conv(xp, w) + b`` for a padded input ``xp`` (N, C, Hp, Wp); ``geo`` the conv's
+    :class:`~fastcnn._checks.ConvGeometry`."""
+    (sh, sw), (dh, dw), (oh, ow) = geo.stride, geo.dilation, geo.out_hw
     return sized(_forward, xp.shape[0] * w.size * oh * ow)(xp, w, b, sh, sw, dh, dw, oh, ow)
 
 
-def conv2d_grad_weight(gy, xp, kh, kw, sh, sw, dh, dw, c):
+def conv2d_grad_weight(gy, xp, geo, c):
     """Gradients with respect to the weight (C*m, 1, kH, kW) and the bias (``c`` = C)."""
+    (kh, kw), (sh, sw), (dh, dw) = geo.kernel, geo.stride, geo.dilation
     return sized(_grad_weight, gy.size * kh * kw)(gy, xp, kh, kw, sh, sw, dh, dw)
 
 
-def conv2d_grad_input(gy, w, hp, wp, sh, sw, dh, dw, c):
-    """Gradient with respect to the padded input, shape (N, c, hp, wp)."""
+def conv2d_grad_input(gy, w, geo, c):
+    """Gradient with respect to the padded input, shape (N, c) + ``geo.padded_hw``."""
+    (hp, wp), (sh, sw), (dh, dw) = geo.padded_hw, geo.stride, geo.dilation
     return sized(_grad_input, gy.size * w.shape[2] * w.shape[3])(gy, w, hp, wp, sh, sw, dh, dw, c)
 
 

@@ -16,8 +16,10 @@ def _split(w, c):
     return w.reshape(c, w.shape[0] // c, w.shape[2], w.shape[3])
 
 
-def conv2d_forward(xp, w, b, sh, sw, dh, dw, oh, ow):
-    """``y = depthwise_conv(xp, w) + b`` for a padded input ``xp`` (N, C, Hp, Wp)."""
+def conv2d_forward(xp, w, b, geo):
+    """``y = depthwise_conv(xp, w) + b`` for a padded input ``xp`` (N, C, Hp, Wp); ``geo`` the conv's
+    :class:`~fastcnn._checks.ConvGeometry`."""
+    (sh, sw), (dh, dw), (oh, ow) = geo.stride, geo.dilation, geo.out_hw
     n, c = xp.shape[:2]
     wc = _split(w, c)
     y = np.zeros((n, c, wc.shape[1], oh, ow), dtype=xp.dtype)
@@ -29,8 +31,9 @@ def conv2d_forward(xp, w, b, sh, sw, dh, dw, oh, ow):
     return y
 
 
-def conv2d_grad_weight(gy, xp, kh, kw, sh, sw, dh, dw, c):
+def conv2d_grad_weight(gy, xp, geo, c):
     """Gradients with respect to the weight (C*m, 1, kH, kW) and the bias (``c`` = C)."""
+    (kh, kw), (sh, sw), (dh, dw) = geo.kernel, geo.stride, geo.dilation
     n = xp.shape[0]
     c_out, oh, ow = gy.shape[1:]
     g = gy.reshape(n, c, c_out // c, oh, ow)
@@ -41,8 +44,9 @@ def conv2d_grad_weight(gy, xp, kh, kw, sh, sw, dh, dw, c):
     return grad_w.reshape(c_out, 1, kh, kw), gy.sum(axis=(0, 2, 3))
 
 
-def conv2d_grad_input(gy, w, hp, wp, sh, sw, dh, dw, c):
-    """Gradient with respect to the padded input, shape (N, c, hp, wp)."""
+def conv2d_grad_input(gy, w, geo, c):
+    """Gradient with respect to the padded input, shape (N, c) + ``geo.padded_hw``."""
+    (hp, wp), (sh, sw), (dh, dw) = geo.padded_hw, geo.stride, geo.dilation
     n, c_out, oh, ow = gy.shape
     g = gy.reshape(n, c, c_out // c, oh, ow)
     wc = _split(w, c)

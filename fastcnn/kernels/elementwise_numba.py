@@ -55,9 +55,10 @@ def _relu_backward(grad, y):
     return out.reshape(grad.shape)
 
 
-def adam_update(param, grad, m, v, b1, b2, step_size, bias2, eps):
-    """One Adam step in place on the 1-D arrays ``param``, ``m`` and ``v`` (see :class:`fastcnn.optim.Adam`)."""
-    sized(_adam_update, param.size)(param, grad, m, v, b1, b2, step_size, bias2, eps)
+def adam_update(param, grad, m, v, rates):
+    """One Adam step in place on the 1-D arrays ``param``, ``m`` and ``v``; ``rates`` are this step's
+    ``(b1, b2, step_size, bias2, eps)`` (see :class:`fastcnn.optim.Adam`)."""
+    sized(_adam_update, param.size)(param, grad, m, v, *rates)
 
 
 @parallel_kernel

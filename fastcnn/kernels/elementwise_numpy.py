@@ -20,8 +20,10 @@ def relu_backward(grad, y):
     return np.where(y > 0, grad, 0).astype(grad.dtype, copy=False)
 
 
-def adam_update(param, grad, m, v, b1, b2, step_size, bias2, eps):
-    """One Adam step in place on the 1-D arrays ``param``, ``m`` and ``v`` (see :class:`fastcnn.optim.Adam`)."""
+def adam_update(param, grad, m, v, rates):
+    """One Adam step in place on the 1-D arrays ``param``, ``m`` and ``v``; ``rates`` are this step's
+    ``(b1, b2, step_size, bias2, eps)`` (see :class:`fastcnn.optim.Adam`)."""
+    b1, b2, step_size, bias2, eps = rates
     t = param.dtype.type
     m *= t(b1)
     m += t(1 - b1) * grad

@@ -11,13 +11,13 @@ from .jit import kernel_helper, parallel_kernel, prange, sized
 from ._pool_vectors import clear, max_pairs, unpool_pairs
 from ._tiles import lanes
 
-WINDOWS_2X2 = (2, 2, 2, 2, 0, 0, 1, 1)  # (kh, kw, sh, sw, ph, pw, dh, dw) of the pool the vector kernels serve
+WINDOWS_2X2 = ((2, 2), (2, 2), (0, 0), (1, 1))  # (kernel, stride, padding, dilation) of the pool the vector kernels serve
 
 
-def vector_pool(kh, kw, sh, sw, ph, pw, dh, dw, h, w, oh, ow) -> bool:
-    """Whether a max-pool of an ``h`` x ``w`` plane to ``oh`` x ``ow`` is the vector kernels' (2x2 windows,
-    stride 2, no padding or dilation, no ceil-mode window past the edge)."""
-    return (kh, kw, sh, sw, ph, pw, dh, dw) == WINDOWS_2X2 and (oh, ow) == (h // 2, w // 2)
+def vector_pool(pool, h, w) -> bool:
+    """Whether the max-pool ``pool`` (a :class:`~fastcnn._checks.PoolGeometry`) of an ``h`` x ``w`` plane
+    is the vector kernels' (2x2 windows, stride 2, no padding or dilation, no ceil-mode window past the edge)."""
+    return (pool.kernel, pool.stride, pool.padding, pool.dilation) == WINDOWS_2X2 and pool.out_hw == (h // 2, w // 2)
 
 
 @kernel_helper
@@ -87,13 +87,15 @@ def _max_pool_any(x, kh, kw, sh, sw, ph, pw, dh, dw, oh, ow):
     return y, idx
 
 
-def max_pool2d_forward(x, kh, kw, sh, sw, ph, pw, dh, dw, oh, ow):
-    """Max-pool ``x`` (N, C, H, W); return ``(y, argmax)``, argmax a flat index into each input plane.
+def max_pool2d_forward(x, pool):
+    """Max-pool ``x`` (N, C, H, W) as ``pool`` (a :class:`~fastcnn._checks.PoolGeometry`) says; return
+    ``(y, argmax)``, argmax a flat index into each input plane.
 
     Padding is ``-inf`` and never chosen; ties go to the first maximum in row-major window order; the
     last NaN in a window wins (as PyTorch). (The case is picked here, in Python, so only the kernel used compiles.)
     """
-    if vector_pool(kh, kw, sh, sw, ph, pw, dh, dw, x.shape[2], x.shape[3], oh, ow):
+    (kh, kw), (sh, sw), (ph, pw), (dh, dw), (oh, ow) = pool.kernel, pool.stride, pool.padding, pool.dilation, pool.out_hw
+    if vector_pool(pool, x.shape[2], x.shape[3]):
         return sized(_max_pool_2x2, x.size)(np.ascontiguousarray(x), oh, ow)
     work = x.shape[0] * x.shape[1] * oh * ow * kh * kw
     return sized(_max_pool_any, work)(x, kh, kw, sh, sw, ph, pw, dh, dw, oh, ow)
@@ -178,9 +180,20 @@ def _max_unpool_2x2(gy, argmax, h, w):
     return grad
 
 
+def avg_pool2d_forward(xp, pool, scale):
+    """Average-pool a zero-padded input with the windows of ``pool`` (a :class:`~fastcnn._checks.PoolGeometry`):
+    each window's sum times ``scale`` (OH, OW), 1 / its divisor."""
+    return _avg_pool(xp, *pool.kernel, *pool.stride, *pool.out_hw, scale)
+
+
+def avg_pool2d_backward(gy, padded_shape, pool, scale):
+    """Gradient of :func:`avg_pool2d_forward` with respect to the padded input."""
+    return _avg_unpool(gy, padded_shape, *pool.kernel, *pool.stride, scale)
+
+
 @parallel_kernel
-def avg_pool2d_forward(xp, kh, kw, sh, sw, oh, ow, scale):
-    """Average-pool a zero-padded input: each window's sum times ``scale`` (OH, OW), 1 / its divisor."""
+def _avg_pool(xp, kh, kw, sh, sw, oh, ow, scale):
+    """:func:`avg_pool2d_forward`, a (sample, channel) plane per task."""
     n, c = xp.shape[0], xp.shape[1]
     y = np.empty((n, c, oh, ow), dtype=xp.dtype)
     for task in prange(n * c):
@@ -197,8 +210,8 @@ def avg_pool2d_forward(xp, kh, kw, sh, sw, oh, ow, scale):
 
 
 @parallel_kernel
-def avg_pool2d_backward(gy, padded_shape, kh, kw, sh, sw, scale):
-    """Gradient of :func:`avg_pool2d_forward` with respect to the padded input."""
+def _avg_unpool(gy, padded_shape, kh, kw, sh, sw, scale):
+    """:func:`avg_pool2d_backward`, a (sample, channel) plane per task."""
     n, c, oh, ow = gy.shape
     grad_xp = np.zeros(padded_shape, dtype=gy.dtype)
     for task in prange(n * c):

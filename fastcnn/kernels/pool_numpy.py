@@ -6,14 +6,16 @@ import numpy as np
 from ._windows import window
 
 
-def max_pool2d_forward(x, kh, kw, sh, sw, ph, pw, dh, dw, oh, ow):
-    """Max-pool ``x`` (N, C, H, W) with windows of ``kh`` x ``kw`` elements ``dh``, ``dw`` apart; return
-    ``(y, argmax)``, argmax a flat index into each input plane. ``oh``, ``ow`` may ask for ceil mode's
-    last windows, which reach past the bottom/right padding.
+def max_pool2d_forward(x, pool):
+    """Max-pool ``x`` (N, C, H, W) as ``pool`` (a :class:`~fastcnn._checks.PoolGeometry`) says: windows
+    of ``kh`` x ``kw`` elements ``dh``, ``dw`` apart; return ``(y, argmax)``, argmax a flat index into
+    each input plane. ``oh``, ``ow`` may ask for ceil mode's last windows, which reach past the
+    bottom/right padding.
 
     Padding is ``-inf``. Ties go to the first maximum in row-major window order (as
     :func:`numpy.argmax`) and NaN wins, the last NaN of the window (as PyTorch and the Numba kernel).
     """
+    (kh, kw), (sh, sw), (ph, pw), (dh, dw), (oh, ow) = pool.kernel, pool.stride, pool.padding, pool.dilation, pool.out_hw
     h, w = x.shape[2:]
     eh = max((oh - 1) * sh + (kh - 1) * dh + 1 - h - 2 * ph, 0)
     ew = max((ow - 1) * sw + (kw - 1) * dw + 1 - w - 2 * pw, 0)
@@ -44,8 +46,10 @@ def max_pool2d_backward(gy, argmax, h, w):
     return grad.astype(gy.dtype, copy=False).reshape(n, c, h, w)
 
 
-def avg_pool2d_forward(xp, kh, kw, sh, sw, oh, ow, scale):
-    """Average-pool a zero-padded input: each window's sum times ``scale`` (OH, OW), 1 / its divisor."""
+def avg_pool2d_forward(xp, pool, scale):
+    """Average-pool a zero-padded input with the windows of ``pool``: each window's sum times ``scale``
+    (OH, OW), 1 / its divisor."""
+    (kh, kw), (sh, sw), (oh, ow) = pool.kernel, pool.stride, pool.out_hw
     y = np.zeros(xp.shape[:2] + (oh, ow), dtype=xp.dtype)
     for i in range(kh):
         for j in range(kw):
@@ -54,8 +58,9 @@ def avg_pool2d_forward(xp, kh, kw, sh, sw, oh, ow, scale):
     return y
 
 
-def avg_pool2d_backward(gy, padded_shape, kh, kw, sh, sw, scale):
+def avg_pool2d_backward(gy, padded_shape, pool, scale):
     """Gradient of :func:`avg_pool2d_forward` with respect to the padded input."""
+    (kh, kw), (sh, sw) = pool.kernel, pool.stride
     oh, ow = gy.shape[2:]
     grad_xp = np.zeros(padded_shape, dtype=gy.dtype)
     share = gy * scale
