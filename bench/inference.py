@@ -1,6 +1,6 @@
 """Inference latency: fastcnn's ``predict`` against ONNX Runtime and PyTorch, and where the time goes.
 
-    python -m bench.inference                           # every preset at batch 1 and 256
+    python -m bench.inference                           # every preset and zoo network at batch 1 and 256
     python -m bench.inference --models lenet --batches 1 --profile
     FASTCNN_BENCH_THREADS=2 python -m bench.inference --rounds 9
 
@@ -11,7 +11,9 @@ same threads. The script starts itself again with ``MALLOC_MMAP_THRESHOLD_`` and
 ``MALLOC_TRIM_THRESHOLD_`` set (PyTorch at its best; the three libraries share the one process and
 its settings). Each round times every library on every row back to back (a fixed number of calls,
 sized to take about 20 ms), so a slow spell of the machine falls on all of them; the table gives the
-median over rounds of the time per call and the ratios. ``--profile`` splits LeNet's batch-1
+median over rounds of the time per call and the ratios. A network that fastcnn cannot export yet
+gets its row without ONNX Runtime, marked "not exportable yet", and the reason under the table.
+``--profile`` splits LeNet's batch-1
 ``predict`` into its plan steps, each step's kernel called directly, and what remains (Python).
 """
 from __future__ import annotations
@@ -30,14 +32,22 @@ import numpy as np
 import fastcnn
 from fastcnn import dispatch, models
 
-# (model, batch) -> target for fastcnn's time over ONNX Runtime's (issue 18).
-TARGETS = {("lenet", 1): 1.0, ("lenet", 256): 0.6}
+from . import zoo
+
+# (model, batch) -> target for fastcnn's time over ONNX Runtime's (issue 18): LeNet's, and every zoo network's at 256.
+TARGETS = {("lenet", 1): 1.0, ("lenet", 256): 0.6, **{(name, 256): 1.0 for name in zoo.ZOO}}
 MALLOC_ENV = {"MALLOC_MMAP_THRESHOLD_": "1000000000", "MALLOC_TRIM_THRESHOLD_": "1000000000"}
 
 
+class NotExportable(Exception):
+    """fastcnn cannot export this network to ONNX (yet): the message says why."""
+
+
 def networks() -> dict[str, Callable[[], fastcnn.Sequential]]:
-    """The networks timed: the presets (a model zoo can add its builders here)."""
-    return {name: (lambda f=f: f(seed=0)) for name, f in models.PRESETS.items()}
+    """The networks timed, by name: the presets, then the model zoo's networks (``bench/zoo.py``)."""
+    nets = {name: (lambda f=f: f(seed=0)) for name, f in models.PRESETS.items()}
+    nets.update({name: (lambda name=name: zoo.build(name)) for name in zoo.ZOO})
+    return nets
 
 
 def threads() -> int:
@@ -49,14 +59,23 @@ def fastcnn_runner(model: fastcnn.Sequential, x: np.ndarray) -> Callable[[], np.
 
 
 def ort_runner(model: fastcnn.Sequential, x: np.ndarray, n_threads: int, directory: str) -> Callable[[], np.ndarray]:
-    """ONNX Runtime on the model as fastcnn exports it; None when onnxruntime is not installed."""
+    """ONNX Runtime on the model as fastcnn exports it; None when onnxruntime is not installed.
+
+    Raises
+    ------
+    NotExportable
+        The model has a layer fastcnn's ONNX export does not take.
+    """
     try:
         import onnxruntime as ort
     except ImportError:
         return None
     path = Path(directory) / f"model-{id(model)}.onnx"
     if not path.exists():
-        model.export_onnx(path)
+        try:
+            model.export_onnx(path)
+        except ValueError as exc:
+            raise NotExportable(str(exc)) from exc
     options = ort.SessionOptions()
     options.intra_op_num_threads = n_threads
     options.inter_op_num_threads = 1
@@ -108,8 +127,12 @@ def measure(names: list[str], batches: list[int], rounds: int) -> list[dict]:
             model = networks()[name]()
             for batch in batches:
                 x = np.random.default_rng(0).random((batch,) + model.input_shape, dtype=np.float32)
-                runners = {"fastcnn": fastcnn_runner(model, x), "ort": ort_runner(model, x, n_threads, directory),
-                           "torch": torch_runner(model, x, n_threads)}
+                notes = {}
+                try:
+                    ort = ort_runner(model, x, n_threads, directory)
+                except NotExportable as exc:
+                    ort, notes["ort"] = None, f"not exportable yet: {exc}"
+                runners = {"fastcnn": fastcnn_runner(model, x), "ort": ort, "torch": torch_runner(model, x, n_threads)}
                 runners = {k: v for k, v in runners.items() if v is not None}
                 reference = runners["fastcnn"]()  # also compiles and lets the dispatcher decide
                 for lib, fn in runners.items():
@@ -117,7 +140,7 @@ def measure(names: list[str], batches: list[int], rounds: int) -> list[dict]:
                     if not np.allclose(got, reference, rtol=0, atol=1e-4):
                         raise AssertionError(f"{lib} disagrees with fastcnn on {name} at batch {batch}: "
                                              f"max abs diff {np.abs(got - reference).max():.3g}")
-                rows.append({"model": name, "batch": batch, "runners": runners,
+                rows.append({"model": name, "batch": batch, "runners": runners, "notes": notes,
                              "calls": {k: _calls_for(fn) for k, fn in runners.items()}, "times": {k: [] for k in runners}})
     for _ in range(rounds):
         for row in rows:
@@ -138,7 +161,9 @@ def table(rows: list[dict]) -> str:
         target = TARGETS.get((r["model"], r["batch"]))
         verdict = "-" if target is None else f"<= {target:.1f}x ORT: " + (
             "?" if over_ort is None else "met" if over_ort <= target else "MISSED")
-        body.append([r["model"], str(r["batch"])] + [f"{ms[k]:.3f}" if k in ms else "-" for k in ("fastcnn", "ort", "torch")]
+        body.append([r["model"], str(r["batch"])]
+                    + [f"{ms[k]:.3f}" if k in ms else "not exportable yet" if k in r["notes"] else "-"
+                       for k in ("fastcnn", "ort", "torch")]
                     + [f"{ms['fastcnn'] / ms[k]:.2f}x" if k in ms else "-" for k in ("ort", "torch")] + [verdict])
     lines = [cols] + body
     widths = [max(len(line[i]) for line in lines) for i in range(len(cols))]
@@ -196,6 +221,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f"Median ms per call over {args.rounds} interleaved rounds, float32, {threads()} threads; "
           f"`python -m bench.inference {' '.join(argv or sys.argv[1:])}`".rstrip())
     print(table(rows))
+    for name, note in dict.fromkeys((r["model"], r["notes"]["ort"]) for r in rows if "ort" in r["notes"]):
+        print(f"{name}: ONNX Runtime {note}")
     if args.profile:
         print()
         print(profile())

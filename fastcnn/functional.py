@@ -12,7 +12,7 @@ from . import dispatch
 from ._checks import (ConvGeometry, IntOrPair, avg_pool_scales, check_allocation, check_grad, check_nchw_shape,
                       class_labels, conv_geometry, conv_transpose_geometry, flag, float_array, pair, pool_geometry)
 from .kernels.blas import channel_sums
-from .kernels.scratch import shared_inputs
+from .kernels.scratch import shared_inputs, zero_padded
 
 __all__ = [
     "conv2d",
@@ -61,10 +61,11 @@ __all__ = [
 ]
 
 def _pad(x: np.ndarray, padding) -> np.ndarray:
-    """Zero-pad the two spatial axes by ``((top, bottom), (left, right))``."""
+    """Zero-pad the two spatial axes by ``((top, bottom), (left, right))``: a temporary of the calling
+    op, which must not return it or keep it (see :func:`.kernels.scratch.zero_padded`)."""
     if not any(p for side in padding for p in side):
         return x
-    return np.pad(x, ((0, 0), (0, 0)) + tuple(padding))
+    return zero_padded(x, padding)
 
 
 def _padded_shape(shape, padding) -> tuple[int, int, int, int]:

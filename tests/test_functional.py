@@ -454,6 +454,39 @@ def test_scratch_reuses_one_buffer_per_role_and_thread():
     assert not np.shares_memory(scratch("test huge", huge, np.float32), scratch("test huge", huge, np.float32))
 
 
+def test_zero_padded_is_np_pad_in_a_kept_array(rng):
+    """Padded inputs come from arrays kept per shape and padding, whose margins must stay zero while
+    their interiors, and other shapes in between, change; the least recently used go first."""
+    from fastcnn.kernels.scratch import _PADDED_KEPT, zero_padded
+
+    pads = ((1, 2), (0, 3))
+
+    def reference(x, padding=pads):
+        return np.pad(x, ((0, 0), (0, 0)) + padding)
+
+    for dtype in (np.float32, np.float64):
+        for n in (2, 0):
+            x = rng.standard_normal((n, 3, 4, 5)).astype(dtype)
+            first = zero_padded(x, pads)
+            assert first.dtype == dtype and first.flags.c_contiguous
+            np.testing.assert_array_equal(first, reference(x))
+            y = rng.standard_normal(x.shape).astype(dtype)
+            again = zero_padded(y, pads)
+            assert np.shares_memory(first, again) or n == 0
+            np.testing.assert_array_equal(again, reference(y))
+            for k in range(_PADDED_KEPT):  # as many other shapes: the first is dropped
+                np.testing.assert_array_equal(zero_padded(np.full((1, 1, k + 1, 2), 7, dtype), ((1, 1), (1, 1))),
+                                              reference(np.full((1, 1, k + 1, 2), 7, dtype), ((1, 1), (1, 1))))
+            last = zero_padded(x, pads)
+            assert not np.shares_memory(last, again)
+            np.testing.assert_array_equal(last, reference(x))
+    x = rng.standard_normal((2, 3, 4, 5))
+    other = ((2, 1), (3, 0))  # the same padded shape, another padding: an array of its own
+    assert not np.shares_memory(zero_padded(x, pads), zero_padded(x, other))
+    np.testing.assert_array_equal(zero_padded(x, pads), reference(x))
+    np.testing.assert_array_equal(zero_padded(x, other), reference(x, other))
+
+
 def test_derived_scratch_is_shared_only_inside_a_shared_inputs_block():
     from fastcnn.kernels.scratch import derived, scratch, shared_inputs
 

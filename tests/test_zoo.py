@@ -14,10 +14,6 @@ def test_zoo_net_builds_with_its_input_shape(name):
     assert model.predict(x).shape == (2, 10)
 
 
-def test_pending_nets_are_not_in_the_zoo():
-    assert not set(zoo.PENDING) & set(zoo.ZOO)
-
-
 @pytest.mark.parametrize("name", list(zoo.ZOO))
 def test_torch_twin_matches_in_training_and_inference(name):
     torch = pytest.importorskip("torch")

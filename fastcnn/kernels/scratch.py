@@ -95,3 +95,34 @@ def _buffer(role: str, shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray:
         start = -raw.__array_interface__["data"][0] % _ALIGN
         buf = buffers[role] = raw[start : start + nbytes]
     return buf[:nbytes].view(dtype).reshape(shape)
+
+
+_PADDED_KEPT = 16  # zero-padded inputs kept per thread: one per padded conv or pool of a network, as a rule
+
+
+def zero_padded(x: np.ndarray, padding: tuple[tuple[int, int], tuple[int, int]]) -> np.ndarray:
+    """``x`` (N, C, H, W) with ``padding`` ``((top, bottom), (left, right))`` zeros around its planes, as
+    ``np.pad`` gives it, in an array kept per thread for this padded shape, padding and dtype.
+
+    The kept array's margins are zeroed once, when it is made, and nothing but its interior is ever
+    written again, so a call copies ``x`` in and nothing more: no fresh memory (a page fault per 4 KiB
+    on every call, see the module docstring), no zeros written. Like :func:`scratch`, the result is a
+    temporary of the calling op: the next call for the same shape in this thread overwrites it. The
+    :data:`_PADDED_KEPT` arrays used last are kept, at most :data:`_KEEP_BYTES` in all.
+    """
+    (top, bottom), (left, right) = padding
+    n, c, h, w = x.shape
+    shape = (n, c, h + top + bottom, w + left + right)
+    key = (shape, top, left, x.dtype.str)
+    kept = getattr(_local, "padded", None)
+    if kept is None:
+        kept = _local.padded = {}
+    xp = kept.pop(key, None)
+    if xp is None:
+        xp = np.zeros(shape, x.dtype)
+    if xp.nbytes <= _KEEP_BYTES:
+        while kept and (len(kept) >= _PADDED_KEPT or sum(a.nbytes for a in kept.values()) + xp.nbytes > _KEEP_BYTES):
+            kept.pop(next(iter(kept)))  # the least recently used
+        kept[key] = xp  # last in the dict: the most recently used
+    xp[:, :, top : top + h, left : left + w] = x
+    return xp
