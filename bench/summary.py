@@ -17,11 +17,11 @@ import numpy as np
 import fastcnn
 from fastcnn.tables import format_table
 
-# Issue 5's targets: fastcnn (auto) over PyTorch, forward + backward at batch 64.
+# Issue 17's targets for the MNIST kernels: fastcnn (auto) over PyTorch at its best, forward + backward at batch 64.
 TARGETS = {
-    ("conv2d", "fwd+bwd", "1->32 3x3 s1 p0 on 64x28x28"): 1.0,
-    ("conv2d", "fwd+bwd", "8->16 3x3 s1 p0 on 64x13x13"): 1.0,
-    ("conv2d", "fwd+bwd", "32->64 3x3 s1 p0 on 64x26x26"): 1.25,
+    ("conv2d", "fwd+bwd", "1->32 3x3 s1 p0 on 64x28x28"): 0.9,
+    ("conv2d", "fwd+bwd", "8->16 3x3 s1 p0 on 64x13x13"): 0.9,
+    ("conv2d", "fwd+bwd", "32->64 3x3 s1 p0 on 64x26x26"): 0.9,
     ("max_pool2d", "fwd+bwd", "2x2 on (64, 32, 26, 26)"): 0.25,
     ("max_pool2d", "fwd+bwd", "2x2 on (64, 64, 24, 24)"): 0.25,
 }
