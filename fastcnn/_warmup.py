@@ -16,7 +16,7 @@ import numpy as np
 
 from . import dispatch
 from .kernels import jit
-from .layers import Conv2D, _ConvMaxPool
+from .layers import Conv2D, ConvMaxPool
 
 
 def start(model, batch_size: int) -> subprocess.Popen | None:
@@ -58,7 +58,7 @@ def _conv_gradient_calls(model, batch_size: int) -> list[dict]:
     calls, shape = [], tuple(model.input_shape)
     for i, step in enumerate(steps):
         out = tuple(step.output_shape(shape))
-        conv = step.conv if isinstance(step, _ConvMaxPool) else step
+        conv = step.conv if isinstance(step, ConvMaxPool) else step
         if isinstance(conv, Conv2D) and conv.fuses_pool:  # (grouped and padding-mode convs compile on first use)
             calls.append(dict(x=(batch_size,) + shape, y=(batch_size,) + out, weight=conv.params["weight"].shape,
                               stride=conv.stride, padding=conv.padding, dilation=conv.dilation,

@@ -65,7 +65,7 @@ from typing import Any, Callable, Iterator, TypeVar
 
 import numpy as np
 
-from .layers import _BatchNorm
+from .layers import BatchNorm
 
 __all__ = ["World", "world", "Local", "DataParallel", "BatchNormSync", "combine_statistics", "training_context",
            "run_first_per_host", "abort_on_error", "abort", "mpiexec_path", "INSTALL_HINT"]
@@ -379,10 +379,10 @@ def combine_statistics(counts: np.ndarray, means: np.ndarray,
     return (mean, squares / max(total, 1)), int(total)
 
 
-def _batch_norm_layers(layers: list) -> Iterator[_BatchNorm]:
+def _batch_norm_layers(layers: list) -> Iterator[BatchNorm]:
     """The batch-norm layers among ``layers`` and inside their containers (the ``Sequential`` containers of blocks)."""
     for layer in layers:
-        if isinstance(layer, _BatchNorm):
+        if isinstance(layer, BatchNorm):
             yield layer
         for inner in vars(layer).values():
             if isinstance(getattr(inner, "layers", None), list):

@@ -32,7 +32,7 @@ import numpy as np
 from . import dispatch
 from ._checks import check_allocation, conv_geometry, pool_geometry
 from .layers import (BatchNorm1D, BatchNorm2D, Conv2D, Dense, Dropout, Flatten, Layer, MaxPool2D, ReLU,
-                     _ConvMaxPool)
+                     ConvMaxPool)
 
 __all__ = ["InferencePlan", "current_plan", "fold_batch_norm"]
 
@@ -258,10 +258,10 @@ class InferencePlan:
                 arrays[id(layer)] = _live(layer)
         self.steps: list[_Step] = []
         for step in Sequential(virtual).steps():
-            conv = step.conv if type(step) is _ConvMaxPool else step
+            conv = step.conv if type(step) is ConvMaxPool else step
             if type(conv) is Conv2D and id(conv) in arrays:
-                pool = step.pool if type(step) is _ConvMaxPool else None
-                relu = type(step) is _ConvMaxPool and step.relu is not None
+                pool = step.pool if type(step) is ConvMaxPool else None
+                relu = type(step) is ConvMaxPool and step.relu is not None
                 self.steps.append(_Conv(dtype, conv, arrays[id(conv)], pool, relu))
             elif type(step) is Dense and id(step) in arrays:
                 self.steps.append(_Linear(dtype, step, arrays[id(step)]))
@@ -271,7 +271,7 @@ class InferencePlan:
                 self.steps.append(_Relu(dtype, step))
             elif type(step) is Flatten:
                 self.steps.append(_Flatten(dtype, step))
-            elif type(step) is _ConvMaxPool:  # parameters the fast path cannot take: run the layers themselves
+            elif type(step) is ConvMaxPool:  # parameters the fast path cannot take: run the layers themselves
                 self.steps.extend(_Layer(dtype, layer) for layer in (step.conv, step.pool, step.relu) if layer)
             else:
                 self.steps.append(_Layer(dtype, step))

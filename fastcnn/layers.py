@@ -443,7 +443,7 @@ class MaxPool2D(_Pool2D):
                                      backend=self.backend)
 
 
-class _ConvMaxPool(_WeightLayer):
+class ConvMaxPool(_WeightLayer):
     """A :class:`Conv2D` and the :class:`MaxPool2D` after it, and optionally the :class:`ReLU` after
     that, run as one op, :func:`fastcnn.functional.conv2d_max_pool2d`: a step of
     :class:`fastcnn.Sequential`'s run order, not a layer to add. The parameters and gradients are the
@@ -476,7 +476,7 @@ class _ConvMaxPool(_WeightLayer):
         return self.pool.output_shape(self.conv.output_shape(input_shape))
 
     def __repr__(self) -> str:
-        return f"_ConvMaxPool({self.conv!r}, {self.pool!r}, {self.relu!r})"
+        return f"ConvMaxPool({self.conv!r}, {self.pool!r}, {self.relu!r})"
 
 
 class AvgPool2D(_Pool2D):
@@ -794,7 +794,7 @@ class GELU(_InputActivation):
         return dict(approximate=self.approximate)
 
 
-class _BatchNorm(Layer):
+class BatchNorm(Layer):
     _axes: tuple[int, ...] = ()
     _ndim = 0
     stats_reducer = None
@@ -861,12 +861,12 @@ class _BatchNorm(Layer):
         return dict(num_features=self.num_features, eps=self.eps, momentum=self.momentum)
 
 
-class _BatchNormReLU(Layer):
+class BatchNormReLU(Layer):
     """A batch norm and the :class:`ReLU` after it, run as one op (:func:`fastcnn.functional.batch_norm`
     with ``relu=True``): a step of :class:`fastcnn.Sequential`'s run order, not a layer to add. The
     parameters, gradients and buffers are the batch norm's own dicts."""
 
-    def __init__(self, norm: _BatchNorm, relu: ReLU) -> None:
+    def __init__(self, norm: BatchNorm, relu: ReLU) -> None:
         super().__init__()
         self.norm, self.relu = norm, relu
         self.params, self.grads, self.buffers = norm.params, norm.grads, norm.buffers
@@ -881,10 +881,10 @@ class _BatchNormReLU(Layer):
         return self.norm.output_shape(input_shape)
 
     def __repr__(self) -> str:
-        return f"_BatchNormReLU({self.norm!r}, {self.relu!r})"
+        return f"BatchNormReLU({self.norm!r}, {self.relu!r})"
 
 
-class BatchNorm2D(_BatchNorm):
+class BatchNorm2D(BatchNorm):
     """Batch normalisation over (N, H, W) for each channel of NCHW input, as ``torch.nn.BatchNorm2d``.
 
     Parameters
@@ -909,7 +909,7 @@ class BatchNorm2D(_BatchNorm):
     _ndim = 4
 
 
-class BatchNorm1D(_BatchNorm):
+class BatchNorm1D(BatchNorm):
     """Batch normalisation over N for each feature of (N, C) input, as ``torch.nn.BatchNorm1d``; the
     output has the input's shape.
 

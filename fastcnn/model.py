@@ -14,8 +14,8 @@ from .callbacks import Callback, CallbackList
 from .distributed import training_context
 from .kernels import blas
 from .functional import softmax
-from .layers import (LAYER_TYPES, Conv2D, Dropout, Layer, MaxPool2D, ReLU, Sigmoid, Softmax, _BatchNorm, _BatchNormReLU,
-                     _ConvMaxPool, weights_follow)
+from .layers import (LAYER_TYPES, Conv2D, Dropout, Layer, MaxPool2D, ReLU, Sigmoid, Softmax, BatchNorm, BatchNormReLU,
+                     ConvMaxPool, weights_follow)
 from .losses import CrossEntropyLoss, Loss, accuracy, get_loss
 from .optim import Optimizer, get_optimizer
 from .progress import ProgressBar
@@ -232,11 +232,11 @@ class Sequential:
         for layer in order:
             last = steps[-1] if steps else None
             if type(layer) is MaxPool2D and type(last) is Conv2D and last.fuses_pool and last.backend == layer.backend:
-                steps[-1] = _ConvMaxPool(last, layer)
-            elif type(layer) is ReLU and type(last) is _ConvMaxPool and last.relu is None:
-                steps[-1] = _ConvMaxPool(last.conv, last.pool, layer)
-            elif type(layer) is ReLU and isinstance(last, _BatchNorm):
-                steps[-1] = _BatchNormReLU(last, layer)
+                steps[-1] = ConvMaxPool(last, layer)
+            elif type(layer) is ReLU and type(last) is ConvMaxPool and last.relu is None:
+                steps[-1] = ConvMaxPool(last.conv, last.pool, layer)
+            elif type(layer) is ReLU and isinstance(last, BatchNorm):
+                steps[-1] = BatchNormReLU(last, layer)
             else:
                 steps.append(layer)
         self._plan = (key, steps)

@@ -101,7 +101,7 @@ def sync_batchnorm(out: Path) -> None:
             m = bn_model(**kwargs)
             history = m.fit(x, y, optimizer=fastcnn.SGD(0.05, momentum=0.9), distributed=True, sync_batchnorm=sync,
                             **fit)
-            norms = [layer for layer in m.layers if isinstance(layer, fastcnn.layers._BatchNorm)]
+            norms = [layer for layer in m.layers if isinstance(layer, fastcnn.layers.BatchNorm)]
             run = result[name] = {"history": history, "digest": digest(m),
                                   "hooks_removed": all(layer.stats_reducer is None for layer in norms)}
             if w.is_root:  # the same training in one process

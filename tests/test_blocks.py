@@ -81,7 +81,7 @@ def test_a_residual_first_gets_its_gradients_in_training():
 
 def test_fused_steps_run_inside_the_body():
     block = Residual([L.Conv2D(2, 3, 3, rng=0), L.ReLU(), L.MaxPool2D(2)], shortcut=[L.Conv2D(2, 3, 3, stride=2, rng=1)])
-    assert [type(step).__name__ for step in block.body.steps()] == ["_ConvMaxPool"]
+    assert [type(step).__name__ for step in block.body.steps()] == ["ConvMaxPool"]
     x = np.random.default_rng(2).standard_normal((2, 2, 8, 8)).astype(np.float32)
     expected = L.MaxPool2D(2).forward(L.ReLU().forward(block.body.layers[0].forward(x))) + block.shortcut.forward(x)
     np.testing.assert_allclose(block.forward(x), expected, rtol=1e-6, atol=1e-6)

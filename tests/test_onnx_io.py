@@ -97,7 +97,7 @@ def test_round_trip_is_exact(tmp_path, x, dtype):
         if not name.endswith("num_batches_tracked"):
             assert theirs[name].dtype == value.dtype and np.array_equal(theirs[name], value), name
     for a, b in zip(model.layers, back.layers):
-        if isinstance(a, L._BatchNorm):
+        if isinstance(a, L.BatchNorm):
             assert (a.eps, a.momentum) == (b.eps, b.momentum)
         if isinstance(a, L.Dropout):
             assert a.p == b.p

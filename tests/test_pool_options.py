@@ -123,7 +123,7 @@ def test_pool_layers_fuse_save_and_describe(tmp_path):
                                 L.MaxPool2D(3, 1, 1, dilation=2), L.Flatten()], input_shape=(1, 13, 13))
     x = np.random.default_rng(2).standard_normal((2, 1, 13, 13)).astype(np.float32)
     steps = model.steps()
-    assert type(steps[0]).__name__ == "_ConvMaxPool"
+    assert type(steps[0]).__name__ == "ConvMaxPool"
     conv = model.layers[0].forward(x)
     pooled, _ = F.max_pool2d(np.maximum(conv, 0), 2, ceil_mode=True)
     np.testing.assert_allclose(steps[0].forward(x), pooled, rtol=1e-6)

@@ -101,7 +101,7 @@ def test_ranks_with_synchronised_layers_compute_what_one_layer_does_on_the_whole
     probe = rng.standard_normal(shape).astype(dtype)  # loss = mean over samples of sum(probe * y)
     bounds = np.cumsum((0,) + shares)
     whole = _norm(layer_type, shape[1], dtype, backend)
-    step = fastcnn.layers._BatchNormReLU(whole, fastcnn.ReLU()) if relu else whole
+    step = fastcnn.layers.BatchNormReLU(whole, fastcnn.ReLU()) if relu else whole
     y_whole = step.forward(x, training=True)
     gx_whole = step.backward(probe / len(x))
 
@@ -110,7 +110,7 @@ def test_ranks_with_synchronised_layers_compute_what_one_layer_does_on_the_whole
     def rank(r):
         norm = _norm(layer_type, shape[1], dtype, backend)
         norm.stats_reducer = distributed.BatchNormSync(comms.rank(r))
-        s = fastcnn.layers._BatchNormReLU(norm, fastcnn.ReLU()) if relu else norm
+        s = fastcnn.layers.BatchNormReLU(norm, fastcnn.ReLU()) if relu else norm
         lo, hi = bounds[r], bounds[r + 1]
         y = s.forward(x[lo:hi], training=True)
         gx = s.backward(probe[lo:hi] / max(hi - lo, 1))
