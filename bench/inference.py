@@ -33,9 +33,8 @@ import fastcnn
 from fastcnn import dispatch, models
 
 from . import zoo
+from .summary import ort_target
 
-# (model, batch) -> target for fastcnn's time over ONNX Runtime's (issue 18): LeNet's, and every zoo network's at 256.
-TARGETS = {("lenet", 1): 1.0, ("lenet", 256): 0.6, **{(name, 256): 1.0 for name in zoo.ZOO}}
 MALLOC_ENV = {"MALLOC_MMAP_THRESHOLD_": "1000000000", "MALLOC_TRIM_THRESHOLD_": "1000000000"}
 
 
@@ -158,7 +157,7 @@ def table(rows: list[dict]) -> str:
     for r in rows:
         ms = r["ms"]
         over_ort = ms["fastcnn"] / ms["ort"] if "ort" in ms else None
-        target = TARGETS.get((r["model"], r["batch"]))
+        target = ort_target(r["model"], r["batch"])
         verdict = "-" if target is None else f"<= {target:.1f}x ORT: " + (
             "?" if over_ort is None else "met" if over_ort <= target else "MISSED")
         body.append([r["model"], str(r["batch"])]

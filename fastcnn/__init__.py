@@ -69,8 +69,7 @@ from .layers import (
     Tanh,
 )
 from .losses import BCELoss, CrossEntropyLoss, MSELoss
-from .model import Sequential, TrainingDivergedError, load_model
-from .onnx_io import load_onnx
+from .model import Sequential, TrainingDivergedError, load_model, load_onnx
 from .optim import SGD, Adam, CosineLR, OneCycleLR, StepLR
 from .threads import get_num_threads, set_num_threads
 

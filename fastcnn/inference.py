@@ -6,7 +6,7 @@ A plan is the model's steps prepared for inference:
 - a BatchNorm2D directly after a Conv2D, or a BatchNorm1D directly after a Dense, is folded into it:
   ``w' = w * s``, ``b' = (b - mean) * s + beta`` with ``s = gamma / sqrt(var + eps)``, computed in
   float64 once per predict call (not per batch), so training or edits in place are always seen;
-- then the steps are fused as :meth:`Sequential._run_order` fuses them for training (a Conv2D, the
+- then the steps are fused as :func:`fastcnn.steps.fuse` fuses them for training (a Conv2D, the
   MaxPool2D and the ReLU after it run as one ``conv2d_max_pool2d`` op), so a folded conv fuses too;
 - each step calls the dispatcher's kernel directly with arguments prepared once per input shape: no
   per-layer validation. The input is validated once per predict call, by ``predict``.
@@ -31,8 +31,8 @@ import numpy as np
 
 from . import dispatch
 from ._checks import check_allocation, conv_geometry, pool_geometry
-from .layers import (BatchNorm1D, BatchNorm2D, Conv2D, Dense, Dropout, Flatten, Layer, MaxPool2D, ReLU,
-                     ConvMaxPool)
+from .layers import BatchNorm1D, BatchNorm2D, Conv2D, ConvMaxPool, Dense, Dropout, Flatten, Layer, MaxPool2D, ReLU
+from .steps import fuse
 
 __all__ = ["InferencePlan", "current_plan", "fold_batch_norm"]
 
@@ -238,8 +238,6 @@ class InferencePlan:
     """
 
     def __init__(self, layers: list[Layer], dtype) -> None:
-        from .model import Sequential
-
         self.dtype = dtype = np.dtype(dtype)
         self._layers = list(layers)
         self._backends = [getattr(layer, "backend", None) for layer in layers]
@@ -257,7 +255,7 @@ class InferencePlan:
             if _fast(layer) and _fusable_params(layer, dtype):
                 arrays[id(layer)] = _live(layer)
         self.steps: list[_Step] = []
-        for step in Sequential(virtual).steps():
+        for step in fuse(virtual):
             conv = step.conv if type(step) is ConvMaxPool else step
             if type(conv) is Conv2D and id(conv) in arrays:
                 pool = step.pool if type(step) is ConvMaxPool else None

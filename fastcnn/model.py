@@ -7,21 +7,21 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from . import _untrusted, dispatch, inference, saving
+from . import _untrusted, dispatch, inference, onnx_io, saving
 from ._checks import positive_int
 from ._version import __version__
 from .callbacks import Callback, CallbackList
 from .distributed import training_context
 from .kernels import blas
 from .functional import softmax
-from .layers import (LAYER_TYPES, Conv2D, Dropout, Layer, MaxPool2D, ReLU, Sigmoid, Softmax, BatchNorm, BatchNormReLU,
-                     ConvMaxPool, weights_follow)
+from .layers import LAYER_TYPES, Dropout, Layer, Sigmoid, Softmax, weights_follow
 from .losses import CrossEntropyLoss, Loss, accuracy, get_loss
 from .optim import Optimizer, get_optimizer
 from .progress import ProgressBar
+from .steps import fuse
 from .tables import format_table
 
-__all__ = ["Sequential", "TrainingDivergedError", "load_model"]
+__all__ = ["Sequential", "TrainingDivergedError", "load_model", "load_onnx"]
 
 FORMAT = "fastcnn.model"
 FORMAT_VERSION = 1
@@ -210,37 +210,12 @@ class Sequential:
         return x
 
     def _run_order(self) -> list[Layer]:
-        """The steps forward runs, made again whenever the layers or their backends change:
-
-        - the layers as added, except that a ReLU directly followed by a MaxPool2D runs after it. ReLU
-          is monotone, so it commutes with a maximum: the outputs and every gradient are the same, bit
-          for bit, and the ReLU works on the pooled, smaller tensor;
-        - then a Conv2D directly followed by a MaxPool2D (with the same ``backend``), and by the ReLU
-          after that if there is one, runs as one step, :func:`fastcnn.functional.conv2d_max_pool2d`,
-          which need not write the full-size conv output;
-        - a batch norm directly followed by a ReLU runs as one step, :func:`fastcnn.functional.batch_norm`
-          with ``relu=True`` (one pass over the data instead of two, forward and backward).
-        """
+        """The steps forward runs (see :func:`fastcnn.steps.fuse`), made again whenever the layers or
+        their backends change."""
         key = tuple((id(layer), getattr(layer, "backend", None)) for layer in self.layers)
-        if self._plan[0] == key:
-            return self._plan[1]
-        order = list(self.layers)
-        for i in range(len(order) - 1):
-            if type(order[i]) is ReLU and type(order[i + 1]) is MaxPool2D:
-                order[i], order[i + 1] = order[i + 1], order[i]
-        steps: list[Layer] = []
-        for layer in order:
-            last = steps[-1] if steps else None
-            if type(layer) is MaxPool2D and type(last) is Conv2D and last.fuses_pool and last.backend == layer.backend:
-                steps[-1] = ConvMaxPool(last, layer)
-            elif type(layer) is ReLU and type(last) is ConvMaxPool and last.relu is None:
-                steps[-1] = ConvMaxPool(last.conv, last.pool, layer)
-            elif type(layer) is ReLU and isinstance(last, BatchNorm):
-                steps[-1] = BatchNormReLU(last, layer)
-            else:
-                steps.append(layer)
-        self._plan = (key, steps)
-        return steps
+        if self._plan[0] != key:
+            self._plan = (key, fuse(self.layers))
+        return self._plan[1]
 
     __call__ = forward
 
@@ -477,10 +452,8 @@ class Sequential:
 
     def export_onnx(self, path: str | os.PathLike, input_shape: tuple[int, ...] | None = None) -> None:
         """Write the model as an ONNX file (batch axis dynamic), atomically; needs ``fastcnn[onnx]``.
-        See :func:`fastcnn.onnx_io.export_onnx` and :func:`fastcnn.load_onnx`."""
-        from .onnx_io import export_onnx
-
-        export_onnx(self, path, input_shape)
+        See :func:`fastcnn.onnx_io.export_onnx` and :func:`load_onnx`."""
+        onnx_io.export_onnx(self, path, input_shape)
 
     def __repr__(self) -> str:
         return "Sequential([\n" + "".join(f"    {layer!r},\n" for layer in self.layers) + "])"
@@ -579,3 +552,19 @@ def _split_validation(x: np.ndarray, y, fraction: float, validation_data) -> tup
 
 def _status(loss: float, acc: float | None) -> str:
     return f"loss {loss:.4f}" + ("" if acc is None else f" acc {acc:.4f}")
+
+
+def load_onnx(path: str | os.PathLike) -> Sequential:
+    """A model from an ONNX file: the layers :func:`fastcnn.onnx_io.read_onnx` reads (see it for what
+    is supported and refused), in a :class:`Sequential` with the file's input shape.
+
+    Raises
+    ------
+    ValueError
+        The file is not ONNX, is damaged or oversized, or holds a graph fastcnn cannot represent (the
+        message names the first node that cannot be read and its op type).
+    ImportError
+        The ``onnx`` package is not installed.
+    """
+    layers, input_shape = onnx_io.read_onnx(path)
+    return Sequential(layers, input_shape=input_shape)

@@ -34,11 +34,11 @@ from . import _files, _untrusted
 from ._checks import avg_pool_scales, check_allocation, conv_geometry, pool_geometry
 from ._version import __version__
 from .functional import PAD_MODES
-from .layers import (GELU, AvgPool2D, BatchNorm1D, BatchNorm2D, Conv2D, ConvTranspose2D, Dense, Dropout, Flatten,
+from .layers import (GELU, LAYER_TYPES, AvgPool2D, BatchNorm1D, BatchNorm2D, Conv2D, ConvTranspose2D, Dense, Dropout, Flatten,
                      GlobalAvgPool2D, GlobalMaxPool2D, Layer, LeakyReLU, MaxPool2D, ReLU, Sigmoid, SiLU, Softmax, Tanh,
                      weights_follow)
 
-__all__ = ["OPSET", "MAX_FILE_BYTES", "export_onnx", "load_onnx"]
+__all__ = ["OPSET", "MAX_FILE_BYTES", "export_onnx", "read_onnx"]
 
 OPSET = 20
 """The default-domain opset that export writes (ONNX Runtime 1.17 and later run it): 19 for Pad's
@@ -879,8 +879,7 @@ def _ancestors(r: _Reader, tensor: str, stop: str, within: set) -> set:
 def _read_fork(r: _Reader, readers: list[int], allowed: set | None, onnx, depth: int) -> None:
     """The tensor ``r.current`` is read by several nodes: an activation of ``_PATTERNS``, or a residual
     block (two branches that meet in an Add)."""
-    from .blocks import Residual
-
+    residual = LAYER_TYPES["Residual"]  # fastcnn.blocks registers it (blocks builds on the model, above this module)
     x = r.current
     if any(i in r.used for i in readers):
         raise r.fail(r.nodes[readers[0]], "is reached twice: the graph has a cycle")
@@ -918,7 +917,7 @@ def _read_fork(r: _Reader, readers: list[int], allowed: set | None, onnx, depth:
     body, shortcut = parts if parts[0] or not parts[1] else parts[::-1]
     r.layers = saved
     try:
-        block = Residual(body, shortcut or None, input_shape=in_shape)
+        block = residual(body, shortcut or None, input_shape=in_shape)
     except (ValueError, TypeError) as exc:
         raise r.fail(join, str(exc)) from None
     r.used.add(join_index)
@@ -1050,8 +1049,9 @@ def _input_spec(path: str, graph, constants: dict) -> tuple[str, np.dtype, tuple
     return value.name, dtype, tuple(per_sample)
 
 
-def load_onnx(path: str | os.PathLike):
-    """Read an ONNX model that is a chain of supported operators into a :class:`~fastcnn.model.Sequential`.
+def read_onnx(path: str | os.PathLike) -> tuple[list[Layer], tuple[int, ...]]:
+    """Read an ONNX model that is a chain of supported operators: its layers and per-sample input shape
+    (:func:`fastcnn.load_onnx` puts them in a :class:`~fastcnn.model.Sequential`).
 
     Supported: Conv (grouped, any pads or auto_pad; a Pad before it in mode constant, reflect, edge or
     wrap gives its padding mode), ConvTranspose, BatchNormalization (inference), Relu, LeakyRelu, Tanh,
@@ -1075,8 +1075,6 @@ def load_onnx(path: str | os.PathLike):
     ImportError
         The ``onnx`` package is not installed.
     """
-    from .model import Sequential
-
     onnx = _onnx()
     path = os.fspath(path)
     proto, size = _read_proto(path, onnx)
@@ -1114,4 +1112,4 @@ def load_onnx(path: str | os.PathLike):
     if unused:
         raise r.fail(unused[0], "is not on the way from the input to the output; fastcnn reads a chain of nodes "
                                 "(with residual branches)")
-    return Sequential(r.layers, input_shape=shape)
+    return r.layers, tuple(shape)
