@@ -380,13 +380,13 @@ def conv2d_max_pool2d(
     stride: IntOrPair = 1,
     padding: IntOrPair | str = 0,
     dilation: IntOrPair = 1,
+    *,
     pool_size: IntOrPair = 2,
     pool_stride: IntOrPair | None = None,
     pool_padding: IntOrPair = 0,
     relu: bool = False,
     pool_dilation: IntOrPair = 1,
     pool_ceil_mode: bool = False,
-    *,
     backend: str | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """A convolution and the max-pool of its output in one op:

@@ -278,6 +278,7 @@ class Sequential:
         y: np.ndarray,
         epochs: int = 1,
         batch_size: int = 32,
+        *,
         optimizer: Optimizer | str | None = None,
         loss: Loss | str | None = None,
         validation_data: tuple[np.ndarray, np.ndarray] | None = None,
