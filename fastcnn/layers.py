@@ -169,6 +169,16 @@ def _expect(layer: Layer, input_shape, ndim: int, what: str) -> None:
         raise ValueError(f"{layer!r} expects input of shape {what}, got (N, {', '.join(map(str, input_shape))})")
 
 
+def _channels(in_channels, out_channels, groups) -> tuple[int, int, int]:
+    """A (transposed) convolution's channel counts and groups, checked: positive ints, the groups
+    dividing both counts."""
+    in_channels, out_channels = positive_int("in_channels", in_channels), positive_int("out_channels", out_channels)
+    groups = positive_int("groups", groups)
+    if in_channels % groups or out_channels % groups:
+        raise ValueError(f"groups={groups} must divide in_channels ({in_channels}) and out_channels ({out_channels})")
+    return in_channels, out_channels, groups
+
+
 def _init_weight(kind: str, shape, fan_in: int, fan_out: int, rng) -> np.ndarray:
     if kind == "he":
         return he_normal(shape, fan_in, rng)
@@ -220,11 +230,7 @@ class Conv2D(_WeightLayer):
         if padding_mode not in F.PAD_MODES:
             raise ValueError(f"padding_mode must be one of {', '.join(map(repr, F.PAD_MODES))}, got {padding_mode!r}")
         self.padding_mode = padding_mode
-        self.in_channels = positive_int("in_channels", in_channels)
-        self.out_channels = positive_int("out_channels", out_channels)
-        self.groups = positive_int("groups", groups)
-        if in_channels % groups or out_channels % groups:
-            raise ValueError(f"groups={groups} must divide in_channels ({in_channels}) and out_channels ({out_channels})")
+        self.in_channels, self.out_channels, self.groups = _channels(in_channels, out_channels, groups)
         self.kernel_size = pair("kernel_size", kernel_size, 1)
         self.stride = pair("stride", stride, 1)
         self.padding = conv_padding(padding)
@@ -315,11 +321,7 @@ class ConvTranspose2D(_WeightLayer):
                  padding: IntOrPair = 0, output_padding: IntOrPair = 0, groups: int = 1, bias: bool = True,
                  dilation: IntOrPair = 1, init: str = "he", rng=None, backend: str | None = None) -> None:
         super().__init__()
-        self.in_channels = positive_int("in_channels", in_channels)
-        self.out_channels = positive_int("out_channels", out_channels)
-        self.groups = positive_int("groups", groups)
-        if in_channels % groups or out_channels % groups:
-            raise ValueError(f"groups={groups} must divide in_channels ({in_channels}) and out_channels ({out_channels})")
+        self.in_channels, self.out_channels, self.groups = _channels(in_channels, out_channels, groups)
         self.kernel_size = pair("kernel_size", kernel_size, 1)
         self.stride = pair("stride", stride, 1)
         self.padding = pair("padding", padding, 0)

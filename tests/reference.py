@@ -145,3 +145,14 @@ def numeric_grad(f, x, eps=1e-6):
         flat[k] = old
         gflat[k] = (up - down) / (2 * eps)
     return g
+
+
+def random_batch_norm(layer, seed):
+    """``layer`` (a BatchNorm1D/2D) with random weight, bias and running statistics (variances in [0.5, 2])."""
+    rng = np.random.default_rng(seed)
+    n = layer.num_features
+    layer.params["weight"] = rng.uniform(0.5, 2, n).astype(np.float32)
+    layer.params["bias"] = rng.uniform(-1, 1, n).astype(np.float32)
+    layer.buffers["running_mean"] = rng.uniform(-1, 1, n).astype(np.float32)
+    layer.buffers["running_var"] = rng.uniform(0.5, 2, n).astype(np.float32)
+    return layer

@@ -9,27 +9,21 @@ import fastcnn
 from fastcnn import inference, models
 from fastcnn import layers as L
 
+from .reference import random_batch_norm
+
 
 def _forward(model, x, batch_size):
     """The reference: every layer's own forward, batch by batch (what predict did before the plan)."""
     return np.concatenate([model.forward(x[i : i + batch_size]) for i in range(0, len(x), batch_size)])
 
 
-def _bn(layer, seed):
-    rng = np.random.default_rng(seed)
-    n = layer.num_features
-    layer.params["weight"] = rng.uniform(0.5, 2, n).astype(np.float32)
-    layer.params["bias"] = rng.uniform(-1, 1, n).astype(np.float32)
-    layer.buffers["running_mean"] = rng.uniform(-1, 1, n).astype(np.float32)
-    layer.buffers["running_var"] = rng.uniform(0.5, 2, n).astype(np.float32)
-    return layer
 
 
 def bn_model():
     return fastcnn.Sequential([
-        L.Conv2D(1, 4, 3, padding=1, rng=0), _bn(L.BatchNorm2D(4), 1), L.ReLU(), L.MaxPool2D(2),
-        L.Conv2D(4, 4, 3, bias=False, rng=2), _bn(L.BatchNorm2D(4), 3), L.Tanh(), L.AvgPool2D(2, padding=1),
-        L.Flatten(), L.Dropout(0.5, rng=0), L.Dense(16, 8, rng=4), _bn(L.BatchNorm1D(8), 5), L.ReLU(),
+        L.Conv2D(1, 4, 3, padding=1, rng=0), random_batch_norm(L.BatchNorm2D(4), 1), L.ReLU(), L.MaxPool2D(2),
+        L.Conv2D(4, 4, 3, bias=False, rng=2), random_batch_norm(L.BatchNorm2D(4), 3), L.Tanh(), L.AvgPool2D(2, padding=1),
+        L.Flatten(), L.Dropout(0.5, rng=0), L.Dense(16, 8, rng=4), random_batch_norm(L.BatchNorm1D(8), 5), L.ReLU(),
         L.Dense(8, 3, rng=6),
     ], input_shape=(1, 8, 8))
 
@@ -50,8 +44,8 @@ def test_predict_follows_every_conv_and_pool_option():
     with a dilated ceil-mode max-pool, and average pools with ceil mode, count_include_pad=False and
     divisor_override, against the layers' own forward."""
     model = fastcnn.Sequential([
-        L.Conv2D(2, 4, 3, padding=1, groups=2, rng=0), _bn(L.BatchNorm2D(4), 1),
-        L.Conv2D(4, 4, 3, padding=1, padding_mode="reflect", rng=2), _bn(L.BatchNorm2D(4), 3),
+        L.Conv2D(2, 4, 3, padding=1, groups=2, rng=0), random_batch_norm(L.BatchNorm2D(4), 1),
+        L.Conv2D(4, 4, 3, padding=1, padding_mode="reflect", rng=2), random_batch_norm(L.BatchNorm2D(4), 3),
         L.Conv2D(4, 4, 3, rng=4), L.MaxPool2D(2, stride=2, padding=1, dilation=2, ceil_mode=True), L.ReLU(),
         L.AvgPool2D(3, stride=2, padding=1, ceil_mode=True, count_include_pad=False),
         L.AvgPool2D(2, stride=1, divisor_override=3), L.MaxPool2D(2, stride=1, ceil_mode=True),
@@ -75,7 +69,7 @@ def test_batch_norm_is_folded_and_steps_fused():
 
 
 def test_fold_against_float64_reference():
-    conv, bn = L.Conv2D(2, 3, 3, rng=0), _bn(L.BatchNorm2D(3), 1)
+    conv, bn = L.Conv2D(2, 3, 3, rng=0), random_batch_norm(L.BatchNorm2D(3), 1)
     conv.params["bias"] = np.arange(3, dtype=np.float32)
     w, b = inference.fold_batch_norm(conv.params["weight"], conv.params["bias"], bn)
     x = np.random.default_rng(2).standard_normal((2, 2, 5, 5))

@@ -13,6 +13,8 @@ from fastcnn._checks import conv_geometry
 from fastcnn import layers as L
 from fastcnn.blocks import Residual
 
+from .reference import random_batch_norm
+
 onnx = pytest.importorskip("onnx")
 from onnx import TensorProto, helper, numpy_helper  # noqa: E402
 
@@ -24,26 +26,18 @@ except ImportError:
 needs_ort = pytest.mark.skipif(ort is None, reason="onnxruntime is not installed")
 
 
-def _bn(layer, seed):
-    rng = np.random.default_rng(seed)
-    n = layer.num_features
-    layer.params["weight"] = rng.uniform(0.5, 2, n).astype(np.float32)
-    layer.params["bias"] = rng.uniform(-1, 1, n).astype(np.float32)
-    layer.buffers["running_mean"] = rng.uniform(-1, 1, n).astype(np.float32)
-    layer.buffers["running_var"] = rng.uniform(0.5, 2, n).astype(np.float32)
-    return layer
 
 
 def every_layer_model() -> fastcnn.Sequential:
     """One model holding every layer type and every padding form fastcnn has."""
     return fastcnn.Sequential([
-        L.Conv2D(2, 4, 3, padding="same", rng=1), _bn(L.BatchNorm2D(4, eps=1e-3, momentum=0.2), 2), L.ReLU(),
+        L.Conv2D(2, 4, 3, padding="same", rng=1), random_batch_norm(L.BatchNorm2D(4, eps=1e-3, momentum=0.2), 2), L.ReLU(),
         L.Conv2D(4, 4, 2, padding="same", rng=3),                     # even kernel: asymmetric "same" pads
         L.MaxPool2D(3, stride=2, padding=1),
         L.Conv2D(4, 5, (3, 2), stride=(2, 1), padding=(1, 0), dilation=(1, 2), rng=4), L.Tanh(),
         L.AvgPool2D(2, padding=1),
         L.Conv2D(5, 3, 1, bias=False, padding="valid", rng=5), L.Sigmoid(),
-        L.Flatten(), L.Dropout(0.25, rng=0), L.Dense(12, 6, rng=6), _bn(L.BatchNorm1D(6), 7), L.ReLU(),
+        L.Flatten(), L.Dropout(0.25, rng=0), L.Dense(12, 6, rng=6), random_batch_norm(L.BatchNorm1D(6), 7), L.ReLU(),
         L.Dense(6, 4, bias=False, rng=8), L.Softmax(),
     ], input_shape=(2, 11, 10))
 
@@ -306,7 +300,7 @@ _SEED_FILES: dict[str, bytes] = {}
 def _seed_models() -> dict:
     return {
         "lenet": lambda: fastcnn.Sequential(
-            [L.Conv2D(1, 2, 3, padding=1, rng=0), _bn(L.BatchNorm2D(2), 0), L.ReLU(), L.MaxPool2D(2), L.AvgPool2D(2),
+            [L.Conv2D(1, 2, 3, padding=1, rng=0), random_batch_norm(L.BatchNorm2D(2), 0), L.ReLU(), L.MaxPool2D(2), L.AvgPool2D(2),
              L.Flatten(), L.Dense(2, 3, rng=0), L.Softmax()], input_shape=(1, 4, 4)),
         "residual": lambda: fastcnn.Sequential(
             [L.Conv2D(1, 2, 3, padding=1, padding_mode="reflect", rng=0),
@@ -418,8 +412,8 @@ def new_layers_model() -> fastcnn.Sequential:
     return fastcnn.Sequential([
         L.Conv2D(2, 4, 3, padding=1, padding_mode="reflect", groups=2, rng=1), L.LeakyReLU(0.2), L.SiLU(),
         Residual([L.Conv2D(4, 4, 3, padding="same", groups=4, rng=2), L.GELU()]),
-        Residual([L.Conv2D(4, 6, 3, stride=2, padding="same", rng=3), _bn(L.BatchNorm2D(6), 4), L.GELU("tanh")],
-                 [L.Conv2D(4, 6, 1, stride=2, bias=False, rng=5), _bn(L.BatchNorm2D(6), 6)]),
+        Residual([L.Conv2D(4, 6, 3, stride=2, padding="same", rng=3), random_batch_norm(L.BatchNorm2D(6), 4), L.GELU("tanh")],
+                 [L.Conv2D(4, 6, 1, stride=2, bias=False, rng=5), random_batch_norm(L.BatchNorm2D(6), 6)]),
         L.ConvTranspose2D(6, 4, 3, stride=2, padding=1, output_padding=1, groups=2, rng=7),
         L.Conv2D(4, 4, 3, padding=(1, 0, 2, 1), padding_mode="circular", rng=8),
         L.Conv2D(4, 4, 3, padding=1, padding_mode="replicate", rng=9),
