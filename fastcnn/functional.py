@@ -761,9 +761,8 @@ def _activation(op: str, x, backend: str | None) -> np.ndarray:
 
 
 def _activation_backward(op: str, grad_y, y, backend: str | None) -> np.ndarray:
-    y = float_array("y", y)
-    grad_y = check_grad("grad_y", grad_y, y.shape, y.dtype)
-    return dispatch.run(op, (y.shape, y.dtype.char), (grad_y, y), backend)
+    """Gradient op ``op`` of an activation from its output ``y``."""
+    return _activation_gradient(op[: -len("_backward")], grad_y, y, (), (), backend, at="y")
 
 
 def tanh(x: np.ndarray, *, backend: str | None = None) -> np.ndarray:
@@ -810,10 +809,11 @@ def _approximate(approximate) -> bool:
     return approximate == "tanh"
 
 
-def _activation_gradient(name, grad_y, x, extra, described, backend):
-    """Gradient ``name + "_backward"`` of an activation at its input ``x``; ``extra`` are the op's
-    parameters, ``described`` those of them that the dispatch signature needs."""
-    x = float_array("x", x)
+def _activation_gradient(name, grad_y, x, extra, described, backend, at: str = "x"):
+    """Gradient ``name + "_backward"`` of an activation at ``x``, its input (or, with ``at="y"``, its
+    output, for the ops whose gradient is computed from it); ``extra`` are the op's parameters,
+    ``described`` those of them that the dispatch signature needs."""
+    x = float_array(at, x)
     grad_y = check_grad("grad_y", grad_y, x.shape, x.dtype)
     return dispatch.run(name + "_backward", (x.shape, x.dtype.char) + described, (grad_y, x) + extra, backend)
 
