@@ -50,19 +50,27 @@ def finish(helper: subprocess.Popen | None, timeout: float = 300.0) -> None:
 
 def _conv_gradient_calls(model, batch_size: int) -> list[dict]:
     """The arguments of every convolution's backward (alone or with its max-pool) in a training step
-    of ``model``."""
+    of ``model``, inside its blocks too."""
     if model.input_shape is None:
         return []
-    steps = model.steps()
-    first = model.first_trained_step()
-    calls, shape = [], tuple(model.input_shape)
+    return _container_calls(model, (batch_size,) + tuple(model.input_shape), input_grad=False)
+
+
+def _container_calls(container, shape: tuple[int, ...], input_grad: bool) -> list[dict]:
+    """:func:`_conv_gradient_calls` for the steps of ``container`` (a model, or a block's container) on
+    batches of ``shape``; ``input_grad``: whether the container's own input gradient is needed."""
+    steps = container.steps()
+    first = -1 if input_grad else container.first_trained_step()
+    calls = []
     for i, step in enumerate(steps):
-        out = tuple(step.output_shape(shape))
+        out = (shape[0],) + tuple(step.output_shape(shape[1:]))
         conv = step.conv if isinstance(step, ConvMaxPool) else step
         if isinstance(conv, Conv2D) and conv.fuses_pool:  # (grouped and padding-mode convs compile on first use)
-            calls.append(dict(x=(batch_size,) + shape, y=(batch_size,) + out, weight=conv.params["weight"].shape,
+            calls.append(dict(x=shape, y=out, weight=conv.params["weight"].shape,
                               stride=conv.stride, padding=conv.padding, dilation=conv.dilation,
-                              pooled=conv is not step, input_grad=i != first, dtype=model.dtype.str))
+                              pooled=conv is not step, input_grad=i != first, dtype=container.dtype.str))
+        for inner in step.containers():
+            calls += _container_calls(inner, shape, input_grad=i != first)
         shape = out
     return calls
 

@@ -159,6 +159,9 @@ class Residual(Layer):
                 container.astype(dtype)
         return self
 
+    def containers(self):
+        return [self.body] if self.shortcut is None else [self.body, self.shortcut]
+
     def inner_rows(self, prefix: str, input_shape) -> list[tuple[str, str, tuple[int, ...], int]]:
         """The summary rows of the inner layers: ``(name, description, output shape, parameters)``."""
         rows = []

@@ -65,7 +65,7 @@ from typing import Any, Callable, Iterator, TypeVar
 
 import numpy as np
 
-from .layers import BatchNorm
+from .layers import BatchNorm, walk
 
 __all__ = ["World", "world", "Local", "DataParallel", "BatchNormSync", "combine_statistics", "training_context",
            "run_first_per_host", "abort_on_error", "abort", "mpiexec_path", "INSTALL_HINT"]
@@ -380,13 +380,8 @@ def combine_statistics(counts: np.ndarray, means: np.ndarray,
 
 
 def _batch_norm_layers(layers: list) -> Iterator[BatchNorm]:
-    """The batch-norm layers among ``layers`` and inside their containers (the ``Sequential`` containers of blocks)."""
-    for layer in layers:
-        if isinstance(layer, BatchNorm):
-            yield layer
-        for inner in vars(layer).values():
-            if isinstance(getattr(inner, "layers", None), list):
-                yield from _batch_norm_layers(inner.layers)
+    """The batch-norm layers among ``layers`` and inside their blocks."""
+    return (layer for layer in walk(layers) if isinstance(layer, BatchNorm))
 
 
 @contextmanager

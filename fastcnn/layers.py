@@ -105,6 +105,11 @@ class Layer:
         """The layer :meth:`get_config` described (fresh weights)."""
         return cls(**config)
 
+    def containers(self) -> list:
+        """The containers (each a :class:`~fastcnn.model.Sequential`) of the layers inside this one, a
+        block's; none for a plain layer."""
+        return []
+
     def inner_rows(self, prefix: str, input_shape: tuple[int, ...]) -> list[tuple[str, str, tuple[int, ...], int]]:
         """Summary rows ``(name, description, output shape, parameters)`` of the layers inside this one
         (a block's), named from ``prefix``, for a per-sample ``input_shape``; none for a plain layer."""
@@ -142,6 +147,14 @@ class Layer:
         if value is None:
             raise RuntimeError(f"{type(self).__name__}.backward called before forward(..., training=True)")
         return value
+
+
+def walk(layers: list[Layer]) -> Iterator[Layer]:
+    """Every layer of ``layers``, each followed by the layers inside it (a block's), depth first."""
+    for layer in layers:
+        yield layer
+        for container in layer.containers():
+            yield from walk(container.layers)
 
 
 class _WeightLayer(Layer):

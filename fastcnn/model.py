@@ -14,7 +14,7 @@ from .callbacks import Callback, CallbackList
 from .distributed import training_context
 from .kernels import blas
 from .functional import softmax
-from .layers import LAYER_TYPES, Dropout, Layer, Sigmoid, Softmax, weights_follow
+from .layers import LAYER_TYPES, Dropout, Layer, Sigmoid, Softmax, walk, weights_follow
 from .losses import CrossEntropyLoss, Loss, accuracy, get_loss
 from .optim import Optimizer, get_optimizer
 from .progress import ProgressBar
@@ -363,7 +363,7 @@ class Sequential:
         seed = ctx.begin(self, seed, dict(x=x.shape, y=y.shape, epochs=epochs, batch_size=batch_size, shuffle=shuffle))
         rng = np.random.default_rng(seed)
         if seed is not None:
-            for i, layer in enumerate(self.layers):
+            for i, layer in enumerate(walk(self.layers)):
                 if isinstance(layer, Dropout):
                     layer.rng = ctx.dropout_rng(seed, i)
         n = len(x)

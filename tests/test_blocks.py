@@ -114,6 +114,19 @@ def test_save_and_load_round_trip(tmp_path):
         np.testing.assert_array_equal(loaded.state_dict()[name], value, err_msg=name)
 
 
+def test_fit_seeds_the_dropout_inside_a_block():
+    def trained(seed, dropout_rng):
+        model = fastcnn.Sequential([L.Flatten(), L.Dense(8, 8, rng=0),
+                                    Residual([L.Dropout(0.5, rng=dropout_rng), L.Dense(8, 8, rng=1)]),
+                                    L.Dense(8, 2, rng=2)], input_shape=(8,))
+        x = np.random.default_rng(5).standard_normal((16, 8)).astype(np.float32)
+        model.fit(x, np.arange(16) % 2, epochs=2, batch_size=4, verbose=0, seed=seed)
+        return model.state_dict()["2.body.1.weight"]
+
+    np.testing.assert_array_equal(trained(7, dropout_rng=1), trained(7, dropout_rng=2))  # fit's seed decides
+    assert not np.array_equal(trained(7, dropout_rng=1), trained(8, dropout_rng=1))
+
+
 def test_empty_batches():
     block = Residual([L.SiLU(), L.MaxPool2D(3, stride=1, padding=1)], shortcut=[L.LeakyReLU(0.2)])
     x = np.zeros((0, 2, 5, 5), np.float32)  # (conv2d's own N = 0 cases belong to the empty-batch work)

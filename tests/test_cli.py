@@ -111,6 +111,20 @@ def test_warmup_hands_the_conv_gradients_of_a_model_to_another_process():
     assert helper.wait(300) == 0  # it compiled (or loaded) both layers' gradient kernels without error
 
 
+def test_warmup_sees_the_convolutions_inside_blocks():
+    from fastcnn import Conv2D, MaxPool2D, ReLU, Residual, Sequential, _warmup
+
+    model = Sequential([Conv2D(1, 4, 3, padding=1), MaxPool2D(2),
+                        Residual([Conv2D(4, 4, 3, padding=1), ReLU(), Conv2D(4, 4, 3, padding=1)],
+                                 shortcut=[Conv2D(4, 4, 1)])], input_shape=(1, 8, 8))
+    calls = _warmup._conv_gradient_calls(model, 2)
+    assert [(c["x"], c["y"], c["pooled"], c["input_grad"]) for c in calls] == [
+        ((2, 1, 8, 8), (2, 4, 4, 4), True, False),  # the first step needs no input gradient
+        ((2, 4, 4, 4), (2, 4, 4, 4), False, True), ((2, 4, 4, 4), (2, 4, 4, 4), False, True),  # the body
+        ((2, 4, 4, 4), (2, 4, 4, 4), False, True)]  # the shortcut
+    assert calls[3]["weight"] == (4, 4, 1, 1)
+
+
 def test_default_output_is_named_after_the_preset(tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
     (tmp_path / "lenet.npz").write_bytes(b"the default preset's model")
