@@ -57,19 +57,26 @@ def _relu_backward(grad, y):
 
 def adam_update(param, grad, m, v, rates):
     """One Adam step in place on the 1-D arrays ``param``, ``m`` and ``v``; ``rates`` are this step's
-    ``(b1, b2, step_size, bias2, eps)`` (see :class:`fastcnn.optim.Adam`)."""
-    sized(_adam_update, param.size)(param, grad, m, v, *rates)
+    ``(b1, b2, step_size, bias2, eps)`` (see :class:`fastcnn.optim.Adam`).
+
+    The rates enter the kernel in the parameters' dtype, ``1 - b1`` and ``1 - b2`` made here: a Python
+    float (or ``1 - b1`` inside the kernel) would turn a float32 update into float64 arithmetic,
+    which does not vectorise as well (about 3.5x slower)."""
+    b1, b2, step_size, bias2, eps = (param.dtype.type(r) for r in rates)
+    one = param.dtype.type(1)
+    sized(_adam_update, param.size)(param, grad, m, v, b1, one - b1, b2, one - b2, step_size, bias2, eps)
 
 
 @parallel_kernel
-def _adam_update(param, grad, m, v, b1, b2, step_size, bias2, eps):
-    """:func:`adam_update`, element by element."""
+def _adam_update(param, grad, m, v, b1, c1, b2, c2, step_size, bias2, eps):
+    """:func:`adam_update`, element by element (``c1 = 1 - b1``, ``c2 = 1 - b2``)."""
     for i in prange(param.size):
-        mi = b1 * m[i] + (1 - b1) * grad[i]
-        vi = b2 * v[i] + (1 - b2) * grad[i] * grad[i]
+        g = grad[i]
+        mi = b1 * m[i] + c1 * g
+        vi = b2 * v[i] + c2 * g * g
         m[i] = mi
         v[i] = vi
-        param[i] -= step_size * mi / (math.sqrt(vi / bias2) + eps)
+        param[i] -= step_size * mi / (np.sqrt(vi / bias2) + eps)
 
 
 _kept = kernel_helper(kept)
