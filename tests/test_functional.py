@@ -5,6 +5,7 @@ import scipy.signal
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+import fastcnn
 import fastcnn.functional as F
 
 from . import reference as ref
@@ -309,6 +310,23 @@ def test_numba_serial_twins_match_the_parallel_kernels(rng, monkeypatch, stride)
     for a, b in zip(*results.values()):
         np.testing.assert_array_equal(a, b)
     assert jit._serial_twins  # the serial run did use twins
+
+
+def test_one_thread_runs_the_serial_twin_of_a_large_kernel():
+    if "numba" not in BACKENDS:
+        pytest.skip("numba not installed")
+    from fastcnn.kernels import elementwise_numba, jit
+
+    kernel, before = elementwise_numba._relu_forward, fastcnn.get_num_threads()
+    try:
+        fastcnn.set_num_threads(1)
+        twin = jit.sized(kernel, 1 << 40)
+        if jit.max_threads() > 1:
+            fastcnn.set_num_threads(2)
+            assert jit.sized(kernel, 1 << 40) is kernel
+    finally:
+        fastcnn.set_num_threads(before)
+    assert twin is not kernel and twin is jit.sized(kernel, 0)
 
 
 def _dilate(k, dh, dw):
