@@ -1,13 +1,14 @@
 """Data parallelism against threads: the same training as 1 process x 1 thread, 1 process x 2 threads
 and 2 processes x 1 thread (``mpiexec -n 2``, ``fit(distributed=True)``), in one run.
 
-    python -m bench.scaling                          # LeNet: one epoch; pytorch_example: 300 steps
+    python -m bench.scaling                          # LeNet: one epoch; pytorch_example, mnist_bn: 300 steps
     python -m bench.scaling --models lenet --rounds 3 --no-model
 
 Each configuration is a fresh process (or two) that loads MNIST, trains a throwaway copy of the
 model for a few steps (compiling the kernels and letting the dispatcher choose, for the shapes of
 this configuration), then times ``fit`` for one epoch of the preset's recipe (one-cycle schedule over
-that epoch) on full MNIST, or on the first ``--steps`` batches for the larger network, and scores the
+that epoch) on full MNIST, or on the first ``--steps`` batches for the larger networks (``mnist_bn``: the
+model zoo's batch-norm MNIST net, Adam 1e-3 at batch 64; each rank normalises over its share), and scores the
 test set. ``--rounds`` repeats the configurations in turn, so slow spells of a busy machine fall on
 all of them; the table gives the median. Needs the mpi extra (``pip install 'fastcnn[mpi]'``).
 
@@ -32,16 +33,31 @@ import time
 
 import numpy as np
 
-DEFAULT_STEPS = {"lenet": None, "pytorch_example": 300}  # None: a full epoch
+DEFAULT_STEPS = {"lenet": None, "pytorch_example": 300, "mnist_bn": 300}  # None: a full epoch
+ZOO_RECIPE = {"optimizer": "adam", "lr": 1e-3, "epochs": 1}  # a zoo network trains at its own batch size
 CONFIGS = [(1, 1), (1, 2), (2, 1)]  # (processes, threads per process)
 MODEL_CORES = (1, 2, 4, 8, 16)
 RESULT = "RESULT "
 
 
+def make_model(name: str, seed: int = 0):
+    """A fresh preset (with its recipe) or zoo network (``bench/zoo.py``, with :data:`ZOO_RECIPE` at its
+    training batch size)."""
+    from fastcnn import models
+
+    from . import zoo
+
+    if name in models.PRESETS:
+        return models.PRESETS[name](seed=seed)
+    model = zoo.build(name, seed)
+    model.recipe = models.Recipe(batch_size=zoo.ZOO[name].train_batch, **ZOO_RECIPE)
+    return model
+
+
 # ---------------------------------------------------------------- one configuration (a worker process)
 def _worker(spec: dict) -> None:
     import fastcnn
-    from fastcnn import datasets, distributed, models
+    from fastcnn import datasets, distributed
 
     w = distributed.world()
     fastcnn.set_num_threads(spec["threads"])
@@ -49,7 +65,7 @@ def _worker(spec: dict) -> None:
     if "probe" in spec:
         print(RESULT + json.dumps(dict(spec, step_s=_probe(spec, x, y))), flush=True)
         return
-    recipe = models.PRESETS[spec["model"]](seed=0).recipe
+    recipe = make_model(spec["model"]).recipe
     batch = spec.get("batch") or recipe.batch_size
     if spec.get("steps"):
         x, y = x[: spec["steps"] * batch], y[: spec["steps"] * batch]
@@ -61,8 +77,8 @@ def _worker(spec: dict) -> None:
         kwargs.update(epochs=1, batch_size=batch)
         return model.fit(x[:n], y[:n], seed=0, verbose=0, distributed=parallel, **kwargs)
 
-    train(models.PRESETS[spec["model"]](seed=0), 2 * batch + last)  # compile and choose, same shapes
-    model = models.PRESETS[spec["model"]](seed=0)
+    train(make_model(spec["model"]), 2 * batch + last)  # compile and choose, same shapes
+    model = make_model(spec["model"])
     w.comm.Barrier()
     start = time.perf_counter()
     history = train(model, len(x))
@@ -80,14 +96,11 @@ def _probe(spec: dict, x: np.ndarray, y: np.ndarray, steps: int = 40, repeats: i
     """Seconds per training step in this one process at each batch size of ``spec["probe"]``: the
     fastest of ``repeats`` runs of ``steps`` steps (after one that compiles and lets the dispatcher
     choose), so that a busy machine's slow spells fall out."""
-    from fastcnn import models
-
-    make = models.PRESETS[spec["model"]]
     step_s = {}
     for batch in spec["probe"]:
         times = []
         for _ in range(repeats + 1):
-            model = make(seed=0)
+            model = make_model(spec["model"])
             kwargs = dict(model.recipe.fit_kwargs(), epochs=1, batch_size=batch)
             start = time.perf_counter()
             model.fit(x[: steps * batch], y[: steps * batch], seed=0, verbose=0, **kwargs)
@@ -197,7 +210,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--models", nargs="+", choices=sorted(DEFAULT_STEPS), default=list(DEFAULT_STEPS))
     parser.add_argument("--rounds", type=int, default=1, help="repeat every configuration, in turn (default 1)")
     parser.add_argument("--steps", type=int, help="train this many batches instead of the default "
-                                                   "(LeNet: a full epoch; pytorch_example: 300)")
+                                                   "(LeNet: a full epoch; pytorch_example, mnist_bn: 300)")
     parser.add_argument("--no-model", action="store_true", help="skip the modelled 1..16-core curve")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
