@@ -29,10 +29,14 @@ from typing import Any, Callable
 
 import numpy as np
 
-from . import dispatch
+from . import backends, dispatch
 from ._checks import check_allocation, conv_geometry, pool_geometry
 from .layers import BatchNorm1D, BatchNorm2D, Conv2D, ConvMaxPool, Dense, Dropout, Flatten, Layer, MaxPool2D, ReLU
+from .kernels.jit import num_threads
 from .steps import fuse
+
+if backends.jit.NUMBA_AVAILABLE:
+    from .kernels import conv_numba
 
 __all__ = ["InferencePlan", "current_plan", "fold_batch_norm"]
 
@@ -60,29 +64,23 @@ def _folded(layer: Layer, bn) -> Arrays:
     return lambda: fold_batch_norm(layer.params["weight"], layer.params.get("bias"), bn)
 
 
+Run = Callable[[np.ndarray, tuple], np.ndarray]
+"""A step bound to one input shape, backend policy and thread count: ``run(x, arrays)``."""
+
+
 class _Step:
-    """One step of a plan: ``run(x, arrays, policy)``, ``arrays`` being what :attr:`arrays` gave for
-    this predict call and ``policy`` the backend policy in force (read once per call: reading it costs
-    microseconds); what depends only on the input shape is prepared once per shape."""
+    """One step of a plan. :meth:`bind` prepares it for one input shape (and the backend policy and
+    thread count in force), once: what it returns is called with the input and what :attr:`arrays`
+    gave for this predict call. ``fresh`` says whether the output must be a new array (nothing after
+    the step makes one) or may live in a buffer that the next call in the thread overwrites."""
 
     arrays: Arrays = staticmethod(lambda: ())
+    makes_new_arrays = False  # whether the step's output is never a view of its input or of a kept buffer
 
     def __init__(self, dtype: np.dtype) -> None:
         self.dtype = np.dtype(dtype)
-        self._prepared: dict[tuple, Any] = {}
 
-    def prepared(self, shape: tuple) -> Any:
-        found = self._prepared.get(shape)
-        if found is None:
-            if len(self._prepared) >= 8:  # a caller cycling through batch sizes: keep memory bounded
-                self._prepared.clear()
-            found = self._prepared[shape] = self.prepare(shape)
-        return found
-
-    def prepare(self, shape: tuple) -> Any:
-        raise NotImplementedError
-
-    def run(self, x: np.ndarray, arrays, policy: str) -> np.ndarray:
+    def bind(self, x: np.ndarray, arrays: tuple, policy: str, fresh: bool) -> Run:
         raise NotImplementedError
 
 
@@ -120,46 +118,61 @@ def _padder(shape: tuple, pads, dtype: np.dtype) -> tuple[Callable[[np.ndarray],
 
 
 class _Conv(_Step):
-    """A Conv2D, or a Conv2D with the MaxPool2D (and ReLU) after it, as ``conv2d`` / ``conv2d_max_pool2d``."""
+    """A Conv2D, or a Conv2D with the MaxPool2D (and ReLU) after it, as ``conv2d`` / ``conv2d_max_pool2d``.
+
+    Where the dispatcher picks the Numba kernel and the conv is stride 1 (with the pool the kernel
+    fuses, if any), the step runs a :class:`~fastcnn.kernels.conv_numba.PreparedConv`: one kernel
+    launch, serial for small work, temporaries kept per thread."""
+
+    makes_new_arrays = True
 
     def __init__(self, dtype, conv: Conv2D, arrays: Arrays, pool: MaxPool2D | None = None, relu: bool = False) -> None:
         super().__init__(dtype)
         self.conv, self.pool, self.relu, self.arrays = conv, pool, relu, arrays
         self.op = "conv2d" if pool is None else "conv2d_max_pool2d"
 
-    def prepare(self, shape):
+    def bind(self, x, arrays, policy, fresh):
         conv, w_shape = self.conv, self.conv.params["weight"].shape
-        geo = conv_geometry(shape, w_shape, conv.stride, conv.padding, conv.dilation)
-        pad, xp_shape = _padder(shape, geo.padding, self.dtype)
-        out = (shape[0], w_shape[0]) + geo.out_hw
-        check_allocation("conv2d output", out, self.dtype)
+        geo = conv_geometry(x.shape, w_shape, conv.stride, conv.padding, conv.dilation)
+        pad, xp_shape = _padder(x.shape, geo.padding, self.dtype)
+        check_allocation("conv2d output", (x.shape[0], w_shape[0]) + geo.out_hw, self.dtype)
         if self.pool is None:  # the signatures as fastcnn.functional's conv2d and conv2d_max_pool2d give them
-            return pad, (xp_shape, w_shape, geo.stride, geo.dilation, self.dtype.char), (geo,)
-        p = _pool_geometry(out, self.pool)
-        signature = (xp_shape, w_shape, geo.stride, geo.dilation, p.kernel, p.stride, p.padding, p.dilation, p.out_hw,
-                     self.relu, self.dtype.char)
-        return pad, signature, (geo, p, self.relu)
+            signature, args, p = (xp_shape, w_shape, geo.stride, geo.dilation, self.dtype.char), (geo,), None
+        else:
+            p = _pool_geometry((x.shape[0], w_shape[0]) + geo.out_hw, self.pool)
+            signature = (xp_shape, w_shape, geo.stride, geo.dilation, p.kernel, p.stride, p.padding, p.dilation,
+                         p.out_hw, self.relu, self.dtype.char)
+            args = (geo, p, self.relu)
+        sample = x if pad is None else pad(x)
+        kernel = dispatch.chosen(self.op, signature, (sample, *arrays, *args), conv.backend or policy)
+        if kernel is _numba_kernel(self.op) and conv_numba.PreparedConv.takes(geo, p):
+            prepared = conv_numba.PreparedConv(xp_shape, w_shape, self.dtype, geo, p, self.relu, reuse_output=not fresh)
+            if pad is None:
+                return lambda x, arrays: prepared(x, *arrays)
+            return lambda x, arrays: prepared(pad(x), *arrays)
+        first = (lambda y: y) if self.pool is None else (lambda y: y[0])
+        return lambda x, arrays: first(kernel(x if pad is None else pad(x), *arrays, *args))
 
-    def run(self, x, arrays, policy):
-        pad, signature, args = self.prepared(x.shape)
-        y = dispatch.run(self.op, signature, (x if pad is None else pad(x), *arrays, *args), self.conv.backend or policy)
-        return y if self.pool is None else y[0]
+
+def _numba_kernel(op: str):
+    """The Numba backend's kernel of ``op`` (None without Numba)."""
+    return backends.OPS[op].kernels.get("numba")
 
 
 class _Pool(_Step):
     """A MaxPool2D (``max_pool2d``, its argmax unused)."""
 
+    makes_new_arrays = True
+
     def __init__(self, dtype, layer: MaxPool2D) -> None:
         super().__init__(dtype)
         self.layer = layer
 
-    def prepare(self, shape):
-        geo = _pool_geometry(shape, self.layer)  # the signature as fastcnn.functional's max_pool2d gives it
-        return (shape, geo.kernel, geo.stride, geo.padding, geo.dilation, geo.out_hw, self.dtype.char), geo
-
-    def run(self, x, arrays, policy):
-        signature, geo = self.prepared(x.shape)
-        return dispatch.run("max_pool2d", signature, (x, geo), self.layer.backend or policy)[0]
+    def bind(self, x, arrays, policy, fresh):
+        geo = _pool_geometry(x.shape, self.layer)  # the signature as fastcnn.functional's max_pool2d gives it
+        signature = (x.shape, geo.kernel, geo.stride, geo.padding, geo.dilation, geo.out_hw, self.dtype.char)
+        kernel = dispatch.chosen("max_pool2d", signature, (x, geo), self.layer.backend or policy)
+        return lambda x, arrays: kernel(x, geo)[0]
 
 
 def _pool_geometry(shape, pool: MaxPool2D):
@@ -168,35 +181,42 @@ def _pool_geometry(shape, pool: MaxPool2D):
 
 
 class _Linear(_Step):
-    """A Dense layer (``linear``), with a batch norm after it folded in or not."""
+    """A Dense layer (``linear``), with a batch norm after it folded in or not, and the ReLU after it
+    applied by the same kernel with ``relu``."""
 
-    def __init__(self, dtype, layer: Dense, arrays: Arrays) -> None:
+    makes_new_arrays = True
+    op = "linear"
+
+    def __init__(self, dtype, layer: Dense, arrays: Arrays, relu: bool = False) -> None:
         super().__init__(dtype)
-        self.arrays = arrays
+        self.arrays, self.relu = arrays, relu
         self.w_shape = layer.params["weight"].shape
 
-    def prepare(self, shape):
-        check_allocation("linear output", (shape[0], self.w_shape[0]), self.dtype)
-        return (shape, self.w_shape, self.dtype.char)
-
-    def run(self, x, arrays, policy):
-        return dispatch.run("linear", self.prepared(x.shape), (x, *arrays), policy)
+    def bind(self, x, arrays, policy, fresh):
+        check_allocation("linear output", (x.shape[0], self.w_shape[0]), self.dtype)
+        kernel = dispatch.chosen("linear", (x.shape, self.w_shape, self.dtype.char), (x, *arrays), policy)
+        relu = self.relu
+        return lambda x, arrays: kernel(x, *arrays, relu)
 
 
 class _Relu(_Step):
+    makes_new_arrays = True
+
     def __init__(self, dtype, layer: ReLU) -> None:
         super().__init__(dtype)
 
-    def run(self, x, arrays, policy):
-        return dispatch.run("relu", (x.shape, self.dtype.char), (x,), policy)
+    def bind(self, x, arrays, policy, fresh):
+        kernel = dispatch.chosen("relu", (x.shape, self.dtype.char), (x,), policy)
+        return lambda x, arrays: kernel(x)
 
 
 class _Flatten(_Step):
     def __init__(self, dtype, layer: Flatten) -> None:
         super().__init__(dtype)
 
-    def run(self, x, arrays, policy):
-        return x.reshape(x.shape[0], -1)
+    def bind(self, x, arrays, policy, fresh):
+        shape = (x.shape[0], -1)
+        return lambda x, arrays: x.reshape(shape)
 
 
 class _Layer(_Step):
@@ -206,8 +226,9 @@ class _Layer(_Step):
         super().__init__(dtype)
         self.layer = layer
 
-    def run(self, x, arrays, policy):
-        return self.layer.forward(x, False)
+    def bind(self, x, arrays, policy, fresh):
+        forward = self.layer.forward
+        return lambda x, arrays: forward(x, False)
 
 
 def _fast(layer: Layer) -> bool:
@@ -265,6 +286,8 @@ class InferencePlan:
                 self.steps.append(_Linear(dtype, step, arrays[id(step)]))
             elif type(step) is MaxPool2D:
                 self.steps.append(_Pool(dtype, step))
+            elif type(step) is ReLU and self.steps and type(self.steps[-1]) is _Linear and not self.steps[-1].relu:
+                self.steps[-1].relu = True
             elif type(step) is ReLU:
                 self.steps.append(_Relu(dtype, step))
             elif type(step) is Flatten:
@@ -273,6 +296,12 @@ class InferencePlan:
                 self.steps.extend(_Layer(dtype, layer) for layer in (step.conv, step.pool, step.relu) if layer)
             else:
                 self.steps.append(_Layer(dtype, step))
+
+        # a step's output must be a new array unless a later step makes one from it (a Flatten between
+        # them gives a view): an output handed to the caller is never overwritten by a later call
+        self._fresh = [not next((s.makes_new_arrays for s in self.steps[k + 1 :] if type(s) is not _Flatten), False)
+                       for k in range(len(self.steps))]
+        self._bound: dict[tuple, list[Run]] = {}
 
     def is_current(self, layers: list[Layer], dtype) -> bool:
         """Whether the plan was built for these layers (the same objects), their backends, ``dtype`` and
@@ -292,15 +321,38 @@ class InferencePlan:
 
     def predict(self, x: np.ndarray, batch_size: int) -> np.ndarray:
         """Outputs for ``x`` (already validated: the model's dtype and per-sample shape), in batches."""
-        bound = [(step, step.arrays()) for step in self.steps]  # batch norm folded once per call
+        arrays = [step.arrays() for step in self.steps]  # batch norm folded once per call
         policy = dispatch.get_backend()
+        threads = num_threads()
         outputs = []
         for start in range(0, len(x), batch_size):
-            h = np.ascontiguousarray(x[start : start + batch_size])
-            for step, arrays in bound:
-                h = step.run(h, arrays, policy)
+            h = x[start : start + batch_size]
+            if not h.flags.c_contiguous:
+                h = np.ascontiguousarray(h)
+            runs = self._bound.get((h.shape, policy, threads))
+            if runs is None:
+                h = self._bind(h, arrays, policy, threads)
+            else:
+                for run, step_arrays in zip(runs, arrays):
+                    h = run(h, step_arrays)
             outputs.append(h)
         return outputs[0] if len(outputs) == 1 else np.concatenate(outputs)
+
+    def bound(self, shape: tuple) -> list[Run] | None:
+        """The steps as bound for inputs of ``shape`` under the policy and thread count in force (None
+        before the first predict call with them): for profiling."""
+        return self._bound.get((shape, dispatch.get_backend(), num_threads()))
+
+    def _bind(self, h: np.ndarray, arrays: list[tuple], policy: str, threads: int) -> np.ndarray:
+        """Bind every step to ``h``'s shape, running them on ``h`` as it goes; return the outputs."""
+        key, runs = (h.shape, policy, threads), []
+        for k, (step, step_arrays) in enumerate(zip(self.steps, arrays)):
+            runs.append(step.bind(h, step_arrays, policy, fresh=self._fresh[k]))
+            h = runs[-1](h, step_arrays)
+        if len(self._bound) >= 8:  # a caller cycling through batch sizes: keep memory bounded
+            self._bound.clear()
+        self._bound[key] = runs
+        return h
 
 
 def current_plan(plan: InferencePlan | None, layers: list[Layer], dtype) -> InferencePlan:

@@ -22,9 +22,11 @@ which asks the kernel for huge pages (far fewer page faults than Numba's own all
 """
 from __future__ import annotations
 
+import threading
+
 import numpy as np
 
-from . import _polyphase, elementwise_numba, pool_numba
+from . import _polyphase, elementwise_numba, jit, pool_numba
 from ._compose import pooled, unpooled
 from .blas import channel_sums
 from .jit import kernel_helper, parallel_kernel, prange, sized
@@ -44,14 +46,22 @@ def _tap_matrix(w, rows, flip):
     """The weight (C_out, C_in, kH, kW) as a (rows, C_in*kH*kW) matrix, the rows past the last
     channel zero. ``flip`` gives the input gradient's: a row per input channel, each kernel row reversed."""
     c_out, c_in, kh, kw = w.shape
-    n_rows, n_cols = (c_in, c_out) if flip else (c_out, c_in)
+    n_cols = c_out if flip else c_in
     taps = np.zeros((rows, n_cols * kh * kw), dtype=w.dtype)
+    _write_taps(w, taps, flip)
+    return taps
+
+
+@kernel_helper
+def _write_taps(w, taps, flip):
+    """The rows of :func:`_tap_matrix` that hold weights, written into ``taps`` (the rows after them untouched)."""
+    c_out, c_in, kh, kw = w.shape
+    n_rows, n_cols = (c_in, c_out) if flip else (c_out, c_in)
     for r in range(n_rows):
         for c in range(n_cols):
             for i in range(kh):
                 for j in range(kw):
                     taps[r, (c * kh + i) * kw + j] = w[c, r, i, kw - 1 - j] if flip else w[r, c, i, j]
-    return taps
 
 
 @kernel_helper
@@ -102,21 +112,27 @@ def _runs(a, hp, wp, role, head=0, tail=0):
 @parallel_kernel
 def _fill_runs(a, runs, hp, wp, head):
     """:func:`_runs`, a (sample, channel) plane per task."""
-    n, c, h, w = a.shape
-    plane, length = hp * wp, runs.shape[1]
     flat = runs.reshape(runs.size)
-    for task in prange(n * c):
-        s, ch = task // c, task % c
-        start = ch * length + head + s * plane
-        if w == wp:  # no scratch columns: the plane is one run
-            _copy(flat[start : start + h * w], a[s, ch].reshape(h * w), 0)
-        else:
-            for r in range(h):
-                row = start + r * wp
-                _copy(flat[row : row + w], a[s, ch, r], 0)
-                clear(flat, row + w, wp - w)
-        clear(flat, start + h * wp, plane - h * wp)
-        _clear_ends(flat, ch, length, start, plane, s, n)
+    for task in prange(a.shape[0] * a.shape[1]):
+        _fill_plane(a, flat, task, runs.shape[1], hp, wp, head)
+
+
+@kernel_helper
+def _fill_plane(a, flat, task, length, hp, wp, head):
+    """The (sample, channel) plane ``task`` of :func:`_runs` (rows of ``length`` values in ``flat``)."""
+    n, c, h, w = a.shape
+    plane = hp * wp
+    s, ch = task // c, task % c
+    start = ch * length + head + s * plane
+    if w == wp:  # no scratch columns: the plane is one run
+        _copy(flat[start : start + h * w], a[s, ch].reshape(h * w), 0)
+    else:
+        for r in range(h):
+            row = start + r * wp
+            _copy(flat[row : row + w], a[s, ch, r], 0)
+            clear(flat, row + w, wp - w)
+    clear(flat, start + h * wp, plane - h * wp)
+    _clear_ends(flat, ch, length, start, plane, s, n)
 
 
 @kernel_helper
@@ -200,19 +216,43 @@ def _conv_wide(xr, taps, offsets, b, yr, y, idx, relu, hp, wp, ow):
     ``k`` (weights ``taps[:, k]``) reading the runs from ``offsets[k]`` on; then the output, ``ow``
     columns a row, to ``y`` (the padding and scratch positions dropped); or, if ``idx`` is not empty,
     the output's 2x2, stride-2 max-pool (through a ReLU with ``relu``) to ``y`` and its argmax to ``idx``."""
-    c_out = y.shape[1]
-    rows, cols = y.shape[2], y.shape[3]
     for task in prange(-(-yr.shape[1] // _BLOCK)):
         _correlate_block(yr, taps, xr, offsets, task)
-    wide, y_flat, idx_flat = yr.reshape(yr.size), y.reshape(y.size), idx.reshape(idx.size)
-    for task in prange(y.shape[0] * c_out):
-        s, co = task // c_out, task % c_out
-        start = co * yr.shape[1] + s * hp * wp
-        if idx.size:
-            pool_numba.pool_rows(wide, start, wp, ow, b[co], relu, y_flat, task * rows * cols, idx_flat, rows, cols)
-        else:
-            for r in range(rows):
-                _copy(y[s, co, r], wide[start + r * wp :], b[co])
+    for task in prange(y.shape[0] * y.shape[1]):
+        _emit_plane(yr, b, y, idx, relu, hp, wp, ow, task)
+
+
+@parallel_kernel
+def _conv_wide_from(xp, w, b, runs, taps, offsets, yr, y, idx, relu, ow):
+    """:func:`_fill_runs` of the padded input ``xp`` into ``runs`` (head 0), :func:`_write_taps` of ``w``
+    into ``taps``, then :func:`_conv_wide`: a whole forward pass in one kernel launch, into temporaries
+    the caller keeps (see :class:`PreparedConv`)."""
+    hp, wp = xp.shape[2], xp.shape[3]
+    flat = runs.reshape(runs.size)
+    for task in prange(xp.shape[0] * xp.shape[1]):
+        _fill_plane(xp, flat, task, runs.shape[1], hp, wp, 0)
+    _write_taps(w, taps, False)
+    for task in prange(-(-yr.shape[1] // _BLOCK)):
+        _correlate_block(yr, taps, runs, offsets, task)
+    for task in prange(y.shape[0] * y.shape[1]):
+        _emit_plane(yr, b, y, idx, relu, hp, wp, ow, task)
+
+
+@kernel_helper
+def _emit_plane(yr, b, y, idx, relu, hp, wp, ow, task):
+    """The (sample, output channel) plane ``task`` of the wide output ``yr`` plus the bias to ``y``, or,
+    if ``idx`` is not empty, its 2x2, stride-2 max-pool (through a ReLU with ``relu``) to ``y`` and
+    its argmax to ``idx``."""
+    c_out, rows, cols = y.shape[1], y.shape[2], y.shape[3]
+    s, co = task // c_out, task % c_out
+    start = co * yr.shape[1] + s * hp * wp
+    wide = yr.reshape(yr.size)
+    if idx.size:
+        pool_numba.pool_rows(wide, start, wp, ow, b[co], relu, y.reshape(y.size), task * rows * cols,
+                             idx.reshape(idx.size), rows, cols)
+    else:
+        for r in range(rows):
+            _copy(y[s, co, r], wide[start + r * wp :], b[co])
 
 
 @parallel_kernel
@@ -299,6 +339,62 @@ def conv2d_max_pool2d_forward(xp, w, b, geo, pool, relu):
     y, idx = np.empty(shape, dtype=xp.dtype), np.empty(shape, dtype=np.int64)
     _conv_wide_into(xp, w, b, y, idx, relu, dh, dw, ow, xp.shape[0] * oh * ow * w.size)
     return y, idx
+
+
+_KEEP_BYTES = 64 << 20  # a PreparedConv keeps its temporaries for the next call up to this size (per thread)
+
+
+class PreparedConv:
+    """:func:`conv2d_max_pool2d_forward`'s pooled output (or :func:`conv2d_forward`'s, ``pool`` None) for
+    padded inputs of one shape, as the inference plan runs it: one kernel launch per call
+    (:func:`_conv_wide_from`, serial for small work, see :func:`.jit.sized`), the tap offsets computed
+    once, and the temporaries (runs, tap matrix, wide output, argmax) kept per thread for the next
+    call. Only stride-1 convs, and only the 2x2, stride-2 pool that :func:`conv2d_max_pool2d_forward`
+    fuses: see :meth:`takes`.
+
+    Calling ``prepared(xp, w, b)`` returns the output: a new array, or with ``reuse_output`` one kept
+    per thread like the temporaries, which the next call in the thread overwrites (for outputs that
+    the next step of a plan consumes).
+    """
+
+    def __init__(self, xp_shape: tuple, w_shape: tuple, dtype, geo, pool=None, relu: bool = False,
+                 reuse_output: bool = False) -> None:
+        n, c_in, hp, wp = xp_shape
+        c_out, _, kh, kw = w_shape
+        (oh, ow), (dh, dw) = geo.out_hw, geo.dilation
+        self.dtype, self.relu, self.ow, self._reuse = np.dtype(dtype), bool(relu), ow, reuse_output
+        self.out_shape = (n, c_out) + (geo.out_hw if pool is None else pool.out_hw)
+        wide = _wide_length(n, hp, wp, self.dtype.itemsize)
+        rows = tile_rows(c_out)
+        self._shapes = ((c_in, wide + _reach(kh, kw, wp, dh, dw)), (rows, c_in * kh * kw), (rows, wide),
+                        self.out_shape if pool is not None else (0, 0, 0, 0))
+        self._offsets = _tap_offsets(c_in, kh, kw, self._shapes[0][1], 0, dh * wp, dw)
+        kernel = sized(_conv_wide_from, n * oh * ow * c_out * c_in * kh * kw // TILE_SPEED)
+        self._kernel = jit.serialized(kernel) if jit.SERIALIZE_KERNELS and kernel is _conv_wide_from else kernel
+        self._keep = (sum(np.prod(s) for s in self._shapes) + np.prod(self.out_shape)) * 8 <= _KEEP_BYTES
+        self._local = threading.local()
+
+    @staticmethod
+    def takes(geo, pool=None) -> bool:
+        """Whether a conv of geometry ``geo`` (and the max-pool ``pool`` after it, if any) can be prepared."""
+        return geo.stride == (1, 1) and (pool is None or pool_numba.vector_pool(pool, *geo.out_hw))
+
+    def _temporaries(self) -> tuple:
+        found = getattr(self._local, "temporaries", None)
+        if found is None:
+            runs, taps, yr, idx = self._shapes
+            found = (np.empty(runs, self.dtype), np.zeros(taps, self.dtype), self._offsets, np.empty(yr, self.dtype),
+                     np.empty(idx, np.int64), np.empty(self.out_shape, self.dtype) if self._reuse else None)
+            if self._keep:
+                self._local.temporaries = found
+        return found
+
+    def __call__(self, xp: np.ndarray, w: np.ndarray, b: np.ndarray) -> np.ndarray:
+        runs, taps, offsets, yr, idx, y = self._temporaries()
+        if y is None:
+            y = np.empty(self.out_shape, self.dtype)
+        self._kernel(xp, w, b, runs, taps, offsets, yr, y, idx, self.relu, self.ow)
+        return y
 
 
 @parallel_kernel
