@@ -7,18 +7,25 @@ A plan is the model's steps prepared for inference:
   ``w' = w * s``, ``b' = (b - mean) * s + beta`` with ``s = gamma / sqrt(var + eps)``, computed in
   float64 once per predict call (not per batch), so training or edits in place are always seen;
 - then the steps are fused as :func:`fastcnn.steps.fuse` fuses them for training (a Conv2D, the
-  MaxPool2D and the ReLU after it run as one ``conv2d_max_pool2d`` op), so a folded conv fuses too;
-- each step calls the dispatcher's kernel directly with arguments prepared once per input shape: no
-  per-layer validation. The input is validated once per predict call, by ``predict``.
+  MaxPool2D and the ReLU after it run as one ``conv2d_max_pool2d`` op), so a folded conv fuses too,
+  and a ReLU after a Dense runs in the ``linear`` kernel (its ``relu`` argument);
+- on the first call with an input shape (under a backend policy and thread count), each step is
+  bound to that shape: the dispatcher's choice of kernel (:func:`fastcnn.dispatch.chosen`), the
+  geometry and signature are resolved once, and later calls run the bound steps with no per-layer
+  validation, no dispatcher lookups. The input is validated once per predict call, by ``predict``.
+  Where the dispatcher picks Numba for a stride-1 conv (with its 2x2 pool), the step is a
+  :class:`fastcnn.kernels.conv_numba.PreparedConv`: one kernel launch, serial when the work is too
+  small to repay waking Numba's threads (:func:`fastcnn.kernels.jit.sized`).
 
 The plan is rebuilt when a layer, a backend or a parameter array is replaced (``load_state_dict``,
 ``astype``, batch norm's running statistics after a training step); parameters changed in place
 (what optimizers do) are read live. Steps fastcnn has no fast path for run their layer's own
 ``forward(x, training=False)``.
 
-Kernels allocate their outputs, so no activation is shared between calls (two threads may predict
-with one model at once); what is reused is everything that depends only on the shapes, and the
-zero-padded copies of padded convs' and pools' inputs (per thread). ``python -m bench.inference
+Buffers are kept per thread (two threads may predict with one model at once): a prepared conv's
+temporaries, the zero-padded copies of padded convs' inputs, and the output of a step whose output
+the next step consumes. The output of the last step that makes an array is always a new array, so
+what ``predict`` returns is never overwritten by a later call. ``python -m bench.inference
 --profile`` splits predict's time into its steps and its own Python.
 """
 from __future__ import annotations
@@ -260,9 +267,9 @@ class InferencePlan:
 
     def __init__(self, layers: list[Layer], dtype) -> None:
         self.dtype = dtype = np.dtype(dtype)
-        self._layers = list(layers)
-        self._backends = [getattr(layer, "backend", None) for layer in layers]
-        self._arrays = [(store, dict(store)) for layer in layers for store in (layer.params, layer.buffers) if store]
+        self._layers = [(layer, getattr(layer, "backend", None)) for layer in layers]
+        self._stores = [(store, len(store)) for layer in layers for store in (layer.params, layer.buffers) if store]
+        self._arrays = [(store, key, value) for store, _ in self._stores for key, value in store.items()]
         arrays: dict[int, Arrays] = {}  # id(layer in the fusion list) -> where its weights come from
         virtual: list[Layer] = []
         kept = [layer for layer in layers if type(layer) is not Dropout]
@@ -308,35 +315,33 @@ class InferencePlan:
         the same parameter and buffer arrays (compared by identity: a few microseconds)."""
         if dtype != self.dtype or len(layers) != len(self._layers):
             return False
-        for layer, built, backend in zip(layers, self._layers, self._backends):
+        for layer, (built, backend) in zip(layers, self._layers):
             if layer is not built or getattr(layer, "backend", None) != backend:
                 return False
-        for store, arrays in self._arrays:
-            if len(store) != len(arrays):
+        for store, size in self._stores:
+            if len(store) != size:
                 return False
-            for key, value in arrays.items():
-                if store.get(key) is not value:
-                    return False
+        for store, key, value in self._arrays:
+            if store.get(key) is not value:
+                return False
         return True
 
     def predict(self, x: np.ndarray, batch_size: int) -> np.ndarray:
         """Outputs for ``x`` (already validated: the model's dtype and per-sample shape), in batches."""
         arrays = [step.arrays() for step in self.steps]  # batch norm folded once per call
-        policy = dispatch.get_backend()
-        threads = num_threads()
-        outputs = []
-        for start in range(0, len(x), batch_size):
-            h = x[start : start + batch_size]
-            if not h.flags.c_contiguous:
-                h = np.ascontiguousarray(h)
-            runs = self._bound.get((h.shape, policy, threads))
-            if runs is None:
-                h = self._bind(h, arrays, policy, threads)
-            else:
-                for run, step_arrays in zip(runs, arrays):
-                    h = run(h, step_arrays)
-            outputs.append(h)
-        return outputs[0] if len(outputs) == 1 else np.concatenate(outputs)
+        policy, threads = dispatch.get_backend(), num_threads()
+        if len(x) <= batch_size:
+            return self._run(x if x.flags.c_contiguous else np.ascontiguousarray(x), arrays, policy, threads)
+        return np.concatenate([self._run(np.ascontiguousarray(x[start : start + batch_size]), arrays, policy, threads)
+                               for start in range(0, len(x), batch_size)])
+
+    def _run(self, h: np.ndarray, arrays: list[tuple], policy: str, threads: int) -> np.ndarray:
+        runs = self._bound.get((h.shape, policy, threads))
+        if runs is None:
+            return self._bind(h, arrays, policy, threads)
+        for run, step_arrays in zip(runs, arrays):
+            h = run(h, step_arrays)
+        return h
 
     def bound(self, shape: tuple) -> list[Run] | None:
         """The steps as bound for inputs of ``shape`` under the policy and thread count in force (None

@@ -38,7 +38,6 @@ from ._tiles import (DOT_COLS, DOT_ROWS, ROWS, TILE_SPEED, dot_row, dot_tile, la
 _BLOCK = 2304  # values per block of a run (a whole number of tiles and vectors): one parallel task's share
 _TAPS_PER_PASS = 144  # a pass's weights, 8 rows of 144 float32 (4.5 KiB), stay in L1 cache
 _GRAD_TASKS = 16  # the weight gradient's tasks, at most: enough to balance two to four threads
-_NO_INDEX = np.empty((0, 0, 0, 0), dtype=np.int64)  # _conv_wide's argmax when it does not pool
 
 
 @kernel_helper
@@ -214,45 +213,57 @@ def _unpool_runs(gp, argmax, gate, gated, ow, runs, hp, wp, head):
 def _conv_wide(xr, taps, offsets, b, yr, y, idx, relu, hp, wp, ow):
     """Stride-1 forward pass in the wide layout (see the module docstring): runs ``xr`` -> ``yr``, tap
     ``k`` (weights ``taps[:, k]``) reading the runs from ``offsets[k]`` on; then the output, ``ow``
-    columns a row, to ``y`` (the padding and scratch positions dropped); or, if ``idx`` is not empty,
-    the output's 2x2, stride-2 max-pool (through a ReLU with ``relu``) to ``y`` and its argmax to ``idx``."""
+    columns a row, to ``y`` (the padding and scratch positions dropped); or, if ``idx`` has planes that
+    are not empty, the output's 2x2, stride-2 max-pool (through a ReLU with ``relu``) to ``y`` and its
+    argmax to ``idx``."""
     for task in prange(-(-yr.shape[1] // _BLOCK)):
         _correlate_block(yr, taps, xr, offsets, task)
-    for task in prange(y.shape[0] * y.shape[1]):
-        _emit_plane(yr, b, y, idx, relu, hp, wp, ow, task)
+    wide, c_out = yr.reshape(yr.size), y.shape[1]
+    for task in prange(y.shape[0] * c_out):
+        s, co = task // c_out, task % c_out
+        _emit_plane(wide, co * yr.shape[1] + s * hp * wp, wp, ow, b[co], relu, y[s, co], idx[s, co])
 
 
 @parallel_kernel
-def _conv_wide_from(xp, w, b, runs, taps, offsets, yr, y, idx, relu, ow):
-    """:func:`_fill_runs` of the padded input ``xp`` into ``runs`` (head 0), :func:`_write_taps` of ``w``
-    into ``taps``, then :func:`_conv_wide`: a whole forward pass in one kernel launch, into temporaries
-    the caller keeps (see :class:`PreparedConv`)."""
-    hp, wp = xp.shape[2], xp.shape[3]
+def _conv_wide_from(xp, w, b, runs, taps, offsets, y, relu, pooled, ow, per_task):
+    """The stride-1 forward pass of :func:`_conv_wide` (pooled with ``pooled``) in one kernel launch,
+    from the padded input ``xp`` and the weight ``w``: their runs and tap matrix are written into
+    ``runs`` and ``taps`` (temporaries the caller keeps, see :class:`PreparedConv`), then each task
+    correlates the planes of ``per_task`` samples into a wide output of its own and emits them at once,
+    while they are in cache (the argmax is not kept). ``runs`` reach whole tiles past the last task's planes."""
+    n, hp, wp = xp.shape[0], xp.shape[2], xp.shape[3]
+    plane = hp * wp
     flat = runs.reshape(runs.size)
-    for task in prange(xp.shape[0] * xp.shape[1]):
+    for task in prange(n * xp.shape[1]):
         _fill_plane(xp, flat, task, runs.shape[1], hp, wp, 0)
     _write_taps(w, taps, False)
-    for task in prange(-(-yr.shape[1] // _BLOCK)):
-        _correlate_block(yr, taps, runs, offsets, task)
-    for task in prange(y.shape[0] * y.shape[1]):
-        _emit_plane(yr, b, y, idx, relu, hp, wp, ow, task)
+    rows, cols = (y.shape[2], y.shape[3]) if pooled else (0, 0)
+    for task in prange(-(-n // per_task)):
+        s0, s1 = task * per_task, min(n, (task + 1) * per_task)
+        span = whole((s1 - s0) * plane, tile_width(xp.itemsize))
+        yr = np.empty((taps.shape[0], span), dtype=xp.dtype)
+        idx = np.empty((rows, cols), dtype=np.int64)
+        at = offsets + s0 * plane
+        for block in range(-(-span // _BLOCK)):
+            _correlate_block(yr, taps, runs, at, block)
+        wide = yr.reshape(yr.size)
+        for s in range(s0, s1):
+            for co in range(y.shape[1]):
+                _emit_plane(wide, co * span + (s - s0) * plane, wp, ow, b[co], relu, y[s, co], idx)
 
 
 @kernel_helper
-def _emit_plane(yr, b, y, idx, relu, hp, wp, ow, task):
-    """The (sample, output channel) plane ``task`` of the wide output ``yr`` plus the bias to ``y``, or,
-    if ``idx`` is not empty, its 2x2, stride-2 max-pool (through a ReLU with ``relu``) to ``y`` and
-    its argmax to ``idx``."""
-    c_out, rows, cols = y.shape[1], y.shape[2], y.shape[3]
-    s, co = task // c_out, task % c_out
-    start = co * yr.shape[1] + s * hp * wp
-    wide = yr.reshape(yr.size)
+def _emit_plane(wide, start, wp, ow, bias, relu, y, idx):
+    """The plane of a wide output at ``wide[start:]`` (rows ``wp`` apart) plus ``bias`` to ``y`` (rows,
+    cols), ``ow`` values a row; or, if ``idx`` (rows, cols) is not empty, its 2x2, stride-2 max-pool
+    (through a ReLU with ``relu``) to ``y`` and its argmax to ``idx``."""
+    rows, cols = y.shape
     if idx.size:
-        pool_numba.pool_rows(wide, start, wp, ow, b[co], relu, y.reshape(y.size), task * rows * cols,
-                             idx.reshape(idx.size), rows, cols)
+        pool_numba.pool_rows(wide, start, wp, ow, bias, relu, y.reshape(rows * cols), 0, idx.reshape(rows * cols),
+                             rows, cols)
     else:
         for r in range(rows):
-            _copy(y[s, co, r], wide[start + r * wp :], b[co])
+            _copy(y[r], wide[start + r * wp :], bias)
 
 
 @parallel_kernel
@@ -296,13 +307,18 @@ def _conv2d_forward(xp, w, b, sh, sw, dh, dw, oh, ow):
         xr = _input_runs(_polyphase.split_input(xp, kh, kw, sh, sw, oh, ow), ka, kb, 1, 1)
         offsets = _polyphase.tap_offsets(w.shape[1], kh, kw, sh, sw, xr.shape[1], wq)
         y = np.empty((xp.shape[0], w.shape[0], oh, ow), dtype=xp.dtype)
-        _run_conv_wide(xr, w, offsets, b, y, _NO_INDEX, False, hq, wq, ow, work)
+        _run_conv_wide(xr, w, offsets, b, y, _no_index(y), False, hq, wq, ow, work)
         return y
     if sh != 1 or sw != 1:
         return sized(_conv_strided, work)(xp, w, b, sh, sw, dh, dw, oh, ow)
     y = np.empty((xp.shape[0], w.shape[0], oh, ow), dtype=xp.dtype)
-    _conv_wide_into(xp, w, b, y, _NO_INDEX, False, dh, dw, ow, work)
+    _conv_wide_into(xp, w, b, y, _no_index(y), False, dh, dw, ow, work)
     return y
+
+
+def _no_index(y):
+    """:func:`_conv_wide`'s argmax when it does not pool: empty planes."""
+    return np.empty(y.shape[:2] + (0, 0), dtype=np.int64)
 
 
 def _by_phases(sh, sw, dh, dw) -> bool:
@@ -348,9 +364,9 @@ class PreparedConv:
     """:func:`conv2d_max_pool2d_forward`'s pooled output (or :func:`conv2d_forward`'s, ``pool`` None) for
     padded inputs of one shape, as the inference plan runs it: one kernel launch per call
     (:func:`_conv_wide_from`, serial for small work, see :func:`.jit.sized`), the tap offsets computed
-    once, and the temporaries (runs, tap matrix, wide output, argmax) kept per thread for the next
-    call. Only stride-1 convs, and only the 2x2, stride-2 pool that :func:`conv2d_max_pool2d_forward`
-    fuses: see :meth:`takes`.
+    once, and the temporaries (the input's runs, the tap matrix) kept per thread for the next call.
+    Only stride-1 convs, and only the 2x2, stride-2 pool that :func:`conv2d_max_pool2d_forward` fuses:
+    see :meth:`takes`.
 
     Calling ``prepared(xp, w, b)`` returns the output: a new array, or with ``reuse_output`` one kept
     per thread like the temporaries, which the next call in the thread overwrites (for outputs that
@@ -362,16 +378,17 @@ class PreparedConv:
         n, c_in, hp, wp = xp_shape
         c_out, _, kh, kw = w_shape
         (oh, ow), (dh, dw) = geo.out_hw, geo.dilation
-        self.dtype, self.relu, self.ow, self._reuse = np.dtype(dtype), bool(relu), ow, reuse_output
+        self.dtype, self.relu, self.pooled, self.ow = np.dtype(dtype), bool(relu), pool is not None, ow
         self.out_shape = (n, c_out) + (geo.out_hw if pool is None else pool.out_hw)
-        wide = _wide_length(n, hp, wp, self.dtype.itemsize)
-        rows = tile_rows(c_out)
-        self._shapes = ((c_in, wide + _reach(kh, kw, wp, dh, dw)), (rows, c_in * kh * kw), (rows, wide),
-                        self.out_shape if pool is not None else (0, 0, 0, 0))
+        self._per_task = max(1, _BLOCK // (hp * wp))  # samples per task: a block of positions
+        last = (n - 1) // self._per_task * self._per_task * hp * wp  # where the last task's planes start
+        span = whole(n * hp * wp - last, tile_width(self.dtype.itemsize))  # and its wide output's length
+        self._shapes = ((c_in, last + span + _reach(kh, kw, wp, dh, dw)),
+                        (tile_rows(c_out), c_in * kh * kw)) + ((self.out_shape,) if reuse_output else ())
         self._offsets = _tap_offsets(c_in, kh, kw, self._shapes[0][1], 0, dh * wp, dw)
         kernel = sized(_conv_wide_from, n * oh * ow * c_out * c_in * kh * kw // TILE_SPEED)
         self._kernel = jit.serialized(kernel) if jit.SERIALIZE_KERNELS and kernel is _conv_wide_from else kernel
-        self._keep = (sum(np.prod(s) for s in self._shapes) + np.prod(self.out_shape)) * 8 <= _KEEP_BYTES
+        self._keep = sum(np.prod(s, dtype=np.float64) for s in self._shapes) * self.dtype.itemsize <= _KEEP_BYTES
         self._local = threading.local()
 
     @staticmethod
@@ -382,18 +399,15 @@ class PreparedConv:
     def _temporaries(self) -> tuple:
         found = getattr(self._local, "temporaries", None)
         if found is None:
-            runs, taps, yr, idx = self._shapes
-            found = (np.empty(runs, self.dtype), np.zeros(taps, self.dtype), self._offsets, np.empty(yr, self.dtype),
-                     np.empty(idx, np.int64), np.empty(self.out_shape, self.dtype) if self._reuse else None)
+            found = tuple(np.zeros(shape, self.dtype) for shape in self._shapes)
             if self._keep:
                 self._local.temporaries = found
         return found
 
     def __call__(self, xp: np.ndarray, w: np.ndarray, b: np.ndarray) -> np.ndarray:
-        runs, taps, offsets, yr, idx, y = self._temporaries()
-        if y is None:
-            y = np.empty(self.out_shape, self.dtype)
-        self._kernel(xp, w, b, runs, taps, offsets, yr, y, idx, self.relu, self.ow)
+        runs, taps, *kept = self._temporaries()
+        y = kept[0] if kept else np.empty(self.out_shape, self.dtype)
+        self._kernel(xp, w, b, runs, taps, self._offsets, y, self.relu, self.pooled, self.ow, self._per_task)
         return y
 
 
