@@ -152,7 +152,7 @@ class _Conv(_Step):
             args = (geo, p, self.relu)
         sample = x if pad is None else pad(x)
         kernel = dispatch.chosen(self.op, signature, (sample, *arrays, *args), conv.backend or policy)
-        if kernel is _numba_kernel(self.op) and conv_numba.PreparedConv.takes(geo, p):
+        if kernel is _numba_kernel(self.op) and conv_numba.PreparedConv.takes(xp_shape, w_shape, geo, p):
             prepared = conv_numba.PreparedConv(xp_shape, w_shape, self.dtype, geo, p, self.relu, reuse_output=not fresh)
             if pad is None:
                 return lambda x, arrays: prepared(x, *arrays)

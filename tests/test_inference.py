@@ -189,7 +189,7 @@ def test_prepared_conv_is_the_same_serial_or_parallel(monkeypatch, dtype, shape,
     b = rng.standard_normal(c_out).astype(dtype)
     geo = conv_geometry(x.shape, wt.shape, 1, 0, dilation)
     pool = pool_geometry((n, c_out) + geo.out_hw, (2, 2), (2, 2), (0, 0), (1, 1), 0) if pooled else None
-    assert conv_numba.PreparedConv.takes(geo, pool)
+    assert conv_numba.PreparedConv.takes(x.shape, wt.shape, geo, pool)
     if pooled:
         op = conv_numba.conv2d_max_pool2d_forward(x, wt, b, geo, pool, relu)[0]
         want = _conv_pool_reference(x.astype(np.float64), wt, b, dilation, relu)

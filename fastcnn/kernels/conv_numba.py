@@ -360,6 +360,17 @@ def conv2d_max_pool2d_forward(xp, w, b, geo, pool, relu):
 _KEEP_BYTES = 64 << 20  # a PreparedConv keeps its temporaries for the next call up to this size (per thread)
 
 
+def _launch(xp_shape: tuple, w_shape: tuple, geo):
+    """:func:`_conv_wide_from`, or its serial twin for small work (see :func:`.jit.sized`)."""
+    c_out, c_in, kh, kw = w_shape
+    return sized(_conv_wide_from, xp_shape[0] * geo.out_hw[0] * geo.out_hw[1] * c_out * c_in * kh * kw // TILE_SPEED)
+
+
+def _samples_per_task(plane: int) -> int:
+    """The samples of ``plane`` positions each that a task of :func:`_conv_wide_from` takes: a block's worth."""
+    return max(1, _BLOCK // plane)
+
+
 class PreparedConv:
     """:func:`conv2d_max_pool2d_forward`'s pooled output (or :func:`conv2d_forward`'s, ``pool`` None) for
     padded inputs of one shape, as the inference plan runs it: one kernel launch per call
@@ -377,24 +388,30 @@ class PreparedConv:
                  reuse_output: bool = False) -> None:
         n, c_in, hp, wp = xp_shape
         c_out, _, kh, kw = w_shape
-        (oh, ow), (dh, dw) = geo.out_hw, geo.dilation
-        self.dtype, self.relu, self.pooled, self.ow = np.dtype(dtype), bool(relu), pool is not None, ow
+        dh, dw = geo.dilation
+        self.dtype, self.relu, self.pooled, self.ow = np.dtype(dtype), bool(relu), pool is not None, geo.out_hw[1]
         self.out_shape = (n, c_out) + (geo.out_hw if pool is None else pool.out_hw)
-        self._per_task = max(1, _BLOCK // (hp * wp))  # samples per task: a block of positions
+        self._per_task = _samples_per_task(hp * wp)
         last = (n - 1) // self._per_task * self._per_task * hp * wp  # where the last task's planes start
         span = whole(n * hp * wp - last, tile_width(self.dtype.itemsize))  # and its wide output's length
         self._shapes = ((c_in, last + span + _reach(kh, kw, wp, dh, dw)),
                         (tile_rows(c_out), c_in * kh * kw)) + ((self.out_shape,) if reuse_output else ())
         self._offsets = _tap_offsets(c_in, kh, kw, self._shapes[0][1], 0, dh * wp, dw)
-        kernel = sized(_conv_wide_from, n * oh * ow * c_out * c_in * kh * kw // TILE_SPEED)
+        kernel = _launch(xp_shape, w_shape, geo)
         self._kernel = jit.serialized(kernel) if jit.SERIALIZE_KERNELS and kernel is _conv_wide_from else kernel
         self._keep = sum(np.prod(s, dtype=np.float64) for s in self._shapes) * self.dtype.itemsize <= _KEEP_BYTES
         self._local = threading.local()
 
     @staticmethod
-    def takes(geo, pool=None) -> bool:
-        """Whether a conv of geometry ``geo`` (and the max-pool ``pool`` after it, if any) can be prepared."""
-        return geo.stride == (1, 1) and (pool is None or pool_numba.vector_pool(pool, *geo.out_hw))
+    def takes(xp_shape: tuple, w_shape: tuple, geo, pool=None) -> bool:
+        """Whether a conv of geometry ``geo`` (and the max-pool ``pool`` after it, if any) can be prepared,
+        and pays: its tasks are blocks of whole samples, so a batch with fewer blocks than threads
+        takes only if its work is too small for more than one thread anyway (else the op's kernel,
+        which splits every sample's positions, runs it)."""
+        if geo.stride != (1, 1) or not (pool is None or pool_numba.vector_pool(pool, *geo.out_hw)):
+            return False
+        tasks = -(-xp_shape[0] // _samples_per_task(xp_shape[2] * xp_shape[3]))
+        return tasks >= jit.num_threads() or _launch(xp_shape, w_shape, geo) is not _conv_wide_from
 
     def _temporaries(self) -> tuple:
         found = getattr(self._local, "temporaries", None)
