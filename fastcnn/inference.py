@@ -56,9 +56,12 @@ def fold_batch_norm(weight: np.ndarray, bias: np.ndarray | None, bn) -> tuple[np
     var = bn.buffers["running_var"].astype(np.float64)
     scale = bn.params["weight"].astype(np.float64) / np.sqrt(var + bn.eps)
     shift = bn.params["bias"].astype(np.float64) - bn.buffers["running_mean"].astype(np.float64) * scale
-    w = weight.astype(np.float64) * scale.reshape((-1,) + (1,) * (weight.ndim - 1))
+    # multiplied in float64 a buffer at a time, written in weight's dtype: no float64 copy of the weight
+    # (fresh memory on every call: a page fault per 4 KiB, 2 ms for a 1568x128 Dense)
+    w = np.multiply(weight, scale.reshape((-1,) + (1,) * (weight.ndim - 1)), dtype=np.float64,
+                    out=np.empty_like(weight, order="C"), casting="unsafe")
     b = shift if bias is None else bias.astype(np.float64) * scale + shift
-    return w.astype(weight.dtype), b.astype(weight.dtype)
+    return w, b.astype(weight.dtype)
 
 
 def _live(layer: Layer) -> Arrays:
