@@ -270,7 +270,8 @@ class InferencePlan:
 
     def __init__(self, layers: list[Layer], dtype) -> None:
         self.dtype = dtype = np.dtype(dtype)
-        self._layers = [(layer, getattr(layer, "backend", None)) for layer in layers]
+        self._layers = list(layers)
+        self._backends = [(layer, layer.backend) for layer in layers if hasattr(layer, "backend")]
         self._stores = [(store, len(store)) for layer in layers for store in (layer.params, layer.buffers) if store]
         self._arrays = [(store, key, value) for store, _ in self._stores for key, value in store.items()]
         arrays: dict[int, Arrays] = {}  # id(layer in the fusion list) -> where its weights come from
@@ -316,10 +317,10 @@ class InferencePlan:
     def is_current(self, layers: list[Layer], dtype) -> bool:
         """Whether the plan was built for these layers (the same objects), their backends, ``dtype`` and
         the same parameter and buffer arrays (compared by identity: a few microseconds)."""
-        if dtype != self.dtype or len(layers) != len(self._layers):
+        if dtype != self.dtype or layers != self._layers:  # layers compare by identity
             return False
-        for layer, (built, backend) in zip(layers, self._layers):
-            if layer is not built or getattr(layer, "backend", None) != backend:
+        for layer, backend in self._backends:
+            if layer.backend != backend:
                 return False
         for store, size in self._stores:
             if len(store) != size:
