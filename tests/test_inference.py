@@ -177,8 +177,10 @@ def _conv_pool_reference(x, w, b, dilation, relu):
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("shape, dilation, pooled, relu", [
     ((1, 1, 12, 12, 8), (1, 1), True, True),  # one sample: a serial launch at the default threshold
+    ((9, 1, 7, 7, 3), (1, 1), True, True),  # tiny planes, several samples per task: tasks with 5 and 4
+    ((3, 1, 21, 21, 2), (1, 1), True, False),  # a task per sample; the pool leaves the last row and column
     ((3, 2, 11, 9, 5), (1, 2), True, False),  # odd planes, fewer output channels than a tile, dilation
-    ((2, 3, 7, 8, 17), (1, 1), False, False),  # no pool: the conv's own output, 17 rows (a tile and a bit)
+    ((3, 3, 7, 8, 17), (1, 1), False, False),  # no pool: the conv's own output, 17 rows (a tile and a bit)
 ])
 def test_prepared_conv_is_the_same_serial_or_parallel(monkeypatch, dtype, shape, dilation, pooled, relu):
     """The inference plan's one-launch conv, forced serial and forced parallel: the same outputs, bit for

@@ -37,6 +37,7 @@ from ._tiles import (DOT_COLS, DOT_ROWS, ROWS, TILE_SPEED, dot_row, dot_tile, la
 
 _BLOCK = 2304  # values per block of a run (a whole number of tiles and vectors): one parallel task's share
 _TAPS_PER_PASS = 144  # a pass's weights, 8 rows of 144 float32 (4.5 KiB), stay in L1 cache
+_TASK_POSITIONS = 256  # positions of whole samples that a task of _conv_wide_from takes at least
 _GRAD_TASKS = 16  # the weight gradient's tasks, at most: enough to balance two to four threads
 
 
@@ -225,12 +226,14 @@ def _conv_wide(xr, taps, offsets, b, yr, y, idx, relu, hp, wp, ow):
 
 
 @parallel_kernel
-def _conv_wide_from(xp, w, b, runs, taps, offsets, y, relu, pooled, ow, per_task):
+def _conv_wide_from(xp, w, b, runs, taps, offsets, y, relu, pooled, ow, per_task, used):
     """The stride-1 forward pass of :func:`_conv_wide` (pooled with ``pooled``) in one kernel launch,
     from the padded input ``xp`` and the weight ``w``: their runs and tap matrix are written into
     ``runs`` and ``taps`` (temporaries the caller keeps, see :class:`PreparedConv`), then each task
     correlates the planes of ``per_task`` samples into a wide output of its own and emits them at once,
-    while they are in cache (the argmax is not kept). ``runs`` reach whole tiles past the last task's planes."""
+    while they are in cache (the argmax is not kept). Of the last plane of a task only the first
+    ``used`` positions are computed (the rows and columns the output or the pool reads); ``runs``
+    reach whole tiles past them (see :func:`_task_span`)."""
     n, hp, wp = xp.shape[0], xp.shape[2], xp.shape[3]
     plane = hp * wp
     flat = runs.reshape(runs.size)
@@ -240,7 +243,7 @@ def _conv_wide_from(xp, w, b, runs, taps, offsets, y, relu, pooled, ow, per_task
     rows, cols = (y.shape[2], y.shape[3]) if pooled else (0, 0)
     for task in prange(-(-n // per_task)):
         s0, s1 = task * per_task, min(n, (task + 1) * per_task)
-        span = whole((s1 - s0) * plane, tile_width(xp.itemsize))
+        span = _task_span(s1 - s0, plane, used, xp.itemsize)
         yr = np.empty((taps.shape[0], span), dtype=xp.dtype)
         idx = np.empty((rows, cols), dtype=np.int64)
         at = offsets + s0 * plane
@@ -366,9 +369,19 @@ def _launch(xp_shape: tuple, w_shape: tuple, geo):
     return sized(_conv_wide_from, xp_shape[0] * geo.out_hw[0] * geo.out_hw[1] * c_out * c_in * kh * kw // TILE_SPEED)
 
 
+@kernel_helper
+def _task_span(samples, plane, used, itemsize):
+    """The wide output's length for a task of :func:`_conv_wide_from`: ``samples`` planes, the last
+    only up to its ``used`` positions, in whole tiles."""
+    return whole((samples - 1) * plane + used, tile_width(itemsize))
+
+
 def _samples_per_task(plane: int) -> int:
-    """The samples of ``plane`` positions each that a task of :func:`_conv_wide_from` takes: a block's worth."""
-    return max(1, _BLOCK // plane)
+    """The samples of ``plane`` positions each that a task of :func:`_conv_wide_from` takes: one, unless
+    the planes are so small that a task would not repay its overhead. (One is best: only a task's last
+    plane is cut to the positions the output reads. Measured on LeNet's two convs at batch 256: 10-25%
+    less time than a block of 2304 positions per task.)"""
+    return max(1, _TASK_POSITIONS // plane)
 
 
 class PreparedConv:
@@ -392,9 +405,11 @@ class PreparedConv:
         self.dtype, self.relu, self.pooled, self.ow = np.dtype(dtype), bool(relu), pool is not None, geo.out_hw[1]
         self.out_shape = (n, c_out) + (geo.out_hw if pool is None else pool.out_hw)
         self._per_task = _samples_per_task(hp * wp)
-        last = (n - 1) // self._per_task * self._per_task * hp * wp  # where the last task's planes start
-        span = whole(n * hp * wp - last, tile_width(self.dtype.itemsize))  # and its wide output's length
-        self._shapes = ((c_in, last + span + _reach(kh, kw, wp, dh, dw)),
+        rows, cols = (2 * pool.out_hw[0], 2 * pool.out_hw[1]) if pool is not None else geo.out_hw
+        self._used = (rows - 1) * wp + cols  # of a plane's positions, those the output reads
+        first = (n - 1) // self._per_task * self._per_task  # the last task's first sample
+        span = _task_span(n - first, hp * wp, self._used, self.dtype.itemsize)
+        self._shapes = ((c_in, max(n * hp * wp, first * hp * wp + span + _reach(kh, kw, wp, dh, dw))),
                         (tile_rows(c_out), c_in * kh * kw)) + ((self.out_shape,) if reuse_output else ())
         self._offsets = _tap_offsets(c_in, kh, kw, self._shapes[0][1], 0, dh * wp, dw)
         kernel = _launch(xp_shape, w_shape, geo)
@@ -424,7 +439,8 @@ class PreparedConv:
     def __call__(self, xp: np.ndarray, w: np.ndarray, b: np.ndarray) -> np.ndarray:
         runs, taps, *kept = self._temporaries()
         y = kept[0] if kept else np.empty(self.out_shape, self.dtype)
-        self._kernel(xp, w, b, runs, taps, self._offsets, y, self.relu, self.pooled, self.ow, self._per_task)
+        self._kernel(xp, w, b, runs, taps, self._offsets, y, self.relu, self.pooled, self.ow, self._per_task,
+                     self._used)
         return y
 
 
