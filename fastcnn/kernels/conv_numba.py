@@ -258,8 +258,8 @@ def _conv_wide_from(xp, w, b, runs, taps, offsets, y, relu, pooled, ow, per_task
 @kernel_helper
 def _emit_plane(wide, start, wp, ow, bias, relu, y, idx):
     """The plane of a wide output at ``wide[start:]`` (rows ``wp`` apart) plus ``bias`` to ``y`` (rows,
-    cols), ``ow`` values a row; or, if ``idx`` (rows, cols) is not empty, its 2x2, stride-2 max-pool
-    (through a ReLU with ``relu``) to ``y`` and its argmax to ``idx``."""
+    cols); or, if ``idx`` (rows, cols) is not empty, its 2x2, stride-2 max-pool (through a ReLU with
+    ``relu``) to ``y`` and its argmax, in rows of the conv's output width ``ow``, to ``idx``."""
     rows, cols = y.shape
     if idx.size:
         pool_numba.pool_rows(wide, start, wp, ow, bias, relu, y.reshape(rows * cols), 0, idx.reshape(rows * cols),
@@ -378,9 +378,9 @@ def _task_span(samples, plane, used, itemsize):
 
 def _samples_per_task(plane: int) -> int:
     """The samples of ``plane`` positions each that a task of :func:`_conv_wide_from` takes: one, unless
-    the planes are so small that a task would not repay its overhead. (One is best: only a task's last
-    plane is cut to the positions the output reads. Measured on LeNet's two convs at batch 256: 10-25%
-    less time than a block of 2304 positions per task.)"""
+    the planes are so small that a task would not repay its overhead. (One wastes least: only a task's
+    last plane is cut to the positions the output reads. Measured, roughly, on a busy machine on LeNet's
+    two convs at batch 256: as fast as or faster than a block of 2304 positions per task.)"""
     return max(1, _TASK_POSITIONS // plane)
 
 
@@ -420,7 +420,7 @@ class PreparedConv:
     @staticmethod
     def takes(xp_shape: tuple, w_shape: tuple, geo, pool=None) -> bool:
         """Whether a conv of geometry ``geo`` (and the max-pool ``pool`` after it, if any) can be prepared,
-        and pays: its tasks are blocks of whole samples, so a batch with fewer blocks than threads
+        and pays: its tasks are whole samples, so a batch with fewer tasks than threads
         takes only if its work is too small for more than one thread anyway (else the op's kernel,
         which splits every sample's positions, runs it)."""
         if geo.stride != (1, 1) or not (pool is None or pool_numba.vector_pool(pool, *geo.out_hw)):
