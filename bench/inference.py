@@ -13,8 +13,8 @@ its settings). Each round times every library on every row back to back (a fixed
 sized to take about 20 ms), so a slow spell of the machine falls on all of them; the table gives the
 median over rounds of the time per call and the ratios. A network that fastcnn cannot export yet
 gets its row without ONNX Runtime, marked "not exportable yet", and the reason under the table.
-``--profile`` splits LeNet's batch-1
-``predict`` into its plan steps, each step's kernel called directly, and what remains (Python).
+``--profile`` splits LeNet's
+``predict`` (at each batch size) into its plan steps, each step's kernel called directly, and what remains (Python).
 """
 from __future__ import annotations
 
@@ -173,8 +173,7 @@ def table(rows: list[dict]) -> str:
 
 def profile(name: str = "lenet", batch: int = 1, calls: int = 3000) -> str:
     """Where ``predict``'s time goes: in each of ``calls`` iterations, ``predict`` once, then each plan
-    step on the same data (as the plan runs it: the dispatcher's lookup and the kernel), each timed on
-    its own; medians per iteration. What ``predict`` takes beyond its steps is its own Python (the
+    step on the same data (as the plan runs it, bound to the input's shape), each timed on its own; medians per iteration. What ``predict`` takes beyond its steps is its own Python (the
     input check, the plan's key, batching). Interleaving at this grain lets a busy machine's slow
     spells fall on every part alike."""
     model = networks()[name]()
@@ -182,6 +181,7 @@ def profile(name: str = "lenet", batch: int = 1, calls: int = 3000) -> str:
     for _ in range(20):
         model.predict(x)
     plan = model._inference
+    runs = plan.bound(x.shape)
     clock = time.perf_counter_ns
     whole, parts = [], [[] for _ in plan.steps]
     for _ in range(calls):
@@ -189,23 +189,24 @@ def profile(name: str = "lenet", batch: int = 1, calls: int = 3000) -> str:
         model.predict(x)
         whole.append(clock() - t0)
         h = x
-        policy = dispatch.get_backend()
-        for k, step in enumerate(plan.steps):
+        for k, (step, run) in enumerate(zip(plan.steps, runs)):
             arrays = step.arrays()
             t0 = clock()
-            h = step.run(h, arrays, policy)
+            h = run(h, arrays)
             parts[k].append(clock() - t0)
     med = [statistics.median(p) / 1e3 for p in parts]
     total = statistics.median(whole) / 1e3
     lines = [f"{name} at batch {batch}: predict {total:.1f} us per call (median of {calls})"]
     h = x
-    for step, t in zip(plan.steps, med):
-        lines.append(f"  {type(step).__name__[1:]:8s} {getattr(step, 'op', ''):18s} {str(h.shape):18s} {t:8.1f} us")
-        h = step.run(h, step.arrays(), policy)
+    for step, run, t in zip(plan.steps, runs, med):
+        label = getattr(step, "op", "") + (" +relu" if getattr(step, "relu", False) else "")
+        lines.append(f"  {type(step).__name__[1:]:8s} {label:24s} {str(h.shape):18s} {t:8.1f} us")
+        h = run(h, step.arrays())
     lines.append(f"  steps together {sum(med):.1f} us; predict's own Python (input check, plan key, batching, "
                  f"backend policy) {total - sum(med):.1f} us")
     for d in dispatch.dispatch_decisions():
-        lines.append(f"  dispatcher: {d['op']} {d['signature'][:70]} -> {d['choice']} {d['ms']}")
+        if d["signature"].startswith(f"(({batch},"):
+            lines.append(f"  dispatcher: {d['op']} {d['signature'][:70]} -> {d['choice']} {d['ms']}")
     return "\n".join(lines)
 
 
@@ -214,7 +215,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--models", nargs="+", default=list(networks()), choices=list(networks()))
     parser.add_argument("--batches", nargs="+", type=int, default=[1, 256])
     parser.add_argument("--rounds", type=int, default=7)
-    parser.add_argument("--profile", action="store_true", help="also split LeNet's batch-1 predict into its steps")
+    parser.add_argument("--profile", action="store_true", help="also split LeNet's predict into its steps (each batch)")
     args = parser.parse_args(argv)
     rows = measure(args.models, args.batches, args.rounds)
     print(f"Median ms per call over {args.rounds} interleaved rounds, float32, {threads()} threads; "
@@ -223,8 +224,9 @@ def main(argv: list[str] | None = None) -> int:
     for name, note in dict.fromkeys((r["model"], r["notes"]["ort"]) for r in rows if "ort" in r["notes"]):
         print(f"{name}: ONNX Runtime {note}")
     if args.profile:
-        print()
-        print(profile())
+        for batch in args.batches:
+            print()
+            print(profile(batch=batch, calls=max(20, 3000 // batch)))
     return 0
 
 

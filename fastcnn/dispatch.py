@@ -137,6 +137,22 @@ def run(op: str, signature: tuple, args: tuple, backend: str | None = None, auto
     return impls[choice](*args)
 
 
+def chosen(op: str, signature: tuple, args: tuple, backend: str | None = None) -> Callable[..., Any]:
+    """The kernel :func:`run` calls for ``op`` with these arguments now (under ``auto``, a signature not
+    decided yet is decided first, running the kernels on ``args``), for a caller that calls it
+    directly many times, such as the inference plan."""
+    policy = get_backend() if backend is None else _check_policy(backend, "backend")
+    impls = _registry[op]
+    if policy != "auto":
+        return impls.get(policy, impls["numpy"])
+    known = (op, signature, jit.num_threads())
+    kernel = _known.get(known)
+    if kernel is None:
+        run(op, signature, args, policy)  # decides a new signature
+        kernel = _known.get(known) or impls[_choices[f"{op}{signature}@{known[2]}"]]
+    return kernel
+
+
 def _decide(op: str, key: str, args: tuple) -> Any:
     with _lock:
         _load_persisted()

@@ -7,18 +7,25 @@ A plan is the model's steps prepared for inference:
   ``w' = w * s``, ``b' = (b - mean) * s + beta`` with ``s = gamma / sqrt(var + eps)``, computed in
   float64 once per predict call (not per batch), so training or edits in place are always seen;
 - then the steps are fused as :func:`fastcnn.steps.fuse` fuses them for training (a Conv2D, the
-  MaxPool2D and the ReLU after it run as one ``conv2d_max_pool2d`` op), so a folded conv fuses too;
-- each step calls the dispatcher's kernel directly with arguments prepared once per input shape: no
-  per-layer validation. The input is validated once per predict call, by ``predict``.
+  MaxPool2D and the ReLU after it run as one ``conv2d_max_pool2d`` op), so a folded conv fuses too,
+  and a ReLU after a Dense runs in the ``linear`` kernel (its ``relu`` argument);
+- on the first call with an input shape (under a backend policy and thread count), each step is
+  bound to that shape: the dispatcher's choice of kernel (:func:`fastcnn.dispatch.chosen`), the
+  geometry and signature are resolved once, and later calls run the bound steps with no per-layer
+  validation, no dispatcher lookups. The input is validated once per predict call, by ``predict``.
+  Where the dispatcher picks Numba for a stride-1 conv (with its 2x2 pool), the step is a
+  :class:`fastcnn.kernels.conv_numba.PreparedConv`: one kernel launch, serial when the work is too
+  small to repay waking Numba's threads (:func:`fastcnn.kernels.jit.sized`).
 
 The plan is rebuilt when a layer, a backend or a parameter array is replaced (``load_state_dict``,
 ``astype``, batch norm's running statistics after a training step); parameters changed in place
 (what optimizers do) are read live. Steps fastcnn has no fast path for run their layer's own
 ``forward(x, training=False)``.
 
-Kernels allocate their outputs, so no activation is shared between calls (two threads may predict
-with one model at once); what is reused is everything that depends only on the shapes, and the
-zero-padded copies of padded convs' and pools' inputs (per thread). ``python -m bench.inference
+Buffers are kept per thread (two threads may predict with one model at once): a prepared conv's
+temporaries, the zero-padded copies of padded convs' inputs, and the output of a step whose output
+the next step consumes. The output of the last step that makes an array is always a new array, so
+what ``predict`` returns is never overwritten by a later call. ``python -m bench.inference
 --profile`` splits predict's time into its steps and its own Python.
 """
 from __future__ import annotations
@@ -29,10 +36,14 @@ from typing import Any, Callable
 
 import numpy as np
 
-from . import dispatch
+from . import backends, dispatch
 from ._checks import check_allocation, conv_geometry, pool_geometry
 from .layers import BatchNorm1D, BatchNorm2D, Conv2D, ConvMaxPool, Dense, Dropout, Flatten, Layer, MaxPool2D, ReLU
+from .kernels.jit import num_threads
 from .steps import fuse
+
+if backends.jit.NUMBA_AVAILABLE:
+    from .kernels import conv_numba
 
 __all__ = ["InferencePlan", "current_plan", "fold_batch_norm"]
 
@@ -45,9 +56,12 @@ def fold_batch_norm(weight: np.ndarray, bias: np.ndarray | None, bn) -> tuple[np
     var = bn.buffers["running_var"].astype(np.float64)
     scale = bn.params["weight"].astype(np.float64) / np.sqrt(var + bn.eps)
     shift = bn.params["bias"].astype(np.float64) - bn.buffers["running_mean"].astype(np.float64) * scale
-    w = weight.astype(np.float64) * scale.reshape((-1,) + (1,) * (weight.ndim - 1))
+    # multiplied in float64 a buffer at a time, written in weight's dtype: no float64 copy of the weight
+    # (fresh memory on every call: a page fault per 4 KiB, 2 ms for a 1568x128 Dense)
+    w = np.multiply(weight, scale.reshape((-1,) + (1,) * (weight.ndim - 1)), dtype=np.float64,
+                    out=np.empty_like(weight, order="C"), casting="unsafe")
     b = shift if bias is None else bias.astype(np.float64) * scale + shift
-    return w.astype(weight.dtype), b.astype(weight.dtype)
+    return w, b.astype(weight.dtype)
 
 
 def _live(layer: Layer) -> Arrays:
@@ -60,29 +74,23 @@ def _folded(layer: Layer, bn) -> Arrays:
     return lambda: fold_batch_norm(layer.params["weight"], layer.params.get("bias"), bn)
 
 
+Run = Callable[[np.ndarray, tuple], np.ndarray]
+"""A step bound to one input shape, backend policy and thread count: ``run(x, arrays)``."""
+
+
 class _Step:
-    """One step of a plan: ``run(x, arrays, policy)``, ``arrays`` being what :attr:`arrays` gave for
-    this predict call and ``policy`` the backend policy in force (read once per call: reading it costs
-    microseconds); what depends only on the input shape is prepared once per shape."""
+    """One step of a plan. :meth:`bind` prepares it for one input shape (and the backend policy and
+    thread count in force), once: what it returns is called with the input and what :attr:`arrays`
+    gave for this predict call. ``fresh`` says whether the output must be a new array (nothing after
+    the step makes one) or may live in a buffer that the next call in the thread overwrites."""
 
     arrays: Arrays = staticmethod(lambda: ())
+    makes_new_arrays = False  # whether the step's output is never a view of its input or of a kept buffer
 
     def __init__(self, dtype: np.dtype) -> None:
         self.dtype = np.dtype(dtype)
-        self._prepared: dict[tuple, Any] = {}
 
-    def prepared(self, shape: tuple) -> Any:
-        found = self._prepared.get(shape)
-        if found is None:
-            if len(self._prepared) >= 8:  # a caller cycling through batch sizes: keep memory bounded
-                self._prepared.clear()
-            found = self._prepared[shape] = self.prepare(shape)
-        return found
-
-    def prepare(self, shape: tuple) -> Any:
-        raise NotImplementedError
-
-    def run(self, x: np.ndarray, arrays, policy: str) -> np.ndarray:
+    def bind(self, x: np.ndarray, arrays: tuple, policy: str, fresh: bool) -> Run:
         raise NotImplementedError
 
 
@@ -120,46 +128,61 @@ def _padder(shape: tuple, pads, dtype: np.dtype) -> tuple[Callable[[np.ndarray],
 
 
 class _Conv(_Step):
-    """A Conv2D, or a Conv2D with the MaxPool2D (and ReLU) after it, as ``conv2d`` / ``conv2d_max_pool2d``."""
+    """A Conv2D, or a Conv2D with the MaxPool2D (and ReLU) after it, as ``conv2d`` / ``conv2d_max_pool2d``.
+
+    Where the dispatcher picks the Numba kernel and the conv is stride 1 (with the pool the kernel
+    fuses, if any), the step runs a :class:`~fastcnn.kernels.conv_numba.PreparedConv`: one kernel
+    launch, serial for small work, temporaries kept per thread."""
+
+    makes_new_arrays = True
 
     def __init__(self, dtype, conv: Conv2D, arrays: Arrays, pool: MaxPool2D | None = None, relu: bool = False) -> None:
         super().__init__(dtype)
         self.conv, self.pool, self.relu, self.arrays = conv, pool, relu, arrays
         self.op = "conv2d" if pool is None else "conv2d_max_pool2d"
 
-    def prepare(self, shape):
+    def bind(self, x, arrays, policy, fresh):
         conv, w_shape = self.conv, self.conv.params["weight"].shape
-        geo = conv_geometry(shape, w_shape, conv.stride, conv.padding, conv.dilation)
-        pad, xp_shape = _padder(shape, geo.padding, self.dtype)
-        out = (shape[0], w_shape[0]) + geo.out_hw
-        check_allocation("conv2d output", out, self.dtype)
+        geo = conv_geometry(x.shape, w_shape, conv.stride, conv.padding, conv.dilation)
+        pad, xp_shape = _padder(x.shape, geo.padding, self.dtype)
+        check_allocation("conv2d output", (x.shape[0], w_shape[0]) + geo.out_hw, self.dtype)
         if self.pool is None:  # the signatures as fastcnn.functional's conv2d and conv2d_max_pool2d give them
-            return pad, (xp_shape, w_shape, geo.stride, geo.dilation, self.dtype.char), (geo,)
-        p = _pool_geometry(out, self.pool)
-        signature = (xp_shape, w_shape, geo.stride, geo.dilation, p.kernel, p.stride, p.padding, p.dilation, p.out_hw,
-                     self.relu, self.dtype.char)
-        return pad, signature, (geo, p, self.relu)
+            signature, args, p = (xp_shape, w_shape, geo.stride, geo.dilation, self.dtype.char), (geo,), None
+        else:
+            p = _pool_geometry((x.shape[0], w_shape[0]) + geo.out_hw, self.pool)
+            signature = (xp_shape, w_shape, geo.stride, geo.dilation, p.kernel, p.stride, p.padding, p.dilation,
+                         p.out_hw, self.relu, self.dtype.char)
+            args = (geo, p, self.relu)
+        sample = x if pad is None else pad(x)
+        kernel = dispatch.chosen(self.op, signature, (sample, *arrays, *args), conv.backend or policy)
+        if kernel is _numba_kernel(self.op) and conv_numba.PreparedConv.takes(xp_shape, w_shape, geo, p):
+            prepared = conv_numba.PreparedConv(xp_shape, w_shape, self.dtype, geo, p, self.relu, reuse_output=not fresh)
+            if pad is None:
+                return lambda x, arrays: prepared(x, *arrays)
+            return lambda x, arrays: prepared(pad(x), *arrays)
+        first = (lambda y: y) if self.pool is None else (lambda y: y[0])
+        return lambda x, arrays: first(kernel(x if pad is None else pad(x), *arrays, *args))
 
-    def run(self, x, arrays, policy):
-        pad, signature, args = self.prepared(x.shape)
-        y = dispatch.run(self.op, signature, (x if pad is None else pad(x), *arrays, *args), self.conv.backend or policy)
-        return y if self.pool is None else y[0]
+
+def _numba_kernel(op: str):
+    """The Numba backend's kernel of ``op`` (None without Numba)."""
+    return backends.OPS[op].kernels.get("numba")
 
 
 class _Pool(_Step):
     """A MaxPool2D (``max_pool2d``, its argmax unused)."""
 
+    makes_new_arrays = True
+
     def __init__(self, dtype, layer: MaxPool2D) -> None:
         super().__init__(dtype)
         self.layer = layer
 
-    def prepare(self, shape):
-        geo = _pool_geometry(shape, self.layer)  # the signature as fastcnn.functional's max_pool2d gives it
-        return (shape, geo.kernel, geo.stride, geo.padding, geo.dilation, geo.out_hw, self.dtype.char), geo
-
-    def run(self, x, arrays, policy):
-        signature, geo = self.prepared(x.shape)
-        return dispatch.run("max_pool2d", signature, (x, geo), self.layer.backend or policy)[0]
+    def bind(self, x, arrays, policy, fresh):
+        geo = _pool_geometry(x.shape, self.layer)  # the signature as fastcnn.functional's max_pool2d gives it
+        signature = (x.shape, geo.kernel, geo.stride, geo.padding, geo.dilation, geo.out_hw, self.dtype.char)
+        kernel = dispatch.chosen("max_pool2d", signature, (x, geo), self.layer.backend or policy)
+        return lambda x, arrays: kernel(x, geo)[0]
 
 
 def _pool_geometry(shape, pool: MaxPool2D):
@@ -168,35 +191,42 @@ def _pool_geometry(shape, pool: MaxPool2D):
 
 
 class _Linear(_Step):
-    """A Dense layer (``linear``), with a batch norm after it folded in or not."""
+    """A Dense layer (``linear``), with a batch norm after it folded in or not, and the ReLU after it
+    applied by the same kernel with ``relu``."""
 
-    def __init__(self, dtype, layer: Dense, arrays: Arrays) -> None:
+    makes_new_arrays = True
+    op = "linear"
+
+    def __init__(self, dtype, layer: Dense, arrays: Arrays, relu: bool = False) -> None:
         super().__init__(dtype)
-        self.arrays = arrays
+        self.arrays, self.relu = arrays, relu
         self.w_shape = layer.params["weight"].shape
 
-    def prepare(self, shape):
-        check_allocation("linear output", (shape[0], self.w_shape[0]), self.dtype)
-        return (shape, self.w_shape, self.dtype.char)
-
-    def run(self, x, arrays, policy):
-        return dispatch.run("linear", self.prepared(x.shape), (x, *arrays), policy)
+    def bind(self, x, arrays, policy, fresh):
+        check_allocation("linear output", (x.shape[0], self.w_shape[0]), self.dtype)
+        kernel = dispatch.chosen("linear", (x.shape, self.w_shape, self.dtype.char), (x, *arrays), policy)
+        relu = self.relu
+        return lambda x, arrays: kernel(x, *arrays, relu)
 
 
 class _Relu(_Step):
+    makes_new_arrays = True
+
     def __init__(self, dtype, layer: ReLU) -> None:
         super().__init__(dtype)
 
-    def run(self, x, arrays, policy):
-        return dispatch.run("relu", (x.shape, self.dtype.char), (x,), policy)
+    def bind(self, x, arrays, policy, fresh):
+        kernel = dispatch.chosen("relu", (x.shape, self.dtype.char), (x,), policy)
+        return lambda x, arrays: kernel(x)
 
 
 class _Flatten(_Step):
     def __init__(self, dtype, layer: Flatten) -> None:
         super().__init__(dtype)
 
-    def run(self, x, arrays, policy):
-        return x.reshape(x.shape[0], -1)
+    def bind(self, x, arrays, policy, fresh):
+        shape = (x.shape[0], -1)
+        return lambda x, arrays: x.reshape(shape)
 
 
 class _Layer(_Step):
@@ -206,8 +236,9 @@ class _Layer(_Step):
         super().__init__(dtype)
         self.layer = layer
 
-    def run(self, x, arrays, policy):
-        return self.layer.forward(x, False)
+    def bind(self, x, arrays, policy, fresh):
+        forward = self.layer.forward
+        return lambda x, arrays: forward(x, False)
 
 
 def _fast(layer: Layer) -> bool:
@@ -240,8 +271,9 @@ class InferencePlan:
     def __init__(self, layers: list[Layer], dtype) -> None:
         self.dtype = dtype = np.dtype(dtype)
         self._layers = list(layers)
-        self._backends = [getattr(layer, "backend", None) for layer in layers]
-        self._arrays = [(store, dict(store)) for layer in layers for store in (layer.params, layer.buffers) if store]
+        self._backends = [(layer, layer.backend) for layer in layers if hasattr(layer, "backend")]
+        self._stores = [(store, len(store)) for layer in layers for store in (layer.params, layer.buffers) if store]
+        self._arrays = [(store, key, value) for store, _ in self._stores for key, value in store.items()]
         arrays: dict[int, Arrays] = {}  # id(layer in the fusion list) -> where its weights come from
         virtual: list[Layer] = []
         kept = [layer for layer in layers if type(layer) is not Dropout]
@@ -265,6 +297,8 @@ class InferencePlan:
                 self.steps.append(_Linear(dtype, step, arrays[id(step)]))
             elif type(step) is MaxPool2D:
                 self.steps.append(_Pool(dtype, step))
+            elif type(step) is ReLU and self.steps and type(self.steps[-1]) is _Linear and not self.steps[-1].relu:
+                self.steps[-1].relu = True
             elif type(step) is ReLU:
                 self.steps.append(_Relu(dtype, step))
             elif type(step) is Flatten:
@@ -274,33 +308,60 @@ class InferencePlan:
             else:
                 self.steps.append(_Layer(dtype, step))
 
+        # a step's output must be a new array unless a later step makes one from it (a Flatten between
+        # them gives a view): an output handed to the caller is never overwritten by a later call
+        self._fresh = [not next((s.makes_new_arrays for s in self.steps[k + 1 :] if type(s) is not _Flatten), False)
+                       for k in range(len(self.steps))]
+        self._bound: dict[tuple, list[Run]] = {}
+
     def is_current(self, layers: list[Layer], dtype) -> bool:
         """Whether the plan was built for these layers (the same objects), their backends, ``dtype`` and
         the same parameter and buffer arrays (compared by identity: a few microseconds)."""
-        if dtype != self.dtype or len(layers) != len(self._layers):
+        if dtype != self.dtype or layers != self._layers:  # layers compare by identity
             return False
-        for layer, built, backend in zip(layers, self._layers, self._backends):
-            if layer is not built or getattr(layer, "backend", None) != backend:
+        for layer, backend in self._backends:
+            if layer.backend != backend:
                 return False
-        for store, arrays in self._arrays:
-            if len(store) != len(arrays):
+        for store, size in self._stores:
+            if len(store) != size:
                 return False
-            for key, value in arrays.items():
-                if store.get(key) is not value:
-                    return False
+        for store, key, value in self._arrays:
+            if store.get(key) is not value:
+                return False
         return True
 
     def predict(self, x: np.ndarray, batch_size: int) -> np.ndarray:
         """Outputs for ``x`` (already validated: the model's dtype and per-sample shape), in batches."""
-        bound = [(step, step.arrays()) for step in self.steps]  # batch norm folded once per call
-        policy = dispatch.get_backend()
-        outputs = []
-        for start in range(0, len(x), batch_size):
-            h = np.ascontiguousarray(x[start : start + batch_size])
-            for step, arrays in bound:
-                h = step.run(h, arrays, policy)
-            outputs.append(h)
-        return outputs[0] if len(outputs) == 1 else np.concatenate(outputs)
+        arrays = [step.arrays() for step in self.steps]  # batch norm folded once per call
+        policy, threads = dispatch.get_backend(), num_threads()
+        if len(x) <= batch_size:
+            return self._run(x if x.flags.c_contiguous else np.ascontiguousarray(x), arrays, policy, threads)
+        return np.concatenate([self._run(np.ascontiguousarray(x[start : start + batch_size]), arrays, policy, threads)
+                               for start in range(0, len(x), batch_size)])
+
+    def _run(self, h: np.ndarray, arrays: list[tuple], policy: str, threads: int) -> np.ndarray:
+        runs = self._bound.get((h.shape, policy, threads))
+        if runs is None:
+            return self._bind(h, arrays, policy, threads)
+        for run, step_arrays in zip(runs, arrays):
+            h = run(h, step_arrays)
+        return h
+
+    def bound(self, shape: tuple) -> list[Run] | None:
+        """The steps as bound for inputs of ``shape`` under the policy and thread count in force (None
+        before the first predict call with them): for profiling."""
+        return self._bound.get((shape, dispatch.get_backend(), num_threads()))
+
+    def _bind(self, h: np.ndarray, arrays: list[tuple], policy: str, threads: int) -> np.ndarray:
+        """Bind every step to ``h``'s shape, running them on ``h`` as it goes; return the outputs."""
+        key, runs = (h.shape, policy, threads), []
+        for k, (step, step_arrays) in enumerate(zip(self.steps, arrays)):
+            runs.append(step.bind(h, step_arrays, policy, fresh=self._fresh[k]))
+            h = runs[-1](h, step_arrays)
+        if len(self._bound) >= 8:  # a caller cycling through batch sizes: keep memory bounded
+            self._bound.clear()
+        self._bound[key] = runs
+        return h
 
 
 def current_plan(plan: InferencePlan | None, layers: list[Layer], dtype) -> InferencePlan:

@@ -204,3 +204,19 @@ def test_decisions_measured_on_a_busy_machine_are_not_saved(monkeypatch):
     F.max_pool2d(X, 2)
     saved = json.loads(dispatch.decisions_path().read_text())
     assert [d["op"] for d in saved.values()] == ["max_pool2d"]
+
+
+def test_chosen_names_the_kernel_run_calls():
+    """``chosen``: under a named policy, that backend's kernel; under auto, the one decided for the
+    signature (measured on the first call, looked up after); NumPy's for an op without a Numba kernel."""
+    x = np.random.default_rng(2).standard_normal((3, 5)).astype(np.float32)
+    signature = (x.shape, "f")
+    for name in BACKENDS:
+        assert dispatch.chosen("relu", signature, (x,), name) is dispatch._registry["relu"][name]
+    kernel = dispatch.chosen("relu", signature, (x,))
+    [decision] = fastcnn.dispatch_decisions()
+    assert kernel is dispatch._registry["relu"][decision["choice"]]
+    assert dispatch.chosen("relu", signature, (x,)) is kernel
+    assert len(fastcnn.dispatch_decisions()) == 1
+    assert dispatch.chosen("tanh", signature, (x,), "numba" if "numba" in BACKENDS else None) is \
+        dispatch._registry["tanh"]["numpy"]

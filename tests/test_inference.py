@@ -6,10 +6,16 @@ import numpy as np
 import pytest
 
 import fastcnn
-from fastcnn import inference, models
+from fastcnn import backends, inference, models
 from fastcnn import layers as L
+from fastcnn._checks import conv_geometry, pool_geometry
+from fastcnn.kernels import jit
 
+from . import reference as ref
 from .reference import random_batch_norm
+
+if jit.NUMBA_AVAILABLE:
+    from fastcnn.kernels import conv_numba
 
 
 def _forward(model, x, batch_size):
@@ -62,10 +68,10 @@ def test_batch_norm_is_folded_and_steps_fused():
     np.testing.assert_allclose(model.predict(x, batch_size=4), _forward(model, x, 4), rtol=1e-5, atol=1e-5)
     steps = model._inference.steps
     # conv+BN+ReLU+pool is one fused op; conv+BN, then Tanh and the average pool (their layers' own
-    # forward); dense+BN; ReLU; dense.
-    assert [type(s).__name__ for s in steps] == ["_Conv", "_Conv", "_Layer", "_Layer", "_Flatten", "_Linear", "_Relu",
-                                                  "_Linear"]
+    # forward); dense+BN with the ReLU after it; dense.
+    assert [type(s).__name__ for s in steps] == ["_Conv", "_Conv", "_Layer", "_Layer", "_Flatten", "_Linear", "_Linear"]
     assert steps[0].op == "conv2d_max_pool2d" and steps[0].relu
+    assert steps[5].relu and not steps[6].relu
 
 
 def test_fold_against_float64_reference():
@@ -160,3 +166,80 @@ def test_padded_inputs_are_reused_without_changing_answers():
     for n in (3, 1, 3, 2, 3):  # shapes met again reuse their padded buffers; the answers stay right
         x = rng.standard_normal((n, 2, 6, 7)).astype(np.float32)
         assert np.array_equal(model.predict(x), _forward(model, x, n))
+
+
+def _conv_pool_reference(x, w, b, dilation, relu):
+    y = ref.max_pool2d(ref.conv2d(x, w, b, dilation=dilation).astype(x.dtype), (2, 2), (2, 2), (0, 0))[0]
+    return np.maximum(y, 0) if relu else y
+
+
+@pytest.mark.skipif(not jit.NUMBA_AVAILABLE, reason="needs numba")
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("shape, dilation, pooled, relu", [
+    ((1, 1, 12, 12, 8), (1, 1), True, True),  # one sample: a serial launch at the default threshold
+    ((9, 1, 7, 7, 3), (1, 1), True, True),  # tiny planes, several samples per task: tasks with 5 and 4
+    ((3, 1, 21, 21, 2), (1, 1), True, False),  # a task per sample; the pool leaves the last row and column
+    ((3, 2, 11, 9, 5), (1, 2), True, False),  # odd planes, fewer output channels than a tile, dilation
+    ((3, 3, 7, 8, 17), (1, 1), False, False),  # no pool: the conv's own output, 17 rows (a tile and a bit)
+])
+def test_prepared_conv_is_the_same_serial_or_parallel(monkeypatch, dtype, shape, dilation, pooled, relu):
+    """The inference plan's one-launch conv, forced serial and forced parallel: the same outputs, bit for
+    bit, as the op's kernel, and the reference's; its kept temporaries do not leak between calls."""
+    n, c, h, w, c_out = shape
+    rng = np.random.default_rng(9)
+    x, wt = rng.standard_normal((n, c, h, w)).astype(dtype), rng.standard_normal((c_out, c, 3, 3)).astype(dtype)
+    b = rng.standard_normal(c_out).astype(dtype)
+    geo = conv_geometry(x.shape, wt.shape, 1, 0, dilation)
+    pool = pool_geometry((n, c_out) + geo.out_hw, (2, 2), (2, 2), (0, 0), (1, 1), 0) if pooled else None
+    assert conv_numba.PreparedConv.takes(x.shape, wt.shape, geo, pool)
+    if pooled:
+        op = conv_numba.conv2d_max_pool2d_forward(x, wt, b, geo, pool, relu)[0]
+        want = _conv_pool_reference(x.astype(np.float64), wt, b, dilation, relu)
+    else:
+        op = conv_numba.conv2d_forward(x, wt, b, geo)
+        want = ref.conv2d(x.astype(np.float64), wt, b, dilation=dilation)
+    results = []
+    for serial_below in (0, 1 << 60):  # every launch parallel, then every launch serial
+        monkeypatch.setattr(jit, "SERIAL_WORK", serial_below)
+        prepared = conv_numba.PreparedConv(x.shape, wt.shape, dtype, geo, pool, relu, reuse_output=True)
+        prepared(rng.standard_normal(x.shape).astype(dtype), wt * 3, b)  # leaves other values in the temporaries
+        results.append(prepared(x, wt, b))
+    for got in results:
+        assert got.dtype == dtype
+        assert np.array_equal(got, op)
+        np.testing.assert_allclose(got, want, rtol=1e-4 if dtype == np.float32 else 1e-12, atol=1e-4 if dtype == np.float32 else 1e-12)
+
+
+@pytest.mark.parametrize("backend", ["numpy"] + (["numba"] if jit.NUMBA_AVAILABLE else []))
+@pytest.mark.parametrize("n, n_in, n_out", [(1, 400, 128), (3, 37, 13), (5, 64, 10)])
+def test_linear_with_relu_serial_or_parallel(monkeypatch, backend, n, n_in, n_out):
+    """``linear`` with the ReLU the plan fuses into it, a launch forced serial and forced parallel: the
+    op's output through a ReLU (NaN kept), and the float64 formula."""
+    kernel = backends.OPS["linear"].kernels[backend]
+    rng = np.random.default_rng(10)
+    x, w = rng.standard_normal((n, n_in)).astype(np.float32), rng.standard_normal((n_out, n_in)).astype(np.float32)
+    b = rng.standard_normal(n_out).astype(np.float32)
+    x[0, 0] = np.nan if n > 1 else x[0, 0]  # a NaN row stays NaN through the ReLU
+    want = x.astype(np.float64) @ w.T.astype(np.float64) + b
+    for serial_below in (0, 1 << 60):
+        monkeypatch.setattr(jit, "SERIAL_WORK", serial_below)
+        plain = kernel(x, w, b)
+        np.testing.assert_allclose(plain, want, rtol=1e-4, atol=1e-4)
+        assert np.array_equal(kernel(x, w, b, True), np.maximum(plain, 0), equal_nan=True)
+
+
+def test_returned_outputs_are_never_overwritten():
+    """The plan keeps buffers per thread between calls; what predict returns is never one of them, for a
+    model that ends in a Dense layer, in a fused conv, and in a Flatten after one, with one batch or several."""
+    ends_in_conv = fastcnn.Sequential([L.Conv2D(1, 4, 3, rng=0), L.ReLU(), L.MaxPool2D(2)], input_shape=(1, 10, 10))
+    ends_in_flatten = fastcnn.Sequential([L.Conv2D(1, 4, 3, rng=0), L.MaxPool2D(2), L.Flatten()], input_shape=(1, 10, 10))
+    rng = np.random.default_rng(11)
+    for model in (models.lenet(seed=0), ends_in_conv, ends_in_flatten):
+        for n, batch_size in ((1, 1), (4, 2), (3, 512)):
+            x1, x2 = (rng.random((n,) + model.input_shape, dtype=np.float32) for _ in range(2))
+            first = model.predict(x1, batch_size=batch_size)
+            kept = first.copy()
+            second = model.predict(x2, batch_size=batch_size)
+            assert np.array_equal(first, kept)
+            assert not np.shares_memory(first, second)
+            assert np.array_equal(second, _forward(model, x2, batch_size))

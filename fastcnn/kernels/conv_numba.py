@@ -22,9 +22,11 @@ which asks the kernel for huge pages (far fewer page faults than Numba's own all
 """
 from __future__ import annotations
 
+import threading
+
 import numpy as np
 
-from . import _polyphase, elementwise_numba, pool_numba
+from . import _polyphase, elementwise_numba, jit, pool_numba
 from ._compose import pooled, unpooled
 from .blas import channel_sums
 from .jit import kernel_helper, parallel_kernel, prange, sized
@@ -35,8 +37,8 @@ from ._tiles import (DOT_COLS, DOT_ROWS, ROWS, TILE_SPEED, dot_row, dot_tile, la
 
 _BLOCK = 2304  # values per block of a run (a whole number of tiles and vectors): one parallel task's share
 _TAPS_PER_PASS = 144  # a pass's weights, 8 rows of 144 float32 (4.5 KiB), stay in L1 cache
+_TASK_POSITIONS = 256  # positions of whole samples that a task of _conv_wide_from takes at least
 _GRAD_TASKS = 16  # the weight gradient's tasks, at most: enough to balance two to four threads
-_NO_INDEX = np.empty((0, 0, 0, 0), dtype=np.int64)  # _conv_wide's argmax when it does not pool
 
 
 @kernel_helper
@@ -44,14 +46,22 @@ def _tap_matrix(w, rows, flip):
     """The weight (C_out, C_in, kH, kW) as a (rows, C_in*kH*kW) matrix, the rows past the last
     channel zero. ``flip`` gives the input gradient's: a row per input channel, each kernel row reversed."""
     c_out, c_in, kh, kw = w.shape
-    n_rows, n_cols = (c_in, c_out) if flip else (c_out, c_in)
+    n_cols = c_out if flip else c_in
     taps = np.zeros((rows, n_cols * kh * kw), dtype=w.dtype)
+    _write_taps(w, taps, flip)
+    return taps
+
+
+@kernel_helper
+def _write_taps(w, taps, flip):
+    """The rows of :func:`_tap_matrix` that hold weights, written into ``taps`` (the rows after them untouched)."""
+    c_out, c_in, kh, kw = w.shape
+    n_rows, n_cols = (c_in, c_out) if flip else (c_out, c_in)
     for r in range(n_rows):
         for c in range(n_cols):
             for i in range(kh):
                 for j in range(kw):
                     taps[r, (c * kh + i) * kw + j] = w[c, r, i, kw - 1 - j] if flip else w[r, c, i, j]
-    return taps
 
 
 @kernel_helper
@@ -102,21 +112,27 @@ def _runs(a, hp, wp, role, head=0, tail=0):
 @parallel_kernel
 def _fill_runs(a, runs, hp, wp, head):
     """:func:`_runs`, a (sample, channel) plane per task."""
-    n, c, h, w = a.shape
-    plane, length = hp * wp, runs.shape[1]
     flat = runs.reshape(runs.size)
-    for task in prange(n * c):
-        s, ch = task // c, task % c
-        start = ch * length + head + s * plane
-        if w == wp:  # no scratch columns: the plane is one run
-            _copy(flat[start : start + h * w], a[s, ch].reshape(h * w), 0)
-        else:
-            for r in range(h):
-                row = start + r * wp
-                _copy(flat[row : row + w], a[s, ch, r], 0)
-                clear(flat, row + w, wp - w)
-        clear(flat, start + h * wp, plane - h * wp)
-        _clear_ends(flat, ch, length, start, plane, s, n)
+    for task in prange(a.shape[0] * a.shape[1]):
+        _fill_plane(a, flat, task, runs.shape[1], hp, wp, head)
+
+
+@kernel_helper
+def _fill_plane(a, flat, task, length, hp, wp, head):
+    """The (sample, channel) plane ``task`` of :func:`_runs` (rows of ``length`` values in ``flat``)."""
+    n, c, h, w = a.shape
+    plane = hp * wp
+    s, ch = task // c, task % c
+    start = ch * length + head + s * plane
+    if w == wp:  # no scratch columns: the plane is one run
+        _copy(flat[start : start + h * w], a[s, ch].reshape(h * w), 0)
+    else:
+        for r in range(h):
+            row = start + r * wp
+            _copy(flat[row : row + w], a[s, ch, r], 0)
+            clear(flat, row + w, wp - w)
+    clear(flat, start + h * wp, plane - h * wp)
+    _clear_ends(flat, ch, length, start, plane, s, n)
 
 
 @kernel_helper
@@ -198,21 +214,59 @@ def _unpool_runs(gp, argmax, gate, gated, ow, runs, hp, wp, head):
 def _conv_wide(xr, taps, offsets, b, yr, y, idx, relu, hp, wp, ow):
     """Stride-1 forward pass in the wide layout (see the module docstring): runs ``xr`` -> ``yr``, tap
     ``k`` (weights ``taps[:, k]``) reading the runs from ``offsets[k]`` on; then the output, ``ow``
-    columns a row, to ``y`` (the padding and scratch positions dropped); or, if ``idx`` is not empty,
-    the output's 2x2, stride-2 max-pool (through a ReLU with ``relu``) to ``y`` and its argmax to ``idx``."""
-    c_out = y.shape[1]
-    rows, cols = y.shape[2], y.shape[3]
+    columns a row, to ``y`` (the padding and scratch positions dropped); or, if ``idx`` has planes that
+    are not empty, the output's 2x2, stride-2 max-pool (through a ReLU with ``relu``) to ``y`` and its
+    argmax to ``idx``."""
     for task in prange(-(-yr.shape[1] // _BLOCK)):
         _correlate_block(yr, taps, xr, offsets, task)
-    wide, y_flat, idx_flat = yr.reshape(yr.size), y.reshape(y.size), idx.reshape(idx.size)
+    wide, c_out = yr.reshape(yr.size), y.shape[1]
     for task in prange(y.shape[0] * c_out):
         s, co = task // c_out, task % c_out
-        start = co * yr.shape[1] + s * hp * wp
-        if idx.size:
-            pool_numba.pool_rows(wide, start, wp, ow, b[co], relu, y_flat, task * rows * cols, idx_flat, rows, cols)
-        else:
-            for r in range(rows):
-                _copy(y[s, co, r], wide[start + r * wp :], b[co])
+        _emit_plane(wide, co * yr.shape[1] + s * hp * wp, wp, ow, b[co], relu, y[s, co], idx[s, co])
+
+
+@parallel_kernel
+def _conv_wide_from(xp, w, b, runs, taps, offsets, y, relu, pooled, ow, per_task, used):
+    """The stride-1 forward pass of :func:`_conv_wide` (pooled with ``pooled``) in one kernel launch,
+    from the padded input ``xp`` and the weight ``w``: their runs and tap matrix are written into
+    ``runs`` and ``taps`` (temporaries the caller keeps, see :class:`PreparedConv`), then each task
+    correlates the planes of ``per_task`` samples into a wide output of its own and emits them at once,
+    while they are in cache (the argmax is not kept). Of the last plane of a task only the first
+    ``used`` positions are computed (the rows and columns the output or the pool reads); ``runs``
+    reach whole tiles past them (see :func:`_task_span`)."""
+    n, hp, wp = xp.shape[0], xp.shape[2], xp.shape[3]
+    plane = hp * wp
+    flat = runs.reshape(runs.size)
+    for task in prange(n * xp.shape[1]):
+        _fill_plane(xp, flat, task, runs.shape[1], hp, wp, 0)
+    _write_taps(w, taps, False)
+    rows, cols = (y.shape[2], y.shape[3]) if pooled else (0, 0)
+    for task in prange(-(-n // per_task)):
+        s0, s1 = task * per_task, min(n, (task + 1) * per_task)
+        span = _task_span(s1 - s0, plane, used, xp.itemsize)
+        yr = np.empty((taps.shape[0], span), dtype=xp.dtype)
+        idx = np.empty((rows, cols), dtype=np.int64)
+        at = offsets + s0 * plane
+        for block in range(-(-span // _BLOCK)):
+            _correlate_block(yr, taps, runs, at, block)
+        wide = yr.reshape(yr.size)
+        for s in range(s0, s1):
+            for co in range(y.shape[1]):
+                _emit_plane(wide, co * span + (s - s0) * plane, wp, ow, b[co], relu, y[s, co], idx)
+
+
+@kernel_helper
+def _emit_plane(wide, start, wp, ow, bias, relu, y, idx):
+    """The plane of a wide output at ``wide[start:]`` (rows ``wp`` apart) plus ``bias`` to ``y`` (rows,
+    cols); or, if ``idx`` (rows, cols) is not empty, its 2x2, stride-2 max-pool (through a ReLU with
+    ``relu``) to ``y`` and its argmax, in rows of the conv's output width ``ow``, to ``idx``."""
+    rows, cols = y.shape
+    if idx.size:
+        pool_numba.pool_rows(wide, start, wp, ow, bias, relu, y.reshape(rows * cols), 0, idx.reshape(rows * cols),
+                             rows, cols)
+    else:
+        for r in range(rows):
+            _copy(y[r], wide[start + r * wp :], bias)
 
 
 @parallel_kernel
@@ -256,13 +310,18 @@ def _conv2d_forward(xp, w, b, sh, sw, dh, dw, oh, ow):
         xr = _input_runs(_polyphase.split_input(xp, kh, kw, sh, sw, oh, ow), ka, kb, 1, 1)
         offsets = _polyphase.tap_offsets(w.shape[1], kh, kw, sh, sw, xr.shape[1], wq)
         y = np.empty((xp.shape[0], w.shape[0], oh, ow), dtype=xp.dtype)
-        _run_conv_wide(xr, w, offsets, b, y, _NO_INDEX, False, hq, wq, ow, work)
+        _run_conv_wide(xr, w, offsets, b, y, _no_index(y), False, hq, wq, ow, work)
         return y
     if sh != 1 or sw != 1:
         return sized(_conv_strided, work)(xp, w, b, sh, sw, dh, dw, oh, ow)
     y = np.empty((xp.shape[0], w.shape[0], oh, ow), dtype=xp.dtype)
-    _conv_wide_into(xp, w, b, y, _NO_INDEX, False, dh, dw, ow, work)
+    _conv_wide_into(xp, w, b, y, _no_index(y), False, dh, dw, ow, work)
     return y
+
+
+def _no_index(y):
+    """:func:`_conv_wide`'s argmax when it does not pool: empty planes."""
+    return np.empty(y.shape[:2] + (0, 0), dtype=np.int64)
 
 
 def _by_phases(sh, sw, dh, dw) -> bool:
@@ -299,6 +358,90 @@ def conv2d_max_pool2d_forward(xp, w, b, geo, pool, relu):
     y, idx = np.empty(shape, dtype=xp.dtype), np.empty(shape, dtype=np.int64)
     _conv_wide_into(xp, w, b, y, idx, relu, dh, dw, ow, xp.shape[0] * oh * ow * w.size)
     return y, idx
+
+
+_KEEP_BYTES = 64 << 20  # a PreparedConv keeps its temporaries for the next call up to this size (per thread)
+
+
+def _launch(xp_shape: tuple, w_shape: tuple, geo):
+    """:func:`_conv_wide_from`, or its serial twin for small work (see :func:`.jit.sized`)."""
+    c_out, c_in, kh, kw = w_shape
+    return sized(_conv_wide_from, xp_shape[0] * geo.out_hw[0] * geo.out_hw[1] * c_out * c_in * kh * kw // TILE_SPEED)
+
+
+@kernel_helper
+def _task_span(samples, plane, used, itemsize):
+    """The wide output's length for a task of :func:`_conv_wide_from`: ``samples`` planes, the last
+    only up to its ``used`` positions, in whole tiles."""
+    return whole((samples - 1) * plane + used, tile_width(itemsize))
+
+
+def _samples_per_task(plane: int) -> int:
+    """The samples of ``plane`` positions each that a task of :func:`_conv_wide_from` takes: one, unless
+    the planes are so small that a task would not repay its overhead. (One wastes least: only a task's
+    last plane is cut to the positions the output reads. Measured, roughly, on a busy machine on LeNet's
+    two convs at batch 256: as fast as or faster than a block of 2304 positions per task.)"""
+    return max(1, _TASK_POSITIONS // plane)
+
+
+class PreparedConv:
+    """:func:`conv2d_max_pool2d_forward`'s pooled output (or :func:`conv2d_forward`'s, ``pool`` None) for
+    padded inputs of one shape, as the inference plan runs it: one kernel launch per call
+    (:func:`_conv_wide_from`, serial for small work, see :func:`.jit.sized`), the tap offsets computed
+    once, and the temporaries (the input's runs, the tap matrix) kept per thread for the next call.
+    Only stride-1 convs, and only the 2x2, stride-2 pool that :func:`conv2d_max_pool2d_forward` fuses:
+    see :meth:`takes`.
+
+    Calling ``prepared(xp, w, b)`` returns the output: a new array, or with ``reuse_output`` one kept
+    per thread like the temporaries, which the next call in the thread overwrites (for outputs that
+    the next step of a plan consumes).
+    """
+
+    def __init__(self, xp_shape: tuple, w_shape: tuple, dtype, geo, pool=None, relu: bool = False,
+                 reuse_output: bool = False) -> None:
+        n, c_in, hp, wp = xp_shape
+        c_out, _, kh, kw = w_shape
+        dh, dw = geo.dilation
+        self.dtype, self.relu, self.pooled, self.ow = np.dtype(dtype), bool(relu), pool is not None, geo.out_hw[1]
+        self.out_shape = (n, c_out) + (geo.out_hw if pool is None else pool.out_hw)
+        self._per_task = _samples_per_task(hp * wp)
+        rows, cols = (2 * pool.out_hw[0], 2 * pool.out_hw[1]) if pool is not None else geo.out_hw
+        self._used = (rows - 1) * wp + cols  # of a plane's positions, those the output reads
+        first = (n - 1) // self._per_task * self._per_task  # the last task's first sample
+        span = _task_span(n - first, hp * wp, self._used, self.dtype.itemsize)
+        self._shapes = ((c_in, max(n * hp * wp, first * hp * wp + span + _reach(kh, kw, wp, dh, dw))),
+                        (tile_rows(c_out), c_in * kh * kw)) + ((self.out_shape,) if reuse_output else ())
+        self._offsets = _tap_offsets(c_in, kh, kw, self._shapes[0][1], 0, dh * wp, dw)
+        kernel = _launch(xp_shape, w_shape, geo)
+        self._kernel = jit.serialized(kernel) if jit.SERIALIZE_KERNELS and kernel is _conv_wide_from else kernel
+        self._keep = sum(np.prod(s, dtype=np.float64) for s in self._shapes) * self.dtype.itemsize <= _KEEP_BYTES
+        self._local = threading.local()
+
+    @staticmethod
+    def takes(xp_shape: tuple, w_shape: tuple, geo, pool=None) -> bool:
+        """Whether a conv of geometry ``geo`` (and the max-pool ``pool`` after it, if any) can be prepared,
+        and pays: its tasks are whole samples, so a batch with fewer tasks than threads
+        takes only if its work is too small for more than one thread anyway (else the op's kernel,
+        which splits every sample's positions, runs it)."""
+        if geo.stride != (1, 1) or not (pool is None or pool_numba.vector_pool(pool, *geo.out_hw)):
+            return False
+        tasks = -(-xp_shape[0] // _samples_per_task(xp_shape[2] * xp_shape[3]))
+        return tasks >= jit.num_threads() or _launch(xp_shape, w_shape, geo) is not _conv_wide_from
+
+    def _temporaries(self) -> tuple:
+        found = getattr(self._local, "temporaries", None)
+        if found is None:
+            found = tuple(np.zeros(shape, self.dtype) for shape in self._shapes)
+            if self._keep:
+                self._local.temporaries = found
+        return found
+
+    def __call__(self, xp: np.ndarray, w: np.ndarray, b: np.ndarray) -> np.ndarray:
+        runs, taps, *kept = self._temporaries()
+        y = kept[0] if kept else np.empty(self.out_shape, self.dtype)
+        self._kernel(xp, w, b, runs, taps, self._offsets, y, self.relu, self.pooled, self.ow, self._per_task,
+                     self._used)
+        return y
 
 
 @parallel_kernel

@@ -14,21 +14,27 @@ from __future__ import annotations
 
 import numpy as np
 
-from .jit import parallel_kernel, prange, sized
+from .jit import kernel_helper, parallel_kernel, prange, sized
 from ._taps import add_taps, add_taps4
-from ._tiles import DENSE_COLS, DENSE_ROWS, ROWS, TILE_SPEED, dense_tile, lanes, store_tile, tile_width, whole
+from ._tiles import (DENSE_COLS, DENSE_ROWS, DOT_COLS, ROWS, TILE_SPEED, dense_tile, dot_row, lanes, store_tile,
+                     tile_width, whole)
 
 _ROWS = 96  # input rows per task: about 300 KB of a 784-wide float32 input, so it stays in L2 cache
 _BLOCK_ROWS, _MAX_BLOCKS = 4 * _ROWS, 16  # the weight gradient's partial sums: their number depends on
 # the batch only, so the summation order (and the result) does not depend on the thread count
 _OUT_BLOCK = 20  # outputs per forward task: a wide layer's forward pass splits its outputs over the threads
+_OUT_BLOCK_ROWS = 8 * DOT_COLS  # the same for :func:`_forward_rows`, whole tiles of its outputs
 _PANEL = 256  # rows of the right-hand factor per step of a tile product: 256 rows of 784 float32 (800 KB) fit L2
 
 
-def linear_forward(x, w, b):
-    """``x @ w.T + b`` for ``x`` (N, in) and ``w`` (out, in)."""
+def linear_forward(x, w, b, relu=False):
+    """``x @ w.T + b`` for ``x`` (N, in) and ``w`` (out, in), through a ReLU with ``relu``."""
     y = np.empty((x.shape[0], w.shape[0]), dtype=x.dtype)
-    _forward(x, w, b, y)
+    work = x.shape[0] * w.size // TILE_SPEED
+    if x.shape[0] < DENSE_ROWS:  # a tile of rows would repeat rows: one row at a time
+        sized(_forward_rows, work)(x, w, b, y, relu)
+    else:
+        sized(_forward, work)(x, w, b, y, relu)
     return y
 
 
@@ -123,10 +129,10 @@ def _products(a, b, parts):
 
 
 @parallel_kernel
-def _forward(x, w, b, y):
-    """``y = x @ w.T + b``: each output is a dot product of an input row and a weight row, a register
-    tile of 4 rows by 5 outputs at a time (:data:`._tiles.dense_tile`), which prefetches the next 4
-    rows while it works; the columns past the last whole vector by a loop."""
+def _forward(x, w, b, y, relu):
+    """``y = x @ w.T + b`` (through a ReLU with ``relu``): each output is a dot product of an input row
+    and a weight row, a register tile of 4 rows by 5 outputs at a time (:data:`._tiles.dense_tile`),
+    which prefetches the next 4 rows while it works; the columns past the last whole vector by a loop."""
     n, n_in = x.shape
     n_out = w.shape[0]
     vector_end = n_in - n_in % lanes(x.itemsize)  # the dot products' whole vectors end here
@@ -145,12 +151,40 @@ def _forward(x, w, b, y):
                 for c in range(DENSE_COLS):
                     w_starts[c] = min(o0 + c, n_out - 1) * n_in
                 dense_tile(out, x_flat, x_starts, w_flat, w_starts, vector_end, ahead if o0 == outs * _OUT_BLOCK else 0)
-                for a in range(min(DENSE_ROWS, n - r0)):
-                    for c in range(min(DENSE_COLS, n_out - o0)):
-                        total = out[a, c] + b[o0 + c]
-                        for k in range(vector_end, n_in):
-                            total += x[r0 + a, k] * w[o0 + c, k]
-                        y[r0 + a, o0 + c] = total
+                _finish_tile(out, x, w, b, y, r0, o0, vector_end, relu)
+
+
+@parallel_kernel
+def _forward_rows(x, w, b, y, relu):
+    """:func:`_forward` for fewer rows than its tile: a tile of one row by :data:`._tiles.DOT_COLS`
+    outputs (:func:`._tiles.dot_row`), each task a row and a block of outputs."""
+    n, n_in = x.shape
+    n_out = w.shape[0]
+    vector_end = n_in - n_in % lanes(x.itemsize)
+    x_flat, w_flat = x.reshape(x.size), w.reshape(w.size)
+    out_blocks = -(-n_out // _OUT_BLOCK_ROWS)
+    for task in prange(n * out_blocks):
+        r, outs = task // out_blocks, task % out_blocks
+        out = np.empty((1, DOT_COLS), dtype=x.dtype)
+        x_starts = np.full(1, r * n_in, dtype=np.int64)
+        w_starts = np.empty(DOT_COLS, dtype=np.int64)
+        for o0 in range(outs * _OUT_BLOCK_ROWS, min(n_out, (outs + 1) * _OUT_BLOCK_ROWS), DOT_COLS):
+            for c in range(DOT_COLS):
+                w_starts[c] = min(o0 + c, n_out - 1) * n_in
+            dot_row(out, x_flat, x_starts, w_flat, w_starts, vector_end, 0)
+            _finish_tile(out, x, w, b, y, r, o0, vector_end, relu)
+
+
+@kernel_helper
+def _finish_tile(out, x, w, b, y, r0, o0, vector_end, relu):
+    """``y[r0 + a, o0 + c] = out[a, c]`` plus the bias and the products past ``vector_end`` (through a
+    ReLU with ``relu``: NaN stays NaN), for the tile's rows and outputs that exist."""
+    for a in range(min(out.shape[0], x.shape[0] - r0)):
+        for c in range(min(out.shape[1], w.shape[0] - o0)):
+            total = out[a, c] + b[o0 + c]
+            for k in range(vector_end, x.shape[1]):
+                total += x[r0 + a, k] * w[o0 + c, k]
+            y[r0 + a, o0 + c] = 0 if relu and total <= 0 else total
 
 
 @parallel_kernel
