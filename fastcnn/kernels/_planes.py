@@ -94,13 +94,16 @@ def split_phases(out, plane, sh, sw, h2, w2, top, left, phase_stride):
         q0, q1 = first_inside(left - b, sw), min(w2, phase_size(w + left - b, sw))
         for r in range(r0, r1):
             row, dst = plane[r * sh + a - top], out[f * phase_stride + r * w2 :]
-            if sw == 1:  # a run, which LLVM copies with vectors
-                run = row[q0 - left :]
+            run = row[q0 * sw + b - left :]
+            if sw == 1:  # constant steps, which LLVM copies with vectors
                 for q in range(q1 - q0):
                     dst[q0 + q] = run[q]
+            elif sw == 2:
+                for q in range(q1 - q0):
+                    dst[q0 + q] = run[2 * q]
             else:
-                for q in range(q0, q1):
-                    dst[q] = row[q * sw + b - left]
+                for q in range(q1 - q0):
+                    dst[q0 + q] = run[q * sw]
 
 
 @kernel_helper
@@ -144,12 +147,16 @@ def narrow(dst, src, width, row_step, col_step, row0, col0):
         assert r1 <= r0 or q1 <= q0 or (r1 - 1) * width + q1 <= src.size, "narrow: src is too short"
     for r in range(r0, r1):
         row, run = dst[row0 + r * row_step], src[r * width : r * width + q1]
-        if col_step == 1:  # a run, which LLVM copies with vectors
-            for q in range(q0, q1):
-                row[col0 + q] = run[q]
+        out = row[col0 + q0 * col_step :]
+        if col_step == 1:  # constant steps, which LLVM copies with vectors
+            for q in range(q1 - q0):
+                out[q] = run[q0 + q]
+        elif col_step == 2:
+            for q in range(q1 - q0):
+                out[2 * q] = run[q0 + q]
         else:
-            for q in range(q0, q1):
-                row[col0 + q * col_step] = run[q]
+            for q in range(q1 - q0):
+                out[q * col_step] = run[q0 + q]
 
 
 @kernel_helper
