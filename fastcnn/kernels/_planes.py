@@ -137,12 +137,13 @@ def place(dst, plane, width, top, left):
 
 @kernel_helper
 def narrow(dst, src, width, row_step, col_step, row0, col0):
-    """``dst[row0 + r * row_step, col0 + q * col_step] = src[r * width + q]`` for every such position
-    inside ``dst`` (2-D; ``row0`` and ``col0`` may be negative): a wide plane's values back to their
-    rows, or one phase of a padded plane into the plane without its padding."""
+    """``dst[row0 + r * row_step, col0 + q * col_step] = src[r * width + q]`` for every ``q < width``
+    and ``r`` that give a position inside ``dst`` (2-D; ``row0`` and ``col0`` may be negative): a wide
+    plane's values back to their rows, or one phase of a padded plane into the plane without its
+    padding."""
     h, w = dst.shape
     r0, r1 = first_inside(-row0, row_step), phase_size(h - row0, row_step)
-    q0, q1 = first_inside(-col0, col_step), phase_size(w - col0, col_step)
+    q0, q1 = first_inside(-col0, col_step), min(width, phase_size(w - col0, col_step))
     if CHECK_BOUNDS:
         assert r1 <= r0 or q1 <= q0 or (r1 - 1) * width + q1 <= src.size, "narrow: src is too short"
     for r in range(r0, r1):

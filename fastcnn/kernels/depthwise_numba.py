@@ -93,7 +93,10 @@ def _grad_weight(gy, x, kh, kw, sh, sw, dh, dw, hp, wp, top, left):
                 place(g[k * block :], gy[first + k, o], w2, 0, 0)
             sums = partial[part, o]
             dot_taps(sums, g, src, offsets)
-            sums[kh * kw] += g.sum()
+            bias = 0.0
+            for p in range(g.size):  # a loop: g.sum() is a parallel reduction where this prange is serial
+                bias += g[p]
+            sums[kh * kw] += bias
     grad_w = np.empty((c_out, 1, kh, kw), dtype=gy.dtype)
     grad_b = np.empty(c_out, dtype=gy.dtype)
     total = partial.sum(axis=0)
