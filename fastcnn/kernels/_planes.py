@@ -25,7 +25,7 @@ import numpy as np
 
 from .jit import CHECK_BOUNDS, kernel_helper
 
-STACK_VALUES = 8192
+STACK_VALUES = 4096  # 16 KiB of float32: a stack and the run it makes fit an L1 cache together
 
 
 @kernel_helper
