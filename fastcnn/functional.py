@@ -233,10 +233,11 @@ def _depthwise_gradients(grad_y, x, weight, geo, input_grad, backend):
     """:func:`_conv_gradients` for a depthwise conv, whose kernels take ``x`` unpadded and return its
     gradient so."""
     signature = (x.shape, weight.shape, geo.stride, geo.padding, geo.dilation, x.dtype.char)
-    grad_w, grad_b = dispatch.run("depthwise_conv2d_grad_weight", signature, (grad_y, x, geo, x.shape[1]), backend)
+    c = x.shape[1]
+    grad_w, grad_b = dispatch.run("depthwise_conv2d_grad_weight", signature, (grad_y, x, geo, c), backend)
     grad_x = None
     if input_grad:
-        grad_x = dispatch.run("depthwise_conv2d_grad_input", signature, (grad_y, weight, geo, x.shape[1]), backend)
+        grad_x = dispatch.run("depthwise_conv2d_grad_input", signature, (grad_y, weight, geo, c), backend)
     return grad_x, grad_w, grad_b
 
 
