@@ -143,16 +143,18 @@ def conv2d(
     """
     x, weight, geo = _conv_inputs(x, weight, stride, padding, dilation, groups)
     bias = _bias(bias, weight, x.dtype)
+    if _depthwise(x, groups):  # its kernels pad the input themselves
+        signature = (x.shape, weight.shape, geo.stride, geo.padding, geo.dilation, x.dtype.char)
+        return dispatch.run("depthwise_conv2d", signature, (x, weight, bias, geo), backend)
     xp = _pad(x, geo.padding)
-    if groups > 1 and not _depthwise(x, groups):  # a conv per group
+    if groups > 1:  # a conv per group
         blocks = zip(_blocks(xp, groups, 1), _blocks(weight, groups, 0), _blocks(bias, groups, 0))
         signature = (_block_shape(xp.shape, groups, 1), _block_shape(weight.shape, groups, 0), geo.stride, geo.dilation,
                      x.dtype.char)
         return np.concatenate([dispatch.run("conv2d", signature, (xg, wg, bg, geo), backend)
                                for xg, wg, bg in blocks], axis=1)
     signature = (xp.shape, weight.shape, geo.stride, geo.dilation, x.dtype.char)
-    op = "conv2d" if groups == 1 else "depthwise_conv2d"
-    return dispatch.run(op, signature, (xp, weight, bias, geo), backend)
+    return dispatch.run("conv2d", signature, (xp, weight, bias, geo), backend)
 
 
 def _depthwise(x: np.ndarray, groups: int) -> bool:
@@ -206,7 +208,7 @@ def conv2d_backward(
     if groups == 1:
         return _conv_gradients("conv2d", (grad_y,), (), (), x, weight, geo, input_grad, backend)
     if _depthwise(x, groups):
-        return _conv_gradients("depthwise_conv2d", (grad_y,), (x.shape[1],), (), x, weight, geo, input_grad, backend)
+        return _depthwise_gradients(grad_y, x, weight, geo, input_grad, backend)
     parts = [_conv_gradients("conv2d", (gg,), (), (), xg, wg, geo, input_grad, backend)
              for gg, xg, wg in zip(_blocks(grad_y, groups, 1), _blocks(x, groups, 1), _blocks(weight, groups, 0))]
     grad_x = np.concatenate([p[0] for p in parts], axis=1) if input_grad else None
@@ -224,6 +226,18 @@ def _conv_gradients(op, grad, extra, described, x, weight, geo, input_grad, back
         grad_w, grad_b = dispatch.run(op + "_grad_weight", signature, (*grad, xp, geo, *extra), backend)
         if input_grad:
             grad_x = _crop(dispatch.run(op + "_grad_input", signature, (*grad, weight, geo, *extra), backend), geo.padding)
+    return grad_x, grad_w, grad_b
+
+
+def _depthwise_gradients(grad_y, x, weight, geo, input_grad, backend):
+    """:func:`_conv_gradients` for a depthwise conv, whose kernels take ``x`` unpadded and return its
+    gradient so."""
+    signature = (x.shape, weight.shape, geo.stride, geo.padding, geo.dilation, x.dtype.char)
+    c = x.shape[1]
+    grad_w, grad_b = dispatch.run("depthwise_conv2d_grad_weight", signature, (grad_y, x, geo, c), backend)
+    grad_x = None
+    if input_grad:
+        grad_x = dispatch.run("depthwise_conv2d_grad_input", signature, (grad_y, weight, geo, c), backend)
     return grad_x, grad_w, grad_b
 
 

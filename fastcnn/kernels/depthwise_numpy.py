@@ -1,14 +1,17 @@
 """Depthwise convolution in vectorised NumPy: each input channel convolved with its own ``m`` filters
 (``groups == C_in``, weight ``(C_in * m, 1, kH, kW)``), one strided window per kernel tap.
 
-Every function takes the arguments of its :mod:`.conv_numpy` namesake; the gradients also take ``c``,
-the number of input channels.
+Unlike the :mod:`.conv_numpy` namesakes, the functions take the input unpadded and pad it as the
+conv's geometry says (the Numba kernels pad each plane in cache instead of the whole batch), and the
+input gradient comes back without the padding; the gradients also take ``c``, the number of input
+channels.
 """
 from __future__ import annotations
 
 import numpy as np
 
 from ._windows import window
+from .scratch import zero_padded
 
 
 def _split(w, c):
@@ -16,10 +19,16 @@ def _split(w, c):
     return w.reshape(c, w.shape[0] // c, w.shape[2], w.shape[3])
 
 
-def conv2d_forward(xp, w, b, geo):
-    """``y = depthwise_conv(xp, w) + b`` for a padded input ``xp`` (N, C, Hp, Wp); ``geo`` the conv's
-    :class:`~fastcnn._checks.ConvGeometry`."""
+def _padded(x, geo):
+    """``x`` zero-padded as ``geo`` says: a temporary (see :func:`.scratch.zero_padded`)."""
+    return zero_padded(x, geo.padding) if any(p for side in geo.padding for p in side) else x
+
+
+def conv2d_forward(x, w, b, geo):
+    """``y = depthwise_conv(x, w) + b`` for an input ``x`` (N, C, H, W), zero-padded as ``geo`` (the conv's
+    :class:`~fastcnn._checks.ConvGeometry`) says."""
     (sh, sw), (dh, dw), (oh, ow) = geo.stride, geo.dilation, geo.out_hw
+    xp = _padded(x, geo)
     n, c = xp.shape[:2]
     wc = _split(w, c)
     y = np.zeros((n, c, wc.shape[1], oh, ow), dtype=xp.dtype)
@@ -31,9 +40,10 @@ def conv2d_forward(xp, w, b, geo):
     return y
 
 
-def conv2d_grad_weight(gy, xp, geo, c):
+def conv2d_grad_weight(gy, x, geo, c):
     """Gradients with respect to the weight (C*m, 1, kH, kW) and the bias (``c`` = C)."""
     (kh, kw), (sh, sw), (dh, dw) = geo.kernel, geo.stride, geo.dilation
+    xp = _padded(x, geo)
     n = xp.shape[0]
     c_out, oh, ow = gy.shape[1:]
     g = gy.reshape(n, c, c_out // c, oh, ow)
@@ -45,7 +55,7 @@ def conv2d_grad_weight(gy, xp, geo, c):
 
 
 def conv2d_grad_input(gy, w, geo, c):
-    """Gradient with respect to the padded input, shape (N, c) + ``geo.padded_hw``."""
+    """Gradient with respect to the input, shape (N, c, H, W)."""
     (hp, wp), (sh, sw), (dh, dw) = geo.padded_hw, geo.stride, geo.dilation
     n, c_out, oh, ow = gy.shape
     g = gy.reshape(n, c, c_out // c, oh, ow)
@@ -54,4 +64,5 @@ def conv2d_grad_input(gy, w, geo, c):
     for i in range(wc.shape[2]):
         for j in range(wc.shape[3]):
             window(grad_xp, i * dh, j * dw, sh, sw, oh, ow)[...] += np.einsum("ncmrq,cm->ncrq", g, wc[:, :, i, j])
-    return grad_xp
+    (top, bottom), (left, right) = geo.padding
+    return np.ascontiguousarray(grad_xp[:, :, top : hp - bottom, left : wp - right])
