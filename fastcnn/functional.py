@@ -158,8 +158,9 @@ def conv2d(
 
 
 def _depthwise(x: np.ndarray, groups: int) -> bool:
-    """Whether a conv of ``x`` with ``groups`` is depthwise (one input channel per group)."""
-    return groups == x.shape[1]
+    """Whether a conv of ``x`` with ``groups`` is depthwise (one input channel per group, several groups:
+    a conv of one input channel is an ordinary conv, whose kernels are tuned for it)."""
+    return groups > 1 and groups == x.shape[1]
 
 
 def _blocks(a: np.ndarray, groups: int, axis: int) -> list[np.ndarray]:
