@@ -61,15 +61,18 @@ class RandomShiftRotate:
 def _bilinear(x: np.ndarray, src_r: np.ndarray, src_c: np.ndarray) -> np.ndarray:
     """``x`` (N, C, H, W) sampled at the fractional positions ``(src_r, src_c)`` (N, H, W), zeros outside."""
     n, c, h, w = x.shape
+    # A border of zeros (one row and column before the image, two after) holds every tap once the
+    # positions are clipped to [-1, H] x [-1, W]: a clipped position reads zeros only, as it should.
+    padded = np.zeros((n, c, h + 3, w + 3), dtype=x.dtype)
+    padded[:, :, 1:h + 1, 1:w + 1] = x
+    src_r, src_c = np.clip(src_r, -1, h), np.clip(src_c, -1, w)
     r0, c0 = np.floor(src_r), np.floor(src_c)
     fr, fc = (src_r - r0).astype(x.dtype), (src_c - c0).astype(x.dtype)
-    r0, c0 = r0.astype(np.intp), c0.astype(np.intp)
-    planes = x.reshape(n, c, h * w)
+    plane = (h + 3) * (w + 3)
+    first = ((r0.astype(np.intp) + 1) * (w + 3) + c0.astype(np.intp) + 1).reshape(n, 1, h * w)
+    first = first + (np.arange(n * c, dtype=np.intp) * plane).reshape(n, c, 1)
+    flat = padded.reshape(-1)
     out = np.zeros((n, c, h * w), dtype=x.dtype)
-    for dr, dc, weight in ((0, 0, (1 - fr) * (1 - fc)), (0, 1, (1 - fr) * fc), (1, 0, fr * (1 - fc)), (1, 1, fr * fc)):
-        rr, cc = r0 + dr, c0 + dc
-        inside = (rr >= 0) & (rr < h) & (cc >= 0) & (cc < w)
-        flat = np.where(inside, rr * w + cc, 0).reshape(n, 1, h * w)
-        values = np.take_along_axis(planes, np.broadcast_to(flat, (n, c, h * w)), axis=2)
-        out += values * np.where(inside, weight, 0).reshape(n, 1, h * w)
+    for offset, weight in ((0, (1 - fr) * (1 - fc)), (1, (1 - fr) * fc), (w + 3, fr * (1 - fc)), (w + 4, fr * fc)):
+        out += flat.take(first + offset) * weight.reshape(n, 1, h * w)
     return out.reshape(n, c, h, w)

@@ -29,6 +29,13 @@ def test_whole_pixel_shifts_and_quarter_turns_are_exact():
     np.testing.assert_allclose(aug2(x), np.rot90(x, 1, axes=(2, 3)), atol=1e-5)
 
 
+def test_positions_far_outside_the_image_read_zeros():
+    x = _images()
+    aug = RandomShiftRotate(0, 0, seed=0)
+    aug.rng = _FixedDraws(angles=np.zeros(4), shifts=np.array([[20.5, -9.0, 0, 0], [0, 0, 9.25, -40]], float))
+    np.testing.assert_array_equal(aug(x), np.zeros_like(x))
+
+
 class _FixedDraws:
     """Stands in for the Generator: returns given angles (degrees) and shifts."""
 

@@ -164,9 +164,9 @@ class _FakeWorld:
 
 
 def test_every_batch_norm_gets_the_hook_while_training_and_loses_it_however_training_ends():
-    model = fastcnn.models.resnet(seed=0)  # six batch norms, four of them inside Residual blocks
+    model = fastcnn.models.resnet(seed=0)  # nine batch norms, six of them inside Residual blocks
     norms = list(distributed._batch_norm_layers(model.layers))
-    assert len(norms) == 6 and len({id(n) for n in norms}) == 6
+    assert len(norms) == 9 and len({id(n) for n in norms}) == 9
     ctx = distributed.DataParallel(_FakeWorld(), sync_batchnorm=True)
     with pytest.raises(RuntimeError, match="boom"):
         with ctx.attached(model):
