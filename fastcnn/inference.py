@@ -195,7 +195,6 @@ class _Linear(_Step):
     applied by the same kernel with ``relu``."""
 
     makes_new_arrays = True
-    op = "linear"
 
     def __init__(self, dtype, layer: Dense, arrays: Arrays, relu: bool = False) -> None:
         super().__init__(dtype)
