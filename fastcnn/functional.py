@@ -63,8 +63,6 @@ __all__ = [
 def _pad(x: np.ndarray, padding) -> np.ndarray:
     """Zero-pad the two spatial axes by ``((top, bottom), (left, right))``: a temporary of the calling
     op, which must not return it or keep it (see :func:`.kernels.scratch.zero_padded`)."""
-    if not any(p for side in padding for p in side):
-        return x
     return zero_padded(x, padding)
 
 

@@ -19,16 +19,11 @@ def _split(w, c):
     return w.reshape(c, w.shape[0] // c, w.shape[2], w.shape[3])
 
 
-def _padded(x, geo):
-    """``x`` zero-padded as ``geo`` says: a temporary (see :func:`.scratch.zero_padded`)."""
-    return zero_padded(x, geo.padding) if any(p for side in geo.padding for p in side) else x
-
-
 def conv2d_forward(x, w, b, geo):
     """``y = depthwise_conv(x, w) + b`` for an input ``x`` (N, C, H, W), zero-padded as ``geo`` (the conv's
     :class:`~fastcnn._checks.ConvGeometry`) says."""
     (sh, sw), (dh, dw), (oh, ow) = geo.stride, geo.dilation, geo.out_hw
-    xp = _padded(x, geo)
+    xp = zero_padded(x, geo.padding)
     n, c = xp.shape[:2]
     wc = _split(w, c)
     y = np.zeros((n, c, wc.shape[1], oh, ow), dtype=xp.dtype)
@@ -43,7 +38,7 @@ def conv2d_forward(x, w, b, geo):
 def conv2d_grad_weight(gy, x, geo, c):
     """Gradients with respect to the weight (C*m, 1, kH, kW) and the bias (``c`` = C)."""
     (kh, kw), (sh, sw), (dh, dw) = geo.kernel, geo.stride, geo.dilation
-    xp = _padded(x, geo)
+    xp = zero_padded(x, geo.padding)
     n = xp.shape[0]
     c_out, oh, ow = gy.shape[1:]
     g = gy.reshape(n, c, c_out // c, oh, ow)

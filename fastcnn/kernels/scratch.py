@@ -108,9 +108,12 @@ def zero_padded(x: np.ndarray, padding: tuple[tuple[int, int], tuple[int, int]])
     written again, so a call copies ``x`` in and nothing more: no fresh memory (a page fault per 4 KiB
     on every call, see the module docstring), no zeros written. Like :func:`scratch`, the result is a
     temporary of the calling op: the next call for the same shape in this thread overwrites it. The
-    :data:`_PADDED_KEPT` arrays used last are kept, at most :data:`_KEEP_BYTES` in all.
+    :data:`_PADDED_KEPT` arrays used last are kept, at most :data:`_KEEP_BYTES` in all. Without
+    padding, ``x`` itself.
     """
     (top, bottom), (left, right) = padding
+    if not (top or bottom or left or right):
+        return x
     n, c, h, w = x.shape
     shape = (n, c, h + top + bottom, w + left + right)
     key = (shape, top, left, x.dtype.str)
