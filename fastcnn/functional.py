@@ -12,7 +12,7 @@ from . import dispatch
 from ._checks import (ConvGeometry, IntOrPair, avg_pool_scales, check_allocation, check_grad, check_nchw_shape,
                       class_labels, conv_geometry, conv_transpose_geometry, flag, float_array, pair, pool_geometry)
 from .kernels.blas import channel_sums
-from .kernels.scratch import shared_inputs, zero_padded
+from .kernels.scratch import cropped, shared_inputs, zero_padded
 
 __all__ = [
     "conv2d",
@@ -60,25 +60,10 @@ __all__ = [
     "batch_norm_scale_shift",
 ]
 
-def _pad(x: np.ndarray, padding) -> np.ndarray:
-    """Zero-pad the two spatial axes by ``((top, bottom), (left, right))``: a temporary of the calling
-    op, which must not return it or keep it (see :func:`.kernels.scratch.zero_padded`)."""
-    return zero_padded(x, padding)
-
-
 def _padded_shape(shape, padding) -> tuple[int, int, int, int]:
     """The NCHW ``shape`` after :func:`_pad` with ``((top, bottom), (left, right))``."""
     (top, bottom), (left, right) = padding
     return tuple(shape[:2]) + (shape[2] + top + bottom, shape[3] + left + right)
-
-
-def _crop(xp: np.ndarray, padding) -> np.ndarray:
-    """Undo :func:`_pad`, returning a C-contiguous array."""
-    (top, bottom), (left, right) = padding
-    if not (top or bottom or left or right):
-        return xp
-    h, w = xp.shape[2:]
-    return np.ascontiguousarray(xp[:, :, top : h - bottom, left : w - right])
 
 
 def _bias(bias, weight: np.ndarray, dtype) -> np.ndarray:
@@ -141,18 +126,22 @@ def conv2d(
     """
     x, weight, geo = _conv_inputs(x, weight, stride, padding, dilation, groups)
     bias = _bias(bias, weight, x.dtype)
-    if _depthwise(x, groups):  # its kernels pad the input themselves
-        signature = (x.shape, weight.shape, geo.stride, geo.padding, geo.dilation, x.dtype.char)
+    if _depthwise(x, groups):
+        signature = conv_signature(x.shape, weight.shape, geo, x.dtype)
         return dispatch.run("depthwise_conv2d", signature, (x, weight, bias, geo), backend)
-    xp = _pad(x, geo.padding)
     if groups > 1:  # a conv per group
-        blocks = zip(_blocks(xp, groups, 1), _blocks(weight, groups, 0), _blocks(bias, groups, 0))
-        signature = (_block_shape(xp.shape, groups, 1), _block_shape(weight.shape, groups, 0), geo.stride, geo.dilation,
-                     x.dtype.char)
+        blocks = zip(_blocks(x, groups, 1), _blocks(weight, groups, 0), _blocks(bias, groups, 0))
+        signature = conv_signature(_block_shape(x.shape, groups, 1), _block_shape(weight.shape, groups, 0), geo, x.dtype)
         return np.concatenate([dispatch.run("conv2d", signature, (xg, wg, bg, geo), backend)
                                for xg, wg, bg in blocks], axis=1)
-    signature = (xp.shape, weight.shape, geo.stride, geo.dilation, x.dtype.char)
-    return dispatch.run("conv2d", signature, (xp, weight, bias, geo), backend)
+    return dispatch.run("conv2d", conv_signature(x.shape, weight.shape, geo, x.dtype), (x, weight, bias, geo), backend)
+
+
+def conv_signature(x_shape, w_shape, geo, dtype, *described) -> tuple:
+    """The dispatch signature of a conv op on inputs of ``x_shape`` (its kernels take the input
+    unpadded and pad it as they need): the shapes, the geometry, what ``described`` adds, the dtype.
+    The inference plan asks for the same signatures, so that it runs the kernels ``auto`` chose."""
+    return (tuple(x_shape), tuple(w_shape), geo.stride, geo.padding, geo.dilation) + described + (np.dtype(dtype).char,)
 
 
 def _depthwise(x: np.ndarray, groups: int) -> bool:
@@ -218,20 +207,19 @@ def _conv_gradients(op, grad, extra, described, x, weight, geo, input_grad, back
     """The three gradients of a conv, from the ops ``op + "_grad_weight"`` and ``op + "_grad_input"``,
     which take the arguments ``grad`` before and ``extra`` after the conv's own; ``described`` is what
     their dispatch signature needs besides the conv's shapes."""
-    xp = _pad(x, geo.padding)
-    signature = (xp.shape, weight.shape, geo.stride, geo.dilation) + tuple(described) + (x.dtype.char,)
+    signature = conv_signature(x.shape, weight.shape, geo, x.dtype, *described)
     grad_x = None
     with shared_inputs():  # both gradients read grad_y the same way: a backend may prepare it once
-        grad_w, grad_b = dispatch.run(op + "_grad_weight", signature, (*grad, xp, geo, *extra), backend)
+        grad_w, grad_b = dispatch.run(op + "_grad_weight", signature, (*grad, x, geo, *extra), backend)
         if input_grad:
-            grad_x = _crop(dispatch.run(op + "_grad_input", signature, (*grad, weight, geo, *extra), backend), geo.padding)
+            grad_x = dispatch.run(op + "_grad_input", signature, (*grad, weight, geo, *extra), backend)
     return grad_x, grad_w, grad_b
 
 
 def _depthwise_gradients(grad_y, x, weight, geo, input_grad, backend):
     """:func:`_conv_gradients` for a depthwise conv, whose kernels take ``x`` unpadded and return its
     gradient so."""
-    signature = (x.shape, weight.shape, geo.stride, geo.padding, geo.dilation, x.dtype.char)
+    signature = conv_signature(x.shape, weight.shape, geo, x.dtype)
     c = x.shape[1]
     grad_w, grad_b = dispatch.run("depthwise_conv2d_grad_weight", signature, (grad_y, x, geo, c), backend)
     grad_x = None
@@ -344,7 +332,7 @@ def conv_transpose2d(
                            for xg, wg in zip(_blocks(x, groups, 1), _blocks(weight, groups, 0))], axis=1) \
         if x.shape[0] else np.zeros((0, n_out, hp, wp), x.dtype)
     (ph, pw) = geo.padding
-    y = _crop(full, ((ph, ph), (pw, pw)))
+    y = cropped(full, ((ph, ph), (pw, pw)))
     if bias is not None:
         y += bias[:, None, None]
     return y
@@ -437,10 +425,9 @@ def conv2d_max_pool2d(
     pool = pool_geometry((x.shape[0], weight.shape[0]) + geo.out_hw, pool_size, pool_stride, pool_padding, pool_dilation,
                          flag("pool_ceil_mode", pool_ceil_mode))
     check_allocation("conv2d_max_pool2d argmax", (x.shape[0], weight.shape[0]) + pool.out_hw, np.int64)
-    xp = _pad(x, geo.padding)
-    signature = (xp.shape, weight.shape, geo.stride, geo.dilation, pool.kernel, pool.stride, pool.padding, pool.dilation,
-                 pool.out_hw, relu, x.dtype.char)
-    args = (xp, weight, bias, geo, pool, relu)
+    signature = conv_signature(x.shape, weight.shape, geo, x.dtype, pool.kernel, pool.stride, pool.padding,
+                               pool.dilation, pool.out_hw, relu)
+    args = (x, weight, bias, geo, pool, relu)
     return dispatch.run("conv2d_max_pool2d", signature, args, backend)
 
 
@@ -630,7 +617,7 @@ def avg_pool2d(
                                     divisor_override, x.dtype)
     pads = _avg_pool_pads(geo)
     check_allocation("padded avg_pool2d input", _padded_shape(x.shape, pads), x.dtype)
-    xp = _pad(x, pads)
+    xp = zero_padded(x, pads)  # a temporary of the op
     signature = (xp.shape, geo.kernel, geo.stride, x.dtype.char)
     return dispatch.run("avg_pool2d", signature, (xp, geo, scale), backend)
 
@@ -687,7 +674,7 @@ def avg_pool2d_backward(
     check_allocation("avg_pool2d_backward output", padded, grad_y.dtype)
     signature = (padded, geo.kernel, geo.stride, grad_y.dtype.char)
     args = (grad_y, padded, geo, scale)
-    return _crop(dispatch.run("avg_pool2d_backward", signature, args, backend), pads)
+    return cropped(dispatch.run("avg_pool2d_backward", signature, args, backend), pads)
 
 
 def _plane(name: str, shape) -> tuple[int, int]:

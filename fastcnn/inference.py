@@ -23,7 +23,7 @@ The plan is rebuilt when a layer, a backend or a parameter array is replaced (``
 ``forward(x, training=False)``.
 
 Buffers are kept per thread (two threads may predict with one model at once): a prepared conv's
-temporaries, the zero-padded copies of padded convs' inputs, and the output of a step whose output
+temporaries (a padded conv reads its input into them with the padding's zeros) and the output of a step whose output
 the next step consumes. The output of the last step that makes an array is always a new array, so
 what ``predict`` returns is never overwritten by a later call. ``python -m bench.inference
 --profile`` splits predict's time into its steps and its own Python.
@@ -31,12 +31,12 @@ what ``predict`` returns is never overwritten by a later call. ``python -m bench
 from __future__ import annotations
 
 import copy
-import threading
-from typing import Any, Callable
+from typing import Callable
 
 import numpy as np
 
 from . import backends, dispatch
+from . import functional as F
 from ._checks import check_allocation, conv_geometry, pool_geometry
 from .layers import BatchNorm1D, BatchNorm2D, Conv2D, ConvMaxPool, Dense, Dropout, Flatten, Layer, MaxPool2D, ReLU
 from .kernels.jit import num_threads
@@ -94,39 +94,6 @@ class _Step:
         raise NotImplementedError
 
 
-_KEEP_PADDED_BYTES = 64 << 20  # padded inputs up to this size are kept for the next call
-
-
-def _padder(shape: tuple, pads, dtype: np.dtype) -> tuple[Callable[[np.ndarray], np.ndarray] | None, tuple]:
-    """A function that zero-pads ``(N, C, H, W)`` input by ``((top, bottom), (left, right))`` (None
-    when there is no padding), and the padded shape.
-
-    The padded array is kept per thread and reused by the next call with this shape: only its
-    interior is written again, its border stays zero. Fresh memory of this size costs a page fault
-    per 4 KiB on every call (see the README's "Memory"); the kernel reads the array before the step
-    returns, so no later call can see it changed.
-    """
-    (t, b), (l, r) = pads
-    n, c, h, w = shape
-    padded = (n, c, h + t + b, w + l + r)
-    if not (t or b or l or r):
-        return None, padded
-    check_allocation("padded input", padded, dtype)
-    keep = np.prod(padded, dtype=np.float64) * np.dtype(dtype).itemsize <= _KEEP_PADDED_BYTES
-    local = threading.local()
-
-    def pad(x: np.ndarray) -> np.ndarray:
-        xp = getattr(local, "xp", None)
-        if xp is None:
-            xp = np.zeros(padded, dtype)
-            if keep:
-                local.xp = xp
-        xp[:, :, t : t + h, l : l + w] = x
-        return xp
-
-    return pad, padded
-
-
 class _Conv(_Step):
     """A Conv2D, or a Conv2D with the MaxPool2D (and ReLU) after it, as ``conv2d`` / ``conv2d_max_pool2d``.
 
@@ -144,24 +111,22 @@ class _Conv(_Step):
     def bind(self, x, arrays, policy, fresh):
         conv, w_shape = self.conv, self.conv.params["weight"].shape
         geo = conv_geometry(x.shape, w_shape, conv.stride, conv.padding, conv.dilation)
-        pad, xp_shape = _padder(x.shape, geo.padding, self.dtype)
+        check_allocation("padded conv2d input", (x.shape[0], x.shape[1]) + geo.padded_hw, self.dtype)
         check_allocation("conv2d output", (x.shape[0], w_shape[0]) + geo.out_hw, self.dtype)
-        if self.pool is None:  # the signatures as fastcnn.functional's conv2d and conv2d_max_pool2d give them
-            signature, args, p = (xp_shape, w_shape, geo.stride, geo.dilation, self.dtype.char), (geo,), None
+        if self.pool is None:
+            signature, args, p = F.conv_signature(x.shape, w_shape, geo, self.dtype), (geo,), None
         else:
             p = _pool_geometry((x.shape[0], w_shape[0]) + geo.out_hw, self.pool)
-            signature = (xp_shape, w_shape, geo.stride, geo.dilation, p.kernel, p.stride, p.padding, p.dilation,
-                         p.out_hw, self.relu, self.dtype.char)
+            signature = F.conv_signature(x.shape, w_shape, geo, self.dtype, p.kernel, p.stride, p.padding, p.dilation,
+                                         p.out_hw, self.relu)
             args = (geo, p, self.relu)
-        sample = x if pad is None else pad(x)
-        kernel = dispatch.chosen(self.op, signature, (sample, *arrays, *args), conv.backend or policy)
-        if kernel is _numba_kernel(self.op) and conv_numba.PreparedConv.takes(xp_shape, w_shape, geo, p):
-            prepared = conv_numba.PreparedConv(xp_shape, w_shape, self.dtype, geo, p, self.relu, reuse_output=not fresh)
-            if pad is None:
-                return lambda x, arrays: prepared(x, *arrays)
-            return lambda x, arrays: prepared(pad(x), *arrays)
-        first = (lambda y: y) if self.pool is None else (lambda y: y[0])
-        return lambda x, arrays: first(kernel(x if pad is None else pad(x), *arrays, *args))
+        kernel = dispatch.chosen(self.op, signature, (x, *arrays, *args), conv.backend or policy)
+        if kernel is _numba_kernel(self.op) and conv_numba.PreparedConv.takes(x.shape, w_shape, geo, p):
+            prepared = conv_numba.PreparedConv(x.shape, w_shape, self.dtype, geo, p, self.relu, reuse_output=not fresh)
+            return lambda x, arrays: prepared(x, *arrays)
+        if self.pool is None:
+            return lambda x, arrays: kernel(x, *arrays, *args)
+        return lambda x, arrays: kernel(x, *arrays, *args)[0]
 
 
 def _numba_kernel(op: str):

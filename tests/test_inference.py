@@ -168,36 +168,39 @@ def test_padded_inputs_are_reused_without_changing_answers():
         assert np.array_equal(model.predict(x), _forward(model, x, n))
 
 
-def _conv_pool_reference(x, w, b, dilation, relu):
-    y = ref.max_pool2d(ref.conv2d(x, w, b, dilation=dilation).astype(x.dtype), (2, 2), (2, 2), (0, 0))[0]
+def _conv_pool_reference(x, w, b, dilation, pads, relu):
+    y = ref.max_pool2d(ref.conv2d(x, w, b, pads=pads, dilation=dilation).astype(x.dtype), (2, 2), (2, 2), (0, 0))[0]
     return np.maximum(y, 0) if relu else y
 
 
 @pytest.mark.skipif(not jit.NUMBA_AVAILABLE, reason="needs numba")
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
-@pytest.mark.parametrize("shape, dilation, pooled, relu", [
-    ((1, 1, 12, 12, 8), (1, 1), True, True),  # one sample: a serial launch at the default threshold
-    ((9, 1, 7, 7, 3), (1, 1), True, True),  # tiny planes, several samples per task: tasks with 5 and 4
-    ((3, 1, 21, 21, 2), (1, 1), True, False),  # a task per sample; the pool leaves the last row and column
-    ((3, 2, 11, 9, 5), (1, 2), True, False),  # odd planes, fewer output channels than a tile, dilation
-    ((3, 3, 7, 8, 17), (1, 1), False, False),  # no pool: the conv's own output, 17 rows (a tile and a bit)
+@pytest.mark.parametrize("shape, dilation, padding, pooled, relu", [
+    ((1, 1, 12, 12, 8), (1, 1), 0, True, True),  # one sample: a serial launch at the default threshold
+    ((9, 1, 7, 7, 3), (1, 1), 0, True, True),  # tiny planes, several samples per task: tasks with 5 and 4
+    ((3, 1, 21, 21, 2), (1, 1), 0, True, False),  # a task per sample; the pool leaves the last row and column
+    ((3, 2, 11, 9, 5), (1, 2), 0, True, False),  # odd planes, fewer output channels than a tile, dilation
+    ((3, 3, 7, 8, 17), (1, 1), 0, False, False),  # no pool: the conv's own output, 17 rows (a tile and a bit)
+    ((4, 3, 8, 8, 9), (1, 1), 1, True, True),  # "same" padding, read in with zeros: no padded copy
+    ((3, 2, 7, 6, 5), (2, 1), (2, 0, 1, 3), False, False),  # padding on some sides only, dilation
+    ((2, 2, 5, 5, 4), (1, 1), (0, 0, 2, 1), True, False),  # rows of padding only: whole planes as one run
 ])
-def test_prepared_conv_is_the_same_serial_or_parallel(monkeypatch, dtype, shape, dilation, pooled, relu):
+def test_prepared_conv_is_the_same_serial_or_parallel(monkeypatch, dtype, shape, dilation, padding, pooled, relu):
     """The inference plan's one-launch conv, forced serial and forced parallel: the same outputs, bit for
     bit, as the op's kernel, and the reference's; its kept temporaries do not leak between calls."""
     n, c, h, w, c_out = shape
     rng = np.random.default_rng(9)
     x, wt = rng.standard_normal((n, c, h, w)).astype(dtype), rng.standard_normal((c_out, c, 3, 3)).astype(dtype)
     b = rng.standard_normal(c_out).astype(dtype)
-    geo = conv_geometry(x.shape, wt.shape, 1, 0, dilation)
+    geo = conv_geometry(x.shape, wt.shape, 1, padding, dilation)
     pool = pool_geometry((n, c_out) + geo.out_hw, (2, 2), (2, 2), (0, 0), (1, 1), 0) if pooled else None
     assert conv_numba.PreparedConv.takes(x.shape, wt.shape, geo, pool)
     if pooled:
         op = conv_numba.conv2d_max_pool2d_forward(x, wt, b, geo, pool, relu)[0]
-        want = _conv_pool_reference(x.astype(np.float64), wt, b, dilation, relu)
+        want = _conv_pool_reference(x.astype(np.float64), wt, b, dilation, geo.padding, relu)
     else:
         op = conv_numba.conv2d_forward(x, wt, b, geo)
-        want = ref.conv2d(x.astype(np.float64), wt, b, dilation=dilation)
+        want = ref.conv2d(x.astype(np.float64), wt, b, pads=geo.padding, dilation=dilation)
     results = []
     for serial_below in (0, 1 << 60):  # every launch parallel, then every launch serial
         monkeypatch.setattr(jit, "SERIAL_WORK", serial_below)

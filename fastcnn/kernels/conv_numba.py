@@ -8,7 +8,9 @@ tile of output channels by positions at a time, and the weight gradient is dot p
 shifted runs, a tile of output channels by taps at a time (see :mod:`._tiles`). Positions that are
 not real output pixels (the last columns and rows of each sample, and the padding to whole tiles) are
 scratch, dropped from the output and zero in the gradient. The runs are cut into cache-sized blocks,
-which are also the parallel tasks. Other strides with dilation 1 become a stride-1 conv of the
+which are also the parallel tasks. Padding costs no padded copy: the runs are filled from the
+input itself with the padding's zeros around each plane, and the input gradient is copied out of its
+runs without them. Other strides with dilation 1 become a stride-1 conv of the
 input's phases (:mod:`._polyphase`); with dilation too, they run row by row.
 
 A conv followed by a 2x2, stride-2 max-pool (:func:`conv2d_max_pool2d_forward` and its gradients)
@@ -31,7 +33,7 @@ from ._compose import pooled, unpooled
 from .blas import channel_sums
 from .jit import kernel_helper, parallel_kernel, prange, sized
 from ._pool_vectors import clear
-from .scratch import derived, scratch
+from .scratch import NO_PADDING, cropped, derived, scratch, zero_padded
 from ._tiles import (DOT_COLS, DOT_ROWS, ROWS, TILE_SPEED, dot_row, dot_tile, lanes, store_row, store_tile, tile_rows,
                      tile_width, whole)
 
@@ -100,38 +102,41 @@ def _copy(dst, src, plus):
         dst[p] = src[p] + plus
 
 
-def _runs(a, hp, wp, role, head=0, tail=0):
+def _runs(a, hp, wp, role, head=0, tail=0, top=0, left=0):
     """``a`` (N, C, H, W) as runs (C, head + N*hp*wp + tail) in the scratch array ``role``: each
-    sample's plane at the top left of an ``hp x wp`` block, zeros elsewhere (the scratch positions, and
-    the head and tail that shifted reads run into). Made once per :class:`.scratch.shared_inputs` block."""
+    sample's plane in an ``hp x wp`` block, ``top`` rows down and ``left`` columns in (a zero-padded
+    input's layout), zeros elsewhere (the padding, the scratch positions, and the head and tail that
+    shifted reads run into). Made once per :class:`.scratch.shared_inputs` block."""
     n, c = a.shape[:2]
-    return derived(role, (c, head + n * hp * wp + tail), a.dtype, a, (hp, wp, head, tail),
-                   lambda runs: sized(_fill_runs, a.size)(a, runs, hp, wp, head))
+    return derived(role, (c, head + n * hp * wp + tail), a.dtype, a, (hp, wp, head, tail, top, left),
+                   lambda runs: sized(_fill_runs, n * c * hp * wp)(a, runs, hp, wp, head, top, left))
 
 
 @parallel_kernel
-def _fill_runs(a, runs, hp, wp, head):
+def _fill_runs(a, runs, hp, wp, head, top, left):
     """:func:`_runs`, a (sample, channel) plane per task."""
     flat = runs.reshape(runs.size)
     for task in prange(a.shape[0] * a.shape[1]):
-        _fill_plane(a, flat, task, runs.shape[1], hp, wp, head)
+        _fill_plane(a, flat, task, runs.shape[1], hp, wp, head, top, left)
 
 
 @kernel_helper
-def _fill_plane(a, flat, task, length, hp, wp, head):
+def _fill_plane(a, flat, task, length, hp, wp, head, top, left):
     """The (sample, channel) plane ``task`` of :func:`_runs` (rows of ``length`` values in ``flat``)."""
     n, c, h, w = a.shape
     plane = hp * wp
     s, ch = task // c, task % c
     start = ch * length + head + s * plane
-    if w == wp:  # no scratch columns: the plane is one run
-        _copy(flat[start : start + h * w], a[s, ch].reshape(h * w), 0)
+    clear(flat, start, top * wp)
+    if w == wp:  # no padding or scratch columns: the plane is one run
+        _copy(flat[start + top * wp : start + (top + h) * wp], a[s, ch].reshape(h * w), 0)
     else:
         for r in range(h):
-            row = start + r * wp
-            _copy(flat[row : row + w], a[s, ch, r], 0)
-            clear(flat, row + w, wp - w)
-    clear(flat, start + h * wp, plane - h * wp)
+            row = start + (top + r) * wp
+            clear(flat, row, left)
+            _copy(flat[row + left : row + left + w], a[s, ch, r], 0)
+            clear(flat, row + left + w, wp - left - w)
+    clear(flat, start + (top + h) * wp, plane - (top + h) * wp)
     _clear_ends(flat, ch, length, start, plane, s, n)
 
 
@@ -157,12 +162,15 @@ def _wide_length(n, hp, wp, itemsize):
     return whole(n * hp * wp, tile_width(itemsize))
 
 
-def _input_runs(xp, kh, kw, dh, dw):
-    """The runs of the padded input: the forward pass's and the weight gradient's layout, with whole
-    tiles of positions and the zeros the shifted reads reach after them."""
-    n, _, hp, wp = xp.shape
-    pad = _wide_length(n, hp, wp, xp.itemsize) - n * hp * wp
-    return _runs(xp, hp, wp, "input runs", tail=pad + _reach(kh, kw, wp, dh, dw))
+def _input_runs(x, kh, kw, dh, dw, padding=NO_PADDING):
+    """The runs of the input zero-padded by ``padding`` ``((top, bottom), (left, right))``: the forward
+    pass's and the weight gradient's layout, with whole tiles of positions and the zeros the shifted
+    reads reach after them."""
+    n, _, h, w = x.shape
+    (top, bottom), (left, right) = padding
+    hp, wp = h + top + bottom, w + left + right
+    pad = _wide_length(n, hp, wp, x.itemsize) - n * hp * wp
+    return _runs(x, hp, wp, "input runs", tail=pad + _reach(kh, kw, wp, dh, dw), top=top, left=left)
 
 
 def _grad_layout(n, kh, kw, hp, wp, dh, dw, itemsize):
@@ -226,25 +234,25 @@ def _conv_wide(xr, taps, offsets, b, yr, y, idx, relu, hp, wp, ow):
 
 
 @parallel_kernel
-def _conv_wide_from(xp, w, b, runs, taps, offsets, y, relu, pooled, ow, per_task, used):
+def _conv_wide_from(x, w, b, runs, taps, offsets, y, relu, pooled, ow, per_task, used, hp, wp, top, left):
     """The stride-1 forward pass of :func:`_conv_wide` (pooled with ``pooled``) in one kernel launch,
-    from the padded input ``xp`` and the weight ``w``: their runs and tap matrix are written into
+    from the input ``x`` (zero-padded to ``hp x wp`` planes, ``top`` rows and ``left`` columns before
+    it) and the weight ``w``: their runs and tap matrix are written into
     ``runs`` and ``taps`` (temporaries the caller keeps, see :class:`PreparedConv`), then each task
     correlates the planes of ``per_task`` samples into a wide output of its own and emits them at once,
     while they are in cache (the argmax is not kept). Of the last plane of a task only the first
     ``used`` positions are computed (the rows and columns the output or the pool reads); ``runs``
     reach whole tiles past them (see :func:`_task_span`)."""
-    n, hp, wp = xp.shape[0], xp.shape[2], xp.shape[3]
-    plane = hp * wp
+    n, plane = x.shape[0], hp * wp
     flat = runs.reshape(runs.size)
-    for task in prange(n * xp.shape[1]):
-        _fill_plane(xp, flat, task, runs.shape[1], hp, wp, 0)
+    for task in prange(n * x.shape[1]):
+        _fill_plane(x, flat, task, runs.shape[1], hp, wp, 0, top, left)
     _write_taps(w, taps, False)
     rows, cols = (y.shape[2], y.shape[3]) if pooled else (0, 0)
     for task in prange(-(-n // per_task)):
         s0, s1 = task * per_task, min(n, (task + 1) * per_task)
-        span = _task_span(s1 - s0, plane, used, xp.itemsize)
-        yr = np.empty((taps.shape[0], span), dtype=xp.dtype)
+        span = _task_span(s1 - s0, plane, used, x.itemsize)
+        yr = np.empty((taps.shape[0], span), dtype=x.dtype)
         idx = np.empty((rows, cols), dtype=np.int64)
         at = offsets + s0 * plane
         for block in range(-(-span // _BLOCK)):
@@ -295,14 +303,19 @@ def forward_kernels():
     return _conv_wide, _conv_strided
 
 
-def conv2d_forward(xp, w, b, geo):
-    """``y = conv(xp, w) + b`` for a padded input ``xp`` (N, C, Hp, Wp) and weight (C_out, C, kH, kW);
-    ``geo`` is the conv's :class:`~fastcnn._checks.ConvGeometry` (its stride, dilation and output size)."""
-    return _conv2d_forward(xp, w, b, *geo.stride, *geo.dilation, *geo.out_hw)
+def conv2d_forward(x, w, b, geo):
+    """``y = conv(x, w) + b`` for an input ``x`` (N, C, H, W) and weight (C_out, C, kH, kW); ``geo`` is
+    the conv's :class:`~fastcnn._checks.ConvGeometry` (its padding, stride, dilation and output size).
+    A stride-1 conv reads ``x`` into its working layout with the padding's zeros: no padded copy."""
+    if geo.stride == (1, 1):
+        y = np.empty((x.shape[0], w.shape[0]) + geo.out_hw, dtype=x.dtype)
+        _conv_wide_into(x, w, b, y, _no_index(y), False, geo)
+        return y
+    return _conv2d_strided_forward(zero_padded(x, geo.padding), w, b, *geo.stride, *geo.dilation, *geo.out_hw)
 
 
-def _conv2d_forward(xp, w, b, sh, sw, dh, dw, oh, ow):
-    """:func:`conv2d_forward` with the geometry's numbers."""
+def _conv2d_strided_forward(xp, w, b, sh, sw, dh, dw, oh, ow):
+    """:func:`conv2d_forward` of a padded input ``xp`` with a stride other than 1."""
     work = xp.shape[0] * oh * ow * w.size
     if _by_phases(sh, sw, dh, dw):  # the phase conv with the kernel's own taps: no zero taps
         kh, kw = w.shape[2:]
@@ -312,11 +325,7 @@ def _conv2d_forward(xp, w, b, sh, sw, dh, dw, oh, ow):
         y = np.empty((xp.shape[0], w.shape[0], oh, ow), dtype=xp.dtype)
         _run_conv_wide(xr, w, offsets, b, y, _no_index(y), False, hq, wq, ow, work)
         return y
-    if sh != 1 or sw != 1:
-        return sized(_conv_strided, work)(xp, w, b, sh, sw, dh, dw, oh, ow)
-    y = np.empty((xp.shape[0], w.shape[0], oh, ow), dtype=xp.dtype)
-    _conv_wide_into(xp, w, b, y, _no_index(y), False, dh, dw, ow, work)
-    return y
+    return sized(_conv_strided, work)(xp, w, b, sh, sw, dh, dw, oh, ow)
 
 
 def _no_index(y):
@@ -329,13 +338,13 @@ def _by_phases(sh, sw, dh, dw) -> bool:
     return (sh, sw) != (1, 1) and dh == dw == 1
 
 
-def _conv_wide_into(xp, w, b, y, idx, relu, dh, dw, ow, work):
-    """Run :func:`_conv_wide` on the padded input ``xp`` into ``y`` (and ``idx``)."""
-    _, c_in, hp, wp = xp.shape
-    kh, kw = w.shape[2:]
-    xr = _input_runs(xp, kh, kw, dh, dw)
+def _conv_wide_into(x, w, b, y, idx, relu, geo):
+    """Run :func:`_conv_wide` of the stride-1 conv ``geo`` on the input ``x`` into ``y`` (and ``idx``)."""
+    (hp, wp), (dh, dw), (oh, ow) = geo.padded_hw, geo.dilation, geo.out_hw
+    c_in, kh, kw = w.shape[1:]
+    xr = _input_runs(x, kh, kw, dh, dw, geo.padding)
     offsets = _tap_offsets(c_in, kh, kw, xr.shape[1], 0, dh * wp, dw)
-    _run_conv_wide(xr, w, offsets, b, y, idx, relu, hp, wp, ow, work)
+    _run_conv_wide(xr, w, offsets, b, y, idx, relu, hp, wp, ow, x.shape[0] * oh * ow * w.size)
 
 
 def _run_conv_wide(xr, w, offsets, b, y, idx, relu, hp, wp, ow, work):
@@ -346,27 +355,26 @@ def _run_conv_wide(xr, w, offsets, b, y, idx, relu, hp, wp, ow, work):
     sized(_conv_wide, work // TILE_SPEED)(xr, taps, offsets, b, yr, y, idx, relu, hp, wp, ow)
 
 
-def conv2d_max_pool2d_forward(xp, w, b, geo, pool, relu):
+def conv2d_max_pool2d_forward(x, w, b, geo, pool, relu):
     """``max_pool2d(conv2d(...))``, and a ReLU after it with ``relu``: the conv's arguments as
     :func:`conv2d_forward`'s, ``pool`` the pool's :class:`~fastcnn._checks.PoolGeometry`. A 2x2,
     stride-2 pool after a stride-1 conv pools the conv's wide output as it leaves it, so the full-size
     output is never written."""
-    (oh, ow), (dh, dw) = geo.out_hw, geo.dilation
-    if geo.stride != (1, 1) or not pool_numba.vector_pool(pool, oh, ow):
-        return pooled(pool_numba, elementwise_numba, conv2d_forward(xp, w, b, geo), pool, relu)
-    shape = (xp.shape[0], w.shape[0]) + pool.out_hw
-    y, idx = np.empty(shape, dtype=xp.dtype), np.empty(shape, dtype=np.int64)
-    _conv_wide_into(xp, w, b, y, idx, relu, dh, dw, ow, xp.shape[0] * oh * ow * w.size)
+    if geo.stride != (1, 1) or not pool_numba.vector_pool(pool, *geo.out_hw):
+        return pooled(pool_numba, elementwise_numba, conv2d_forward(x, w, b, geo), pool, relu)
+    shape = (x.shape[0], w.shape[0]) + pool.out_hw
+    y, idx = np.empty(shape, dtype=x.dtype), np.empty(shape, dtype=np.int64)
+    _conv_wide_into(x, w, b, y, idx, relu, geo)
     return y, idx
 
 
 _KEEP_BYTES = 64 << 20  # a PreparedConv keeps its temporaries for the next call up to this size (per thread)
 
 
-def _launch(xp_shape: tuple, w_shape: tuple, geo):
+def _launch(x_shape: tuple, w_shape: tuple, geo):
     """:func:`_conv_wide_from`, or its serial twin for small work (see :func:`.jit.sized`)."""
     c_out, c_in, kh, kw = w_shape
-    return sized(_conv_wide_from, xp_shape[0] * geo.out_hw[0] * geo.out_hw[1] * c_out * c_in * kh * kw // TILE_SPEED)
+    return sized(_conv_wide_from, x_shape[0] * geo.out_hw[0] * geo.out_hw[1] * c_out * c_in * kh * kw // TILE_SPEED)
 
 
 @kernel_helper
@@ -386,22 +394,23 @@ def _samples_per_task(plane: int) -> int:
 
 class PreparedConv:
     """:func:`conv2d_max_pool2d_forward`'s pooled output (or :func:`conv2d_forward`'s, ``pool`` None) for
-    padded inputs of one shape, as the inference plan runs it: one kernel launch per call
+    inputs of one shape, as the inference plan runs it: one kernel launch per call
     (:func:`_conv_wide_from`, serial for small work, see :func:`.jit.sized`), the tap offsets computed
     once, and the temporaries (the input's runs, the tap matrix) kept per thread for the next call.
     Only stride-1 convs, and only the 2x2, stride-2 pool that :func:`conv2d_max_pool2d_forward` fuses:
     see :meth:`takes`.
 
-    Calling ``prepared(xp, w, b)`` returns the output: a new array, or with ``reuse_output`` one kept
+    Calling ``prepared(x, w, b)`` returns the output: a new array, or with ``reuse_output`` one kept
     per thread like the temporaries, which the next call in the thread overwrites (for outputs that
     the next step of a plan consumes).
     """
 
-    def __init__(self, xp_shape: tuple, w_shape: tuple, dtype, geo, pool=None, relu: bool = False,
+    def __init__(self, x_shape: tuple, w_shape: tuple, dtype, geo, pool=None, relu: bool = False,
                  reuse_output: bool = False) -> None:
-        n, c_in, hp, wp = xp_shape
+        n, c_in = x_shape[:2]
         c_out, _, kh, kw = w_shape
-        dh, dw = geo.dilation
+        (hp, wp), (dh, dw), ((top, _), (left, _)) = geo.padded_hw, geo.dilation, geo.padding
+        self._plane = (hp, wp, top, left)
         self.dtype, self.relu, self.pooled, self.ow = np.dtype(dtype), bool(relu), pool is not None, geo.out_hw[1]
         self.out_shape = (n, c_out) + (geo.out_hw if pool is None else pool.out_hw)
         self._per_task = _samples_per_task(hp * wp)
@@ -412,21 +421,21 @@ class PreparedConv:
         self._shapes = ((c_in, max(n * hp * wp, first * hp * wp + span + _reach(kh, kw, wp, dh, dw))),
                         (tile_rows(c_out), c_in * kh * kw)) + ((self.out_shape,) if reuse_output else ())
         self._offsets = _tap_offsets(c_in, kh, kw, self._shapes[0][1], 0, dh * wp, dw)
-        kernel = _launch(xp_shape, w_shape, geo)
+        kernel = _launch(x_shape, w_shape, geo)
         self._kernel = jit.serialized(kernel) if jit.SERIALIZE_KERNELS and kernel is _conv_wide_from else kernel
         self._keep = sum(np.prod(s, dtype=np.float64) for s in self._shapes) * self.dtype.itemsize <= _KEEP_BYTES
         self._local = threading.local()
 
     @staticmethod
-    def takes(xp_shape: tuple, w_shape: tuple, geo, pool=None) -> bool:
+    def takes(x_shape: tuple, w_shape: tuple, geo, pool=None) -> bool:
         """Whether a conv of geometry ``geo`` (and the max-pool ``pool`` after it, if any) can be prepared,
         and pays: its tasks are whole samples, so a batch with fewer tasks than threads
         takes only if its work is too small for more than one thread anyway (else the op's kernel,
         which splits every sample's positions, runs it)."""
         if geo.stride != (1, 1) or not (pool is None or pool_numba.vector_pool(pool, *geo.out_hw)):
             return False
-        tasks = -(-xp_shape[0] // _samples_per_task(xp_shape[2] * xp_shape[3]))
-        return tasks >= jit.num_threads() or _launch(xp_shape, w_shape, geo) is not _conv_wide_from
+        tasks = -(-x_shape[0] // _samples_per_task(geo.padded_hw[0] * geo.padded_hw[1]))
+        return tasks >= jit.num_threads() or _launch(x_shape, w_shape, geo) is not _conv_wide_from
 
     def _temporaries(self) -> tuple:
         found = getattr(self._local, "temporaries", None)
@@ -436,11 +445,11 @@ class PreparedConv:
                 self._local.temporaries = found
         return found
 
-    def __call__(self, xp: np.ndarray, w: np.ndarray, b: np.ndarray) -> np.ndarray:
+    def __call__(self, x: np.ndarray, w: np.ndarray, b: np.ndarray) -> np.ndarray:
         runs, taps, *kept = self._temporaries()
         y = kept[0] if kept else np.empty(self.out_shape, self.dtype)
-        self._kernel(xp, w, b, runs, taps, self._offsets, y, self.relu, self.pooled, self.ow, self._per_task,
-                     self._used)
+        self._kernel(x, w, b, runs, taps, self._offsets, y, self.relu, self.pooled, self.ow, self._per_task,
+                     self._used, *self._plane)
         return y
 
 
@@ -537,29 +546,37 @@ def _grad_weight_strided(gy, xp, kh, kw, sh, sw, dh, dw):
     return grad_w
 
 
-def conv2d_grad_weight(gy, xp, geo):
-    """Gradients of a conv with respect to its weight, shape (C_out, C, kH, kW), and its bias;
-    ``geo`` as in :func:`conv2d_forward`."""
-    return _conv2d_grad_weight(gy, xp, *geo.kernel, *geo.stride, *geo.dilation)
+def conv2d_grad_weight(gy, x, geo):
+    """Gradients of a conv of the input ``x`` with respect to its weight, shape (C_out, C, kH, kW), and
+    its bias; ``geo`` as in :func:`conv2d_forward`."""
+    return _conv2d_grad_weight(gy, x, geo.padding, *geo.kernel, *geo.stride, *geo.dilation)
 
 
-def _conv2d_grad_weight(gy, xp, kh, kw, sh, sw, dh, dw):
+def _conv2d_grad_weight(gy, x, padding, kh, kw, sh, sw, dh, dw):
     """:func:`conv2d_grad_weight` with the geometry's numbers."""
-    work = gy.size * xp.shape[1] * kh * kw
+    work = gy.size * x.shape[1] * kh * kw
     if _by_phases(sh, sw, dh, dw):
-        xq = _polyphase.split_input(xp, kh, kw, sh, sw, gy.shape[2], gy.shape[3])
+        xq = _polyphase.split_input(zero_padded(x, padding), kh, kw, sh, sw, gy.shape[2], gy.shape[3])
         ka, kb = -(-kh // sh), -(-kw // sw)
-        grad_wq, grad_b = _conv2d_grad_weight(gy, xq, ka, kb, 1, 1, 1, 1)
+        grad_wq, grad_b = _conv2d_grad_weight(gy, xq, NO_PADDING, ka, kb, 1, 1, 1, 1)
         return _polyphase.merge_weight_grad(grad_wq, kh, kw, sh, sw), grad_b
     if sh != 1 or sw != 1:
-        return sized(_grad_weight_strided, work)(gy, xp, kh, kw, sh, sw, dh, dw), channel_sums(gy)
-    return _grad_weight_of_runs(*_grad_runs(gy, kh, kw, xp.shape[2], xp.shape[3], dh, dw), xp, kh, kw, dh, dw, work)
+        return sized(_grad_weight_strided, work)(gy, zero_padded(x, padding), kh, kw, sh, sw, dh, dw), channel_sums(gy)
+    hp, wp = _padded_hw(x, padding)
+    return _grad_weight_of_runs(*_grad_runs(gy, kh, kw, hp, wp, dh, dw), x, padding, kh, kw, dh, dw, work)
 
 
-def _grad_weight_of_runs(gr, head, xp, kh, kw, dh, dw, work):
+def _padded_hw(x, padding):
+    """The height and width of ``x`` (N, C, H, W) zero-padded by ``padding``."""
+    (top, bottom), (left, right) = padding
+    return x.shape[2] + top + bottom, x.shape[3] + left + right
+
+
+def _grad_weight_of_runs(gr, head, x, padding, kh, kw, dh, dw, work):
     """Stride-1 weight and bias gradients from the output gradient's runs ``gr`` (see :func:`_grad_layout`)."""
-    wp = xp.shape[3]
-    return sized(_grad_weight_wide, work // TILE_SPEED)(gr, head, _input_runs(xp, kh, kw, dh, dw), kh, kw, wp, dh, dw)
+    wp = _padded_hw(x, padding)[1]
+    xr = _input_runs(x, kh, kw, dh, dw, padding)
+    return sized(_grad_weight_wide, work // TILE_SPEED)(gr, head, xr, kh, kw, wp, dh, dw)
 
 
 def _fuses_unpool(gp, sh, sw, oh, ow) -> bool:
@@ -567,26 +584,28 @@ def _fuses_unpool(gp, sh, sw, oh, ow) -> bool:
     return sh == sw == 1 and pool_numba.unpools_by_blocks(gp.shape[2], gp.shape[3], oh, ow)
 
 
-def conv2d_max_pool2d_grad_weight(gp, argmax, gate, xp, geo):
+def conv2d_max_pool2d_grad_weight(gp, argmax, gate, x, geo):
     """:func:`conv2d_grad_weight` of the conv output (N, C_out, oh, ow) that a max-pool took to ``gp``
     with ``argmax``; if ``gate`` is not None, through a ReLU after the pool, whose output it is."""
     (kh, kw), (sh, sw), (dh, dw), (oh, ow) = geo.kernel, geo.stride, geo.dilation, geo.out_hw
     if not _fuses_unpool(gp, sh, sw, oh, ow):
         gy = unpooled(pool_numba, elementwise_numba, gp, argmax, gate, oh, ow)
-        return conv2d_grad_weight(gy, xp, geo)
-    runs, head = _unpooled_runs(gp, argmax, gate, oh, ow, kh, kw, xp.shape[2], xp.shape[3], dh, dw)
-    work = gp.shape[0] * gp.shape[1] * oh * ow * xp.shape[1] * kh * kw
-    return _grad_weight_of_runs(runs, head, xp, kh, kw, dh, dw, work)
+        return conv2d_grad_weight(gy, x, geo)
+    runs, head = _unpooled_runs(gp, argmax, gate, oh, ow, kh, kw, *geo.padded_hw, dh, dw)
+    work = gp.shape[0] * gp.shape[1] * oh * ow * x.shape[1] * kh * kw
+    return _grad_weight_of_runs(runs, head, x, geo.padding, kh, kw, dh, dw, work)
 
 
 @parallel_kernel
-def _grad_input_wide(gr, head, w, xr, grad_xp, dh, dw):
+def _grad_input_wide(gr, head, w, xr, grad_x, hp, wp, top, left, dh, dw):
     """Stride-1 input gradient in the wide layout: ``grad[p] = sum(w[i, j] * gy[p - i*dh*Wp - j*dw])``.
 
-    The gradient's runs cover every padded-input position, and the shifted reads of ``gy`` land on its
-    zero scratch positions or zero head wherever they fall outside the output.
+    The gradient's runs ``xr`` cover every position of the input zero-padded to ``hp x wp`` planes, and
+    the shifted reads of ``gy`` land on its zero scratch positions or zero head wherever they fall
+    outside the output; only the input's own positions, ``top`` rows and ``left`` columns in, are
+    copied out to ``grad_x`` (N, C, H, W).
     """
-    n, c_in, hp, wp = grad_xp.shape
+    n, c_in, h, width = grad_x.shape
     c_out, kh, kw = w.shape[0], w.shape[2], w.shape[3]
     taps = _tap_matrix(w, xr.shape[0], True)
     offsets = _tap_offsets(c_out, kh, kw, gr.shape[1], head - (kw - 1) * dw, -dh * wp, dw)
@@ -594,7 +613,12 @@ def _grad_input_wide(gr, head, w, xr, grad_xp, dh, dw):
         _correlate_block(xr, taps, gr, offsets, task)
     for task in prange(n * c_in):
         s, ci = task // c_in, task % c_in
-        _copy(grad_xp[s, ci].reshape(hp * wp), xr[ci, s * hp * wp :], 0)
+        start = s * hp * wp + top * wp + left
+        if width == wp:  # no padding or scratch columns: the plane is one run
+            _copy(grad_x[s, ci].reshape(h * width), xr[ci, start:], 0)
+        else:
+            for r in range(h):
+                _copy(grad_x[s, ci, r], xr[ci, start + r * wp :], 0)
 
 
 @parallel_kernel
@@ -617,13 +641,12 @@ def _grad_input_strided(gy, w, hp, wp, sh, sw, dh, dw):
 
 
 def conv2d_grad_input(gy, w, geo):
-    """Gradient of a conv with respect to its padded input, shape (N, C) + ``geo.padded_hw``; ``geo``
-    as in :func:`conv2d_forward`."""
-    return _conv2d_grad_input(gy, w, *geo.padded_hw, *geo.stride, *geo.dilation)
+    """Gradient of a conv with respect to its input, shape (N, C, H, W); ``geo`` as in :func:`conv2d_forward`."""
+    return _conv2d_grad_input(gy, w, geo.padding, *geo.padded_hw, *geo.stride, *geo.dilation)
 
 
-def _conv2d_grad_input(gy, w, hp, wp, sh, sw, dh, dw):
-    """:func:`conv2d_grad_input` with the geometry's numbers."""
+def _conv2d_grad_input(gy, w, padding, hp, wp, sh, sw, dh, dw):
+    """:func:`conv2d_grad_input` with the geometry's numbers (``hp x wp`` the padded input's planes)."""
     work = gy.size * w.shape[1] * w.shape[2] * w.shape[3]
     if _by_phases(sh, sw, dh, dw):  # each phase's gradient from its own sub-kernel: no zero taps
         grad_xp = np.zeros((gy.shape[0], w.shape[1], hp, wp), dtype=gy.dtype)  # where no tap reads: 0
@@ -631,20 +654,23 @@ def _conv2d_grad_input(gy, w, hp, wp, sh, sw, dh, dw):
             for pj in range(min(sw, w.shape[3])):
                 sub = np.ascontiguousarray(w[:, :, pi::sh, pj::sw])
                 hq, wq = gy.shape[2] + sub.shape[2] - 1, gy.shape[3] + sub.shape[3] - 1
-                _polyphase.put_phase(grad_xp, _conv2d_grad_input(gy, sub, hq, wq, 1, 1, 1, 1), pi, pj, sh, sw)
-        return grad_xp
+                phase = _conv2d_grad_input(gy, sub, NO_PADDING, hq, wq, 1, 1, 1, 1)
+                _polyphase.put_phase(grad_xp, phase, pi, pj, sh, sw)
+        return cropped(grad_xp, padding)
     if sh != 1 or sw != 1:
-        return sized(_grad_input_strided, work)(gy, w, hp, wp, sh, sw, dh, dw)
+        return cropped(sized(_grad_input_strided, work)(gy, w, hp, wp, sh, sw, dh, dw), padding)
     gr, head = _grad_runs(gy, w.shape[2], w.shape[3], hp, wp, dh, dw)
-    return _grad_input_of_runs(gr, head, w, gy.shape[0], hp, wp, dh, dw, work)
+    return _grad_input_of_runs(gr, head, w, gy.shape[0], padding, hp, wp, dh, dw, work)
 
 
-def _grad_input_of_runs(gr, head, w, n, hp, wp, dh, dw, work):
-    """Stride-1 input gradient, (n, C, hp, wp), from the output gradient's runs ``gr`` (see :func:`_grad_layout`)."""
-    grad_xp = np.empty((n, w.shape[1], hp, wp), dtype=gr.dtype)
+def _grad_input_of_runs(gr, head, w, n, padding, hp, wp, dh, dw, work):
+    """Stride-1 input gradient, (n, C, H, W) for an input zero-padded by ``padding`` to ``hp x wp``
+    planes, from the output gradient's runs ``gr`` (see :func:`_grad_layout`)."""
+    (top, bottom), (left, right) = padding
+    grad_x = np.empty((n, w.shape[1], hp - top - bottom, wp - left - right), dtype=gr.dtype)
     wide = scratch("wide out", (tile_rows(w.shape[1]), gr.shape[1] - head), gr.dtype)
-    sized(_grad_input_wide, work // TILE_SPEED)(gr, head, w, wide, grad_xp, dh, dw)
-    return grad_xp
+    sized(_grad_input_wide, work // TILE_SPEED)(gr, head, w, wide, grad_x, hp, wp, top, left, dh, dw)
+    return grad_x
 
 
 def conv2d_max_pool2d_grad_input(gp, argmax, gate, w, geo):
@@ -656,4 +682,4 @@ def conv2d_max_pool2d_grad_input(gp, argmax, gate, w, geo):
         return conv2d_grad_input(gy, w, geo)
     runs, head = _unpooled_runs(gp, argmax, gate, oh, ow, w.shape[2], w.shape[3], hp, wp, dh, dw)
     work = gp.shape[0] * gp.shape[1] * oh * ow * w.shape[1] * w.shape[2] * w.shape[3]
-    return _grad_input_of_runs(runs, head, w, gp.shape[0], hp, wp, dh, dw, work)
+    return _grad_input_of_runs(runs, head, w, gp.shape[0], geo.padding, hp, wp, dh, dw, work)

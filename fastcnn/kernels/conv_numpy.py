@@ -13,6 +13,7 @@ from . import elementwise_numpy, pool_numpy
 from .blas import channel_sums, on_threads
 from ._compose import pooled, unpooled
 from ._windows import window
+from .scratch import cropped, zero_padded
 
 _BLOCK_ELEMENTS = 1 << 18  # columns per block: 1 MB of float32, resident in L2
 
@@ -45,9 +46,10 @@ def _channels_first(a: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(a.reshape(m, c, oh * ow).transpose(1, 0, 2)).reshape(c, m * oh * ow)
 
 
-def conv2d_forward(xp, w, b, geo):
-    """``y = conv(xp, w) + b`` for a padded input ``xp`` (N, C, Hp, Wp) and weight (C_out, C, kH, kW);
-    ``geo`` is the conv's :class:`~fastcnn._checks.ConvGeometry` (its stride, dilation and output size)."""
+def conv2d_forward(x, w, b, geo):
+    """``y = conv(x, w) + b`` for an input ``x`` (N, C, H, W) and weight (C_out, C, kH, kW); ``geo`` is
+    the conv's :class:`~fastcnn._checks.ConvGeometry` (its padding, stride, dilation and output size)."""
+    xp = zero_padded(x, geo.padding)
     (sh, sw), (dh, dw), (oh, ow) = geo.stride, geo.dilation, geo.out_hw
     n, c = xp.shape[:2]
     c_out, _, kh, kw = w.shape
@@ -67,8 +69,9 @@ def conv2d_forward(xp, w, b, geo):
     return y.reshape(n, c_out, oh, ow)
 
 
-def conv2d_grad_weight(gy, xp, geo):
-    """Gradients of a conv with respect to its weight, shape (C_out, C, kH, kW), and its bias."""
+def conv2d_grad_weight(gy, x, geo):
+    """Gradients of a conv of the input ``x`` with respect to its weight, shape (C_out, C, kH, kW), and its bias."""
+    xp = zero_padded(x, geo.padding)
     (kh, kw), (sh, sw), (dh, dw) = geo.kernel, geo.stride, geo.dilation
     n, c = xp.shape[:2]
     c_out, oh, ow = gy.shape[1:]
@@ -91,7 +94,7 @@ def conv2d_grad_weight(gy, xp, geo):
 
 
 def conv2d_grad_input(gy, w, geo):
-    """Gradient of a conv with respect to its padded input, shape (N, C) + ``geo.padded_hw``."""
+    """Gradient of a conv with respect to its input, shape (N, C, H, W)."""
     (hp, wp), (sh, sw), (dh, dw) = geo.padded_hw, geo.stride, geo.dilation
     n, _, oh, ow = gy.shape
     c_out, c, kh, kw = w.shape
@@ -108,20 +111,20 @@ def conv2d_grad_input(gy, w, geo):
                     window(bt, i * dh, j * dw, sh, sw, oh, ow)[...] += cols[:, i, j]
 
     on_threads(work)
-    return grad_xp
+    return cropped(grad_xp, geo.padding)
 
 
-def conv2d_max_pool2d_forward(xp, w, b, geo, pool, relu):
+def conv2d_max_pool2d_forward(x, w, b, geo, pool, relu):
     """``max_pool2d(conv2d(...))``, and a ReLU after it with ``relu``, as the separate ops: ``pool`` is
     the pool's :class:`~fastcnn._checks.PoolGeometry`."""
-    return pooled(pool_numpy, elementwise_numpy, conv2d_forward(xp, w, b, geo), pool, relu)
+    return pooled(pool_numpy, elementwise_numpy, conv2d_forward(x, w, b, geo), pool, relu)
 
 
-def conv2d_max_pool2d_grad_weight(gp, argmax, gate, xp, geo):
+def conv2d_max_pool2d_grad_weight(gp, argmax, gate, x, geo):
     """:func:`conv2d_grad_weight` of the conv output (N, C_out) + ``geo.out_hw`` that a max-pool took to
     ``gp`` with ``argmax``; if ``gate`` is not None, through a ReLU after the pool, whose output it is."""
     gy = unpooled(pool_numpy, elementwise_numpy, gp, argmax, gate, *geo.out_hw)
-    return conv2d_grad_weight(gy, xp, geo)
+    return conv2d_grad_weight(gy, x, geo)
 
 
 def conv2d_max_pool2d_grad_input(gp, argmax, gate, w, geo):

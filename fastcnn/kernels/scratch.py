@@ -97,6 +97,7 @@ def _buffer(role: str, shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray:
     return buf[:nbytes].view(dtype).reshape(shape)
 
 
+NO_PADDING = ((0, 0), (0, 0))  # ((top, bottom), (left, right)), as zero_padded and cropped take it
 _PADDED_KEPT = 16  # zero-padded inputs kept per thread: one per padded conv or pool of a network, as a rule
 
 
@@ -129,3 +130,13 @@ def zero_padded(x: np.ndarray, padding: tuple[tuple[int, int], tuple[int, int]])
         kept[key] = xp  # last in the dict: the most recently used
     xp[:, :, top : top + h, left : left + w] = x
     return xp
+
+
+def cropped(xp: np.ndarray, padding: tuple[tuple[int, int], tuple[int, int]]) -> np.ndarray:
+    """Undo :func:`zero_padded`: the planes of ``xp`` (N, C, Hp, Wp) without ``padding`` ``((top,
+    bottom), (left, right))``, a new C-contiguous array (``xp`` itself without padding)."""
+    (top, bottom), (left, right) = padding
+    if not (top or bottom or left or right):
+        return xp
+    h, w = xp.shape[2:]
+    return np.ascontiguousarray(xp[:, :, top : h - bottom, left : w - right])
