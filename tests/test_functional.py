@@ -335,6 +335,30 @@ def _dilate(k, dh, dw):
     return out
 
 
+@pytest.mark.parametrize("kernel, dilation, padding", [
+    ((3, 3), (1, 1), 1),  # "same": one zero row and column shared by neighbouring samples and rows
+    ((3, 3), (1, 1), (2, 0, 1, 0)),  # (left, right, top, bottom) on some sides only
+    ((1, 1), (1, 1), 2),  # padding past the kernel's reach: the output is larger than the input
+    ((3, 2), (2, 1), (0, 3, 2, 1)),  # dilation, and more padding on one side than the kernel reaches
+    ((5, 5), (1, 1), 2),
+])
+def test_conv2d_stride_1_padding_layouts(backend, rng, kernel, dilation, padding):
+    """The stride-1 Numba kernels store no padding: planes share their zero rows and columns (see
+    conv_numba._planes). Every padding shape, forward and both gradients, against the reference."""
+    x = rng.standard_normal((3, 2, 6, 7))
+    wt = rng.standard_normal((9, 2) + kernel)
+    b = rng.standard_normal(9)
+    pads = ((padding,) * 2,) * 2 if isinstance(padding, int) else (padding[2:], padding[:2])
+    want = ref.conv2d(x, wt, b, (1, 1), pads, dilation)
+    np.testing.assert_allclose(F.conv2d(x, wt, b, padding=padding, dilation=dilation, backend=backend), want,
+                               **TOL[np.float64])
+    gy = rng.standard_normal(want.shape)
+    got = F.conv2d_backward(gy, x, wt, padding=padding, dilation=dilation, backend=backend)
+    for name, a, w in zip(("grad_x", "grad_weight", "grad_bias"), got, ref.conv2d_backward(gy, x, wt, (1, 1), pads,
+                                                                                            dilation)):
+        np.testing.assert_allclose(a, w, **TOL[np.float64], err_msg=name)
+
+
 @pytest.mark.parametrize("n, c_in, c_out, hw, dilation, kernel", [(4, 3, 5, (33, 30), (1, 2), (3, 3)),
                                                                  (64, 1, 8, (28, 28), (1, 1), (3, 3)),
                                                                  (3, 2, 6, (40, 41), (1, 1), (5, 7)),

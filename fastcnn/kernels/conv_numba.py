@@ -8,10 +8,11 @@ tile of output channels by positions at a time, and the weight gradient is dot p
 shifted runs, a tile of output channels by taps at a time (see :mod:`._tiles`). Positions that are
 not real output pixels (the last columns and rows of each sample, and the padding to whole tiles) are
 scratch, dropped from the output and zero in the gradient. The runs are cut into cache-sized blocks,
-which are also the parallel tasks. Padding costs no padded copy: the runs are filled from the
-input itself with the padding's zeros around each plane, and the input gradient is copied out of its
-runs without them. Other strides with dilation 1 become a stride-1 conv of the
-input's phases (:mod:`._polyphase`); with dilation too, they run row by row.
+which are also the parallel tasks. Padding is never stored: neighbouring rows share their zero
+columns and neighbouring samples their zero rows (:class:`_Planes`), so a "same"-padded 3x3 conv on
+3x3 planes computes 16 positions a sample, not 25, and no padded copy of the input is made. Other
+strides with dilation 1 become a stride-1 conv of the input's phases (:mod:`._polyphase`); with
+dilation too, they run row by row.
 
 A conv followed by a 2x2, stride-2 max-pool (:func:`conv2d_max_pool2d_forward` and its gradients)
 never makes the full-size output: the forward pass pools the wide output as it copies it out, and
@@ -25,6 +26,7 @@ which asks the kernel for huge pages (far fewer page faults than Numba's own all
 from __future__ import annotations
 
 import threading
+from typing import NamedTuple
 
 import numpy as np
 
@@ -102,41 +104,38 @@ def _copy(dst, src, plus):
         dst[p] = src[p] + plus
 
 
-def _runs(a, hp, wp, role, head=0, tail=0, top=0, left=0):
+def _runs(a, hp, wp, role, head=0, tail=0):
     """``a`` (N, C, H, W) as runs (C, head + N*hp*wp + tail) in the scratch array ``role``: each
-    sample's plane in an ``hp x wp`` block, ``top`` rows down and ``left`` columns in (a zero-padded
-    input's layout), zeros elsewhere (the padding, the scratch positions, and the head and tail that
-    shifted reads run into). Made once per :class:`.scratch.shared_inputs` block."""
+    sample's plane at the top left of an ``hp x wp`` block, zeros elsewhere (the scratch positions, and
+    the head and tail that shifted reads run into). Made once per :class:`.scratch.shared_inputs` block."""
     n, c = a.shape[:2]
-    return derived(role, (c, head + n * hp * wp + tail), a.dtype, a, (hp, wp, head, tail, top, left),
-                   lambda runs: sized(_fill_runs, n * c * hp * wp)(a, runs, hp, wp, head, top, left))
+    return derived(role, (c, head + n * hp * wp + tail), a.dtype, a, (hp, wp, head, tail),
+                   lambda runs: sized(_fill_runs, n * c * hp * wp)(a, runs, hp, wp, head))
 
 
 @parallel_kernel
-def _fill_runs(a, runs, hp, wp, head, top, left):
+def _fill_runs(a, runs, hp, wp, head):
     """:func:`_runs`, a (sample, channel) plane per task."""
     flat = runs.reshape(runs.size)
     for task in prange(a.shape[0] * a.shape[1]):
-        _fill_plane(a, flat, task, runs.shape[1], hp, wp, head, top, left)
+        _fill_plane(a, flat, task, runs.shape[1], hp, wp, head)
 
 
 @kernel_helper
-def _fill_plane(a, flat, task, length, hp, wp, head, top, left):
+def _fill_plane(a, flat, task, length, hp, wp, head):
     """The (sample, channel) plane ``task`` of :func:`_runs` (rows of ``length`` values in ``flat``)."""
     n, c, h, w = a.shape
     plane = hp * wp
     s, ch = task // c, task % c
     start = ch * length + head + s * plane
-    clear(flat, start, top * wp)
-    if w == wp:  # no padding or scratch columns: the plane is one run
-        _copy(flat[start + top * wp : start + (top + h) * wp], a[s, ch].reshape(h * w), 0)
+    if w == wp:  # no scratch columns: the plane is one run
+        _copy(flat[start : start + h * w], a[s, ch].reshape(h * w), 0)
     else:
         for r in range(h):
-            row = start + (top + r) * wp
-            clear(flat, row, left)
-            _copy(flat[row + left : row + left + w], a[s, ch, r], 0)
-            clear(flat, row + left + w, wp - left - w)
-    clear(flat, start + (top + h) * wp, plane - (top + h) * wp)
+            row = start + r * wp
+            _copy(flat[row : row + w], a[s, ch, r], 0)
+            clear(flat, row + w, wp - w)
+    clear(flat, start + h * wp, plane - h * wp)
     _clear_ends(flat, ch, length, start, plane, s, n)
 
 
@@ -162,38 +161,61 @@ def _wide_length(n, hp, wp, itemsize):
     return whole(n * hp * wp, tile_width(itemsize))
 
 
-def _input_runs(x, kh, kw, dh, dw, padding=NO_PADDING):
-    """The runs of the input zero-padded by ``padding`` ``((top, bottom), (left, right))``: the forward
-    pass's and the weight gradient's layout, with whole tiles of positions and the zeros the shifted
-    reads reach after them."""
-    n, _, h, w = x.shape
+class _Planes(NamedTuple):
+    """The wide layout of a stride-1 conv's samples: planes of ``hp x wp`` positions, each sample's
+    input, output or gradient at the top left of its own; ``shift`` positions before an output
+    position is where its kernel's tap (0, 0) reads (the padding above and left of it)."""
+
+    hp: int
+    wp: int
+    shift: int
+
+
+def _planes(h, w, kh, kw, dh, dw, padding=NO_PADDING) -> _Planes:
+    """The :class:`_Planes` of an ``h x w`` input zero-padded by ``padding`` ``((top, bottom), (left,
+    right))``. The padding is not stored: a row's zero columns on the right are the next row's on the
+    left, a sample's zero rows below are the next sample's above (and the runs' head and tail zeros
+    the first's and the last's), so the zeros between two rows (two samples) are as many as the wider
+    side's padding, and as many more as the output would otherwise not fit in a plane."""
     (top, bottom), (left, right) = padding
-    hp, wp = h + top + bottom, w + left + right
+    wp = w + max(left, right, left + right - (kw - 1) * dw)
+    return _Planes(h + max(top, bottom, top + bottom - (kh - 1) * dh), wp, top * wp + left)
+
+
+def _input_runs(x, kh, kw, dh, dw, planes):
+    """The runs of the input in the layout ``planes``: the forward pass's and the weight gradient's,
+    ``planes.shift`` zeros before them (so that an output position's tap (0, 0) reads at its own
+    position), with whole tiles of positions and the zeros the shifted reads reach after them."""
+    n = x.shape[0]
+    hp, wp, shift = planes
     pad = _wide_length(n, hp, wp, x.itemsize) - n * hp * wp
-    return _runs(x, hp, wp, "input runs", tail=pad + _reach(kh, kw, wp, dh, dw), top=top, left=left)
+    return _runs(x, hp, wp, "input runs", head=shift, tail=pad + _reach(kh, kw, wp, dh, dw))
 
 
-def _grad_layout(n, kh, kw, hp, wp, dh, dw, itemsize):
-    """The output gradient's runs are laid out as the padded input (whole tiles of positions), after a
-    head of zeros that the input gradient's reads reach back into, rounded up to whole vectors so that
-    the weight gradient's loads of them are aligned. Returns (head, tail): the zeros before and after."""
+def _grad_layout(n, kh, kw, planes, dh, dw, itemsize):
+    """The output gradient's runs are laid out as the input (whole tiles of positions), after a head of
+    zeros that the input gradient's reads reach back into, rounded up to whole vectors so that the
+    weight gradient's loads of them are aligned, and before a tail that its reads reach ahead into
+    (``planes.shift``). Returns (head, tail): the zeros before and after."""
+    hp, wp, shift = planes
     head = whole(_reach(kh, kw, wp, dh, dw), lanes(itemsize))
-    return head, _wide_length(n, hp, wp, itemsize) - n * hp * wp
+    return head, _wide_length(n, hp, wp, itemsize) - n * hp * wp + shift
 
 
-def _grad_runs(gy, kh, kw, hp, wp, dh, dw):
+def _grad_runs(gy, kh, kw, dh, dw, planes):
     """The runs of the output gradient (see :func:`_grad_layout`). Returns (runs, head)."""
-    head, tail = _grad_layout(gy.shape[0], kh, kw, hp, wp, dh, dw, gy.itemsize)
-    return _runs(gy, hp, wp, "grad runs", head=head, tail=tail), head
+    head, tail = _grad_layout(gy.shape[0], kh, kw, planes, dh, dw, gy.itemsize)
+    return _runs(gy, planes.hp, planes.wp, "grad runs", head=head, tail=tail), head
 
 
-def _unpooled_runs(gp, argmax, gate, oh, ow, kh, kw, hp, wp, dh, dw):
+def _unpooled_runs(gp, argmax, gate, oh, ow, kh, kw, dh, dw, planes):
     """The runs of the gradient of a conv output (N, C, oh, ow) that a 2x2, stride-2 max-pool (and, if
     ``gate`` is not None, a ReLU whose output it is) took to ``gp`` with ``argmax`` (see
     :func:`.pool_numba.unpools_by_blocks`): the gradient written straight into the layout of
     :func:`_grad_runs`, never as an (N, C, oh, ow) array. Returns (runs, head)."""
     n, c = gp.shape[:2]
-    head, tail = _grad_layout(n, kh, kw, hp, wp, dh, dw, gp.itemsize)
+    hp, wp = planes.hp, planes.wp
+    head, tail = _grad_layout(n, kh, kw, planes, dh, dw, gp.itemsize)
     fill = sized(_unpool_runs, n * c * hp * wp)
     sources = (gp, argmax) if gate is None else (gp, argmax, gate)
     shape, layout = (c, head + n * hp * wp + tail), ("unpooled", oh, ow, hp, wp, head)
@@ -234,10 +256,10 @@ def _conv_wide(xr, taps, offsets, b, yr, y, idx, relu, hp, wp, ow):
 
 
 @parallel_kernel
-def _conv_wide_from(x, w, b, runs, taps, offsets, y, relu, pooled, ow, per_task, used, hp, wp, top, left):
+def _conv_wide_from(x, w, b, runs, taps, offsets, y, relu, pooled, ow, per_task, used, hp, wp, head):
     """The stride-1 forward pass of :func:`_conv_wide` (pooled with ``pooled``) in one kernel launch,
-    from the input ``x`` (zero-padded to ``hp x wp`` planes, ``top`` rows and ``left`` columns before
-    it) and the weight ``w``: their runs and tap matrix are written into
+    from the input ``x`` (in planes ``hp x wp``, after ``head`` zeros: see :func:`_input_runs`) and the
+    weight ``w``: their runs and tap matrix are written into
     ``runs`` and ``taps`` (temporaries the caller keeps, see :class:`PreparedConv`), then each task
     correlates the planes of ``per_task`` samples into a wide output of its own and emits them at once,
     while they are in cache (the argmax is not kept). Of the last plane of a task only the first
@@ -246,7 +268,7 @@ def _conv_wide_from(x, w, b, runs, taps, offsets, y, relu, pooled, ow, per_task,
     n, plane = x.shape[0], hp * wp
     flat = runs.reshape(runs.size)
     for task in prange(n * x.shape[1]):
-        _fill_plane(x, flat, task, runs.shape[1], hp, wp, 0, top, left)
+        _fill_plane(x, flat, task, runs.shape[1], hp, wp, head)
     _write_taps(w, taps, False)
     rows, cols = (y.shape[2], y.shape[3]) if pooled else (0, 0)
     for task in prange(-(-n // per_task)):
@@ -320,7 +342,8 @@ def _conv2d_strided_forward(xp, w, b, sh, sw, dh, dw, oh, ow):
     if _by_phases(sh, sw, dh, dw):  # the phase conv with the kernel's own taps: no zero taps
         kh, kw = w.shape[2:]
         _, _, ka, kb, hq, wq = _polyphase.phase_shape(kh, kw, sh, sw, oh, ow)
-        xr = _input_runs(_polyphase.split_input(xp, kh, kw, sh, sw, oh, ow), ka, kb, 1, 1)
+        phases = _polyphase.split_input(xp, kh, kw, sh, sw, oh, ow)
+        xr = _input_runs(phases, ka, kb, 1, 1, _planes(hq, wq, ka, kb, 1, 1))
         offsets = _polyphase.tap_offsets(w.shape[1], kh, kw, sh, sw, xr.shape[1], wq)
         y = np.empty((xp.shape[0], w.shape[0], oh, ow), dtype=xp.dtype)
         _run_conv_wide(xr, w, offsets, b, y, _no_index(y), False, hq, wq, ow, work)
@@ -340,11 +363,19 @@ def _by_phases(sh, sw, dh, dw) -> bool:
 
 def _conv_wide_into(x, w, b, y, idx, relu, geo):
     """Run :func:`_conv_wide` of the stride-1 conv ``geo`` on the input ``x`` into ``y`` (and ``idx``)."""
-    (hp, wp), (dh, dw), (oh, ow) = geo.padded_hw, geo.dilation, geo.out_hw
+    (dh, dw), (oh, ow) = geo.dilation, geo.out_hw
     c_in, kh, kw = w.shape[1:]
-    xr = _input_runs(x, kh, kw, dh, dw, geo.padding)
-    offsets = _tap_offsets(c_in, kh, kw, xr.shape[1], 0, dh * wp, dw)
-    _run_conv_wide(xr, w, offsets, b, y, idx, relu, hp, wp, ow, x.shape[0] * oh * ow * w.size)
+    planes = _conv_planes(geo)
+    xr = _input_runs(x, kh, kw, dh, dw, planes)
+    offsets = _tap_offsets(c_in, kh, kw, xr.shape[1], 0, dh * planes.wp, dw)
+    _run_conv_wide(xr, w, offsets, b, y, idx, relu, planes.hp, planes.wp, ow, x.shape[0] * oh * ow * w.size)
+
+
+def _conv_planes(geo) -> _Planes:
+    """The :class:`_Planes` of the stride-1 conv ``geo``."""
+    (top, bottom), (left, right) = geo.padding
+    h, w = geo.padded_hw[0] - top - bottom, geo.padded_hw[1] - left - right
+    return _planes(h, w, *geo.kernel, *geo.dilation, geo.padding)
 
 
 def _run_conv_wide(xr, w, offsets, b, y, idx, relu, hp, wp, ow, work):
@@ -409,8 +440,8 @@ class PreparedConv:
                  reuse_output: bool = False) -> None:
         n, c_in = x_shape[:2]
         c_out, _, kh, kw = w_shape
-        (hp, wp), (dh, dw), ((top, _), (left, _)) = geo.padded_hw, geo.dilation, geo.padding
-        self._plane = (hp, wp, top, left)
+        dh, dw = geo.dilation
+        hp, wp, head = self._plane = _conv_planes(geo)
         self.dtype, self.relu, self.pooled, self.ow = np.dtype(dtype), bool(relu), pool is not None, geo.out_hw[1]
         self.out_shape = (n, c_out) + (geo.out_hw if pool is None else pool.out_hw)
         self._per_task = _samples_per_task(hp * wp)
@@ -418,7 +449,7 @@ class PreparedConv:
         self._used = (rows - 1) * wp + cols  # of a plane's positions, those the output reads
         first = (n - 1) // self._per_task * self._per_task  # the last task's first sample
         span = _task_span(n - first, hp * wp, self._used, self.dtype.itemsize)
-        self._shapes = ((c_in, max(n * hp * wp, first * hp * wp + span + _reach(kh, kw, wp, dh, dw))),
+        self._shapes = ((c_in, head + max(n * hp * wp, first * hp * wp + span + _reach(kh, kw, wp, dh, dw))),
                         (tile_rows(c_out), c_in * kh * kw)) + ((self.out_shape,) if reuse_output else ())
         self._offsets = _tap_offsets(c_in, kh, kw, self._shapes[0][1], 0, dh * wp, dw)
         kernel = _launch(x_shape, w_shape, geo)
@@ -434,7 +465,8 @@ class PreparedConv:
         which splits every sample's positions, runs it)."""
         if geo.stride != (1, 1) or not (pool is None or pool_numba.vector_pool(pool, *geo.out_hw)):
             return False
-        tasks = -(-x_shape[0] // _samples_per_task(geo.padded_hw[0] * geo.padded_hw[1]))
+        planes = _conv_planes(geo)
+        tasks = -(-x_shape[0] // _samples_per_task(planes.hp * planes.wp))
         return tasks >= jit.num_threads() or _launch(x_shape, w_shape, geo) is not _conv_wide_from
 
     def _temporaries(self) -> tuple:
@@ -562,21 +594,14 @@ def _conv2d_grad_weight(gy, x, padding, kh, kw, sh, sw, dh, dw):
         return _polyphase.merge_weight_grad(grad_wq, kh, kw, sh, sw), grad_b
     if sh != 1 or sw != 1:
         return sized(_grad_weight_strided, work)(gy, zero_padded(x, padding), kh, kw, sh, sw, dh, dw), channel_sums(gy)
-    hp, wp = _padded_hw(x, padding)
-    return _grad_weight_of_runs(*_grad_runs(gy, kh, kw, hp, wp, dh, dw), x, padding, kh, kw, dh, dw, work)
+    planes = _planes(x.shape[2], x.shape[3], kh, kw, dh, dw, padding)
+    return _grad_weight_of_runs(*_grad_runs(gy, kh, kw, dh, dw, planes), x, kh, kw, dh, dw, planes, work)
 
 
-def _padded_hw(x, padding):
-    """The height and width of ``x`` (N, C, H, W) zero-padded by ``padding``."""
-    (top, bottom), (left, right) = padding
-    return x.shape[2] + top + bottom, x.shape[3] + left + right
-
-
-def _grad_weight_of_runs(gr, head, x, padding, kh, kw, dh, dw, work):
+def _grad_weight_of_runs(gr, head, x, kh, kw, dh, dw, planes, work):
     """Stride-1 weight and bias gradients from the output gradient's runs ``gr`` (see :func:`_grad_layout`)."""
-    wp = _padded_hw(x, padding)[1]
-    xr = _input_runs(x, kh, kw, dh, dw, padding)
-    return sized(_grad_weight_wide, work // TILE_SPEED)(gr, head, xr, kh, kw, wp, dh, dw)
+    xr = _input_runs(x, kh, kw, dh, dw, planes)
+    return sized(_grad_weight_wide, work // TILE_SPEED)(gr, head, xr, kh, kw, planes.wp, dh, dw)
 
 
 def _fuses_unpool(gp, sh, sw, oh, ow) -> bool:
@@ -591,29 +616,30 @@ def conv2d_max_pool2d_grad_weight(gp, argmax, gate, x, geo):
     if not _fuses_unpool(gp, sh, sw, oh, ow):
         gy = unpooled(pool_numba, elementwise_numba, gp, argmax, gate, oh, ow)
         return conv2d_grad_weight(gy, x, geo)
-    runs, head = _unpooled_runs(gp, argmax, gate, oh, ow, kh, kw, *geo.padded_hw, dh, dw)
+    planes = _conv_planes(geo)
+    runs, head = _unpooled_runs(gp, argmax, gate, oh, ow, kh, kw, dh, dw, planes)
     work = gp.shape[0] * gp.shape[1] * oh * ow * x.shape[1] * kh * kw
-    return _grad_weight_of_runs(runs, head, x, geo.padding, kh, kw, dh, dw, work)
+    return _grad_weight_of_runs(runs, head, x, kh, kw, dh, dw, planes, work)
 
 
 @parallel_kernel
-def _grad_input_wide(gr, head, w, xr, grad_x, hp, wp, top, left, dh, dw):
-    """Stride-1 input gradient in the wide layout: ``grad[p] = sum(w[i, j] * gy[p - i*dh*Wp - j*dw])``.
+def _grad_input_wide(gr, head, w, xr, grad_x, hp, wp, shift, dh, dw):
+    """Stride-1 input gradient in the wide layout: ``grad[p] = sum(w[i, j] * gy[p + shift - i*dh*wp - j*dw])``.
 
-    The gradient's runs ``xr`` cover every position of the input zero-padded to ``hp x wp`` planes, and
-    the shifted reads of ``gy`` land on its zero scratch positions or zero head wherever they fall
-    outside the output; only the input's own positions, ``top`` rows and ``left`` columns in, are
-    copied out to ``grad_x`` (N, C, H, W).
+    The gradient's runs ``xr`` cover every position of the input's planes ``hp x wp`` (see
+    :class:`_Planes`), and the shifted reads of ``gy`` land on its zero scratch positions or its zero
+    head or tail wherever they fall outside the output; the input's own positions are copied out to
+    ``grad_x`` (N, C, H, W).
     """
     n, c_in, h, width = grad_x.shape
     c_out, kh, kw = w.shape[0], w.shape[2], w.shape[3]
     taps = _tap_matrix(w, xr.shape[0], True)
-    offsets = _tap_offsets(c_out, kh, kw, gr.shape[1], head - (kw - 1) * dw, -dh * wp, dw)
+    offsets = _tap_offsets(c_out, kh, kw, gr.shape[1], head + shift - (kw - 1) * dw, -dh * wp, dw)
     for task in prange(-(-xr.shape[1] // _BLOCK)):
         _correlate_block(xr, taps, gr, offsets, task)
     for task in prange(n * c_in):
         s, ci = task // c_in, task % c_in
-        start = s * hp * wp + top * wp + left
+        start = s * hp * wp
         if width == wp:  # no padding or scratch columns: the plane is one run
             _copy(grad_x[s, ci].reshape(h * width), xr[ci, start:], 0)
         else:
@@ -659,27 +685,31 @@ def _conv2d_grad_input(gy, w, padding, hp, wp, sh, sw, dh, dw):
         return cropped(grad_xp, padding)
     if sh != 1 or sw != 1:
         return cropped(sized(_grad_input_strided, work)(gy, w, hp, wp, sh, sw, dh, dw), padding)
-    gr, head = _grad_runs(gy, w.shape[2], w.shape[3], hp, wp, dh, dw)
-    return _grad_input_of_runs(gr, head, w, gy.shape[0], padding, hp, wp, dh, dw, work)
-
-
-def _grad_input_of_runs(gr, head, w, n, padding, hp, wp, dh, dw, work):
-    """Stride-1 input gradient, (n, C, H, W) for an input zero-padded by ``padding`` to ``hp x wp``
-    planes, from the output gradient's runs ``gr`` (see :func:`_grad_layout`)."""
     (top, bottom), (left, right) = padding
-    grad_x = np.empty((n, w.shape[1], hp - top - bottom, wp - left - right), dtype=gr.dtype)
-    wide = scratch("wide out", (tile_rows(w.shape[1]), gr.shape[1] - head), gr.dtype)
-    sized(_grad_input_wide, work // TILE_SPEED)(gr, head, w, wide, grad_x, hp, wp, top, left, dh, dw)
+    shape = (gy.shape[0], w.shape[1], hp - top - bottom, wp - left - right)
+    planes = _planes(*shape[2:], w.shape[2], w.shape[3], dh, dw, padding)
+    gr, head = _grad_runs(gy, w.shape[2], w.shape[3], dh, dw, planes)
+    return _grad_input_of_runs(gr, head, w, shape, dh, dw, planes, work)
+
+
+def _grad_input_of_runs(gr, head, w, shape, dh, dw, planes, work):
+    """Stride-1 input gradient, of ``shape`` (N, C, H, W), from the output gradient's runs ``gr`` (see
+    :func:`_grad_layout`)."""
+    grad_x = np.empty(shape, dtype=gr.dtype)
+    wide = scratch("wide out", (tile_rows(w.shape[1]), gr.shape[1] - head - planes.shift), gr.dtype)
+    sized(_grad_input_wide, work // TILE_SPEED)(gr, head, w, wide, grad_x, *planes, dh, dw)
     return grad_x
 
 
 def conv2d_max_pool2d_grad_input(gp, argmax, gate, w, geo):
     """:func:`conv2d_grad_input` of the conv output (N, C_out, oh, ow) that a max-pool took to ``gp``
     with ``argmax``; ``gate`` as in :func:`conv2d_max_pool2d_grad_weight`."""
-    (hp, wp), (sh, sw), (dh, dw), (oh, ow) = geo.padded_hw, geo.stride, geo.dilation, geo.out_hw
+    (sh, sw), (dh, dw), (oh, ow), ((top, bottom), (left, right)) = geo.stride, geo.dilation, geo.out_hw, geo.padding
     if not _fuses_unpool(gp, sh, sw, oh, ow):
         gy = unpooled(pool_numba, elementwise_numba, gp, argmax, gate, oh, ow)
         return conv2d_grad_input(gy, w, geo)
-    runs, head = _unpooled_runs(gp, argmax, gate, oh, ow, w.shape[2], w.shape[3], hp, wp, dh, dw)
+    planes = _conv_planes(geo)
+    runs, head = _unpooled_runs(gp, argmax, gate, oh, ow, w.shape[2], w.shape[3], dh, dw, planes)
     work = gp.shape[0] * gp.shape[1] * oh * ow * w.shape[1] * w.shape[2] * w.shape[3]
-    return _grad_input_of_runs(runs, head, w, gp.shape[0], geo.padding, hp, wp, dh, dw, work)
+    shape = (gp.shape[0], w.shape[1], geo.padded_hw[0] - top - bottom, geo.padded_hw[1] - left - right)
+    return _grad_input_of_runs(runs, head, w, shape, dh, dw, planes, work)
