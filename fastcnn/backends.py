@@ -15,13 +15,14 @@ from types import ModuleType
 from typing import Any, Callable, NamedTuple
 
 from .kernels import (conv_numpy, depthwise_numpy, elementwise_numpy, jit, linear_numpy, loss_numpy, norm_numpy,
-                      pool_numpy)
+                      pool_numpy, warp_numpy)
 
 if jit.NUMBA_AVAILABLE:
     from .kernels import (conv_numba, depthwise_numba, elementwise_numba, linear_numba, loss_numba, norm_numba,
-                          pool_numba)
+                          pool_numba, warp_numba)
 else:
     conv_numba = depthwise_numba = elementwise_numba = linear_numba = loss_numba = norm_numba = pool_numba = None
+    warp_numba = None
 
 
 class Op(NamedTuple):
@@ -97,3 +98,4 @@ _op("batch_norm_backward",            norm_numpy,        norm_numba,        "bat
 _op("batch_norm_grad_sums",           norm_numpy,        norm_numba,        "batch_norm_grad_sums")
 _op("batch_norm_input_grad",          norm_numpy,        norm_numba,        "batch_norm_input_grad")
 _op("adam_update",                    elementwise_numpy, elementwise_numba, "adam_update", in_place=True)
+_op("rotate_shift",                   warp_numpy,        warp_numba,        "rotate_shift")
