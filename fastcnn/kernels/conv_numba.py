@@ -486,10 +486,10 @@ class PreparedConv:
 
 
 @parallel_kernel
-def _grad_weight_wide(gr, head, xr, kh, kw, wp, dh, dw):
+def _grad_weight_wide(gr, head, length, xr, kh, kw, wp, dh, dw):
     """Stride-1 weight and bias gradients in the wide layout: dot products of the runs ``gr`` (of the
-    output gradient, from ``head`` on) and ``xr`` (of the input), a register tile of output channels by
-    (input channel, tap) pairs at a time (see :func:`._tiles.dot_tile`).
+    output gradient, ``length`` positions from ``head`` on, whole tiles) and ``xr`` (of the input), a
+    register tile of output channels by (input channel, tap) pairs at a time (see :func:`._tiles.dot_tile`).
 
     A task is a group of output channels, a chunk of the input channels and a share of the blocks (at
     most :data:`_GRAD_TASKS` tasks, shares of 4 blocks or more), so a block of the output gradient's
@@ -497,8 +497,7 @@ def _grad_weight_wide(gr, head, xr, kh, kw, wp, dh, dw):
     bias (their scratch positions are 0). Each task sums into arrays of its own, and the split is fixed
     by the shapes, so the result does not depend on the thread count.
     """
-    c_out, length = gr.shape[0], gr.shape[1] - head
-    c_in = xr.shape[0]
+    c_out, c_in = gr.shape[0], xr.shape[0]
     n_taps = kh * kw
     group = DOT_ROWS if c_out >= DOT_ROWS else 1  # output channels per task and per tile
     groups, blocks = -(-c_out // group), -(-length // _BLOCK)
@@ -601,7 +600,8 @@ def _conv2d_grad_weight(gy, x, padding, kh, kw, sh, sw, dh, dw):
 def _grad_weight_of_runs(gr, head, x, kh, kw, dh, dw, planes, work):
     """Stride-1 weight and bias gradients from the output gradient's runs ``gr`` (see :func:`_grad_layout`)."""
     xr = _input_runs(x, kh, kw, dh, dw, planes)
-    return sized(_grad_weight_wide, work // TILE_SPEED)(gr, head, xr, kh, kw, planes.wp, dh, dw)
+    length = _wide_length(x.shape[0], planes.hp, planes.wp, x.itemsize)
+    return sized(_grad_weight_wide, work // TILE_SPEED)(gr, head, length, xr, kh, kw, planes.wp, dh, dw)
 
 
 def _fuses_unpool(gp, sh, sw, oh, ow) -> bool:
