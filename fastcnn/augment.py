@@ -49,7 +49,8 @@ class RandomShiftRotate:
         angle = np.deg2rad(self.rng.uniform(-self.max_degrees, self.max_degrees, n))
         shift = self.rng.uniform(-self.max_shift, self.max_shift, (2, n))
         signature = (x.shape, x.dtype.char)
-        return dispatch.run("rotate_shift", signature, (np.ascontiguousarray(x), np.cos(angle), np.sin(angle), shift))
+        args = (np.ascontiguousarray(x), np.cos(angle), np.sin(angle), shift)
+        return dispatch.run("rotate_shift", signature, args)
 
     def __repr__(self) -> str:
         return f"RandomShiftRotate(max_shift={self.max_shift:g}, max_degrees={self.max_degrees:g})"

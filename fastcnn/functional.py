@@ -141,7 +141,8 @@ def conv_signature(x_shape, w_shape, geo, dtype, *described) -> tuple:
     """The dispatch signature of a conv op on inputs of ``x_shape`` (its kernels take the input
     unpadded and pad it as they need): the shapes, the geometry, what ``described`` adds, the dtype.
     The inference plan asks for the same signatures, so that it runs the kernels ``auto`` chose."""
-    return (tuple(x_shape), tuple(w_shape), geo.stride, geo.padding, geo.dilation) + described + (np.dtype(dtype).char,)
+    shapes = (tuple(x_shape), tuple(w_shape))
+    return shapes + (geo.stride, geo.padding, geo.dilation) + described + (np.dtype(dtype).char,)
 
 
 def _depthwise(x: np.ndarray, groups: int) -> bool:
