@@ -1,4 +1,4 @@
-"""The functional ops: validate once, pad, dispatch to a backend kernel, crop.
+"""The functional ops: validate once, dispatch to a backend kernel.
 
 Layout is NCHW, weights are ``(C_out, C_in, kH, kW)`` as in PyTorch, and every op keeps the input's
 dtype (float32 or float64). Each op takes ``backend=`` (``"auto"``, ``"numba"`` or ``"numpy"``) to
@@ -61,7 +61,7 @@ __all__ = [
 ]
 
 def _padded_shape(shape, padding) -> tuple[int, int, int, int]:
-    """The NCHW ``shape`` after :func:`_pad` with ``((top, bottom), (left, right))``."""
+    """The NCHW ``shape`` after zero padding by ``((top, bottom), (left, right))``."""
     (top, bottom), (left, right) = padding
     return tuple(shape[:2]) + (shape[2] + top + bottom, shape[3] + left + right)
 
@@ -326,9 +326,9 @@ def conv_transpose2d(
     x, weight, geo, n_out = _transposed_inputs(x, weight, stride, padding, output_padding, groups, dilation)
     bias = None if bias is None else _bias(bias, np.empty((n_out,)), x.dtype)
     hp, wp = geo.full_hw
-    signature = ((x.shape[0], weight.shape[1], hp, wp), _block_shape(weight.shape, groups, 0), geo.stride, geo.dilation,
-                 x.dtype.char)
     conv_geo = ConvGeometry(geo.stride, ((0, 0), (0, 0)), geo.dilation, x.shape[2:], weight.shape[2:], geo.full_hw)
+    signature = conv_signature((x.shape[0], weight.shape[1], hp, wp),
+                               _block_shape(weight.shape, groups, 0), conv_geo, x.dtype)
     full = np.concatenate([dispatch.run("conv2d_grad_input", signature, (xg, wg, conv_geo), backend)
                            for xg, wg in zip(_blocks(x, groups, 1), _blocks(weight, groups, 0))], axis=1) \
         if x.shape[0] else np.zeros((0, n_out, hp, wp), x.dtype)

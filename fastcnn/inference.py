@@ -111,7 +111,7 @@ class _Conv(_Step):
     def bind(self, x, arrays, policy, fresh):
         conv, w_shape = self.conv, self.conv.params["weight"].shape
         geo = conv_geometry(x.shape, w_shape, conv.stride, conv.padding, conv.dilation)
-        check_allocation("padded conv2d input", (x.shape[0], x.shape[1]) + geo.padded_hw, self.dtype)
+        check_allocation("conv2d input with its padding", (x.shape[0], x.shape[1]) + geo.padded_hw, self.dtype)
         check_allocation("conv2d output", (x.shape[0], w_shape[0]) + geo.out_hw, self.dtype)
         if self.pool is None:
             signature, args, p = F.conv_signature(x.shape, w_shape, geo, self.dtype), (geo,), None

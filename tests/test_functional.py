@@ -342,21 +342,23 @@ def _dilate(k, dh, dw):
     ((3, 2), (2, 1), (0, 3, 2, 1)),  # dilation, and more padding on one side than the kernel reaches
     ((5, 5), (1, 1), 2),
 ])
-def test_conv2d_stride_1_padding_layouts(backend, rng, kernel, dilation, padding):
+@pytest.mark.parametrize("n, h, w, dtype", [(3, 6, 7, np.float64), (1, 2, 5, np.float32)])
+def test_conv2d_stride_1_padding_layouts(backend, rng, kernel, dilation, padding, n, h, w, dtype):
     """The stride-1 Numba kernels store no padding: planes share their zero rows and columns (see
-    conv_numba._planes). Every padding shape, forward and both gradients, against the reference."""
-    x = rng.standard_normal((3, 2, 6, 7))
-    wt = rng.standard_normal((9, 2) + kernel)
-    b = rng.standard_normal(9)
+    conv_numba._wide_planes). Every padding shape, forward and both gradients, against the reference;
+    one sample of two rows in float32 too (another tile width, so other tails)."""
+    x = rng.standard_normal((n, 2, h, w)).astype(dtype)
+    wt = rng.standard_normal((9, 2) + kernel).astype(dtype)
+    b = rng.standard_normal(9).astype(dtype)
     pads = ((padding,) * 2,) * 2 if isinstance(padding, int) else (padding[2:], padding[:2])
     want = ref.conv2d(x, wt, b, (1, 1), pads, dilation)
     np.testing.assert_allclose(F.conv2d(x, wt, b, padding=padding, dilation=dilation, backend=backend), want,
-                               **TOL[np.float64])
-    gy = rng.standard_normal(want.shape)
+                               **TOL[dtype])
+    gy = rng.standard_normal(want.shape).astype(dtype)
     got = F.conv2d_backward(gy, x, wt, padding=padding, dilation=dilation, backend=backend)
-    for name, a, w in zip(("grad_x", "grad_weight", "grad_bias"), got, ref.conv2d_backward(gy, x, wt, (1, 1), pads,
-                                                                                            dilation)):
-        np.testing.assert_allclose(a, w, **TOL[np.float64], err_msg=name)
+    wants = ref.conv2d_backward(gy, x, wt, (1, 1), pads, dilation)
+    for name, a, want_grad in zip(("grad_x", "grad_weight", "grad_bias"), got, wants):
+        np.testing.assert_allclose(a, want_grad, **TOL[dtype], err_msg=name)
 
 
 @pytest.mark.parametrize("n, c_in, c_out, hw, dilation, kernel", [(4, 3, 5, (33, 30), (1, 2), (3, 3)),
@@ -527,6 +529,12 @@ def test_zero_padded_is_np_pad_in_a_kept_array(rng):
     assert not np.shares_memory(zero_padded(x, pads), zero_padded(x, other))
     np.testing.assert_array_equal(zero_padded(x, pads), reference(x))
     np.testing.assert_array_equal(zero_padded(x, other), reference(x, other))
+    # One padded size and the same top and left margins, but a larger input with less bottom/right
+    # padding: its last row and column must not be left in the smaller input's margins.
+    small, large = np.full((1, 1, 5, 5), 1.0), np.full((1, 1, 6, 6), 2.0)
+    np.testing.assert_array_equal(zero_padded(small, ((1, 1), (1, 1))), reference(small, ((1, 1), (1, 1))))
+    np.testing.assert_array_equal(zero_padded(large, ((1, 0), (1, 0))), reference(large, ((1, 0), (1, 0))))
+    np.testing.assert_array_equal(zero_padded(small, ((1, 1), (1, 1))), reference(small, ((1, 1), (1, 1))))
 
 
 def test_derived_scratch_is_shared_only_inside_a_shared_inputs_block():

@@ -9,7 +9,7 @@ shifted runs, a tile of output channels by taps at a time (see :mod:`._tiles`). 
 not real output pixels (the last columns and rows of each sample, and the padding to whole tiles) are
 scratch, dropped from the output and zero in the gradient. The runs are cut into cache-sized blocks,
 which are also the parallel tasks. Padding is never stored: neighbouring rows share their zero
-columns and neighbouring samples their zero rows (:class:`_Planes`), so a "same"-padded 3x3 conv on
+columns and neighbouring samples their zero rows (:class:`_WidePlanes`), so a "same"-padded 3x3 conv on
 3x3 planes computes 16 positions a sample, not 25, and no padded copy of the input is made. Other
 strides with dilation 1 become a stride-1 conv of the input's phases (:mod:`._polyphase`); with
 dilation too, they run row by row.
@@ -161,7 +161,7 @@ def _wide_length(n, hp, wp, itemsize):
     return whole(n * hp * wp, tile_width(itemsize))
 
 
-class _Planes(NamedTuple):
+class _WidePlanes(NamedTuple):
     """The wide layout of a stride-1 conv's samples: planes of ``hp x wp`` positions, each sample's
     input, output or gradient at the top left of its own; ``shift`` positions before an output
     position is where its kernel's tap (0, 0) reads (the padding above and left of it)."""
@@ -171,15 +171,15 @@ class _Planes(NamedTuple):
     shift: int
 
 
-def _planes(h, w, kh, kw, dh, dw, padding=NO_PADDING) -> _Planes:
-    """The :class:`_Planes` of an ``h x w`` input zero-padded by ``padding`` ``((top, bottom), (left,
+def _wide_planes(h, w, kh, kw, dh, dw, padding=NO_PADDING) -> _WidePlanes:
+    """The :class:`_WidePlanes` of an ``h x w`` input zero-padded by ``padding`` ``((top, bottom), (left,
     right))``. The padding is not stored: a row's zero columns on the right are the next row's on the
     left, a sample's zero rows below are the next sample's above (and the runs' head and tail zeros
     the first's and the last's), so the zeros between two rows (two samples) are as many as the wider
     side's padding, and as many more as the output would otherwise not fit in a plane."""
     (top, bottom), (left, right) = padding
     wp = w + max(left, right, left + right - (kw - 1) * dw)
-    return _Planes(h + max(top, bottom, top + bottom - (kh - 1) * dh), wp, top * wp + left)
+    return _WidePlanes(h + max(top, bottom, top + bottom - (kh - 1) * dh), wp, top * wp + left)
 
 
 def _input_runs(x, kh, kw, dh, dw, planes):
@@ -343,7 +343,7 @@ def _conv2d_strided_forward(xp, w, b, sh, sw, dh, dw, oh, ow):
         kh, kw = w.shape[2:]
         _, _, ka, kb, hq, wq = _polyphase.phase_shape(kh, kw, sh, sw, oh, ow)
         phases = _polyphase.split_input(xp, kh, kw, sh, sw, oh, ow)
-        xr = _input_runs(phases, ka, kb, 1, 1, _planes(hq, wq, ka, kb, 1, 1))
+        xr = _input_runs(phases, ka, kb, 1, 1, _wide_planes(hq, wq, ka, kb, 1, 1))
         offsets = _polyphase.tap_offsets(w.shape[1], kh, kw, sh, sw, xr.shape[1], wq)
         y = np.empty((xp.shape[0], w.shape[0], oh, ow), dtype=xp.dtype)
         _run_conv_wide(xr, w, offsets, b, y, _no_index(y), False, hq, wq, ow, work)
@@ -371,11 +371,11 @@ def _conv_wide_into(x, w, b, y, idx, relu, geo):
     _run_conv_wide(xr, w, offsets, b, y, idx, relu, planes.hp, planes.wp, ow, x.shape[0] * oh * ow * w.size)
 
 
-def _conv_planes(geo) -> _Planes:
-    """The :class:`_Planes` of the stride-1 conv ``geo``."""
+def _conv_planes(geo) -> _WidePlanes:
+    """The :class:`_WidePlanes` of the stride-1 conv ``geo``."""
     (top, bottom), (left, right) = geo.padding
     h, w = geo.padded_hw[0] - top - bottom, geo.padded_hw[1] - left - right
-    return _planes(h, w, *geo.kernel, *geo.dilation, geo.padding)
+    return _wide_planes(h, w, *geo.kernel, *geo.dilation, geo.padding)
 
 
 def _run_conv_wide(xr, w, offsets, b, y, idx, relu, hp, wp, ow, work):
@@ -593,7 +593,7 @@ def _conv2d_grad_weight(gy, x, padding, kh, kw, sh, sw, dh, dw):
         return _polyphase.merge_weight_grad(grad_wq, kh, kw, sh, sw), grad_b
     if sh != 1 or sw != 1:
         return sized(_grad_weight_strided, work)(gy, zero_padded(x, padding), kh, kw, sh, sw, dh, dw), channel_sums(gy)
-    planes = _planes(x.shape[2], x.shape[3], kh, kw, dh, dw, padding)
+    planes = _wide_planes(x.shape[2], x.shape[3], kh, kw, dh, dw, padding)
     return _grad_weight_of_runs(*_grad_runs(gy, kh, kw, dh, dw, planes), x, kh, kw, dh, dw, planes, work)
 
 
@@ -627,7 +627,7 @@ def _grad_input_wide(gr, head, w, xr, grad_x, hp, wp, shift, dh, dw):
     """Stride-1 input gradient in the wide layout: ``grad[p] = sum(w[i, j] * gy[p + shift - i*dh*wp - j*dw])``.
 
     The gradient's runs ``xr`` cover every position of the input's planes ``hp x wp`` (see
-    :class:`_Planes`), and the shifted reads of ``gy`` land on its zero scratch positions or its zero
+    :class:`_WidePlanes`), and the shifted reads of ``gy`` land on its zero scratch positions or its zero
     head or tail wherever they fall outside the output; the input's own positions are copied out to
     ``grad_x`` (N, C, H, W).
     """
@@ -687,7 +687,7 @@ def _conv2d_grad_input(gy, w, padding, hp, wp, sh, sw, dh, dw):
         return cropped(sized(_grad_input_strided, work)(gy, w, hp, wp, sh, sw, dh, dw), padding)
     (top, bottom), (left, right) = padding
     shape = (gy.shape[0], w.shape[1], hp - top - bottom, wp - left - right)
-    planes = _planes(*shape[2:], w.shape[2], w.shape[3], dh, dw, padding)
+    planes = _wide_planes(*shape[2:], w.shape[2], w.shape[3], dh, dw, padding)
     gr, head = _grad_runs(gy, w.shape[2], w.shape[3], dh, dw, planes)
     return _grad_input_of_runs(gr, head, w, shape, dh, dw, planes, work)
 

@@ -1,7 +1,7 @@
 """Depthwise convolution in vectorised NumPy: each input channel convolved with its own ``m`` filters
 (``groups == C_in``, weight ``(C_in * m, 1, kH, kW)``), one strided window per kernel tap.
 
-Unlike the :mod:`.conv_numpy` namesakes, the functions take the input unpadded and pad it as the
+Like the :mod:`.conv_numpy` namesakes, the functions take the input unpadded and pad it as the
 conv's geometry says (the Numba kernels pad each plane in cache instead of the whole batch), and the
 input gradient comes back without the padding; the gradients also take ``c``, the number of input
 channels.

@@ -103,12 +103,12 @@ _PADDED_KEPT = 16  # zero-padded inputs kept per thread: one per padded conv or 
 
 def zero_padded(x: np.ndarray, padding: tuple[tuple[int, int], tuple[int, int]]) -> np.ndarray:
     """``x`` (N, C, H, W) with ``padding`` ``((top, bottom), (left, right))`` zeros around its planes, as
-    ``np.pad`` gives it, in an array kept per thread for this padded shape, padding and dtype.
+    ``np.pad`` gives it, in an array kept per thread for this input shape, padding and dtype.
 
     The kept array's margins are zeroed once, when it is made, and nothing but its interior is ever
     written again, so a call copies ``x`` in and nothing more: no fresh memory (a page fault per 4 KiB
     on every call, see the module docstring), no zeros written. Like :func:`scratch`, the result is a
-    temporary of the calling op: the next call for the same shape in this thread overwrites it. The
+    temporary of the calling op: the next call for the same shapes in this thread overwrites it. The
     :data:`_PADDED_KEPT` arrays used last are kept, at most :data:`_KEEP_BYTES` in all. Without
     padding, ``x`` itself.
     """
@@ -117,7 +117,7 @@ def zero_padded(x: np.ndarray, padding: tuple[tuple[int, int], tuple[int, int]])
         return x
     n, c, h, w = x.shape
     shape = (n, c, h + top + bottom, w + left + right)
-    key = (shape, top, left, x.dtype.str)
+    key = (x.shape, padding, x.dtype.str)  # not the padded shape: two inputs padded to one size differ in margins
     kept = getattr(_local, "padded", None)
     if kept is None:
         kept = _local.padded = {}
