@@ -24,8 +24,8 @@ The plan is rebuilt when a layer, a backend or a parameter array is replaced (``
 
 Buffers are kept per thread (two threads may predict with one model at once): a prepared conv's
 temporaries (a padded conv reads its input into them with the padding's zeros) and the output of a
-step whose output the next step consumes. The output of the last step that makes an array is always a new array, so
-what ``predict`` returns is never overwritten by a later call. ``python -m bench.inference
+step whose output the next step consumes. The output of the last step that makes an array is always
+a new array, so what ``predict`` returns is never overwritten by a later call. ``python -m bench.inference
 --profile`` splits predict's time into its steps and its own Python.
 """
 from __future__ import annotations

@@ -373,9 +373,13 @@ def _conv_wide_into(x, w, b, y, idx, relu, geo):
 
 def _conv_planes(geo) -> _WidePlanes:
     """The :class:`_WidePlanes` of the stride-1 conv ``geo``."""
-    (top, bottom), (left, right) = geo.padding
-    h, w = geo.padded_hw[0] - top - bottom, geo.padded_hw[1] - left - right
-    return _wide_planes(h, w, *geo.kernel, *geo.dilation, geo.padding)
+    return _wide_planes(*_unpadded_hw(geo.padded_hw, geo.padding), *geo.kernel, *geo.dilation, geo.padding)
+
+
+def _unpadded_hw(padded_hw, padding) -> tuple[int, int]:
+    """The input's height and width, from its padded ones and the ``padding`` ``((top, bottom), (left, right))``."""
+    (top, bottom), (left, right) = padding
+    return padded_hw[0] - top - bottom, padded_hw[1] - left - right
 
 
 def _run_conv_wide(xr, w, offsets, b, y, idx, relu, hp, wp, ow, work):
@@ -685,8 +689,7 @@ def _conv2d_grad_input(gy, w, padding, hp, wp, sh, sw, dh, dw):
         return cropped(grad_xp, padding)
     if sh != 1 or sw != 1:
         return cropped(sized(_grad_input_strided, work)(gy, w, hp, wp, sh, sw, dh, dw), padding)
-    (top, bottom), (left, right) = padding
-    shape = (gy.shape[0], w.shape[1], hp - top - bottom, wp - left - right)
+    shape = (gy.shape[0], w.shape[1]) + _unpadded_hw((hp, wp), padding)
     planes = _wide_planes(*shape[2:], w.shape[2], w.shape[3], dh, dw, padding)
     gr, head = _grad_runs(gy, w.shape[2], w.shape[3], dh, dw, planes)
     return _grad_input_of_runs(gr, head, w, shape, dh, dw, planes, work)
@@ -704,12 +707,12 @@ def _grad_input_of_runs(gr, head, w, shape, dh, dw, planes, work):
 def conv2d_max_pool2d_grad_input(gp, argmax, gate, w, geo):
     """:func:`conv2d_grad_input` of the conv output (N, C_out, oh, ow) that a max-pool took to ``gp``
     with ``argmax``; ``gate`` as in :func:`conv2d_max_pool2d_grad_weight`."""
-    (sh, sw), (dh, dw), (oh, ow), ((top, bottom), (left, right)) = geo.stride, geo.dilation, geo.out_hw, geo.padding
+    (sh, sw), (dh, dw), (oh, ow) = geo.stride, geo.dilation, geo.out_hw
     if not _fuses_unpool(gp, sh, sw, oh, ow):
         gy = unpooled(pool_numba, elementwise_numba, gp, argmax, gate, oh, ow)
         return conv2d_grad_input(gy, w, geo)
     planes = _conv_planes(geo)
     runs, head = _unpooled_runs(gp, argmax, gate, oh, ow, w.shape[2], w.shape[3], dh, dw, planes)
     work = gp.shape[0] * gp.shape[1] * oh * ow * w.shape[1] * w.shape[2] * w.shape[3]
-    shape = (gp.shape[0], w.shape[1], geo.padded_hw[0] - top - bottom, geo.padded_hw[1] - left - right)
+    shape = (gp.shape[0], w.shape[1]) + _unpadded_hw(geo.padded_hw, geo.padding)
     return _grad_input_of_runs(runs, head, w, shape, dh, dw, planes, work)

@@ -181,8 +181,9 @@ def sized(kernel: Callable[..., Any], work: int) -> Callable[..., Any]:
 
     Waking Numba's sleeping worker threads costs about 10 microseconds per call, more than a small
     job gains from them; with one thread, a parallel region still costs a few microseconds and gains
-    nothing (one process per core, as in data-parallel training, runs that way). The twin is compiled on first use from a renamed copy of the same function:
-    Numba's cache would mix up two compiles of one function with different options (numba#6845).
+    nothing (one process per core, as in data-parallel training, runs that way). The twin is compiled
+    on first use from a renamed copy of the same function: Numba's cache would mix up two compiles of
+    one function with different options (numba#6845).
     """
     if work >= SERIAL_WORK and num_threads() > 1:
         return kernel
