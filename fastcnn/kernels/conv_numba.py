@@ -41,6 +41,7 @@ from ._tiles import (DOT_COLS, DOT_ROWS, ROWS, TILE_SPEED, dot_row, dot_tile, la
 
 _BLOCK = 2304  # values per block of a run (a whole number of tiles and vectors): one parallel task's share
 _TAPS_PER_PASS = 144  # a pass's weights, 8 rows of 144 float32 (4.5 KiB), stay in L1 cache
+_ROWS_PER_PASS = 48  # rows of runs that a pass reads, at most (see _pass_taps)
 _TASK_POSITIONS = 256  # positions of whole samples that a task of _conv_wide_from takes at least
 _GRAD_TASKS = 16  # the weight gradient's tasks, at most: enough to balance two to four threads
 _TASKS_PER_THREAD = 8  # the forward pass's and input gradient's tasks, at least (see _row_groups)
@@ -81,13 +82,12 @@ def _tap_offsets(channels, kh, kw, run, base, row_step, dw):
 
 
 @kernel_helper
-def _correlate_block(out, taps, runs, offsets, block, r_begin, r_end):
+def _correlate_block(out, taps, runs, offsets, block, r_begin, r_end, pass_taps):
     """Block ``block`` of rows ``r_begin`` to ``r_end`` of ``out``, a register tile at a time (see
-    :func:`._tiles.store_tile`), in passes of at most :data:`_TAPS_PER_PASS` taps, so that a pass's
-    weights stay in L1 cache."""
+    :func:`._tiles.store_tile`), in passes of at most ``pass_taps`` taps (see :func:`_pass_taps`)."""
     total = out.shape[1]
     n_taps = taps.shape[1]
-    per_pass = -(-n_taps // -(-n_taps // _TAPS_PER_PASS))
+    per_pass = -(-n_taps // -(-n_taps // pass_taps))
     flat = runs.reshape(runs.size)
     step = _row_unit(out.shape[0])
     for r0 in range(r_begin, r_end, step):
@@ -101,8 +101,19 @@ def _correlate_block(out, taps, runs, offsets, block, r_begin, r_end):
 
 @kernel_helper
 def _row_unit(rows):
-    """The rows of ``out`` that :func:`_correlate_block` computes at once: a tile, or one (see :func:`._tiles.tile_rows`)."""
+    """The rows of an output that :func:`_correlate_block` computes at once: a tile, or one (see
+    :func:`._tiles.tile_rows`)."""
     return ROWS if rows % ROWS == 0 else 1
+
+
+def _pass_taps(channel_taps: int, channel_rows: int) -> int:
+    """Taps in a pass of :func:`_correlate_block`, for a conv whose ``channel_taps`` taps of an input
+    channel read ``channel_rows`` rows of runs (a tile's ``kH`` rows of one run for a stride-1 conv,
+    of ``ph*pw`` phase runs for a strided one): as many as read at most :data:`_ROWS_PER_PASS` rows,
+    whose values for a tile stay in L1 cache, and at most :data:`_TAPS_PER_PASS`, whose weights do.
+    (Measured, 2 threads: a pass of 144 taps of a 3x3, stride-2 conv read 64 phase runs; 36 to 54 taps
+    took 20% less time. 256 channels of 1x1: 48 taps, 29% less than 144.)"""
+    return max(1, min(_TAPS_PER_PASS, _ROWS_PER_PASS * channel_taps // channel_rows))
 
 
 def _row_groups(rows: int, length: int) -> int:
@@ -118,13 +129,14 @@ def _row_groups(rows: int, length: int) -> int:
 
 
 @kernel_helper
-def _correlate_task(out, taps, runs, offsets, groups, task):
+def _correlate_task(out, taps, runs, offsets, groups, pass_taps, task):
     """Task ``task`` of the ``-(-out.shape[1] // _BLOCK) * groups`` that :func:`_correlate_block` cuts
     ``out`` into: a block of positions by one of ``groups`` groups of rows (whole tiles)."""
     unit = _row_unit(out.shape[0])
     tiles = out.shape[0] // unit
     block, group = task // groups, task % groups
-    _correlate_block(out, taps, runs, offsets, block, group * tiles // groups * unit, (group + 1) * tiles // groups * unit)
+    first, stop = group * tiles // groups * unit, (group + 1) * tiles // groups * unit
+    _correlate_block(out, taps, runs, offsets, block, first, stop, pass_taps)
 
 
 @kernel_helper
@@ -271,15 +283,15 @@ def _unpool_runs(gp, argmax, gate, gated, ow, runs, hp, wp, head):
 
 
 @parallel_kernel
-def _conv_wide(xr, taps, offsets, b, yr, y, idx, relu, hp, wp, ow, groups):
+def _conv_wide(xr, taps, offsets, b, yr, y, idx, relu, hp, wp, ow, groups, pass_taps):
     """Stride-1 forward pass in the wide layout (see the module docstring): runs ``xr`` -> ``yr``, tap
     ``k`` (weights ``taps[:, k]``) reading the runs from ``offsets[k]`` on, in ``groups`` groups of rows
-    a block (see :func:`_row_groups`); then the output, ``ow``
+    a block (see :func:`_row_groups`) and passes of ``pass_taps`` taps; then the output, ``ow``
     columns a row, to ``y`` (the padding and scratch positions dropped); or, if ``idx`` has planes that
     are not empty, the output's 2x2, stride-2 max-pool (through a ReLU with ``relu``) to ``y`` and its
     argmax to ``idx``."""
     for task in prange(-(-yr.shape[1] // _BLOCK) * groups):
-        _correlate_task(yr, taps, xr, offsets, groups, task)
+        _correlate_task(yr, taps, xr, offsets, groups, pass_taps, task)
     wide, c_out = yr.reshape(yr.size), y.shape[1]
     for task in prange(y.shape[0] * c_out):
         s, co = task // c_out, task % c_out
@@ -287,7 +299,7 @@ def _conv_wide(xr, taps, offsets, b, yr, y, idx, relu, hp, wp, ow, groups):
 
 
 @parallel_kernel
-def _conv_wide_from(x, w, b, runs, taps, offsets, y, relu, pooled, ow, per_task, used, hp, wp, head):
+def _conv_wide_from(x, w, b, runs, taps, offsets, y, relu, pooled, ow, per_task, used, hp, wp, head, pass_taps):
     """The stride-1 forward pass of :func:`_conv_wide` (pooled with ``pooled``) in one kernel launch,
     from the input ``x`` (in planes ``hp x wp``, after ``head`` zeros: see :func:`_input_runs`) and the
     weight ``w``: their runs and tap matrix are written into
@@ -309,7 +321,7 @@ def _conv_wide_from(x, w, b, runs, taps, offsets, y, relu, pooled, ow, per_task,
         idx = np.empty((rows, cols), dtype=np.int64)
         at = offsets + s0 * plane
         for block in range(-(-span // _BLOCK)):
-            _correlate_block(yr, taps, runs, at, block, 0, yr.shape[0])
+            _correlate_block(yr, taps, runs, at, block, 0, yr.shape[0], pass_taps)
         wide = yr.reshape(yr.size)
         for s in range(s0, s1):
             for co in range(y.shape[1]):
@@ -372,12 +384,12 @@ def _conv2d_strided_forward(xp, w, b, sh, sw, dh, dw, oh, ow):
     work = xp.shape[0] * oh * ow * w.size
     if _by_phases(sh, sw, dh, dw):  # the phase conv with the kernel's own taps: no zero taps
         kh, kw = w.shape[2:]
-        _, _, ka, kb, hq, wq = _polyphase.phase_shape(kh, kw, sh, sw, oh, ow)
+        ph, pw, ka, kb, hq, wq = _polyphase.phase_shape(kh, kw, sh, sw, oh, ow)
         phases = _polyphase.split_input(xp, kh, kw, sh, sw, oh, ow)
         xr = _input_runs(phases, ka, kb, 1, 1, _wide_planes(hq, wq, ka, kb, 1, 1))
         offsets = _polyphase.tap_offsets(w.shape[1], kh, kw, sh, sw, xr.shape[1], wq)
         y = np.empty((xp.shape[0], w.shape[0], oh, ow), dtype=xp.dtype)
-        _run_conv_wide(xr, w, offsets, b, y, _no_index(y), False, hq, wq, ow, work)
+        _run_conv_wide(xr, w, offsets, b, y, _no_index(y), False, hq, wq, ow, work, _pass_taps(kh * kw, ph * pw * ka))
         return y
     return sized(_conv_strided, work)(xp, w, b, sh, sw, dh, dw, oh, ow)
 
@@ -399,7 +411,8 @@ def _conv_wide_into(x, w, b, y, idx, relu, geo):
     planes = _conv_planes(geo)
     xr = _input_runs(x, kh, kw, dh, dw, planes)
     offsets = _tap_offsets(c_in, kh, kw, xr.shape[1], 0, dh * planes.wp, dw)
-    _run_conv_wide(xr, w, offsets, b, y, idx, relu, planes.hp, planes.wp, ow, x.shape[0] * oh * ow * w.size)
+    _run_conv_wide(xr, w, offsets, b, y, idx, relu, planes.hp, planes.wp, ow, x.shape[0] * oh * ow * w.size,
+                   _pass_taps(kh * kw, kh))
 
 
 def _conv_planes(geo) -> _WidePlanes:
@@ -413,13 +426,13 @@ def _unpadded_hw(padded_hw, padding) -> tuple[int, int]:
     return padded_hw[0] - top - bottom, padded_hw[1] - left - right
 
 
-def _run_conv_wide(xr, w, offsets, b, y, idx, relu, hp, wp, ow, work):
+def _run_conv_wide(xr, w, offsets, b, y, idx, relu, hp, wp, ow, work, pass_taps):
     """Run :func:`_conv_wide` on the runs ``xr`` of planes ``hp x wp``, with the weight's taps reading
-    from ``offsets``."""
+    from ``offsets``, in passes of ``pass_taps`` taps."""
     yr = scratch("wide out", (tile_rows(w.shape[0]), _wide_length(y.shape[0], hp, wp, xr.itemsize)), xr.dtype)
     taps = _tap_matrix(w, yr.shape[0], False)
     sized(_conv_wide, work // TILE_SPEED)(xr, taps, offsets, b, yr, y, idx, relu, hp, wp, ow,
-                                          _row_groups(yr.shape[0], yr.shape[1]))
+                                          _row_groups(yr.shape[0], yr.shape[1]), pass_taps)
 
 
 def conv2d_max_pool2d_forward(x, w, b, geo, pool, relu):
@@ -481,6 +494,7 @@ class PreparedConv:
         self.dtype, self.relu, self.pooled, self.ow = np.dtype(dtype), bool(relu), pool is not None, geo.out_hw[1]
         self.out_shape = (n, c_out) + (geo.out_hw if pool is None else pool.out_hw)
         self._per_task = _samples_per_task(hp * wp)
+        self._pass_taps = _pass_taps(kh * kw, kh)
         rows, cols = (2 * pool.out_hw[0], 2 * pool.out_hw[1]) if pool is not None else geo.out_hw
         self._used = (rows - 1) * wp + cols  # of a plane's positions, those the output reads
         first = (n - 1) // self._per_task * self._per_task  # the last task's first sample
@@ -517,7 +531,7 @@ class PreparedConv:
         runs, taps, *kept = self._temporaries()
         y = kept[0] if kept else np.empty(self.out_shape, self.dtype)
         self._kernel(x, w, b, runs, taps, self._offsets, y, self.relu, self.pooled, self.ow, self._per_task,
-                     self._used, *self._plane)
+                     self._used, *self._plane, self._pass_taps)
         return y
 
 
@@ -659,7 +673,7 @@ def conv2d_max_pool2d_grad_weight(gp, argmax, gate, x, geo):
 
 
 @parallel_kernel
-def _grad_input_wide(gr, head, w, xr, grad_x, hp, wp, shift, dh, dw, groups):
+def _grad_input_wide(gr, head, w, xr, grad_x, hp, wp, shift, dh, dw, groups, pass_taps):
     """Stride-1 input gradient in the wide layout: ``grad[p] = sum(w[i, j] * gy[p + shift - i*dh*wp - j*dw])``,
     in ``groups`` groups of rows a block (see :func:`_row_groups`).
 
@@ -673,7 +687,7 @@ def _grad_input_wide(gr, head, w, xr, grad_x, hp, wp, shift, dh, dw, groups):
     taps = _tap_matrix(w, xr.shape[0], True)
     offsets = _tap_offsets(c_out, kh, kw, gr.shape[1], head + shift - (kw - 1) * dw, -dh * wp, dw)
     for task in prange(-(-xr.shape[1] // _BLOCK) * groups):
-        _correlate_task(xr, taps, gr, offsets, groups, task)
+        _correlate_task(xr, taps, gr, offsets, groups, pass_taps, task)
     for task in prange(n * c_in):
         s, ci = task // c_in, task % c_in
         start = s * hp * wp
@@ -733,8 +747,8 @@ def _grad_input_of_runs(gr, head, w, shape, dh, dw, planes, work):
     :func:`_grad_layout`)."""
     grad_x = np.empty(shape, dtype=gr.dtype)
     wide = scratch("wide out", (tile_rows(w.shape[1]), gr.shape[1] - head - planes.shift), gr.dtype)
-    sized(_grad_input_wide, work // TILE_SPEED)(gr, head, w, wide, grad_x, *planes, dh, dw,
-                                                _row_groups(wide.shape[0], wide.shape[1]))
+    groups, pass_taps = _row_groups(wide.shape[0], wide.shape[1]), _pass_taps(w.shape[2] * w.shape[3], w.shape[2])
+    sized(_grad_input_wide, work // TILE_SPEED)(gr, head, w, wide, grad_x, *planes, dh, dw, groups, pass_taps)
     return grad_x
 
 
