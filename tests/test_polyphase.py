@@ -43,20 +43,28 @@ def test_put_phase_writes_only_its_phase_within_both_edges(rng):
     np.testing.assert_array_equal(grad, want)
 
 
-@pytest.mark.parametrize("kh, kw, sh, sw, oh, ow", [(3, 3, 2, 2, 4, 5), (1, 1, 2, 2, 3, 3), (5, 4, 3, 2, 2, 3)])
-def test_split_input_reads_each_phase(kh, kw, sh, sw, oh, ow, rng):
-    hp, wp = (oh - 1) * sh + kh, (ow - 1) * sw + kw
-    xp = rng.standard_normal((2, 3, hp, wp))
-    xq = _polyphase.split_input(xp, kh, kw, sh, sw, oh, ow)
-    ph, pw, ka, kb, hq, wq = _polyphase.phase_shape(kh, kw, sh, sw, oh, ow)
-    g = xq.reshape(2, 3, ph, pw, hq, wq)
+@pytest.mark.parametrize("kh, kw, sh, sw, padding, hw", [
+    ((3, 3, 2, 2, ((1, 1), (1, 1)), (7, 9))),
+    ((1, 1, 2, 2, ((0, 0), (0, 0)), (5, 6))),
+    ((5, 4, 3, 2, ((2, 0), (1, 3)), (8, 7))),
+])
+def test_phase_runs_read_each_phase_of_the_padded_input(kh, kw, sh, sw, padding, hw, rng):
+    from fastcnn.kernels import conv_numba  # needs Numba: imported only when not skipped
+    x = rng.standard_normal((2, 3) + hw).astype(np.float32)
+    xp = np.pad(x, ((0, 0), (0, 0)) + padding)
+    oh, ow = (xp.shape[2] - kh) // sh + 1, (xp.shape[3] - kw) // sw + 1
+    runs, (hq, wq, shift) = conv_numba._phase_runs(x, padding, kh, kw, sh, sw, oh, ow)
+    ph, pw, _, _, _, _ = _polyphase.phase_shape(kh, kw, sh, sw, oh, ow)
+    assert shift == 0 and runs.shape[0] == 3 * ph * pw
+    planes = runs[:, : 2 * hq * wq].reshape(3, ph, pw, 2, hq, wq)
     for pi in range(ph):
         for pj in range(pw):
             for u in range(hq):
                 for v in range(wq):
                     a, b = u * sh + pi, v * sw + pj
-                    want = xp[:, :, a, b] if a < hp and b < wp else 0
-                    np.testing.assert_array_equal(g[:, :, pi, pj, u, v], want)
+                    want = xp[:, :, a, b] if a < xp.shape[2] and b < xp.shape[3] else 0
+                    np.testing.assert_array_equal(planes[:, pi, pj, :, u, v].T, want)
+    assert not runs[:, 2 * hq * wq :].any()  # the tail the shifted reads run into is zero
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])

@@ -5,7 +5,8 @@ With stride ``(sh, sw)`` (dilation 1), output ``(r, q)`` reads input ``(r*sh + i
 ``(pi, pj)``, the plane ``xp[pi::sh, pj::sw]``. So the conv equals a stride-1 conv of the phases,
 stacked as channels (``C * ph * pw`` of them, ``ph = min(sh, kh)``: phases no tap reads are left out),
 with the kernel cut the same way into ``ceil(kh/sh) x ceil(kw/sw)`` sub-kernels. The stride-1
-register tiles then do the arithmetic, at the price of one copy of the input:
+register tiles then do the arithmetic, at the price of one copy of the input (its phases' runs,
+``conv_numba._phase_runs``):
 
 - forward: :func:`tap_offsets` says where each of the kernel's own taps reads in the phases' runs;
 - weight gradient: the phase conv's, with the cut kernel zero where a phase has fewer taps (16
@@ -17,32 +18,11 @@ from __future__ import annotations
 
 import numpy as np
 
-from .scratch import derived
-
 
 def phase_shape(kh, kw, sh, sw, oh, ow):
     """``(ph, pw, ka, kb, hq, wq)``: phases used, sub-kernel size and phase-plane size for an output (oh, ow)."""
     ka, kb = -(-kh // sh), -(-kw // sw)
     return min(sh, kh), min(sw, kw), ka, kb, oh + ka - 1, ow + kb - 1
-
-
-def split_input(xp, kh, kw, sh, sw, oh, ow):
-    """The padded input ``xp`` (N, C, Hp, Wp) as phases (N, C*ph*pw, hq, wq), zero past the input's edge."""
-    n, c = xp.shape[:2]
-    ph, pw, _, _, hq, wq = phase_shape(kh, kw, sh, sw, oh, ow)
-
-    def fill(out):
-        for pi in range(ph):
-            for pj in range(pw):
-                src = xp[:, :, pi::sh, pj::sw][:, :, :hq, :wq]
-                dst = out[:, :, pi, pj]
-                rows, cols = src.shape[2], src.shape[3]
-                dst[:, :, :rows, :cols] = src
-                dst[:, :, rows:] = 0
-                dst[:, :, :rows, cols:] = 0
-
-    out = derived("phases", (n, c, ph, pw, hq, wq), xp.dtype, xp, ("phases", kh, kw, sh, sw, oh, ow), fill)
-    return out.reshape(n, c * ph * pw, hq, wq)
 
 
 def tap_offsets(c_in, kh, kw, sh, sw, run, wq):

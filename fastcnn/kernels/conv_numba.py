@@ -234,6 +234,45 @@ def _input_runs(x, kh, kw, dh, dw, planes):
     return _runs(x, hp, wp, "input runs", head=shift, tail=pad + _reach(kh, kw, wp, dh, dw))
 
 
+def _phase_runs(x, padding, kh, kw, sh, sw, oh, ow):
+    """The runs of the phases of ``x`` zero-padded by ``padding`` (see :mod:`._polyphase`), laid out for
+    a stride-1 conv of the phases with the ``ka x kb`` sub-kernels, read from ``x`` in one pass: what
+    :func:`_input_runs` makes of ``split_input(zero_padded(x, padding), ...)``, without either copy.
+    Returns the runs and the phases' :class:`_WidePlanes`."""
+    ph, pw, ka, kb, hq, wq = _polyphase.phase_shape(kh, kw, sh, sw, oh, ow)
+    n, c = x.shape[:2]
+    tail = _wide_length(n, hq, wq, x.itemsize) - n * hq * wq + _reach(ka, kb, wq, 1, 1)
+    (top, _), (left, _) = padding
+    runs = derived("phase runs", (c * ph * pw, n * hq * wq + tail), x.dtype, x, (top, left, sh, sw, ph, pw, hq, wq),
+                   lambda runs: sized(_fill_phase_runs, runs.size)(x, runs, top, left, sh, sw, ph, pw, hq, wq))
+    return runs, _WidePlanes(hq, wq, 0)
+
+
+@parallel_kernel
+def _fill_phase_runs(x, runs, top, left, sh, sw, ph, pw, hq, wq):
+    """:func:`_phase_runs`, the phases of a (sample, channel) plane of ``x`` per task: phase ``(pi, pj)``
+    of channel ``c`` is run ``(c*ph + pi)*pw + pj``, its value ``(r, q)`` the padded input's
+    ``(r*sh + pi, q*sw + pj)``, or 0 past its edge."""
+    n, c, h, w = x.shape
+    flat = runs.reshape(runs.size)
+    length, plane = runs.shape[1], hq * wq
+    for task in prange(n * c):
+        s, ch = task // c, task % c
+        for pi in range(ph):
+            for pj in range(pw):
+                run = (ch * ph + pi) * pw + pj
+                start = run * length + s * plane
+                for r in range(hq):
+                    row, at = r * sh + pi - top, start + r * wq
+                    if row < 0 or row >= h:
+                        clear(flat, at, wq)
+                        continue
+                    for q in range(wq):
+                        col = q * sw + pj - left
+                        flat[at + q] = x[s, ch, row, col] if 0 <= col < w else 0.0
+                _clear_ends(flat, run, length, start, plane, s, n)
+
+
 def _grad_layout(n, kh, kw, planes, dh, dw, itemsize):
     """The output gradient's runs are laid out as the input (whole tiles of positions), after a head of
     zeros that the input gradient's reads reach back into, rounded up to whole vectors so that the
@@ -371,27 +410,23 @@ def forward_kernels():
 def conv2d_forward(x, w, b, geo):
     """``y = conv(x, w) + b`` for an input ``x`` (N, C, H, W) and weight (C_out, C, kH, kW); ``geo`` is
     the conv's :class:`~fastcnn._checks.ConvGeometry` (its padding, stride, dilation and output size).
-    A stride-1 conv reads ``x`` into its working layout with the padding's zeros: no padded copy."""
+    A stride-1 conv reads ``x`` into its working layout with the padding's zeros, a strided one (without
+    dilation) into its phases' layout: no padded copy."""
     if geo.stride == (1, 1):
         y = np.empty((x.shape[0], w.shape[0]) + geo.out_hw, dtype=x.dtype)
         _conv_wide_into(x, w, b, y, _no_index(y), False, geo)
         return y
-    return _conv2d_strided_forward(zero_padded(x, geo.padding), w, b, *geo.stride, *geo.dilation, *geo.out_hw)
-
-
-def _conv2d_strided_forward(xp, w, b, sh, sw, dh, dw, oh, ow):
-    """:func:`conv2d_forward` of a padded input ``xp`` with a stride other than 1."""
-    work = xp.shape[0] * oh * ow * w.size
+    (sh, sw), (dh, dw), (oh, ow) = geo.stride, geo.dilation, geo.out_hw
+    work = x.shape[0] * oh * ow * w.size
     if _by_phases(sh, sw, dh, dw):  # the phase conv with the kernel's own taps: no zero taps
         kh, kw = w.shape[2:]
-        ph, pw, ka, kb, hq, wq = _polyphase.phase_shape(kh, kw, sh, sw, oh, ow)
-        phases = _polyphase.split_input(xp, kh, kw, sh, sw, oh, ow)
-        xr = _input_runs(phases, ka, kb, 1, 1, _wide_planes(hq, wq, ka, kb, 1, 1))
+        xr, (hq, wq, _) = _phase_runs(x, geo.padding, kh, kw, sh, sw, oh, ow)
         offsets = _polyphase.tap_offsets(w.shape[1], kh, kw, sh, sw, xr.shape[1], wq)
-        y = np.empty((xp.shape[0], w.shape[0], oh, ow), dtype=xp.dtype)
-        _run_conv_wide(xr, w, offsets, b, y, _no_index(y), False, hq, wq, ow, work, _pass_taps(kh * kw, ph * pw * ka))
+        y = np.empty((x.shape[0], w.shape[0], oh, ow), dtype=x.dtype)
+        rows_read = min(sh, kh) * min(sw, kw) * -(-kh // sh)  # by a channel's taps: phases x sub-kernel rows
+        _run_conv_wide(xr, w, offsets, b, y, _no_index(y), False, hq, wq, ow, work, _pass_taps(kh * kw, rows_read))
         return y
-    return sized(_conv_strided, work)(xp, w, b, sh, sw, dh, dw, oh, ow)
+    return sized(_conv_strided, work)(zero_padded(x, geo.padding), w, b, sh, sw, dh, dw, oh, ow)
 
 
 def _no_index(y):
@@ -636,21 +671,24 @@ def conv2d_grad_weight(gy, x, geo):
 def _conv2d_grad_weight(gy, x, padding, kh, kw, sh, sw, dh, dw):
     """:func:`conv2d_grad_weight` with the geometry's numbers."""
     work = gy.size * x.shape[1] * kh * kw
-    if _by_phases(sh, sw, dh, dw):
-        xq = _polyphase.split_input(zero_padded(x, padding), kh, kw, sh, sw, gy.shape[2], gy.shape[3])
+    if _by_phases(sh, sw, dh, dw):  # the phase conv's, with zero taps where a phase has fewer
+        xr, planes = _phase_runs(x, padding, kh, kw, sh, sw, gy.shape[2], gy.shape[3])
         ka, kb = -(-kh // sh), -(-kw // sw)
-        grad_wq, grad_b = _conv2d_grad_weight(gy, xq, NO_PADDING, ka, kb, 1, 1, 1, 1)
+        gr, head = _grad_runs(gy, ka, kb, 1, 1, planes)
+        work = gy.size * xr.shape[0] * ka * kb
+        grad_wq, grad_b = _grad_weight_of_runs(gr, head, xr, x.shape[0], ka, kb, 1, 1, planes, work)
         return _polyphase.merge_weight_grad(grad_wq, kh, kw, sh, sw), grad_b
     if sh != 1 or sw != 1:
         return sized(_grad_weight_strided, work)(gy, zero_padded(x, padding), kh, kw, sh, sw, dh, dw), channel_sums(gy)
     planes = _wide_planes(x.shape[2], x.shape[3], kh, kw, dh, dw, padding)
-    return _grad_weight_of_runs(*_grad_runs(gy, kh, kw, dh, dw, planes), x, kh, kw, dh, dw, planes, work)
-
-
-def _grad_weight_of_runs(gr, head, x, kh, kw, dh, dw, planes, work):
-    """Stride-1 weight and bias gradients from the output gradient's runs ``gr`` (see :func:`_grad_layout`)."""
     xr = _input_runs(x, kh, kw, dh, dw, planes)
-    length = _wide_length(x.shape[0], planes.hp, planes.wp, x.itemsize)
+    return _grad_weight_of_runs(*_grad_runs(gy, kh, kw, dh, dw, planes), xr, x.shape[0], kh, kw, dh, dw, planes, work)
+
+
+def _grad_weight_of_runs(gr, head, xr, n, kh, kw, dh, dw, planes, work):
+    """Stride-1 weight and bias gradients from the output gradient's runs ``gr`` (see :func:`_grad_layout`)
+    and the input's ``xr`` (``n`` samples, see :func:`_input_runs`)."""
+    length = _wide_length(n, planes.hp, planes.wp, xr.itemsize)
     return sized(_grad_weight_wide, work // TILE_SPEED)(gr, head, length, xr, kh, kw, planes.wp, dh, dw)
 
 
@@ -669,7 +707,8 @@ def conv2d_max_pool2d_grad_weight(gp, argmax, gate, x, geo):
     planes = _conv_planes(geo)
     runs, head = _unpooled_runs(gp, argmax, gate, oh, ow, kh, kw, dh, dw, planes)
     work = gp.shape[0] * gp.shape[1] * oh * ow * x.shape[1] * kh * kw
-    return _grad_weight_of_runs(runs, head, x, kh, kw, dh, dw, planes, work)
+    xr = _input_runs(x, kh, kw, dh, dw, planes)
+    return _grad_weight_of_runs(runs, head, xr, x.shape[0], kh, kw, dh, dw, planes, work)
 
 
 @parallel_kernel
