@@ -1,5 +1,6 @@
-"""Strided convolutions through the polyphase split (fastcnn/kernels/_polyphase.py): the split and
-merge helpers against their formulas, and the Numba conv built on them against the reference loops."""
+"""Strided convolutions through the polyphase split (fastcnn/kernels/_polyphase.py): the phases' runs,
+the tap offsets and the weight-gradient merge against their formulas, and the Numba conv built on them
+against the reference loops."""
 import numpy as np
 import pytest
 
@@ -34,15 +35,6 @@ def test_tap_offsets_point_at_each_taps_phase_and_shift(kh, kw, sh, sw):
                 assert offsets[(c * kh + i) * kw + j] == channel * run + (i // sh) * wq + j // sw
 
 
-def test_put_phase_writes_only_its_phase_within_both_edges(rng):
-    grad = np.zeros((1, 2, 7, 6))
-    g = rng.standard_normal((1, 2, 5, 2))
-    _polyphase.put_phase(grad, g, 1, 0, 2, 3)
-    want = np.zeros_like(grad)
-    want[:, :, 1::2, 0::3] = g[:, :, :3, :2]
-    np.testing.assert_array_equal(grad, want)
-
-
 @pytest.mark.parametrize("kh, kw, sh, sw, padding, hw", [
     ((3, 3, 2, 2, ((1, 1), (1, 1)), (7, 9))),
     ((1, 1, 2, 2, ((0, 0), (0, 0)), (5, 6))),
@@ -73,6 +65,8 @@ def test_phase_runs_read_each_phase_of_the_padded_input(kh, kw, sh, sw, padding,
     (3, 16, 7, 2, 3, (11, 11)),  # a stem: 7x7, stride 2
     (6, 4, 1, 2, 0, (7, 6)),     # 1x1 stride 2: one phase
     (4, 3, (3, 5), (3, 2), (1, 2), (10, 9)),
+    (2, 5, 3, 2, (1, 0, 2, 0), (9, 10)),   # (left, right, top, bottom): padding on some sides only
+    (3, 4, 2, 3, (0, 2, 1, 1), (8, 11)),   # kernel smaller than the stride: some positions unread
 ])
 def test_strided_numba_conv_matches_the_reference(c_in, c_out, k, stride, padding, hw, dtype, rng):
     x = rng.standard_normal((3, c_in) + hw).astype(dtype)
@@ -81,7 +75,7 @@ def test_strided_numba_conv_matches_the_reference(c_in, c_out, k, stride, paddin
     b = rng.standard_normal(c_out).astype(dtype)
     st = (stride, stride) if isinstance(stride, int) else stride
     pd = (padding, padding) if isinstance(padding, int) else padding
-    pads = ((pd[0], pd[0]), (pd[1], pd[1]))
+    pads = ((pd[0], pd[0]), (pd[1], pd[1])) if len(pd) == 2 else ((pd[2], pd[3]), (pd[0], pd[1]))
     tol = dict(rtol=1e-4, atol=1e-4) if dtype == np.float32 else dict(rtol=1e-10, atol=1e-10)
     y = F.conv2d(x, w, b, stride=st, padding=pd, backend="numba")
     np.testing.assert_allclose(y, ref.conv2d(x, w, b, st, pads), **tol)

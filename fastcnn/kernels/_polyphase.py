@@ -11,8 +11,8 @@ register tiles then do the arithmetic, at the price of one copy of the input (it
 - forward: :func:`tap_offsets` says where each of the kernel's own taps reads in the phases' runs;
 - weight gradient: the phase conv's, with the cut kernel zero where a phase has fewer taps (16
   multiply-adds for 9 in a 3x3, stride-2 conv), cut back by :func:`merge_weight_grad`;
-- input gradient: a stride-1 input gradient per phase with that phase's own sub-kernel, written into
-  the phase by :func:`put_phase` (positions no tap reads get 0).
+- input gradient: a stride-1 input gradient per phase with that phase's own sub-kernel, written
+  straight into the phase's positions of the input's gradient (positions no tap reads get 0).
 """
 from __future__ import annotations
 
@@ -47,10 +47,3 @@ def merge_weight_grad(gw_phases, kh, kw, sh, sw):
             dst = grad_w[:, :, pi::sh, pj::sw]
             dst[...] = g[:, :, pi, pj, : dst.shape[2], : dst.shape[3]]
     return grad_w
-
-
-def put_phase(grad_xp, g, pi, pj, sh, sw):
-    """Write ``g`` (N, C, rows, cols), a gradient over phase ``(pi, pj)`` of the padded input, into
-    ``grad_xp`` (N, C, hp, wp); the parts of either beyond the other's edge are left out."""
-    dst = grad_xp[:, :, pi::sh, pj::sw][:, :, : g.shape[2], : g.shape[3]]
-    dst[...] = g[:, :, : dst.shape[2], : dst.shape[3]]

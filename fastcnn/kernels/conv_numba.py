@@ -712,14 +712,14 @@ def conv2d_max_pool2d_grad_weight(gp, argmax, gate, x, geo):
 
 
 @parallel_kernel
-def _grad_input_wide(gr, head, w, xr, grad_x, hp, wp, shift, dh, dw, groups, pass_taps):
+def _grad_input_wide(gr, head, w, xr, grad_x, hp, wp, shift, dh, dw, groups, pass_taps, place):
     """Stride-1 input gradient in the wide layout: ``grad[p] = sum(w[i, j] * gy[p + shift - i*dh*wp - j*dw])``,
     in ``groups`` groups of rows a block (see :func:`_row_groups`).
 
     The gradient's runs ``xr`` cover every position of the input's planes ``hp x wp`` (see
     :class:`_WidePlanes`), and the shifted reads of ``gy`` land on its zero scratch positions or its zero
-    head or tail wherever they fall outside the output; the input's own positions are copied out to
-    ``grad_x`` (N, C, H, W).
+    head or tail wherever they fall outside the output; the input's own positions go to ``grad_x`` (N,
+    C, H, W) as :func:`_place_plane` puts them, ``place`` its ``(rows, cols, row0, col0, sh, sw)``.
     """
     n, c_in, h, width = grad_x.shape
     c_out, kh, kw = w.shape[0], w.shape[2], w.shape[3]
@@ -727,14 +727,33 @@ def _grad_input_wide(gr, head, w, xr, grad_x, hp, wp, shift, dh, dw, groups, pas
     offsets = _tap_offsets(c_out, kh, kw, gr.shape[1], head + shift - (kw - 1) * dw, -dh * wp, dw)
     for task in prange(-(-xr.shape[1] // _BLOCK) * groups):
         _correlate_task(xr, taps, gr, offsets, groups, pass_taps, task)
+    rows, cols, row0, col0, sh, sw = place
+    whole_planes = (rows, cols, row0, col0, sh, sw) == (h, width, 0, 0, 1, 1) and width == wp
     for task in prange(n * c_in):
         s, ci = task // c_in, task % c_in
         start = s * hp * wp
-        if width == wp:  # no padding or scratch columns: the plane is one run
+        if whole_planes:  # no padding or scratch columns: the plane is one run
             _copy(grad_x[s, ci].reshape(h * width), xr[ci, start:], 0)
         else:
-            for r in range(h):
-                _copy(grad_x[s, ci, r], xr[ci, start + r * wp :], 0)
+            _place_plane(xr[ci], start, wp, grad_x[s, ci], rows, cols, row0, col0, sh, sw)
+
+
+@kernel_helper
+def _place_plane(run, start, wp, out, rows, cols, row0, col0, sh, sw):
+    """Value ``(r, q)`` of the plane at ``run[start:]`` (rows ``wp`` apart), for ``r < rows`` and ``q <
+    cols``, to ``out[row0 + r*sh, col0 + q*sw]``; those that land outside ``out`` are dropped."""
+    h, width = out.shape
+    for r in range(rows):
+        row, at = row0 + r * sh, start + r * wp
+        if row < 0 or row >= h:
+            continue
+        if sw == 1 and col0 == 0 and cols == width:
+            _copy(out[row], run[at:], 0)
+        else:
+            for q in range(cols):
+                col = col0 + q * sw
+                if 0 <= col < width:
+                    out[row, col] = run[at + q]
 
 
 @parallel_kernel
@@ -764,30 +783,33 @@ def conv2d_grad_input(gy, w, geo):
 def _conv2d_grad_input(gy, w, padding, hp, wp, sh, sw, dh, dw):
     """:func:`conv2d_grad_input` with the geometry's numbers (``hp x wp`` the padded input's planes)."""
     work = gy.size * w.shape[1] * w.shape[2] * w.shape[3]
+    shape = (gy.shape[0], w.shape[1]) + _unpadded_hw((hp, wp), padding)
     if _by_phases(sh, sw, dh, dw):  # each phase's gradient from its own sub-kernel: no zero taps
-        grad_xp = np.zeros((gy.shape[0], w.shape[1], hp, wp), dtype=gy.dtype)  # where no tap reads: 0
+        grad_x = np.zeros(shape, dtype=gy.dtype)  # where no tap reads: 0
+        (top, _), (left, _) = padding
         for pi in range(min(sh, w.shape[2])):
             for pj in range(min(sw, w.shape[3])):
                 sub = np.ascontiguousarray(w[:, :, pi::sh, pj::sw])
-                hq, wq = gy.shape[2] + sub.shape[2] - 1, gy.shape[3] + sub.shape[3] - 1
-                phase = _conv2d_grad_input(gy, sub, NO_PADDING, hq, wq, 1, 1, 1, 1)
-                _polyphase.put_phase(grad_xp, phase, pi, pj, sh, sw)
-        return cropped(grad_xp, padding)
+                planes = _WidePlanes(gy.shape[2] + sub.shape[2] - 1, gy.shape[3] + sub.shape[3] - 1, 0)
+                gr, head = _grad_runs(gy, sub.shape[2], sub.shape[3], 1, 1, planes)
+                place = (planes.hp, planes.wp, pi - top, pj - left, sh, sw)
+                _grad_input_of_runs(gr, head, sub, grad_x, 1, 1, planes, gy.size * sub[0].size, place)
+        return grad_x
     if sh != 1 or sw != 1:
         return cropped(sized(_grad_input_strided, work)(gy, w, hp, wp, sh, sw, dh, dw), padding)
-    shape = (gy.shape[0], w.shape[1]) + _unpadded_hw((hp, wp), padding)
     planes = _wide_planes(*shape[2:], w.shape[2], w.shape[3], dh, dw, padding)
     gr, head = _grad_runs(gy, w.shape[2], w.shape[3], dh, dw, planes)
-    return _grad_input_of_runs(gr, head, w, shape, dh, dw, planes, work)
+    return _grad_input_of_runs(gr, head, w, np.empty(shape, dtype=gy.dtype), dh, dw, planes, work)
 
 
-def _grad_input_of_runs(gr, head, w, shape, dh, dw, planes, work):
-    """Stride-1 input gradient, of ``shape`` (N, C, H, W), from the output gradient's runs ``gr`` (see
-    :func:`_grad_layout`)."""
-    grad_x = np.empty(shape, dtype=gr.dtype)
+def _grad_input_of_runs(gr, head, w, grad_x, dh, dw, planes, work, place=None):
+    """Stride-1 input gradient from the output gradient's runs ``gr`` (see :func:`_grad_layout`), into
+    ``grad_x`` (N, C, H, W) as ``place`` says (see :func:`_grad_input_wide`; None: the plane's input
+    positions to the same positions of ``grad_x``). Returns ``grad_x``."""
     wide = scratch("wide out", (tile_rows(w.shape[1]), gr.shape[1] - head - planes.shift), gr.dtype)
     groups, pass_taps = _row_groups(wide.shape[0], wide.shape[1]), _pass_taps(w.shape[2] * w.shape[3], w.shape[2])
-    sized(_grad_input_wide, work // TILE_SPEED)(gr, head, w, wide, grad_x, *planes, dh, dw, groups, pass_taps)
+    place = place or grad_x.shape[2:] + (0, 0, 1, 1)
+    sized(_grad_input_wide, work // TILE_SPEED)(gr, head, w, wide, grad_x, *planes, dh, dw, groups, pass_taps, place)
     return grad_x
 
 
@@ -802,4 +824,4 @@ def conv2d_max_pool2d_grad_input(gp, argmax, gate, w, geo):
     runs, head = _unpooled_runs(gp, argmax, gate, oh, ow, w.shape[2], w.shape[3], dh, dw, planes)
     work = gp.shape[0] * gp.shape[1] * oh * ow * w.shape[1] * w.shape[2] * w.shape[3]
     shape = (gp.shape[0], w.shape[1]) + _unpadded_hw(geo.padded_hw, geo.padding)
-    return _grad_input_of_runs(runs, head, w, shape, dh, dw, planes, work)
+    return _grad_input_of_runs(runs, head, w, np.empty(shape, dtype=gp.dtype), dh, dw, planes, work)
