@@ -1,6 +1,5 @@
-"""Strided convolutions through the polyphase split (fastcnn/kernels/_polyphase.py): the phases' runs,
-the tap offsets and the weight-gradient merge against their formulas, and the Numba conv built on them
-against the reference loops."""
+"""Strided convolutions through the polyphase split (fastcnn/kernels/_polyphase.py): the phases' runs
+and the tap offsets against their formulas, and the Numba conv built on them against the reference loops."""
 import numpy as np
 import pytest
 
@@ -10,17 +9,6 @@ from fastcnn.kernels import _polyphase
 from . import reference as ref
 
 pytestmark = pytest.mark.skipif("numba" not in F.dispatch.available_backends(), reason="Numba not installed")
-
-
-@pytest.mark.parametrize("kh, kw, sh, sw", [(3, 3, 2, 2), (5, 4, 2, 3), (1, 1, 2, 2), (2, 3, 3, 2)])
-def test_merge_weight_grad_takes_each_tap_from_its_phase(kh, kw, sh, sw, rng):
-    ph, pw, ka, kb, _, _ = _polyphase.phase_shape(kh, kw, sh, sw, 4, 4)
-    g = rng.standard_normal((3, 2, ph, pw, ka, kb))
-    merged = _polyphase.merge_weight_grad(g.reshape(3, 2 * ph * pw, ka, kb), kh, kw, sh, sw)
-    assert merged.shape == (3, 2, kh, kw)
-    for i in range(kh):
-        for j in range(kw):
-            np.testing.assert_array_equal(merged[:, :, i, j], g[:, :, i % sh, j % sw, i // sh, j // sw])
 
 
 @pytest.mark.parametrize("kh, kw, sh, sw", [(3, 3, 2, 2), (5, 4, 3, 2)])
@@ -45,7 +33,7 @@ def test_phase_runs_read_each_phase_of_the_padded_input(kh, kw, sh, sw, padding,
     x = rng.standard_normal((2, 3) + hw).astype(np.float32)
     xp = np.pad(x, ((0, 0), (0, 0)) + padding)
     oh, ow = (xp.shape[2] - kh) // sh + 1, (xp.shape[3] - kw) // sw + 1
-    runs, (hq, wq, shift) = conv_numba._phase_runs(x, padding, kh, kw, sh, sw, oh, ow)
+    runs, _, (hq, wq, shift) = conv_numba._phase_taps(x, padding, kh, kw, sh, sw, oh, ow)
     ph, pw, _, _, _, _ = _polyphase.phase_shape(kh, kw, sh, sw, oh, ow)
     assert shift == 0 and runs.shape[0] == 3 * ph * pw
     planes = runs[:, : 2 * hq * wq].reshape(3, ph, pw, 2, hq, wq)

@@ -6,11 +6,10 @@ With stride ``(sh, sw)`` (dilation 1), output ``(r, q)`` reads input ``(r*sh + i
 stacked as channels (``C * ph * pw`` of them, ``ph = min(sh, kh)``: phases no tap reads are left out),
 with the kernel cut the same way into ``ceil(kh/sh) x ceil(kw/sw)`` sub-kernels. The stride-1
 register tiles then do the arithmetic, at the price of one copy of the input (its phases' runs,
-``conv_numba._phase_runs``):
+``conv_numba._phase_taps``):
 
-- forward: :func:`tap_offsets` says where each of the kernel's own taps reads in the phases' runs;
-- weight gradient: the phase conv's, with the cut kernel zero where a phase has fewer taps (16
-  multiply-adds for 9 in a 3x3, stride-2 conv), cut back by :func:`merge_weight_grad`;
+- forward and weight gradient: :func:`tap_offsets` says where each of the kernel's own taps reads in
+  the phases' runs (no zero taps);
 - input gradient: a stride-1 input gradient per phase with that phase's own sub-kernel, written
   straight into the phase's positions of the input's gradient (positions no tap reads get 0).
 """
@@ -33,17 +32,3 @@ def tap_offsets(c_in, kh, kw, sh, sw, run, wq):
     c, i, j = np.meshgrid(np.arange(c_in), np.arange(kh), np.arange(kw), indexing="ij")
     channel = (c * ph + i % sh) * pw + j % sw
     return (channel * run + (i // sh) * wq + j // sw).reshape(-1).astype(np.int64)
-
-
-def merge_weight_grad(gw_phases, kh, kw, sh, sw):
-    """The phase conv's weight gradient (C_out, C*ph*pw, ka, kb) back as (C_out, C, kH, kW)."""
-    c_out = gw_phases.shape[0]
-    ph, pw, ka, kb = min(sh, kh), min(sw, kw), gw_phases.shape[2], gw_phases.shape[3]
-    c_in = gw_phases.shape[1] // (ph * pw)
-    g = gw_phases.reshape(c_out, c_in, ph, pw, ka, kb)
-    grad_w = np.empty((c_out, c_in, kh, kw), gw_phases.dtype)
-    for pi in range(ph):
-        for pj in range(pw):
-            dst = grad_w[:, :, pi::sh, pj::sw]
-            dst[...] = g[:, :, pi, pj, : dst.shape[2], : dst.shape[3]]
-    return grad_w

@@ -234,23 +234,30 @@ def _input_runs(x, kh, kw, dh, dw, planes):
     return _runs(x, hp, wp, "input runs", head=shift, tail=pad + _reach(kh, kw, wp, dh, dw))
 
 
-def _phase_runs(x, padding, kh, kw, sh, sw, oh, ow):
+def _input_taps(x, kh, kw, dh, dw, planes):
+    """The input's runs (:func:`_input_runs`) and where each tap ``(c, i, j)`` of a ``kh x kw`` kernel
+    reads in them."""
+    xr = _input_runs(x, kh, kw, dh, dw, planes)
+    return xr, _tap_offsets(x.shape[1], kh, kw, xr.shape[1], 0, dh * planes.wp, dw)
+
+
+def _phase_taps(x, padding, kh, kw, sh, sw, oh, ow):
     """The runs of the phases of ``x`` zero-padded by ``padding`` (see :mod:`._polyphase`), laid out for
-    a stride-1 conv of the phases with the ``ka x kb`` sub-kernels, read from ``x`` in one pass: what
-    :func:`_input_runs` makes of ``split_input(zero_padded(x, padding), ...)``, without either copy.
-    Returns the runs and the phases' :class:`_WidePlanes`."""
+    a stride-1 conv of the phases with the ``ka x kb`` sub-kernels, read from ``x`` in one pass (no
+    padded copy, no copy of the phases), where each tap ``(c, i, j)`` of the ``kh x kw`` kernel reads in
+    them, and the phases' :class:`_WidePlanes`."""
     ph, pw, ka, kb, hq, wq = _polyphase.phase_shape(kh, kw, sh, sw, oh, ow)
     n, c = x.shape[:2]
     tail = _wide_length(n, hq, wq, x.itemsize) - n * hq * wq + _reach(ka, kb, wq, 1, 1)
     (top, _), (left, _) = padding
     runs = derived("phase runs", (c * ph * pw, n * hq * wq + tail), x.dtype, x, (top, left, sh, sw, ph, pw, hq, wq),
                    lambda runs: sized(_fill_phase_runs, runs.size)(x, runs, top, left, sh, sw, ph, pw, hq, wq))
-    return runs, _WidePlanes(hq, wq, 0)
+    return runs, _polyphase.tap_offsets(c, kh, kw, sh, sw, runs.shape[1], wq), _WidePlanes(hq, wq, 0)
 
 
 @parallel_kernel
 def _fill_phase_runs(x, runs, top, left, sh, sw, ph, pw, hq, wq):
-    """:func:`_phase_runs`, the phases of a (sample, channel) plane of ``x`` per task: phase ``(pi, pj)``
+    """:func:`_phase_taps`, the phases of a (sample, channel) plane of ``x`` per task: phase ``(pi, pj)``
     of channel ``c`` is run ``(c*ph + pi)*pw + pj``, its value ``(r, q)`` the padded input's
     ``(r*sh + pi, q*sw + pj)``, or 0 past its edge."""
     n, c, h, w = x.shape
@@ -420,8 +427,7 @@ def conv2d_forward(x, w, b, geo):
     work = x.shape[0] * oh * ow * w.size
     if _by_phases(sh, sw, dh, dw):  # the phase conv with the kernel's own taps: no zero taps
         kh, kw = w.shape[2:]
-        xr, (hq, wq, _) = _phase_runs(x, geo.padding, kh, kw, sh, sw, oh, ow)
-        offsets = _polyphase.tap_offsets(w.shape[1], kh, kw, sh, sw, xr.shape[1], wq)
+        xr, offsets, (hq, wq, _) = _phase_taps(x, geo.padding, kh, kw, sh, sw, oh, ow)
         y = np.empty((x.shape[0], w.shape[0], oh, ow), dtype=x.dtype)
         rows_read = min(sh, kh) * min(sw, kw) * -(-kh // sh)  # by a channel's taps: phases x sub-kernel rows
         _run_conv_wide(xr, w, offsets, b, y, _no_index(y), False, hq, wq, ow, work, _pass_taps(kh * kw, rows_read))
@@ -442,10 +448,9 @@ def _by_phases(sh, sw, dh, dw) -> bool:
 def _conv_wide_into(x, w, b, y, idx, relu, geo):
     """Run :func:`_conv_wide` of the stride-1 conv ``geo`` on the input ``x`` into ``y`` (and ``idx``)."""
     (dh, dw), (oh, ow) = geo.dilation, geo.out_hw
-    c_in, kh, kw = w.shape[1:]
+    kh, kw = w.shape[2:]
     planes = _conv_planes(geo)
-    xr = _input_runs(x, kh, kw, dh, dw, planes)
-    offsets = _tap_offsets(c_in, kh, kw, xr.shape[1], 0, dh * planes.wp, dw)
+    xr, offsets = _input_taps(x, kh, kw, dh, dw, planes)
     _run_conv_wide(xr, w, offsets, b, y, idx, relu, planes.hp, planes.wp, ow, x.shape[0] * oh * ow * w.size,
                    _pass_taps(kh * kw, kh))
 
@@ -571,10 +576,11 @@ class PreparedConv:
 
 
 @parallel_kernel
-def _grad_weight_wide(gr, head, length, xr, kh, kw, wp, dh, dw):
+def _grad_weight_wide(gr, head, length, xr, offsets, kh, kw):
     """Stride-1 weight and bias gradients in the wide layout: dot products of the runs ``gr`` (of the
-    output gradient, ``length`` positions from ``head`` on, whole tiles) and ``xr`` (of the input), a
-    register tile of output channels by (input channel, tap) pairs at a time (see :func:`._tiles.dot_tile`).
+    output gradient, ``length`` positions from ``head`` on, whole tiles) and ``xr`` (of the input), tap
+    ``k`` of the ``kh x kw`` kernel reading ``xr`` from ``offsets[k]`` on, a register tile of output
+    channels by (input channel, tap) pairs at a time (see :func:`._tiles.dot_tile`).
 
     A task is a group of output channels, a chunk of the input channels and a share of the blocks (at
     most :data:`_GRAD_TASKS` tasks, shares of 4 blocks or more), so a block of the output gradient's
@@ -582,8 +588,8 @@ def _grad_weight_wide(gr, head, length, xr, kh, kw, wp, dh, dw):
     bias (their scratch positions are 0). Each task sums into arrays of its own, and the split is fixed
     by the shapes, so the result does not depend on the thread count.
     """
-    c_out, c_in = gr.shape[0], xr.shape[0]
     n_taps = kh * kw
+    c_out, c_in = gr.shape[0], offsets.shape[0] // n_taps
     group = DOT_ROWS if c_out >= DOT_ROWS else 1  # output channels per task and per tile
     groups, blocks = -(-c_out // group), -(-length // _BLOCK)
     per_task = max(1, c_in * groups // _GRAD_TASKS)  # input channels
@@ -598,8 +604,7 @@ def _grad_weight_wide(gr, head, length, xr, kh, kw, wp, dh, dw):
         columns = (c1 - c0) * n_taps  # (input channel, tap) pairs, the last repeated to whole tiles
         reads = np.empty(whole(columns, DOT_COLS), dtype=np.int64)  # where each starts in x_flat
         for k in range(reads.size):
-            ci, t = c0 + min(k, columns - 1) // n_taps, min(k, columns - 1) % n_taps
-            reads[k] = ci * xr.shape[1] + (t // kw) * dh * wp + (t % kw) * dw
+            reads[k] = offsets[c0 * n_taps + min(k, columns - 1)]
         part = np.empty((DOT_ROWS, DOT_COLS), dtype=gr.dtype)
         mine = np.zeros((DOT_ROWS, reads.size))  # this task's own: no cache line shared with another task
         mine_b = np.zeros(DOT_ROWS)
@@ -671,25 +676,23 @@ def conv2d_grad_weight(gy, x, geo):
 def _conv2d_grad_weight(gy, x, padding, kh, kw, sh, sw, dh, dw):
     """:func:`conv2d_grad_weight` with the geometry's numbers."""
     work = gy.size * x.shape[1] * kh * kw
-    if _by_phases(sh, sw, dh, dw):  # the phase conv's, with zero taps where a phase has fewer
-        xr, planes = _phase_runs(x, padding, kh, kw, sh, sw, gy.shape[2], gy.shape[3])
-        ka, kb = -(-kh // sh), -(-kw // sw)
-        gr, head = _grad_runs(gy, ka, kb, 1, 1, planes)
-        work = gy.size * xr.shape[0] * ka * kb
-        grad_wq, grad_b = _grad_weight_of_runs(gr, head, xr, x.shape[0], ka, kb, 1, 1, planes, work)
-        return _polyphase.merge_weight_grad(grad_wq, kh, kw, sh, sw), grad_b
+    if _by_phases(sh, sw, dh, dw):  # the kernel's own taps in the phases' runs: no zero taps
+        xr, offsets, planes = _phase_taps(x, padding, kh, kw, sh, sw, gy.shape[2], gy.shape[3])
+        gr, head = _grad_runs(gy, -(-kh // sh), -(-kw // sw), 1, 1, planes)
+        return _grad_weight_of_runs(gr, head, xr, offsets, (kh, kw), x.shape[0], planes, work)
     if sh != 1 or sw != 1:
         return sized(_grad_weight_strided, work)(gy, zero_padded(x, padding), kh, kw, sh, sw, dh, dw), channel_sums(gy)
     planes = _wide_planes(x.shape[2], x.shape[3], kh, kw, dh, dw, padding)
-    xr = _input_runs(x, kh, kw, dh, dw, planes)
-    return _grad_weight_of_runs(*_grad_runs(gy, kh, kw, dh, dw, planes), xr, x.shape[0], kh, kw, dh, dw, planes, work)
+    xr, offsets = _input_taps(x, kh, kw, dh, dw, planes)
+    gr, head = _grad_runs(gy, kh, kw, dh, dw, planes)
+    return _grad_weight_of_runs(gr, head, xr, offsets, (kh, kw), x.shape[0], planes, work)
 
 
-def _grad_weight_of_runs(gr, head, xr, n, kh, kw, dh, dw, planes, work):
-    """Stride-1 weight and bias gradients from the output gradient's runs ``gr`` (see :func:`_grad_layout`)
-    and the input's ``xr`` (``n`` samples, see :func:`_input_runs`)."""
+def _grad_weight_of_runs(gr, head, xr, offsets, kernel, n, planes, work):
+    """Weight and bias gradients from the output gradient's runs ``gr`` (see :func:`_grad_layout`) and the
+    input's ``xr`` (``n`` samples), tap ``k`` of the ``kernel`` (kh, kw) reading ``xr`` from ``offsets[k]``."""
     length = _wide_length(n, planes.hp, planes.wp, xr.itemsize)
-    return sized(_grad_weight_wide, work // TILE_SPEED)(gr, head, length, xr, kh, kw, planes.wp, dh, dw)
+    return sized(_grad_weight_wide, work // TILE_SPEED)(gr, head, length, xr, offsets, *kernel)
 
 
 def _fuses_unpool(gp, sh, sw, oh, ow) -> bool:
@@ -707,8 +710,8 @@ def conv2d_max_pool2d_grad_weight(gp, argmax, gate, x, geo):
     planes = _conv_planes(geo)
     runs, head = _unpooled_runs(gp, argmax, gate, oh, ow, kh, kw, dh, dw, planes)
     work = gp.shape[0] * gp.shape[1] * oh * ow * x.shape[1] * kh * kw
-    xr = _input_runs(x, kh, kw, dh, dw, planes)
-    return _grad_weight_of_runs(runs, head, xr, x.shape[0], kh, kw, dh, dw, planes, work)
+    xr, offsets = _input_taps(x, kh, kw, dh, dw, planes)
+    return _grad_weight_of_runs(runs, head, xr, offsets, (kh, kw), x.shape[0], planes, work)
 
 
 @parallel_kernel
