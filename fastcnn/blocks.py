@@ -162,6 +162,11 @@ class Residual(Layer):
     def containers(self):
         return [self.body] if self.shortcut is None else [self.body, self.shortcut]
 
+    def residual_branches(self) -> tuple[list[Layer], list[Layer] | None]:
+        """The body's layers and the shortcut's (None: the identity), whose outputs the block adds: an
+        inference plan (:mod:`fastcnn.inference`) compiles each as a plan of its own."""
+        return self.body.layers, None if self.shortcut is None else self.shortcut.layers
+
     def inner_rows(self, prefix: str, input_shape) -> list[tuple[str, str, tuple[int, ...], int]]:
         """The summary rows of the inner layers: ``(name, description, output shape, parameters)``."""
         rows = []

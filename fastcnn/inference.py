@@ -9,6 +9,8 @@ A plan is the model's steps prepared for inference:
 - then the steps are fused as :func:`fastcnn.steps.fuse` fuses them for training (a Conv2D, the
   MaxPool2D and the ReLU after it run as one ``conv2d_max_pool2d`` op), so a folded conv fuses too,
   and a ReLU after a Dense runs in the ``linear`` kernel (its ``relu`` argument);
+- a residual block (:class:`fastcnn.blocks.Residual`) runs its body and its shortcut as plans of their
+  own, so their batch norms fold and their steps fuse the same way, and adds their outputs;
 - on the first call with an input shape (under a backend policy and thread count), each step is
   bound to that shape: the dispatcher's choice of kernel (:func:`fastcnn.dispatch.chosen`), the
   geometry and signature are resolved once, and later calls run the bound steps with no per-layer
@@ -193,6 +195,28 @@ class _Flatten(_Step):
         return lambda x, arrays: x.reshape(shape)
 
 
+class _Residual(_Step):
+    """A residual block (a layer with ``residual_branches``, see :class:`fastcnn.blocks.Residual`): a
+    plan of its body and one of its shortcut (none for the identity), whose outputs it adds."""
+
+    makes_new_arrays = True
+
+    def __init__(self, dtype, block: Layer) -> None:
+        super().__init__(dtype)
+        self.block = block
+        self.plans = [InferencePlan(layers, dtype, owns_output=False)
+                      for layers in block.residual_branches() if layers is not None]
+        self.arrays = lambda: [plan.step_arrays() for plan in self.plans]
+
+    def bind(self, x, arrays, policy, fresh):
+        self.block.output_shape(x.shape[1:])  # the block's ValueError if its branches' outputs differ
+        threads, (body, *shortcut) = num_threads(), self.plans
+        if not shortcut:
+            return lambda x, arrays: body._run(x, arrays[0], policy, threads) + x
+        short = shortcut[0]
+        return lambda x, arrays: body._run(x, arrays[0], policy, threads) + short._run(x, arrays[1], policy, threads)
+
+
 class _Layer(_Step):
     """Any other layer: its own ``forward(x, training=False)``."""
 
@@ -230,9 +254,12 @@ class InferencePlan:
         The model's layers (the plan keeps references, not copies).
     dtype : numpy.dtype
         The model's dtype.
+    owns_output : bool
+        Whether what the plan returns goes to the caller (a new array), or to a step of an outer plan
+        that makes a new array from it (a residual block's add: it may live in a kept buffer).
     """
 
-    def __init__(self, layers: list[Layer], dtype) -> None:
+    def __init__(self, layers: list[Layer], dtype, owns_output: bool = True) -> None:
         self.dtype = dtype = np.dtype(dtype)
         self._layers = list(layers)
         self._backends = [(layer, layer.backend) for layer in layers if hasattr(layer, "backend")]
@@ -269,13 +296,17 @@ class InferencePlan:
                 self.steps.append(_Flatten(dtype, step))
             elif type(step) is ConvMaxPool:  # parameters the fast path cannot take: run the layers themselves
                 self.steps.extend(_Layer(dtype, layer) for layer in (step.conv, step.pool, step.relu) if layer)
+            elif hasattr(step, "residual_branches"):
+                self.steps.append(_Residual(dtype, step))
+                self._backends += [pair for plan in self.steps[-1].plans for pair in plan._backends]
             else:
                 self.steps.append(_Layer(dtype, step))
 
-        # a step's output must be a new array unless a later step makes one from it (a Flatten between
-        # them gives a view): an output handed to the caller is never overwritten by a later call
-        self._fresh = [not next((s.makes_new_arrays for s in self.steps[k + 1 :] if type(s) is not _Flatten), False)
-                       for k in range(len(self.steps))]
+        # a step's output must be a new array unless a later step (or the outer plan's, if the plan does
+        # not own its output) makes one from it (a Flatten between them gives a view): an output handed to
+        # the caller is never overwritten by a later call
+        self._fresh = [not next((s.makes_new_arrays for s in self.steps[k + 1 :] if type(s) is not _Flatten),
+                                not owns_output) for k in range(len(self.steps))]
         self._bound: dict[tuple, list[Run]] = {}
 
     def is_current(self, layers: list[Layer], dtype) -> bool:
@@ -296,12 +327,16 @@ class InferencePlan:
 
     def predict(self, x: np.ndarray, batch_size: int) -> np.ndarray:
         """Outputs for ``x`` (already validated: the model's dtype and per-sample shape), in batches."""
-        arrays = [step.arrays() for step in self.steps]  # batch norm folded once per call
+        arrays = self.step_arrays()  # batch norm folded once per call
         policy, threads = dispatch.get_backend(), num_threads()
         if len(x) <= batch_size:
             return self._run(x if x.flags.c_contiguous else np.ascontiguousarray(x), arrays, policy, threads)
         return np.concatenate([self._run(np.ascontiguousarray(x[start : start + batch_size]), arrays, policy, threads)
                                for start in range(0, len(x), batch_size)])
+
+    def step_arrays(self) -> list:
+        """What each step's :attr:`_Step.arrays` gives now (batch norm folded): for one predict call."""
+        return [step.arrays() for step in self.steps]
 
     def _run(self, h: np.ndarray, arrays: list[tuple], policy: str, threads: int) -> np.ndarray:
         runs = self._bound.get((h.shape, policy, threads))

@@ -9,6 +9,7 @@ import fastcnn
 from fastcnn import backends, inference, models
 from fastcnn import layers as L
 from fastcnn._checks import conv_geometry, pool_geometry
+from fastcnn.blocks import Residual
 from fastcnn.kernels import jit
 
 from . import reference as ref
@@ -72,6 +73,50 @@ def test_batch_norm_is_folded_and_steps_fused():
     assert [type(s).__name__ for s in steps] == ["_Conv", "_Conv", "_Layer", "_Layer", "_Flatten", "_Linear", "_Linear"]
     assert steps[0].op == "conv2d_max_pool2d" and steps[0].relu
     assert steps[5].relu and not steps[6].relu
+
+
+def residual_model():
+    """Residual blocks with batch norm in the body and in a strided shortcut, an identity shortcut, a
+    block nested in a body, and a block that ends the model."""
+    return fastcnn.Sequential([
+        L.Conv2D(1, 4, 3, padding=1, rng=0),
+        Residual([L.Conv2D(4, 6, 3, stride=2, padding=1, bias=False, rng=1), random_batch_norm(L.BatchNorm2D(6), 2),
+                  L.ReLU(), L.Conv2D(6, 6, 3, padding=1, rng=3), L.MaxPool2D(2), L.ReLU()],
+                 [L.Conv2D(4, 6, 1, stride=4, bias=False, rng=4), random_batch_norm(L.BatchNorm2D(6), 5)]),
+        Residual([Residual([L.Conv2D(6, 6, 3, padding=1, rng=6), random_batch_norm(L.BatchNorm2D(6), 7)]), L.ReLU()]),
+        L.ReLU(), Residual([L.Conv2D(6, 6, 1, rng=8)]),
+    ], input_shape=(1, 12, 12))
+
+
+def test_residual_blocks_run_as_plans_of_their_own():
+    """Each residual branch is a plan of its own (its batch norms folded, its conv, pool and ReLU fused):
+    the same answers as the layers' own forward, and what predict returns is never a kept buffer."""
+    model = residual_model()
+    rng = np.random.default_rng(12)
+    for n, batch_size in ((1, 1), (5, 2), (7, 512)):
+        x1, x2 = (rng.standard_normal((n, 1, 12, 12)).astype(np.float32) for _ in range(2))
+        first = model.predict(x1, batch_size=batch_size)
+        kept = first.copy()
+        second = model.predict(x2, batch_size=batch_size)
+        np.testing.assert_allclose(first, _forward(model, x1, batch_size), rtol=1e-5, atol=1e-5)
+        np.testing.assert_allclose(second, _forward(model, x2, batch_size), rtol=1e-5, atol=1e-5)
+        assert np.array_equal(first, kept) and not np.shares_memory(first, second)
+    steps = model._inference.steps
+    assert [type(s).__name__ for s in steps] == ["_Conv", "_Residual", "_Residual", "_Relu", "_Residual"]
+    body, shortcut = steps[1].plans
+    assert [type(s).__name__ for s in body.steps] == ["_Conv", "_Relu", "_Conv"] and body.steps[2].relu
+    assert [type(s).__name__ for s in shortcut.steps] == ["_Conv"]  # its batch norm folded
+    assert [type(s).__name__ for s in steps[2].plans[0].steps] == ["_Residual", "_Relu"]
+
+
+def test_residual_plan_sees_a_new_backend_inside_a_block():
+    model = residual_model()
+    x = np.random.default_rng(13).standard_normal((3, 1, 12, 12)).astype(np.float32)
+    model.predict(x)
+    plan = model._inference
+    model.layers[1].body.layers[0].backend = "numpy"
+    np.testing.assert_allclose(model.predict(x), _forward(model, x, 3), rtol=1e-5, atol=1e-5)
+    assert model._inference is not plan
 
 
 def test_fold_against_float64_reference():
