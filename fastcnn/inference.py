@@ -3,7 +3,8 @@
 A plan is the model's steps prepared for inference:
 
 - Dropout is dropped (it is the identity outside training);
-- a BatchNorm2D directly after a Conv2D, or a BatchNorm1D directly after a Dense, is folded into it:
+- a BatchNorm2D directly after a Conv2D (zero padding, no groups or depthwise), or a BatchNorm1D
+  directly after a Dense, is folded into it:
   ``w' = w * s``, ``b' = (b - mean) * s + beta`` with ``s = gamma / sqrt(var + eps)``, computed in
   float64 once per predict call (not per batch), so training or edits in place are always seen;
 - then the steps are fused as :func:`fastcnn.steps.fuse` fuses them for training (a Conv2D, the
@@ -97,7 +98,8 @@ class _Step:
 
 
 class _Conv(_Step):
-    """A Conv2D, or a Conv2D with the MaxPool2D (and ReLU) after it, as ``conv2d`` / ``conv2d_max_pool2d``.
+    """A Conv2D, or a Conv2D with the MaxPool2D (and ReLU) after it, as ``conv2d`` / ``conv2d_max_pool2d``;
+    a depthwise Conv2D as ``depthwise_conv2d``.
 
     Where the dispatcher picks the Numba kernel and the conv is stride 1 (with the pool the kernel
     fuses, if any), the step runs a :class:`~fastcnn.kernels.conv_numba.PreparedConv`: one kernel
@@ -108,11 +110,11 @@ class _Conv(_Step):
     def __init__(self, dtype, conv: Conv2D, arrays: Arrays, pool: MaxPool2D | None = None, relu: bool = False) -> None:
         super().__init__(dtype)
         self.conv, self.pool, self.relu, self.arrays = conv, pool, relu, arrays
-        self.op = "conv2d" if pool is None else "conv2d_max_pool2d"
+        self.op = "depthwise_conv2d" if conv.groups > 1 else "conv2d" if pool is None else "conv2d_max_pool2d"
 
     def bind(self, x, arrays, policy, fresh):
         conv, w_shape = self.conv, self.conv.params["weight"].shape
-        geo = conv_geometry(x.shape, w_shape, conv.stride, conv.padding, conv.dilation)
+        geo = conv_geometry(x.shape, w_shape, conv.stride, conv.padding, conv.dilation, conv.groups)
         check_allocation("conv2d input with its padding", (x.shape[0], x.shape[1]) + geo.padded_hw, self.dtype)
         check_allocation("conv2d output", (x.shape[0], w_shape[0]) + geo.out_hw, self.dtype)
         if self.pool is None:
@@ -123,7 +125,8 @@ class _Conv(_Step):
                                          p.out_hw, self.relu)
             args = (geo, p, self.relu)
         kernel = dispatch.chosen(self.op, signature, (x, *arrays, *args), conv.backend or policy)
-        if kernel is _numba_kernel(self.op) and conv_numba.PreparedConv.takes(x.shape, w_shape, geo, p):
+        if self.op != "depthwise_conv2d" and kernel is _numba_kernel(self.op) and \
+                conv_numba.PreparedConv.takes(x.shape, w_shape, geo, p):
             prepared = conv_numba.PreparedConv(x.shape, w_shape, self.dtype, geo, p, self.relu, reuse_output=not fresh)
             return lambda x, arrays: prepared(x, *arrays)
         if self.pool is None:
@@ -230,9 +233,10 @@ class _Layer(_Step):
 
 
 def _fast(layer: Layer) -> bool:
-    """Whether the plan runs ``layer`` through its own steps: a Dense, or a Conv2D that fuses with a
-    pool (no groups, zero padding); other convs run their layer's forward."""
-    return type(layer) is Dense or (type(layer) is Conv2D and layer.fuses_pool)
+    """Whether the plan runs ``layer`` through its own steps: a Dense, or a Conv2D with zero padding
+    that has no groups (it fuses with a pool) or is depthwise; other convs run their layer's forward."""
+    return type(layer) is Dense or (type(layer) is Conv2D and layer.padding_mode == "zeros"
+                                    and layer.groups in (1, layer.in_channels))
 
 
 def _folds(layer: Layer, after: Layer | None) -> bool:

@@ -47,11 +47,12 @@ def test_predict_is_the_layers_forward_bit_for_bit(name, dtype):
 
 
 def test_predict_follows_every_conv_and_pool_option():
-    """Grouped and padding-mode convs (not folded: a batch norm after them runs as itself), a conv fused
-    with a dilated ceil-mode max-pool, and average pools with ceil mode, count_include_pad=False and
-    divisor_override, against the layers' own forward."""
+    """A depthwise conv (its batch norm folded), grouped and padding-mode convs (not folded: a batch norm
+    after them runs as itself), a conv fused with a dilated ceil-mode max-pool, and average pools with
+    ceil mode, count_include_pad=False and divisor_override, against the layers' own forward."""
     model = fastcnn.Sequential([
         L.Conv2D(2, 4, 3, padding=1, groups=2, rng=0), random_batch_norm(L.BatchNorm2D(4), 1),
+        L.Conv2D(4, 4, 3, padding=1, groups=2, rng=6), random_batch_norm(L.BatchNorm2D(4), 7),
         L.Conv2D(4, 4, 3, padding=1, padding_mode="reflect", rng=2), random_batch_norm(L.BatchNorm2D(4), 3),
         L.Conv2D(4, 4, 3, rng=4), L.MaxPool2D(2, stride=2, padding=1, dilation=2, ceil_mode=True), L.ReLU(),
         L.AvgPool2D(3, stride=2, padding=1, ceil_mode=True, count_include_pad=False),
@@ -59,8 +60,10 @@ def test_predict_follows_every_conv_and_pool_option():
         L.Flatten(), L.Dense(16, 2, rng=5),
     ], input_shape=(2, 13, 13))
     x = np.random.default_rng(4).standard_normal((3, 2, 13, 13)).astype(np.float32)
-    assert np.array_equal(model.predict(x, batch_size=2), _forward(model, x, 2))
-    assert "_Conv" in [type(s).__name__ for s in model._inference.steps]
+    np.testing.assert_allclose(model.predict(x, batch_size=2), _forward(model, x, 2), rtol=1e-5, atol=1e-5)
+    steps = model._inference.steps
+    assert [type(s).__name__ for s in steps[:3]] == ["_Conv", "_Layer", "_Layer"]  # depthwise + BN, grouped, BN
+    assert steps[0].op == "depthwise_conv2d"
 
 
 def test_batch_norm_is_folded_and_steps_fused():
