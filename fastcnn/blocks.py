@@ -14,6 +14,7 @@ from typing import Any, Sequence, Union
 
 import numpy as np
 
+from . import inference
 from .layers import LAYER_TYPES, Layer
 from .model import Sequential
 
@@ -163,8 +164,16 @@ class Residual(Layer):
         return [self.body] if self.shortcut is None else [self.body, self.shortcut]
 
     def residual_branches(self) -> tuple[list[Layer], list[Layer] | None]:
-        """The body's layers and the shortcut's (None: the identity), whose outputs the block adds: an
-        inference plan (:mod:`fastcnn.inference`) compiles each as a plan of its own."""
+        """The layers whose outputs the block adds: an inference plan (:mod:`fastcnn.inference`) compiles
+        each list as a plan of its own.
+
+        Returns
+        -------
+        body : list of Layer
+            The body's layers (the list itself, not a copy).
+        shortcut : list of Layer or None
+            The shortcut's layers; None for the identity.
+        """
         return self.body.layers, None if self.shortcut is None else self.shortcut.layers
 
     def inner_rows(self, prefix: str, input_shape) -> list[tuple[str, str, tuple[int, ...], int]]:
@@ -201,3 +210,4 @@ class Residual(Layer):
 
 
 LAYER_TYPES[Residual.__name__] = Residual  # so Sequential.from_config and load_model rebuild it
+inference.RESIDUAL_BLOCKS.add(Residual)  # so predict runs its branches as plans of their own

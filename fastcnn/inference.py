@@ -3,7 +3,7 @@
 A plan is the model's steps prepared for inference:
 
 - Dropout is dropped (it is the identity outside training);
-- a BatchNorm2D directly after a Conv2D (zero padding, no groups or depthwise), or a BatchNorm1D
+- a BatchNorm2D directly after a Conv2D (zero padding; ungrouped or depthwise), or a BatchNorm1D
   directly after a Dense, is folded into it:
   ``w' = w * s``, ``b' = (b - mean) * s + beta`` with ``s = gamma / sqrt(var + eps)``, computed in
   float64 once per predict call (not per batch), so training or edits in place are always seen;
@@ -51,6 +51,11 @@ if backends.jit.NUMBA_AVAILABLE:
 __all__ = ["InferencePlan", "current_plan", "fold_batch_norm"]
 
 Arrays = Callable[[], tuple[np.ndarray, np.ndarray]]
+
+RESIDUAL_BLOCKS: set[type] = set()
+"""Layer types whose output is the sum of what the layer lists of their ``residual_branches()`` give
+(the body's, and the shortcut's or None for the identity); :mod:`fastcnn.blocks` registers
+:class:`~fastcnn.blocks.Residual`. Exact types only: a subclass may compute something else."""
 
 
 def fold_batch_norm(weight: np.ndarray, bias: np.ndarray | None, bn) -> tuple[np.ndarray, np.ndarray]:
@@ -199,8 +204,8 @@ class _Flatten(_Step):
 
 
 class _Residual(_Step):
-    """A residual block (a layer with ``residual_branches``, see :class:`fastcnn.blocks.Residual`): a
-    plan of its body and one of its shortcut (none for the identity), whose outputs it adds."""
+    """A residual block (a type in :data:`RESIDUAL_BLOCKS`): a plan of its body and one of its shortcut
+    (none for the identity), whose outputs it adds."""
 
     makes_new_arrays = True
 
@@ -209,7 +214,13 @@ class _Residual(_Step):
         self.block = block
         self.plans = [InferencePlan(layers, dtype, owns_output=False)
                       for layers in block.residual_branches() if layers is not None]
-        self.arrays = lambda: [plan.step_arrays() for plan in self.plans]
+        self.arrays = lambda: [plan._step_arrays() for plan in self.plans]
+
+    def is_current(self, dtype: np.dtype) -> bool:
+        """Whether each branch's plan is current (:meth:`InferencePlan.is_current`) for the branch as it is now."""
+        branches = [layers for layers in self.block.residual_branches() if layers is not None]
+        return len(branches) == len(self.plans) and all(plan.is_current(layers, dtype)
+                                                        for plan, layers in zip(self.plans, branches))
 
     def bind(self, x, arrays, policy, fresh):
         self.block.output_shape(x.shape[1:])  # the block's ValueError if its branches' outputs differ
@@ -300,9 +311,8 @@ class InferencePlan:
                 self.steps.append(_Flatten(dtype, step))
             elif type(step) is ConvMaxPool:  # parameters the fast path cannot take: run the layers themselves
                 self.steps.extend(_Layer(dtype, layer) for layer in (step.conv, step.pool, step.relu) if layer)
-            elif hasattr(step, "residual_branches"):
+            elif type(step) in RESIDUAL_BLOCKS:
                 self.steps.append(_Residual(dtype, step))
-                self._backends += [pair for plan in self.steps[-1].plans for pair in plan._backends]
             else:
                 self.steps.append(_Layer(dtype, step))
 
@@ -315,7 +325,8 @@ class InferencePlan:
 
     def is_current(self, layers: list[Layer], dtype) -> bool:
         """Whether the plan was built for these layers (the same objects), their backends, ``dtype`` and
-        the same parameter and buffer arrays (compared by identity: a few microseconds)."""
+        the same parameter and buffer arrays (compared by identity: a few microseconds), and each
+        residual block's plans for its branches as they are now."""
         if dtype != self.dtype or layers != self._layers:  # layers compare by identity
             return False
         for layer, backend in self._backends:
@@ -327,19 +338,19 @@ class InferencePlan:
         for store, key, value in self._arrays:
             if store.get(key) is not value:
                 return False
-        return True
+        return all(step.is_current(dtype) for step in self.steps if type(step) is _Residual)
 
     def predict(self, x: np.ndarray, batch_size: int) -> np.ndarray:
         """Outputs for ``x`` (already validated: the model's dtype and per-sample shape), in batches."""
-        arrays = self.step_arrays()  # batch norm folded once per call
+        arrays = self._step_arrays()  # batch norm folded once per call
         policy, threads = dispatch.get_backend(), num_threads()
         if len(x) <= batch_size:
             return self._run(x if x.flags.c_contiguous else np.ascontiguousarray(x), arrays, policy, threads)
         return np.concatenate([self._run(np.ascontiguousarray(x[start : start + batch_size]), arrays, policy, threads)
                                for start in range(0, len(x), batch_size)])
 
-    def step_arrays(self) -> list:
-        """What each step's :attr:`_Step.arrays` gives now (batch norm folded): for one predict call."""
+    def _step_arrays(self) -> list:
+        """What each step's ``arrays`` gives now (batch norm folded): for one predict call."""
         return [step.arrays() for step in self.steps]
 
     def _run(self, h: np.ndarray, arrays: list[tuple], policy: str, threads: int) -> np.ndarray:

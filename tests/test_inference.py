@@ -112,6 +112,28 @@ def test_residual_blocks_run_as_plans_of_their_own():
     assert [type(s).__name__ for s in steps[2].plans[0].steps] == ["_Residual", "_Relu"]
 
 
+def test_residual_plan_sees_layers_added_inside_a_block():
+    model = residual_model()
+    x = np.random.default_rng(14).standard_normal((3, 1, 12, 12)).astype(np.float32)
+    before = model.predict(x)
+    model.layers[4].body.add(L.ReLU())  # a layer with no parameters, in the last block's body
+    model.layers[2].body.layers[0].body.layers.append(L.Tanh())  # in a block inside a block
+    got = model.predict(x)
+    np.testing.assert_allclose(got, _forward(model, x, 3), rtol=1e-5, atol=1e-5)
+    assert not np.allclose(got, before)
+
+
+def test_a_residual_subclass_runs_its_own_forward():
+    class Doubled(Residual):
+        def forward(self, x, training=False):
+            return 2 * super().forward(x, training)
+
+    model = fastcnn.Sequential([Doubled([L.Conv2D(1, 1, 3, padding=1, rng=0)])], input_shape=(1, 5, 5))
+    x = np.random.default_rng(15).standard_normal((2, 1, 5, 5)).astype(np.float32)
+    np.testing.assert_allclose(model.predict(x), _forward(model, x, 2), rtol=1e-6)
+    assert [type(s).__name__ for s in model._inference.steps] == ["_Layer"]
+
+
 def test_residual_plan_sees_a_new_backend_inside_a_block():
     model = residual_model()
     x = np.random.default_rng(13).standard_normal((3, 1, 12, 12)).astype(np.float32)

@@ -8,9 +8,10 @@ tile of output channels by positions at a time, and the weight gradient is dot p
 shifted runs, a tile of output channels by taps at a time (see :mod:`._tiles`). Positions that are
 not real output pixels (the last columns and rows of each sample, and the padding to whole tiles) are
 scratch, dropped from the output and zero in the gradient. The runs are cut into cache-sized blocks,
-which are also the parallel tasks. Padding is never stored: neighbouring rows share their zero
-columns and neighbouring samples their zero rows (:class:`_WidePlanes`), so a "same"-padded 3x3 conv on
-3x3 planes computes 16 positions a sample, not 25, and no padded copy of the input is made. Other
+and the parallel tasks are blocks (by groups of output rows, where blocks are few). Padding is never
+stored: neighbouring rows share their zero columns and neighbouring samples their zero rows
+(:class:`_WidePlanes`), so a "same"-padded 3x3 conv on 3x3 planes computes 16 positions a sample, not
+25, and no padded copy of the input is made. Other
 strides with dilation 1 become a stride-1 conv of the input's phases (:mod:`._polyphase`); with
 dilation too, they run row by row.
 
@@ -119,7 +120,8 @@ def _pass_taps(channel_taps: int, channel_rows: int) -> int:
 def _row_groups(rows: int, length: int) -> int:
     """Into how many groups of whole tiles :func:`_correlate_task` cuts the ``rows`` of an output of
     ``length`` positions: a power of two (so that the groups are even) that makes at least
-    :data:`_TASKS_PER_THREAD` tasks (blocks x groups) a thread, as far as the tiles go. Whole blocks
+    :data:`_TASKS_PER_THREAD` tasks (blocks x groups) a thread, or as many groups as the rows have
+    tiles, if fewer. Whole blocks
     alone are too few for a batch of small planes: 3 for 64 samples of 8x8, so one of two threads
     idled through a third of the work (measured, 2 threads: 64 to 256 channels of 8x8 at batch 64
     take 23-26% less time with 2 to 8 groups than with 1; 32 channels of 26x26, 19 blocks, 3%)."""
@@ -429,7 +431,8 @@ def conv2d_forward(x, w, b, geo):
         kh, kw = w.shape[2:]
         xr, offsets, (hq, wq, _) = _phase_taps(x, geo.padding, kh, kw, sh, sw, oh, ow)
         y = np.empty((x.shape[0], w.shape[0], oh, ow), dtype=x.dtype)
-        rows_read = min(sh, kh) * min(sw, kw) * -(-kh // sh)  # by a channel's taps: phases x sub-kernel rows
+        rows_read = min(sh, kh) * min(sw, kw) * -(-kh // sh)  # phases x sub-kernel rows: an upper bound on
+        # the rows of phase runs a channel's taps read (6 of 8 for 3x3, stride 2), which measured best
         _run_conv_wide(xr, w, offsets, b, y, _no_index(y), False, hq, wq, ow, work, _pass_taps(kh * kw, rows_read))
         return y
     return sized(_conv_strided, work)(zero_padded(x, geo.padding), w, b, sh, sw, dh, dw, oh, ow)
