@@ -9,7 +9,8 @@ A plan is the model's steps prepared for inference:
   float64 once per predict call (not per batch), so training or edits in place are always seen;
 - then the steps are fused as :func:`fastcnn.steps.fuse` fuses them for training (a Conv2D, the
   MaxPool2D and the ReLU after it run as one ``conv2d_max_pool2d`` op), so a folded conv fuses too,
-  and a ReLU after a Dense runs in the ``linear`` kernel (its ``relu`` argument);
+  a ReLU after a Dense runs in the ``linear`` kernel (its ``relu`` argument), and a ReLU after a conv
+  that no pool follows in the conv's step (in the prepared conv's kernel, see :class:`_Conv`);
 - a residual block (:class:`fastcnn.blocks.Residual`) runs its body and its shortcut as plans of their
   own, so their batch norms fold and their steps fuse the same way, and adds their outputs;
 - on the first call with an input shape (under a backend policy and thread count), each step is
@@ -104,11 +105,12 @@ class _Step:
 
 class _Conv(_Step):
     """A Conv2D, or a Conv2D with the MaxPool2D (and ReLU) after it, as ``conv2d`` / ``conv2d_max_pool2d``;
-    a depthwise Conv2D as ``depthwise_conv2d``.
+    a depthwise Conv2D as ``depthwise_conv2d``; with ``relu`` and no pool, the ReLU after the conv too.
 
     Where the dispatcher picks the Numba kernel and the conv is stride 1 (with the pool the kernel
     fuses, if any), the step runs a :class:`~fastcnn.kernels.conv_numba.PreparedConv`: one kernel
-    launch, serial for small work, temporaries kept per thread."""
+    launch, serial for small work, temporaries kept per thread, the ReLU applied as it writes the
+    output. Other kernels run the ``relu`` op after the conv."""
 
     makes_new_arrays = True
 
@@ -134,9 +136,13 @@ class _Conv(_Step):
                 conv_numba.PreparedConv.takes(x.shape, w_shape, geo, p):
             prepared = conv_numba.PreparedConv(x.shape, w_shape, self.dtype, geo, p, self.relu, reuse_output=not fresh)
             return lambda x, arrays: prepared(x, *arrays)
-        if self.pool is None:
-            return lambda x, arrays: kernel(x, *arrays, *args)
-        return lambda x, arrays: kernel(x, *arrays, *args)[0]
+        if self.pool is not None:
+            return lambda x, arrays: kernel(x, *arrays, *args)[0]
+        if self.relu:  # a ReLU after a conv that no pool follows, where the kernel cannot take it
+            out = np.zeros((x.shape[0], w_shape[0]) + geo.out_hw, self.dtype)
+            relu = dispatch.chosen("relu", (out.shape, self.dtype.char), (out,), policy)
+            return lambda x, arrays: relu(kernel(x, *arrays, *args))
+        return lambda x, arrays: kernel(x, *arrays, *args)
 
 
 def _numba_kernel(op: str):
@@ -303,7 +309,8 @@ class InferencePlan:
                 self.steps.append(_Linear(dtype, step, arrays[id(step)]))
             elif type(step) is MaxPool2D:
                 self.steps.append(_Pool(dtype, step))
-            elif type(step) is ReLU and self.steps and type(self.steps[-1]) is _Linear and not self.steps[-1].relu:
+            elif type(step) is ReLU and self.steps and type(self.steps[-1]) in (_Linear, _Conv) \
+                    and not self.steps[-1].relu:
                 self.steps[-1].relu = True
             elif type(step) is ReLU:
                 self.steps.append(_Relu(dtype, step))

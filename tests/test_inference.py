@@ -91,6 +91,27 @@ def residual_model():
     ], input_shape=(1, 12, 12))
 
 
+@pytest.mark.parametrize("policy", ["auto", "numpy"] + (["numba"] if jit.NUMBA_AVAILABLE else []))
+def test_a_relu_after_a_conv_without_pool_runs_in_the_conv_step(policy):
+    """Same-padded, strided and depthwise convs each followed by a ReLU (no pool): one step each, the
+    same bits as the layers' own forward (no batch norm, so nothing is folded), NaN kept."""
+    model = fastcnn.Sequential([
+        L.Conv2D(2, 8, 3, padding="same", rng=0), L.ReLU(),
+        L.Conv2D(8, 8, 3, stride=2, padding=1, rng=1), L.ReLU(),
+        L.Conv2D(8, 8, 3, padding=1, groups=8, rng=2), L.ReLU(), L.ReLU(),
+        L.Flatten(), L.Dense(8 * 5 * 5, 3, rng=3),
+    ], input_shape=(2, 9, 9))
+    x = np.random.default_rng(16).standard_normal((4, 2, 9, 9)).astype(np.float32)
+    x[1, 0, 4, 4] = np.nan
+    with fastcnn.dispatch.use_backend(policy):
+        got = model.predict(x, batch_size=3)
+        want = _forward(model, x, 3)
+    np.testing.assert_array_equal(got, want)  # NaN where want has NaN
+    assert [type(s).__name__ for s in model._inference.steps] == ["_Conv", "_Conv", "_Conv", "_Relu", "_Flatten",
+                                                                   "_Linear"]
+    assert all(step.relu for step in model._inference.steps[:3])
+
+
 def test_residual_blocks_run_as_plans_of_their_own():
     """Each residual branch is a plan of its own (its batch norms folded, its conv, pool and ReLU fused):
     the same answers as the layers' own forward, and what predict returns is never a kept buffer."""
@@ -107,7 +128,7 @@ def test_residual_blocks_run_as_plans_of_their_own():
     steps = model._inference.steps
     assert [type(s).__name__ for s in steps] == ["_Conv", "_Residual", "_Residual", "_Relu", "_Residual"]
     body, shortcut = steps[1].plans
-    assert [type(s).__name__ for s in body.steps] == ["_Conv", "_Relu", "_Conv"] and body.steps[2].relu
+    assert [type(s).__name__ for s in body.steps] == ["_Conv", "_Conv"] and body.steps[0].relu and body.steps[1].relu
     assert [type(s).__name__ for s in shortcut.steps] == ["_Conv"]  # its batch norm folded
     assert [type(s).__name__ for s in steps[2].plans[0].steps] == ["_Residual", "_Relu"]
 

@@ -148,6 +148,14 @@ def _copy(dst, src, plus):
         dst[p] = src[p] + plus
 
 
+@kernel_helper
+def _copy_relu(dst, src, plus):
+    """:func:`_copy` through a ReLU: ``max(src[p] + plus, 0)``, keeping NaN (as ``relu`` does)."""
+    for p in range(dst.shape[0]):
+        v = src[p] + plus
+        dst[p] = 0 if v <= 0 else v
+
+
 def _runs(a, hp, wp, role, head=0, tail=0):
     """``a`` (N, C, H, W) as runs (C, head + N*hp*wp + tail) in the scratch array ``role``: each
     sample's plane at the top left of an ``hp x wp`` block, zeros elsewhere (the scratch positions, and
@@ -379,12 +387,16 @@ def _conv_wide_from(x, w, b, runs, taps, offsets, y, relu, pooled, ow, per_task,
 @kernel_helper
 def _emit_plane(wide, start, wp, ow, bias, relu, y, idx):
     """The plane of a wide output at ``wide[start:]`` (rows ``wp`` apart) plus ``bias`` to ``y`` (rows,
-    cols); or, if ``idx`` (rows, cols) is not empty, its 2x2, stride-2 max-pool (through a ReLU with
-    ``relu``) to ``y`` and its argmax, in rows of the conv's output width ``ow``, to ``idx``."""
+    cols), through a ReLU with ``relu``; or, if ``idx`` (rows, cols) is not empty, its 2x2, stride-2
+    max-pool (through a ReLU with ``relu``) to ``y`` and its argmax, in rows of the conv's output width
+    ``ow``, to ``idx``."""
     rows, cols = y.shape
     if idx.size:
         pool_numba.pool_rows(wide, start, wp, ow, bias, relu, y.reshape(rows * cols), 0, idx.reshape(rows * cols),
                              rows, cols)
+    elif relu:
+        for r in range(rows):
+            _copy_relu(y[r], wide[start + r * wp :], bias)
     else:
         for r in range(rows):
             _copy(y[r], wide[start + r * wp :], bias)
