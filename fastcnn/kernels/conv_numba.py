@@ -107,14 +107,14 @@ def _row_unit(rows):
     return ROWS if rows % ROWS == 0 else 1
 
 
-def _pass_taps(channel_taps: int, channel_rows: int) -> int:
-    """Taps in a pass of :func:`_correlate_block`, for a conv whose ``channel_taps`` taps of an input
-    channel read ``channel_rows`` rows of runs (a tile's ``kH`` rows of one run for a stride-1 conv,
+def _pass_taps(kh: int, kw: int, channel_rows: int | None = None) -> int:
+    """Taps in a pass of :func:`_correlate_block`, for a ``kh x kw`` conv whose taps of an input channel
+    read ``channel_rows`` rows of runs (None: ``kh``, a tile's rows of one run for a stride-1 conv; rows
     of ``ph*pw`` phase runs for a strided one): as many as read at most :data:`_ROWS_PER_PASS` rows,
     whose values for a tile stay in L1 cache, and at most :data:`_TAPS_PER_PASS`, whose weights do.
     (Measured, 2 threads: a pass of 144 taps of a 3x3, stride-2 conv read 64 phase runs; 36 to 54 taps
     took 20% less time. 256 channels of 1x1: 48 taps, 29% less than 144.)"""
-    return max(1, min(_TAPS_PER_PASS, _ROWS_PER_PASS * channel_taps // channel_rows))
+    return max(1, min(_TAPS_PER_PASS, _ROWS_PER_PASS * kh * kw // (channel_rows or kh)))
 
 
 def _row_groups(rows: int, length: int) -> int:
@@ -445,7 +445,7 @@ def conv2d_forward(x, w, b, geo):
         y = np.empty((x.shape[0], w.shape[0], oh, ow), dtype=x.dtype)
         rows_read = min(sh, kh) * min(sw, kw) * -(-kh // sh)  # phases x sub-kernel rows: an upper bound on
         # the rows of phase runs a channel's taps read (6 of 8 for 3x3, stride 2), which measured best
-        _run_conv_wide(xr, w, offsets, b, y, _no_index(y), False, hq, wq, ow, work, _pass_taps(kh * kw, rows_read))
+        _run_conv_wide(xr, w, offsets, b, y, _no_index(y), False, hq, wq, ow, work, _pass_taps(kh, kw, rows_read))
         return y
     return sized(_conv_strided, work)(zero_padded(x, geo.padding), w, b, sh, sw, dh, dw, oh, ow)
 
@@ -467,7 +467,7 @@ def _conv_wide_into(x, w, b, y, idx, relu, geo):
     planes = _conv_planes(geo)
     xr, offsets = _input_taps(x, kh, kw, dh, dw, planes)
     _run_conv_wide(xr, w, offsets, b, y, idx, relu, planes.hp, planes.wp, ow, x.shape[0] * oh * ow * w.size,
-                   _pass_taps(kh * kw, kh))
+                   _pass_taps(kh, kw))
 
 
 def _conv_planes(geo) -> _WidePlanes:
@@ -549,7 +549,7 @@ class PreparedConv:
         self.dtype, self.relu, self.pooled, self.ow = np.dtype(dtype), bool(relu), pool is not None, geo.out_hw[1]
         self.out_shape = (n, c_out) + (geo.out_hw if pool is None else pool.out_hw)
         self._per_task = _samples_per_task(hp * wp)
-        self._pass_taps = _pass_taps(kh * kw, kh)
+        self._pass_taps = _pass_taps(kh, kw)
         rows, cols = (2 * pool.out_hw[0], 2 * pool.out_hw[1]) if pool is not None else geo.out_hw
         self._used = (rows - 1) * wp + cols  # of a plane's positions, those the output reads
         first = (n - 1) // self._per_task * self._per_task  # the last task's first sample
@@ -825,7 +825,7 @@ def _grad_input_of_runs(gr, head, w, grad_x, dh, dw, planes, work, place=None):
     ``grad_x`` (N, C, H, W) as ``place`` says (see :func:`_grad_input_wide`; None: the plane's input
     positions to the same positions of ``grad_x``). Returns ``grad_x``."""
     wide = scratch("wide out", (tile_rows(w.shape[1]), gr.shape[1] - head - planes.shift), gr.dtype)
-    groups, pass_taps = _row_groups(wide.shape[0], wide.shape[1]), _pass_taps(w.shape[2] * w.shape[3], w.shape[2])
+    groups, pass_taps = _row_groups(wide.shape[0], wide.shape[1]), _pass_taps(*w.shape[2:])
     place = place or grad_x.shape[2:] + (0, 0, 1, 1)
     sized(_grad_input_wide, work // TILE_SPEED)(gr, head, w, wide, grad_x, *planes, dh, dw, groups, pass_taps, place)
     return grad_x
