@@ -132,7 +132,7 @@ def run(op: str, signature: tuple, args: tuple, backend: str | None = None, auto
     key = f"{op}{signature}@{threads}"  # about 2 us to format: once per signature, not per call
     choice = _choices.get(key)
     if choice is None:
-        return _decide(op, key, args)
+        return _decide(op, key, args, impls)[1]
     _known[(op, signature, threads)] = impls[choice]
     return impls[choice](*args)
 
@@ -153,16 +153,35 @@ def chosen(op: str, signature: tuple, args: tuple, backend: str | None = None) -
     return kernel
 
 
-def _decide(op: str, key: str, args: tuple) -> Any:
+def fastest(op: str, signature: tuple, args: tuple, candidates: dict[str, Callable[..., Any]],
+            backend: str | None = None) -> Callable[..., Any]:
+    """Of ``candidates`` (backend name -> a callable of ``args`` that computes ``op``), the one that
+    ``backend`` (or the policy in force) selects: under ``auto``, the faster as measured on ``args``
+    the first time ``op`` and ``signature`` are met (and kept, as :func:`run`'s decisions), else the
+    policy's own (NumPy's where the policy's is missing). For callers that run an op through something
+    other than its registered kernels, such as the inference plan's prepared convs: ``signature``
+    must then differ from the registered kernels' ones."""
+    policy = get_backend() if backend is None else _check_policy(backend, "backend")
+    if policy != "auto" or len(candidates) == 1:
+        return candidates.get(policy, candidates.get("numpy", next(iter(candidates.values()))))
+    key = f"{op}{signature}@{jit.num_threads()}"
+    choice = _choices.get(key)
+    if choice is None:
+        choice = _decide(op, key, args, candidates)[0]
+    return candidates[choice]
+
+
+def _decide(op: str, key: str, args: tuple, impls: dict[str, Callable[..., Any]]) -> tuple[str, Any]:
+    """The backend ``auto`` chooses for ``key`` (measured now, unless known), and its result on ``args``."""
     with _lock:
         _load_persisted()
         choice = _choices.get(key)
         if choice is not None:
-            return _registry[op][choice](*args)
-        candidates = [b for b in available_backends() if b in _registry[op]]
+            return choice, impls[choice](*args)
+        candidates = [b for b in available_backends() if b in impls]
         start = time.perf_counter()
-        results = {name: _registry[op][name](*args) for name in candidates}  # compile (Numba) and warm up
-        timings = _time_interleaved(op, candidates, args) if len(candidates) > 1 else {candidates[0]: float("nan")}
+        results = {name: impls[name](*args) for name in candidates}  # compile (Numba) and warm up
+        timings = _time_interleaved(impls, candidates, args) if len(candidates) > 1 else {candidates[0]: float("nan")}
         choice = min(candidates, key=lambda b: timings[b]) if len(candidates) > 1 else candidates[0]
         _choices[key] = choice
         _decisions[key] = {
@@ -176,10 +195,10 @@ def _decide(op: str, key: str, args: tuple) -> Any:
             _save_persisted()
         else:
             _unsaved.add(key)
-        return results[choice]
+        return choice, results[choice]
 
 
-def _time_interleaved(op: str, candidates: list[str], args: tuple) -> dict[str, float]:
+def _time_interleaved(impls: dict[str, Callable[..., Any]], candidates: list[str], args: tuple) -> dict[str, float]:
     """Best seconds per call of each backend, timed in alternating rounds so that noise from the rest
     of the machine falls on all of them alike."""
     runs: dict[str, list[float]] = {name: [] for name in candidates}
@@ -190,7 +209,7 @@ def _time_interleaved(op: str, candidates: list[str], args: tuple) -> dict[str, 
         for name in candidates if round_ % 2 == 0 else reversed(candidates):
             _pause()
             t0 = time.perf_counter()
-            _registry[op][name](*args)
+            impls[name](*args)
             runs[name].append(time.perf_counter() - t0)
             spent += runs[name][-1]
     return {name: min(times) for name, times in runs.items()}  # the least disturbed run of each

@@ -614,13 +614,22 @@ def avg_pool2d(
     ndarray, shape (N, C, H_out, W_out)
     """
     x = float_array("x", x, ndim=4)
-    geo, scale = _avg_pool_geometry(x.shape, kernel_size, stride, padding, ceil_mode, count_include_pad,
-                                    divisor_override, x.dtype)
+    pads, signature, args = avg_pool_call(x.shape, x.dtype, kernel_size, stride, padding, ceil_mode, count_include_pad,
+                                          divisor_override)
+    return dispatch.run("avg_pool2d", signature, (zero_padded(x, pads), *args), backend)  # padded: a temporary
+
+
+def avg_pool_call(shape: tuple, dtype, kernel_size: IntOrPair, stride: IntOrPair | None = None, padding: IntOrPair = 0,
+                  ceil_mode: bool = False, count_include_pad: bool = True, divisor_override: int | None = None) -> tuple:
+    """What :func:`avg_pool2d` of an input of ``shape`` and ``dtype`` runs: ``(pads, signature, args)``, the
+    ``avg_pool2d`` op taking the input zero-padded by ``pads`` and then ``args``, under ``signature``
+    (for callers that pool inputs of one shape many times, as the inference plan)."""
+    geo, scale = _avg_pool_geometry(shape, kernel_size, stride, padding, ceil_mode, count_include_pad,
+                                    divisor_override, dtype)
     pads = _avg_pool_pads(geo)
-    check_allocation("padded avg_pool2d input", _padded_shape(x.shape, pads), x.dtype)
-    xp = zero_padded(x, pads)  # a temporary of the op
-    signature = (xp.shape, geo.kernel, geo.stride, x.dtype.char)
-    return dispatch.run("avg_pool2d", signature, (xp, geo, scale), backend)
+    padded = _padded_shape(shape, pads)
+    check_allocation("padded avg_pool2d input", padded, dtype)
+    return pads, (padded, geo.kernel, geo.stride, np.dtype(dtype).char), (geo, scale)
 
 
 def _avg_pool_geometry(shape, kernel_size, stride, padding, ceil_mode, count_include_pad, divisor_override, dtype):

@@ -6,7 +6,8 @@ A plan is the model's steps prepared for inference:
 - a BatchNorm2D directly after a Conv2D (zero padding; ungrouped or depthwise), or a BatchNorm1D
   directly after a Dense, is folded into it:
   ``w' = w * s``, ``b' = (b - mean) * s + beta`` with ``s = gamma / sqrt(var + eps)``, computed in
-  float64 once per predict call (not per batch), so training or edits in place are always seen;
+  float64 once per predict call (not per batch; one kernel pass into arrays kept per thread), so
+  training or edits in place are always seen;
 - then the steps are fused as :func:`fastcnn.steps.fuse` fuses them for training (a Conv2D, the
   MaxPool2D and the ReLU after it run as one ``conv2d_max_pool2d`` op), so a folded conv fuses too,
   a ReLU after a Dense runs in the ``linear`` kernel (its ``relu`` argument), and a ReLU after a conv
@@ -17,9 +18,11 @@ A plan is the model's steps prepared for inference:
   bound to that shape: the dispatcher's choice of kernel (:func:`fastcnn.dispatch.chosen`), the
   geometry and signature are resolved once, and later calls run the bound steps with no per-layer
   validation, no dispatcher lookups. The input is validated once per predict call, by ``predict``.
-  Where the dispatcher picks Numba for a stride-1 conv (with its 2x2 pool), the step is a
-  :class:`fastcnn.kernels.conv_numba.PreparedConv`: one kernel launch, serial when the work is too
-  small to repay waking Numba's threads (:func:`fastcnn.kernels.jit.sized`).
+  A stride-1 conv (with its 2x2 pool) runs as a :class:`fastcnn.kernels.conv_numba.PreparedConv`
+  (one kernel launch, serial when the work is too small to repay waking Numba's threads,
+  :func:`fastcnn.kernels.jit.sized`) or NumPy's kernel, whichever the policy picks (``auto``: the
+  faster as measured, :func:`fastcnn.dispatch.fastest`). Average and global average pools run the
+  ``avg_pool2d`` kernel with their geometry and divisors worked out once.
 
 The plan is rebuilt when a layer, a backend or a parameter array is replaced (``load_state_dict``,
 ``astype``, batch norm's running statistics after a training step); parameters changed in place
@@ -35,6 +38,7 @@ a new array, so what ``predict`` returns is never overwritten by a later call. `
 from __future__ import annotations
 
 import copy
+import threading
 from typing import Callable
 
 import numpy as np
@@ -42,12 +46,14 @@ import numpy as np
 from . import backends, dispatch
 from . import functional as F
 from ._checks import check_allocation, conv_geometry, pool_geometry
-from .layers import BatchNorm1D, BatchNorm2D, Conv2D, ConvMaxPool, Dense, Dropout, Flatten, Layer, MaxPool2D, ReLU
+from .layers import (AvgPool2D, BatchNorm1D, BatchNorm2D, Conv2D, ConvMaxPool, Dense, Dropout, Flatten,
+                     GlobalAvgPool2D, Layer, MaxPool2D, ReLU)
 from .kernels.jit import num_threads
+from .kernels.scratch import zero_padded
 from .steps import fuse
 
 if backends.jit.NUMBA_AVAILABLE:
-    from .kernels import conv_numba
+    from .kernels import conv_numba, norm_numba
 
 __all__ = ["InferencePlan", "current_plan", "fold_batch_norm"]
 
@@ -59,18 +65,23 @@ RESIDUAL_BLOCKS: set[type] = set()
 :class:`~fastcnn.blocks.Residual`. Exact types only: a subclass may compute something else."""
 
 
-def fold_batch_norm(weight: np.ndarray, bias: np.ndarray | None, bn) -> tuple[np.ndarray, np.ndarray]:
+def fold_batch_norm(weight: np.ndarray, bias: np.ndarray | None, bn,
+                    out: tuple[np.ndarray, np.ndarray] | None = None) -> tuple[np.ndarray, np.ndarray]:
     """``(weight', bias')`` of a conv or dense layer with the batch norm ``bn`` (eval mode) after it
-    folded in; output channels on axis 0 of ``weight``. Computed in float64, returned in weight's dtype."""
-    var = bn.buffers["running_var"].astype(np.float64)
-    scale = bn.params["weight"].astype(np.float64) / np.sqrt(var + bn.eps)
-    shift = bn.params["bias"].astype(np.float64) - bn.buffers["running_mean"].astype(np.float64) * scale
-    # multiplied in float64 a buffer at a time, written in weight's dtype: no float64 copy of the weight
-    # (fresh memory on every call: a page fault per 4 KiB, 2 ms for a 1568x128 Dense)
-    w = np.multiply(weight, scale.reshape((-1,) + (1,) * (weight.ndim - 1)), dtype=np.float64,
-                    out=np.empty_like(weight, order="C"), casting="unsafe")
-    b = shift if bias is None else bias.astype(np.float64) * scale + shift
-    return w, b.astype(weight.dtype)
+    folded in; output channels on axis 0 of ``weight``. Computed in float64, returned in weight's dtype:
+    in ``out`` (C-contiguous arrays of weight's shape and of ``(C,)``) if given, else in new arrays."""
+    channels = weight.shape[0]
+    w_out, b_out = out if out is not None else (np.empty_like(weight, order="C"), np.empty(channels, weight.dtype))
+    bias = np.zeros(channels, weight.dtype) if bias is None else bias
+    gamma, beta, mean, var = bn.params["weight"], bn.params["bias"], bn.buffers["running_mean"], bn.buffers["running_var"]
+    if backends.jit.NUMBA_AVAILABLE:  # one pass, no temporaries (a predict call folds every batch norm)
+        norm_numba.fold_batch_norm(np.ascontiguousarray(weight).reshape(channels, -1), bias, gamma, beta, mean, var,
+                                   float(bn.eps), w_out.reshape(channels, -1), b_out)
+        return w_out, b_out
+    scale = gamma.astype(np.float64) / np.sqrt(var.astype(np.float64) + bn.eps)
+    np.multiply(weight, scale.reshape((-1,) + (1,) * (weight.ndim - 1)), dtype=np.float64, out=w_out, casting="unsafe")
+    b_out[...] = (bias.astype(np.float64) - mean.astype(np.float64)) * scale + beta.astype(np.float64)
+    return w_out, b_out
 
 
 def _live(layer: Layer) -> Arrays:
@@ -80,7 +91,18 @@ def _live(layer: Layer) -> Arrays:
 
 
 def _folded(layer: Layer, bn) -> Arrays:
-    return lambda: fold_batch_norm(layer.params["weight"], layer.params.get("bias"), bn)
+    """``layer``'s weight and bias with ``bn`` folded in, at each call, into arrays kept per thread:
+    a predict call's steps use them before the thread's next call refolds them."""
+    kept = threading.local()
+
+    def arrays() -> tuple[np.ndarray, np.ndarray]:
+        weight = layer.params["weight"]
+        out = getattr(kept, "out", None)
+        if out is None or out[0].shape != weight.shape or out[0].dtype != weight.dtype:
+            out = kept.out = (np.empty(weight.shape, weight.dtype), np.empty(weight.shape[0], weight.dtype))
+        return fold_batch_norm(weight, layer.params.get("bias"), bn, out)
+
+    return arrays
 
 
 Run = Callable[[np.ndarray, tuple], np.ndarray]
@@ -107,10 +129,11 @@ class _Conv(_Step):
     """A Conv2D, or a Conv2D with the MaxPool2D (and ReLU) after it, as ``conv2d`` / ``conv2d_max_pool2d``;
     a depthwise Conv2D as ``depthwise_conv2d``; with ``relu`` and no pool, the ReLU after the conv too.
 
-    Where the dispatcher picks the Numba kernel and the conv is stride 1 (with the pool the kernel
-    fuses, if any), the step runs a :class:`~fastcnn.kernels.conv_numba.PreparedConv`: one kernel
-    launch, serial for small work, temporaries kept per thread, the ReLU applied as it writes the
-    output. Other kernels run the ``relu`` op after the conv."""
+    A stride-1 conv (with the pool the kernel fuses, if any) can run as a
+    :class:`~fastcnn.kernels.conv_numba.PreparedConv`: one kernel launch, serial for small work,
+    temporaries kept per thread, the ReLU applied as it writes the output. The policy chooses between
+    it and the NumPy kernel (``auto``: measured, each run as the step would run it); other convs run
+    the kernel the dispatcher picks for the op. Other kernels run the ``relu`` op after the conv."""
 
     makes_new_arrays = True
 
@@ -131,16 +154,24 @@ class _Conv(_Step):
             signature = F.conv_signature(x.shape, w_shape, geo, self.dtype, p.kernel, p.stride, p.padding, p.dilation,
                                          p.out_hw, self.relu)
             args = (geo, p, self.relu)
-        kernel = dispatch.chosen(self.op, signature, (x, *arrays, *args), conv.backend or policy)
-        if self.op != "depthwise_conv2d" and kernel is _numba_kernel(self.op) and \
+        policy = conv.backend or policy
+        if self.op != "depthwise_conv2d" and policy != "numpy" and _numba_kernel(self.op) is not None and \
                 conv_numba.PreparedConv.takes(x.shape, w_shape, geo, p):
+            # auto measures what the plan would run: the prepared conv, not the op's Numba kernel
             prepared = conv_numba.PreparedConv(x.shape, w_shape, self.dtype, geo, p, self.relu, reuse_output=not fresh)
-            return lambda x, arrays: prepared(x, *arrays)
+            runs = {"numba": lambda x, arrays: prepared(x, *arrays),
+                    "numpy": self._unprepared(backends.OPS[self.op].kernels["numpy"], args, x.shape[0], geo, policy)}
+            return dispatch.fastest(self.op, signature + ("prepared",), (x, arrays), runs, policy)
+        kernel = dispatch.chosen(self.op, signature, (x, *arrays, *args), policy)
+        return self._unprepared(kernel, args, x.shape[0], geo, policy)
+
+    def _unprepared(self, kernel, args: tuple, n: int, geo, policy: str) -> Run:
+        """The step run by the op's ``kernel`` (the ReLU after it by the relu op, if the kernel cannot take it)."""
         if self.pool is not None:
             return lambda x, arrays: kernel(x, *arrays, *args)[0]
-        if self.relu:  # a ReLU after a conv that no pool follows, where the kernel cannot take it
-            out = np.zeros((x.shape[0], w_shape[0]) + geo.out_hw, self.dtype)
-            relu = dispatch.chosen("relu", (out.shape, self.dtype.char), (out,), policy)
+        if self.relu:
+            out_shape = (n, self.conv.params["weight"].shape[0]) + geo.out_hw
+            relu = dispatch.chosen("relu", (out_shape, self.dtype.char), (np.zeros(out_shape, self.dtype),), policy)
             return lambda x, arrays: relu(kernel(x, *arrays, *args))
         return lambda x, arrays: kernel(x, *arrays, *args)
 
@@ -164,6 +195,31 @@ class _Pool(_Step):
         signature = (x.shape, geo.kernel, geo.stride, geo.padding, geo.dilation, geo.out_hw, self.dtype.char)
         kernel = dispatch.chosen("max_pool2d", signature, (x, geo), self.layer.backend or policy)
         return lambda x, arrays: kernel(x, geo)[0]
+
+
+class _AvgPool(_Step):
+    """An AvgPool2D or GlobalAvgPool2D (``avg_pool2d``), its geometry and divisors worked out once."""
+
+    makes_new_arrays = True
+
+    def __init__(self, dtype, layer: AvgPool2D | GlobalAvgPool2D) -> None:
+        super().__init__(dtype)
+        self.layer = layer
+
+    def bind(self, x, arrays, policy, fresh):
+        layer = self.layer
+        if type(layer) is GlobalAvgPool2D:
+            layer.output_shape(x.shape[1:])  # its ValueError for an empty plane
+            pads, signature, args = F.avg_pool_call(x.shape, self.dtype, x.shape[2:])
+            flat = x.shape[:2]
+        else:
+            pads, signature, args = F.avg_pool_call(x.shape, self.dtype, layer.kernel_size, layer.stride, layer.padding,
+                                                    layer.ceil_mode, layer.count_include_pad, layer.divisor_override)
+            flat = None
+        kernel = dispatch.chosen("avg_pool2d", signature, (zero_padded(x, pads), *args), layer.backend or policy)
+        if flat is None:
+            return lambda x, arrays: kernel(zero_padded(x, pads), *args)
+        return lambda x, arrays: kernel(zero_padded(x, pads), *args).reshape(flat)
 
 
 def _pool_geometry(shape, pool: MaxPool2D):
@@ -309,6 +365,8 @@ class InferencePlan:
                 self.steps.append(_Linear(dtype, step, arrays[id(step)]))
             elif type(step) is MaxPool2D:
                 self.steps.append(_Pool(dtype, step))
+            elif type(step) in (AvgPool2D, GlobalAvgPool2D):
+                self.steps.append(_AvgPool(dtype, step))
             elif type(step) is ReLU and self.steps and type(self.steps[-1]) in (_Linear, _Conv) \
                     and not self.steps[-1].relu:
                 self.steps[-1].relu = True

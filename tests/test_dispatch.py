@@ -220,3 +220,31 @@ def test_chosen_names_the_kernel_run_calls():
     assert len(fastcnn.dispatch_decisions()) == 1
     assert dispatch.chosen("tanh", signature, (x,), "numba" if "numba" in BACKENDS else None) is \
         dispatch._registry["tanh"]["numpy"]
+
+
+@pytest.mark.skipif(len(BACKENDS) < 2, reason="needs numba")
+def test_fastest_measures_callers_candidates_once():
+    """``fastest``: under a named policy, that backend's candidate; under auto, the faster one (a slow
+    candidate loses), measured once per op and signature and kept as a decision."""
+    calls = []
+
+    def candidate(name, seconds):
+        def run(x):
+            calls.append(name)
+            end = dispatch.time.perf_counter() + seconds
+            while dispatch.time.perf_counter() < end:
+                pass
+            return x
+        return run
+
+    candidates = {"numba": candidate("numba", 0.002), "numpy": candidate("numpy", 0.0)}
+    for name in ("numba", "numpy"):
+        assert dispatch.fastest("conv2d", ("sig",), (1,), candidates, name) is candidates[name]
+    assert calls == [] and fastcnn.dispatch_decisions() == []
+    assert dispatch.fastest("conv2d", ("sig",), (1,), candidates) is candidates["numpy"]
+    assert set(calls) == {"numba", "numpy"}
+    [decision] = fastcnn.dispatch_decisions()
+    assert decision["choice"] == "numpy" and decision["ms"]["numba"] >= 2
+    calls.clear()
+    assert dispatch.fastest("conv2d", ("sig",), (1,), candidates) is candidates["numpy"]
+    assert calls == [] and len(fastcnn.dispatch_decisions()) == 1

@@ -71,9 +71,9 @@ def test_batch_norm_is_folded_and_steps_fused():
     x = np.random.default_rng(1).random((6, 1, 8, 8), dtype=np.float32)
     np.testing.assert_allclose(model.predict(x, batch_size=4), _forward(model, x, 4), rtol=1e-5, atol=1e-5)
     steps = model._inference.steps
-    # conv+BN+ReLU+pool is one fused op; conv+BN, then Tanh and the average pool (their layers' own
-    # forward); dense+BN with the ReLU after it; dense.
-    assert [type(s).__name__ for s in steps] == ["_Conv", "_Conv", "_Layer", "_Layer", "_Flatten", "_Linear", "_Linear"]
+    # conv+BN+ReLU+pool is one fused op; conv+BN, then Tanh (its layer's own forward) and the average
+    # pool; dense+BN with the ReLU after it; dense.
+    assert [type(s).__name__ for s in steps] == ["_Conv", "_Conv", "_Layer", "_AvgPool", "_Flatten", "_Linear", "_Linear"]
     assert steps[0].op == "conv2d_max_pool2d" and steps[0].relu
     assert steps[5].relu and not steps[6].relu
 
@@ -173,6 +173,44 @@ def test_fold_against_float64_reference():
     ref = bn.astype(np.float64).forward(conv.astype(np.float64).forward(x))
     got = fastcnn.functional.conv2d(x, w.astype(np.float64), b.astype(np.float64))
     np.testing.assert_allclose(got, ref, rtol=1e-6, atol=1e-6)
+
+
+def test_fold_kernel_is_numpys_and_writes_into_given_arrays(monkeypatch):
+    """The Numba fold (one pass, into given arrays) against the NumPy one, for a conv with and without
+    bias and a dense layer; float64 to 1 ulp of float32, the given arrays returned."""
+    rng = np.random.default_rng(16)
+    for weight, bias, bn in [(rng.standard_normal((5, 3, 3, 3)), rng.standard_normal(5), L.BatchNorm2D(5)),
+                             (rng.standard_normal((6, 2, 1, 1)), None, L.BatchNorm2D(6)),
+                             (rng.standard_normal((7, 40)), rng.standard_normal(7), L.BatchNorm1D(7))]:
+        weight = weight.astype(np.float32)
+        bias = None if bias is None else bias.astype(np.float32)
+        bn = random_batch_norm(bn, 17)
+        out = (np.full_like(weight, np.nan), np.full(weight.shape[0], np.nan, np.float32))
+        got = inference.fold_batch_norm(weight, bias, bn, out)
+        assert got[0] is out[0] and got[1] is out[1]
+        monkeypatch.setattr(backends.jit, "NUMBA_AVAILABLE", False)
+        want = inference.fold_batch_norm(weight, bias, bn)
+        monkeypatch.undo()
+        for g, w in zip(got, want):
+            np.testing.assert_allclose(g, w, rtol=2e-7, atol=0)
+
+
+@pytest.mark.parametrize("policy", ["auto", "numpy"] + (["numba"] if jit.NUMBA_AVAILABLE else []))
+def test_average_pools_and_same_shaped_folds_in_the_plan(policy):
+    """Average pools (padding, ceil mode, without padded zeros, a divisor) and a global one as plan steps,
+    and two conv + batch norm pairs of one shape (their folds kept apart): the layers' own forward."""
+    model = fastcnn.Sequential([
+        L.Conv2D(2, 4, 3, padding=1, rng=0), L.Tanh(),
+        L.Conv2D(4, 4, 3, padding=1, rng=1), random_batch_norm(L.BatchNorm2D(4), 2), L.Tanh(),
+        L.Conv2D(4, 4, 3, padding=1, rng=3), random_batch_norm(L.BatchNorm2D(4), 4), L.Tanh(),
+        L.AvgPool2D(3, 2, padding=1, ceil_mode=True, count_include_pad=False), L.AvgPool2D(2, divisor_override=3),
+        L.AvgPool2D(2, 1, padding=1), L.GlobalAvgPool2D(), L.Dense(4, 3, rng=4),
+    ], input_shape=(2, 11, 11))
+    x = np.random.default_rng(18).standard_normal((5, 2, 11, 11)).astype(np.float32)
+    with fastcnn.use_backend(policy):
+        for _ in range(2):  # the first call binds the steps, the second runs them bound
+            np.testing.assert_allclose(model.predict(x, batch_size=3), _forward(model, x, 3), rtol=1e-5, atol=1e-5)
+    assert [type(s).__name__ for s in model._inference.steps].count("_AvgPool") == 4
 
 
 def test_predict_follows_training_edits_and_new_weights():
@@ -275,10 +313,14 @@ def _conv_pool_reference(x, w, b, dilation, pads, relu):
     ((4, 3, 8, 8, 9), (1, 1), 1, True, True),  # "same" padding, read in with zeros: no padded copy
     ((3, 2, 7, 6, 5), (2, 1), (2, 0, 1, 3), False, False),  # padding on some sides only, dilation
     ((2, 2, 5, 5, 4), (1, 1), (0, 0, 2, 1), True, False),  # rows of padding only: whole planes as one run
+    ((1, 3, 10, 10, 32), (1, 1), 1, True, True),  # one sample, its tasks 4 groups of output channels
+    ((2, 4, 9, 9, 20), (1, 1), 1, False, True),  # 20 channels in 3 groups; the tap matrix padded to 24 rows
+    ((1, 2, 8, 8, 3), (1, 1), 0, False, False),  # 3 channels, a group each
 ])
 def test_prepared_conv_is_the_same_serial_or_parallel(monkeypatch, dtype, shape, dilation, padding, pooled, relu):
     """The inference plan's one-launch conv, forced serial and forced parallel: the same outputs, bit for
     bit, as the op's kernel, and the reference's; its kept temporaries do not leak between calls."""
+    monkeypatch.setattr(jit, "num_threads", lambda: 2)  # the tasks as on two threads, whatever the machine has
     n, c, h, w, c_out = shape
     rng = np.random.default_rng(9)
     x, wt = rng.standard_normal((n, c, h, w)).astype(dtype), rng.standard_normal((c_out, c, 3, 3)).astype(dtype)
@@ -292,6 +334,7 @@ def test_prepared_conv_is_the_same_serial_or_parallel(monkeypatch, dtype, shape,
     else:
         op = conv_numba.conv2d_forward(x, wt, b, geo)
         want = ref.conv2d(x.astype(np.float64), wt, b, pads=geo.padding, dilation=dilation)
+        op, want = (np.maximum(op, 0), np.maximum(want, 0)) if relu else (op, want)
     results = []
     for serial_below in (0, 1 << 60):  # every launch parallel, then every launch serial
         monkeypatch.setattr(jit, "SERIAL_WORK", serial_below)
@@ -302,6 +345,23 @@ def test_prepared_conv_is_the_same_serial_or_parallel(monkeypatch, dtype, shape,
         assert got.dtype == dtype
         assert np.array_equal(got, op)
         np.testing.assert_allclose(got, want, rtol=1e-4 if dtype == np.float32 else 1e-12, atol=1e-4 if dtype == np.float32 else 1e-12)
+
+
+@pytest.mark.skipif(not jit.NUMBA_AVAILABLE, reason="needs numba")
+@pytest.mark.parametrize("n, c_out, groups", [(1, 32, 4), (2, 20, 3), (1, 3, 3), (1, 256, 16), (4, 64, 4), (16, 32, 1)])
+def test_prepared_conv_splits_a_small_batch_by_output_channels(monkeypatch, n, c_out, groups):
+    """Fewer samples than two threads need tasks (8 each): the prepared conv's tasks are also cut into
+    groups of output channels, whole tiles of 8 (or single channels, for fewer than 4), the most that
+    make 16 tasks; the output is the op's, bit for bit."""
+    monkeypatch.setattr(jit, "num_threads", lambda: 2)
+    monkeypatch.setattr(jit, "SERIAL_WORK", 0)
+    rng = np.random.default_rng(15)
+    x, wt = rng.standard_normal((n, 3, 16, 16)).astype(np.float32), rng.standard_normal((c_out, 3, 3, 3)).astype(np.float32)
+    b = rng.standard_normal(c_out).astype(np.float32)
+    geo = conv_geometry(x.shape, wt.shape, 1, 1, 1)
+    prepared = conv_numba.PreparedConv(x.shape, wt.shape, np.float32, geo)
+    assert prepared._groups == groups
+    assert np.array_equal(prepared(x, wt, b), conv_numba.conv2d_forward(x, wt, b, geo))
 
 
 @pytest.mark.parametrize("backend", ["numpy"] + (["numba"] if jit.NUMBA_AVAILABLE else []))

@@ -119,25 +119,35 @@ def _pass_taps(kh: int, kw: int, channel_rows: int | None = None) -> int:
 
 def _row_groups(rows: int, length: int) -> int:
     """Into how many groups of whole tiles :func:`_correlate_task` cuts the ``rows`` of an output of
-    ``length`` positions: a power of two (so that the groups are even) that makes at least
-    :data:`_TASKS_PER_THREAD` tasks (blocks x groups) a thread, or as many groups as the rows have
-    tiles, if fewer. Whole blocks
+    ``length`` positions (see :func:`_groups_for`). Whole blocks
     alone are too few for a batch of small planes: 3 for 64 samples of 8x8, so one of two threads
     idled through a third of the work (measured, 2 threads: 64 to 256 channels of 8x8 at batch 64
     take 23-26% less time with 2 to 8 groups than with 1; 32 channels of 26x26, 19 blocks, 3%)."""
-    blocks = max(1, -(-length // _BLOCK))  # an empty batch has none
-    wanted = -(-_TASKS_PER_THREAD * jit.num_threads() // blocks)
+    return _groups_for(rows, max(1, -(-length // _BLOCK)))  # an empty batch has no block
+
+
+def _groups_for(rows: int, tasks: int) -> int:
+    """Into how many groups of whole tiles to cut ``rows`` output rows so that ``tasks`` tasks, each cut
+    so, make at least :data:`_TASKS_PER_THREAD` a thread: a power of two (so that the groups are even),
+    or as many groups as the rows have tiles, if fewer."""
+    wanted = -(-_TASKS_PER_THREAD * jit.num_threads() // tasks)
     return max(1, min(rows // _row_unit(rows), 1 << (wanted - 1).bit_length()))
+
+
+@kernel_helper
+def _group_rows(rows, groups, group):
+    """The rows ``[first, stop)`` of group ``group`` of the ``groups`` that :func:`_groups_for` cuts ``rows`` into."""
+    unit = _row_unit(rows)
+    tiles = rows // unit
+    return group * tiles // groups * unit, (group + 1) * tiles // groups * unit
 
 
 @kernel_helper
 def _correlate_task(out, taps, runs, offsets, groups, pass_taps, task):
     """Task ``task`` of the ``-(-out.shape[1] // _BLOCK) * groups`` that :func:`_correlate_block` cuts
     ``out`` into: a block of positions by one of ``groups`` groups of rows (whole tiles)."""
-    unit = _row_unit(out.shape[0])
-    tiles = out.shape[0] // unit
     block, group = task // groups, task % groups
-    first, stop = group * tiles // groups * unit, (group + 1) * tiles // groups * unit
+    first, stop = _group_rows(out.shape[0], groups, group)
     _correlate_block(out, taps, runs, offsets, block, first, stop, pass_taps)
 
 
@@ -279,14 +289,24 @@ def _fill_phase_runs(x, runs, top, left, sh, sw, ph, pw, hq, wq):
             for pj in range(pw):
                 run = (ch * ph + pi) * pw + pj
                 start = run * length + s * plane
+                q0 = min(wq, max(0, -((pj - left) // sw)))  # the columns q0 .. q1 - 1 lie in x: no test per value
+                q1 = max(q0, min(wq, (w - 1 - pj + left) // sw + 1))
                 for r in range(hq):
                     row, at = r * sh + pi - top, start + r * wq
                     if row < 0 or row >= h:
                         clear(flat, at, wq)
                         continue
-                    for q in range(wq):
-                        col = q * sw + pj - left
-                        flat[at + q] = x[s, ch, row, col] if 0 <= col < w else 0.0
+                    for q in range(q0):
+                        flat[at + q] = 0.0
+                    first = q0 * sw + pj - left
+                    if sw == 2:  # a constant step: vectorised
+                        for k in range(q1 - q0):
+                            flat[at + q0 + k] = x[s, ch, row, first + 2 * k]
+                    else:
+                        for k in range(q1 - q0):
+                            flat[at + q0 + k] = x[s, ch, row, first + k * sw]
+                    for q in range(q1, wq):
+                        flat[at + q] = 0.0
                 _clear_ends(flat, run, length, start, plane, s, n)
 
 
@@ -355,12 +375,14 @@ def _conv_wide(xr, taps, offsets, b, yr, y, idx, relu, hp, wp, ow, groups, pass_
 
 
 @parallel_kernel
-def _conv_wide_from(x, w, b, runs, taps, offsets, y, relu, pooled, ow, per_task, used, hp, wp, head, pass_taps):
+def _conv_wide_from(x, w, b, runs, taps, write_taps, offsets, y, relu, pooled, ow, per_task, groups, used, hp, wp, head,
+                    pass_taps):
     """The stride-1 forward pass of :func:`_conv_wide` (pooled with ``pooled``) in one kernel launch,
     from the input ``x`` (in planes ``hp x wp``, after ``head`` zeros: see :func:`_input_runs`) and the
-    weight ``w``: their runs and tap matrix are written into
-    ``runs`` and ``taps`` (temporaries the caller keeps, see :class:`PreparedConv`), then each task
-    correlates the planes of ``per_task`` samples into a wide output of its own and emits them at once,
+    weight ``w``: their runs and, with ``write_taps``, tap matrix are written into ``runs`` and ``taps``
+    (temporaries the caller keeps, see :class:`PreparedConv`; without, ``taps`` is the weight itself),
+    then each task correlates the planes of ``per_task`` samples, for one of ``groups`` groups of the
+    output channels (see :func:`_groups_for`), into a wide output of its own and emits them at once,
     while they are in cache (the argmax is not kept). Of the last plane of a task only the first
     ``used`` positions are computed (the rows and columns the output or the pool reads); ``runs``
     reach whole tiles past them (see :func:`_task_span`)."""
@@ -368,19 +390,22 @@ def _conv_wide_from(x, w, b, runs, taps, offsets, y, relu, pooled, ow, per_task,
     flat = runs.reshape(runs.size)
     for task in prange(n * x.shape[1]):
         _fill_plane(x, flat, task, runs.shape[1], hp, wp, head)
-    _write_taps(w, taps, False)
+    if write_taps:
+        _write_taps(w, taps, False)
     rows, cols = (y.shape[2], y.shape[3]) if pooled else (0, 0)
-    for task in prange(-(-n // per_task)):
-        s0, s1 = task * per_task, min(n, (task + 1) * per_task)
+    for task in prange(-(-n // per_task) * groups):
+        first, stop = _group_rows(taps.shape[0], groups, task % groups)
+        s0 = task // groups * per_task
+        s1 = min(n, s0 + per_task)
         span = _task_span(s1 - s0, plane, used, x.itemsize)
-        yr = np.empty((taps.shape[0], span), dtype=x.dtype)
+        yr = np.empty((taps.shape[0], span), dtype=x.dtype)  # only the group's rows are written
         idx = np.empty((rows, cols), dtype=np.int64)
         at = offsets + s0 * plane
         for block in range(-(-span // _BLOCK)):
-            _correlate_block(yr, taps, runs, at, block, 0, yr.shape[0], pass_taps)
+            _correlate_block(yr, taps, runs, at, block, first, stop, pass_taps)
         wide = yr.reshape(yr.size)
         for s in range(s0, s1):
-            for co in range(y.shape[1]):
+            for co in range(first, min(stop, y.shape[1])):
                 _emit_plane(wide, co * span + (s - s0) * plane, wp, ow, b[co], relu, y[s, co], idx)
 
 
@@ -530,8 +555,10 @@ def _samples_per_task(plane: int) -> int:
 class PreparedConv:
     """:func:`conv2d_max_pool2d_forward`'s pooled output (or :func:`conv2d_forward`'s, ``pool`` None) for
     inputs of one shape, as the inference plan runs it: one kernel launch per call
-    (:func:`_conv_wide_from`, serial for small work, see :func:`.jit.sized`), the tap offsets computed
-    once, and the temporaries (the input's runs, the tap matrix) kept per thread for the next call.
+    (:func:`_conv_wide_from`, serial for small work, see :func:`.jit.sized`), its tasks samples, or for
+    fewer samples than the threads need, samples by groups of output channels (see :func:`_groups_for`);
+    the tap offsets computed once, the weight read as the tap matrix where its rows are whole tiles,
+    and the temporaries (the input's runs, any other tap matrix) kept per thread for the next call.
     Only stride-1 convs, and only the 2x2, stride-2 pool that :func:`conv2d_max_pool2d_forward` fuses:
     see :meth:`takes`.
 
@@ -554,10 +581,14 @@ class PreparedConv:
         self._used = (rows - 1) * wp + cols  # of a plane's positions, those the output reads
         first = (n - 1) // self._per_task * self._per_task  # the last task's first sample
         span = _task_span(n - first, hp * wp, self._used, self.dtype.itemsize)
+        self._taps_shape = (tile_rows(c_out), c_in * kh * kw)
+        self._weight_taps = self._taps_shape[0] == c_out  # the weight, reshaped, is the tap matrix
         self._shapes = ((c_in, head + max(n * hp * wp, first * hp * wp + span + _reach(kh, kw, wp, dh, dw))),
-                        (tile_rows(c_out), c_in * kh * kw)) + ((self.out_shape,) if reuse_output else ())
+                        self._taps_shape if not self._weight_taps else (0, 0)) + \
+            ((self.out_shape,) if reuse_output else ())
         self._offsets = _tap_offsets(c_in, kh, kw, self._shapes[0][1], 0, dh * wp, dw)
         kernel = _launch(x_shape, w_shape, geo)
+        self._groups = _sample_groups(n, self._per_task, c_out) if kernel is _conv_wide_from else 1
         self._kernel = jit.serialized(kernel) if jit.SERIALIZE_KERNELS and kernel is _conv_wide_from else kernel
         self._keep = sum(np.prod(s, dtype=np.float64) for s in self._shapes) * self.dtype.itemsize <= _KEEP_BYTES
         self._local = threading.local()
@@ -565,13 +596,14 @@ class PreparedConv:
     @staticmethod
     def takes(x_shape: tuple, w_shape: tuple, geo, pool=None) -> bool:
         """Whether a conv of geometry ``geo`` (and the max-pool ``pool`` after it, if any) can be prepared,
-        and pays: its tasks are whole samples, so a batch with fewer tasks than threads
-        takes only if its work is too small for more than one thread anyway (else the op's kernel,
-        which splits every sample's positions, runs it)."""
+        and pays: a batch too small to give every thread a task, even split by output channels, takes
+        only if its work is too small for more than one thread anyway (else the op's kernel, which
+        splits every sample's positions, runs it)."""
         if geo.stride != (1, 1) or not (pool is None or pool_numba.vector_pool(pool, *geo.out_hw)):
             return False
         planes = _conv_planes(geo)
-        tasks = -(-x_shape[0] // _samples_per_task(planes.hp * planes.wp))
+        per_task = _samples_per_task(planes.hp * planes.wp)
+        tasks = -(-x_shape[0] // per_task) * _sample_groups(x_shape[0], per_task, w_shape[0])
         return tasks >= jit.num_threads() or _launch(x_shape, w_shape, geo) is not _conv_wide_from
 
     def _temporaries(self) -> tuple:
@@ -584,10 +616,19 @@ class PreparedConv:
 
     def __call__(self, x: np.ndarray, w: np.ndarray, b: np.ndarray) -> np.ndarray:
         runs, taps, *kept = self._temporaries()
+        if self._weight_taps:
+            taps = w.reshape(self._taps_shape)
         y = kept[0] if kept else np.empty(self.out_shape, self.dtype)
-        self._kernel(x, w, b, runs, taps, self._offsets, y, self.relu, self.pooled, self.ow, self._per_task,
-                     self._used, *self._plane, self._pass_taps)
+        self._kernel(x, w, b, runs, taps, not self._weight_taps, self._offsets, y, self.relu, self.pooled, self.ow,
+                     self._per_task, self._groups, self._used, *self._plane, self._pass_taps)
         return y
+
+
+def _sample_groups(n: int, per_task: int, c_out: int) -> int:
+    """Into how many groups of output channels :func:`_conv_wide_from` cuts a batch of ``n`` samples,
+    ``per_task`` a task: one if the samples give every thread :data:`_TASKS_PER_THREAD` tasks, else
+    as :func:`_groups_for` gives. (Measured, 2 threads, batch 1: ...)"""
+    return _groups_for(tile_rows(c_out), -(-n // per_task)) if n else 1
 
 
 @parallel_kernel

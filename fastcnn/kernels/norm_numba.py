@@ -6,6 +6,8 @@ for the op's meaning).
   enough to still be in cache for the second pass, which avoids the cancellation of a one-pass
   ``E[x^2] - E[x]^2``.
 - The affine map (and ReLU): one pass, one ``(n, c)`` run per task.
+- Folding into the layer before it (inference): one pass over the weight, a channel per task, the
+  channel's scale and shift in float64.
 - Backward: one thread per channel, two passes: the sums of ``g`` and ``g * x_hat`` (``g`` masked by
   the ReLU's output when the op had one), then the input gradient. ``x_hat`` is recomputed from ``x``
   in both, so the forward pass never writes it. A synchronised batch norm runs the two passes as two
@@ -45,6 +47,22 @@ def batch_norm_input_grad(grad, x, mean, inv_std, scale, y, grad_weight, grad_bi
     """The second pass of :func:`batch_norm_backward`, from the given sums: ``grad_x``."""
     relu = y is not None
     return sized(_input_grad, x.size)(grad, x, mean, inv_std, scale, y if relu else grad, relu, grad_weight, grad_bias)
+
+
+def fold_batch_norm(weight, bias, gamma, beta, mean, var, eps, weight_out, bias_out):
+    """Write ``weight * s`` to ``weight_out`` and ``(bias - mean) * s + beta`` to ``bias_out``, with
+    ``s = gamma / sqrt(var + eps)`` a channel (``weight`` (C, K), channels on axis 0), in float64."""
+    sized(_fold, weight.size)(weight, bias, gamma, beta, mean, var, eps, weight_out, bias_out)
+
+
+@parallel_kernel
+def _fold(weight, bias, gamma, beta, mean, var, eps, weight_out, bias_out):
+    """:func:`fold_batch_norm`: a channel per task."""
+    for ch in prange(weight.shape[0]):
+        s = np.float64(gamma[ch]) / np.sqrt(np.float64(var[ch]) + eps)
+        bias_out[ch] = (np.float64(bias[ch]) - np.float64(mean[ch])) * s + np.float64(beta[ch])
+        for k in range(weight.shape[1]):
+            weight_out[ch, k] = np.float64(weight[ch, k]) * s
 
 
 @parallel_kernel

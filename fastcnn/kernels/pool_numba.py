@@ -183,12 +183,14 @@ def _max_unpool_2x2(gy, argmax, h, w):
 def avg_pool2d_forward(xp, pool, scale):
     """Average-pool a zero-padded input with the windows of ``pool`` (a :class:`~fastcnn._checks.PoolGeometry`):
     each window's sum times ``scale`` (OH, OW), 1 / its divisor."""
-    return _avg_pool(xp, *pool.kernel, *pool.stride, *pool.out_hw, scale)
+    (oh, ow), (kh, kw) = pool.out_hw, pool.kernel
+    return sized(_avg_pool, xp.shape[0] * xp.shape[1] * oh * ow * kh * kw)(xp, kh, kw, *pool.stride, oh, ow, scale)
 
 
 def avg_pool2d_backward(gy, padded_shape, pool, scale):
     """Gradient of :func:`avg_pool2d_forward` with respect to the padded input."""
-    return _avg_unpool(gy, padded_shape, *pool.kernel, *pool.stride, scale)
+    return sized(_avg_unpool, gy.size * pool.kernel[0] * pool.kernel[1])(gy, padded_shape, *pool.kernel, *pool.stride,
+                                                                          scale)
 
 
 @parallel_kernel
