@@ -302,9 +302,7 @@ def _conv_pool_reference(x, w, b, dilation, pads, relu):
     return np.maximum(y, 0) if relu else y
 
 
-@pytest.mark.skipif(not jit.NUMBA_AVAILABLE, reason="needs numba")
-@pytest.mark.parametrize("dtype", [np.float32, np.float64])
-@pytest.mark.parametrize("shape, dilation, padding, pooled, relu", [
+_PREPARED = [
     ((1, 1, 12, 12, 8), (1, 1), 0, True, True),  # one sample: a serial launch at the default threshold
     ((9, 1, 7, 7, 3), (1, 1), 0, True, True),  # tiny planes, several samples per task: tasks with 5 and 4
     ((3, 1, 21, 21, 2), (1, 1), 0, True, False),  # a task per sample; the pool leaves the last row and column
@@ -316,16 +314,25 @@ def _conv_pool_reference(x, w, b, dilation, pads, relu):
     ((1, 3, 10, 10, 32), (1, 1), 1, True, True),  # one sample, its tasks 4 groups of output channels
     ((2, 4, 9, 9, 20), (1, 1), 1, False, True),  # 20 channels in 3 groups; the tap matrix padded to 24 rows
     ((1, 2, 8, 8, 3), (1, 1), 0, False, False),  # 3 channels, a group each
-])
-def test_prepared_conv_is_the_same_serial_or_parallel(monkeypatch, dtype, shape, dilation, padding, pooled, relu):
+]
+_PREPARED_STRIDED = [(*case, stride) for case in _PREPARED for stride in (2, 3) if case[1] == (1, 1) and not case[3]]
+
+
+@pytest.mark.skipif(not jit.NUMBA_AVAILABLE, reason="needs numba")
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("shape, dilation, padding, pooled, relu, stride",
+                         [(*case, 1) for case in _PREPARED] + _PREPARED_STRIDED)
+def test_prepared_conv_is_the_same_serial_or_parallel(monkeypatch, dtype, shape, dilation, padding, pooled, relu,
+                                                      stride):
     """The inference plan's one-launch conv, forced serial and forced parallel: the same outputs, bit for
-    bit, as the op's kernel, and the reference's; its kept temporaries do not leak between calls."""
+    bit, as the op's kernel, and the reference's; its kept temporaries do not leak between calls.
+    Strided (by phases: no dilation, no pool) as well."""
     monkeypatch.setattr(jit, "num_threads", lambda: 2)  # the tasks as on two threads, whatever the machine has
     n, c, h, w, c_out = shape
     rng = np.random.default_rng(9)
     x, wt = rng.standard_normal((n, c, h, w)).astype(dtype), rng.standard_normal((c_out, c, 3, 3)).astype(dtype)
     b = rng.standard_normal(c_out).astype(dtype)
-    geo = conv_geometry(x.shape, wt.shape, 1, padding, dilation)
+    geo = conv_geometry(x.shape, wt.shape, stride, padding, dilation)
     pool = pool_geometry((n, c_out) + geo.out_hw, (2, 2), (2, 2), (0, 0), (1, 1), 0) if pooled else None
     assert conv_numba.PreparedConv.takes(x.shape, wt.shape, geo, pool)
     if pooled:
@@ -333,7 +340,7 @@ def test_prepared_conv_is_the_same_serial_or_parallel(monkeypatch, dtype, shape,
         want = _conv_pool_reference(x.astype(np.float64), wt, b, dilation, geo.padding, relu)
     else:
         op = conv_numba.conv2d_forward(x, wt, b, geo)
-        want = ref.conv2d(x.astype(np.float64), wt, b, pads=geo.padding, dilation=dilation)
+        want = ref.conv2d(x.astype(np.float64), wt, b, stride=(stride, stride), pads=geo.padding, dilation=dilation)
         op, want = (np.maximum(op, 0), np.maximum(want, 0)) if relu else (op, want)
     results = []
     for serial_below in (0, 1 << 60):  # every launch parallel, then every launch serial

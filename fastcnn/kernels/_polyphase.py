@@ -15,6 +15,8 @@ register tiles then do the arithmetic, at the price of one copy of the input (it
 """
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 
 
@@ -24,10 +26,12 @@ def phase_shape(kh, kw, sh, sw, oh, ow):
     return min(sh, kh), min(sw, kw), ka, kb, oh + ka - 1, ow + kb - 1
 
 
+@functools.lru_cache(maxsize=64)
 def tap_offsets(c_in, kh, kw, sh, sw, run, wq):
     """Where tap ``(c, i, j)`` of the kernel (in that order, as :func:`.conv_numba._tap_matrix`'s
     columns) reads in the phases' runs (``run`` values per channel, planes ``wq`` wide): channel
-    ``(c, i mod sh, j mod sw)`` of the phases, shifted by ``(i div sh, j div sw)``."""
+    ``(c, i mod sh, j mod sw)`` of the phases, shifted by ``(i div sh, j div sw)``. Computed once per
+    geometry (tens of microseconds, more than a small conv's arithmetic): callers must not modify it."""
     ph, pw = min(sh, kh), min(sw, kw)
     c, i, j = np.meshgrid(np.arange(c_in), np.arange(kh), np.arange(kw), indexing="ij")
     channel = (c * ph + i % sh) * pw + j % sw

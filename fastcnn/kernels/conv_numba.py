@@ -277,37 +277,43 @@ def _phase_taps(x, padding, kh, kw, sh, sw, oh, ow):
 
 @parallel_kernel
 def _fill_phase_runs(x, runs, top, left, sh, sw, ph, pw, hq, wq):
-    """:func:`_phase_taps`, the phases of a (sample, channel) plane of ``x`` per task: phase ``(pi, pj)``
-    of channel ``c`` is run ``(c*ph + pi)*pw + pj``, its value ``(r, q)`` the padded input's
-    ``(r*sh + pi, q*sw + pj)``, or 0 past its edge."""
-    n, c, h, w = x.shape
+    """:func:`_phase_taps`, a (sample, channel) plane of ``x`` per task (see :func:`_fill_phase_plane`)."""
     flat = runs.reshape(runs.size)
-    length, plane = runs.shape[1], hq * wq
-    for task in prange(n * c):
-        s, ch = task // c, task % c
-        for pi in range(ph):
-            for pj in range(pw):
-                run = (ch * ph + pi) * pw + pj
-                start = run * length + s * plane
-                q0 = min(wq, max(0, -((pj - left) // sw)))  # the columns q0 .. q1 - 1 lie in x: no test per value
-                q1 = max(q0, min(wq, (w - 1 - pj + left) // sw + 1))
-                for r in range(hq):
-                    row, at = r * sh + pi - top, start + r * wq
-                    if row < 0 or row >= h:
-                        clear(flat, at, wq)
-                        continue
-                    for q in range(q0):
-                        flat[at + q] = 0.0
-                    first = q0 * sw + pj - left
-                    if sw == 2:  # a constant step: vectorised
-                        for k in range(q1 - q0):
-                            flat[at + q0 + k] = x[s, ch, row, first + 2 * k]
-                    else:
-                        for k in range(q1 - q0):
-                            flat[at + q0 + k] = x[s, ch, row, first + k * sw]
-                    for q in range(q1, wq):
-                        flat[at + q] = 0.0
-                _clear_ends(flat, run, length, start, plane, s, n)
+    for task in prange(x.shape[0] * x.shape[1]):
+        _fill_phase_plane(x, flat, task, runs.shape[1], top, left, sh, sw, ph, pw, hq, wq)
+
+
+@kernel_helper
+def _fill_phase_plane(x, flat, task, length, top, left, sh, sw, ph, pw, hq, wq):
+    """The phases of the (sample, channel) plane ``task`` of ``x`` in runs of ``length`` values in
+    ``flat``: phase ``(pi, pj)`` of channel ``c`` is run ``(c*ph + pi)*pw + pj``, its value ``(r, q)``
+    the padded input's ``(r*sh + pi, q*sw + pj)``, or 0 past its edge."""
+    n, c, h, w = x.shape
+    plane = hq * wq
+    s, ch = task // c, task % c
+    for pi in range(ph):
+        for pj in range(pw):
+            run = (ch * ph + pi) * pw + pj
+            start = run * length + s * plane
+            q0 = min(wq, max(0, -((pj - left) // sw)))  # the columns q0 .. q1 - 1 lie in x: no test per value
+            q1 = max(q0, min(wq, (w - 1 - pj + left) // sw + 1))
+            for r in range(hq):
+                row, at = r * sh + pi - top, start + r * wq
+                if row < 0 or row >= h:
+                    clear(flat, at, wq)
+                    continue
+                for q in range(q0):
+                    flat[at + q] = 0.0
+                first = q0 * sw + pj - left
+                if sw == 2:  # a constant step: vectorised
+                    for k in range(q1 - q0):
+                        flat[at + q0 + k] = x[s, ch, row, first + 2 * k]
+                else:
+                    for k in range(q1 - q0):
+                        flat[at + q0 + k] = x[s, ch, row, first + k * sw]
+                for q in range(q1, wq):
+                    flat[at + q] = 0.0
+            _clear_ends(flat, run, length, start, plane, s, n)
 
 
 def _grad_layout(n, kh, kw, planes, dh, dw, itemsize):
@@ -376,10 +382,11 @@ def _conv_wide(xr, taps, offsets, b, yr, y, idx, relu, hp, wp, ow, groups, pass_
 
 @parallel_kernel
 def _conv_wide_from(x, w, b, runs, taps, write_taps, offsets, y, relu, pooled, ow, per_task, groups, used, hp, wp, head,
-                    pass_taps):
+                    pass_taps, phases):
     """The stride-1 forward pass of :func:`_conv_wide` (pooled with ``pooled``) in one kernel launch,
-    from the input ``x`` (in planes ``hp x wp``, after ``head`` zeros: see :func:`_input_runs`) and the
-    weight ``w``: their runs and, with ``write_taps``, tap matrix are written into ``runs`` and ``taps``
+    from the input ``x`` (in planes ``hp x wp``, after ``head`` zeros: see :func:`_input_runs`; or, for
+    a strided conv, ``phases`` ``(top, left, sh, sw, ph, pw)`` not all zero, its phases' runs, see
+    :func:`_phase_taps`) and the weight ``w``: their runs and, with ``write_taps``, tap matrix are written into ``runs`` and ``taps``
     (temporaries the caller keeps, see :class:`PreparedConv`; without, ``taps`` is the weight itself),
     then each task correlates the planes of ``per_task`` samples, for one of ``groups`` groups of the
     output channels (see :func:`_groups_for`), into a wide output of its own and emits them at once,
@@ -388,8 +395,12 @@ def _conv_wide_from(x, w, b, runs, taps, write_taps, offsets, y, relu, pooled, o
     reach whole tiles past them (see :func:`_task_span`)."""
     n, plane = x.shape[0], hp * wp
     flat = runs.reshape(runs.size)
+    top, left, sh, sw, ph, pw = phases
     for task in prange(n * x.shape[1]):
-        _fill_plane(x, flat, task, runs.shape[1], hp, wp, head)
+        if sh:
+            _fill_phase_plane(x, flat, task, runs.shape[1], top, left, sh, sw, ph, pw, hp, wp)
+        else:
+            _fill_plane(x, flat, task, runs.shape[1], hp, wp, head)
     if write_taps:
         _write_taps(w, taps, False)
     rows, cols = (y.shape[2], y.shape[3]) if pooled else (0, 0)
@@ -468,11 +479,15 @@ def conv2d_forward(x, w, b, geo):
         kh, kw = w.shape[2:]
         xr, offsets, (hq, wq, _) = _phase_taps(x, geo.padding, kh, kw, sh, sw, oh, ow)
         y = np.empty((x.shape[0], w.shape[0], oh, ow), dtype=x.dtype)
-        rows_read = min(sh, kh) * min(sw, kw) * -(-kh // sh)  # phases x sub-kernel rows: an upper bound on
-        # the rows of phase runs a channel's taps read (6 of 8 for 3x3, stride 2), which measured best
-        _run_conv_wide(xr, w, offsets, b, y, _no_index(y), False, hq, wq, ow, work, _pass_taps(kh, kw, rows_read))
+        _run_conv_wide(xr, w, offsets, b, y, _no_index(y), False, hq, wq, ow, work, _phase_pass_taps(kh, kw, sh, sw))
         return y
     return sized(_conv_strided, work)(zero_padded(x, geo.padding), w, b, sh, sw, dh, dw, oh, ow)
+
+
+def _phase_pass_taps(kh: int, kw: int, sh: int, sw: int) -> int:
+    """:func:`_pass_taps` of a strided conv run by phases: phases x sub-kernel rows is an upper bound on
+    the rows of phase runs a channel's taps read (6 of 8 for 3x3, stride 2), which measured best."""
+    return _pass_taps(kh, kw, min(sh, kh) * min(sw, kw) * -(-kh // sh))
 
 
 def _no_index(y):
@@ -559,8 +574,9 @@ class PreparedConv:
     fewer samples than the threads need, samples by groups of output channels (see :func:`_groups_for`);
     the tap offsets computed once, the weight read as the tap matrix where its rows are whole tiles,
     and the temporaries (the input's runs, any other tap matrix) kept per thread for the next call.
-    Only stride-1 convs, and only the 2x2, stride-2 pool that :func:`conv2d_max_pool2d_forward` fuses:
-    see :meth:`takes`.
+    Stride-1 convs, with only the 2x2, stride-2 pool that :func:`conv2d_max_pool2d_forward` fuses, and
+    strided ones without dilation or pool, as the stride-1 conv of their input's phases (read from the
+    input in the same launch, see :func:`_phase_taps`): see :meth:`takes`.
 
     Calling ``prepared(x, w, b)`` returns the output: a new array, or with ``reuse_output`` one kept
     per thread like the temporaries, which the next call in the thread overwrites (for outputs that
@@ -571,22 +587,32 @@ class PreparedConv:
                  reuse_output: bool = False) -> None:
         n, c_in = x_shape[:2]
         c_out, _, kh, kw = w_shape
-        dh, dw = geo.dilation
-        hp, wp, head = self._plane = _conv_planes(geo)
-        self.dtype, self.relu, self.pooled, self.ow = np.dtype(dtype), bool(relu), pool is not None, geo.out_hw[1]
+        (dh, dw), (sh, sw), (oh, ow) = geo.dilation, geo.stride, geo.out_hw
+        if (sh, sw) == (1, 1):
+            hp, wp, head = self._plane = _conv_planes(geo)
+            runs, reach, self._pass_taps, self._phases = c_in, _reach(kh, kw, wp, dh, dw), _pass_taps(kh, kw), (0,) * 6
+        else:  # the phases' stride-1 conv (see _phase_taps)
+            ph, pw, ka, kb, hp, wp = _polyphase.phase_shape(kh, kw, sh, sw, oh, ow)
+            head, (top, _), (left, _) = 0, *geo.padding
+            self._plane = _WidePlanes(hp, wp, head)
+            runs, reach, self._pass_taps = c_in * ph * pw, _reach(ka, kb, wp, 1, 1), _phase_pass_taps(kh, kw, sh, sw)
+            self._phases = (top, left, sh, sw, ph, pw)
+        self.dtype, self.relu, self.pooled, self.ow = np.dtype(dtype), bool(relu), pool is not None, ow
         self.out_shape = (n, c_out) + (geo.out_hw if pool is None else pool.out_hw)
         self._per_task = _samples_per_task(hp * wp)
-        self._pass_taps = _pass_taps(kh, kw)
         rows, cols = (2 * pool.out_hw[0], 2 * pool.out_hw[1]) if pool is not None else geo.out_hw
         self._used = (rows - 1) * wp + cols  # of a plane's positions, those the output reads
         first = (n - 1) // self._per_task * self._per_task  # the last task's first sample
         span = _task_span(n - first, hp * wp, self._used, self.dtype.itemsize)
         self._taps_shape = (tile_rows(c_out), c_in * kh * kw)
         self._weight_taps = self._taps_shape[0] == c_out  # the weight, reshaped, is the tap matrix
-        self._shapes = ((c_in, head + max(n * hp * wp, first * hp * wp + span + _reach(kh, kw, wp, dh, dw))),
+        self._shapes = ((runs, head + max(n * hp * wp, first * hp * wp + span + reach)),
                         self._taps_shape if not self._weight_taps else (0, 0)) + \
             ((self.out_shape,) if reuse_output else ())
-        self._offsets = _tap_offsets(c_in, kh, kw, self._shapes[0][1], 0, dh * wp, dw)
+        if (sh, sw) == (1, 1):
+            self._offsets = _tap_offsets(c_in, kh, kw, self._shapes[0][1], 0, dh * wp, dw)
+        else:
+            self._offsets = _polyphase.tap_offsets(c_in, kh, kw, sh, sw, self._shapes[0][1], wp)
         kernel = _launch(x_shape, w_shape, geo)
         self._groups = _sample_groups(n, self._per_task, c_out) if kernel is _conv_wide_from else 1
         self._kernel = jit.serialized(kernel) if jit.SERIALIZE_KERNELS and kernel is _conv_wide_from else kernel
@@ -599,10 +625,15 @@ class PreparedConv:
         and pays: a batch too small to give every thread a task, even split by output channels, takes
         only if its work is too small for more than one thread anyway (else the op's kernel, which
         splits every sample's positions, runs it)."""
-        if geo.stride != (1, 1) or not (pool is None or pool_numba.vector_pool(pool, *geo.out_hw)):
+        if geo.stride == (1, 1):
+            if not (pool is None or pool_numba.vector_pool(pool, *geo.out_hw)):
+                return False
+            hp, wp, _ = _conv_planes(geo)
+        elif pool is None and _by_phases(*geo.stride, *geo.dilation):
+            hp, wp = _polyphase.phase_shape(*w_shape[2:], *geo.stride, *geo.out_hw)[4:]
+        else:
             return False
-        planes = _conv_planes(geo)
-        per_task = _samples_per_task(planes.hp * planes.wp)
+        per_task = _samples_per_task(hp * wp)
         tasks = -(-x_shape[0] // per_task) * _sample_groups(x_shape[0], per_task, w_shape[0])
         return tasks >= jit.num_threads() or _launch(x_shape, w_shape, geo) is not _conv_wide_from
 
@@ -620,7 +651,7 @@ class PreparedConv:
             taps = w.reshape(self._taps_shape)
         y = kept[0] if kept else np.empty(self.out_shape, self.dtype)
         self._kernel(x, w, b, runs, taps, not self._weight_taps, self._offsets, y, self.relu, self.pooled, self.ow,
-                     self._per_task, self._groups, self._used, *self._plane, self._pass_taps)
+                     self._per_task, self._groups, self._used, *self._plane, self._pass_taps, self._phases)
         return y
 
 
