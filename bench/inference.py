@@ -10,7 +10,8 @@ network and weights (``bench.torch_peer.mirror``) in eval mode under ``torch.inf
 same threads. The script starts itself again with ``MALLOC_MMAP_THRESHOLD_`` and
 ``MALLOC_TRIM_THRESHOLD_`` set (PyTorch at its best; the three libraries share the one process and
 its settings). Each round times every library on every row back to back (a fixed number of calls,
-sized to take about 20 ms), so a slow spell of the machine falls on all of them; the table gives the
+sized to take about 20 ms, after one untimed call), so a slow spell of the machine falls on all of
+them, and no library's timed calls start while the previous one's threads still spin; the table gives the
 median over rounds of the time per call and the ratios. A network that fastcnn cannot export yet
 gets its row without ONNX Runtime, marked "not exportable yet", and the reason under the table.
 ``--profile`` splits LeNet's
@@ -105,6 +106,9 @@ def torch_runner(model: fastcnn.Sequential, x: np.ndarray, n_threads: int) -> Ca
 
 
 def _per_call(fn: Callable[[], object], calls: int) -> float:
+    """Seconds per call of ``fn`` over ``calls`` calls, once another library's threads have settled
+    (:func:`bench.zoo.settle`)."""
+    zoo.settle(fn)
     start = time.perf_counter()
     for _ in range(calls):
         fn()

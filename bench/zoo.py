@@ -13,6 +13,8 @@ not timed) and PyTorch with the same number of threads and the allocator setting
 
 Rounds are interleaved: every round times every (network, phase, backend) once, in a rotating backend
 order, so a slow spell of a shared machine falls on all sides of a ratio; the table gives the medians.
+Each timed block starts after a pause and one untimed call (:func:`settle`), so that no backend's
+timed calls run while the previous one's threads still spin.
 The same rows, measured by pytest-benchmark, come from ``pytest --benchmark`` (``bench/bench_zoo.py``).
 """
 from __future__ import annotations
@@ -222,6 +224,18 @@ def choice_counts(decisions: list[dict]) -> dict[str, int]:
 
 
 # ---------------------------------------------------------------------------------------------- script
+SETTLE_S = 0.05  # long enough for another library's spinning threads to go to sleep
+
+
+def settle(fn: Callable[[], object]) -> None:
+    """Pause, then call ``fn`` once untimed: for a timed block that follows another library's (or
+    backend's) in an interleaved round. Thread pools spin for a while after a parallel region (OpenMP,
+    ONNX Runtime, TBB); on a machine with as many threads as cores, a pool still spinning takes a core
+    from the next library's first calls. The untimed call wakes the next one's own threads."""
+    time.sleep(SETTLE_S)
+    fn()
+
+
 def _calls_per_sample(fn: Callable[[], None], min_seconds: float) -> int:
     start = time.perf_counter()
     fn()
@@ -252,6 +266,7 @@ def measure(names: list[str], backends: list[str], rounds: int, min_sample_s: fl
         log(f"  round {r + 1}/{rounds}")
         for row in by_row.values():
             for case in row[r % len(row):] + row[: r % len(row)]:  # rotate who goes first
+                settle(case["fn"])
                 start = time.perf_counter()
                 for _ in range(case["calls"]):
                     case["fn"]()
