@@ -261,9 +261,11 @@ def test_evaluate_runs_the_plan():
     assert acc == pytest.approx(float((ref.argmax(1) == y).mean()))
 
 
-def test_threads_share_one_model():
-    model = models.lenet(seed=0)
-    x = np.random.default_rng(7).random((4, 1, 28, 28), dtype=np.float32)
+@pytest.mark.parametrize("build", [lambda: models.lenet(seed=0), bn_model, residual_model])
+def test_threads_share_one_model(build):
+    """Four threads predict with one model at once (batch norms folded into each thread's own arrays)."""
+    model = build()
+    x = np.random.default_rng(7).random((4,) + model.input_shape, dtype=np.float32)
     expected = model.predict(x)
     results = [None] * 4
 
