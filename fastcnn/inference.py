@@ -18,10 +18,12 @@ A plan is the model's steps prepared for inference:
   bound to that shape: the dispatcher's choice of kernel (:func:`fastcnn.dispatch.chosen`), the
   geometry and signature are resolved once, and later calls run the bound steps with no per-layer
   validation, no dispatcher lookups. The input is validated once per predict call, by ``predict``.
-  A stride-1 conv (with its 2x2 pool) runs as a :class:`fastcnn.kernels.conv_numba.PreparedConv`
-  (one kernel launch, serial when the work is too small to repay waking Numba's threads,
-  :func:`fastcnn.kernels.jit.sized`) or NumPy's kernel, whichever the policy picks (``auto``: the
-  faster as measured, :func:`fastcnn.dispatch.fastest`). Average and global average pools run the
+  A stride-1 conv (with its 2x2 pool) or a strided one without dilation or pool runs as a
+  :class:`fastcnn.kernels.conv_numba.PreparedConv` (one kernel launch, serial when the work is too
+  small to repay waking Numba's threads, :func:`fastcnn.kernels.jit.sized`) or NumPy's kernel,
+  whichever the policy picks (``auto``: the faster as measured, :func:`fastcnn.dispatch.fastest`, so
+  under ``auto`` a conv may run a different backend here than in ``forward``: the same values to
+  rounding, not always the same bits). Average and global average pools run the
   ``avg_pool2d`` kernel with their geometry and divisors worked out once.
 
 The plan is rebuilt when a layer, a backend or a parameter array is replaced (``load_state_dict``,
@@ -74,6 +76,16 @@ def fold_batch_norm(weight: np.ndarray, bias: np.ndarray | None, bn,
     w_out, b_out = out if out is not None else (np.empty_like(weight, order="C"), np.empty(channels, weight.dtype))
     bias = np.zeros(channels, weight.dtype) if bias is None else bias
     gamma, beta, mean, var = bn.params["weight"], bn.params["bias"], bn.buffers["running_mean"], bn.buffers["running_var"]
+    for name, array, shape in (("bias", bias, (channels,)), ("batch norm weight", gamma, (channels,)),
+                               ("batch norm bias", beta, (channels,)), ("running_mean", mean, (channels,)),
+                               ("running_var", var, (channels,)), ("out[0]", w_out, weight.shape),
+                               ("out[1]", b_out, (channels,))):
+        if array.shape != shape:
+            raise ValueError(f"fold_batch_norm: {name} must have shape {shape} for a weight of shape "
+                             f"{weight.shape}, got {array.shape}")
+    for name, array in (("out[0]", w_out), ("out[1]", b_out)):
+        if not (array.flags.c_contiguous and array.flags.writeable and array.dtype == weight.dtype):
+            raise ValueError(f"fold_batch_norm: {name} must be a writable C-contiguous {weight.dtype} array")
     if backends.jit.NUMBA_AVAILABLE:  # one pass, no temporaries (a predict call folds every batch norm)
         norm_numba.fold_batch_norm(np.ascontiguousarray(weight).reshape(channels, -1), bias, gamma, beta, mean, var,
                                    float(bn.eps), w_out.reshape(channels, -1), b_out)
@@ -129,8 +141,8 @@ class _Conv(_Step):
     """A Conv2D, or a Conv2D with the MaxPool2D (and ReLU) after it, as ``conv2d`` / ``conv2d_max_pool2d``;
     a depthwise Conv2D as ``depthwise_conv2d``; with ``relu`` and no pool, the ReLU after the conv too.
 
-    A stride-1 conv (with the pool the kernel fuses, if any) can run as a
-    :class:`~fastcnn.kernels.conv_numba.PreparedConv`: one kernel launch, serial for small work,
+    A stride-1 conv (with the pool the kernel fuses, if any), or a strided one without dilation or pool,
+    can run as a :class:`~fastcnn.kernels.conv_numba.PreparedConv`: one kernel launch, serial for small work,
     temporaries kept per thread, the ReLU applied as it writes the output. The policy chooses between
     it and the NumPy kernel (``auto``: measured, each run as the step would run it); other convs run
     the kernel the dispatcher picks for the op. Other kernels run the ``relu`` op after the conv."""
@@ -161,7 +173,7 @@ class _Conv(_Step):
             prepared = conv_numba.PreparedConv(x.shape, w_shape, self.dtype, geo, p, self.relu, reuse_output=not fresh)
             runs = {"numba": lambda x, arrays: prepared(x, *arrays),
                     "numpy": self._unprepared(backends.OPS[self.op].kernels["numpy"], args, x.shape[0], geo, policy)}
-            return dispatch.fastest(self.op, signature + ("prepared",), (x, arrays), runs, policy)
+            return dispatch.fastest(self.op, signature + ("prepared", self.relu), (x, arrays), runs, policy)
         kernel = dispatch.chosen(self.op, signature, (x, *arrays, *args), policy)
         return self._unprepared(kernel, args, x.shape[0], geo, policy)
 

@@ -249,8 +249,9 @@ class Sequential:
         (logits) for a classifier that ends in a Dense layer; see :meth:`predict_proba` for probabilities.
 
         Runs the model's inference plan (:mod:`fastcnn.inference`: batch norm folded, steps fused,
-        the input checked once), which gives what :meth:`forward` gives (to the last bits where a
-        batch norm is folded).
+        the input checked once), which gives what :meth:`forward` gives: the same bits under a forced
+        backend without batch norm; to rounding where a batch norm is folded, or where ``auto``
+        measured a different backend for a conv step than for the op.
         """
         x = self._prepare_input(x)
         positive_int("batch_size", batch_size)
