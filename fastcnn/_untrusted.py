@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import tokenize
 import zipfile
 import zlib
 from dataclasses import dataclass
@@ -130,7 +131,8 @@ def _npy_header(zf: zipfile.ZipFile, info: zipfile.ZipInfo, where: str) -> tuple
             else:
                 raise ValueError(f"unsupported .npy format version {version}")
             header = stream.tell()
-    except (ValueError, TypeError, SyntaxError, RecursionError, MemoryError, OverflowError) + _ZIP_ERRORS as exc:
+    except (ValueError, TypeError, SyntaxError, tokenize.TokenError, RecursionError, MemoryError,
+            OverflowError) + _ZIP_ERRORS as exc:  # TokenError: NumPy re-reads a header that is not a literal
         raise ValueError(f"{where} has no readable .npy header ({type(exc).__name__}: {exc})") from None
     if not all(isinstance(s, int) and s >= 0 for s in shape):
         raise ValueError(f"{where} declares an invalid shape {shape!r}")

@@ -141,6 +141,16 @@ def test_a_deeply_nested_or_huge_header_is_a_value_error(tmp_path, good_members)
     _refused(_write(tmp_path / "huge.npz", _with_header(good_members, header)), "header.*at most 1,048,576 characters")
 
 
+def test_an_npy_header_numpy_cannot_tokenize_is_a_value_error(tmp_path, good_members):
+    """A header that is not a literal and ends inside a bracket: NumPy's second reading of it (for old
+    files' long types) raises tokenize.TokenError, not a ValueError. Found by the fuzz test below."""
+    text = "{'descr': '<f4', 'fortran_order': False, 'shape': (\u00d7".encode("latin1")
+    text += b" " * (-(10 + len(text) + 1) % 64) + b"\n"
+    members = dict(good_members)
+    members["w/5.weight.npy"] = b"\x93NUMPY\x01\x00" + len(text).to_bytes(2, "little") + text + b"\0" * 16
+    _refused(_write(tmp_path / "m.npz", members), r"has no readable \.npy header \(TokenError")
+
+
 def test_an_npy_header_claiming_more_than_its_member_holds_is_refused(tmp_path, good_members):
     members = dict(good_members)
     members["w/5.weight.npy"] = _npy_claiming((4 << 30,), np.float32, b"\0" * 16)  # 16 GB claimed, 16 bytes held
