@@ -383,12 +383,12 @@ def _conv_wide(xr, taps, offsets, b, yr, y, idx, relu, hp, wp, ow, groups, pass_
 @parallel_kernel
 def _conv_wide_from(x, w, b, runs, taps, write_taps, offsets, y, relu, pooled, ow, per_task, groups, used, hp, wp, head,
                     pass_taps, phases):
-    """The forward pass of :func:`_conv_wide` (pooled with ``pooled``) in one kernel launch,
-    from the input ``x`` (in planes ``hp x wp``, after ``head`` zeros: see :func:`_input_runs`; or, for
-    a strided conv, ``phases`` ``(top, left, sh, sw, ph, pw)`` not all zero, its phases' runs, see
-    :func:`_phase_taps`) and the weight ``w``: their runs and, with ``write_taps``, tap matrix are written into ``runs`` and ``taps``
-    (temporaries the caller keeps, see :class:`PreparedConv`; without, ``taps`` is the weight itself),
-    then each task correlates the planes of ``per_task`` samples, for one of ``groups`` groups of the
+    """The forward pass of :func:`_conv_wide` (pooled with ``pooled``) in one kernel launch, from the
+    input ``x`` (in planes ``hp x wp``, after ``head`` zeros: see :func:`_input_runs`; or, for a strided
+    conv, its phases' runs, ``phases`` ``(top, left, sh, sw, ph, pw)`` with ``sh > 0``: see
+    :func:`_phase_taps`) and the weight ``w``: their runs and, with ``write_taps``, tap matrix are
+    written into ``runs`` and ``taps`` (temporaries the caller keeps, see :class:`PreparedConv`;
+    without, ``taps`` is the weight itself), then each task correlates the planes of ``per_task`` samples, for one of ``groups`` groups of the
     output channels (see :func:`_groups_for`), into a wide output of its own and emits them at once,
     while they are in cache (the argmax is not kept). Of the last plane of a task only the first
     ``used`` positions are computed (the rows and columns the output or the pool reads); ``runs``
