@@ -56,6 +56,7 @@ import os
 import shutil
 import sys
 import sysconfig
+import time
 import traceback
 import warnings
 from contextlib import contextmanager
@@ -71,6 +72,7 @@ __all__ = ["World", "world", "Local", "DataParallel", "BatchNormSync", "combine_
            "run_first_per_host", "abort_on_error", "abort", "mpiexec_path", "INSTALL_HINT"]
 
 INSTALL_HINT = "pip install 'fastcnn[mpi]'"
+_ABORT_GRACE_S = 0.5  # how long a failing rank waits, its message written, before aborting every rank
 
 Named = list  # [(name, param, grad)], as Sequential.named_parameters returns
 T = TypeVar("T")
@@ -405,7 +407,8 @@ def abort(w: World, exc_info=None) -> None:
     text = "".join(traceback.format_exception(*(exc_info or sys.exc_info())))
     sys.stderr.write(f"fastcnn: rank {w.rank} of {w.size} failed; stopping all ranks.\n{text}")
     sys.stderr.flush()
-    w.comm.Abort(1)
+    time.sleep(_ABORT_GRACE_S)  # the process manager tears down its output forwarding on MPI_Abort: let it
+    w.comm.Abort(1)  # forward the message first (else it is lost, at times: 4 runs of 12 on 2 cores)
     os._exit(1)  # MPICH's MPI_Abort can return before the process manager ends this process
 
 
