@@ -75,6 +75,13 @@ def fold_batch_norm(weight: np.ndarray, bias: np.ndarray | None, bn,
     channels = weight.shape[0]
     w_out, b_out = out if out is not None else (np.empty_like(weight, order="C"), np.empty(channels, weight.dtype))
     bias = np.zeros(channels, weight.dtype) if bias is None else bias
+    _check_fold(weight, bias, bn, w_out, b_out)
+    return _fold_into(weight, bias, bn, w_out, b_out)
+
+
+def _check_fold(weight: np.ndarray, bias: np.ndarray, bn, w_out: np.ndarray, b_out: np.ndarray) -> None:
+    """The ValueError :func:`fold_batch_norm` raises for arrays that do not fit ``weight``."""
+    channels = weight.shape[0]
     gamma, beta, mean, var = bn.params["weight"], bn.params["bias"], bn.buffers["running_mean"], bn.buffers["running_var"]
     for name, array, shape in (("bias", bias, (channels,)), ("batch norm weight", gamma, (channels,)),
                                ("batch norm bias", beta, (channels,)), ("running_mean", mean, (channels,)),
@@ -86,6 +93,12 @@ def fold_batch_norm(weight: np.ndarray, bias: np.ndarray | None, bn,
     for name, array in (("out[0]", w_out), ("out[1]", b_out)):
         if not (array.flags.c_contiguous and array.flags.writeable and array.dtype == weight.dtype):
             raise ValueError(f"fold_batch_norm: {name} must be a writable C-contiguous {weight.dtype} array")
+
+
+def _fold_into(weight: np.ndarray, bias: np.ndarray, bn, w_out: np.ndarray, b_out: np.ndarray) -> tuple:
+    """:func:`fold_batch_norm` into ``w_out`` and ``b_out``, on arrays :func:`_check_fold` passed."""
+    channels = weight.shape[0]
+    gamma, beta, mean, var = bn.params["weight"], bn.params["bias"], bn.buffers["running_mean"], bn.buffers["running_var"]
     if backends.jit.NUMBA_AVAILABLE:  # one pass, no temporaries (a predict call folds every batch norm)
         norm_numba.fold_batch_norm(np.ascontiguousarray(weight).reshape(channels, -1), bias, gamma, beta, mean, var,
                                    float(bn.eps), w_out.reshape(channels, -1), b_out)
@@ -104,15 +117,18 @@ def _live(layer: Layer) -> Arrays:
 
 def _folded(layer: Layer, bn) -> Arrays:
     """``layer``'s weight and bias with ``bn`` folded in, at each call, into arrays kept per thread:
-    a predict call's steps use them before the thread's next call refolds them."""
+    a predict call's steps use them before the thread's next call refolds them. The arrays are checked
+    here, once: the plan is rebuilt when any of them is replaced, and nothing in place changes a shape."""
+    weight = layer.params["weight"]
+    bias = layer.params.get("bias", np.zeros(weight.shape[0], weight.dtype))
+    _check_fold(weight, bias, bn, np.empty(weight.shape, weight.dtype), np.empty(weight.shape[0], weight.dtype))
     kept = threading.local()
 
     def arrays() -> tuple[np.ndarray, np.ndarray]:
-        weight = layer.params["weight"]
         out = getattr(kept, "out", None)
-        if out is None or out[0].shape != weight.shape or out[0].dtype != weight.dtype:
+        if out is None:
             out = kept.out = (np.empty(weight.shape, weight.dtype), np.empty(weight.shape[0], weight.dtype))
-        return fold_batch_norm(weight, layer.params.get("bias"), bn, out)
+        return _fold_into(weight, bias, bn, *out)
 
     return arrays
 
