@@ -23,6 +23,8 @@ __all__ = [
     "pad2d_backward",
     "conv2d_max_pool2d",
     "conv2d_max_pool2d_backward",
+    "conv2d_relu",
+    "conv2d_relu_backward",
     "max_pool2d",
     "max_pool2d_backward",
     "avg_pool2d",
@@ -373,6 +375,73 @@ def conv_transpose2d_backward(
     grad_x = conv2d(full, weight, None, **conv) if input_grad else None
     _, grad_w, _ = conv2d_backward(x, full, weight, input_grad=False, **conv)
     return grad_x, grad_w, grad_y.sum(axis=(0, 2, 3)).astype(x.dtype)
+
+
+def conv2d_relu(
+    x: np.ndarray,
+    weight: np.ndarray,
+    bias: np.ndarray | None = None,
+    stride: IntOrPair = 1,
+    padding: IntOrPair | str = 0,
+    dilation: IntOrPair = 1,
+    *,
+    backend: str | None = None,
+) -> np.ndarray:
+    """A convolution and the ReLU after it in one op: ``relu(conv2d(x, weight, bias, stride, padding,
+    dilation))``, the ReLU applied as the output is written (NaN kept, as :func:`relu`).
+
+    :class:`fastcnn.Sequential` runs a Conv2D directly followed by a ReLU so (when the conv has no
+    groups and pads with zeros). Parameters as :func:`conv2d` (no ``groups``).
+
+    Returns
+    -------
+    ndarray, shape (N, C_out, H_out, W_out)
+    """
+    x, weight, geo = _conv_inputs(x, weight, stride, padding, dilation)
+    bias = _bias(bias, weight, x.dtype)
+    return dispatch.run("conv2d_relu", conv_signature(x.shape, weight.shape, geo, x.dtype), (x, weight, bias, geo), backend)
+
+
+def conv2d_relu_backward(
+    grad_y: np.ndarray,
+    relu_output: np.ndarray,
+    x: np.ndarray,
+    weight: np.ndarray,
+    stride: IntOrPair = 1,
+    padding: IntOrPair | str = 0,
+    dilation: IntOrPair = 1,
+    *,
+    input_grad: bool = True,
+    backend: str | None = None,
+) -> tuple[np.ndarray | None, np.ndarray, np.ndarray]:
+    """Gradients of :func:`conv2d_relu` with respect to ``x``, ``weight`` and ``bias``: those of
+    :func:`conv2d` for ``relu_backward(grad_y, relu_output)``. The Numba backend applies the ReLU's
+    gate as it reads ``grad_y`` into its working layout, so the gated gradient is never written.
+
+    Parameters
+    ----------
+    grad_y : ndarray, shape (N, C_out, H_out, W_out)
+        Gradient of the loss with respect to the op's output.
+    relu_output : ndarray, same shape as ``grad_y``
+        The output :func:`conv2d_relu` returned: the gradient passes only where it is positive.
+    x, weight, stride, padding, dilation, backend
+        As passed to :func:`conv2d_relu`.
+    input_grad : bool
+        Compute ``grad_x``; ``False`` skips that work and returns None.
+
+    Returns
+    -------
+    grad_x : ndarray, shape of ``x``, or None
+    grad_weight : ndarray, shape of ``weight``
+    grad_bias : ndarray, shape (C_out,)
+    """
+    x, weight, geo = _conv_inputs(x, weight, stride, padding, dilation)
+    out_shape = (x.shape[0], weight.shape[0]) + geo.out_hw
+    grad_y = check_grad("grad_y", grad_y, out_shape, x.dtype)
+    relu_output = check_grad("relu_output", relu_output, out_shape, x.dtype)
+    if x.shape[0] == 0:  # an empty batch: zero gradients
+        return (np.zeros_like(x) if input_grad else None), np.zeros_like(weight), np.zeros(weight.shape[0], x.dtype)
+    return _conv_gradients("conv2d_relu", (grad_y, relu_output), (), (), x, weight, geo, input_grad, backend)
 
 
 def conv2d_max_pool2d(

@@ -264,8 +264,8 @@ class Conv2D(_WeightLayer):
         return dict(stride=self.stride, padding=self.padding, dilation=self.dilation)
 
     @property
-    def fuses_pool(self) -> bool:
-        """Whether :class:`fastcnn.Sequential` may run this conv and a max-pool after it as one op."""
+    def fuses(self) -> bool:
+        """Whether :class:`fastcnn.Sequential` may run this conv and a max-pool or a ReLU after it as one op."""
         return self.groups == 1 and self.padding_mode == "zeros"
 
     def _conv_args(self):
@@ -492,6 +492,35 @@ class ConvMaxPool(_WeightLayer):
 
     def __repr__(self) -> str:
         return f"ConvMaxPool({self.conv!r}, {self.pool!r}, {self.relu!r})"
+
+
+class ConvReLU(_WeightLayer):
+    """A :class:`Conv2D` and the :class:`ReLU` after it, run as one op, :func:`fastcnn.functional.conv2d_relu`:
+    a step of :class:`fastcnn.Sequential`'s run order, not a layer to add. The parameters and gradients
+    are the convolution's own dicts."""
+
+    def __init__(self, conv: Conv2D, relu: ReLU) -> None:
+        super().__init__()
+        self.conv, self.relu = conv, relu
+        self.params, self.grads = conv.params, conv.grads
+        self._x = self._y = None
+
+    def forward(self, x, training=False):
+        conv = self.conv
+        y = F.conv2d_relu(x, conv.params["weight"], conv.params.get("bias"), **conv.geometry(), backend=conv.backend)
+        self._x, self._y = (x, y) if training else (None, None)
+        return y
+
+    def _gradients(self, grad, input_grad):
+        conv = self.conv
+        return F.conv2d_relu_backward(grad, self._cached("_y"), self._cached("_x"), conv.params["weight"],
+                                      input_grad=input_grad, backend=conv.backend, **conv.geometry())
+
+    def output_shape(self, input_shape):
+        return self.conv.output_shape(input_shape)
+
+    def __repr__(self) -> str:
+        return f"ConvReLU({self.conv!r}, {self.relu!r})"
 
 
 class AvgPool2D(_Pool2D):

@@ -5,7 +5,7 @@ the order :func:`fuse` gives; this module is the one place for the rules.
 """
 from __future__ import annotations
 
-from .layers import BatchNorm, BatchNormReLU, Conv2D, ConvMaxPool, Layer, MaxPool2D, ReLU
+from .layers import BatchNorm, BatchNormReLU, Conv2D, ConvMaxPool, ConvReLU, Layer, MaxPool2D, ReLU
 
 
 def fuse(layers: list[Layer]) -> list[Layer]:
@@ -17,6 +17,9 @@ def fuse(layers: list[Layer]) -> list[Layer]:
     - then a Conv2D directly followed by a MaxPool2D (with the same ``backend``), and by the ReLU after
       that if there is one, runs as one step, :func:`fastcnn.functional.conv2d_max_pool2d`, which need
       not write the full-size conv output;
+    - a Conv2D directly followed by a ReLU (no pool between) runs as one step,
+      :func:`fastcnn.functional.conv2d_relu`, which applies the ReLU as it writes the conv's output and
+      its gate as it reads the output gradient (no pass of its own, forward or backward);
     - a batch norm directly followed by a ReLU runs as one step, :func:`fastcnn.functional.batch_norm`
       with ``relu=True`` (one pass over the data instead of two, forward and backward).
     """
@@ -27,10 +30,12 @@ def fuse(layers: list[Layer]) -> list[Layer]:
     steps: list[Layer] = []
     for layer in order:
         last = steps[-1] if steps else None
-        if type(layer) is MaxPool2D and type(last) is Conv2D and last.fuses_pool and last.backend == layer.backend:
+        if type(layer) is MaxPool2D and type(last) is Conv2D and last.fuses and last.backend == layer.backend:
             steps[-1] = ConvMaxPool(last, layer)
         elif type(layer) is ReLU and type(last) is ConvMaxPool and last.relu is None:
             steps[-1] = ConvMaxPool(last.conv, last.pool, layer)
+        elif type(layer) is ReLU and type(last) is Conv2D and last.fuses:
+            steps[-1] = ConvReLU(last, layer)
         elif type(layer) is ReLU and isinstance(last, BatchNorm):
             steps[-1] = BatchNormReLU(last, layer)
         else:

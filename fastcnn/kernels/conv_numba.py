@@ -159,6 +159,14 @@ def _copy(dst, src, plus):
 
 
 @kernel_helper
+def _copy_gated(dst, src, gate):
+    """``dst[p] = src[p]`` where ``gate[p] > 0``, else 0, for every ``p < len(dst)``: a gradient through
+    the ReLU whose output is ``gate`` (as ``relu_backward``)."""
+    for p in range(dst.shape[0]):
+        dst[p] = src[p] if gate[p] > 0 else 0
+
+
+@kernel_helper
 def _copy_relu(dst, src, plus):
     """:func:`_copy` through a ReLU: ``max(src[p] + plus, 0)``, keeping NaN (as ``relu`` does)."""
     for p in range(dst.shape[0]):
@@ -166,36 +174,47 @@ def _copy_relu(dst, src, plus):
         dst[p] = 0 if v <= 0 else v
 
 
-def _runs(a, hp, wp, role, head=0, tail=0):
+def _runs(a, hp, wp, role, head=0, tail=0, gate=None):
     """``a`` (N, C, H, W) as runs (C, head + N*hp*wp + tail) in the scratch array ``role``: each
     sample's plane at the top left of an ``hp x wp`` block, zeros elsewhere (the scratch positions, and
-    the head and tail that shifted reads run into). Made once per :class:`.scratch.shared_inputs` block."""
+    the head and tail that shifted reads run into); with ``gate`` (the shape of ``a``), only where
+    ``gate`` is positive (``a`` a gradient through the ReLU whose output is ``gate``). Made once per
+    :class:`.scratch.shared_inputs` block."""
     n, c = a.shape[:2]
-    return derived(role, (c, head + n * hp * wp + tail), a.dtype, a, (hp, wp, head, tail),
-                   lambda runs: sized(_fill_runs, n * c * hp * wp)(a, runs, hp, wp, head))
+    gated = gate is not None
+    sources = (a, gate) if gated else a
+    return derived(role, (c, head + n * hp * wp + tail), a.dtype, sources, (hp, wp, head, tail),
+                   lambda runs: sized(_fill_runs, n * c * hp * wp)(a, gate if gated else a, gated, runs, hp, wp, head))
 
 
 @parallel_kernel
-def _fill_runs(a, runs, hp, wp, head):
+def _fill_runs(a, gate, gated, runs, hp, wp, head):
     """:func:`_runs`, a (sample, channel) plane per task."""
     flat = runs.reshape(runs.size)
     for task in prange(a.shape[0] * a.shape[1]):
-        _fill_plane(a, flat, task, runs.shape[1], hp, wp, head)
+        _fill_plane(a, gate, gated, flat, task, runs.shape[1], hp, wp, head)
 
 
 @kernel_helper
-def _fill_plane(a, flat, task, length, hp, wp, head):
-    """The (sample, channel) plane ``task`` of :func:`_runs` (rows of ``length`` values in ``flat``)."""
+def _fill_plane(a, gate, gated, flat, task, length, hp, wp, head):
+    """The (sample, channel) plane ``task`` of :func:`_runs` (rows of ``length`` values in ``flat``);
+    with ``gated``, ``a`` only where ``gate`` is positive."""
     n, c, h, w = a.shape
     plane = hp * wp
     s, ch = task // c, task % c
     start = ch * length + head + s * plane
     if w == wp:  # no scratch columns: the plane is one run
-        _copy(flat[start : start + h * w], a[s, ch].reshape(h * w), 0)
+        if gated:
+            _copy_gated(flat[start : start + h * w], a[s, ch].reshape(h * w), gate[s, ch].reshape(h * w))
+        else:
+            _copy(flat[start : start + h * w], a[s, ch].reshape(h * w), 0)
     else:
         for r in range(h):
             row = start + r * wp
-            _copy(flat[row : row + w], a[s, ch, r], 0)
+            if gated:
+                _copy_gated(flat[row : row + w], a[s, ch, r], gate[s, ch, r])
+            else:
+                _copy(flat[row : row + w], a[s, ch, r], 0)
             clear(flat, row + w, wp - w)
     clear(flat, start + h * wp, plane - h * wp)
     _clear_ends(flat, ch, length, start, plane, s, n)
@@ -326,10 +345,11 @@ def _grad_layout(n, kh, kw, planes, dh, dw, itemsize):
     return head, _wide_length(n, hp, wp, itemsize) - n * hp * wp + shift
 
 
-def _grad_runs(gy, kh, kw, dh, dw, planes):
-    """The runs of the output gradient (see :func:`_grad_layout`). Returns (runs, head)."""
+def _grad_runs(gy, kh, kw, dh, dw, planes, gate=None):
+    """The runs of the output gradient (see :func:`_grad_layout`), through the ReLU whose output is
+    ``gate`` if it is not None. Returns (runs, head)."""
     head, tail = _grad_layout(gy.shape[0], kh, kw, planes, dh, dw, gy.itemsize)
-    return _runs(gy, planes.hp, planes.wp, "grad runs", head=head, tail=tail), head
+    return _runs(gy, planes.hp, planes.wp, "grad runs", head=head, tail=tail, gate=gate), head
 
 
 def _unpooled_runs(gp, argmax, gate, oh, ow, kh, kw, dh, dw, planes):
@@ -400,7 +420,7 @@ def _conv_wide_from(x, w, b, runs, taps, write_taps, offsets, y, relu, pooled, o
         if sh:
             _fill_phase_plane(x, flat, task, runs.shape[1], top, left, sh, sw, ph, pw, hp, wp)
         else:
-            _fill_plane(x, flat, task, runs.shape[1], hp, wp, head)
+            _fill_plane(x, x, False, flat, task, runs.shape[1], hp, wp, head)
     if write_taps:
         _write_taps(w, taps, False)
     rows, cols = (y.shape[2], y.shape[3]) if pooled else (0, 0)
@@ -469,9 +489,19 @@ def conv2d_forward(x, w, b, geo):
     the conv's :class:`~fastcnn._checks.ConvGeometry` (its padding, stride, dilation and output size).
     A stride-1 conv reads ``x`` into its working layout with the padding's zeros, a strided one (without
     dilation) into its phases' layout: no padded copy."""
+    return _conv2d_forward(x, w, b, geo, False)
+
+
+def conv2d_relu_forward(x, w, b, geo):
+    """``relu(conv2d_forward(x, w, b, geo))``, the ReLU applied as the output is written."""
+    return _conv2d_forward(x, w, b, geo, True)
+
+
+def _conv2d_forward(x, w, b, geo, relu):
+    """:func:`conv2d_forward`, through a ReLU with ``relu``."""
     if geo.stride == (1, 1):
         y = np.empty((x.shape[0], w.shape[0]) + geo.out_hw, dtype=x.dtype)
-        _conv_wide_into(x, w, b, y, _no_index(y), False, geo)
+        _conv_wide_into(x, w, b, y, _no_index(y), relu, geo)
         return y
     (sh, sw), (dh, dw), (oh, ow) = geo.stride, geo.dilation, geo.out_hw
     work = x.shape[0] * oh * ow * w.size
@@ -479,9 +509,10 @@ def conv2d_forward(x, w, b, geo):
         kh, kw = w.shape[2:]
         xr, offsets, (hq, wq, _) = _phase_taps(x, geo.padding, kh, kw, sh, sw, oh, ow)
         y = np.empty((x.shape[0], w.shape[0], oh, ow), dtype=x.dtype)
-        _run_conv_wide(xr, w, offsets, b, y, _no_index(y), False, hq, wq, ow, work, _phase_pass_taps(kh, kw, sh, sw))
+        _run_conv_wide(xr, w, offsets, b, y, _no_index(y), relu, hq, wq, ow, work, _phase_pass_taps(kh, kw, sh, sw))
         return y
-    return sized(_conv_strided, work)(zero_padded(x, geo.padding), w, b, sh, sw, dh, dw, oh, ow)
+    y = sized(_conv_strided, work)(zero_padded(x, geo.padding), w, b, sh, sw, dh, dw, oh, ow)
+    return elementwise_numba.relu_forward(y) if relu else y
 
 
 def _phase_pass_taps(kh: int, kw: int, sh: int, sw: int) -> int:
@@ -772,21 +803,29 @@ def _grad_weight_strided(gy, xp, kh, kw, sh, sw, dh, dw):
 def conv2d_grad_weight(gy, x, geo):
     """Gradients of a conv of the input ``x`` with respect to its weight, shape (C_out, C, kH, kW), and
     its bias; ``geo`` as in :func:`conv2d_forward`."""
-    return _conv2d_grad_weight(gy, x, geo.padding, *geo.kernel, *geo.stride, *geo.dilation)
+    return _conv2d_grad_weight(gy, None, x, geo.padding, *geo.kernel, *geo.stride, *geo.dilation)
 
 
-def _conv2d_grad_weight(gy, x, padding, kh, kw, sh, sw, dh, dw):
-    """:func:`conv2d_grad_weight` with the geometry's numbers."""
+def conv2d_relu_grad_weight(gy, gate, x, geo):
+    """:func:`conv2d_grad_weight` of a conv with a ReLU after it, whose output is ``gate`` and output
+    gradient ``gy``: the gradient passes where ``gate`` is positive, as it is read into the runs."""
+    return _conv2d_grad_weight(gy, gate, x, geo.padding, *geo.kernel, *geo.stride, *geo.dilation)
+
+
+def _conv2d_grad_weight(gy, gate, x, padding, kh, kw, sh, sw, dh, dw):
+    """:func:`conv2d_grad_weight` with the geometry's numbers, through the ReLU of output ``gate`` if
+    it is not None."""
     work = gy.size * x.shape[1] * kh * kw
     if _by_phases(sh, sw, dh, dw):  # the kernel's own taps in the phases' runs: no zero taps
         xr, offsets, planes = _phase_taps(x, padding, kh, kw, sh, sw, gy.shape[2], gy.shape[3])
-        gr, head = _grad_runs(gy, -(-kh // sh), -(-kw // sw), 1, 1, planes)
+        gr, head = _grad_runs(gy, -(-kh // sh), -(-kw // sw), 1, 1, planes, gate)
         return _grad_weight_of_runs(gr, head, xr, offsets, (kh, kw), x.shape[0], planes, work)
     if sh != 1 or sw != 1:
+        gy = gy if gate is None else elementwise_numba.relu_backward(gy, gate)
         return sized(_grad_weight_strided, work)(gy, zero_padded(x, padding), kh, kw, sh, sw, dh, dw), channel_sums(gy)
     planes = _wide_planes(x.shape[2], x.shape[3], kh, kw, dh, dw, padding)
     xr, offsets = _input_taps(x, kh, kw, dh, dw, planes)
-    gr, head = _grad_runs(gy, kh, kw, dh, dw, planes)
+    gr, head = _grad_runs(gy, kh, kw, dh, dw, planes, gate)
     return _grad_weight_of_runs(gr, head, xr, offsets, (kh, kw), x.shape[0], planes, work)
 
 
@@ -882,11 +921,17 @@ def _grad_input_strided(gy, w, hp, wp, sh, sw, dh, dw):
 
 def conv2d_grad_input(gy, w, geo):
     """Gradient of a conv with respect to its input, shape (N, C, H, W); ``geo`` as in :func:`conv2d_forward`."""
-    return _conv2d_grad_input(gy, w, geo.padding, *geo.padded_hw, *geo.stride, *geo.dilation)
+    return _conv2d_grad_input(gy, None, w, geo.padding, *geo.padded_hw, *geo.stride, *geo.dilation)
 
 
-def _conv2d_grad_input(gy, w, padding, hp, wp, sh, sw, dh, dw):
-    """:func:`conv2d_grad_input` with the geometry's numbers (``hp x wp`` the padded input's planes)."""
+def conv2d_relu_grad_input(gy, gate, w, geo):
+    """:func:`conv2d_grad_input` through the ReLU whose output is ``gate`` (see :func:`conv2d_relu_grad_weight`)."""
+    return _conv2d_grad_input(gy, gate, w, geo.padding, *geo.padded_hw, *geo.stride, *geo.dilation)
+
+
+def _conv2d_grad_input(gy, gate, w, padding, hp, wp, sh, sw, dh, dw):
+    """:func:`conv2d_grad_input` with the geometry's numbers (``hp x wp`` the padded input's planes),
+    through the ReLU of output ``gate`` if it is not None."""
     work = gy.size * w.shape[1] * w.shape[2] * w.shape[3]
     shape = (gy.shape[0], w.shape[1]) + _unpadded_hw((hp, wp), padding)
     if _by_phases(sh, sw, dh, dw):  # each phase's gradient from its own sub-kernel: no zero taps
@@ -896,14 +941,15 @@ def _conv2d_grad_input(gy, w, padding, hp, wp, sh, sw, dh, dw):
             for pj in range(min(sw, w.shape[3])):
                 sub = np.ascontiguousarray(w[:, :, pi::sh, pj::sw])
                 planes = _WidePlanes(gy.shape[2] + sub.shape[2] - 1, gy.shape[3] + sub.shape[3] - 1, 0)
-                gr, head = _grad_runs(gy, sub.shape[2], sub.shape[3], 1, 1, planes)
+                gr, head = _grad_runs(gy, sub.shape[2], sub.shape[3], 1, 1, planes, gate)
                 place = (planes.hp, planes.wp, pi - top, pj - left, sh, sw)
                 _grad_input_of_runs(gr, head, sub, grad_x, 1, 1, planes, gy.size * sub[0].size, place)
         return grad_x
     if sh != 1 or sw != 1:
+        gy = gy if gate is None else elementwise_numba.relu_backward(gy, gate)
         return cropped(sized(_grad_input_strided, work)(gy, w, hp, wp, sh, sw, dh, dw), padding)
     planes = _wide_planes(*shape[2:], w.shape[2], w.shape[3], dh, dw, padding)
-    gr, head = _grad_runs(gy, w.shape[2], w.shape[3], dh, dw, planes)
+    gr, head = _grad_runs(gy, w.shape[2], w.shape[3], dh, dw, planes, gate)
     return _grad_input_of_runs(gr, head, w, np.empty(shape, dtype=gy.dtype), dh, dw, planes, work)
 
 

@@ -69,6 +69,12 @@ def conv2d_forward(x, w, b, geo):
     return y.reshape(n, c_out, oh, ow)
 
 
+def conv2d_relu_forward(x, w, b, geo):
+    """``relu(conv2d_forward(x, w, b, geo))``, the ReLU in place on the conv's output (NaN kept)."""
+    y = conv2d_forward(x, w, b, geo)
+    return np.maximum(y, 0, out=y)
+
+
 def conv2d_grad_weight(gy, x, geo):
     """Gradients of a conv of the input ``x`` with respect to its weight, shape (C_out, C, kH, kW), and its bias."""
     xp = zero_padded(x, geo.padding)
@@ -112,6 +118,16 @@ def conv2d_grad_input(gy, w, geo):
 
     on_threads(work)
     return cropped(grad_xp, geo.padding)
+
+
+def conv2d_relu_grad_weight(gy, gate, x, geo):
+    """:func:`conv2d_grad_weight` of a conv with a ReLU after it, whose output is ``gate``."""
+    return conv2d_grad_weight(elementwise_numpy.relu_backward(gy, gate), x, geo)
+
+
+def conv2d_relu_grad_input(gy, gate, w, geo):
+    """:func:`conv2d_grad_input` of a conv with a ReLU after it, whose output is ``gate``."""
+    return conv2d_grad_input(elementwise_numpy.relu_backward(gy, gate), w, geo)
 
 
 def conv2d_max_pool2d_forward(x, w, b, geo, pool, relu):
