@@ -194,8 +194,8 @@ def conv2d_backward(
     """
     x, weight, geo = _conv_inputs(x, weight, stride, padding, dilation, groups)
     grad_y = check_grad("grad_y", grad_y, (x.shape[0], weight.shape[0]) + geo.out_hw, x.dtype)
-    if x.shape[0] == 0:  # an empty batch: zero gradients
-        return (np.zeros_like(x) if input_grad else None), np.zeros_like(weight), np.zeros(weight.shape[0], x.dtype)
+    if x.shape[0] == 0:
+        return _zero_gradients(x, weight, input_grad)
     if groups == 1:
         return _conv_gradients("conv2d", (grad_y,), (), (), x, weight, geo, input_grad, backend)
     if _depthwise(x, groups):
@@ -204,6 +204,11 @@ def conv2d_backward(
              for gg, xg, wg in zip(_blocks(grad_y, groups, 1), _blocks(x, groups, 1), _blocks(weight, groups, 0))]
     grad_x = np.concatenate([p[0] for p in parts], axis=1) if input_grad else None
     return grad_x, np.concatenate([p[1] for p in parts]), np.concatenate([p[2] for p in parts])
+
+
+def _zero_gradients(x, weight, input_grad):
+    """A conv's three gradients for an empty batch ``x``: zeros (no input gradient without ``input_grad``)."""
+    return (np.zeros_like(x) if input_grad else None), np.zeros_like(weight), np.zeros(weight.shape[0], x.dtype)
 
 
 def _conv_gradients(op, grad, extra, described, x, weight, geo, input_grad, backend):
@@ -431,16 +436,15 @@ def conv2d_relu_backward(
 
     Returns
     -------
-    grad_x : ndarray, shape of ``x``, or None
-    grad_weight : ndarray, shape of ``weight``
-    grad_bias : ndarray, shape (C_out,)
+    (grad_x, grad_weight, grad_bias)
+        As :func:`conv2d_backward` returns them.
     """
     x, weight, geo = _conv_inputs(x, weight, stride, padding, dilation)
     out_shape = (x.shape[0], weight.shape[0]) + geo.out_hw
     grad_y = check_grad("grad_y", grad_y, out_shape, x.dtype)
     relu_output = check_grad("relu_output", relu_output, out_shape, x.dtype)
-    if x.shape[0] == 0:  # an empty batch: zero gradients
-        return (np.zeros_like(x) if input_grad else None), np.zeros_like(weight), np.zeros(weight.shape[0], x.dtype)
+    if x.shape[0] == 0:
+        return _zero_gradients(x, weight, input_grad)
     return _conv_gradients("conv2d_relu", (grad_y, relu_output), (), (), x, weight, geo, input_grad, backend)
 
 
