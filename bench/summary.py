@@ -40,7 +40,8 @@ ZOO_TARGETS = {"train": 0.8, "infer": 1.0}
 AUTO_CLOSE_ENOUGH = 1.10  # auto may be at most 10% slower than the better backend
 _SHORT = {"conv2d": "fwd", "conv2d_grad_weight": "dW", "conv2d_grad_input": "dX", "max_pool2d": "fwd",
           "max_pool2d_backward": "bwd", "avg_pool2d": "fwd", "avg_pool2d_backward": "bwd", "conv2d_max_pool2d": "fwd",
-          "conv2d_max_pool2d_grad_weight": "dW", "conv2d_max_pool2d_grad_input": "dX"}
+          "conv2d_max_pool2d_grad_weight": "dW", "conv2d_max_pool2d_grad_input": "dX", "conv2d_relu": "fwd",
+          "conv2d_relu_grad_weight": "dW", "conv2d_relu_grad_input": "dX"}
 COLUMNS = ["op", "phase", "shape", "numba ms", "numpy ms", "auto ms", "fastcnn ms", "torch ms",
            "numba speedup", "auto chose", "auto / best", "choice / best", "fastcnn / torch", "target"]
 

@@ -335,7 +335,7 @@ class _Layer(_Step):
 
 def _fast(layer: Layer) -> bool:
     """Whether the plan runs ``layer`` through its own steps: a Dense, or a Conv2D with zero padding
-    that has no groups (it fuses with a pool) or is depthwise; other convs run their layer's forward."""
+    that has no groups (it fuses with a pool or a ReLU) or is depthwise; other convs run their layer's forward."""
     return type(layer) is Dense or (type(layer) is Conv2D and layer.padding_mode == "zeros"
                                     and layer.groups in (1, layer.in_channels))
 

@@ -59,12 +59,13 @@ def test_conv_relu_is_the_separate_ops_bit_for_bit(backend, x_shape, w_shape, st
     x[0, 0, 3, 3] = np.nan
     conv = (stride, padding, dilation)
     y = F.conv2d_relu(x, w, b, *conv, backend=backend)
-    want = F.relu(F.conv2d(x, w, b, *conv, backend=backend))
+    want = F.relu(F.conv2d(x, w, b, *conv, backend=backend), backend=backend)
     assert np.isnan(want).any()
     np.testing.assert_array_equal(y, want)
     gy = np.random.default_rng(3).standard_normal(y.shape).astype(np.float32)
+    gy[0][y[0] <= 0] = np.nan  # stopped by the gate, as relu_backward stops it
     got = F.conv2d_relu_backward(gy, y, x, w, *conv, backend=backend)
-    expected = F.conv2d_backward(F.relu_backward(gy, want), x, w, *conv, backend=backend)
+    expected = F.conv2d_backward(F.relu_backward(gy, want, backend=backend), x, w, *conv, backend=backend)
     for a, e in zip(got, expected):
         np.testing.assert_array_equal(a, e)
     gx, gw, gb = F.conv2d_relu_backward(gy, y, x, w, *conv, input_grad=False, backend=backend)
@@ -129,3 +130,16 @@ def test_training_with_conv_relu_steps_is_the_layers_one_by_one(backend):
         np.testing.assert_array_equal(fused.predict(x), plain.predict(x))
     for a, b in zip(*grads):
         np.testing.assert_array_equal(a, b)
+
+
+def test_predict_runs_a_conv_relu_step_the_fast_path_cannot_take():
+    """A ConvReLU whose weight the plan's fast path does not take (Fortran order) runs its layers: the
+    layers' own answer."""
+    model = fastcnn.Sequential([L.Conv2D(2, 4, 3, padding=1, rng=0), L.ReLU(), L.Flatten(), L.Dense(4 * 5 * 5, 3, rng=1)],
+                               input_shape=(2, 5, 5))
+    conv = model.layers[0]
+    conv.params["weight"] = np.asfortranarray(conv.params["weight"])
+    x = np.random.default_rng(5).standard_normal((3, 2, 5, 5)).astype(np.float32)
+    want = model.layers[3].forward(model.layers[2].forward(model.layers[1].forward(conv.forward(x))))
+    np.testing.assert_allclose(model.predict(x), want, rtol=1e-6, atol=1e-6)
+    assert [type(s).__name__ for s in model._inference.steps][:2] == ["_Layer", "_Relu"]
