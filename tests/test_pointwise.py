@@ -9,6 +9,7 @@ import scipy.special
 
 import fastcnn.functional as F
 
+from .conftest import BACKENDS
 from .reference import numeric_grad
 
 DTYPES = [np.float32, np.float64]
@@ -27,13 +28,18 @@ def test_activations_match_independent_formulas(rng, dtype):
         np.testing.assert_allclose(got, want, **tol)
 
 
+@pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("name", ["tanh", "sigmoid", "softmax"])
-def test_activation_gradients_match_finite_differences(rng, name):
+def test_activation_gradients_match_finite_differences(rng, name, backend):
     forward, backward = getattr(F, name), getattr(F, name + "_backward")
     x = rng.standard_normal((2, 3, 4))
     weights = rng.standard_normal(x.shape)  # the loss sum(weights * f(x)) has d/dy = weights
     expected = numeric_grad(lambda: float((weights * forward(x)).sum()), x)
-    np.testing.assert_allclose(backward(weights, forward(x)), expected, rtol=1e-6, atol=1e-8)
+    np.testing.assert_allclose(backward(weights, forward(x), backend=backend), expected, rtol=1e-6, atol=1e-8)
+    y32, w32 = forward(x.astype(np.float32)), weights.astype(np.float32)
+    got = backward(w32, y32, backend=backend)
+    assert got.dtype == np.float32
+    np.testing.assert_allclose(got, backward(weights, forward(x), backend=backend), rtol=2e-5, atol=1e-6)
 
 
 def _one_hot_rows(rng, n, k):

@@ -1,5 +1,5 @@
-"""Element-wise training steps as Numba loops: ReLU and LeakyReLU and their gradients, dropout, and the
-Adam update.
+"""Element-wise training steps as Numba loops: ReLU and LeakyReLU and their gradients, the gradients of
+tanh and the sigmoid (from their outputs: no library call), dropout, and the Adam update.
 
 SiLU and tanh-GELU have no Numba kernels: ``exp`` and ``tanh`` compile to scalar library calls (see
 :mod:`.loss_numba`), and a parallel loop of them was no faster than NumPy's vectorised versions on 2
@@ -28,6 +28,17 @@ def relu_backward(grad, y):
     return sized(_relu_backward, grad.size)(grad, y)
 
 
+def tanh_backward(grad, y):
+    """Gradient of tanh from its output ``y``: ``grad * (1 - y**2)``, in one pass (NumPy's makes two
+    temporaries)."""
+    return sized(_tanh_backward, grad.size)(grad, y, grad.dtype.type(1))
+
+
+def sigmoid_backward(grad, y):
+    """Gradient of the sigmoid from its output ``y``: ``grad * y * (1 - y)``, in one pass."""
+    return sized(_sigmoid_backward, grad.size)(grad, y, grad.dtype.type(1))
+
+
 def dropout(x, seed, threshold, scale):
     """``x`` times ``scale`` where the element survives (see :func:`._mask.kept`), else 0; also the
     gradient (the same mask, drawn again from ``seed``)."""
@@ -52,6 +63,29 @@ def _relu_backward(grad, y):
     out = np.empty_like(g)
     for i in prange(g.size):
         out[i] = g[i] if yf[i] > 0 else 0
+    return out.reshape(grad.shape)
+
+
+@parallel_kernel
+def _tanh_backward(grad, y, one):
+    """:func:`tanh_backward`, element by element (``one`` in the dtype: a literal 1 would make float32
+    arithmetic float64)."""
+    g, yf = grad.reshape(grad.size), y.reshape(y.size)
+    out = np.empty_like(g)
+    for i in prange(g.size):
+        v = yf[i]
+        out[i] = g[i] * (one - v * v)
+    return out.reshape(grad.shape)
+
+
+@parallel_kernel
+def _sigmoid_backward(grad, y, one):
+    """:func:`sigmoid_backward`, element by element (``one`` as in :func:`_tanh_backward`)."""
+    g, yf = grad.reshape(grad.size), y.reshape(y.size)
+    out = np.empty_like(g)
+    for i in prange(g.size):
+        v = yf[i]
+        out[i] = g[i] * v * (one - v)
     return out.reshape(grad.shape)
 
 

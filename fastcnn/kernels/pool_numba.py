@@ -213,16 +213,22 @@ def _avg_pool(xp, kh, kw, sh, sw, oh, ow, scale):
 
 @parallel_kernel
 def _avg_unpool(gy, padded_shape, kh, kw, sh, sw, scale):
-    """:func:`avg_pool2d_backward`, a (sample, channel) plane per task."""
+    """:func:`avg_pool2d_backward`, a (sample, channel) plane per task: each task zeroes its own plane
+    (in cache, in parallel; not a serial pass over fresh memory first), then adds each window's share
+    row by row."""
     n, c, oh, ow = gy.shape
-    grad_xp = np.zeros(padded_shape, dtype=gy.dtype)
+    grad_xp = np.empty(padded_shape, dtype=gy.dtype)
+    plane_size = padded_shape[2] * padded_shape[3]
+    flat = grad_xp.reshape(grad_xp.size)
     for task in prange(n * c):
         s, ch = task // c, task % c
+        clear(flat, task * plane_size, plane_size)
         plane = grad_xp[s, ch]
         for r in range(oh):
-            for q in range(ow):
-                g = gy[s, ch, r, q] * scale[r, q]
-                for i in range(kh):
+            for i in range(kh):
+                row = plane[r * sh + i]
+                for q in range(ow):
+                    g = gy[s, ch, r, q] * scale[r, q]
                     for j in range(kw):
-                        plane[r * sh + i, q * sw + j] += g
+                        row[q * sw + j] += g
     return grad_xp
