@@ -17,6 +17,7 @@ CASES = [  # x shape, weight shape, stride, padding, dilation: stride 1, by phas
     ((2, 3, 11, 10), (8, 3, 3, 3), 2, 1, 2),
     ((2, 3, 12, 12), (9, 3, 5, 5), 1, "same", 2),
     ((2, 16, 7, 7), (8, 16, 1, 1), 1, 0, 1),
+    ((3, 5, 4, 6), (7, 5, 1, 1), 1, 0, 1),  # an odd batch: NumPy's 1x1 products deal samples to the threads
 ]
 
 

@@ -3,9 +3,12 @@
 The batch is cut into blocks of samples whose columns (about 1 MB) stay in cache; each block is one
 GEMM, ``(C_out, C_in*kH*kW) @ (C_in*kH*kW, block*OH*OW)``, and fastcnn's threads take the blocks in
 turn (see :func:`.blas.on_threads`). im2col loops only over the kernel offsets (kH * kW strided
-copies, as in Chainer's ``utils/conv.py``).
+copies, as in Chainer's ``utils/conv.py``). A 1x1 conv without stride or padding needs no columns: it
+is one product per sample on the arrays as they lie, the samples dealt to the threads.
 """
 from __future__ import annotations
+
+from typing import Callable
 
 import numpy as np
 
@@ -46,9 +49,29 @@ def _channels_first(a: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(a.reshape(m, c, oh * ow).transpose(1, 0, 2)).reshape(c, m * oh * ow)
 
 
+def _pointwise(geo) -> bool:
+    """Whether the conv ``geo`` is a 1x1 conv with stride 1 and no padding: a matrix product per
+    sample, ``W (C_out, C) @ x[s] (C, H*W)``, on the arrays as they are (no columns to copy)."""
+    return geo.kernel == (1, 1) and geo.stride == (1, 1) and geo.padding == ((0, 0), (0, 0))
+
+
+def _per_sample(n: int, product: Callable[[int], np.ndarray | None]) -> list:
+    """``product(s)`` for every sample ``s < n``, the samples dealt round-robin to fastcnn's threads
+    (BLAS held to one); returns each thread's results in its order (see :func:`.blas.on_threads`)."""
+    return on_threads(lambda worker, workers: [product(s) for s in range(worker, n, workers)])
+
+
 def conv2d_forward(x, w, b, geo):
     """``y = conv(x, w) + b`` for an input ``x`` (N, C, H, W) and weight (C_out, C, kH, kW); ``geo`` is
-    the conv's :class:`~fastcnn._checks.ConvGeometry` (its padding, stride, dilation and output size)."""
+    the conv's :class:`~fastcnn._checks.ConvGeometry` (its padding, stride, dilation and output size).
+    A 1x1 conv (:func:`_pointwise`) is a product per sample; others are im2col products by blocks."""
+    if _pointwise(geo):
+        n, c, h, width = x.shape
+        xs, w2 = x.reshape(n, c, h * width), w.reshape(w.shape[0], c)
+        y = np.empty((n, w.shape[0], h * width), dtype=x.dtype)
+        bias = b[:, None]
+        _per_sample(n, lambda s: np.add(np.matmul(w2, xs[s], out=y[s]), bias, out=y[s]))
+        return y.reshape(n, w.shape[0], h, width)
     xp = zero_padded(x, geo.padding)
     (sh, sw), (dh, dw), (oh, ow) = geo.stride, geo.dilation, geo.out_hw
     n, c = xp.shape[:2]
@@ -77,6 +100,15 @@ def conv2d_relu_forward(x, w, b, geo):
 
 def conv2d_grad_weight(gy, x, geo):
     """Gradients of a conv of the input ``x`` with respect to its weight, shape (C_out, C, kH, kW), and its bias."""
+    if _pointwise(geo):
+        n, c_out, c = gy.shape[0], gy.shape[1], x.shape[1]
+        gs, xs = gy.reshape(n, c_out, gy.shape[2] * gy.shape[3]), x.reshape(n, c, x.shape[2] * x.shape[3])
+        parts = [sum(products, np.zeros((c_out, c), gy.dtype))
+                 for products in _per_sample(n, lambda s: gs[s] @ xs[s].T)]
+        grad_w = parts[0]
+        for part in parts[1:]:
+            grad_w += part
+        return grad_w.reshape(c_out, c, 1, 1), channel_sums(gy)
     xp = zero_padded(x, geo.padding)
     (kh, kw), (sh, sw), (dh, dw) = geo.kernel, geo.stride, geo.dilation
     n, c = xp.shape[:2]
@@ -101,6 +133,12 @@ def conv2d_grad_weight(gy, x, geo):
 
 def conv2d_grad_input(gy, w, geo):
     """Gradient of a conv with respect to its input, shape (N, C, H, W)."""
+    if _pointwise(geo):
+        n, c_out, oh, ow = gy.shape
+        w2t, gs = w.reshape(c_out, -1).T, gy.reshape(n, c_out, oh * ow)
+        grad_x = np.empty((n, w.shape[1], oh * ow), dtype=gy.dtype)
+        _per_sample(n, lambda s: np.matmul(w2t, gs[s], out=grad_x[s]))
+        return grad_x.reshape(n, w.shape[1], oh, ow)
     (hp, wp), (sh, sw), (dh, dw) = geo.padded_hw, geo.stride, geo.dilation
     n, _, oh, ow = gy.shape
     c_out, c, kh, kw = w.shape
