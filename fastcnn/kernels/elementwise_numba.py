@@ -31,12 +31,12 @@ def relu_backward(grad, y):
 def tanh_backward(grad, y):
     """Gradient of tanh from its output ``y``: ``grad * (1 - y**2)``, in one pass (NumPy's makes two
     temporaries)."""
-    return sized(_tanh_backward, grad.size)(grad, y, grad.dtype.type(1))
+    return sized(_from_output, grad.size)(grad, y, grad.dtype.type(1), False)
 
 
 def sigmoid_backward(grad, y):
     """Gradient of the sigmoid from its output ``y``: ``grad * y * (1 - y)``, in one pass."""
-    return sized(_sigmoid_backward, grad.size)(grad, y, grad.dtype.type(1))
+    return sized(_from_output, grad.size)(grad, y, grad.dtype.type(1), True)
 
 
 def dropout(x, seed, threshold, scale):
@@ -67,25 +67,14 @@ def _relu_backward(grad, y):
 
 
 @parallel_kernel
-def _tanh_backward(grad, y, one):
-    """:func:`tanh_backward`, element by element (``one`` in the dtype: a literal 1 would make float32
-    arithmetic float64)."""
+def _from_output(grad, y, one, sigmoid):
+    """:func:`tanh_backward`, or with ``sigmoid`` :func:`sigmoid_backward`, element by element (``one``
+    in the dtype: a literal 1 would make float32 arithmetic float64)."""
     g, yf = grad.reshape(grad.size), y.reshape(y.size)
     out = np.empty_like(g)
     for i in prange(g.size):
         v = yf[i]
-        out[i] = g[i] * (one - v * v)
-    return out.reshape(grad.shape)
-
-
-@parallel_kernel
-def _sigmoid_backward(grad, y, one):
-    """:func:`sigmoid_backward`, element by element (``one`` as in :func:`_tanh_backward`)."""
-    g, yf = grad.reshape(grad.size), y.reshape(y.size)
-    out = np.empty_like(g)
-    for i in prange(g.size):
-        v = yf[i]
-        out[i] = g[i] * v * (one - v)
+        out[i] = g[i] * (v * (one - v) if sigmoid else one - v * v)
     return out.reshape(grad.shape)
 
 
