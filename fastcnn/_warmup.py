@@ -16,7 +16,7 @@ import numpy as np
 
 from . import dispatch
 from .kernels import jit
-from .layers import Conv2D, ConvMaxPool, ConvReLU
+from .layers import Conv2D, FusedConv
 
 
 def start(model, batch_size: int) -> subprocess.Popen | None:
@@ -64,11 +64,11 @@ def _container_calls(container, shape: tuple[int, ...], input_grad: bool) -> lis
     calls = []
     for i, step in enumerate(steps):
         out = (shape[0],) + tuple(step.output_shape(shape[1:]))
-        conv = step.conv if isinstance(step, (ConvMaxPool, ConvReLU)) else step
+        conv = step.conv if isinstance(step, FusedConv) else step
         if isinstance(conv, Conv2D) and conv.fuses:  # (grouped and padding-mode convs compile on first use)
             calls.append(dict(x=shape, y=out, weight=conv.params["weight"].shape,
                               stride=conv.stride, padding=conv.padding, dilation=conv.dilation,
-                              pooled=isinstance(step, ConvMaxPool), input_grad=i != first, dtype=container.dtype.str))
+                              pooled=conv is not step and step.pool is not None, input_grad=i != first, dtype=container.dtype.str))
         for inner in step.containers():
             calls += _container_calls(inner, shape, input_grad=i != first)
         shape = out

@@ -48,7 +48,7 @@ import numpy as np
 from . import backends, dispatch
 from . import functional as F
 from ._checks import check_allocation, conv_geometry, pool_geometry
-from .layers import (AvgPool2D, BatchNorm1D, BatchNorm2D, Conv2D, ConvMaxPool, ConvReLU, Dense, Dropout, Flatten,
+from .layers import (AvgPool2D, BatchNorm1D, BatchNorm2D, Conv2D, Dense, Dropout, Flatten, FusedConv,
                      GlobalAvgPool2D, Layer, MaxPool2D, ReLU)
 from .kernels.jit import num_threads
 from .kernels.scratch import zero_padded
@@ -384,11 +384,11 @@ class InferencePlan:
                 arrays[id(layer)] = _live(layer)
         self.steps: list[_Step] = []
         for step in fuse(virtual):
-            conv = step.conv if type(step) in (ConvMaxPool, ConvReLU) else step
+            fused = isinstance(step, FusedConv)
+            conv = step.conv if fused else step
             if type(conv) is Conv2D and id(conv) in arrays:
-                pool = step.pool if type(step) is ConvMaxPool else None
-                relu = type(step) is ConvReLU or (type(step) is ConvMaxPool and step.relu is not None)
-                self.steps.append(_Conv(dtype, conv, arrays[id(conv)], pool, relu))
+                pool = step.pool if fused else None
+                self.steps.append(_Conv(dtype, conv, arrays[id(conv)], pool, fused and step.relu is not None))
             elif type(step) is Dense and id(step) in arrays:
                 self.steps.append(_Linear(dtype, step, arrays[id(step)]))
             elif type(step) is MaxPool2D:
@@ -402,10 +402,10 @@ class InferencePlan:
                 self.steps.append(_Relu(dtype, step))
             elif type(step) is Flatten:
                 self.steps.append(_Flatten(dtype, step))
-            elif type(step) is ConvMaxPool:  # parameters the fast path cannot take: run the layers themselves
-                self.steps.extend(_Layer(dtype, layer) for layer in (step.conv, step.pool, step.relu) if layer)
-            elif type(step) is ConvReLU:
-                self.steps.extend((_Layer(dtype, step.conv), _Relu(dtype, step.relu)))
+            elif fused:  # parameters the fast path cannot take: run the layers themselves
+                self.steps.extend(_Layer(dtype, layer) for layer in (step.conv, step.pool) if layer)
+                if step.relu is not None:
+                    self.steps.append(_Relu(dtype, step.relu))
             elif type(step) in RESIDUAL_BLOCKS:
                 self.steps.append(_Residual(dtype, step))
             else:

@@ -458,17 +458,30 @@ class MaxPool2D(_Pool2D):
                                      backend=self.backend)
 
 
-class ConvMaxPool(_WeightLayer):
-    """A :class:`Conv2D` and the :class:`MaxPool2D` after it, and optionally the :class:`ReLU` after
-    that, run as one op, :func:`fastcnn.functional.conv2d_max_pool2d`: a step of
-    :class:`fastcnn.Sequential`'s run order, not a layer to add. The parameters and gradients are the
-    convolution's own dicts."""
+class FusedConv(_WeightLayer):
+    """A :class:`Conv2D` and the layers after it that run with it as one op (``pool``, a
+    :class:`MaxPool2D`, and ``relu``, a :class:`ReLU`, each None where absent): a step of
+    :class:`fastcnn.Sequential`'s run order (see :func:`fastcnn.steps.fuse`), not a layer to add. The
+    parameters and gradients are the convolution's own dicts."""
 
-    def __init__(self, conv: Conv2D, pool: MaxPool2D, relu: ReLU | None = None) -> None:
+    def __init__(self, conv: Conv2D, pool: MaxPool2D | None, relu: ReLU | None) -> None:
         super().__init__()
         self.conv, self.pool, self.relu = conv, pool, relu
         self.params, self.grads = conv.params, conv.grads
-        self._x = self._argmax = self._y = None
+        self._x = self._y = None
+
+    def output_shape(self, input_shape):
+        shape = self.conv.output_shape(input_shape)
+        return shape if self.pool is None else self.pool.output_shape(shape)
+
+
+class ConvMaxPool(FusedConv):
+    """A :class:`Conv2D` and the :class:`MaxPool2D` after it, and optionally the :class:`ReLU` after
+    that, run as one op, :func:`fastcnn.functional.conv2d_max_pool2d` (see :class:`FusedConv`)."""
+
+    def __init__(self, conv: Conv2D, pool: MaxPool2D, relu: ReLU | None = None) -> None:
+        super().__init__(conv, pool, relu)
+        self._argmax = None
 
     def forward(self, x, training=False):
         conv, pool = self.conv, self.pool
@@ -487,23 +500,16 @@ class ConvMaxPool(_WeightLayer):
                                             input_grad=input_grad, check_indices=False, backend=conv.backend,
                                             **conv.geometry())
 
-    def output_shape(self, input_shape):
-        return self.pool.output_shape(self.conv.output_shape(input_shape))
-
     def __repr__(self) -> str:
         return f"ConvMaxPool({self.conv!r}, {self.pool!r}, {self.relu!r})"
 
 
-class ConvReLU(_WeightLayer):
-    """A :class:`Conv2D` and the :class:`ReLU` after it, run as one op, :func:`fastcnn.functional.conv2d_relu`:
-    a step of :class:`fastcnn.Sequential`'s run order, not a layer to add. The parameters and gradients
-    are the convolution's own dicts."""
+class ConvReLU(FusedConv):
+    """A :class:`Conv2D` and the :class:`ReLU` after it, run as one op, :func:`fastcnn.functional.conv2d_relu`
+    (see :class:`FusedConv`)."""
 
     def __init__(self, conv: Conv2D, relu: ReLU) -> None:
-        super().__init__()
-        self.conv, self.relu = conv, relu
-        self.params, self.grads = conv.params, conv.grads
-        self._x = self._y = None
+        super().__init__(conv, None, relu)
 
     def forward(self, x, training=False):
         conv = self.conv
@@ -515,9 +521,6 @@ class ConvReLU(_WeightLayer):
         conv = self.conv
         return F.conv2d_relu_backward(grad, self._cached("_y"), self._cached("_x"), conv.params["weight"],
                                       input_grad=input_grad, backend=conv.backend, **conv.geometry())
-
-    def output_shape(self, input_shape):
-        return self.conv.output_shape(input_shape)
 
     def __repr__(self) -> str:
         return f"ConvReLU({self.conv!r}, {self.relu!r})"
