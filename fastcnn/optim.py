@@ -186,7 +186,7 @@ class Adam(Optimizer):
     def _rates(self, lr):
         b1, b2 = self.betas
         step = self.iterations
-        return b1, b2, lr / (1 - b1**step), 1 - b2**step, self.eps
+        return _InDtype((b1, 1 - b1, b2, 1 - b2, lr / (1 - b1**step), 1 - b2**step, self.eps))
 
     def _update(self, name, param, grad, rates):
         state = self.state.get(name)
@@ -195,9 +195,23 @@ class Adam(Optimizer):
         flat = param.reshape(-1) if param.flags.c_contiguous else param.flatten()  # the kernels take 1-D arrays
         if grad.dtype != param.dtype or not grad.flags.c_contiguous:
             grad = np.ascontiguousarray(grad, dtype=param.dtype)
-        dispatch.run("adam_update", (param.size, param.dtype.char), (flat, grad.reshape(-1), state["m"], state["v"], rates))
+        dispatch.run("adam_update", (param.size, param.dtype.char),
+                     (flat, grad.reshape(-1), state["m"], state["v"], rates[param.dtype]))
         if not param.flags.c_contiguous:
             param[...] = flat.reshape(param.shape)
+
+
+class _InDtype(dict):
+    """A step's rates (Python floats) as scalars of each parameter dtype, converted once per step and
+    dtype: ``rates[np.dtype(np.float32)]`` is a tuple of float32 values."""
+
+    def __init__(self, rates: tuple[float, ...]) -> None:
+        super().__init__()
+        self.rates = rates
+
+    def __missing__(self, dtype: np.dtype) -> tuple:
+        typed = self[dtype] = tuple(dtype.type(r) for r in self.rates)
+        return typed
 
 
 #: The optimizers ``fit(optimizer=...)`` knows by name, each with its default settings.

@@ -459,7 +459,7 @@ def test_numba_conv_never_reads_stale_scratch(rng):
     gp = rng.standard_normal((5, 4, 7, 5))
 
     def poisoned(result):
-        for buf in getattr(scratch._local, "buffers", {}).values():
+        for buf, *_ in getattr(scratch._local, "buffers", {}).values():  # (memory, shape, dtype, view)
             buf.view(np.float64)[:] = np.nan
         return result
 

@@ -14,6 +14,7 @@ run on any thread.
 """
 from __future__ import annotations
 
+import functools
 import math
 import threading
 from concurrent.futures import ThreadPoolExecutor
@@ -150,5 +151,13 @@ def channel_sums(a: np.ndarray) -> np.ndarray:
     size = math.prod(a.shape[2:])  # (not -1 in the reshapes: an empty batch has no size to infer from)
     per_sample = a.reshape(n, c, size)
     if size != 1:
-        per_sample = matmul(per_sample.reshape(n * c, size), np.ones((size, 1), a.dtype))
-    return matmul(np.ones((1, n), a.dtype), per_sample.reshape(n, c))[0]
+        per_sample = matmul(per_sample.reshape(n * c, size), _ones((size, 1), a.dtype))
+    return matmul(_ones((1, n), a.dtype), per_sample.reshape(n, c))[0]
+
+
+@functools.lru_cache(maxsize=64)
+def _ones(shape: tuple[int, int], dtype: np.dtype) -> np.ndarray:
+    """A read-only array of ones, made once per shape (a training step asks for the same ones every time)."""
+    ones = np.ones(shape, dtype)
+    ones.flags.writeable = False
+    return ones

@@ -80,14 +80,10 @@ def _from_output(grad, y, one, sigmoid):
 
 def adam_update(param, grad, m, v, rates):
     """One Adam step in place on the 1-D arrays ``param``, ``m`` and ``v``; ``rates`` are this step's
-    ``(b1, b2, step_size, bias2, eps)`` (see :class:`fastcnn.optim.Adam`).
-
-    The rates enter the kernel in the parameters' dtype, ``1 - b1`` and ``1 - b2`` made here: a Python
-    float (or ``1 - b1`` inside the kernel) would turn a float32 update into float64 arithmetic,
+    ``(b1, 1 - b1, b2, 1 - b2, step_size, bias2, eps)`` as scalars of the parameters' dtype (see
+    :class:`fastcnn.optim.Adam`): a Python float would turn a float32 update into float64 arithmetic,
     which does not vectorise as well (about 3.5x slower)."""
-    b1, b2, step_size, bias2, eps = (param.dtype.type(r) for r in rates)
-    one = param.dtype.type(1)
-    sized(_adam_update, param.size)(param, grad, m, v, b1, one - b1, b2, one - b2, step_size, bias2, eps)
+    sized(_adam_update, param.size)(param, grad, m, v, *rates)
 
 
 @parallel_kernel

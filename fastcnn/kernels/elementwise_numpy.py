@@ -22,16 +22,16 @@ def relu_backward(grad, y):
 
 def adam_update(param, grad, m, v, rates):
     """One Adam step in place on the 1-D arrays ``param``, ``m`` and ``v``; ``rates`` are this step's
-    ``(b1, b2, step_size, bias2, eps)`` (see :class:`fastcnn.optim.Adam`)."""
-    b1, b2, step_size, bias2, eps = rates
-    t = param.dtype.type
-    m *= t(b1)
-    m += t(1 - b1) * grad
-    v *= t(b2)
-    v += t(1 - b2) * grad * grad
-    denom = np.sqrt(v / t(bias2))
-    denom += t(eps)
-    param -= t(step_size) * m / denom
+    ``(b1, 1 - b1, b2, 1 - b2, step_size, bias2, eps)`` as scalars of the parameters' dtype (see
+    :class:`fastcnn.optim.Adam`)."""
+    b1, c1, b2, c2, step_size, bias2, eps = rates
+    m *= b1
+    m += c1 * grad
+    v *= b2
+    v += c2 * grad * grad
+    denom = np.sqrt(v / bias2)
+    denom += eps
+    param -= step_size * m / denom
 
 
 def dropout(x, seed, threshold, scale):

@@ -49,15 +49,16 @@ def derived(role: str, shape: tuple[int, ...], dtype: np.dtype | type, source: n
     out = _buffer(role, shape, dtype)
     held = getattr(_local, "held", None) if _nbytes(shape, dtype) <= _KEEP_BYTES else None
     sources = source if isinstance(source, tuple) else (source,)
-    tag = tuple((id(a), a.__array_interface__["data"][0], a.shape, a.strides, a.dtype.str) for a in sources)
-    tag += (tuple(shape), dtype.str, layout)
-    if held is not None and held.get(role) == tag:
+    # The block holds the sources, so no other array can take their ids while it keeps the tag.
+    tag = tuple((id(a), a.shape, a.strides, a.dtype) for a in sources) + (tuple(shape), dtype, layout)
+    kept = held.get(role) if held else None
+    if kept is not None and kept[0] == tag:
         return out
     if held:
         held.pop(role, None)
     fill(out)
     if held is not None:
-        held[role] = tag
+        held[role] = (tag, sources)
     return out
 
 
@@ -89,12 +90,17 @@ def _buffer(role: str, shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray:
     buffers = getattr(_local, "buffers", None)
     if buffers is None:
         buffers = _local.buffers = {}
-    buf = buffers.get(role)
+    kept = buffers.get(role)
+    if kept is not None and kept[1] == shape and kept[2] == dtype:
+        return kept[3]  # the view the last call made: most calls ask for the same shape again
+    buf = None if kept is None else kept[0]
     if buf is None or buf.nbytes < nbytes:
         raw = np.empty(nbytes + _ALIGN, np.uint8)
         start = -raw.__array_interface__["data"][0] % _ALIGN
-        buf = buffers[role] = raw[start : start + nbytes]
-    return buf[:nbytes].view(dtype).reshape(shape)
+        buf = raw[start : start + nbytes]
+    view = buf[:nbytes].view(dtype).reshape(shape)
+    buffers[role] = (buf, shape, dtype, view)
+    return view
 
 
 NO_PADDING = ((0, 0), (0, 0))  # ((top, bottom), (left, right)), as zero_padded and cropped take it
