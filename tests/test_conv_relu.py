@@ -74,6 +74,41 @@ def test_conv_relu_is_the_separate_ops_bit_for_bit(backend, x_shape, w_shape, st
     np.testing.assert_array_equal(gw, expected[1])
 
 
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_the_two_gradients_gate_and_unpool_once(backend, monkeypatch):
+    """Where a backend gates the output gradient (or unpools it) as a separate pass, the two gradients of
+    one backward call share that pass; a new call does it again."""
+    from fastcnn.kernels import elementwise_numba, elementwise_numpy, pool_numba, pool_numpy
+
+    calls = []
+
+    def counted(module, name):
+        real = getattr(module, name)
+        monkeypatch.setattr(module, name, lambda *args: calls.append(name) or real(*args))
+
+    for module in (elementwise_numpy, elementwise_numba):
+        if hasattr(module, "relu_backward"):
+            counted(module, "relu_backward")
+    for module in (pool_numpy, pool_numba):
+        counted(module, "max_pool2d_backward")
+    x, w, b = _case((2, 3, 11, 10), (8, 3, 3, 3), np.float32)
+    conv = (2, 1, 2)  # strided and dilated: gated as a separate pass on both backends
+    y = F.conv2d_relu(x, w, b, *conv, backend=backend)
+    gy = np.random.default_rng(1).standard_normal(y.shape).astype(np.float32)
+    want = F.conv2d_backward(np.where(y > 0, gy, 0), x, w, *conv, backend=backend)
+    for _ in range(2):
+        calls.clear()
+        got = F.conv2d_relu_backward(gy, y, x, w, *conv, backend=backend)
+        assert calls == ["relu_backward"]
+        for a, e in zip(got, want):
+            np.testing.assert_array_equal(a, e)
+    yp, idx = F.conv2d_max_pool2d(x, w, b, padding=1, dilation=2, relu=True, backend=backend)
+    gp = np.random.default_rng(2).standard_normal(yp.shape).astype(np.float32)
+    calls.clear()
+    F.conv2d_max_pool2d_backward(gp, idx, x, w, padding=1, dilation=2, relu_output=yp, backend=backend)
+    assert calls.count("relu_backward") == calls.count("max_pool2d_backward") == (backend == "numpy")
+
+
 def test_conv_relu_checks_its_arguments():
     x, w, b = _case((2, 3, 6, 6), (4, 3, 3, 3), np.float32)
     y = F.conv2d_relu(x, w, b)

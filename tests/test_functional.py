@@ -568,6 +568,26 @@ def test_derived_scratch_is_shared_only_inside_a_shared_inputs_block():
         assert len(fills) == 7
 
 
+def test_shared_result_is_made_once_per_shared_inputs_block():
+    from fastcnn.kernels.scratch import shared, shared_inputs
+
+    made = []
+
+    def make(source, layout=(0,)):
+        return shared("test shared", (source,), layout, lambda: made.append(layout) or source + layout[0])
+
+    a = np.arange(3.0)
+    assert make(a) is not make(a) and len(made) == 2  # outside a block: made every time
+    with shared_inputs():
+        first = make(a)
+        assert make(a) is first and len(made) == 3
+        np.testing.assert_array_equal(make(a, (1,)), a + 1)  # another layout is made afresh
+        np.testing.assert_array_equal(make(a.copy()), a)  # so is another source
+        assert len(made) == 5
+    with shared_inputs():
+        assert make(a) is not first and len(made) == 6  # a new block makes it again
+
+
 def test_conv2d_backward_without_input_grad_skips_only_grad_x(backend, rng):
     x = rng.standard_normal((3, 2, 9, 8)).astype(np.float32)
     wt = rng.standard_normal((4, 2, 3, 3)).astype(np.float32)

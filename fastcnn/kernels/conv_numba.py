@@ -32,7 +32,7 @@ from typing import NamedTuple
 import numpy as np
 
 from . import _polyphase, elementwise_numba, jit, pool_numba
-from ._compose import pooled, unpooled
+from ._compose import gated, pooled, unpooled
 from .blas import channel_sums
 from .jit import kernel_helper, parallel_kernel, prange, sized
 from ._pool_vectors import clear
@@ -821,7 +821,7 @@ def _conv2d_grad_weight(gy, gate, x, padding, kh, kw, sh, sw, dh, dw):
         gr, head = _grad_runs(gy, -(-kh // sh), -(-kw // sw), 1, 1, planes, gate)
         return _grad_weight_of_runs(gr, head, xr, offsets, (kh, kw), x.shape[0], planes, work)
     if sh != 1 or sw != 1:
-        gy = gy if gate is None else elementwise_numba.relu_backward(gy, gate)
+        gy = gated(elementwise_numba, gy, gate)
         return sized(_grad_weight_strided, work)(gy, zero_padded(x, padding), kh, kw, sh, sw, dh, dw), channel_sums(gy)
     planes = _wide_planes(x.shape[2], x.shape[3], kh, kw, dh, dw, padding)
     xr, offsets = _input_taps(x, kh, kw, dh, dw, planes)
@@ -946,7 +946,7 @@ def _conv2d_grad_input(gy, gate, w, padding, hp, wp, sh, sw, dh, dw):
                 _grad_input_of_runs(gr, head, sub, grad_x, 1, 1, planes, gy.size * sub[0].size, place)
         return grad_x
     if sh != 1 or sw != 1:
-        gy = gy if gate is None else elementwise_numba.relu_backward(gy, gate)
+        gy = gated(elementwise_numba, gy, gate)
         return cropped(sized(_grad_input_strided, work)(gy, w, hp, wp, sh, sw, dh, dw), padding)
     planes = _wide_planes(*shape[2:], w.shape[2], w.shape[3], dh, dw, padding)
     gr, head = _grad_runs(gy, w.shape[2], w.shape[3], dh, dw, planes, gate)

@@ -14,7 +14,7 @@ import numpy as np
 
 from . import elementwise_numpy, pool_numpy
 from .blas import channel_sums, on_threads
-from ._compose import pooled, unpooled
+from ._compose import gated, pooled, unpooled
 from ._windows import window
 from .scratch import cropped, zero_padded
 
@@ -160,12 +160,12 @@ def conv2d_grad_input(gy, w, geo):
 
 def conv2d_relu_grad_weight(gy, gate, x, geo):
     """:func:`conv2d_grad_weight` of a conv with a ReLU after it, whose output is ``gate``."""
-    return conv2d_grad_weight(elementwise_numpy.relu_backward(gy, gate), x, geo)
+    return conv2d_grad_weight(gated(elementwise_numpy, gy, gate), x, geo)
 
 
 def conv2d_relu_grad_input(gy, gate, w, geo):
     """:func:`conv2d_grad_input` of a conv with a ReLU after it, whose output is ``gate``."""
-    return conv2d_grad_input(elementwise_numpy.relu_backward(gy, gate), w, geo)
+    return conv2d_grad_input(gated(elementwise_numpy, gy, gate), w, geo)
 
 
 def conv2d_max_pool2d_forward(x, w, b, geo, pool, relu):

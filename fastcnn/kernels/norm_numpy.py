@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from . import elementwise_numpy
+
 
 def batch_norm_stats(x):
     """Per-channel mean and biased variance of ``x`` ``(N, C, L)`` over N and L, in ``x``'s dtype."""
@@ -52,7 +54,7 @@ def batch_norm_input_grad(grad, x, mean, inv_std, scale, y, grad_weight, grad_bi
 
 def _masked(grad, y):
     """``grad`` where the fused ReLU's output ``y`` is positive, 0 elsewhere; ``grad`` if ``y`` is None."""
-    return grad if y is None else np.where(y > 0, grad, 0).astype(grad.dtype, copy=False)
+    return grad if y is None else elementwise_numpy.relu_backward(grad, y)
 
 
 def _normalised(x, mean, inv_std):

@@ -49,8 +49,7 @@ def derived(role: str, shape: tuple[int, ...], dtype: np.dtype | type, source: n
     out = _buffer(role, shape, dtype)
     held = getattr(_local, "held", None) if _nbytes(shape, dtype) <= _KEEP_BYTES else None
     sources = source if isinstance(source, tuple) else (source,)
-    # The block holds the sources, so no other array can take their ids while it keeps the tag.
-    tag = tuple((id(a), a.shape, a.strides, a.dtype) for a in sources) + (tuple(shape), dtype, layout)
+    tag = _tag(sources, (tuple(shape), dtype, layout))
     kept = held.get(role) if held else None
     if kept is not None and kept[0] == tag:
         return out
@@ -60,6 +59,28 @@ def derived(role: str, shape: tuple[int, ...], dtype: np.dtype | type, source: n
     if held is not None:
         held[role] = (tag, sources)
     return out
+
+
+def shared(role: str, sources: tuple[np.ndarray, ...], layout: tuple, make: Callable[[], np.ndarray]) -> np.ndarray:
+    """``make()``, a new array computed from ``sources``; inside ``with shared_inputs():``, the array an
+    earlier op of the block made for ``role`` from the same ``sources`` and ``layout`` (the caller
+    must not write to it)."""
+    held = getattr(_local, "held", None)
+    tag = _tag(sources, layout)
+    kept = held.get(role) if held else None
+    if kept is not None and kept[0] == tag:
+        return kept[2]
+    result = make()
+    if held is not None:
+        held[role] = (tag, sources, result)
+    return result
+
+
+def _tag(sources: tuple[np.ndarray, ...], described: tuple) -> tuple:
+    """What :func:`derived` and :func:`shared` compare: the sources' ids, shapes, strides and dtypes and
+    what the caller describes. A block holds the sources it tagged, so no other array can take their
+    ids while it keeps the tag."""
+    return tuple((id(a), a.shape, a.strides, a.dtype) for a in sources) + described
 
 
 class shared_inputs:  # lower case: used like a function, ``with shared_inputs():``
