@@ -25,6 +25,13 @@ CASES = [
     (3, 2, 7, 13, 1, (3, 3), 2, "same", 1),
     (2, 2, 9, 9, 1, (1, 1), 2, 0, 1),
     (3, 1, 8, 7, 2, (3, 3), 2, 1, 2),
+    # stride 1 keeping the width: the kernels' runs over whole planes (depthwise_numba._same_width)
+    (2, 3, 9, 11, 2, (3, 3), 1, 1, 1),
+    (2, 2, 8, 10, 1, (5, 5), 1, "same", 1),
+    (1, 2, 9, 7, 1, (3, 3), 1, "same", 2),
+    (2, 2, 7, 9, 1, (2, 3), 1, (1, 1, 0, 1), 1),
+    (1, 3, 6, 8, 1, (3, 3), 1, (1, 1, 0, 0), 1),
+    (2, 2, 5, 4, 1, (3, 2), 1, (0, 1, 3, 2), 1),
 ]
 # More samples than one stack of planes holds (kernels/_planes.py), the last stack part-full: too large for
 # the reference loops, so against the NumPy backend (which the cases above hold to the reference).
@@ -103,6 +110,27 @@ def test_depthwise_weight_gradient_is_the_same_for_any_thread_count():
         fastcnn.set_num_threads(before)
     for a, b in zip(*results):
         np.testing.assert_array_equal(a, b)
+
+
+@needs_numba
+def test_depthwise_same_width_keeps_inf_out_of_the_neighbouring_rows():
+    """The same-width kernels read a neighbouring row's end where a tap's column is padding and select it
+    away: an inf there must not turn into NaN (as inf * 0 would); every backend gives the loops' values."""
+    rng = np.random.default_rng(7)
+    x = rng.standard_normal((2, 2, 5, 6))
+    x[0, 0, 1, -1] = np.inf  # read as the next row's left padding
+    x[1, 1, 3, 0] = -np.inf  # read as the previous row's right padding
+    w = rng.standard_normal((2, 1, 3, 3))
+    st, pads, dil = _geometry(x, w, 1, 1, 1)
+    want = ref.conv2d(x, w, None, st, pads, dil, 2)
+    gy = np.zeros_like(want)
+    gy[0, 0, 2, -1] = np.inf
+    with np.errstate(invalid="ignore"):  # the reference's weight gradient (not compared) meets inf * 0
+        wants = ref.conv2d_backward(gy, np.nan_to_num(x), w, st, pads, dil, 2)
+    for backend in BACKENDS:
+        np.testing.assert_allclose(F.conv2d(x, w, padding=1, groups=2, backend=backend), want)
+        got = F.conv2d_backward(gy, np.nan_to_num(x), w, padding=1, groups=2, backend=backend)
+        np.testing.assert_allclose(got[0], wants[0])
 
 
 # The helpers, called directly (each is a Numba function).

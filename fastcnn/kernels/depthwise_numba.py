@@ -10,6 +10,13 @@ afterwards, so there is no race and the sums are the same for any thread count.
 
 The input is padded implicitly: each task copies its plane into a zero-bordered one (split into
 phases for a strided conv) that stays in cache, rather than the whole batch being copied once more.
+A conv that keeps the rows' width at stride 1 ("same" padding, the common case) pads its planes with
+zero rows only, one contiguous copy per plane: tap ``(i, j)`` of output position ``p`` reads that plane
+at ``p + i*dh*W + j*dw``, and where that column lies outside the row it reads a neighbouring row's
+end instead, which a column mask selects away (:func:`_correlate_rows`). Runs are a whole plane long,
+without the wide layout's scratch columns or its row-by-row copies. The input gradient is the same
+pass over the output gradient with the kernel turned round; the weight gradient its dot products.
+
 The functions take the arguments of their :mod:`.depthwise_numpy` namesakes.
 """
 from __future__ import annotations
@@ -18,7 +25,7 @@ import numpy as np
 
 from ._planes import (backward_offsets, dot_taps, forward_offsets, gather_taps, narrow, phase_size, place,
                       split_phases, stack_size)
-from .jit import parallel_kernel, prange, sized
+from .jit import kernel_helper, parallel_kernel, prange, sized
 
 
 def conv2d_forward(x, w, b, geo):
@@ -26,13 +33,18 @@ def conv2d_forward(x, w, b, geo):
     :class:`~fastcnn._checks.ConvGeometry`) says."""
     (sh, sw), (dh, dw), (oh, ow) = geo.stride, geo.dilation, geo.out_hw
     (hp, wp), ((top, _), (left, _)) = geo.padded_hw, geo.padding
-    return sized(_forward, x.shape[0] * w.size * oh * ow)(x, w, b, sh, sw, dh, dw, oh, ow, hp, wp, top, left)
+    work = x.shape[0] * w.size * oh * ow
+    if _same_width(geo, x.shape[3]):
+        return sized(_forward_flat, work)(x, w, b, dh, dw, top, left, oh)
+    return sized(_forward, work)(x, w, b, sh, sw, dh, dw, oh, ow, hp, wp, top, left)
 
 
 def conv2d_grad_weight(gy, x, geo, c):
     """Gradients with respect to the weight (C*m, 1, kH, kW) and the bias (``c`` = C)."""
     (kh, kw), (sh, sw), (dh, dw) = geo.kernel, geo.stride, geo.dilation
     (hp, wp), ((top, _), (left, _)) = geo.padded_hw, geo.padding
+    if _same_width(geo, x.shape[3]):
+        return sized(_grad_weight_flat, gy.size * kh * kw)(gy, x, kh, kw, dh, dw, top, left)
     return sized(_grad_weight, gy.size * kh * kw)(gy, x, kh, kw, sh, sw, dh, dw, hp, wp, top, left)
 
 
@@ -40,8 +52,19 @@ def conv2d_grad_input(gy, w, geo, c):
     """Gradient with respect to the input, shape (N, c, H, W)."""
     (hp, wp), (sh, sw), (dh, dw) = geo.padded_hw, geo.stride, geo.dilation
     ((top, bottom), (left, right)) = geo.padding
-    return sized(_grad_input, gy.size * w.shape[2] * w.shape[3])(gy, w, hp, wp, sh, sw, dh, dw, c, top, left,
-                                                                 hp - top - bottom, wp - left - right)
+    h, width = hp - top - bottom, wp - left - right
+    work = gy.size * w.shape[2] * w.shape[3]
+    if _same_width(geo, width):
+        return sized(_grad_input_flat, work)(gy, w, dh, dw, c, top, left, h)
+    return sized(_grad_input, work)(gy, w, hp, wp, sh, sw, dh, dw, c, top, left, h, width)
+
+
+def _same_width(geo, width: int) -> bool:
+    """Whether the conv ``geo`` of an input ``width`` columns wide keeps that width at stride 1, with no
+    more zero rows above or below than the kernel reaches, so that it runs over planes padded with rows
+    only (see the module docstring)."""
+    ((top, bottom), _), reach = geo.padding, (geo.kernel[0] - 1) * geo.dilation[0]
+    return geo.stride == (1, 1) and geo.out_hw[1] == width and top <= reach and bottom <= reach
 
 
 @parallel_kernel
@@ -97,9 +120,15 @@ def _grad_weight(gy, x, kh, kw, sh, sw, dh, dw, hp, wp, top, left):
             for p in range(g.size):  # a loop: g.sum() is a parallel reduction where this prange is serial
                 bias += g[p]
             sums[kh * kw] += bias
-    grad_w = np.empty((c_out, 1, kh, kw), dtype=gy.dtype)
-    grad_b = np.empty(c_out, dtype=gy.dtype)
-    total = partial.sum(axis=0)
+    return _weight_and_bias(partial.sum(axis=0), c_out, kh, kw, gy.dtype)
+
+
+@kernel_helper
+def _weight_and_bias(total, c_out, kh, kw, dtype):
+    """The weight (C_out, 1, kH, kW) and bias gradients in ``dtype`` from the sums ``total`` (C_out,
+    kH*kW + 1), the bias's last."""
+    grad_w = np.empty((c_out, 1, kh, kw), dtype=dtype)
+    grad_b = np.empty(c_out, dtype=dtype)
     for o in range(c_out):
         for t in range(kh * kw):
             grad_w[o, 0, t // kw, t % kw] = total[o, t]
@@ -137,3 +166,149 @@ def _grad_input(gy, w, hp, wp, sh, sw, dh, dw, c, top, left, h, wd):
             for k in range(count):
                 narrow(grad_x[first + k, ch], acc[f, k * block :], width, sh, sw, f // sw - top, f % sw - left)
     return grad_x
+
+
+
+@kernel_helper
+def _padded_length(out_rows, kh, kw, dh, dw, width):
+    """Values in a plane padded with rows only (see :func:`_row_padded`) for ``out_rows`` output rows,
+    with the columns that the first and last rows' taps reach before and after it."""
+    return (out_rows + (kh - 1) * dh) * width + (kw - 1) * dw
+
+
+@kernel_helper
+def _row_padded(buf, plane, start):
+    """Copy the flat ``plane`` into ``buf`` from ``start``; the rest of ``buf`` keeps its zeros."""
+    dst = buf[start : start + plane.shape[0]]  # indices from 0: no check for negative ones, so LLVM vectorises
+    for p in range(plane.shape[0]):
+        dst[p] = plane[p]
+
+
+@kernel_helper
+def _column_offsets(kh, kw, dh, dw, width):
+    """``offsets[j, i]``: where tap ``(i, j)`` of output position 0 reads in a row-padded plane."""
+    offsets = np.empty((kw, kh), np.int64)
+    for j in range(kw):
+        for i in range(kh):
+            offsets[j, i] = i * dh * width + j * dw
+    return offsets
+
+
+@kernel_helper
+def _column_masks(kw, dw, left, width, size):
+    """``masks[j, p]``: whether tap column ``j`` of output position ``p`` (rows ``width`` wide) reads
+    inside its row rather than a neighbouring row's end."""
+    masks = np.empty((kw, size), np.bool_)
+    for j in range(kw):
+        for p in range(size):
+            q = p % width + j * dw - left
+            masks[j, p] = 0 <= q < width
+    return masks
+
+
+@kernel_helper
+def _by_columns(k, flip):
+    """The kernel ``k`` (kH, kW) as ``weights[j, i] = k[i, j]``, or of the kernel turned by 180 degrees."""
+    kh, kw = k.shape
+    weights = np.empty((kw, kh), dtype=k.dtype)
+    for j in range(kw):
+        for i in range(kh):
+            weights[j, i] = k[kh - 1 - i, kw - 1 - j] if flip else k[i, j]
+    return weights
+
+
+@kernel_helper
+def _correlate_rows(out, tmp, buf, weights, offsets, masks, left, dw):
+    """``out[p] += weights[j, i] * buf[p + offsets[j, i]]`` summed over the taps whose column lies inside
+    the row (``masks[j, p]``): a column's taps go to ``tmp`` first, then through its mask, except the
+    column that reads straight down (no mask). A masked value is selected away, not multiplied by 0,
+    which an inf would turn into NaN."""
+    zero = out.dtype.type(0)
+    for j in range(offsets.shape[0]):
+        if j * dw == left:
+            gather_taps(out, buf, weights[j], offsets[j])
+            continue
+        tmp[:] = zero
+        gather_taps(tmp, buf, weights[j], offsets[j])
+        keep = masks[j]
+        for p in range(out.shape[0]):
+            out[p] += tmp[p] if keep[p] else zero
+
+
+@parallel_kernel
+def _forward_flat(x, w, b, dh, dw, top, left, oh):
+    """:func:`conv2d_forward` of a conv that keeps the width at stride 1, an output plane per task."""
+    n, c, h, width = x.shape
+    c_out, _, kh, kw = w.shape
+    m = c_out // c
+    size, length = oh * width, _padded_length(oh, kh, kw, dh, dw, width)
+    offsets, masks = _column_offsets(kh, kw, dh, dw, width), _column_masks(kw, dw, left, width, oh * width)
+    y = np.empty((n, c_out, oh, width), dtype=x.dtype)
+    for task in prange(n * c_out):
+        s, o = task // c_out, task % c_out
+        buf, tmp = np.zeros(length, dtype=x.dtype), np.empty(size, dtype=x.dtype)
+        _row_padded(buf, x[s, o // m].reshape(h * width), left + top * width)
+        out = y[s, o].reshape(size)
+        out[:] = b[o]
+        _correlate_rows(out, tmp, buf, _by_columns(w[o, 0], False), offsets, masks, left, dw)
+    return y
+
+
+@parallel_kernel
+def _grad_input_flat(gy, w, dh, dw, c, top, left, h):
+    """:func:`conv2d_grad_input` of a conv that keeps the width at stride 1, an input plane per task:
+    the forward pass of the output gradient with the kernel turned by 180 degrees and the padding that
+    the kernel's reach leaves (``(kH - 1) * dh - top`` rows above, ``(kW - 1) * dw - left`` columns left)."""
+    n, c_out, oh, width = gy.shape
+    kh, kw = w.shape[2], w.shape[3]
+    m = c_out // c
+    top, left = (kh - 1) * dh - top, (kw - 1) * dw - left
+    size, length = h * width, _padded_length(h, kh, kw, dh, dw, width)
+    offsets, masks = _column_offsets(kh, kw, dh, dw, width), _column_masks(kw, dw, left, width, h * width)
+    grad_x = np.empty((n, c, h, width), dtype=gy.dtype)
+    for task in prange(n * c):
+        s, ch = task // c, task % c
+        buf, tmp = np.zeros(length, dtype=gy.dtype), np.empty(size, dtype=gy.dtype)
+        out = grad_x[s, ch].reshape(size)
+        out[:] = 0
+        for o in range(ch * m, ch * m + m):
+            _row_padded(buf, gy[s, o].reshape(oh * width), left + top * width)
+            _correlate_rows(out, tmp, buf, _by_columns(w[o, 0], True), offsets, masks, left, dw)
+    return grad_x
+
+
+@parallel_kernel
+def _grad_weight_flat(gy, x, kh, kw, dh, dw, top, left):
+    """:func:`conv2d_grad_weight` of a conv that keeps the width at stride 1: a task is one output
+    channel of a fixed part of the batch (the same parts for any thread count), whose sums are added
+    up in a fixed order afterwards."""
+    n, c_out, oh, width = gy.shape
+    c, h = x.shape[1], x.shape[2]
+    m = c_out // c
+    size, length = oh * width, _padded_length(oh, kh, kw, dh, dw, width)
+    offsets, masks = _column_offsets(kh, kw, dh, dw, width), _column_masks(kw, dw, left, width, size)
+    group = stack_size(n, size)
+    parts = phase_size(n, group)
+    partial = np.zeros((parts, c_out, kh * kw + 1))  # the bias's sum last
+    for task in prange(parts * c_out):
+        part, o = task // c_out, task % c_out
+        buf, kept, column = np.zeros(length, dtype=x.dtype), np.empty(size, dtype=gy.dtype), np.empty(kh)
+        sums = partial[part, o]
+        zero = gy.dtype.type(0)
+        for s in range(part * group, min(n, part * group + group)):
+            g = gy[s, o].reshape(size)
+            _row_padded(buf, x[s, o // m].reshape(h * width), left + top * width)
+            for j in range(kw):
+                if j * dw != left:
+                    keep = masks[j]
+                    for p in range(size):
+                        kept[p] = g[p] if keep[p] else zero
+                column[:] = 0
+                dot_taps(column, g if j * dw == left else kept, buf, offsets[j])
+                for i in range(kh):
+                    sums[i * kw + j] += column[i]
+            bias = 0.0
+            for p in range(size):
+                bias += g[p]
+            sums[kh * kw] += bias
+    return _weight_and_bias(partial.sum(axis=0), c_out, kh, kw, gy.dtype)
