@@ -191,3 +191,16 @@ def test_gather_and_dot_taps_follow_their_formulas(dtype, n_taps):
     want_dots = [1 + acc.astype(np.float64) @ src[o : o + n] for o in offsets]
     np.testing.assert_allclose(out[:n_taps], want_dots, **TOL[dtype])
     assert out[n_taps] == 1
+    # With keep: only the kept positions, and a value left out (inf here) is never multiplied in.
+    keep = rng.random(n) < 0.6
+    kept_reads = {o + p for o in offsets for p in np.flatnonzero(keep)}
+    left_out = {o + p for o in offsets for p in np.flatnonzero(~keep)} - kept_reads
+    src[sorted(left_out)] = np.inf  # read only where keep is False
+    masked = acc.copy()
+    _planes.gather_taps(masked, src, weights, offsets, keep)
+    want = acc + np.where(keep, sum(weights[t] * np.where(keep, src[o : o + n], 0) for t, o in enumerate(offsets)), 0)
+    np.testing.assert_allclose(masked, want, **TOL[dtype])
+    out = np.ones(n_taps)
+    _planes.dot_taps(out, acc, src, offsets, keep)
+    want_dots = [1 + acc[keep].astype(np.float64) @ src[o : o + n][keep] for o in offsets]
+    np.testing.assert_allclose(out, want_dots, **TOL[dtype])

@@ -161,44 +161,65 @@ def narrow(dst, src, width, row_step, col_step, row0, col0):
 
 
 @kernel_helper
-def gather_taps(acc, src, weights, offsets):
+def gather_taps(acc, src, weights, offsets, keep=None):
     """``acc[p] += sum(weights[t] * src[offsets[t] + p] for t)`` for every ``p < len(acc)``, three
-    taps per pass over ``acc`` so each of its loads and stores carries three multiply-adds."""
+    taps per pass over ``acc`` so each of its loads and stores carries three multiply-adds; with the
+    boolean array ``keep``, only where ``keep[p]`` (a select: a value left out is never multiplied in,
+    so an inf there cannot make NaN)."""
     n = acc.shape[0]
     if CHECK_BOUNDS:
         check_offsets(src, offsets, n)
+        assert keep is None or keep.shape[0] >= n, "gather_taps: keep is too short"
+    zero = acc.dtype.type(0)
     t = 0
     while t + 3 <= offsets.shape[0]:
         w0, w1, w2 = weights[t], weights[t + 1], weights[t + 2]
         s0, s1, s2 = src[offsets[t] :], src[offsets[t + 1] :], src[offsets[t + 2] :]
-        for p in range(n):
-            acc[p] += w0 * s0[p] + w1 * s1[p] + w2 * s2[p]
+        if keep is None:
+            for p in range(n):
+                acc[p] += w0 * s0[p] + w1 * s1[p] + w2 * s2[p]
+        else:
+            for p in range(n):
+                acc[p] += (w0 * s0[p] + w1 * s1[p] + w2 * s2[p]) if keep[p] else zero
         t += 3
     while t < offsets.shape[0]:
         w0, s0 = weights[t], src[offsets[t] :]
-        for p in range(n):
-            acc[p] += w0 * s0[p]
+        if keep is None:
+            for p in range(n):
+                acc[p] += w0 * s0[p]
+        else:
+            for p in range(n):
+                acc[p] += w0 * s0[p] if keep[p] else zero
         t += 1
 
 
 @kernel_helper
-def dot_taps(out, g, src, offsets):
+def dot_taps(out, g, src, offsets, keep=None):
     """``out[t] += sum(g[p] * src[offsets[t] + p] for p < len(g))`` for every tap ``t``, three taps per
-    pass so each load of ``g`` feeds three sums (kept in ``g``'s dtype, added to ``out``'s)."""
+    pass so each load of ``g`` feeds three sums (kept in ``g``'s dtype, added to ``out``'s); with the
+    boolean array ``keep``, only the ``p`` where ``keep[p]`` (selected, as in :func:`gather_taps`)."""
     n = g.shape[0]
     if CHECK_BOUNDS:
         check_offsets(src, offsets, n)
         assert out.shape[0] >= offsets.shape[0], "dot_taps: out is too short"
+        assert keep is None or keep.shape[0] >= n, "dot_taps: keep is too short"
     zero = g.dtype.type(0)
     t = 0
     while t + 3 <= offsets.shape[0]:
         s0, s1, s2 = src[offsets[t] :], src[offsets[t + 1] :], src[offsets[t + 2] :]
         d0 = d1 = d2 = zero
-        for p in range(n):
-            v = g[p]
-            d0 += v * s0[p]
-            d1 += v * s1[p]
-            d2 += v * s2[p]
+        if keep is None:
+            for p in range(n):
+                v = g[p]
+                d0 += v * s0[p]
+                d1 += v * s1[p]
+                d2 += v * s2[p]
+        else:
+            for p in range(n):
+                v, k = g[p], keep[p]
+                d0 += v * s0[p] if k else zero
+                d1 += v * s1[p] if k else zero
+                d2 += v * s2[p] if k else zero
         out[t] += d0
         out[t + 1] += d1
         out[t + 2] += d2
@@ -206,8 +227,12 @@ def dot_taps(out, g, src, offsets):
     while t < offsets.shape[0]:
         s0 = src[offsets[t] :]
         d0 = zero
-        for p in range(n):
-            d0 += g[p] * s0[p]
+        if keep is None:
+            for p in range(n):
+                d0 += g[p] * s0[p]
+        else:
+            for p in range(n):
+                d0 += g[p] * s0[p] if keep[p] else zero
         out[t] += d0
         t += 1
 

@@ -218,21 +218,14 @@ def _by_columns(k, flip):
 
 
 @kernel_helper
-def _correlate_rows(out, tmp, buf, weights, offsets, masks, left, dw):
+def _correlate_rows(out, buf, weights, offsets, masks, left, dw):
     """``out[p] += weights[j, i] * buf[p + offsets[j, i]]`` summed over the taps whose column lies inside
-    the row (``masks[j, p]``): a column's taps go to ``tmp`` first, then through its mask, except the
-    column that reads straight down (no mask). A masked value is selected away, not multiplied by 0,
-    which an inf would turn into NaN."""
-    zero = out.dtype.type(0)
+    the row (``masks[j, p]``; the column that reads straight down needs no mask)."""
     for j in range(offsets.shape[0]):
         if j * dw == left:
             gather_taps(out, buf, weights[j], offsets[j])
-            continue
-        tmp[:] = zero
-        gather_taps(tmp, buf, weights[j], offsets[j])
-        keep = masks[j]
-        for p in range(out.shape[0]):
-            out[p] += tmp[p] if keep[p] else zero
+        else:
+            gather_taps(out, buf, weights[j], offsets[j], masks[j])
 
 
 @parallel_kernel
@@ -246,11 +239,11 @@ def _forward_flat(x, w, b, dh, dw, top, left, oh):
     y = np.empty((n, c_out, oh, width), dtype=x.dtype)
     for task in prange(n * c_out):
         s, o = task // c_out, task % c_out
-        buf, tmp = np.zeros(length, dtype=x.dtype), np.empty(size, dtype=x.dtype)
+        buf = np.zeros(length, dtype=x.dtype)
         _row_padded(buf, x[s, o // m].reshape(h * width), left + top * width)
         out = y[s, o].reshape(size)
         out[:] = b[o]
-        _correlate_rows(out, tmp, buf, _by_columns(w[o, 0], False), offsets, masks, left, dw)
+        _correlate_rows(out, buf, _by_columns(w[o, 0], False), offsets, masks, left, dw)
     return y
 
 
@@ -268,12 +261,12 @@ def _grad_input_flat(gy, w, dh, dw, c, top, left, h):
     grad_x = np.empty((n, c, h, width), dtype=gy.dtype)
     for task in prange(n * c):
         s, ch = task // c, task % c
-        buf, tmp = np.zeros(length, dtype=gy.dtype), np.empty(size, dtype=gy.dtype)
+        buf = np.zeros(length, dtype=gy.dtype)
         out = grad_x[s, ch].reshape(size)
         out[:] = 0
         for o in range(ch * m, ch * m + m):
             _row_padded(buf, gy[s, o].reshape(oh * width), left + top * width)
-            _correlate_rows(out, tmp, buf, _by_columns(w[o, 0], True), offsets, masks, left, dw)
+            _correlate_rows(out, buf, _by_columns(w[o, 0], True), offsets, masks, left, dw)
     return grad_x
 
 
@@ -292,19 +285,17 @@ def _grad_weight_flat(gy, x, kh, kw, dh, dw, top, left):
     partial = np.zeros((parts, c_out, kh * kw + 1))  # the bias's sum last
     for task in prange(parts * c_out):
         part, o = task // c_out, task % c_out
-        buf, kept, column = np.zeros(length, dtype=x.dtype), np.empty(size, dtype=gy.dtype), np.empty(kh)
+        buf, column = np.zeros(length, dtype=x.dtype), np.empty(kh)
         sums = partial[part, o]
-        zero = gy.dtype.type(0)
         for s in range(part * group, min(n, part * group + group)):
             g = gy[s, o].reshape(size)
             _row_padded(buf, x[s, o // m].reshape(h * width), left + top * width)
             for j in range(kw):
-                if j * dw != left:
-                    keep = masks[j]
-                    for p in range(size):
-                        kept[p] = g[p] if keep[p] else zero
                 column[:] = 0
-                dot_taps(column, g if j * dw == left else kept, buf, offsets[j])
+                if j * dw == left:
+                    dot_taps(column, g, buf, offsets[j])
+                else:
+                    dot_taps(column, g, buf, offsets[j], masks[j])
                 for i in range(kh):
                     sums[i * kw + j] += column[i]
             bias = 0.0
