@@ -325,7 +325,19 @@ def avg_pool_scales(geo: PoolGeometry, hw: tuple[int, int], count_include_pad: b
                     divisor_override: int | None, dtype) -> np.ndarray:
     """``1 / divisor`` of every output cell of an average pool, shape ``out_hw``, as PyTorch divides:
     ``divisor_override`` if given, else the window's size within the padded input (ceil mode's windows
-    are cut at the right padding) with ``count_include_pad``, else its count of input elements."""
+    are cut at the right padding) with ``count_include_pad``, else its count of input elements.
+    Read-only, remembered (a training step asks for the same scales every time)."""
+    return _avg_pool_scales(geo, tuple(hw), bool(count_include_pad), divisor_override, np.dtype(dtype))
+
+
+@functools.lru_cache(maxsize=256)
+def _avg_pool_scales(geo, hw, count_include_pad, divisor_override, dtype) -> np.ndarray:
+    scales = _scales(geo, hw, count_include_pad, divisor_override, dtype)
+    scales.flags.writeable = False
+    return scales
+
+
+def _scales(geo, hw, count_include_pad, divisor_override, dtype) -> np.ndarray:
     if divisor_override is not None:
         return np.full(geo.out_hw, 1.0 / divisor_override, dtype=dtype)
     counts = []
