@@ -170,6 +170,16 @@ def _grad_input(gy, w, hp, wp, sh, sw, dh, dw, c, top, left, h, wd):
 
 
 @kernel_helper
+def _flat_layout(out_rows, kh, kw, dh, dw, left, width):
+    """For ``out_rows`` output rows of ``width``: their number of values, the length of a plane padded
+    with rows only (:func:`_padded_length`), the taps' offsets in it (:func:`_column_offsets`) and the
+    column masks (:func:`_column_masks`)."""
+    size = out_rows * width
+    return (size, _padded_length(out_rows, kh, kw, dh, dw, width), _column_offsets(kh, kw, dh, dw, width),
+            _column_masks(kw, dw, left, width, size))
+
+
+@kernel_helper
 def _padded_length(out_rows, kh, kw, dh, dw, width):
     """Values in a plane padded with rows only (see :func:`_row_padded`) for ``out_rows`` output rows,
     with the columns that the first and last rows' taps reach before and after it."""
@@ -234,8 +244,7 @@ def _forward_flat(x, w, b, dh, dw, top, left, oh):
     n, c, h, width = x.shape
     c_out, _, kh, kw = w.shape
     m = c_out // c
-    size, length = oh * width, _padded_length(oh, kh, kw, dh, dw, width)
-    offsets, masks = _column_offsets(kh, kw, dh, dw, width), _column_masks(kw, dw, left, width, oh * width)
+    size, length, offsets, masks = _flat_layout(oh, kh, kw, dh, dw, left, width)
     y = np.empty((n, c_out, oh, width), dtype=x.dtype)
     for task in prange(n * c_out):
         s, o = task // c_out, task % c_out
@@ -256,8 +265,7 @@ def _grad_input_flat(gy, w, dh, dw, c, top, left, h):
     kh, kw = w.shape[2], w.shape[3]
     m = c_out // c
     top, left = (kh - 1) * dh - top, (kw - 1) * dw - left
-    size, length = h * width, _padded_length(h, kh, kw, dh, dw, width)
-    offsets, masks = _column_offsets(kh, kw, dh, dw, width), _column_masks(kw, dw, left, width, h * width)
+    size, length, offsets, masks = _flat_layout(h, kh, kw, dh, dw, left, width)
     grad_x = np.empty((n, c, h, width), dtype=gy.dtype)
     for task in prange(n * c):
         s, ch = task // c, task % c
@@ -278,8 +286,7 @@ def _grad_weight_flat(gy, x, kh, kw, dh, dw, top, left):
     n, c_out, oh, width = gy.shape
     c, h = x.shape[1], x.shape[2]
     m = c_out // c
-    size, length = oh * width, _padded_length(oh, kh, kw, dh, dw, width)
-    offsets, masks = _column_offsets(kh, kw, dh, dw, width), _column_masks(kw, dw, left, width, size)
+    size, length, offsets, masks = _flat_layout(oh, kh, kw, dh, dw, left, width)
     group = stack_size(n, size)
     parts = phase_size(n, group)
     partial = np.zeros((parts, c_out, kh * kw + 1))  # the bias's sum last
