@@ -31,11 +31,13 @@ CASES = [
     (1, 2, 9, 7, 1, (3, 3), 1, "same", 2),
     (2, 2, 7, 9, 1, (2, 3), 1, (1, 1, 0, 1), 1),
     (1, 3, 6, 8, 1, (3, 3), 1, (1, 1, 0, 0), 1),
-    (2, 2, 5, 4, 1, (3, 2), 1, (0, 1, 3, 2), 1),
+    (2, 2, 5, 4, 1, (3, 2), 1, (0, 1, 3, 2), 1),  # more zero rows than the kernel reaches: the wide layout
+    (2, 2, 6, 7, 1, (3, 3), 1, (0, 2, 1, 1), 1),  # no left padding: the input gradient's left is the kernel's reach
 ]
 # More samples than one stack of planes holds (kernels/_planes.py), the last stack part-full: too large for
 # the reference loops, so against the NumPy backend (which the cases above hold to the reference).
-STACKED = [(7, 2, 30, 29, 1, (3, 3), 1, 1, 1), (13, 1, 30, 33, 2, (3, 3), 2, 1, 2)]
+STACKED = [(7, 2, 30, 29, 1, (3, 3), 1, 1, 1), (13, 1, 30, 33, 2, (3, 3), 2, 1, 2),
+           (9, 2, 30, 29, 1, (3, 3), 1, (1, 0, 1, 1), 1)]  # stride 1, narrower output: stacked wide planes
 
 
 def _geometry(x, w, stride, padding, dilation):

@@ -608,6 +608,10 @@ def test_relu_and_its_gradient(backend, rng):
     gy[1, 0, 0, 0] = np.nan
     want = np.where(y > 0, gy, 0)
     np.testing.assert_array_equal(F.relu_backward(gy, y, backend=backend), want)
+    assert np.array_equal(F.relu_backward(gy, y, backend=backend).view(np.int32), want.view(np.int32))  # -0 too
+    for g, out, expected in [(2.5, 1.0, 2.5), (2.5, -1.0, 0.0), (np.nan, 0.0, 0.0)]:  # 0-d arrays
+        got = F.relu_backward(np.array(g), np.array(out), backend=backend)
+        assert got.shape == () and got == expected
     with pytest.raises(ValueError, match="grad_y has shape"):
         F.relu_backward(gy[:1], y, backend=backend)
 

@@ -25,7 +25,7 @@ import numpy as np
 
 from ._planes import (backward_offsets, dot_taps, forward_offsets, gather_taps, narrow, phase_size, place,
                       split_phases, stack_size)
-from .jit import kernel_helper, parallel_kernel, prange, sized
+from .jit import CHECK_BOUNDS, kernel_helper, parallel_kernel, prange, sized
 
 
 def conv2d_forward(x, w, b, geo):
@@ -189,6 +189,8 @@ def _padded_length(out_rows, kh, kw, dh, dw, width):
 @kernel_helper
 def _row_padded(buf, plane, start):
     """Copy the flat ``plane`` into ``buf`` from ``start``; the rest of ``buf`` keeps its zeros."""
+    if CHECK_BOUNDS:
+        assert 0 <= start and start + plane.shape[0] <= buf.shape[0], "_row_padded: the plane does not fit"
     dst = buf[start : start + plane.shape[0]]  # indices from 0: no check for negative ones, so LLVM vectorises
     for p in range(plane.shape[0]):
         dst[p] = plane[p]
