@@ -84,8 +84,8 @@ def _tag(sources: tuple[np.ndarray, ...], described: tuple) -> tuple:
 
 
 class shared_inputs:  # lower case: used like a function, ``with shared_inputs():``
-    """A block in which no op's input changes, so ops may share what :func:`derived` made from them
-    (the two gradients of a convolution both need the output gradient's runs, for one)."""
+    """A block in which no op's input changes, so ops may share what :func:`derived` and :func:`shared`
+    made from them (the two gradients of a convolution both need the output gradient's runs, for one)."""
 
     def __enter__(self) -> None:
         self._outer = getattr(_local, "held", None)
