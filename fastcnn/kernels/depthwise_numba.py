@@ -10,6 +10,7 @@ afterwards, so there is no race and the sums are the same for any thread count.
 
 The input is padded implicitly: each task copies its plane into a zero-bordered one (split into
 phases for a strided conv) that stays in cache, rather than the whole batch being copied once more.
+
 A conv that keeps the rows' width at stride 1 ("same" padding, the common case) pads its planes with
 zero rows only, one contiguous copy per plane: tap ``(i, j)`` of output position ``p`` reads that plane
 at ``p + i*dh*W + j*dw``, and where that column lies outside the row it reads a neighbouring row's
@@ -166,7 +167,6 @@ def _grad_input(gy, w, hp, wp, sh, sw, dh, dw, c, top, left, h, wd):
             for k in range(count):
                 narrow(grad_x[first + k, ch], acc[f, k * block :], width, sh, sw, f // sw - top, f % sw - left)
     return grad_x
-
 
 
 @kernel_helper
