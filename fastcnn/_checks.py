@@ -277,6 +277,25 @@ def pool_out_size(size: int, kernel: int, stride: int, padding: int, dilation: i
     return out
 
 
+def _first_empty_window(size: int, k: int, s: int, p: int, d: int, o: int) -> int | None:
+    """The first of ``o`` pooling windows along an axis of ``size`` (``k`` taps ``d`` apart, the window
+    ``r`` starting at ``r * s - p``) that holds no input element, or None; a few integer operations per
+    window, so a file's claim of a huge input costs no time."""
+    def empty(r: int) -> bool:
+        start = r * s - p
+        first = max(0, -(start // d))  # the first tap at or after 0, if the window reaches it
+        return first > k - 1 or start + first * d >= size
+
+    if d > size:  # taps further apart than the input: a window can straddle it (the span check keeps o small)
+        return next((r for r in range(o) if empty(r)), None)
+    # taps at most the input's length apart: a window misses it only by ending before it (the first one,
+    # if any) or starting after it (from the first that starts at or past its end)
+    if empty(0):
+        return 0
+    last = -(-(size + p) // s)
+    return last if last < o else None
+
+
 def pool_geometry(x_shape, kernel_size, stride, padding, dilation=1, ceil_mode: int = 0) -> PoolGeometry:
     """Check a pooling call's parameters and compute its output size (PyTorch rules).
 
@@ -310,12 +329,12 @@ def _pool_geometry(x_shape, kernel_size, stride, padding, dilation, ceil_mode) -
     out = tuple(pool_out_size(size, k, s, p, d, ceil_mode)
                 for size, k, s, p, d in zip((h, w), kernel, stride, padding, dilation))
     for axis, size, k, s, p, d, o in zip(("height", "width"), (h, w), kernel, stride, padding, dilation, out):
-        for r in range(o):  # with dilation, a window can fall between the input's rows
-            if not any(0 <= r * s - p + i * d < size for i in range(k)):
-                raise ValueError(
-                    f"pooling window {r} along the {axis} holds no input element (x shape {x_shape}, kernel_size "
-                    f"{kernel}, stride {stride}, padding {padding}, dilation {dilation}, ceil_mode {ceil_mode}); "
-                    "every window must overlap the input")
+        r = _first_empty_window(size, k, s, p, d, o)
+        if r is not None:
+            raise ValueError(
+                f"pooling window {r} along the {axis} holds no input element (x shape {x_shape}, kernel_size "
+                f"{kernel}, stride {stride}, padding {padding}, dilation {dilation}, ceil_mode {ceil_mode}); "
+                "every window must overlap the input")
     extra = tuple(max((o - 1) * s + sp - size - 2 * p, 0)
                   for o, s, sp, size, p in zip(out, stride, span, (h, w), padding))
     return PoolGeometry(kernel, stride, padding, out, dilation, ceil_mode, extra)

@@ -206,3 +206,32 @@ def test_global_pool_layers_empty_batches_and_bad_input():
             layer.forward(np.zeros((2, 3, 0, 4), np.float32))
         with pytest.raises(ValueError):
             layer.output_shape((3, 4))
+
+
+def test_empty_window_check_is_the_loops_and_takes_no_time_on_huge_inputs():
+    """Which pooling window first holds no input element, against the loop over every window and tap
+    (small axes, every parameter, dilation wider than the input included); and a file's claim of a huge
+    input or padding is answered at once (the loop took as long as the input is long: an importer hang)."""
+    from fastcnn._checks import _first_empty_window, pool_out_size
+
+    def loops(size, k, s, p, d, o):
+        return next((r for r in range(o) if not any(0 <= r * s - p + i * d < size for i in range(k))), None)
+
+    checked = 0
+    for size in range(1, 9):
+        for k in range(1, 6):
+            for d in range(1, 5):
+                for p in range(k // 2 + 1):
+                    if d * (k - 1) + 1 > size + 2 * p:
+                        continue
+                    for s in range(1, 5):
+                        for ceil in (False, True):
+                            o = pool_out_size(size, k, s, p, d, ceil)
+                            assert _first_empty_window(size, k, s, p, d, o) == loops(size, k, s, p, d, o)
+                            checked += 1
+    assert checked > 1000
+    huge = 2**40
+    geo = fastcnn._checks.pool_geometry((1, 1, huge, huge), 2, 1, 0)
+    assert geo.out_hw == (huge - 1, huge - 1)
+    geo = fastcnn._checks.pool_geometry((1, 1, 3, 3), 2**41, 1, 2**40)
+    assert geo.out_hw == (4, 4)
