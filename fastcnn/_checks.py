@@ -369,6 +369,18 @@ def _scales(geo, hw, count_include_pad, divisor_override, dtype) -> np.ndarray:
     return (1.0 / np.outer(counts[0], counts[1])).astype(dtype)
 
 
+def whole_windows(geo: PoolGeometry, hw: tuple[int, int], count_include_pad: bool) -> bool:
+    """Whether every window of the pool ``geo`` on an ``hw`` input is whole: ``kH * kW`` values, within
+    the padded input with ``count_include_pad``, else within the input itself (so that
+    :func:`avg_pool_scales` is ``1 / (kH * kW)`` everywhere). Window starts grow along each axis, so
+    the first and the last decide, in a few operations however large the input (a file's claim)."""
+    for o, k, s, p, size in zip(geo.out_hw, geo.kernel, geo.stride, geo.padding, hw):
+        first, stop = (-p, size + p) if count_include_pad else (0, size)
+        if o > 0 and (-p < first or (o - 1) * s - p + k > stop):
+            return False
+    return True
+
+
 @functools.lru_cache(maxsize=None)
 def _physical_memory() -> int:
     try:

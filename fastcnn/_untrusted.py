@@ -27,6 +27,7 @@ MAX_COMPRESSION_RATIO = 64
 about 1.1x), a deflate bomb about 1000x."""
 _COMPRESSION_SLACK = 1 << 16
 _NPY_HEADER_LIMIT = 10_000  # characters of an .npy header dict (NumPy's own default limit)
+_READ_CHUNK = 1 << 20  # bytes read at a time past a file's stated size (a pipe has none)
 
 
 def _nesting(codes: np.ndarray) -> int:
@@ -68,12 +69,21 @@ def parse_json(text: str | bytes, what: str, max_chars: int, max_depth: int = 32
 
 
 def read_limited(path: str | os.PathLike, max_bytes: int, what: str) -> bytes:
-    """The bytes of ``path``, refusing (``ValueError``) a file longer than ``max_bytes`` without reading it."""
+    """The bytes of ``path``, refusing (``ValueError``) a file longer than ``max_bytes`` without reading
+    past that. Memory is asked for as the bytes arrive (a file's size, then chunks for what a pipe or a
+    growing file adds), never for the whole limit at once."""
     with open(path, "rb") as fh:
-        data = fh.read(max_bytes + 1)
-    if len(data) > max_bytes:
+        chunks = [fh.read(min(os.fstat(fh.fileno()).st_size, max_bytes) + 1)]
+        read = len(chunks[0])
+        while read <= max_bytes:
+            more = fh.read(min(_READ_CHUNK, max_bytes + 1 - read))
+            if not more:
+                break
+            chunks.append(more)
+            read += len(more)
+    if read > max_bytes:
         raise ValueError(f"{what} {os.fspath(path)} is larger than the {max_bytes:,} bytes accepted")
-    return data
+    return chunks[0] if len(chunks) == 1 else b"".join(chunks)
 
 
 def _compression_limit(compressed: int) -> int:

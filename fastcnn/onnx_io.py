@@ -31,14 +31,14 @@ from typing import Any, Callable
 import numpy as np
 
 from . import _files, _untrusted
-from ._checks import avg_pool_scales, check_allocation, conv_geometry, pool_geometry
+from ._checks import check_allocation, conv_geometry, pool_geometry, whole_windows
 from ._version import __version__
 from .functional import PAD_MODES
 from .layers import (GELU, LAYER_TYPES, AvgPool2D, BatchNorm1D, BatchNorm2D, Conv2D, ConvTranspose2D, Dense, Dropout, Flatten,
                      GlobalAvgPool2D, GlobalMaxPool2D, Layer, LeakyReLU, MaxPool2D, ReLU, Sigmoid, SiLU, Softmax, Tanh,
                      weights_follow)
 
-__all__ = ["OPSET", "MAX_FILE_BYTES", "export_onnx", "read_onnx"]
+__all__ = ["OPSET", "MAX_FILE_BYTES", "MAX_SAMPLE_VALUES", "export_onnx", "read_onnx"]
 
 OPSET = 20
 """The default-domain opset that export writes (ONNX Runtime 1.17 and later run it): 19 for Pad's
@@ -46,6 +46,10 @@ OPSET = 20
 
 MAX_FILE_BYTES = 2**31 - 1
 """Largest file import reads: protobuf's own limit for one message."""
+
+MAX_SAMPLE_VALUES = 2**31
+"""Most values a sample may have in the input or in any tensor import computes (a 64-channel 4096x4096
+activation has 2**30); a file claiming more is refused, as a claim fastcnn will not plan for."""
 
 _INPUT, _OUTPUT = "input", "output"
 
@@ -158,8 +162,7 @@ def _export_avg_pool(g: _Builder, i: str, layer: AvgPool2D, shape: tuple) -> Non
     count_pad = layer.count_include_pad
     if layer.divisor_override is not None:
         geo = pool_geometry((1,) + shape, layer.kernel_size, layer.stride, layer.padding, 1, int(layer.ceil_mode))
-        whole = 1.0 / (layer.kernel_size[0] * layer.kernel_size[1])
-        if not np.all(avg_pool_scales(geo, shape[1:], True, None, np.float64) == whole):
+        if not whole_windows(geo, shape[1:], True):
             raise ValueError(f"layer {i} ({layer.describe()}) on input (N, {', '.join(map(str, shape))}): "
                              "divisor_override with windows cut at the border (ceil_mode) has no exact ONNX form")
         count_pad = count_pad or layer.padding != (0, 0)
@@ -633,8 +636,8 @@ def _import_mul(r: _Reader, node, attrs: dict) -> None:
     scale = float(c.reshape(-1)[0])
     divisor = round(k / scale) if scale > 0 and math.isfinite(k / scale) else 0
     geo = pool_geometry((1,) + r.last_input, last.kernel_size, last.stride, last.padding, 1, int(last.ceil_mode))
-    whole = np.all(avg_pool_scales(geo, r.last_input[1:], last.count_include_pad, None, np.float64) == 1.0 / k)
-    if divisor < 1 or abs(divisor * scale - k) > 1e-6 * k or not whole:
+    if divisor < 1 or abs(divisor * scale - k) > 1e-6 * k or not whole_windows(geo, r.last_input[1:],
+                                                                                last.count_include_pad):
         raise r.fail(node, f"scales an average pool by {scale}: not kH * kW / d for a whole divisor d over whole "
                            "windows (divisor_override)")
     r.layers[-1] = AvgPool2D(last.kernel_size, last.stride, last.padding, last.ceil_mode, last.count_include_pad,
@@ -785,6 +788,7 @@ def _read_node(r: _Reader, index: int, onnx) -> None:
         with weights_follow(r.dtype):  # placeholders until the file's arrays, checked, are put in
             layer = importer(r, node, _attributes(r, node, onnx))
         out_shape = r.shape if layer is None else tuple(layer.output_shape(r.shape))
+        _check_sample(out_shape, "its output")
     except (ValueError, TypeError) as exc:
         if str(exc).startswith(f"{r.path}: "):
             raise
@@ -1046,7 +1050,18 @@ def _input_spec(path: str, graph, constants: dict) -> tuple[str, np.dtype, tuple
         per_sample.append(int(d.dim_value))
     if len(per_sample) not in (1, 3):
         raise ValueError(f"{path}: input {value.name!r} has rank {len(dims)}; fastcnn reads (N, C, H, W) or (N, F)")
+    try:
+        _check_sample(per_sample, f"input {value.name!r}")
+    except ValueError as exc:
+        raise ValueError(f"{path}: {exc}") from None
     return value.name, dtype, tuple(per_sample)
+
+
+def _check_sample(shape, what: str) -> None:
+    """Refuse a per-sample ``shape`` of more than :data:`MAX_SAMPLE_VALUES` values: a ValueError naming ``what``."""
+    if math.prod(shape) > MAX_SAMPLE_VALUES:
+        raise ValueError(f"{what} has shape (N, {', '.join(map(str, shape))}): {math.prod(shape):,} values a sample, "
+                         f"more than the {MAX_SAMPLE_VALUES:,} fastcnn reads")
 
 
 def read_onnx(path: str | os.PathLike) -> tuple[list[Layer], tuple[int, ...]]:

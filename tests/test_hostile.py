@@ -215,6 +215,31 @@ def test_no_large_allocation_in_a_fresh_process_with_little_address_space(tmp_pa
     assert result.stdout.split("\n")[:3] == ["ValueError ValueError", "ValueError ValueError", "(10, 676)"]
 
 
+def test_read_limited_reads_files_and_pipes_up_to_the_limit(tmp_path, monkeypatch):
+    """Every byte up to the limit, one past it refused; from a pipe (no stated size) in chunks."""
+    data = bytes(range(256)) * 40
+    path = tmp_path / "f.bin"
+    path.write_bytes(data)
+    assert _untrusted.read_limited(path, len(data), "f") == data
+    with pytest.raises(ValueError, match=f"larger than the {len(data) - 1:,} bytes"):
+        _untrusted.read_limited(path, len(data) - 1, "f")
+    if not hasattr(os, "mkfifo"):
+        return
+    monkeypatch.setattr(_untrusted, "_READ_CHUNK", 1000)
+    fifo = tmp_path / "pipe"
+    os.mkfifo(fifo)
+    for limit, expected in ((len(data), data), (len(data) - 1, None)):
+        writer = subprocess.Popen([sys.executable, "-c", f"open({str(fifo)!r}, 'wb').write(bytes(range(256)) * 40)"])
+        try:
+            if expected is None:
+                with pytest.raises(ValueError, match="larger than"):
+                    _untrusted.read_limited(fifo, limit, "pipe")
+            else:
+                assert _untrusted.read_limited(fifo, limit, "pipe") == expected
+        finally:
+            writer.wait(timeout=30)
+
+
 # ---------------------------------------------------------------- the other loaders
 def test_the_dispatch_cache_refuses_hostile_json(monkeypatch, tmp_path):
     monkeypatch.setenv("FASTCNN_HOME", str(tmp_path))

@@ -1,5 +1,8 @@
 """ONNX export and import: against ONNX Runtime, PyTorch's exporter, and the exact round trip."""
 import os
+import subprocess
+import sys
+import textwrap
 import warnings
 
 import numpy as np
@@ -262,6 +265,69 @@ def test_inconsistent_or_oversized_tensors_are_refused_before_allocating(tmp_pat
     external.external_data.add(key="location", value="weights.bin")
     with pytest.raises(ValueError, match="external data"):
         fastcnn.load_onnx(_model_file(tmp_path / "e.onnx", [helper.make_node("Conv", ["x", "w"], ["y"])], [external]))
+
+
+def _claims(tmp_path) -> dict:
+    """Files whose declared shapes claim far more than they hold, each refused with this message."""
+    ones = {k: numpy_helper.from_array(np.ones(1, np.float32), k) for k in "gbmv"}
+    w = numpy_helper.from_array(np.ones((8, 1, 1, 1), np.float32), "w")
+    pool_scaled = [helper.make_node("AveragePool", ["x"], ["p"], kernel_shape=[2, 2], strides=[2, 2], ceil_mode=1),
+                   helper.make_node("Mul", ["p", "s"], ["y"], name="scale")]  # the last row's windows are cut
+    wide = helper.make_node("ConvTranspose", ["x", "wt"], ["y"], name="up", strides=[2**16, 2**16])
+    files = {
+        "channels.onnx": ([helper.make_node("Conv", ["x", "w"], ["y"], name="c")], [w], (2**30, 1, 1),
+                          r"node 'c' \(Conv\): weight has shape \(8, 1, 1, 1\)"),
+        "norm.onnx": ([helper.make_node("BatchNormalization", ["x", *"gbmv"], ["y"], name="bn")], list(ones.values()),
+                      (2**28, 1, 1), r"node 'bn' \(BatchNormalization\): weight has shape \(1,\)"),
+        "input.onnx": ([helper.make_node("Relu", ["x"], ["y"])], [], (1, 2**40, 2**40),
+                       r"input 'x' has shape \(N, 1, 1099511627776, 1099511627776\).*more than the 2,147,483,648"),
+        "output.onnx": ([wide], [numpy_helper.from_array(np.ones((1, 1, 1, 1), np.float32), "wt")], (1, 2**10, 2**10),
+                        r"node 'up' \(ConvTranspose\): its output has shape \(N, 1, 67043329, 67043329\)"),
+        # under the bound: the pool's scales (3.2 GB) must not be made to see that a window is cut
+        "pool.onnx": (pool_scaled, [numpy_helper.from_array(np.array(2.0, np.float32), "s")], (1, 40001, 40000),
+                      r"node 'scale' \(Mul\).*divisor"),
+    }
+    return {name: (_model_file(tmp_path / name, nodes, inits, in_shape=("N", *shape)), match)
+            for name, (nodes, inits, shape, match) in files.items()}
+
+
+def test_declared_shapes_are_bounded_and_never_allocated(tmp_path):
+    """A file's claims of huge channels, planes or outputs give ValueErrors naming the node, before
+    any allocation of that size; the same model with a whole-window scale (4 / 4 = 1) loads."""
+    for path, match in _claims(tmp_path).values():
+        with pytest.raises(ValueError, match=match):
+            fastcnn.load_onnx(path)
+    scaled = [helper.make_node("AveragePool", ["x"], ["p"], kernel_shape=[2, 2], strides=[2, 2]),
+              helper.make_node("Mul", ["p", "s"], ["y"])]
+    path = _model_file(tmp_path / "whole.onnx", scaled, [numpy_helper.from_array(np.array(1.0, np.float32), "s")],
+                       in_shape=("N", 1, 40000, 40000))
+    assert fastcnn.load_onnx(path).layers[0].divisor_override == 4
+
+
+def test_loading_needs_no_more_memory_than_the_file(tmp_path):
+    """Under an address-space limit of 1 GiB past what the interpreter holds, a good file loads (the
+    reader asks for its size, not for the 2 GiB an ONNX file may reach) and every claim is refused
+    with a ValueError, not a MemoryError."""
+    resource = pytest.importorskip("resource")
+    good = tmp_path / "good.onnx"
+    models.lenet(seed=0).export_onnx(good)
+    paths = [str(path) for path, _ in _claims(tmp_path).values()]
+    code = textwrap.dedent("""
+        import resource, sys, fastcnn, onnx
+        with open("/proc/self/status") as fh:
+            vm = next(int(line.split()[1]) * 1024 for line in fh if line.startswith("VmSize:"))
+        resource.setrlimit(resource.RLIMIT_AS, (vm + (1 << 30), resource.getrlimit(resource.RLIMIT_AS)[1]))
+        print(len(fastcnn.load_onnx(sys.argv[1]).layers))
+        for name in sys.argv[2:]:
+            try:
+                fastcnn.load_onnx(name)
+                print("loaded", name)
+            except ValueError:
+                print("ValueError")
+    """)
+    result = subprocess.run([sys.executable, "-c", code, str(good), *paths], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.split() == [str(len(models.lenet().layers))] + ["ValueError"] * len(paths)
 
 
 def test_asymmetric_pads_pads_and_scales_outside_what_fastcnn_represents_are_refused(tmp_path):

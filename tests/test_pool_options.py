@@ -235,3 +235,31 @@ def test_empty_window_check_is_the_loops_and_takes_no_time_on_huge_inputs():
     assert geo.out_hw == (huge - 1, huge - 1)
     geo = fastcnn._checks.pool_geometry((1, 1, 3, 3), 2**41, 1, 2**40)
     assert geo.out_hw == (4, 4)
+
+
+def test_whole_windows_is_the_scales_test_and_takes_no_time_on_huge_inputs():
+    """Whether every average-pool window is whole, against the scales array it summarises (every small
+    geometry, ceil mode, with and without the padding counted); and answered at once for a file's
+    claim of a huge plane, whose scales array would not fit in memory."""
+    from fastcnn._checks import avg_pool_scales, pool_geometry, whole_windows
+
+    seen = set()
+    for size in range(1, 8):
+        for k in range(1, 5):
+            for p in range(k // 2 + 1):
+                for s in range(1, 4):
+                    for ceil in (0, 1):
+                        if k > size + 2 * p:
+                            continue
+                        geo = pool_geometry((1, 1, size, 5), (k, 3), (s, 2), (p, 1), 1, ceil)
+                        for count_pad in (False, True):
+                            scales = avg_pool_scales(geo, (size, 5), count_pad, None, np.float64)
+                            expected = bool(np.all(scales == 1.0 / (k * 3)))
+                            assert whole_windows(geo, (size, 5), count_pad) == expected, (size, k, p, s, ceil, count_pad)
+                            seen.add(expected)
+    assert seen == {False, True}
+    huge = 2**40
+    geo = pool_geometry((1, 1, huge, huge), 2, 2, 0)
+    assert whole_windows(geo, (huge, huge), False)
+    geo = pool_geometry((1, 1, huge + 1, huge), 2, 2, 0, 1, 1)  # ceil mode: the last row's windows are cut
+    assert not whole_windows(geo, (huge + 1, huge), True)
