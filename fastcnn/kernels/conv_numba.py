@@ -40,7 +40,10 @@ from .scratch import NO_PADDING, cropped, derived, scratch, zero_padded
 from ._tiles import (DOT_COLS, DOT_ROWS, ROWS, TILE_SPEED, dot_row, dot_tile, lanes, store_row, store_tile, tile_rows,
                      tile_width, whole)
 
-_BLOCK = 2304  # values per block of a run (a whole number of tiles and vectors): one parallel task's share
+_BLOCK = 576  # positions per block of a run (whole tiles): one parallel task's share of the forward pass and
+# the input gradient. Measured (2 threads, 3x3 convs at batch 64, blocks of 288 to 2304): 576 best or within
+# 5%; on 128 and 256 channels of 8x8, 1.7-2x faster than 2304, whose runs (1-2 MB a block) left L2 cache
+_GRAD_BLOCK = 2304  # positions per block of the weight gradient's dot products (see _grad_weight_wide)
 _TAPS_PER_PASS = 144  # a pass's weights, 8 rows of 144 float32 (4.5 KiB), stay in L1 cache
 _ROWS_PER_PASS = 48  # rows of runs that a pass reads, at most (see _pass_taps)
 _TASK_POSITIONS = 256  # positions of whole samples that a task of _conv_wide_from takes at least
@@ -119,10 +122,10 @@ def _pass_taps(kh: int, kw: int, channel_rows: int | None = None) -> int:
 
 def _row_groups(rows: int, length: int) -> int:
     """Into how many groups of whole tiles :func:`_correlate_task` cuts the ``rows`` of an output of
-    ``length`` positions (see :func:`_groups_for`). Whole blocks
-    alone are too few for a batch of small planes: 3 for 64 samples of 8x8, so one of two threads
-    idled through a third of the work (measured, 2 threads: 64 to 256 channels of 8x8 at batch 64
-    take 23-26% less time with 2 to 8 groups than with 1; 32 channels of 26x26, 19 blocks, 3%)."""
+    ``length`` positions (see :func:`_groups_for`). Whole blocks alone can be too few to balance the
+    threads: a batch of small planes, or few samples. (Measured with blocks of 2304, 3 for 64 samples
+    of 8x8, where one of two threads idled through a third of the work: 64 to 256 channels took 23-26%
+    less time with 2 to 8 groups than with 1.)"""
     return _groups_for(rows, max(1, -(-length // _BLOCK)))  # an empty batch has no block
 
 
@@ -724,7 +727,7 @@ def _grad_weight_wide(gr, head, length, xr, offsets, kh, kw):
     n_taps = kh * kw
     c_out, c_in = gr.shape[0], offsets.shape[0] // n_taps
     group = DOT_ROWS if c_out >= DOT_ROWS else 1  # output channels per task and per tile
-    groups, blocks = -(-c_out // group), -(-length // _BLOCK)
+    groups, blocks = -(-c_out // group), -(-length // _GRAD_BLOCK)
     per_task = max(1, c_in * groups // _GRAD_TASKS)  # input channels
     chunks = -(-c_in // per_task)
     shares = max(1, min(blocks // 4, _GRAD_TASKS // (groups * chunks)))  # of the blocks, 4 or more each
@@ -744,7 +747,7 @@ def _grad_weight_wide(gr, head, length, xr, offsets, kh, kw):
         g_starts = np.empty(DOT_ROWS, dtype=np.int64)
         x_starts = np.empty(DOT_COLS, dtype=np.int64)
         for blk in range(share * blocks // shares, (share + 1) * blocks // shares):
-            b0, b1 = blk * _BLOCK, min(length, (blk + 1) * _BLOCK)
+            b0, b1 = blk * _GRAD_BLOCK, min(length, (blk + 1) * _GRAD_BLOCK)
             for a in range(group):
                 g_starts[a] = min(o0 + a, c_out - 1) * gr.shape[1] + head + b0
                 if chunk == 0:
@@ -887,17 +890,27 @@ def _place_plane(run, start, wp, out, rows, cols, row0, col0, sh, sw):
     """Value ``(r, q)`` of the plane at ``run[start:]`` (rows ``wp`` apart), for ``r < rows`` and ``q <
     cols``, to ``out[row0 + r*sh, col0 + q*sw]``; those that land outside ``out`` are dropped."""
     h, width = out.shape
-    for r in range(rows):
-        row, at = row0 + r * sh, start + r * wp
-        if row < 0 or row >= h:
-            continue
-        if sw == 1 and col0 == 0 and cols == width:
-            _copy(out[row], run[at:], 0)
+    r0, r1 = _landing(row0, sh, rows, h)
+    q0, q1 = _landing(col0, sw, cols, width)
+    for r in range(r0, r1):
+        dst, src = out[row0 + r * sh], run[start + r * wp + q0 :]
+        first = col0 + q0 * sw
+        if sw == 1:
+            _copy(dst[first : first + q1 - q0], src, 0)
+        elif sw == 2:  # a constant step: no multiply per value
+            for k in range(q1 - q0):
+                dst[first + 2 * k] = src[k]
         else:
-            for q in range(cols):
-                col = col0 + q * sw
-                if 0 <= col < width:
-                    out[row, col] = run[at + q]
+            for k in range(q1 - q0):
+                dst[first + k * sw] = src[k]
+
+
+@kernel_helper
+def _landing(first, step, count, size):
+    """The range ``[k0, k1)`` of the ``k < count`` whose ``first + k*step`` (``step > 0``) lies in ``[0, size)``."""
+    k0 = min(count, max(0, -(first // step)))
+    k1 = max(k0, min(count, (size - 1 - first) // step + 1))
+    return k0, k1
 
 
 @parallel_kernel
@@ -937,12 +950,13 @@ def _conv2d_grad_input(gy, gate, w, padding, hp, wp, sh, sw, dh, dw):
     if _by_phases(sh, sw, dh, dw):  # each phase's gradient from its own sub-kernel: no zero taps
         grad_x = np.zeros(shape, dtype=gy.dtype)  # where no tap reads: 0
         (top, _), (left, _) = padding
-        for pi in range(min(sh, w.shape[2])):
-            for pj in range(min(sw, w.shape[3])):
+        ph, pw, ka, kb, hq, wq = _polyphase.phase_shape(*w.shape[2:], sh, sw, *gy.shape[2:])
+        planes = _WidePlanes(hq, wq, 0)  # the largest sub-kernel's, for every phase: one copy of gy's runs
+        gr, head = _grad_runs(gy, ka, kb, 1, 1, planes, gate)
+        for pi in range(ph):
+            for pj in range(pw):
                 sub = np.ascontiguousarray(w[:, :, pi::sh, pj::sw])
-                planes = _WidePlanes(gy.shape[2] + sub.shape[2] - 1, gy.shape[3] + sub.shape[3] - 1, 0)
-                gr, head = _grad_runs(gy, sub.shape[2], sub.shape[3], 1, 1, planes, gate)
-                place = (planes.hp, planes.wp, pi - top, pj - left, sh, sw)
+                place = (hq, wq, pi - top, pj - left, sh, sw)
                 _grad_input_of_runs(gr, head, sub, grad_x, 1, 1, planes, gy.size * sub[0].size, place)
         return grad_x
     if sh != 1 or sw != 1:
