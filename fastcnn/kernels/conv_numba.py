@@ -718,51 +718,58 @@ def _grad_weight_wide(gr, head, length, xr, offsets, kh, kw):
     ``k`` of the ``kh x kw`` kernel reading ``xr`` from ``offsets[k]`` on, a register tile of output
     channels by (input channel, tap) pairs at a time (see :func:`._tiles.dot_tile`).
 
-    A task is a group of output channels, a chunk of the input channels and a share of the blocks (at
-    most :data:`_GRAD_TASKS` tasks, shares of 4 blocks or more), so a block of the output gradient's
-    runs is read from memory once per task; the tasks of the first chunk also sum the runs for the
-    bias (their scratch positions are 0). Each task sums into arrays of its own, and the split is fixed
-    by the shapes, so the result does not depend on the thread count.
+    A task is a band of tiles of output channels (several when there are more tiles than
+    :data:`_GRAD_TASKS`), a chunk of the input channels and a share of the blocks (at most
+    :data:`_GRAD_TASKS` tasks, shares of 4 blocks or more). A tile of a block's input runs is read once
+    per task, and every tile of the band takes its dot products with it while it is in cache; the
+    tasks of the first chunk also sum the runs for the bias (their scratch positions are 0). Each task
+    sums into arrays of its own, and the split is fixed by the shapes, so the result does not depend
+    on the thread count.
     """
     n_taps = kh * kw
     c_out, c_in = gr.shape[0], offsets.shape[0] // n_taps
-    group = DOT_ROWS if c_out >= DOT_ROWS else 1  # output channels per task and per tile
+    group = DOT_ROWS if c_out >= DOT_ROWS else 1  # output channels per tile
     groups, blocks = -(-c_out // group), -(-length // _GRAD_BLOCK)
-    per_task = max(1, c_in * groups // _GRAD_TASKS)  # input channels
+    band = max(1, groups // _GRAD_TASKS)  # tiles of output channels per task
+    bands = -(-groups // band)
+    per_task = max(1, c_in * bands // _GRAD_TASKS)  # input channels
     chunks = -(-c_in // per_task)
-    shares = max(1, min(blocks // 4, _GRAD_TASKS // (groups * chunks)))  # of the blocks, 4 or more each
+    shares = max(1, min(blocks // 4, _GRAD_TASKS // (bands * chunks)))  # of the blocks, 4 or more each
     sums = np.zeros((shares, groups * group, c_in, n_taps))  # float64 across blocks
     bias = np.zeros((shares, groups * group))
     g_flat, x_flat = gr.reshape(gr.size), xr.reshape(xr.size)
-    for task in prange(groups * chunks * shares):
+    for task in prange(bands * chunks * shares):
         g, chunk, share = task // (chunks * shares), (task // shares) % chunks, task % shares
-        o0, c0, c1 = g * group, chunk * per_task, min(c_in, (chunk + 1) * per_task)
+        o0, c0, c1 = g * band * group, chunk * per_task, min(c_in, (chunk + 1) * per_task)
+        tiles = min(band, groups - g * band)
         columns = (c1 - c0) * n_taps  # (input channel, tap) pairs, the last repeated to whole tiles
         reads = np.empty(whole(columns, DOT_COLS), dtype=np.int64)  # where each starts in x_flat
         for k in range(reads.size):
             reads[k] = offsets[c0 * n_taps + min(k, columns - 1)]
         part = np.empty((DOT_ROWS, DOT_COLS), dtype=gr.dtype)
-        mine = np.zeros((DOT_ROWS, reads.size))  # this task's own: no cache line shared with another task
-        mine_b = np.zeros(DOT_ROWS)
+        mine = np.zeros((tiles * group, reads.size))  # this task's own: no cache line shared with another task
+        mine_b = np.zeros(tiles * group)
         g_starts = np.empty(DOT_ROWS, dtype=np.int64)
         x_starts = np.empty(DOT_COLS, dtype=np.int64)
         for blk in range(share * blocks // shares, (share + 1) * blocks // shares):
             b0, b1 = blk * _GRAD_BLOCK, min(length, (blk + 1) * _GRAD_BLOCK)
-            for a in range(group):
-                g_starts[a] = min(o0 + a, c_out - 1) * gr.shape[1] + head + b0
-                if chunk == 0:
+            if chunk == 0:
+                for a in range(tiles * group):
                     mine_b[a] += gr[min(o0 + a, c_out - 1), head + b0 : head + b1].sum()
             for k0 in range(0, reads.size, DOT_COLS):
                 for c in range(DOT_COLS):
                     x_starts[c] = reads[k0 + c] + b0
-                if group == DOT_ROWS:
-                    dot_tile(part, g_flat, g_starts, x_flat, x_starts, b1 - b0, 0)
-                else:
-                    dot_row(part, g_flat, g_starts, x_flat, x_starts, b1 - b0, 0)
-                for a in range(group):
-                    for c in range(DOT_COLS):
-                        mine[a, k0 + c] += part[a, c]
-        for a in range(min(group, c_out - o0)):
+                for tile in range(tiles):
+                    for a in range(group):
+                        g_starts[a] = min(o0 + tile * group + a, c_out - 1) * gr.shape[1] + head + b0
+                    if group == DOT_ROWS:
+                        dot_tile(part, g_flat, g_starts, x_flat, x_starts, b1 - b0, 0)
+                    else:
+                        dot_row(part, g_flat, g_starts, x_flat, x_starts, b1 - b0, 0)
+                    for a in range(group):
+                        for c in range(DOT_COLS):
+                            mine[tile * group + a, k0 + c] += part[a, c]
+        for a in range(min(tiles * group, c_out - o0)):
             if chunk == 0:
                 bias[share, o0 + a] = mine_b[a]
             for k in range(columns):
