@@ -248,3 +248,37 @@ def test_fastest_measures_callers_candidates_once():
     calls.clear()
     assert dispatch.fastest("conv2d", ("sig",), (1,), candidates) is candidates["numpy"]
     assert calls == [] and len(fastcnn.dispatch_decisions()) == 1
+
+
+def test_each_timed_call_pays_for_what_it_prepares():
+    """A conv's gradients share what one prepares from grad_y (``scratch.shared``); timing a candidate
+    on what its previous call left would hide that cost. Every timed call prepares afresh, so a
+    candidate whose preparation is slow loses to one that is plainly faster."""
+    from fastcnn.kernels.scratch import shared, shared_inputs
+
+    x = np.zeros(4, np.float32)
+    calls, made = [], []
+
+    def busy(seconds):
+        end = dispatch.time.perf_counter() + seconds
+        while dispatch.time.perf_counter() < end:
+            pass
+
+    def make():
+        made.append(1)
+        busy(0.003)
+        return x + 1
+
+    def prepared(a):
+        calls.append("numba")
+        return shared("test layout", (a,), (), make)
+
+    def plain(a):
+        calls.append("numpy")
+        busy(0.001)
+        return a + 1
+
+    candidates = {"numba": prepared, "numpy": plain}
+    with shared_inputs():
+        assert dispatch.fastest("conv2d_grad_input", ("prepared",), (x,), candidates) is plain
+    assert len(made) == calls.count("numba") > 2
