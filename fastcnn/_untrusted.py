@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import stat
 import tokenize
 import zipfile
 import zlib
@@ -73,8 +74,10 @@ def read_limited(path: str | os.PathLike, max_bytes: int, what: str) -> bytes:
     past that. Memory is asked for as the bytes arrive (a file's size, then chunks for what a pipe or a
     growing file adds), never for the whole limit at once."""
     with open(path, "rb") as fh:
-        chunks = [fh.read(min(os.fstat(fh.fileno()).st_size, max_bytes) + 1)]
-        read = len(chunks[0])
+        status = os.fstat(fh.fileno())
+        oversized = stat.S_ISREG(status.st_mode) and status.st_size > max_bytes  # refused unread
+        chunks = [] if oversized else [fh.read(min(status.st_size, max_bytes) + 1)]
+        read = max_bytes + 1 if oversized else len(chunks[0])
         while read <= max_bytes:
             more = fh.read(min(_READ_CHUNK, max_bytes + 1 - read))
             if not more:
@@ -83,7 +86,7 @@ def read_limited(path: str | os.PathLike, max_bytes: int, what: str) -> bytes:
             read += len(more)
     if read > max_bytes:
         raise ValueError(f"{what} {os.fspath(path)} is larger than the {max_bytes:,} bytes accepted")
-    return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+    return b"".join(chunks)
 
 
 def _compression_limit(compressed: int) -> int:

@@ -204,7 +204,8 @@ def _time_interleaved(impls: dict[str, Callable[..., Any]], candidates: list[str
     of the machine falls on all of them alike. Each call runs in a :class:`~.kernels.scratch.shared_inputs`
     block of its own, so it pays for what it prepares from its inputs (a conv gradient's layout of the
     output gradient, made once for both gradients in a training step): a kernel timed on what an
-    earlier call prepared looked up to 4x cheaper than it is."""
+    earlier call prepared looked up to 4x cheaper than it is. (Where both gradients run on one
+    backend, the second is so charged for a layout it shares: a small bias the other way.)"""
     runs: dict[str, list[float]] = {name: [] for name in candidates}
     spent = 0.0
     for round_ in range(_MEASURE_ROUNDS[1]):

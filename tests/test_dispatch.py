@@ -250,6 +250,7 @@ def test_fastest_measures_callers_candidates_once():
     assert calls == [] and len(fastcnn.dispatch_decisions()) == 1
 
 
+@pytest.mark.skipif(len(BACKENDS) < 2, reason="needs numba")
 def test_each_timed_call_pays_for_what_it_prepares():
     """A conv's gradients share what one prepares from grad_y (``scratch.shared``); timing a candidate
     on what its previous call left would hide that cost. Every timed call prepares afresh, so a

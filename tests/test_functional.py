@@ -365,13 +365,13 @@ def test_conv2d_stride_1_padding_layouts(backend, rng, kernel, dilation, padding
                                                                  (64, 1, 8, (28, 28), (1, 1), (3, 3)),
                                                                  (3, 2, 6, (40, 41), (1, 1), (5, 7)),
                                                                  (2, 40, 3, (9, 9), (1, 1), (3, 3)),
-                                                                 (2, 3, 130, (6, 5), (1, 1), (3, 3))])
+                                                                 (2, 3, 138, (6, 5), (1, 1), (3, 3))])
 def test_conv2d_on_inputs_larger_than_a_kernel_block(backend, rng, n, c_in, c_out, hw, dilation, kernel):
     """Big enough that the Numba kernels' flat runs span several cache blocks and samples; SciPy reference.
     The cases also cover how the Numba kernels split their work: output channels that are not whole
     register tiles, 35 taps that are not whole weight-gradient tiles, a weight gradient split by
     blocks (64 samples of one channel), by input channels (40 of them) and by bands of output-channel
-    tiles (130 channels: 33 tiles in bands of 2, the last band one tile of 2 channels)."""
+    tiles (138 channels: 35 tiles in bands of 3, the last band 2 tiles, the last tile 2 channels)."""
     x = rng.standard_normal((n, c_in) + hw)
     wt = rng.standard_normal((c_out, c_in) + kernel)
     dh, dw = dilation

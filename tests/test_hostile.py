@@ -215,6 +215,26 @@ def test_no_large_allocation_in_a_fresh_process_with_little_address_space(tmp_pa
     assert result.stdout.split("\n")[:3] == ["ValueError ValueError", "ValueError ValueError", "(10, 676)"]
 
 
+class _Spy:
+    """A file object that records the sizes asked of ``read``."""
+
+    def __init__(self, fh, reads):
+        self._fh, self._reads = fh, reads
+
+    def read(self, size=-1):
+        self._reads.append(size)
+        return self._fh.read(size)
+
+    def __getattr__(self, name):
+        return getattr(self._fh, name)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc_info):
+        self._fh.close()
+
+
 def test_read_limited_reads_files_and_pipes_up_to_the_limit(tmp_path, monkeypatch):
     """Every byte up to the limit, one past it refused; from a pipe (no stated size) in chunks."""
     data = bytes(range(256)) * 40
@@ -223,6 +243,13 @@ def test_read_limited_reads_files_and_pipes_up_to_the_limit(tmp_path, monkeypatc
     assert _untrusted.read_limited(path, len(data), "f") == data
     with pytest.raises(ValueError, match=f"larger than the {len(data) - 1:,} bytes"):
         _untrusted.read_limited(path, len(data) - 1, "f")
+    reads = []
+    real_open = open
+    monkeypatch.setattr("builtins.open", lambda *a, **k: _Spy(real_open(*a, **k), reads))
+    with pytest.raises(ValueError, match="larger than"):  # a regular file's size is known: refused unread
+        _untrusted.read_limited(path, len(data) - 1, "f")
+    assert reads == []
+    monkeypatch.undo()
     if not hasattr(os, "mkfifo"):
         return
     monkeypatch.setattr(_untrusted, "_READ_CHUNK", 1000)

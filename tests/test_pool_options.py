@@ -251,13 +251,15 @@ def test_whole_windows_is_the_scales_test_and_takes_no_time_on_huge_inputs():
                     for ceil in (0, 1):
                         if k > size + 2 * p:
                             continue
-                        geo = pool_geometry((1, 1, size, 5), (k, 3), (s, 2), (p, 1), 1, ceil)
-                        for count_pad in (False, True):
-                            scales = avg_pool_scales(geo, (size, 5), count_pad, None, np.float64)
-                            expected = bool(np.all(scales == 1.0 / (k * 3)))
-                            assert whole_windows(geo, (size, 5), count_pad) == expected, (size, k, p, s, ceil, count_pad)
-                            seen.add(expected)
-    assert seen == {False, True}
+                        for other in ((size, k, s, p), (6, 2, 2, 0)):  # the same on both axes, or a plain width
+                            hw = (size, other[0])
+                            geo = pool_geometry((1, 1) + hw, (k, other[1]), (s, other[2]), (p, other[3]), 1, ceil)
+                            for count_pad in (False, True):
+                                scales = avg_pool_scales(geo, hw, count_pad, None, np.float64)
+                                expected = bool(np.all(scales == 1.0 / (k * other[1])))
+                                assert whole_windows(geo, hw, count_pad) == expected, (hw, k, p, s, ceil, count_pad, other)
+                                seen.add((count_pad, expected))
+    assert seen == {(False, False), (False, True), (True, False), (True, True)}
     huge = 2**40
     geo = pool_geometry((1, 1, huge, huge), 2, 2, 0)
     assert whole_windows(geo, (huge, huge), False)

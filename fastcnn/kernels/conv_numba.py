@@ -597,7 +597,8 @@ def _samples_per_task(plane: int) -> int:
     """The samples of ``plane`` positions each that a task of :func:`_conv_wide_from` takes: one, unless
     the planes are so small that a task would not repay its overhead. (One wastes least: only a task's
     last plane is cut to the positions the output reads. Measured, roughly, on a busy machine on LeNet's
-    two convs at batch 256: as fast as or faster than a block of 2304 positions per task.)"""
+    two convs at batch 256: as fast as or faster than a block of 2304 positions per task, the block
+    size then.)"""
     return max(1, _TASK_POSITIONS // plane)
 
 
@@ -718,7 +719,7 @@ def _grad_weight_wide(gr, head, length, xr, offsets, kh, kw):
     ``k`` of the ``kh x kw`` kernel reading ``xr`` from ``offsets[k]`` on, a register tile of output
     channels by (input channel, tap) pairs at a time (see :func:`._tiles.dot_tile`).
 
-    A task is a band of tiles of output channels (several when there are more tiles than
+    A task is a band of tiles of output channels (one tile, or as many as keep the bands at most
     :data:`_GRAD_TASKS`), a chunk of the input channels and a share of the blocks (at most
     :data:`_GRAD_TASKS` tasks, shares of 4 blocks or more). A tile of a block's input runs is read once
     per task, and every tile of the band takes its dot products with it while it is in cache; the
@@ -730,7 +731,7 @@ def _grad_weight_wide(gr, head, length, xr, offsets, kh, kw):
     c_out, c_in = gr.shape[0], offsets.shape[0] // n_taps
     group = DOT_ROWS if c_out >= DOT_ROWS else 1  # output channels per tile
     groups, blocks = -(-c_out // group), -(-length // _GRAD_BLOCK)
-    band = max(1, groups // _GRAD_TASKS)  # tiles of output channels per task
+    band = -(-groups // _GRAD_TASKS)  # tiles of output channels per task
     bands = -(-groups // band)
     per_task = max(1, c_in * bands // _GRAD_TASKS)  # input channels
     chunks = -(-c_in // per_task)
