@@ -375,8 +375,8 @@ def whole_windows(geo: PoolGeometry, hw: tuple[int, int], count_include_pad: boo
     :func:`avg_pool_scales` is ``1 / (kH * kW)`` everywhere). Window starts grow along each axis, so
     the first and the last decide, in a few operations however large the input (a file's claim)."""
     for o, k, s, p, size in zip(geo.out_hw, geo.kernel, geo.stride, geo.padding, hw):
-        first, stop = (-p, size + p) if count_include_pad else (0, size)
-        if o > 0 and (-p < first or (o - 1) * s - p + k > stop):
+        low, high = (-p, size + p) if count_include_pad else (0, size)  # where a whole window may lie
+        if o > 0 and (-p < low or (o - 1) * s - p + k > high):  # the first window's start, the last's end
             return False
     return True
 

@@ -636,8 +636,8 @@ def _import_mul(r: _Reader, node, attrs: dict) -> None:
     scale = float(c.reshape(-1)[0])
     divisor = round(k / scale) if scale > 0 and math.isfinite(k / scale) else 0
     geo = pool_geometry((1,) + r.last_input, last.kernel_size, last.stride, last.padding, 1, int(last.ceil_mode))
-    if divisor < 1 or abs(divisor * scale - k) > 1e-6 * k or not whole_windows(geo, r.last_input[1:],
-                                                                                last.count_include_pad):
+    whole = whole_windows(geo, r.last_input[1:], last.count_include_pad)
+    if divisor < 1 or abs(divisor * scale - k) > 1e-6 * k or not whole:
         raise r.fail(node, f"scales an average pool by {scale}: not kH * kW / d for a whole divisor d over whole "
                            "windows (divisor_override)")
     r.layers[-1] = AvgPool2D(last.kernel_size, last.stride, last.padding, last.ceil_mode, last.count_include_pad,
@@ -1050,10 +1050,7 @@ def _input_spec(path: str, graph, constants: dict) -> tuple[str, np.dtype, tuple
         per_sample.append(int(d.dim_value))
     if len(per_sample) not in (1, 3):
         raise ValueError(f"{path}: input {value.name!r} has rank {len(dims)}; fastcnn reads (N, C, H, W) or (N, F)")
-    try:
-        _check_sample(per_sample, f"input {value.name!r}")
-    except ValueError as exc:
-        raise ValueError(f"{path}: {exc}") from None
+    _check_sample(per_sample, f"{path}: input {value.name!r}")
     return value.name, dtype, tuple(per_sample)
 
 
