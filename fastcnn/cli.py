@@ -87,10 +87,20 @@ def main(argv: list[str] | None = None) -> int:
     except (ValueError, TypeError, OSError, ImportError) as exc:
         print(f"fastcnn {args.command}: error: {exc}", file=sys.stderr)
         return 1
-    except KeyboardInterrupt:  # `train` says more itself
+    except (KeyboardInterrupt, SystemError) as exc:  # `train` says more itself
+        if not _interrupt(exc):
+            raise
         print(f"\nfastcnn {args.command}: interrupted", file=sys.stderr)
         _clear_stale_interrupt()
         return 130
+
+
+def _interrupt(exc: BaseException | None) -> bool:
+    """Whether ``exc`` is Ctrl-C: a KeyboardInterrupt, or the SystemError a C function raises when one
+    interrupts the Python code it calls (Numba's dispatcher, loading a kernel from its cache)."""
+    while isinstance(exc, SystemError):
+        exc = exc.__cause__ or exc.__context__
+    return isinstance(exc, KeyboardInterrupt)
 
 
 def _check_out_dir(path, parents: bool) -> None:
@@ -139,7 +149,9 @@ def _train(args, parser) -> int:
             args.threads = max(1, threads.max_threads() // w.local_size)
         with distributed.abort_on_error(w):  # an error on one rank stops all; rank 0 alone reports and writes
             return _run_training(args, counter, w)
-    except KeyboardInterrupt:
+    except (KeyboardInterrupt, SystemError) as exc:
+        if not _interrupt(exc):
+            raise
         _clear_stale_interrupt()
         if counter.stage == "training":
             where = f"at epoch {counter.done + 1} of {counter.epochs}"

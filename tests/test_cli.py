@@ -148,24 +148,32 @@ def test_a_missing_output_folder_is_an_error_unless_asked(tmp_path, trained, cap
     assert show.exists()
 
 
-def _interrupt_on_call(monkeypatch, target, name, call):
+def _interrupt_on_call(monkeypatch, target, name, call, through_c=False):
+    """Ctrl-C in the ``call``-th call of ``target.name``; with ``through_c``, as a C function that called
+    Python reports it (Numba's dispatcher loading a cached kernel): a SystemError caused by it."""
     real, calls = getattr(target, name), []
 
     def interrupted(*args, **kwargs):
         calls.append(1)
         if len(calls) == call:
+            if through_c:
+                try:
+                    raise KeyboardInterrupt
+                except KeyboardInterrupt as exc:
+                    raise SystemError("<function _numba_unpickle> returned a result with an exception set") from exc
             raise KeyboardInterrupt
         return real(*args, **kwargs)
 
     monkeypatch.setattr(target, name, interrupted)
 
 
-def test_ctrl_c_during_training_says_where_and_saves_nothing(tmp_path, monkeypatch, capsys):
+@pytest.mark.parametrize("through_c", [False, True])
+def test_ctrl_c_during_training_says_where_and_saves_nothing(tmp_path, monkeypatch, capsys, through_c):
     from fastcnn.model import Sequential
 
     out = tmp_path / "m.npz"
     out.write_bytes(b"an older model")
-    _interrupt_on_call(monkeypatch, Sequential, "_train_epoch", 2)  # in the second epoch
+    _interrupt_on_call(monkeypatch, Sequential, "_train_epoch", 2, through_c)  # in the second epoch
     code = cli.main(["train", "--model", "tiny_cnn", "--epochs", "3", "--quiet", "--out", str(out)])
     err = capsys.readouterr().err
     assert code == 130
