@@ -317,8 +317,7 @@ def _fill_phase_plane(x, flat, task, length, top, left, sh, sw, ph, pw, hq, wq):
         for pj in range(pw):
             run = (ch * ph + pi) * pw + pj
             start = run * length + s * plane
-            q0 = min(wq, max(0, -((pj - left) // sw)))  # the columns q0 .. q1 - 1 lie in x: no test per value
-            q1 = max(q0, min(wq, (w - 1 - pj + left) // sw + 1))
+            q0, q1 = _landing(pj - left, sw, wq, w)  # the columns q0 .. q1 - 1 lie in x: no test per value
             for r in range(hq):
                 row, at = r * sh + pi - top, start + r * wq
                 if row < 0 or row >= h:
