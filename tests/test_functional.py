@@ -618,7 +618,8 @@ def test_relu_and_its_gradient(backend, rng):
         F.relu_backward(gy[:1], y, backend=backend)
 
 
-@pytest.mark.parametrize("n, n_in, n_out", [(5, 7, 3), (3000, 40, 10), (1, 1, 1), (1031, 100, 13), (97, 784, 16)])
+@pytest.mark.parametrize("n, n_in, n_out", [(5, 7, 3), (3000, 40, 10), (1, 1, 1), (1031, 100, 13), (97, 784, 16),
+                                            (131, 60, 50)])
 def test_linear_and_its_gradients_match_the_formulas(backend, rng, n, n_in, n_out):
     x, w, b = rng.standard_normal((n, n_in)), rng.standard_normal((n_out, n_in)), rng.standard_normal(n_out)
     gy = rng.standard_normal((n, n_out))
@@ -628,6 +629,19 @@ def test_linear_and_its_gradients_match_the_formulas(backend, rng, n, n_in, n_ou
     np.testing.assert_allclose(gw, gy.T @ x, rtol=1e-11, atol=1e-11)
     np.testing.assert_allclose(gb, gy.sum(axis=0), rtol=1e-12)
     assert F.linear_backward(gy, x, w, input_grad=False, backend=backend)[0] is None
+
+
+def test_linear_goes_by_output_tiles_where_it_pays():
+    """The shapes the linear tests give Numba's forward pass by output tiles, and some it must not take."""
+    if "numba" not in BACKENDS:
+        pytest.skip("numba not installed")
+    from fastcnn.kernels import linear_numba
+
+    assert linear_numba.by_output_tiles(131, 50, 60, 8)  # test_linear_and_its_gradients_match_the_formulas
+    assert linear_numba.by_output_tiles(130, 128, 400, 4)  # test_inference's test_linear_with_relu_serial_or_parallel
+    assert not linear_numba.by_output_tiles(64, 128, 400, 4)  # a small batch: the transpose does not pay
+    assert not linear_numba.by_output_tiles(256, 128, 9216, 4)  # a long input: its tiles leave L2
+    assert not linear_numba.by_output_tiles(256, 10, 400, 4)  # less than a tile of outputs
 
 
 @pytest.mark.parametrize("n, n_in, n_out", [(64, 400, 128), (33, 50, 9), (600, 96, 12)])

@@ -452,10 +452,11 @@ def test_prepared_conv_splits_a_small_batch_by_output_channels(monkeypatch, n, c
 
 
 @pytest.mark.parametrize("backend", ["numpy"] + (["numba"] if jit.NUMBA_AVAILABLE else []))
-@pytest.mark.parametrize("n, n_in, n_out", [(1, 400, 128), (3, 37, 13), (5, 64, 10)])
+@pytest.mark.parametrize("n, n_in, n_out", [(1, 400, 128), (3, 37, 13), (5, 64, 10), (130, 400, 128)])
 def test_linear_with_relu_serial_or_parallel(monkeypatch, backend, n, n_in, n_out):
     """``linear`` with the ReLU the plan fuses into it, a launch forced serial and forced parallel: the
-    op's output through a ReLU (NaN kept), and the float64 formula."""
+    op's output through a ReLU (NaN kept), and the float64 formula. (The last case goes by output tiles
+    in Numba: whole tiles of rows, then two rows one at a time.)"""
     kernel = backends.OPS["linear"].kernels[backend]
     rng = np.random.default_rng(10)
     x, w = rng.standard_normal((n, n_in)).astype(np.float32), rng.standard_normal((n_out, n_in)).astype(np.float32)
