@@ -151,6 +151,12 @@ def test_max_pairs_takes_the_first_maximum_of_each_window(dtype):
         np.testing.assert_array_equal(idx[out : out + count], positions)
         outside = np.r_[0:out, out + count : y.size]
         assert (y[outside] == 9.0).all() and (idx[outside] == -9).all()
+        unindexed = np.full(n + 6, 9.0, dtype)  # without an argmax (inference): the same values
+        if bias is None:
+            _max_pairs(x, at, step, w, relu, unindexed, out, None, base, count)
+        else:
+            _max_pairs_bias(x, at, step, w, bias, relu, unindexed, out, None, base, count)
+        np.testing.assert_array_equal(unindexed, y)
 
 
 @pytest.mark.parametrize("dtype", DTYPES)

@@ -14,7 +14,7 @@ from __future__ import annotations
 from llvmlite import ir
 from numba import types
 from numba.core import cgutils
-from numba.extending import intrinsic, register_jitable
+from numba.extending import intrinsic, overload, register_jitable
 
 from ._tiles import _float_arrays, _int, _Vectors, lanes
 from .jit import CHECK_BOUNDS
@@ -33,21 +33,23 @@ def _max_pairs(typingctx, x, at, step, w, bias, relu, y, out, idx, base, count):
     the maximum of ``x[at + 2q]``, ``x[at + 2q + 1]``, ``x[at + step + 2q]``, ``x[at + step + 2q + 1]``
     (each plus ``bias``, unless it is None) to ``y[out + q]`` (with ``relu``, a maximum <= 0 as 0, NaN
     kept), and its position (``base + 2q`` plus 0, 1, ``w`` or ``w + 1``: ties go to the first in that
-    order, the last NaN wins) to ``idx[out + q]``.
+    order, the last NaN wins) to ``idx[out + q]``, unless ``idx`` is None (inference keeps no argmax:
+    the positions are then never computed).
 
     ``step`` is the distance between the two input rows and ``w`` the width the positions count in;
     they differ when ``x`` is a convolution's wide output (see :mod:`.conv_numba`). ``x`` and ``y`` are
     1-D arrays of one float dtype, ``idx`` of int64; ``count`` is at most ``lanes``
     (:func:`._tiles.lanes`)."""
-    if not (_float_arrays(x, y) and x.ndim == y.ndim == 1 and isinstance(idx, types.Array)
-            and idx.dtype == types.int64 and idx.ndim == 1 and isinstance(bias, (types.Float, types.NoneType))
+    indexed = not isinstance(idx, types.NoneType)
+    if not (_float_arrays(x, y) and x.ndim == y.ndim == 1 and isinstance(bias, (types.Float, types.NoneType))
+            and (not indexed or (isinstance(idx, types.Array) and idx.dtype == types.int64 and idx.ndim == 1))
             and isinstance(relu, types.Boolean)):
         return None
     sig = types.void(x, types.intp, types.intp, types.intp, bias, relu, y, types.intp, idx, types.intp, types.intp)
 
     def codegen(context, builder, signature, args):
         x_t, y_t, i_t = signature.args[0], signature.args[6], signature.args[8]
-        x_a, y_a, i_a = (context.make_array(t)(context, builder, args[k]) for t, k in ((x_t, 0), (y_t, 6), (i_t, 8)))
+        x_a, y_a = (context.make_array(t)(context, builder, args[k]) for t, k in ((x_t, 0), (y_t, 6)))
         at, step, w, relu, out, base, count = args[1], args[2], args[3], args[5], args[7], args[9], args[10]
         v = _Vectors(context, builder, x_t.dtype)
         n, pairs = v.n, builder.mul(count, _int(2))
@@ -70,7 +72,8 @@ def _max_pairs(typingctx, x, at, step, w, bias, relu, y, out, idx, base, count):
         position = builder.add(builder.add(v.splat(base), builder.add(v.iota, v.iota)), offset)
         windows = v.below(_int(0), count)
         v.store(best, y_a.data, out, windows)
-        v.store(position, i_a.data, out, windows)
+        if indexed:  # (without, LLVM drops the positions' arithmetic)
+            v.store(position, context.make_array(i_t)(context, builder, args[8]).data, out, windows)
         return context.get_dummy_value()
 
     return sig, codegen
@@ -144,6 +147,17 @@ def _clear(typingctx, a, start, length):
     return sig, codegen
 
 
+def _holds(idx, end):
+    """Whether ``idx`` has ``end`` values, or is None (nothing is written to it)."""
+
+
+@overload(_holds)
+def _holds_typed(idx, end):
+    if isinstance(idx, types.NoneType):
+        return lambda idx, end: True
+    return lambda idx, end: end <= idx.size
+
+
 @register_jitable(inline="always")
 def max_pairs(x, at, step, w, bias, relu, y, out, idx, base, count):
     """:func:`_max_pairs`, its reads and writes asserted in bounds under ``jit.CHECK_BOUNDS``."""
@@ -151,7 +165,7 @@ def max_pairs(x, at, step, w, bias, relu, y, out, idx, base, count):
         assert 0 <= count and count <= lanes(x.itemsize), "max_pairs: count is not in [0, lanes]"
         assert 0 <= at and 0 <= at + step and at + 2 * count <= x.size and at + step + 2 * count <= x.size, \
             "max_pairs: a read of x is out of bounds"
-        assert 0 <= out and out + count <= y.size and out + count <= idx.size, "max_pairs: a write is out of bounds"
+        assert 0 <= out and out + count <= y.size and _holds(idx, out + count), "max_pairs: a write is out of bounds"
     _max_pairs(x, at, step, w, bias, relu, y, out, idx, base, count)
 
 

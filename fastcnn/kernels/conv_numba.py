@@ -399,7 +399,7 @@ def _conv_wide(xr, taps, offsets, b, yr, y, idx, relu, hp, wp, ow, groups, pass_
     wide, c_out = yr.reshape(yr.size), y.shape[1]
     for task in prange(y.shape[0] * c_out):
         s, co = task // c_out, task % c_out
-        _emit_plane(wide, co * yr.shape[1] + s * hp * wp, wp, ow, b[co], relu, y[s, co], idx[s, co])
+        _emit_plane(wide, co * yr.shape[1] + s * hp * wp, wp, ow, b[co], relu, y[s, co], idx.shape[2] > 0, idx[s, co])
 
 
 @parallel_kernel
@@ -425,33 +425,34 @@ def _conv_wide_from(x, w, b, runs, taps, write_taps, offsets, y, relu, pooled, o
             _fill_plane(x, x, False, flat, task, runs.shape[1], hp, wp, head)
     if write_taps:
         _write_taps(w, taps, False)
-    rows, cols = (y.shape[2], y.shape[3]) if pooled else (0, 0)
     for task in prange(-(-n // per_task) * groups):
         first, stop = _group_rows(taps.shape[0], groups, task % groups)
         s0 = task // groups * per_task
         s1 = min(n, s0 + per_task)
         span = _task_span(s1 - s0, plane, used, x.itemsize)
         yr = np.empty((taps.shape[0], span), dtype=x.dtype)  # only the group's rows are written
-        idx = np.empty((rows, cols), dtype=np.int64)
         at = offsets + s0 * plane
         for block in range(-(-span // _BLOCK)):
             _correlate_block(yr, taps, runs, at, block, first, stop, pass_taps)
         wide = yr.reshape(yr.size)
         for s in range(s0, s1):
             for co in range(first, min(stop, y.shape[1])):
-                _emit_plane(wide, co * span + (s - s0) * plane, wp, ow, b[co], relu, y[s, co], idx)
+                _emit_plane(wide, co * span + (s - s0) * plane, wp, ow, b[co], relu, y[s, co], pooled, None)
 
 
 @kernel_helper
-def _emit_plane(wide, start, wp, ow, bias, relu, y, idx):
+def _emit_plane(wide, start, wp, ow, bias, relu, y, pooled, idx):
     """The plane of a wide output at ``wide[start:]`` (rows ``wp`` apart) plus ``bias`` to ``y`` (rows,
-    cols), through a ReLU with ``relu``; or, if ``idx`` (rows, cols) is not empty, its 2x2, stride-2
-    max-pool (through a ReLU with ``relu``) to ``y`` and its argmax, in rows of the conv's output width
-    ``ow``, to ``idx``."""
+    cols), through a ReLU with ``relu``; or, with ``pooled``, its 2x2, stride-2 max-pool (through a
+    ReLU with ``relu``) to ``y`` and, unless ``idx`` is None, its argmax, in rows of the conv's output
+    width ``ow``, to ``idx`` (rows, cols)."""
     rows, cols = y.shape
-    if idx.size:
-        pool_numba.pool_rows(wide, start, wp, ow, bias, relu, y.reshape(rows * cols), 0, idx.reshape(rows * cols),
-                             rows, cols)
+    if pooled:
+        if idx is None:  # (a branch per type, which Numba prunes: no optional array)
+            pool_numba.pool_rows(wide, start, wp, ow, bias, relu, y.reshape(rows * cols), 0, None, rows, cols)
+        else:
+            pool_numba.pool_rows(wide, start, wp, ow, bias, relu, y.reshape(rows * cols), 0, idx.reshape(rows * cols),
+                                 rows, cols)
     elif relu:
         for r in range(rows):
             _copy_relu(y[r], wide[start + r * wp :], bias)

@@ -55,7 +55,8 @@ def _max_pool_plane(plane, kh, kw, sh, sw, ph, pw, dh, dw, y, idx):
 def pool_rows(x, at, step, w, bias, relu, y, out, idx, rows, cols):
     """2x2, stride-2 max-pooling of one plane, a vector of windows at a time: ``rows`` by ``cols``
     windows from ``x[at:]``, whose rows are ``step`` apart, to ``y[out:]`` (through a ReLU with
-    ``relu``) and ``idx[out:]`` (positions counted in rows of ``w``). See :func:`._pool_vectors.max_pairs`."""
+    ``relu``) and ``idx[out:]`` (positions counted in rows of ``w``; None: no argmax). See
+    :func:`._pool_vectors.max_pairs`."""
     n = lanes(x.itemsize)
     for r in range(rows):
         for q in range(0, cols, n):
