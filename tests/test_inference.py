@@ -399,6 +399,37 @@ def test_prepared_conv_is_the_same_serial_or_parallel(monkeypatch, dtype, shape,
 
 
 @pytest.mark.skipif(not jit.NUMBA_AVAILABLE, reason="needs numba")
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("shape, padding, relu", [((3, 1, 12, 12, 5), 0, False), ((2, 3, 9, 41, 4), 1, True),
+                                                  ((64, 1, 28, 28, 8), 0, True), ((9, 8, 13, 13, 16), 0, True)])
+def test_training_conv_pool_by_tasks_is_the_two_pass_kernel(monkeypatch, dtype, shape, padding, relu):
+    """Training's conv + 2x2 max-pool pools each task's wide output while it is in cache (a PreparedConv
+    that keeps the argmax) where the prepared conv takes the shapes, else it correlates the whole batch
+    and then pools it: the same outputs and argmax, bit for bit (NaN included), serial or parallel."""
+    monkeypatch.setattr(jit, "num_threads", lambda: 2)
+    n, c, h, w, c_out = shape
+    rng = np.random.default_rng(12)
+    x, wt = rng.standard_normal((n, c, h, w)).astype(dtype), rng.standard_normal((c_out, c, 3, 3)).astype(dtype)
+    b = rng.standard_normal(c_out).astype(dtype)
+    x[0, 0, 2, 3] = np.nan  # a NaN wins its windows, and its argmax says where
+    geo = conv_geometry(x.shape, wt.shape, 1, padding, 1)
+    pool = pool_geometry((n, c_out) + geo.out_hw, (2, 2), (2, 2), (0, 0), (1, 1), 0)
+    conv_numba._prepared_with_argmax.cache_clear()
+    assert conv_numba._prepared_with_argmax(x.shape, wt.shape, dtype, geo, pool, relu, 2) is not None
+    by_tasks = [conv_numba.conv2d_max_pool2d_forward(x, wt, b, geo, pool, relu)]
+    monkeypatch.setattr(jit, "SERIAL_WORK", 1 << 60)
+    conv_numba._prepared_with_argmax.cache_clear()
+    by_tasks.append(conv_numba.conv2d_max_pool2d_forward(x, wt, b, geo, pool, relu))
+    monkeypatch.setattr(conv_numba, "_prepared_with_argmax", lambda *args: None)  # the two passes
+    y, idx = conv_numba.conv2d_max_pool2d_forward(x, wt, b, geo, pool, relu)
+    assert np.isnan(y).any()
+    for got_y, got_idx in by_tasks:
+        assert np.array_equal(got_y, y, equal_nan=True) and np.array_equal(got_idx, idx)
+    monkeypatch.undo()
+    conv_numba._prepared_with_argmax.cache_clear()
+
+
+@pytest.mark.skipif(not jit.NUMBA_AVAILABLE, reason="needs numba")
 @pytest.mark.parametrize("kernel, stride, padding", [
     ((1, 1), (2, 2), 0),  # a kernel smaller than the stride: phases no tap reads are left out
     ((2, 2), (3, 3), 1),

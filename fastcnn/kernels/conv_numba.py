@@ -26,6 +26,7 @@ which asks the kernel for huge pages (far fewer page faults than Numba's own all
 """
 from __future__ import annotations
 
+import functools
 import threading
 from typing import NamedTuple
 
@@ -404,7 +405,7 @@ def _conv_wide(xr, taps, offsets, b, yr, y, idx, relu, hp, wp, ow, groups, pass_
 
 @parallel_kernel
 def _conv_wide_from(x, w, b, runs, taps, write_taps, offsets, y, relu, pooled, ow, per_task, groups, used, hp, wp, head,
-                    pass_taps, phases):
+                    pass_taps, phases, idx):
     """The forward pass of :func:`_conv_wide` (pooled with ``pooled``) in one kernel launch, from the
     input ``x`` (in planes ``hp x wp``, after ``head`` zeros: see :func:`_input_runs`; or, for a strided
     conv, its phases' runs, ``phases`` ``(top, left, sh, sw, ph, pw)`` with ``sh > 0``: see
@@ -412,7 +413,7 @@ def _conv_wide_from(x, w, b, runs, taps, write_taps, offsets, y, relu, pooled, o
     written into ``runs`` and ``taps`` (temporaries the caller keeps, see :class:`PreparedConv`;
     without, ``taps`` is the weight itself), then each task correlates the planes of ``per_task`` samples, for one of ``groups`` groups of the
     output channels (see :func:`_groups_for`), into a wide output of its own and emits them at once,
-    while they are in cache (the argmax is not kept). Of the last plane of a task only the first
+    while they are in cache, the pool's argmax to ``idx`` (None: not kept). Of the last plane of a task only the first
     ``used`` positions are computed (the rows and columns the output or the pool reads); ``runs``
     reach whole tiles past them (see :func:`_task_span`)."""
     n, plane = x.shape[0], hp * wp
@@ -437,7 +438,10 @@ def _conv_wide_from(x, w, b, runs, taps, write_taps, offsets, y, relu, pooled, o
         wide = yr.reshape(yr.size)
         for s in range(s0, s1):
             for co in range(first, min(stop, y.shape[1])):
-                _emit_plane(wide, co * span + (s - s0) * plane, wp, ow, b[co], relu, y[s, co], pooled, None)
+                if idx is None:  # (a branch per type, which Numba prunes)
+                    _emit_plane(wide, co * span + (s - s0) * plane, wp, ow, b[co], relu, y[s, co], pooled, None)
+                else:
+                    _emit_plane(wide, co * span + (s - s0) * plane, wp, ow, b[co], relu, y[s, co], pooled, idx[s, co])
 
 
 @kernel_helper
@@ -571,10 +575,27 @@ def conv2d_max_pool2d_forward(x, w, b, geo, pool, relu):
     output is never written."""
     if geo.stride != (1, 1) or not pool_numba.vector_pool(pool, *geo.out_hw):
         return pooled(pool_numba, elementwise_numba, conv2d_forward(x, w, b, geo), pool, relu)
+    prepared = _prepared_with_argmax(x.shape, w.shape, x.dtype, geo, pool, relu, jit.num_threads())
+    if prepared is not None:  # each task's wide output pooled while it is in cache
+        return prepared(x, w, b)
     shape = (x.shape[0], w.shape[0]) + pool.out_hw
     y, idx = np.empty(shape, dtype=x.dtype), np.empty(shape, dtype=np.int64)
     _conv_wide_into(x, w, b, y, idx, relu, geo)
     return y, idx
+
+
+_TRAINING_KEEP_BYTES = 16 << 20  # per thread, for each of the last 8 shapes: bounded memory for the speed-up
+
+
+@functools.lru_cache(maxsize=8)  # a training step's convs with a pool, and their last short batch, as a rule
+def _prepared_with_argmax(x_shape, w_shape, dtype, geo, pool, relu, threads) -> "PreparedConv | None":
+    """The :class:`PreparedConv` that :func:`conv2d_max_pool2d_forward` runs for these arguments (and
+    the thread count, which its tasks and kernel depend on), if it takes them with temporaries of at
+    most :data:`_TRAINING_KEEP_BYTES`; else None."""
+    if not PreparedConv.takes(x_shape, w_shape, geo, pool):
+        return None
+    prepared = PreparedConv(x_shape, w_shape, dtype, geo, pool, relu, argmax=True)
+    return prepared if prepared.temporary_bytes <= _TRAINING_KEEP_BYTES else None
 
 
 _KEEP_BYTES = 64 << 20  # a PreparedConv keeps its temporaries for the next call up to this size (per thread)
@@ -617,11 +638,12 @@ class PreparedConv:
 
     Calling ``prepared(x, w, b)`` returns the output: a new array, or with ``reuse_output`` one kept
     per thread like the temporaries, which the next call in the thread overwrites (for outputs that
-    the next step of a plan consumes).
+    the next step of a plan consumes); with ``argmax`` (a pool's, for training), the output and the
+    pool's argmax, as :func:`conv2d_max_pool2d_forward` returns them.
     """
 
     def __init__(self, x_shape: tuple, w_shape: tuple, dtype, geo, pool=None, relu: bool = False,
-                 reuse_output: bool = False) -> None:
+                 reuse_output: bool = False, argmax: bool = False) -> None:
         if _prepared_planes(w_shape, geo, pool) is None:
             raise ValueError(f"PreparedConv takes stride-1 convs (with a 2x2, stride-2 max-pool at most) and strided "
                              f"ones without dilation or pool; got stride {geo.stride}, dilation {geo.dilation}, "
@@ -639,6 +661,7 @@ class PreparedConv:
             runs, reach, self._pass_taps = c_in * ph * pw, _reach(ka, kb, wp, 1, 1), _phase_pass_taps(kh, kw, sh, sw)
             self._phases = (top, left, sh, sw, ph, pw)
         self.dtype, self.relu, self.pooled, self.ow = np.dtype(dtype), bool(relu), pool is not None, ow
+        self.argmax = argmax and self.pooled
         self.out_shape = (n, c_out) + (geo.out_hw if pool is None else pool.out_hw)
         self._per_task = _samples_per_task(hp * wp)
         rows, cols = (2 * pool.out_hw[0], 2 * pool.out_hw[1]) if pool is not None else geo.out_hw
@@ -656,7 +679,8 @@ class PreparedConv:
         kernel = _launch(x_shape, w_shape, geo)
         self._groups = _sample_groups(n, self._per_task, c_out) if kernel is _conv_wide_from else 1
         self._kernel = jit.serialized(kernel) if jit.SERIALIZE_KERNELS and kernel is _conv_wide_from else kernel
-        self._keep = sum(np.prod(s, dtype=np.float64) for s in self._shapes) * self.dtype.itemsize <= _KEEP_BYTES
+        self.temporary_bytes = int(sum(np.prod(s, dtype=np.float64) for s in self._shapes)) * self.dtype.itemsize
+        self._keep = self.temporary_bytes <= _KEEP_BYTES
         self._local = threading.local()
 
     @staticmethod
@@ -686,9 +710,10 @@ class PreparedConv:
         if direct:
             taps = w.reshape(self._taps_shape)
         y = kept[0] if kept else np.empty(self.out_shape, self.dtype)
+        idx = np.empty(self.out_shape, np.int64) if self.argmax else None
         self._kernel(x, w, b, runs, taps, not direct, self._offsets, y, self.relu, self.pooled, self.ow,
-                     self._per_task, self._groups, self._used, *self._plane, self._pass_taps, self._phases)
-        return y
+                     self._per_task, self._groups, self._used, *self._plane, self._pass_taps, self._phases, idx)
+        return (y, idx) if self.argmax else y
 
 
 def _prepared_planes(w_shape: tuple, geo, pool) -> tuple[int, int] | None:
