@@ -23,23 +23,7 @@ BACKENDS = fastcnn.available_backends() + ("auto",) + (("torch",) if torch is no
 FASTCNN_ONLY = ("fastcnn",) + (("torch",) if torch is not None else ())  # ops with one implementation
 
 
-# PyTorch at its best: glibc reads these at process start. Without them PyTorch's large buffers come
-# from fresh mmaps that page-fault on every call, and its times turn bimodal (10.8 vs 18.1 ms for the
-# 32->64 conv). fastcnn keeps its temporaries in reused scratch buffers, so the settings do not
-# change its times; they are set for the whole benchmark process.
-TORCH_MALLOC_ENV = {"MALLOC_MMAP_THRESHOLD_": "1000000000", "MALLOC_TRIM_THRESHOLD_": "1000000000"}
-
-
-def ensure_torch_malloc_env(before_exec=None) -> None:
-    """Re-execute this process with :data:`TORCH_MALLOC_ENV` unless it already has it (or PyTorch is
-    absent). ``before_exec`` runs just before, e.g. to give pytest's captured file descriptors back."""
-    if torch is None or all(os.environ.get(k) == v for k, v in TORCH_MALLOC_ENV.items()):
-        return
-    if before_exec is not None:
-        before_exec()
-    sys.stdout.flush()
-    sys.stderr.flush()
-    os.execve(sys.executable, [sys.executable, *sys.orig_argv[1:]], {**os.environ, **TORCH_MALLOC_ENV})
+from ._peer_env import TORCH_MALLOC_ENV, ensure_torch_malloc_env  # noqa: F401 (the suites' import point)
 
 
 def bench_threads() -> int:

@@ -10,7 +10,7 @@ loading the Numba kernels and the dispatcher's choices), the ratio and test accu
 full-batch gradient descent for 500 iterations, timed in total and also against the tutorial's
 plain-NumPy loop. ``--headline`` times ``fastcnn train`` end to end in a fresh process and PyTorch
 training the same LeNet recipe. PyTorch runs at its best: the script starts itself again with its
-allocator settings (:data:`bench._common.TORCH_MALLOC_ENV`) when they are missing. Needs PyTorch
+allocator settings (:data:`bench._peer_env.TORCH_MALLOC_ENV`) when they are missing. Needs PyTorch
 (``pip install torch``).
 """
 from __future__ import annotations
@@ -28,11 +28,12 @@ import numpy as np
 import fastcnn
 from fastcnn import datasets, models
 
+from ._peer_env import ensure_torch_malloc_env
+
 try:
     import torch
 
     from . import torch_peer
-    from ._common import ensure_torch_malloc_env
 except ImportError:  # pragma: no cover - reported in main()
     torch = None
 

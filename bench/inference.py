@@ -34,10 +34,8 @@ import fastcnn
 from fastcnn import dispatch, models
 
 from . import zoo
+from ._peer_env import ensure_torch_malloc_env
 from .summary import ort_target
-
-MALLOC_ENV = {"MALLOC_MMAP_THRESHOLD_": "1000000000", "MALLOC_TRIM_THRESHOLD_": "1000000000"}
-
 
 class NotExportable(Exception):
     """fastcnn cannot export this network to ONNX (yet): the message says why."""
@@ -235,6 +233,5 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    if any(os.environ.get(k) != v for k, v in MALLOC_ENV.items()):  # glibc reads these at start-up only
-        os.execve(sys.executable, [sys.executable, "-m", "bench.inference", *sys.argv[1:]], {**os.environ, **MALLOC_ENV})
+    ensure_torch_malloc_env()  # PyTorch at its best: starts this script again with its allocator settings
     sys.exit(main())

@@ -9,7 +9,7 @@ weights (:func:`bench.torch_peer.mirror`). Three phases are timed per network: o
 inference (eval mode, no gradients) at batch 1 and 256. fastcnn runs under each backend policy
 (``numba``, ``numpy`` and ``auto``, whose per-op choices are measured afresh when the script starts and
 not timed) and PyTorch with the same number of threads and the allocator settings of
-``bench._common.TORCH_MALLOC_ENV`` (the script re-executes itself with them when they are missing).
+``bench._peer_env.TORCH_MALLOC_ENV`` (the script re-executes itself with them when they are missing).
 
 Rounds are interleaved: every round times every (network, phase, backend) once, in a rotating backend
 order, so a slow spell of a shared machine falls on all sides of a ratio; the table gives the medians.

@@ -414,18 +414,23 @@ def test_training_conv_pool_by_tasks_is_the_two_pass_kernel(monkeypatch, dtype, 
     x[0, 0, 2, 3] = np.nan  # a NaN wins its windows, and its argmax says where
     geo = conv_geometry(x.shape, wt.shape, 1, padding, 1)
     pool = pool_geometry((n, c_out) + geo.out_hw, (2, 2), (2, 2), (0, 0), (1, 1), 0)
+    two_passes = conv_numba._conv_wide_into
+
+    def refused(*args):
+        raise AssertionError("the two-pass kernel ran where the prepared conv should have")
+
+    monkeypatch.setattr(conv_numba, "_conv_wide_into", refused)
+    by_tasks = []
+    for serial_below in (0, 1 << 60):  # every launch parallel, then every launch serial
+        monkeypatch.setattr(jit, "SERIAL_WORK", serial_below)
+        by_tasks.append(conv_numba.conv2d_max_pool2d_forward(x, wt, b, geo, pool, relu))
+    monkeypatch.setattr(conv_numba, "_conv_wide_into", two_passes)
+    monkeypatch.setattr(conv_numba, "_TRAINING_KEEP_BYTES", 0)  # temporaries too large to keep: two passes
     conv_numba._prepared_with_argmax.cache_clear()
-    assert conv_numba._prepared_with_argmax(x.shape, wt.shape, dtype, geo, pool, relu, 2) is not None
-    by_tasks = [conv_numba.conv2d_max_pool2d_forward(x, wt, b, geo, pool, relu)]
-    monkeypatch.setattr(jit, "SERIAL_WORK", 1 << 60)
-    conv_numba._prepared_with_argmax.cache_clear()
-    by_tasks.append(conv_numba.conv2d_max_pool2d_forward(x, wt, b, geo, pool, relu))
-    monkeypatch.setattr(conv_numba, "_prepared_with_argmax", lambda *args: None)  # the two passes
     y, idx = conv_numba.conv2d_max_pool2d_forward(x, wt, b, geo, pool, relu)
     assert np.isnan(y).any()
     for got_y, got_idx in by_tasks:
         assert np.array_equal(got_y, y, equal_nan=True) and np.array_equal(got_idx, idx)
-    monkeypatch.undo()
     conv_numba._prepared_with_argmax.cache_clear()
 
 
@@ -483,15 +488,18 @@ def test_prepared_conv_splits_a_small_batch_by_output_channels(monkeypatch, n, c
 
 
 @pytest.mark.parametrize("backend", ["numpy"] + (["numba"] if jit.NUMBA_AVAILABLE else []))
-@pytest.mark.parametrize("n, n_in, n_out", [(1, 400, 128), (3, 37, 13), (5, 64, 10), (130, 400, 128)])
-def test_linear_with_relu_serial_or_parallel(monkeypatch, backend, n, n_in, n_out):
+@pytest.mark.parametrize("n, n_in, n_out, dtype", [(1, 400, 128, np.float32), (3, 37, 13, np.float32),
+                                                   (5, 64, 10, np.float32), (130, 400, 128, np.float32),
+                                                   (131, 60, 50, np.float64)])
+def test_linear_with_relu_serial_or_parallel(monkeypatch, backend, n, n_in, n_out, dtype):
     """``linear`` with the ReLU the plan fuses into it, a launch forced serial and forced parallel: the
-    op's output through a ReLU (NaN kept), and the float64 formula. (The last case goes by output tiles
-    in Numba: whole tiles of rows, then two rows one at a time.)"""
+    op's output through a ReLU (NaN kept), and the float64 formula. (The last two cases go by output
+    tiles in Numba: whole tiles of rows, then the rest one row at a time; 48 outputs a tile in float32,
+    24 in float64.)"""
     kernel = backends.OPS["linear"].kernels[backend]
     rng = np.random.default_rng(10)
-    x, w = rng.standard_normal((n, n_in)).astype(np.float32), rng.standard_normal((n_out, n_in)).astype(np.float32)
-    b = rng.standard_normal(n_out).astype(np.float32)
+    x, w = rng.standard_normal((n, n_in)).astype(dtype), rng.standard_normal((n_out, n_in)).astype(dtype)
+    b = rng.standard_normal(n_out).astype(dtype)
     x[0, 0] = np.nan if n > 1 else x[0, 0]  # a NaN row stays NaN through the ReLU
     want = x.astype(np.float64) @ w.T.astype(np.float64) + b
     for serial_below in (0, 1 << 60):

@@ -31,6 +31,8 @@ import threading
 from typing import NamedTuple
 
 import numpy as np
+from numba import types
+from numba.extending import overload
 
 from . import _polyphase, elementwise_numba, jit, pool_numba
 from ._compose import gated, pooled, unpooled
@@ -438,10 +440,8 @@ def _conv_wide_from(x, w, b, runs, taps, write_taps, offsets, y, relu, pooled, o
         wide = yr.reshape(yr.size)
         for s in range(s0, s1):
             for co in range(first, min(stop, y.shape[1])):
-                if idx is None:  # (a branch per type, which Numba prunes)
-                    _emit_plane(wide, co * span + (s - s0) * plane, wp, ow, b[co], relu, y[s, co], pooled, None)
-                else:
-                    _emit_plane(wide, co * span + (s - s0) * plane, wp, ow, b[co], relu, y[s, co], pooled, idx[s, co])
+                _emit_plane(wide, co * span + (s - s0) * plane, wp, ow, b[co], relu, y[s, co], pooled,
+                            _plane_of(idx, s, co))
 
 
 @kernel_helper
@@ -452,17 +452,35 @@ def _emit_plane(wide, start, wp, ow, bias, relu, y, pooled, idx):
     width ``ow``, to ``idx`` (rows, cols)."""
     rows, cols = y.shape
     if pooled:
-        if idx is None:  # (a branch per type, which Numba prunes: no optional array)
-            pool_numba.pool_rows(wide, start, wp, ow, bias, relu, y.reshape(rows * cols), 0, None, rows, cols)
-        else:
-            pool_numba.pool_rows(wide, start, wp, ow, bias, relu, y.reshape(rows * cols), 0, idx.reshape(rows * cols),
-                                 rows, cols)
+        pool_numba.pool_rows(wide, start, wp, ow, bias, relu, y.reshape(rows * cols), 0, _flat_or_none(idx), rows, cols)
     elif relu:
         for r in range(rows):
             _copy_relu(y[r], wide[start + r * wp :], bias)
     else:
         for r in range(rows):
             _copy(y[r], wide[start + r * wp :], bias)
+
+
+def _plane_of(idx, s, c):
+    """``idx[s, c]``, or None if ``idx`` is None (inference keeps no argmax)."""
+
+
+@overload(_plane_of)
+def _plane_of_typed(idx, s, c):  # a function per type: Numba has no optional array to carry
+    if isinstance(idx, types.NoneType):
+        return lambda idx, s, c: None
+    return lambda idx, s, c: idx[s, c]
+
+
+def _flat_or_none(idx):
+    """``idx`` as a 1-D view, or None if it is None."""
+
+
+@overload(_flat_or_none)
+def _flat_or_none_typed(idx):
+    if isinstance(idx, types.NoneType):
+        return lambda idx: None
+    return lambda idx: idx.reshape(idx.size)
 
 
 @parallel_kernel
@@ -572,10 +590,13 @@ def conv2d_max_pool2d_forward(x, w, b, geo, pool, relu):
     """``max_pool2d(conv2d(...))``, and a ReLU after it with ``relu``: the conv's arguments as
     :func:`conv2d_forward`'s, ``pool`` the pool's :class:`~fastcnn._checks.PoolGeometry`. A 2x2,
     stride-2 pool after a stride-1 conv pools the conv's wide output as it leaves it, so the full-size
-    output is never written."""
+    output is never written: where a :class:`PreparedConv` takes the shapes, each task's samples in
+    one launch, while their wide output is in cache (the prepared convs of the last 8 shapes are kept,
+    with their temporaries, see :func:`_prepared_with_argmax`); else the whole batch's wide output,
+    then its pool."""
     if geo.stride != (1, 1) or not pool_numba.vector_pool(pool, *geo.out_hw):
         return pooled(pool_numba, elementwise_numba, conv2d_forward(x, w, b, geo), pool, relu)
-    prepared = _prepared_with_argmax(x.shape, w.shape, x.dtype, geo, pool, relu, jit.num_threads())
+    prepared = _prepared_with_argmax(x.shape, w.shape, x.dtype, geo, pool, relu, jit.num_threads(), jit.SERIAL_WORK)
     if prepared is not None:  # each task's wide output pooled while it is in cache
         return prepared(x, w, b)
     shape = (x.shape[0], w.shape[0]) + pool.out_hw
@@ -584,14 +605,14 @@ def conv2d_max_pool2d_forward(x, w, b, geo, pool, relu):
     return y, idx
 
 
-_TRAINING_KEEP_BYTES = 16 << 20  # per thread, for each of the last 8 shapes: bounded memory for the speed-up
+_TRAINING_KEEP_BYTES = 16 << 20  # per thread, for each of the last 8 shapes: at most 128 MB a thread in all
 
 
 @functools.lru_cache(maxsize=8)  # a training step's convs with a pool, and their last short batch, as a rule
-def _prepared_with_argmax(x_shape, w_shape, dtype, geo, pool, relu, threads) -> "PreparedConv | None":
+def _prepared_with_argmax(x_shape, w_shape, dtype, geo, pool, relu, threads, serial_work) -> "PreparedConv | None":
     """The :class:`PreparedConv` that :func:`conv2d_max_pool2d_forward` runs for these arguments (and
-    the thread count, which its tasks and kernel depend on), if it takes them with temporaries of at
-    most :data:`_TRAINING_KEEP_BYTES`; else None."""
+    the thread count and serial threshold, on which its tasks and kernel depend), if it takes them
+    with temporaries of at most :data:`_TRAINING_KEEP_BYTES`; else None."""
     if not PreparedConv.takes(x_shape, w_shape, geo, pool):
         return None
     prepared = PreparedConv(x_shape, w_shape, dtype, geo, pool, relu, argmax=True)
@@ -625,7 +646,7 @@ def _samples_per_task(plane: int) -> int:
 
 class PreparedConv:
     """:func:`conv2d_max_pool2d_forward`'s pooled output (or :func:`conv2d_forward`'s, ``pool`` None) for
-    inputs of one shape, as the inference plan runs it: one kernel launch per call
+    inputs of one shape, as the inference plan and training's conv + pool run it: one kernel launch per call
     (:func:`_conv_wide_from`, serial for small work, see :func:`.jit.sized`), its tasks samples, or for
     fewer samples than the threads need, samples by groups of output channels (see :func:`_groups_for`);
     the tap offsets computed once, the weight read as the tap matrix where it is one (fewer than 4

@@ -144,7 +144,7 @@ if NUMBA_AVAILABLE:
 CHOSEN_LAYER = _choose_threading_layer() if NUMBA_AVAILABLE else None
 SERIALIZE_KERNELS = CHOSEN_LAYER == "workqueue"
 """True when parallel kernels must not run concurrently (the ``workqueue`` layer)."""
-kernel_lock = threading.Lock()
+kernel_lock = threading.RLock()  # re-entrant: a serialised op may run a serialised prepared kernel
 
 
 def serialized(fn: Callable[..., Any]) -> Callable[..., Any]:

@@ -3,9 +3,10 @@
 - Forward pass: dot products of input rows and weight rows, a tile of 4 rows by 5 outputs at a time
   that prefetches the next rows, so a thin layer's large batch (an MLP's ``(60000, 784)`` input, where
   BLAS runs at half of memory speed) streams from memory while the arithmetic runs. A batch of 128
-  rows or more, through a layer of a whole output tile or more and a short input (LeNet's 400 -> 128)
+  to 2048 rows, through a layer of a whole output tile or more and a short input (LeNet's 400 -> 128)
   instead transposes the weight and takes products of output tiles (8 rows by 48 outputs), which
-  need no sum across a vector's lanes: 0.55-0.75x the time at batch 256 and more.
+  need no sum across a vector's lanes: 0.55-0.75x the time at batch 256 to 1024. The two sum in
+  different orders, so a row's last bits depend on which its batch takes.
 - Gradients: products of output tiles (8 rows by 48 columns) for any layer at least a tile wide,
   about twice as fast as BLAS for 400 or 9216 inputs and 128 outputs at batch 64; narrower layers use
   the multiply-add helpers of :mod:`._taps`.
@@ -29,10 +30,11 @@ _BLOCK_ROWS, _MAX_BLOCKS = 4 * _ROWS, 16  # the weight gradient's partial sums: 
 _OUT_BLOCK = 20  # outputs per forward task: a wide layer's forward pass splits its outputs over the threads
 _OUT_BLOCK_ROWS = 8 * DOT_COLS  # the same for :func:`_forward_rows`, whole tiles of its outputs
 _PANEL = 256  # rows of the right-hand factor per step of a tile product: 256 rows of 784 float32 (800 KB) fit L2
-_TILED_FROM, _TILED_ROWS = 128, 32  # batch from which the forward pass goes by output tiles; rows per task
+_TILED_FROM, _TILED_UP_TO, _TILED_ROWS = 128, 2048, 32  # batches that go by output tiles; rows per task
 _TILED_COLUMN_BYTES = 1 << 18  # the most a column of the transposed weight's tiles may take, so it stays in L2
 # (measured, 2 threads, 400 -> 128, interleaved: batch 64 1.1x the dot products' time, 96 0.95x, 128 0.8x,
-# 256 0.65-0.75x, 1024 0.55x; 784 -> 128 at batch 512 0.65x; 9216 -> 128 at batch 64 1.2x)
+# 256 0.65-0.75x, 1024 0.55x; 784 -> 128 at batch 512 0.65x; 9216 -> 128 at batch 64 1.2x. Larger batches,
+# an MLP's whole training set, stream by dot products, with no output scratch of their size.)
 
 
 def linear_forward(x, w, b, relu=False):
@@ -54,7 +56,7 @@ def by_output_tiles(n: int, n_out: int, n_in: int, itemsize: int) -> bool:
     """Whether :func:`linear_forward` of ``n`` rows through an ``(n_out, n_in)`` weight goes by output
     tiles (see the module docstring)."""
     width = tile_width(itemsize)
-    return n >= _TILED_FROM and n_out >= width and n_in * width * itemsize <= _TILED_COLUMN_BYTES
+    return _TILED_FROM <= n <= _TILED_UP_TO and n_out >= width and n_in * width * itemsize <= _TILED_COLUMN_BYTES
 
 
 def linear_grad_input(gy, w):
@@ -125,9 +127,7 @@ def _products(a, b, parts):
     per_task = column_tiles if chunks > 1 else 1  # column tiles
     groups = -(-column_tiles // per_task)
     flat = b.reshape(b.size)
-    offsets = np.empty(k, dtype=np.int64)
-    for t in range(k):
-        offsets[t] = t * n
+    offsets = _row_starts(k, n)
     for task in prange(chunks * groups):
         chunk, group = task // groups, task % groups
         k0, k1 = chunk * k // chunks, (chunk + 1) * k // chunks
@@ -145,6 +145,16 @@ def _products(a, b, parts):
                             for c in range(c0, n):  # a loop: an array expression here would be a parallel loop
                                 part[r, c] = 0
                         add_taps(part[r, c0:], flat[p0 * n + c0 :], a[r, p0:p1], n)
+
+
+@kernel_helper
+def _row_starts(rows, width):
+    """Where each of ``rows`` rows of ``width`` values starts in a flat C-contiguous array: a tile
+    product's offsets (see :func:`._tiles.store_tile`)."""
+    starts = np.empty(rows, dtype=np.int64)
+    for r in range(rows):
+        starts[r] = r * width
+    return starts
 
 
 @parallel_kernel
@@ -189,9 +199,7 @@ def _forward_tiled(x, w, b, y, relu, w_t, out):
             for c in range(n_out, padded):
                 w_t[k, c] = 0
     flat = w_t.reshape(w_t.size)
-    offsets = np.empty(n_in, dtype=np.int64)
-    for k in range(n_in):
-        offsets[k] = k * padded
+    offsets = _row_starts(n_in, padded)
     tiles = padded // width
     for task in prange(-(-n // _TILED_ROWS) * tiles):
         r_begin, c0 = task // tiles * _TILED_ROWS, task % tiles * width
