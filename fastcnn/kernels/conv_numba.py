@@ -31,8 +31,6 @@ import threading
 from typing import NamedTuple
 
 import numpy as np
-from numba import types
-from numba.extending import overload
 
 from . import _polyphase, elementwise_numba, jit, pool_numba
 from ._compose import gated, pooled, unpooled
@@ -440,8 +438,10 @@ def _conv_wide_from(x, w, b, runs, taps, write_taps, offsets, y, relu, pooled, o
         wide = yr.reshape(yr.size)
         for s in range(s0, s1):
             for co in range(first, min(stop, y.shape[1])):
-                _emit_plane(wide, co * span + (s - s0) * plane, wp, ow, b[co], relu, y[s, co], pooled,
-                            _plane_of(idx, s, co))
+                if idx is None:  # (a branch per type, which Numba prunes: an optional array would cost)
+                    _emit_plane(wide, co * span + (s - s0) * plane, wp, ow, b[co], relu, y[s, co], pooled, None)
+                else:
+                    _emit_plane(wide, co * span + (s - s0) * plane, wp, ow, b[co], relu, y[s, co], pooled, idx[s, co])
 
 
 @kernel_helper
@@ -452,35 +452,17 @@ def _emit_plane(wide, start, wp, ow, bias, relu, y, pooled, idx):
     width ``ow``, to ``idx`` (rows, cols)."""
     rows, cols = y.shape
     if pooled:
-        pool_numba.pool_rows(wide, start, wp, ow, bias, relu, y.reshape(rows * cols), 0, _flat_or_none(idx), rows, cols)
+        if idx is None:  # (a branch per type, as above)
+            pool_numba.pool_rows(wide, start, wp, ow, bias, relu, y.reshape(rows * cols), 0, None, rows, cols)
+        else:
+            pool_numba.pool_rows(wide, start, wp, ow, bias, relu, y.reshape(rows * cols), 0, idx.reshape(rows * cols),
+                                 rows, cols)
     elif relu:
         for r in range(rows):
             _copy_relu(y[r], wide[start + r * wp :], bias)
     else:
         for r in range(rows):
             _copy(y[r], wide[start + r * wp :], bias)
-
-
-def _plane_of(idx, s, c):
-    """``idx[s, c]``, or None if ``idx`` is None (inference keeps no argmax)."""
-
-
-@overload(_plane_of)
-def _plane_of_typed(idx, s, c):  # a function per type: Numba has no optional array to carry
-    if isinstance(idx, types.NoneType):
-        return lambda idx, s, c: None
-    return lambda idx, s, c: idx[s, c]
-
-
-def _flat_or_none(idx):
-    """``idx`` as a 1-D view, or None if it is None."""
-
-
-@overload(_flat_or_none)
-def _flat_or_none_typed(idx):
-    if isinstance(idx, types.NoneType):
-        return lambda idx: None
-    return lambda idx: idx.reshape(idx.size)
 
 
 @parallel_kernel
