@@ -467,7 +467,8 @@ def load_model(path: str | os.PathLike) -> Sequential:
     Nothing the file claims is allocated before it is checked: the file's structure and sizes
     (:func:`fastcnn.saving.read_archive`), then the layers, built from their configurations without
     initial values (:func:`fastcnn.layers.weights_follow`), against the shapes and dtypes of the arrays
-    they will receive; only then are the arrays read, checked (SHA-256, finite) and put in.
+    they will receive, and that they take one another's outputs from the input shape the file states;
+    only then are the arrays read, checked (SHA-256, finite) and put in.
 
     Raises
     ------
@@ -515,6 +516,11 @@ def _rebuild(header: dict[str, Any], where: str) -> Sequential:
         if want != got:
             raise ValueError(f"{where}: layer {name.split('.')[0]} ({layer.describe()}) needs {name} of shape {want[0]} "
                              f"{want[1]}, but the file holds {got[1]} {got[0]}")
+    if input_shape is not None:  # the layers must take the input the file says they were built for
+        try:
+            model.output_shapes()
+        except (ValueError, OverflowError) as exc:
+            raise ValueError(f"{where}: cannot rebuild the model: {exc}") from None
     return model
 
 

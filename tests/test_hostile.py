@@ -382,6 +382,15 @@ def _load_outcome(path, file_size):
     return model
 
 
+def test_a_file_whose_layers_do_not_take_its_input_is_refused(tmp_path, good_members):
+    """Found by the fuzz test below in a fresh venv: the conv's padding edited to 1, so that the Dense
+    after it no longer takes its output. The file loaded, and the model failed at its first predict."""
+    header = _apply(_header(good_members), [("config", 0, "padding", 1)])
+    path = _write(tmp_path / "m.npz", _with_header(good_members, header))
+    with pytest.raises(ValueError, match=r"cannot rebuild the model: layer \d+ \(\w+\) cannot take the output"):
+        fastcnn.load_model(path)
+
+
 @FUZZ
 @given(edits=_header_edits(), members=member_edits, deflate=st.booleans())
 def test_hostile_model_files_are_refused_cleanly(tmp_path_factory, good_members, edits, members, deflate):
