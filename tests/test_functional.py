@@ -637,9 +637,8 @@ def test_linear_goes_by_output_tiles_for_the_shapes_it_is_meant_for():
         pytest.skip("numba not installed")
     from fastcnn.kernels import linear_numba
 
-    assert linear_numba.by_output_tiles(131, 50, 60, 8)  # test_linear_and_its_gradients_match_the_formulas
+    assert linear_numba.by_output_tiles(131, 50, 60, 8)  # the case above, and test_inference's float64 ReLU case
     assert linear_numba.by_output_tiles(130, 128, 400, 4)  # test_inference's test_linear_with_relu_serial_or_parallel
-    assert linear_numba.by_output_tiles(131, 50, 60, 8)  # ... and its float64 case
     assert not linear_numba.by_output_tiles(64, 128, 400, 4)  # a small batch: the transpose does not pay
     assert not linear_numba.by_output_tiles(60000, 128, 784, 4)  # a whole training set: it streams
     assert not linear_numba.by_output_tiles(256, 128, 9216, 4)  # a long input: its tiles leave L2

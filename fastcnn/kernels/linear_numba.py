@@ -192,9 +192,9 @@ def _forward_tiled(x, w, b, y, relu, w_t, out):
     n, n_in = x.shape
     n_out, padded = w.shape[0], w_t.shape[1]
     width = tile_width(x.itemsize)
-    for task in prange(-(-n_in // _PANEL)):  # (a loop: an array expression here would be a parallel loop)
+    for task in prange(-(-n_in // _PANEL)):
         for k in range(task * _PANEL, min(n_in, (task + 1) * _PANEL)):
-            for c in range(n_out):
+            for c in range(n_out):  # (loops: an array expression here would be a parallel loop of its own)
                 w_t[k, c] = w[c, k]
             for c in range(n_out, padded):
                 w_t[k, c] = 0
