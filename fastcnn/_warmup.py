@@ -2,15 +2,18 @@
 
 Numba compiles one kernel at a time per process, and on a cold cache compiling is most of a first
 ``fastcnn train``. The largest kernels are the convolutions' gradients, which a step needs only after
-its forward pass. So :func:`start` hands them to a second Python process, whose compiles land in the
-shared on-disk cache, while this process compiles the forward kernels; :func:`finish` then waits for
-that process if the cache was cold, and stops it if it was warm.
+its forward pass. So while :func:`gradients_compiled_beside` runs the forward pass, the first kernel
+that this process has to compile (rather than load from the on-disk cache) starts a second Python
+process that compiles the gradients into the shared cache; the block then waits for it. On a warm
+cache nothing compiles and no second process starts.
 """
 from __future__ import annotations
 
 import json
 import subprocess
 import sys
+from contextlib import contextmanager
+from typing import Iterator
 
 import numpy as np
 
@@ -19,33 +22,51 @@ from .kernels import jit
 from .layers import Conv2D, FusedConv
 
 
-def start(model, batch_size: int) -> subprocess.Popen | None:
-    """Start compiling the gradients of ``model``'s convolutions for batches of ``batch_size``, in the
-    background; None when there is nothing to compile (no Numba, the NumPy backend, no convolution)."""
-    if not jit.NUMBA_AVAILABLE or dispatch.get_backend() == "numpy":
-        return None
-    calls = _conv_gradient_calls(model, batch_size)
+@contextmanager
+def gradients_compiled_beside(model, batch_size: int, timeout: float = 300.0) -> Iterator[None]:
+    """Run the block (the forward pass, for batches of ``batch_size``); if it makes this process compile
+    a Numba kernel, start compiling the gradients of ``model``'s convolutions in a second process at
+    that moment, and wait for it (at most ``timeout`` seconds) when the block ends. Nothing starts
+    without Numba, under the NumPy backend, or for a model without convolutions. If the block raises
+    (Ctrl-C), the second process is stopped."""
+    calls = [] if not jit.NUMBA_AVAILABLE or dispatch.get_backend() == "numpy" else \
+        _conv_gradient_calls(model, batch_size)
     if not calls:
-        return None
+        yield
+        return
+    from numba.core import event
+
+    class StartOnFirstCompile(event.Listener):
+        helper: subprocess.Popen | None = None
+
+        def on_start(self, event):
+            if self.helper is None:
+                self.helper = start(calls)
+
+        def on_end(self, event):
+            pass
+
+    listener = StartOnFirstCompile()
+    try:
+        with event.install_listener("numba:compile", listener):
+            yield
+        if listener.helper is not None:
+            try:
+                listener.helper.wait(timeout)
+            except subprocess.TimeoutExpired:  # stopped below: training compiles what is left itself
+                pass
+    finally:
+        helper = listener.helper
+        if helper is not None and helper.poll() is None:
+            helper.kill()
+            helper.wait()
+
+
+def start(calls: list[dict]) -> subprocess.Popen:
+    """A second process that runs the convolution gradients ``calls`` (see :func:`_conv_gradient_calls`)
+    on the Numba backend, so that their kernels land in the on-disk cache."""
     return subprocess.Popen([sys.executable, "-m", __name__, json.dumps(calls)], stdin=subprocess.DEVNULL,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-
-
-def finish(helper: subprocess.Popen | None, timeout: float = 300.0) -> None:
-    """Wait for ``helper`` if this process had to compile its convolutions (a cold cache); else stop it."""
-    if helper is None:
-        return
-    from .kernels import conv_numba
-
-    cold = jit.cache_misses(*conv_numba.forward_kernels()) > 0
-    try:
-        if cold:
-            helper.wait(timeout)
-            return
-    except subprocess.TimeoutExpired:
-        pass
-    helper.kill()
-    helper.wait()
 
 
 def _conv_gradient_calls(model, batch_size: int) -> list[dict]:

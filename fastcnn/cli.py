@@ -208,15 +208,11 @@ def _run_training(args, counter: "_EpochCounter", w) -> int:
     batch = -(-recipe.batch_size // processes)  # a process's share of a batch (the largest)
 
     def warm_up():
-        helper = _warmup.start(model, batch)  # on a cold cache, two processes compile at once
-        try:  # meanwhile, the forward pass and the loss, on a whole batch and on the epoch's last one
+        # the forward pass and the loss, on a whole batch and on the epoch's last one; on a cold cache,
+        # a second process compiles the conv gradients meanwhile
+        with _warmup.gradients_compiled_beside(model, batch):
             warm = batch + -(-(len(x) % recipe.batch_size) // processes)
             F.softmax_cross_entropy(model.predict(x[:warm], batch_size=batch), y[:warm])
-            _warmup.finish(helper)
-        finally:
-            if helper is not None and helper.poll() is None:  # interrupted: stop the other compiling process too
-                helper.kill()
-                helper.wait()
 
     if w is None:
         warm_up()

@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 from fastcnn import cli, datasets, dispatch, threads
+from fastcnn.kernels import jit
 
 
 @pytest.fixture(autouse=True)
@@ -83,7 +84,6 @@ def test_bad_arguments_are_clear_errors(trained, tmp_path, capsys):
 def test_info_and_module_entry_point():
     out = subprocess.run([sys.executable, "-m", "fastcnn", "info"], capture_output=True, text=True, check=True).stdout
     assert "threading layer" in out and "numpy" in out and "dispatch decisions" in out
-    from fastcnn.kernels import jit
 
     layer = next(line for line in out.splitlines() if line.startswith("threading layer")).split()[-1]
     if jit.NUMBA_AVAILABLE:  # the layer actually started, not "not started"
@@ -95,7 +95,6 @@ def test_info_and_module_entry_point():
 
 def test_warmup_hands_the_conv_gradients_of_a_model_to_another_process():
     from fastcnn import _warmup, models
-    from fastcnn.kernels import jit
 
     model = models.lenet(seed=0)
     calls = _warmup._conv_gradient_calls(model, 64)
@@ -103,12 +102,58 @@ def test_warmup_hands_the_conv_gradients_of_a_model_to_another_process():
     assert [c["y"] for c in calls] == [(64, 8, 13, 13), (64, 16, 5, 5)]  # each conv runs with its max-pool
     assert [c["pooled"] for c in calls] == [True, True]
     assert [c["input_grad"] for c in calls] == [False, True]  # the first layer needs no input gradient
-    with dispatch.use_backend("numpy"):
-        assert _warmup.start(model, 2) is None
     if not jit.NUMBA_AVAILABLE:
         return
-    helper = _warmup.start(model, 2)
+    helper = _warmup.start(_warmup._conv_gradient_calls(model, 2))
     assert helper.wait(300) == 0  # it compiled (or loaded) both layers' gradient kernels without error
+
+
+class _FakeHelper:
+    """Stands in for the second process of ``_warmup.start``: records what is asked of it."""
+
+    def __init__(self, calls):
+        self.calls, self.running, self.waited, self.killed = calls, True, False, False
+
+    def wait(self, timeout=None):
+        self.waited, self.running = True, False
+        return 0
+
+    def poll(self):
+        return None if self.running else 0
+
+    def kill(self):
+        self.killed = True
+
+
+def _compiles_a_new_kernel():
+    """Make Numba compile something this process has never compiled (a fresh function each call)."""
+    import numba
+
+    numba.njit(lambda a: a + 1)(1)
+
+
+@pytest.mark.skipif(not jit.NUMBA_AVAILABLE, reason="needs Numba")
+def test_warmup_starts_the_second_process_only_when_this_one_compiles(monkeypatch):
+    from fastcnn import _warmup, models
+
+    started = []
+    monkeypatch.setattr(_warmup, "start", lambda calls: started.append(_FakeHelper(calls)) or started[-1])
+    model = models.lenet(seed=0)
+    with _warmup.gradients_compiled_beside(model, 4):
+        pass  # a warm cache: nothing compiles
+    assert started == []
+    with _warmup.gradients_compiled_beside(model, 4):
+        _compiles_a_new_kernel()
+        _compiles_a_new_kernel()
+    assert len(started) == 1 and started[0].calls == _warmup._conv_gradient_calls(model, 4)
+    assert started[0].waited and not started[0].killed  # the block waits for it
+    with pytest.raises(KeyboardInterrupt), _warmup.gradients_compiled_beside(model, 4):
+        _compiles_a_new_kernel()
+        raise KeyboardInterrupt
+    assert started[1].killed  # interrupted: the second process is stopped too
+    with dispatch.use_backend("numpy"), _warmup.gradients_compiled_beside(model, 4):
+        _compiles_a_new_kernel()
+    assert len(started) == 2  # the NumPy backend compiles no gradients
 
 
 def test_warmup_sees_the_convolutions_inside_blocks():

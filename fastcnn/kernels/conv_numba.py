@@ -486,11 +486,6 @@ def _conv_strided(xp, w, b, sh, sw, dh, dw, oh, ow):
     return y
 
 
-def forward_kernels():
-    """The compiled kernels behind :func:`conv2d_forward`: a first run on a cold cache compiles them."""
-    return _conv_wide, _conv_strided
-
-
 def conv2d_forward(x, w, b, geo):
     """``y = conv(x, w) + b`` for an input ``x`` (N, C, H, W) and weight (C_out, C, kH, kW); ``geo`` is
     the conv's :class:`~fastcnn._checks.ConvGeometry` (its padding, stride, dilation and output size).
