@@ -136,7 +136,7 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(args.threads)
     data = datasets.load_mnist(as_float=True, quiet=True)
     print(f"fastcnn {fastcnn.__version__} vs torch {torch.__version__}, {args.threads} threads, "
-          f"60,000 MNIST training images, float32")
+          f"60,000 MNIST training images, float32; {fastcnn.kernels.jit.cpu_description()}")
     print("| preset | batch | fastcnn | PyTorch | ratio | target | met | fastcnn test acc | PyTorch test acc |")
     print("|---|---|---|---|---|---|---|---|---|")
     for name in args.presets:

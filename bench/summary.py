@@ -8,7 +8,6 @@ The model zoo (``bench/zoo.py``) has its own table, one row per (network, phase)
 from __future__ import annotations
 
 import json
-import platform
 from pathlib import Path
 from typing import Any, Iterable
 
@@ -117,12 +116,7 @@ def environment(threads: int) -> dict[str, Any]:
         torch_version = torch.__version__
     except ImportError:
         torch_version = None
-    cpu = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo") as fh:
-            cpu = next((line.split(":", 1)[1].strip() for line in fh if line.startswith("model name")), cpu)
-    except OSError:
-        pass
+    cpu = fastcnn.kernels.jit.cpu_description()
     return {"fastcnn": fastcnn.__version__, "numpy": np.__version__, "numba": _numba_version(), "torch": torch_version,
             "threads": threads, "threading_layer": fastcnn.kernels.jit.threading_layer(), "cpu": cpu}
 

@@ -311,6 +311,7 @@ def _info(args, parser) -> int:
         ("numba", jit.numba.__version__ if jit.NUMBA_AVAILABLE else "not installed (numpy backend only)"),
         ("backends", ", ".join(dispatch.available_backends()) + f" (policy: {dispatch.get_backend()})"),
         ("threading layer", jit.threading_layer()),
+        ("cpu", jit.cpu_description()),
         ("threads", f"{threads.get_num_threads()} of {threads.max_threads()}"),
         ("BLAS", blas),
         *([("", blas_note)] if blas_note else []),

@@ -273,14 +273,8 @@ def clear_dispatch_decisions(persisted: bool = False) -> None:
 
 @functools.lru_cache(maxsize=None)
 def _machine_id() -> str:
-    cpu = platform.processor()
-    try:
-        with open("/proc/cpuinfo") as fh:
-            cpu = next((line.split(":", 1)[1].strip() for line in fh if line.startswith("model name")), cpu)
-    except OSError:
-        pass
     numba_version = jit.numba.__version__ if jit.NUMBA_AVAILABLE else "none"
-    text = f"{platform.machine()}|{cpu}|{os.cpu_count()}|numpy {np.__version__}|numba {numba_version}"
+    text = f"{platform.machine()}|{jit.cpu_description()}|{os.cpu_count()}|numpy {np.__version__}|numba {numba_version}"
     digest = hashlib.sha256(text.encode())
     digest.update(jit.sources_digest(os.path.dirname(jit.__file__)))  # new kernels or way of measuring:
     digest.update(Path(__file__).read_bytes())  # measure again

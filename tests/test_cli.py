@@ -84,6 +84,7 @@ def test_bad_arguments_are_clear_errors(trained, tmp_path, capsys):
 def test_info_and_module_entry_point():
     out = subprocess.run([sys.executable, "-m", "fastcnn", "info"], capture_output=True, text=True, check=True).stdout
     assert "threading layer" in out and "numpy" in out and "dispatch decisions" in out
+    assert any(line.startswith("cpu ") and len(line.split()) > 1 for line in out.splitlines())
 
     layer = next(line for line in out.splitlines() if line.startswith("threading layer")).split()[-1]
     if jit.NUMBA_AVAILABLE:  # the layer actually started, not "not started"

@@ -11,6 +11,7 @@ import pytest
 import fastcnn
 import fastcnn.functional as F
 from fastcnn import dispatch
+from fastcnn.kernels import jit
 
 from .conftest import BACKENDS
 
@@ -191,6 +192,26 @@ def test_decision_file_name_depends_on_the_kernels_source(monkeypatch):
         assert dispatch.decisions_path().name != before
     finally:
         monkeypatch.undo()
+        dispatch._machine_id.cache_clear()
+
+
+@pytest.mark.skipif(not jit.NUMBA_AVAILABLE, reason="needs Numba")
+def test_decision_file_name_depends_on_the_cpu_the_kernels_are_compiled_for(monkeypatch):
+    from llvmlite import binding
+
+    host = binding.get_host_cpu_name()
+    other = "haswell" if host != "haswell" else "skylake-avx512"
+    before, described = dispatch.decisions_path().name, jit.cpu_description()
+    assert f"({host})" in described or "kernels compiled for" in described  # the microarchitecture, named
+    monkeypatch.setattr(jit.numba.config, "CPU_NAME", other)
+    jit.cpu_description.cache_clear()
+    dispatch._machine_id.cache_clear()
+    try:
+        assert jit.cpu_description().endswith(f"({host}; kernels compiled for {other})")
+        assert dispatch.decisions_path().name != before  # AVX2 kernels are timed apart from AVX-512 ones
+    finally:
+        monkeypatch.undo()
+        jit.cpu_description.cache_clear()
         dispatch._machine_id.cache_clear()
 
 

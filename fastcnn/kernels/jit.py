@@ -33,6 +33,7 @@ import functools
 import glob
 import hashlib
 import os
+import platform
 import sys
 import threading
 import types
@@ -262,6 +263,25 @@ def cache_misses(*kernels: Callable[..., Any]) -> int:
     """How many times these compiled kernels were compiled in this process rather than loaded from
     the on-disk cache (0 when the cache was warm for every signature they ran)."""
     return sum(sum(kernel.stats.cache_misses.values()) for kernel in kernels)
+
+
+@functools.lru_cache(maxsize=None)
+def cpu_description() -> str:
+    """The CPU that kernel timings depend on: its model name, the microarchitecture LLVM finds in it
+    (virtual machines often show a generic model name) and, where ``NUMBA_CPU_NAME`` names another, the
+    CPU the kernels are compiled for; e.g. ``Intel(R) Xeon(R) Processor (emeraldrapids)``."""
+    model = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as fh:
+            model = next((line.split(":", 1)[1].strip() for line in fh if line.startswith("model name")), model)
+    except OSError:
+        pass
+    if not NUMBA_AVAILABLE:
+        return model
+    from llvmlite import binding
+
+    host, target = binding.get_host_cpu_name(), numba.config.CPU_NAME
+    return f"{model} ({host}" + (f"; kernels compiled for {target}" if target and target != host else "") + ")"
 
 
 def threading_layer() -> str:
