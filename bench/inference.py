@@ -32,7 +32,6 @@ import numpy as np
 
 import fastcnn
 from fastcnn import dispatch, models
-from fastcnn.kernels import jit
 
 from . import zoo
 from ._peer_env import ensure_torch_malloc_env
@@ -222,7 +221,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     rows = measure(args.models, args.batches, args.rounds)
     print(f"Median ms per call over {args.rounds} interleaved rounds, float32, {threads()} threads, "
-          f"{jit.cpu_description()}; `python -m bench.inference {' '.join(argv or sys.argv[1:])}`".rstrip())
+          f"{fastcnn.kernels.jit.cpu_description()}; `python -m bench.inference {' '.join(argv or sys.argv[1:])}`".rstrip())
     print(table(rows))
     for name, note in dict.fromkeys((r["model"], r["notes"]["ort"]) for r in rows if "ort" in r["notes"]):
         print(f"{name}: ONNX Runtime {note}")

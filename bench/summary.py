@@ -116,9 +116,9 @@ def environment(threads: int) -> dict[str, Any]:
         torch_version = torch.__version__
     except ImportError:
         torch_version = None
-    cpu = fastcnn.kernels.jit.cpu_description()
     return {"fastcnn": fastcnn.__version__, "numpy": np.__version__, "numba": _numba_version(), "torch": torch_version,
-            "threads": threads, "threading_layer": fastcnn.kernels.jit.threading_layer(), "cpu": cpu}
+            "threads": threads, "threading_layer": fastcnn.kernels.jit.threading_layer(),
+            "cpu": fastcnn.kernels.jit.cpu_description()}
 
 
 def _numba_version():

@@ -312,7 +312,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"fastcnn {fastcnn.__version__}, torch {torch.__version__ if torch else 'absent'}; {args.threads} threads; "
           f"float32; median of {args.rounds} interleaved rounds; "
           f"MALLOC_MMAP_THRESHOLD_={os.environ.get('MALLOC_MMAP_THRESHOLD_', 'unset')}; "
-          f"NUMBA_CPU_NAME={os.environ.get('NUMBA_CPU_NAME', 'host')}; {fastcnn.kernels.jit.cpu_description()}")
+          f"{fastcnn.kernels.jit.cpu_description()}")
     print(zoo_table(rows))
     print("ms: median per call. auto chose: the backends of the decisions auto made for this row's new op "
           "signatures. spread: (max - min) / median over the rounds, for the row's noisiest backend; "

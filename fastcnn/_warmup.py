@@ -3,47 +3,57 @@
 Numba compiles one kernel at a time per process, and on a cold cache compiling is most of a first
 ``fastcnn train``. The largest kernels are the convolutions' gradients, which a step needs only after
 its forward pass. So while :func:`gradients_compiled_beside` runs the forward pass, the first kernel
-that this process has to compile (rather than load from the on-disk cache) starts a second Python
-process that compiles the gradients into the shared cache; the block then waits for it. On a warm
-cache nothing compiles and no second process starts.
+that the calling thread has to compile (rather than load from the on-disk cache) starts a second
+Python process that compiles the gradients, with the same thread count, into the shared cache; the
+block then waits for it. On a warm cache nothing compiles and no second process starts.
 """
 from __future__ import annotations
 
 import json
 import subprocess
 import sys
+import threading
 from contextlib import contextmanager
 from typing import Iterator
 
 import numpy as np
 
-from . import dispatch
+from . import dispatch, threads
 from .kernels import jit
 from .layers import Conv2D, FusedConv
+from .model import Sequential
 
 
 @contextmanager
-def gradients_compiled_beside(model, batch_size: int, timeout: float = 300.0) -> Iterator[None]:
-    """Run the block (the forward pass, for batches of ``batch_size``); if it makes this process compile
-    a Numba kernel, start compiling the gradients of ``model``'s convolutions in a second process at
-    that moment, and wait for it (at most ``timeout`` seconds) when the block ends. Nothing starts
-    without Numba, under the NumPy backend, or for a model without convolutions. If the block raises
-    (Ctrl-C), the second process is stopped."""
-    calls = [] if not jit.NUMBA_AVAILABLE or dispatch.get_backend() == "numpy" else \
+def gradients_compiled_beside(model: Sequential, batch_size: int, timeout: float = 300.0) -> Iterator[None]:
+    """Run the block (the forward pass, for batches of ``batch_size``); if it makes the calling thread
+    compile a Numba kernel, start compiling the gradients of ``model``'s convolutions in a second
+    process at that moment, and wait for it (at most ``timeout`` seconds) when the block ends. Nothing
+    starts without Numba, without an on-disk cache for the kernels, under the NumPy backend, for a
+    model without convolutions, or if the process cannot be started. If the block raises (Ctrl-C), the
+    second process is stopped."""
+    calls = [] if not (jit.NUMBA_AVAILABLE and jit.kernels_cached()) or dispatch.get_backend() == "numpy" else \
         _conv_gradient_calls(model, batch_size)
     if not calls:
         yield
         return
     from numba.core import event
 
+    owner = threading.get_ident()
+
     class StartOnFirstCompile(event.Listener):
         helper: subprocess.Popen | None = None
+        tried = False
 
-        def on_start(self, event):
-            if self.helper is None:
-                self.helper = start(calls)
+        def on_start(self, ev):
+            if not self.tried and threading.get_ident() == owner:
+                self.tried = True
+                try:
+                    self.helper = start(calls)
+                except OSError:  # no second process (no memory, no executable): this one compiles alone
+                    pass
 
-        def on_end(self, event):
+        def on_end(self, ev):
             pass
 
     listener = StartOnFirstCompile()
@@ -64,8 +74,11 @@ def gradients_compiled_beside(model, batch_size: int, timeout: float = 300.0) ->
 
 def start(calls: list[dict]) -> subprocess.Popen:
     """A second process that runs the convolution gradients ``calls`` (see :func:`_conv_gradient_calls`)
-    on the Numba backend, so that their kernels land in the on-disk cache."""
-    return subprocess.Popen([sys.executable, "-m", __name__, json.dumps(calls)], stdin=subprocess.DEVNULL,
+    on the Numba backend with this process's thread count (one thread runs serial compiles of the
+    kernels, see :func:`.kernels.jit.sized`), so that the kernels training will run land in the
+    on-disk cache."""
+    spec = {"threads": threads.get_num_threads(), "calls": calls}
+    return subprocess.Popen([sys.executable, "-m", __name__, json.dumps(spec)], stdin=subprocess.DEVNULL,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
 
@@ -110,4 +123,6 @@ def _compile(calls: list[dict]) -> None:
 
 
 if __name__ == "__main__":
-    _compile(json.loads(sys.argv[1]))
+    _spec = json.loads(sys.argv[1])
+    threads.set_num_threads(_spec["threads"])
+    _compile(_spec["calls"])

@@ -105,25 +105,39 @@ def test_warmup_hands_the_conv_gradients_of_a_model_to_another_process():
     assert [c["input_grad"] for c in calls] == [False, True]  # the first layer needs no input gradient
     if not jit.NUMBA_AVAILABLE:
         return
-    helper = _warmup.start(_warmup._conv_gradient_calls(model, 2))
-    assert helper.wait(300) == 0  # it compiled (or loaded) both layers' gradient kernels without error
+    import json
+
+    real_start, started = _warmup.start, []
+    _warmup.start = lambda calls: started.append(real_start(calls)) or started[-1]
+    try:  # started from inside Numba's compile event, as in `fastcnn train`
+        with _warmup.gradients_compiled_beside(model, 2):
+            _compiles_a_new_kernel()
+    finally:
+        _warmup.start = real_start
+    assert len(started) == 1 and started[0].returncode == 0  # waited for: it compiled (or loaded) them
+    assert json.loads(started[0].args[-1]) == {"threads": threads.get_num_threads(),
+                                               "calls": json.loads(json.dumps(_warmup._conv_gradient_calls(model, 2)))}
 
 
 class _FakeHelper:
-    """Stands in for the second process of ``_warmup.start``: records what is asked of it."""
+    """Stands in for the second process of ``_warmup.start``: records what is asked of it; with
+    ``slow``, its wait times out."""
 
-    def __init__(self, calls):
-        self.calls, self.running, self.waited, self.killed = calls, True, False, False
+    def __init__(self, calls, slow=False):
+        self.calls, self.slow, self.running, self.waited, self.killed = calls, slow, True, False, False
 
     def wait(self, timeout=None):
-        self.waited, self.running = True, False
+        self.waited = True
+        if self.slow and timeout is not None:
+            raise subprocess.TimeoutExpired("helper", timeout)
+        self.running = False
         return 0
 
     def poll(self):
         return None if self.running else 0
 
     def kill(self):
-        self.killed = True
+        self.killed, self.slow = True, False
 
 
 def _compiles_a_new_kernel():
@@ -135,13 +149,17 @@ def _compiles_a_new_kernel():
 
 @pytest.mark.skipif(not jit.NUMBA_AVAILABLE, reason="needs Numba")
 def test_warmup_starts_the_second_process_only_when_this_one_compiles(monkeypatch):
+    import threading
+
     from fastcnn import _warmup, models
 
-    started = []
-    monkeypatch.setattr(_warmup, "start", lambda calls: started.append(_FakeHelper(calls)) or started[-1])
+    started, slow = [], []
+    monkeypatch.setattr(_warmup, "start", lambda calls: started.append(_FakeHelper(calls, bool(slow))) or started[-1])
     model = models.lenet(seed=0)
+    x = np.zeros((4, 1, 28, 28), np.float32)
+    model.predict(x)  # compiles (or loads) the forward pass's kernels
     with _warmup.gradients_compiled_beside(model, 4):
-        pass  # a warm cache: nothing compiles
+        model.predict(x)  # the warm case: nothing compiles
     assert started == []
     with _warmup.gradients_compiled_beside(model, 4):
         _compiles_a_new_kernel()
@@ -152,9 +170,33 @@ def test_warmup_starts_the_second_process_only_when_this_one_compiles(monkeypatc
         _compiles_a_new_kernel()
         raise KeyboardInterrupt
     assert started[1].killed  # interrupted: the second process is stopped too
+    slow.append(True)
+    with _warmup.gradients_compiled_beside(model, 4, timeout=0.01):
+        _compiles_a_new_kernel()
+    assert started[2].waited and started[2].killed  # past the timeout: stopped, training compiles the rest
     with dispatch.use_backend("numpy"), _warmup.gradients_compiled_beside(model, 4):
         _compiles_a_new_kernel()
-    assert len(started) == 2  # the NumPy backend compiles no gradients
+    with _warmup.gradients_compiled_beside(model, 4):  # another thread's compile is not this block's
+        other = threading.Thread(target=_compiles_a_new_kernel)
+        other.start()
+        other.join()
+    monkeypatch.setattr(jit, "_cache_warned", True)  # no on-disk cache: a second process would compile in vain
+    with _warmup.gradients_compiled_beside(model, 4):
+        _compiles_a_new_kernel()
+    assert len(started) == 3
+
+
+@pytest.mark.skipif(not jit.NUMBA_AVAILABLE, reason="needs Numba")
+def test_warmup_without_a_second_process_still_compiles(monkeypatch):
+    from fastcnn import _warmup, models
+
+    def fails(calls):
+        raise OSError("no process for you")
+
+    monkeypatch.setattr(_warmup, "start", fails)
+    with _warmup.gradients_compiled_beside(models.lenet(seed=0), 4):
+        _compiles_a_new_kernel()  # the compile that would start it goes on
+        _compiles_a_new_kernel()
 
 
 def test_warmup_sees_the_convolutions_inside_blocks():

@@ -259,29 +259,32 @@ def set_threads(n: int) -> None:
         _threads_without_numba = n
 
 
-def cache_misses(*kernels: Callable[..., Any]) -> int:
-    """How many times these compiled kernels were compiled in this process rather than loaded from
-    the on-disk cache (0 when the cache was warm for every signature they ran)."""
-    return sum(sum(kernel.stats.cache_misses.values()) for kernel in kernels)
+def kernels_cached() -> bool:
+    """Whether compiled kernels go to Numba's on-disk cache (False once a kernel could find no writable
+    cache directory: every process then compiles its own)."""
+    return not _cache_warned
 
 
 @functools.lru_cache(maxsize=None)
 def cpu_description() -> str:
     """The CPU that kernel timings depend on: its model name, the microarchitecture LLVM finds in it
-    (virtual machines often show a generic model name) and, where ``NUMBA_CPU_NAME`` names another, the
-    CPU the kernels are compiled for; e.g. ``Intel(R) Xeon(R) Processor (emeraldrapids)``."""
-    model = platform.processor() or platform.machine()
+    (virtual machines often show a generic model name) and, where ``NUMBA_CPU_NAME`` or
+    ``NUMBA_CPU_FEATURES`` say otherwise, the CPU and features the kernels are compiled for; e.g.
+    ``Intel(R) Xeon(R) Processor (emeraldrapids)``."""
+    model = None
     try:
         with open("/proc/cpuinfo") as fh:
-            model = next((line.split(":", 1)[1].strip() for line in fh if line.startswith("model name")), model)
+            model = next((line.split(":", 1)[1].strip() for line in fh if line.startswith("model name")), None)
     except OSError:
         pass
+    model = model or platform.processor() or platform.machine()
     if not NUMBA_AVAILABLE:
         return model
     from llvmlite import binding
 
-    host, target = binding.get_host_cpu_name(), numba.config.CPU_NAME
-    return f"{model} ({host}" + (f"; kernels compiled for {target}" if target and target != host else "") + ")"
+    host, target, features = binding.get_host_cpu_name(), numba.config.CPU_NAME, numba.config.CPU_FEATURES
+    compiled = " ".join(filter(None, (target if target and target != host else None, features or None)))
+    return f"{model} ({host}" + (f"; kernels compiled for {compiled}" if compiled else "") + ")"
 
 
 def threading_layer() -> str:
