@@ -94,7 +94,7 @@ def test_info_and_module_entry_point():
         assert "each wheel ships its own BLAS" in out and "from numpy" in blas
 
 
-def test_warmup_hands_the_conv_gradients_of_a_model_to_another_process():
+def test_warmup_hands_the_conv_gradients_of_a_model_to_another_process(monkeypatch):
     from fastcnn import _warmup, models
 
     model = models.lenet(seed=0)
@@ -108,12 +108,9 @@ def test_warmup_hands_the_conv_gradients_of_a_model_to_another_process():
     import json
 
     real_start, started = _warmup.start, []
-    _warmup.start = lambda calls: started.append(real_start(calls)) or started[-1]
-    try:  # started from inside Numba's compile event, as in `fastcnn train`
-        with _warmup.gradients_compiled_beside(model, 2):
-            _compiles_a_new_kernel()
-    finally:
-        _warmup.start = real_start
+    monkeypatch.setattr(_warmup, "start", lambda calls: started.append(real_start(calls)) or started[-1])
+    with _warmup.gradients_compiled_beside(model, 2):  # started from inside Numba's compile event, as in training
+        _compiles_a_new_kernel()
     assert len(started) == 1 and started[0].returncode == 0  # waited for: it compiled (or loaded) them
     assert json.loads(started[0].args[-1]) == {"threads": threads.get_num_threads(),
                                                "calls": json.loads(json.dumps(_warmup._conv_gradient_calls(model, 2)))}

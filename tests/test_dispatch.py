@@ -204,6 +204,7 @@ def test_decision_file_name_depends_on_the_cpu_the_kernels_are_compiled_for(monk
     before, described = dispatch.decisions_path().name, jit.cpu_description()
     assert f"({host})" in described or "kernels compiled for" in described  # the microarchitecture, named
     monkeypatch.setattr(jit.numba.config, "CPU_NAME", other)
+    monkeypatch.setattr(jit.numba.config, "CPU_FEATURES", "")
     jit.cpu_description.cache_clear()
     dispatch._machine_id.cache_clear()
     try:
