@@ -32,14 +32,16 @@ The plan is rebuilt when a layer, a backend or a parameter array is replaced (``
 ``forward(x, training=False)``.
 
 Buffers are kept per thread (two threads may predict with one model at once): a prepared conv's
-temporaries (a padded conv reads its input into them with the padding's zeros) and the output of a
-step whose output the next step consumes. The output of the last step that makes an array is always
-a new array, so what ``predict`` returns is never overwritten by a later call. ``python -m bench.inference
+temporaries (a padded conv reads its input into them with the padding's zeros), and two buffers that
+the outputs the next step consumes alternate between (:class:`_Outputs`). ReLU and Tanh run in place
+on an array the plan made. The output of the last step that makes an array is always a new array, so
+what ``predict`` returns is never overwritten by a later call. ``python -m bench.inference
 --profile`` splits predict's time into its steps and its own Python.
 """
 from __future__ import annotations
 
 import copy
+import functools
 import threading
 from typing import Callable
 
@@ -49,9 +51,9 @@ from . import backends, dispatch
 from . import functional as F
 from ._checks import check_allocation, conv_geometry, pool_geometry
 from .layers import (AvgPool2D, BatchNorm1D, BatchNorm2D, Conv2D, Dense, Dropout, Flatten, FusedConv,
-                     GlobalAvgPool2D, Layer, MaxPool2D, ReLU)
+                     GlobalAvgPool2D, Layer, MaxPool2D, ReLU, Tanh)
 from .kernels.jit import num_threads
-from .kernels.scratch import zero_padded
+from .kernels.scratch import KEEP_BYTES, aligned_bytes, zero_padded
 from .steps import fuse
 
 if backends.jit.NUMBA_AVAILABLE:
@@ -135,13 +137,61 @@ def _folded(layer: Layer, bn) -> Arrays:
 
 Run = Callable[[np.ndarray, tuple], np.ndarray]
 """A step bound to one input shape, backend policy and thread count: ``run(x, arrays)``."""
+Output = Callable[[], "np.ndarray | None"]
+"""What gives a bound step the array to write its output into at each call (None: a new array)."""
+
+_KEPT_OUTPUT_BYTES = 1 << 17  # smaller outputs come from the allocator's heap (glibc's first mmap threshold)
+_VIEWS_KEPT = 32  # shapes viewed per thread and buffer before the views are made afresh
+
+
+def _new_array() -> None:
+    return None
+
+
+class _Outputs:
+    """The two buffers per thread that the outputs of a plan's steps alternate between, where the next
+    step consumes them (a step's input is always in the other buffer, or elsewhere): each grown to the
+    largest output asked of it, so that a predict call writes into memory the last one used (fresh
+    memory costs a page fault per 4 KiB: without this, a MobileNet-style net spent over a third of its
+    batch-256 inference in them). Outputs under :data:`_KEPT_OUTPUT_BYTES`, which the allocator serves
+    from memory it keeps, and over :data:`~fastcnn.kernels.scratch.KEEP_BYTES` are new arrays."""
+
+    def __init__(self, dtype: np.dtype) -> None:
+        self.dtype = dtype
+        self._local = threading.local()
+
+    def getter(self, slot: int | None, shape: tuple) -> Output:
+        """What gives a step writing to buffer ``slot`` (None: a new array) its output of ``shape``."""
+        nbytes = self.dtype.itemsize * int(np.prod(shape, dtype=np.float64))
+        if slot is None or not _KEPT_OUTPUT_BYTES <= nbytes <= KEEP_BYTES:
+            return _new_array
+        key, local = (slot, shape), self._local
+
+        def output() -> np.ndarray:
+            view = getattr(local, "views", {}).get(key)
+            return self._view(key) if view is None else view
+        return output
+
+    def _view(self, key: tuple) -> np.ndarray:
+        local, (slot, shape) = self._local, key
+        if not hasattr(local, "views"):
+            local.views, local.buffers = {}, [np.empty(0, self.dtype)] * 2
+        size = int(np.prod(shape))
+        if local.buffers[slot].size < size:
+            local.buffers[slot] = aligned_bytes(size * self.dtype.itemsize).view(self.dtype)
+            local.views = {k: v for k, v in local.views.items() if k[0] != slot}
+        if len(local.views) >= _VIEWS_KEPT:
+            local.views.clear()
+        view = local.views[key] = local.buffers[slot][:size].reshape(shape)
+        return view
 
 
 class _Step:
     """One step of a plan. :meth:`bind` prepares it for one input shape (and the backend policy and
     thread count in force), once: what it returns is called with the input and what :attr:`arrays`
-    gave for this predict call. ``fresh`` says whether the output must be a new array (nothing after
-    the step makes one) or may live in a buffer that the next call in the thread overwrites."""
+    gave for this predict call. ``output(shape)`` gives the :data:`Output` for an output of ``shape``:
+    a new array where nothing after the step makes one, else a buffer of the plan that the next call
+    in the thread overwrites."""
 
     arrays: Arrays = staticmethod(lambda: ())
     makes_new_arrays = False  # whether the step's output is never a view of its input or of a kept buffer
@@ -149,7 +199,7 @@ class _Step:
     def __init__(self, dtype: np.dtype) -> None:
         self.dtype = np.dtype(dtype)
 
-    def bind(self, x: np.ndarray, arrays: tuple, policy: str, fresh: bool) -> Run:
+    def bind(self, x: np.ndarray, arrays: tuple, policy: str, output: Callable[[tuple], Output]) -> Run:
         raise NotImplementedError
 
 
@@ -161,7 +211,7 @@ class _Conv(_Step):
     can run as a :class:`~fastcnn.kernels.conv_numba.PreparedConv`: one kernel launch, serial for small work,
     temporaries kept per thread, the ReLU applied as it writes the output. The policy chooses between
     it and the NumPy kernel (``auto``: measured, each run as the step would run it); other convs run
-    the kernel the dispatcher picks for the op. Other kernels run the ``relu`` op after the conv."""
+    the kernel the dispatcher picks for the op. Other kernels run the ``relu`` op after the conv, in place."""
 
     makes_new_arrays = True
 
@@ -170,7 +220,7 @@ class _Conv(_Step):
         self.conv, self.pool, self.relu, self.arrays = conv, pool, relu, arrays
         self.op = "depthwise_conv2d" if conv.groups > 1 else "conv2d" if pool is None else "conv2d_max_pool2d"
 
-    def bind(self, x, arrays, policy, fresh):
+    def bind(self, x, arrays, policy, output):
         conv, w_shape = self.conv, self.conv.params["weight"].shape
         geo = conv_geometry(x.shape, w_shape, conv.stride, conv.padding, conv.dilation, conv.groups)
         check_allocation("conv2d input with its padding", (x.shape[0], x.shape[1]) + geo.padded_hw, self.dtype)
@@ -186,22 +236,31 @@ class _Conv(_Step):
         if self.op != "depthwise_conv2d" and policy != "numpy" and _numba_kernel(self.op) is not None and \
                 conv_numba.PreparedConv.takes(x.shape, w_shape, geo, p):
             # auto measures what the plan would run: the prepared conv, not the op's Numba kernel
-            prepared = conv_numba.PreparedConv(x.shape, w_shape, self.dtype, geo, p, self.relu, reuse_output=not fresh)
-            runs = {"numba": lambda x, arrays: prepared(x, *arrays),
-                    "numpy": self._unprepared(backends.OPS[self.op].kernels["numpy"], args, x.shape[0], geo, policy)}
+            prepared = conv_numba.PreparedConv(x.shape, w_shape, self.dtype, geo, p, self.relu)
+            out = output(prepared.out_shape)
+            runs = {"numba": lambda x, arrays: prepared(x, *arrays, out()),
+                    "numpy": self._unprepared(backends.OPS[self.op].kernels["numpy"], args, x.shape[0], geo, policy,
+                                              output)}
             return dispatch.fastest(self.op, signature + ("prepared", self.relu), (x, arrays), runs, policy)
         kernel = dispatch.chosen(self.op, signature, (x, *arrays, *args), policy)
-        return self._unprepared(kernel, args, x.shape[0], geo, policy)
+        return self._unprepared(kernel, args, x.shape[0], geo, policy, output)
 
-    def _unprepared(self, kernel, args: tuple, n: int, geo, policy: str) -> Run:
-        """The step run by the op's ``kernel`` (the ReLU after it by the relu op, if the kernel cannot take it)."""
+    def _unprepared(self, kernel, args: tuple, n: int, geo, policy: str, output: Callable[[tuple], Output]) -> Run:
+        """The step run by the op's ``kernel`` (the ReLU after it by the relu op in place, if the kernel
+        cannot take it)."""
         if self.pool is not None:
             return lambda x, arrays: kernel(x, *arrays, *args)[0]
+        out_shape = (n, self.conv.params["weight"].shape[0]) + geo.out_hw
+        out = output(out_shape)
         if self.relu:
-            out_shape = (n, self.conv.params["weight"].shape[0]) + geo.out_hw
             relu = dispatch.chosen("relu", (out_shape, self.dtype.char), (np.zeros(out_shape, self.dtype),), policy)
-            return lambda x, arrays: relu(kernel(x, *arrays, *args))
-        return lambda x, arrays: kernel(x, *arrays, *args)
+            return lambda x, arrays: _in_place(relu, kernel(x, *arrays, *args, out()))
+        return lambda x, arrays: kernel(x, *arrays, *args, out())
+
+
+def _in_place(kernel, x: np.ndarray) -> np.ndarray:
+    """``x`` with the element-wise ``kernel`` applied in place."""
+    return kernel(x, x)
 
 
 def _numba_kernel(op: str):
@@ -218,7 +277,7 @@ class _Pool(_Step):
         super().__init__(dtype)
         self.layer = layer
 
-    def bind(self, x, arrays, policy, fresh):
+    def bind(self, x, arrays, policy, output):
         geo = _pool_geometry(x.shape, self.layer)  # the signature as fastcnn.functional's max_pool2d gives it
         signature = (x.shape, geo.kernel, geo.stride, geo.padding, geo.dilation, geo.out_hw, self.dtype.char)
         kernel = dispatch.chosen("max_pool2d", signature, (x, geo), self.layer.backend or policy)
@@ -234,7 +293,7 @@ class _AvgPool(_Step):
         super().__init__(dtype)
         self.layer = layer
 
-    def bind(self, x, arrays, policy, fresh):
+    def bind(self, x, arrays, policy, output):
         layer = self.layer
         if type(layer) is GlobalAvgPool2D:
             layer.output_shape(x.shape[1:])  # its ValueError for an empty plane
@@ -245,9 +304,10 @@ class _AvgPool(_Step):
                                                     layer.ceil_mode, layer.count_include_pad, layer.divisor_override)
             flat = None
         kernel = dispatch.chosen("avg_pool2d", signature, (zero_padded(x, pads), *args), layer.backend or policy)
+        out = output(x.shape[:2] + args[0].out_hw)
         if flat is None:
-            return lambda x, arrays: kernel(zero_padded(x, pads), *args)
-        return lambda x, arrays: kernel(zero_padded(x, pads), *args).reshape(flat)
+            return lambda x, arrays: kernel(zero_padded(x, pads), *args, out())
+        return lambda x, arrays: kernel(zero_padded(x, pads), *args, out()).reshape(flat)
 
 
 def _pool_geometry(shape, pool: MaxPool2D):
@@ -266,31 +326,52 @@ class _Linear(_Step):
         self.arrays, self.relu = arrays, relu
         self.w_shape = layer.params["weight"].shape
 
-    def bind(self, x, arrays, policy, fresh):
+    def bind(self, x, arrays, policy, output):
         check_allocation("linear output", (x.shape[0], self.w_shape[0]), self.dtype)
         kernel = dispatch.chosen("linear", (x.shape, self.w_shape, self.dtype.char), (x, *arrays), policy)
         relu = self.relu
         return lambda x, arrays: kernel(x, *arrays, relu)
 
 
-class _Relu(_Step):
-    makes_new_arrays = True
+class _Activation(_Step):
+    """A ReLU or Tanh layer (its op, :data:`ACTIVATION_OPS`): in place where its input is an array the plan
+    made (:attr:`in_place`, set by the plan), else into its output."""
 
-    def __init__(self, dtype, layer: ReLU) -> None:
+    in_place = False
+
+    def __init__(self, dtype, layer: Layer) -> None:
         super().__init__(dtype)
+        self.op = ACTIVATION_OPS[type(layer)]
 
-    def bind(self, x, arrays, policy, fresh):
-        kernel = dispatch.chosen("relu", (x.shape, self.dtype.char), (x,), policy)
-        return lambda x, arrays: kernel(x)
+    @property
+    def makes_new_arrays(self) -> bool:
+        return not self.in_place
+
+    def bind(self, x, arrays, policy, output):
+        kernel = dispatch.chosen(self.op, (x.shape, self.dtype.char), (x,), policy)
+        if self.in_place:
+            return lambda x, arrays: _in_place(kernel, x)
+        out = output(x.shape)
+        return lambda x, arrays: kernel(x, out())
+
+
+ACTIVATION_OPS: dict[type, str] = {ReLU: "relu", Tanh: "tanh"}
+"""The activation layers the plan runs as :class:`_Activation` steps, and their ops (whose kernels take
+``out``)."""
 
 
 class _Flatten(_Step):
     def __init__(self, dtype, layer: Flatten) -> None:
         super().__init__(dtype)
 
-    def bind(self, x, arrays, policy, fresh):
+    def bind(self, x, arrays, policy, output):
         shape = (x.shape[0], -1)
         return lambda x, arrays: x.reshape(shape)
+
+
+def _passes_through(step: _Step) -> bool:
+    """Whether ``step``'s output is its input, reshaped or changed in place."""
+    return type(step) is _Flatten or (type(step) is _Activation and step.in_place)
 
 
 class _Residual(_Step):
@@ -312,13 +393,14 @@ class _Residual(_Step):
         return len(branches) == len(self.plans) and all(plan.is_current(layers, dtype)
                                                         for plan, layers in zip(self.plans, branches))
 
-    def bind(self, x, arrays, policy, fresh):
-        self.block.output_shape(x.shape[1:])  # the block's ValueError if its branches' outputs differ
-        threads, (body, *shortcut) = num_threads(), self.plans
+    def bind(self, x, arrays, policy, output):
+        out_shape = (x.shape[0],) + self.block.output_shape(x.shape[1:])  # its ValueError if the branches' differ
+        threads, (body, *shortcut), out = num_threads(), self.plans, output(out_shape)
         if not shortcut:
-            return lambda x, arrays: body._run(x, arrays[0], policy, threads) + x
+            return lambda x, arrays: np.add(body._run(x, arrays[0], policy, threads), x, out=out())
         short = shortcut[0]
-        return lambda x, arrays: body._run(x, arrays[0], policy, threads) + short._run(x, arrays[1], policy, threads)
+        return lambda x, arrays: np.add(body._run(x, arrays[0], policy, threads), short._run(x, arrays[1], policy, threads),
+                                        out=out())
 
 
 class _Layer(_Step):
@@ -328,7 +410,7 @@ class _Layer(_Step):
         super().__init__(dtype)
         self.layer = layer
 
-    def bind(self, x, arrays, policy, fresh):
+    def bind(self, x, arrays, policy, output):
         forward = self.layer.forward
         return lambda x, arrays: forward(x, False)
 
@@ -398,24 +480,35 @@ class InferencePlan:
             elif type(step) is ReLU and self.steps and type(self.steps[-1]) in (_Linear, _Conv) \
                     and not self.steps[-1].relu:
                 self.steps[-1].relu = True
-            elif type(step) is ReLU:
-                self.steps.append(_Relu(dtype, step))
+            elif type(step) in ACTIVATION_OPS:
+                self.steps.append(_Activation(dtype, step))
             elif type(step) is Flatten:
                 self.steps.append(_Flatten(dtype, step))
             elif fused:  # parameters the fast path cannot take: run the layers themselves
                 self.steps.extend(_Layer(dtype, layer) for layer in (step.conv, step.pool) if layer)
                 if step.relu is not None:
-                    self.steps.append(_Relu(dtype, step.relu))
+                    self.steps.append(_Activation(dtype, step.relu))
             elif type(step) in RESIDUAL_BLOCKS:
                 self.steps.append(_Residual(dtype, step))
             else:
                 self.steps.append(_Layer(dtype, step))
 
+        owned = False  # whether the current step's input is an array this plan made
+        for step in self.steps:
+            if type(step) is _Activation:
+                step.in_place = owned
+            if type(step) is not _Flatten:
+                owned = step.makes_new_arrays or (owned and type(step) is _Activation)
         # a step's output must be a new array unless a later step (or the outer plan's, if the plan does
-        # not own its output) makes one from it (a Flatten between them gives a view): an output handed to
-        # the caller is never overwritten by a later call
-        self._fresh = [not next((s.makes_new_arrays for s in self.steps[k + 1 :] if type(s) is not _Flatten),
-                                not owns_output) for k in range(len(self.steps))]
+        # not own its output) makes one from it (a Flatten between them gives a view, an activation in
+        # place works on it): an output handed to the caller is never overwritten by a later call. The
+        # others alternate between two buffers.
+        self._outputs, self._slots, made = _Outputs(dtype), [], 0
+        for k, step in enumerate(self.steps):
+            fresh = not next((s.makes_new_arrays for s in self.steps[k + 1 :] if not _passes_through(s)),
+                             not owns_output)
+            self._slots.append(None if fresh or not step.makes_new_arrays else made % 2)
+            made += step.makes_new_arrays
         self._bound: dict[tuple, list[Run]] = {}
 
     def is_current(self, layers: list[Layer], dtype) -> bool:
@@ -465,7 +558,7 @@ class InferencePlan:
         """Bind every step to ``h``'s shape, running them on ``h`` as it goes; return the outputs."""
         key, runs = (h.shape, policy, threads), []
         for k, (step, step_arrays) in enumerate(zip(self.steps, arrays)):
-            runs.append(step.bind(h, step_arrays, policy, fresh=self._fresh[k]))
+            runs.append(step.bind(h, step_arrays, policy, functools.partial(self._outputs.getter, self._slots[k])))
             h = runs[-1](h, step_arrays)
         if len(self._bound) >= 8:  # a caller cycling through batch sizes: keep memory bounded
             self._bound.clear()

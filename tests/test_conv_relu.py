@@ -179,4 +179,6 @@ def test_predict_runs_a_conv_relu_step_the_fast_path_cannot_take():
     x = np.random.default_rng(5).standard_normal((3, 2, 5, 5)).astype(np.float32)
     want = model.layers[3].forward(model.layers[2].forward(model.layers[1].forward(conv.forward(x))))
     np.testing.assert_allclose(model.predict(x), want, rtol=1e-6, atol=1e-6)
-    assert [type(s).__name__ for s in model._inference.steps][:2] == ["_Layer", "_Relu"]
+    steps = model._inference.steps
+    assert [type(s).__name__ for s in steps][:2] == ["_Layer", "_Activation"]
+    assert not steps[1].in_place  # the layer's output might be its input: the caller's

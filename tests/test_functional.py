@@ -483,7 +483,7 @@ def test_numba_conv_never_reads_stale_scratch(rng):
 def test_scratch_reuses_one_buffer_per_role_and_thread():
     import threading
 
-    from fastcnn.kernels.scratch import _KEEP_BYTES, scratch
+    from fastcnn.kernels.scratch import KEEP_BYTES, scratch
 
     a = scratch("test a", (3, 4), np.float32)
     assert a.shape == (3, 4) and a.dtype == np.float32 and a.flags.c_contiguous
@@ -496,7 +496,7 @@ def test_scratch_reuses_one_buffer_per_role_and_thread():
     thread.start()
     thread.join()
     assert not np.shares_memory(other[0], a)
-    huge = (_KEEP_BYTES // 4 + 1,)
+    huge = (KEEP_BYTES // 4 + 1,)
     assert not np.shares_memory(scratch("test huge", huge, np.float32), scratch("test huge", huge, np.float32))
 
 

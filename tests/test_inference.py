@@ -71,9 +71,11 @@ def test_batch_norm_is_folded_and_steps_fused():
     x = np.random.default_rng(1).random((6, 1, 8, 8), dtype=np.float32)
     np.testing.assert_allclose(model.predict(x, batch_size=4), _forward(model, x, 4), rtol=1e-5, atol=1e-5)
     steps = model._inference.steps
-    # conv+BN+ReLU+pool is one fused op; conv+BN, then Tanh (its layer's own forward) and the average
-    # pool; dense+BN with the ReLU after it; dense.
-    assert [type(s).__name__ for s in steps] == ["_Conv", "_Conv", "_Layer", "_AvgPool", "_Flatten", "_Linear", "_Linear"]
+    # conv+BN+ReLU+pool is one fused op; conv+BN, then Tanh (in place on the conv's output) and the
+    # average pool; dense+BN with the ReLU after it; dense.
+    assert [type(s).__name__ for s in steps] == ["_Conv", "_Conv", "_Activation", "_AvgPool", "_Flatten", "_Linear",
+                                                 "_Linear"]
+    assert steps[2].in_place
     assert steps[0].op == "conv2d_max_pool2d" and steps[0].relu
     assert steps[5].relu and not steps[6].relu
 
@@ -110,9 +112,49 @@ def test_a_relu_after_a_conv_without_pool_runs_in_the_conv_step(policy):
         np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)  # NaN where want has NaN
     else:
         np.testing.assert_array_equal(got, want)
-    assert [type(s).__name__ for s in model._inference.steps] == ["_Conv", "_Conv", "_Conv", "_Relu", "_Flatten",
+    assert [type(s).__name__ for s in model._inference.steps] == ["_Conv", "_Conv", "_Conv", "_Activation", "_Flatten",
                                                                    "_Linear"]
     assert all(step.relu for step in model._inference.steps[:3])
+
+
+@pytest.mark.parametrize("policy", ["auto", "numpy"] + (["numba"] if jit.NUMBA_AVAILABLE else []))
+def test_large_outputs_alternate_between_two_kept_buffers(policy):
+    """Outputs of 128 KiB or more that the next step consumes are written into the plan's two buffers,
+    the same memory from call to call; activations run in place on arrays the plan made, never on the
+    caller's input (a residual body's first ReLU: the shortcut reads the same input). The answers are
+    the layers' own, for two inputs in turn, and what predict returns is never a buffer."""
+    model = fastcnn.Sequential([
+        L.Conv2D(4, 16, 3, padding=1, rng=0), L.ReLU(),
+        L.Conv2D(16, 16, 3, padding=1, groups=16, rng=1), random_batch_norm(L.BatchNorm2D(16), 2), L.ReLU(),
+        L.Tanh(), L.AvgPool2D(2),
+        Residual([L.ReLU(), L.Conv2D(16, 16, 1, rng=3), L.ReLU()]), L.ReLU(),
+        L.Conv2D(16, 16, 3, padding=2, dilation=2, rng=4), L.Tanh(),
+        L.Conv2D(16, 8, 3, stride=2, padding=1, rng=5), L.GlobalAvgPool2D(), L.Dense(8, 3, rng=6),
+    ], input_shape=(4, 32, 32))
+    rng = np.random.default_rng(21)
+    x1, x2 = (rng.standard_normal((16, 4, 32, 32)).astype(np.float32) for _ in range(2))
+    given = x1.copy()
+    with fastcnn.dispatch.use_backend(policy):
+        first = model.predict(x1)
+        buffers = [b.__array_interface__["data"][0] for b in model._inference._outputs._local.buffers]
+        kept = first.copy()
+        second = model.predict(x2)
+        want1, want2 = _forward(model, x1, 16), _forward(model, x2, 16)
+    assert np.array_equal(x1, given)
+    tolerance = dict(rtol=1e-5, atol=1e-5)  # the plan folds batch norm; auto may pick other kernels than forward
+    np.testing.assert_allclose(first, want1, **tolerance)
+    np.testing.assert_allclose(second, want2, **tolerance)
+    assert np.array_equal(first, kept)
+    plan = model._inference
+    assert [b.__array_interface__["data"][0] for b in plan._outputs._local.buffers] == buffers
+    # outputs the next step consumes alternate (an activation in place, or the last step: none)
+    assert plan._slots == [0, 1, None, 0, 1, None, 0, None, 1, 0, None]
+    assert not any(np.shares_memory(second, b) for b in plan._outputs._local.buffers)
+    names = [type(s).__name__ for s in plan.steps]
+    assert names == ["_Conv", "_Conv", "_Activation", "_AvgPool", "_Residual", "_Activation", "_Conv", "_Activation",
+                     "_Conv", "_AvgPool", "_Linear"]
+    assert all(plan.steps[k].in_place for k in (2, 5, 7))
+    assert not plan.steps[4].plans[0].steps[0].in_place  # the block's input: the shortcut's too
 
 
 def test_residual_blocks_run_as_plans_of_their_own():
@@ -129,11 +171,11 @@ def test_residual_blocks_run_as_plans_of_their_own():
         np.testing.assert_allclose(second, _forward(model, x2, batch_size), rtol=1e-5, atol=1e-5)
         assert np.array_equal(first, kept) and not np.shares_memory(first, second)
     steps = model._inference.steps
-    assert [type(s).__name__ for s in steps] == ["_Conv", "_Residual", "_Residual", "_Relu", "_Residual"]
+    assert [type(s).__name__ for s in steps] == ["_Conv", "_Residual", "_Residual", "_Activation", "_Residual"]
     body, shortcut = steps[1].plans
     assert [type(s).__name__ for s in body.steps] == ["_Conv", "_Conv"] and body.steps[0].relu and body.steps[1].relu
     assert [type(s).__name__ for s in shortcut.steps] == ["_Conv"]  # its batch norm folded
-    assert [type(s).__name__ for s in steps[2].plans[0].steps] == ["_Residual", "_Relu"]
+    assert [type(s).__name__ for s in steps[2].plans[0].steps] == ["_Residual", "_Activation"]
 
 
 def test_residual_plan_sees_layers_added_inside_a_block():
@@ -369,7 +411,8 @@ _PREPARED_STRIDED = [(*case, stride) for case in _PREPARED for stride in (2, 3) 
 def test_prepared_conv_is_the_same_serial_or_parallel(monkeypatch, dtype, shape, dilation, padding, pooled, relu,
                                                       stride):
     """The inference plan's one-launch conv, forced serial and forced parallel: the same outputs, bit for
-    bit, as the op's kernel, and the reference's; its kept temporaries do not leak between calls.
+    bit, as the op's kernel, and the reference's; its kept temporaries and the output array it is given
+    do not leak between calls.
     Strided (by phases: no dilation, no pool) as well."""
     monkeypatch.setattr(jit, "num_threads", lambda: 2)  # the tasks as on two threads, whatever the machine has
     n, c, h, w, c_out = shape
@@ -389,9 +432,12 @@ def test_prepared_conv_is_the_same_serial_or_parallel(monkeypatch, dtype, shape,
     results = []
     for serial_below in (0, 1 << 60):  # every launch parallel, then every launch serial
         monkeypatch.setattr(jit, "SERIAL_WORK", serial_below)
-        prepared = conv_numba.PreparedConv(x.shape, wt.shape, dtype, geo, pool, relu, reuse_output=True)
-        prepared(rng.standard_normal(x.shape).astype(dtype), wt * 3, b)  # leaves other values in the temporaries
-        results.append(prepared(x, wt, b))
+        prepared = conv_numba.PreparedConv(x.shape, wt.shape, dtype, geo, pool, relu)
+        out = np.full(prepared.out_shape, np.nan, dtype)
+        prepared(rng.standard_normal(x.shape).astype(dtype), wt * 3, b, out)  # other values in the temporaries and out
+        got = prepared(x, wt, b, out)
+        assert got is out
+        results.append(got)
     for got in results:
         assert got.dtype == dtype
         assert np.array_equal(got, op)
@@ -524,3 +570,36 @@ def test_returned_outputs_are_never_overwritten():
             assert np.array_equal(first, kept)
             assert not np.shares_memory(first, second)
             assert np.array_equal(second, _forward(model, x2, batch_size))
+
+
+@pytest.mark.parametrize("backend", ["numpy"] + (["numba"] if jit.NUMBA_AVAILABLE else []))
+def test_kernels_write_into_the_output_they_are_given(backend):
+    """The kernels the plan gives an output array (the conv ops, strided and dilated too, depthwise,
+    average pool, ReLU and tanh, these two in place as well): the same values as into a new array,
+    written into that array, whatever it held."""
+    from fastcnn import functional as F
+    rng = np.random.default_rng(22)
+    x = rng.standard_normal((3, 4, 11, 11)).astype(np.float32)
+    w, wd, b = (rng.standard_normal(s).astype(np.float32) for s in ((6, 4, 3, 3), (4, 1, 3, 3), (6,)))
+    cases = []
+    for op, weight, stride, padding, dilation, groups in (("conv2d", w, 1, 1, 1, 1), ("conv2d", w, 2, 1, 1, 1),
+                                                          ("conv2d", w, 2, 2, 2, 1), ("conv2d", w[:, :, :1, :1], 1, 0, 1, 1),
+                                                          ("conv2d_relu", w, 1, 1, 1, 1), ("conv2d_relu", w, 2, 2, 2, 1),
+                                                          ("depthwise_conv2d", wd, 1, 1, 1, 4),
+                                                          ("depthwise_conv2d", wd, 2, 1, 1, 4)):
+        geo = conv_geometry(x.shape, weight.shape, stride, padding, dilation, groups)
+        cases.append((op, (x, weight, b[: weight.shape[0]], geo), (3, weight.shape[0]) + geo.out_hw))
+    pads, _, args = F.avg_pool_call(x.shape, np.float32, 3, 2, 1, count_include_pad=False)
+    xp = np.pad(x, ((0, 0), (0, 0)) + pads)
+    cases.append(("avg_pool2d", (xp, *args), (3, 4) + args[0].out_hw))
+    cases += [("relu", (x,), x.shape), ("tanh", (x,), x.shape)]
+    for op, op_args, shape in cases:
+        kernel = backends.OPS[op].kernels.get(backend, backends.OPS[op].kernels["numpy"])
+        want = kernel(*op_args)
+        out = np.full(shape, np.nan, np.float32)
+        assert kernel(*op_args, out) is out, op
+        np.testing.assert_array_equal(out, want, err_msg=op)
+        if op in ("relu", "tanh"):
+            y = x.copy()
+            assert kernel(y, y) is y
+            np.testing.assert_array_equal(y, want, err_msg=op)

@@ -12,7 +12,7 @@ def pooled(pool, elementwise, y, geometry, relu):
     """``max_pool2d(y)`` with the windows of ``geometry`` (a PoolGeometry), with ``relu`` through a ReLU
     after it: (pooled, argmax)."""
     out, idx = pool.max_pool2d_forward(y, geometry)
-    return (elementwise.relu_forward(out) if relu else out), idx
+    return (elementwise.relu_forward(out, out) if relu else out), idx
 
 
 def unpooled(pool, elementwise, gp, argmax, gate, oh, ow):

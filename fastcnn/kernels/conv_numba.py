@@ -466,11 +466,11 @@ def _emit_plane(wide, start, wp, ow, bias, relu, y, pooled, idx):
 
 
 @parallel_kernel
-def _conv_strided(xp, w, b, sh, sw, dh, dw, oh, ow):
-    """Forward pass for any stride, one output row at a time."""
+def _conv_strided(xp, w, b, sh, sw, dh, dw, y):
+    """Forward pass for any stride into ``y`` (N, C_out, OH, OW), one output row at a time."""
     n, c_in, hp, wp = xp.shape
     c_out, _, kh, kw = w.shape
-    y = np.empty((n, c_out, oh, ow), dtype=xp.dtype)
+    oh, ow = y.shape[2], y.shape[3]
     for task in prange(n * c_out):
         s, co = task // c_out, task % c_out
         for r in range(oh):
@@ -486,35 +486,35 @@ def _conv_strided(xp, w, b, sh, sw, dh, dw, oh, ow):
     return y
 
 
-def conv2d_forward(x, w, b, geo):
+def conv2d_forward(x, w, b, geo, out=None):
     """``y = conv(x, w) + b`` for an input ``x`` (N, C, H, W) and weight (C_out, C, kH, kW); ``geo`` is
     the conv's :class:`~fastcnn._checks.ConvGeometry` (its padding, stride, dilation and output size).
     A stride-1 conv reads ``x`` into its working layout with the padding's zeros, a strided one (without
-    dilation) into its phases' layout: no padded copy."""
-    return _conv2d_forward(x, w, b, geo, False)
+    dilation) into its phases' layout: no padded copy. Into ``out`` (C-contiguous, the output's shape)
+    if given."""
+    return _conv2d_forward(x, w, b, geo, False, out)
 
 
-def conv2d_relu_forward(x, w, b, geo):
+def conv2d_relu_forward(x, w, b, geo, out=None):
     """``relu(conv2d_forward(x, w, b, geo))``, the ReLU applied as the output is written."""
-    return _conv2d_forward(x, w, b, geo, True)
+    return _conv2d_forward(x, w, b, geo, True, out)
 
 
-def _conv2d_forward(x, w, b, geo, relu):
+def _conv2d_forward(x, w, b, geo, relu, out):
     """:func:`conv2d_forward`, through a ReLU with ``relu``."""
+    (sh, sw), (dh, dw), (oh, ow) = geo.stride, geo.dilation, geo.out_hw
+    y = np.empty((x.shape[0], w.shape[0], oh, ow), dtype=x.dtype) if out is None else out
     if geo.stride == (1, 1):
-        y = np.empty((x.shape[0], w.shape[0]) + geo.out_hw, dtype=x.dtype)
         _conv_wide_into(x, w, b, y, _no_index(y), relu, geo)
         return y
-    (sh, sw), (dh, dw), (oh, ow) = geo.stride, geo.dilation, geo.out_hw
     work = x.shape[0] * oh * ow * w.size
     if _by_phases(sh, sw, dh, dw):  # the phase conv with the kernel's own taps: no zero taps
         kh, kw = w.shape[2:]
         xr, offsets, (hq, wq, _) = _phase_taps(x, geo.padding, kh, kw, sh, sw, oh, ow)
-        y = np.empty((x.shape[0], w.shape[0], oh, ow), dtype=x.dtype)
         _run_conv_wide(xr, w, offsets, b, y, _no_index(y), relu, hq, wq, ow, work, _phase_pass_taps(kh, kw, sh, sw))
         return y
-    y = sized(_conv_strided, work)(zero_padded(x, geo.padding), w, b, sh, sw, dh, dw, oh, ow)
-    return elementwise_numba.relu_forward(y) if relu else y
+    sized(_conv_strided, work)(zero_padded(x, geo.padding), w, b, sh, sw, dh, dw, y)
+    return elementwise_numba.relu_forward(y, y) if relu else y
 
 
 def _phase_pass_taps(kh: int, kw: int, sh: int, sw: int) -> int:
@@ -634,14 +634,13 @@ class PreparedConv:
     strided ones without dilation or pool, as the stride-1 conv of their input's phases (read from the
     input in the same launch, see :func:`_phase_taps`): see :meth:`takes`.
 
-    Calling ``prepared(x, w, b)`` returns the output: a new array, or with ``reuse_output`` one kept
-    per thread like the temporaries, which the next call in the thread overwrites (for outputs that
-    the next step of a plan consumes); with ``argmax`` (a pool's, for training), the output and the
-    pool's argmax, as :func:`conv2d_max_pool2d_forward` returns them.
+    Calling ``prepared(x, w, b)`` returns the output: a new array, or ``out`` (C-contiguous, of
+    :attr:`out_shape` and the dtype) written, with ``prepared(x, w, b, out)``; with ``argmax`` (a pool's,
+    for training), the output and the pool's argmax, as :func:`conv2d_max_pool2d_forward` returns them.
     """
 
     def __init__(self, x_shape: tuple, w_shape: tuple, dtype, geo, pool=None, relu: bool = False,
-                 reuse_output: bool = False, argmax: bool = False) -> None:
+                 argmax: bool = False) -> None:
         if _prepared_planes(w_shape, geo, pool) is None:
             raise ValueError(f"PreparedConv takes stride-1 convs (with a 2x2, stride-2 max-pool at most) and strided "
                              f"ones without dilation or pool; got stride {geo.stride}, dilation {geo.dilation}, "
@@ -668,8 +667,7 @@ class PreparedConv:
         span = _task_span(n - first, hp * wp, self._used, self.dtype.itemsize)
         self._taps_shape = (tile_rows(c_out), c_in * kh * kw)
         self._weight_taps = self._taps_shape[0] == c_out  # the weight, reshaped, is the tap matrix
-        self._shapes = ((runs, head + max(n * hp * wp, first * hp * wp + span + reach)), self._taps_shape) + \
-            ((self.out_shape,) if reuse_output else ())
+        self._shapes = ((runs, head + max(n * hp * wp, first * hp * wp + span + reach)), self._taps_shape)
         if (sh, sw) == (1, 1):
             self._offsets = _tap_offsets(c_in, kh, kw, self._shapes[0][1], 0, dh * wp, dw)
         else:
@@ -702,12 +700,12 @@ class PreparedConv:
                 self._local.temporaries = found
         return found
 
-    def __call__(self, x: np.ndarray, w: np.ndarray, b: np.ndarray) -> np.ndarray:
-        runs, taps, *kept = self._temporaries()
+    def __call__(self, x: np.ndarray, w: np.ndarray, b: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+        runs, taps = self._temporaries()
         direct = self._weight_taps and w.flags.writeable and w.flags.c_contiguous  # the kernel's taps are writable
         if direct:
             taps = w.reshape(self._taps_shape)
-        y = kept[0] if kept else np.empty(self.out_shape, self.dtype)
+        y = np.empty(self.out_shape, self.dtype) if out is None else out
         idx = np.empty(self.out_shape, np.int64) if self.argmax else None
         self._kernel(x, w, b, runs, taps, not direct, self._offsets, y, self.relu, self.pooled, self.ow,
                      self._per_task, self._groups, self._used, *self._plane, self._pass_taps, self._phases, idx)

@@ -61,24 +61,27 @@ def _per_sample(n: int, product: Callable[[int], np.ndarray | None]) -> list:
     return on_threads(lambda worker, workers: [product(s) for s in range(worker, n, workers)])
 
 
-def conv2d_forward(x, w, b, geo):
+def conv2d_forward(x, w, b, geo, out=None):
     """``y = conv(x, w) + b`` for an input ``x`` (N, C, H, W) and weight (C_out, C, kH, kW); ``geo`` is
     the conv's :class:`~fastcnn._checks.ConvGeometry` (its padding, stride, dilation and output size).
-    A 1x1 conv (:func:`_pointwise`) is a product per sample; others are im2col products by blocks."""
+    A 1x1 conv (:func:`_pointwise`) is a product per sample; others are im2col products by blocks.
+    Into ``out`` (C-contiguous, the output's shape) if given."""
+    if out is None:
+        out = np.empty((x.shape[0], w.shape[0]) + geo.out_hw, dtype=x.dtype)
     if _pointwise(geo):
         n, c, h, width = x.shape
         xs, w2 = x.reshape(n, c, h * width), w.reshape(w.shape[0], c)
-        y = np.empty((n, w.shape[0], h * width), dtype=x.dtype)
+        y = out.reshape(n, w.shape[0], h * width)
         bias = b[:, None]
         _per_sample(n, lambda s: np.add(np.matmul(w2, xs[s], out=y[s]), bias, out=y[s]))
-        return y.reshape(n, w.shape[0], h, width)
+        return out
     xp = zero_padded(x, geo.padding)
     (sh, sw), (dh, dw), (oh, ow) = geo.stride, geo.dilation, geo.out_hw
     n, c = xp.shape[:2]
     c_out, _, kh, kw = w.shape
     k, p = c * kh * kw, oh * ow
     w2 = w.reshape(c_out, k)
-    y = np.empty((n, c_out, p), dtype=xp.dtype)
+    y = out.reshape(n, c_out, p)
     blocks = _blocks(n, k, p)
 
     def work(worker, workers):
@@ -89,12 +92,12 @@ def conv2d_forward(x, w, b, geo):
             np.add(prod.transpose(1, 0, 2), b[:, None], out=y[s0 : s0 + size])
 
     on_threads(work)
-    return y.reshape(n, c_out, oh, ow)
+    return out
 
 
-def conv2d_relu_forward(x, w, b, geo):
+def conv2d_relu_forward(x, w, b, geo, out=None):
     """``relu(conv2d_forward(x, w, b, geo))``, the ReLU in place on the conv's output (NaN kept)."""
-    y = conv2d_forward(x, w, b, geo)
+    y = conv2d_forward(x, w, b, geo, out)
     return np.maximum(y, 0, out=y)
 
 

@@ -29,15 +29,16 @@ from ._planes import (backward_offsets, dot_taps, forward_offsets, gather_taps, 
 from .jit import CHECK_BOUNDS, kernel_helper, parallel_kernel, prange, sized
 
 
-def conv2d_forward(x, w, b, geo):
+def conv2d_forward(x, w, b, geo, out=None):
     """``y = depthwise_conv(x, w) + b`` for an input ``x`` (N, C, H, W), zero-padded as ``geo`` (the conv's
-    :class:`~fastcnn._checks.ConvGeometry`) says."""
+    :class:`~fastcnn._checks.ConvGeometry`) says; into ``out`` (C-contiguous, the output's shape) if given."""
     (sh, sw), (dh, dw), (oh, ow) = geo.stride, geo.dilation, geo.out_hw
     (hp, wp), ((top, _), (left, _)) = geo.padded_hw, geo.padding
+    y = np.empty((x.shape[0], w.shape[0], oh, ow), dtype=x.dtype) if out is None else out
     work = x.shape[0] * w.size * oh * ow
     if _same_width(geo, x.shape[3]):
-        return sized(_forward_flat, work)(x, w, b, dh, dw, top, left, oh)
-    return sized(_forward, work)(x, w, b, sh, sw, dh, dw, oh, ow, hp, wp, top, left)
+        return sized(_forward_flat, work)(x, w, b, dh, dw, top, left, y)
+    return sized(_forward, work)(x, w, b, sh, sw, dh, dw, hp, wp, top, left, y)
 
 
 def conv2d_grad_weight(gy, x, geo, c):
@@ -69,16 +70,16 @@ def _same_width(geo, width: int) -> bool:
 
 
 @parallel_kernel
-def _forward(x, w, b, sh, sw, dh, dw, oh, ow, hp, wp, top, left):
+def _forward(x, w, b, sh, sw, dh, dw, hp, wp, top, left, y):
     n, c = x.shape[0], x.shape[1]
     c_out, _, kh, kw = w.shape
+    oh, ow = y.shape[2], y.shape[3]
     m = c_out // c
     h2, w2 = phase_size(hp, sh), phase_size(wp, sw)
     block = h2 * w2  # a sample's phase
     group = stack_size(n, sh * sw * block)
     offsets = forward_offsets(kh, kw, sh, sw, dh, dw, group * h2, w2)
     taps = w.reshape(c_out, kh * kw)
-    y = np.empty((n, c_out, oh, ow), dtype=x.dtype)
     for task in prange(phase_size(n, group) * c):
         first, ch = task // c * group, task % c
         count = min(n - first, group)
@@ -241,13 +242,13 @@ def _correlate_rows(out, buf, weights, offsets, masks, left, dw):
 
 
 @parallel_kernel
-def _forward_flat(x, w, b, dh, dw, top, left, oh):
-    """:func:`conv2d_forward` of a conv that keeps the width at stride 1, an output plane per task."""
+def _forward_flat(x, w, b, dh, dw, top, left, y):
+    """:func:`conv2d_forward` of a conv that keeps the width at stride 1 into ``y``, an output plane per task."""
     n, c, h, width = x.shape
     c_out, _, kh, kw = w.shape
     m = c_out // c
+    oh = y.shape[2]
     size, length, offsets, masks = _flat_layout(oh, kh, kw, dh, dw, left, width)
-    y = np.empty((n, c_out, oh, width), dtype=x.dtype)
     for task in prange(n * c_out):
         s, o = task // c_out, task % c_out
         buf = np.zeros(length, dtype=x.dtype)

@@ -19,20 +19,21 @@ def _split(w, c):
     return w.reshape(c, w.shape[0] // c, w.shape[2], w.shape[3])
 
 
-def conv2d_forward(x, w, b, geo):
+def conv2d_forward(x, w, b, geo, out=None):
     """``y = depthwise_conv(x, w) + b`` for an input ``x`` (N, C, H, W), zero-padded as ``geo`` (the conv's
-    :class:`~fastcnn._checks.ConvGeometry`) says."""
+    :class:`~fastcnn._checks.ConvGeometry`) says; into ``out`` (C-contiguous, the output's shape) if given."""
     (sh, sw), (dh, dw), (oh, ow) = geo.stride, geo.dilation, geo.out_hw
     xp = zero_padded(x, geo.padding)
     n, c = xp.shape[:2]
     wc = _split(w, c)
-    y = np.zeros((n, c, wc.shape[1], oh, ow), dtype=xp.dtype)
+    if out is None:
+        out = np.empty((n, w.shape[0], oh, ow), dtype=xp.dtype)
+    y = out.reshape(n, c, wc.shape[1], oh, ow)
+    y[...] = b.reshape(c, wc.shape[1])[:, :, None, None]
     for i in range(wc.shape[2]):
         for j in range(wc.shape[3]):
             y += window(xp, i * dh, j * dw, sh, sw, oh, ow)[:, :, None] * wc[None, :, :, i, j, None, None]
-    y = y.reshape(n, w.shape[0], oh, ow)
-    y += b[:, None, None]
-    return y
+    return out
 
 
 def conv2d_grad_weight(gy, x, geo, c):

@@ -18,9 +18,9 @@ from ._erf import ERF_CLAMP, erf_rational
 from ._mask import kept
 
 
-def relu_forward(x):
-    """``max(x, 0)``, keeping NaN."""
-    return sized(_relu_forward, x.size)(x)
+def relu_forward(x, out=None):
+    """``max(x, 0)``, keeping NaN; into ``out`` (C-contiguous, ``x``'s shape; ``x`` itself for in place) if given."""
+    return sized(_relu_forward, x.size)(x, np.empty_like(x) if out is None else out)
 
 
 def relu_backward(grad, y):
@@ -46,14 +46,13 @@ def dropout(x, seed, threshold, scale):
 
 
 @parallel_kernel
-def _relu_forward(x):
+def _relu_forward(x, out):
     """:func:`relu_forward`, element by element."""
-    flat = x.reshape(x.size)
-    y = np.empty_like(flat)
+    flat, y = x.reshape(x.size), out.reshape(out.size)
     for i in prange(flat.size):
         v = flat[i]
         y[i] = 0 if v <= 0 else v
-    return y.reshape(x.shape)
+    return out
 
 
 @parallel_kernel

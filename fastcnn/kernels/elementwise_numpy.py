@@ -10,9 +10,9 @@ from ._erf import ERF_CLAMP, erf_rational
 from ._mask import kept
 
 
-def relu_forward(x):
-    """``max(x, 0)``, keeping NaN."""
-    return np.maximum(x, 0)
+def relu_forward(x, out=None):
+    """``max(x, 0)``, keeping NaN; into ``out`` (``x``'s shape; ``x`` itself for in place) if given."""
+    return np.maximum(x, 0, out=out)
 
 
 def relu_backward(grad, y):
@@ -54,9 +54,9 @@ def dropout(x, seed, threshold, scale):
     return masked(x * scale, mask)
 
 
-def tanh_forward(x):
-    """``tanh(x)``."""
-    return np.tanh(x)
+def tanh_forward(x, out=None):
+    """``tanh(x)``; into ``out`` (``x``'s shape; ``x`` itself for in place) if given."""
+    return np.tanh(x, out=out)
 
 
 def tanh_backward(grad, y):

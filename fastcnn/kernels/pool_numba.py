@@ -181,11 +181,13 @@ def _max_unpool_2x2(gy, argmax, h, w):
     return grad
 
 
-def avg_pool2d_forward(xp, pool, scale):
+def avg_pool2d_forward(xp, pool, scale, out=None):
     """Average-pool a zero-padded input with the windows of ``pool`` (a :class:`~fastcnn._checks.PoolGeometry`):
-    each window's sum times ``scale`` (OH, OW), 1 / its divisor."""
+    each window's sum times ``scale`` (OH, OW), 1 / its divisor; into ``out`` (C-contiguous, the
+    output's shape) if given."""
     (oh, ow), (kh, kw) = pool.out_hw, pool.kernel
-    return sized(_avg_pool, xp.shape[0] * xp.shape[1] * oh * ow * kh * kw)(xp, kh, kw, *pool.stride, oh, ow, scale)
+    y = np.empty(xp.shape[:2] + (oh, ow), dtype=xp.dtype) if out is None else out
+    return sized(_avg_pool, xp.shape[0] * xp.shape[1] * oh * ow * kh * kw)(xp, kh, kw, *pool.stride, scale, y)
 
 
 def avg_pool2d_backward(gy, padded_shape, pool, scale):
@@ -195,10 +197,9 @@ def avg_pool2d_backward(gy, padded_shape, pool, scale):
 
 
 @parallel_kernel
-def _avg_pool(xp, kh, kw, sh, sw, oh, ow, scale):
-    """:func:`avg_pool2d_forward`, a (sample, channel) plane per task."""
-    n, c = xp.shape[0], xp.shape[1]
-    y = np.empty((n, c, oh, ow), dtype=xp.dtype)
+def _avg_pool(xp, kh, kw, sh, sw, scale, y):
+    """:func:`avg_pool2d_forward` into ``y``, a (sample, channel) plane per task."""
+    n, c, oh, ow = y.shape
     for task in prange(n * c):
         s, ch = task // c, task % c
         plane = xp[s, ch]

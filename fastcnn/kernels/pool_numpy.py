@@ -46,11 +46,12 @@ def max_pool2d_backward(gy, argmax, h, w):
     return grad.astype(gy.dtype, copy=False).reshape(n, c, h, w)
 
 
-def avg_pool2d_forward(xp, pool, scale):
+def avg_pool2d_forward(xp, pool, scale, out=None):
     """Average-pool a zero-padded input with the windows of ``pool``: each window's sum times ``scale``
-    (OH, OW), 1 / its divisor."""
+    (OH, OW), 1 / its divisor; into ``out`` (the output's shape) if given."""
     (kh, kw), (sh, sw), (oh, ow) = pool.kernel, pool.stride, pool.out_hw
-    y = np.zeros(xp.shape[:2] + (oh, ow), dtype=xp.dtype)
+    y = np.empty(xp.shape[:2] + (oh, ow), dtype=xp.dtype) if out is None else out
+    y[...] = 0
     for i in range(kh):
         for j in range(kw):
             y += window(xp, i, j, sh, sw, oh, ow)

@@ -13,7 +13,7 @@ from typing import Callable
 
 import numpy as np
 
-_KEEP_BYTES = 1 << 28  # larger temporaries are allocated afresh on every call, not kept
+KEEP_BYTES = 1 << 28  # larger temporaries are allocated afresh on every call, not kept
 _ALIGN = 64  # bytes: a kept buffer starts on a cache line, as the kernels' vector loads assume for speed
 _local = threading.local()
 
@@ -47,7 +47,7 @@ def derived(role: str, shape: tuple[int, ...], dtype: np.dtype | type, source: n
     ``layout`` is returned as it is."""
     dtype = np.dtype(dtype)
     out = _buffer(role, shape, dtype)
-    held = getattr(_local, "held", None) if _nbytes(shape, dtype) <= _KEEP_BYTES else None
+    held = getattr(_local, "held", None) if _nbytes(shape, dtype) <= KEEP_BYTES else None
     sources = source if isinstance(source, tuple) else (source,)
     tag = _tag(sources, (tuple(shape), dtype, layout))
     kept = held.get(role) if held else None
@@ -106,7 +106,7 @@ def _nbytes(shape: tuple[int, ...], dtype: np.dtype) -> int:
 
 def _buffer(role: str, shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray:
     nbytes = _nbytes(shape, dtype)
-    if nbytes > _KEEP_BYTES:
+    if nbytes > KEEP_BYTES:
         return np.empty(shape, dtype)
     buffers = getattr(_local, "buffers", None)
     if buffers is None:
@@ -116,12 +116,18 @@ def _buffer(role: str, shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray:
         return kept[3]  # the view the last call made: most calls ask for the same shape again
     buf = None if kept is None else kept[0]
     if buf is None or buf.nbytes < nbytes:
-        raw = np.empty(nbytes + _ALIGN, np.uint8)
-        start = -raw.__array_interface__["data"][0] % _ALIGN
-        buf = raw[start : start + nbytes]
+        buf = aligned_bytes(nbytes)
     view = buf[:nbytes].view(dtype).reshape(shape)
     buffers[role] = (buf, shape, dtype, view)
     return view
+
+
+def aligned_bytes(nbytes: int) -> np.ndarray:
+    """``nbytes`` uninitialised bytes (a uint8 array) starting on a cache line, as the kernels' vector
+    loads assume for speed."""
+    raw = np.empty(nbytes + _ALIGN, np.uint8)
+    start = -raw.__array_interface__["data"][0] % _ALIGN
+    return raw[start : start + nbytes]
 
 
 NO_PADDING = ((0, 0), (0, 0))  # ((top, bottom), (left, right)), as zero_padded and cropped take it
@@ -136,7 +142,7 @@ def zero_padded(x: np.ndarray, padding: tuple[tuple[int, int], tuple[int, int]])
     written again, so a call copies ``x`` in and nothing more: no fresh memory (a page fault per 4 KiB
     on every call, see the module docstring), no zeros written. Like :func:`scratch`, the result is a
     temporary of the calling op: the next call for the same shapes in this thread overwrites it. The
-    :data:`_PADDED_KEPT` arrays used last are kept, at most :data:`_KEEP_BYTES` in all. Without
+    :data:`_PADDED_KEPT` arrays used last are kept, at most :data:`KEEP_BYTES` in all. Without
     padding, ``x`` itself.
     """
     (top, bottom), (left, right) = padding
@@ -151,8 +157,8 @@ def zero_padded(x: np.ndarray, padding: tuple[tuple[int, int], tuple[int, int]])
     xp = kept.pop(key, None)
     if xp is None:
         xp = np.zeros(shape, x.dtype)
-    if xp.nbytes <= _KEEP_BYTES:
-        while kept and (len(kept) >= _PADDED_KEPT or sum(a.nbytes for a in kept.values()) + xp.nbytes > _KEEP_BYTES):
+    if xp.nbytes <= KEEP_BYTES:
+        while kept and (len(kept) >= _PADDED_KEPT or sum(a.nbytes for a in kept.values()) + xp.nbytes > KEEP_BYTES):
             kept.pop(next(iter(kept)))  # the least recently used
         kept[key] = xp  # last in the dict: the most recently used
     xp[:, :, top : top + h, left : left + w] = x
