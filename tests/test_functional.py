@@ -180,6 +180,27 @@ def test_max_pool2d_2x2_on_wide_rows_with_nans_and_any_indices(backend, dtype, r
                                _scatter_reference(gy, any_idx, x.shape), **TOL[dtype])
 
 
+@pytest.mark.parametrize("kernel, stride, padding", [((2, 2), (2, 2), (0, 0)), ((2, 3), (2, 2), (1, 1)),
+                                                     ((3, 2), (2, 2), (0, 0)), ((2, 2), (1, 2), (1, 1)),
+                                                     ((2, 2), (2, 1), (0, 0)), ((2, 2), (2, 3), (0, 0)),
+                                                     ((7, 9), (7, 9), (0, 0))])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_avg_pool2d_window_shapes_both_backends(kernel, stride, padding, dtype):
+    """The windows the Numba kernels treat apart (2 rows; 2 columns with stride 2) and their neighbours,
+    on planes with a width that the windows do not cover (a column or more past the last window):
+    the reference's values, and a gradient that is the pool's transpose."""
+    rng = np.random.default_rng(sum(kernel) + sum(stride))
+    x = rng.standard_normal((3, 5, 9, 11)).astype(dtype)
+    want = ref.avg_pool2d(x, kernel, stride, padding)
+    gy = rng.standard_normal(want.shape).astype(dtype)
+    for backend in BACKENDS:
+        y = F.avg_pool2d(x, kernel, stride, padding, backend=backend)
+        np.testing.assert_allclose(y, want, **TOL[dtype])
+        gx = F.avg_pool2d_backward(gy, x.shape, kernel, stride, padding, backend=backend)
+        np.testing.assert_allclose((gx.astype(np.float64) * x).sum(), (gy.astype(np.float64) * want).sum(),
+                                   rtol=1e-5 if dtype == np.float32 else 1e-12)
+
+
 @SETTINGS
 @given(case=pool_cases())
 def test_avg_pool2d_matches_reference(case):

@@ -196,41 +196,83 @@ def avg_pool2d_backward(gy, padded_shape, pool, scale):
                                                                           scale)
 
 
+_PLANES_PER_TASK = 16  # a task's (sample, channel) planes: its row buffer is allocated once for them
+
+
 @parallel_kernel
 def _avg_pool(xp, kh, kw, sh, sw, scale, y):
-    """:func:`avg_pool2d_forward` into ``y``, a (sample, channel) plane per task."""
+    """:func:`avg_pool2d_forward` into ``y``, :data:`_PLANES_PER_TASK` (sample, channel) planes per task.
+    A window's sum is the sum of its columns' sums: a row of column sums over the plane's whole width
+    at a time (a vector loop), then the ``kw`` of each window (2x2 windows with stride 2, the common
+    pool, in loops of constant stride, which vectorise)."""
     n, c, oh, ow = y.shape
-    for task in prange(n * c):
-        s, ch = task // c, task % c
-        plane = xp[s, ch]
-        for r in range(oh):
-            for q in range(ow):
-                acc = 0.0
-                for i in range(kh):
-                    for j in range(kw):
-                        acc += plane[r * sh + i, q * sw + j]
-                y[s, ch, r, q] = acc * scale[r, q]
+    wp, planes = xp.shape[3], n * c
+    for task in prange(-(-planes // _PLANES_PER_TASK)):
+        columns = np.empty(wp, dtype=xp.dtype)
+        for plane in range(task * _PLANES_PER_TASK, min(planes, (task + 1) * _PLANES_PER_TASK)):
+            src, out = xp[plane // c, plane % c], y[plane // c, plane % c]
+            for r in range(oh):
+                first = src[r * sh]
+                if kh == 2:
+                    second = src[r * sh + 1]
+                    for k in range(wp):
+                        columns[k] = first[k] + second[k]
+                else:
+                    for k in range(wp):
+                        columns[k] = first[k]
+                    for i in range(1, kh):
+                        row = src[r * sh + i]
+                        for k in range(wp):
+                            columns[k] += row[k]
+                cells, shares = out[r], scale[r]
+                if kw == 2 and sw == 2:
+                    for q in range(ow):
+                        cells[q] = (columns[2 * q] + columns[2 * q + 1]) * shares[q]
+                else:
+                    for q in range(ow):
+                        acc = columns[q * sw]
+                        for j in range(1, kw):
+                            acc += columns[q * sw + j]
+                        cells[q] = acc * shares[q]
     return y
 
 
 @parallel_kernel
 def _avg_unpool(gy, padded_shape, kh, kw, sh, sw, scale):
-    """:func:`avg_pool2d_backward`, a (sample, channel) plane per task: each task zeroes its own plane
-    (in cache, in parallel; not a serial pass over fresh memory first), then adds each window's share
-    row by row."""
+    """:func:`avg_pool2d_backward`, :data:`_PLANES_PER_TASK` (sample, channel) planes per task: each task
+    zeroes its own planes (in cache, in parallel; not a serial pass over fresh memory first), then, for
+    each row of windows, spreads their shares over a row of the plane's width and adds that row to each
+    of the ``kh`` rows the windows cover (vector loops over the width; 2x2 windows with stride 2 in loops
+    of constant stride)."""
     n, c, oh, ow = gy.shape
+    wp, planes = padded_shape[3], n * c
     grad_xp = np.empty(padded_shape, dtype=gy.dtype)
-    plane_size = padded_shape[2] * padded_shape[3]
+    plane_size = padded_shape[2] * wp
     flat = grad_xp.reshape(grad_xp.size)
-    for task in prange(n * c):
-        s, ch = task // c, task % c
-        clear(flat, task * plane_size, plane_size)
-        plane = grad_xp[s, ch]
-        for r in range(oh):
-            for i in range(kh):
-                row = plane[r * sh + i]
-                for q in range(ow):
-                    g = gy[s, ch, r, q] * scale[r, q]
-                    for j in range(kw):
-                        row[q * sw + j] += g
+    for task in prange(-(-planes // _PLANES_PER_TASK)):
+        spread = np.empty(wp, dtype=gy.dtype)
+        for plane in range(task * _PLANES_PER_TASK, min(planes, (task + 1) * _PLANES_PER_TASK)):
+            s, ch = plane // c, plane % c
+            clear(flat, plane * plane_size, plane_size)
+            dst = grad_xp[s, ch]
+            for r in range(oh):
+                grads, shares = gy[s, ch, r], scale[r]
+                if kw == 2 and sw == 2:
+                    for q in range(ow):
+                        g = grads[q] * shares[q]
+                        spread[2 * q] = g
+                        spread[2 * q + 1] = g
+                    for k in range(2 * ow, wp):
+                        spread[k] = 0
+                else:
+                    for k in range(wp):
+                        spread[k] = 0
+                    for q in range(ow):
+                        g = grads[q] * shares[q]
+                        for j in range(kw):
+                            spread[q * sw + j] += g
+                for i in range(kh):
+                    row = dst[r * sh + i]
+                    for k in range(wp):
+                        row[k] += spread[k]
     return grad_xp
