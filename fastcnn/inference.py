@@ -141,7 +141,7 @@ Output = Callable[[], "np.ndarray | None"]
 """What gives a bound step the array to write its output into at each call (None: a new array)."""
 
 _KEPT_OUTPUT_BYTES = 1 << 17  # smaller outputs come from the allocator's heap (glibc's first mmap threshold)
-_VIEWS_KEPT = 32  # shapes viewed per thread and buffer before the views are made afresh
+_VIEWS_KEPT = 32  # (buffer, shape) views kept per thread before they are made afresh
 
 
 def _new_array() -> None:
@@ -154,7 +154,10 @@ class _Outputs:
     largest output asked of it, so that a predict call writes into memory the last one used (fresh
     memory costs a page fault per 4 KiB: without this, a MobileNet-style net spent over a third of its
     batch-256 inference in them). Outputs under :data:`_KEPT_OUTPUT_BYTES`, which the allocator serves
-    from memory it keeps, and over :data:`~fastcnn.kernels.scratch.KEEP_BYTES` are new arrays."""
+    from memory it keeps, and over :data:`~fastcnn.kernels.scratch.KEEP_BYTES` are new arrays.
+
+    The plans of residual branches at the same depth share one (see :class:`_Residual`): blocks run one
+    after another, so a pair of buffers per depth and branch serves them all."""
 
     def __init__(self, dtype: np.dtype) -> None:
         self.dtype = dtype
@@ -194,7 +197,7 @@ class _Step:
     in the thread overwrites."""
 
     arrays: Arrays = staticmethod(lambda: ())
-    makes_new_arrays = False  # whether the step's output is never a view of its input or of a kept buffer
+    makes_new_arrays = False  # whether the step's output never shares memory with its input
 
     def __init__(self, dtype: np.dtype) -> None:
         self.dtype = np.dtype(dtype)
@@ -348,11 +351,11 @@ class _Activation(_Step):
         return not self.in_place
 
     def bind(self, x, arrays, policy, output):
-        kernel = dispatch.chosen(self.op, (x.shape, self.dtype.char), (x,), policy)
+        kernel = dispatch.chosen(self.op, (x.shape, self.dtype.char), (np.ascontiguousarray(x),), policy)
         if self.in_place:
             return lambda x, arrays: _in_place(kernel, x)
-        out = output(x.shape)
-        return lambda x, arrays: kernel(x, out())
+        out = output(x.shape)  # the input may come from any layer: a kernel takes C-contiguous arrays
+        return lambda x, arrays: kernel(np.ascontiguousarray(x), out())
 
 
 ACTIVATION_OPS: dict[type, str] = {ReLU: "relu", Tanh: "tanh"}
@@ -376,15 +379,16 @@ def _passes_through(step: _Step) -> bool:
 
 class _Residual(_Step):
     """A residual block (a type in :data:`RESIDUAL_BLOCKS`): a plan of its body and one of its shortcut
-    (none for the identity), whose outputs it adds."""
+    (none for the identity), whose outputs it adds. The branches' plans take their buffers from
+    ``outputs``, one :class:`_Outputs` per depth and branch for the whole model."""
 
     makes_new_arrays = True
 
-    def __init__(self, dtype, block: Layer) -> None:
+    def __init__(self, dtype, block: Layer, outputs: dict[tuple, _Outputs], depth: int) -> None:
         super().__init__(dtype)
         self.block = block
-        self.plans = [InferencePlan(layers, dtype, owns_output=False)
-                      for layers in block.residual_branches() if layers is not None]
+        self.plans = [InferencePlan(layers, dtype, owns_output=False, outputs=outputs, place=(depth + 1, branch))
+                      for branch, layers in enumerate(block.residual_branches()) if layers is not None]
         self.arrays = lambda: [plan._step_arrays() for plan in self.plans]
 
     def is_current(self, dtype: np.dtype) -> bool:
@@ -444,10 +448,18 @@ class InferencePlan:
     owns_output : bool
         Whether what the plan returns goes to the caller (a new array), or to a step of an outer plan
         that makes a new array from it (a residual block's add: it may live in a kept buffer).
+    outputs : dict, optional
+        The model's output buffers by ``place``, shared with its residual branches' plans (a new
+        dict for the model's own plan).
+    place : tuple of int
+        ``(depth, branch)``: 0 for the model's plan, ``depth + 1`` for the branches of a block at
+        ``depth``, the body's branch 0 and the shortcut's 1.
     """
 
-    def __init__(self, layers: list[Layer], dtype, owns_output: bool = True) -> None:
+    def __init__(self, layers: list[Layer], dtype, owns_output: bool = True, outputs: dict | None = None,
+                 place: tuple[int, int] = (0, 0)) -> None:
         self.dtype = dtype = np.dtype(dtype)
+        outputs = {} if outputs is None else outputs
         self._layers = list(layers)
         self._backends = [(layer, layer.backend) for layer in layers if hasattr(layer, "backend")]
         self._stores = [(store, len(store)) for layer in layers for store in (layer.params, layer.buffers) if store]
@@ -489,7 +501,7 @@ class InferencePlan:
                 if step.relu is not None:
                     self.steps.append(_Activation(dtype, step.relu))
             elif type(step) in RESIDUAL_BLOCKS:
-                self.steps.append(_Residual(dtype, step))
+                self.steps.append(_Residual(dtype, step, outputs, place[0]))
             else:
                 self.steps.append(_Layer(dtype, step))
 
@@ -498,12 +510,12 @@ class InferencePlan:
             if type(step) is _Activation:
                 step.in_place = owned
             if type(step) is not _Flatten:
-                owned = step.makes_new_arrays or (owned and type(step) is _Activation)
+                owned = step.makes_new_arrays or type(step) is _Activation
         # a step's output must be a new array unless a later step (or the outer plan's, if the plan does
         # not own its output) makes one from it (a Flatten between them gives a view, an activation in
         # place works on it): an output handed to the caller is never overwritten by a later call. The
         # others alternate between two buffers.
-        self._outputs, self._slots, made = _Outputs(dtype), [], 0
+        self._outputs, self._slots, made = outputs.setdefault(place, _Outputs(dtype)), [], 0
         for k, step in enumerate(self.steps):
             fresh = not next((s.makes_new_arrays for s in self.steps[k + 1 :] if not _passes_through(s)),
                              not owns_output)

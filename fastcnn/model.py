@@ -57,6 +57,11 @@ class Sequential:
         self.loss: Loss | None = None
         self.recipe = None
 
+    def __getstate__(self) -> dict:
+        """The model's state for ``copy.deepcopy`` and pickle, without its inference plan (rebuilt on the
+        copy's first predict): the plan's bound steps read the weights of the model that built it."""
+        return {**self.__dict__, "_inference": None}
+
     def add(self, layer: Layer) -> None:
         """Append a layer."""
         if not isinstance(layer, Layer):

@@ -555,21 +555,53 @@ def test_linear_with_relu_serial_or_parallel(monkeypatch, backend, n, n_in, n_ou
         assert np.array_equal(kernel(x, w, b, True), np.maximum(plain, 0), equal_nan=True)
 
 
-def test_returned_outputs_are_never_overwritten():
+@pytest.mark.parametrize("kept_from", [None, 0])
+def test_returned_outputs_are_never_overwritten(monkeypatch, kept_from):
     """The plan keeps buffers per thread between calls; what predict returns is never one of them, for a
-    model that ends in a Dense layer, in a fused conv, and in a Flatten after one, with one batch or several."""
+    model that ends in a Dense layer, in a fused conv, in a Flatten after one, in a conv and its ReLU
+    (in place), in a global average pool, and in residual blocks (siblings, and one in another's body),
+    with one batch or several (a short last one). With ``kept_from`` 0, every output the next step
+    consumes is in a kept buffer, however small."""
+    if kept_from is not None:
+        monkeypatch.setattr(inference, "_KEPT_OUTPUT_BYTES", kept_from)
     ends_in_conv = fastcnn.Sequential([L.Conv2D(1, 4, 3, rng=0), L.ReLU(), L.MaxPool2D(2)], input_shape=(1, 10, 10))
     ends_in_flatten = fastcnn.Sequential([L.Conv2D(1, 4, 3, rng=0), L.MaxPool2D(2), L.Flatten()], input_shape=(1, 10, 10))
+    ends_in_relu = fastcnn.Sequential([L.Conv2D(1, 4, 3, rng=0), L.Tanh(), L.Conv2D(4, 4, 3, groups=4, rng=1),
+                                       L.ReLU()], input_shape=(1, 10, 10))
+    ends_in_global_pool = fastcnn.Sequential([L.Conv2D(1, 4, 3, rng=0), L.ReLU(), L.GlobalAvgPool2D()],
+                                             input_shape=(1, 10, 10))
+    blocks = fastcnn.Sequential([
+        L.Conv2D(1, 4, 3, padding=1, rng=0),
+        Residual([L.ReLU(), L.Conv2D(4, 4, 3, padding=1, rng=1)]),
+        Residual([Residual([L.Conv2D(4, 4, 1, rng=2), L.Tanh()]), L.ReLU()], [L.Conv2D(4, 4, 1, rng=3)]),
+        Residual([L.Conv2D(4, 4, 3, padding=1, rng=4)]),
+    ], input_shape=(1, 10, 10))
     rng = np.random.default_rng(11)
-    for model in (models.lenet(seed=0), ends_in_conv, ends_in_flatten):
-        for n, batch_size in ((1, 1), (4, 2), (3, 512)):
+    for model in (models.lenet(seed=0), ends_in_conv, ends_in_flatten, ends_in_relu, ends_in_global_pool, blocks):
+        for n, batch_size in ((1, 1), (5, 2), (3, 512)):
             x1, x2 = (rng.random((n,) + model.input_shape, dtype=np.float32) for _ in range(2))
+            given = x1.copy()
             first = model.predict(x1, batch_size=batch_size)
             kept = first.copy()
             second = model.predict(x2, batch_size=batch_size)
-            assert np.array_equal(first, kept)
+            assert np.array_equal(first, kept) and np.array_equal(x1, given)
             assert not np.shares_memory(first, second)
-            assert np.array_equal(second, _forward(model, x2, batch_size))
+            np.testing.assert_allclose(second, _forward(model, x2, batch_size), rtol=1e-6, atol=1e-6)
+
+
+def test_a_deep_copy_predicts_with_its_own_weights():
+    """``copy.deepcopy`` of a model that has predicted (early stopping keeps such copies): the copy's
+    plan is its own, so changing the original's weights afterwards does not change the copy's answers."""
+    import copy
+    model = bn_model()
+    x = np.random.default_rng(23).standard_normal((4, 1, 8, 8)).astype(np.float32)
+    before = model.predict(x)
+    clone = copy.deepcopy(model)
+    for layer in model.layers:
+        for value in layer.params.values():
+            value[...] = 0
+    np.testing.assert_array_equal(clone.predict(x), before)
+    assert not np.array_equal(model.predict(x), before)
 
 
 @pytest.mark.parametrize("backend", ["numpy"] + (["numba"] if jit.NUMBA_AVAILABLE else []))

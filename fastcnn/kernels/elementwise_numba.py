@@ -63,7 +63,7 @@ def _relu_forward(x, out):
     return out
 
 
-_TANH_CLAMP = np.float32(7.90531110763549805)  # beyond it, tanh is +-1 in float32
+_TANH_CLAMP = np.float32(7.90531110763549805)  # where the rational function reaches +-1 in float32
 _TANH_NUMERATOR = tuple(np.float32(a) for a in (  # x^1, x^3, ..., x^13
     4.89352455891786e-03, 6.37261928875436e-04, 1.48572235717979e-05, 5.12229709037114e-08, -8.60467152213735e-11,
     2.00018790482477e-13, -2.76076847742355e-16))
