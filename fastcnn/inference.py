@@ -452,8 +452,8 @@ class InferencePlan:
         The model's output buffers by ``place``, shared with its residual branches' plans (a new
         dict for the model's own plan).
     place : tuple of int
-        ``(depth, branch)``: 0 for the model's plan, ``depth + 1`` for the branches of a block at
-        ``depth``, the body's branch 0 and the shortcut's 1.
+        ``(depth, branch)``: ``(0, 0)`` for the model's plan; for the branches of a block in a plan at
+        ``depth``, ``depth + 1`` and 0 for the body, 1 for the shortcut.
     """
 
     def __init__(self, layers: list[Layer], dtype, owns_output: bool = True, outputs: dict | None = None,

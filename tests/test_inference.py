@@ -577,7 +577,8 @@ def test_returned_outputs_are_never_overwritten(monkeypatch, kept_from):
         Residual([L.Conv2D(4, 4, 3, padding=1, rng=4)]),
     ], input_shape=(1, 10, 10))
     rng = np.random.default_rng(11)
-    for model in (models.lenet(seed=0), ends_in_conv, ends_in_flatten, ends_in_relu, ends_in_global_pool, blocks):
+    exact = (models.lenet(seed=0), ends_in_conv, ends_in_flatten)  # the same kernels as forward's, under auto too
+    for model in (*exact, ends_in_relu, ends_in_global_pool, blocks):
         for n, batch_size in ((1, 1), (5, 2), (3, 512)):
             x1, x2 = (rng.random((n,) + model.input_shape, dtype=np.float32) for _ in range(2))
             given = x1.copy()
@@ -586,7 +587,10 @@ def test_returned_outputs_are_never_overwritten(monkeypatch, kept_from):
             second = model.predict(x2, batch_size=batch_size)
             assert np.array_equal(first, kept) and np.array_equal(x1, given)
             assert not np.shares_memory(first, second)
-            np.testing.assert_allclose(second, _forward(model, x2, batch_size), rtol=1e-6, atol=1e-6)
+            if model in exact:
+                np.testing.assert_array_equal(second, _forward(model, x2, batch_size))
+            else:  # auto may have measured another backend faster for a step than for the op
+                np.testing.assert_allclose(second, _forward(model, x2, batch_size), rtol=1e-6, atol=1e-6)
 
 
 def test_a_deep_copy_predicts_with_its_own_weights():
