@@ -771,34 +771,43 @@ def global_avg_pool2d(x: np.ndarray, *, backend: str | None = None) -> np.ndarra
     """The mean of every (sample, channel) plane: ``(N, C, H, W) -> (N, C)``, as
     ``torch.nn.functional.adaptive_avg_pool2d(x, 1).flatten(1)``; :func:`avg_pool2d` with one window."""
     x = float_array("x", x)
-    return avg_pool2d(x, _plane("x", x.shape), backend=backend).reshape(x.shape[:2])
+    _plane("x", x.shape)
+    return dispatch.run("global_avg_pool2d", (x.shape, x.dtype.char), (x,), backend)
 
 
 def global_avg_pool2d_backward(grad_y: np.ndarray, input_shape: tuple[int, int, int, int], *,
                                backend: str | None = None) -> np.ndarray:
     """Gradient of :func:`global_avg_pool2d`: ``grad_y / (H * W)`` over every plane of ``input_shape``."""
     shape = check_nchw_shape("input_shape", input_shape)
+    _plane("input_shape", shape)
     grad_y = float_array("grad_y", grad_y, ndim=2)
     grad_y = check_grad("grad_y", grad_y, shape[:2], grad_y.dtype)
-    return avg_pool2d_backward(grad_y.reshape(shape[:2] + (1, 1)), shape, _plane("input_shape", shape), backend=backend)
+    check_allocation("global_avg_pool2d_backward output", shape, grad_y.dtype)
+    return dispatch.run("global_avg_pool2d_backward", (shape, grad_y.dtype.char), (grad_y, shape), backend)
 
 
 def global_max_pool2d(x: np.ndarray, *, backend: str | None = None) -> tuple[np.ndarray, np.ndarray]:
     """The maximum of every (sample, channel) plane and its flat index: ``(N, C, H, W) -> (N, C)`` twice,
     as :func:`max_pool2d` with one window (ties to the first maximum, NaN wins)."""
     x = float_array("x", x)
-    y, argmax = max_pool2d(x, _plane("x", x.shape), backend=backend)
-    return y.reshape(x.shape[:2]), argmax.reshape(x.shape[:2])
+    _plane("x", x.shape)
+    return dispatch.run("global_max_pool2d", (x.shape, x.dtype.char), (x,), backend)
 
 
 def global_max_pool2d_backward(grad_y: np.ndarray, argmax: np.ndarray, input_shape: tuple[int, int, int, int], *,
-                               backend: str | None = None) -> np.ndarray:
-    """Gradient of :func:`global_max_pool2d`: ``grad_y`` at each plane's ``argmax``, 0 elsewhere."""
+                               check_indices: bool = True, backend: str | None = None) -> np.ndarray:
+    """Gradient of :func:`global_max_pool2d`: ``grad_y`` at each plane's ``argmax``, 0 elsewhere.
+    ``check_indices`` as :func:`max_pool2d_backward`."""
     shape = check_nchw_shape("input_shape", input_shape)
+    _plane("input_shape", shape)
     grad_y, argmax = np.asarray(grad_y), np.asarray(argmax)
     if grad_y.ndim != 2 or argmax.ndim != 2:
         raise ValueError(f"grad_y {grad_y.shape} and argmax {argmax.shape} must be (N, C) for input_shape {shape}")
-    return max_pool2d_backward(grad_y[:, :, None, None], argmax[:, :, None, None], shape, backend=backend)
+    grad_y, argmax = _pooled_gradient(grad_y[:, :, None, None], argmax[:, :, None, None], shape, "input_shape",
+                                      check_indices)
+    check_allocation("global_max_pool2d_backward output", shape, grad_y.dtype)
+    return dispatch.run("global_max_pool2d_backward", (shape, grad_y.dtype.char),
+                        (grad_y.reshape(shape[:2]), argmax.reshape(shape[:2]), shape), backend)
 
 
 def relu(x: np.ndarray, *, backend: str | None = None) -> np.ndarray:

@@ -23,8 +23,8 @@ A plan is the model's steps prepared for inference:
   small to repay waking Numba's threads, :func:`fastcnn.kernels.jit.sized`) or NumPy's kernel,
   whichever the policy picks (``auto``: the faster as measured, :func:`fastcnn.dispatch.fastest`, so
   under ``auto`` a conv may run a different backend here than in ``forward``: the same values to
-  rounding, not always the same bits). Average and global average pools run the
-  ``avg_pool2d`` kernel with their geometry and divisors worked out once.
+  rounding, not always the same bits). Average pools run the ``avg_pool2d`` kernel with their
+  geometry and divisors worked out once, global average pools the ``global_avg_pool2d`` kernel.
 
 The plan is rebuilt when a layer, a backend or a parameter array is replaced (``load_state_dict``,
 ``astype``, batch norm's running statistics after a training step); parameters changed in place
@@ -288,7 +288,8 @@ class _Pool(_Step):
 
 
 class _AvgPool(_Step):
-    """An AvgPool2D or GlobalAvgPool2D (``avg_pool2d``), its geometry and divisors worked out once."""
+    """An AvgPool2D (``avg_pool2d``), its geometry and divisors worked out once, or a GlobalAvgPool2D
+    (``global_avg_pool2d``)."""
 
     makes_new_arrays = True
 
@@ -300,17 +301,14 @@ class _AvgPool(_Step):
         layer = self.layer
         if type(layer) is GlobalAvgPool2D:
             layer.output_shape(x.shape[1:])  # its ValueError for an empty plane
-            pads, signature, args = F.avg_pool_call(x.shape, self.dtype, x.shape[2:])
-            flat = x.shape[:2]
-        else:
-            pads, signature, args = F.avg_pool_call(x.shape, self.dtype, layer.kernel_size, layer.stride, layer.padding,
-                                                    layer.ceil_mode, layer.count_include_pad, layer.divisor_override)
-            flat = None
+            kernel = dispatch.chosen("global_avg_pool2d", (x.shape, self.dtype.char), (x,), layer.backend or policy)
+            out = output(x.shape[:2])
+            return lambda x, arrays: kernel(x, out())
+        pads, signature, args = F.avg_pool_call(x.shape, self.dtype, layer.kernel_size, layer.stride, layer.padding,
+                                                layer.ceil_mode, layer.count_include_pad, layer.divisor_override)
         kernel = dispatch.chosen("avg_pool2d", signature, (zero_padded(x, pads), *args), layer.backend or policy)
         out = output(x.shape[:2] + args[0].out_hw)
-        if flat is None:
-            return lambda x, arrays: kernel(zero_padded(x, pads), *args, out())
-        return lambda x, arrays: kernel(zero_padded(x, pads), *args, out()).reshape(flat)
+        return lambda x, arrays: kernel(zero_padded(x, pads), *args, out())
 
 
 def _pool_geometry(shape, pool: MaxPool2D):

@@ -600,7 +600,8 @@ class GlobalMaxPool2D(_GlobalPool2D):
         return y
 
     def backward(self, grad):
-        return F.global_max_pool2d_backward(grad, self._cached("_argmax"), self._input_shape, backend=self.backend)
+        return F.global_max_pool2d_backward(grad, self._cached("_argmax"), self._input_shape, check_indices=False,
+                                            backend=self.backend)
 
 
 class Dense(_WeightLayer):

@@ -611,7 +611,8 @@ def test_a_deep_copy_predicts_with_its_own_weights():
 @pytest.mark.parametrize("backend", ["numpy"] + (["numba"] if jit.NUMBA_AVAILABLE else []))
 def test_kernels_write_into_the_output_they_are_given(backend):
     """The kernels the plan gives an output array (the conv ops, strided and dilated too, depthwise,
-    average pool, ReLU and tanh, these two in place as well): the same values as into a new array,
+    average pool, global average pool, ReLU and tanh, these two in place as well): the same values as
+    into a new array,
     written into that array, whatever it held."""
     from fastcnn import functional as F
     rng = np.random.default_rng(22)
@@ -628,7 +629,7 @@ def test_kernels_write_into_the_output_they_are_given(backend):
     pads, _, args = F.avg_pool_call(x.shape, np.float32, 3, 2, 1, count_include_pad=False)
     xp = np.pad(x, ((0, 0), (0, 0)) + pads)
     cases.append(("avg_pool2d", (xp, *args), (3, 4) + args[0].out_hw))
-    cases += [("relu", (x,), x.shape), ("tanh", (x,), x.shape)]
+    cases += [("global_avg_pool2d", (x,), (3, 4)), ("relu", (x,), x.shape), ("tanh", (x,), x.shape)]
     for op, op_args, shape in cases:
         kernel = backends.OPS[op].kernels.get(backend, backends.OPS[op].kernels["numpy"])
         want = kernel(*op_args)

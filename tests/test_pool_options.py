@@ -191,6 +191,42 @@ def test_global_pools_match_reference_gradients_and_pytorch(dtype, backend):
                                       torch.amax(torch.from_numpy(x), dim=(2, 3)).numpy())
 
 
+@pytest.mark.parametrize("shape", [(2, 3, 17, 19), (8, 16, 16, 16)])  # odd planes; enough work for threads
+def test_global_pool_kernels_on_whole_planes(shape, backend):
+    """The global pools' own kernels on planes longer than a vector, in one task and in many: means against
+    float64, the maxima and their indices against the naive loop with ties, several NaNs in a plane (the
+    last wins), infinities and constant planes; the gradients exactly."""
+    rng = np.random.default_rng(8)
+    x = np.round(rng.standard_normal(shape) * 3).astype(np.float32)  # many ties
+    x[0, 0].flat[[3, 40, 100]] = np.nan
+    x[0, 1] = -np.inf
+    x[1, 0] = 7
+    x[1, 1].flat[[0, -1]] = np.inf
+    x[1, 2].flat[-1] = np.nan
+    planes = x.reshape(shape[0] * shape[1], -1)
+    finite = np.where(np.isfinite(planes), planes, 0).astype(np.float64)
+    np.testing.assert_allclose(F.global_avg_pool2d(np.nan_to_num(x, posinf=0, neginf=0), backend=backend),
+                               finite.mean(axis=1).reshape(shape[:2]), rtol=2e-6, atol=1e-6)
+    mean = F.global_avg_pool2d(x, backend=backend)
+    assert np.isnan(mean[0, 0]) and mean[0, 1] == -np.inf and mean[1, 0] == 7 and mean[1, 1] == np.inf
+    m, idx = F.global_max_pool2d(x, backend=backend)
+    want_y, want_idx = ref.max_pool2d(x, shape[2:], shape[2:], (0, 0))
+    np.testing.assert_array_equal(m, want_y[:, :, 0, 0])
+    np.testing.assert_array_equal(idx, want_idx[:, :, 0, 0])
+    assert idx[0, 0] == 100 and idx[0, 1] == 0 and idx[1, 0] == 0 and idx[1, 1] == 0
+    gy = rng.standard_normal(shape[:2]).astype(np.float32)
+    want = np.zeros(planes.shape, np.float32)
+    want[np.arange(len(planes)), idx.ravel()] = gy.ravel()
+    np.testing.assert_array_equal(F.global_max_pool2d_backward(gy, idx, shape, backend=backend),
+                                  want.reshape(shape))
+    grad = F.global_avg_pool2d_backward(gy, shape, backend=backend)
+    np.testing.assert_allclose(grad, np.broadcast_to(gy[:, :, None, None] / (shape[2] * shape[3]), shape),
+                               rtol=1e-6)
+    assert (grad == grad[:, :, :1, :1]).all()  # one value per plane
+    with pytest.raises(ValueError, match="outside"):
+        F.global_max_pool2d_backward(gy, idx + shape[2] * shape[3], shape, backend=backend)
+
+
 def test_global_pool_layers_empty_batches_and_bad_input():
     for layer in (L.GlobalAvgPool2D(), L.GlobalMaxPool2D()):
         x = np.random.default_rng(4).standard_normal((2, 3, 4, 4))

@@ -69,3 +69,38 @@ def avg_pool2d_backward(gy, padded_shape, pool, scale):
         for j in range(kw):
             window(grad_xp, i, j, sh, sw, oh, ow)[...] += share
     return grad_xp
+
+
+def global_avg_pool2d_forward(x, out=None):
+    """The mean of every (sample, channel) plane of ``x`` (N, C, H, W): (N, C), into ``out`` if given."""
+    n, c, h, w = x.shape
+    y = np.sum(x.reshape(n, c, h * w), axis=2, out=out)
+    y *= x.dtype.type(1 / (h * w))
+    return y
+
+
+def global_avg_pool2d_backward(gy, shape):
+    """Gradient of :func:`global_avg_pool2d_forward`: every plane of ``shape`` filled with its ``gy / (H * W)``."""
+    grad = np.empty(shape, dtype=gy.dtype)
+    grad[...] = (gy * gy.dtype.type(1 / (shape[2] * shape[3])))[:, :, None, None]
+    return grad
+
+
+def global_max_pool2d_forward(x):
+    """The maximum of every plane of ``x`` (N, C, H, W) and its flat index in the plane, (N, C) twice:
+    the first maximum, or the plane's last NaN (as :func:`max_pool2d_forward`)."""
+    n, c, h, w = x.shape
+    rows = x.reshape(n, c, h * w)
+    idx = np.argmax(rows, axis=2)
+    nan = np.isnan(rows)
+    if nan.any():
+        idx = np.where(nan.any(axis=2), h * w - 1 - np.argmax(nan[:, :, ::-1], axis=2), idx)
+    return np.take_along_axis(rows, idx[:, :, None], axis=2)[:, :, 0], idx
+
+
+def global_max_pool2d_backward(gy, argmax, shape):
+    """Gradient of :func:`global_max_pool2d_forward`: ``gy`` at each plane's ``argmax``, 0 elsewhere."""
+    n, c, h, w = shape
+    grad = np.zeros((n, c, h * w), dtype=gy.dtype)
+    np.put_along_axis(grad, argmax[:, :, None], gy[:, :, None], axis=2)
+    return grad.reshape(shape)
