@@ -117,6 +117,12 @@ class ConvGeometry(NamedTuple):
     kernel: tuple[int, int]
     padded_hw: tuple[int, int]
 
+    @property
+    def pointwise(self) -> bool:
+        """Whether this is a 1x1 conv with stride 1 and no padding: a matrix product per sample,
+        ``W (C_out, C) @ x[s] (C, H*W)``, on the arrays as they lie."""
+        return self.kernel == (1, 1) and self.stride == (1, 1) and self.padding == ((0, 0), (0, 0))
+
 
 def conv_geometry(x_shape, w_shape, stride, padding, dilation, groups=1) -> ConvGeometry:
     """Check a conv2d call's shapes and parameters and compute its output size.

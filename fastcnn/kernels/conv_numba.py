@@ -32,11 +32,12 @@ from typing import NamedTuple
 
 import numpy as np
 
-from . import _polyphase, elementwise_numba, jit, pool_numba
+from . import _polyphase, elementwise_numba, jit, pointwise_numba, pool_numba
 from ._compose import gated, pooled, unpooled
 from .blas import channel_sums
 from .jit import kernel_helper, parallel_kernel, prange, sized
 from ._pool_vectors import clear
+from ._rows import copy_gated, copy_plus, copy_relu
 from .scratch import NO_PADDING, cropped, derived, scratch, zero_padded
 from ._tiles import (DOT_COLS, DOT_ROWS, ROWS, TILE_SPEED, dot_row, dot_tile, lanes, store_row, store_tile, tile_rows,
                      tile_width, whole)
@@ -155,29 +156,6 @@ def _correlate_task(out, taps, runs, offsets, groups, pass_taps, task):
     _correlate_block(out, taps, runs, offsets, block, first, stop, pass_taps)
 
 
-@kernel_helper
-def _copy(dst, src, plus):
-    """``dst[p] = src[p] + plus`` for every ``p < len(dst)`` (a vectorised row copy)."""
-    for p in range(dst.shape[0]):
-        dst[p] = src[p] + plus
-
-
-@kernel_helper
-def _copy_gated(dst, src, gate):
-    """``dst[p] = src[p]`` where ``gate[p] > 0``, else 0, for every ``p < len(dst)``: a gradient through
-    the ReLU whose output is ``gate`` (as ``relu_backward``)."""
-    for p in range(dst.shape[0]):
-        dst[p] = src[p] if gate[p] > 0 else 0
-
-
-@kernel_helper
-def _copy_relu(dst, src, plus):
-    """:func:`_copy` through a ReLU: ``max(src[p] + plus, 0)``, keeping NaN (as ``relu`` does)."""
-    for p in range(dst.shape[0]):
-        v = src[p] + plus
-        dst[p] = 0 if v <= 0 else v
-
-
 def _runs(a, hp, wp, role, head=0, tail=0, gate=None):
     """``a`` (N, C, H, W) as runs (C, head + N*hp*wp + tail) in the scratch array ``role``: each
     sample's plane at the top left of an ``hp x wp`` block, zeros elsewhere (the scratch positions, and
@@ -209,16 +187,16 @@ def _fill_plane(a, gate, gated, flat, task, length, hp, wp, head):
     start = ch * length + head + s * plane
     if w == wp:  # no scratch columns: the plane is one run
         if gated:
-            _copy_gated(flat[start : start + h * w], a[s, ch].reshape(h * w), gate[s, ch].reshape(h * w))
+            copy_gated(flat[start : start + h * w], a[s, ch].reshape(h * w), gate[s, ch].reshape(h * w))
         else:
-            _copy(flat[start : start + h * w], a[s, ch].reshape(h * w), 0)
+            copy_plus(flat[start : start + h * w], a[s, ch].reshape(h * w), 0)
     else:
         for r in range(h):
             row = start + r * wp
             if gated:
-                _copy_gated(flat[row : row + w], a[s, ch, r], gate[s, ch, r])
+                copy_gated(flat[row : row + w], a[s, ch, r], gate[s, ch, r])
             else:
-                _copy(flat[row : row + w], a[s, ch, r], 0)
+                copy_plus(flat[row : row + w], a[s, ch, r], 0)
             clear(flat, row + w, wp - w)
     clear(flat, start + h * wp, plane - h * wp)
     _clear_ends(flat, ch, length, start, plane, s, n)
@@ -459,10 +437,10 @@ def _emit_plane(wide, start, wp, ow, bias, relu, y, pooled, idx):
                                  rows, cols)
     elif relu:
         for r in range(rows):
-            _copy_relu(y[r], wide[start + r * wp :], bias)
+            copy_relu(y[r], wide[start + r * wp :], bias)
     else:
         for r in range(rows):
-            _copy(y[r], wide[start + r * wp :], bias)
+            copy_plus(y[r], wide[start + r * wp :], bias)
 
 
 @parallel_kernel
@@ -504,6 +482,9 @@ def _conv2d_forward(x, w, b, geo, relu, out):
     """:func:`conv2d_forward`, through a ReLU with ``relu``."""
     (sh, sw), (dh, dw), (oh, ow) = geo.stride, geo.dilation, geo.out_hw
     y = np.empty((x.shape[0], w.shape[0], oh, ow), dtype=x.dtype) if out is None else out
+    if geo.pointwise:
+        _pointwise(x, w.reshape(w.shape[:2]), b, relu, y)
+        return y
     if geo.stride == (1, 1):
         _conv_wide_into(x, w, b, y, _no_index(y), relu, geo)
         return y
@@ -684,9 +665,10 @@ class PreparedConv:
         """Whether a conv of geometry ``geo`` (and the max-pool ``pool`` after it, if any) can be prepared,
         and pays: a batch too small to give every thread a task, even split by output channels, takes
         only if its work is too small for more than one thread anyway (else the op's kernel, which
-        splits every sample's positions, runs it)."""
+        splits every sample's positions, runs it); a 1x1 conv without a pool never does (its own kernel,
+        :mod:`.pointwise_numba`, reads the input as it lies)."""
         planes = _prepared_planes(w_shape, geo, pool)
-        if planes is None:
+        if planes is None or (pool is None and geo.pointwise):  # a 1x1 conv's own kernel reads no copy
             return False
         per_task = _samples_per_task(planes[0] * planes[1])
         tasks = -(-x_shape[0] // per_task) * _sample_groups(x_shape[0], per_task, w_shape[0])
@@ -909,7 +891,7 @@ def _grad_input_wide(gr, head, w, xr, grad_x, hp, wp, shift, dh, dw, groups, pas
         s, ci = task // c_in, task % c_in
         start = s * hp * wp
         if whole_planes:  # no padding or scratch columns: the plane is one run
-            _copy(grad_x[s, ci].reshape(h * width), xr[ci, start:], 0)
+            copy_plus(grad_x[s, ci].reshape(h * width), xr[ci, start:], 0)
         else:
             _place_plane(xr[ci], start, wp, grad_x[s, ci], rows, cols, row0, col0, sh, sw)
 
@@ -925,7 +907,7 @@ def _place_plane(run, start, wp, out, rows, cols, row0, col0, sh, sw):
         dst, src = out[row0 + r * sh], run[start + r * wp + q0 :]
         first = col0 + q0 * sw
         if sw == 1:
-            _copy(dst[first : first + q1 - q0], src, 0)
+            copy_plus(dst[first : first + q1 - q0], src, 0)
         elif sw == 2:  # a constant step: no multiply per value
             for k in range(q1 - q0):
                 dst[first + 2 * k] = src[k]
@@ -963,12 +945,32 @@ def _grad_input_strided(gy, w, hp, wp, sh, sw, dh, dw):
 
 def conv2d_grad_input(gy, w, geo):
     """Gradient of a conv with respect to its input, shape (N, C, H, W); ``geo`` as in :func:`conv2d_forward`."""
+    if geo.pointwise:
+        return _pointwise_grad_input(gy, w)
     return _conv2d_grad_input(gy, None, w, geo.padding, *geo.padded_hw, *geo.stride, *geo.dilation)
 
 
 def conv2d_relu_grad_input(gy, gate, w, geo):
     """:func:`conv2d_grad_input` through the ReLU whose output is ``gate`` (see :func:`conv2d_relu_grad_weight`)."""
+    if geo.pointwise:
+        return _pointwise_grad_input(gated(elementwise_numba, gy, gate), w)
     return _conv2d_grad_input(gy, gate, w, geo.padding, *geo.padded_hw, *geo.stride, *geo.dilation)
+
+
+def _pointwise_grad_input(gy, w):
+    """The input gradient of a 1x1 conv (``geo.pointwise``): ``W.T @ gy[s]`` for every sample."""
+    c_out, c_in = w.shape[:2]
+    grad_x = np.empty((gy.shape[0], c_in) + gy.shape[2:], dtype=gy.dtype)
+    return _pointwise(gy, w.reshape(c_out, c_in).T, None, False, grad_x)
+
+
+def _pointwise(x, taps, b, relu, y):
+    """``y[s] = taps @ x[s] (+ b)``, through a ReLU with ``relu``, for (N, C, H, W) ``x`` and ``y``: a 1x1
+    conv's forward pass or input gradient (see :mod:`.pointwise_numba`)."""
+    n, c, h, w = x.shape
+    pointwise_numba.product(x.reshape(n, c, h * w), np.ascontiguousarray(taps), b, relu,
+                            y.reshape(n, y.shape[1], h * w), _pass_taps(1, 1))
+    return y
 
 
 def _conv2d_grad_input(gy, gate, w, padding, hp, wp, sh, sw, dh, dw):

@@ -49,12 +49,6 @@ def _channels_first(a: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(a.reshape(m, c, oh * ow).transpose(1, 0, 2)).reshape(c, m * oh * ow)
 
 
-def _pointwise(geo) -> bool:
-    """Whether the conv ``geo`` is a 1x1 conv with stride 1 and no padding: a matrix product per
-    sample, ``W (C_out, C) @ x[s] (C, H*W)``, on the arrays as they are (no columns to copy)."""
-    return geo.kernel == (1, 1) and geo.stride == (1, 1) and geo.padding == ((0, 0), (0, 0))
-
-
 def _per_sample(n: int, product: Callable[[int], np.ndarray | None]) -> list:
     """``product(s)`` for every sample ``s < n``, the samples dealt round-robin to fastcnn's threads
     (BLAS held to one); returns each thread's results in its order (see :func:`.blas.on_threads`)."""
@@ -64,11 +58,11 @@ def _per_sample(n: int, product: Callable[[int], np.ndarray | None]) -> list:
 def conv2d_forward(x, w, b, geo, out=None):
     """``y = conv(x, w) + b`` for an input ``x`` (N, C, H, W) and weight (C_out, C, kH, kW); ``geo`` is
     the conv's :class:`~fastcnn._checks.ConvGeometry` (its padding, stride, dilation and output size).
-    A 1x1 conv (:func:`_pointwise`) is a product per sample; others are im2col products by blocks.
+    A 1x1 conv (``geo.pointwise``) is a product per sample; others are im2col products by blocks.
     Into ``out`` (C-contiguous, the output's shape) if given."""
     if out is None:
         out = np.empty((x.shape[0], w.shape[0]) + geo.out_hw, dtype=x.dtype)
-    if _pointwise(geo):
+    if geo.pointwise:
         n, c, h, width = x.shape
         xs, w2 = x.reshape(n, c, h * width), w.reshape(w.shape[0], c)
         y = out.reshape(n, w.shape[0], h * width)
@@ -103,7 +97,7 @@ def conv2d_relu_forward(x, w, b, geo, out=None):
 
 def conv2d_grad_weight(gy, x, geo):
     """Gradients of a conv of the input ``x`` with respect to its weight, shape (C_out, C, kH, kW), and its bias."""
-    if _pointwise(geo):
+    if geo.pointwise:
         n, c_out, c = gy.shape[0], gy.shape[1], x.shape[1]
         gs, xs = gy.reshape(n, c_out, gy.shape[2] * gy.shape[3]), x.reshape(n, c, x.shape[2] * x.shape[3])
         parts = [sum(products, np.zeros((c_out, c), gy.dtype))
@@ -136,7 +130,7 @@ def conv2d_grad_weight(gy, x, geo):
 
 def conv2d_grad_input(gy, w, geo):
     """Gradient of a conv with respect to its input, shape (N, C, H, W)."""
-    if _pointwise(geo):
+    if geo.pointwise:
         n, c_out, oh, ow = gy.shape
         w2t, gs = w.reshape(c_out, -1).T, gy.reshape(n, c_out, oh * ow)
         grad_x = np.empty((n, w.shape[1], oh * ow), dtype=gy.dtype)
