@@ -33,10 +33,16 @@ CASES = [
     (1, 3, 6, 8, 1, (3, 3), 1, (1, 1, 0, 0), 1),
     (2, 2, 5, 4, 1, (3, 2), 1, (0, 1, 3, 2), 1),  # more zero rows than the kernel reaches: the wide layout
     (2, 2, 6, 7, 1, (3, 3), 1, (0, 2, 1, 1), 1),  # no left padding: the input gradient's left is the kernel's reach
+    # stride 2 on rows of whole pairs (even widths, no dilation): depthwise_numba._forward_pairs
+    (2, 3, 9, 10, 1, (3, 3), 2, 1, 1),
+    (2, 2, 10, 8, 2, (5, 5), 2, (1, 2, 0, 3), 1),
+    (1, 3, 11, 8, 1, (2, 3), 2, (0, 1, 2, 0), 1),
+    (3, 2, 6, 4, 1, (1, 1), 2, 0, 1),
+    (2, 2, 4, 6, 1, (3, 3), 2, (2, 2, 3, 3), 1),  # more padding than the kernel reaches past the plane
 ]
 # More samples than one stack of planes holds (kernels/_planes.py), the last stack part-full: too large for
 # the reference loops, so against the NumPy backend (which the cases above hold to the reference).
-STACKED = [(7, 2, 30, 29, 1, (3, 3), 1, 1, 1), (13, 1, 30, 33, 2, (3, 3), 2, 1, 2),
+STACKED = [(7, 2, 30, 29, 1, (3, 3), 1, 1, 1), (13, 1, 30, 33, 2, (3, 3), 2, 1, 2), (11, 2, 16, 16, 2, (3, 3), 2, 1, 1),
            (9, 2, 30, 29, 1, (3, 3), 1, (1, 0, 1, 1), 1)]  # stride 1, narrower output: stacked wide planes
 
 
@@ -133,6 +139,21 @@ def test_depthwise_same_width_keeps_inf_out_of_the_neighbouring_rows():
         np.testing.assert_allclose(F.conv2d(x, w, padding=1, groups=2, backend=backend), want)
         got = F.conv2d_backward(gy, np.nan_to_num(x), w, padding=1, groups=2, backend=backend)
         np.testing.assert_allclose(got[0], wants[0])
+
+
+@pytest.mark.parametrize("padding", [1, (1, 0, 1, 0), (0, 1, 0, 1)])
+def test_depthwise_stride_2_keeps_inf_out_of_the_neighbouring_rows(padding):
+    """A stride-2 conv on rows of whole pairs reads a neighbouring row's end where a tap's column is
+    padding and selects it away: an inf there must not turn into NaN; every backend gives the loops'."""
+    rng = np.random.default_rng(8)
+    x = rng.standard_normal((2, 2, 6, 8))
+    x[0, 0, 1, -1] = np.inf
+    x[1, 1, 3, 0] = -np.inf
+    w = rng.standard_normal((2, 1, 3, 3))
+    st, pads, dil = _geometry(x, w, 2, padding, 1)
+    want = ref.conv2d(x, w, None, st, pads, dil, 2)
+    for backend in BACKENDS:
+        np.testing.assert_allclose(F.conv2d(x, w, stride=2, padding=padding, groups=2, backend=backend), want)
 
 
 # The helpers, called directly (each is a Numba function).

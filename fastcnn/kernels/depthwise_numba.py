@@ -38,6 +38,8 @@ def conv2d_forward(x, w, b, geo, out=None):
     work = x.shape[0] * w.size * oh * ow
     if _same_width(geo, x.shape[3]):
         return sized(_forward_flat, work)(x, w, b, dh, dw, top, left, y)
+    if _by_column_pairs(geo, x.shape[3]):
+        return sized(_forward_pairs, work)(x, w, b, top, left, y)
     return sized(_forward, work)(x, w, b, sh, sw, dh, dw, hp, wp, top, left, y)
 
 
@@ -67,6 +69,85 @@ def _same_width(geo, width: int) -> bool:
     only (see the module docstring)."""
     ((top, bottom), _), reach = geo.padding, (geo.kernel[0] - 1) * geo.dilation[0]
     return geo.stride == (1, 1) and geo.out_hw[1] == width and top <= reach and bottom <= reach
+
+
+def _by_column_pairs(geo, width: int) -> bool:
+    """Whether the conv ``geo`` of an input ``width`` columns wide is a stride-2 one without dilation on
+    rows of whole pairs, which :func:`_forward_pairs` runs."""
+    return geo.stride == (2, 2) and geo.dilation == (1, 1) and width % 2 == 0
+
+
+@parallel_kernel
+def _forward_pairs(x, w, b, top, left, y):
+    """:func:`conv2d_forward` of a stride-2 conv without dilation on rows of an even width ``W`` into
+    ``y``: a task is one input channel of a stack of samples.
+
+    Each plane is split into its even and its odd columns in one long loop over its pairs (rows of
+    ``W/2``; a loop per row of a phase was most of the time), the stack's planes ``B`` values apart
+    (zeros between them, which the padding's taps read). Output ``(r, q)`` of sample ``k`` sits at
+    ``k*B + r*W + q`` in one run, so input row ``2r + i - top`` of either half lies at a fixed shift
+    from it: tap ``(i, j)`` reads half ``(j - left) % 2`` shifted by ``(i - top) * W/2 + (j - left) // 2``,
+    masked where that column falls outside the row (see :func:`_pair_layout`). Each sample's rows then
+    give the output their first ``OW`` columns."""
+    n, c, h, width = x.shape
+    c_out, _, kh, kw = w.shape
+    m = c_out // c
+    oh, ow = y.shape[2], y.shape[3]
+    half = width // 2
+    group = stack_size(n, h * width)
+    head, stride, shifts, halves, masks, inside = _pair_layout(h, half, oh, ow, kh, kw, top, left, group)
+    for task in prange(phase_size(n, group) * c):
+        first, ch = task // c * group, task % c
+        count = min(n - first, group)
+        pairs = np.zeros((2, head + group * stride), dtype=x.dtype)
+        acc = np.empty((count - 1) * stride + (oh - 1) * width + ow, dtype=x.dtype)
+        weights = np.empty(kh, dtype=x.dtype)
+        for k in range(count):
+            plane = x[first + k, ch].reshape(h * width)
+            evens, odds = pairs[0, head + k * stride :], pairs[1, head + k * stride :]
+            for p in range(h * half):
+                evens[p] = plane[2 * p]
+                odds[p] = plane[2 * p + 1]
+        for o in range(ch * m, ch * m + m):
+            acc[:] = b[o]
+            for j in range(kw):
+                for i in range(kh):
+                    weights[i] = w[o, 0, i, j]
+                if inside[j]:
+                    gather_taps(acc, pairs[halves[j]], weights, shifts[j])
+                else:
+                    gather_taps(acc, pairs[halves[j]], weights, shifts[j], masks[j])
+            for k in range(count):
+                narrow(y[first + k, o], acc[k * stride :], width, 1, 1, 0, 0)
+    return y
+
+
+@kernel_helper
+def _pair_layout(h, half, oh, ow, kh, kw, top, left, group):
+    """For :func:`_forward_pairs` of stacks of ``group`` planes: the zeros before the first plane's
+    halves, the distance ``B`` between planes (whole rows of the output run; zeros between the planes
+    for every tap's reach), and for each tap column ``j`` the shifts of its taps (``shifts[j, i]``), its
+    half, the mask of run positions whose column lies inside the row, and whether all do."""
+    width = 2 * half
+    size = (oh - 1) * width + ow
+    head = top * half - min(0, (0 - left) // 2)
+    reach = max(0, (kh - 1 - top) * half + (kw - 1 - left) // 2)
+    stride = -(-max(h * half + head, size + reach + 1) // width) * width
+    run = (group - 1) * stride + size
+    shifts = np.empty((kw, kh), np.int64)
+    halves = np.empty(kw, np.int64)
+    masks = np.empty((kw, run), np.bool_)
+    inside = np.empty(kw, np.bool_)
+    for j in range(kw):
+        column = (j - left) // 2
+        halves[j] = (j - left) % 2
+        for i in range(kh):
+            shifts[j, i] = head + (i - top) * half + column
+        inside[j] = 0 <= column and ow - 1 + column < half
+        for p in range(run):
+            q = p % width + column
+            masks[j, p] = 0 <= q < half
+    return head, stride, shifts, halves, masks, inside
 
 
 @parallel_kernel
