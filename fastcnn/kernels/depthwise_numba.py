@@ -49,6 +49,8 @@ def conv2d_grad_weight(gy, x, geo, c):
     (hp, wp), ((top, _), (left, _)) = geo.padded_hw, geo.padding
     if _same_width(geo, x.shape[3]):
         return sized(_grad_weight_flat, gy.size * kh * kw)(gy, x, kh, kw, dh, dw, top, left)
+    if _by_column_pairs(geo, x.shape[3]):
+        return sized(_grad_weight_pairs, gy.size * kh * kw)(gy, x, kh, kw, top, left)
     return sized(_grad_weight, gy.size * kh * kw)(gy, x, kh, kw, sh, sw, dh, dw, hp, wp, top, left)
 
 
@@ -60,6 +62,8 @@ def conv2d_grad_input(gy, w, geo, c):
     work = gy.size * w.shape[2] * w.shape[3]
     if _same_width(geo, width):
         return sized(_grad_input_flat, work)(gy, w, dh, dw, c, top, left, h)
+    if _by_column_pairs(geo, width):
+        return sized(_grad_input_pairs, work)(gy, w, c, top, left, h, width)
     return sized(_grad_input, work)(gy, w, hp, wp, sh, sw, dh, dw, c, top, left, h, width)
 
 
@@ -103,11 +107,7 @@ def _forward_pairs(x, w, b, top, left, y):
         acc = np.empty((count - 1) * stride + (oh - 1) * width + ow, dtype=x.dtype)
         weights = np.empty(kh, dtype=x.dtype)
         for k in range(count):
-            plane = x[first + k, ch].reshape(h * width)
-            evens, odds = pairs[0, head + k * stride :], pairs[1, head + k * stride :]
-            for p in range(h * half):
-                evens[p] = plane[2 * p]
-                odds[p] = plane[2 * p + 1]
+            _split_pairs(pairs, head + k * stride, x[first + k, ch])
         for o in range(ch * m, ch * m + m):
             acc[:] = b[o]
             for j in range(kw):
@@ -120,6 +120,113 @@ def _forward_pairs(x, w, b, top, left, y):
             for k in range(count):
                 narrow(y[first + k, o], acc[k * stride :], width, 1, 1, 0, 0)
     return y
+
+
+@parallel_kernel
+def _grad_weight_pairs(gy, x, kh, kw, top, left):
+    """:func:`conv2d_grad_weight` of the convs :func:`_forward_pairs` runs: each tap's sum is a dot
+    product of the output gradient, in that kernel's run (zero off its rows), with the tap's half of
+    the input planes at the tap's shift (masked as there); a task is one input channel of a fixed part
+    of the batch (the same parts for any thread count), its sums added up in a fixed order afterwards."""
+    n, c_out, oh, ow = gy.shape
+    c, h, width = x.shape[1], x.shape[2], x.shape[3]
+    m = c_out // c
+    half = width // 2
+    group = stack_size(n, h * width)
+    head, stride, shifts, halves, masks, inside = _pair_layout(h, half, oh, ow, kh, kw, top, left, group)
+    parts = phase_size(n, group)
+    partial = np.zeros((parts, c_out, kh * kw + 1))  # the bias's sum last
+    for task in prange(parts * c):
+        part, ch = task // c, task % c
+        first, count = part * group, min(n - part * group, group)
+        pairs = np.zeros((2, head + group * stride), dtype=x.dtype)
+        g = np.zeros((count - 1) * stride + (oh - 1) * width + ow, dtype=gy.dtype)
+        column = np.empty(kh, dtype=gy.dtype)
+        for k in range(count):
+            _split_pairs(pairs, head + k * stride, x[first + k, ch])
+        for o in range(ch * m, ch * m + m):
+            for k in range(count):
+                place(g[k * stride :], gy[first + k, o], width, 0, 0)
+            sums = partial[part, o]
+            for j in range(kw):
+                column[:] = 0
+                if inside[j]:
+                    dot_taps(column, g, pairs[halves[j]], shifts[j])
+                else:
+                    dot_taps(column, g, pairs[halves[j]], shifts[j], masks[j])
+                for i in range(kh):
+                    sums[i * kw + j] += column[i]
+            bias = 0.0
+            for p in range(g.size):
+                bias += g[p]
+            sums[kh * kw] += bias
+    return _weight_and_bias(partial.sum(axis=0), c_out, kh, kw, gy.dtype)
+
+
+@parallel_kernel
+def _grad_input_pairs(gy, w, c, top, left, h, width):
+    """:func:`conv2d_grad_input` of the convs :func:`_forward_pairs` runs, an input channel of a stack
+    of samples per task: the forward pass turned round, each tap's weight times the output gradient
+    (in the forward run's layout, without the positions where the tap's column is padding) summed into
+    the tap's half at minus its shift, a fixed shift for the whole stack; then the halves back into the
+    planes' even and odd columns, one long loop a plane."""
+    n, c_out, oh, ow = gy.shape
+    kh, kw = w.shape[2], w.shape[3]
+    m = c_out // c
+    half = width // 2
+    group = stack_size(n, h * width)
+    head, stride, shifts, halves, masks, inside = _pair_layout(h, half, oh, ow, kh, kw, top, left, group)
+    lowest, highest = shifts.min(), shifts.max()
+    ahead = max(0, highest - head)  # zeros before the output gradient, for the largest shift
+    grad_x = np.empty((n, c, h, width), dtype=gy.dtype)
+    for task in prange(phase_size(n, group) * c):
+        first, ch = task // c * group, task % c
+        count = min(n - first, group)
+        size = (count - 1) * stride + h * half  # the stack's halves, from the first plane's first value
+        g = np.zeros(ahead + head + size - lowest + 1, dtype=gy.dtype)
+        masked = np.zeros_like(g)
+        sums = np.zeros((2, size), dtype=gy.dtype)
+        offsets = np.empty(kh, np.int64)
+        weights = np.empty(kh, dtype=gy.dtype)
+        for o in range(ch * m, ch * m + m):
+            for k in range(count):
+                place(g[ahead + k * stride :], gy[first + k, o], width, 0, 0)
+            for j in range(kw):
+                source = g
+                if not inside[j]:  # the output gradient without the positions whose tap column is padding
+                    source = masked
+                    column = (j - left) // 2
+                    for k in range(count):
+                        start = ahead + k * stride
+                        place(masked[start:], gy[first + k, o], width, 0, 0)
+                        for r in range(oh):
+                            row = masked[start + r * width : start + r * width + ow]
+                            for q in range(min(ow, max(0, -column))):
+                                row[q] = 0
+                            for q in range(max(0, half - column), ow):
+                                row[q] = 0
+                for i in range(kh):
+                    weights[i] = w[o, 0, i, j]
+                    offsets[i] = ahead + head - shifts[j, i]
+                gather_taps(sums[halves[j]], source, weights, offsets)
+        for k in range(count):
+            plane = grad_x[first + k, ch].reshape(h * width)
+            evens, odds = sums[0, k * stride :], sums[1, k * stride :]
+            for p in range(h * half):
+                plane[2 * p] = evens[p]
+                plane[2 * p + 1] = odds[p]
+    return grad_x
+
+
+@kernel_helper
+def _split_pairs(pairs, start, plane):
+    """The even and odd columns of ``plane`` (H, W) to ``pairs[0]`` and ``pairs[1]`` from ``start``, in
+    rows of ``W/2``: one loop over the plane's pairs."""
+    flat = plane.reshape(plane.size)
+    evens, odds = pairs[0, start:], pairs[1, start:]
+    for p in range(plane.size // 2):
+        evens[p] = flat[2 * p]
+        odds[p] = flat[2 * p + 1]
 
 
 @kernel_helper
