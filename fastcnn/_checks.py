@@ -119,9 +119,11 @@ class ConvGeometry(NamedTuple):
 
     @property
     def pointwise(self) -> bool:
-        """Whether this is a 1x1 conv with stride 1 and no padding: a matrix product per sample,
-        ``W (C_out, C) @ x[s] (C, H*W)``, on the arrays as they lie."""
-        return self.kernel == (1, 1) and self.stride == (1, 1) and self.padding == ((0, 0), (0, 0))
+        """Whether this is a 1x1 conv with stride 1 and no padding, whose output has the input's height
+        and width (not so for a transposed conv's geometry with ``output_padding``): a matrix product
+        per sample, ``W (C_out, C) @ x[s] (C, H*W)``, on the arrays as they lie."""
+        return (self.kernel == (1, 1) and self.stride == (1, 1) and self.padding == ((0, 0), (0, 0))
+                and self.padded_hw == self.out_hw)
 
 
 def conv_geometry(x_shape, w_shape, stride, padding, dilation, groups=1) -> ConvGeometry:

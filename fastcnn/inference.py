@@ -11,14 +11,16 @@ A plan is the model's steps prepared for inference:
 - then the steps are fused as :func:`fastcnn.steps.fuse` fuses them for training (a Conv2D, the
   MaxPool2D and the ReLU after it run as one ``conv2d_max_pool2d`` op), so a folded conv fuses too,
   a ReLU after a Dense runs in the ``linear`` kernel (its ``relu`` argument), and a ReLU after a conv
-  that no pool follows in the conv's step (in the prepared conv's kernel, see :class:`_Conv`);
+  that no pool follows in the conv's step (in the prepared conv's kernel or the ``conv2d_relu`` op,
+  see :class:`_Conv`);
 - a residual block (:class:`fastcnn.blocks.Residual`) runs its body and its shortcut as plans of their
   own, so their batch norms fold and their steps fuse the same way, and adds their outputs;
 - on the first call with an input shape (under a backend policy and thread count), each step is
   bound to that shape: the dispatcher's choice of kernel (:func:`fastcnn.dispatch.chosen`), the
   geometry and signature are resolved once, and later calls run the bound steps with no per-layer
   validation, no dispatcher lookups. The input is validated once per predict call, by ``predict``.
-  A stride-1 conv (with its 2x2 pool) or a strided one without dilation or pool runs as a
+  A stride-1 conv (with its 2x2 pool; a 1x1 conv only with it: without, its own kernel reads the
+  input as it lies) or a strided one without dilation or pool runs as a
   :class:`fastcnn.kernels.conv_numba.PreparedConv` (one kernel launch, serial when the work is too
   small to repay waking Numba's threads, :func:`fastcnn.kernels.jit.sized`) or NumPy's kernel,
   whichever the policy picks (``auto``: the faster as measured, :func:`fastcnn.dispatch.fastest`, so
@@ -211,10 +213,11 @@ class _Conv(_Step):
     a depthwise Conv2D as ``depthwise_conv2d``; with ``relu`` and no pool, the ReLU after the conv too.
 
     A stride-1 conv (with the pool the kernel fuses, if any), or a strided one without dilation or pool,
-    can run as a :class:`~fastcnn.kernels.conv_numba.PreparedConv`: one kernel launch, serial for small work,
-    temporaries kept per thread, the ReLU applied as it writes the output. The policy chooses between
-    it and the NumPy kernel (``auto``: measured, each run as the step would run it); other convs run
-    the kernel the dispatcher picks for the op. Other kernels run the ``relu`` op after the conv, in place."""
+    can run as a :class:`~fastcnn.kernels.conv_numba.PreparedConv` (see its ``takes``): one kernel launch,
+    serial for small work, temporaries kept per thread, the ReLU applied as it writes the output. The
+    policy chooses between it and the NumPy kernel (``auto``: measured, each run as the step would run
+    it); other convs run the kernel the dispatcher picks for the op, ``conv2d_relu`` for a conv with
+    its ReLU. A depthwise conv's kernel is followed by the ``relu`` op, in place."""
 
     makes_new_arrays = True
 
@@ -245,6 +248,10 @@ class _Conv(_Step):
                     "numpy": self._unprepared(backends.OPS[self.op].kernels["numpy"], args, x.shape[0], geo, policy,
                                               output)}
             return dispatch.fastest(self.op, signature + ("prepared", self.relu), (x, arrays), runs, policy)
+        if self.op == "conv2d" and self.relu:  # the ReLU applied as the output is written
+            kernel = dispatch.chosen("conv2d_relu", signature, (x, *arrays, *args), policy)
+            out = output((x.shape[0], w_shape[0]) + geo.out_hw)
+            return lambda x, arrays: kernel(x, *arrays, *args, out())
         kernel = dispatch.chosen(self.op, signature, (x, *arrays, *args), policy)
         return self._unprepared(kernel, args, x.shape[0], geo, policy, output)
 

@@ -89,6 +89,17 @@ def test_conv_transpose2d_matches_naive_loops(case):
         np.testing.assert_allclose(gb, gy.sum(axis=(0, 2, 3)), **tol)
 
 
+def test_1x1_conv_transpose2d_with_output_padding(backend):
+    """A 1x1, stride-1 transposed conv with dilation and ``output_padding``: its output is larger than its
+    input, so it is not the product per sample a 1x1 conv is (``ConvGeometry.pointwise``)."""
+    rng = np.random.default_rng(3)
+    x, w, b = rng.standard_normal((2, 3, 4, 5)), rng.standard_normal((3, 2, 1, 1)), rng.standard_normal(2)
+    want = naive_conv_transpose2d(x, w, b, (1, 1), (0, 0), (1, 1), 1, (2, 2))
+    y = F.conv_transpose2d(x, w, b, 1, 0, 1, 1, 2, backend=backend)
+    assert y.shape == (2, 2, 5, 6)
+    np.testing.assert_allclose(y, want, rtol=1e-10, atol=1e-12)
+
+
 @pytest.mark.parametrize("args", [((2, 2), 1, 1, 1, 1), ((2, 1), (0, 1), (1, 0), 2, 1), (1, 1, 1, 1, 2)])
 def test_conv_transpose2d_finite_differences_and_pytorch(args, backend):
     rng = np.random.default_rng(0)

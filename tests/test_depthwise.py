@@ -39,10 +39,15 @@ CASES = [
     (1, 3, 11, 8, 1, (2, 3), 2, (0, 1, 2, 0), 1),
     (3, 2, 6, 4, 1, (1, 1), 2, 0, 1),
     (2, 2, 4, 6, 1, (3, 3), 2, (2, 2, 3, 3), 1),  # more padding than the kernel reaches past the plane
+    (1, 2, 4, 4, 1, (1, 1), 2, 2, 1),  # an output gradient run longer than the input planes
+    (1, 2, 2, 4, 1, (2, 2), 2, (0, 1, 0, 3), 1),
+    (1, 2, 2, 2, 1, (1, 1), 2, (3, 0, 0, 0), 1),  # output rows wider than the input's: not by pairs
 ]
 # More samples than one stack of planes holds (kernels/_planes.py), the last stack part-full: too large for
 # the reference loops, so against the NumPy backend (which the cases above hold to the reference).
-STACKED = [(7, 2, 30, 29, 1, (3, 3), 1, 1, 1), (13, 1, 30, 33, 2, (3, 3), 2, 1, 2), (11, 2, 16, 16, 2, (3, 3), 2, 1, 1),
+STACKED = [(7, 2, 30, 29, 1, (3, 3), 1, 1, 1), (13, 1, 30, 33, 2, (3, 3), 2, 1, 2),
+           (37, 3, 16, 16, 1, (3, 3), 2, 1, 1),  # by pairs: three stacks of 16, 16 and 5, in parallel
+           (11, 2, 16, 16, 2, (3, 3), 2, 1, 1),  # by pairs, one part-full stack, serial
            (9, 2, 30, 29, 1, (3, 3), 1, (1, 0, 1, 1), 1)]  # stride 1, narrower output: stacked wide planes
 
 
@@ -103,17 +108,18 @@ def test_depthwise_empty_batches(backend):
 
 
 @needs_numba
-def test_depthwise_weight_gradient_is_the_same_for_any_thread_count():
+@pytest.mark.parametrize("stride", [1, 2])  # same width; by pairs
+def test_depthwise_weight_gradient_is_the_same_for_any_thread_count(stride):
     rng = np.random.default_rng(5)
     x = rng.standard_normal((37, 6, 12, 12)).astype(np.float32)
     w = rng.standard_normal((6, 1, 3, 3)).astype(np.float32)
-    gy = rng.standard_normal((37, 6, 12, 12)).astype(np.float32)
+    gy = rng.standard_normal((37, 6) + (12 // stride,) * 2).astype(np.float32)
     before = fastcnn.get_num_threads()
     results = []
     try:
         for threads in (1, fastcnn.threads.max_threads()):
             fastcnn.set_num_threads(threads)
-            results.append(F.conv2d_backward(gy, x, w, padding=1, groups=6, backend="numba"))
+            results.append(F.conv2d_backward(gy, x, w, stride=stride, padding=1, groups=6, backend="numba"))
     finally:
         fastcnn.set_num_threads(before)
     for a, b in zip(*results):

@@ -13,7 +13,9 @@ stored: neighbouring rows share their zero columns and neighbouring samples thei
 (:class:`_WidePlanes`), so a "same"-padded 3x3 conv on 3x3 planes computes 16 positions a sample, not
 25, and no padded copy of the input is made. Other
 strides with dilation 1 become a stride-1 conv of the input's phases (:mod:`._polyphase`); with
-dilation too, they run row by row.
+dilation too, they run row by row. A 1x1 conv with stride 1 and no padding needs no layout at all: its
+forward pass and input gradient are products per sample in the same register tiles
+(:mod:`.pointwise_numba`).
 
 A conv followed by a 2x2, stride-2 max-pool (:func:`conv2d_max_pool2d_forward` and its gradients)
 never makes the full-size output: the forward pass pools the wide output as it copies it out, and
@@ -468,8 +470,9 @@ def conv2d_forward(x, w, b, geo, out=None):
     """``y = conv(x, w) + b`` for an input ``x`` (N, C, H, W) and weight (C_out, C, kH, kW); ``geo`` is
     the conv's :class:`~fastcnn._checks.ConvGeometry` (its padding, stride, dilation and output size).
     A stride-1 conv reads ``x`` into its working layout with the padding's zeros, a strided one (without
-    dilation) into its phases' layout: no padded copy. Into ``out`` (C-contiguous, the output's shape)
-    if given."""
+    dilation) into its phases' layout: no padded copy; a 1x1 conv (``geo.pointwise``) is a product per
+    sample on the arrays as they lie (:mod:`.pointwise_numba`). Into ``out`` (C-contiguous, the
+    output's shape) if given."""
     return _conv2d_forward(x, w, b, geo, False, out)
 
 

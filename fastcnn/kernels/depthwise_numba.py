@@ -77,8 +77,9 @@ def _same_width(geo, width: int) -> bool:
 
 def _by_column_pairs(geo, width: int) -> bool:
     """Whether the conv ``geo`` of an input ``width`` columns wide is a stride-2 one without dilation on
-    rows of whole pairs, which :func:`_forward_pairs` runs."""
-    return geo.stride == (2, 2) and geo.dilation == (1, 1) and width % 2 == 0
+    rows of whole pairs, whose output rows are no wider than the input's (so that they fit the run of
+    rows ``width`` apart): the convs :func:`_forward_pairs` and its gradients run."""
+    return geo.stride == (2, 2) and geo.dilation == (1, 1) and width % 2 == 0 and geo.out_hw[1] <= width
 
 
 @parallel_kernel
@@ -103,11 +104,9 @@ def _forward_pairs(x, w, b, top, left, y):
     for task in prange(phase_size(n, group) * c):
         first, ch = task // c * group, task % c
         count = min(n - first, group)
-        pairs = np.zeros((2, head + group * stride), dtype=x.dtype)
+        pairs = _stacked_halves(x, first, count, ch, head, stride)
         acc = np.empty((count - 1) * stride + (oh - 1) * width + ow, dtype=x.dtype)
         weights = np.empty(kh, dtype=x.dtype)
-        for k in range(count):
-            _split_pairs(pairs, head + k * stride, x[first + k, ch])
         for o in range(ch * m, ch * m + m):
             acc[:] = b[o]
             for j in range(kw):
@@ -139,11 +138,9 @@ def _grad_weight_pairs(gy, x, kh, kw, top, left):
     for task in prange(parts * c):
         part, ch = task // c, task % c
         first, count = part * group, min(n - part * group, group)
-        pairs = np.zeros((2, head + group * stride), dtype=x.dtype)
+        pairs = _stacked_halves(x, first, count, ch, head, stride)
         g = np.zeros((count - 1) * stride + (oh - 1) * width + ow, dtype=gy.dtype)
         column = np.empty(kh, dtype=gy.dtype)
-        for k in range(count):
-            _split_pairs(pairs, head + k * stride, x[first + k, ch])
         for o in range(ch * m, ch * m + m):
             for k in range(count):
                 place(g[k * stride :], gy[first + k, o], width, 0, 0)
@@ -183,7 +180,8 @@ def _grad_input_pairs(gy, w, c, top, left, h, width):
         first, ch = task // c * group, task % c
         count = min(n - first, group)
         size = (count - 1) * stride + h * half  # the stack's halves, from the first plane's first value
-        g = np.zeros(ahead + head + size - lowest + 1, dtype=gy.dtype)
+        run = (count - 1) * stride + (oh - 1) * width + ow  # the output gradient's, as the forward pass's
+        g = np.zeros(ahead + max(head + size - lowest + 1, run), dtype=gy.dtype)
         masked = np.zeros_like(g)
         sums = np.zeros((2, size), dtype=gy.dtype)
         offsets = np.empty(kh, np.int64)
@@ -219,14 +217,20 @@ def _grad_input_pairs(gy, w, c, top, left, h, width):
 
 
 @kernel_helper
-def _split_pairs(pairs, start, plane):
-    """The even and odd columns of ``plane`` (H, W) to ``pairs[0]`` and ``pairs[1]`` from ``start``, in
-    rows of ``W/2``: one loop over the plane's pairs."""
-    flat = plane.reshape(plane.size)
-    evens, odds = pairs[0, start:], pairs[1, start:]
-    for p in range(plane.size // 2):
-        evens[p] = flat[2 * p]
-        odds[p] = flat[2 * p + 1]
+def _stacked_halves(x, first, count, ch, head, stride):
+    """Channel ``ch`` of samples ``first`` to ``first + count`` of ``x`` as :func:`_forward_pairs` reads
+    it: ``pairs[0]`` the even and ``pairs[1]`` the odd columns, in rows of ``W/2``, plane ``k`` from
+    ``head + k * stride``, zeros around; each plane one loop over its pairs."""
+    h, width = x.shape[2], x.shape[3]
+    half = width // 2
+    pairs = np.zeros((2, head + count * stride), dtype=x.dtype)
+    for k in range(count):
+        plane = x[first + k, ch].reshape(h * width)
+        evens, odds = pairs[0, head + k * stride :], pairs[1, head + k * stride :]
+        for p in range(h * half):
+            evens[p] = plane[2 * p]
+            odds[p] = plane[2 * p + 1]
+    return pairs
 
 
 @kernel_helper
