@@ -384,8 +384,7 @@ def _plane_maxima(x, y, idx, per_task):
 @parallel_kernel
 def _unpool_planes(gy, argmax, grad):
     """Row ``p`` of ``grad`` (planes, H * W): zero, and ``gy[p]`` at ``argmax[p]``."""
+    flat, size = grad.reshape(grad.size), grad.shape[1]
     for p in prange(grad.shape[0]):
-        row = grad[p]
-        for k in range(row.size):
-            row[k] = 0
-        row[argmax[p]] = gy[p]
+        clear(flat, p * size, size)
+        flat[p * size + argmax[p]] = gy[p]

@@ -22,10 +22,7 @@ def max_pool2d_forward(x, pool):
     padded = ph or pw or eh or ew
     xp = np.pad(x, ((0, 0), (0, 0), (ph, ph + eh), (pw, pw + ew)), constant_values=-np.inf) if padded else x
     windows = np.stack([window(xp, i * dh, j * dw, sh, sw, oh, ow) for i in range(kh) for j in range(kw)])
-    k = np.argmax(windows, axis=0)
-    nan = np.isnan(windows)
-    if nan.any():
-        k = np.where(nan.any(axis=0), len(windows) - 1 - np.argmax(nan[::-1], axis=0), k)
+    k = _first_max_or_last_nan(windows, 0)
     y = np.take_along_axis(windows, k[None], axis=0)[0]
     if padded:
         # A window whose maximum is -inf may have picked padding: use its first real element instead.
@@ -35,6 +32,17 @@ def max_pool2d_forward(x, pool):
     rows = np.arange(oh)[:, None] * sh - ph + k // kw * dh
     cols = np.arange(ow)[None, :] * sw - pw + k % kw * dw
     return y, rows * w + cols
+
+
+def _first_max_or_last_nan(values, axis):
+    """The index along ``axis`` of the first maximum of ``values``, or of the last NaN where there is one
+    (PyTorch's rule)."""
+    k = np.argmax(values, axis=axis)
+    nan = np.isnan(values)
+    if nan.any():
+        last = values.shape[axis] - 1 - np.argmax(np.flip(nan, axis=axis), axis=axis)
+        k = np.where(nan.any(axis=axis), last, k)
+    return k
 
 
 def max_pool2d_backward(gy, argmax, h, w):
@@ -91,10 +99,7 @@ def global_max_pool2d_forward(x):
     the first maximum, or the plane's last NaN (as :func:`max_pool2d_forward`)."""
     n, c, h, w = x.shape
     rows = x.reshape(n, c, h * w)
-    idx = np.argmax(rows, axis=2)
-    nan = np.isnan(rows)
-    if nan.any():
-        idx = np.where(nan.any(axis=2), h * w - 1 - np.argmax(nan[:, :, ::-1], axis=2), idx)
+    idx = _first_max_or_last_nan(rows, 2)
     return np.take_along_axis(rows, idx[:, :, None], axis=2)[:, :, 0], idx
 
 
