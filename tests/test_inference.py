@@ -422,6 +422,7 @@ def test_prepared_conv_is_the_same_serial_or_parallel(monkeypatch, dtype, shape,
     geo = conv_geometry(x.shape, wt.shape, stride, padding, dilation)
     pool = pool_geometry((n, c_out) + geo.out_hw, (2, 2), (2, 2), (0, 0), (1, 1), 0) if pooled else None
     assert conv_numba.PreparedConv.takes(x.shape, wt.shape, geo, pool)
+    monkeypatch.setattr(conv_numba, "_kept_prepared", lambda *args: None)  # the op's two-pass kernel
     if pooled:
         op = conv_numba.conv2d_max_pool2d_forward(x, wt, b, geo, pool, relu)[0]
         want = _conv_pool_reference(x.astype(np.float64), wt, b, dilation, geo.padding, relu)
@@ -471,29 +472,33 @@ def test_training_conv_pool_by_tasks_is_the_two_pass_kernel(monkeypatch, dtype, 
         monkeypatch.setattr(jit, "SERIAL_WORK", serial_below)
         by_tasks.append(conv_numba.conv2d_max_pool2d_forward(x, wt, b, geo, pool, relu))
     monkeypatch.setattr(conv_numba, "_conv_wide_into", two_passes)
-    monkeypatch.setattr(conv_numba, "_TRAINING_KEEP_BYTES", 0)  # temporaries too large to keep: two passes
     conv_numba._kept_prepared.cache_clear()
+    monkeypatch.setattr(conv_numba, "_kept_prepared", lambda *args: None)  # the op's two-pass kernel
     y, idx = conv_numba.conv2d_max_pool2d_forward(x, wt, b, geo, pool, relu)
     assert np.isnan(y).any()
     for got_y, got_idx in by_tasks:
         assert np.array_equal(got_y, y, equal_nan=True) and np.array_equal(got_idx, idx)
-    conv_numba._kept_prepared.cache_clear()
 
 
 @pytest.mark.skipif(not jit.NUMBA_AVAILABLE, reason="needs numba")
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
-@pytest.mark.parametrize("shape, padding, dilation, relu", [((3, 1, 12, 12, 5), 0, 1, False), ((2, 3, 9, 41, 4), 1, 1, True),
-                                                            ((64, 3, 16, 16, 16), "same", 1, False),
-                                                            ((9, 8, 13, 11, 24), (0, 2, 1, 0), 2, True)])
-def test_training_conv_by_tasks_is_the_two_pass_kernel(monkeypatch, dtype, shape, padding, dilation, relu):
+@pytest.mark.parametrize("shape, kernel, padding, dilation, relu", [
+    ((3, 1, 12, 12, 5), 3, 0, 1, False), ((2, 3, 9, 41, 4), 3, 1, 1, True), ((64, 3, 16, 16, 16), 3, "same", 1, False),
+    ((9, 8, 13, 11, 24), 3, (0, 2, 1, 0), 2, True),
+    ((40, 4, 7, 7, 8), 2, "same", 1, True),  # small planes: several samples a task, the last cut short; padding on one side
+    ((5, 2, 5, 6, 3), 3, 1, 1, False),  # fewer than 4 output channels: one row at a time
+])
+def test_training_conv_by_tasks_is_the_two_pass_kernel(monkeypatch, dtype, shape, kernel, padding, dilation, relu):
     """Training's stride-1 conv (through a ReLU with ``relu``) copies each task's wide output out while
     it is in cache (a kept PreparedConv) where the prepared conv takes the shapes, else it correlates the
     whole batch and then copies it out: the same output bit for bit (NaN and inf included), serial or
-    parallel, as the reference's; a second call with other values reuses the kept temporaries."""
+    parallel, runs in scratch or kept, as the reference's; a second call with other values reuses the
+    temporaries."""
     monkeypatch.setattr(jit, "num_threads", lambda: 2)
     n, c, h, w, c_out = shape
     rng = np.random.default_rng(13)
-    x, wt = rng.standard_normal((n, c, h, w)).astype(dtype), rng.standard_normal((c_out, c, 3, 3)).astype(dtype)
+    x = rng.standard_normal((n, c, h, w)).astype(dtype)
+    wt = rng.standard_normal((c_out, c, kernel, kernel)).astype(dtype)
     b = rng.standard_normal(c_out).astype(dtype)
     x[0, 0, 2, 3], x[-1, -1, -1, -1] = np.nan, np.inf
     geo = conv_geometry(x.shape, wt.shape, 1, padding, dilation)
@@ -503,19 +508,20 @@ def test_training_conv_by_tasks_is_the_two_pass_kernel(monkeypatch, dtype, shape
     def refused(*args):
         raise AssertionError("the two-pass kernel ran where the prepared conv should have")
 
-    conv_numba._kept_prepared.cache_clear()
     monkeypatch.setattr(conv_numba, "_conv_wide_into", refused)
     by_tasks = []
     for serial_below in (0, 1 << 60):  # every launch parallel, then every launch serial
-        monkeypatch.setattr(jit, "SERIAL_WORK", serial_below)
-        forward(rng.standard_normal(x.shape).astype(dtype), wt * 3, b, geo)  # other values in the kept temporaries
-        by_tasks.append(forward(x, wt, b, geo))
+        for own_runs in (0, 1 << 60):  # the runs in scratch, then kept by the prepared conv
+            monkeypatch.setattr(jit, "SERIAL_WORK", serial_below)
+            monkeypatch.setattr(conv_numba, "_OWN_RUNS_BYTES", own_runs)
+            conv_numba._kept_prepared.cache_clear()
+            forward(rng.standard_normal(x.shape).astype(dtype), wt * 3, b, geo)  # other values in the temporaries
+            by_tasks.append(forward(x, wt, b, geo))
     monkeypatch.setattr(conv_numba, "_conv_wide_into", two_passes)
-    monkeypatch.setattr(conv_numba, "_TRAINING_KEEP_BYTES", 0)  # temporaries too large to keep: two passes
     conv_numba._kept_prepared.cache_clear()
+    monkeypatch.setattr(conv_numba, "_kept_prepared", lambda *args: None)  # the op's two-pass kernel
     y = forward(x, wt, b, geo)
-    conv_numba._kept_prepared.cache_clear()
-    assert np.isnan(y).any()
+    assert np.isnan(y).any() and np.isinf(y).any()
     for got in by_tasks:
         assert np.array_equal(got, y, equal_nan=True)
     want = ref.conv2d(x.astype(np.float64), wt.astype(np.float64), b.astype(np.float64), stride=(1, 1),
@@ -525,6 +531,7 @@ def test_training_conv_by_tasks_is_the_two_pass_kernel(monkeypatch, dtype, shape
     np.testing.assert_allclose(y[finite], want[finite], rtol=1e-4 if dtype == np.float32 else 1e-12,
                                atol=1e-4 if dtype == np.float32 else 1e-12)
     assert np.array_equal(np.isnan(y), np.isnan(want))
+    assert np.array_equal(y[np.isinf(want)], want[np.isinf(want)])  # the infinities, with their signs
 
 
 @pytest.mark.skipif(not jit.NUMBA_AVAILABLE, reason="needs numba")
@@ -577,6 +584,7 @@ def test_prepared_conv_splits_a_small_batch_by_output_channels(monkeypatch, n, c
     geo = conv_geometry(x.shape, wt.shape, 1, 1, 1)
     prepared = conv_numba.PreparedConv(x.shape, wt.shape, np.float32, geo)
     assert prepared._groups == groups
+    monkeypatch.setattr(conv_numba, "_kept_prepared", lambda *args: None)  # the op's two-pass kernel
     assert np.array_equal(prepared(x, wt, b), conv_numba.conv2d_forward(x, wt, b, geo))
 
 

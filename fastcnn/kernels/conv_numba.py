@@ -570,25 +570,24 @@ def conv2d_max_pool2d_forward(x, w, b, geo, pool, relu):
     return y, idx
 
 
-_TRAINING_KEEP_BYTES = 16 << 20  # per thread, for each of the last 16 shapes: at most 256 MB a thread in all
-
-
-@functools.lru_cache(maxsize=16)  # a training step's stride-1 convs, and their last short batch, as a rule
+@functools.lru_cache(maxsize=64)  # a network's stride-1 convs, with and without their last short batch
 def _kept_prepared(x_shape, w_shape, dtype, geo, pool, relu, threads, serial_work) -> "PreparedConv | None":
     """The :class:`PreparedConv` that training runs for a stride-1 conv's forward pass (``pool`` None:
     :func:`conv2d_forward`) or a conv + pool's (with the pool's argmax: :func:`conv2d_max_pool2d_forward`),
     for these arguments (and the thread count and serial threshold, on which its tasks and kernel
-    depend), if it takes them with temporaries of at most :data:`_TRAINING_KEEP_BYTES`; else None.
-    Each task's wide output leaves it while it is in cache, where the two-pass kernel writes the
-    whole batch's wide output and reads it back: 10-25% less time for 3x3 convs of 32 to 128 channels
-    at batch 64 (measured, 2 threads). Strided convs keep the two passes, which measured as fast."""
+    depend), if it takes them; else None. Each task's wide output leaves it while it is in cache,
+    where the two-pass kernel writes the whole batch's wide output and reads it back: 13-27% less time
+    for 3x3 convs of 3 to 128 channels at batch 32 and 64 (measured, 2 threads). Strided convs keep
+    the two passes, which measured as fast. An entry holds the tap offsets (and, per thread, a tap
+    matrix for weights that are not one and runs of at most :data:`_OWN_RUNS_BYTES`): larger runs are
+    scratch."""
     if not PreparedConv.takes(x_shape, w_shape, geo, pool):
         return None
-    prepared = PreparedConv(x_shape, w_shape, dtype, geo, pool, relu, argmax=pool is not None)
-    return prepared if prepared.temporary_bytes <= _TRAINING_KEEP_BYTES else None
+    return PreparedConv(x_shape, w_shape, dtype, geo, pool, relu, argmax=pool is not None)
 
 
-_KEEP_BYTES = 64 << 20  # a PreparedConv keeps its temporaries for the next call up to this size (per thread)
+_OWN_RUNS_BYTES = 1 << 18  # a PreparedConv keeps runs up to this size (a batch of one, as a rule) per thread
+# itself: a scratch lookup costs 1-2 us a call, up to 4% of LeNet's prediction of one image (50 us)
 
 
 def _launch(x_shape: tuple, w_shape: tuple, geo):
@@ -615,13 +614,14 @@ def _samples_per_task(plane: int) -> int:
 
 class PreparedConv:
     """:func:`conv2d_max_pool2d_forward`'s pooled output (or :func:`conv2d_forward`'s, ``pool`` None) for
-    inputs of one shape, as the inference plan and training's conv + pool run it: one kernel launch per call
+    inputs of one shape, as the inference plan and training's stride-1 convs run it: one kernel launch per call
     (:func:`_conv_wide_from`, serial for small work, see :func:`.jit.sized`), its tasks samples, or for
     fewer samples than the threads need, samples by groups of output channels (see :func:`_groups_for`);
     the tap offsets computed once, the weight read as the tap matrix where it is one (fewer than 4
     output channels, or whole tiles of 8, C-contiguous and writable: Numba types the kernel's branch
-    that writes a tap matrix), and the temporaries (the input's runs, the tap matrix) kept per thread
-    for the next call.
+    that writes a tap matrix; else a tap matrix is kept per thread), and the input's runs written into
+    a scratch array of the thread (see :func:`.scratch.scratch`), which every prepared conv shares (small
+    runs, up to :data:`_OWN_RUNS_BYTES`, are kept per thread instead).
     Stride-1 convs, with only the 2x2, stride-2 pool that :func:`conv2d_max_pool2d_forward` fuses, and
     strided ones without dilation or pool, as the stride-1 conv of their input's phases (read from the
     input in the same launch, see :func:`_phase_taps`): see :meth:`takes`.
@@ -667,8 +667,7 @@ class PreparedConv:
         kernel = _launch(x_shape, w_shape, geo)
         self._groups = _sample_groups(n, self._per_task, c_out) if kernel is _conv_wide_from else 1
         self._kernel = jit.serialized(kernel) if jit.SERIALIZE_KERNELS and kernel is _conv_wide_from else kernel
-        self.temporary_bytes = int(sum(np.prod(s, dtype=np.float64) for s in self._shapes)) * self.dtype.itemsize
-        self._keep = self.temporary_bytes <= _KEEP_BYTES
+        self._own_runs = np.prod(self._shapes[0], dtype=np.float64) * self.dtype.itemsize <= _OWN_RUNS_BYTES
         self._local = threading.local()
 
     @staticmethod
@@ -685,17 +684,26 @@ class PreparedConv:
         tasks = -(-x_shape[0] // per_task) * _sample_groups(x_shape[0], per_task, w_shape[0])
         return tasks >= jit.num_threads() or _launch(x_shape, w_shape, geo) is not _conv_wide_from
 
-    def _temporaries(self) -> tuple:
-        found = getattr(self._local, "temporaries", None)
-        if found is None:
-            found = tuple(np.zeros(shape, self.dtype) for shape in self._shapes)
-            if self._keep:
-                self._local.temporaries = found
-        return found
+    def _temporaries(self, direct: bool) -> tuple:
+        """The input's runs (the kernel writes every value of them: scratch, or kept per thread where
+        they are small) and the tap matrix (the weight itself if ``direct``; else kept per thread, its
+        rows past the weight's zero)."""
+        runs = getattr(self._local, "runs", None)
+        if runs is None:
+            if self._own_runs:
+                runs = self._local.runs = np.zeros(self._shapes[0], self.dtype)
+            else:
+                runs = scratch("prepared runs", self._shapes[0], self.dtype)
+        if direct:
+            return runs, None
+        taps = getattr(self._local, "taps", None)
+        if taps is None:
+            taps = self._local.taps = np.zeros(self._shapes[1], self.dtype)
+        return runs, taps
 
     def __call__(self, x: np.ndarray, w: np.ndarray, b: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
-        runs, taps = self._temporaries()
         direct = self._weight_taps and w.flags.writeable and w.flags.c_contiguous  # the kernel's taps are writable
+        runs, taps = self._temporaries(direct)
         if direct:
             taps = w.reshape(self._taps_shape)
         y = np.empty(self.out_shape, self.dtype) if out is None else out
