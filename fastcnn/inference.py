@@ -34,7 +34,8 @@ The plan is rebuilt when a layer, a backend or a parameter array is replaced (``
 ``forward(x, training=False)``.
 
 Buffers are kept per thread (two threads may predict with one model at once): a prepared conv's
-temporaries (a padded conv reads its input into them with the padding's zeros), and two buffers that
+temporaries (a padded conv reads its input into them with the padding's zeros; large ones are one
+scratch array that every prepared conv of the thread shares), and two buffers that
 the outputs the next step consumes alternate between (:class:`_Outputs`). ReLU and Tanh run in place
 on an array the plan made. The output of the last step that makes an array is always a new array, so
 what ``predict`` returns is never overwritten by a later call. ``python -m bench.inference
@@ -214,7 +215,7 @@ class _Conv(_Step):
 
     A stride-1 conv (with the pool the kernel fuses, if any), or a strided one without dilation or pool,
     can run as a :class:`~fastcnn.kernels.conv_numba.PreparedConv` (see its ``takes``): one kernel launch,
-    serial for small work, temporaries kept per thread, the ReLU applied as it writes the output. The
+    serial for small work, temporaries per thread, the ReLU applied as it writes the output. The
     policy chooses between it and the NumPy kernel (``auto``: measured, each run as the step would run
     it); other convs run the kernel the dispatcher picks for the op, ``conv2d_relu`` for a conv with
     its ReLU. A depthwise conv's kernel is followed by the ``relu`` op, in place."""

@@ -27,7 +27,7 @@ def _product(w, x):
 @pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("x_shape, c_out", SHAPES)
-def test_1x1_convs_against_float64_products(backend, dtype, x_shape, c_out):
+def test_1x1_convs_against_double_precision_products(backend, dtype, x_shape, c_out):
     rng = np.random.default_rng(c_out)
     x = rng.standard_normal(x_shape).astype(dtype)
     w = rng.standard_normal((c_out, x_shape[1], 1, 1)).astype(dtype)

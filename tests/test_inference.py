@@ -10,7 +10,7 @@ from fastcnn import backends, inference, models
 from fastcnn import layers as L
 from fastcnn._checks import conv_geometry, pool_geometry
 from fastcnn.blocks import Residual
-from fastcnn.kernels import jit
+from fastcnn.kernels import jit, scratch
 
 from . import reference as ref
 from .reference import random_batch_norm
@@ -411,8 +411,8 @@ _PREPARED_STRIDED = [(*case, stride) for case in _PREPARED for stride in (2, 3) 
 def test_prepared_conv_is_the_same_serial_or_parallel(monkeypatch, dtype, shape, dilation, padding, pooled, relu,
                                                       stride):
     """The inference plan's one-launch conv, forced serial and forced parallel: the same outputs, bit for
-    bit, as the op's kernel, and the reference's; its kept temporaries and the output array it is given
-    do not leak between calls.
+    bit, as the op's kernel, and the reference's; its runs (in poisoned scratch, or its own) and the output
+    array it is given do not leak between calls.
     Strided (by phases: no dilation, no pool) as well."""
     monkeypatch.setattr(jit, "num_threads", lambda: 2)  # the tasks as on two threads, whatever the machine has
     n, c, h, w, c_out = shape
@@ -432,17 +432,39 @@ def test_prepared_conv_is_the_same_serial_or_parallel(monkeypatch, dtype, shape,
         op, want = (np.maximum(op, 0), np.maximum(want, 0)) if relu else (op, want)
     results = []
     for serial_below in (0, 1 << 60):  # every launch parallel, then every launch serial
-        monkeypatch.setattr(jit, "SERIAL_WORK", serial_below)
-        prepared = conv_numba.PreparedConv(x.shape, wt.shape, dtype, geo, pool, relu)
-        out = np.full(prepared.out_shape, np.nan, dtype)
-        prepared(rng.standard_normal(x.shape).astype(dtype), wt * 3, b, out)  # other values in the temporaries and out
-        got = prepared(x, wt, b, out)
-        assert got is out
-        results.append(got)
+        for own_runs in (0, 1 << 60):  # the runs in scratch (poisoned), then kept by the prepared conv
+            monkeypatch.setattr(jit, "SERIAL_WORK", serial_below)
+            monkeypatch.setattr(conv_numba, "_OWN_RUNS_BYTES", own_runs)
+            prepared = conv_numba.PreparedConv(x.shape, wt.shape, dtype, geo, pool, relu)
+            out = np.full(prepared.out_shape, np.nan, dtype)
+            prepared(rng.standard_normal(x.shape).astype(dtype), wt * 3, b, out)  # other values in the runs and out
+            _poison_scratch()
+            got = prepared(x, wt, b, out)
+            assert got is out
+            results.append(got)
     for got in results:
         assert got.dtype == dtype
         assert np.array_equal(got, op)
         np.testing.assert_allclose(got, want, rtol=1e-4 if dtype == np.float32 else 1e-12, atol=1e-4 if dtype == np.float32 else 1e-12)
+
+
+def _poison_scratch():
+    """NaN in every scratch buffer of this thread (all bits set: a NaN in float32 and float64 alike): a
+    kernel that reads a value it did not write fails."""
+    for buf, *_ in getattr(scratch._local, "buffers", {}).values():  # (bytes, shape, dtype, view)
+        buf.fill(0xFF)
+
+
+def _refuse_two_passes(monkeypatch):
+    """Make the op's two-pass conv kernel fail the test if it runs (the prepared conv must); returns
+    the function that puts it back."""
+    two_passes = conv_numba._conv_wide_into
+
+    def refused(*args):
+        raise AssertionError("the two-pass kernel ran where the prepared conv should have")
+
+    monkeypatch.setattr(conv_numba, "_conv_wide_into", refused)
+    return lambda: monkeypatch.setattr(conv_numba, "_conv_wide_into", two_passes)
 
 
 @pytest.mark.skipif(not jit.NUMBA_AVAILABLE, reason="needs numba")
@@ -452,7 +474,8 @@ def test_prepared_conv_is_the_same_serial_or_parallel(monkeypatch, dtype, shape,
 def test_training_conv_pool_by_tasks_is_the_two_pass_kernel(monkeypatch, dtype, shape, padding, relu):
     """Training's conv + 2x2 max-pool pools each task's wide output while it is in cache (a PreparedConv
     that keeps the argmax) where the prepared conv takes the shapes, else it correlates the whole batch
-    and then pools it: the same outputs and argmax, bit for bit (NaN included), serial or parallel."""
+    and then pools it: the same outputs and argmax, bit for bit (NaN included), serial or parallel, its
+    runs in scratch (poisoned) or its own."""
     monkeypatch.setattr(jit, "num_threads", lambda: 2)
     n, c, h, w, c_out = shape
     rng = np.random.default_rng(12)
@@ -461,17 +484,16 @@ def test_training_conv_pool_by_tasks_is_the_two_pass_kernel(monkeypatch, dtype, 
     x[0, 0, 2, 3] = np.nan  # a NaN wins its windows, and its argmax says where
     geo = conv_geometry(x.shape, wt.shape, 1, padding, 1)
     pool = pool_geometry((n, c_out) + geo.out_hw, (2, 2), (2, 2), (0, 0), (1, 1), 0)
-    two_passes = conv_numba._conv_wide_into
-
-    def refused(*args):
-        raise AssertionError("the two-pass kernel ran where the prepared conv should have")
-
-    monkeypatch.setattr(conv_numba, "_conv_wide_into", refused)
+    restore_two_passes = _refuse_two_passes(monkeypatch)
     by_tasks = []
     for serial_below in (0, 1 << 60):  # every launch parallel, then every launch serial
-        monkeypatch.setattr(jit, "SERIAL_WORK", serial_below)
-        by_tasks.append(conv_numba.conv2d_max_pool2d_forward(x, wt, b, geo, pool, relu))
-    monkeypatch.setattr(conv_numba, "_conv_wide_into", two_passes)
+        for own_runs in (0, 1 << 60):  # the runs in scratch (poisoned), then kept by the prepared conv
+            monkeypatch.setattr(jit, "SERIAL_WORK", serial_below)
+            monkeypatch.setattr(conv_numba, "_OWN_RUNS_BYTES", own_runs)
+            conv_numba._kept_prepared.cache_clear()
+            _poison_scratch()
+            by_tasks.append(conv_numba.conv2d_max_pool2d_forward(x, wt, b, geo, pool, relu))
+    restore_two_passes()
     conv_numba._kept_prepared.cache_clear()
     monkeypatch.setattr(conv_numba, "_kept_prepared", lambda *args: None)  # the op's two-pass kernel
     y, idx = conv_numba.conv2d_max_pool2d_forward(x, wt, b, geo, pool, relu)
@@ -492,8 +514,7 @@ def test_training_conv_by_tasks_is_the_two_pass_kernel(monkeypatch, dtype, shape
     """Training's stride-1 conv (through a ReLU with ``relu``) copies each task's wide output out while
     it is in cache (a kept PreparedConv) where the prepared conv takes the shapes, else it correlates the
     whole batch and then copies it out: the same output bit for bit (NaN and inf included), serial or
-    parallel, runs in scratch or kept, as the reference's; a second call with other values reuses the
-    temporaries."""
+    parallel, runs in scratch (poisoned) or kept, as the reference's."""
     monkeypatch.setattr(jit, "num_threads", lambda: 2)
     n, c, h, w, c_out = shape
     rng = np.random.default_rng(13)
@@ -503,21 +524,17 @@ def test_training_conv_by_tasks_is_the_two_pass_kernel(monkeypatch, dtype, shape
     x[0, 0, 2, 3], x[-1, -1, -1, -1] = np.nan, np.inf
     geo = conv_geometry(x.shape, wt.shape, 1, padding, dilation)
     forward = conv_numba.conv2d_relu_forward if relu else conv_numba.conv2d_forward
-    two_passes = conv_numba._conv_wide_into
-
-    def refused(*args):
-        raise AssertionError("the two-pass kernel ran where the prepared conv should have")
-
-    monkeypatch.setattr(conv_numba, "_conv_wide_into", refused)
+    restore_two_passes = _refuse_two_passes(monkeypatch)
     by_tasks = []
     for serial_below in (0, 1 << 60):  # every launch parallel, then every launch serial
         for own_runs in (0, 1 << 60):  # the runs in scratch, then kept by the prepared conv
             monkeypatch.setattr(jit, "SERIAL_WORK", serial_below)
             monkeypatch.setattr(conv_numba, "_OWN_RUNS_BYTES", own_runs)
             conv_numba._kept_prepared.cache_clear()
-            forward(rng.standard_normal(x.shape).astype(dtype), wt * 3, b, geo)  # other values in the temporaries
+            forward(rng.standard_normal(x.shape).astype(dtype), wt * 3, b, geo)  # other values in the runs
+            _poison_scratch()
             by_tasks.append(forward(x, wt, b, geo))
-    monkeypatch.setattr(conv_numba, "_conv_wide_into", two_passes)
+    restore_two_passes()
     conv_numba._kept_prepared.cache_clear()
     monkeypatch.setattr(conv_numba, "_kept_prepared", lambda *args: None)  # the op's two-pass kernel
     y = forward(x, wt, b, geo)

@@ -392,7 +392,7 @@ def _conv_wide_from(x, w, b, runs, taps, write_taps, offsets, y, relu, pooled, o
     input ``x`` (in planes ``hp x wp``, after ``head`` zeros: see :func:`_input_runs`; or, for a strided
     conv, its phases' runs, ``phases`` ``(top, left, sh, sw, ph, pw)`` with ``sh > 0``: see
     :func:`_phase_taps`) and the weight ``w``: their runs and, with ``write_taps``, tap matrix are
-    written into ``runs`` and ``taps`` (temporaries the caller keeps, see :class:`PreparedConv`;
+    written into ``runs`` and ``taps`` (the caller's temporaries, see :class:`PreparedConv`;
     without, ``taps`` is the weight itself), then each task correlates the planes of ``per_task`` samples, for one of ``groups`` groups of the
     output channels (see :func:`_groups_for`), into a wide output of its own and emits them at once,
     while they are in cache, the pool's argmax to ``idx`` (None: not kept). Of the last plane of a task only the first
