@@ -4,6 +4,9 @@ Without it, the benchmarks still run once each, unmeasured, alongside the tests,
 With it, a summary table is printed at the very end (after pytest-benchmark's own tables) and written
 to ``.benchmarks/summary.{json,md}``.
 
+The tests run in xdist worker processes (``-n auto`` in pyproject.toml, at most
+:data:`_MOST_WORKERS`); ``pytest --benchmark`` runs in this one process.
+
 Tests and benchmarks run with their own ``FASTCNN_HOME``, a temporary folder made here and removed when
 the session ends, even when ``FASTCNN_HOME`` is set: the user's cache (dispatch decisions, data sets)
 is never written. A cached MNIST found in the user's cache is copied in, so it is not fetched again.
@@ -36,11 +39,21 @@ def pytest_addoption(parser):
     )
 
 
-@pytest.hookimpl(tryfirst=True)  # before pytest-benchmark's own pytest_configure copies the options
+def pytest_xdist_auto_num_workers(config):
+    """``-n auto`` (pyproject's addopts): a worker a core, at most :data:`_MOST_WORKERS`."""
+    return min(_MOST_WORKERS, os.cpu_count() or 1)
+
+
+_MOST_WORKERS = 4  # each worker compiles the kernels its tests need: more cost memory and repeat the work
+
+
+@pytest.hookimpl(tryfirst=True)  # before pytest-benchmark's and xdist's own pytest_configure read the options
 def pytest_configure(config):
     if not config.getoption("--benchmark"):
         config.option.benchmark_disable = True
         return
+    if hasattr(config.option, "dist"):  # measured in one process: no xdist workers (pyproject's -n auto)
+        config.option.dist, config.option.tx = "no", []
     from bench._common import ensure_torch_malloc_env
 
     capture = config.pluginmanager.getplugin("capturemanager")
