@@ -44,6 +44,11 @@ def _dense_tile(out, g, g_starts, x, x_starts, length, ahead):
 
 
 @numba.njit
+def _channel_tile(out, at, w, w_at, src, pos, first, taps):
+    tiles.channel_tile(out, at, w, w_at, src, pos, first, taps)
+
+
+@numba.njit
 def _max_pairs(x, at, step, w, relu, y, out, idx, base, count):
     pv.max_pairs(x, at, step, w, None, relu, y, out, idx, base, count)
 
@@ -112,6 +117,28 @@ def test_dot_tile_gives_dot_products(dtype, kind):
                     for a in range(rows) for b in range(cols)]
         np.testing.assert_allclose(out[:rows].ravel(), expected, rtol=1e-5 if dtype == np.float32 else 1e-12, atol=1e-5)
         assert (out[rows] == 7.0).all()
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_channel_tile_sums_broadcast_reads_times_channel_vectors(dtype):
+    rng = np.random.default_rng(11)
+    positions, width = tiles.CHANNEL_POSITIONS, tiles.channel_width(np.dtype(dtype).itemsize)
+    for _ in range(6):
+        n_taps = int(rng.integers(1, 30))
+        src = rng.standard_normal(500).astype(dtype)
+        w = rng.standard_normal((n_taps + 3) * width).astype(dtype)
+        w_at = int(rng.integers(0, 3 * width + 1))
+        pos = rng.integers(0, 250, positions + 4).astype(np.int64)
+        first = int(rng.integers(0, 5))
+        taps = rng.integers(0, 250, n_taps).astype(np.int64)
+        out = np.full((positions + 3) * width, 7.0, dtype)
+        at = int(rng.integers(0, 3 * width + 1))
+        _channel_tile(out, at, w, w_at, src, pos, first, taps)
+        weights = w[w_at : w_at + n_taps * width].reshape(n_taps, width).astype(np.float64)
+        reads = src[pos[first : first + positions, None] + taps[None, :]].astype(np.float64)  # (positions, taps)
+        np.testing.assert_allclose(out[at : at + positions * width], (reads @ weights).ravel(),
+                                   rtol=1e-5 if dtype == np.float32 else 1e-12, atol=1e-5)
+        assert (out[:at] == 7.0).all() and (out[at + positions * width :] == 7.0).all()
 
 
 def _max_pairs_reference(x, at, step, w, bias, relu, base, count):
@@ -213,11 +240,17 @@ BOUNDS_SCRIPT = textwrap.dedent("""
     def store(out, w, src, offsets):
         tiles.store_tile(out, w, 0, 0, src, offsets, 0, 1, False)
 
+    @numba.njit
+    def channels(out, w, src, pos, taps):
+        tiles.channel_tile(out, 0, w, 0, src, pos, 0, taps)
+
     a = np.zeros(10, np.float32)
     clear(a, 2, 8)  # in bounds
     for call in (lambda: clear(a, 5, 8),
                  lambda: store(np.zeros((8, 48), np.float32), np.zeros((8, 1), np.float32),
-                               np.zeros(50, np.float32), np.array([3], np.int64))):
+                               np.zeros(50, np.float32), np.array([3], np.int64)),
+                 lambda: channels(np.zeros(6 * 64, np.float32), np.zeros(64, np.float32), np.zeros(50, np.float32),
+                                  np.array([0, 1, 2, 3, 4, 49], np.int64), np.array([1], np.int64))):
         try:
             call()
         except AssertionError as exc:
@@ -232,4 +265,4 @@ def test_bounds_switch_refuses_out_of_bounds_calls(tmp_path):
     env = dict(os.environ, FASTCNN_CHECK_BOUNDS="1", NUMBA_CACHE_DIR=str(tmp_path))
     result = subprocess.run([sys.executable, "-c", BOUNDS_SCRIPT], env=env, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stdout + result.stderr
-    assert result.stdout.count("refused:") == 2, result.stdout
+    assert result.stdout.count("refused:") == 3, result.stdout

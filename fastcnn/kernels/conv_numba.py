@@ -12,8 +12,10 @@ and the parallel tasks are blocks (by groups of output rows, where blocks are fe
 stored: neighbouring rows share their zero columns and neighbouring samples their zero rows
 (:class:`_WidePlanes`), so a "same"-padded 3x3 conv on 3x3 planes computes 16 positions a sample, not
 25, and no padded copy of the input is made. Other
-strides with dilation 1 become a stride-1 conv of the input's phases (:mod:`._polyphase`); with
-dilation too, they run row by row. A 1x1 conv with stride 1 and no padding needs no layout at all: its
+strides with dilation 1 become a stride-1 conv of the input's phases (:mod:`._polyphase`), except
+the forward passes that :mod:`.conv_channels` runs faster, with output channels in the vector lanes
+(most strided convs of 48 or more output channels, and every dilated one); the gradients of a dilated
+strided conv run row by row. A 1x1 conv with stride 1 and no padding needs no layout at all: its
 forward pass and input gradient are products per sample in the same register tiles
 (:mod:`.pointwise_numba`).
 
@@ -36,13 +38,12 @@ from typing import NamedTuple
 
 import numpy as np
 
-from . import _polyphase, elementwise_numba, jit, pointwise_numba, pool_numba
+from . import _polyphase, conv_channels, elementwise_numba, jit, pointwise_numba, pool_numba
 from ._compose import gated, pooled, unpooled
-from .blas import channel_sums
 from .jit import kernel_helper, parallel_kernel, prange, sized
 from ._pool_vectors import clear
 from ._rows import copy_gated, copy_plus, copy_relu
-from .scratch import NO_PADDING, cropped, derived, scratch, zero_padded
+from .scratch import NO_PADDING, cropped, derived, scratch
 from ._tiles import (DOT_COLS, DOT_ROWS, ROWS, TILE_SPEED, dot_row, dot_tile, lanes, store_row, store_tile, tile_rows,
                      tile_width, whole)
 
@@ -447,32 +448,12 @@ def _emit_plane(wide, start, wp, ow, bias, relu, y, pooled, idx):
             copy_plus(y[r], wide[start + r * wp :], bias)
 
 
-@parallel_kernel
-def _conv_strided(xp, w, b, sh, sw, dh, dw, y):
-    """Forward pass for any stride into ``y`` (N, C_out, OH, OW), one output row at a time."""
-    n, c_in, hp, wp = xp.shape
-    c_out, _, kh, kw = w.shape
-    oh, ow = y.shape[2], y.shape[3]
-    for task in prange(n * c_out):
-        s, co = task // c_out, task % c_out
-        for r in range(oh):
-            out = y[s, co, r]
-            out[:] = b[co]
-            for ci in range(c_in):
-                for i in range(kh):
-                    row = xp[s, ci, r * sh + i * dh]
-                    for j in range(kw):
-                        wv = w[co, ci, i, j]
-                        for q in range(ow):
-                            out[q] += wv * row[q * sw + j * dw]
-    return y
-
-
 def conv2d_forward(x, w, b, geo, out=None):
     """``y = conv(x, w) + b`` for an input ``x`` (N, C, H, W) and weight (C_out, C, kH, kW); ``geo`` is
     the conv's :class:`~fastcnn._checks.ConvGeometry` (its padding, stride, dilation and output size).
-    A stride-1 conv reads ``x`` into its working layout with the padding's zeros, a strided one (without
-    dilation) into its phases' layout: no padded copy; a 1x1 conv (``geo.pointwise``) is a product per
+    A stride-1 conv reads ``x`` into its working layout with the padding's zeros, a strided one into
+    its phases' layout (no padded copy) or, where :func:`.conv_channels.takes` it, a padded copy of
+    each sample with the output channels in the vector lanes; a 1x1 conv (``geo.pointwise``) is a product per
     sample on the arrays as they lie (:mod:`.pointwise_numba`). Into ``out`` (C-contiguous, the
     output's shape) if given."""
     return _conv2d_forward(x, w, b, geo, False, out)
@@ -485,25 +466,24 @@ def conv2d_relu_forward(x, w, b, geo, out=None):
 
 def _conv2d_forward(x, w, b, geo, relu, out):
     """:func:`conv2d_forward`, through a ReLU with ``relu``."""
-    (sh, sw), (dh, dw), (oh, ow) = geo.stride, geo.dilation, geo.out_hw
+    (sh, sw), (oh, ow) = geo.stride, geo.out_hw
     y = np.empty((x.shape[0], w.shape[0], oh, ow), dtype=x.dtype) if out is None else out
     if geo.pointwise:
         _pointwise(x, w.reshape(w.shape[:2]), b, relu, y)
         return y
+    if conv_channels.takes(x.shape, w.shape, geo):
+        return conv_channels.conv2d_channels_forward(x, w, b, geo, relu, y)
     if geo.stride == (1, 1):
         prepared = _kept_prepared(x.shape, w.shape, x.dtype, geo, None, relu, jit.num_threads(), jit.SERIAL_WORK)
         if prepared is not None:  # each task's wide output copied out while it is in cache
             return prepared(x, w, b, y)
         _conv_wide_into(x, w, b, y, _no_index(y), relu, geo)
         return y
-    work = x.shape[0] * oh * ow * w.size
-    if _by_phases(sh, sw, dh, dw):  # the phase conv with the kernel's own taps: no zero taps
-        kh, kw = w.shape[2:]
-        xr, offsets, (hq, wq, _) = _phase_taps(x, geo.padding, kh, kw, sh, sw, oh, ow)
-        _run_conv_wide(xr, w, offsets, b, y, _no_index(y), relu, hq, wq, ow, work, _phase_pass_taps(kh, kw, sh, sw))
-        return y
-    sized(_conv_strided, work)(zero_padded(x, geo.padding), w, b, sh, sw, dh, dw, y)
-    return elementwise_numba.relu_forward(y, y) if relu else y
+    kh, kw = w.shape[2:]  # a strided conv without dilation (see conv_channels.takes): the phases' conv
+    xr, offsets, (hq, wq, _) = _phase_taps(x, geo.padding, kh, kw, sh, sw, oh, ow)
+    _run_conv_wide(xr, w, offsets, b, y, _no_index(y), relu, hq, wq, ow, x.shape[0] * oh * ow * w.size,
+                   _phase_pass_taps(kh, kw, sh, sw))
+    return y
 
 
 def _phase_pass_taps(kh: int, kw: int, sh: int, sw: int) -> int:
@@ -633,7 +613,7 @@ class PreparedConv:
 
     def __init__(self, x_shape: tuple, w_shape: tuple, dtype, geo, pool=None, relu: bool = False,
                  argmax: bool = False) -> None:
-        if _prepared_planes(w_shape, geo, pool) is None:
+        if _prepared_planes(x_shape, w_shape, geo, pool) is None:
             raise ValueError(f"PreparedConv takes stride-1 convs (with a 2x2, stride-2 max-pool at most) and strided "
                              f"ones without dilation or pool; got stride {geo.stride}, dilation {geo.dilation}, "
                              f"pool {pool}")
@@ -677,7 +657,7 @@ class PreparedConv:
         only if its work is too small for more than one thread anyway (else the op's kernel, which
         splits every sample's positions, runs it); a 1x1 conv without a pool never does (its own kernel,
         :mod:`.pointwise_numba`, reads the input as it lies)."""
-        planes = _prepared_planes(w_shape, geo, pool)
+        planes = _prepared_planes(x_shape, w_shape, geo, pool)
         if planes is None or (pool is None and geo.pointwise):  # a 1x1 conv's own kernel reads no copy
             return False
         per_task = _samples_per_task(planes[0] * planes[1])
@@ -713,15 +693,15 @@ class PreparedConv:
         return (y, idx) if self.argmax else y
 
 
-def _prepared_planes(w_shape: tuple, geo, pool) -> tuple[int, int] | None:
+def _prepared_planes(x_shape: tuple, w_shape: tuple, geo, pool) -> tuple[int, int] | None:
     """The planes ``(hp, wp)`` a :class:`PreparedConv` of this conv (and pool) works in, or None if it
     cannot take it: a stride-1 conv's own (with no pool, or the 2x2 pool it fuses), a strided conv's
-    phases' (without dilation or pool)."""
+    phases' (without dilation or pool, where :func:`.conv_channels.takes` does not take it)."""
     if geo.stride == (1, 1):
         if not (pool is None or pool_numba.vector_pool(pool, *geo.out_hw)):
             return None
         return _conv_planes(geo)[:2]
-    if pool is None and _by_phases(*geo.stride, *geo.dilation):
+    if pool is None and _by_phases(*geo.stride, *geo.dilation) and not conv_channels.takes(x_shape, w_shape, geo):
         return _polyphase.phase_shape(*w_shape[2:], *geo.stride, *geo.out_hw)[4:]
     return None
 
@@ -813,49 +793,28 @@ def _grad_weight_wide(gr, head, length, xr, offsets, kh, kw):
     return grad_w, grad_b
 
 
-@parallel_kernel
-def _grad_weight_strided(gy, xp, kh, kw, sh, sw, dh, dw):
-    """Weight gradient for any stride, one output row at a time."""
-    n, c_in = xp.shape[0], xp.shape[1]
-    c_out, oh, ow = gy.shape[1], gy.shape[2], gy.shape[3]
-    grad_w = np.empty((c_out, c_in, kh, kw), dtype=gy.dtype)
-    for task in prange(c_out * c_in):
-        co, ci = task // c_in, task % c_in
-        for i in range(kh):
-            for j in range(kw):
-                total = 0.0  # float64 across samples
-                for s in range(n):
-                    for r in range(oh):
-                        row = xp[s, ci, r * sh + i * dh]
-                        for q in range(ow):
-                            total += gy[s, co, r, q] * row[q * sw + j * dw]
-                grad_w[co, ci, i, j] = total
-    return grad_w
-
-
 def conv2d_grad_weight(gy, x, geo):
     """Gradients of a conv of the input ``x`` with respect to its weight, shape (C_out, C, kH, kW), and
     its bias; ``geo`` as in :func:`conv2d_forward`."""
-    return _conv2d_grad_weight(gy, None, x, geo.padding, *geo.kernel, *geo.stride, *geo.dilation)
+    return _conv2d_grad_weight(gy, None, x, geo)
 
 
 def conv2d_relu_grad_weight(gy, gate, x, geo):
     """:func:`conv2d_grad_weight` of a conv with a ReLU after it, whose output is ``gate`` and output
     gradient ``gy``: the gradient passes where ``gate`` is positive, as it is read into the runs."""
-    return _conv2d_grad_weight(gy, gate, x, geo.padding, *geo.kernel, *geo.stride, *geo.dilation)
+    return _conv2d_grad_weight(gy, gate, x, geo)
 
 
-def _conv2d_grad_weight(gy, gate, x, padding, kh, kw, sh, sw, dh, dw):
-    """:func:`conv2d_grad_weight` with the geometry's numbers, through the ReLU of output ``gate`` if
-    it is not None."""
+def _conv2d_grad_weight(gy, gate, x, geo):
+    """:func:`conv2d_grad_weight` through the ReLU of output ``gate`` if it is not None."""
+    (kh, kw), (sh, sw), (dh, dw), padding = geo.kernel, geo.stride, geo.dilation, geo.padding
+    if conv_channels.takes(x.shape, (gy.shape[1], x.shape[1], kh, kw), geo, weight_gradient=True):
+        return conv_channels.conv2d_channels_grad_weight(gy, gate, x, geo)
     work = gy.size * x.shape[1] * kh * kw
-    if _by_phases(sh, sw, dh, dw):  # the kernel's own taps in the phases' runs: no zero taps
+    if sh != 1 or sw != 1:  # the kernel's own taps in the phases' runs: no zero taps
         xr, offsets, planes = _phase_taps(x, padding, kh, kw, sh, sw, gy.shape[2], gy.shape[3])
         gr, head = _grad_runs(gy, -(-kh // sh), -(-kw // sw), 1, 1, planes, gate)
         return _grad_weight_of_runs(gr, head, xr, offsets, (kh, kw), x.shape[0], planes, work)
-    if sh != 1 or sw != 1:
-        gy = gated(elementwise_numba, gy, gate)
-        return sized(_grad_weight_strided, work)(gy, zero_padded(x, padding), kh, kw, sh, sw, dh, dw), channel_sums(gy)
     planes = _wide_planes(x.shape[2], x.shape[3], kh, kw, dh, dw, padding)
     xr, offsets = _input_taps(x, kh, kw, dh, dw, planes)
     gr, head = _grad_runs(gy, kh, kw, dh, dw, planes, gate)
@@ -878,7 +837,8 @@ def conv2d_max_pool2d_grad_weight(gp, argmax, gate, x, geo):
     """:func:`conv2d_grad_weight` of the conv output (N, C_out, oh, ow) that a max-pool took to ``gp``
     with ``argmax``; if ``gate`` is not None, through a ReLU after the pool, whose output it is."""
     (kh, kw), (sh, sw), (dh, dw), (oh, ow) = geo.kernel, geo.stride, geo.dilation, geo.out_hw
-    if not _fuses_unpool(gp, sh, sw, oh, ow):
+    if not _fuses_unpool(gp, sh, sw, oh, ow) or \
+            conv_channels.takes(x.shape, (gp.shape[1], x.shape[1], kh, kw), geo, weight_gradient=True):
         gy = unpooled(pool_numba, elementwise_numba, gp, argmax, gate, oh, ow)
         return conv2d_grad_weight(gy, x, geo)
     planes = _conv_planes(geo)

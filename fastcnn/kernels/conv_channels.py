@@ -1,0 +1,301 @@
+"""Conv2D's forward pass with the output channels in vector lanes: any stride, dilation and padding.
+
+The stride-1 kernels of :mod:`.conv_numba` put output positions in the vector lanes and broadcast
+the weights, so a strided conv must first be rearranged into its input's phases. Here the lanes hold
+:func:`._tiles.channel_width` output channels instead (the weight packed so, a block of channels a
+tap), and each input value an output position reads is broadcast: where it lies is a table lookup,
+so the stride and the dilation cost nothing. A tile is :data:`._tiles.CHANNEL_POSITIONS` output
+positions by one block of channels (:func:`._tiles.channel_tile`).
+
+One launch does the whole pass. Its tasks are samples (split by blocks of output channels and by
+positions where there are fewer samples than threads want): each copies its sample into a zero-padded
+plane of its own, computes its tiles into a position-major buffer while both stay in cache, and
+writes the buffer out, transposed to the output's channel-major planes, plus the bias and through a
+ReLU if asked. Every task writes its own part of the output, so the result does not depend on the
+thread count.
+"""
+from __future__ import annotations
+
+import functools
+
+import numpy as np
+
+from . import jit
+from .jit import kernel_helper, parallel_kernel, prange, sized
+from ._tiles import CHANNEL_POSITIONS, TILE_SPEED, channel_tile, channel_width
+
+_TASKS_PER_THREAD = 4  # small batches are split until every thread has this many tasks
+_MIN_CHUNK_TILES = 8  # a task's positions, at least (in tiles), when small batches are split by positions
+_WRITE_POSITIONS = 64  # positions per block of the transposed write (their lines of the buffer stay in L1)
+
+
+def takes(x_shape: tuple, w_shape: tuple, geo, weight_gradient: bool = False) -> bool:
+    """Whether the conv's forward pass (or, with ``weight_gradient``, its weight gradient) runs here
+    rather than in :mod:`.conv_numba`.
+
+    Measured there against here (2 threads, 3x3 convs at batch 32 to 256, interleaved in one process):
+
+    - Every strided conv with dilation (it has nothing else fast).
+    - Strided convs without, where the blocks of output channels are at least three-quarters full:
+      0.5-0.83x the time of the phases' kernels with 48 to 256 output channels (forward and weight
+      gradient); 32 output channels (a half-empty block) took 1.1-1.2x, and 1x1 convs 1.0-2x. The
+      forward pass only where a sample is a task: at batch 1, 32->64 on 32x32 took 1.4x a prepared
+      conv's time.
+    - The weight gradient of stride-1 convs of at least 512 taps (input channels x kernel) and full
+      blocks: 0.63-0.76x the wide layout's time for 64 to 256 channels on 8x8 and 16x16; 288 taps
+      (32->64 on 26x26) 0.97x, 27 taps (3->32) 3.8x.
+    """
+    c_out, c_in, kh, kw = w_shape
+    width = channel_width(np.dtype(np.float32).itemsize)
+    full = 3 * -(-c_out // width) * width <= 4 * c_out
+    if geo.stride == (1, 1):
+        return weight_gradient and full and c_in * kh * kw >= 512
+    if geo.dilation != (1, 1):
+        return True
+    return kh * kw > 1 and full and (weight_gradient or x_shape[0] >= jit.num_threads())
+
+
+def conv2d_channels_forward(x: np.ndarray, w: np.ndarray, b: np.ndarray, geo, relu: bool, y: np.ndarray) -> np.ndarray:
+    """``y = conv(x, w) + b`` (through a ReLU with ``relu``) for the conv of geometry ``geo`` (a
+    :class:`~fastcnn._checks.ConvGeometry`, one group): ``x`` (N, C, H, W), ``w`` (C_out, C, kH, kW),
+    written into ``y`` (C-contiguous, (N, C_out, OH, OW)) and returned."""
+    n, c_in = x.shape[:2]
+    c_out, _, kh, kw = w.shape
+    (oh, ow), (hp, wp) = geo.out_hw, geo.padded_hw
+    (top, _), (left, _) = geo.padding
+    width = channel_width(x.itemsize)
+    blocks = -(-c_out // width)
+    taps = _tap_offsets(c_in, kh, kw, hp, wp, *geo.dilation)
+    positions = _whole_tile(_position_offsets(oh, ow, wp, *geo.stride))
+    groups, chunks = _task_split(n, blocks, oh * ow)
+    packed = np.empty((blocks, c_in * kh * kw, width), x.dtype)
+    kernel = sized(_conv_channels, n * oh * ow * w.size // TILE_SPEED)
+    kernel(x, w, b, packed, taps, positions, top, left, hp, wp, relu, groups, chunks, y)
+    return y
+
+
+@functools.lru_cache(maxsize=64)
+def _tap_offsets(c_in: int, kh: int, kw: int, hp: int, wp: int, dh: int, dw: int) -> np.ndarray:
+    """Where tap ``(c, i, j)`` reads in a zero-padded sample (planes ``hp x wp``), from the top left
+    of the output position's window: ``c*hp*wp + i*dh*wp + j*dw``, taps in the weight's order."""
+    c, i, j = np.meshgrid(np.arange(c_in), np.arange(kh), np.arange(kw), indexing="ij")
+    offsets = (c * hp * wp + i * dh * wp + j * dw).reshape(-1).astype(np.int64)
+    offsets.flags.writeable = False
+    return offsets
+
+
+@functools.lru_cache(maxsize=64)
+def _position_offsets(oh: int, ow: int, wp: int, sh: int, sw: int) -> np.ndarray:
+    """Where output position ``(r, q)`` (row-major) has the top left of its window in a padded plane
+    (planes ``wp`` wide): ``r*sh*wp + q*sw``."""
+    r, q = np.meshgrid(np.arange(oh), np.arange(ow), indexing="ij")
+    offsets = (r * sh * wp + q * sw).reshape(-1).astype(np.int64)
+    offsets.flags.writeable = False
+    return offsets
+
+
+def _whole_tile(offsets: np.ndarray) -> np.ndarray:
+    """``offsets`` as the rows of tiles read them: with the last repeated up to a whole tile if there
+    are fewer than a tile (a tile always reads :data:`CHANNEL_POSITIONS` of them)."""
+    if offsets.size >= CHANNEL_POSITIONS:
+        return offsets
+    whole = np.concatenate([offsets, np.full(CHANNEL_POSITIONS - offsets.size, offsets[-1], np.int64)])
+    whole.flags.writeable = False
+    return whole
+
+
+def _task_split(n: int, blocks: int, positions: int) -> tuple[int, int]:
+    """Into how many groups of channel blocks and chunks of positions each sample is cut, so that
+    there are :data:`_TASKS_PER_THREAD` tasks a thread where the samples alone give too few."""
+    want = -(-_TASKS_PER_THREAD * jit.num_threads() // max(n, 1))
+    if want <= 1:
+        return 1, 1
+    groups = min(blocks, want)
+    chunks = min(-(-want // groups), max(1, positions // (_MIN_CHUNK_TILES * CHANNEL_POSITIONS)))
+    return groups, chunks
+
+
+def conv2d_channels_grad_weight(gy: np.ndarray, gate: np.ndarray | None, x: np.ndarray, geo) -> tuple:
+    """The weight and bias gradients of the conv ``geo`` (one group) of the input ``x`` (N, C, H, W)
+    with output gradient ``gy`` (N, C_out, OH, OW), through the ReLU whose output is ``gate`` if it is
+    not None: ``grad_w`` (C_out, C, kH, kW) and ``grad_b`` (C_out,).
+
+    The same tiles as the forward pass with the roles turned: a tile is taps by a block of output
+    channels, summed over a sample's output positions, the output gradient read position-major (a
+    transposed copy of each sample's block, gated as it is made) and the input as broadcasts. The sums
+    of the samples are float64, in a fixed number of tasks that the shapes alone set (chunks of samples
+    by groups of channel blocks), so the result does not depend on the thread count."""
+    n, c_in = x.shape[:2]
+    c_out, oh, ow = gy.shape[1:]
+    kh, kw = geo.kernel
+    hp, wp = geo.padded_hw
+    (top, _), (left, _) = geo.padding
+    width = channel_width(x.itemsize)
+    blocks = -(-c_out // width)
+    taps = _whole_tile(_tap_offsets(c_in, kh, kw, hp, wp, *geo.dilation))
+    chunks = max(1, min(n, -(-_GRAD_TASKS // blocks)))
+    groups = min(blocks, _GRAD_TASKS)
+    per_step = max(1, min(-(-n // chunks), _GRAD_SAMPLE_BYTES // (c_in * hp * wp * x.itemsize)))
+    positions = _samples_positions(oh, ow, wp, *geo.stride, c_in * hp * wp, per_step)
+    kernel = sized(_grad_weight_channels, n * oh * ow * c_out * c_in * kh * kw // TILE_SPEED)
+    grad_w, grad_b = kernel(gy, x if gate is None else gate, gate is not None, x, taps, c_in * kh * kw, positions,
+                            per_step, top, left, hp, wp, width, chunks, groups)
+    return grad_w.reshape(c_out, c_in, kh, kw), grad_b
+
+
+_GRAD_TASKS = 8  # the weight gradient's tasks (where the batch allows): chunks of samples by groups of blocks
+_GRAD_SAMPLE_BYTES = 1 << 20  # a tile of the weight gradient sums over all the samples of its chunk that fit in
+# this much (padded), so that each task adds its float32 tiles to its float64 sums as few times as it can
+
+
+@functools.lru_cache(maxsize=64)
+def _samples_positions(oh: int, ow: int, wp: int, sh: int, sw: int, sample: int, samples: int) -> np.ndarray:
+    """:func:`_position_offsets` of ``samples`` samples that lie ``sample`` values apart."""
+    one = _position_offsets(oh, ow, wp, sh, sw)
+    offsets = (np.arange(samples)[:, None] * sample + one[None, :]).reshape(-1)
+    offsets.flags.writeable = False
+    return offsets
+
+
+@parallel_kernel
+def _grad_weight_channels(gy, gate, gated, x, taps, n_taps, positions, per_step, top, left, hp, wp, width, chunks,
+                          groups):
+    """:func:`conv2d_channels_grad_weight`: a task per (chunk of samples, group of channel blocks),
+    each summing into its own part of ``sums`` (and ``bias``), ``per_step`` samples a tile (whose
+    positions ``positions`` lists), then the parts added up."""
+    n, c_in = x.shape[:2]
+    c_out = gy.shape[1]
+    n_pos = gy.shape[2] * gy.shape[3]
+    sample = c_in * hp * wp
+    blocks = -(-c_out // width)
+    sums = np.zeros((chunks, blocks, n_taps, width))  # float64 across samples
+    bias = np.zeros((chunks, blocks * width))
+    for task in prange(chunks * groups):
+        chunk, group = task // groups, task % groups
+        src = np.empty(per_step * sample, x.dtype)
+        rows = np.empty(per_step * n_pos * width, x.dtype)
+        tile = np.empty(CHANNEL_POSITIONS * width, x.dtype)
+        last = taps.size - CHANNEL_POSITIONS  # the last tile's first tap
+        s1 = (chunk + 1) * n // chunks
+        for s0 in range(chunk * n // chunks, s1, per_step):
+            count = min(per_step, s1 - s0)
+            for i in range(count):
+                _pad_sample(x[s0 + i], src[i * sample : (i + 1) * sample], top, left, hp, wp)
+            for k in range(group * blocks // groups, (group + 1) * blocks // groups):
+                for i in range(count):
+                    _gradient_rows(gy[s0 + i].reshape(c_out, n_pos), gate[s0 + i].reshape(gate.shape[1], -1), gated,
+                                   k * width, rows[i * n_pos * width : (i + 1) * n_pos * width],
+                                   bias[chunk, k * width : (k + 1) * width])
+                for t in range(0, n_taps, CHANNEL_POSITIONS):
+                    first = min(t, last)
+                    channel_tile(tile, 0, rows, 0, src, taps, first, positions[: count * n_pos])
+                    for p in range(t - first, min(CHANNEL_POSITIONS, n_taps - first)):  # skip taps summed before
+                        for c in range(width):
+                            sums[chunk, k, first + p, c] += tile[p * width + c]
+    grad_w = np.empty((c_out, c_in) + (n_taps // c_in,), dtype=gy.dtype)
+    grad_b = np.empty(c_out, dtype=gy.dtype)
+    for co in prange(c_out):
+        k, c = co // width, co % width
+        total = 0.0
+        for chunk in range(chunks):
+            total += bias[chunk, co]
+        grad_b[co] = total
+        for t in range(n_taps):
+            total = 0.0
+            for chunk in range(chunks):
+                total += sums[chunk, k, t, c]
+            grad_w[co, t // grad_w.shape[2], t % grad_w.shape[2]] = total
+    return grad_w, grad_b
+
+
+@kernel_helper
+def _gradient_rows(g, gate, gated, c0, rows, bias):
+    """Channels ``c0 ..`` of ``g`` (C_out, positions), a block of ``width`` (0 past the last), into
+    ``rows`` position-major (positions, width), where ``gate`` is positive if ``gated``; each channel's
+    sum added to ``bias``."""
+    c_out, n_pos = g.shape
+    width = bias.size
+    for c in range(width):
+        co = c0 + c
+        if co >= c_out:
+            for p in range(n_pos):
+                rows[p * width + c] = 0
+            continue
+        total = 0.0
+        for p in range(n_pos):
+            v = g[co, p] if not gated or gate[co, p] > 0 else 0
+            rows[p * width + c] = v
+            total += v
+        bias[c] += total
+
+
+@parallel_kernel
+def _conv_channels(x, w, b, packed, taps, positions, top, left, hp, wp, relu, groups, chunks, y):
+    """:func:`conv2d_channels_forward`: the weight packed into ``packed`` (blocks, taps, width), then
+    a task per (sample, group of blocks, chunk of positions)."""
+    n, c_in, h, wd = x.shape
+    c_out = w.shape[0]
+    blocks, n_taps, width = packed.shape
+    for k in prange(blocks):
+        _pack_block(w, packed, k)
+    flat_w = packed.reshape(packed.size)
+    n_pos = y.shape[2] * y.shape[3]
+    tiles = -(-n_pos // CHANNEL_POSITIONS)
+    per_chunk = -(-tiles // chunks) * CHANNEL_POSITIONS
+    last = max(n_pos, CHANNEL_POSITIONS) - CHANNEL_POSITIONS  # the last tile's first position
+    for task in prange(n * groups * chunks):
+        s, rest = task // (groups * chunks), task % (groups * chunks)
+        group, chunk = rest // chunks, rest % chunks
+        lo, hi = chunk * per_chunk, min(n_pos, (chunk + 1) * per_chunk)
+        if lo >= hi:
+            continue
+        src = np.empty(c_in * hp * wp, x.dtype)
+        _pad_sample(x[s], src, top, left, hp, wp)
+        acc = np.empty((last + CHANNEL_POSITIONS) * width, x.dtype)
+        out = y[s].reshape(c_out, n_pos)
+        for k in range(group * blocks // groups, (group + 1) * blocks // groups):
+            for p in range(lo, hi, CHANNEL_POSITIONS):
+                first = min(p, last)
+                channel_tile(acc, first * width, flat_w, k * n_taps * width, src, positions, first, taps)
+            _write_block(acc, width, b, k * width, min(width, c_out - k * width), lo, hi, relu, out)
+
+
+@kernel_helper
+def _pack_block(w, packed, k):
+    """Block ``k`` of the packed weight: ``packed[k, t, c] = w[k*width + c]``'s tap ``t``, 0 past the
+    last output channel."""
+    c_out = w.shape[0]
+    n_taps, width = packed.shape[1], packed.shape[2]
+    taps = w.reshape(c_out, n_taps)
+    for t in range(n_taps):
+        for c in range(width):
+            co = k * width + c
+            packed[k, t, c] = taps[co, t] if co < c_out else 0
+
+
+@kernel_helper
+def _pad_sample(xs, src, top, left, hp, wp):
+    """The sample ``xs`` (C, H, W) into ``src`` as planes ``hp x wp``, ``top`` zero rows above and
+    ``left`` zero columns left of it, zeros around."""
+    c_in, h, wd = xs.shape
+    src[:] = 0
+    for c in range(c_in):
+        for r in range(h):
+            start = c * hp * wp + (r + top) * wp + left
+            row = xs[c, r]
+            for q in range(wd):
+                src[start + q] = row[q]
+
+
+@kernel_helper
+def _write_block(acc, width, b, c0, count, lo, hi, relu, out):
+    """Positions ``lo .. hi - 1`` of ``acc`` (position-major, ``width`` channels a position) to channels
+    ``c0 .. c0 + count - 1`` of ``out`` (C_out, positions), plus the bias, through a ReLU with ``relu``."""
+    for p0 in range(lo, hi, _WRITE_POSITIONS):
+        p1 = min(hi, p0 + _WRITE_POSITIONS)
+        for c in range(count):
+            bias = b[c0 + c]
+            row = out[c0 + c]
+            for p in range(p0, p1):
+                v = acc[p * width + c] + bias
+                row[p] = (0 if v <= 0 else v) if relu else v

@@ -1,0 +1,138 @@
+"""Conv2D's forward pass with output channels in vector lanes (fastcnn/kernels/conv_channels.py): against
+the reference loops for any stride, dilation, padding and channel count, at batch 1 (tasks split by
+channel blocks and positions) and larger, and which convs the Numba backend sends there."""
+import numpy as np
+import pytest
+
+import fastcnn
+import fastcnn.functional as F
+from fastcnn._checks import conv_geometry
+
+from . import reference as ref
+
+pytestmark = pytest.mark.skipif("numba" not in F.dispatch.available_backends(), reason="Numba not installed")
+
+TOL = {np.float32: dict(rtol=1e-4, atol=1e-4), np.float64: dict(rtol=1e-11, atol=1e-11)}
+
+
+def _case(rng, n, c_in, c_out, hw, kernel, stride, padding, dilation, dtype):
+    x = rng.standard_normal((n, c_in) + hw).astype(dtype)
+    w = rng.standard_normal((c_out, c_in) + kernel).astype(dtype)
+    b = rng.standard_normal(c_out).astype(dtype)
+    return x, w, b, conv_geometry(x.shape, w.shape, stride, padding, dilation)
+
+
+CASES = pytest.mark.parametrize("n, c_in, c_out, hw, kernel, stride, padding, dilation", [
+    (3, 5, 64, (9, 8), (3, 3), (2, 2), 1, (1, 1)),          # one whole block of channels
+    (1, 4, 130, (11, 10), (3, 3), (2, 2), 1, (1, 1)),       # three blocks, the last nearly empty; batch 1
+    (2, 3, 20, (10, 13), (5, 3), (3, 2), (2, 0, 1, 1), (1, 1)),  # (left, right, top, bottom) padding
+    (2, 6, 33, (12, 12), (3, 3), (2, 2), 2, (2, 2)),        # strided and dilated
+    (1, 2, 7, (3, 4), (3, 3), (1, 3), 1, (1, 1)),           # fewer output positions than a tile
+    (1, 3, 70, (30, 30), (3, 3), (2, 2), "same", (1, 1)),   # batch 1 split into chunks of positions
+    (4, 16, 48, (16, 16), (1, 1), (2, 2), 0, (1, 1)),       # 1x1, stride 2
+    (11, 4, 64, (6, 6), (3, 3), (1, 1), 1, (1, 1)),         # stride 1; several samples a weight-gradient tile
+])
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("relu", [False, True])
+@CASES
+def test_channels_conv_matches_the_reference(n, c_in, c_out, hw, kernel, stride, padding, dilation, relu, dtype):
+    from fastcnn.kernels import conv_channels
+    rng = np.random.default_rng(c_out)
+    x, w, b, geo = _case(rng, n, c_in, c_out, hw, kernel, stride, padding, dilation, dtype)
+    want = ref.conv2d(x, w, b, geo.stride, geo.padding, geo.dilation)
+    if relu:
+        want = np.maximum(want, 0)
+    y = np.full((n, c_out) + geo.out_hw, np.nan, dtype)  # every value must be written
+    got = conv_channels.conv2d_channels_forward(x, w, b, geo, relu, y)
+    assert got is y
+    np.testing.assert_allclose(y, want, **TOL[dtype])
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("gated", [False, True])
+@CASES
+def test_channels_weight_gradient_matches_the_reference(n, c_in, c_out, hw, kernel, stride, padding, dilation, gated,
+                                                        dtype):
+    from fastcnn.kernels import conv_channels
+    rng = np.random.default_rng(c_out + 1)
+    x, w, _, geo = _case(rng, n, c_in, c_out, hw, kernel, stride, padding, dilation, dtype)
+    gy = rng.standard_normal((n, c_out) + geo.out_hw).astype(dtype)
+    gate = np.maximum(rng.standard_normal(gy.shape), 0).astype(dtype) if gated else None
+    _, want_w, want_b = ref.conv2d_backward(gy * (gate > 0) if gated else gy, x, w, geo.stride, geo.padding,
+                                            geo.dilation)
+    grad_w, grad_b = conv_channels.conv2d_channels_grad_weight(gy, gate, x, geo)
+    assert grad_w.dtype == grad_b.dtype == dtype and grad_w.shape == w.shape and grad_w.flags.c_contiguous
+    np.testing.assert_allclose(grad_w, want_w, **TOL[dtype])
+    np.testing.assert_allclose(grad_b, want_b, **TOL[dtype])
+
+
+def test_channels_conv_is_the_same_for_any_thread_count():
+    from fastcnn.kernels import conv_channels
+    rng = np.random.default_rng(3)
+    before = fastcnn.get_num_threads()
+    results = []
+    try:
+        for n in (1, 6):
+            x, w, b, geo = _case(rng, n, 8, 96, (14, 14), (3, 3), (2, 2), 1, (1, 1), np.float32)
+            gy = rng.standard_normal((n, 96) + geo.out_hw).astype(np.float32)
+            for threads in (1, fastcnn.threads.max_threads()):
+                fastcnn.set_num_threads(threads)
+                results.append((conv_channels.conv2d_channels_forward(x, w, b, geo, False, np.empty(
+                    (n, 96) + geo.out_hw, np.float32)),) + conv_channels.conv2d_channels_grad_weight(gy, None, x, geo))
+    finally:
+        fastcnn.set_num_threads(before)
+    for one, many in zip(results[::2], results[1::2]):
+        for a, b in zip(one, many):
+            np.testing.assert_array_equal(a, b)
+
+
+def test_strided_convs_it_takes_run_there_through_the_numba_backend(monkeypatch):
+    """The forward pass and the weight gradient (alone, and after a max-pool's gradient) as the op calls them."""
+    from fastcnn.kernels import conv_channels
+    rng = np.random.default_rng(4)
+    x, w, b, geo = _case(rng, 8, 16, 64, (16, 16), (3, 3), (2, 2), 1, (1, 1), np.float32)
+    taken = {"strided 64": conv_channels.takes(x.shape, w.shape, geo),
+             "strided 32": conv_channels.takes(x.shape, (32, 16, 3, 3), geo),
+             "dilated 8": conv_channels.takes(x.shape, (8, 16, 3, 3), geo._replace(dilation=(2, 2))),
+             "stride 1": conv_channels.takes(x.shape, w.shape, geo._replace(stride=(1, 1)))}
+    assert taken == {"strided 64": fastcnn.get_num_threads() <= 8, "strided 32": False, "dilated 8": True,
+                     "stride 1": False}
+    assert conv_channels.takes(x.shape, w.shape, geo, weight_gradient=True)
+    calls = []
+    for name in ("conv2d_channels_forward", "conv2d_channels_grad_weight"):
+        real = getattr(conv_channels, name)
+        monkeypatch.setattr(conv_channels, name, lambda *args, real=real, name=name: calls.append(name) or real(*args))
+    for relu in (False, True):
+        got = F.conv2d(x, w, b, stride=2, padding=1, backend="numba") if not relu else \
+            F.conv2d_relu(x, w, b, stride=2, padding=1, backend="numba")
+        want = ref.conv2d(x, w, b, geo.stride, geo.padding, geo.dilation)
+        np.testing.assert_allclose(got, np.maximum(want, 0) if relu else want, **TOL[np.float32])
+    gy = rng.standard_normal(want.shape).astype(np.float32)
+    _, want_w, want_b = ref.conv2d_backward(gy, x, w, geo.stride, geo.padding, geo.dilation)
+    _, grad_w, grad_b = F.conv2d_backward(gy, x, w, stride=2, padding=1, backend="numba")
+    np.testing.assert_allclose(grad_w, want_w, **TOL[np.float32])
+    np.testing.assert_allclose(grad_b, want_b, **TOL[np.float32])
+    assert calls == ["conv2d_channels_forward"] * 2 * taken["strided 64"] + ["conv2d_channels_grad_weight"]
+
+
+def test_pooled_stride_1_weight_gradients_it_takes_run_there(monkeypatch):
+    """A conv + ReLU + 2x2 max-pool of 64 -> 64 channels: its weight gradient runs here (576 taps), after the
+    pool's gradient is unpooled, and equals the NumPy backend's."""
+    from fastcnn.kernels import conv_channels
+    rng = np.random.default_rng(5)
+    x, w, b, geo = _case(rng, 3, 64, 64, (8, 8), (3, 3), (1, 1), 1, (1, 1), np.float32)
+    assert conv_channels.takes(x.shape, w.shape, geo, weight_gradient=True)
+    assert not conv_channels.takes(x.shape, w.shape, geo)  # stride-1 forward passes stay in conv_numba
+    calls = []
+    real = conv_channels.conv2d_channels_grad_weight
+    monkeypatch.setattr(conv_channels, "conv2d_channels_grad_weight", lambda *args: calls.append(1) or real(*args))
+    grads = {}
+    for backend in ("numba", "numpy"):
+        yp, idx = F.conv2d_max_pool2d(x, w, b, padding=1, relu=True, backend=backend)
+        gp = np.random.default_rng(6).standard_normal(yp.shape).astype(np.float32)
+        grads[backend] = F.conv2d_max_pool2d_backward(gp, idx, x, w, padding=1, relu_output=yp, backend=backend)
+    assert calls == [1]
+    for got, want in zip(grads["numba"], grads["numpy"]):
+        np.testing.assert_allclose(got, want, **TOL[np.float32])
