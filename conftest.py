@@ -40,8 +40,12 @@ def pytest_addoption(parser):
 
 
 def pytest_xdist_auto_num_workers(config):
-    """``-n auto`` (pyproject's addopts): a worker a core, at most :data:`_MOST_WORKERS`."""
-    return min(_MOST_WORKERS, os.cpu_count() or 1)
+    """``-n auto`` (pyproject's addopts): a worker a core this process may use, at most
+    :data:`_MOST_WORKERS`; ``PYTEST_XDIST_AUTO_NUM_WORKERS`` still overrides it (xdist's own rule)."""
+    if os.environ.get("PYTEST_XDIST_AUTO_NUM_WORKERS"):
+        return None
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    return min(_MOST_WORKERS, cores)
 
 
 _MOST_WORKERS = 4  # each worker compiles the kernels its tests need: more cost memory and repeat the work

@@ -1,6 +1,7 @@
-"""Conv2D's forward pass with output channels in vector lanes (fastcnn/kernels/conv_channels.py): against
-the reference loops for any stride, dilation, padding and channel count, at batch 1 (tasks split by
-channel blocks and positions) and larger, and which convs the Numba backend sends there."""
+"""Conv2D's forward pass and weight gradient with output channels in vector lanes
+(fastcnn/kernels/conv_channels.py): against the reference loops for any stride, dilation, padding and
+channel count, at batch 1 (tasks split by channel blocks and positions) and larger, and which convs the
+Numba backend sends there."""
 import numpy as np
 import pytest
 
@@ -27,7 +28,8 @@ CASES = pytest.mark.parametrize("n, c_in, c_out, hw, kernel, stride, padding, di
     (1, 4, 130, (11, 10), (3, 3), (2, 2), 1, (1, 1)),       # three blocks, the last nearly empty; batch 1
     (2, 3, 20, (10, 13), (5, 3), (3, 2), (2, 0, 1, 1), (1, 1)),  # (left, right, top, bottom) padding
     (2, 6, 33, (12, 12), (3, 3), (2, 2), 2, (2, 2)),        # strided and dilated
-    (1, 2, 7, (3, 4), (3, 3), (1, 3), 1, (1, 1)),           # fewer output positions than a tile
+    (1, 2, 7, (3, 4), (3, 3), (2, 3), 1, (1, 1)),           # 2x2 outputs: fewer positions than a tile
+    (2, 1, 40, (9, 9), (2, 2), (2, 2), 1, (2, 2)),          # 4 taps: fewer than a weight-gradient tile
     (1, 3, 70, (30, 30), (3, 3), (2, 2), "same", (1, 1)),   # batch 1 split into chunks of positions
     (4, 16, 48, (16, 16), (1, 1), (2, 2), 0, (1, 1)),       # 1x1, stride 2
     (11, 4, 64, (6, 6), (3, 3), (1, 1), 1, (1, 1)),         # stride 1; several samples a weight-gradient tile

@@ -172,3 +172,41 @@ def test_a_changed_helper_module_recompiles_the_kernels_that_use_it(tmp_path):
     second = _python(code, env=env)
     assert second.returncode == 0, second.stderr[-3000:]
     assert int(second.stdout) == 2000
+
+
+CACHE_SAVER = """
+import os, sys, time
+import fastcnn.kernels.jit  # noqa: F401  (locks Numba's cache files)
+from numba.core.caching import IndexDataCacheFile
+folder, who = sys.argv[1], sys.argv[2]
+cache = IndexDataCacheFile(folder, "kernel", ("stamp",))
+open(os.path.join(folder, "ready-" + who), "w").close()
+while not os.path.exists(os.path.join(folder, "go")):
+    time.sleep(0.001)
+for i in range(200):
+    cache.save((who, i), f"{who}-{i}".encode())
+"""
+
+
+@needs_numba
+def test_processes_saving_to_one_numba_cache_at_once_keep_every_entry(tmp_path):
+    """Two processes save 200 entries each to one kernel's cache at the same moment (as test workers or
+    MPI ranks compiling different signatures do): every entry loads back as saved. Numba alone lost or
+    swapped about half of them here (the same data-file number taken by both)."""
+    import time
+
+    from numba.core.caching import IndexDataCacheFile
+
+    savers = [subprocess.Popen([sys.executable, "-c", CACHE_SAVER, str(tmp_path), who]) for who in "ab"]
+    try:
+        deadline = time.monotonic() + 120
+        while not all((tmp_path / f"ready-{who}").exists() for who in "ab"):
+            assert time.monotonic() < deadline and all(s.poll() is None for s in savers), "a saver did not start"
+            time.sleep(0.01)
+        (tmp_path / "go").touch()
+        assert [s.wait(timeout=120) for s in savers] == [0, 0]
+    finally:
+        for s in savers:
+            s.kill()
+    cache = IndexDataCacheFile(str(tmp_path), "kernel", ("stamp",))
+    assert all(cache.load((who, i)) == f"{who}-{i}".encode() for who in "ab" for i in range(200))

@@ -1,4 +1,5 @@
-"""Conv2D's forward pass with the output channels in vector lanes: any stride, dilation and padding.
+"""Conv2D's forward pass and weight gradient with the output channels in vector lanes: any stride,
+dilation and padding.
 
 The stride-1 kernels of :mod:`.conv_numba` put output positions in the vector lanes and broadcast
 the weights, so a strided conv must first be rearranged into its input's phases. Here the lanes hold
@@ -122,9 +123,11 @@ def conv2d_channels_grad_weight(gy: np.ndarray, gate: np.ndarray | None, x: np.n
 
     The same tiles as the forward pass with the roles turned: a tile is taps by a block of output
     channels, summed over a sample's output positions, the output gradient read position-major (a
-    transposed copy of each sample's block, gated as it is made) and the input as broadcasts. The sums
-    of the samples are float64, in a fixed number of tasks that the shapes alone set (chunks of samples
-    by groups of channel blocks), so the result does not depend on the thread count."""
+    transposed copy of each sample's block, gated as it is made) and the input as broadcasts. A tile
+    sums, in the dtype, the positions of as many samples of its task's chunk as fit in
+    :data:`_GRAD_SAMPLE_BYTES`; those sums are added up in float64. The tasks (chunks of samples by
+    groups of channel blocks) are set by the shapes alone, so the result does not depend on the
+    thread count."""
     n, c_in = x.shape[:2]
     c_out, oh, ow = gy.shape[1:]
     kh, kw = geo.kernel

@@ -13,9 +13,10 @@ stored: neighbouring rows share their zero columns and neighbouring samples thei
 (:class:`_WidePlanes`), so a "same"-padded 3x3 conv on 3x3 planes computes 16 positions a sample, not
 25, and no padded copy of the input is made. Other
 strides with dilation 1 become a stride-1 conv of the input's phases (:mod:`._polyphase`), except
-the forward passes that :mod:`.conv_channels` runs faster, with output channels in the vector lanes
-(most strided convs of 48 or more output channels, and every dilated one); the gradients of a dilated
-strided conv run row by row. A 1x1 conv with stride 1 and no padding needs no layout at all: its
+where :mod:`.conv_channels` runs faster, with output channels in the vector lanes (see its
+``takes``): the forward pass and weight gradient of most strided convs of 48 or more output channels
+and of every dilated one, and the weight gradient of stride-1 convs of 512 taps or more. The input
+gradient of a dilated strided conv runs row by row. A 1x1 conv with stride 1 and no padding needs no layout at all: its
 forward pass and input gradient are products per sample in the same register tiles
 (:mod:`.pointwise_numba`).
 
@@ -23,7 +24,8 @@ Where the shapes allow, a stride-1 forward pass is one launch of a :class:`Prepa
 tasks are samples: each task's wide output is copied out while it is in cache, not the whole batch's
 written and read back. A conv followed by a 2x2, stride-2 max-pool (:func:`conv2d_max_pool2d_forward`
 and its gradients) never makes the full-size output: the forward pass pools the wide output as it
-copies it out, and the pool's gradient is written straight into the runs the conv's gradients read.
+copies it out, and the pool's gradient is written straight into the runs the conv's gradients read
+(but for a weight gradient that :mod:`.conv_channels` takes: it reads the unpooled gradient).
 
 Every parallel loop writes a disjoint slice of its output, so there are no races and the result does
 not depend on the thread count. The public entry points pick the stride-1 or the general kernel in
@@ -603,8 +605,9 @@ class PreparedConv:
     a scratch array of the thread (see :func:`.scratch.scratch`), which every prepared conv shares (small
     runs, up to :data:`_OWN_RUNS_BYTES`, are kept per thread instead).
     Stride-1 convs, with only the 2x2, stride-2 pool that :func:`conv2d_max_pool2d_forward` fuses, and
-    strided ones without dilation or pool, as the stride-1 conv of their input's phases (read from the
-    input in the same launch, see :func:`_phase_taps`): see :meth:`takes`.
+    strided ones without dilation or pool that :func:`.conv_channels.takes` leaves here, as the
+    stride-1 conv of their input's phases (read from the input in the same launch, see
+    :func:`_phase_taps`): see :meth:`takes`.
 
     Calling ``prepared(x, w, b)`` returns the output: a new array, or ``out`` (C-contiguous, of
     :attr:`out_shape` and the dtype) written, with ``prepared(x, w, b, out)``; with ``argmax`` (a pool's,
@@ -615,8 +618,8 @@ class PreparedConv:
                  argmax: bool = False) -> None:
         if _prepared_planes(x_shape, w_shape, geo, pool) is None:
             raise ValueError(f"PreparedConv takes stride-1 convs (with a 2x2, stride-2 max-pool at most) and strided "
-                             f"ones without dilation or pool; got stride {geo.stride}, dilation {geo.dilation}, "
-                             f"pool {pool}")
+                             f"ones without dilation or pool that conv_channels does not take; got stride "
+                             f"{geo.stride}, dilation {geo.dilation}, pool {pool}, weight {w_shape}, input {x_shape}")
         n, c_in = x_shape[:2]
         c_out, _, kh, kw = w_shape
         (dh, dw), (sh, sw), (oh, ow) = geo.dilation, geo.stride, geo.out_hw

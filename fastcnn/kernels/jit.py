@@ -25,6 +25,13 @@ Numba checks a cached kernel against the source of its own module only, yet it c
 kernel calls from other modules (:mod:`._taps`, :mod:`._tiles`, :mod:`._pool_vectors`, :mod:`._mask`,
 the flags here) into that kernel. So every kernel of this package is stamped with the sources of all of its modules: a
 change to any of them recompiles every kernel, instead of loading stale machine code.
+
+Numba saves a cache entry by reading the kernel's index, taking the first free data-file number,
+writing the index, then the data file, with nothing between processes: two processes that compile
+different signatures of one kernel at once (test workers, MPI ranks, a process pool) can take the same
+number, and a later load then gets the other signature's machine code. Where ``fcntl`` exists, every
+save and load of a Numba cache entry holds an exclusive lock on its cache directory
+(:func:`_lock_cache_files`).
 """
 from __future__ import annotations
 
@@ -140,8 +147,39 @@ def _stamp_package_caches() -> None:
         classes.insert(0, PackageStampedLocator)
 
 
+def _lock_cache_files() -> None:
+    """Make Numba's cache-entry saves and loads hold an exclusive ``flock`` on the cache directory
+    (see the module docstring); a directory that cannot be opened is used without the lock."""
+    try:
+        import fcntl
+        from numba.core.caching import IndexDataCacheFile
+    except ImportError:  # no fcntl (Windows), or a Numba without this class: its own behaviour
+        return
+    if getattr(IndexDataCacheFile.save, "locked", False):
+        return
+
+    def locked(method):
+        def run(self, *args):
+            try:
+                fd = os.open(self._cache_path, os.O_RDONLY)
+            except (OSError, AttributeError):
+                return method(self, *args)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX)
+                return method(self, *args)
+            finally:
+                os.close(fd)  # releases the lock
+
+        run.locked = True
+        return functools.wraps(method)(run)
+
+    IndexDataCacheFile.save = locked(IndexDataCacheFile.save)
+    IndexDataCacheFile.load = locked(IndexDataCacheFile.load)
+
+
 if NUMBA_AVAILABLE:
     _stamp_package_caches()
+    _lock_cache_files()
 CHOSEN_LAYER = _choose_threading_layer() if NUMBA_AVAILABLE else None
 SERIALIZE_KERNELS = CHOSEN_LAYER == "workqueue"
 """True when parallel kernels must not run concurrently (the ``workqueue`` layer)."""
