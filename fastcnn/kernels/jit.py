@@ -35,6 +35,7 @@ save and load of a Numba cache entry holds an exclusive lock on its cache direct
 """
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import functools
 import glob
@@ -149,7 +150,7 @@ def _stamp_package_caches() -> None:
 
 def _lock_cache_files() -> None:
     """Make Numba's cache-entry saves and loads hold an exclusive ``flock`` on the cache directory
-    (see the module docstring); a directory that cannot be opened is used without the lock."""
+    (see the module docstring); a directory that cannot be opened or locked is used without the lock."""
     try:
         import fcntl
         from numba.core.caching import IndexDataCacheFile
@@ -165,7 +166,8 @@ def _lock_cache_files() -> None:
             except (OSError, AttributeError):
                 return method(self, *args)
             try:
-                fcntl.flock(fd, fcntl.LOCK_EX)
+                with contextlib.suppress(OSError):  # a file system without flock on directories: unlocked
+                    fcntl.flock(fd, fcntl.LOCK_EX)
                 return method(self, *args)
             finally:
                 os.close(fd)  # releases the lock
