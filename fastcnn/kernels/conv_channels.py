@@ -141,7 +141,7 @@ def conv2d_channels_grad_weight(gy: np.ndarray, gate: np.ndarray | None, x: np.n
     per_step = max(1, min(-(-n // chunks), _GRAD_SAMPLE_BYTES // (c_in * hp * wp * x.itemsize)))
     positions = _samples_positions(oh, ow, wp, *geo.stride, c_in * hp * wp, per_step)
     kernel = sized(_grad_weight_channels, n * oh * ow * c_out * c_in * kh * kw // TILE_SPEED)
-    grad_w, grad_b = kernel(gy, x if gate is None else gate, gate is not None, x, taps, c_in * kh * kw, positions,
+    grad_w, grad_b = kernel(gy, gy if gate is None else gate, gate is not None, x, taps, c_in * kh * kw, positions,
                             per_step, top, left, hp, wp, width, chunks, groups)
     return grad_w.reshape(c_out, c_in, kh, kw), grad_b
 
