@@ -814,7 +814,7 @@ def _conv2d_grad_weight(gy, gate, x, geo):
     if conv_channels.takes(x.shape, (gy.shape[1], x.shape[1], kh, kw), geo, weight_gradient=True):
         return conv_channels.conv2d_channels_grad_weight(gy, gate, x, geo)
     work = gy.size * x.shape[1] * kh * kw
-    if sh != 1 or sw != 1:  # the kernel's own taps in the phases' runs: no zero taps
+    if sh != 1 or sw != 1:  # without dilation (conv_channels takes every dilated one): the phases' runs
         xr, offsets, planes = _phase_taps(x, padding, kh, kw, sh, sw, gy.shape[2], gy.shape[3])
         gr, head = _grad_runs(gy, -(-kh // sh), -(-kw // sw), 1, 1, planes, gate)
         return _grad_weight_of_runs(gr, head, xr, offsets, (kh, kw), x.shape[0], planes, work)
