@@ -1,11 +1,14 @@
-"""Multiply-add loops over shifted runs, for the dense layer's Numba kernels.
+"""Multiply-add loops over shifted runs, for the dense layer's Numba kernels, and where a conv's taps read.
 
 A "tap" is one weight applied to a copy of a flat run shifted by ``j * step``: here one sample of a
 dense layer's input (``step`` = the row length). :func:`add_taps4` shares every load between four
 output rows (register blocking), and both helpers do three taps per pass, so LLVM vectorises each
 pass into one long loop. They serve the layers narrower than a register tile of :mod:`._tiles`.
+A conv kernel's taps shift flattened planes the same way: :func:`tap_offsets` says by how much.
 """
 from __future__ import annotations
+
+import numpy as np
 
 from .jit import kernel_helper
 
@@ -58,3 +61,15 @@ def add_taps4(a0, a1, a2, a3, src, taps, step):
             a2[p] += w2 * x0
             a3[p] += w3 * x0
         j += 1
+
+
+@kernel_helper
+def tap_offsets(channels, kh, kw, run, base, row_step, dw):
+    """Where tap ``(c, i, j)`` of a ``kh x kw`` kernel reads in flattened runs (channel ``c`` from
+    ``c*run`` on): ``c*run + base + i*row_step + j*dw``, taps in the weight's order."""
+    offsets = np.empty(channels * kh * kw, dtype=np.int64)
+    for c in range(channels):
+        for i in range(kh):
+            for j in range(kw):
+                offsets[(c * kh + i) * kw + j] = c * run + base + i * row_step + j * dw
+    return offsets

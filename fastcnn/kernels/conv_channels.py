@@ -23,6 +23,8 @@ import numpy as np
 
 from . import jit
 from .jit import kernel_helper, parallel_kernel, prange, sized
+from ._planes import place
+from ._taps import tap_offsets
 from ._tiles import CHANNEL_POSITIONS, TILE_SPEED, channel_tile, channel_width
 
 _TASKS_PER_THREAD = 4  # small batches are split until every thread has this many tasks
@@ -78,9 +80,8 @@ def conv2d_channels_forward(x: np.ndarray, w: np.ndarray, b: np.ndarray, geo, re
 @functools.lru_cache(maxsize=64)
 def _tap_offsets(c_in: int, kh: int, kw: int, hp: int, wp: int, dh: int, dw: int) -> np.ndarray:
     """Where tap ``(c, i, j)`` reads in a zero-padded sample (planes ``hp x wp``), from the top left
-    of the output position's window: ``c*hp*wp + i*dh*wp + j*dw``, taps in the weight's order."""
-    c, i, j = np.meshgrid(np.arange(c_in), np.arange(kh), np.arange(kw), indexing="ij")
-    offsets = (c * hp * wp + i * dh * wp + j * dw).reshape(-1).astype(np.int64)
+    of the output position's window (:func:`._taps.tap_offsets`), kept read-only."""
+    offsets = tap_offsets(c_in, kh, kw, hp * wp, 0, dh * wp, dw)
     offsets.flags.writeable = False
     return offsets
 
@@ -280,14 +281,9 @@ def _pack_block(w, packed, k):
 def _pad_sample(xs, src, top, left, hp, wp):
     """The sample ``xs`` (C, H, W) into ``src`` as planes ``hp x wp``, ``top`` zero rows above and
     ``left`` zero columns left of it, zeros around."""
-    c_in, h, wd = xs.shape
     src[:] = 0
-    for c in range(c_in):
-        for r in range(h):
-            start = c * hp * wp + (r + top) * wp + left
-            row = xs[c, r]
-            for q in range(wd):
-                src[start + q] = row[q]
+    for c in range(xs.shape[0]):
+        place(src[c * hp * wp :], xs[c], wp, top, left)
 
 
 @kernel_helper

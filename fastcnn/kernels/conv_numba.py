@@ -45,6 +45,7 @@ from ._compose import gated, pooled, unpooled
 from .jit import kernel_helper, parallel_kernel, prange, sized
 from ._pool_vectors import clear
 from ._rows import copy_gated, copy_plus, copy_relu
+from ._taps import tap_offsets
 from .scratch import NO_PADDING, cropped, derived, scratch
 from ._tiles import (DOT_COLS, DOT_ROWS, ROWS, TILE_SPEED, dot_row, dot_tile, lanes, store_row, store_tile, tile_rows,
                      tile_width, whole)
@@ -81,17 +82,6 @@ def _write_taps(w, taps, flip):
             for i in range(kh):
                 for j in range(kw):
                     taps[r, (c * kh + i) * kw + j] = w[c, r, i, kw - 1 - j] if flip else w[r, c, i, j]
-
-
-@kernel_helper
-def _tap_offsets(channels, kh, kw, run, base, row_step, dw):
-    """Where tap ``(c, i, j)`` reads in the flattened runs: ``c*run + base + i*row_step + j*dw``."""
-    offsets = np.empty(channels * kh * kw, dtype=np.int64)
-    for c in range(channels):
-        for i in range(kh):
-            for j in range(kw):
-                offsets[(c * kh + i) * kw + j] = c * run + base + i * row_step + j * dw
-    return offsets
 
 
 @kernel_helper
@@ -266,7 +256,7 @@ def _input_taps(x, kh, kw, dh, dw, planes):
     """The input's runs (:func:`_input_runs`) and where each tap ``(c, i, j)`` of a ``kh x kw`` kernel
     reads in them."""
     xr = _input_runs(x, kh, kw, dh, dw, planes)
-    return xr, _tap_offsets(x.shape[1], kh, kw, xr.shape[1], 0, dh * planes.wp, dw)
+    return xr, tap_offsets(x.shape[1], kh, kw, xr.shape[1], 0, dh * planes.wp, dw)
 
 
 def _phase_taps(x, padding, kh, kw, sh, sw, oh, ow):
@@ -644,7 +634,7 @@ class PreparedConv:
         self._weight_taps = self._taps_shape[0] == c_out  # the weight, reshaped, is the tap matrix
         self._shapes = ((runs, head + max(n * hp * wp, first * hp * wp + span + reach)), self._taps_shape)
         if (sh, sw) == (1, 1):
-            self._offsets = _tap_offsets(c_in, kh, kw, self._shapes[0][1], 0, dh * wp, dw)
+            self._offsets = tap_offsets(c_in, kh, kw, self._shapes[0][1], 0, dh * wp, dw)
         else:
             self._offsets = _polyphase.tap_offsets(c_in, kh, kw, sh, sw, self._shapes[0][1], wp)
         kernel = _launch(x_shape, w_shape, geo)
@@ -864,7 +854,7 @@ def _grad_input_wide(gr, head, w, xr, grad_x, hp, wp, shift, dh, dw, groups, pas
     n, c_in, h, width = grad_x.shape
     c_out, kh, kw = w.shape[0], w.shape[2], w.shape[3]
     taps = _tap_matrix(w, xr.shape[0], True)
-    offsets = _tap_offsets(c_out, kh, kw, gr.shape[1], head + shift - (kw - 1) * dw, -dh * wp, dw)
+    offsets = tap_offsets(c_out, kh, kw, gr.shape[1], head + shift - (kw - 1) * dw, -dh * wp, dw)
     for task in prange(-(-xr.shape[1] // _BLOCK) * groups):
         _correlate_task(xr, taps, gr, offsets, groups, pass_taps, task)
     rows, cols, row0, col0, sh, sw = place
