@@ -24,6 +24,7 @@ import numpy as np
 from . import jit
 from .jit import kernel_helper, parallel_kernel, prange, sized
 from ._planes import place
+from ._rows import copy_plus, copy_relu
 from ._taps import tap_offsets
 from ._tiles import CHANNEL_POSITIONS, TILE_SPEED, channel_tile, channel_width
 
@@ -293,8 +294,8 @@ def _write_block(acc, width, b, c0, count, lo, hi, relu, out):
     for p0 in range(lo, hi, _WRITE_POSITIONS):
         p1 = min(hi, p0 + _WRITE_POSITIONS)
         for c in range(count):
-            bias = b[c0 + c]
-            row = out[c0 + c]
-            for p in range(p0, p1):
-                v = acc[p * width + c] + bias
-                row[p] = (0 if v <= 0 else v) if relu else v
+            column = acc[p0 * width + c : p1 * width : width]  # channel c at positions p0 .. p1 - 1
+            if relu:
+                copy_relu(out[c0 + c, p0:p1], column, b[c0 + c])
+            else:
+                copy_plus(out[c0 + c, p0:p1], column, b[c0 + c])
