@@ -80,6 +80,7 @@ _op("linear_grad_weight",             linear_numpy,      linear_numba,      "lin
 _op("linear_grad_input",              linear_numpy,      linear_numba,      "linear_grad_input")
 _op("relu",                           elementwise_numpy, elementwise_numba, "relu_forward")
 _op("relu_backward",                  elementwise_numpy, elementwise_numba, "relu_backward")
+_op("add",                            elementwise_numpy, elementwise_numba, "add_forward")
 _op("tanh",                           elementwise_numpy, elementwise_numba, "tanh_forward")
 _op("tanh_backward",                  elementwise_numpy, elementwise_numba, "tanh_backward")
 _op("sigmoid",                        elementwise_numpy, None,              "sigmoid_forward")

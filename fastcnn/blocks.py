@@ -14,6 +14,7 @@ from typing import Any, Sequence, Union
 
 import numpy as np
 
+from . import functional as F
 from . import inference
 from .layers import LAYER_TYPES, Layer
 from .model import Sequential
@@ -130,11 +131,11 @@ class Residual(Layer):
         if y.shape != s.shape:
             raise ValueError(f"Residual: the body's output has shape {y.shape} but the shortcut's has shape {s.shape} "
                              f"(input {x.shape}); they must match to be added")
-        return y + s
+        return F.add(y, s)
 
     def backward(self, grad):
         gx = self.body.backward(grad)
-        return gx + (grad if self.shortcut is None else self.shortcut.backward(grad))
+        return F.add(gx, grad if self.shortcut is None else self.shortcut.backward(grad))
 
     def backward_params(self, grad):
         self.body.backward(grad, input_grad=False)

@@ -35,6 +35,7 @@ __all__ = [
     "global_max_pool2d_backward",
     "relu",
     "relu_backward",
+    "add",
     "tanh",
     "tanh_backward",
     "sigmoid",
@@ -845,6 +846,30 @@ def relu_backward(grad_y: np.ndarray, y: np.ndarray, *, backend: str | None = No
     y = float_array("y", y)
     grad_y = check_grad("grad_y", grad_y, y.shape, y.dtype)
     return dispatch.run("relu_backward", (y.shape, y.dtype.char), (grad_y, y), backend)
+
+
+def add(a: np.ndarray, b: np.ndarray, *, relu: bool = False, backend: str | None = None) -> np.ndarray:
+    """``a + b`` element-wise, through a ReLU (``max(a + b, 0)``, NaN kept) with ``relu``, in one pass:
+    a residual block's output, and the ReLU after it.
+
+    Parameters
+    ----------
+    a, b : ndarray
+        float32 or float64, one shape and dtype (no broadcasting).
+    relu : bool
+    backend : {"auto", "numba", "numpy"}, optional
+
+    Returns
+    -------
+    ndarray of the shape and dtype of ``a``
+    """
+    a, b = float_array("a", a), float_array("b", b)
+    if b.dtype != a.dtype:
+        raise TypeError(f"add: b has dtype {b.dtype} but a has dtype {a.dtype}; use one dtype for both")
+    if b.shape != a.shape:
+        raise ValueError(f"add: b has shape {b.shape} but a has shape {a.shape}; they must match (no broadcasting)")
+    relu = bool(relu)
+    return dispatch.run("add", (a.shape, a.dtype.char, relu), (a, b, relu), backend)
 
 
 def _activation(op: str, x, backend: str | None) -> np.ndarray:

@@ -14,13 +14,15 @@ A plan is the model's steps prepared for inference:
   that no pool follows in the conv's step (in the prepared conv's kernel or the ``conv2d_relu`` op,
   see :class:`_Conv`);
 - a residual block (:class:`fastcnn.blocks.Residual`) runs its body and its shortcut as plans of their
-  own, so their batch norms fold and their steps fuse the same way, and adds their outputs;
+  own, so their batch norms fold and their steps fuse the same way, and adds their outputs (the
+  ``add`` op), through the ReLU after the block in the same pass;
 - on the first call with an input shape (under a backend policy and thread count), each step is
   bound to that shape: the dispatcher's choice of kernel (:func:`fastcnn.dispatch.chosen`), the
   geometry and signature are resolved once, and later calls run the bound steps with no per-layer
   validation, no dispatcher lookups. The input is validated once per predict call, by ``predict``.
-  A stride-1 conv (with its 2x2 pool; a 1x1 conv only with it: without, its own kernel reads the
-  input as it lies) or a strided one without dilation or pool runs as a
+  A stride-1 conv (with its 2x2 pool; a 1x1 conv without padding only with it: without, its own
+  kernel reads the input as it lies, or subsampled) or a strided one without dilation or pool, where
+  :func:`fastcnn.kernels.conv_channels.takes` does not take it (without a pool), runs as a
   :class:`fastcnn.kernels.conv_numba.PreparedConv` (one kernel launch, serial when the work is too
   small to repay waking Numba's threads, :func:`fastcnn.kernels.jit.sized`) or NumPy's kernel,
   whichever the policy picks (``auto``: the faster as measured, :func:`fastcnn.dispatch.fastest`, so
@@ -385,10 +387,12 @@ def _passes_through(step: _Step) -> bool:
 
 class _Residual(_Step):
     """A residual block (a type in :data:`RESIDUAL_BLOCKS`): a plan of its body and one of its shortcut
-    (none for the identity), whose outputs it adds. The branches' plans take their buffers from
-    ``outputs``, one :class:`_Outputs` per depth and branch for the whole model."""
+    (none for the identity), whose outputs it adds (the ``add`` op), with ``relu`` through the ReLU
+    after the block in the same pass. The branches' plans take their buffers from ``outputs``, one
+    :class:`_Outputs` per depth and branch for the whole model."""
 
     makes_new_arrays = True
+    relu = False
 
     def __init__(self, dtype, block: Layer, outputs: dict[tuple, _Outputs], depth: int) -> None:
         super().__init__(dtype)
@@ -406,11 +410,14 @@ class _Residual(_Step):
     def bind(self, x, arrays, policy, output):
         out_shape = (x.shape[0],) + self.block.output_shape(x.shape[1:])  # its ValueError if the branches' differ
         threads, (body, *shortcut), out = num_threads(), self.plans, output(out_shape)
+        relu, sample = self.relu, np.zeros(out_shape, self.dtype)
+        add = dispatch.chosen("add", (out_shape, self.dtype.char, relu), (sample, sample, relu), policy)
         if not shortcut:
-            return lambda x, arrays: np.add(body._run(x, arrays[0], policy, threads), x, out=out())
+            return lambda x, arrays: add(np.ascontiguousarray(body._run(x, arrays[0], policy, threads)),
+                                         np.ascontiguousarray(x), relu, out())
         short = shortcut[0]
-        return lambda x, arrays: np.add(body._run(x, arrays[0], policy, threads), short._run(x, arrays[1], policy, threads),
-                                        out=out())
+        return lambda x, arrays: add(np.ascontiguousarray(body._run(x, arrays[0], policy, threads)),
+                                     np.ascontiguousarray(short._run(x, arrays[1], policy, threads)), relu, out())
 
 
 class _Layer(_Step):
@@ -495,7 +502,7 @@ class InferencePlan:
                 self.steps.append(_Pool(dtype, step))
             elif type(step) in (AvgPool2D, GlobalAvgPool2D):
                 self.steps.append(_AvgPool(dtype, step))
-            elif type(step) is ReLU and self.steps and type(self.steps[-1]) in (_Linear, _Conv) \
+            elif type(step) is ReLU and self.steps and type(self.steps[-1]) in (_Linear, _Conv, _Residual) \
                     and not self.steps[-1].relu:
                 self.steps[-1].relu = True
             elif type(step) in ACTIVATION_OPS:

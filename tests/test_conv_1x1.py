@@ -1,7 +1,8 @@
-"""1x1 convs (stride 1, no padding), which run as a product per sample on the arrays as they lie: every
-backend against float64 products, on planes whose positions do not fill whole vectors, output channels
-that do not fill whole tiles, inputs with enough channels for several passes and position blocks, and
-work large enough for every thread; forward (with and without the ReLU) and both input gradients."""
+"""1x1 convs without padding, which run as a product per sample on the arrays as they lie (stride 1) or on
+the input subsampled by the stride: every backend against float64 products, on planes whose positions
+do not fill whole vectors, output channels that do not fill whole tiles, inputs with enough channels for
+several passes and position blocks, and work large enough for every thread; forward (with and without
+the ReLU) and both input gradients; strides that do not divide the planes, and different per axis."""
 import numpy as np
 import pytest
 
@@ -46,3 +47,52 @@ def test_1x1_convs_against_double_precision_products(backend, dtype, x_shape, c_
     np.testing.assert_allclose(gw[:, :, 0, 0], np.einsum("nrhw,nchw->rc", gy.astype(np.float64), x), **tol)
     gx, _, _ = F.conv2d_relu_backward(gy, relu, x, w, backend=backend)
     np.testing.assert_allclose(gx, _product(w2.T, np.where(relu > 0, gy, 0)), **tol)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("x_shape, c_out, stride", [
+    ((2, 16, 32, 32), 32, 2),        # a ResNet shortcut, parallel
+    ((3, 5, 7, 9), 10, 2),           # odd planes: the last row and column are read, 4x5 outputs
+    ((1, 8, 10, 11), 3, (3, 2)),     # different strides per axis, not dividing the planes
+    ((2, 4, 5, 5), 6, (1, 2)),       # stride 1 on one axis only
+    ((0, 4, 6, 6), 8, 2),            # no samples
+])
+def test_strided_1x1_convs_against_double_precision_products(backend, dtype, x_shape, c_out, stride):
+    """The output is the product on ``x[:, :, ::sh, ::sw]``; the input gradient is the product's, spread to
+    those positions with zeros between (ReLU-gated for ``conv2d_relu_backward``)."""
+    rng = np.random.default_rng(c_out)
+    sh, sw = (stride, stride) if isinstance(stride, int) else stride
+    x = rng.standard_normal(x_shape).astype(dtype)
+    w = rng.standard_normal((c_out, x_shape[1], 1, 1)).astype(dtype)
+    b = rng.standard_normal(c_out).astype(dtype)
+    w2, xs = w[:, :, 0, 0], x[:, :, ::sh, ::sw]
+    want = _product(w2, xs) + b[:, None, None]
+    tol = dict(rtol=1e-4, atol=1e-4 * np.sqrt(x_shape[1])) if dtype == np.float32 else dict(rtol=1e-10, atol=1e-10)
+    y = F.conv2d(x, w, b, stride=stride, backend=backend)
+    assert y.dtype == dtype and y.shape == want.shape
+    np.testing.assert_allclose(y, want, **tol)
+    relu = F.conv2d_relu(x, w, b, stride=stride, backend=backend)
+    np.testing.assert_allclose(relu, np.maximum(want, 0), **tol)
+    gy = rng.standard_normal(y.shape).astype(dtype)
+    for gx, gate in (F.conv2d_backward(gy, x, w, stride=stride, backend=backend)[0], None), \
+            (F.conv2d_relu_backward(gy, relu, x, w, stride=stride, backend=backend)[0], relu):
+        want_gx = np.zeros(x_shape)
+        want_gx[:, :, ::sh, ::sw] = _product(w2.T, gy if gate is None else np.where(gate > 0, gy, 0))
+        assert gx.dtype == dtype and gx.shape == x_shape
+        np.testing.assert_allclose(gx, want_gx, **tol)
+    gw = F.conv2d_backward(gy, x, w, stride=stride, backend=backend)[1]
+    np.testing.assert_allclose(gw[:, :, 0, 0], np.einsum("nrhw,nchw->rc", gy.astype(np.float64), xs), **tol)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_strided_1x1_conv_transpose2d_with_output_padding(backend):
+    """The input gradient of a strided 1x1 conv, spread into a plane one row and column larger than its
+    last strided one (``output_padding``): those stay zero (but for the bias)."""
+    from .test_conv_transpose import naive_conv_transpose2d
+    rng = np.random.default_rng(4)
+    x, w, b = rng.standard_normal((2, 3, 4, 5)), rng.standard_normal((3, 2, 1, 1)), rng.standard_normal(2)
+    y = F.conv_transpose2d(x, w, b, 2, 0, 1, backend=backend)
+    assert y.shape == (2, 2, 8, 10)
+    np.testing.assert_allclose(y, naive_conv_transpose2d(x, w, b, (2, 2), (0, 0), (1, 1), 1, (1, 1)), rtol=1e-10,
+                               atol=1e-12)

@@ -98,9 +98,9 @@ def test_strided_convs_it_takes_run_there_through_the_numba_backend(monkeypatch)
     taken = {"strided 64": conv_channels.takes(x.shape, w.shape, geo),
              "strided 32": conv_channels.takes(x.shape, (32, 16, 3, 3), geo),
              "dilated 8": conv_channels.takes(x.shape, (8, 16, 3, 3), geo._replace(dilation=(2, 2))),
-             "stride 1": conv_channels.takes(x.shape, w.shape, geo._replace(stride=(1, 1)))}
+             "stride 1 on 16x16": conv_channels.takes(x.shape, w.shape, conv_geometry(x.shape, w.shape, 1, 1, 1))}
     assert taken == {"strided 64": fastcnn.get_num_threads() <= 8, "strided 32": False, "dilated 8": True,
-                     "stride 1": False}
+                     "stride 1 on 16x16": False}
     assert conv_channels.takes(x.shape, w.shape, geo, weight_gradient=True)
     calls = []
     for name in ("conv2d_channels_forward", "conv2d_channels_grad_weight"):
@@ -119,6 +119,36 @@ def test_strided_convs_it_takes_run_there_through_the_numba_backend(monkeypatch)
     assert calls == ["conv2d_channels_forward"] * 2 * taken["strided 64"] + ["conv2d_channels_grad_weight"]
 
 
+@pytest.mark.parametrize("policy", ["numba", "plan"])
+def test_stride_1_forward_passes_on_small_planes_run_there(monkeypatch, policy):
+    """64 -> 64 channels on 8x8 (the padded planes 1.56 times the output) at batch 4: the op's forward
+    pass and the inference plan's conv step run here, and give the reference's answers; at batch 1,
+    and on 16x16 planes (1.27 times), they do not."""
+    from fastcnn.kernels import conv_channels
+    monkeypatch.setattr(fastcnn.kernels.jit, "num_threads", lambda: 2)
+    rng = np.random.default_rng(7)
+    x, w, b, geo = _case(rng, 4, 64, 64, (8, 8), (3, 3), (1, 1), 1, (1, 1), np.float32)
+    assert conv_channels.takes(x.shape, w.shape, geo)
+    assert not conv_channels.takes((1,) + x.shape[1:], w.shape, conv_geometry((1,) + x.shape[1:], w.shape, 1, 1, 1))
+    big = (4, 64, 16, 16)
+    assert not conv_channels.takes(big, w.shape, conv_geometry(big, w.shape, 1, 1, 1))
+    calls = []
+    real = conv_channels.conv2d_channels_forward
+    monkeypatch.setattr(conv_channels, "conv2d_channels_forward", lambda *args: calls.append(1) or real(*args))
+    want = np.maximum(ref.conv2d(x, w, b, geo.stride, geo.padding, geo.dilation), 0)
+    if policy == "numba":
+        got = F.conv2d_relu(x, w, b, padding=1, backend="numba")
+    else:
+        from fastcnn import layers as L
+        conv = L.Conv2D(64, 64, 3, padding=1)
+        conv.params["weight"][...], conv.params["bias"][...] = w, b
+        model = fastcnn.Sequential([conv, L.ReLU()], input_shape=(64, 8, 8))
+        with fastcnn.dispatch.use_backend("numba"):
+            got = model.predict(x)
+    np.testing.assert_allclose(got, want, **TOL[np.float32])
+    assert calls == [1]
+
+
 def test_pooled_stride_1_weight_gradients_it_takes_run_there(monkeypatch):
     """A conv + ReLU + 2x2 max-pool of 64 -> 64 channels: its weight gradient runs here (576 taps), after the
     pool's gradient is unpooled, and equals the NumPy backend's."""
@@ -126,15 +156,16 @@ def test_pooled_stride_1_weight_gradients_it_takes_run_there(monkeypatch):
     rng = np.random.default_rng(5)
     x, w, b, geo = _case(rng, 3, 64, 64, (8, 8), (3, 3), (1, 1), 1, (1, 1), np.float32)
     assert conv_channels.takes(x.shape, w.shape, geo, weight_gradient=True)
-    assert not conv_channels.takes(x.shape, w.shape, geo)  # stride-1 forward passes stay in conv_numba
+    assert conv_channels.takes(x.shape, w.shape, geo)  # the conv alone, on 8x8; with its pool it runs in conv_numba
     calls = []
-    real = conv_channels.conv2d_channels_grad_weight
-    monkeypatch.setattr(conv_channels, "conv2d_channels_grad_weight", lambda *args: calls.append(1) or real(*args))
+    for name in ("conv2d_channels_forward", "conv2d_channels_grad_weight"):
+        real = getattr(conv_channels, name)
+        monkeypatch.setattr(conv_channels, name, lambda *args, real=real, name=name: calls.append(name) or real(*args))
     grads = {}
     for backend in ("numba", "numpy"):
         yp, idx = F.conv2d_max_pool2d(x, w, b, padding=1, relu=True, backend=backend)
         gp = np.random.default_rng(6).standard_normal(yp.shape).astype(np.float32)
         grads[backend] = F.conv2d_max_pool2d_backward(gp, idx, x, w, padding=1, relu_output=yp, backend=backend)
-    assert calls == [1]
+    assert calls == ["conv2d_channels_grad_weight"]
     for got, want in zip(grads["numba"], grads["numpy"]):
         np.testing.assert_allclose(got, want, **TOL[np.float32])

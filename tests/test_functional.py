@@ -735,3 +735,34 @@ def test_dropout_keeps_a_seeded_fraction_and_its_gradient_uses_the_same_mask(rng
 def test_dropout_rejects_bad_arguments(p, seed, pattern):
     with pytest.raises(ValueError, match=pattern):
         F.dropout(np.ones(3, np.float32), p, seed)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("shape", [(0, 3), (7,), (2, 3, 5, 5), (3, 64, 33, 17)])
+def test_add_with_and_without_relu_is_the_sum_per_element(backend, dtype, shape, rng):
+    """``add`` against a per-element float64 loop: the sum, and through a ReLU with ``relu`` (NaN kept,
+    -0.0 to +0.0 as relu gives it); non-contiguous inputs taken; serial (small) and parallel (large)
+    kernels alike."""
+    a = rng.standard_normal(shape).astype(dtype)
+    b = rng.standard_normal(shape[::-1]).astype(dtype).T  # not C-contiguous where it has 2 dims or more
+    if a.size:
+        a.reshape(-1)[:3] = [np.nan, -0.0, 1.0]
+        b.flat[:3] = [1.0, -0.0, -1.0]
+    for relu in (False, True):
+        want = np.array([(max(v, 0.0) if not np.isnan(v) else v) if relu else v
+                         for v in (a.astype(np.float64) + b.astype(np.float64)).ravel()]).reshape(shape)
+        got = F.add(a, b, relu=relu, backend=backend)
+        assert got.dtype == dtype and got.shape == shape
+        np.testing.assert_array_equal(got, want.astype(dtype))  # one rounding of the float64 sum
+        if relu and a.size:
+            assert not np.signbit(got.reshape(-1)[1]) and not np.signbit(got.reshape(-1)[2])
+
+
+def test_add_refuses_mismatched_arguments(backend):
+    a = np.zeros((2, 3), np.float32)
+    with pytest.raises(ValueError, match=r"b has shape \(3,\) but a has shape \(2, 3\)"):
+        F.add(a, np.zeros(3, np.float32), backend=backend)
+    with pytest.raises(TypeError, match="b has dtype float64 but a has dtype float32"):
+        F.add(a, np.zeros((2, 3)), backend=backend)
+    with pytest.raises(TypeError, match="a must be a float32 or float64 array"):
+        F.add(np.zeros((2, 3), np.int32), a, backend=backend)

@@ -148,12 +148,13 @@ def test_large_outputs_alternate_between_two_kept_buffers(policy):
     plan = model._inference
     assert [b.__array_interface__["data"][0] for b in plan._outputs._local.buffers] == buffers
     # outputs the next step consumes alternate (an activation in place, or the last step: none)
-    assert plan._slots == [0, 1, None, 0, 1, None, 0, None, 1, 0, None]
+    assert plan._slots == [0, 1, None, 0, 1, 0, None, 1, 0, None]
     assert not any(np.shares_memory(second, b) for b in plan._outputs._local.buffers)
     names = [type(s).__name__ for s in plan.steps]
-    assert names == ["_Conv", "_Conv", "_Activation", "_AvgPool", "_Residual", "_Activation", "_Conv", "_Activation",
-                     "_Conv", "_AvgPool", "_Linear"]
-    assert all(plan.steps[k].in_place for k in (2, 5, 7))
+    assert names == ["_Conv", "_Conv", "_Activation", "_AvgPool", "_Residual", "_Conv", "_Activation", "_Conv",
+                     "_AvgPool", "_Linear"]
+    assert plan.steps[4].relu  # the ReLU after the block, in its add
+    assert all(plan.steps[k].in_place for k in (2, 6))
     assert not plan.steps[4].plans[0].steps[0].in_place  # the block's input: the shortcut's too
 
 
@@ -171,11 +172,13 @@ def test_residual_blocks_run_as_plans_of_their_own():
         np.testing.assert_allclose(second, _forward(model, x2, batch_size), rtol=1e-5, atol=1e-5)
         assert np.array_equal(first, kept) and not np.shares_memory(first, second)
     steps = model._inference.steps
-    assert [type(s).__name__ for s in steps] == ["_Conv", "_Residual", "_Residual", "_Activation", "_Residual"]
+    assert [type(s).__name__ for s in steps] == ["_Conv", "_Residual", "_Residual", "_Residual"]
     body, shortcut = steps[1].plans
     assert [type(s).__name__ for s in body.steps] == ["_Conv", "_Conv"] and body.steps[0].relu and body.steps[1].relu
     assert [type(s).__name__ for s in shortcut.steps] == ["_Conv"]  # its batch norm folded
-    assert [type(s).__name__ for s in steps[2].plans[0].steps] == ["_Residual", "_Activation"]
+    inner = steps[2].plans[0].steps
+    assert [type(s).__name__ for s in inner] == ["_Residual"] and inner[0].relu  # the ReLU after a block, in its add
+    assert [s.relu for s in steps[1:]] == [False, True, False]
 
 
 def test_residual_plan_sees_layers_added_inside_a_block():
@@ -553,7 +556,7 @@ def test_training_conv_by_tasks_is_the_two_pass_kernel(monkeypatch, dtype, shape
 
 @pytest.mark.skipif(not jit.NUMBA_AVAILABLE, reason="needs numba")
 @pytest.mark.parametrize("kernel, stride, padding", [
-    ((1, 1), (2, 2), 0),  # a kernel smaller than the stride: phases no tap reads are left out
+    ((1, 1), (2, 2), 1),  # a kernel smaller than the stride: phases no tap reads are left out
     ((2, 2), (3, 3), 1),
     ((7, 7), (2, 2), 3),  # padding wider than the stride
     ((3, 3), (3, 2), (1, 0)),  # different strides across and down
@@ -585,6 +588,9 @@ def test_prepared_conv_refuses_what_it_cannot_take():
     assert not conv_numba.PreparedConv.takes(x_shape, w_shape, geo)
     with pytest.raises(ValueError, match="strided ones without dilation or pool"):
         conv_numba.PreparedConv(x_shape, w_shape, np.float32, geo)
+    for stride in (1, 2):  # a 1x1 conv without padding: its own kernel, on the input or its subsample
+        geo = conv_geometry(x_shape, (4, 3, 1, 1), stride, 0, 1)
+        assert not conv_numba.PreparedConv.takes(x_shape, (4, 3, 1, 1), geo)
 
 
 @pytest.mark.skipif(not jit.NUMBA_AVAILABLE, reason="needs numba")

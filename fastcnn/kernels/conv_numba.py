@@ -15,10 +15,15 @@ stored: neighbouring rows share their zero columns and neighbouring samples thei
 strides with dilation 1 become a stride-1 conv of the input's phases (:mod:`._polyphase`), except
 where :mod:`.conv_channels` runs faster, with output channels in the vector lanes (see its
 ``takes``): the forward pass and weight gradient of most strided convs of 48 or more output channels
-and of every dilated one, and the weight gradient of stride-1 convs of 512 taps or more. The input
+and of every dilated one, the weight gradient of stride-1 convs of 512 taps or more, and the forward
+pass of stride-1 convs of full channel blocks on small planes (8x8), where the wide layout's scratch
+positions cost most. The input
 gradient of a dilated strided conv runs row by row. A 1x1 conv with stride 1 and no padding needs no layout at all: its
 forward pass and input gradient are products per sample in the same register tiles
-(:mod:`.pointwise_numba`).
+(:mod:`.pointwise_numba`); one with a stride is that conv of its input subsampled by the stride (a
+copy a quarter of the input's size, for stride 2), its input gradient spread back to the strided
+positions (its weight gradient stays with the phases: on the subsampled input it took 1.02-1.17x
+their time, ResNet shortcuts at batch 32 to 256).
 
 Where the shapes allow, a stride-1 forward pass is one launch of a :class:`PreparedConv`, whose
 tasks are samples: each task's wide output is copied out while it is in cache, not the whole batch's
@@ -445,9 +450,9 @@ def conv2d_forward(x, w, b, geo, out=None):
     the conv's :class:`~fastcnn._checks.ConvGeometry` (its padding, stride, dilation and output size).
     A stride-1 conv reads ``x`` into its working layout with the padding's zeros, a strided one into
     its phases' layout (no padded copy) or, where :func:`.conv_channels.takes` it, a padded copy of
-    each sample with the output channels in the vector lanes; a 1x1 conv (``geo.pointwise``) is a product per
-    sample on the arrays as they lie (:mod:`.pointwise_numba`). Into ``out`` (C-contiguous, the
-    output's shape) if given."""
+    each sample with the output channels in the vector lanes; a 1x1 conv without padding is a product
+    per sample on the arrays as they lie (:mod:`.pointwise_numba`), a strided one on the input
+    subsampled by the stride. Into ``out`` (C-contiguous, the output's shape) if given."""
     return _conv2d_forward(x, w, b, geo, False, out)
 
 
@@ -460,8 +465,8 @@ def _conv2d_forward(x, w, b, geo, relu, out):
     """:func:`conv2d_forward`, through a ReLU with ``relu``."""
     (sh, sw), (oh, ow) = geo.stride, geo.out_hw
     y = np.empty((x.shape[0], w.shape[0], oh, ow), dtype=x.dtype) if out is None else out
-    if geo.pointwise:
-        _pointwise(x, w.reshape(w.shape[:2]), b, relu, y)
+    if _unpadded_1x1(geo):
+        _pointwise(_pointwise_input(x, geo), w.reshape(w.shape[:2]), b, relu, y)
         return y
     if conv_channels.takes(x.shape, w.shape, geo):
         return conv_channels.conv2d_channels_forward(x, w, b, geo, relu, y)
@@ -476,6 +481,19 @@ def _conv2d_forward(x, w, b, geo, relu, out):
     _run_conv_wide(xr, w, offsets, b, y, _no_index(y), relu, hq, wq, ow, x.shape[0] * oh * ow * w.size,
                    _phase_pass_taps(kh, kw, sh, sw))
     return y
+
+
+def _unpadded_1x1(geo) -> bool:
+    """Whether ``geo`` is a 1x1 conv without padding, of any stride: a stride-1 1x1 conv
+    (``geo.pointwise``) of its input subsampled by the stride (:func:`_pointwise_input`), whose input
+    gradient is spread back to the strided positions (:func:`_pointwise_grad_input`)."""
+    return geo.kernel == (1, 1) and geo.padding == ((0, 0), (0, 0))
+
+
+def _pointwise_input(x, geo):
+    """What the 1x1 conv ``geo`` without padding reads as a stride-1 one: ``x``, or ``x`` subsampled by
+    the stride (a new array)."""
+    return x if geo.pointwise else pointwise_numba.subsample(x, *geo.stride, *geo.out_hw)
 
 
 def _phase_pass_taps(kh: int, kw: int, sh: int, sw: int) -> int:
@@ -594,8 +612,9 @@ class PreparedConv:
     that writes a tap matrix; else a tap matrix is kept per thread), and the input's runs written into
     a scratch array of the thread (see :func:`.scratch.scratch`), which every prepared conv shares (small
     runs, up to :data:`_OWN_RUNS_BYTES`, are kept per thread instead).
-    Stride-1 convs, with only the 2x2, stride-2 pool that :func:`conv2d_max_pool2d_forward` fuses, and
-    strided ones without dilation or pool that :func:`.conv_channels.takes` leaves here, as the
+    Stride-1 convs, with only the 2x2, stride-2 pool that :func:`conv2d_max_pool2d_forward` fuses (without
+    a pool, those that :func:`.conv_channels.takes` leaves here), and strided ones without dilation or
+    pool that :func:`.conv_channels.takes` leaves here, as the
     stride-1 conv of their input's phases (read from the input in the same launch, see
     :func:`_phase_taps`): see :meth:`takes`.
 
@@ -608,7 +627,7 @@ class PreparedConv:
                  argmax: bool = False) -> None:
         if _prepared_planes(x_shape, w_shape, geo, pool) is None:
             raise ValueError(f"PreparedConv takes stride-1 convs (with a 2x2, stride-2 max-pool at most) and strided "
-                             f"ones without dilation or pool that conv_channels does not take; got stride "
+                             f"ones without dilation or pool, where conv_channels does not take them; got stride "
                              f"{geo.stride}, dilation {geo.dilation}, pool {pool}, weight {w_shape}, input {x_shape}")
         n, c_in = x_shape[:2]
         c_out, _, kh, kw = w_shape
@@ -648,10 +667,11 @@ class PreparedConv:
         """Whether a conv of geometry ``geo`` (and the max-pool ``pool`` after it, if any) can be prepared,
         and pays: a batch too small to give every thread a task, even split by output channels, takes
         only if its work is too small for more than one thread anyway (else the op's kernel, which
-        splits every sample's positions, runs it); a 1x1 conv without a pool never does (its own kernel,
-        :mod:`.pointwise_numba`, reads the input as it lies)."""
+        splits every sample's positions, runs it); a 1x1 conv without padding or pool never does (its
+        own kernel, :mod:`.pointwise_numba`, reads the input as it lies, or subsampled: see
+        :func:`_unpadded_1x1`)."""
         planes = _prepared_planes(x_shape, w_shape, geo, pool)
-        if planes is None or (pool is None and geo.pointwise):  # a 1x1 conv's own kernel reads no copy
+        if planes is None or (pool is None and _unpadded_1x1(geo)):
             return False
         per_task = _samples_per_task(planes[0] * planes[1])
         tasks = -(-x_shape[0] // per_task) * _sample_groups(x_shape[0], per_task, w_shape[0])
@@ -688,10 +708,12 @@ class PreparedConv:
 
 def _prepared_planes(x_shape: tuple, w_shape: tuple, geo, pool) -> tuple[int, int] | None:
     """The planes ``(hp, wp)`` a :class:`PreparedConv` of this conv (and pool) works in, or None if it
-    cannot take it: a stride-1 conv's own (with no pool, or the 2x2 pool it fuses), a strided conv's
-    phases' (without dilation or pool, where :func:`.conv_channels.takes` does not take it)."""
+    cannot take it: a stride-1 conv's own (with the 2x2 pool it fuses, or with no pool where
+    :func:`.conv_channels.takes` does not take it), a strided conv's phases' (without dilation or
+    pool, where :func:`.conv_channels.takes` does not take it)."""
     if geo.stride == (1, 1):
-        if not (pool is None or pool_numba.vector_pool(pool, *geo.out_hw)):
+        if pool is None and conv_channels.takes(x_shape, w_shape, geo) or \
+                not (pool is None or pool_numba.vector_pool(pool, *geo.out_hw)):
             return None
         return _conv_planes(geo)[:2]
     if pool is None and _by_phases(*geo.stride, *geo.dilation) and not conv_channels.takes(x_shape, w_shape, geo):
@@ -917,23 +939,25 @@ def _grad_input_strided(gy, w, hp, wp, sh, sw, dh, dw):
 
 def conv2d_grad_input(gy, w, geo):
     """Gradient of a conv with respect to its input, shape (N, C, H, W); ``geo`` as in :func:`conv2d_forward`."""
-    if geo.pointwise:
-        return _pointwise_grad_input(gy, w)
+    if _unpadded_1x1(geo):
+        return _pointwise_grad_input(gy, w, geo)
     return _conv2d_grad_input(gy, None, w, geo.padding, *geo.padded_hw, *geo.stride, *geo.dilation)
 
 
 def conv2d_relu_grad_input(gy, gate, w, geo):
     """:func:`conv2d_grad_input` through the ReLU whose output is ``gate`` (see :func:`conv2d_relu_grad_weight`)."""
-    if geo.pointwise:
-        return _pointwise_grad_input(gated(elementwise_numba, gy, gate), w)
+    if _unpadded_1x1(geo):
+        return _pointwise_grad_input(gated(elementwise_numba, gy, gate), w, geo)
     return _conv2d_grad_input(gy, gate, w, geo.padding, *geo.padded_hw, *geo.stride, *geo.dilation)
 
 
-def _pointwise_grad_input(gy, w):
-    """The input gradient of a 1x1 conv (``geo.pointwise``): ``W.T @ gy[s]`` for every sample."""
+def _pointwise_grad_input(gy, w, geo):
+    """The input gradient of a 1x1 conv without padding (:func:`_unpadded_1x1`): ``W.T @ gy[s]`` for
+    every sample, spread to the strided positions unless ``geo.pointwise``."""
     c_out, c_in = w.shape[:2]
     grad_x = np.empty((gy.shape[0], c_in) + gy.shape[2:], dtype=gy.dtype)
-    return _pointwise(gy, w.reshape(c_out, c_in).T, None, False, grad_x)
+    _pointwise(gy, w.reshape(c_out, c_in).T, None, False, grad_x)
+    return grad_x if geo.pointwise else pointwise_numba.spread(grad_x, *geo.stride, *geo.padded_hw)
 
 
 def _pointwise(x, taps, b, relu, y):

@@ -1,4 +1,5 @@
-"""Element-wise training steps as Numba loops: ReLU and LeakyReLU and their gradients, tanh, the
+"""Element-wise training steps as Numba loops: ReLU and LeakyReLU and their gradients, a sum (through a
+ReLU: a residual block's output), tanh, the
 gradients of tanh and the sigmoid (from their outputs: no library call), dropout, and the Adam update.
 
 SiLU and tanh-GELU have no Numba kernels: ``exp`` and ``tanh`` compile to scalar library calls (see
@@ -27,6 +28,12 @@ def relu_forward(x, out=None):
 def relu_backward(grad, y):
     """``grad`` where the ReLU output ``y`` is positive, else 0."""
     return sized(_relu_backward, grad.size)(grad, y)
+
+
+def add_forward(a, b, relu, out=None):
+    """``a + b`` (C-contiguous, one shape and dtype), through a ReLU (NaN kept) with ``relu``, in one
+    pass; into ``out`` (C-contiguous, their shape; ``a`` or ``b`` itself for in place) if given."""
+    return sized(_add, a.size)(a, b, relu, np.empty_like(a) if out is None else out)
 
 
 def tanh_forward(x, out=None):
@@ -60,6 +67,16 @@ def _relu_forward(x, out):
     for i in prange(flat.size):
         v = flat[i]
         y[i] = 0 if v <= 0 else v
+    return out
+
+
+@parallel_kernel
+def _add(a, b, relu, out):
+    """:func:`add_forward`, element by element."""
+    af, bf, y = a.reshape(a.size), b.reshape(b.size), out.reshape(out.size)
+    for i in prange(af.size):
+        v = af[i] + bf[i]
+        y[i] = (0 if v <= 0 else v) if relu else v
     return out
 
 

@@ -1,5 +1,6 @@
-"""Element-wise training steps in NumPy: the activations (ReLU, LeakyReLU, SiLU, GELU, tanh, sigmoid,
-softmax) and their gradients, dropout, and the Adam update."""
+"""Element-wise training steps in NumPy: a sum (through a ReLU: a residual block's output), the
+activations (ReLU, LeakyReLU, SiLU, GELU, tanh, sigmoid, softmax) and their gradients, dropout, and the
+Adam update."""
 from __future__ import annotations
 
 import math
@@ -13,6 +14,13 @@ from ._mask import kept
 def relu_forward(x, out=None):
     """``max(x, 0)``, keeping NaN; into ``out`` (``x``'s shape; ``x`` itself for in place) if given."""
     return np.maximum(x, 0, out=out)
+
+
+def add_forward(a, b, relu, out=None):
+    """``a + b`` (one shape and dtype), through a ReLU (NaN kept) with ``relu``; into ``out`` (their
+    shape; ``a`` or ``b`` itself for in place) if given."""
+    out = np.add(a, b, out=out)
+    return np.maximum(out, 0, out=out) if relu else out
 
 
 def relu_backward(grad, y):

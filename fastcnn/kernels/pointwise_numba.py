@@ -15,11 +15,51 @@ import numpy as np
 
 from . import jit
 from .jit import kernel_helper, parallel_kernel, prange, sized
+from ._planes import narrow
 from ._rows import copy_plus, copy_relu
 from ._tiles import ROWS, TILE_SPEED, store_row, store_tile, tile_width
 
 _BLOCK_BYTES = 1 << 17  # input a block of positions reads (channels x positions): it stays in L2 cache
 _TASKS_PER_THREAD = 8
+
+
+def subsample(x, sh, sw, oh, ow):
+    """``x[:, :, ::sh, ::sw]``, its first ``oh x ow``, as a new C-contiguous array: what a strided 1x1
+    conv without padding reads, the input of the stride-1 1x1 conv it is."""
+    y = np.empty(x.shape[:2] + (oh, ow), x.dtype)
+    return sized(_subsample, y.size)(x, sh, sw, y)
+
+
+def spread(g, sh, sw, h, w):
+    """The (N, C, ``h``, ``w``) array holding ``g`` (N, C, OH, OW) at rows ``::sh`` and columns ``::sw``
+    and zeros elsewhere: the input gradient of a strided 1x1 conv without padding, from that of the
+    subsampled input (:func:`subsample`)."""
+    out = np.empty(g.shape[:2] + (h, w), g.dtype)
+    return sized(_spread, out.size)(g, sh, sw, out)
+
+
+@parallel_kernel
+def _subsample(x, sh, sw, y):
+    """:func:`subsample`, a plane a task."""
+    n, c, oh, ow = y.shape
+    for plane in prange(n * c):
+        src, dst = x[plane // c, plane % c], y[plane // c, plane % c]
+        for r in range(oh):
+            row, out = src[r * sh], dst[r]
+            for q in range(ow):
+                out[q] = row[q * sw]
+    return y
+
+
+@parallel_kernel
+def _spread(g, sh, sw, out):
+    """:func:`spread`, a plane a task."""
+    n, c, oh, ow = g.shape
+    for plane in prange(n * c):
+        dst = out[plane // c, plane % c]
+        dst[:, :] = 0  # (the rows and columns past the last strided one too: a transposed conv's output padding)
+        narrow(dst[: (oh - 1) * sh + 1, : (ow - 1) * sw + 1], g[plane // c, plane % c].reshape(oh * ow), ow, sh, sw, 0, 0)
+    return out
 
 
 def product(x, taps, b, relu, y, pass_taps):
