@@ -1,7 +1,7 @@
-"""Conv2D's forward pass and weight gradient with output channels in vector lanes
-(fastcnn/kernels/conv_channels.py): against the reference loops for any stride, dilation, padding and
-channel count, at batch 1 (tasks split by channel blocks and positions) and larger, and which convs the
-Numba backend sends there."""
+"""Conv2D's forward pass, weight gradient and (stride 1) input gradient with output channels in vector
+lanes (fastcnn/kernels/conv_channels.py): against the reference loops for any stride, dilation, padding
+and channel count, at batch 1 (tasks split by channel blocks and positions) and larger, and which convs
+the Numba backend sends there."""
 import numpy as np
 import pytest
 
@@ -70,6 +70,53 @@ def test_channels_weight_gradient_matches_the_reference(n, c_in, c_out, hw, kern
     np.testing.assert_allclose(grad_b, want_b, **TOL[dtype])
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("n, c_in, c_out, hw, kernel, padding, dilation", [
+    (3, 64, 16, (8, 8), (3, 3), 1, (1, 1)),             # one whole block of input channels, "same"
+    (1, 130, 5, (7, 9), (3, 3), 1, (1, 1)),             # three blocks, the last nearly empty; batch 1
+    (2, 64, 8, (10, 11), (5, 3), (2, 0, 1, 1), (1, 1)),  # (left, right, top, bottom) padding
+    (2, 70, 6, (12, 12), (3, 3), 2, (2, 2)),            # dilated
+    (2, 64, 3, (6, 6), (3, 3), 0, (1, 1)),              # no padding: the gradient padded by the whole reach
+    (2, 48, 4, (3, 2), (3, 3), 1, (1, 1)),              # 3x2 planes: fewer positions than a tile
+])
+def test_channels_input_gradient_matches_the_reference(n, c_in, c_out, hw, kernel, padding, dilation, dtype):
+    from fastcnn.kernels import conv_channels
+    rng = np.random.default_rng(c_in)
+    x, w, _, geo = _case(rng, n, c_in, c_out, hw, kernel, (1, 1), padding, dilation, dtype)
+    gy = rng.standard_normal((n, c_out) + geo.out_hw).astype(dtype)
+    want, _, _ = ref.conv2d_backward(gy, x, w, geo.stride, geo.padding, geo.dilation)
+    got = conv_channels.conv2d_channels_grad_input(gy, w, geo)
+    assert got.dtype == dtype and got.shape == x.shape
+    np.testing.assert_allclose(got, want, **TOL[dtype])
+
+
+def test_input_gradients_it_takes_run_there_through_the_numba_backend(monkeypatch):
+    """64 -> 32 channels on 16x16 at batch 4 (the padded planes 1.27 times the output): the input gradient
+    of conv2d_backward and conv2d_relu_backward (gated) runs here and equals the reference's; with 32
+    input channels, or padding wider than the kernel reaches, or a stride, it does not."""
+    from fastcnn.kernels import conv_channels
+    monkeypatch.setattr(fastcnn.kernels.jit, "num_threads", lambda: 2)
+    rng = np.random.default_rng(8)
+    x, w, b, geo = _case(rng, 4, 64, 32, (16, 16), (3, 3), (1, 1), 1, (1, 1), np.float32)
+    assert conv_channels.takes(x.shape, w.shape, geo, "input_gradient")
+    narrow = (4, 32, 16, 16)
+    assert not conv_channels.takes(narrow, (32, 32, 3, 3), conv_geometry(narrow, (32, 32, 3, 3), 1, 1, 1),
+                                   "input_gradient")
+    assert not conv_channels.takes(x.shape, w.shape, conv_geometry(x.shape, w.shape, 1, 3, 1), "input_gradient")
+    assert not conv_channels.takes(x.shape, w.shape, conv_geometry(x.shape, w.shape, 2, 1, 1), "input_gradient")
+    calls = []
+    real = conv_channels.conv2d_channels_grad_input
+    monkeypatch.setattr(conv_channels, "conv2d_channels_grad_input", lambda *args: calls.append(1) or real(*args))
+    y = F.conv2d_relu(x, w, b, padding=1, backend="numba")
+    gy = rng.standard_normal(y.shape).astype(np.float32)
+    gx, _, _ = F.conv2d_backward(gy, x, w, padding=1, backend="numba")
+    np.testing.assert_allclose(gx, ref.conv2d_backward(gy, x, w, (1, 1), geo.padding, (1, 1))[0], **TOL[np.float32])
+    gx, _, _ = F.conv2d_relu_backward(gy, y, x, w, padding=1, backend="numba")
+    want = ref.conv2d_backward(np.where(y > 0, gy, 0), x, w, (1, 1), geo.padding, (1, 1))[0]
+    np.testing.assert_allclose(gx, want, **TOL[np.float32])
+    assert calls == [1, 1]
+
+
 def test_channels_conv_is_the_same_for_any_thread_count():
     from fastcnn.kernels import conv_channels
     rng = np.random.default_rng(3)
@@ -101,7 +148,7 @@ def test_strided_convs_it_takes_run_there_through_the_numba_backend(monkeypatch)
              "stride 1 on 16x16": conv_channels.takes(x.shape, w.shape, conv_geometry(x.shape, w.shape, 1, 1, 1))}
     assert taken == {"strided 64": fastcnn.get_num_threads() <= 8, "strided 32": False, "dilated 8": True,
                      "stride 1 on 16x16": False}
-    assert conv_channels.takes(x.shape, w.shape, geo, weight_gradient=True)
+    assert conv_channels.takes(x.shape, w.shape, geo, "weight_gradient")
     calls = []
     for name in ("conv2d_channels_forward", "conv2d_channels_grad_weight"):
         real = getattr(conv_channels, name)
@@ -155,7 +202,7 @@ def test_pooled_stride_1_weight_gradients_it_takes_run_there(monkeypatch):
     from fastcnn.kernels import conv_channels
     rng = np.random.default_rng(5)
     x, w, b, geo = _case(rng, 3, 64, 64, (8, 8), (3, 3), (1, 1), 1, (1, 1), np.float32)
-    assert conv_channels.takes(x.shape, w.shape, geo, weight_gradient=True)
+    assert conv_channels.takes(x.shape, w.shape, geo, "weight_gradient")
     assert conv_channels.takes(x.shape, w.shape, geo)  # the conv alone, on 8x8; with its pool it runs in conv_numba
     calls = []
     for name in ("conv2d_channels_forward", "conv2d_channels_grad_weight"):

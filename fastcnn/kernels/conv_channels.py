@@ -32,11 +32,12 @@ _TASKS_PER_THREAD = 4  # small batches are split until every thread has this man
 _MIN_CHUNK_TILES = 8  # a task's positions, at least (in tiles), when small batches are split by positions
 _WRITE_POSITIONS = 64  # positions per block of the transposed write (their lines of the buffer stay in L1)
 _WIDE_WASTE = 1.4  # a stride-1 forward pass runs here from this ratio of padded input to output positions (see takes)
+_WIDE_WASTE_GRAD = 1.2  # and its input gradient from this one
 
 
-def takes(x_shape: tuple, w_shape: tuple, geo, weight_gradient: bool = False) -> bool:
-    """Whether the conv's forward pass (or, with ``weight_gradient``, its weight gradient) runs here
-    rather than in :mod:`.conv_numba`.
+def takes(x_shape: tuple, w_shape: tuple, geo, part: str = "forward") -> bool:
+    """Whether the ``part`` (``"forward"``, ``"weight_gradient"`` or ``"input_gradient"``) of the conv
+    of input ``x_shape`` runs here rather than in :mod:`.conv_numba`.
 
     Measured there against here (2 threads, 3x3 convs at batch 32 to 256, interleaved in one process):
 
@@ -54,18 +55,29 @@ def takes(x_shape: tuple, w_shape: tuple, geo, weight_gradient: bool = False) ->
       the padded plane), where a sample is a task: 0.78-0.93x the wide layout's (or a prepared
       conv's) time for 32 to 128 input and 64 to 256 output channels on 8x8 (1.56 times), batch 4
       to 256; on 16x16 (1.27 times) 0.92-1.02x, on 32x32 1.09x; at batch 1, 1.8x.
+    - The input gradient of stride-1 convs (:func:`conv2d_channels_grad_input`) whose blocks of
+      *input* channels are full, from :data:`_WIDE_WASTE_GRAD` times, where a sample is a task: on
+      8x8 0.68-0.74x the wide layout's time (64 to 256 input channels), on 16x16 0.81-0.84x, on
+      32x32 0.96x; 32 input channels 1.21x.
     """
     c_out, c_in, kh, kw = w_shape
+    if part == "input_gradient":  # the transposed conv's output channels are the input's
+        c_out, c_in = c_in, c_out
     width = channel_width(np.dtype(np.float32).itemsize)
     full = 3 * -(-c_out // width) * width <= 4 * c_out
+    one_task = x_shape[0] >= jit.num_threads()  # a sample a task at least
     if geo.stride == (1, 1):
-        if weight_gradient:
-            return full and c_in * kh * kw >= 512
         (hp, wp), (oh, ow) = geo.padded_hw, geo.out_hw
-        return full and x_shape[0] >= jit.num_threads() and hp * wp >= _WIDE_WASTE * oh * ow
+        if part == "weight_gradient":
+            return full and c_in * kh * kw >= 512
+        if part == "input_gradient":
+            return full and one_task and hp * wp >= _WIDE_WASTE_GRAD * oh * ow and _transposed_padding(geo) is not None
+        return full and one_task and hp * wp >= _WIDE_WASTE * oh * ow
+    if part == "input_gradient":
+        return False
     if geo.dilation != (1, 1):
         return True
-    return kh * kw > 1 and full and (weight_gradient or x_shape[0] >= jit.num_threads())
+    return kh * kw > 1 and full and (part == "weight_gradient" or one_task)
 
 
 def conv2d_channels_forward(x: np.ndarray, w: np.ndarray, b: np.ndarray, geo, relu: bool, y: np.ndarray) -> np.ndarray:
@@ -85,6 +97,32 @@ def conv2d_channels_forward(x: np.ndarray, w: np.ndarray, b: np.ndarray, geo, re
     kernel = sized(_conv_channels, n * oh * ow * w.size // TILE_SPEED)
     kernel(x, w, b, packed, taps, positions, top, left, hp, wp, relu, groups, chunks, y)
     return y
+
+
+def conv2d_channels_grad_input(gy: np.ndarray, w: np.ndarray, geo) -> np.ndarray:
+    """The input gradient (N, C, H, W) of the stride-1 conv ``geo`` (one group) of weight ``w`` (C_out,
+    C, kH, kW), from its output gradient ``gy`` (N, C_out, OH, OW): the forward pass here of ``gy``
+    with the weight flipped and its channels swapped, padded by what the kernel reaches past the
+    conv's own padding (see :func:`_transposed_padding`)."""
+    (kh, kw), (dh, dw), (hp, wp) = geo.kernel, geo.dilation, geo.padded_hw
+    (top, bottom), (left, right) = padding = _transposed_padding(geo)
+    c_out, c_in = w.shape[:2]
+    oh, ow = gy.shape[2:]
+    flipped = np.ascontiguousarray(w[:, :, ::-1, ::-1].transpose(1, 0, 2, 3))
+    in_hw = (hp - geo.padding[0][0] - geo.padding[0][1], wp - geo.padding[1][0] - geo.padding[1][1])
+    transposed = geo._replace(padding=padding, out_hw=in_hw, padded_hw=(oh + top + bottom, ow + left + right))
+    grad_x = np.empty((gy.shape[0], c_in) + in_hw, gy.dtype)
+    return conv2d_channels_forward(gy, flipped, np.zeros(c_in, gy.dtype), transposed, False, grad_x)
+
+
+def _transposed_padding(geo) -> tuple | None:
+    """The padding of the output gradient that makes a stride-1 conv's input gradient a stride-1 conv
+    of it: on each side what the kernel reaches (``dilation * (k - 1)``) less the conv's padding there;
+    None where the conv pads more than that (its input gradient stays in :mod:`.conv_numba`)."""
+    (top, bottom), (left, right) = geo.padding
+    reach_h, reach_w = geo.dilation[0] * (geo.kernel[0] - 1), geo.dilation[1] * (geo.kernel[1] - 1)
+    padding = ((reach_h - top, reach_h - bottom), (reach_w - left, reach_w - right))
+    return None if min(padding[0] + padding[1]) < 0 else padding
 
 
 @functools.lru_cache(maxsize=64)

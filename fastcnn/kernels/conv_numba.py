@@ -823,7 +823,7 @@ def conv2d_relu_grad_weight(gy, gate, x, geo):
 def _conv2d_grad_weight(gy, gate, x, geo):
     """:func:`conv2d_grad_weight` through the ReLU of output ``gate`` if it is not None."""
     (kh, kw), (sh, sw), (dh, dw), padding = geo.kernel, geo.stride, geo.dilation, geo.padding
-    if conv_channels.takes(x.shape, (gy.shape[1], x.shape[1], kh, kw), geo, weight_gradient=True):
+    if conv_channels.takes(x.shape, (gy.shape[1], x.shape[1], kh, kw), geo, "weight_gradient"):
         return conv_channels.conv2d_channels_grad_weight(gy, gate, x, geo)
     work = gy.size * x.shape[1] * kh * kw
     if sh != 1 or sw != 1:  # without dilation (conv_channels takes every dilated one): the phases' runs
@@ -853,7 +853,7 @@ def conv2d_max_pool2d_grad_weight(gp, argmax, gate, x, geo):
     with ``argmax``; if ``gate`` is not None, through a ReLU after the pool, whose output it is."""
     (kh, kw), (sh, sw), (dh, dw), (oh, ow) = geo.kernel, geo.stride, geo.dilation, geo.out_hw
     if not _fuses_unpool(gp, sh, sw, oh, ow) or \
-            conv_channels.takes(x.shape, (gp.shape[1], x.shape[1], kh, kw), geo, weight_gradient=True):
+            conv_channels.takes(x.shape, (gp.shape[1], x.shape[1], kh, kw), geo, "weight_gradient"):
         gy = unpooled(pool_numba, elementwise_numba, gp, argmax, gate, oh, ow)
         return conv2d_grad_weight(gy, x, geo)
     planes = _conv_planes(geo)
@@ -939,16 +939,12 @@ def _grad_input_strided(gy, w, hp, wp, sh, sw, dh, dw):
 
 def conv2d_grad_input(gy, w, geo):
     """Gradient of a conv with respect to its input, shape (N, C, H, W); ``geo`` as in :func:`conv2d_forward`."""
-    if _unpadded_1x1(geo):
-        return _pointwise_grad_input(gy, w, geo)
-    return _conv2d_grad_input(gy, None, w, geo.padding, *geo.padded_hw, *geo.stride, *geo.dilation)
+    return _conv2d_grad_input(gy, None, w, geo)
 
 
 def conv2d_relu_grad_input(gy, gate, w, geo):
     """:func:`conv2d_grad_input` through the ReLU whose output is ``gate`` (see :func:`conv2d_relu_grad_weight`)."""
-    if _unpadded_1x1(geo):
-        return _pointwise_grad_input(gated(elementwise_numba, gy, gate), w, geo)
-    return _conv2d_grad_input(gy, gate, w, geo.padding, *geo.padded_hw, *geo.stride, *geo.dilation)
+    return _conv2d_grad_input(gy, gate, w, geo)
 
 
 def _pointwise_grad_input(gy, w, geo):
@@ -969,11 +965,15 @@ def _pointwise(x, taps, b, relu, y):
     return y
 
 
-def _conv2d_grad_input(gy, gate, w, padding, hp, wp, sh, sw, dh, dw):
-    """:func:`conv2d_grad_input` with the geometry's numbers (``hp x wp`` the padded input's planes),
-    through the ReLU of output ``gate`` if it is not None."""
-    work = gy.size * w.shape[1] * w.shape[2] * w.shape[3]
+def _conv2d_grad_input(gy, gate, w, geo):
+    """:func:`conv2d_grad_input` through the ReLU of output ``gate`` if it is not None."""
+    padding, (hp, wp), (sh, sw), (dh, dw) = geo.padding, geo.padded_hw, geo.stride, geo.dilation
     shape = (gy.shape[0], w.shape[1]) + _unpadded_hw((hp, wp), padding)
+    if _unpadded_1x1(geo):
+        return _pointwise_grad_input(gated(elementwise_numba, gy, gate), w, geo)
+    if conv_channels.takes(shape, w.shape, geo, "input_gradient"):
+        return conv_channels.conv2d_channels_grad_input(gated(elementwise_numba, gy, gate), w, geo)
+    work = gy.size * w.shape[1] * w.shape[2] * w.shape[3]
     if _by_phases(sh, sw, dh, dw):  # each phase's gradient from its own sub-kernel: no zero taps
         grad_x = np.zeros(shape, dtype=gy.dtype)  # where no tap reads: 0
         (top, _), (left, _) = padding
