@@ -118,6 +118,12 @@ class ConvGeometry(NamedTuple):
     padded_hw: tuple[int, int]
 
     @property
+    def input_hw(self) -> tuple[int, int]:
+        """The input's height and width: ``padded_hw`` less the padding."""
+        (top, bottom), (left, right) = self.padding
+        return self.padded_hw[0] - top - bottom, self.padded_hw[1] - left - right
+
+    @property
     def pointwise(self) -> bool:
         """Whether this is a 1x1 conv with stride 1 and no padding, whose output has the input's height
         and width (not so for a transposed conv's geometry with ``output_padding``): a matrix product

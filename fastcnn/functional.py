@@ -868,7 +868,7 @@ def add(a: np.ndarray, b: np.ndarray, *, relu: bool = False, backend: str | None
         raise TypeError(f"add: b has dtype {b.dtype} but a has dtype {a.dtype}; use one dtype for both")
     if b.shape != a.shape:
         raise ValueError(f"add: b has shape {b.shape} but a has shape {a.shape}; they must match (no broadcasting)")
-    relu = bool(relu)
+    relu = bool(flag("relu", relu))
     return dispatch.run("add", (a.shape, a.dtype.char, relu), (a, b, relu), backend)
 
 

@@ -117,6 +117,25 @@ def test_input_gradients_it_takes_run_there_through_the_numba_backend(monkeypatc
     assert calls == [1, 1]
 
 
+def test_transposed_conv_with_output_padding_takes_its_gradient_path(monkeypatch):
+    """A stride-1, dilation-2 transposed conv with ``output_padding`` 1 and 64 output channels is the input
+    gradient of a conv whose input has a row and a column no output reads: it runs here and equals the
+    scatter loops, its last row and column the bias alone."""
+    from fastcnn.kernels import conv_channels
+    from .test_conv_transpose import naive_conv_transpose2d
+    monkeypatch.setattr(fastcnn.kernels.jit, "num_threads", lambda: 2)
+    calls = []
+    real = conv_channels.conv2d_channels_grad_input
+    monkeypatch.setattr(conv_channels, "conv2d_channels_grad_input", lambda *args: calls.append(1) or real(*args))
+    rng = np.random.default_rng(9)
+    x, w, b = rng.standard_normal((4, 8, 8, 8)), rng.standard_normal((8, 64, 3, 3)), rng.standard_normal(64)
+    y = F.conv_transpose2d(x, w, b, 1, 0, 1, 1, 2, backend="numba")
+    assert y.shape == (4, 64, 13, 13) and calls == [1]
+    np.testing.assert_allclose(y, naive_conv_transpose2d(x, w, b, (1, 1), (0, 0), (1, 1), 1, (2, 2)), rtol=1e-10,
+                               atol=1e-10)
+    np.testing.assert_allclose(y[:, :, -1, :], np.broadcast_to(b[:, None], (4, 64, 13)), rtol=1e-12)
+
+
 def test_channels_conv_is_the_same_for_any_thread_count():
     from fastcnn.kernels import conv_channels
     rng = np.random.default_rng(3)
@@ -200,6 +219,7 @@ def test_pooled_stride_1_weight_gradients_it_takes_run_there(monkeypatch):
     """A conv + ReLU + 2x2 max-pool of 64 -> 64 channels: its weight gradient runs here (576 taps), after the
     pool's gradient is unpooled, and equals the NumPy backend's."""
     from fastcnn.kernels import conv_channels
+    monkeypatch.setattr(fastcnn.kernels.jit, "num_threads", lambda: 2)
     rng = np.random.default_rng(5)
     x, w, b, geo = _case(rng, 3, 64, 64, (8, 8), (3, 3), (1, 1), 1, (1, 1), np.float32)
     assert conv_channels.takes(x.shape, w.shape, geo, "weight_gradient")

@@ -766,3 +766,5 @@ def test_add_refuses_mismatched_arguments(backend):
         F.add(a, np.zeros((2, 3)), backend=backend)
     with pytest.raises(TypeError, match="a must be a float32 or float64 array"):
         F.add(np.zeros((2, 3), np.int32), a, backend=backend)
+    with pytest.raises(TypeError, match="relu must be True or False"):
+        F.add(a, a, relu="no", backend=backend)

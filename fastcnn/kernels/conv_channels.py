@@ -1,5 +1,6 @@
 """Conv2D's forward pass and weight gradient with the output channels in vector lanes: any stride,
-dilation and padding.
+dilation and padding; and a stride-1 conv's input gradient, as the forward pass of the output gradient
+with the weight flipped and transposed.
 
 The stride-1 kernels of :mod:`.conv_numba` put output positions in the vector lanes and broadcast
 the weights, so a strided conv must first be rearranged into its input's phases. Here the lanes hold
@@ -33,6 +34,7 @@ _MIN_CHUNK_TILES = 8  # a task's positions, at least (in tiles), when small batc
 _WRITE_POSITIONS = 64  # positions per block of the transposed write (their lines of the buffer stay in L1)
 _WIDE_WASTE = 1.4  # a stride-1 forward pass runs here from this ratio of padded input to output positions (see takes)
 _WIDE_WASTE_GRAD = 1.2  # and its input gradient from this one
+_PARTS = ("forward", "weight_gradient", "input_gradient")
 
 
 def takes(x_shape: tuple, w_shape: tuple, geo, part: str = "forward") -> bool:
@@ -60,6 +62,8 @@ def takes(x_shape: tuple, w_shape: tuple, geo, part: str = "forward") -> bool:
       8x8 0.68-0.74x the wide layout's time (64 to 256 input channels), on 16x16 0.81-0.84x, on
       32x32 0.96x; 32 input channels 1.21x.
     """
+    if part not in _PARTS:
+        raise ValueError(f"conv_channels.takes: part must be one of {_PARTS}, got {part!r}")
     c_out, c_in, kh, kw = w_shape
     if part == "input_gradient":  # the transposed conv's output channels are the input's
         c_out, c_in = c_in, c_out
@@ -102,26 +106,26 @@ def conv2d_channels_forward(x: np.ndarray, w: np.ndarray, b: np.ndarray, geo, re
 def conv2d_channels_grad_input(gy: np.ndarray, w: np.ndarray, geo) -> np.ndarray:
     """The input gradient (N, C, H, W) of the stride-1 conv ``geo`` (one group) of weight ``w`` (C_out,
     C, kH, kW), from its output gradient ``gy`` (N, C_out, OH, OW): the forward pass here of ``gy``
-    with the weight flipped and its channels swapped, padded by what the kernel reaches past the
-    conv's own padding (see :func:`_transposed_padding`)."""
-    (kh, kw), (dh, dw), (hp, wp) = geo.kernel, geo.dilation, geo.padded_hw
+    with the weight flipped and its channels swapped, padded as :func:`_transposed_padding` says."""
     (top, bottom), (left, right) = padding = _transposed_padding(geo)
-    c_out, c_in = w.shape[:2]
     oh, ow = gy.shape[2:]
     flipped = np.ascontiguousarray(w[:, :, ::-1, ::-1].transpose(1, 0, 2, 3))
-    in_hw = (hp - geo.padding[0][0] - geo.padding[0][1], wp - geo.padding[1][0] - geo.padding[1][1])
-    transposed = geo._replace(padding=padding, out_hw=in_hw, padded_hw=(oh + top + bottom, ow + left + right))
-    grad_x = np.empty((gy.shape[0], c_in) + in_hw, gy.dtype)
-    return conv2d_channels_forward(gy, flipped, np.zeros(c_in, gy.dtype), transposed, False, grad_x)
+    transposed = geo._replace(padding=padding, out_hw=geo.input_hw, padded_hw=(oh + top + bottom, ow + left + right))
+    grad_x = np.empty((gy.shape[0], w.shape[1]) + geo.input_hw, gy.dtype)
+    return conv2d_channels_forward(gy, flipped, np.zeros(w.shape[1], gy.dtype), transposed, False, grad_x)
 
 
 def _transposed_padding(geo) -> tuple | None:
     """The padding of the output gradient that makes a stride-1 conv's input gradient a stride-1 conv
-    of it: on each side what the kernel reaches (``dilation * (k - 1)``) less the conv's padding there;
-    None where the conv pads more than that (its input gradient stays in :mod:`.conv_numba`)."""
-    (top, bottom), (left, right) = geo.padding
+    of it: at the top (left) what the kernel reaches (``dilation * (k - 1)``) less the conv's padding
+    there; at the bottom (right) what makes the padded gradient reach past the input's last row
+    (column) by as much (more than the kernel reaches where the input has rows no output reads: a
+    transposed conv's ``output_padding``). None where a side would be negative (the conv pads more
+    than its kernel reaches): the input gradient then stays in :mod:`.conv_numba`."""
+    (top, _), (left, _) = geo.padding
+    (oh, ow), (h, w) = geo.out_hw, geo.input_hw
     reach_h, reach_w = geo.dilation[0] * (geo.kernel[0] - 1), geo.dilation[1] * (geo.kernel[1] - 1)
-    padding = ((reach_h - top, reach_h - bottom), (reach_w - left, reach_w - right))
+    padding = ((reach_h - top, h + top - oh), (reach_w - left, w + left - ow))
     return None if min(padding[0] + padding[1]) < 0 else padding
 
 

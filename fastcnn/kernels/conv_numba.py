@@ -16,8 +16,8 @@ strides with dilation 1 become a stride-1 conv of the input's phases (:mod:`._po
 where :mod:`.conv_channels` runs faster, with output channels in the vector lanes (see its
 ``takes``): the forward pass and weight gradient of most strided convs of 48 or more output channels
 and of every dilated one, the weight gradient of stride-1 convs of 512 taps or more, and the forward
-pass of stride-1 convs of full channel blocks on small planes (8x8), where the wide layout's scratch
-positions cost most. The input
+pass and input gradient of stride-1 convs of full channel blocks on small planes (8x8, and 16x16 for
+the input gradient), where the wide layout's scratch positions cost most. The input
 gradient of a dilated strided conv runs row by row. A 1x1 conv with stride 1 and no padding needs no layout at all: its
 forward pass and input gradient are products per sample in the same register tiles
 (:mod:`.pointwise_numba`); one with a stride is that conv of its input subsampled by the stride (a
@@ -449,8 +449,9 @@ def conv2d_forward(x, w, b, geo, out=None):
     """``y = conv(x, w) + b`` for an input ``x`` (N, C, H, W) and weight (C_out, C, kH, kW); ``geo`` is
     the conv's :class:`~fastcnn._checks.ConvGeometry` (its padding, stride, dilation and output size).
     A stride-1 conv reads ``x`` into its working layout with the padding's zeros, a strided one into
-    its phases' layout (no padded copy) or, where :func:`.conv_channels.takes` it, a padded copy of
-    each sample with the output channels in the vector lanes; a 1x1 conv without padding is a product
+    its phases' layout (no padded copy), or, where :func:`.conv_channels.takes` it (most strided
+    convs, stride-1 ones on small planes), a padded copy of each sample with the output channels in
+    the vector lanes; a 1x1 conv without padding is a product
     per sample on the arrays as they lie (:mod:`.pointwise_numba`), a strided one on the input
     subsampled by the stride. Into ``out`` (C-contiguous, the output's shape) if given."""
     return _conv2d_forward(x, w, b, geo, False, out)
@@ -524,13 +525,7 @@ def _conv_wide_into(x, w, b, y, idx, relu, geo):
 
 def _conv_planes(geo) -> _WidePlanes:
     """The :class:`_WidePlanes` of the stride-1 conv ``geo``."""
-    return _wide_planes(*_unpadded_hw(geo.padded_hw, geo.padding), *geo.kernel, *geo.dilation, geo.padding)
-
-
-def _unpadded_hw(padded_hw, padding) -> tuple[int, int]:
-    """The input's height and width, from its padded ones and the ``padding`` ``((top, bottom), (left, right))``."""
-    (top, bottom), (left, right) = padding
-    return padded_hw[0] - top - bottom, padded_hw[1] - left - right
+    return _wide_planes(*geo.input_hw, *geo.kernel, *geo.dilation, geo.padding)
 
 
 def _run_conv_wide(xr, w, offsets, b, y, idx, relu, hp, wp, ow, work, pass_taps):
@@ -968,7 +963,7 @@ def _pointwise(x, taps, b, relu, y):
 def _conv2d_grad_input(gy, gate, w, geo):
     """:func:`conv2d_grad_input` through the ReLU of output ``gate`` if it is not None."""
     padding, (hp, wp), (sh, sw), (dh, dw) = geo.padding, geo.padded_hw, geo.stride, geo.dilation
-    shape = (gy.shape[0], w.shape[1]) + _unpadded_hw((hp, wp), padding)
+    shape = (gy.shape[0], w.shape[1]) + geo.input_hw
     if _unpadded_1x1(geo):
         return _pointwise_grad_input(gated(elementwise_numba, gy, gate), w, geo)
     if conv_channels.takes(shape, w.shape, geo, "input_gradient"):
@@ -1015,5 +1010,5 @@ def conv2d_max_pool2d_grad_input(gp, argmax, gate, w, geo):
     planes = _conv_planes(geo)
     runs, head = _unpooled_runs(gp, argmax, gate, oh, ow, w.shape[2], w.shape[3], dh, dw, planes)
     work = gp.shape[0] * gp.shape[1] * oh * ow * w.shape[1] * w.shape[2] * w.shape[3]
-    shape = (gp.shape[0], w.shape[1]) + _unpadded_hw(geo.padded_hw, geo.padding)
+    shape = (gp.shape[0], w.shape[1]) + geo.input_hw
     return _grad_input_of_runs(runs, head, w, np.empty(shape, dtype=gp.dtype), dh, dw, planes, work)
