@@ -20,10 +20,11 @@ A plan is the model's steps prepared for inference:
   bound to that shape: the dispatcher's choice of kernel (:func:`fastcnn.dispatch.chosen`), the
   geometry and signature are resolved once, and later calls run the bound steps with no per-layer
   validation, no dispatcher lookups. The input is validated once per predict call, by ``predict``.
-  A stride-1 conv (with its 2x2 pool; a 1x1 conv without padding only with it: without, its own
-  kernel reads the input as it lies, or subsampled) or a strided one without dilation or pool, where
-  :func:`fastcnn.kernels.conv_channels.takes` does not take it (without a pool), runs as a
-  :class:`fastcnn.kernels.conv_numba.PreparedConv` (one kernel launch, serial when the work is too
+  A stride-1 conv (with its 2x2 pool; without a pool, where
+  :func:`fastcnn.kernels.conv_channels.takes` does not take it) or a strided one without dilation or
+  pool that :func:`fastcnn.kernels.conv_channels.takes` does not take runs as a
+  :class:`fastcnn.kernels.conv_numba.PreparedConv` (but a 1x1 conv without padding or pool, of any
+  stride, runs its own kernel on the input as it lies, or subsampled by the stride) (one kernel launch, serial when the work is too
   small to repay waking Numba's threads, :func:`fastcnn.kernels.jit.sized`) or NumPy's kernel,
   whichever the policy picks (``auto``: the faster as measured, :func:`fastcnn.dispatch.fastest`, so
   under ``auto`` a conv may run a different backend here than in ``forward``: the same values to

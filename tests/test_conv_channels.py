@@ -104,6 +104,10 @@ def test_input_gradients_it_takes_run_there_through_the_numba_backend(monkeypatc
                                    "input_gradient")
     assert not conv_channels.takes(x.shape, w.shape, conv_geometry(x.shape, w.shape, 1, 3, 1), "input_gradient")
     assert not conv_channels.takes(x.shape, w.shape, conv_geometry(x.shape, w.shape, 2, 1, 1), "input_gradient")
+    w5 = (32, 64, 5, 5)  # larger kernels were not measured
+    assert not conv_channels.takes(x.shape, w5, conv_geometry(x.shape, w5, 1, 2, 1), "input_gradient")
+    with pytest.raises(ValueError, match="part must be one of"):
+        conv_channels.takes(x.shape, w.shape, geo, "backward")
     calls = []
     real = conv_channels.conv2d_channels_grad_input
     monkeypatch.setattr(conv_channels, "conv2d_channels_grad_input", lambda *args: calls.append(1) or real(*args))
@@ -134,6 +138,7 @@ def test_transposed_conv_with_output_padding_takes_its_gradient_path(monkeypatch
     np.testing.assert_allclose(y, naive_conv_transpose2d(x, w, b, (1, 1), (0, 0), (1, 1), 1, (2, 2)), rtol=1e-10,
                                atol=1e-10)
     np.testing.assert_allclose(y[:, :, -1, :], np.broadcast_to(b[:, None], (4, 64, 13)), rtol=1e-12)
+    np.testing.assert_allclose(y[:, :, :, -1], np.broadcast_to(b[:, None], (4, 64, 13)), rtol=1e-12)
 
 
 def test_channels_conv_is_the_same_for_any_thread_count():

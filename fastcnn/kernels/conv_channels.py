@@ -52,12 +52,12 @@ def takes(x_shape: tuple, w_shape: tuple, geo, part: str = "forward") -> bool:
     - The weight gradient of stride-1 convs of at least 512 taps (input channels x kernel) and full
       blocks: 0.63-0.76x the wide layout's time for 64 to 256 channels on 8x8 and 16x16; 288 taps
       (32->64 on 26x26) 0.97x, 27 taps (3->32) 3.8x.
-    - The forward pass of stride-1 convs with full blocks whose padded planes are at least
+    - The forward pass of stride-1 convs (3x3 at most) with full blocks whose padded planes are at least
       :data:`_WIDE_WASTE` times their output (the wide layout computes a value at every position of
       the padded plane), where a sample is a task: 0.78-0.93x the wide layout's (or a prepared
       conv's) time for 32 to 128 input and 64 to 256 output channels on 8x8 (1.56 times), batch 4
       to 256; on 16x16 (1.27 times) 0.92-1.02x, on 32x32 1.09x; at batch 1, 1.8x.
-    - The input gradient of stride-1 convs (:func:`conv2d_channels_grad_input`) whose blocks of
+    - The input gradient of stride-1 convs (3x3 at most; :func:`conv2d_channels_grad_input`) whose blocks of
       *input* channels are full, from :data:`_WIDE_WASTE_GRAD` times, where a sample is a task: on
       8x8 0.68-0.74x the wide layout's time (64 to 256 input channels), on 16x16 0.81-0.84x, on
       32x32 0.96x; 32 input channels 1.21x.
@@ -74,9 +74,10 @@ def takes(x_shape: tuple, w_shape: tuple, geo, part: str = "forward") -> bool:
         (hp, wp), (oh, ow) = geo.padded_hw, geo.out_hw
         if part == "weight_gradient":
             return full and c_in * kh * kw >= 512
+        measured = full and one_task and kh <= 3 and kw <= 3  # (larger kernels were not measured)
         if part == "input_gradient":
-            return full and one_task and hp * wp >= _WIDE_WASTE_GRAD * oh * ow and _transposed_padding(geo) is not None
-        return full and one_task and hp * wp >= _WIDE_WASTE * oh * ow
+            return measured and hp * wp >= _WIDE_WASTE_GRAD * oh * ow and _transposed_padding(geo) is not None
+        return measured and hp * wp >= _WIDE_WASTE * oh * ow
     if part == "input_gradient":
         return False
     if geo.dilation != (1, 1):

@@ -16,8 +16,9 @@ strides with dilation 1 become a stride-1 conv of the input's phases (:mod:`._po
 where :mod:`.conv_channels` runs faster, with output channels in the vector lanes (see its
 ``takes``): the forward pass and weight gradient of most strided convs of 48 or more output channels
 and of every dilated one, the weight gradient of stride-1 convs of 512 taps or more, and the forward
-pass and input gradient of stride-1 convs of full channel blocks on small planes (8x8, and 16x16 for
-the input gradient), where the wide layout's scratch positions cost most. The input
+pass and input gradient of stride-1 3x3 convs on small planes (8x8, and 16x16 for the input gradient),
+where the wide layout's scratch positions cost most, if their blocks of output (for the input
+gradient, input) channels are full and the batch gives each thread a sample. The input
 gradient of a dilated strided conv runs row by row. A 1x1 conv with stride 1 and no padding needs no layout at all: its
 forward pass and input gradient are products per sample in the same register tiles
 (:mod:`.pointwise_numba`); one with a stride is that conv of its input subsampled by the stride (a
@@ -938,7 +939,10 @@ def conv2d_grad_input(gy, w, geo):
 
 
 def conv2d_relu_grad_input(gy, gate, w, geo):
-    """:func:`conv2d_grad_input` through the ReLU whose output is ``gate`` (see :func:`conv2d_relu_grad_weight`)."""
+    """:func:`conv2d_grad_input` through the ReLU whose output is ``gate``: the gate is applied as the
+    gradient is read into the runs (stride 1 and strided convs without dilation, by phases), or in a
+    pass of its own first (1x1 convs without padding, the input gradients :mod:`.conv_channels` takes,
+    dilated strided convs)."""
     return _conv2d_grad_input(gy, gate, w, geo)
 
 

@@ -56,9 +56,8 @@ def conv2d_grad_weight(gy, x, geo, c):
 
 def conv2d_grad_input(gy, w, geo, c):
     """Gradient with respect to the input, shape (N, c, H, W)."""
-    (hp, wp), (sh, sw), (dh, dw) = geo.padded_hw, geo.stride, geo.dilation
-    ((top, bottom), (left, right)) = geo.padding
-    h, width = hp - top - bottom, wp - left - right
+    (hp, wp), (sh, sw), (dh, dw), (h, width) = geo.padded_hw, geo.stride, geo.dilation, geo.input_hw
+    (top, _), (left, _) = geo.padding
     work = gy.size * w.shape[2] * w.shape[3]
     if _same_width(geo, width):
         return sized(_grad_input_flat, work)(gy, w, dh, dw, c, top, left, h)
