@@ -23,13 +23,14 @@ A plan is the model's steps prepared for inference:
   A stride-1 conv (with its 2x2 pool; without a pool, where
   :func:`fastcnn.kernels.conv_channels.takes` does not take it) or a strided one without dilation or
   pool that :func:`fastcnn.kernels.conv_channels.takes` does not take runs as a
-  :class:`fastcnn.kernels.conv_numba.PreparedConv` (but a 1x1 conv without padding or pool, of any
-  stride, runs its own kernel on the input as it lies, or subsampled by the stride) (one kernel launch, serial when the work is too
+  :class:`fastcnn.kernels.conv_numba.PreparedConv` (one kernel launch, serial when the work is too
   small to repay waking Numba's threads, :func:`fastcnn.kernels.jit.sized`) or NumPy's kernel,
   whichever the policy picks (``auto``: the faster as measured, :func:`fastcnn.dispatch.fastest`, so
   under ``auto`` a conv may run a different backend here than in ``forward``: the same values to
-  rounding, not always the same bits). Average pools run the ``avg_pool2d`` kernel with their
-  geometry and divisors worked out once, global average pools the ``global_avg_pool2d`` kernel.
+  rounding, not always the same bits); but a 1x1 conv without padding or pool, of any stride, runs
+  its own kernel, on the input as it lies or subsampled by the stride. Average pools run the
+  ``avg_pool2d`` kernel with their geometry and divisors worked out once, global average pools the
+  ``global_avg_pool2d`` kernel.
 
 The plan is rebuilt when a layer, a backend or a parameter array is replaced (``load_state_dict``,
 ``astype``, batch norm's running statistics after a training step); parameters changed in place

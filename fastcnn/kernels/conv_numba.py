@@ -452,9 +452,9 @@ def conv2d_forward(x, w, b, geo, out=None):
     A stride-1 conv reads ``x`` into its working layout with the padding's zeros, a strided one into
     its phases' layout (no padded copy), or, where :func:`.conv_channels.takes` it (most strided
     convs, stride-1 ones on small planes), a padded copy of each sample with the output channels in
-    the vector lanes; a 1x1 conv without padding is a product
-    per sample on the arrays as they lie (:mod:`.pointwise_numba`), a strided one on the input
-    subsampled by the stride. Into ``out`` (C-contiguous, the output's shape) if given."""
+    the vector lanes; a 1x1 conv without padding is a product per sample on the arrays as they lie
+    (:mod:`.pointwise_numba`), a strided one on the input subsampled by the stride. Into ``out``
+    (C-contiguous, the output's shape) if given."""
     return _conv2d_forward(x, w, b, geo, False, out)
 
 

@@ -62,7 +62,8 @@ def _spread(g, sh, sw, out):
     for plane in prange(n * c):
         dst = out[plane // c, plane % c]
         dst[:, :] = 0  # (the rows and columns past the last strided one too: a transposed conv's output padding)
-        narrow(dst[: (oh - 1) * sh + 1, : (ow - 1) * sw + 1], g[plane // c, plane % c].reshape(oh * ow), ow, sh, sw, 0, 0)
+        reach = dst[: (oh - 1) * sh + 1, : (ow - 1) * sw + 1]
+        narrow(reach, g[plane // c, plane % c].reshape(oh * ow), ow, sh, sw, 0, 0)
     return out
 
 
