@@ -826,7 +826,7 @@ def _conv2d_grad_weight(gy, gate, x, geo):
         xr, offsets, planes = _phase_taps(x, padding, kh, kw, sh, sw, gy.shape[2], gy.shape[3])
         gr, head = _grad_runs(gy, -(-kh // sh), -(-kw // sw), 1, 1, planes, gate)
         return _grad_weight_of_runs(gr, head, xr, offsets, (kh, kw), x.shape[0], planes, work)
-    planes = _wide_planes(x.shape[2], x.shape[3], kh, kw, dh, dw, padding)
+    planes = _conv_planes(geo)
     xr, offsets = _input_taps(x, kh, kw, dh, dw, planes)
     gr, head = _grad_runs(gy, kh, kw, dh, dw, planes, gate)
     return _grad_weight_of_runs(gr, head, xr, offsets, (kh, kw), x.shape[0], planes, work)
@@ -988,7 +988,7 @@ def _conv2d_grad_input(gy, gate, w, geo):
     if sh != 1 or sw != 1:
         gy = gated(elementwise_numba, gy, gate)
         return cropped(sized(_grad_input_strided, work)(gy, w, hp, wp, sh, sw, dh, dw), padding)
-    planes = _wide_planes(*shape[2:], w.shape[2], w.shape[3], dh, dw, padding)
+    planes = _conv_planes(geo)
     gr, head = _grad_runs(gy, w.shape[2], w.shape[3], dh, dw, planes, gate)
     return _grad_input_of_runs(gr, head, w, np.empty(shape, dtype=gy.dtype), dh, dw, planes, work)
 
