@@ -33,6 +33,10 @@ CASES = pytest.mark.parametrize("n, c_in, c_out, hw, kernel, stride, padding, di
     (1, 3, 70, (30, 30), (3, 3), (2, 2), "same", (1, 1)),   # batch 1 split into chunks of positions
     (4, 16, 48, (16, 16), (1, 1), (2, 2), 0, (1, 1)),       # 1x1, stride 2
     (11, 4, 64, (6, 6), (3, 3), (1, 1), 1, (1, 1)),         # stride 1; several samples a weight-gradient tile
+    (2, 8, 32, (17, 17), (3, 3), (2, 2), 1, (1, 1)),        # two blocks of one vector (float32; of four in float64)
+    (1, 3, 16, (3, 5), (3, 3), (1, 1), 1, (1, 1)),          # one such block (two in float64), fewer positions
+                                                            # than its tile
+    (1, 3, 16, (40, 40), (3, 3), (1, 1), 1, (1, 1)),        # the same at batch 1 split into chunks of positions
 ])
 
 
@@ -78,6 +82,9 @@ def test_channels_weight_gradient_matches_the_reference(n, c_in, c_out, hw, kern
     (2, 70, 6, (12, 12), (3, 3), 2, (2, 2)),            # dilated
     (2, 64, 3, (6, 6), (3, 3), 0, (1, 1)),              # no padding: the gradient padded by the whole reach
     (2, 48, 4, (3, 2), (3, 3), 1, (1, 1)),              # 3x2 planes: fewer positions than a tile
+    (2, 32, 8, (8, 8), (3, 3), 1, (1, 1)),              # two blocks of one vector (float32)
+    (2, 12, 5, (9, 9), (3, 3), 1, (1, 1)),              # blocks of one vector in both dtypes, the last partly empty
+    (1, 20, 4, (4, 5), (3, 3), 1, (1, 1)),              # blocks of one vector, the last nearly empty (float32)
 ])
 def test_channels_input_gradient_matches_the_reference(n, c_in, c_out, hw, kernel, padding, dilation, dtype):
     from fastcnn.kernels import conv_channels
@@ -92,16 +99,15 @@ def test_channels_input_gradient_matches_the_reference(n, c_in, c_out, hw, kerne
 
 def test_input_gradients_it_takes_run_there_through_the_numba_backend(monkeypatch):
     """64 -> 32 channels on 16x16 at batch 4 (the padded planes 1.27 times the output): the input gradient
-    of conv2d_backward and conv2d_relu_backward (gated) runs here and equals the reference's; with 32
-    input channels, or padding wider than the kernel reaches, or a stride, it does not."""
+    of conv2d_backward and conv2d_relu_backward (gated) runs here and equals the reference's; with 8
+    input channels (half a block), or padding wider than the kernel reaches, or a stride, it does not."""
     from fastcnn.kernels import conv_channels
     monkeypatch.setattr(fastcnn.kernels.jit, "num_threads", lambda: 2)
     rng = np.random.default_rng(8)
     x, w, b, geo = _case(rng, 4, 64, 32, (16, 16), (3, 3), (1, 1), 1, (1, 1), np.float32)
     assert conv_channels.takes(x.shape, w.shape, geo, "input_gradient")
-    narrow = (4, 32, 16, 16)
-    assert not conv_channels.takes(narrow, (32, 32, 3, 3), conv_geometry(narrow, (32, 32, 3, 3), 1, 1, 1),
-                                   "input_gradient")
+    half = (4, 8, 16, 16)  # 8 input channels: half a block
+    assert not conv_channels.takes(half, (32, 8, 3, 3), conv_geometry(half, (32, 8, 3, 3), 1, 1, 1), "input_gradient")
     assert not conv_channels.takes(x.shape, w.shape, conv_geometry(x.shape, w.shape, 1, 3, 1), "input_gradient")
     assert not conv_channels.takes(x.shape, w.shape, conv_geometry(x.shape, w.shape, 2, 1, 1), "input_gradient")
     w5 = (32, 64, 5, 5)  # larger kernels were not measured
@@ -141,19 +147,21 @@ def test_transposed_conv_with_output_padding_takes_its_gradient_path(monkeypatch
     np.testing.assert_allclose(y[:, :, :, -1], np.broadcast_to(b[:, None], (4, 64, 13)), rtol=1e-12)
 
 
-def test_channels_conv_is_the_same_for_any_thread_count():
+@pytest.mark.parametrize("c_out", [96, 32])  # blocks of four vectors, of one
+def test_channels_conv_is_the_same_for_any_thread_count(c_out):
     from fastcnn.kernels import conv_channels
     rng = np.random.default_rng(3)
     before = fastcnn.get_num_threads()
     results = []
     try:
         for n in (1, 6):
-            x, w, b, geo = _case(rng, n, 8, 96, (14, 14), (3, 3), (2, 2), 1, (1, 1), np.float32)
-            gy = rng.standard_normal((n, 96) + geo.out_hw).astype(np.float32)
+            x, w, b, geo = _case(rng, n, 8, c_out, (14, 14), (3, 3), (2, 2), 1, (1, 1), np.float32)
+            gy = rng.standard_normal((n, c_out) + geo.out_hw).astype(np.float32)
             for threads in (1, fastcnn.threads.max_threads()):
                 fastcnn.set_num_threads(threads)
-                results.append((conv_channels.conv2d_channels_forward(x, w, b, geo, False, np.empty(
-                    (n, 96) + geo.out_hw, np.float32)),) + conv_channels.conv2d_channels_grad_weight(gy, None, x, geo))
+                y = np.empty((n, c_out) + geo.out_hw, np.float32)
+                results.append((conv_channels.conv2d_channels_forward(x, w, b, geo, False, y),)
+                               + conv_channels.conv2d_channels_grad_weight(gy, None, x, geo))
     finally:
         fastcnn.set_num_threads(before)
     for one, many in zip(results[::2], results[1::2]):
@@ -167,10 +175,12 @@ def test_strided_convs_it_takes_run_there_through_the_numba_backend(monkeypatch)
     rng = np.random.default_rng(4)
     x, w, b, geo = _case(rng, 8, 16, 64, (16, 16), (3, 3), (2, 2), 1, (1, 1), np.float32)
     taken = {"strided 64": conv_channels.takes(x.shape, w.shape, geo),
-             "strided 32": conv_channels.takes(x.shape, (32, 16, 3, 3), geo),
+             "strided 32": conv_channels.takes(x.shape, (32, 16, 3, 3), geo),  # two blocks of one vector
+             "strided 8": conv_channels.takes(x.shape, (8, 16, 3, 3), geo),  # half a block
              "dilated 8": conv_channels.takes(x.shape, (8, 16, 3, 3), geo._replace(dilation=(2, 2))),
              "stride 1 on 16x16": conv_channels.takes(x.shape, w.shape, conv_geometry(x.shape, w.shape, 1, 1, 1))}
-    assert taken == {"strided 64": fastcnn.get_num_threads() <= 8, "strided 32": False, "dilated 8": True,
+    one_task = fastcnn.get_num_threads() <= 8
+    assert taken == {"strided 64": one_task, "strided 32": one_task, "strided 8": False, "dilated 8": True,
                      "stride 1 on 16x16": False}
     assert conv_channels.takes(x.shape, w.shape, geo, "weight_gradient")
     calls = []
@@ -227,7 +237,7 @@ def test_pooled_stride_1_weight_gradients_it_takes_run_there(monkeypatch):
     monkeypatch.setattr(fastcnn.kernels.jit, "num_threads", lambda: 2)
     rng = np.random.default_rng(5)
     x, w, b, geo = _case(rng, 3, 64, 64, (8, 8), (3, 3), (1, 1), 1, (1, 1), np.float32)
-    assert conv_channels.takes(x.shape, w.shape, geo, "weight_gradient")
+    assert conv_channels.takes(x.shape, w.shape, geo, "pooled_weight_gradient")
     assert conv_channels.takes(x.shape, w.shape, geo)  # the conv alone, on 8x8; with its pool it runs in conv_numba
     calls = []
     for name in ("conv2d_channels_forward", "conv2d_channels_grad_weight"):
@@ -241,3 +251,38 @@ def test_pooled_stride_1_weight_gradients_it_takes_run_there(monkeypatch):
     assert calls == ["conv2d_channels_grad_weight"]
     for got, want in zip(grads["numba"], grads["numpy"]):
         np.testing.assert_allclose(got, want, **TOL[np.float32])
+
+
+def test_small_channel_counts_take_blocks_of_one_vector(monkeypatch):
+    """16 -> 16 channels on 16x16 at batch 3: the weight gradient of the stride-1 conv (144 taps) runs
+    here in blocks of one vector, and so does its input gradient (not where the weight gradient stays
+    in the wide layout, whose copy of the output gradient both would share), and both equal the reference's; on
+    32x32 planes, after a max-pool's gradient, or from 3 input channels (27 taps), the weight gradient
+    does not, and neither does the stride-1 forward pass in such blocks (slower than the wide layout)."""
+    from fastcnn.kernels import _tiles, conv_channels
+    monkeypatch.setattr(fastcnn.kernels.jit, "num_threads", lambda: 2)
+    assert _tiles.channel_width(32, 4) == 16 and _tiles.channel_width(33, 4) == 64
+    rng = np.random.default_rng(9)
+    x, w, b, geo = _case(rng, 3, 16, 16, (16, 16), (3, 3), (1, 1), 1, (1, 1), np.float32)
+    assert conv_channels.takes(x.shape, w.shape, geo, "weight_gradient")
+    assert not conv_channels.takes(x.shape, w.shape, geo, "pooled_weight_gradient")  # read from a pool's gradient
+    big = (3, 16, 32, 32)  # the padded planes 1.13 times the output: the wide layout's gradients share its layout
+    assert not conv_channels.takes(big, w.shape, conv_geometry(big, w.shape, 1, 1, 1), "weight_gradient")
+    few = (3, 3, 16, 16)
+    assert not conv_channels.takes(few, (16, 3, 3, 3), conv_geometry(few, (16, 3, 3, 3), 1, 1, 1), "weight_gradient")
+    small = (3, 16, 8, 8)
+    assert not conv_channels.takes(small, w.shape, conv_geometry(small, w.shape, 1, 1, 1))
+    assert conv_channels.takes(x.shape, w.shape, geo, "input_gradient")  # 16 input channels: a block of one vector
+    x32, w64 = (3, 32, 16, 16), (64, 32, 3, 3)  # its weight gradient (288 taps, blocks of four) stays in the wide layout
+    assert not conv_channels.takes(x32, w64, conv_geometry(x32, w64, 1, 1, 1), "input_gradient")
+    calls = []
+    for name in ("conv2d_channels_grad_weight", "conv2d_channels_grad_input"):
+        real = getattr(conv_channels, name)
+        monkeypatch.setattr(conv_channels, name, lambda *args, real=real, name=name: calls.append(name) or real(*args))
+    gy = rng.standard_normal((3, 16, 16, 16)).astype(np.float32)
+    grad_x, grad_w, grad_b = F.conv2d_backward(gy, x, w, padding=1, backend="numba")
+    want_x, want_w, want_b = ref.conv2d_backward(gy, x, w, geo.stride, geo.padding, geo.dilation)
+    np.testing.assert_allclose(grad_x, want_x, **TOL[np.float32])
+    np.testing.assert_allclose(grad_w, want_w, **TOL[np.float32])
+    np.testing.assert_allclose(grad_b, want_b, **TOL[np.float32])
+    assert sorted(calls) == ["conv2d_channels_grad_input", "conv2d_channels_grad_weight"]

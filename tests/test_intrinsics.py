@@ -44,8 +44,8 @@ def _dense_tile(out, g, g_starts, x, x_starts, length, ahead):
 
 
 @numba.njit
-def _channel_tile(out, at, w, w_at, src, pos, first, taps):
-    tiles.channel_tile(out, at, w, w_at, src, pos, first, taps)
+def _channel_tile(out, at, w, w_at, src, pos, first, taps, width):
+    tiles.channel_tile(out, at, w, w_at, src, pos, first, taps, width)
 
 
 @numba.njit
@@ -119,10 +119,14 @@ def test_dot_tile_gives_dot_products(dtype, kind):
         assert (out[rows] == 7.0).all()
 
 
+@pytest.mark.parametrize("c_out", [2, 32, 33, 64])  # blocks of one vector, then of four (float32)
 @pytest.mark.parametrize("dtype", DTYPES)
-def test_channel_tile_sums_broadcast_reads_times_channel_vectors(dtype):
+def test_channel_tile_sums_broadcast_reads_times_channel_vectors(dtype, c_out):
     rng = np.random.default_rng(11)
-    positions, width = tiles.CHANNEL_POSITIONS, tiles.channel_width(np.dtype(dtype).itemsize)
+    itemsize = np.dtype(dtype).itemsize
+    width = tiles.channel_width(c_out, itemsize)
+    positions = tiles.channel_positions(width, itemsize)
+    assert positions * width == tiles.CHANNEL_ACCUMULATORS * tiles.lanes(itemsize)
     for _ in range(6):
         n_taps = int(rng.integers(1, 30))
         src = rng.standard_normal(500).astype(dtype)
@@ -133,7 +137,7 @@ def test_channel_tile_sums_broadcast_reads_times_channel_vectors(dtype):
         taps = rng.integers(0, 250, n_taps).astype(np.int64)
         out = np.full((positions + 3) * width, 7.0, dtype)
         at = int(rng.integers(0, 3 * width + 1))
-        _channel_tile(out, at, w, w_at, src, pos, first, taps)
+        _channel_tile(out, at, w, w_at, src, pos, first, taps, width)
         weights = w[w_at : w_at + n_taps * width].reshape(n_taps, width).astype(np.float64)
         reads = src[pos[first : first + positions, None] + taps[None, :]].astype(np.float64)  # (positions, taps)
         np.testing.assert_allclose(out[at : at + positions * width], (reads @ weights).ravel(),
@@ -241,8 +245,8 @@ BOUNDS_SCRIPT = textwrap.dedent("""
         tiles.store_tile(out, w, 0, 0, src, offsets, 0, 1, False)
 
     @numba.njit
-    def channels(out, w, src, pos, taps):
-        tiles.channel_tile(out, 0, w, 0, src, pos, 0, taps)
+    def channels(out, w, src, pos, taps, width):
+        tiles.channel_tile(out, 0, w, 0, src, pos, 0, taps, width)
 
     a = np.zeros(10, np.float32)
     clear(a, 2, 8)  # in bounds
@@ -250,7 +254,11 @@ BOUNDS_SCRIPT = textwrap.dedent("""
                  lambda: store(np.zeros((8, 48), np.float32), np.zeros((8, 1), np.float32),
                                np.zeros(50, np.float32), np.array([3], np.int64)),
                  lambda: channels(np.zeros(6 * 64, np.float32), np.zeros(64, np.float32), np.zeros(50, np.float32),
-                                  np.array([0, 1, 2, 3, 4, 49], np.int64), np.array([1], np.int64))):
+                                  np.array([0, 1, 2, 3, 4, 49], np.int64), np.array([1], np.int64), 64),
+                 lambda: channels(np.zeros(24 * 16, np.float32), np.zeros(16, np.float32), np.zeros(50, np.float32),
+                                  np.array([0] * 23 + [49], np.int64), np.array([1], np.int64), 16),
+                 lambda: channels(np.zeros(12 * 32, np.float32), np.zeros(32, np.float32), np.zeros(50, np.float32),
+                                  np.zeros(12, np.int64), np.array([1], np.int64), 32)):
         try:
             call()
         except AssertionError as exc:
@@ -265,4 +273,5 @@ def test_bounds_switch_refuses_out_of_bounds_calls(tmp_path):
     env = dict(os.environ, FASTCNN_CHECK_BOUNDS="1", NUMBA_CACHE_DIR=str(tmp_path))
     result = subprocess.run([sys.executable, "-c", BOUNDS_SCRIPT], env=env, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stdout + result.stderr
-    assert result.stdout.count("refused:") == 3, result.stdout
+    assert result.stdout.count("refused:") == 5, result.stdout
+    assert "channel_tile: the width is not a block's" in result.stdout, result.stdout

@@ -28,9 +28,12 @@ ROWS, VECTORS = 8, 3  # 24 accumulators, 3 loads and 8 broadcasts per tap: measu
 DOT_ROWS, DOT_COLS = 4, 6  # the weight gradient's tile, 4 output channels by 6 (input channel, tap) pairs:
 # measured best of 2x3 .. 12x3 and 4x6 (4x6 over 4x3: 3-12% less time on lenet's 8->16 gradient, 17-20% on a 32->64)
 DENSE_ROWS, DENSE_COLS = 4, 5  # input rows by outputs: an MLP's ten outputs in two calls
-CHANNEL_POSITIONS, CHANNEL_VECTORS = 6, 4  # channel_tile: 6 positions by 64 float32 channels, 24 accumulators.
-# Measured, 3x3 stride-2 convs at batch 64: with 64 output channels 12x2 took 1.2-1.3x the time of 6x4; with 32
-# (half of a 6x4 block idle) 12x2 was 10-30% faster, on strided convs only: not worth a second variant
+CHANNEL_ACCUMULATORS, CHANNEL_VECTORS = 24, 4  # channel_tile: 24 vector sums; a block of 4 vectors (64 float32
+# channels) by 6 positions, or of one vector by 24 positions where a conv has two vectors of channels or fewer.
+# Measured, 3x3 convs at batch 64: with 64 output channels 12x2 took 1.2-1.3x the time of 6x4 and 24x1 1.1-1.4x;
+# with 32 (16->32, stride 2), two blocks of 24x1 took 0.65-0.74x (forward) and 0.54-0.60x (weight gradient) the
+# time of the phases' kernels (6x4: 1.1-1.2x), one block of 12x2 0.7-1.1x and 0.55-1.0x
+NARROW_VECTORS = 2  # convs of at most this many vectors of output channels take blocks of one vector
 FEW_ROWS = 4  # fewer output rows than this go one row at a time, instead of padded to a whole tile
 TILE_SPEED = 8  # multiply-adds a tile kernel does in the time jit.SERIAL_WORK counts one: divides the
 # work passed to jit.sized, so a small call runs serially (measured: 1->1 3x3 at batch 32 is faster so)
@@ -308,7 +311,8 @@ _store_tile_one = _store_tile(1)
 _dot_tile_rows = _dot_tile(DOT_ROWS, DOT_COLS, False)
 _dot_tile_one = _dot_tile(1, DOT_COLS, False)
 _dense_tile = _dot_tile(DENSE_ROWS, DENSE_COLS, True)
-_channel_tile_whole = _channel_tile(CHANNEL_POSITIONS, CHANNEL_VECTORS)
+_channel_tile_wide = _channel_tile(CHANNEL_ACCUMULATORS // CHANNEL_VECTORS, CHANNEL_VECTORS)
+_channel_tile_narrow = _channel_tile(CHANNEL_ACCUMULATORS, 1)
 
 
 @register_jitable
@@ -375,27 +379,42 @@ def dense_tile(out, g, g_starts, x, x_starts, length, ahead):
 
 
 @register_jitable
-def channel_width(itemsize: int) -> int:
-    """Output channels per :func:`channel_tile`: 64 float32 or 32 float64."""
-    return CHANNEL_VECTORS * lanes(itemsize)
+def channel_width(c_out: int, itemsize: int) -> int:
+    """Output channels per block of :func:`channel_tile` for a conv of ``c_out`` output channels: one
+    vector (16 float32 or 8 float64) where they fit in :data:`NARROW_VECTORS`, else
+    :data:`CHANNEL_VECTORS` vectors."""
+    n = lanes(itemsize)
+    return n if c_out <= NARROW_VECTORS * n else CHANNEL_VECTORS * n
 
 
 @register_jitable
-def check_channel_tile(out, at, w, w_at, src, pos, first, taps):
-    """Assert the preconditions of a ``channel_tile``: every read and write in bounds."""
-    width = channel_width(out.itemsize)
-    assert 0 <= at and at + CHANNEL_POSITIONS * width <= out.size, "channel_tile: the tile is out of bounds"
+def channel_positions(width: int, itemsize: int) -> int:
+    """Output positions per :func:`channel_tile` of blocks of ``width`` channels: 24 of one vector, 6 of four."""
+    return CHANNEL_ACCUMULATORS * lanes(itemsize) // width
+
+
+@register_jitable
+def check_channel_tile(out, at, w, w_at, src, pos, first, taps, width):
+    """Assert the preconditions of a ``channel_tile`` of blocks of ``width`` channels: every read and
+    write in bounds."""
+    positions = channel_positions(width, out.itemsize)
+    assert width == lanes(out.itemsize) or width == CHANNEL_VECTORS * lanes(out.itemsize), \
+        "channel_tile: the width is not a block's"
+    assert 0 <= at and at + positions * width <= out.size, "channel_tile: the tile is out of bounds"
     assert 0 <= w_at and w_at + taps.size * width <= w.size, "channel_tile: the weights are out of bounds"
-    assert 0 <= first and first + CHANNEL_POSITIONS <= pos.size, "channel_tile: positions out of bounds"
-    for p in range(first, first + CHANNEL_POSITIONS):
+    assert 0 <= first and first + positions <= pos.size, "channel_tile: positions out of bounds"
+    for p in range(first, first + positions):
         for t in range(taps.size):
             assert 0 <= pos[p] + taps[t] and pos[p] + taps[t] < src.size, "channel_tile: a read of src is out of bounds"
 
 
 @register_jitable(inline="always")
-def channel_tile(out, at, w, w_at, src, pos, first, taps):
-    """The :func:`_channel_tile` intrinsic, :data:`CHANNEL_POSITIONS` by :data:`CHANNEL_VECTORS` vectors
-    (bounds asserted under ``jit.CHECK_BOUNDS``)."""
+def channel_tile(out, at, w, w_at, src, pos, first, taps, width):
+    """The :func:`_channel_tile` intrinsic for blocks of ``width`` channels (see :func:`channel_width`):
+    24 positions by one vector, or 6 by :data:`CHANNEL_VECTORS` (bounds asserted under ``jit.CHECK_BOUNDS``)."""
     if CHECK_BOUNDS:
-        check_channel_tile(out, at, w, w_at, src, pos, first, taps)
-    _channel_tile_whole(out, at, w, w_at, src, pos, first, taps)
+        check_channel_tile(out, at, w, w_at, src, pos, first, taps, width)
+    if width == lanes(out.itemsize):
+        _channel_tile_narrow(out, at, w, w_at, src, pos, first, taps)
+    else:
+        _channel_tile_wide(out, at, w, w_at, src, pos, first, taps)

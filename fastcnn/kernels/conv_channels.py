@@ -4,10 +4,11 @@ with the weight flipped and transposed.
 
 The stride-1 kernels of :mod:`.conv_numba` put output positions in the vector lanes and broadcast
 the weights, so a strided conv must first be rearranged into its input's phases. Here the lanes hold
-:func:`._tiles.channel_width` output channels instead (the weight packed so, a block of channels a
-tap), and each input value an output position reads is broadcast: where it lies is a table lookup,
-so the stride and the dilation cost nothing. A tile is :data:`._tiles.CHANNEL_POSITIONS` output
-positions by one block of channels (:func:`._tiles.channel_tile`).
+a block of :func:`._tiles.channel_width` output channels instead (the weight packed so, a block of
+channels a tap): one vector for convs of up to two vectors of channels, else four. Each input value
+an output position reads is broadcast: where it lies is a table lookup, so the stride and the
+dilation cost nothing. A tile is :func:`._tiles.channel_positions` output positions (24 or 6) by one
+block (:func:`._tiles.channel_tile`).
 
 One launch does the whole pass. Its tasks are samples (split by blocks of output channels and by
 positions where there are fewer samples than threads want): each copies its sample into a zero-padded
@@ -27,62 +28,88 @@ from .jit import kernel_helper, parallel_kernel, prange, sized
 from ._planes import place
 from ._rows import copy_plus, copy_relu
 from ._taps import tap_offsets
-from ._tiles import CHANNEL_POSITIONS, TILE_SPEED, channel_tile, channel_width
+from ._tiles import TILE_SPEED, channel_positions, channel_tile, channel_width, lanes
 
 _TASKS_PER_THREAD = 4  # small batches are split until every thread has this many tasks
 _MIN_CHUNK_TILES = 8  # a task's positions, at least (in tiles), when small batches are split by positions
 _WRITE_POSITIONS = 64  # positions per block of the transposed write (their lines of the buffer stay in L1)
 _WIDE_WASTE = 1.4  # a stride-1 forward pass runs here from this ratio of padded input to output positions (see takes)
-_WIDE_WASTE_GRAD = 1.2  # and its input gradient from this one
-_PARTS = ("forward", "weight_gradient", "input_gradient")
+_WIDE_WASTE_GRAD = 1.2  # and its input gradient (and a weight gradient in blocks of one vector) from this one
+_GRAD_TAPS = 512  # a stride-1 weight gradient runs here from this many taps (input channels x kernel) a channel
+_NARROW_GRAD_TAPS = 64  # and from this many where its blocks are one vector wide (see takes)
+_PARTS = ("forward", "weight_gradient", "pooled_weight_gradient", "input_gradient")
 
 
 def takes(x_shape: tuple, w_shape: tuple, geo, part: str = "forward") -> bool:
-    """Whether the ``part`` (``"forward"``, ``"weight_gradient"`` or ``"input_gradient"``) of the conv
-    of input ``x_shape`` runs here rather than in :mod:`.conv_numba`.
+    """Whether the ``part`` (``"forward"``, ``"weight_gradient"``, ``"pooled_weight_gradient"`` or
+    ``"input_gradient"``) of the conv of input ``x_shape`` runs here rather than in :mod:`.conv_numba`.
+    A pooled weight gradient is the one of a stride-1 conv whose output a 2x2 max-pool took, which
+    :mod:`.conv_numba` reads from the pool's gradient without unpooling it first.
 
     Measured there against here (2 threads, 3x3 convs at batch 32 to 256, interleaved in one process):
 
     - Every strided conv with dilation (it has nothing else fast).
     - Strided convs without, where the blocks of output channels are at least three-quarters full:
       0.5-0.83x the time of the phases' kernels with 48 to 256 output channels (forward and weight
-      gradient); 32 output channels (a half-empty block) took 1.1-1.2x, and 1x1 convs 1.0-2x. The
-      forward pass only where a sample is a task: at batch 1, 32->64 on 32x32 took 1.4x a prepared
-      conv's time.
-    - The weight gradient of stride-1 convs of at least 512 taps (input channels x kernel) and full
-      blocks: 0.63-0.76x the wide layout's time for 64 to 256 channels on 8x8 and 16x16; 288 taps
-      (32->64 on 26x26) 0.97x, 27 taps (3->32) 3.8x.
-    - The forward pass of stride-1 convs (3x3 at most) with full blocks whose padded planes are at least
-      :data:`_WIDE_WASTE` times their output (the wide layout computes a value at every position of
-      the padded plane), where a sample is a task: 0.78-0.93x the wide layout's (or a prepared
-      conv's) time for 32 to 128 input and 64 to 256 output channels on 8x8 (1.56 times), batch 4
-      to 256; on 16x16 (1.27 times) 0.92-1.02x, on 32x32 1.09x; at batch 1, 1.8x.
+      gradient); 16->32 on 32x32 in two blocks of one vector 0.65-0.74x (forward) and 0.54-0.60x
+      (weight gradient; in one half-empty block of four, 1.1-1.2x); 1x1 convs 1.0-2x. The forward
+      pass only where a sample is a task: at batch 1, 32->64 on 32x32 took 1.4x a prepared conv's
+      time.
+    - The weight gradient of stride-1 convs with full blocks: of four vectors from :data:`_GRAD_TAPS`
+      taps (input channels x kernel): 0.63-0.76x the wide layout's time for 64 to 256 channels on 8x8
+      and 16x16; 288 taps (32->64 on 26x26) 0.97x, 27 taps (3->32) 3.8x. Of one vector from
+      :data:`_NARROW_GRAD_TAPS`, 3x3 at most, on planes small as for the input gradient: alone 0.69-0.97x for 8
+      to 32 input and 16 or 32 output channels on 8x8 to 32x32, 9 and 27 taps 1.4-1.65x; but in a
+      training step's backward, where the wide layout's two gradients share one layout of the output
+      gradient, 16 and 32 channels on 32x32 took 1.0-1.08x (on 8x8 to 16x16, 0.83-0.93x with the input
+      gradient below). A pooled one only in blocks of four: in blocks of one vector, unpooling first
+      took 0.98-1.13x the time (8 to 32 channels, 13x13 to 32x32).
+    - The forward pass of stride-1 convs (3x3 at most) with full blocks of four vectors whose padded
+      planes are at least :data:`_WIDE_WASTE` times their output (the wide layout computes a value at
+      every position of the padded plane), where a sample is a task: 0.78-0.93x the wide layout's (or
+      a prepared conv's) time for 32 to 128 input and 64 to 256 output channels on 8x8 (1.56 times),
+      batch 4 to 256; on 16x16 (1.27 times) 0.92-1.02x, on 32x32 1.09x; at batch 1, 1.8x. In blocks
+      of one vector, 1.05-1.36x on 8x8 to 32x32.
     - The input gradient of stride-1 convs (3x3 at most; :func:`conv2d_channels_grad_input`) whose blocks of
       *input* channels are full, from :data:`_WIDE_WASTE_GRAD` times, where a sample is a task: on
-      8x8 0.68-0.74x the wide layout's time (64 to 256 input channels), on 16x16 0.81-0.84x, on
-      32x32 0.96x; 32 input channels 1.21x.
+      8x8 0.68-0.74x the wide layout's time (64 to 256 input channels; 16 in a block of one vector
+      0.60-0.77x), on 16x16 0.81-0.84x (16 and 32 input channels 0.79-1.08x), on 32x32 0.96x. In
+      blocks of one vector only where the weight gradient runs here too: the backward of 32->64 on
+      16x16, whose weight gradient stays in the wide layout, took 1.18x the time with it here.
+
+    The rules were measured in float32, whose blocks are one vector for 32 channels or fewer, and a
+    float64 conv is routed as a float32 one of its shapes would be (its blocks are then the ones its
+    own dtype gives: :func:`._tiles.channel_width`).
     """
     if part not in _PARTS:
         raise ValueError(f"conv_channels.takes: part must be one of {_PARTS}, got {part!r}")
     c_out, c_in, kh, kw = w_shape
     if part == "input_gradient":  # the transposed conv's output channels are the input's
         c_out, c_in = c_in, c_out
-    width = channel_width(np.dtype(np.float32).itemsize)
+    itemsize = np.dtype(np.float32).itemsize
+    width = channel_width(c_out, itemsize)
+    narrow = width == lanes(itemsize)  # blocks of one vector
     full = 3 * -(-c_out // width) * width <= 4 * c_out
     one_task = x_shape[0] >= jit.num_threads()  # a sample a task at least
     if geo.stride == (1, 1):
         (hp, wp), (oh, ow) = geo.padded_hw, geo.out_hw
+        wasteful = hp * wp >= _WIDE_WASTE_GRAD * oh * ow  # the wide layout's scratch positions cost most
         if part == "weight_gradient":
-            return full and c_in * kh * kw >= 512
+            if narrow:
+                return full and c_in * kh * kw >= _NARROW_GRAD_TAPS and wasteful and kh <= 3 and kw <= 3
+            return full and c_in * kh * kw >= _GRAD_TAPS
+        if part == "pooled_weight_gradient":
+            return full and not narrow and c_in * kh * kw >= _GRAD_TAPS
         measured = full and one_task and kh <= 3 and kw <= 3  # (larger kernels were not measured)
-        if part == "input_gradient":
-            return measured and hp * wp >= _WIDE_WASTE_GRAD * oh * ow and _transposed_padding(geo) is not None
-        return measured and hp * wp >= _WIDE_WASTE * oh * ow
+        if part == "input_gradient":  # in blocks of one vector only with the weight gradient (see above)
+            shares = narrow and not takes(x_shape, w_shape, geo, "weight_gradient")
+            return measured and wasteful and not shares and _transposed_padding(geo) is not None
+        return measured and not narrow and hp * wp >= _WIDE_WASTE * oh * ow
     if part == "input_gradient":
         return False
     if geo.dilation != (1, 1):
         return True
-    return kh * kw > 1 and full and (part == "weight_gradient" or one_task)
+    return kh * kw > 1 and full and (part != "forward" or one_task)
 
 
 def conv2d_channels_forward(x: np.ndarray, w: np.ndarray, b: np.ndarray, geo, relu: bool, y: np.ndarray) -> np.ndarray:
@@ -93,11 +120,11 @@ def conv2d_channels_forward(x: np.ndarray, w: np.ndarray, b: np.ndarray, geo, re
     c_out, _, kh, kw = w.shape
     (oh, ow), (hp, wp) = geo.out_hw, geo.padded_hw
     (top, _), (left, _) = geo.padding
-    width = channel_width(x.itemsize)
-    blocks = -(-c_out // width)
+    width = channel_width(c_out, x.itemsize)
+    blocks, tile = -(-c_out // width), channel_positions(width, x.itemsize)
     taps = _tap_offsets(c_in, kh, kw, hp, wp, *geo.dilation)
-    positions = _whole_tile(_position_offsets(oh, ow, wp, *geo.stride))
-    groups, chunks = _task_split(n, blocks, oh * ow)
+    positions = _whole_tile(_position_offsets(oh, ow, wp, *geo.stride), tile)
+    groups, chunks = _task_split(n, blocks, oh * ow, tile)
     packed = np.empty((blocks, c_in * kh * kw, width), x.dtype)
     kernel = sized(_conv_channels, n * oh * ow * w.size // TILE_SPEED)
     kernel(x, w, b, packed, taps, positions, top, left, hp, wp, relu, groups, chunks, y)
@@ -149,24 +176,24 @@ def _position_offsets(oh: int, ow: int, wp: int, sh: int, sw: int) -> np.ndarray
     return offsets
 
 
-def _whole_tile(offsets: np.ndarray) -> np.ndarray:
-    """``offsets`` as the rows of tiles read them: with the last repeated up to a whole tile if there
-    are fewer than a tile (a tile always reads :data:`CHANNEL_POSITIONS` of them)."""
-    if offsets.size >= CHANNEL_POSITIONS:
+def _whole_tile(offsets: np.ndarray, tile: int) -> np.ndarray:
+    """``offsets`` as the rows of tiles of ``tile`` positions read them: with the last repeated up to a
+    whole tile if there are fewer (a tile always reads ``tile`` of them)."""
+    if offsets.size >= tile:
         return offsets
-    whole = np.concatenate([offsets, np.full(CHANNEL_POSITIONS - offsets.size, offsets[-1], np.int64)])
+    whole = np.concatenate([offsets, np.full(tile - offsets.size, offsets[-1], np.int64)])
     whole.flags.writeable = False
     return whole
 
 
-def _task_split(n: int, blocks: int, positions: int) -> tuple[int, int]:
-    """Into how many groups of channel blocks and chunks of positions each sample is cut, so that
-    there are :data:`_TASKS_PER_THREAD` tasks a thread where the samples alone give too few."""
+def _task_split(n: int, blocks: int, positions: int, tile: int) -> tuple[int, int]:
+    """Into how many groups of channel blocks and chunks of positions (tiles of ``tile``) each sample is
+    cut, so that there are :data:`_TASKS_PER_THREAD` tasks a thread where the samples alone give too few."""
     want = -(-_TASKS_PER_THREAD * jit.num_threads() // max(n, 1))
     if want <= 1:
         return 1, 1
     groups = min(blocks, want)
-    chunks = min(-(-want // groups), max(1, positions // (_MIN_CHUNK_TILES * CHANNEL_POSITIONS)))
+    chunks = min(-(-want // groups), max(1, positions // (_MIN_CHUNK_TILES * tile)))
     return groups, chunks
 
 
@@ -187,9 +214,9 @@ def conv2d_channels_grad_weight(gy: np.ndarray, gate: np.ndarray | None, x: np.n
     kh, kw = geo.kernel
     hp, wp = geo.padded_hw
     (top, _), (left, _) = geo.padding
-    width = channel_width(x.itemsize)
+    width = channel_width(c_out, x.itemsize)
     blocks = -(-c_out // width)
-    taps = _whole_tile(_tap_offsets(c_in, kh, kw, hp, wp, *geo.dilation))
+    taps = _whole_tile(_tap_offsets(c_in, kh, kw, hp, wp, *geo.dilation), channel_positions(width, x.itemsize))
     chunks = max(1, min(n, -(-_GRAD_TASKS // blocks)))
     groups = min(blocks, _GRAD_TASKS)
     per_step = max(1, min(-(-n // chunks), _GRAD_SAMPLE_BYTES // (c_in * hp * wp * x.itemsize)))
@@ -227,12 +254,13 @@ def _grad_weight_channels(gy, gate, gated, x, taps, n_taps, positions, per_step,
     blocks = -(-c_out // width)
     sums = np.zeros((chunks, blocks, n_taps, width))  # float64 across samples
     bias = np.zeros((chunks, blocks * width))
+    tile_taps = channel_positions(width, x.itemsize)
+    last = taps.size - tile_taps  # the last tile's first tap
     for task in prange(chunks * groups):
         chunk, group = task // groups, task % groups
         src = np.empty(per_step * sample, x.dtype)
         rows = np.empty(per_step * n_pos * width, x.dtype)
-        tile = np.empty(CHANNEL_POSITIONS * width, x.dtype)
-        last = taps.size - CHANNEL_POSITIONS  # the last tile's first tap
+        tile = np.empty(tile_taps * width, x.dtype)
         s1 = (chunk + 1) * n // chunks
         for s0 in range(chunk * n // chunks, s1, per_step):
             count = min(per_step, s1 - s0)
@@ -243,10 +271,10 @@ def _grad_weight_channels(gy, gate, gated, x, taps, n_taps, positions, per_step,
                     _gradient_rows(gy[s0 + i].reshape(c_out, n_pos), gate[s0 + i].reshape(gate.shape[1], -1), gated,
                                    k * width, rows[i * n_pos * width : (i + 1) * n_pos * width],
                                    bias[chunk, k * width : (k + 1) * width])
-                for t in range(0, n_taps, CHANNEL_POSITIONS):
+                for t in range(0, n_taps, tile_taps):
                     first = min(t, last)
-                    channel_tile(tile, 0, rows, 0, src, taps, first, positions[: count * n_pos])
-                    for p in range(t - first, min(CHANNEL_POSITIONS, n_taps - first)):  # skip taps summed before
+                    channel_tile(tile, 0, rows, 0, src, taps, first, positions[: count * n_pos], width)
+                    for p in range(t - first, min(tile_taps, n_taps - first)):  # skip taps summed before
                         for c in range(width):
                             sums[chunk, k, first + p, c] += tile[p * width + c]
     grad_w = np.empty((c_out, c_in) + (n_taps // c_in,), dtype=gy.dtype)
@@ -297,9 +325,10 @@ def _conv_channels(x, w, b, packed, taps, positions, top, left, hp, wp, relu, gr
         _pack_block(w, packed, k)
     flat_w = packed.reshape(packed.size)
     n_pos = y.shape[2] * y.shape[3]
-    tiles = -(-n_pos // CHANNEL_POSITIONS)
-    per_chunk = -(-tiles // chunks) * CHANNEL_POSITIONS
-    last = max(n_pos, CHANNEL_POSITIONS) - CHANNEL_POSITIONS  # the last tile's first position
+    tile = channel_positions(width, x.itemsize)
+    tiles = -(-n_pos // tile)
+    per_chunk = -(-tiles // chunks) * tile
+    last = max(n_pos, tile) - tile  # the last tile's first position
     for task in prange(n * groups * chunks):
         s, rest = task // (groups * chunks), task % (groups * chunks)
         group, chunk = rest // chunks, rest % chunks
@@ -308,12 +337,12 @@ def _conv_channels(x, w, b, packed, taps, positions, top, left, hp, wp, relu, gr
             continue
         src = np.empty(c_in * hp * wp, x.dtype)
         _pad_sample(x[s], src, top, left, hp, wp)
-        acc = np.empty((last + CHANNEL_POSITIONS) * width, x.dtype)
+        acc = np.empty((last + tile) * width, x.dtype)
         out = y[s].reshape(c_out, n_pos)
         for k in range(group * blocks // groups, (group + 1) * blocks // groups):
-            for p in range(lo, hi, CHANNEL_POSITIONS):
+            for p in range(lo, hi, tile):
                 first = min(p, last)
-                channel_tile(acc, first * width, flat_w, k * n_taps * width, src, positions, first, taps)
+                channel_tile(acc, first * width, flat_w, k * n_taps * width, src, positions, first, taps, width)
             _write_block(acc, width, b, k * width, min(width, c_out - k * width), lo, hi, relu, out)
 
 

@@ -14,11 +14,13 @@ stored: neighbouring rows share their zero columns and neighbouring samples thei
 25, and no padded copy of the input is made. Other
 strides with dilation 1 become a stride-1 conv of the input's phases (:mod:`._polyphase`), except
 where :mod:`.conv_channels` runs faster, with output channels in the vector lanes (see its
-``takes``): the forward pass and weight gradient of most strided convs of 48 or more output channels
-and of every dilated one, the weight gradient of stride-1 convs of 512 taps or more, and the forward
-pass and input gradient of stride-1 3x3 convs on small planes (8x8, and 16x16 for the input gradient),
-where the wide layout's scratch positions cost most, if their blocks of output (for the input
-gradient, input) channels are full and the batch gives each thread a sample. The input
+``takes``): the forward pass and weight gradient of most strided convs whose blocks of output
+channels are full (12 to 16, 24 to 32, or 48 or more float32 channels) and of every dilated one, the
+weight gradient of stride-1 convs of 512 taps or more (64 or more, on small planes, with 32 output
+channels or fewer), and the forward pass and input gradient of stride-1 3x3 convs on small planes
+(8x8, and 16x16 for the input gradient), where the wide layout's scratch positions cost most, if their
+blocks of output (for the input gradient, input) channels are full and the batch gives each thread a
+sample. The input
 gradient of a dilated strided conv runs row by row. A 1x1 conv with stride 1 and no padding needs no layout at all: its
 forward pass and input gradient are products per sample in the same register tiles
 (:mod:`.pointwise_numba`); one with a stride is that conv of its input subsampled by the stride (a
@@ -849,7 +851,7 @@ def conv2d_max_pool2d_grad_weight(gp, argmax, gate, x, geo):
     with ``argmax``; if ``gate`` is not None, through a ReLU after the pool, whose output it is."""
     (kh, kw), (sh, sw), (dh, dw), (oh, ow) = geo.kernel, geo.stride, geo.dilation, geo.out_hw
     if not _fuses_unpool(gp, sh, sw, oh, ow) or \
-            conv_channels.takes(x.shape, (gp.shape[1], x.shape[1], kh, kw), geo, "weight_gradient"):
+            conv_channels.takes(x.shape, (gp.shape[1], x.shape[1], kh, kw), geo, "pooled_weight_gradient"):
         gy = unpooled(pool_numba, elementwise_numba, gp, argmax, gate, oh, ow)
         return conv2d_grad_weight(gy, x, geo)
     planes = _conv_planes(geo)
