@@ -92,7 +92,29 @@ def test_channels_input_gradient_matches_the_reference(n, c_in, c_out, hw, kerne
     x, w, _, geo = _case(rng, n, c_in, c_out, hw, kernel, (1, 1), padding, dilation, dtype)
     gy = rng.standard_normal((n, c_out) + geo.out_hw).astype(dtype)
     want, _, _ = ref.conv2d_backward(gy, x, w, geo.stride, geo.padding, geo.dilation)
-    got = conv_channels.conv2d_channels_grad_input(gy, w, geo)
+    got = conv_channels.conv2d_channels_grad_input(gy, None, w, geo)
+    assert got.dtype == dtype and got.shape == x.shape
+    np.testing.assert_allclose(got, want, **TOL[dtype])
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("gated", [False, True])
+@pytest.mark.parametrize("n, c_in, c_out, hw, kernel, stride, padding", [
+    (2, 16, 8, (11, 10), (3, 3), (2, 2), 1),             # a block of one vector (float32), odd planes
+    (1, 70, 5, (16, 16), (3, 3), (2, 2), 1),             # blocks of four, the last nearly empty; batch 1
+    (2, 20, 6, (10, 13), (5, 3), (3, 2), (2, 0, 1, 1)),  # (left, right, top, bottom) padding, strides 3 and 2
+    (2, 9, 4, (12, 12), (2, 2), (3, 3), 1),              # a kernel smaller than the stride: phases no tap reaches
+    (3, 3, 5, (7, 6), (1, 1), (2, 2), 1),                # a padded 1x1 conv
+    (2, 64, 7, (5, 5), (3, 3), (2, 2), 0),               # 2x2 outputs: phases of fewer positions than a tile
+])
+def test_strided_input_gradient_matches_the_reference(n, c_in, c_out, hw, kernel, stride, padding, gated, dtype):
+    from fastcnn.kernels import conv_channels
+    rng = np.random.default_rng(c_in + c_out)
+    x, w, _, geo = _case(rng, n, c_in, c_out, hw, kernel, stride, padding, (1, 1), dtype)
+    gy = rng.standard_normal((n, c_out) + geo.out_hw).astype(dtype)
+    gate = np.maximum(rng.standard_normal(gy.shape), 0).astype(dtype) if gated else None
+    want, _, _ = ref.conv2d_backward(gy * (gate > 0) if gated else gy, x, w, geo.stride, geo.padding, geo.dilation)
+    got = conv_channels.conv2d_channels_grad_input(gy, gate, w, geo)
     assert got.dtype == dtype and got.shape == x.shape
     np.testing.assert_allclose(got, want, **TOL[dtype])
 
@@ -100,7 +122,8 @@ def test_channels_input_gradient_matches_the_reference(n, c_in, c_out, hw, kerne
 def test_input_gradients_it_takes_run_there_through_the_numba_backend(monkeypatch):
     """64 -> 32 channels on 16x16 at batch 4 (the padded planes 1.27 times the output): the input gradient
     of conv2d_backward and conv2d_relu_backward (gated) runs here and equals the reference's; with 8
-    input channels (half a block), or padding wider than the kernel reaches, or a stride, it does not."""
+    input channels (half a block), or padding wider than the kernel reaches, it does not; with a
+    stride it does (by phases), but not with a stride and a dilation."""
     from fastcnn.kernels import conv_channels
     monkeypatch.setattr(fastcnn.kernels.jit, "num_threads", lambda: 2)
     rng = np.random.default_rng(8)
@@ -109,7 +132,8 @@ def test_input_gradients_it_takes_run_there_through_the_numba_backend(monkeypatc
     half = (4, 8, 16, 16)  # 8 input channels: half a block
     assert not conv_channels.takes(half, (32, 8, 3, 3), conv_geometry(half, (32, 8, 3, 3), 1, 1, 1), "input_gradient")
     assert not conv_channels.takes(x.shape, w.shape, conv_geometry(x.shape, w.shape, 1, 3, 1), "input_gradient")
-    assert not conv_channels.takes(x.shape, w.shape, conv_geometry(x.shape, w.shape, 2, 1, 1), "input_gradient")
+    assert conv_channels.takes(x.shape, w.shape, conv_geometry(x.shape, w.shape, 2, 1, 1), "input_gradient")
+    assert not conv_channels.takes(x.shape, w.shape, conv_geometry(x.shape, w.shape, 2, 1, 2), "input_gradient")
     w5 = (32, 64, 5, 5)  # larger kernels were not measured
     assert not conv_channels.takes(x.shape, w5, conv_geometry(x.shape, w5, 1, 2, 1), "input_gradient")
     with pytest.raises(ValueError, match="part must be one of"):
@@ -256,9 +280,10 @@ def test_pooled_stride_1_weight_gradients_it_takes_run_there(monkeypatch):
 def test_small_channel_counts_take_blocks_of_one_vector(monkeypatch):
     """16 -> 16 channels on 16x16 at batch 3: the weight gradient of the stride-1 conv (144 taps) runs
     here in blocks of one vector, and so does its input gradient (not where the weight gradient stays
-    in the wide layout, whose copy of the output gradient both would share), and both equal the reference's; on
-    32x32 planes, after a max-pool's gradient, or from 3 input channels (27 taps), the weight gradient
-    does not, and neither does the stride-1 forward pass in such blocks (slower than the wide layout)."""
+    in the wide layout, whose copy of the output gradient both would share), and both equal the
+    reference's; on 32x32 planes, after a max-pool's gradient, or from 3 input channels (27 taps), the
+    weight gradient does not, and neither does the stride-1 forward pass in such blocks (slower than
+    the wide layout)."""
     from fastcnn.kernels import _tiles, conv_channels
     monkeypatch.setattr(fastcnn.kernels.jit, "num_threads", lambda: 2)
     assert _tiles.channel_width(32, 4) == 16 and _tiles.channel_width(33, 4) == 64
@@ -273,7 +298,7 @@ def test_small_channel_counts_take_blocks_of_one_vector(monkeypatch):
     small = (3, 16, 8, 8)
     assert not conv_channels.takes(small, w.shape, conv_geometry(small, w.shape, 1, 1, 1))
     assert conv_channels.takes(x.shape, w.shape, geo, "input_gradient")  # 16 input channels: a block of one vector
-    x32, w64 = (3, 32, 16, 16), (64, 32, 3, 3)  # its weight gradient (288 taps, blocks of four) stays in the wide layout
+    x32, w64 = (3, 32, 16, 16), (64, 32, 3, 3)  # its weight gradient (288 taps, blocks of four): the wide layout
     assert not conv_channels.takes(x32, w64, conv_geometry(x32, w64, 1, 1, 1), "input_gradient")
     calls = []
     for name in ("conv2d_channels_grad_weight", "conv2d_channels_grad_input"):

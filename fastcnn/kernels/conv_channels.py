@@ -1,6 +1,8 @@
 """Conv2D's forward pass and weight gradient with the output channels in vector lanes: any stride,
-dilation and padding; and a stride-1 conv's input gradient, as the forward pass of the output gradient
-with the weight flipped and transposed.
+dilation and padding; and the input gradient, the input channels in the lanes: a stride-1 conv's as
+the forward pass of the output gradient with the weight flipped and transposed, a strided one's
+(without dilation) phase by phase of the input, all phases reading one padded copy of the output
+gradient.
 
 The stride-1 kernels of :mod:`.conv_numba` put output positions in the vector lanes and broadcast
 the weights, so a strided conv must first be rearranged into its input's phases. Here the lanes hold
@@ -23,10 +25,10 @@ import functools
 
 import numpy as np
 
-from . import jit
+from . import _compose, elementwise_numba, jit
 from .jit import kernel_helper, parallel_kernel, prange, sized
 from ._planes import place
-from ._rows import copy_plus, copy_relu
+from ._rows import copy_gated, copy_plus, copy_relu
 from ._taps import tap_offsets
 from ._tiles import TILE_SPEED, channel_positions, channel_tile, channel_width, lanes
 
@@ -70,6 +72,10 @@ def takes(x_shape: tuple, w_shape: tuple, geo, part: str = "forward") -> bool:
       a prepared conv's) time for 32 to 128 input and 64 to 256 output channels on 8x8 (1.56 times),
       batch 4 to 256; on 16x16 (1.27 times) 0.92-1.02x, on 32x32 1.09x; at batch 1, 1.8x. In blocks
       of one vector, 1.05-1.36x on 8x8 to 32x32.
+    - The input gradient of strided convs without dilation (:func:`_grad_input_by_phases`), any
+      channels and batch: 0.34-0.82x the time of the phases' wide-layout kernels for 3x3 convs of 8
+      to 128 input channels on 16x16 and 32x32 at batch 2 to 64 (0.15-0.41x at batch 1), stride 3
+      0.66x, 5x5 and 7x7 0.95-0.99x; one input channel 1.04x.
     - The input gradient of stride-1 convs (3x3 at most; :func:`conv2d_channels_grad_input`) whose blocks of
       *input* channels are full, from :data:`_WIDE_WASTE_GRAD` times, where a sample is a task: on
       8x8 0.68-0.74x the wide layout's time (64 to 256 input channels; 16 in a block of one vector
@@ -106,7 +112,7 @@ def takes(x_shape: tuple, w_shape: tuple, geo, part: str = "forward") -> bool:
             return measured and wasteful and not shares and _transposed_padding(geo) is not None
         return measured and not narrow and hp * wp >= _WIDE_WASTE * oh * ow
     if part == "input_gradient":
-        return False
+        return geo.dilation == (1, 1)
     if geo.dilation != (1, 1):
         return True
     return kh * kw > 1 and full and (part != "forward" or one_task)
@@ -131,16 +137,148 @@ def conv2d_channels_forward(x: np.ndarray, w: np.ndarray, b: np.ndarray, geo, re
     return y
 
 
-def conv2d_channels_grad_input(gy: np.ndarray, w: np.ndarray, geo) -> np.ndarray:
-    """The input gradient (N, C, H, W) of the stride-1 conv ``geo`` (one group) of weight ``w`` (C_out,
-    C, kH, kW), from its output gradient ``gy`` (N, C_out, OH, OW): the forward pass here of ``gy``
-    with the weight flipped and its channels swapped, padded as :func:`_transposed_padding` says."""
+def conv2d_channels_grad_input(gy: np.ndarray, gate: np.ndarray | None, w: np.ndarray, geo) -> np.ndarray:
+    """The input gradient (N, C, H, W) of the conv ``geo`` (one group; a strided one without dilation)
+    of weight ``w`` (C_out, C, kH, kW), from its output gradient ``gy`` (N, C_out, OH, OW), through
+    the ReLU whose output is ``gate`` if it is not None. Of a stride-1 conv, the forward pass here of
+    ``gy`` (gated in a pass of its own) with the weight flipped and its channels swapped, padded as
+    :func:`_transposed_padding` says; of a strided one, see :func:`_grad_input_by_phases`."""
+    if geo.stride != (1, 1):
+        return _grad_input_by_phases(gy, gate, w, geo)
+    gy = _compose.gated(elementwise_numba, gy, gate)
     (top, bottom), (left, right) = padding = _transposed_padding(geo)
     oh, ow = gy.shape[2:]
     flipped = np.ascontiguousarray(w[:, :, ::-1, ::-1].transpose(1, 0, 2, 3))
     transposed = geo._replace(padding=padding, out_hw=geo.input_hw, padded_hw=(oh + top + bottom, ow + left + right))
     grad_x = np.empty((gy.shape[0], w.shape[1]) + geo.input_hw, gy.dtype)
     return conv2d_channels_forward(gy, flipped, np.zeros(w.shape[1], gy.dtype), transposed, False, grad_x)
+
+
+def _grad_input_by_phases(gy: np.ndarray, gate: np.ndarray | None, w: np.ndarray, geo) -> np.ndarray:
+    """:func:`conv2d_channels_grad_input` of a strided conv without dilation, gated as each task pads
+    its sample's output gradient.
+
+    The input's positions fall into ``sH x sW`` phases (rows ``a, a + sH, ..``, columns ``b, b + sW,
+    ..``), and the positions of a phase read the output gradient through the taps of one sub-kernel
+    (rows ``a', a' + sH, ..`` of the kernel): per phase a stride-1 transposed conv, all phases reading
+    one zero-padded copy of each sample's output gradient (:func:`_phase_layout`), the input channels
+    in the lanes. A task is a sample."""
+    n, c_out, oh, ow = gy.shape
+    _, c_in, kh, kw = w.shape
+    (top, _), (left, _) = geo.padding
+    layout = _phase_layout(c_out, kh, kw, *geo.stride, top, left, *geo.input_hw, oh, ow)
+    width = channel_width(c_in, gy.itemsize)
+    blocks = -(-c_in // width)
+    packed = np.empty((blocks, c_out * kh * kw, width), gy.dtype)
+    grad_x = np.empty((n, c_in) + geo.input_hw, gy.dtype)
+    kernel = sized(_grad_input_phases, n * oh * ow * w.size // TILE_SPEED)
+    kernel(gy, gy if gate is None else gate, gate is not None, w, packed, *layout, grad_x)
+    return grad_x
+
+
+@functools.lru_cache(maxsize=64)
+def _phase_layout(c_out: int, kh: int, kw: int, sh: int, sw: int, top: int, left: int, h: int, wd: int, oh: int,
+                  ow: int) -> tuple:
+    """Tables for :func:`_grad_input_by_phases`, kept read-only; a phase's part of each
+    table starts at its entry in the matching ``*_starts`` array:
+
+    - ``pt, pl, hp, wp``: the output gradient's planes padded to ``hp x wp``, ``pt`` zero rows above
+      and ``pl`` zero columns left of it (as far as a sub-kernel reaches back), and below and right
+      as far as a phase's last input position reads past it;
+    - ``positions``, ``writes``, ``counts``, ``pos_starts``: a phase's input positions ``(r, c)``,
+      where each reads in a padded plane (row ``(r + top - a) / sH + pt``, column likewise) and where
+      it lies in an input plane; ``counts`` of them, the tables padded (the last position repeated)
+      to at least 24, a whole tile of either block width (:func:`._tiles.channel_positions`);
+    - ``taps``, ``sub``, ``tap_starts``, ``sub_starts``: a phase's taps, output channel by sub-kernel
+      tap (row ``m``, column ``mx``): their offsets in a padded sample, ``o*hp*wp - m*wp - mx``, and
+      the sub-kernel's taps' places in a kernel plane, ``i*kW + j`` with ``i = a + m*sH``, ``j = b +
+      mx*sW`` (a phase past the kernel's size has none: its input positions get zeros)."""
+    pt, pl = -(-kh // sh) - 1, -(-kw // sw) - 1
+    rows = [[r for r in range(h) if (r + top) % sh == a] for a in range(sh)]
+    cols = [[c for c in range(wd) if (c + left) % sw == b] for b in range(sw)]
+    q_end = max((rr[-1] + top - a) // sh + 1 for a, rr in enumerate(rows) if rr)
+    qx_end = max((cc[-1] + left - b) // sw + 1 for b, cc in enumerate(cols) if cc)
+    hp, wp = pt + max(oh, q_end), pl + max(ow, qx_end)
+    tables = {name: [] for name in ("positions", "writes", "taps", "sub")}
+    counts, pos_starts, tap_starts, sub_starts = [], [0], [0], [0]
+    for a in range(sh):
+        for b in range(sw):
+            spots = [(r, c) for r in rows[a] for c in cols[b]]
+            reads = [((r + top - a) // sh + pt) * wp + (c + left - b) // sw + pl for r, c in spots]
+            pad = max(0, 24 - len(spots))
+            counts.append(len(spots))
+            tables["positions"] += reads + (reads[-1:] or [0]) * pad
+            tables["writes"] += [r * wd + c for r, c in spots] + [0] * pad
+            pos_starts.append(len(tables["positions"]))
+            taps = [(m, mx) for m in range(-(-(kh - a) // sh)) for mx in range(-(-(kw - b) // sw))]
+            tables["taps"] += [o * hp * wp - m * wp - mx for o in range(c_out) for m, mx in taps]
+            tables["sub"] += [(a + m * sh) * kw + b + mx * sw for m, mx in taps]
+            tap_starts.append(len(tables["taps"]))
+            sub_starts.append(len(tables["sub"]))
+    arrays = [np.array(v, np.int64) for v in (tables["positions"], tables["writes"], counts, pos_starts,
+                                               tables["taps"], tables["sub"], tap_starts, sub_starts)]
+    for array in arrays:
+        array.flags.writeable = False
+    return (pt, pl, hp, wp, *arrays)
+
+
+@parallel_kernel
+def _grad_input_phases(gy, gate, gated, w, packed, pt, pl, hp, wp, positions, writes, counts, pos_starts, taps, sub,
+                       tap_starts, sub_starts, grad_x):
+    """:func:`_grad_input_by_phases`: the weight packed per block of input channels and
+    phase into ``packed`` (blocks, taps, width), then a task per sample: its output gradient padded
+    (see :func:`_phase_layout`; where ``gate`` is positive, if ``gated``), then for each block and phase, tiles of the phase's positions into a
+    position-major buffer, written to their places in the sample's input gradient."""
+    n, c_out = gy.shape[:2]
+    c_in = w.shape[1]
+    blocks, n_taps, width = packed.shape
+    kernel = w.reshape(c_out, c_in, w.shape[2] * w.shape[3])
+    phases = counts.size
+    for k in prange(blocks):
+        for ph in range(phases):
+            t0, s0 = tap_starts[ph], sub_starts[ph]
+            per = sub_starts[ph + 1] - s0  # sub-kernel taps
+            for t in range(tap_starts[ph + 1] - t0):
+                o, tap = t // per, sub[s0 + t % per]
+                for c in range(width):
+                    ci = k * width + c
+                    packed[k, t0 + t, c] = kernel[o, ci, tap] if ci < c_in else 0
+    flat_w = packed.reshape(packed.size)
+    tile = channel_positions(width, gy.itemsize)
+    most = 0
+    for ph in range(phases):
+        most = max(most, pos_starts[ph + 1] - pos_starts[ph])
+    plane = grad_x.shape[2] * grad_x.shape[3]
+    for s in prange(n):
+        src = np.empty(c_out * hp * wp, gy.dtype)
+        if gated:
+            src[:] = 0
+            for o in range(c_out):
+                for r in range(gy.shape[2]):
+                    at = o * hp * wp + (pt + r) * wp + pl
+                    copy_gated(src[at : at + gy.shape[3]], gy[s, o, r], gate[s, o, r])
+        else:
+            _pad_sample(gy[s], src, pt, pl, hp, wp)
+        acc = np.empty(most * width, gy.dtype)
+        out = grad_x[s].reshape(c_in, plane)
+        for k in range(blocks):
+            count_c = min(width, c_in - k * width)
+            for ph in range(phases):
+                p0, n_pos, t0, t1 = pos_starts[ph], counts[ph], tap_starts[ph], tap_starts[ph + 1]
+                if t1 == t0:  # no tap reaches this phase
+                    for c in range(count_c):
+                        for p in range(n_pos):
+                            out[k * width + c, writes[p0 + p]] = 0
+                    continue
+                reads = positions[p0 : pos_starts[ph + 1]]
+                last = max(n_pos, tile) - tile  # the last tile's first position
+                for p in range(0, n_pos, tile):
+                    first = min(p, last)
+                    channel_tile(acc, first * width, flat_w, (k * n_taps + t0) * width, src, reads, first,
+                                 taps[t0:t1], width)
+                for c in range(count_c):
+                    for p in range(n_pos):
+                        out[k * width + c, writes[p0 + p]] = acc[p * width + c]
 
 
 def _transposed_padding(geo) -> tuple | None:

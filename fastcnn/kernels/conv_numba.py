@@ -20,7 +20,7 @@ weight gradient of stride-1 convs of 512 taps or more (64 or more, on small plan
 channels or fewer), and the forward pass and input gradient of stride-1 3x3 convs on small planes
 (8x8, and 16x16 for the input gradient), where the wide layout's scratch positions cost most, if their
 blocks of output (for the input gradient, input) channels are full and the batch gives each thread a
-sample. The input
+sample; and the input gradient of every strided conv without dilation, phase by phase. The input
 gradient of a dilated strided conv runs row by row. A 1x1 conv with stride 1 and no padding needs no layout at all: its
 forward pass and input gradient are products per sample in the same register tiles
 (:mod:`.pointwise_numba`); one with a stride is that conv of its input subsampled by the stride (a
@@ -862,14 +862,14 @@ def conv2d_max_pool2d_grad_weight(gp, argmax, gate, x, geo):
 
 
 @parallel_kernel
-def _grad_input_wide(gr, head, w, xr, grad_x, hp, wp, shift, dh, dw, groups, pass_taps, place):
+def _grad_input_wide(gr, head, w, xr, grad_x, hp, wp, shift, dh, dw, groups, pass_taps):
     """Stride-1 input gradient in the wide layout: ``grad[p] = sum(w[i, j] * gy[p + shift - i*dh*wp - j*dw])``,
     in ``groups`` groups of rows a block (see :func:`_row_groups`).
 
     The gradient's runs ``xr`` cover every position of the input's planes ``hp x wp`` (see
     :class:`_WidePlanes`), and the shifted reads of ``gy`` land on its zero scratch positions or its zero
     head or tail wherever they fall outside the output; the input's own positions go to ``grad_x`` (N,
-    C, H, W) as :func:`_place_plane` puts them, ``place`` its ``(rows, cols, row0, col0, sh, sw)``.
+    C, H, W).
     """
     n, c_in, h, width = grad_x.shape
     c_out, kh, kw = w.shape[0], w.shape[2], w.shape[3]
@@ -877,35 +877,14 @@ def _grad_input_wide(gr, head, w, xr, grad_x, hp, wp, shift, dh, dw, groups, pas
     offsets = tap_offsets(c_out, kh, kw, gr.shape[1], head + shift - (kw - 1) * dw, -dh * wp, dw)
     for task in prange(-(-xr.shape[1] // _BLOCK) * groups):
         _correlate_task(xr, taps, gr, offsets, groups, pass_taps, task)
-    rows, cols, row0, col0, sh, sw = place
-    whole_planes = (rows, cols, row0, col0, sh, sw) == (h, width, 0, 0, 1, 1) and width == wp
     for task in prange(n * c_in):
         s, ci = task // c_in, task % c_in
         start = s * hp * wp
-        if whole_planes:  # no padding or scratch columns: the plane is one run
+        if width == wp:  # no padding or scratch columns: the plane is one run
             copy_plus(grad_x[s, ci].reshape(h * width), xr[ci, start:], 0)
         else:
-            _place_plane(xr[ci], start, wp, grad_x[s, ci], rows, cols, row0, col0, sh, sw)
-
-
-@kernel_helper
-def _place_plane(run, start, wp, out, rows, cols, row0, col0, sh, sw):
-    """Value ``(r, q)`` of the plane at ``run[start:]`` (rows ``wp`` apart), for ``r < rows`` and ``q <
-    cols``, to ``out[row0 + r*sh, col0 + q*sw]``; those that land outside ``out`` are dropped."""
-    h, width = out.shape
-    r0, r1 = _landing(row0, sh, rows, h)
-    q0, q1 = _landing(col0, sw, cols, width)
-    for r in range(r0, r1):
-        dst, src = out[row0 + r * sh], run[start + r * wp + q0 :]
-        first = col0 + q0 * sw
-        if sw == 1:
-            copy_plus(dst[first : first + q1 - q0], src, 0)
-        elif sw == 2:  # a constant step: no multiply per value
-            for k in range(q1 - q0):
-                dst[first + 2 * k] = src[k]
-        else:
-            for k in range(q1 - q0):
-                dst[first + k * sw] = src[k]
+            for r in range(h):
+                copy_plus(grad_x[s, ci, r], xr[ci, start + r * wp :], 0)
 
 
 @kernel_helper
@@ -973,21 +952,9 @@ def _conv2d_grad_input(gy, gate, w, geo):
     if _unpadded_1x1(geo):
         return _pointwise_grad_input(gated(elementwise_numba, gy, gate), w, geo)
     if conv_channels.takes(shape, w.shape, geo, "input_gradient"):
-        return conv_channels.conv2d_channels_grad_input(gated(elementwise_numba, gy, gate), w, geo)
+        return conv_channels.conv2d_channels_grad_input(gy, gate, w, geo)
     work = gy.size * w.shape[1] * w.shape[2] * w.shape[3]
-    if _by_phases(sh, sw, dh, dw):  # each phase's gradient from its own sub-kernel: no zero taps
-        grad_x = np.zeros(shape, dtype=gy.dtype)  # where no tap reads: 0
-        (top, _), (left, _) = padding
-        ph, pw, ka, kb, hq, wq = _polyphase.phase_shape(*w.shape[2:], sh, sw, *gy.shape[2:])
-        planes = _WidePlanes(hq, wq, 0)  # the largest sub-kernel's, for every phase: one copy of gy's runs
-        gr, head = _grad_runs(gy, ka, kb, 1, 1, planes, gate)
-        for pi in range(ph):
-            for pj in range(pw):
-                sub = np.ascontiguousarray(w[:, :, pi::sh, pj::sw])
-                place = (hq, wq, pi - top, pj - left, sh, sw)
-                _grad_input_of_runs(gr, head, sub, grad_x, 1, 1, planes, gy.size * sub[0].size, place)
-        return grad_x
-    if sh != 1 or sw != 1:
+    if sh != 1 or sw != 1:  # with dilation (conv_channels takes every strided one without)
         gy = gated(elementwise_numba, gy, gate)
         return cropped(sized(_grad_input_strided, work)(gy, w, hp, wp, sh, sw, dh, dw), padding)
     planes = _conv_planes(geo)
@@ -995,14 +962,12 @@ def _conv2d_grad_input(gy, gate, w, geo):
     return _grad_input_of_runs(gr, head, w, np.empty(shape, dtype=gy.dtype), dh, dw, planes, work)
 
 
-def _grad_input_of_runs(gr, head, w, grad_x, dh, dw, planes, work, place=None):
+def _grad_input_of_runs(gr, head, w, grad_x, dh, dw, planes, work):
     """Stride-1 input gradient from the output gradient's runs ``gr`` (see :func:`_grad_layout`), into
-    ``grad_x`` (N, C, H, W) as ``place`` says (see :func:`_grad_input_wide`; None: the plane's input
-    positions to the same positions of ``grad_x``). Returns ``grad_x``."""
+    ``grad_x`` (N, C, H, W). Returns ``grad_x``."""
     wide = scratch("wide out", (tile_rows(w.shape[1]), gr.shape[1] - head - planes.shift), gr.dtype)
     groups, pass_taps = _row_groups(wide.shape[0], wide.shape[1]), _pass_taps(*w.shape[2:])
-    place = place or grad_x.shape[2:] + (0, 0, 1, 1)
-    sized(_grad_input_wide, work // TILE_SPEED)(gr, head, w, wide, grad_x, *planes, dh, dw, groups, pass_taps, place)
+    sized(_grad_input_wide, work // TILE_SPEED)(gr, head, w, wide, grad_x, *planes, dh, dw, groups, pass_taps)
     return grad_x
 
 
