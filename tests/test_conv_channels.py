@@ -106,6 +106,9 @@ def test_channels_input_gradient_matches_the_reference(n, c_in, c_out, hw, kerne
     (2, 9, 4, (12, 12), (2, 2), (3, 3), 1),              # a kernel smaller than the stride: phases no tap reaches
     (3, 3, 5, (7, 6), (1, 1), (2, 2), 1),                # a padded 1x1 conv
     (2, 64, 7, (5, 5), (3, 3), (2, 2), 0),               # 2x2 outputs: phases of fewer positions than a tile
+    (2, 6, 5, (10, 10), (3, 3), (2, 2), 0),              # a last row and column that no output reads
+    (2, 6, 5, (9, 9), (3, 3), (2, 2), 3),                # padding wider than the kernel reaches
+    (1, 4, 3, (0, 6), (2, 2), (2, 2), 1),                # no input rows: nothing to write
 ])
 def test_strided_input_gradient_matches_the_reference(n, c_in, c_out, hw, kernel, stride, padding, gated, dtype):
     from fastcnn.kernels import conv_channels
@@ -184,7 +187,8 @@ def test_channels_conv_is_the_same_for_any_thread_count(c_out):
             for threads in (1, fastcnn.threads.max_threads()):
                 fastcnn.set_num_threads(threads)
                 y = np.empty((n, c_out) + geo.out_hw, np.float32)
-                results.append((conv_channels.conv2d_channels_forward(x, w, b, geo, False, y),)
+                results.append((conv_channels.conv2d_channels_forward(x, w, b, geo, False, y),
+                                conv_channels.conv2d_channels_grad_input(gy, None, w, geo))
                                + conv_channels.conv2d_channels_grad_weight(gy, None, x, geo))
     finally:
         fastcnn.set_num_threads(before)
@@ -194,7 +198,8 @@ def test_channels_conv_is_the_same_for_any_thread_count(c_out):
 
 
 def test_strided_convs_it_takes_run_there_through_the_numba_backend(monkeypatch):
-    """The forward pass and the weight gradient (alone, and after a max-pool's gradient) as the op calls them."""
+    """The forward pass, the weight gradient (alone, and after a max-pool's gradient) and the input
+    gradient as the op calls them."""
     from fastcnn.kernels import conv_channels
     rng = np.random.default_rng(4)
     x, w, b, geo = _case(rng, 8, 16, 64, (16, 16), (3, 3), (2, 2), 1, (1, 1), np.float32)
@@ -208,7 +213,7 @@ def test_strided_convs_it_takes_run_there_through_the_numba_backend(monkeypatch)
                      "stride 1 on 16x16": False}
     assert conv_channels.takes(x.shape, w.shape, geo, "weight_gradient")
     calls = []
-    for name in ("conv2d_channels_forward", "conv2d_channels_grad_weight"):
+    for name in ("conv2d_channels_forward", "conv2d_channels_grad_weight", "conv2d_channels_grad_input"):
         real = getattr(conv_channels, name)
         monkeypatch.setattr(conv_channels, name, lambda *args, real=real, name=name: calls.append(name) or real(*args))
     for relu in (False, True):
@@ -217,11 +222,13 @@ def test_strided_convs_it_takes_run_there_through_the_numba_backend(monkeypatch)
         want = ref.conv2d(x, w, b, geo.stride, geo.padding, geo.dilation)
         np.testing.assert_allclose(got, np.maximum(want, 0) if relu else want, **TOL[np.float32])
     gy = rng.standard_normal(want.shape).astype(np.float32)
-    _, want_w, want_b = ref.conv2d_backward(gy, x, w, geo.stride, geo.padding, geo.dilation)
-    _, grad_w, grad_b = F.conv2d_backward(gy, x, w, stride=2, padding=1, backend="numba")
+    want_x, want_w, want_b = ref.conv2d_backward(gy, x, w, geo.stride, geo.padding, geo.dilation)
+    grad_x, grad_w, grad_b = F.conv2d_backward(gy, x, w, stride=2, padding=1, backend="numba")
+    np.testing.assert_allclose(grad_x, want_x, **TOL[np.float32])
     np.testing.assert_allclose(grad_w, want_w, **TOL[np.float32])
     np.testing.assert_allclose(grad_b, want_b, **TOL[np.float32])
-    assert calls == ["conv2d_channels_forward"] * 2 * taken["strided 64"] + ["conv2d_channels_grad_weight"]
+    assert calls == ["conv2d_channels_forward"] * 2 * taken["strided 64"] + ["conv2d_channels_grad_weight",
+                                                                             "conv2d_channels_grad_input"]
 
 
 @pytest.mark.parametrize("policy", ["numba", "plan"])

@@ -100,6 +100,22 @@ def test_1x1_conv_transpose2d_with_output_padding(backend):
     np.testing.assert_allclose(y, want, rtol=1e-10, atol=1e-12)
 
 
+def test_strided_conv_transpose2d_with_output_padding_runs_by_phases(monkeypatch):
+    """A stride-2 transposed conv with ``output_padding`` 1 (a last row and column no input reaches) on
+    the Numba backend: the forward pass is the strided conv's input gradient, phase by phase in
+    conv_channels, and equals the naive loops."""
+    from fastcnn.kernels import conv_channels
+    calls = []
+    real = conv_channels.conv2d_channels_grad_input
+    monkeypatch.setattr(conv_channels, "conv2d_channels_grad_input", lambda *args: calls.append(1) or real(*args))
+    rng = np.random.default_rng(4)
+    x, w, b = rng.standard_normal((3, 6, 5, 4)), rng.standard_normal((6, 16, 3, 3)), rng.standard_normal(16)
+    want = naive_conv_transpose2d(x, w, b, (2, 2), (1, 1), (1, 1), 1, (1, 1))
+    y = F.conv_transpose2d(x, w, b, 2, 1, 1, 1, 1, backend="numba")
+    assert y.shape == (3, 16, 10, 8) and calls == [1]
+    np.testing.assert_allclose(y, want, rtol=1e-10, atol=1e-12)
+
+
 @pytest.mark.parametrize("args", [((2, 2), 1, 1, 1, 1), ((2, 1), (0, 1), (1, 0), 2, 1), (1, 1, 1, 1, 2)])
 def test_conv_transpose2d_finite_differences_and_pytorch(args, backend):
     rng = np.random.default_rng(0)

@@ -12,12 +12,12 @@ an output position reads is broadcast: where it lies is a table lookup, so the s
 dilation cost nothing. A tile is :func:`._tiles.channel_positions` output positions (24 or 6) by one
 block (:func:`._tiles.channel_tile`).
 
-One launch does the whole pass. Its tasks are samples (split by blocks of output channels and by
-positions where there are fewer samples than threads want): each copies its sample into a zero-padded
-plane of its own, computes its tiles into a position-major buffer while both stay in cache, and
-writes the buffer out, transposed to the output's channel-major planes, plus the bias and through a
-ReLU if asked. Every task writes its own part of the output, so the result does not depend on the
-thread count.
+One launch does the whole pass. Its tasks are samples (in the forward pass split by blocks of output
+channels and by positions where there are fewer samples than threads want): each copies its sample
+into a zero-padded plane of its own, computes its tiles into a position-major buffer while both stay
+in cache, and writes the buffer out, transposed to the output's channel-major planes (plus the bias
+and through a ReLU if asked; a strided input gradient's to each phase's positions). Every task writes
+its own part of the output, so the result does not depend on the thread count.
 """
 from __future__ import annotations
 
@@ -30,13 +30,14 @@ from .jit import kernel_helper, parallel_kernel, prange, sized
 from ._planes import place
 from ._rows import copy_gated, copy_plus, copy_relu
 from ._taps import tap_offsets
-from ._tiles import TILE_SPEED, channel_positions, channel_tile, channel_width, lanes
+from ._tiles import CHANNEL_ACCUMULATORS, TILE_SPEED, channel_positions, channel_tile, channel_width, lanes
 
 _TASKS_PER_THREAD = 4  # small batches are split until every thread has this many tasks
 _MIN_CHUNK_TILES = 8  # a task's positions, at least (in tiles), when small batches are split by positions
 _WRITE_POSITIONS = 64  # positions per block of the transposed write (their lines of the buffer stay in L1)
 _WIDE_WASTE = 1.4  # a stride-1 forward pass runs here from this ratio of padded input to output positions (see takes)
 _WIDE_WASTE_GRAD = 1.2  # and its input gradient (and a weight gradient in blocks of one vector) from this one
+_WHOLE_TILE = CHANNEL_ACCUMULATORS  # positions in a tile of either block width (see _tiles.channel_positions)
 _GRAD_TAPS = 512  # a stride-1 weight gradient runs here from this many taps (input channels x kernel) a channel
 _NARROW_GRAD_TAPS = 64  # and from this many where its blocks are one vector wide (see takes)
 _PARTS = ("forward", "weight_gradient", "pooled_weight_gradient", "input_gradient")
@@ -188,7 +189,7 @@ def _phase_layout(c_out: int, kh: int, kw: int, sh: int, sw: int, top: int, left
     - ``positions``, ``writes``, ``counts``, ``pos_starts``: a phase's input positions ``(r, c)``,
       where each reads in a padded plane (row ``(r + top - a) / sH + pt``, column likewise) and where
       it lies in an input plane; ``counts`` of them, the tables padded (the last position repeated)
-      to at least 24, a whole tile of either block width (:func:`._tiles.channel_positions`);
+      to at least :data:`_WHOLE_TILE` positions;
     - ``taps``, ``sub``, ``tap_starts``, ``sub_starts``: a phase's taps, output channel by sub-kernel
       tap (row ``m``, column ``mx``): their offsets in a padded sample, ``o*hp*wp - m*wp - mx``, and
       the sub-kernel's taps' places in a kernel plane, ``i*kW + j`` with ``i = a + m*sH``, ``j = b +
@@ -196,8 +197,8 @@ def _phase_layout(c_out: int, kh: int, kw: int, sh: int, sw: int, top: int, left
     pt, pl = -(-kh // sh) - 1, -(-kw // sw) - 1
     rows = [[r for r in range(h) if (r + top) % sh == a] for a in range(sh)]
     cols = [[c for c in range(wd) if (c + left) % sw == b] for b in range(sw)]
-    q_end = max((rr[-1] + top - a) // sh + 1 for a, rr in enumerate(rows) if rr)
-    qx_end = max((cc[-1] + left - b) // sw + 1 for b, cc in enumerate(cols) if cc)
+    q_end = max(((rr[-1] + top - a) // sh + 1 for a, rr in enumerate(rows) if rr), default=0)
+    qx_end = max(((cc[-1] + left - b) // sw + 1 for b, cc in enumerate(cols) if cc), default=0)
     hp, wp = pt + max(oh, q_end), pl + max(ow, qx_end)
     tables = {name: [] for name in ("positions", "writes", "taps", "sub")}
     counts, pos_starts, tap_starts, sub_starts = [], [0], [0], [0]
@@ -205,7 +206,7 @@ def _phase_layout(c_out: int, kh: int, kw: int, sh: int, sw: int, top: int, left
         for b in range(sw):
             spots = [(r, c) for r in rows[a] for c in cols[b]]
             reads = [((r + top - a) // sh + pt) * wp + (c + left - b) // sw + pl for r, c in spots]
-            pad = max(0, 24 - len(spots))
+            pad = max(0, _WHOLE_TILE - len(spots))
             counts.append(len(spots))
             tables["positions"] += reads + (reads[-1:] or [0]) * pad
             tables["writes"] += [r * wd + c for r, c in spots] + [0] * pad
@@ -223,12 +224,13 @@ def _phase_layout(c_out: int, kh: int, kw: int, sh: int, sw: int, top: int, left
 
 
 @parallel_kernel
-def _grad_input_phases(gy, gate, gated, w, packed, pt, pl, hp, wp, positions, writes, counts, pos_starts, taps, sub,
-                       tap_starts, sub_starts, grad_x):
-    """:func:`_grad_input_by_phases`: the weight packed per block of input channels and
-    phase into ``packed`` (blocks, taps, width), then a task per sample: its output gradient padded
-    (see :func:`_phase_layout`; where ``gate`` is positive, if ``gated``), then for each block and phase, tiles of the phase's positions into a
-    position-major buffer, written to their places in the sample's input gradient."""
+def _grad_input_phases(gy, gate, gated, w, packed, pt, pl, hp, wp, positions, writes, counts, pos_starts, taps,
+                       sub, tap_starts, sub_starts, grad_x):
+    """:func:`_grad_input_by_phases`: the weight packed per block of input channels and phase into
+    ``packed`` (blocks, taps, width), then a task per sample: its output gradient padded (see
+    :func:`_phase_layout`; where ``gate`` is positive, if ``gated``), then for each block and phase,
+    tiles of the phase's positions into a position-major buffer, written to their places in the
+    sample's input gradient."""
     n, c_out = gy.shape[:2]
     c_in = w.shape[1]
     blocks, n_taps, width = packed.shape

@@ -921,9 +921,9 @@ def conv2d_grad_input(gy, w, geo):
 
 def conv2d_relu_grad_input(gy, gate, w, geo):
     """:func:`conv2d_grad_input` through the ReLU whose output is ``gate``: the gate is applied as the
-    gradient is read into the runs (stride 1 and strided convs without dilation, by phases), or in a
-    pass of its own first (1x1 convs without padding, the input gradients :mod:`.conv_channels` takes,
-    dilated strided convs)."""
+    gradient is read into the runs (stride 1) or padded (strided convs without dilation, in
+    :mod:`.conv_channels`), or in a pass of its own first (1x1 convs without padding, the stride-1
+    input gradients :mod:`.conv_channels` takes, dilated strided convs)."""
     return _conv2d_grad_input(gy, gate, w, geo)
 
 
