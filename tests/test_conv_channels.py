@@ -33,7 +33,7 @@ CASES = pytest.mark.parametrize("n, c_in, c_out, hw, kernel, stride, padding, di
     (1, 3, 70, (30, 30), (3, 3), (2, 2), "same", (1, 1)),   # batch 1 split into chunks of positions
     (4, 16, 48, (16, 16), (1, 1), (2, 2), 0, (1, 1)),       # 1x1, stride 2
     (11, 4, 64, (6, 6), (3, 3), (1, 1), 1, (1, 1)),         # stride 1; several samples a weight-gradient tile
-    (2, 8, 32, (17, 17), (3, 3), (2, 2), 1, (1, 1)),        # two blocks of one vector (float32; of four in float64)
+    (2, 8, 32, (17, 17), (3, 3), (2, 2), 1, (1, 1)),        # two blocks of one vector (float32; float64: one of four)
     (1, 3, 16, (3, 5), (3, 3), (1, 1), 1, (1, 1)),          # one such block (two in float64), fewer positions
                                                             # than its tile
     (1, 3, 16, (40, 40), (3, 3), (1, 1), 1, (1, 1)),        # the same at batch 1 split into chunks of positions

@@ -5,13 +5,10 @@ With stride ``(sh, sw)`` (dilation 1), output ``(r, q)`` reads input ``(r*sh + i
 ``(pi, pj)``, the plane ``xp[pi::sh, pj::sw]``. So the conv equals a stride-1 conv of the phases,
 stacked as channels (``C * ph * pw`` of them, ``ph = min(sh, kh)``: phases no tap reads are left out),
 with the kernel cut the same way into ``ceil(kh/sh) x ceil(kw/sw)`` sub-kernels. The stride-1
-register tiles then do the arithmetic, at the price of one copy of the input (its phases' runs,
-``conv_numba._phase_taps``):
-
-- forward and weight gradient: :func:`tap_offsets` says where each of the kernel's own taps reads in
-  the phases' runs (no zero taps);
-- input gradient: a stride-1 input gradient per phase with that phase's own sub-kernel, written
-  straight into the phase's positions of the input's gradient (positions no tap reads get 0).
+register tiles then do the arithmetic of the forward pass and the weight gradient, at the price of
+one copy of the input (its phases' runs, ``conv_numba._phase_taps``): :func:`tap_offsets` says where
+each of the kernel's own taps reads in the phases' runs (no zero taps). (The input gradient goes by
+the input's phases in :mod:`.conv_channels` instead: ``_grad_input_by_phases``.)
 """
 from __future__ import annotations
 

@@ -31,7 +31,7 @@ DENSE_ROWS, DENSE_COLS = 4, 5  # input rows by outputs: an MLP's ten outputs in 
 CHANNEL_ACCUMULATORS, CHANNEL_VECTORS = 24, 4  # channel_tile: 24 vector sums; a block of 4 vectors (64 float32
 # channels) by 6 positions, or of one vector by 24 positions where a conv has two vectors of channels or fewer.
 # Measured, 3x3 convs at batch 64: with 64 output channels 12x2 took 1.2-1.3x the time of 6x4 and 24x1 1.1-1.4x;
-# with 32 (16->32, stride 2), two blocks of 24x1 took 0.65-0.74x (forward) and 0.54-0.60x (weight gradient) the
+# with 32 (16->32, stride 2), two blocks of 24x1 took 0.65-0.76x (forward) and 0.54-0.60x (weight gradient) the
 # time of the phases' kernels (6x4: 1.1-1.2x), one block of 12x2 0.7-1.1x and 0.55-1.0x
 NARROW_VECTORS = 2  # convs of at most this many vectors of output channels take blocks of one vector
 FEW_ROWS = 4  # fewer output rows than this go one row at a time, instead of padded to a whole tile

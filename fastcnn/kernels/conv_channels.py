@@ -37,7 +37,7 @@ _MIN_CHUNK_TILES = 8  # a task's positions, at least (in tiles), when small batc
 _WRITE_POSITIONS = 64  # positions per block of the transposed write (their lines of the buffer stay in L1)
 _WIDE_WASTE = 1.4  # a stride-1 forward pass runs here from this ratio of padded input to output positions (see takes)
 _WIDE_WASTE_GRAD = 1.2  # and its input gradient (and a weight gradient in blocks of one vector) from this one
-_WHOLE_TILE = CHANNEL_ACCUMULATORS  # positions in a tile of either block width (see _tiles.channel_positions)
+_WHOLE_TILE = CHANNEL_ACCUMULATORS  # the most positions a tile of either block width reads (_tiles.channel_positions)
 _GRAD_TAPS = 512  # a stride-1 weight gradient runs here from this many taps (input channels x kernel) a channel
 _NARROW_GRAD_TAPS = 64  # and from this many where its blocks are one vector wide (see takes)
 _PARTS = ("forward", "weight_gradient", "pooled_weight_gradient", "input_gradient")
@@ -51,10 +51,10 @@ def takes(x_shape: tuple, w_shape: tuple, geo, part: str = "forward") -> bool:
 
     Measured there against here (2 threads, 3x3 convs at batch 32 to 256, interleaved in one process):
 
-    - Every strided conv with dilation (it has nothing else fast).
+    - The forward pass and weight gradient of every strided conv with dilation (it has nothing else fast).
     - Strided convs without, where the blocks of output channels are at least three-quarters full:
       0.5-0.83x the time of the phases' kernels with 48 to 256 output channels (forward and weight
-      gradient); 16->32 on 32x32 in two blocks of one vector 0.65-0.74x (forward) and 0.54-0.60x
+      gradient); 16->32 on 32x32 in two blocks of one vector 0.65-0.76x (forward) and 0.54-0.60x
       (weight gradient; in one half-empty block of four, 1.1-1.2x); 1x1 convs 1.0-2x. The forward
       pass only where a sample is a task: at batch 1, 32->64 on 32x32 took 1.4x a prepared conv's
       time.
@@ -64,7 +64,7 @@ def takes(x_shape: tuple, w_shape: tuple, geo, part: str = "forward") -> bool:
       :data:`_NARROW_GRAD_TAPS`, 3x3 at most, on planes small as for the input gradient: alone 0.69-0.97x for 8
       to 32 input and 16 or 32 output channels on 8x8 to 32x32, 9 and 27 taps 1.4-1.65x; but in a
       training step's backward, where the wide layout's two gradients share one layout of the output
-      gradient, 16 and 32 channels on 32x32 took 1.0-1.08x (on 8x8 to 16x16, 0.83-0.93x with the input
+      gradient, 16 and 32 channels on 32x32 took 1.0-1.08x (on 8x8 to 16x16, 0.85-0.95x with the input
       gradient below). A pooled one only in blocks of four: in blocks of one vector, unpooling first
       took 0.98-1.13x the time (8 to 32 channels, 13x13 to 32x32).
     - The forward pass of stride-1 convs (3x3 at most) with full blocks of four vectors whose padded
@@ -188,8 +188,8 @@ def _phase_layout(c_out: int, kh: int, kw: int, sh: int, sw: int, top: int, left
       as far as a phase's last input position reads past it;
     - ``positions``, ``writes``, ``counts``, ``pos_starts``: a phase's input positions ``(r, c)``,
       where each reads in a padded plane (row ``(r + top - a) / sH + pt``, column likewise) and where
-      it lies in an input plane; ``counts`` of them, the tables padded (the last position repeated)
-      to at least :data:`_WHOLE_TILE` positions;
+      it lies in an input plane; ``counts`` of them, the tables padded to at least :data:`_WHOLE_TILE`
+      positions (``positions`` repeating its last, ``writes`` with zeros, which nothing reads);
     - ``taps``, ``sub``, ``tap_starts``, ``sub_starts``: a phase's taps, output channel by sub-kernel
       tap (row ``m``, column ``mx``): their offsets in a padded sample, ``o*hp*wp - m*wp - mx``, and
       the sub-kernel's taps' places in a kernel plane, ``i*kW + j`` with ``i = a + m*sH``, ``j = b +

@@ -15,12 +15,14 @@ stored: neighbouring rows share their zero columns and neighbouring samples thei
 strides with dilation 1 become a stride-1 conv of the input's phases (:mod:`._polyphase`), except
 where :mod:`.conv_channels` runs faster, with output channels in the vector lanes (see its
 ``takes``): the forward pass and weight gradient of most strided convs whose blocks of output
-channels are full (12 to 16, 24 to 32, or 48 or more float32 channels) and of every dilated one, the
+channels are at least three-quarters full (16 or 32 float32 channels, 48 to 64, ...) and of every
+dilated one, the
 weight gradient of stride-1 convs of 512 taps or more (64 or more, on small planes, with 32 output
 channels or fewer), and the forward pass and input gradient of stride-1 3x3 convs on small planes
 (8x8, and 16x16 for the input gradient), where the wide layout's scratch positions cost most, if their
 blocks of output (for the input gradient, input) channels are full and the batch gives each thread a
-sample; and the input gradient of every strided conv without dilation, phase by phase. The input
+sample; and the input gradient of every strided conv without dilation (but unpadded 1x1 ones, see
+below), phase by phase. The input
 gradient of a dilated strided conv runs row by row. A 1x1 conv with stride 1 and no padding needs no layout at all: its
 forward pass and input gradient are products per sample in the same register tiles
 (:mod:`.pointwise_numba`); one with a stride is that conv of its input subsampled by the stride (a
