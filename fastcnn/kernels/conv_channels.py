@@ -254,11 +254,7 @@ def _grad_input_phases(gy, gate, gated, w, packed, pt, pl, hp, wp, positions, wr
     for s in prange(n):
         src = np.empty(c_out * hp * wp, gy.dtype)
         if gated:
-            src[:] = 0
-            for o in range(c_out):
-                for r in range(gy.shape[2]):
-                    at = o * hp * wp + (pt + r) * wp + pl
-                    copy_gated(src[at : at + gy.shape[3]], gy[s, o, r], gate[s, o, r])
+            _pad_gated_sample(gy[s], gate[s], src, pt, pl, hp, wp)
         else:
             _pad_sample(gy[s], src, pt, pl, hp, wp)
         acc = np.empty(most * width, gy.dtype)
@@ -267,20 +263,16 @@ def _grad_input_phases(gy, gate, gated, w, packed, pt, pl, hp, wp, positions, wr
             count_c = min(width, c_in - k * width)
             for ph in range(phases):
                 p0, n_pos, t0, t1 = pos_starts[ph], counts[ph], tap_starts[ph], tap_starts[ph + 1]
-                if t1 == t0:  # no tap reaches this phase
-                    for c in range(count_c):
-                        for p in range(n_pos):
-                            out[k * width + c, writes[p0 + p]] = 0
-                    continue
+                reached = t1 > t0  # else no tap reaches this phase: its positions get zeros
                 reads = positions[p0 : pos_starts[ph + 1]]
                 last = max(n_pos, tile) - tile  # the last tile's first position
-                for p in range(0, n_pos, tile):
+                for p in range(0, n_pos if reached else 0, tile):
                     first = min(p, last)
                     channel_tile(acc, first * width, flat_w, (k * n_taps + t0) * width, src, reads, first,
                                  taps[t0:t1], width)
                 for c in range(count_c):
                     for p in range(n_pos):
-                        out[k * width + c, writes[p0 + p]] = acc[p * width + c]
+                        out[k * width + c, writes[p0 + p]] = acc[p * width + c] if reached else 0
 
 
 def _transposed_padding(geo) -> tuple | None:
@@ -506,6 +498,18 @@ def _pad_sample(xs, src, top, left, hp, wp):
     src[:] = 0
     for c in range(xs.shape[0]):
         place(src[c * hp * wp :], xs[c], wp, top, left)
+
+
+@kernel_helper
+def _pad_gated_sample(gs, gate, src, top, left, hp, wp):
+    """:func:`_pad_sample` of a gradient ``gs`` (C, H, W) through the ReLU whose output is ``gate``:
+    a value where ``gate`` is positive, else 0."""
+    src[:] = 0
+    h, w = gs.shape[1:]
+    for c in range(gs.shape[0]):
+        for r in range(h):
+            at = c * hp * wp + (top + r) * wp + left
+            copy_gated(src[at : at + w], gs[c, r], gate[c, r])
 
 
 @kernel_helper
