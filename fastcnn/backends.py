@@ -61,6 +61,7 @@ _op("conv2d_grad_input",              conv_numpy,        conv_numba,        "con
 _op("depthwise_conv2d",               depthwise_numpy,   depthwise_numba,   "conv2d_forward")
 _op("depthwise_conv2d_grad_weight",   depthwise_numpy,   depthwise_numba,   "conv2d_grad_weight")
 _op("depthwise_conv2d_grad_input",    depthwise_numpy,   depthwise_numba,   "conv2d_grad_input")
+_op("depthwise_conv2d_relu",          depthwise_numpy,   depthwise_numba,   "conv2d_relu_forward")
 _op("conv2d_relu",                    conv_numpy,        conv_numba,        "conv2d_relu_forward")
 _op("conv2d_relu_grad_weight",        conv_numpy,        conv_numba,        "conv2d_relu_grad_weight")
 _op("conv2d_relu_grad_input",         conv_numpy,        conv_numba,        "conv2d_relu_grad_input")

@@ -390,22 +390,32 @@ def conv2d_relu(
     stride: IntOrPair = 1,
     padding: IntOrPair | str = 0,
     dilation: IntOrPair = 1,
+    groups: int = 1,
     *,
     backend: str | None = None,
 ) -> np.ndarray:
     """A convolution and the ReLU after it in one op: ``relu(conv2d(x, weight, bias, stride, padding,
-    dilation))``, the ReLU applied as the output is written (NaN kept, as :func:`relu`).
+    dilation, groups))``, the ReLU applied as the output is written (NaN kept, as :func:`relu`).
 
     :class:`fastcnn.Sequential` runs a Conv2D directly followed by a ReLU so (when the conv has no
-    groups and pads with zeros). Parameters as :func:`conv2d` (no ``groups``).
+    groups and pads with zeros), and so does its inference plan for a depthwise conv (batch norm
+    folded) and the ReLU after it. Parameters as :func:`conv2d`.
 
     Returns
     -------
     ndarray, shape (N, C_out, H_out, W_out)
     """
-    x, weight, geo = _conv_inputs(x, weight, stride, padding, dilation)
+    x, weight, geo = _conv_inputs(x, weight, stride, padding, dilation, groups)
     bias = _bias(bias, weight, x.dtype)
-    return dispatch.run("conv2d_relu", conv_signature(x.shape, weight.shape, geo, x.dtype), (x, weight, bias, geo), backend)
+    signature = conv_signature(x.shape, weight.shape, geo, x.dtype)
+    if _depthwise(x, groups):
+        return dispatch.run("depthwise_conv2d_relu", signature, (x, weight, bias, geo), backend)
+    if groups > 1:  # a conv per group
+        blocks = zip(_blocks(x, groups, 1), _blocks(weight, groups, 0), _blocks(bias, groups, 0))
+        signature = conv_signature(_block_shape(x.shape, groups, 1), _block_shape(weight.shape, groups, 0), geo, x.dtype)
+        return np.concatenate([dispatch.run("conv2d_relu", signature, (xg, wg, bg, geo), backend)
+                               for xg, wg, bg in blocks], axis=1)
+    return dispatch.run("conv2d_relu", signature, (x, weight, bias, geo), backend)
 
 
 def conv2d_relu_backward(

@@ -222,7 +222,7 @@ class _Conv(_Step):
     serial for small work, temporaries per thread, the ReLU applied as it writes the output. The
     policy chooses between it and the NumPy kernel (``auto``: measured, each run as the step would run
     it); other convs run the kernel the dispatcher picks for the op, ``conv2d_relu`` for a conv with
-    its ReLU. A depthwise conv's kernel is followed by the ``relu`` op, in place."""
+    its ReLU (``depthwise_conv2d_relu`` for a depthwise one)."""
 
     makes_new_arrays = True
 
@@ -253,8 +253,8 @@ class _Conv(_Step):
                     "numpy": self._unprepared(backends.OPS[self.op].kernels["numpy"], args, x.shape[0], geo, policy,
                                               output)}
             return dispatch.fastest(self.op, signature + ("prepared", self.relu), (x, arrays), runs, policy)
-        if self.op == "conv2d" and self.relu:  # the ReLU applied as the output is written
-            kernel = dispatch.chosen("conv2d_relu", signature, (x, *arrays, *args), policy)
+        if self.op in ("conv2d", "depthwise_conv2d") and self.relu:  # the ReLU applied as the output is written
+            kernel = dispatch.chosen(self.op + "_relu", signature, (x, *arrays, *args), policy)
             out = output((x.shape[0], w_shape[0]) + geo.out_hw)
             return lambda x, arrays: kernel(x, *arrays, *args, out())
         kernel = dispatch.chosen(self.op, signature, (x, *arrays, *args), policy)

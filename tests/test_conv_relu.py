@@ -74,6 +74,38 @@ def test_conv_relu_is_the_separate_ops_bit_for_bit(backend, x_shape, w_shape, st
     np.testing.assert_array_equal(gw, expected[1])
 
 
+GROUPED = [  # x shape, weight shape, stride, padding, dilation, groups: the depthwise kernels' three paths
+    # (same width at stride 1, 3x3 and 5x5; stride 2 by column pairs; the others by phases), a channel
+    # multiplier, more planes than tasks, and a grouped conv that is not depthwise
+    ((2, 3, 9, 11), (6, 1, 3, 3), 1, 1, 1, 3),
+    ((40, 3, 6, 7), (3, 1, 3, 3), 1, "same", 1, 3),
+    ((3, 2, 8, 10), (2, 1, 5, 5), 1, "same", 1, 2),
+    ((2, 4, 10, 8), (4, 1, 3, 3), 2, 1, 1, 4),
+    ((2, 3, 9, 9), (3, 1, 3, 3), 2, 1, 2, 3),
+    ((2, 4, 7, 7), (6, 2, 3, 3), 1, 1, 1, 2),
+]
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("x_shape, w_shape, stride, padding, dilation, groups", GROUPED)
+def test_grouped_conv_relu_against_the_loops_and_the_separate_ops(backend, dtype, x_shape, w_shape, stride, padding,
+                                                                  dilation, groups):
+    x, w, b = _case(x_shape, w_shape, dtype, seed=4)
+    pads = fastcnn._checks.conv_geometry(x_shape, w_shape, stride, padding, dilation, groups).padding
+    want = np.maximum(ref.conv2d(x, w, b, (stride, stride), pads, (dilation, dilation), groups), 0)
+    conv = (stride, padding, dilation, groups)
+    y = F.conv2d_relu(x, w, b, *conv, backend=backend)
+    assert y.dtype == dtype and y.shape == want.shape
+    tol = 1e-4 if dtype == np.float32 else 1e-10
+    np.testing.assert_allclose(y, want, rtol=tol, atol=tol)
+    x[0, 0, 1, 1] = np.nan  # kept by the ReLU, as relu keeps it
+    y = F.conv2d_relu(x, w, b, *conv, backend=backend)
+    separate = F.relu(F.conv2d(x, w, b, *conv, backend=backend), backend=backend)
+    assert np.isnan(separate).any()
+    np.testing.assert_array_equal(y, separate)
+
+
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_the_two_gradients_gate_and_unpool_once(backend, monkeypatch):
     """Where a backend gates the output gradient (or unpools it) as a separate pass, the two gradients of

@@ -48,7 +48,10 @@ CASES = [
 STACKED = [(7, 2, 30, 29, 1, (3, 3), 1, 1, 1), (13, 1, 30, 33, 2, (3, 3), 2, 1, 2),
            (37, 3, 16, 16, 1, (3, 3), 2, 1, 1),  # by pairs: three stacks of 16, 16 and 5, in parallel
            (11, 2, 16, 16, 2, (3, 3), 2, 1, 1),  # by pairs, one part-full stack, serial
-           (9, 2, 30, 29, 1, (3, 3), 1, (1, 0, 1, 1), 1)]  # stride 1, narrower output: stacked wide planes
+           (9, 2, 30, 29, 1, (3, 3), 1, (1, 0, 1, 1), 1),  # stride 1, narrower output: stacked wide planes
+           # stride 1 keeping the width, more planes than tasks: a task's buffers serve several planes
+           (40, 3, 9, 11, 2, (3, 3), 1, 1, 1), (40, 3, 9, 11, 1, (3, 3), 1, (1, 1, 0, 2), 1),
+           (24, 3, 8, 10, 1, (5, 5), 1, "same", 1)]
 
 
 def _geometry(x, w, stride, padding, dilation):

@@ -24,23 +24,37 @@ from __future__ import annotations
 
 import numpy as np
 
-from ._planes import (backward_offsets, dot_taps, forward_offsets, gather_taps, narrow, phase_size, place,
+from ._planes import (backward_offsets, check_offsets, dot_taps, forward_offsets, gather_taps, narrow, phase_size, place,
                       split_phases, stack_size)
-from .jit import CHECK_BOUNDS, kernel_helper, parallel_kernel, prange, sized
+from ._rows import copy_relu
+from .jit import CHECK_BOUNDS, kernel_helper, num_threads, parallel_kernel, prange, sized
+
+_TASKS_PER_THREAD = 8  # tasks of the flat kernels a thread: enough to balance, few enough that a task's
+# buffers (made once a task) serve many planes
 
 
 def conv2d_forward(x, w, b, geo, out=None):
     """``y = depthwise_conv(x, w) + b`` for an input ``x`` (N, C, H, W), zero-padded as ``geo`` (the conv's
     :class:`~fastcnn._checks.ConvGeometry`) says; into ``out`` (C-contiguous, the output's shape) if given."""
+    return _conv2d_forward(x, w, b, geo, out, False)
+
+
+def conv2d_relu_forward(x, w, b, geo, out=None):
+    """:func:`conv2d_forward` through a ReLU (NaN kept), applied to each output plane while it is in cache."""
+    return _conv2d_forward(x, w, b, geo, out, True)
+
+
+def _conv2d_forward(x, w, b, geo, out, relu):
     (sh, sw), (dh, dw), (oh, ow) = geo.stride, geo.dilation, geo.out_hw
     (hp, wp), ((top, _), (left, _)) = geo.padded_hw, geo.padding
     y = np.empty((x.shape[0], w.shape[0], oh, ow), dtype=x.dtype) if out is None else out
     work = x.shape[0] * w.size * oh * ow
     if _same_width(geo, x.shape[3]):
-        return sized(_forward_flat, work)(x, w, b, dh, dw, top, left, y)
+        return sized(_forward_flat, work)(x, w, b, dh, dw, top, left, y, _planes_per_task(y.shape[0] * y.shape[1]),
+                                          relu)
     if _by_column_pairs(geo, x.shape[3]):
-        return sized(_forward_pairs, work)(x, w, b, top, left, y)
-    return sized(_forward, work)(x, w, b, sh, sw, dh, dw, hp, wp, top, left, y)
+        return sized(_forward_pairs, work)(x, w, b, top, left, y, relu)
+    return sized(_forward, work)(x, w, b, sh, sw, dh, dw, hp, wp, top, left, y, relu)
 
 
 def conv2d_grad_weight(gy, x, geo, c):
@@ -60,10 +74,16 @@ def conv2d_grad_input(gy, w, geo, c):
     (top, _), (left, _) = geo.padding
     work = gy.size * w.shape[2] * w.shape[3]
     if _same_width(geo, width):
-        return sized(_grad_input_flat, work)(gy, w, dh, dw, c, top, left, h)
+        return sized(_grad_input_flat, work)(gy, w, dh, dw, c, top, left, h, _planes_per_task(gy.shape[0] * c))
     if _by_column_pairs(geo, width):
         return sized(_grad_input_pairs, work)(gy, w, c, top, left, h, width)
     return sized(_grad_input, work)(gy, w, hp, wp, sh, sw, dh, dw, c, top, left, h, width)
+
+
+def _planes_per_task(planes: int) -> int:
+    """Planes a task of the flat kernels takes: :data:`_TASKS_PER_THREAD` tasks a thread, or one plane
+    a task where there are fewer planes."""
+    return max(1, planes // (_TASKS_PER_THREAD * num_threads()))
 
 
 def _same_width(geo, width: int) -> bool:
@@ -82,9 +102,9 @@ def _by_column_pairs(geo, width: int) -> bool:
 
 
 @parallel_kernel
-def _forward_pairs(x, w, b, top, left, y):
+def _forward_pairs(x, w, b, top, left, y, relu):
     """:func:`conv2d_forward` of a stride-2 conv without dilation on rows of an even width ``W`` into
-    ``y``: a task is one input channel of a stack of samples.
+    ``y`` (through a ReLU with ``relu``): a task is one input channel of a stack of samples.
 
     Each plane is split into its even and its odd columns in one long loop over its pairs (rows of
     ``W/2``; a loop per row of a phase was most of the time), the stack's planes ``B`` values apart
@@ -117,6 +137,7 @@ def _forward_pairs(x, w, b, top, left, y):
                     gather_taps(acc, pairs[halves[j]], weights, shifts[j], masks[j])
             for k in range(count):
                 narrow(y[first + k, o], acc[k * stride :], width, 1, 1, 0, 0)
+                _finish_plane(y[first + k, o], relu)
     return y
 
 
@@ -261,7 +282,9 @@ def _pair_layout(h, half, oh, ow, kh, kw, top, left, group):
 
 
 @parallel_kernel
-def _forward(x, w, b, sh, sw, dh, dw, hp, wp, top, left, y):
+def _forward(x, w, b, sh, sw, dh, dw, hp, wp, top, left, y, relu):
+    """:func:`conv2d_forward` of any other conv into ``y`` (through a ReLU with ``relu``): a task is one
+    input channel of a stack of samples, split into phases (see the module docstring)."""
     n, c = x.shape[0], x.shape[1]
     c_out, _, kh, kw = w.shape
     oh, ow = y.shape[2], y.shape[3]
@@ -283,6 +306,7 @@ def _forward(x, w, b, sh, sw, dh, dw, hp, wp, top, left, y):
             gather_taps(acc, src, taps[o], offsets)
             for k in range(count):
                 narrow(y[first + k, o], acc[k * block :], w2, 1, 1, 0, 0)
+                _finish_plane(y[first + k, o], relu)
     return y
 
 
@@ -411,20 +435,33 @@ def _column_masks(kw, dw, left, width, size):
 
 
 @kernel_helper
-def _by_columns(k, flip):
-    """The kernel ``k`` (kH, kW) as ``weights[j, i] = k[i, j]``, or of the kernel turned by 180 degrees."""
-    kh, kw = k.shape
-    weights = np.empty((kw, kh), dtype=k.dtype)
-    for j in range(kw):
-        for i in range(kh):
-            weights[j, i] = k[kh - 1 - i, kw - 1 - j] if flip else k[i, j]
-    return weights
+def _finish_plane(plane, relu):
+    """The ReLU (NaN kept) on an output ``plane`` just written, with ``relu``."""
+    if relu:
+        flat = plane.reshape(plane.size)
+        copy_relu(flat, flat, 0)
 
 
 @kernel_helper
-def _correlate_rows(out, buf, weights, offsets, masks, left, dw):
-    """``out[p] += weights[j, i] * buf[p + offsets[j, i]]`` summed over the taps whose column lies inside
-    the row (``masks[j, p]``; the column that reads straight down needs no mask)."""
+def _by_columns(weights, k, flip):
+    """Into ``weights`` (kW, kH): the kernel ``k`` (kH, kW) as ``weights[j, i] = k[i, j]``, or the kernel
+    turned by 180 degrees."""
+    kh, kw = k.shape
+    for j in range(kw):
+        for i in range(kh):
+            weights[j, i] = k[kh - 1 - i, kw - 1 - j] if flip else k[i, j]
+
+
+@kernel_helper
+def _correlate_rows(out, buf, weights, offsets, masks, left, dw, base, add):
+    """``out[p] = (out[p] if add else base) + weights[j, i] * buf[p + offsets[j, i]]`` summed over the taps
+    whose column lies inside the row (``masks[j, p]``; the column that reads straight down needs no
+    mask). A 3x3 kernel in one pass over ``out`` (:func:`_correlate_3x3`), others three taps a pass."""
+    if offsets.shape[0] == 3 and offsets.shape[1] == 3:
+        _correlate_3x3(out, buf, weights, offsets, masks, base, add)
+        return
+    if not add:
+        out[:] = base
     for j in range(offsets.shape[0]):
         if j * dw == left:
             gather_taps(out, buf, weights[j], offsets[j])
@@ -432,43 +469,79 @@ def _correlate_rows(out, buf, weights, offsets, masks, left, dw):
             gather_taps(out, buf, weights[j], offsets[j], masks[j])
 
 
+@kernel_helper
+def _correlate_3x3(out, buf, weights, offsets, masks, base, add):
+    """:func:`_correlate_rows` of a 3x3 kernel: the nine taps in one pass, each column's three summed
+    and selected by its mask (so an inf a masked column reads is never multiplied in). (Measured, 2
+    threads, forward passes at batch 256: 0.4-0.65x the time of three passes of three taps.)"""
+    n = out.shape[0]
+    if CHECK_BOUNDS:
+        for j in range(3):
+            check_offsets(buf, offsets[j], n)
+        assert masks.shape[1] >= n, "_correlate_3x3: the masks are too short"
+    zero = out.dtype.type(0)
+    w00, w01, w02 = weights[0, 0], weights[0, 1], weights[0, 2]
+    w10, w11, w12 = weights[1, 0], weights[1, 1], weights[1, 2]
+    w20, w21, w22 = weights[2, 0], weights[2, 1], weights[2, 2]
+    a0, a1, a2 = buf[offsets[0, 0] :], buf[offsets[0, 1] :], buf[offsets[0, 2] :]
+    b0, b1, b2 = buf[offsets[1, 0] :], buf[offsets[1, 1] :], buf[offsets[1, 2] :]
+    c0, c1, c2 = buf[offsets[2, 0] :], buf[offsets[2, 1] :], buf[offsets[2, 2] :]
+    m0, m1, m2 = masks[0], masks[1], masks[2]
+    for p in range(n):
+        left = w00 * a0[p] + w01 * a1[p] + w02 * a2[p]
+        middle = w10 * b0[p] + w11 * b1[p] + w12 * b2[p]
+        right = w20 * c0[p] + w21 * c1[p] + w22 * c2[p]
+        total = (left if m0[p] else zero) + (middle if m1[p] else zero) + (right if m2[p] else zero)
+        out[p] = (out[p] if add else base) + total
+
+
 @parallel_kernel
-def _forward_flat(x, w, b, dh, dw, top, left, y):
-    """:func:`conv2d_forward` of a conv that keeps the width at stride 1 into ``y``, an output plane per task."""
+def _forward_flat(x, w, b, dh, dw, top, left, y, per_task, relu):
+    """:func:`conv2d_forward` of a conv that keeps the width at stride 1 into ``y`` (through a ReLU with
+    ``relu``), ``per_task`` output planes a task (one padded plane and one kernel array a task: their
+    zero rows are written once)."""
     n, c, h, width = x.shape
     c_out, _, kh, kw = w.shape
     m = c_out // c
     oh = y.shape[2]
     size, length, offsets, masks = _flat_layout(oh, kh, kw, dh, dw, left, width)
-    for task in prange(n * c_out):
-        s, o = task // c_out, task % c_out
+    planes = n * c_out
+    for task in prange(-(-planes // per_task)):
         buf = np.zeros(length, dtype=x.dtype)
-        _row_padded(buf, x[s, o // m].reshape(h * width), left + top * width)
-        out = y[s, o].reshape(size)
-        out[:] = b[o]
-        _correlate_rows(out, buf, _by_columns(w[o, 0], False), offsets, masks, left, dw)
+        weights = np.empty((kw, kh), dtype=x.dtype)
+        for plane in range(task * per_task, min(planes, (task + 1) * per_task)):
+            s, o = plane // c_out, plane % c_out
+            _row_padded(buf, x[s, o // m].reshape(h * width), left + top * width)
+            _by_columns(weights, w[o, 0], False)
+            _correlate_rows(y[s, o].reshape(size), buf, weights, offsets, masks, left, dw, b[o], False)
+            _finish_plane(y[s, o], relu)
     return y
 
 
 @parallel_kernel
-def _grad_input_flat(gy, w, dh, dw, c, top, left, h):
-    """:func:`conv2d_grad_input` of a conv that keeps the width at stride 1, an input plane per task:
-    the forward pass of the output gradient with the kernel turned by 180 degrees and the padding that
-    the kernel's reach leaves (``(kH - 1) * dh - top`` rows above, ``(kW - 1) * dw - left`` columns left)."""
+def _grad_input_flat(gy, w, dh, dw, c, top, left, h, per_task):
+    """:func:`conv2d_grad_input` of a conv that keeps the width at stride 1, ``per_task`` input planes a
+    task: the forward pass of the output gradient with the kernel turned by 180 degrees and the padding
+    that the kernel's reach leaves (``(kH - 1) * dh - top`` rows above, ``(kW - 1) * dw - left`` columns
+    left)."""
     n, c_out, oh, width = gy.shape
     kh, kw = w.shape[2], w.shape[3]
     m = c_out // c
     top, left = (kh - 1) * dh - top, (kw - 1) * dw - left
     size, length, offsets, masks = _flat_layout(h, kh, kw, dh, dw, left, width)
     grad_x = np.empty((n, c, h, width), dtype=gy.dtype)
-    for task in prange(n * c):
-        s, ch = task // c, task % c
+    zero = gy.dtype.type(0)
+    planes = n * c
+    for task in prange(-(-planes // per_task)):
         buf = np.zeros(length, dtype=gy.dtype)
-        out = grad_x[s, ch].reshape(size)
-        out[:] = 0
-        for o in range(ch * m, ch * m + m):
-            _row_padded(buf, gy[s, o].reshape(oh * width), left + top * width)
-            _correlate_rows(out, buf, _by_columns(w[o, 0], True), offsets, masks, left, dw)
+        weights = np.empty((kw, kh), dtype=gy.dtype)
+        for plane in range(task * per_task, min(planes, (task + 1) * per_task)):
+            s, ch = plane // c, plane % c
+            out = grad_x[s, ch].reshape(size)
+            for o in range(ch * m, ch * m + m):
+                _row_padded(buf, gy[s, o].reshape(oh * width), left + top * width)
+                _by_columns(weights, w[o, 0], True)
+                _correlate_rows(out, buf, weights, offsets, masks, left, dw, zero, o > ch * m)
     return grad_x
 
 

@@ -36,6 +36,12 @@ def conv2d_forward(x, w, b, geo, out=None):
     return out
 
 
+def conv2d_relu_forward(x, w, b, geo, out=None):
+    """``relu(conv2d_forward(x, w, b, geo))``, the ReLU in place on the conv's output (NaN kept)."""
+    y = conv2d_forward(x, w, b, geo, out)
+    return np.maximum(y, 0, out=y)
+
+
 def conv2d_grad_weight(gy, x, geo, c):
     """Gradients with respect to the weight (C*m, 1, kH, kW) and the bias (``c`` = C)."""
     (kh, kw), (sh, sw), (dh, dw) = geo.kernel, geo.stride, geo.dilation
