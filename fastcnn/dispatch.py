@@ -14,7 +14,8 @@ process does not measure again. The file name also hashes the kernels' and this 
 NumPy's and Numba's versions, so changed kernels are measured afresh.
 
 Timings are the best of several interleaved rounds, each call after a pause like the one between two
-ops of a training step (so a parallel kernel pays for waking its threads, as it does there). A
+ops of a training step (so a parallel kernel pays for waking its threads, as it does there); a close
+call gets more rounds. A
 decision measured while the machine is busy (1-minute load average above the core count) is used by
 this process but not saved.
 
@@ -48,6 +49,9 @@ POLICIES = ("auto",) + BACKENDS
 _MEASURE_ROUNDS = (3, 15)  # rounds of timing, at least and at most
 _MEASURE_BUDGET_S = 0.05  # keep adding rounds (up to the most) while all of them took less than this
 _SLOW_ROUND_S = 0.1  # a round slower than this is the only one: the difference is plain to see
+_CLOSE_CALL = 1.5  # best times within this factor of each other: a close call, worth more rounds ...
+_CLOSE_CALL_BUDGET_S = 0.6  # ... up to this long (measured: with two rounds, a 1x1 conv at batch 256 that
+# runs in 12 ms took 32 ms in one and lost to NumPy's 28 ms, which runs in 19)
 _MAX_FILE_BYTES = 8 << 20  # a persisted decision takes about 250 bytes
 _GLUE_S = 50e-6  # the pause before each timed call (see _pause)
 
@@ -201,15 +205,18 @@ def _decide(op: str, key: str, args: tuple, impls: dict[str, Callable[..., Any]]
 
 def _time_interleaved(impls: dict[str, Callable[..., Any]], candidates: list[str], args: tuple) -> dict[str, float]:
     """Best seconds per call of each backend, timed in alternating rounds so that noise from the rest
-    of the machine falls on all of them alike. Each call runs in a :class:`~.kernels.scratch.shared_inputs`
-    block of its own, so it pays for what it prepares from its inputs (a conv gradient's layout of the
+    of the machine falls on all of them alike: rounds until they have taken :data:`_MEASURE_BUDGET_S`
+    (at least :data:`_MEASURE_ROUNDS` of them, unless they pass :data:`_SLOW_ROUND_S`, and at most),
+    and for a close call (:func:`_close_call`) until :data:`_CLOSE_CALL_BUDGET_S`. Each call runs in a
+    :class:`~.kernels.scratch.shared_inputs` block of its own, so it pays for what it prepares from its inputs (a conv gradient's layout of the
     output gradient, made once for both gradients in a training step): a kernel timed on what an
     earlier call prepared looked up to 4x cheaper than it is. (Where both gradients run on one
     backend, the second is so charged for a layout it shares: a small bias the other way.)"""
     runs: dict[str, list[float]] = {name: [] for name in candidates}
     spent = 0.0
     for round_ in range(_MEASURE_ROUNDS[1]):
-        if spent > (_SLOW_ROUND_S if round_ < _MEASURE_ROUNDS[0] else _MEASURE_BUDGET_S) and round_ > 0:
+        if spent > (_SLOW_ROUND_S if round_ < _MEASURE_ROUNDS[0] else _MEASURE_BUDGET_S) and round_ > 0 \
+                and not (spent < _CLOSE_CALL_BUDGET_S and _close_call(runs)):
             break
         for name in candidates if round_ % 2 == 0 else reversed(candidates):
             _pause()
@@ -219,6 +226,13 @@ def _time_interleaved(impls: dict[str, Callable[..., Any]], candidates: list[str
                 runs[name].append(time.perf_counter() - t0)
             spent += runs[name][-1]
     return {name: min(times) for name, times in runs.items()}  # the least disturbed run of each
+
+
+def _close_call(runs: dict[str, list[float]]) -> bool:
+    """Whether the best times so far are within :data:`_CLOSE_CALL` of each other: then noise can pick
+    the wrong one, and every later call would pay for it."""
+    best = [min(times) for times in runs.values()]
+    return max(best) < _CLOSE_CALL * min(best)
 
 
 def _pause(seconds: float = _GLUE_S) -> None:
