@@ -125,16 +125,10 @@ def _forward_pairs(x, w, b, top, left, y, relu):
         count = min(n - first, group)
         pairs = _stacked_halves(x, first, count, ch, head, stride)
         acc = np.empty((count - 1) * stride + (oh - 1) * width + ow, dtype=x.dtype)
-        weights = np.empty(kh, dtype=x.dtype)
+        weights = np.empty((kw, kh), dtype=x.dtype)
         for o in range(ch * m, ch * m + m):
-            acc[:] = b[o]
-            for j in range(kw):
-                for i in range(kh):
-                    weights[i] = w[o, 0, i, j]
-                if inside[j]:
-                    gather_taps(acc, pairs[halves[j]], weights, shifts[j])
-                else:
-                    gather_taps(acc, pairs[halves[j]], weights, shifts[j], masks[j])
+            _by_columns(weights, w[o, 0], False)
+            _correlate_rows(acc, pairs, halves, weights, shifts, masks, inside, b[o], False)
             for k in range(count):
                 narrow(y[first + k, o], acc[k * stride :], width, 1, 1, 0, 0)
                 _finish_plane(y[first + k, o], relu)
@@ -388,11 +382,15 @@ def _grad_input(gy, w, hp, wp, sh, sw, dh, dw, c, top, left, h, wd):
 @kernel_helper
 def _flat_layout(out_rows, kh, kw, dh, dw, left, width):
     """For ``out_rows`` output rows of ``width``: their number of values, the length of a plane padded
-    with rows only (:func:`_padded_length`), the taps' offsets in it (:func:`_column_offsets`) and the
-    column masks (:func:`_column_masks`)."""
+    with rows only (:func:`_padded_length`), the taps' offsets in it (:func:`_column_offsets`), the
+    column masks (:func:`_column_masks`) and which columns need none (the one that reads straight
+    down), and each column's source (all the one plane: see :func:`_correlate_rows`)."""
     size = out_rows * width
+    unmasked = np.empty(kw, np.bool_)
+    for j in range(kw):
+        unmasked[j] = j * dw == left
     return (size, _padded_length(out_rows, kh, kw, dh, dw, width), _column_offsets(kh, kw, dh, dw, width),
-            _column_masks(kw, dw, left, width, size))
+            _column_masks(kw, dw, left, width, size), unmasked, np.zeros(kw, np.int64))
 
 
 @kernel_helper
@@ -453,39 +451,43 @@ def _by_columns(weights, k, flip):
 
 
 @kernel_helper
-def _correlate_rows(out, buf, weights, offsets, masks, left, dw, base, add):
-    """``out[p] = (out[p] if add else base) + weights[j, i] * buf[p + offsets[j, i]]`` summed over the taps
-    whose column lies inside the row (``masks[j, p]``; the column that reads straight down needs no
-    mask). A 3x3 kernel in one pass over ``out`` (:func:`_correlate_3x3`), others three taps a pass."""
+def _correlate_rows(out, sources, halves, weights, offsets, masks, unmasked, base, add):
+    """``out[p] = (out[p] if add else base) + weights[j, i] * sources[halves[j], p + offsets[j, i]]``
+    summed over the taps whose column lies inside the row (``masks[j, p]``; not needed where
+    ``unmasked[j]``): a row-padded plane (one source) or a plane's two halves of columns (stride 2, see
+    :func:`_forward_pairs`). A 3x3 kernel in one pass over ``out`` (:func:`_correlate_3x3`), others
+    three taps a pass."""
     if offsets.shape[0] == 3 and offsets.shape[1] == 3:
-        _correlate_3x3(out, buf, weights, offsets, masks, base, add)
+        _correlate_3x3(out, sources[halves[0]], sources[halves[1]], sources[halves[2]], weights, offsets, masks,
+                       base, add)
         return
     if not add:
         out[:] = base
     for j in range(offsets.shape[0]):
-        if j * dw == left:
-            gather_taps(out, buf, weights[j], offsets[j])
+        if unmasked[j]:
+            gather_taps(out, sources[halves[j]], weights[j], offsets[j])
         else:
-            gather_taps(out, buf, weights[j], offsets[j], masks[j])
+            gather_taps(out, sources[halves[j]], weights[j], offsets[j], masks[j])
 
 
 @kernel_helper
-def _correlate_3x3(out, buf, weights, offsets, masks, base, add):
-    """:func:`_correlate_rows` of a 3x3 kernel: the nine taps in one pass, each column's three summed
-    and selected by its mask (so an inf a masked column reads is never multiplied in). (Measured, 2
-    threads, forward passes at batch 256: 0.4-0.65x the time of three passes of three taps.)"""
+def _correlate_3x3(out, left_source, middle_source, right_source, weights, offsets, masks, base, add):
+    """:func:`_correlate_rows` of a 3x3 kernel, tap column ``j`` reading its own source: the nine taps in
+    one pass, each column's three summed and selected by its mask (so an inf a masked column reads is
+    never multiplied in). (Measured, 2 threads, forward passes at batch 256: 0.4-0.65x the time of
+    three passes of three taps.)"""
     n = out.shape[0]
     if CHECK_BOUNDS:
-        for j in range(3):
-            check_offsets(buf, offsets[j], n)
+        for j, source in enumerate((left_source, middle_source, right_source)):
+            check_offsets(source, offsets[j], n)
         assert masks.shape[1] >= n, "_correlate_3x3: the masks are too short"
     zero = out.dtype.type(0)
     w00, w01, w02 = weights[0, 0], weights[0, 1], weights[0, 2]
     w10, w11, w12 = weights[1, 0], weights[1, 1], weights[1, 2]
     w20, w21, w22 = weights[2, 0], weights[2, 1], weights[2, 2]
-    a0, a1, a2 = buf[offsets[0, 0] :], buf[offsets[0, 1] :], buf[offsets[0, 2] :]
-    b0, b1, b2 = buf[offsets[1, 0] :], buf[offsets[1, 1] :], buf[offsets[1, 2] :]
-    c0, c1, c2 = buf[offsets[2, 0] :], buf[offsets[2, 1] :], buf[offsets[2, 2] :]
+    a0, a1, a2 = left_source[offsets[0, 0] :], left_source[offsets[0, 1] :], left_source[offsets[0, 2] :]
+    b0, b1, b2 = middle_source[offsets[1, 0] :], middle_source[offsets[1, 1] :], middle_source[offsets[1, 2] :]
+    c0, c1, c2 = right_source[offsets[2, 0] :], right_source[offsets[2, 1] :], right_source[offsets[2, 2] :]
     m0, m1, m2 = masks[0], masks[1], masks[2]
     for p in range(n):
         left = w00 * a0[p] + w01 * a1[p] + w02 * a2[p]
@@ -504,16 +506,16 @@ def _forward_flat(x, w, b, dh, dw, top, left, y, per_task, relu):
     c_out, _, kh, kw = w.shape
     m = c_out // c
     oh = y.shape[2]
-    size, length, offsets, masks = _flat_layout(oh, kh, kw, dh, dw, left, width)
+    size, length, offsets, masks, unmasked, sources = _flat_layout(oh, kh, kw, dh, dw, left, width)
     planes = n * c_out
     for task in prange(-(-planes // per_task)):
-        buf = np.zeros(length, dtype=x.dtype)
+        buf = np.zeros((1, length), dtype=x.dtype)
         weights = np.empty((kw, kh), dtype=x.dtype)
         for plane in range(task * per_task, min(planes, (task + 1) * per_task)):
             s, o = plane // c_out, plane % c_out
-            _row_padded(buf, x[s, o // m].reshape(h * width), left + top * width)
+            _row_padded(buf[0], x[s, o // m].reshape(h * width), left + top * width)
             _by_columns(weights, w[o, 0], False)
-            _correlate_rows(y[s, o].reshape(size), buf, weights, offsets, masks, left, dw, b[o], False)
+            _correlate_rows(y[s, o].reshape(size), buf, sources, weights, offsets, masks, unmasked, b[o], False)
             _finish_plane(y[s, o], relu)
     return y
 
@@ -528,20 +530,20 @@ def _grad_input_flat(gy, w, dh, dw, c, top, left, h, per_task):
     kh, kw = w.shape[2], w.shape[3]
     m = c_out // c
     top, left = (kh - 1) * dh - top, (kw - 1) * dw - left
-    size, length, offsets, masks = _flat_layout(h, kh, kw, dh, dw, left, width)
+    size, length, offsets, masks, unmasked, sources = _flat_layout(h, kh, kw, dh, dw, left, width)
     grad_x = np.empty((n, c, h, width), dtype=gy.dtype)
     zero = gy.dtype.type(0)
     planes = n * c
     for task in prange(-(-planes // per_task)):
-        buf = np.zeros(length, dtype=gy.dtype)
+        buf = np.zeros((1, length), dtype=gy.dtype)
         weights = np.empty((kw, kh), dtype=gy.dtype)
         for plane in range(task * per_task, min(planes, (task + 1) * per_task)):
             s, ch = plane // c, plane % c
             out = grad_x[s, ch].reshape(size)
             for o in range(ch * m, ch * m + m):
-                _row_padded(buf, gy[s, o].reshape(oh * width), left + top * width)
+                _row_padded(buf[0], gy[s, o].reshape(oh * width), left + top * width)
                 _by_columns(weights, w[o, 0], True)
-                _correlate_rows(out, buf, weights, offsets, masks, left, dw, zero, o > ch * m)
+                _correlate_rows(out, buf, sources, weights, offsets, masks, unmasked, zero, o > ch * m)
     return grad_x
 
 
@@ -553,7 +555,7 @@ def _grad_weight_flat(gy, x, kh, kw, dh, dw, top, left):
     n, c_out, oh, width = gy.shape
     c, h = x.shape[1], x.shape[2]
     m = c_out // c
-    size, length, offsets, masks = _flat_layout(oh, kh, kw, dh, dw, left, width)
+    size, length, offsets, masks, unmasked, _ = _flat_layout(oh, kh, kw, dh, dw, left, width)
     group = stack_size(n, size)
     parts = phase_size(n, group)
     partial = np.zeros((parts, c_out, kh * kw + 1))  # the bias's sum last
@@ -566,7 +568,7 @@ def _grad_weight_flat(gy, x, kh, kw, dh, dw, top, left):
             _row_padded(buf, x[s, o // m].reshape(h * width), left + top * width)
             for j in range(kw):
                 column[:] = 0
-                if j * dw == left:
+                if unmasked[j]:
                     dot_taps(column, g, buf, offsets[j])
                 else:
                     dot_taps(column, g, buf, offsets[j], masks[j])
