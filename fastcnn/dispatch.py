@@ -48,12 +48,13 @@ BACKENDS = ("numba", "numpy")
 POLICIES = ("auto",) + BACKENDS
 _MEASURE_ROUNDS = (3, 15)  # rounds of timing, at least and at most
 _MEASURE_BUDGET_S = 0.05  # keep adding rounds (up to the most) while all of them took less than this
-_SLOW_ROUND_S = 0.1  # a round slower than this is the only one: the difference is plain to see
+_SLOW_ROUND_S = 0.1  # a round slower than this is the only one (but for a close call): the difference is plain
 _CLOSE_CALL = 1.5  # best times within this factor of each other: a close call, worth more rounds ...
-_CLOSE_CALL_BUDGET_S = 0.6  # ... up to this long (measured: with two rounds, a 1x1 conv at batch 256 that
-# runs in 12 ms took 32 ms in one and lost to NumPy's 28 ms, which runs in 19)
+_CLOSE_CALL_BUDGET_S = 0.4  # ... while the next one still ends within this (measured: with two rounds, a 1x1
+# conv at batch 256 that runs in 12 ms took 32 ms in one and lost to NumPy's 28 ms, which runs in 19)
 _MAX_FILE_BYTES = 8 << 20  # a persisted decision takes about 250 bytes
 _GLUE_S = 50e-6  # the pause before each timed call (see _pause)
+_clock = time.perf_counter  # what times the backends (a test replaces it)
 
 
 class BackendUnavailableError(ValueError):
@@ -206,8 +207,9 @@ def _decide(op: str, key: str, args: tuple, impls: dict[str, Callable[..., Any]]
 def _time_interleaved(impls: dict[str, Callable[..., Any]], candidates: list[str], args: tuple) -> dict[str, float]:
     """Best seconds per call of each backend, timed in alternating rounds so that noise from the rest
     of the machine falls on all of them alike: rounds until they have taken :data:`_MEASURE_BUDGET_S`
-    (at least :data:`_MEASURE_ROUNDS` of them, unless they pass :data:`_SLOW_ROUND_S`, and at most),
-    and for a close call (:func:`_close_call`) until :data:`_CLOSE_CALL_BUDGET_S`. Each call runs in a
+    (at least :data:`_MEASURE_ROUNDS` ``[0]`` of them, unless they pass :data:`_SLOW_ROUND_S`), or for a
+    close call up to :data:`_CLOSE_CALL_BUDGET_S` (:func:`_measured_enough`); at most
+    :data:`_MEASURE_ROUNDS` ``[1]`` rounds. Each call runs in a
     :class:`~.kernels.scratch.shared_inputs` block of its own, so it pays for what it prepares from its inputs (a conv gradient's layout of the
     output gradient, made once for both gradients in a training step): a kernel timed on what an
     earlier call prepared looked up to 4x cheaper than it is. (Where both gradients run on one
@@ -215,24 +217,28 @@ def _time_interleaved(impls: dict[str, Callable[..., Any]], candidates: list[str
     runs: dict[str, list[float]] = {name: [] for name in candidates}
     spent = 0.0
     for round_ in range(_MEASURE_ROUNDS[1]):
-        if spent > (_SLOW_ROUND_S if round_ < _MEASURE_ROUNDS[0] else _MEASURE_BUDGET_S) and round_ > 0 \
-                and not (spent < _CLOSE_CALL_BUDGET_S and _close_call(runs)):
+        if round_ and _measured_enough(runs, round_, spent):
             break
         for name in candidates if round_ % 2 == 0 else reversed(candidates):
             _pause()
             with shared_inputs():
-                t0 = time.perf_counter()
+                t0 = _clock()
                 impls[name](*args)
-                runs[name].append(time.perf_counter() - t0)
+                runs[name].append(_clock() - t0)
             spent += runs[name][-1]
     return {name: min(times) for name, times in runs.items()}  # the least disturbed run of each
 
 
-def _close_call(runs: dict[str, list[float]]) -> bool:
-    """Whether the best times so far are within :data:`_CLOSE_CALL` of each other: then noise can pick
-    the wrong one, and every later call would pay for it."""
+def _measured_enough(runs: dict[str, list[float]], rounds: int, spent: float) -> bool:
+    """Whether ``rounds`` rounds that took ``spent`` seconds in all suffice (see :func:`_time_interleaved`).
+    A close call, best times within :data:`_CLOSE_CALL` of each other, goes on while one more round
+    ends within :data:`_CLOSE_CALL_BUDGET_S`: noise could pick the slower backend, and every later
+    call would pay for it."""
+    limit = _SLOW_ROUND_S if rounds < _MEASURE_ROUNDS[0] else _MEASURE_BUDGET_S
     best = [min(times) for times in runs.values()]
-    return max(best) < _CLOSE_CALL * min(best)
+    if max(best) < _CLOSE_CALL * min(best):
+        limit = max(limit, _CLOSE_CALL_BUDGET_S - spent / rounds)
+    return spent > limit
 
 
 def _pause(seconds: float = _GLUE_S) -> None:

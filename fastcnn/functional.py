@@ -128,16 +128,23 @@ def conv2d(
     ndarray, shape (N, C_out, H_out, W_out)
     """
     x, weight, geo = _conv_inputs(x, weight, stride, padding, dilation, groups)
-    bias = _bias(bias, weight, x.dtype)
+    return _grouped("conv2d", x, weight, _bias(bias, weight, x.dtype), geo, groups, backend)
+
+
+def _grouped(op: str, x: np.ndarray, weight: np.ndarray, bias: np.ndarray, geo, groups: int,
+             backend: str | None) -> np.ndarray:
+    """The forward op ``op`` (``"conv2d"`` or ``"conv2d_relu"``) of a checked conv of ``groups`` groups:
+    its depthwise twin (``"depthwise_" + op``) when ``groups`` is the input's channels, else ``op`` on
+    each group's block, concatenated."""
     if _depthwise(x, groups):
         signature = conv_signature(x.shape, weight.shape, geo, x.dtype)
-        return dispatch.run("depthwise_conv2d", signature, (x, weight, bias, geo), backend)
+        return dispatch.run("depthwise_" + op, signature, (x, weight, bias, geo), backend)
     if groups > 1:  # a conv per group
         blocks = zip(_blocks(x, groups, 1), _blocks(weight, groups, 0), _blocks(bias, groups, 0))
         signature = conv_signature(_block_shape(x.shape, groups, 1), _block_shape(weight.shape, groups, 0), geo, x.dtype)
-        return np.concatenate([dispatch.run("conv2d", signature, (xg, wg, bg, geo), backend)
-                               for xg, wg, bg in blocks], axis=1)
-    return dispatch.run("conv2d", conv_signature(x.shape, weight.shape, geo, x.dtype), (x, weight, bias, geo), backend)
+        return np.concatenate([dispatch.run(op, signature, (xg, wg, bg, geo), backend) for xg, wg, bg in blocks],
+                              axis=1)
+    return dispatch.run(op, conv_signature(x.shape, weight.shape, geo, x.dtype), (x, weight, bias, geo), backend)
 
 
 def conv_signature(x_shape, w_shape, geo, dtype, *described) -> tuple:
@@ -398,24 +405,16 @@ def conv2d_relu(
     dilation, groups))``, the ReLU applied as the output is written (NaN kept, as :func:`relu`).
 
     :class:`fastcnn.Sequential` runs a Conv2D directly followed by a ReLU so (when the conv has no
-    groups and pads with zeros), and so does its inference plan for a depthwise conv (batch norm
-    folded) and the ReLU after it. Parameters as :func:`conv2d`.
+    groups and pads with zeros); its inference plan runs a depthwise conv and the ReLU after it as
+    the same op as this function (``depthwise_conv2d_relu``, the ReLU applied to each output plane
+    while it is in cache). Parameters as :func:`conv2d`.
 
     Returns
     -------
     ndarray, shape (N, C_out, H_out, W_out)
     """
     x, weight, geo = _conv_inputs(x, weight, stride, padding, dilation, groups)
-    bias = _bias(bias, weight, x.dtype)
-    signature = conv_signature(x.shape, weight.shape, geo, x.dtype)
-    if _depthwise(x, groups):
-        return dispatch.run("depthwise_conv2d_relu", signature, (x, weight, bias, geo), backend)
-    if groups > 1:  # a conv per group
-        blocks = zip(_blocks(x, groups, 1), _blocks(weight, groups, 0), _blocks(bias, groups, 0))
-        signature = conv_signature(_block_shape(x.shape, groups, 1), _block_shape(weight.shape, groups, 0), geo, x.dtype)
-        return np.concatenate([dispatch.run("conv2d_relu", signature, (xg, wg, bg, geo), backend)
-                               for xg, wg, bg in blocks], axis=1)
-    return dispatch.run("conv2d_relu", signature, (x, weight, bias, geo), backend)
+    return _grouped("conv2d_relu", x, weight, _bias(bias, weight, x.dtype), geo, groups, backend)
 
 
 def conv2d_relu_backward(
@@ -426,13 +425,15 @@ def conv2d_relu_backward(
     stride: IntOrPair = 1,
     padding: IntOrPair | str = 0,
     dilation: IntOrPair = 1,
+    groups: int = 1,
     *,
     input_grad: bool = True,
     backend: str | None = None,
 ) -> tuple[np.ndarray | None, np.ndarray, np.ndarray]:
     """Gradients of :func:`conv2d_relu` with respect to ``x``, ``weight`` and ``bias``: those of
-    :func:`conv2d` for ``relu_backward(grad_y, relu_output)``. The Numba backend applies the ReLU's
-    gate as it reads ``grad_y`` into its working layout, so the gated gradient is never written.
+    :func:`conv2d` for ``relu_backward(grad_y, relu_output)``. Without groups, the Numba backend
+    applies the ReLU's gate as it reads ``grad_y`` into its working layout, so the gated gradient is
+    never written; with groups, the gated gradient goes to :func:`conv2d_backward`.
 
     Parameters
     ----------
@@ -440,7 +441,7 @@ def conv2d_relu_backward(
         Gradient of the loss with respect to the op's output.
     relu_output : ndarray, same shape as ``grad_y``
         The output :func:`conv2d_relu` returned: the gradient passes only where it is positive.
-    x, weight, stride, padding, dilation, backend
+    x, weight, stride, padding, dilation, groups, backend
         As passed to :func:`conv2d_relu`.
     input_grad : bool
         Compute ``grad_x``; ``False`` skips that work and returns None.
@@ -450,10 +451,13 @@ def conv2d_relu_backward(
     (grad_x, grad_weight, grad_bias)
         As :func:`conv2d_backward` returns them.
     """
-    x, weight, geo = _conv_inputs(x, weight, stride, padding, dilation)
+    x, weight, geo = _conv_inputs(x, weight, stride, padding, dilation, groups)
     out_shape = (x.shape[0], weight.shape[0]) + geo.out_hw
     grad_y = check_grad("grad_y", grad_y, out_shape, x.dtype)
     relu_output = check_grad("relu_output", relu_output, out_shape, x.dtype)
+    if groups > 1:
+        return conv2d_backward(relu_backward(grad_y, relu_output, backend=backend), x, weight, stride, padding,
+                               dilation, groups, input_grad=input_grad, backend=backend)
     if x.shape[0] == 0:
         return _zero_gradients(x, weight, input_grad)
     return _conv_gradients("conv2d_relu", (grad_y, relu_output), (), (), x, weight, geo, input_grad, backend)

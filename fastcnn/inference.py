@@ -12,7 +12,7 @@ A plan is the model's steps prepared for inference:
   MaxPool2D and the ReLU after it run as one ``conv2d_max_pool2d`` op), so a folded conv fuses too,
   a ReLU after a Dense runs in the ``linear`` kernel (its ``relu`` argument), and a ReLU after a conv
   that no pool follows in the conv's step (in the prepared conv's kernel or the ``conv2d_relu`` op,
-  see :class:`_Conv`);
+  ``depthwise_conv2d_relu`` for a depthwise conv, see :class:`_Conv`);
 - a residual block (:class:`fastcnn.blocks.Residual`) runs its body and its shortcut as plans of their
   own, so their batch norms fold and their steps fuse the same way, and adds their outputs (the
   ``add`` op), through the ReLU after the block in the same pass;

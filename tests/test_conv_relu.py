@@ -89,7 +89,7 @@ GROUPED = [  # x shape, weight shape, stride, padding, dilation, groups: the dep
 @pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("x_shape, w_shape, stride, padding, dilation, groups", GROUPED)
-def test_grouped_conv_relu_against_the_loops_and_the_separate_ops(backend, dtype, x_shape, w_shape, stride, padding,
+def test_grouped_conv_relu_and_its_backward_against_the_loops_and_the_separate_ops(backend, dtype, x_shape, w_shape, stride, padding,
                                                                   dilation, groups):
     x, w, b = _case(x_shape, w_shape, dtype, seed=4)
     pads = fastcnn._checks.conv_geometry(x_shape, w_shape, stride, padding, dilation, groups).padding
@@ -99,6 +99,12 @@ def test_grouped_conv_relu_against_the_loops_and_the_separate_ops(backend, dtype
     assert y.dtype == dtype and y.shape == want.shape
     tol = 1e-4 if dtype == np.float32 else 1e-10
     np.testing.assert_allclose(y, want, rtol=tol, atol=tol)
+    gy = np.random.default_rng(5).standard_normal(y.shape).astype(dtype)
+    references = ref.conv2d_backward(np.where(want > 0, gy, 0), x, w, (stride, stride), pads, (dilation, dilation),
+                                     groups)
+    for got, expected in zip(F.conv2d_relu_backward(gy, y, x, w, *conv, backend=backend), references):
+        assert got.dtype == dtype
+        np.testing.assert_allclose(got, expected, rtol=tol, atol=tol * np.abs(expected).max())
     x[0, 0, 1, 1] = np.nan  # kept by the ReLU, as relu keeps it
     y = F.conv2d_relu(x, w, b, *conv, backend=backend)
     separate = F.relu(F.conv2d(x, w, b, *conv, backend=backend), backend=backend)
@@ -156,6 +162,10 @@ def test_conv_relu_checks_its_arguments():
         F.conv2d_relu(x, w, b[:2])
     gx, gw, gb = F.conv2d_relu_backward(y[:0], y[:0], x[:0], w)
     assert gx.shape == (0, 3, 6, 6) and not gw.any() and not gb.any()
+    with pytest.raises(ValueError, match="groups"):
+        F.conv2d_relu(x, w, b, groups=2)  # 3 input channels in 2 groups
+    with pytest.raises(ValueError, match="groups"):
+        F.conv2d_relu_backward(y, y, x, w, groups=2)
 
 
 def test_a_conv_and_the_relu_after_it_run_as_one_step():

@@ -100,14 +100,51 @@ def test_depthwise_stacks_match_the_numpy_backend(case, dtype):
         np.testing.assert_allclose(got, expected, **TOL[dtype])
 
 
-def test_depthwise_empty_batches(backend):
+@pytest.mark.parametrize("stride, padding, out_hw", [(2, (1, 0, 2, 1), (5, 4)), (1, 1, (9, 8))])  # by pairs; flat
+def test_depthwise_empty_batches(backend, stride, padding, out_hw):
     x = np.zeros((0, 4, 9, 8), np.float32)
     w = np.ones((8, 1, 3, 3), np.float32)
-    params = dict(stride=2, padding=(1, 0, 2, 1), groups=4)
-    y = F.conv2d(x, w, np.ones(8, np.float32), backend=backend, **params)
-    assert y.shape == (0, 8, 5, 4) and y.dtype == np.float32
+    params = dict(stride=stride, padding=padding, groups=4)
+    for op in (F.conv2d, F.conv2d_relu):
+        y = op(x, w, np.ones(8, np.float32), backend=backend, **params)
+        assert y.shape == (0, 8) + out_hw and y.dtype == np.float32
     gx, gw, gb = F.conv2d_backward(y, x, w, backend=backend, **params)
     assert gx.shape == x.shape and gw.shape == w.shape and not gw.any() and not gb.any()
+    gx, gw, gb = F.conv2d_relu_backward(y, y, x, w, backend=backend, **params)
+    assert gx.shape == x.shape and gw.shape == w.shape and not gw.any() and not gb.any()
+
+
+@needs_numba
+@pytest.mark.parametrize("kernel, multiplier", [((3, 3), 2), ((5, 5), 1)])
+def test_depthwise_flat_kernels_give_the_same_bits_for_any_planes_per_task(monkeypatch, kernel, multiplier):
+    """The same-width kernels' tasks take several planes, their buffers made once: any number of planes
+    a task (one, a part-full last task, all of them) gives the bits of one plane a task, forward (with
+    and without the ReLU) and the input gradient; and so does any thread count."""
+    from fastcnn.kernels import depthwise_numba
+    rng = np.random.default_rng(9)
+    x = rng.standard_normal((5, 3, 7, 9)).astype(np.float32)
+    w = rng.standard_normal((3 * multiplier, 1) + kernel).astype(np.float32)
+    b = rng.standard_normal(3 * multiplier).astype(np.float32)
+    gy = rng.standard_normal((5, 3 * multiplier, 7, 9)).astype(np.float32)
+    params = dict(padding="same", groups=3, backend="numba")
+
+    def results():
+        return (F.conv2d(x, w, b, **params), F.conv2d_relu(x, w, b, **params), F.conv2d_backward(gy, x, w, **params)[0])
+    before = fastcnn.get_num_threads()
+    runs = []
+    try:
+        for per_task, threads in ((1, 1), (7, 1), (1000, 1), (None, fastcnn.threads.max_threads())):
+            if per_task is None:
+                monkeypatch.undo()
+            else:
+                monkeypatch.setattr(depthwise_numba, "planes_per_task", lambda planes, k=per_task: k)
+            fastcnn.set_num_threads(threads)
+            runs.append(results())
+    finally:
+        fastcnn.set_num_threads(before)
+    for run in runs[1:]:
+        for a, e in zip(run, runs[0]):
+            np.testing.assert_array_equal(a, e)
 
 
 @needs_numba

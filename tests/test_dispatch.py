@@ -310,32 +310,28 @@ def test_each_timed_call_pays_for_what_it_prepares():
 
 def test_a_close_call_is_measured_longer(monkeypatch):
     """Slow calls get one or two rounds when one backend is plainly faster, more when the two are within
-    ``_CLOSE_CALL`` of each other (up to the close-call budget), so noise is less likely to pick the
-    slower one for good."""
+    ``_CLOSE_CALL`` of each other (while one more round ends within the close-call budget, and at most
+    the most rounds), so noise is less likely to pick the slower one for good."""
     clock = [0.0]
-    monkeypatch.setattr(dispatch.time, "perf_counter", lambda: clock[0])
+    monkeypatch.setattr(dispatch, "_clock", lambda: clock[0])
     monkeypatch.setattr(dispatch, "_pause", lambda: None)
 
-    def taking(seconds):
-        def kernel():
-            clock[0] += seconds
-        return kernel
-
     def rounds(a, b):
-        counted = {"a": taking(a), "b": taking(b)}
-        calls = {name: 0 for name in counted}
+        calls = {"a": 0, "b": 0}
 
-        def counting(name):
-            def run():
+        def taking(name, seconds):
+            def kernel():
                 calls[name] += 1
-                counted[name]()
-            return run
-        dispatch._time_interleaved({name: counting(name) for name in counted}, ["a", "b"], ())
+                clock[0] += seconds
+            return kernel
+        dispatch._time_interleaved({"a": taking("a", a), "b": taking("b", b)}, ["a", "b"], ())
         assert calls["a"] == calls["b"]
         return calls["a"]
 
     assert rounds(0.02, 0.07) == 2  # 3.5x apart: the usual rounds (past _SLOW_ROUND_S after two)
     assert rounds(0.2, 0.9) == 1
-    close = rounds(0.03, 0.04)
-    assert close > 2 and (close - 1) * 0.07 < dispatch._CLOSE_CALL_BUDGET_S <= close * 0.07
+    close = rounds(0.03, 0.04)  # 0.07 s a round
+    assert close > 2 and close * 0.07 <= dispatch._CLOSE_CALL_BUDGET_S < (close + 1) * 0.07
+    assert rounds(0.25, 0.3) == 1  # close, but one round is past the budget already
+    assert rounds(0.004, 0.005) == dispatch._MEASURE_ROUNDS[1]  # close: up to the most rounds (6 before)
     assert rounds(0.0001, 0.00012) == dispatch._MEASURE_ROUNDS[1]  # fast calls: as many rounds as before

@@ -688,8 +688,8 @@ def test_a_deep_copy_predicts_with_its_own_weights():
 
 @pytest.mark.parametrize("backend", ["numpy"] + (["numba"] if jit.NUMBA_AVAILABLE else []))
 def test_kernels_write_into_the_output_they_are_given(backend):
-    """The kernels the plan gives an output array (the conv ops, strided and dilated too, depthwise,
-    average pool, global average pool, ReLU and tanh, these two in place as well): the same values as
+    """The kernels the plan gives an output array (the conv ops, strided and dilated too, depthwise with
+    and without its ReLU, average pool, global average pool, ReLU and tanh, these two in place as well): the same values as
     into a new array,
     written into that array, whatever it held."""
     from fastcnn import functional as F
@@ -701,9 +701,15 @@ def test_kernels_write_into_the_output_they_are_given(backend):
                                                           ("conv2d", w, 2, 2, 2, 1), ("conv2d", w[:, :, :1, :1], 1, 0, 1, 1),
                                                           ("conv2d_relu", w, 1, 1, 1, 1), ("conv2d_relu", w, 2, 2, 2, 1),
                                                           ("depthwise_conv2d", wd, 1, 1, 1, 4),
-                                                          ("depthwise_conv2d", wd, 2, 1, 1, 4)):
+                                                          ("depthwise_conv2d", wd, 2, 1, 1, 4),
+                                                          ("depthwise_conv2d_relu", wd, 1, 1, 1, 4),
+                                                          ("depthwise_conv2d_relu", wd, 2, 1, 2, 4)):
         geo = conv_geometry(x.shape, weight.shape, stride, padding, dilation, groups)
         cases.append((op, (x, weight, b[: weight.shape[0]], geo), (3, weight.shape[0]) + geo.out_hw))
+    x_even = x[:, :, :, :10].copy()  # the depthwise kernels' stride-2 path by column pairs
+    for op in ("depthwise_conv2d", "depthwise_conv2d_relu"):
+        geo = conv_geometry(x_even.shape, wd.shape, 2, 1, 1, 4)
+        cases.append((op, (x_even, wd, b[:4], geo), (3, 4) + geo.out_hw))
     pads, _, args = F.avg_pool_call(x.shape, np.float32, 3, 2, 1, count_include_pad=False)
     xp = np.pad(x, ((0, 0), (0, 0)) + pads)
     cases.append(("avg_pool2d", (xp, *args), (3, 4) + args[0].out_hw))

@@ -4,7 +4,9 @@ wide layout of :mod:`._planes`: every tap is one vectorised run over a stack of 
 ``kH*kW`` multiply-adds per output element and is bound by memory, not arithmetic: no GEMM to feed.
 
 A task is one input channel of one stack of samples (:func:`._planes.stack_size`, which depends on
-the shapes only). The output and the input gradient: every task writes its own planes. The weight
+the shapes only), or, for the output and input gradient of the convs that keep the width (below), a
+few planes (:func:`.jit.planes_per_task`) with buffers made once for them. The output and the input
+gradient: every task writes its own planes. The weight
 gradient: every task sums into its own row of partial sums, which are added up in a fixed order
 afterwards, so there is no race and the sums are the same for any thread count.
 
@@ -14,8 +16,9 @@ phases for a strided conv) that stays in cache, rather than the whole batch bein
 A conv that keeps the rows' width at stride 1 ("same" padding, the common case) pads its planes with
 zero rows only, one contiguous copy per plane: tap ``(i, j)`` of output position ``p`` reads that plane
 at ``p + i*dh*W + j*dw``, and where that column lies outside the row it reads a neighbouring row's
-end instead, which a column mask selects away (:func:`_correlate_rows`). Runs are a whole plane long,
-without the wide layout's scratch columns or its row-by-row copies. The input gradient is the same
+end instead, which a column mask selects away (:func:`_correlate_rows`; a 3x3 kernel's nine taps in
+one pass over the output, others three a pass). Runs are a whole plane long, without the wide layout's
+scratch columns or its row-by-row copies. The input gradient is the same
 pass over the output gradient with the kernel turned round; the weight gradient its dot products.
 
 The functions take the arguments of their :mod:`.depthwise_numpy` namesakes.
@@ -27,10 +30,7 @@ import numpy as np
 from ._planes import (backward_offsets, check_offsets, dot_taps, forward_offsets, gather_taps, narrow, phase_size, place,
                       split_phases, stack_size)
 from ._rows import copy_relu
-from .jit import CHECK_BOUNDS, kernel_helper, num_threads, parallel_kernel, prange, sized
-
-_TASKS_PER_THREAD = 8  # tasks of the flat kernels a thread: enough to balance, few enough that a task's
-# buffers (made once a task) serve many planes
+from .jit import CHECK_BOUNDS, kernel_helper, parallel_kernel, planes_per_task, prange, sized
 
 
 def conv2d_forward(x, w, b, geo, out=None):
@@ -50,7 +50,7 @@ def _conv2d_forward(x, w, b, geo, out, relu):
     y = np.empty((x.shape[0], w.shape[0], oh, ow), dtype=x.dtype) if out is None else out
     work = x.shape[0] * w.size * oh * ow
     if _same_width(geo, x.shape[3]):
-        return sized(_forward_flat, work)(x, w, b, dh, dw, top, left, y, _planes_per_task(y.shape[0] * y.shape[1]),
+        return sized(_forward_flat, work)(x, w, b, dh, dw, top, left, y, planes_per_task(y.shape[0] * y.shape[1]),
                                           relu)
     if _by_column_pairs(geo, x.shape[3]):
         return sized(_forward_pairs, work)(x, w, b, top, left, y, relu)
@@ -74,16 +74,10 @@ def conv2d_grad_input(gy, w, geo, c):
     (top, _), (left, _) = geo.padding
     work = gy.size * w.shape[2] * w.shape[3]
     if _same_width(geo, width):
-        return sized(_grad_input_flat, work)(gy, w, dh, dw, c, top, left, h, _planes_per_task(gy.shape[0] * c))
+        return sized(_grad_input_flat, work)(gy, w, dh, dw, c, top, left, h, planes_per_task(gy.shape[0] * c))
     if _by_column_pairs(geo, width):
         return sized(_grad_input_pairs, work)(gy, w, c, top, left, h, width)
     return sized(_grad_input, work)(gy, w, hp, wp, sh, sw, dh, dw, c, top, left, h, width)
-
-
-def _planes_per_task(planes: int) -> int:
-    """Planes a task of the flat kernels takes: :data:`_TASKS_PER_THREAD` tasks a thread, or one plane
-    a task where there are fewer planes."""
-    return max(1, planes // (_TASKS_PER_THREAD * num_threads()))
 
 
 def _same_width(geo, width: int) -> bool:
@@ -383,14 +377,15 @@ def _grad_input(gy, w, hp, wp, sh, sw, dh, dw, c, top, left, h, wd):
 def _flat_layout(out_rows, kh, kw, dh, dw, left, width):
     """For ``out_rows`` output rows of ``width``: their number of values, the length of a plane padded
     with rows only (:func:`_padded_length`), the taps' offsets in it (:func:`_column_offsets`), the
-    column masks (:func:`_column_masks`) and which columns need none (the one that reads straight
-    down), and each column's source (all the one plane: see :func:`_correlate_rows`)."""
+    column masks (:func:`_column_masks`), which columns lie inside the row everywhere and need none
+    (the one that reads straight down), and each column's source plane (all the one: see
+    :func:`_correlate_rows`)."""
     size = out_rows * width
-    unmasked = np.empty(kw, np.bool_)
+    inside = np.empty(kw, np.bool_)
     for j in range(kw):
-        unmasked[j] = j * dw == left
+        inside[j] = j * dw == left
     return (size, _padded_length(out_rows, kh, kw, dh, dw, width), _column_offsets(kh, kw, dh, dw, width),
-            _column_masks(kw, dw, left, width, size), unmasked, np.zeros(kw, np.int64))
+            _column_masks(kw, dw, left, width, size), inside, np.zeros(kw, np.int64))
 
 
 @kernel_helper
@@ -437,7 +432,7 @@ def _finish_plane(plane, relu):
     """The ReLU (NaN kept) on an output ``plane`` just written, with ``relu``."""
     if relu:
         flat = plane.reshape(plane.size)
-        copy_relu(flat, flat, 0)
+        copy_relu(flat, flat, flat.dtype.type(0))
 
 
 @kernel_helper
@@ -451,10 +446,10 @@ def _by_columns(weights, k, flip):
 
 
 @kernel_helper
-def _correlate_rows(out, sources, halves, weights, offsets, masks, unmasked, base, add):
+def _correlate_rows(out, sources, halves, weights, offsets, masks, inside, base, add):
     """``out[p] = (out[p] if add else base) + weights[j, i] * sources[halves[j], p + offsets[j, i]]``
     summed over the taps whose column lies inside the row (``masks[j, p]``; not needed where
-    ``unmasked[j]``): a row-padded plane (one source) or a plane's two halves of columns (stride 2, see
+    ``inside[j]``): a row-padded plane (one source) or a plane's two halves of columns (stride 2, see
     :func:`_forward_pairs`). A 3x3 kernel in one pass over ``out`` (:func:`_correlate_3x3`), others
     three taps a pass."""
     if offsets.shape[0] == 3 and offsets.shape[1] == 3:
@@ -464,7 +459,7 @@ def _correlate_rows(out, sources, halves, weights, offsets, masks, unmasked, bas
     if not add:
         out[:] = base
     for j in range(offsets.shape[0]):
-        if unmasked[j]:
+        if inside[j]:
             gather_taps(out, sources[halves[j]], weights[j], offsets[j])
         else:
             gather_taps(out, sources[halves[j]], weights[j], offsets[j], masks[j])
@@ -474,8 +469,10 @@ def _correlate_rows(out, sources, halves, weights, offsets, masks, unmasked, bas
 def _correlate_3x3(out, left_source, middle_source, right_source, weights, offsets, masks, base, add):
     """:func:`_correlate_rows` of a 3x3 kernel, tap column ``j`` reading its own source: the nine taps in
     one pass, each column's three summed and selected by its mask (so an inf a masked column reads is
-    never multiplied in). (Measured, 2 threads, forward passes at batch 256: 0.4-0.65x the time of
-    three passes of three taps.)"""
+    never multiplied in). (Measured, 2 threads, batch 256, 3x3 "same" convs of 32 to 256 channels on
+    32x32 to 8x8: with the flat kernels' buffers made once for several planes, forward passes took
+    0.55-0.69x the time of three passes of three taps with buffers made per plane; at stride 2, by
+    column pairs, 1.00-1.04x.)"""
     n = out.shape[0]
     if CHECK_BOUNDS:
         for j, source in enumerate((left_source, middle_source, right_source)):
@@ -500,13 +497,13 @@ def _correlate_3x3(out, left_source, middle_source, right_source, weights, offse
 @parallel_kernel
 def _forward_flat(x, w, b, dh, dw, top, left, y, per_task, relu):
     """:func:`conv2d_forward` of a conv that keeps the width at stride 1 into ``y`` (through a ReLU with
-    ``relu``), ``per_task`` output planes a task (one padded plane and one kernel array a task: their
-    zero rows are written once)."""
+    ``relu``), ``per_task`` output planes a task, which share one row-padded plane (its zero rows
+    written once) and one array of the kernel's columns."""
     n, c, h, width = x.shape
     c_out, _, kh, kw = w.shape
     m = c_out // c
     oh = y.shape[2]
-    size, length, offsets, masks, unmasked, sources = _flat_layout(oh, kh, kw, dh, dw, left, width)
+    size, length, offsets, masks, inside, halves = _flat_layout(oh, kh, kw, dh, dw, left, width)
     planes = n * c_out
     for task in prange(-(-planes // per_task)):
         buf = np.zeros((1, length), dtype=x.dtype)
@@ -515,7 +512,7 @@ def _forward_flat(x, w, b, dh, dw, top, left, y, per_task, relu):
             s, o = plane // c_out, plane % c_out
             _row_padded(buf[0], x[s, o // m].reshape(h * width), left + top * width)
             _by_columns(weights, w[o, 0], False)
-            _correlate_rows(y[s, o].reshape(size), buf, sources, weights, offsets, masks, unmasked, b[o], False)
+            _correlate_rows(y[s, o].reshape(size), buf, halves, weights, offsets, masks, inside, b[o], False)
             _finish_plane(y[s, o], relu)
     return y
 
@@ -530,7 +527,7 @@ def _grad_input_flat(gy, w, dh, dw, c, top, left, h, per_task):
     kh, kw = w.shape[2], w.shape[3]
     m = c_out // c
     top, left = (kh - 1) * dh - top, (kw - 1) * dw - left
-    size, length, offsets, masks, unmasked, sources = _flat_layout(h, kh, kw, dh, dw, left, width)
+    size, length, offsets, masks, inside, halves = _flat_layout(h, kh, kw, dh, dw, left, width)
     grad_x = np.empty((n, c, h, width), dtype=gy.dtype)
     zero = gy.dtype.type(0)
     planes = n * c
@@ -543,7 +540,7 @@ def _grad_input_flat(gy, w, dh, dw, c, top, left, h, per_task):
             for o in range(ch * m, ch * m + m):
                 _row_padded(buf[0], gy[s, o].reshape(oh * width), left + top * width)
                 _by_columns(weights, w[o, 0], True)
-                _correlate_rows(out, buf, sources, weights, offsets, masks, unmasked, zero, o > ch * m)
+                _correlate_rows(out, buf, halves, weights, offsets, masks, inside, zero, o > ch * m)
     return grad_x
 
 
@@ -555,7 +552,7 @@ def _grad_weight_flat(gy, x, kh, kw, dh, dw, top, left):
     n, c_out, oh, width = gy.shape
     c, h = x.shape[1], x.shape[2]
     m = c_out // c
-    size, length, offsets, masks, unmasked, _ = _flat_layout(oh, kh, kw, dh, dw, left, width)
+    size, length, offsets, masks, inside, _ = _flat_layout(oh, kh, kw, dh, dw, left, width)
     group = stack_size(n, size)
     parts = phase_size(n, group)
     partial = np.zeros((parts, c_out, kh * kw + 1))  # the bias's sum last
@@ -568,7 +565,7 @@ def _grad_weight_flat(gy, x, kh, kw, dh, dw, top, left):
             _row_padded(buf, x[s, o // m].reshape(h * width), left + top * width)
             for j in range(kw):
                 column[:] = 0
-                if unmasked[j]:
+                if inside[j]:
                     dot_taps(column, g, buf, offsets[j])
                 else:
                     dot_taps(column, g, buf, offsets[j], masks[j])

@@ -290,6 +290,13 @@ def num_threads() -> int:
     return n
 
 
+def planes_per_task(planes: int) -> int:
+    """Planes per task for the kernels whose tasks take several (sample, channel) planes, so that a task
+    allocates its buffers once for all of them: up to 16, fewer where that leaves fewer than 4 tasks a
+    thread. (The result cannot depend on it: each plane is computed alike in any task.)"""
+    return max(1, min(16, planes // (4 * num_threads())))
+
+
 def set_threads(n: int) -> None:
     """Set :func:`num_threads` (checked by :func:`fastcnn.set_num_threads`)."""
     global _threads_without_numba

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .jit import kernel_helper, num_threads, parallel_kernel, prange, sized
+from .jit import kernel_helper, parallel_kernel, planes_per_task, prange, sized
 from ._pool_vectors import clear, max_pairs, unpool_pairs
 from ._tiles import lanes
 
@@ -187,21 +187,15 @@ def avg_pool2d_forward(xp, pool, scale, out=None):
     output's shape) if given."""
     (oh, ow), (kh, kw) = pool.out_hw, pool.kernel
     y = np.empty(xp.shape[:2] + (oh, ow), dtype=xp.dtype) if out is None else out
-    per_task = _planes_per_task(xp.shape[0] * xp.shape[1])
+    per_task = planes_per_task(xp.shape[0] * xp.shape[1])
     return sized(_avg_pool, xp.shape[0] * xp.shape[1] * oh * ow * kh * kw)(xp, kh, kw, *pool.stride, scale, y, per_task)
 
 
 def avg_pool2d_backward(gy, padded_shape, pool, scale):
     """Gradient of :func:`avg_pool2d_forward` with respect to the padded input."""
-    per_task = _planes_per_task(gy.shape[0] * gy.shape[1])
+    per_task = planes_per_task(gy.shape[0] * gy.shape[1])
     return sized(_avg_unpool, gy.size * pool.kernel[0] * pool.kernel[1])(gy, padded_shape, *pool.kernel, *pool.stride,
                                                                           scale, per_task)
-
-
-def _planes_per_task(planes: int) -> int:
-    """(Sample, channel) planes per task of the average-pool kernels, each task allocating its row buffer
-    once: up to 16, fewer where that leaves fewer than 4 tasks a thread."""
-    return max(1, min(16, planes // (4 * num_threads())))
 
 
 @parallel_kernel
@@ -308,7 +302,7 @@ def global_max_pool2d_forward(x):
     n, c, h, w = x.shape
     y, idx = np.empty((n, c), dtype=x.dtype), np.empty((n, c), dtype=np.int64)
     sized(_plane_maxima, x.size)(x.reshape(n * c, h * w), y.reshape(n * c), idx.reshape(n * c),
-                                 _planes_per_task(n * c))
+                                 planes_per_task(n * c))
     return y, idx
 
 
