@@ -50,8 +50,8 @@ def _conv2d_forward(x, w, b, geo, out, relu):
     y = np.empty((x.shape[0], w.shape[0], oh, ow), dtype=x.dtype) if out is None else out
     work = x.shape[0] * w.size * oh * ow
     if _same_width(geo, x.shape[3]):
-        return sized(_forward_flat, work)(x, w, b, dh, dw, top, left, y, planes_per_task(y.shape[0] * y.shape[1]),
-                                          relu)
+        return sized(_flat_planes, work)(x, w, b, False, 1, w.shape[0] // x.shape[1], dh, dw, top, left, y,
+                                         planes_per_task(y.shape[0] * y.shape[1]), relu)
     if _by_column_pairs(geo, x.shape[3]):
         return sized(_forward_pairs, work)(x, w, b, top, left, y, relu)
     return sized(_forward, work)(x, w, b, sh, sw, dh, dw, hp, wp, top, left, y, relu)
@@ -73,8 +73,12 @@ def conv2d_grad_input(gy, w, geo, c):
     (hp, wp), (sh, sw), (dh, dw), (h, width) = geo.padded_hw, geo.stride, geo.dilation, geo.input_hw
     (top, _), (left, _) = geo.padding
     work = gy.size * w.shape[2] * w.shape[3]
-    if _same_width(geo, width):
-        return sized(_grad_input_flat, work)(gy, w, dh, dw, c, top, left, h, planes_per_task(gy.shape[0] * c))
+    if _same_width(geo, width):  # the output gradient correlated with the kernel turned by 180 degrees
+        kh, kw = w.shape[2:]
+        grad_x = np.empty((gy.shape[0], c, h, width), dtype=gy.dtype)
+        return sized(_flat_planes, work)(gy, w, np.zeros(c, gy.dtype), True, w.shape[0] // c, 1, dh, dw,
+                                         (kh - 1) * dh - top, (kw - 1) * dw - left, grad_x,
+                                         planes_per_task(gy.shape[0] * c), False)
     if _by_column_pairs(geo, width):
         return sized(_grad_input_pairs, work)(gy, w, c, top, left, h, width)
     return sized(_grad_input, work)(gy, w, hp, wp, sh, sw, dh, dw, c, top, left, h, width)
@@ -495,53 +499,32 @@ def _correlate_3x3(out, left_source, middle_source, right_source, weights, offse
 
 
 @parallel_kernel
-def _forward_flat(x, w, b, dh, dw, top, left, y, per_task, relu):
-    """:func:`conv2d_forward` of a conv that keeps the width at stride 1 into ``y`` (through a ReLU with
-    ``relu``), ``per_task`` output planes a task, which share one row-padded plane (its zero rows
-    written once) and one array of the kernel's columns."""
-    n, c, h, width = x.shape
-    c_out, _, kh, kw = w.shape
-    m = c_out // c
-    oh = y.shape[2]
-    size, length, offsets, masks, inside, halves = _flat_layout(oh, kh, kw, dh, dw, left, width)
-    planes = n * c_out
-    for task in prange(-(-planes // per_task)):
-        buf = np.zeros((1, length), dtype=x.dtype)
-        weights = np.empty((kw, kh), dtype=x.dtype)
-        for plane in range(task * per_task, min(planes, (task + 1) * per_task)):
-            s, o = plane // c_out, plane % c_out
-            _row_padded(buf[0], x[s, o // m].reshape(h * width), left + top * width)
-            _by_columns(weights, w[o, 0], False)
-            _correlate_rows(y[s, o].reshape(size), buf, halves, weights, offsets, masks, inside, b[o], False)
-            _finish_plane(y[s, o], relu)
-    return y
-
-
-@parallel_kernel
-def _grad_input_flat(gy, w, dh, dw, c, top, left, h, per_task):
-    """:func:`conv2d_grad_input` of a conv that keeps the width at stride 1, ``per_task`` input planes a
-    task: the forward pass of the output gradient with the kernel turned by 180 degrees and the padding
-    that the kernel's reach leaves (``(kH - 1) * dh - top`` rows above, ``(kW - 1) * dw - left`` columns
-    left)."""
-    n, c_out, oh, width = gy.shape
+def _flat_planes(src, w, base, flip, count, divisor, dh, dw, top, left, out, per_task, relu):
+    """The forward pass or input gradient of a conv that keeps the width at stride 1, into ``out``, a
+    plane ``(s, q)`` of it being ``base[q]`` plus, for ``k < count``, plane ``(s, o // divisor)`` of
+    ``src`` (padded with ``top`` zero rows, ``left`` columns) correlated with kernel ``o = q * count + k``
+    (turned by 180 degrees with ``flip``), then through a ReLU with ``relu``. The forward pass: ``count``
+    1, ``divisor`` the channel multiplier; the input gradient: the output gradient, ``count`` the
+    multiplier, ``divisor`` 1, and the padding the kernel's reach leaves (``(kH - 1) * dh - top`` rows
+    above, ``(kW - 1) * dw - left`` columns left). ``per_task`` planes a task, which share one
+    row-padded plane (its zero rows written once) and one array of the kernel's columns."""
+    n, planes_per_sample, rows, width = out.shape
     kh, kw = w.shape[2], w.shape[3]
-    m = c_out // c
-    top, left = (kh - 1) * dh - top, (kw - 1) * dw - left
-    size, length, offsets, masks, inside, halves = _flat_layout(h, kh, kw, dh, dw, left, width)
-    grad_x = np.empty((n, c, h, width), dtype=gy.dtype)
-    zero = gy.dtype.type(0)
-    planes = n * c
+    src_size = src.shape[2] * width
+    size, length, offsets, masks, inside, halves = _flat_layout(rows, kh, kw, dh, dw, left, width)
+    planes = n * planes_per_sample
     for task in prange(-(-planes // per_task)):
-        buf = np.zeros((1, length), dtype=gy.dtype)
-        weights = np.empty((kw, kh), dtype=gy.dtype)
+        buf = np.zeros((1, length), dtype=out.dtype)
+        weights = np.empty((kw, kh), dtype=out.dtype)
         for plane in range(task * per_task, min(planes, (task + 1) * per_task)):
-            s, ch = plane // c, plane % c
-            out = grad_x[s, ch].reshape(size)
-            for o in range(ch * m, ch * m + m):
-                _row_padded(buf[0], gy[s, o].reshape(oh * width), left + top * width)
-                _by_columns(weights, w[o, 0], True)
-                _correlate_rows(out, buf, halves, weights, offsets, masks, inside, zero, o > ch * m)
-    return grad_x
+            s, q = plane // planes_per_sample, plane % planes_per_sample
+            for k in range(count):
+                o = q * count + k
+                _row_padded(buf[0], src[s, o // divisor].reshape(src_size), left + top * width)
+                _by_columns(weights, w[o, 0], flip)
+                _correlate_rows(out[s, q].reshape(size), buf, halves, weights, offsets, masks, inside, base[q], k > 0)
+            _finish_plane(out[s, q], relu)
+    return out
 
 
 @parallel_kernel
