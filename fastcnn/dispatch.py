@@ -15,9 +15,8 @@ NumPy's and Numba's versions, so changed kernels are measured afresh.
 
 Timings are the best of several interleaved rounds, each call after a pause like the one between two
 ops of a training step (so a parallel kernel pays for waking its threads, as it does there); a close
-call gets more rounds. A
-decision measured while the machine is busy (1-minute load average above the core count) is used by
-this process but not saved.
+call gets more rounds. A decision measured while the machine is busy (1-minute load average above the
+core count) is used by this process but not saved.
 
 In-place ops (the optimizer update) cannot be timed by running them twice; ``auto`` gives them the
 first available backend, Numba when it is installed.
@@ -209,8 +208,8 @@ def _time_interleaved(impls: dict[str, Callable[..., Any]], candidates: list[str
     of the machine falls on all of them alike: rounds until they have taken :data:`_MEASURE_BUDGET_S`
     (at least :data:`_MEASURE_ROUNDS` ``[0]`` of them, unless they pass :data:`_SLOW_ROUND_S`), or for a
     close call up to :data:`_CLOSE_CALL_BUDGET_S` (:func:`_measured_enough`); at most
-    :data:`_MEASURE_ROUNDS` ``[1]`` rounds. Each call runs in a
-    :class:`~.kernels.scratch.shared_inputs` block of its own, so it pays for what it prepares from its inputs (a conv gradient's layout of the
+    :data:`_MEASURE_ROUNDS` ``[1]`` rounds. Each call runs in a :class:`~.kernels.scratch.shared_inputs`
+    block of its own, so it pays for what it prepares from its inputs (a conv gradient's layout of the
     output gradient, made once for both gradients in a training step): a kernel timed on what an
     earlier call prepared looked up to 4x cheaper than it is. (Where both gradients run on one
     backend, the second is so charged for a layout it shares: a small bias the other way.)"""

@@ -89,8 +89,8 @@ GROUPED = [  # x shape, weight shape, stride, padding, dilation, groups: the dep
 @pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("x_shape, w_shape, stride, padding, dilation, groups", GROUPED)
-def test_grouped_conv_relu_and_its_backward_against_the_loops_and_the_separate_ops(backend, dtype, x_shape, w_shape, stride, padding,
-                                                                  dilation, groups):
+def test_grouped_conv_relu_and_its_backward_against_the_loops_and_the_separate_ops(backend, dtype, x_shape, w_shape,
+                                                                                   stride, padding, dilation, groups):
     x, w, b = _case(x_shape, w_shape, dtype, seed=4)
     pads = fastcnn._checks.conv_geometry(x_shape, w_shape, stride, padding, dilation, groups).padding
     want = np.maximum(ref.conv2d(x, w, b, (stride, stride), pads, (dilation, dilation), groups), 0)

@@ -49,7 +49,7 @@ STACKED = [(7, 2, 30, 29, 1, (3, 3), 1, 1, 1), (13, 1, 30, 33, 2, (3, 3), 2, 1, 
            (37, 3, 16, 16, 1, (3, 3), 2, 1, 1),  # by pairs: three stacks of 16, 16 and 5, in parallel
            (11, 2, 16, 16, 2, (3, 3), 2, 1, 1),  # by pairs, one part-full stack, serial
            (9, 2, 30, 29, 1, (3, 3), 1, (1, 0, 1, 1), 1),  # stride 1, narrower output: stacked wide planes
-           # stride 1 keeping the width, more planes than tasks: a task's buffers serve several planes
+           # stride 1 keeping the width, several planes a task (on up to 8 threads): its buffers serve them all
            (40, 3, 9, 11, 2, (3, 3), 1, 1, 1), (40, 3, 9, 11, 1, (3, 3), 1, (1, 1, 0, 2), 1),
            (24, 3, 8, 10, 1, (5, 5), 1, "same", 1)]
 
@@ -122,10 +122,10 @@ def test_depthwise_flat_kernels_give_the_same_bits_for_any_planes_per_task(monke
     and without the ReLU) and the input gradient; and so does any thread count."""
     from fastcnn.kernels import depthwise_numba
     rng = np.random.default_rng(9)
-    x = rng.standard_normal((5, 3, 7, 9)).astype(np.float32)
+    x = rng.standard_normal((16, 3, 16, 18)).astype(np.float32)  # enough work to run in parallel
     w = rng.standard_normal((3 * multiplier, 1) + kernel).astype(np.float32)
     b = rng.standard_normal(3 * multiplier).astype(np.float32)
-    gy = rng.standard_normal((5, 3 * multiplier, 7, 9)).astype(np.float32)
+    gy = rng.standard_normal((16, 3 * multiplier, 16, 18)).astype(np.float32)
     params = dict(padding="same", groups=3, backend="numba")
 
     def results():

@@ -689,9 +689,8 @@ def test_a_deep_copy_predicts_with_its_own_weights():
 @pytest.mark.parametrize("backend", ["numpy"] + (["numba"] if jit.NUMBA_AVAILABLE else []))
 def test_kernels_write_into_the_output_they_are_given(backend):
     """The kernels the plan gives an output array (the conv ops, strided and dilated too, depthwise with
-    and without its ReLU, average pool, global average pool, ReLU and tanh, these two in place as well): the same values as
-    into a new array,
-    written into that array, whatever it held."""
+    and without its ReLU, average pool, global average pool, ReLU and tanh, these two in place as
+    well): the same values as into a new array, written into that array, whatever it held."""
     from fastcnn import functional as F
     rng = np.random.default_rng(22)
     x = rng.standard_normal((3, 4, 11, 11)).astype(np.float32)

@@ -4,11 +4,11 @@ wide layout of :mod:`._planes`: every tap is one vectorised run over a stack of 
 ``kH*kW`` multiply-adds per output element and is bound by memory, not arithmetic: no GEMM to feed.
 
 A task is one input channel of one stack of samples (:func:`._planes.stack_size`, which depends on
-the shapes only), or, for the output and input gradient of the convs that keep the width (below), a
-few planes (:func:`.jit.planes_per_task`) with buffers made once for them. The output and the input
-gradient: every task writes its own planes. The weight
-gradient: every task sums into its own row of partial sums, which are added up in a fixed order
-afterwards, so there is no race and the sums are the same for any thread count.
+the shapes only); for the output and input gradient of the convs that keep the width (below), a few
+planes (:func:`.jit.planes_per_task`) with buffers made once for them; for their weight gradient, one
+output channel of a fixed part of the batch. The output and the input gradient: every task writes its
+own planes. The weight gradient: every task sums into its own row of partial sums, which are added up
+in a fixed order afterwards, so there is no race and the sums are the same for any thread count.
 
 The input is padded implicitly: each task copies its plane into a zero-bordered one (split into
 phases for a strided conv) that stays in cache, rather than the whole batch being copied once more.
@@ -27,8 +27,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from ._planes import (backward_offsets, check_offsets, dot_taps, forward_offsets, gather_taps, narrow, phase_size, place,
-                      split_phases, stack_size)
+from ._planes import (backward_offsets, check_offsets, dot_taps, forward_offsets, gather_taps, narrow, phase_size,
+                      place, split_phases, stack_size)
 from ._rows import copy_relu
 from .jit import CHECK_BOUNDS, kernel_helper, parallel_kernel, planes_per_task, prange, sized
 
@@ -475,8 +475,8 @@ def _correlate_3x3(out, left_source, middle_source, right_source, weights, offse
     one pass, each column's three summed and selected by its mask (so an inf a masked column reads is
     never multiplied in). (Measured, 2 threads, batch 256, 3x3 "same" convs of 32 to 256 channels on
     32x32 to 8x8: with the flat kernels' buffers made once for several planes, forward passes took
-    0.55-0.69x the time of three passes of three taps with buffers made per plane; at stride 2, by
-    column pairs, 1.00-1.04x.)"""
+    0.54-0.78x the time of three passes of three taps with buffers made per plane. At stride 2, by
+    column pairs, 0.95-1.05x: shared for one code path, not for speed.)"""
     n = out.shape[0]
     if CHECK_BOUNDS:
         for j, source in enumerate((left_source, middle_source, right_source)):
@@ -516,11 +516,14 @@ def _flat_planes(src, w, base, flip, count, divisor, dh, dw, top, left, out, per
     for task in prange(-(-planes // per_task)):
         buf = np.zeros((1, length), dtype=out.dtype)
         weights = np.empty((kw, kh), dtype=out.dtype)
+        in_buf = -1  # the source plane buf holds (a multiplier's planes read one source in turn)
         for plane in range(task * per_task, min(planes, (task + 1) * per_task)):
             s, q = plane // planes_per_sample, plane % planes_per_sample
             for k in range(count):
                 o = q * count + k
-                _row_padded(buf[0], src[s, o // divisor].reshape(src_size), left + top * width)
+                if s * src.shape[1] + o // divisor != in_buf:
+                    in_buf = s * src.shape[1] + o // divisor
+                    _row_padded(buf[0], src[s, o // divisor].reshape(src_size), left + top * width)
                 _by_columns(weights, w[o, 0], flip)
                 _correlate_rows(out[s, q].reshape(size), buf, halves, weights, offsets, masks, inside, base[q], k > 0)
             _finish_plane(out[s, q], relu)

@@ -293,7 +293,7 @@ def num_threads() -> int:
 def planes_per_task(planes: int) -> int:
     """Planes per task for the kernels whose tasks take several (sample, channel) planes, so that a task
     allocates its buffers once for all of them: up to 16, fewer where that leaves fewer than 4 tasks a
-    thread. (The result cannot depend on it: each plane is computed alike in any task.)"""
+    thread. (The kernels' results do not depend on this number: each plane is computed alike in any task.)"""
     return max(1, min(16, planes // (4 * num_threads())))
 
 
