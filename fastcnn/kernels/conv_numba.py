@@ -54,6 +54,7 @@ from . import _polyphase, conv_channels, elementwise_numba, jit, pointwise_numba
 from ._compose import gated, pooled, unpooled
 from .jit import kernel_helper, parallel_kernel, prange, sized
 from ._pool_vectors import clear
+from ._planes import narrow
 from ._rows import copy_gated, copy_plus, copy_relu
 from ._taps import tap_offsets
 from .scratch import NO_PADDING, cropped, derived, scratch
@@ -885,8 +886,7 @@ def _grad_input_wide(gr, head, w, xr, grad_x, hp, wp, shift, dh, dw, groups, pas
         if width == wp:  # no padding or scratch columns: the plane is one run
             copy_plus(grad_x[s, ci].reshape(h * width), xr[ci, start:], 0)
         else:
-            for r in range(h):
-                copy_plus(grad_x[s, ci, r], xr[ci, start + r * wp :], 0)
+            narrow(grad_x[s, ci], xr[ci, start:], wp, 1, 1, 0, 0)
 
 
 @kernel_helper
