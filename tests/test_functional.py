@@ -201,6 +201,28 @@ def test_avg_pool2d_window_shapes_both_backends(kernel, stride, padding, dtype):
                                    rtol=1e-5 if dtype == np.float32 else 1e-12)
 
 
+@pytest.mark.parametrize("shape, kernel, padding, options", [((8, 8), (8, 8), (0, 0), {}),
+                                                            ((5, 7), (7, 9), (1, 1), dict(count_include_pad=False)),
+                                                            ((5, 7), (7, 9), (1, 1), {}),
+                                                            ((7, 7), (7, 7), (0, 0), dict(ceil_mode=True)),
+                                                            ((6, 6), (6, 6), (0, 0), dict(divisor_override=5))])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_avg_pool2d_of_the_whole_plane(shape, kernel, padding, options, dtype):
+    """One window that is the whole (padded) plane, which the Numba kernels sum as a global pool does:
+    the reference's values whatever the divisor, and a gradient that is the pool's transpose."""
+    rng = np.random.default_rng(sum(shape) + len(options))
+    x = rng.standard_normal((3, 4) + shape).astype(dtype)
+    want = ref.avg_pool2d(x, kernel, kernel, padding, **options)
+    assert want.shape == (3, 4, 1, 1)
+    gy = rng.standard_normal(want.shape).astype(dtype)
+    for backend in BACKENDS:
+        np.testing.assert_allclose(F.avg_pool2d(x, kernel, kernel, padding, **options, backend=backend), want,
+                                   **TOL[dtype])
+        gx = F.avg_pool2d_backward(gy, x.shape, kernel, kernel, padding, **options, backend=backend)
+        np.testing.assert_allclose((gx.astype(np.float64) * x).sum(), (gy.astype(np.float64) * want).sum(),
+                                   rtol=1e-5 if dtype == np.float32 else 1e-12)
+
+
 @SETTINGS
 @given(case=pool_cases())
 def test_avg_pool2d_matches_reference(case):

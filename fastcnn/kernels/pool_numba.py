@@ -187,15 +187,30 @@ def avg_pool2d_forward(xp, pool, scale, out=None):
     output's shape) if given."""
     (oh, ow), (kh, kw) = pool.out_hw, pool.kernel
     y = np.empty(xp.shape[:2] + (oh, ow), dtype=xp.dtype) if out is None else out
+    if _whole_plane(xp.shape, pool):  # one window, the whole plane: a sum per plane (4x faster on 8x8 planes)
+        n, c, h, w = xp.shape
+        sized(_plane_sums, xp.size)(xp.reshape(n * c, h * w), y.reshape(n * c), scale[0, 0])
+        return y
     per_task = planes_per_task(xp.shape[0] * xp.shape[1])
     return sized(_avg_pool, xp.shape[0] * xp.shape[1] * oh * ow * kh * kw)(xp, kh, kw, *pool.stride, scale, y, per_task)
 
 
 def avg_pool2d_backward(gy, padded_shape, pool, scale):
     """Gradient of :func:`avg_pool2d_forward` with respect to the padded input."""
+    if _whole_plane(padded_shape, pool):
+        grad = np.empty(padded_shape, dtype=gy.dtype)
+        planes = gy.shape[0] * gy.shape[1]
+        sized(_fill_planes, grad.size)(gy.reshape(planes), grad.reshape(planes, -1), scale[0, 0])
+        return grad
     per_task = planes_per_task(gy.shape[0] * gy.shape[1])
     return sized(_avg_unpool, gy.size * pool.kernel[0] * pool.kernel[1])(gy, padded_shape, *pool.kernel, *pool.stride,
                                                                           scale, per_task)
+
+
+def _whole_plane(padded_shape: tuple, pool) -> bool:
+    """Whether the pool's one window is the whole (padded) plane: global pooling, as a nets's last
+    ``AvgPool2D(8)`` on 8x8 planes is."""
+    return pool.out_hw == (1, 1) and pool.kernel == tuple(padded_shape[2:])
 
 
 @parallel_kernel
@@ -283,7 +298,7 @@ def global_avg_pool2d_forward(x, out=None):
     if given."""
     n, c, h, w = x.shape
     y = np.empty((n, c), dtype=x.dtype) if out is None else out
-    sized(_plane_means, x.size)(x.reshape(n * c, h * w), y.reshape(n * c))
+    sized(_plane_sums, x.size)(x.reshape(n * c, h * w), y.reshape(n * c), 1 / (h * w))
     return y
 
 
@@ -292,7 +307,7 @@ def global_avg_pool2d_backward(gy, shape):
     ``gy / (H * W)``."""
     grad = np.empty(shape, dtype=gy.dtype)
     planes = shape[0] * shape[1]
-    sized(_fill_planes, grad.size)(gy.reshape(planes), grad.reshape(planes, shape[2] * shape[3]))
+    sized(_fill_planes, grad.size)(gy.reshape(planes), grad.reshape(planes, shape[2] * shape[3]), 1 / (shape[2] * shape[3]))
     return grad
 
 
@@ -316,9 +331,9 @@ def global_max_pool2d_backward(gy, argmax, shape):
 
 
 @parallel_kernel
-def _plane_means(x, y):
-    """``y[p]`` = the mean of row ``p`` of ``x`` (planes, H * W): one vector sum each, in the input's dtype."""
-    scale = 1 / x.shape[1]
+def _plane_sums(x, y, scale):
+    """``y[p]`` = the sum of row ``p`` of ``x`` (planes, H * W) times ``scale``: one vector sum each, in
+    the input's dtype."""
     for p in prange(x.shape[0]):
         row = x[p]
         acc = row[0]
@@ -328,9 +343,8 @@ def _plane_means(x, y):
 
 
 @parallel_kernel
-def _fill_planes(gy, grad):
-    """Every row ``p`` of ``grad`` (planes, H * W) filled with ``gy[p] / (H * W)``."""
-    scale = 1 / grad.shape[1]
+def _fill_planes(gy, grad, scale):
+    """Every row ``p`` of ``grad`` (planes, H * W) filled with ``gy[p] * scale``."""
     for p in prange(grad.shape[0]):
         share, row = gy[p] * scale, grad[p]
         for k in range(row.size):
