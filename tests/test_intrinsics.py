@@ -44,8 +44,8 @@ def _dense_tile(out, g, g_starts, x, x_starts, length, ahead):
 
 
 @numba.njit
-def _channel_tile(out, at, w, w_at, src, pos, first, taps, width):
-    tiles.channel_tile(out, at, w, w_at, src, pos, first, taps, width)
+def _channel_tile(out, at, w, w_at, src, pos, first, taps, width, add):
+    tiles.channel_tile(out, at, w, w_at, src, pos, first, taps, width, add)
 
 
 @numba.njit
@@ -127,7 +127,7 @@ def test_channel_tile_sums_broadcast_reads_times_channel_vectors(dtype, c_out):
     width = tiles.channel_width(c_out, itemsize)
     positions = tiles.channel_positions(width, itemsize)
     assert positions * width == tiles.CHANNEL_ACCUMULATORS * tiles.lanes(itemsize)
-    for _ in range(6):
+    for attempt in range(6):
         n_taps = int(rng.integers(1, 30))
         src = rng.standard_normal(500).astype(dtype)
         w = rng.standard_normal((n_taps + 3) * width).astype(dtype)
@@ -137,10 +137,14 @@ def test_channel_tile_sums_broadcast_reads_times_channel_vectors(dtype, c_out):
         taps = rng.integers(0, 250, n_taps).astype(np.int64)
         out = np.full((positions + 3) * width, 7.0, dtype)
         at = int(rng.integers(0, 3 * width + 1))
-        _channel_tile(out, at, w, w_at, src, pos, first, taps, width)
+        held = rng.standard_normal(positions * width).astype(dtype)  # what the tile adds to, with add
+        out[at : at + positions * width] = held
+        add = attempt % 2 == 1
+        _channel_tile(out, at, w, w_at, src, pos, first, taps, width, add)
         weights = w[w_at : w_at + n_taps * width].reshape(n_taps, width).astype(np.float64)
         reads = src[pos[first : first + positions, None] + taps[None, :]].astype(np.float64)  # (positions, taps)
-        np.testing.assert_allclose(out[at : at + positions * width], (reads @ weights).ravel(),
+        want = (reads @ weights).ravel() + (held if add else 0)
+        np.testing.assert_allclose(out[at : at + positions * width], want,
                                    rtol=1e-5 if dtype == np.float32 else 1e-12, atol=1e-5)
         assert (out[:at] == 7.0).all() and (out[at + positions * width :] == 7.0).all()
 
@@ -246,7 +250,7 @@ BOUNDS_SCRIPT = textwrap.dedent("""
 
     @numba.njit
     def channels(out, w, src, pos, taps, width):
-        tiles.channel_tile(out, 0, w, 0, src, pos, 0, taps, width)
+        tiles.channel_tile(out, 0, w, 0, src, pos, 0, taps, width, False)
 
     a = np.zeros(10, np.float32)
     clear(a, 2, 8)  # in bounds

@@ -260,14 +260,14 @@ def _dot_tile_typing(rows, cols, prefetch, out, g, g_starts, x, x_starts):
 
 
 def _channel_tile(positions: int, vectors: int):
-    """An intrinsic ``channel_tile(out, at, w, w_at, src, pos, first, taps)``:
+    """An intrinsic ``channel_tile(out, at, w, w_at, src, pos, first, taps, add)``:
     ``out[at + p*B + c] = sum(w[w_at + t*B + c] * src[pos[first + p] + taps[t]] for t < len(taps))``
-    for ``p < positions`` and ``c < B = vectors * lanes``: a tile of output positions by output
-    channels, the channels in the vectors' lanes (the weight packed so, ``B`` channels a tap) and each
-    input value broadcast. What an output position reads is wherever ``pos`` says, so the stride and
-    dilation cost nothing. ``out``, ``w`` and ``src`` are 1-D, ``pos`` and ``taps`` int64; the caller
-    keeps every read and write in bounds."""
-    def channel_tile(typingctx, out, at, w, w_at, src, pos, first, taps):
+    for ``p < positions`` and ``c < B = vectors * lanes`` (added to what ``out`` holds there with
+    ``add``): a tile of output positions by output channels, the channels in the vectors' lanes (the
+    weight packed so, ``B`` channels a tap) and each input value broadcast. What an output position
+    reads is wherever ``pos`` says, so the stride and dilation cost nothing. ``out``, ``w`` and ``src``
+    are 1-D, ``pos`` and ``taps`` int64; the caller keeps every read and write in bounds."""
+    def channel_tile(typingctx, out, at, w, w_at, src, pos, first, taps, add):
         return _channel_tile_typing(positions, vectors, out, w, src, pos, taps)
 
     channel_tile.__name__ = channel_tile.__qualname__ = f"channel_tile_{positions}x{vectors}"
@@ -278,7 +278,7 @@ def _channel_tile_typing(positions, vectors, out, w, src, pos, taps):
     if not (_float_arrays(out, w, src) and out.ndim == w.ndim == src.ndim == 1
             and all(isinstance(a, types.Array) and a.dtype == types.int64 and a.ndim == 1 for a in (pos, taps))):
         return None
-    sig = types.void(out, types.intp, w, types.intp, src, pos, types.intp, taps)
+    sig = types.void(out, types.intp, w, types.intp, src, pos, types.intp, taps, types.boolean)
 
     def codegen(context, builder, signature, args):
         arrays = [context.make_array(signature.args[i])(context, builder, args[i]) for i in (0, 2, 4, 5, 7)]
@@ -289,6 +289,11 @@ def _channel_tile_typing(positions, vectors, out, w, src, pos, taps):
                  for p in range(positions)]
         weights = builder.gep(w_a.data, [args[3]])
         acc = [[cgutils.alloca_once_value(builder, vectors_ir.zero) for _ in range(vectors)] for _ in range(positions)]
+        with builder.if_then(args[8]):
+            for p in range(positions):
+                for v in range(vectors):
+                    at = builder.add(args[1], _int(p * width + v * n))
+                    builder.store(vectors_ir.load_all(out_a.data, at), acc[p][v])
         n_taps = cgutils.unpack_tuple(builder, taps_a.shape, 1)[0]
         with cgutils.for_range(builder, n_taps) as loop:
             shift = builder.load(builder.gep(taps_a.data, [loop.index]))
@@ -409,12 +414,12 @@ def check_channel_tile(out, at, w, w_at, src, pos, first, taps, width):
 
 
 @register_jitable(inline="always")
-def channel_tile(out, at, w, w_at, src, pos, first, taps, width):
+def channel_tile(out, at, w, w_at, src, pos, first, taps, width, add):
     """The :func:`_channel_tile` intrinsic for blocks of ``width`` channels (see :func:`channel_width`):
     24 positions by one vector, or 6 by :data:`CHANNEL_VECTORS` (bounds asserted under ``jit.CHECK_BOUNDS``)."""
     if CHECK_BOUNDS:
         check_channel_tile(out, at, w, w_at, src, pos, first, taps, width)
     if width == lanes(out.itemsize):
-        _channel_tile_narrow(out, at, w, w_at, src, pos, first, taps)
+        _channel_tile_narrow(out, at, w, w_at, src, pos, first, taps, add)
     else:
-        _channel_tile_wide(out, at, w, w_at, src, pos, first, taps)
+        _channel_tile_wide(out, at, w, w_at, src, pos, first, taps, add)
