@@ -43,7 +43,9 @@ _NARROW_GRAD_TAPS = 64  # and from this many where its blocks are one vector wid
 _PASS_BYTES = 18 << 10  # a forward pass's tiles sum the taps whose packed weights take this much at a time
 # (72 taps of four vectors, float32), over all a task's positions. Measured against all taps in one pass,
 # 2 threads, 3x3 convs with 32 to 256 output channels (stride 2 at batch 64 and 256, stride 1 on 8x8 at batch 32
-# and on 32x32 at 256), three runs of 15 interleaved rounds: per-round medians 0.86-1.03x, most 0.90-0.96x
+# and on 32x32 at 256), three runs of 15 interleaved rounds: per-round medians 0.86-1.03x, most 0.90-0.96x.
+# The weight gradient's tiles sum as many positions a pass (as much of the output gradient's rows): the same
+# bits, 0.93-1.02x the time of all positions a tile (the same convs; with twice as many a pass, 0.94-0.99x)
 _PARTS = ("forward", "weight_gradient", "pooled_weight_gradient", "input_gradient")
 
 
@@ -137,7 +139,7 @@ def conv2d_channels_forward(x: np.ndarray, w: np.ndarray, b: np.ndarray, geo, re
     positions = _tile_positions(oh, ow, wp, *geo.stride, tile)
     groups, chunks = _task_split(n, blocks, oh * ow, tile)
     packed = np.empty((blocks, c_in * kh * kw, width), x.dtype)
-    pass_taps = max(1, _PASS_BYTES // (width * x.itemsize))
+    pass_taps = _pass_taps(width, x.itemsize)
     kernel = sized(_conv_channels, n * oh * ow * w.size // TILE_SPEED)
     kernel(x, w, b, packed, taps, positions, top, left, hp, wp, relu, groups, chunks, pass_taps, y)
     return y
@@ -313,6 +315,12 @@ def _position_offsets(oh: int, ow: int, wp: int, sh: int, sw: int) -> np.ndarray
     return offsets
 
 
+def _pass_taps(width: int, itemsize: int) -> int:
+    """How many taps (the forward pass) or positions (the weight gradient) a pass of tiles of blocks of
+    ``width`` channels sums: as many as have :data:`_PASS_BYTES` of weights or output gradient rows."""
+    return max(1, _PASS_BYTES // (width * itemsize))
+
+
 def _whole_tile(offsets: np.ndarray, tile: int) -> np.ndarray:
     """``offsets`` as tiles of ``tile`` of them read them: with the last repeated up to a whole number
     of tiles (a tile always reads ``tile`` of them)."""
@@ -366,7 +374,7 @@ def conv2d_channels_grad_weight(gy: np.ndarray, gate: np.ndarray | None, x: np.n
     positions = _samples_positions(oh, ow, wp, *geo.stride, c_in * hp * wp, per_step)
     kernel = sized(_grad_weight_channels, n * oh * ow * c_out * c_in * kh * kw // TILE_SPEED)
     grad_w, grad_b = kernel(gy, gy if gate is None else gate, gate is not None, x, taps, c_in * kh * kw, positions,
-                            per_step, top, left, hp, wp, width, chunks, groups)
+                            per_step, top, left, hp, wp, width, chunks, groups, _pass_taps(width, x.itemsize))
     return grad_w.reshape(c_out, c_in, kh, kw), grad_b
 
 
@@ -386,10 +394,11 @@ def _samples_positions(oh: int, ow: int, wp: int, sh: int, sw: int, sample: int,
 
 @parallel_kernel
 def _grad_weight_channels(gy, gate, gated, x, taps, n_taps, positions, per_step, top, left, hp, wp, width, chunks,
-                          groups):
+                          groups, pass_positions):
     """:func:`conv2d_channels_grad_weight`: a task per (chunk of samples, group of channel blocks),
     each summing into its own part of ``sums`` (and ``bias``), ``per_step`` samples a tile (whose
-    positions ``positions`` lists), then the parts added up."""
+    positions ``positions`` lists), ``pass_positions`` of them at a time for all tiles (so that
+    their rows of the output gradient stay in cache), then the parts added up."""
     n, c_in = x.shape[:2]
     c_out = gy.shape[1]
     n_pos = gy.shape[2] * gy.shape[3]
@@ -398,12 +407,11 @@ def _grad_weight_channels(gy, gate, gated, x, taps, n_taps, positions, per_step,
     sums = np.zeros((chunks, blocks, n_taps, width))  # float64 across samples
     bias = np.zeros((chunks, blocks * width))
     tile_taps = channel_positions(width, x.itemsize)
-    last = taps.size - tile_taps  # the last tile's first tap
     for task in prange(chunks * groups):
         chunk, group = task // groups, task % groups
         src = np.empty(per_step * sample, x.dtype)
         rows = np.empty(per_step * n_pos * width, x.dtype)
-        tile = np.empty(tile_taps * width, x.dtype)
+        tiles = np.empty(taps.size * width, x.dtype)
         s1 = (chunk + 1) * n // chunks
         for s0 in range(chunk * n // chunks, s1, per_step):
             count = min(per_step, s1 - s0)
@@ -414,12 +422,14 @@ def _grad_weight_channels(gy, gate, gated, x, taps, n_taps, positions, per_step,
                     _gradient_rows(gy[s0 + i].reshape(c_out, n_pos), gate[s0 + i].reshape(gate.shape[1], -1), gated,
                                    k * width, rows[i * n_pos * width : (i + 1) * n_pos * width],
                                    bias[chunk, k * width : (k + 1) * width])
-                for t in range(0, n_taps, tile_taps):
-                    first = min(t, last)
-                    channel_tile(tile, 0, rows, 0, src, taps, first, positions[: count * n_pos], width, False)
-                    for p in range(t - first, min(tile_taps, n_taps - first)):  # skip taps summed before
-                        for c in range(width):
-                            sums[chunk, k, first + p, c] += tile[p * width + c]
+                reach = count * n_pos
+                for q in range(0, reach, pass_positions):
+                    for t in range(0, n_taps, tile_taps):
+                        channel_tile(tiles, t * width, rows, q * width, src, taps, t,
+                                     positions[q : min(reach, q + pass_positions)], width, q > 0)
+                for t in range(n_taps):
+                    for c in range(width):
+                        sums[chunk, k, t, c] += tiles[t * width + c]
     grad_w = np.empty((c_out, c_in) + (n_taps // c_in,), dtype=gy.dtype)
     grad_b = np.empty(c_out, dtype=gy.dtype)
     for co in prange(c_out):
