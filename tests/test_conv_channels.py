@@ -39,6 +39,7 @@ CASES = pytest.mark.parametrize("n, c_in, c_out, hw, kernel, stride, padding, di
     (1, 3, 16, (40, 40), (3, 3), (1, 1), 1, (1, 1)),        # the same at batch 1 split into chunks of positions
     (2, 20, 64, (9, 9), (3, 3), (2, 2), 1, (1, 1)),         # 180 taps: forward passes of 72, 72 and 36 taps
     (2, 40, 16, (7, 7), (3, 3), (1, 1), 1, (1, 1)),         # 360 taps in blocks of one vector: passes of 288 and 72
+    (1, 20, 64, (40, 40), (3, 3), (2, 2), 1, (1, 1)),       # 180 taps, batch 1 split into chunks of positions
 ])
 
 

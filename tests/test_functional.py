@@ -201,19 +201,27 @@ def test_avg_pool2d_window_shapes_both_backends(kernel, stride, padding, dtype):
                                    rtol=1e-5 if dtype == np.float32 else 1e-12)
 
 
-@pytest.mark.parametrize("shape, kernel, padding, options", [((8, 8), (8, 8), (0, 0), {}),
-                                                            ((5, 7), (7, 9), (1, 1), dict(count_include_pad=False)),
-                                                            ((5, 7), (7, 9), (1, 1), {}),
-                                                            ((7, 7), (7, 7), (0, 0), dict(ceil_mode=True)),
-                                                            ((6, 6), (6, 6), (0, 0), dict(divisor_override=5))])
+@pytest.mark.parametrize("n, shape, kernel, padding, options", [(64, (8, 8), (8, 8), (0, 0), {}),  # parallel kernels
+                                                               (3, (5, 7), (7, 9), (1, 1), dict(count_include_pad=False)),
+                                                               (3, (5, 7), (7, 9), (1, 1), {}),
+                                                               (3, (7, 7), (7, 7), (0, 0), dict(ceil_mode=True)),
+                                                               (3, (6, 6), (6, 6), (0, 0), dict(divisor_override=5))])
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
-def test_avg_pool2d_of_the_whole_plane(shape, kernel, padding, options, dtype):
-    """One window that is the whole (padded) plane, which the Numba kernels sum as a global pool does:
-    the reference's values whatever the divisor, and a gradient that is the pool's transpose."""
+def test_avg_pool2d_of_the_whole_plane(n, shape, kernel, padding, options, dtype, monkeypatch):
+    """One window that is the whole (padded) plane, which the Numba kernels sum as a global pool does
+    (the windows' kernels are not called): the reference's values whatever the divisor, and a gradient
+    that is the pool's transpose."""
+    from fastcnn.kernels import pool_numba
+
+    def refused(*args):
+        raise AssertionError("a whole-plane window went to the windows' kernel")
+
+    monkeypatch.setattr(pool_numba, "_avg_pool", refused)
+    monkeypatch.setattr(pool_numba, "_avg_unpool", refused)
     rng = np.random.default_rng(sum(shape) + len(options))
-    x = rng.standard_normal((3, 4) + shape).astype(dtype)
+    x = rng.standard_normal((n, 4) + shape).astype(dtype)
     want = ref.avg_pool2d(x, kernel, kernel, padding, **options)
-    assert want.shape == (3, 4, 1, 1)
+    assert want.shape == (n, 4, 1, 1)
     gy = rng.standard_normal(want.shape).astype(dtype)
     for backend in BACKENDS:
         np.testing.assert_allclose(F.avg_pool2d(x, kernel, kernel, padding, **options, backend=backend), want,

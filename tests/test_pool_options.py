@@ -161,6 +161,8 @@ def test_pool_options_take_empty_batches(backend):
     assert F.max_pool2d_backward(y, idx, x.shape, backend=backend).shape == x.shape
     y = F.avg_pool2d(x, 2, ceil_mode=True, count_include_pad=False, backend=backend)
     assert F.avg_pool2d_backward(y, x.shape, 2, ceil_mode=True, count_include_pad=False, backend=backend).shape == x.shape
+    y = F.avg_pool2d(x, 5, backend=backend)  # one window, the whole plane
+    assert y.shape == (0, 2, 1, 1) and F.avg_pool2d_backward(y, x.shape, 5, backend=backend).shape == x.shape
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])

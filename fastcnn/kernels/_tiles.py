@@ -262,8 +262,9 @@ def _dot_tile_typing(rows, cols, prefetch, out, g, g_starts, x, x_starts):
 def _channel_tile(positions: int, vectors: int):
     """An intrinsic ``channel_tile(out, at, w, w_at, src, pos, first, taps, add)``:
     ``out[at + p*B + c] = sum(w[w_at + t*B + c] * src[pos[first + p] + taps[t]] for t < len(taps))``
-    for ``p < positions`` and ``c < B = vectors * lanes`` (added to what ``out`` holds there with
-    ``add``): a tile of output positions by output channels, the channels in the vectors' lanes (the
+    for ``p < positions`` and ``c < B = vectors * lanes`` (with ``add``, the sums start from what
+    ``out`` holds there, not from 0: a pass continues the multiply-adds of the one before, to the
+    same bits as one pass): a tile of output positions by output channels, the channels in the vectors' lanes (the
     weight packed so, ``B`` channels a tap) and each input value broadcast. What an output position
     reads is wherever ``pos`` says, so the stride and dilation cost nothing. ``out``, ``w`` and ``src``
     are 1-D, ``pos`` and ``taps`` int64; the caller keeps every read and write in bounds."""
@@ -416,7 +417,8 @@ def check_channel_tile(out, at, w, w_at, src, pos, first, taps, width):
 @register_jitable(inline="always")
 def channel_tile(out, at, w, w_at, src, pos, first, taps, width, add):
     """The :func:`_channel_tile` intrinsic for blocks of ``width`` channels (see :func:`channel_width`):
-    24 positions by one vector, or 6 by :data:`CHANNEL_VECTORS` (bounds asserted under ``jit.CHECK_BOUNDS``)."""
+    24 positions by one vector, or 6 by :data:`CHANNEL_VECTORS`, summed onto what ``out`` holds with ``add``
+    (bounds asserted under ``jit.CHECK_BOUNDS``)."""
     if CHECK_BOUNDS:
         check_channel_tile(out, at, w, w_at, src, pos, first, taps, width)
     if width == lanes(out.itemsize):

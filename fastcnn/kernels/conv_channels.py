@@ -139,7 +139,7 @@ def conv2d_channels_forward(x: np.ndarray, w: np.ndarray, b: np.ndarray, geo, re
     positions = _tile_positions(oh, ow, wp, *geo.stride, tile)
     groups, chunks = _task_split(n, blocks, oh * ow, tile)
     packed = np.empty((blocks, c_in * kh * kw, width), x.dtype)
-    pass_taps = _pass_taps(width, x.itemsize)
+    pass_taps = _pass_length(width, x.itemsize)
     kernel = sized(_conv_channels, n * oh * ow * w.size // TILE_SPEED)
     kernel(x, w, b, packed, taps, positions, top, left, hp, wp, relu, groups, chunks, pass_taps, y)
     return y
@@ -315,15 +315,16 @@ def _position_offsets(oh: int, ow: int, wp: int, sh: int, sw: int) -> np.ndarray
     return offsets
 
 
-def _pass_taps(width: int, itemsize: int) -> int:
+def _pass_length(width: int, itemsize: int) -> int:
     """How many taps (the forward pass) or positions (the weight gradient) a pass of tiles of blocks of
-    ``width`` channels sums: as many as have :data:`_PASS_BYTES` of weights or output gradient rows."""
+    ``width`` channels sums: as many as have :data:`_PASS_BYTES` of packed weights or of output
+    gradient rows."""
     return max(1, _PASS_BYTES // (width * itemsize))
 
 
 def _whole_tile(offsets: np.ndarray, tile: int) -> np.ndarray:
-    """``offsets`` as tiles of ``tile`` of them read them: with the last repeated up to a whole number
-    of tiles (a tile always reads ``tile`` of them)."""
+    """``offsets`` with the last repeated up to a whole number of tiles of ``tile`` (a tile always
+    reads ``tile`` offsets, so the last tile reads only real ones or the repeats)."""
     if offsets.size % tile == 0:
         return offsets
     whole = np.concatenate([offsets, np.full(-offsets.size % tile, offsets[-1], np.int64)])
@@ -374,7 +375,7 @@ def conv2d_channels_grad_weight(gy: np.ndarray, gate: np.ndarray | None, x: np.n
     positions = _samples_positions(oh, ow, wp, *geo.stride, c_in * hp * wp, per_step)
     kernel = sized(_grad_weight_channels, n * oh * ow * c_out * c_in * kh * kw // TILE_SPEED)
     grad_w, grad_b = kernel(gy, gy if gate is None else gate, gate is not None, x, taps, c_in * kh * kw, positions,
-                            per_step, top, left, hp, wp, width, chunks, groups, _pass_taps(width, x.itemsize))
+                            per_step, top, left, hp, wp, width, chunks, groups, _pass_length(width, x.itemsize))
     return grad_w.reshape(c_out, c_in, kh, kw), grad_b
 
 
@@ -480,8 +481,8 @@ def _conv_channels(x, w, b, packed, taps, positions, top, left, hp, wp, relu, gr
     flat_w = packed.reshape(packed.size)
     n_pos = y.shape[2] * y.shape[3]
     tile = channel_positions(width, x.itemsize)
-    tiles = -(-n_pos // tile)
-    per_chunk = -(-tiles // chunks) * tile
+    n_tiles = -(-n_pos // tile)
+    per_chunk = -(-n_tiles // chunks) * tile
     for task in prange(n * groups * chunks):
         s, rest = task // (groups * chunks), task % (groups * chunks)
         group, chunk = rest // chunks, rest % chunks
@@ -490,7 +491,7 @@ def _conv_channels(x, w, b, packed, taps, positions, top, left, hp, wp, relu, gr
             continue
         src = np.empty(c_in * hp * wp, x.dtype)
         _pad_sample(x[s], src, top, left, hp, wp)
-        acc = np.empty(tiles * tile * width, x.dtype)
+        acc = np.empty(n_tiles * tile * width, x.dtype)
         out = y[s].reshape(c_out, n_pos)
         for k in range(group * blocks // groups, (group + 1) * blocks // groups):
             for t0 in range(0, n_taps, pass_taps):

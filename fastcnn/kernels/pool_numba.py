@@ -187,7 +187,7 @@ def avg_pool2d_forward(xp, pool, scale, out=None):
     output's shape) if given."""
     (oh, ow), (kh, kw) = pool.out_hw, pool.kernel
     y = np.empty(xp.shape[:2] + (oh, ow), dtype=xp.dtype) if out is None else out
-    if _whole_plane(xp.shape, pool):  # one window, the whole plane: a sum per plane (4x faster on 8x8 planes)
+    if _whole_plane(xp.shape, pool):  # one window, the whole plane: a sum per plane (3x faster on 8x8 planes)
         n, c, h, w = xp.shape
         sized(_plane_sums, xp.size)(xp.reshape(n * c, h * w), y.reshape(n * c), scale[0, 0])
         return y
@@ -200,7 +200,7 @@ def avg_pool2d_backward(gy, padded_shape, pool, scale):
     if _whole_plane(padded_shape, pool):
         grad = np.empty(padded_shape, dtype=gy.dtype)
         planes = gy.shape[0] * gy.shape[1]
-        sized(_fill_planes, grad.size)(gy.reshape(planes), grad.reshape(planes, -1), scale[0, 0])
+        sized(_fill_planes, grad.size)(gy.reshape(planes), grad.reshape(planes, padded_shape[2] * padded_shape[3]), scale[0, 0])
         return grad
     per_task = planes_per_task(gy.shape[0] * gy.shape[1])
     return sized(_avg_unpool, gy.size * pool.kernel[0] * pool.kernel[1])(gy, padded_shape, *pool.kernel, *pool.stride,
@@ -208,7 +208,7 @@ def avg_pool2d_backward(gy, padded_shape, pool, scale):
 
 
 def _whole_plane(padded_shape: tuple, pool) -> bool:
-    """Whether the pool's one window is the whole (padded) plane: global pooling, as a nets's last
+    """Whether the pool's one window is the whole (padded) plane: global pooling, as a net's last
     ``AvgPool2D(8)`` on 8x8 planes is."""
     return pool.out_hw == (1, 1) and pool.kernel == tuple(padded_shape[2:])
 
