@@ -37,7 +37,7 @@ _MIN_CHUNK_TILES = 8  # a task's positions, at least (in tiles), when small batc
 _WRITE_POSITIONS = 64  # positions per block of the transposed write (their lines of the buffer stay in L1)
 _WIDE_WASTE = 1.4  # a stride-1 forward pass runs here from this ratio of padded input to output positions (see takes)
 _WIDE_WASTE_GRAD = 1.2  # and its input gradient (and a weight gradient in blocks of one vector) from this one
-_WHOLE_TILE = CHANNEL_ACCUMULATORS  # the most positions a tile of either block width reads (_tiles.channel_positions)
+_WHOLE_TILE = CHANNEL_ACCUMULATORS  # a whole number of tiles of either block width (_tiles.channel_positions)
 _GRAD_TAPS = 512  # a stride-1 weight gradient runs here from this many taps (input channels x kernel) a channel
 _NARROW_GRAD_TAPS = 64  # and from this many where its blocks are one vector wide (see takes)
 _PASS_BYTES = 18 << 10  # a forward pass's tiles sum the taps whose packed weights take this much at a time
@@ -45,7 +45,9 @@ _PASS_BYTES = 18 << 10  # a forward pass's tiles sum the taps whose packed weigh
 # 2 threads, 3x3 convs with 32 to 256 output channels (stride 2 at batch 64 and 256, stride 1 on 8x8 at batch 32
 # and on 32x32 at 256), three runs of 15 interleaved rounds: per-round medians 0.86-1.03x, most 0.90-0.96x.
 # The weight gradient's tiles sum as many positions a pass (as much of the output gradient's rows): the same
-# bits, 0.93-1.02x the time of all positions a tile (the same convs; with twice as many a pass, 0.94-0.99x)
+# bits, 0.93-1.02x the time of all positions a tile (the same convs; with twice as many a pass, 0.94-0.99x);
+# a strided input gradient's phases sum as many taps a pass: the same bits, 0.90-0.96x (stride 2, 16 to 128
+# input channels)
 _PARTS = ("forward", "weight_gradient", "pooled_weight_gradient", "input_gradient")
 
 
@@ -180,7 +182,8 @@ def _grad_input_by_phases(gy: np.ndarray, gate: np.ndarray | None, w: np.ndarray
     packed = np.empty((blocks, c_out * kh * kw, width), gy.dtype)
     grad_x = np.empty((n, c_in) + geo.input_hw, gy.dtype)
     kernel = sized(_grad_input_phases, n * oh * ow * w.size // TILE_SPEED)
-    kernel(gy, gy if gate is None else gate, gate is not None, w, packed, *layout, grad_x)
+    kernel(gy, gy if gate is None else gate, gate is not None, w, packed, *layout, _pass_length(width, gy.itemsize),
+           grad_x)
     return grad_x
 
 
@@ -195,8 +198,9 @@ def _phase_layout(c_out: int, kh: int, kw: int, sh: int, sw: int, top: int, left
       as far as a phase's last input position reads past it;
     - ``positions``, ``writes``, ``counts``, ``pos_starts``: a phase's input positions ``(r, c)``,
       where each reads in a padded plane (row ``(r + top - a) / sH + pt``, column likewise) and where
-      it lies in an input plane; ``counts`` of them, the tables padded to at least :data:`_WHOLE_TILE`
-      positions (``positions`` repeating its last, ``writes`` with zeros, which nothing reads);
+      it lies in an input plane; ``counts`` of them, the tables padded to whole tiles of
+      :data:`_WHOLE_TILE` positions (``positions`` repeating its last, ``writes`` with zeros, which
+      nothing reads);
     - ``taps``, ``sub``, ``tap_starts``, ``sub_starts``: a phase's taps, output channel by sub-kernel
       tap (row ``m``, column ``mx``): their offsets in a padded sample, ``o*hp*wp - m*wp - mx``, and
       the sub-kernel's taps' places in a kernel plane, ``i*kW + j`` with ``i = a + m*sH``, ``j = b +
@@ -213,7 +217,7 @@ def _phase_layout(c_out: int, kh: int, kw: int, sh: int, sw: int, top: int, left
         for b in range(sw):
             spots = [(r, c) for r in rows[a] for c in cols[b]]
             reads = [((r + top - a) // sh + pt) * wp + (c + left - b) // sw + pl for r, c in spots]
-            pad = max(0, _WHOLE_TILE - len(spots))
+            pad = -len(spots) % _WHOLE_TILE
             counts.append(len(spots))
             tables["positions"] += reads + (reads[-1:] or [0]) * pad
             tables["writes"] += [r * wd + c for r, c in spots] + [0] * pad
@@ -232,12 +236,12 @@ def _phase_layout(c_out: int, kh: int, kw: int, sh: int, sw: int, top: int, left
 
 @parallel_kernel
 def _grad_input_phases(gy, gate, gated, w, packed, pt, pl, hp, wp, positions, writes, counts, pos_starts, taps,
-                       sub, tap_starts, sub_starts, grad_x):
+                       sub, tap_starts, sub_starts, pass_taps, grad_x):
     """:func:`_grad_input_by_phases`: the weight packed per block of input channels and phase into
     ``packed`` (blocks, taps, width), then a task per sample: its output gradient padded (see
     :func:`_phase_layout`; where ``gate`` is positive, if ``gated``), then for each block and phase,
-    tiles of the phase's positions into a position-major buffer, written to their places in the
-    sample's input gradient."""
+    tiles of the phase's positions into a position-major buffer (``pass_taps`` taps at a time, as the
+    forward pass), written to their places in the sample's input gradient."""
     n, c_out = gy.shape[:2]
     c_in = w.shape[1]
     blocks, n_taps, width = packed.shape
@@ -272,11 +276,10 @@ def _grad_input_phases(gy, gate, gated, w, packed, pt, pl, hp, wp, positions, wr
                 p0, n_pos, t0, t1 = pos_starts[ph], counts[ph], tap_starts[ph], tap_starts[ph + 1]
                 reached = t1 > t0  # else no tap reaches this phase: its positions get zeros
                 reads = positions[p0 : pos_starts[ph + 1]]
-                last = max(n_pos, tile) - tile  # the last tile's first position
-                for p in range(0, n_pos if reached else 0, tile):
-                    first = min(p, last)
-                    channel_tile(acc, first * width, flat_w, (k * n_taps + t0) * width, src, reads, first,
-                                 taps[t0:t1], width, False)
+                for u in range(t0, t1, pass_taps):
+                    for p in range(0, n_pos, tile):
+                        channel_tile(acc, p * width, flat_w, (k * n_taps + u) * width, src, reads, p,
+                                     taps[u : min(t1, u + pass_taps)], width, u > t0)
                 for c in range(count_c):
                     for p in range(n_pos):
                         out[k * width + c, writes[p0 + p]] = acc[p * width + c] if reached else 0
