@@ -113,7 +113,8 @@ def test_channels_input_gradient_matches_the_reference(n, c_in, c_out, hw, kerne
     (2, 6, 5, (9, 9), (3, 3), (2, 2), 3),                # padding wider than the kernel reaches
     (1, 4, 3, (0, 6), (2, 2), (2, 2), 1),                # no input rows: nothing to write
     (2, 40, 24, (12, 12), (3, 3), (2, 2), 1),            # 96 taps a phase in blocks of four: passes of 72 and 24
-    (2, 16, 80, (10, 10), (3, 3), (2, 2), 1),            # 320 in blocks of one vector (float32): 288 and 32
+    (2, 16, 80, (10, 10), (3, 3), (2, 2), 1),            # 320 in blocks of one vector (both dtypes): 288 and 32
+    (2, 40, 24, (13, 13), (3, 3), (2, 2), 0),            # 96 taps, 49 positions a phase: a part-padded last tile
 ])
 def test_strided_input_gradient_matches_the_reference(n, c_in, c_out, hw, kernel, stride, padding, gated, dtype):
     from fastcnn.kernels import conv_channels

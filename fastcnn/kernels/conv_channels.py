@@ -40,10 +40,11 @@ _WIDE_WASTE_GRAD = 1.2  # and its input gradient (and a weight gradient in block
 _WHOLE_TILE = CHANNEL_ACCUMULATORS  # a whole number of tiles of either block width (_tiles.channel_positions)
 _GRAD_TAPS = 512  # a stride-1 weight gradient runs here from this many taps (input channels x kernel) a channel
 _NARROW_GRAD_TAPS = 64  # and from this many where its blocks are one vector wide (see takes)
-_PASS_BYTES = 18 << 10  # a forward pass's tiles sum the taps whose packed weights take this much at a time
-# (72 taps of four vectors, float32), over all a task's positions. Measured against all taps in one pass,
-# 2 threads, 3x3 convs with 32 to 256 output channels (stride 2 at batch 64 and 256, stride 1 on 8x8 at batch 32
-# and on 32x32 at 256), three runs of 15 interleaved rounds: per-round medians 0.86-1.03x, most 0.90-0.96x.
+_PASS_BYTES = 18 << 10  # a pass of the forward pass's tiles sums the taps whose packed weights take this much
+# (72 taps of blocks of four vectors, 288 of one vector), over all a task's positions. Measured against all taps
+# in one pass, 2 threads, 3x3 convs with 32 to 256 output channels (stride 2 at batch 64 and 256, stride 1 on 8x8
+# at batch 32 and on 32x32 at 256), three runs of 15 interleaved rounds: per-round medians 0.86-1.04x, most
+# 0.90-0.96x.
 # The weight gradient's tiles sum as many positions a pass (as much of the output gradient's rows): the same
 # bits, 0.93-1.02x the time of all positions a tile (the same convs; with twice as many a pass, 0.94-0.99x);
 # a strided input gradient's phases sum as many taps a pass: the same bits, 0.90-0.96x (stride 2, 16 to 128
@@ -219,7 +220,7 @@ def _phase_layout(c_out: int, kh: int, kw: int, sh: int, sw: int, top: int, left
             reads = [((r + top - a) // sh + pt) * wp + (c + left - b) // sw + pl for r, c in spots]
             pad = -len(spots) % _WHOLE_TILE
             counts.append(len(spots))
-            tables["positions"] += reads + (reads[-1:] or [0]) * pad
+            tables["positions"] += reads + reads[-1:] * pad
             tables["writes"] += [r * wd + c for r, c in spots] + [0] * pad
             pos_starts.append(len(tables["positions"]))
             taps = [(m, mx) for m in range(-(-(kh - a) // sh)) for mx in range(-(-(kw - b) // sw))]
@@ -319,9 +320,9 @@ def _position_offsets(oh: int, ow: int, wp: int, sh: int, sw: int) -> np.ndarray
 
 
 def _pass_length(width: int, itemsize: int) -> int:
-    """How many taps (the forward pass) or positions (the weight gradient) a pass of tiles of blocks of
-    ``width`` channels sums: as many as have :data:`_PASS_BYTES` of packed weights or of output
-    gradient rows."""
+    """How many taps (the forward pass, and a strided input gradient's phases) or positions (the weight
+    gradient) a pass of tiles of blocks of ``width`` channels sums: as many as have :data:`_PASS_BYTES`
+    of packed weights or of output gradient rows."""
     return max(1, _PASS_BYTES // (width * itemsize))
 
 
