@@ -277,10 +277,8 @@ def _grad_input_phases(gy, gate, gated, w, packed, pt, pl, hp, wp, positions, wr
                 p0, n_pos, t0, t1 = pos_starts[ph], counts[ph], tap_starts[ph], tap_starts[ph + 1]
                 reached = t1 > t0  # else no tap reaches this phase: its positions get zeros
                 reads = positions[p0 : pos_starts[ph + 1]]
-                for u in range(t0, t1, pass_taps):
-                    for p in range(0, n_pos, tile):
-                        channel_tile(acc, p * width, flat_w, (k * n_taps + u) * width, src, reads, p,
-                                     taps[u : min(t1, u + pass_taps)], width, u > t0)
+                _tiles_in_passes(acc, flat_w, (k * n_taps + t0) * width, src, reads, 0, n_pos, tile, taps[t0:t1],
+                                 pass_taps, width)
                 for c in range(count_c):
                     for p in range(n_pos):
                         out[k * width + c, writes[p0 + p]] = acc[p * width + c] if reached else 0
@@ -427,11 +425,8 @@ def _grad_weight_channels(gy, gate, gated, x, taps, n_taps, positions, per_step,
                     _gradient_rows(gy[s0 + i].reshape(c_out, n_pos), gate[s0 + i].reshape(gate.shape[1], -1), gated,
                                    k * width, rows[i * n_pos * width : (i + 1) * n_pos * width],
                                    bias[chunk, k * width : (k + 1) * width])
-                reach = count * n_pos
-                for q in range(0, reach, pass_positions):
-                    for t in range(0, n_taps, tile_taps):
-                        channel_tile(tiles, t * width, rows, q * width, src, taps, t,
-                                     positions[q : min(reach, q + pass_positions)], width, q > 0)
+                _tiles_in_passes(tiles, rows, 0, src, taps, 0, n_taps, tile_taps, positions[: count * n_pos],
+                                 pass_positions, width)
                 for t in range(n_taps):
                     for c in range(width):
                         sums[chunk, k, t, c] += tiles[t * width + c]
@@ -498,11 +493,20 @@ def _conv_channels(x, w, b, packed, taps, positions, top, left, hp, wp, relu, gr
         acc = np.empty(n_tiles * tile * width, x.dtype)
         out = y[s].reshape(c_out, n_pos)
         for k in range(group * blocks // groups, (group + 1) * blocks // groups):
-            for t0 in range(0, n_taps, pass_taps):
-                for p in range(lo, hi, tile):
-                    channel_tile(acc, p * width, flat_w, (k * n_taps + t0) * width, src, positions, p,
-                                 taps[t0 : t0 + pass_taps], width, t0 > 0)
+            _tiles_in_passes(acc, flat_w, k * n_taps * width, src, positions, lo, hi, tile, taps, pass_taps, width)
             _write_block(acc, width, b, k * width, min(width, c_out - k * width), lo, hi, relu, out)
+
+
+@kernel_helper
+def _tiles_in_passes(out, w, w_at, src, pos, lo, hi, tile, taps, length, width):
+    """The tiles of ``out`` from entry ``lo`` of ``pos`` to ``hi`` (``tile`` entries each, every
+    tile whole), summed over ``taps`` ``length`` at a time (:func:`._tiles.channel_tile`, adding to
+    the tiles after the first pass: the same bits as one pass), so that a pass's part of ``w`` (from
+    ``w_at``, ``width`` values a tap) stays in cache while every tile reads it. The forward pass: tiles
+    of positions, summed over taps; the weight gradient: tiles of taps, summed over positions."""
+    for r in range(0, taps.size, length):
+        for p in range(lo, hi, tile):
+            channel_tile(out, p * width, w, w_at + r * width, src, pos, p, taps[r : r + length], width, r > 0)
 
 
 @kernel_helper

@@ -188,9 +188,7 @@ def avg_pool2d_forward(xp, pool, scale, out=None):
     (oh, ow), (kh, kw) = pool.out_hw, pool.kernel
     y = np.empty(xp.shape[:2] + (oh, ow), dtype=xp.dtype) if out is None else out
     if _whole_plane(xp.shape, pool):  # one window, the whole plane: a sum per plane (3x faster on 8x8 planes)
-        n, c, h, w = xp.shape
-        sized(_plane_sums, xp.size)(xp.reshape(n * c, h * w), y.reshape(n * c), scale[0, 0])
-        return y
+        return _scaled_plane_sums(xp, y, scale[0, 0])
     per_task = planes_per_task(xp.shape[0] * xp.shape[1])
     return sized(_avg_pool, xp.shape[0] * xp.shape[1] * oh * ow * kh * kw)(xp, kh, kw, *pool.stride, scale, y, per_task)
 
@@ -198,10 +196,7 @@ def avg_pool2d_forward(xp, pool, scale, out=None):
 def avg_pool2d_backward(gy, padded_shape, pool, scale):
     """Gradient of :func:`avg_pool2d_forward` with respect to the padded input."""
     if _whole_plane(padded_shape, pool):
-        grad = np.empty(padded_shape, dtype=gy.dtype)
-        planes = gy.shape[0] * gy.shape[1]
-        sized(_fill_planes, grad.size)(gy.reshape(planes), grad.reshape(planes, padded_shape[2] * padded_shape[3]), scale[0, 0])
-        return grad
+        return _filled_planes(gy, padded_shape, scale[0, 0])
     per_task = planes_per_task(gy.shape[0] * gy.shape[1])
     return sized(_avg_unpool, gy.size * pool.kernel[0] * pool.kernel[1])(gy, padded_shape, *pool.kernel, *pool.stride,
                                                                           scale, per_task)
@@ -298,17 +293,13 @@ def global_avg_pool2d_forward(x, out=None):
     if given."""
     n, c, h, w = x.shape
     y = np.empty((n, c), dtype=x.dtype) if out is None else out
-    sized(_plane_sums, x.size)(x.reshape(n * c, h * w), y.reshape(n * c), 1 / (h * w))
-    return y
+    return _scaled_plane_sums(x, y, 1 / (h * w))
 
 
 def global_avg_pool2d_backward(gy, shape):
     """Gradient of :func:`global_avg_pool2d_forward`: every plane of ``shape`` filled with its
     ``gy / (H * W)``."""
-    grad = np.empty(shape, dtype=gy.dtype)
-    planes = shape[0] * shape[1]
-    sized(_fill_planes, grad.size)(gy.reshape(planes), grad.reshape(planes, shape[2] * shape[3]), 1 / (shape[2] * shape[3]))
-    return grad
+    return _filled_planes(gy, shape, 1 / (shape[2] * shape[3]))
 
 
 def global_max_pool2d_forward(x):
@@ -327,6 +318,22 @@ def global_max_pool2d_backward(gy, argmax, shape):
     planes = shape[0] * shape[1]
     sized(_unpool_planes, grad.size)(gy.reshape(planes), argmax.reshape(planes),
                                      grad.reshape(planes, shape[2] * shape[3]))
+    return grad
+
+
+def _scaled_plane_sums(x, y, scale):
+    """``y`` (N, C, ...) holding each (sample, channel) plane's sum of ``x`` (N, C, H, W) times ``scale``."""
+    n, c, h, w = x.shape
+    sized(_plane_sums, x.size)(x.reshape(n * c, h * w), y.reshape(n * c), scale)
+    return y
+
+
+def _filled_planes(gy, shape, scale):
+    """An array of ``shape`` (N, C, H, W) whose every plane holds its value of ``gy`` (N, C, ...) times
+    ``scale``."""
+    grad = np.empty(shape, dtype=gy.dtype)
+    planes = shape[0] * shape[1]
+    sized(_fill_planes, grad.size)(gy.reshape(planes), grad.reshape(planes, shape[2] * shape[3]), scale)
     return grad
 
 
