@@ -594,11 +594,13 @@ def test_prepared_conv_refuses_what_it_cannot_take():
 
 
 @pytest.mark.skipif(not jit.NUMBA_AVAILABLE, reason="needs numba")
-@pytest.mark.parametrize("n, c_out, groups", [(1, 32, 4), (2, 20, 3), (1, 3, 3), (1, 256, 16), (4, 64, 4), (16, 32, 1)])
+@pytest.mark.parametrize("n, c_out, groups", [(1, 32, {64: 4, 32: 8}), (2, 20, {64: 3, 32: 5}), (1, 3, 3), (1, 256, 16),
+                                             (4, 64, 4), (16, 32, 1)])
 def test_prepared_conv_splits_a_small_batch_by_output_channels(monkeypatch, n, c_out, groups):
     """Fewer samples than two threads need tasks (8 each): the prepared conv's tasks are also cut into
-    groups of output channels, whole tiles of 8 (or single channels, for fewer than 4), the most that
-    make 16 tasks; the output is the op's, bit for bit."""
+    groups of output channels, whole tiles of 8 on AVX-512 and 4 on AVX2 (or single channels, for fewer
+    than 4), the most that make 16 tasks; the output is the op's, bit for bit."""
+    groups = groups[jit.VECTOR_BYTES] if isinstance(groups, dict) else groups
     monkeypatch.setattr(jit, "num_threads", lambda: 2)
     monkeypatch.setattr(jit, "SERIAL_WORK", 0)
     rng = np.random.default_rng(15)

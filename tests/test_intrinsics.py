@@ -14,6 +14,7 @@ numba = pytest.importorskip("numba")
 
 from fastcnn.kernels import _pool_vectors as pv  # noqa: E402
 from fastcnn.kernels import _tiles as tiles  # noqa: E402
+from fastcnn.kernels import jit  # noqa: E402
 
 DTYPES = [np.float32, np.float64]
 
@@ -69,7 +70,7 @@ def _clear(a, start, length):
 
 
 def _lanes(dtype):
-    return 64 // np.dtype(dtype).itemsize
+    return jit.VECTOR_BYTES // np.dtype(dtype).itemsize
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
@@ -119,7 +120,7 @@ def test_dot_tile_gives_dot_products(dtype, kind):
         assert (out[rows] == 7.0).all()
 
 
-@pytest.mark.parametrize("c_out", [2, 32, 33, 64])  # blocks of one vector, then of four (float32)
+@pytest.mark.parametrize("c_out", [2, 16, 32, 33, 64])  # blocks of one vector, then of CHANNEL_VECTORS (float32: past 16 on AVX2, 32 on AVX-512)
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_channel_tile_sums_broadcast_reads_times_channel_vectors(dtype, c_out):
     rng = np.random.default_rng(11)
@@ -254,15 +255,20 @@ BOUNDS_SCRIPT = textwrap.dedent("""
 
     a = np.zeros(10, np.float32)
     clear(a, 2, 8)  # in bounds
+    n, width = tiles.lanes(4), tiles.tile_width(4)  # the target's geometry (jit.VECTOR_BYTES)
+    wide, narrow = tiles.CHANNEL_VECTORS * n, tiles.CHANNEL_ACCUMULATORS
+    positions = tiles.channel_positions(wide, 4)
     for call in (lambda: clear(a, 5, 8),
-                 lambda: store(np.zeros((8, 48), np.float32), np.zeros((8, 1), np.float32),
-                               np.zeros(50, np.float32), np.array([3], np.int64)),
-                 lambda: channels(np.zeros(6 * 64, np.float32), np.zeros(64, np.float32), np.zeros(50, np.float32),
-                                  np.array([0, 1, 2, 3, 4, 49], np.int64), np.array([1], np.int64), 64),
-                 lambda: channels(np.zeros(24 * 16, np.float32), np.zeros(16, np.float32), np.zeros(50, np.float32),
-                                  np.array([0] * 23 + [49], np.int64), np.array([1], np.int64), 16),
-                 lambda: channels(np.zeros(12 * 32, np.float32), np.zeros(32, np.float32), np.zeros(50, np.float32),
-                                  np.zeros(12, np.int64), np.array([1], np.int64), 32)):
+                 lambda: store(np.zeros((8, width), np.float32), np.zeros((8, 1), np.float32),
+                               np.zeros(width + 2, np.float32), np.array([3], np.int64)),
+                 lambda: channels(np.zeros(positions * wide, np.float32), np.zeros(wide, np.float32),
+                                  np.zeros(50, np.float32), np.array(list(range(positions - 1)) + [49], np.int64),
+                                  np.array([1], np.int64), wide),
+                 lambda: channels(np.zeros(narrow * n, np.float32), np.zeros(n, np.float32), np.zeros(50, np.float32),
+                                  np.array([0] * (narrow - 1) + [49], np.int64), np.array([1], np.int64), n),
+                 lambda: channels(np.zeros(narrow * 3 * n, np.float32), np.zeros(3 * n, np.float32),
+                                  np.zeros(50, np.float32), np.zeros(narrow, np.int64), np.array([1], np.int64),
+                                  3 * n)):  # a width that is no block's
         try:
             call()
         except AssertionError as exc:

@@ -10,8 +10,10 @@ Numba intrinsics emit the loop directly: vector loads, broadcasts and ``llvm.fma
 pass (``dense_tile``), which also prefetches the input rows it will read next, so that streaming
 them from memory overlaps the arithmetic.
 
-A vector is 64 bytes (:func:`lanes`): one AVX-512 register. LLVM splits it into two or four registers
-on CPUs with narrower vectors, so the tiles are correct everywhere (though tuned for AVX-512). The
+A vector is :data:`jit.VECTOR_BYTES` bytes (:func:`lanes`): one register of the target, 64 bytes on
+AVX-512 and 32 on AVX2. The tiles' shapes (below) are chosen for the target's register file: 32 vector
+registers on AVX-512, 16 on AVX2. Either geometry is correct on any CPU (LLVM splits a vector wider
+than the target's registers), though a tile whose sums do not fit the registers spills them. The
 intrinsics are inlined into the kernel that calls them. They read whole vectors, so callers pad
 their arrays (see each factory) and drop what lands in the padding.
 """
@@ -22,17 +24,27 @@ from numba import types
 from numba.core import cgutils
 from numba.extending import intrinsic, register_jitable
 
-from .jit import CHECK_BOUNDS
+from .jit import CHECK_BOUNDS, VECTOR_BYTES
 
-ROWS, VECTORS = 8, 3  # 24 accumulators, 3 loads and 8 broadcasts per tap: measured best of 4x4 .. 16x1
-DOT_ROWS, DOT_COLS = 4, 6  # the weight gradient's tile, 4 output channels by 6 (input channel, tap) pairs:
-# measured best of 2x3 .. 12x3 and 4x6 (4x6 over 4x3: 3-12% less time on lenet's 8->16 gradient, 17-20% on a 32->64)
-DENSE_ROWS, DENSE_COLS = 4, 5  # input rows by outputs: an MLP's ten outputs in two calls
-CHANNEL_ACCUMULATORS, CHANNEL_VECTORS = 24, 4  # channel_tile: 24 vector sums; a block of 4 vectors (64 float32
-# channels) by 6 positions, or of one vector by 24 positions where a conv has two vectors of channels or fewer.
-# Measured, 3x3 convs at batch 64: with 64 output channels 12x2 took 1.2-1.3x the time of 6x4 and 24x1 1.1-1.4x;
-# with 32 (16->32, stride 2), two blocks of 24x1 took 0.65-0.76x (forward) and 0.54-0.60x (weight gradient) the
-# time of the phases' kernels (6x4: 1.1-1.2x), one block of 12x2 0.7-1.1x and 0.55-1.0x
+if VECTOR_BYTES == 64:  # AVX-512: 32 vector registers
+    ROWS, VECTORS = 8, 3  # 24 accumulators, 3 loads and 8 broadcasts per tap: measured best of 4x4 .. 16x1
+    DOT_ROWS, DOT_COLS = 4, 6  # the weight gradient's tile, 4 output channels by 6 (input channel, tap) pairs:
+    # measured best of 2x3 .. 12x3 and 4x6 (4x6 over 4x3: 3-12% less time on lenet's 8->16 gradient, 17-20% on a 32->64)
+    DENSE_ROWS, DENSE_COLS = 4, 5  # input rows by outputs: an MLP's ten outputs in two calls
+    CHANNEL_ACCUMULATORS, CHANNEL_VECTORS = 24, 4  # channel_tile: 24 vector sums; a block of 4 vectors (64 float32
+    # channels) by 6 positions, or of one vector by 24 positions where a conv has two vectors of channels or fewer.
+    # Measured, 3x3 convs at batch 64: with 64 output channels 12x2 took 1.2-1.3x the time of 6x4 and 24x1 1.1-1.4x;
+    # with 32 (16->32, stride 2), two blocks of 24x1 took 0.65-0.76x (forward) and 0.54-0.60x (weight gradient) the
+    # time of the phases' kernels (6x4: 1.1-1.2x), one block of 12x2 0.7-1.1x and 0.55-1.0x
+else:  # AVX2: 16 vector registers, so 12 accumulators and the loads and broadcast beside them. Measured on
+    # Zen 3 against these (interleaved, 3x3 convs at batch 32-64): store tiles of 6x2, 4x2 and 5x2 took 0.98-1.18x
+    # the forward time; dot tiles of 3x4 1.0-1.37x, 4x2 0.92-1.10x and 6x2 0.98-1.14x the backward's; dense
+    # tiles of 3x4 1.2-2.3x (they spill), 2x5 0.94-1.06x; channel tiles of 5x2 1.0-1.07x, 4x2 1.04-1.16x,
+    # 3x4 1.5-1.8x (spilled). The AVX-512 shapes above took 1.3-2.2x (their 48 halves spill).
+    ROWS, VECTORS = 4, 3
+    DOT_ROWS, DOT_COLS = 4, 3
+    DENSE_ROWS, DENSE_COLS = 4, 3
+    CHANNEL_ACCUMULATORS, CHANNEL_VECTORS = 12, 2
 NARROW_VECTORS = 2  # convs of at most this many vectors of output channels take blocks of one vector
 FEW_ROWS = 4  # fewer output rows than this go one row at a time, instead of padded to a whole tile
 TILE_SPEED = 8  # multiply-adds a tile kernel does in the time jit.SERIAL_WORK counts one: divides the
@@ -54,13 +66,13 @@ def tile_rows(n: int) -> int:
 
 @register_jitable
 def lanes(itemsize: int) -> int:
-    """Values per 64-byte vector: 16 float32 or 8 float64."""
-    return 64 // itemsize
+    """Values per vector of :data:`jit.VECTOR_BYTES`: 16 float32 or 8 float64 on AVX-512."""
+    return VECTOR_BYTES // itemsize
 
 
 @register_jitable
 def tile_width(itemsize: int) -> int:
-    """Output positions per :func:`store_tile`: 48 float32 or 24 float64."""
+    """Output positions per :func:`store_tile`: ``VECTORS`` vectors, 48 float32 on AVX-512 and 24 on AVX2."""
     return VECTORS * lanes(itemsize)
 
 
@@ -387,15 +399,15 @@ def dense_tile(out, g, g_starts, x, x_starts, length, ahead):
 @register_jitable
 def channel_width(c_out: int, itemsize: int) -> int:
     """Output channels per block of :func:`channel_tile` for a conv of ``c_out`` output channels: one
-    vector (16 float32 or 8 float64) where they fit in :data:`NARROW_VECTORS`, else
-    :data:`CHANNEL_VECTORS` vectors."""
+    vector (:func:`lanes`) where they fit in :data:`NARROW_VECTORS`, else :data:`CHANNEL_VECTORS` vectors."""
     n = lanes(itemsize)
     return n if c_out <= NARROW_VECTORS * n else CHANNEL_VECTORS * n
 
 
 @register_jitable
 def channel_positions(width: int, itemsize: int) -> int:
-    """Output positions per :func:`channel_tile` of blocks of ``width`` channels: 24 of one vector, 6 of four."""
+    """Output positions per :func:`channel_tile` of blocks of ``width`` channels: :data:`CHANNEL_ACCUMULATORS`
+    of one vector, or that divided by :data:`CHANNEL_VECTORS` (AVX-512: 24 or 6; AVX2: 12 or 6)."""
     return CHANNEL_ACCUMULATORS * lanes(itemsize) // width
 
 
@@ -417,7 +429,7 @@ def check_channel_tile(out, at, w, w_at, src, pos, first, taps, width):
 @register_jitable(inline="always")
 def channel_tile(out, at, w, w_at, src, pos, first, taps, width, add):
     """The :func:`_channel_tile` intrinsic for blocks of ``width`` channels (see :func:`channel_width`):
-    24 positions by one vector, or 6 by :data:`CHANNEL_VECTORS`, summed onto what ``out`` holds with ``add``
+    :func:`channel_positions` by one vector or by :data:`CHANNEL_VECTORS`, summed onto what ``out`` holds with ``add``
     (bounds asserted under ``jit.CHECK_BOUNDS``)."""
     if CHECK_BOUNDS:
         check_channel_tile(out, at, w, w_at, src, pos, first, taps, width)

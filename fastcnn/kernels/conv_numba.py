@@ -65,7 +65,7 @@ _BLOCK = 576  # positions per block of a run (whole tiles): one parallel task's 
 # the input gradient. Measured (2 threads, 3x3 convs at batch 64, blocks of 288 to 2304): 576 best or within
 # 5%; on 128 and 256 channels of 8x8, 1.7-2x faster than 2304, whose runs (1-2 MB a block) left L2 cache
 _GRAD_BLOCK = 2304  # positions per block of the weight gradient's dot products (see _grad_weight_wide)
-_TAPS_PER_PASS = 144  # a pass's weights, 8 rows of 144 float32 (4.5 KiB), stay in L1 cache
+_TAPS_PER_PASS = 144  # a pass's weights, ROWS rows of 144 float32 (4.5 KiB on AVX-512), stay in L1 cache
 _ROWS_PER_PASS = 48  # rows of runs that a pass reads, at most (see _pass_taps)
 _TASK_POSITIONS = 256  # positions of whole samples that a task of _conv_wide_from takes at least
 _GRAD_TASKS = 16  # the weight gradient's tasks, at most: enough to balance two to four threads

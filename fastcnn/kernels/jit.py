@@ -15,6 +15,11 @@ Fast-math
 ---------
 Only the flags that keep NaN and infinity semantics: max-pooling relies on ``-inf`` and NaN comparisons.
 
+Vector width
+------------
+:data:`VECTOR_BYTES` is the width of the SIMD registers the kernels are compiled for: 64 bytes where
+the target has AVX-512, else 32 (AVX2). The register tiles (:mod:`._tiles`) take their shapes from it.
+
 Bounds checks
 -------------
 :data:`CHECK_BOUNDS` compiles assertions of every LLVM-IR helper's preconditions into its callers.
@@ -78,6 +83,27 @@ NUMBA_AVAILABLE = numba is not None
 _cache_warned = False
 
 
+def _vector_bytes() -> int:
+    forced = os.environ.get("FASTCNN_VECTOR_BYTES", "")
+    if forced:
+        if forced not in ("32", "64"):
+            raise ValueError(f"FASTCNN_VECTOR_BYTES must be 32 or 64, got {forced!r}")
+        return int(forced)
+    if not NUMBA_AVAILABLE:
+        return 64
+    features = numba.config.CPU_FEATURES  # what Numba compiles for: these, else the host's
+    if features is None:
+        from llvmlite import binding
+        features = binding.get_host_cpu_features().flatten()
+    return 64 if "+avx512f" in features.split(",") else 32
+
+
+VECTOR_BYTES = _vector_bytes()
+"""Bytes per SIMD vector of the compiled kernels: 64 where Numba compiles for AVX-512 (``+avx512f``),
+else 32. ``FASTCNN_VECTOR_BYTES=32`` or ``64`` forces either (both are correct on any CPU: LLVM splits a
+vector wider than the target's registers); kernels compiled so are cached apart from the ordinary ones."""
+
+
 def _choose_threading_layer() -> str:
     if os.environ.get("NUMBA_THREADING_LAYER"):
         return numba.config.THREADING_LAYER
@@ -131,7 +157,7 @@ def _stamp_package_caches() -> None:
             return self._inner.get_disambiguator()
 
         def get_source_stamp(self):
-            return self._inner.get_source_stamp(), sources_digest(here), CHECK_BOUNDS
+            return self._inner.get_source_stamp(), sources_digest(here), CHECK_BOUNDS, VECTOR_BYTES
 
         @classmethod
         def from_function(cls, py_func, py_file):

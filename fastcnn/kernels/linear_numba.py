@@ -1,13 +1,13 @@
 """The fully connected layer as Numba loops, built on the register tiles of :mod:`._tiles`.
 
-- Forward pass: dot products of input rows and weight rows, a tile of 4 rows by 5 outputs at a time
+- Forward pass: dot products of input rows and weight rows, a tile of 4 rows by 5 outputs (AVX2: 3) at a time
   that prefetches the next rows, so a thin layer's large batch (an MLP's ``(60000, 784)`` input, where
   BLAS runs at half of memory speed) streams from memory while the arithmetic runs. A batch of 128
   to 2048 rows, through a layer of a whole output tile or more and a short input (LeNet's 400 -> 128)
-  instead transposes the weight and takes products of output tiles (8 rows by 48 outputs), which
+  instead transposes the weight and takes products of output tiles (8 rows by 48 outputs; AVX2: 4 by 24), which
   need no sum across a vector's lanes: 0.55-0.75x the time at batch 256 to 1024. The two sum in
   different orders, so a row's last bits depend on which its batch takes.
-- Gradients: products of output tiles (8 rows by 48 columns) for any layer at least a tile wide,
+- Gradients: products of output tiles (8 rows by 48 columns; AVX2: 4 by 24) for any layer at least a tile wide,
   about twice as fast as BLAS for 400 or 9216 inputs and 128 outputs at batch 64; narrower layers use
   the multiply-add helpers of :mod:`._taps`.
 
@@ -160,7 +160,7 @@ def _row_starts(rows, width):
 @parallel_kernel
 def _forward(x, w, b, y, relu):
     """``y = x @ w.T + b`` (through a ReLU with ``relu``): each output is a dot product of an input row
-    and a weight row, a register tile of 4 rows by 5 outputs at a time (:data:`._tiles.dense_tile`),
+    and a weight row, a register tile of :data:`._tiles.DENSE_ROWS` rows by :data:`._tiles.DENSE_COLS` outputs at a time (:data:`._tiles.dense_tile`),
     which prefetches the next 4 rows while it works; the columns past the last whole vector by a loop."""
     n, n_in = x.shape
     n_out = w.shape[0]
