@@ -293,8 +293,7 @@ def clear_dispatch_decisions(persisted: bool = False) -> None:
 @functools.lru_cache(maxsize=None)
 def _machine_id() -> str:
     numba_version = jit.numba.__version__ if jit.NUMBA_AVAILABLE else "none"
-    text = (f"{platform.machine()}|{jit.cpu_description()}|{os.cpu_count()}|numpy {np.__version__}|numba {numba_version}"
-            f"|vectors {jit.VECTOR_BYTES}")
+    text = f"{platform.machine()}|{jit.cpu_description()}|{os.cpu_count()}|numpy {np.__version__}|numba {numba_version}"
     digest = hashlib.sha256(text.encode())
     digest.update(jit.sources_digest(os.path.dirname(jit.__file__)))  # new kernels or way of measuring:
     digest.update(Path(__file__).read_bytes())  # measure again

@@ -37,9 +37,13 @@ CASES = pytest.mark.parametrize("n, c_in, c_out, hw, kernel, stride, padding, di
     (1, 3, 16, (3, 5), (3, 3), (1, 1), 1, (1, 1)),          # one such block (two in float64), fewer positions
                                                             # than its tile
     (1, 3, 16, (40, 40), (3, 3), (1, 1), 1, (1, 1)),        # the same at batch 1 split into chunks of positions
-    (2, 20, 64, (9, 9), (3, 3), (2, 2), 1, (1, 1)),         # 180 taps: forward passes of 72, 72 and 36 taps
-    (2, 40, 16, (7, 7), (3, 3), (1, 1), 1, (1, 1)),         # 360 taps in blocks of one vector: passes of 288 and 72
+    # passes of _PASS_BYTES of packed weights (float32): 72 taps in AVX-512's blocks of four vectors, 288 in its
+    # blocks of one; 288 in AVX2's blocks of two, 576 in its blocks of one
+    (2, 20, 64, (9, 9), (3, 3), (2, 2), 1, (1, 1)),         # 180 taps: AVX-512 passes of 72, 72 and 36 taps
+    (2, 40, 16, (7, 7), (3, 3), (1, 1), 1, (1, 1)),         # 360 taps in blocks of one vector: AVX-512 288 and 72
     (1, 20, 64, (40, 40), (3, 3), (2, 2), 1, (1, 1)),       # 180 taps, batch 1 split into chunks of positions
+    (2, 40, 64, (9, 9), (3, 3), (2, 2), 1, (1, 1)),         # 360 taps: AVX2 passes of 288 and 72
+    (2, 70, 16, (7, 7), (3, 3), (1, 1), 1, (1, 1)),         # 630 taps in blocks of one vector: AVX2 576 and 54
 ])
 
 
@@ -114,6 +118,8 @@ def test_channels_input_gradient_matches_the_reference(n, c_in, c_out, hw, kerne
     (1, 4, 3, (0, 6), (2, 2), (2, 2), 1),                # no input rows: nothing to write
     (2, 40, 24, (12, 12), (3, 3), (2, 2), 1),            # 96 taps a phase in blocks of four: passes of 72 and 24
     (2, 16, 80, (10, 10), (3, 3), (2, 2), 1),            # 320 in blocks of one vector (both dtypes): 288 and 32
+    (2, 40, 80, (10, 10), (3, 3), (2, 2), 1),            # 320 in AVX2's blocks of two vectors: 288 and 32
+    (2, 8, 160, (8, 8), (3, 3), (2, 2), 1),              # 640 in AVX2's blocks of one vector: 576 and 64
     (2, 40, 24, (13, 13), (3, 3), (2, 2), 0),            # 96 taps, 49 positions a phase: a part-padded last tile
 ])
 def test_strided_input_gradient_matches_the_reference(n, c_in, c_out, hw, kernel, stride, padding, gated, dtype):
@@ -180,7 +186,7 @@ def test_transposed_conv_with_output_padding_takes_its_gradient_path(monkeypatch
     np.testing.assert_allclose(y[:, :, :, -1], np.broadcast_to(b[:, None], (4, 64, 13)), rtol=1e-12)
 
 
-@pytest.mark.parametrize("c_out", [96, 32])  # blocks of four vectors, of one
+@pytest.mark.parametrize("c_out", [96, 32, 16])  # blocks of CHANNEL_VECTORS vectors; of one (32: two on AVX2)
 def test_channels_conv_is_the_same_for_any_thread_count(c_out):
     from fastcnn.kernels import conv_channels
     rng = np.random.default_rng(3)
@@ -315,8 +321,11 @@ def test_small_channel_counts_take_blocks_of_one_vector(monkeypatch):
     assert not conv_channels.takes(small, w.shape, conv_geometry(small, w.shape, 1, 1, 1))
     assert conv_channels.takes(x.shape, w.shape, geo, "input_gradient")  # 16 input channels: a block of one vector
     x32, w64 = (3, 32, 16, 16), (64, 32, 3, 3)  # its weight gradient (288 taps, blocks of four): the wide layout
-    if _tiles.channel_width(32, 4) == n:  # 32 input channels are a block of one vector on AVX-512, not on AVX2
-        assert not conv_channels.takes(x32, w64, conv_geometry(x32, w64, 1, 1, 1), "input_gradient")
+    taken = conv_channels.takes(x32, w64, conv_geometry(x32, w64, 1, 1, 1), "input_gradient")
+    if _tiles.channel_width(32, 4) == n:  # 32 input channels are a block of one vector on AVX-512
+        assert not taken
+    else:  # and of two on AVX2: full blocks, whose input gradient runs here from _WIDE_WASTE_GRAD
+        assert taken
     calls = []
     for name in ("conv2d_channels_grad_weight", "conv2d_channels_grad_input"):
         real = getattr(conv_channels, name)

@@ -200,17 +200,27 @@ def test_decision_file_name_depends_on_the_cpu_the_kernels_are_compiled_for(monk
     from llvmlite import binding
 
     host = binding.get_host_cpu_name()
-    target = jit.numba.config.CPU_NAME or host  # NUMBA_CPU_NAME=haswell, as the AVX2 runs set it, or the host
+    target = jit.numba.config.CPU_NAME or host  # NUMBA_CPU_NAME=haswell, as CI's second pass sets it, or the host
     other = "haswell" if target != "haswell" else "skylake-avx512"
     before, described = dispatch.decisions_path().name, jit.cpu_description()
-    assert f"({host})" in described or "kernels compiled for" in described  # the microarchitecture, named
+    assert f"({host}" in described and f"; {jit.VECTOR_BYTES}-byte vectors)" in described
     monkeypatch.setattr(jit.numba.config, "CPU_NAME", other)
     monkeypatch.setattr(jit.numba.config, "CPU_FEATURES", "")
     jit.cpu_description.cache_clear()
     dispatch._machine_id.cache_clear()
     try:
-        assert jit.cpu_description().endswith(f"({host}; kernels compiled for {other})")
-        assert dispatch.decisions_path().name != before  # AVX2 kernels are timed apart from AVX-512 ones
+        assert jit.cpu_description().endswith(
+            f"({host}; kernels compiled for {other} with its own features only; {jit.VECTOR_BYTES}-byte vectors)")
+        named = dispatch.decisions_path().name
+        assert named != before  # AVX2 kernels are timed apart from AVX-512 ones
+        monkeypatch.setattr(jit.numba.config, "CPU_FEATURES", None)  # Numba then adds the host's features
+        jit.cpu_description.cache_clear()
+        assert jit.cpu_description().endswith(f"kernels compiled for {other} with {host}'s features; "
+                                              f"{jit.VECTOR_BYTES}-byte vectors)")
+        monkeypatch.setattr(jit, "VECTOR_BYTES", 96 - jit.VECTOR_BYTES)  # the other tile geometry
+        jit.cpu_description.cache_clear()
+        dispatch._machine_id.cache_clear()
+        assert dispatch.decisions_path().name not in (before, named)
     finally:
         monkeypatch.undo()
         jit.cpu_description.cache_clear()

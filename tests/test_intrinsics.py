@@ -70,7 +70,22 @@ def _clear(a, start, length):
 
 
 def _lanes(dtype):
-    return jit.VECTOR_BYTES // np.dtype(dtype).itemsize
+    return tiles.lanes(np.dtype(dtype).itemsize)
+
+
+@pytest.mark.parametrize("features, forced, want", [
+    ("+avx2,+fma,+avx512f,+avx512bw", "", 64), ("+avx2,-avx512f", "", 32), ("", "", 32), (None, "32", 32),
+    ("+avx2", "64", 64)])
+def test_vector_width_follows_the_features_numba_compiles_for(monkeypatch, features, forced, want):
+    monkeypatch.setattr(jit.numba.config, "CPU_FEATURES", features)
+    monkeypatch.setenv("FASTCNN_VECTOR_BYTES", forced)
+    assert jit._vector_bytes() == want
+
+
+def test_a_vector_width_other_than_32_or_64_is_refused(monkeypatch):
+    monkeypatch.setenv("FASTCNN_VECTOR_BYTES", "48")
+    with pytest.raises(ValueError, match="FASTCNN_VECTOR_BYTES must be 32 or 64, got '48'"):
+        jit._vector_bytes()
 
 
 @pytest.mark.parametrize("dtype", DTYPES)

@@ -37,15 +37,18 @@ if VECTOR_BYTES == 64:  # AVX-512: 32 vector registers
     # with 32 (16->32, stride 2), two blocks of 24x1 took 0.65-0.76x (forward) and 0.54-0.60x (weight gradient) the
     # time of the phases' kernels (6x4: 1.1-1.2x), one block of 12x2 0.7-1.1x and 0.55-1.0x
 else:  # AVX2: 16 vector registers, so 12 accumulators and the loads and broadcast beside them. Measured on
-    # Zen 3 against these (interleaved, 3x3 convs at batch 32-64): store tiles of 6x2, 4x2 and 5x2 took 0.98-1.18x
-    # the forward time; dot tiles of 3x4 1.0-1.37x, 4x2 0.92-1.10x and 6x2 0.98-1.14x the backward's; dense
-    # tiles of 3x4 1.2-2.3x (they spill), 2x5 0.94-1.06x; channel tiles of 5x2 1.0-1.07x, 4x2 1.04-1.16x,
-    # 3x4 1.5-1.8x (spilled). The AVX-512 shapes above took 1.3-2.2x (their 48 halves spill).
+    # an AMD Zen 3 (znver3: AVX2, no AVX-512) against these (interleaved, 3x3 convs at batch 32-64): store tiles
+    # of 6x2, 4x2 and 5x2 took 0.98-1.18x the forward time; dot tiles of 3x4 1.0-1.37x, 4x2 0.92-1.10x and 6x2
+    # 0.98-1.14x the backward's; dense tiles of 3x4 1.2-2.3x (they spill), 2x5 0.94-1.06x; channel tiles of 5x2
+    # 1.0-1.07x, 4x2 1.04-1.16x, 3x4 1.5-1.8x (spilled). The AVX-512 shapes above took 1.3-2.2x (split into
+    # 256-bit halves, their 24 sums, 20 for the dense tile, need 48 or 40 registers and spill).
     ROWS, VECTORS = 4, 3
     DOT_ROWS, DOT_COLS = 4, 3
     DENSE_ROWS, DENSE_COLS = 4, 3
     CHANNEL_ACCUMULATORS, CHANNEL_VECTORS = 12, 2
 NARROW_VECTORS = 2  # convs of at most this many vectors of output channels take blocks of one vector
+# (measured on AVX-512 only, as are TILE_SPEED and the routing rules of conv_channels.takes and linear: on AVX2
+# they apply to its blocks and tiles unchanged)
 FEW_ROWS = 4  # fewer output rows than this go one row at a time, instead of padded to a whole tile
 TILE_SPEED = 8  # multiply-adds a tile kernel does in the time jit.SERIAL_WORK counts one: divides the
 # work passed to jit.sized, so a small call runs serially (measured: 1->1 3x3 at batch 32 is faster so)
@@ -66,7 +69,7 @@ def tile_rows(n: int) -> int:
 
 @register_jitable
 def lanes(itemsize: int) -> int:
-    """Values per vector of :data:`jit.VECTOR_BYTES`: 16 float32 or 8 float64 on AVX-512."""
+    """Values per vector of :data:`jit.VECTOR_BYTES`: 16 float32 or 8 float64 on AVX-512, 8 or 4 on AVX2."""
     return VECTOR_BYTES // itemsize
 
 

@@ -7,9 +7,11 @@ gradient.
 The stride-1 kernels of :mod:`.conv_numba` put output positions in the vector lanes and broadcast
 the weights, so a strided conv must first be rearranged into its input's phases. Here the lanes hold
 a block of :func:`._tiles.channel_width` output channels instead (the weight packed so, a block of
-channels a tap): one vector for convs of up to two vectors of channels, else four. Each input value
+channels a tap): one vector for convs of up to two vectors of channels, else :data:`._tiles.CHANNEL_VECTORS`
+(four on AVX-512, two on AVX2). Each input value
 an output position reads is broadcast: where it lies is a table lookup, so the stride and the
-dilation cost nothing. A tile is :func:`._tiles.channel_positions` output positions (24 or 6) by one
+dilation cost nothing. A tile is :func:`._tiles.channel_positions` output positions (24 or 6 on
+AVX-512, 12 or 6 on AVX2) by one
 block (:func:`._tiles.channel_tile`).
 
 One launch does the whole pass. Its tasks are samples (in the forward pass split by blocks of output
@@ -41,7 +43,8 @@ _WHOLE_TILE = CHANNEL_ACCUMULATORS  # a whole number of tiles of either block wi
 _GRAD_TAPS = 512  # a stride-1 weight gradient runs here from this many taps (input channels x kernel) a channel
 _NARROW_GRAD_TAPS = 64  # and from this many where its blocks are one vector wide (see takes)
 _PASS_BYTES = 18 << 10  # a pass of the forward pass's tiles sums the taps whose packed weights take this much
-# (72 taps of blocks of four vectors, 288 of one vector), over all a task's positions. Measured against all taps
+# (on AVX-512 72 taps of blocks of four vectors, 288 of one vector; on AVX2 288 of two, 576 of one, in float32),
+# over all a task's positions. Measured on AVX-512 against all taps
 # in one pass, 2 threads, 3x3 convs with 32 to 256 output channels (stride 2 at batch 64 and 256, stride 1 on 8x8
 # at batch 32 and on 32x32 at 256), three runs of 15 interleaved rounds: per-round medians 0.86-1.04x, most
 # 0.90-0.96x.
@@ -93,7 +96,8 @@ def takes(x_shape: tuple, w_shape: tuple, geo, part: str = "forward") -> bool:
       blocks of one vector only where the weight gradient runs here too: the backward of 32->64 on
       16x16, whose weight gradient stays in the wide layout, took 1.18x the time with it here.
 
-    The rules were measured in float32, whose blocks are one vector for 32 channels or fewer, and a
+    The rules were measured in float32 on AVX-512, whose blocks are one vector for 32 channels or fewer
+    (on AVX2 they apply unchanged to its blocks, one vector for 16 channels or fewer), and a
     float64 conv is routed as a float32 one of its shapes would be (its blocks are then the ones its
     own dtype gives: :func:`._tiles.channel_width`).
     """

@@ -15,7 +15,7 @@ stored: neighbouring rows share their zero columns and neighbouring samples thei
 strides with dilation 1 become a stride-1 conv of the input's phases (:mod:`._polyphase`), except
 where :mod:`.conv_channels` runs faster, with output channels in the vector lanes (see its
 ``takes``): the forward pass and weight gradient of most strided convs whose blocks of output
-channels are at least three-quarters full (16 or 32 float32 channels, 48 to 64, ...) and of every
+channels are at least three-quarters full (on AVX-512 16 or 32 float32 channels, 48 to 64, ...) and of every
 dilated one, the
 weight gradient of stride-1 convs of 512 taps or more (64 or more, on small planes, with 32 output
 channels or fewer), and the forward pass and input gradient of stride-1 3x3 convs on small planes
@@ -609,7 +609,7 @@ class PreparedConv:
     (:func:`_conv_wide_from`, serial for small work, see :func:`.jit.sized`), its tasks samples, or for
     fewer samples than the threads need, samples by groups of output channels (see :func:`_groups_for`);
     the tap offsets computed once, the weight read as the tap matrix where it is one (fewer than 4
-    output channels, or whole tiles of 8, C-contiguous and writable: Numba types the kernel's branch
+    output channels, or whole tiles of :data:`._tiles.ROWS`, C-contiguous and writable: Numba types the kernel's branch
     that writes a tap matrix; else a tap matrix is kept per thread), and the input's runs written into
     a scratch array of the thread (see :func:`.scratch.scratch`), which every prepared conv shares (small
     runs, up to :data:`_OWN_RUNS_BYTES`, are kept per thread instead).

@@ -56,8 +56,9 @@ from typing import Any, Callable
 FASTMATH_FLAGS = frozenset({"nsz", "arcp", "contract", "afn", "reassoc"})
 CHECK_BOUNDS = os.environ.get("FASTCNN_CHECK_BOUNDS", "") not in ("", "0")
 """``FASTCNN_CHECK_BOUNDS=1``: the LLVM-IR helpers (:mod:`._tiles`, :mod:`._pool_vectors`) assert every
-bounds precondition of each call before it runs (an ``AssertionError`` instead of memory corruption);
-kernels compiled so are cached apart from the ordinary ones. For tests and debugging: it is slower."""
+bounds precondition of each call before it runs (an ``AssertionError`` instead of memory corruption).
+It is part of every kernel's cache stamp: switching it recompiles every kernel in that cache directory
+(give each setting its own ``NUMBA_CACHE_DIR`` to keep both). For tests and debugging: it is slower."""
 
 
 def _preload_tbb() -> None:
@@ -100,8 +101,10 @@ def _vector_bytes() -> int:
 
 VECTOR_BYTES = _vector_bytes()
 """Bytes per SIMD vector of the compiled kernels: 64 where Numba compiles for AVX-512 (``+avx512f``),
-else 32. ``FASTCNN_VECTOR_BYTES=32`` or ``64`` forces either (both are correct on any CPU: LLVM splits a
-vector wider than the target's registers); kernels compiled so are cached apart from the ordinary ones."""
+else 32. Only the feature list is read: where ``NUMBA_CPU_FEATURES`` is set but empty, a CPU name that
+implies AVX-512 (``NUMBA_CPU_NAME=skylake-avx512``) still gives 32. ``FASTCNN_VECTOR_BYTES=32`` or ``64``
+forces either (both are correct on any CPU: LLVM splits a vector wider than the target's registers); any
+other value is a ValueError at import. Like :data:`CHECK_BOUNDS`, it is part of the cache stamp."""
 
 
 def _choose_threading_layer() -> str:
@@ -342,8 +345,11 @@ def kernels_cached() -> bool:
 def cpu_description() -> str:
     """The CPU that kernel timings depend on: its model name, the microarchitecture LLVM finds in it
     (virtual machines often show a generic model name) and, where ``NUMBA_CPU_NAME`` or
-    ``NUMBA_CPU_FEATURES`` say otherwise, the CPU and features the kernels are compiled for; e.g.
-    ``Intel(R) Xeon(R) Processor (emeraldrapids)``."""
+    ``NUMBA_CPU_FEATURES`` say otherwise, the CPU and features the kernels are compiled for, and the
+    vector width of their register tiles (:data:`VECTOR_BYTES`); e.g. ``Intel(R) Xeon(R) Processor
+    (emeraldrapids; 64-byte vectors)`` or ``AMD EPYC (znver5; kernels compiled for haswell with its own
+    features only; 32-byte vectors)``; ``NUMBA_CPU_NAME=haswell`` alone gives ``haswell with znver5's
+    features``, AVX-512 code."""
     model = None
     try:
         with open("/proc/cpuinfo") as fh:
@@ -356,8 +362,11 @@ def cpu_description() -> str:
     from llvmlite import binding
 
     host, target, features = binding.get_host_cpu_name(), numba.config.CPU_NAME, numba.config.CPU_FEATURES
-    compiled = " ".join(filter(None, (target if target and target != host else None, features or None)))
-    return f"{model} ({host}" + (f"; kernels compiled for {compiled}" if compiled else "") + ")"
+    compiled = ""
+    if (target and target != host) or features is not None:  # without a feature list Numba adds the host's
+        named = features if features else ("its own features only" if features == "" else f"{host}'s features")
+        compiled = f"; kernels compiled for {target or host} with {named}"
+    return f"{model} ({host}{compiled}; {VECTOR_BYTES}-byte vectors)"
 
 
 def threading_layer() -> str:

@@ -27,7 +27,8 @@ from .scratch import scratch
 _ROWS = 96  # input rows per task: about 300 KB of a 784-wide float32 input, so it stays in L2 cache
 _BLOCK_ROWS, _MAX_BLOCKS = 4 * _ROWS, 16  # the weight gradient's partial sums: their number depends on
 # the batch only, so the summation order (and the result) does not depend on the thread count
-_OUT_BLOCK = 20  # outputs per forward task: a wide layer's forward pass splits its outputs over the threads
+_OUT_BLOCK = 4 * DENSE_COLS  # outputs per forward task, whole tiles: a wide layer's forward pass splits its
+# outputs over the threads
 _OUT_BLOCK_ROWS = 8 * DOT_COLS  # the same for :func:`_forward_rows`, whole tiles of its outputs
 _PANEL = 256  # rows of the right-hand factor per step of a tile product: 256 rows of 784 float32 (800 KB) fit L2
 _TILED_FROM, _TILED_UP_TO, _TILED_ROWS = 128, 2048, 32  # batches that go by output tiles; rows per task
