@@ -32,7 +32,9 @@ their time, ResNet shortcuts at batch 32 to 256).
 
 Where the shapes allow, a stride-1 forward pass is one launch of a :class:`PreparedConv`, whose
 tasks are samples: each task's wide output is copied out while it is in cache, not the whole batch's
-written and read back. A conv followed by a 2x2, stride-2 max-pool (:func:`conv2d_max_pool2d_forward`
+written and read back; a stride-1 input gradient in the wide layout runs by the same tasks
+(:func:`_grad_input_wide`: the same bits as the whole batch's wide output, 0.82-0.96x its time on
+3x3 convs at batch 2 to 256, 2026-12-02). A conv followed by a 2x2, stride-2 max-pool (:func:`conv2d_max_pool2d_forward`
 and its gradients) never makes the full-size output: the forward pass pools the wide output as it
 copies it out, and the pool's gradient is written straight into the runs the conv's gradients read
 (but for a weight gradient that :mod:`.conv_channels` takes: it reads the unpooled gradient).
@@ -328,10 +330,12 @@ def _grad_layout(n, kh, kw, planes, dh, dw, itemsize):
     """The output gradient's runs are laid out as the input (whole tiles of positions), after a head of
     zeros that the input gradient's reads reach back into, rounded up to whole vectors so that the
     weight gradient's loads of them are aligned, and before a tail that its reads reach ahead into
-    (``planes.shift``). Returns (head, tail): the zeros before and after."""
+    (``planes.shift``, and a tile more: a task of :func:`_grad_input_wide` starts its tiles at a
+    sample's first position, not at a whole tile of the batch's). Returns (head, tail): the zeros before
+    and after."""
     hp, wp, shift = planes
     head = whole(_reach(kh, kw, wp, dh, dw), lanes(itemsize))
-    return head, _wide_length(n, hp, wp, itemsize) - n * hp * wp + shift
+    return head, _wide_length(n, hp, wp, itemsize) - n * hp * wp + shift + tile_width(itemsize)
 
 
 def _grad_runs(gy, kh, kw, dh, dw, planes, gate=None):
@@ -865,28 +869,33 @@ def conv2d_max_pool2d_grad_weight(gp, argmax, gate, x, geo):
 
 
 @parallel_kernel
-def _grad_input_wide(gr, head, w, xr, grad_x, hp, wp, shift, dh, dw, groups, pass_taps):
+def _grad_input_wide(gr, head, w, grad_x, hp, wp, shift, dh, dw, per_task, groups, pass_taps):
     """Stride-1 input gradient in the wide layout: ``grad[p] = sum(w[i, j] * gy[p + shift - i*dh*wp - j*dw])``,
-    in ``groups`` groups of rows a block (see :func:`_row_groups`).
+    by tasks as :func:`_conv_wide_from` runs the forward pass: each correlates the planes ``hp x wp`` of
+    ``per_task`` samples, for one of ``groups`` groups of the input channels, into a wide output of its
+    own and writes their input positions to ``grad_x`` (N, C, H, W) while they are in cache.
 
-    The gradient's runs ``xr`` cover every position of the input's planes ``hp x wp`` (see
-    :class:`_WidePlanes`), and the shifted reads of ``gy`` land on its zero scratch positions or its zero
-    head or tail wherever they fall outside the output; the input's own positions go to ``grad_x`` (N,
-    C, H, W).
+    The shifted reads of the gradient's runs ``gr`` land on its zero scratch positions or its zero head
+    or tail wherever they fall outside the output.
     """
     n, c_in, h, width = grad_x.shape
     c_out, kh, kw = w.shape[0], w.shape[2], w.shape[3]
-    taps = _tap_matrix(w, xr.shape[0], True)
+    taps = _tap_matrix(w, tile_rows(c_in), True)
     offsets = tap_offsets(c_out, kh, kw, gr.shape[1], head + shift - (kw - 1) * dw, -dh * wp, dw)
-    for task in prange(-(-xr.shape[1] // _BLOCK) * groups):
-        _correlate_task(xr, taps, gr, offsets, groups, pass_taps, task)
-    for task in prange(n * c_in):
-        s, ci = task // c_in, task % c_in
-        start = s * hp * wp
-        if width == wp:  # no padding or scratch columns: the plane is one run
-            copy_plus(grad_x[s, ci].reshape(h * width), xr[ci, start:], 0)
-        else:
-            narrow(grad_x[s, ci], xr[ci, start:], wp, 1, 1, 0, 0)
+    plane, used = hp * wp, (h - 1) * wp + width  # of a plane's positions, those grad_x reads
+    for task in prange(-(-n // per_task) * groups):
+        first, stop = _group_rows(taps.shape[0], groups, task % groups)
+        s0 = task // groups * per_task
+        s1 = min(n, s0 + per_task)
+        span = _task_span(s1 - s0, plane, used, gr.itemsize)
+        out = np.empty((taps.shape[0], span), dtype=gr.dtype)  # only the group's rows are written
+        at = offsets + s0 * plane
+        for block in range(-(-span // _BLOCK)):
+            _correlate_block(out, taps, gr, at, block, first, stop, pass_taps)
+        wide = out.reshape(out.size)
+        for s in range(s0, s1):
+            for ci in range(first, min(stop, c_in)):
+                narrow(grad_x[s, ci], wide[ci * span + (s - s0) * plane :], wp, 1, 1, 0, 0)
 
 
 @kernel_helper
@@ -967,9 +976,10 @@ def _conv2d_grad_input(gy, gate, w, geo):
 def _grad_input_of_runs(gr, head, w, grad_x, dh, dw, planes, work):
     """Stride-1 input gradient from the output gradient's runs ``gr`` (see :func:`_grad_layout`), into
     ``grad_x`` (N, C, H, W). Returns ``grad_x``."""
-    wide = scratch("wide out", (tile_rows(w.shape[1]), gr.shape[1] - head - planes.shift), gr.dtype)
-    groups, pass_taps = _row_groups(wide.shape[0], wide.shape[1]), _pass_taps(*w.shape[2:])
-    sized(_grad_input_wide, work // TILE_SPEED)(gr, head, w, wide, grad_x, *planes, dh, dw, groups, pass_taps)
+    n, per_task = grad_x.shape[0], _samples_per_task(planes.hp * planes.wp)
+    groups = _sample_groups(n, per_task, w.shape[1])
+    sized(_grad_input_wide, work // TILE_SPEED)(gr, head, w, grad_x, *planes, dh, dw, per_task, groups,
+                                                _pass_taps(*w.shape[2:]))
     return grad_x
 
 
