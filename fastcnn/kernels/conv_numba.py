@@ -417,21 +417,31 @@ def _conv_wide_from(x, w, b, runs, taps, write_taps, offsets, y, relu, pooled, o
     if write_taps:
         _write_taps(w, taps, False)
     for task in prange(-(-n // per_task) * groups):
-        first, stop = _group_rows(taps.shape[0], groups, task % groups)
-        s0 = task // groups * per_task
-        s1 = min(n, s0 + per_task)
-        span = _task_span(s1 - s0, plane, used, x.itemsize)
-        yr = np.empty((taps.shape[0], span), dtype=x.dtype)  # only the group's rows are written
-        at = offsets + s0 * plane
-        for block in range(-(-span // _BLOCK)):
-            _correlate_block(yr, taps, runs, at, block, first, stop, pass_taps)
-        wide = yr.reshape(yr.size)
+        wide, span, s0, s1, first, stop = _correlate_samples(taps, runs, offsets, n, per_task, groups, plane, used,
+                                                             pass_taps, task)
         for s in range(s0, s1):
             for co in range(first, min(stop, y.shape[1])):
                 if idx is None:  # (a branch per type, which Numba prunes: an optional array would cost)
                     _emit_plane(wide, co * span + (s - s0) * plane, wp, ow, b[co], relu, y[s, co], pooled, None)
                 else:
                     _emit_plane(wide, co * span + (s - s0) * plane, wp, ow, b[co], relu, y[s, co], pooled, idx[s, co])
+
+
+@kernel_helper
+def _correlate_samples(taps, runs, offsets, n, per_task, groups, plane, used, pass_taps, task):
+    """Task ``task`` of :func:`_conv_wide_from` and :func:`_grad_input_wide`: the wide output of samples
+    ``s0`` to ``s1`` (``per_task`` of the ``n``, planes of ``plane`` positions, the last only up to its
+    ``used`` ones) for the rows ``first`` to ``stop`` of one of ``groups`` groups (the other rows are not
+    written). Returns (wide, span, s0, s1, first, stop): the output flat, in rows of ``span`` positions."""
+    first, stop = _group_rows(taps.shape[0], groups, task % groups)
+    s0 = task // groups * per_task
+    s1 = min(n, s0 + per_task)
+    span = _task_span(s1 - s0, plane, used, runs.itemsize)
+    out = np.empty((taps.shape[0], span), dtype=runs.dtype)
+    at = offsets + s0 * plane
+    for block in range(-(-span // _BLOCK)):
+        _correlate_block(out, taps, runs, at, block, first, stop, pass_taps)
+    return out.reshape(out.size), span, s0, s1, first, stop
 
 
 @kernel_helper
@@ -884,15 +894,8 @@ def _grad_input_wide(gr, head, w, grad_x, hp, wp, shift, dh, dw, per_task, group
     offsets = tap_offsets(c_out, kh, kw, gr.shape[1], head + shift - (kw - 1) * dw, -dh * wp, dw)
     plane, used = hp * wp, (h - 1) * wp + width  # of a plane's positions, those grad_x reads
     for task in prange(-(-n // per_task) * groups):
-        first, stop = _group_rows(taps.shape[0], groups, task % groups)
-        s0 = task // groups * per_task
-        s1 = min(n, s0 + per_task)
-        span = _task_span(s1 - s0, plane, used, gr.itemsize)
-        out = np.empty((taps.shape[0], span), dtype=gr.dtype)  # only the group's rows are written
-        at = offsets + s0 * plane
-        for block in range(-(-span // _BLOCK)):
-            _correlate_block(out, taps, gr, at, block, first, stop, pass_taps)
-        wide = out.reshape(out.size)
+        wide, span, s0, s1, first, stop = _correlate_samples(taps, gr, offsets, n, per_task, groups, plane, used,
+                                                             pass_taps, task)
         for s in range(s0, s1):
             for ci in range(first, min(stop, c_in)):
                 narrow(grad_x[s, ci], wide[ci * span + (s - s0) * plane :], wp, 1, 1, 0, 0)
