@@ -141,7 +141,7 @@ def lenet(seed: int | None = None) -> Sequential:
     the default of ``fastcnn train``; Adam with a one-cycle schedule."""
     return _preset(lambda r: [Conv2D(1, 8, 3, rng=r), ReLU(), MaxPool2D(2), Conv2D(8, 16, 3, rng=r), ReLU(), MaxPool2D(2),
                               Flatten(), Dense(400, 128, rng=r), ReLU(), Dense(128, 10, rng=r)], MNIST_SHAPE,
-                   Recipe("adam", 1e-2, batch_size=64, epochs=3, schedule="onecycle"), seed)
+                   Recipe("adam", 1e-2, batch_size=128, epochs=4, schedule="onecycle"), seed)
 
 
 def pytorch_example(seed: int | None = None) -> Sequential:
