@@ -594,6 +594,48 @@ def test_prepared_conv_refuses_what_it_cannot_take():
 
 
 @pytest.mark.skipif(not jit.NUMBA_AVAILABLE, reason="needs numba")
+@pytest.mark.parametrize("n, c_in, pooled", [(1, 12, False), (2, 20, False), (5, 3, False), (1, 13, True), (3, 6, True)])
+def test_wide_input_gradient_by_tasks(monkeypatch, n, c_in, pooled):
+    """The stride-1 input gradient in the wide layout (32x32 planes, which conv_channels leaves there),
+    by tasks of samples and, for few samples, groups of input channels whose last one is padded (input
+    channels not a multiple of a tile's rows), of a conv and of a conv whose output a 2x2 max-pool took:
+    the reference's values (NumPy's backend for the pooled one), and the same bits on one thread as on two."""
+    from fastcnn import functional as F
+    from fastcnn.kernels import conv_channels
+    monkeypatch.setattr(jit, "SERIAL_WORK", 0)
+    rng = np.random.default_rng(n * c_in)
+    x = rng.standard_normal((n, c_in, 32, 32))
+    w = rng.standard_normal((8, c_in, 3, 3))
+    geo = conv_geometry(x.shape, w.shape, 1, 1, 1)
+    assert not conv_channels.takes(x.shape, w.shape, geo, "input_gradient")
+    gy = rng.standard_normal((n, 8, 16, 16) if pooled else (n, 8, 32, 32))
+
+    def gradient():
+        if pooled:
+            _, idx = F.conv2d_max_pool2d(x, w, padding=1, backend="numba")
+            return F.conv2d_max_pool2d_backward(gy, idx, x, w, padding=1, backend="numba")[0]
+        return F.conv2d_backward(gy, x, w, padding=1, backend="numba")[0]
+
+    if pooled:
+        _, idx = F.conv2d_max_pool2d(x, w, padding=1, backend="numpy")
+        want = F.conv2d_max_pool2d_backward(gy, idx, x, w, padding=1, backend="numpy")[0]
+    else:
+        want = ref.conv2d_backward(gy, x, w, pads=geo.padding)[0]
+    before = fastcnn.get_num_threads()
+    try:
+        got = {}
+        for threads in (1, max(2, fastcnn.threads.max_threads())):
+            fastcnn.set_num_threads(min(threads, fastcnn.threads.max_threads()))
+            monkeypatch.setattr(jit, "num_threads", lambda threads=threads: threads)  # the groups two threads get
+            got[threads] = gradient()
+    finally:
+        fastcnn.set_num_threads(before)
+    first, second = got.values()
+    np.testing.assert_allclose(first, want, rtol=1e-9, atol=1e-9)
+    assert np.array_equal(first, second)
+
+
+@pytest.mark.skipif(not jit.NUMBA_AVAILABLE, reason="needs numba")
 @pytest.mark.parametrize("n, c_out, groups", [(1, 32, {64: 4, 32: 8}), (2, 20, {64: 3, 32: 5}), (1, 3, 3), (1, 256, 16),
                                              (4, 64, 4), (16, 32, 1)])
 def test_prepared_conv_splits_a_small_batch_by_output_channels(monkeypatch, n, c_out, groups):

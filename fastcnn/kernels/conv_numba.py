@@ -8,7 +8,8 @@ tile of output channels by positions at a time, and the weight gradient is dot p
 shifted runs, a tile of output channels by taps at a time (see :mod:`._tiles`). Positions that are
 not real output pixels (the last columns and rows of each sample, and the padding to whole tiles) are
 scratch, dropped from the output and zero in the gradient. The runs are cut into cache-sized blocks,
-and the parallel tasks are blocks (by groups of output rows, where blocks are few). Padding is never
+and the parallel tasks are blocks (by groups of output rows, where blocks are few), or samples (see
+below). Padding is never
 stored: neighbouring rows share their zero columns and neighbouring samples their zero rows
 (:class:`_WidePlanes`), so a "same"-padded 3x3 conv on 3x3 planes computes 16 positions a sample, not
 25, and no padded copy of the input is made. Other
@@ -33,8 +34,9 @@ their time, ResNet shortcuts at batch 32 to 256).
 Where the shapes allow, a stride-1 forward pass is one launch of a :class:`PreparedConv`, whose
 tasks are samples: each task's wide output is copied out while it is in cache, not the whole batch's
 written and read back; a stride-1 input gradient in the wide layout runs by the same tasks
-(:func:`_grad_input_wide`: the same bits as the whole batch's wide output, 0.82-0.96x its time on
-3x3 convs at batch 2 to 256, 2026-12-02). A conv followed by a 2x2, stride-2 max-pool (:func:`conv2d_max_pool2d_forward`
+(:func:`_grad_input_wide`: the same bits as the two launches it replaced, which wrote the whole
+batch's wide output and copied it out; 0.82-0.96x their time on 3x3 convs at batch 2 to 256,
+2026-12-02). A conv followed by a 2x2, stride-2 max-pool (:func:`conv2d_max_pool2d_forward`
 and its gradients) never makes the full-size output: the forward pass pools the wide output as it
 copies it out, and the pool's gradient is written straight into the runs the conv's gradients read
 (but for a weight gradient that :mod:`.conv_channels` takes: it reads the unpooled gradient).
@@ -71,7 +73,7 @@ _TAPS_PER_PASS = 144  # a pass's weights, ROWS rows of 144 float32 (4.5 KiB on A
 _ROWS_PER_PASS = 48  # rows of runs that a pass reads, at most (see _pass_taps)
 _TASK_POSITIONS = 256  # positions of whole samples that a task of _conv_wide_from takes at least
 _GRAD_TASKS = 16  # the weight gradient's tasks, at most: enough to balance two to four threads
-_TASKS_PER_THREAD = 8  # the forward pass's and input gradient's tasks, at least (see _row_groups)
+_TASKS_PER_THREAD = 8  # the forward pass's and input gradient's tasks, at least (see _groups_for)
 
 
 @kernel_helper
@@ -329,8 +331,8 @@ def _fill_phase_plane(x, flat, task, length, top, left, sh, sw, ph, pw, hq, wq):
 def _grad_layout(n, kh, kw, planes, dh, dw, itemsize):
     """The output gradient's runs are laid out as the input (whole tiles of positions), after a head of
     zeros that the input gradient's reads reach back into, rounded up to whole vectors so that the
-    weight gradient's loads of them are aligned, and before a tail that its reads reach ahead into
-    (``planes.shift``, and a tile more: a task of :func:`_grad_input_wide` starts its tiles at a
+    weight gradient's loads of them are aligned, and before a tail that the weight gradient's reads
+    reach ahead into (``planes.shift``, and a tile more: a task of :func:`_grad_input_wide` starts its tiles at a
     sample's first position, not at a whole tile of the batch's). Returns (head, tail): the zeros before
     and after."""
     hp, wp, shift = planes
@@ -603,13 +605,14 @@ def _launch(x_shape: tuple, w_shape: tuple, geo):
 
 @kernel_helper
 def _task_span(samples, plane, used, itemsize):
-    """The wide output's length for a task of :func:`_conv_wide_from`: ``samples`` planes, the last
-    only up to its ``used`` positions, in whole tiles."""
+    """The wide output's length for a task of :func:`_conv_wide_from` or :func:`_grad_input_wide`:
+    ``samples`` planes, the last only up to its ``used`` positions, in whole tiles."""
     return whole((samples - 1) * plane + used, tile_width(itemsize))
 
 
 def _samples_per_task(plane: int) -> int:
-    """The samples of ``plane`` positions each that a task of :func:`_conv_wide_from` takes: one, unless
+    """The samples of ``plane`` positions each that a task of :func:`_conv_wide_from` (and of
+    :func:`_grad_input_wide`) takes: one, unless
     the planes are so small that a task would not repay its overhead. (One wastes least: only a task's
     last plane is cut to the positions the output reads. Measured, roughly, on a busy machine on LeNet's
     two convs at batch 256: as fast as or faster than a block of 2304 positions per task, the block
@@ -736,12 +739,13 @@ def _prepared_planes(x_shape: tuple, w_shape: tuple, geo, pool) -> tuple[int, in
     return None
 
 
-def _sample_groups(n: int, per_task: int, c_out: int) -> int:
-    """Into how many groups of output channels :func:`_conv_wide_from` cuts a batch of ``n`` samples,
+def _sample_groups(n: int, per_task: int, channels: int) -> int:
+    """Into how many groups of its ``channels`` output rows (output channels; the input gradient's
+    input channels) :func:`_conv_wide_from` (:func:`_grad_input_wide`) cuts a batch of ``n`` samples,
     ``per_task`` a task: one if the samples give every thread :data:`_TASKS_PER_THREAD` tasks, else
     as :func:`_groups_for` gives. (Measured, 2 threads, batch 1, one process, 128->256 channels on 8x8:
     0.62 ms serial, 0.64 ms in one group, 0.33 ms in 2, 4 or 16; 32->64 on 16x16: 0.12, 0.14, 0.10.)"""
-    return _groups_for(tile_rows(c_out), -(-n // per_task)) if n else 1
+    return _groups_for(tile_rows(channels), -(-n // per_task)) if n else 1
 
 
 @parallel_kernel
@@ -979,6 +983,8 @@ def _conv2d_grad_input(gy, gate, w, geo):
 def _grad_input_of_runs(gr, head, w, grad_x, dh, dw, planes, work):
     """Stride-1 input gradient from the output gradient's runs ``gr`` (see :func:`_grad_layout`), into
     ``grad_x`` (N, C, H, W). Returns ``grad_x``."""
+    if grad_x.size == 0:  # (no input rows, only padding: nothing to write)
+        return grad_x
     n, per_task = grad_x.shape[0], _samples_per_task(planes.hp * planes.wp)
     groups = _sample_groups(n, per_task, w.shape[1])
     sized(_grad_input_wide, work // TILE_SPEED)(gr, head, w, grad_x, *planes, dh, dw, per_task, groups,
