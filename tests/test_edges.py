@@ -29,6 +29,17 @@ def test_conv2d_with_an_empty_batch(backend, dtype, stride, padding):
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
+def test_conv2d_of_planes_with_no_rows_but_padding(backend, dtype):
+    """An input of no rows whose padding alone gives output rows (the padding wider than a register tile):
+    the output is the bias, the input gradient empty, the weight gradient zero."""
+    x, w, b = np.zeros((2, 3, 0, 40), dtype), np.ones((4, 3, 3, 3), dtype), np.arange(4, dtype=dtype)
+    y = F.conv2d(x, w, b, 1, 50, backend=backend)
+    assert y.shape == (2, 4, 98, 138) and np.array_equal(y, np.broadcast_to(b[:, None, None], y.shape))
+    gx, gw, gb = F.conv2d_backward(np.ones_like(y), x, w, 1, 50, backend=backend)
+    assert gx.shape == x.shape and not gw.any() and np.array_equal(gb, np.full(4, 2 * 98 * 138, dtype))
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("stride, pool_size, relu", [(1, 2, False), (1, 2, True), (2, 2, True), (1, 3, False)])
 def test_conv2d_max_pool2d_with_an_empty_batch(backend, dtype, stride, pool_size, relu):
     x, w = np.zeros((0, 2, 12, 12), dtype), np.ones((3, 2, 3, 3), dtype)
