@@ -512,8 +512,8 @@ def test_numba_conv_never_reads_stale_scratch(rng):
     gp = rng.standard_normal((5, 4, 7, 5))
 
     def poisoned(result):
-        for buf, *_ in getattr(scratch._local, "buffers", {}).values():  # (memory, shape, dtype, view)
-            buf.view(np.float64)[:] = np.nan
+        for buf, *_ in getattr(scratch._local, "buffers", {}).values():  # (bytes, shape, dtype, view)
+            buf[:] = 0xFF  # NaN in float32 and float64, whatever the buffer's length
         return result
 
     def run(backend):
