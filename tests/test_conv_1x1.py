@@ -1,11 +1,13 @@
 """1x1 convs without padding, which run as a product per sample on the arrays as they lie (stride 1) or on
 the input subsampled by the stride: every backend against float64 products, on planes whose positions
 do not fill whole vectors, output channels that do not fill whole tiles, inputs with enough channels for
-several passes and position blocks, and work large enough for every thread; forward (with and without
-the ReLU) and both input gradients; strides that do not divide the planes, and different per axis."""
+several passes and position blocks, planes longer than the weight gradient sums at a time, and work
+large enough for every thread; forward (with and without the ReLU), both input gradients and both
+weight and bias gradients; strides that do not divide the planes, and different per axis."""
 import numpy as np
 import pytest
 
+import fastcnn
 import fastcnn.functional as F
 
 from .conftest import BACKENDS
@@ -16,6 +18,7 @@ SHAPES = [  # (N, C_in, H, W), C_out
     ((1, 128, 8, 8), 20),     # one sample: tasks by groups of rows
     ((2, 520, 5, 10), 9),     # several channel passes, two position blocks with a tail
     ((4, 3, 2, 2), 3),        # fewer positions than a vector: all tail
+    ((2, 64, 41, 40), 5),     # planes longer than the weight gradient's stretch: a plane in pieces, the last ragged
     ((0, 4, 3, 3), 8),        # no samples
 ]
 
@@ -45,8 +48,12 @@ def test_1x1_convs_against_double_precision_products(backend, dtype, x_shape, c_
     gx, gw, gb = F.conv2d_backward(gy, x, w, backend=backend)
     np.testing.assert_allclose(gx, _product(w2.T, gy), **tol)
     np.testing.assert_allclose(gw[:, :, 0, 0], np.einsum("nrhw,nchw->rc", gy.astype(np.float64), x), **tol)
-    gx, _, _ = F.conv2d_relu_backward(gy, relu, x, w, backend=backend)
-    np.testing.assert_allclose(gx, _product(w2.T, np.where(relu > 0, gy, 0)), **tol)
+    np.testing.assert_allclose(gb, gy.astype(np.float64).sum((0, 2, 3)), **tol)
+    gated = np.where(relu > 0, gy, 0)
+    gx, gw, gb = F.conv2d_relu_backward(gy, relu, x, w, backend=backend)
+    np.testing.assert_allclose(gx, _product(w2.T, gated), **tol)
+    np.testing.assert_allclose(gw[:, :, 0, 0], np.einsum("nrhw,nchw->rc", gated.astype(np.float64), x), **tol)
+    np.testing.assert_allclose(gb, gated.astype(np.float64).sum((0, 2, 3)), **tol)
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
@@ -96,3 +103,25 @@ def test_strided_1x1_conv_transpose2d_with_output_padding(backend):
     assert y.shape == (2, 2, 8, 10)
     np.testing.assert_allclose(y, naive_conv_transpose2d(x, w, b, (2, 2), (0, 0), (1, 1), 1, (1, 1)), rtol=1e-10,
                                atol=1e-12)
+
+
+def test_1x1_weight_gradient_is_the_same_bits_on_any_thread_count():
+    """The weight gradient's tasks and sums are fixed by the shapes (shares of the samples, stretches of a
+    plane), not by the threads that run them, and its serial twin sums in the same order."""
+    from fastcnn.kernels import pointwise_numba
+    rng = np.random.default_rng(3)
+    before = fastcnn.get_num_threads()
+    for n, rows, channels, positions in ((64, 20, 9, 49), (3, 64, 16, 1600), (1, 2, 3, 5)):
+        g = rng.standard_normal((n, rows, positions)).astype(np.float32)
+        x = rng.standard_normal((n, channels, positions)).astype(np.float32)
+        got = []
+        try:
+            for threads in (1, fastcnn.threads.max_threads()):
+                fastcnn.set_num_threads(threads)
+                got.append(pointwise_numba.grad_weight(g, x))
+        finally:
+            fastcnn.set_num_threads(before)
+        for one, many in zip(*got):
+            np.testing.assert_array_equal(one, many)
+        np.testing.assert_allclose(got[0][0], np.einsum("nrp,ncp->rc", g.astype(np.float64), x), rtol=1e-4,
+                                   atol=1e-4 * np.sqrt(n * positions))

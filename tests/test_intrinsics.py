@@ -40,6 +40,16 @@ def _dot_row(out, g, g_starts, x, x_starts, length):
 
 
 @numba.njit
+def _dot_segments(out, g, g_starts, g_step, x, x_starts, x_step, length, count):
+    tiles.dot_segments(out, g, g_starts, g_step, x, x_starts, x_step, length, count)
+
+
+@numba.njit
+def _dot_segments_row(out, g, g_starts, g_step, x, x_starts, x_step, length, count):
+    tiles.dot_segments_row(out, g, g_starts, g_step, x, x_starts, x_step, length, count)
+
+
+@numba.njit
 def _dense_tile(out, g, g_starts, x, x_starts, length, ahead):
     tiles.dense_tile(out, g, g_starts, x, x_starts, length, ahead)
 
@@ -132,6 +142,36 @@ def test_dot_tile_gives_dot_products(dtype, kind):
         expected = [g[g_starts[a] : g_starts[a] + length].astype(np.float64) @ x[x_starts[b] : x_starts[b] + length]
                     for a in range(rows) for b in range(cols)]
         np.testing.assert_allclose(out[:rows].ravel(), expected, rtol=1e-5 if dtype == np.float32 else 1e-12, atol=1e-5)
+        assert (out[rows] == 7.0).all()
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("kind", ["tile", "row"])
+def test_dot_segments_sums_dot_products_over_segments_of_any_length(dtype, kind):
+    rng = np.random.default_rng(8)
+    rows, call = {"tile": (tiles.DOT_ROWS, _dot_segments), "row": (1, _dot_segments_row)}[kind]
+    cols, n = tiles.DOT_COLS, _lanes(dtype)
+    for length in [0, 1, n - 1, n, n + 1, 3 * n + 2, 49]:  # whole vectors, a masked last vector, or both
+        count = int(rng.integers(1, 4))
+        g_step, x_step = length + int(rng.integers(1, 9)), length + int(rng.integers(1, 9))
+
+        def segments(step, heads):  # NaN everywhere but the segments: a lane read past a segment's end shows
+            data = np.full(heads * (count * step + 2 * n) + n, np.nan, dtype)
+            starts = np.arange(heads, dtype=np.int64) * (count * step + 2 * n) + int(rng.integers(0, n))
+            for start in starts:
+                for k in range(count):
+                    data[start + k * step : start + k * step + length] = rng.standard_normal(length)
+            return data, starts
+
+        g, g_starts = segments(g_step, rows)
+        x, x_starts = segments(x_step, cols)
+        out = np.full((rows + 1, cols), 7.0, dtype)
+        call(out, g, g_starts, g_step, x, x_starts, x_step, length, count)
+        expected = [sum(g[g_starts[a] + s * g_step : g_starts[a] + s * g_step + length].astype(np.float64)
+                        @ x[x_starts[b] + s * x_step : x_starts[b] + s * x_step + length] for s in range(count))
+                    for a in range(rows) for b in range(cols)]
+        np.testing.assert_allclose(out[:rows].ravel(), np.array(expected, np.float64).ravel(),
+                                   rtol=1e-5 if dtype == np.float32 else 1e-12, atol=1e-5)
         assert (out[rows] == 7.0).all()
 
 

@@ -8,7 +8,8 @@ Numba intrinsics emit the loop directly: vector loads, broadcasts and ``llvm.fma
 ``<lanes x float>``. The weight gradient's dot products (``dot_tile``) keep a fixed tile of
 :data:`DOT_ROWS` by :data:`DOT_COLS` vector sums the same way, and so does a dense layer's forward
 pass (``dense_tile``), which also prefetches the input rows it will read next, so that streaming
-them from memory overlaps the arithmetic.
+them from memory overlaps the arithmetic; and a 1x1 conv's weight gradient (``dot_segments``), whose
+sums run over a segment of each of several samples' planes, any length, without leaving the registers.
 
 A vector is :data:`jit.VECTOR_BYTES` bytes (:func:`lanes`): one register of the target, 64 bytes on
 AVX-512 and 32 on AVX2. The tiles' shapes (below) are chosen for the target's register file: 32 vector
@@ -223,42 +224,82 @@ def _dot_tile(rows: int, cols: int, prefetch: bool):
     unused.
     """
     def dot_tile(typingctx, out, g, g_starts, x, x_starts, length, ahead):
-        return _dot_tile_typing(rows, cols, prefetch, out, g, g_starts, x, x_starts)
+        if not _dot_tile_types(out, g, g_starts, x, x_starts):
+            return None
+        sig = types.void(out, g, g_starts, x, x_starts, types.intp, types.intp)
+        return sig, _dot_codegen(rows, cols, prefetch, segmented=False)
 
     dot_tile.__name__ = dot_tile.__qualname__ = f"dot_tile_{rows}x{cols}{'_prefetch' if prefetch else ''}"
     return intrinsic(dot_tile)
 
 
-def _dot_tile_typing(rows, cols, prefetch, out, g, g_starts, x, x_starts):
-    if not (_float_arrays(out, g, x) and out.ndim == 2 and g.ndim == x.ndim == 1
-            and isinstance(g_starts, types.Array) and isinstance(x_starts, types.Array)
-            and g_starts.dtype == x_starts.dtype == types.int64):
-        return None
-    sig = types.void(out, g, g_starts, x, x_starts, types.intp, types.intp)
+def _dot_segments(rows: int, cols: int):
+    """An intrinsic ``dot_segments(out, g, g_starts, g_step, x, x_starts, x_step, length, count)``: the
+    dot products of :func:`_dot_tile` over ``count`` segments of ``length`` values (any length: the last
+    vector of a segment is read through a mask), segment ``s`` of row ``a`` of ``g`` starting at
+    ``g_starts[a] + s*g_step`` and of column ``b`` of ``x`` at ``x_starts[b] + s*x_step``: a sum over
+    samples of NCHW arrays, whose planes are apart, kept in registers from one segment to the next."""
+    def dot_segments(typingctx, out, g, g_starts, g_step, x, x_starts, x_step, length, count):
+        if not _dot_tile_types(out, g, g_starts, x, x_starts):
+            return None
+        sig = types.void(out, g, g_starts, types.intp, x, x_starts, types.intp, types.intp, types.intp)
+        return sig, _dot_codegen(rows, cols, False, segmented=True)
 
+    dot_segments.__name__ = dot_segments.__qualname__ = f"dot_segments_{rows}x{cols}"
+    return intrinsic(dot_segments)
+
+
+def _dot_tile_types(out, g, g_starts, x, x_starts) -> bool:
+    return (_float_arrays(out, g, x) and out.ndim == 2 and g.ndim == x.ndim == 1
+            and isinstance(g_starts, types.Array) and isinstance(x_starts, types.Array)
+            and g_starts.dtype == x_starts.dtype == types.int64)
+
+
+def _dot_codegen(rows, cols, prefetch, segmented):
+    """The code of :func:`_dot_tile` (``segmented`` false) or of :func:`_dot_segments`."""
     def codegen(context, builder, signature, args):
-        out_t, g_t, gs_t, x_t, xs_t, _, _ = signature.args
-        out_a, g_a, gs_a, x_a, xs_a = (context.make_array(ty)(context, builder, args[i])
-                                       for i, ty in enumerate((out_t, g_t, gs_t, x_t, xs_t)))
+        if segmented:
+            out, g, g_starts, g_step, x, x_starts, x_step, length, count = args
+            ahead = None
+        else:
+            out, g, g_starts, x, x_starts, length, ahead = args
+            g_step, x_step, count = _int(0), _int(0), _int(1)
+        out_t, g_t, gs_t = signature.args[:3]
+        xs_t = signature.args[5 if segmented else 4]
+        out_a, g_a, gs_a, x_a, xs_a = (context.make_array(ty)(context, builder, value) for ty, value in
+                                       ((out_t, out), (g_t, g), (gs_t, g_starts), (g_t, x), (xs_t, x_starts)))
         vectors = _Vectors(context, builder, out_t.dtype)
-        n, zero, load = vectors.n, vectors.zero, vectors.load_all
-        g_at = [builder.load(builder.gep(gs_a.data, [_int(a)])) for a in range(rows)]
-        x_at = [builder.load(builder.gep(xs_a.data, [_int(b)])) for b in range(cols)]
+        n, zero = vectors.n, vectors.zero
+        g_first = [builder.load(builder.gep(gs_a.data, [_int(a)])) for a in range(rows)]
+        x_first = [builder.load(builder.gep(xs_a.data, [_int(b)])) for b in range(cols)]
         acc = [[cgutils.alloca_once_value(builder, zero) for _ in range(cols)] for _ in range(rows)]
         byte_ptr, i32 = ir.IntType(8).as_pointer(), ir.IntType(32)
         fetch = cgutils.get_or_insert_function(
             builder.module, ir.FunctionType(ir.VoidType(), [byte_ptr, i32, i32, i32]), "llvm.prefetch.p0")
-        with cgutils.for_range(builder, builder.udiv(args[5], _int(n))) as loop:
-            k = builder.mul(loop.index, _int(n))
-            for a in range(rows if prefetch else 0):  # read, keep in all caches, data
-                line = builder.gep(g_a.data, [builder.add(builder.add(g_at[a], args[6]), k)])
-                builder.call(fetch, [builder.bitcast(line, byte_ptr), ir.Constant(i32, 0), ir.Constant(i32, 3),
-                                     ir.Constant(i32, 1)])
+        steps = builder.udiv(length, _int(n))
+
+        def step(g_at, x_at, k, load):
             xv = [load(x_a.data, builder.add(x_at[b], k)) for b in range(cols)]
             for a in range(rows):
                 gv = load(g_a.data, builder.add(g_at[a], k))
                 for b in range(cols):
                     builder.store(vectors.fma(gv, xv[b], builder.load(acc[a][b])), acc[a][b])
+
+        with cgutils.for_range(builder, count) as segment:
+            g_at = [builder.add(at, builder.mul(segment.index, g_step)) for at in g_first]
+            x_at = [builder.add(at, builder.mul(segment.index, x_step)) for at in x_first]
+            with cgutils.for_range(builder, steps) as loop:
+                k = builder.mul(loop.index, _int(n))
+                for a in range(rows if prefetch else 0):  # read, keep in all caches, data
+                    line = builder.gep(g_a.data, [builder.add(builder.add(g_at[a], ahead), k)])
+                    builder.call(fetch, [builder.bitcast(line, byte_ptr), ir.Constant(i32, 0), ir.Constant(i32, 3),
+                                         ir.Constant(i32, 1)])
+                step(g_at, x_at, k, vectors.load_all)
+            if segmented:  # the segment's last values, fewer than a vector: the lanes past its end read as 0
+                body = builder.mul(steps, _int(n))
+                with builder.if_then(builder.icmp_signed("<", body, length)):
+                    mask = vectors.below(body, length)
+                    step(g_at, x_at, body, lambda data, at: vectors.load(data, at, mask, zero))
         for a in range(rows):
             for b in range(cols):
                 v, width = builder.load(acc[a][b]), n
@@ -271,7 +312,7 @@ def _dot_tile_typing(rows, cols, prefetch, out, g, g_starts, x, x_starts):
                 builder.store(total, builder.gep(out_a.data, [_int(a * cols + b)]))
         return context.get_dummy_value()
 
-    return sig, codegen
+    return codegen
 
 
 def _channel_tile(positions: int, vectors: int):
@@ -332,6 +373,8 @@ _store_tile_one = _store_tile(1)
 _dot_tile_rows = _dot_tile(DOT_ROWS, DOT_COLS, False)
 _dot_tile_one = _dot_tile(1, DOT_COLS, False)
 _dense_tile = _dot_tile(DENSE_ROWS, DENSE_COLS, True)
+_dot_segments_rows = _dot_segments(DOT_ROWS, DOT_COLS)
+_dot_segments_one = _dot_segments(1, DOT_COLS)
 _channel_tile_wide = _channel_tile(CHANNEL_ACCUMULATORS // CHANNEL_VECTORS, CHANNEL_VECTORS)
 _channel_tile_narrow = _channel_tile(CHANNEL_ACCUMULATORS, 1)
 
@@ -356,6 +399,21 @@ def check_dot_tile(rows, cols, out, g, g_starts, x, x_starts, length):
         assert 0 <= g_starts[a] and g_starts[a] + length <= g.size, "dot_tile: a row of g is out of bounds"
     for b in range(cols):
         assert 0 <= x_starts[b] and x_starts[b] + length <= x.size, "dot_tile: a row of x is out of bounds"
+
+
+@register_jitable
+def check_dot_segments(rows, cols, out, g, g_starts, g_step, x, x_starts, x_step, length, count):
+    """Assert the preconditions of a ``dot_segments`` of ``rows`` by ``cols``: every read and write in bounds."""
+    assert out.size >= rows * cols and g_starts.size >= rows and x_starts.size >= cols, \
+        "dot_segments: tile out of bounds"
+    assert length >= 0 and count >= 0 and g_step >= 0 and x_step >= 0, "dot_segments: a negative length or step"
+    last = max(0, count - 1)
+    for a in range(rows):
+        assert count == 0 or 0 <= g_starts[a] and g_starts[a] + last * g_step + length <= g.size, \
+            "dot_segments: a segment of g is out of bounds"
+    for b in range(cols):
+        assert count == 0 or 0 <= x_starts[b] and x_starts[b] + last * x_step + length <= x.size, \
+            "dot_segments: a segment of x is out of bounds"
 
 
 @register_jitable(inline="always")
@@ -388,6 +446,22 @@ def dot_row(out, g, g_starts, x, x_starts, length, ahead):
     if CHECK_BOUNDS:
         check_dot_tile(1, DOT_COLS, out, g, g_starts, x, x_starts, length)
     _dot_tile_one(out, g, g_starts, x, x_starts, length, ahead)
+
+
+@register_jitable(inline="always")
+def dot_segments(out, g, g_starts, g_step, x, x_starts, x_step, length, count):
+    """The :func:`_dot_segments` intrinsic, :data:`DOT_ROWS` by :data:`DOT_COLS`."""
+    if CHECK_BOUNDS:
+        check_dot_segments(DOT_ROWS, DOT_COLS, out, g, g_starts, g_step, x, x_starts, x_step, length, count)
+    _dot_segments_rows(out, g, g_starts, g_step, x, x_starts, x_step, length, count)
+
+
+@register_jitable(inline="always")
+def dot_segments_row(out, g, g_starts, g_step, x, x_starts, x_step, length, count):
+    """:func:`dot_segments` for one row of ``g`` (fewer than :data:`DOT_ROWS` rows)."""
+    if CHECK_BOUNDS:
+        check_dot_segments(1, DOT_COLS, out, g, g_starts, g_step, x, x_starts, x_step, length, count)
+    _dot_segments_one(out, g, g_starts, g_step, x, x_starts, x_step, length, count)
 
 
 @register_jitable(inline="always")

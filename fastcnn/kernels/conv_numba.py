@@ -25,11 +25,12 @@ blocks of output (for the input gradient, input) channels are full and the batch
 sample; and the input gradient of every strided conv without dilation (but unpadded 1x1 ones, see
 below), phase by phase. The input
 gradient of a dilated strided conv runs row by row. A 1x1 conv with stride 1 and no padding needs no layout at all: its
-forward pass and input gradient are products per sample in the same register tiles
-(:mod:`.pointwise_numba`); one with a stride is that conv of its input subsampled by the stride (a
-copy a quarter of the input's size, for stride 2), its input gradient spread back to the strided
-positions (its weight gradient stays with the phases: on the subsampled input it took 1.02-1.17x
-their time, ResNet shortcuts at batch 32 to 256).
+forward pass and input gradient are products per sample in the same register tiles, its weight
+gradient dot products over segments of the samples' planes as they lie (:mod:`.pointwise_numba`:
+0.48-0.94x the time of the wide layout's or the channel lanes' kernels, which read a copy of both
+arrays, for the 1x1 convs of the model zoo on an AVX2 Zen 3, 2026-12-02; 1.07x for 256->512 channels
+on 4x4); one with a stride is that conv of its input subsampled by the stride (a copy a quarter of the
+input's size, for stride 2), its input gradient spread back to the strided positions.
 
 Where the shapes allow, a stride-1 forward pass is one launch of a :class:`PreparedConv`, whose
 tasks are samples: each task's wide output is copied out while it is in cache, not the whole batch's
@@ -842,6 +843,8 @@ def conv2d_relu_grad_weight(gy, gate, x, geo):
 def _conv2d_grad_weight(gy, gate, x, geo):
     """:func:`conv2d_grad_weight` through the ReLU of output ``gate`` if it is not None."""
     (kh, kw), (sh, sw), (dh, dw), padding = geo.kernel, geo.stride, geo.dilation, geo.padding
+    if _unpadded_1x1(geo):
+        return _pointwise_grad_weight(gated(elementwise_numba, gy, gate), x, geo)
     if conv_channels.takes(x.shape, (gy.shape[1], x.shape[1], kh, kw), geo, "weight_gradient"):
         return conv_channels.conv2d_channels_grad_weight(gy, gate, x, geo)
     work = gy.size * x.shape[1] * kh * kw
@@ -853,6 +856,16 @@ def _conv2d_grad_weight(gy, gate, x, geo):
     xr, offsets = _input_taps(x, kh, kw, dh, dw, planes)
     gr, head = _grad_runs(gy, kh, kw, dh, dw, planes, gate)
     return _grad_weight_of_runs(gr, head, xr, offsets, (kh, kw), x.shape[0], planes, work)
+
+
+def _pointwise_grad_weight(gy, x, geo):
+    """The weight and bias gradients of a 1x1 conv without padding (:func:`_unpadded_1x1`), on the
+    arrays as they lie (the input subsampled by the stride): :func:`.pointwise_numba.grad_weight`."""
+    n, c_out = gy.shape[:2]
+    xs = _pointwise_input(x, geo)
+    grad_w, grad_b = pointwise_numba.grad_weight(np.ascontiguousarray(gy).reshape(n, c_out, -1),
+                                                 np.ascontiguousarray(xs).reshape(n, xs.shape[1], -1))
+    return grad_w.reshape(c_out, xs.shape[1], 1, 1), grad_b
 
 
 def _grad_weight_of_runs(gr, head, xr, offsets, kernel, n, planes, work):
@@ -871,7 +884,7 @@ def conv2d_max_pool2d_grad_weight(gp, argmax, gate, x, geo):
     """:func:`conv2d_grad_weight` of the conv output (N, C_out, oh, ow) that a max-pool took to ``gp``
     with ``argmax``; if ``gate`` is not None, through a ReLU after the pool, whose output it is."""
     (kh, kw), (sh, sw), (dh, dw), (oh, ow) = geo.kernel, geo.stride, geo.dilation, geo.out_hw
-    if not _fuses_unpool(gp, sh, sw, oh, ow) or \
+    if not _fuses_unpool(gp, sh, sw, oh, ow) or _unpadded_1x1(geo) or \
             conv_channels.takes(x.shape, (gp.shape[1], x.shape[1], kh, kw), geo, "pooled_weight_gradient"):
         gy = unpooled(pool_numba, elementwise_numba, gp, argmax, gate, oh, ow)
         return conv2d_grad_weight(gy, x, geo)

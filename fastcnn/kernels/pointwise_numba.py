@@ -9,6 +9,12 @@ that do not fill one go through a small zero-padded copy. (Measured against the 
 PyTorch on MobileNet's 1x1 convs at batch 256, 2 threads: 1.5-1.9x faster than the first, 0.7-1.0x
 PyTorch's time.)
 
+The weight gradient, ``sum(g[s] @ x[s].T)`` over the samples, also reads the arrays as they lie
+(:func:`grad_weight`): a register tile of output by input channels sums its dot products over a
+segment of several samples' planes in one call (:func:`._tiles.dot_segments`), so that a small plane
+costs no more than a long run, and each task's segments (and the rows they read) stay in cache while
+every tile reads them.
+
 A 1x1 conv with a stride (and no padding) is that product on its input subsampled by the stride
 (:func:`subsample`); its input gradient is the product's, spread back to the strided positions
 (:func:`spread`).
@@ -21,10 +27,16 @@ from . import jit
 from .jit import kernel_helper, parallel_kernel, prange, sized
 from ._planes import narrow
 from ._rows import copy_plus, copy_relu
-from ._tiles import ROWS, TILE_SPEED, store_row, store_tile, tile_width
+from ._tiles import (DOT_COLS, DOT_ROWS, ROWS, TILE_SPEED, dot_segments, dot_segments_row, lanes, store_row,
+                     store_tile, tile_width, whole)
 
 _BLOCK_BYTES = 1 << 17  # input a block of positions reads (channels x positions): it stays in L2 cache
 _TASKS_PER_THREAD = 8
+_SEGMENT_BYTES = 1 << 18  # the weight gradient's input rows for one stretch of positions: they stay in L2 cache
+_LEAST_POSITIONS = 256  # but a stretch is this long at least, as its dot products' final sums cost (measured, one
+# thread, 512->128 channels on 8x8 at batch 32: 18, 25 and 22 GMAC/s for stretches of 128, 256 and 512 positions)
+_MOST_POSITIONS = 2048  # positions a dot product sums in float32 at most before it is added to a float64 sum
+_GRAD_TASKS = 16  # the weight gradient's tasks, at most (fixed by the shapes, not the threads)
 
 
 def subsample(x, sh, sw, oh, ow):
@@ -141,3 +153,93 @@ def _finish(dst, src, plus, relu):
         copy_relu(dst, src, plus)
     else:
         copy_plus(dst, src, plus)
+
+
+def grad_weight(g: np.ndarray, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The weight and bias gradients of a 1x1 conv without padding or stride, ``sum(g[s] @ x[s].T)``
+    and ``g.sum((0, 2))``, for its output gradient ``g`` (N, R, P) and input ``x`` (N, C, P), both
+    C-contiguous. Returns (R, C) and (R,) arrays of their dtype.
+
+    A task sums a share of the samples for a band of the output channels in float64; a dot product
+    sums a stretch of positions in float32 (several samples' planes, or a piece of one plane, at most
+    :data:`_MOST_POSITIONS`), as long as lets the stretch's input rows stay in L2 cache while every
+    tile of output channels reads them (the tile's own rows stay in L1). The split depends on the
+    shapes only, so the result does not depend on the thread count."""
+    n, rows, positions = g.shape
+    channels = x.shape[1]
+    if n == 0 or positions == 0:
+        return np.zeros((rows, channels), g.dtype), np.zeros(rows, g.dtype)
+    stretch = min(_MOST_POSITIONS, max(_LEAST_POSITIONS, _SEGMENT_BYTES // (channels * x.itemsize)))
+    if positions > stretch:  # stretches of a plane, whole vectors
+        count, length = 1, stretch // lanes(x.itemsize) * lanes(x.itemsize)
+    else:  # planes of several samples
+        count, length = stretch // positions, positions
+    items = -(-n // count) * -(-positions // length)
+    shares = max(1, min(items, _GRAD_TASKS))
+    units = -(-rows // DOT_ROWS)
+    bands = max(1, min(units, _GRAD_TASKS // shares))
+    work = n * positions * rows * channels
+    return sized(_grad_weight, work // TILE_SPEED)(g, x, count, length, shares, bands)
+
+
+@parallel_kernel
+def _grad_weight(g, x, count, length, shares, bands):
+    """:func:`grad_weight`: tasks of (share of the items, band of output tiles); an item is ``count``
+    samples' planes, or a stretch of ``length`` positions of one sample's plane."""
+    n, rows, positions = g.shape
+    channels = x.shape[1]
+    group = DOT_ROWS if rows >= DOT_ROWS else 1  # output channels a tile
+    units = -(-rows // group)
+    per_band = -(-units // bands)
+    stretches = -(-positions // length)
+    items = -(-n // count) * stretches
+    sums = np.zeros((shares, rows, channels))
+    bias = np.zeros((shares, rows))
+    g_flat, x_flat = g.reshape(g.size), x.reshape(x.size)
+    for task in prange(shares * bands):
+        share, band = task // bands, task % bands
+        u0, u1 = band * per_band, min(units, (band + 1) * per_band)
+        if u0 >= u1:
+            continue
+        r0, r1 = u0 * group, min(rows, u1 * group)
+        mine = np.zeros((u1 - u0, group, whole(channels, DOT_COLS)))
+        part = np.empty((DOT_ROWS, DOT_COLS), dtype=g.dtype)
+        g_starts = np.empty(DOT_ROWS, dtype=np.int64)
+        x_starts = np.empty(DOT_COLS, dtype=np.int64)
+        for item in range(share * items // shares, (share + 1) * items // shares):
+            s0, p0 = item // stretches * count, item % stretches * length
+            samples, span = min(count, n - s0), min(length, positions - p0)
+            for r in range(r0, r1):
+                for s in range(s0, s0 + samples):
+                    bias[share, r] += g[s, r, p0 : p0 + span].sum()
+            for unit in range(u0, u1):
+                for a in range(group):
+                    g_starts[a] = (s0 * rows + min(unit * group + a, rows - 1)) * positions + p0
+                for c0 in range(0, channels, DOT_COLS):
+                    for c in range(DOT_COLS):
+                        x_starts[c] = (s0 * channels + min(c0 + c, channels - 1)) * positions + p0
+                    if group == DOT_ROWS:
+                        dot_segments(part, g_flat, g_starts, rows * positions, x_flat, x_starts, channels * positions,
+                                     span, samples)
+                    else:
+                        dot_segments_row(part, g_flat, g_starts, rows * positions, x_flat, x_starts,
+                                         channels * positions, span, samples)
+                    for a in range(group):
+                        for c in range(DOT_COLS):
+                            mine[unit - u0, a, c0 + c] += part[a, c]
+        for r in range(r0, r1):
+            for c in range(channels):
+                sums[share, r, c] = mine[(r - r0) // group, (r - r0) % group, c]
+    grad_w = np.empty((rows, channels), dtype=g.dtype)
+    grad_b = np.empty(rows, dtype=g.dtype)
+    for r in range(rows):  # loops: an array expression here would be a parallel loop of its own
+        total = 0.0
+        for share in range(shares):
+            total += bias[share, r]
+        grad_b[r] = total
+        for c in range(channels):
+            total = 0.0
+            for share in range(shares):
+                total += sums[share, r, c]
+            grad_w[r, c] = total
+    return grad_w, grad_b
