@@ -1,5 +1,6 @@
 """Row copies that the conv kernels finish their outputs and gradients with: plus a bias, through a
-ReLU, or gated by a ReLU's output (vector loops, inlined into the kernels that call them)."""
+ReLU, or gated by a ReLU's output (vector loops, inlined into the kernels that call them); and the sum
+of the weight gradients' per-task parts."""
 from __future__ import annotations
 
 from .jit import kernel_helper
@@ -26,3 +27,22 @@ def copy_relu(dst, src, plus):
     for p in range(dst.shape[0]):
         v = src[p] + plus
         dst[p] = 0 if v <= 0 else v
+
+
+@kernel_helper
+def sum_shares(sums, bias, grad_w, grad_b):
+    """``grad_w[r, k] = sums[:, r, k].sum()`` and ``grad_b[r] = bias[:, r].sum()`` for every row ``r`` of
+    ``grad_w`` (R, K) and ``grad_b`` (R,): the float64 parts (shares, at least R, K) and (shares, at least
+    R) that a weight gradient's tasks summed, added in share order (loops: an array expression here
+    would be a parallel loop of its own)."""
+    shares = sums.shape[0]
+    for r in range(grad_w.shape[0]):
+        total = 0.0
+        for share in range(shares):
+            total += bias[share, r]
+        grad_b[r] = total
+        for k in range(grad_w.shape[1]):
+            total = 0.0
+            for share in range(shares):
+                total += sums[share, r, k]
+            grad_w[r, k] = total

@@ -60,7 +60,7 @@ from ._compose import gated, pooled, unpooled
 from .jit import kernel_helper, parallel_kernel, prange, sized
 from ._pool_vectors import clear
 from ._planes import narrow
-from ._rows import copy_gated, copy_plus, copy_relu
+from ._rows import copy_gated, copy_plus, copy_relu, sum_shares
 from ._taps import tap_offsets
 from .scratch import NO_PADDING, cropped, derived, scratch
 from ._tiles import (DOT_COLS, DOT_ROWS, ROWS, TILE_SPEED, dot_row, dot_tile, lanes, store_row, store_tile, tile_rows,
@@ -814,17 +814,7 @@ def _grad_weight_wide(gr, head, length, xr, offsets, kh, kw):
                 sums[share, o0 + a, c0 + k // n_taps, k % n_taps] = mine[a, k]
     grad_w = np.empty((c_out, c_in, kh, kw), dtype=gr.dtype)
     grad_b = np.empty(c_out, dtype=gr.dtype)
-    for o in range(c_out):  # loops: an array expression here would be a parallel loop of its own
-        total = 0.0
-        for share in range(shares):
-            total += bias[share, o]
-        grad_b[o] = total
-        for ci in range(c_in):
-            for t in range(n_taps):
-                total = 0.0
-                for share in range(shares):
-                    total += sums[share, o, ci, t]
-                grad_w[o, ci, t // kw, t % kw] = total
+    sum_shares(sums.reshape(shares, groups * group, c_in * n_taps), bias, grad_w.reshape(c_out, c_in * n_taps), grad_b)
     return grad_w, grad_b
 
 

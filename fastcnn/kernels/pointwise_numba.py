@@ -26,7 +26,7 @@ import numpy as np
 from . import jit
 from .jit import kernel_helper, parallel_kernel, prange, sized
 from ._planes import narrow
-from ._rows import copy_plus, copy_relu
+from ._rows import copy_plus, copy_relu, sum_shares
 from ._tiles import (DOT_COLS, DOT_ROWS, ROWS, TILE_SPEED, dot_segments, dot_segments_row, lanes, store_row,
                      store_tile, tile_width, whole)
 
@@ -232,14 +232,5 @@ def _grad_weight(g, x, count, length, shares, bands):
                 sums[share, r, c] = mine[(r - r0) // group, (r - r0) % group, c]
     grad_w = np.empty((rows, channels), dtype=g.dtype)
     grad_b = np.empty(rows, dtype=g.dtype)
-    for r in range(rows):  # loops: an array expression here would be a parallel loop of its own
-        total = 0.0
-        for share in range(shares):
-            total += bias[share, r]
-        grad_b[r] = total
-        for c in range(channels):
-            total = 0.0
-            for share in range(shares):
-                total += sums[share, r, c]
-            grad_w[r, c] = total
+    sum_shares(sums, bias, grad_w, grad_b)
     return grad_w, grad_b
