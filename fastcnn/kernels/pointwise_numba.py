@@ -161,10 +161,11 @@ def grad_weight(g: np.ndarray, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     C-contiguous. Returns (R, C) and (R,) arrays of their dtype.
 
     A task sums a share of the samples for a band of the output channels in float64; a dot product
-    sums a stretch of positions in float32 (several samples' planes, or a piece of one plane, at most
-    :data:`_MOST_POSITIONS`), as long as lets the stretch's input rows stay in L2 cache while every
-    tile of output channels reads them (the tile's own rows stay in L1). The split depends on the
-    shapes only, so the result does not depend on the thread count."""
+    sums a stretch of positions in float32: several samples' planes, or a piece of one plane, short
+    enough that the stretch's input rows stay in L2 cache while every tile of output channels reads
+    them (the tile's own rows stay in L1), but at least :data:`_LEAST_POSITIONS` and at most
+    :data:`_MOST_POSITIONS` long. The split depends on the shapes only, so the result does not depend
+    on the thread count."""
     n, rows, positions = g.shape
     channels = x.shape[1]
     if n == 0 or positions == 0:
