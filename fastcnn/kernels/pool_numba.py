@@ -1,15 +1,23 @@
 """Max and average pooling as ``@njit(parallel=True)`` loops, one (sample, channel) plane per task.
 
 The common max-pool, 2x2 windows with stride 2 and no padding, goes a vector of windows at a time
-(see :mod:`._pool_vectors`); other windows go one at a time.
+(see :mod:`._pool_vectors`); other windows go one at a time. Its gradient does too where the target
+has AVX-512; on AVX2 it is a plane cleared, then each value added at its index (:func:`unpool_plane`).
 """
 from __future__ import annotations
 
 import numpy as np
 
-from .jit import kernel_helper, parallel_kernel, planes_per_task, prange, sized
+from .jit import VECTOR_BYTES, kernel_helper, parallel_kernel, planes_per_task, prange, sized
 from ._pool_vectors import clear, max_pairs, unpool_pairs
 from ._tiles import lanes
+
+_UNPOOL_BY_VECTORS = VECTOR_BYTES == 64  # the 2x2 gradient a vector of windows at a time (AVX-512), else by a
+# scatter: on a Zen 3 (AVX2, whose masked vector stores AMD's tables list as microcoded; the cause was not
+# isolated) the scatter took
+# 0.22-0.26x the vector code's time on planes of 24x24 and 26x26 (0.51-0.72x into the wide layout's
+# rows, whose positions cost a division; 2 threads, one process, interleaved, 2026-12-02). (AVX-512's
+# masked stores are single instructions; the vector code stays there, where it was measured.)
 
 WINDOWS_2X2 = ((2, 2), (2, 2), (0, 0), (1, 1))  # (kernel, stride, padding, dilation) of the pool the vector kernels serve
 
@@ -137,7 +145,12 @@ def unpool_plane(g, at, idx, w, gate, gated, grad, to, step, size, rows, cols):
     ``step`` apart; every other position of it 0. With ``gated``, through the ReLU whose output is
     ``gate[at:]`` first. Each position is written once; a plane with an index outside its window's 2x2
     block (other windows, or indices passed to the public function) is scattered instead, so any
-    indices give the right sums. See :func:`._pool_vectors.unpool_pairs`."""
+    indices give the right sums. See :func:`._pool_vectors.unpool_pairs`; without AVX-512
+    (:data:`_UNPOOL_BY_VECTORS`), the plane is cleared and every value added at its index instead."""
+    if not _UNPOOL_BY_VECTORS:
+        span = slice(at, at + rows * cols)
+        _scatter(grad[to : to + size], g[span], idx[span], w, step, gate[span] if gated else g[span], gated)
+        return
     n = lanes(g.itemsize)
     inside = True
     for r in range(rows):
