@@ -14,10 +14,10 @@ from ._tiles import lanes
 
 _UNPOOL_BY_VECTORS = VECTOR_BYTES == 64  # the 2x2 gradient a vector of windows at a time (AVX-512), else by a
 # scatter: on a Zen 3 (AVX2, whose masked vector stores AMD's tables list as microcoded; the cause was not
-# isolated) the scatter took
-# 0.22-0.26x the vector code's time on planes of 24x24 and 26x26 (0.51-0.72x into the wide layout's
-# rows, whose positions cost a division; 2 threads, one process, interleaved, 2026-12-02). (AVX-512's
-# masked stores are single instructions; the vector code stays there, where it was measured.)
+# isolated) the scatter took 0.22-0.26x the vector code's time on planes of 24x24 and 26x26 (0.51-0.72x
+# into the wide layout's rows, whose positions cost a division; 2 threads, one process, interleaved,
+# 2026-12-02). AVX-512's masked stores are single instructions; the vector code, written for it, stays
+# there (the scatter was not measured on AVX-512).
 
 WINDOWS_2X2 = ((2, 2), (2, 2), (0, 0), (1, 1))  # (kernel, stride, padding, dilation) of the pool the vector kernels serve
 
