@@ -45,9 +45,10 @@ from .kernels.scratch import shared_inputs
 
 BACKENDS = ("numba", "numpy")
 POLICIES = ("auto",) + BACKENDS
-_MEASURE_ROUNDS = (3, 15)  # rounds of timing, at least and at most
+_MEASURE_ROUNDS = (3, 15)  # rounds of timing, usually at least and at most
+_LEAST_ROUNDS = 2  # rounds, even of slow calls: each backend timed once first and once second in a round
 _MEASURE_BUDGET_S = 0.05  # keep adding rounds (up to the most) while all of them took less than this
-_SLOW_ROUND_S = 0.1  # a round slower than this is the only one (but for a close call): the difference is plain
+_SLOW_ROUND_S = 0.1  # after a round slower than this, _LEAST_ROUNDS suffice (but for a close call): the difference is plain
 _CLOSE_CALL = 1.5  # best times within this factor of each other: a close call, worth more rounds ...
 _CLOSE_CALL_BUDGET_S = 0.4  # ... while the next one still ends within this (measured: with two rounds, a 1x1
 # conv at batch 256 that runs in 12 ms took 32 ms in one and lost to NumPy's 28 ms, which runs in 19)
@@ -137,7 +138,7 @@ def run(op: str, signature: tuple, args: tuple, backend: str | None = None, auto
     key = f"{op}{signature}@{threads}"  # about 2 us to format: once per signature, not per call
     choice = _choices.get(key)
     if choice is None:
-        return _decide(op, key, args, impls)[1]
+        return impls[_decide(op, key, args, impls)](*args)
     _known[(op, signature, threads)] = impls[choice]
     return impls[choice](*args)
 
@@ -172,20 +173,23 @@ def fastest(op: str, signature: tuple, args: tuple, candidates: dict[str, Callab
     key = f"{op}{signature}@{jit.num_threads()}"
     choice = _choices.get(key)
     if choice is None:
-        choice = _decide(op, key, args, candidates)[0]
+        choice = _decide(op, key, args, candidates)
     return candidates[choice]
 
 
-def _decide(op: str, key: str, args: tuple, impls: dict[str, Callable[..., Any]]) -> tuple[str, Any]:
-    """The backend ``auto`` chooses for ``key`` (measured now, unless known), and its result on ``args``."""
+def _decide(op: str, key: str, args: tuple, impls: dict[str, Callable[..., Any]]) -> str:
+    """The backend ``auto`` chooses for ``key``: measured now (:func:`_time_interleaved`), unless known.
+    The warm-up calls' outputs are let go before the timing, so that the timed calls can reuse their
+    memory instead of faulting in fresh pages."""
     with _lock:
         _load_persisted()
         choice = _choices.get(key)
         if choice is not None:
-            return choice, impls[choice](*args)
+            return choice
         candidates = [b for b in available_backends() if b in impls]
         start = time.perf_counter()
-        results = {name: impls[name](*args) for name in candidates}  # compile (Numba) and warm up
+        for name in candidates:  # compile (Numba) and warm up
+            impls[name](*args)
         timings = _time_interleaved(impls, candidates, args) if len(candidates) > 1 else {candidates[0]: float("nan")}
         choice = min(candidates, key=lambda b: timings[b]) if len(candidates) > 1 else candidates[0]
         _choices[key] = choice
@@ -200,15 +204,19 @@ def _decide(op: str, key: str, args: tuple, impls: dict[str, Callable[..., Any]]
             _save_persisted()
         else:
             _unsaved.add(key)
-        return choice, results[choice]
+        return choice
 
 
 def _time_interleaved(impls: dict[str, Callable[..., Any]], candidates: list[str], args: tuple) -> dict[str, float]:
     """Best seconds per call of each backend, timed in alternating rounds so that noise from the rest
     of the machine falls on all of them alike: rounds until they have taken :data:`_MEASURE_BUDGET_S`
     (at least :data:`_MEASURE_ROUNDS` ``[0]`` of them, unless they pass :data:`_SLOW_ROUND_S`), or for a
-    close call up to :data:`_CLOSE_CALL_BUDGET_S` (:func:`_measured_enough`); at most
-    :data:`_MEASURE_ROUNDS` ``[1]`` rounds. Each call runs in a :class:`~.kernels.scratch.shared_inputs`
+    close call up to :data:`_CLOSE_CALL_BUDGET_S` (:func:`_measured_enough`); at least
+    :data:`_LEAST_ROUNDS` and at most :data:`_MEASURE_ROUNDS` ``[1]`` rounds. The first call timed
+    can pay for what came before it (fresh pages for a large output, another pool's threads still
+    spinning): in a zoo network's prediction at batch 256 (2026-12-02, an AMD Zen 4), single calls took
+    54-205 ms where the same kernel then took 1.5-6.5, and when such a call ended the measuring after
+    one round, ``auto`` kept the other backend for good. Each call runs in a :class:`~.kernels.scratch.shared_inputs`
     block of its own, so it pays for what it prepares from its inputs (a conv gradient's layout of the
     output gradient, made once for both gradients in a training step): a kernel timed on what an
     earlier call prepared looked up to 4x cheaper than it is. (Where both gradients run on one
@@ -216,7 +224,7 @@ def _time_interleaved(impls: dict[str, Callable[..., Any]], candidates: list[str
     runs: dict[str, list[float]] = {name: [] for name in candidates}
     spent = 0.0
     for round_ in range(_MEASURE_ROUNDS[1]):
-        if round_ and _measured_enough(runs, round_, spent):
+        if round_ >= _LEAST_ROUNDS and _measured_enough(runs, round_, spent):
             break
         for name in candidates if round_ % 2 == 0 else reversed(candidates):
             _pause()
