@@ -138,9 +138,11 @@ def test_input_gradients_it_takes_run_there_through_the_numba_backend(monkeypatc
     """64 -> 32 channels on 16x16 at batch 4 (the padded planes 1.27 times the output): the input gradient
     of conv2d_backward and conv2d_relu_backward (gated) runs here and equals the reference's; with 8
     input channels (half a block), or padding wider than the kernel reaches, it does not; with a
-    stride it does (by phases), but not with a stride and a dilation."""
-    from fastcnn.kernels import conv_channels
+    stride it does (by phases), but not with a stride and a dilation. (Winograd's kernels, which take
+    such 3x3 convs first where they have 32 channels or more, are out of the way here.)"""
+    from fastcnn.kernels import conv_channels, winograd
     monkeypatch.setattr(fastcnn.kernels.jit, "num_threads", lambda: 2)
+    monkeypatch.setattr(winograd, "takes", lambda *args: False)
     rng = np.random.default_rng(8)
     x, w, b, geo = _case(rng, 4, 64, 32, (16, 16), (3, 3), (1, 1), 1, (1, 1), np.float32)
     assert conv_channels.takes(x.shape, w.shape, geo, "input_gradient")
@@ -248,9 +250,11 @@ def test_strided_convs_it_takes_run_there_through_the_numba_backend(monkeypatch)
 def test_stride_1_forward_passes_on_small_planes_run_there(monkeypatch, policy):
     """64 -> 64 channels on 8x8 (the padded planes 1.56 times the output) at batch 4: the op's forward
     pass and the inference plan's conv step run here, and give the reference's answers; at batch 1,
-    and on 16x16 planes (1.27 times), they do not."""
-    from fastcnn.kernels import conv_channels
+    and on 16x16 planes (1.27 times), they do not. (Winograd's kernels, which take such convs first, are
+    out of the way here.)"""
+    from fastcnn.kernels import conv_channels, winograd
     monkeypatch.setattr(fastcnn.kernels.jit, "num_threads", lambda: 2)
+    monkeypatch.setattr(winograd, "takes", lambda *args: False)
     rng = np.random.default_rng(7)
     x, w, b, geo = _case(rng, 4, 64, 64, (8, 8), (3, 3), (1, 1), 1, (1, 1), np.float32)
     assert conv_channels.takes(x.shape, w.shape, geo)

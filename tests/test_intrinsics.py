@@ -60,6 +60,16 @@ def _channel_tile(out, at, w, w_at, src, pos, first, taps, width, add):
 
 
 @numba.njit
+def _winograd_input(v, v_at, v_step, p, p_at, p_row, p_col):
+    tiles.winograd_input(v, v_at, v_step, p, p_at, p_row, p_col)
+
+
+@numba.njit
+def _winograd_output(o, o_at, o_row, o_col, m, m_at, m_step):
+    tiles.winograd_output(o, o_at, o_row, o_col, m, m_at, m_step)
+
+
+@numba.njit
 def _max_pairs(x, at, step, w, relu, y, out, idx, base, count):
     pv.max_pairs(x, at, step, w, None, relu, y, out, idx, base, count)
 
@@ -340,3 +350,51 @@ def test_bounds_switch_refuses_out_of_bounds_calls(tmp_path):
     assert result.returncode == 0, result.stdout + result.stderr
     assert result.stdout.count("refused:") == 5, result.stdout
     assert "channel_tile: the width is not a block's" in result.stdout, result.stdout
+
+
+WINOGRAD_BT = np.array([[1, 0, -1, 0], [0, 1, 1, 0], [0, -1, 1, 0], [0, 1, 0, -1]], dtype=np.float64)
+WINOGRAD_AT = np.array([[1, 1, 1, 0], [0, 1, -1, -1]], dtype=np.float64)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_winograd_input_is_bt_d_b_of_a_tile_a_vector_of_lanes_at_a_time(dtype):
+    """``v[v_at + (4u + a)*v_step + lane] = (B^T d B)[u, a]`` for the 4x4 tile of each lane, read at
+    ``p_at + i*p_row + j*p_col + lane``; nothing else in ``v`` written."""
+    rng = np.random.default_rng(11)
+    n = _lanes(dtype)
+    for p_row, p_col, v_step, p_at, v_at in ((5 * n, n, 2 * n, 3, 1), (n, 7 * n, n, 0, 0), (9 * n + 2, 2 * n, 3 * n + 1, 5, 2)):
+        p = rng.standard_normal(p_at + 3 * p_row + 3 * p_col + n + 3).astype(dtype)
+        v = np.full(v_at + 15 * v_step + n + 4, np.nan, dtype)
+        _winograd_input(v, v_at, v_step, p, p_at, p_row, p_col)
+        lane = np.arange(n)
+        d = np.stack([np.stack([p[p_at + i * p_row + j * p_col + lane] for j in range(4)]) for i in range(4)])  # (4, 4, n)
+        want = np.einsum("ui,ijl,aj->ual", WINOGRAD_BT, d.astype(np.float64), WINOGRAD_BT)
+        written = np.zeros(v.size, bool)
+        for u in range(4):
+            for a in range(4):
+                at = v_at + (4 * u + a) * v_step + lane
+                np.testing.assert_allclose(v[at], want[u, a], rtol=1e-6 if dtype == np.float32 else 1e-14, atol=1e-6)
+                written[at] = True
+        assert np.isnan(v[~written]).all()
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_winograd_output_is_at_m_a_of_a_tile_a_vector_of_lanes_at_a_time(dtype):
+    """``o[o_at + r*o_row + q*o_col + lane] = (A^T M A)[r, q]`` for ``M[u, a]`` of each lane read at
+    ``m_at + (4u + a)*m_step + lane``; nothing else in ``o`` written."""
+    rng = np.random.default_rng(12)
+    n = _lanes(dtype)
+    for o_row, o_col, m_step, o_at, m_at in ((4 * n, n, n, 2, 0), (n, 3 * n, 5 * n + 3, 0, 7)):
+        m = rng.standard_normal(m_at + 15 * m_step + n + 2).astype(dtype)
+        o = np.full(o_at + o_row + o_col + n + 5, np.nan, dtype)
+        _winograd_output(o, o_at, o_row, o_col, m, m_at, m_step)
+        lane = np.arange(n)
+        mm = np.stack([np.stack([m[m_at + (4 * u + a) * m_step + lane] for a in range(4)]) for u in range(4)])
+        want = np.einsum("ru,ual,qa->rql", WINOGRAD_AT, mm.astype(np.float64), WINOGRAD_AT)
+        written = np.zeros(o.size, bool)
+        for r in range(2):
+            for q in range(2):
+                at = o_at + r * o_row + q * o_col + lane
+                np.testing.assert_allclose(o[at], want[r, q], rtol=1e-6 if dtype == np.float32 else 1e-14, atol=1e-6)
+                written[at] = True
+        assert np.isnan(o[~written]).all()

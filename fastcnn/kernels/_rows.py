@@ -1,6 +1,6 @@
 """Row copies that the conv kernels finish their outputs and gradients with: plus a bias, through a
-ReLU, or gated by a ReLU's output (vector loops, inlined into the kernels that call them); and the sum
-of the weight gradients' per-task parts."""
+ReLU, or gated by a ReLU's output (vector loops, inlined into the kernels that call them); the sum of
+a row, for bias gradients; and the sum of the weight gradients' per-task parts."""
 from __future__ import annotations
 
 from .jit import kernel_helper
@@ -27,6 +27,17 @@ def copy_relu(dst, src, plus):
     for p in range(dst.shape[0]):
         v = src[p] + plus
         dst[p] = 0 if v <= 0 else v
+
+
+@kernel_helper
+def row_sum(row):
+    """``row.sum()`` in float64, by a plain loop. Inside a ``prange`` body, ``row.sum()`` becomes a
+    parallel reduction of its own (run serially there), whose order differs from the serial twin's
+    plain sum (:func:`.jit.sized`): the bits then depended on the thread count."""
+    total = 0.0
+    for p in range(row.shape[0]):
+        total += row[p]
+    return total
 
 
 @kernel_helper

@@ -10,6 +10,8 @@ Numba intrinsics emit the loop directly: vector loads, broadcasts and ``llvm.fma
 pass (``dense_tile``), which also prefetches the input rows it will read next, so that streaming
 them from memory overlaps the arithmetic; and a 1x1 conv's weight gradient (``dot_segments``), whose
 sums run over a segment of each of several samples' planes, any length, without leaving the registers.
+The transforms of Winograd's F(2x2, 3x3) (``winograd_input``, ``winograd_output``, see :mod:`.winograd`)
+take one vector of channels of a tile at a time, all sixteen values of it in registers.
 
 A vector is :data:`jit.VECTOR_BYTES` bytes (:func:`lanes`): one register of the target, 64 bytes on
 AVX-512 and 32 on AVX2. The tiles' shapes (below) are chosen for the target's register file: 32 vector
@@ -368,6 +370,67 @@ def _channel_tile_typing(positions, vectors, out, w, src, pos, taps):
     return sig, codegen
 
 
+@intrinsic
+def _winograd_input(typingctx, v, v_at, v_step, p, p_at, p_row, p_col):
+    """``v[v_at + (4*u + a)*v_step :][:lanes] = (B^T d B)[u, a]`` for the 4x4 tile ``d[i, j] =
+    p[p_at + i*p_row + j*p_col :][:lanes]``, Winograd's F(2x2, 3x3) input transform of one vector of
+    channels: ``B^T`` has the rows (1, 0, -1, 0), (0, 1, 1, 0), (0, -1, 1, 0), (0, 1, 0, -1)."""
+    if not (_float_arrays(v, p) and v.ndim == p.ndim == 1):
+        return None
+    sig = types.void(v, types.intp, types.intp, p, types.intp, types.intp, types.intp)
+
+    def codegen(context, builder, signature, args):
+        v_a, p_a = (context.make_array(signature.args[i])(context, builder, args[i]) for i in (0, 3))
+        _, v_at, v_step, _, p_at, p_row, p_col = args
+        vectors = _Vectors(context, builder, signature.args[0].dtype)
+        mul, add = builder.mul, builder.add
+        d = [[vectors.load_all(p_a.data, add(p_at, add(mul(_int(i), p_row), mul(_int(j), p_col))))
+              for j in range(4)] for i in range(4)]
+        columns = [_winograd_bt(builder, *(d[i][j] for i in range(4))) for j in range(4)]  # B^T d, by column
+        for u in range(4):
+            row = _winograd_bt(builder, *(columns[j][u] for j in range(4)))  # (B^T d) B, row u
+            for a in range(4):
+                vectors.store_all(row[a], v_a.data, add(v_at, mul(_int(4 * u + a), v_step)))
+        return context.get_dummy_value()
+
+    return sig, codegen
+
+
+def _winograd_bt(builder, d0, d1, d2, d3):
+    """``B^T`` times the column (d0, d1, d2, d3)."""
+    return [builder.fsub(d0, d2), builder.fadd(d1, d2), builder.fsub(d2, d1), builder.fsub(d1, d3)]
+
+
+def _winograd_at(builder, m0, m1, m2, m3):
+    """``A^T`` (rows (1, 1, 1, 0) and (0, 1, -1, -1)) times the column (m0, m1, m2, m3)."""
+    return [builder.fadd(builder.fadd(m0, m1), m2), builder.fsub(builder.fsub(m1, m2), m3)]
+
+
+@intrinsic
+def _winograd_output(typingctx, o, o_at, o_row, o_col, m, m_at, m_step):
+    """``o[o_at + r*o_row + q*o_col :][:lanes] = (A^T M A)[r, q]`` for ``r, q < 2``, where ``M[u, a] =
+    m[m_at + (4*u + a)*m_step :][:lanes]``: Winograd's F(2x2, 3x3) output transform of one vector of
+    channels (``A^T`` as :func:`_winograd_at`)."""
+    if not (_float_arrays(o, m) and o.ndim == m.ndim == 1):
+        return None
+    sig = types.void(o, types.intp, types.intp, types.intp, m, types.intp, types.intp)
+
+    def codegen(context, builder, signature, args):
+        o_a, m_a = (context.make_array(signature.args[i])(context, builder, args[i]) for i in (0, 4))
+        _, o_at, o_row, o_col, _, m_at, m_step = args
+        vectors = _Vectors(context, builder, signature.args[0].dtype)
+        mul, add = builder.mul, builder.add
+        mv = [vectors.load_all(m_a.data, add(m_at, mul(_int(e), m_step))) for e in range(16)]
+        columns = [_winograd_at(builder, *(mv[4 * u + a] for u in range(4))) for a in range(4)]  # A^T M, by column
+        for r in range(2):
+            row = _winograd_at(builder, *(columns[a][r] for a in range(4)))  # (A^T M) A, row r
+            for q in range(2):
+                vectors.store_all(row[q], o_a.data, add(o_at, add(mul(_int(r), o_row), mul(_int(q), o_col))))
+        return context.get_dummy_value()
+
+    return sig, codegen
+
+
 _store_tile_rows = _store_tile(ROWS)
 _store_tile_one = _store_tile(1)
 _dot_tile_rows = _dot_tile(DOT_ROWS, DOT_COLS, False)
@@ -514,3 +577,37 @@ def channel_tile(out, at, w, w_at, src, pos, first, taps, width, add):
         _channel_tile_narrow(out, at, w, w_at, src, pos, first, taps, add)
     else:
         _channel_tile_wide(out, at, w, w_at, src, pos, first, taps, add)
+
+
+@register_jitable
+def check_winograd_input(v, v_at, v_step, p, p_at, p_row, p_col):
+    """Assert the preconditions of a ``winograd_input``: every read and write in bounds."""
+    n = lanes(v.itemsize)
+    assert v_step >= 0 and p_row >= 0 and p_col >= 0, "winograd_input: a negative step"
+    assert 0 <= v_at and v_at + 15 * v_step + n <= v.size, "winograd_input: a write is out of bounds"
+    assert 0 <= p_at and p_at + 3 * p_row + 3 * p_col + n <= p.size, "winograd_input: a read is out of bounds"
+
+
+@register_jitable
+def check_winograd_output(o, o_at, o_row, o_col, m, m_at, m_step):
+    """Assert the preconditions of a ``winograd_output``: every read and write in bounds."""
+    n = lanes(o.itemsize)
+    assert o_row >= 0 and o_col >= 0 and m_step >= 0, "winograd_output: a negative step"
+    assert 0 <= o_at and o_at + o_row + o_col + n <= o.size, "winograd_output: a write is out of bounds"
+    assert 0 <= m_at and m_at + 15 * m_step + n <= m.size, "winograd_output: a read is out of bounds"
+
+
+@register_jitable(inline="always")
+def winograd_input(v, v_at, v_step, p, p_at, p_row, p_col):
+    """The :func:`_winograd_input` intrinsic (bounds asserted under ``jit.CHECK_BOUNDS``)."""
+    if CHECK_BOUNDS:
+        check_winograd_input(v, v_at, v_step, p, p_at, p_row, p_col)
+    _winograd_input(v, v_at, v_step, p, p_at, p_row, p_col)
+
+
+@register_jitable(inline="always")
+def winograd_output(o, o_at, o_row, o_col, m, m_at, m_step):
+    """The :func:`_winograd_output` intrinsic (bounds asserted under ``jit.CHECK_BOUNDS``)."""
+    if CHECK_BOUNDS:
+        check_winograd_output(o, o_at, o_row, o_col, m, m_at, m_step)
+    _winograd_output(o, o_at, o_row, o_col, m, m_at, m_step)

@@ -123,7 +123,7 @@ def takes(x_shape: tuple, w_shape: tuple, geo, part: str = "forward") -> bool:
         measured = full and one_task and kh <= 3 and kw <= 3  # (larger kernels were not measured)
         if part == "input_gradient":  # in blocks of one vector only with the weight gradient (see above)
             shares = narrow and not takes(x_shape, w_shape, geo, "weight_gradient")
-            return measured and wasteful and not shares and _transposed_padding(geo) is not None
+            return measured and wasteful and not shares and transposed_padding(geo) is not None
         return measured and not narrow and hp * wp >= _WIDE_WASTE * oh * ow
     if part == "input_gradient":
         return geo.dilation == (1, 1)
@@ -157,16 +157,25 @@ def conv2d_channels_grad_input(gy: np.ndarray, gate: np.ndarray | None, w: np.nd
     of weight ``w`` (C_out, C, kH, kW), from its output gradient ``gy`` (N, C_out, OH, OW), through
     the ReLU whose output is ``gate`` if it is not None. Of a stride-1 conv, the forward pass here of
     ``gy`` (gated in a pass of its own) with the weight flipped and its channels swapped, padded as
-    :func:`_transposed_padding` says; of a strided one, see :func:`_grad_input_by_phases`."""
+    :func:`transposed_padding` says; of a strided one, see :func:`_grad_input_by_phases`."""
     if geo.stride != (1, 1):
         return _grad_input_by_phases(gy, gate, w, geo)
+    return transposed_forward(conv2d_channels_forward, gy, gate, w, geo)
+
+
+def transposed_forward(forward, gy: np.ndarray, gate: np.ndarray | None, w: np.ndarray, geo) -> np.ndarray:
+    """The input gradient (N, C, H, W) of the stride-1 conv ``geo`` of weight ``w`` (C_out, C, kH, kW)
+    from its output gradient ``gy``, through the ReLU whose output is ``gate`` if it is not None (in a
+    pass of its own), as ``forward(gy, flipped, zeros, transposed, False, grad_x)``: a forward pass of
+    ``gy`` with the weight flipped and its channels swapped, padded as :func:`transposed_padding` says
+    (``forward`` as :func:`conv2d_channels_forward`)."""
     gy = _compose.gated(elementwise_numba, gy, gate)
-    (top, bottom), (left, right) = padding = _transposed_padding(geo)
+    (top, bottom), (left, right) = padding = transposed_padding(geo)
     oh, ow = gy.shape[2:]
     flipped = np.ascontiguousarray(w[:, :, ::-1, ::-1].transpose(1, 0, 2, 3))
     transposed = geo._replace(padding=padding, out_hw=geo.input_hw, padded_hw=(oh + top + bottom, ow + left + right))
     grad_x = np.empty((gy.shape[0], w.shape[1]) + geo.input_hw, gy.dtype)
-    return conv2d_channels_forward(gy, flipped, np.zeros(w.shape[1], gy.dtype), transposed, False, grad_x)
+    return forward(gy, flipped, np.zeros(w.shape[1], gy.dtype), transposed, False, grad_x)
 
 
 def _grad_input_by_phases(gy: np.ndarray, gate: np.ndarray | None, w: np.ndarray, geo) -> np.ndarray:
@@ -288,7 +297,7 @@ def _grad_input_phases(gy, gate, gated, w, packed, pt, pl, hp, wp, positions, wr
                         out[k * width + c, writes[p0 + p]] = acc[p * width + c] if reached else 0
 
 
-def _transposed_padding(geo) -> tuple | None:
+def transposed_padding(geo) -> tuple | None:
     """The padding of the output gradient that makes a stride-1 conv's input gradient a stride-1 conv
     of it: at the top (left) what the kernel reaches (``dilation * (k - 1)``) less the conv's padding
     there; at the bottom (right) what makes the padded gradient reach past the input's last row

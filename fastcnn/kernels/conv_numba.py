@@ -55,12 +55,12 @@ from typing import NamedTuple
 
 import numpy as np
 
-from . import _polyphase, conv_channels, elementwise_numba, jit, pointwise_numba, pool_numba
+from . import _polyphase, conv_channels, elementwise_numba, jit, pointwise_numba, pool_numba, winograd
 from ._compose import gated, pooled, unpooled
 from .jit import kernel_helper, parallel_kernel, prange, sized
 from ._pool_vectors import clear
 from ._planes import narrow
-from ._rows import copy_gated, copy_plus, copy_relu, sum_shares
+from ._rows import copy_gated, copy_plus, copy_relu, row_sum, sum_shares
 from ._taps import tap_offsets
 from .scratch import NO_PADDING, cropped, derived, scratch
 from ._tiles import (DOT_COLS, DOT_ROWS, ROWS, TILE_SPEED, dot_row, dot_tile, lanes, store_row, store_tile, tile_rows,
@@ -492,6 +492,8 @@ def _conv2d_forward(x, w, b, geo, relu, out):
     if _unpadded_1x1(geo):
         _pointwise(_pointwise_input(x, geo), w.reshape(w.shape[:2]), b, relu, y)
         return y
+    if winograd.takes(x.shape, w.shape, geo):
+        return winograd.forward(x, w, b, geo, relu, y)
     if conv_channels.takes(x.shape, w.shape, geo):
         return conv_channels.conv2d_channels_forward(x, w, b, geo, relu, y)
     if geo.stride == (1, 1):
@@ -567,7 +569,7 @@ def conv2d_max_pool2d_forward(x, w, b, geo, pool, relu):
     output is never written: where a :class:`PreparedConv` takes the shapes, each task's samples in
     one launch, while their wide output is in cache (see :func:`_kept_prepared`); else the whole
     batch's wide output, then its pool."""
-    if geo.stride != (1, 1) or not pool_numba.vector_pool(pool, *geo.out_hw):
+    if geo.stride != (1, 1) or not pool_numba.vector_pool(pool, *geo.out_hw) or winograd.takes(x.shape, w.shape, geo):
         return pooled(pool_numba, elementwise_numba, conv2d_forward(x, w, b, geo), pool, relu)
     prepared = _kept_prepared(x.shape, w.shape, x.dtype, geo, pool, relu, jit.num_threads(), jit.SERIAL_WORK)
     if prepared is not None:  # each task's wide output pooled while it is in cache
@@ -688,9 +690,9 @@ class PreparedConv:
         only if its work is too small for more than one thread anyway (else the op's kernel, which
         splits every sample's positions, runs it); a 1x1 conv without padding or pool never does (its
         own kernel, :mod:`.pointwise_numba`, reads the input as it lies, or subsampled: see
-        :func:`_unpadded_1x1`)."""
+        :func:`_unpadded_1x1`), nor one that :mod:`.winograd` takes."""
         planes = _prepared_planes(x_shape, w_shape, geo, pool)
-        if planes is None or (pool is None and _unpadded_1x1(geo)):
+        if planes is None or (pool is None and _unpadded_1x1(geo)) or winograd.takes(x_shape, w_shape, geo):
             return False
         per_task = _samples_per_task(planes[0] * planes[1])
         tasks = -(-x_shape[0] // per_task) * _sample_groups(x_shape[0], per_task, w_shape[0])
@@ -793,7 +795,7 @@ def _grad_weight_wide(gr, head, length, xr, offsets, kh, kw):
             b0, b1 = blk * _GRAD_BLOCK, min(length, (blk + 1) * _GRAD_BLOCK)
             if chunk == 0:
                 for a in range(tiles * group):
-                    mine_b[a] += gr[min(o0 + a, c_out - 1), head + b0 : head + b1].sum()
+                    mine_b[a] += row_sum(gr[min(o0 + a, c_out - 1), head + b0 : head + b1])
             for k0 in range(0, reads.size, DOT_COLS):
                 for c in range(DOT_COLS):
                     x_starts[c] = reads[k0 + c] + b0
@@ -972,6 +974,8 @@ def _conv2d_grad_input(gy, gate, w, geo):
     shape = (gy.shape[0], w.shape[1]) + geo.input_hw
     if _unpadded_1x1(geo):
         return _pointwise_grad_input(gated(elementwise_numba, gy, gate), w, geo)
+    if winograd.takes(shape, w.shape, geo, "input_gradient"):
+        return winograd.grad_input(gy, gate, w, geo)
     if conv_channels.takes(shape, w.shape, geo, "input_gradient"):
         return conv_channels.conv2d_channels_grad_input(gy, gate, w, geo)
     work = gy.size * w.shape[1] * w.shape[2] * w.shape[3]
@@ -999,11 +1003,11 @@ def conv2d_max_pool2d_grad_input(gp, argmax, gate, w, geo):
     """:func:`conv2d_grad_input` of the conv output (N, C_out, oh, ow) that a max-pool took to ``gp``
     with ``argmax``; ``gate`` as in :func:`conv2d_max_pool2d_grad_weight`."""
     (sh, sw), (dh, dw), (oh, ow) = geo.stride, geo.dilation, geo.out_hw
-    if not _fuses_unpool(gp, sh, sw, oh, ow):
+    shape = (gp.shape[0], w.shape[1]) + geo.input_hw
+    if not _fuses_unpool(gp, sh, sw, oh, ow) or winograd.takes(shape, w.shape, geo, "input_gradient"):
         gy = unpooled(pool_numba, elementwise_numba, gp, argmax, gate, oh, ow)
         return conv2d_grad_input(gy, w, geo)
     planes = _conv_planes(geo)
     runs, head = _unpooled_runs(gp, argmax, gate, oh, ow, w.shape[2], w.shape[3], dh, dw, planes)
     work = gp.shape[0] * gp.shape[1] * oh * ow * w.shape[1] * w.shape[2] * w.shape[3]
-    shape = (gp.shape[0], w.shape[1]) + geo.input_hw
     return _grad_input_of_runs(runs, head, w, np.empty(shape, dtype=gp.dtype), dh, dw, planes, work)

@@ -29,7 +29,7 @@ import numpy as np
 
 from ._planes import (backward_offsets, check_offsets, dot_taps, forward_offsets, gather_taps, narrow, phase_size,
                       place, split_phases, stack_size)
-from ._rows import copy_relu
+from ._rows import copy_relu, row_sum
 from .jit import CHECK_BOUNDS, kernel_helper, parallel_kernel, planes_per_task, prange, sized
 
 
@@ -325,10 +325,7 @@ def _grad_weight(gy, x, kh, kw, sh, sw, dh, dw, hp, wp, top, left):
                 place(g[k * block :], gy[first + k, o], w2, 0, 0)
             sums = partial[part, o]
             dot_taps(sums, g, src, offsets)
-            bias = 0.0
-            for p in range(g.size):  # a loop: g.sum() is a parallel reduction where this prange is serial
-                bias += g[p]
-            sums[kh * kw] += bias
+            sums[kh * kw] += row_sum(g)
     return _weight_and_bias(partial.sum(axis=0), c_out, kh, kw, gy.dtype)
 
 

@@ -26,7 +26,7 @@ import numpy as np
 from . import jit
 from .jit import kernel_helper, parallel_kernel, prange, sized
 from ._planes import narrow
-from ._rows import copy_plus, copy_relu, sum_shares
+from ._rows import copy_plus, copy_relu, row_sum, sum_shares
 from ._tiles import (DOT_COLS, DOT_ROWS, ROWS, TILE_SPEED, dot_segments, dot_segments_row, lanes, store_row,
                      store_tile, tile_width, whole)
 
@@ -212,7 +212,7 @@ def _grad_weight(g, x, count, length, shares, bands):
             samples, span = min(count, n - s0), min(length, positions - p0)
             for r in range(r0, r1):
                 for s in range(s0, s0 + samples):
-                    bias[share, r] += g[s, r, p0 : p0 + span].sum()
+                    bias[share, r] += row_sum(g[s, r, p0 : p0 + span])
             for unit in range(u0, u1):
                 for a in range(group):
                     g_starts[a] = (s0 * rows + min(unit * group + a, rows - 1)) * positions + p0
