@@ -70,6 +70,11 @@ def _winograd_output(o, o_at, o_row, o_col, m, m_at, m_step):
 
 
 @numba.njit
+def _winograd_gradient(z, z_at, z_step, g, g_at, g_row, g_col):
+    tiles.winograd_gradient(z, z_at, z_step, g, g_at, g_row, g_col)
+
+
+@numba.njit
 def _max_pairs(x, at, step, w, relu, y, out, idx, base, count):
     pv.max_pairs(x, at, step, w, None, relu, y, out, idx, base, count)
 
@@ -398,3 +403,25 @@ def test_winograd_output_is_at_m_a_of_a_tile_a_vector_of_lanes_at_a_time(dtype):
                 np.testing.assert_allclose(o[at], want[r, q], rtol=1e-6 if dtype == np.float32 else 1e-14, atol=1e-6)
                 written[at] = True
         assert np.isnan(o[~written]).all()
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_winograd_gradient_is_a_g_at_of_a_tile_a_vector_of_lanes_at_a_time(dtype):
+    """``z[z_at + (4u + a)*z_step + lane] = (A g A^T)[u, a]`` for the 2x2 tile ``g`` of each lane read at
+    ``g_at + r*g_row + q*g_col + lane``; nothing else in ``z`` written."""
+    rng = np.random.default_rng(13)
+    n = _lanes(dtype)
+    for g_row, g_col, z_step, g_at, z_at in ((4 * n, n, n, 2, 0), (n, 3 * n, 2 * n + 3, 0, 5)):
+        g = rng.standard_normal(g_at + g_row + g_col + n + 2).astype(dtype)
+        z = np.full(z_at + 15 * z_step + n + 3, np.nan, dtype)
+        _winograd_gradient(z, z_at, z_step, g, g_at, g_row, g_col)
+        lane = np.arange(n)
+        gg = np.stack([np.stack([g[g_at + r * g_row + q * g_col + lane] for q in range(2)]) for r in range(2)])
+        want = np.einsum("ru,rql,qa->ual", WINOGRAD_AT, gg.astype(np.float64), WINOGRAD_AT)
+        written = np.zeros(z.size, bool)
+        for u in range(4):
+            for a in range(4):
+                at = z_at + (4 * u + a) * z_step + lane
+                np.testing.assert_allclose(z[at], want[u, a], rtol=1e-6 if dtype == np.float32 else 1e-14, atol=1e-6)
+                written[at] = True
+        assert np.isnan(z[~written]).all()

@@ -1,6 +1,6 @@
 """3x3 stride-1 convs by Winograd's F(2x2, 3x3) (fastcnn/kernels/winograd.py): the forward pass and the
-input gradient against float64 references written from the definitions (sums of shifted products, and
-their adjoint), for any padding, plane size and channel count, through a ReLU, in float32 and float64;
+input and weight gradients against float64 references written from the definitions (sums of shifted
+products, and their adjoints), for any padding, plane size and channel count, through a ReLU, in float32 and float64;
 the same bits on any thread count; and which convs the Numba backend sends there."""
 import numpy as np
 import pytest
@@ -104,14 +104,14 @@ def winograd_calls(monkeypatch):
     """Record the Winograd kernels the Numba backend runs."""
     from fastcnn.kernels import winograd
     calls = []
-    for name in ("forward", "grad_input"):
+    for name in ("forward", "grad_input", "grad_weight"):
         real = getattr(winograd, name)
         monkeypatch.setattr(winograd, name, lambda *args, _real=real, _name=name: calls.append(_name) or _real(*args))
     return calls
 
 
 def test_the_numba_backend_runs_3x3_stride_1_convs_of_32_channels_and_more_here(winograd_calls):
-    """Forward pass and input gradient, plain, with a ReLU and with a max-pool after the conv, against
+    """Forward pass and both gradients, plain, with a ReLU and with a max-pool after the conv, against
     the NumPy backend; a conv of 16 channels, a strided or a dilated one, and a batch smaller than
     the threads want, stay with the other kernels."""
     from fastcnn.kernels import winograd
@@ -124,13 +124,13 @@ def test_the_numba_backend_runs_3x3_stride_1_convs_of_32_channels_and_more_here(
     for backend in ("numba", "numpy"):
         y = F.conv2d(x, w, b, padding=1, backend=backend)
         yr = F.conv2d_relu(x, w, b, padding=1, backend=backend)
-        gx, gw, gb = F.conv2d_backward(np.ones_like(y), x, w, padding=1, backend=backend)
-        gxr = F.conv2d_relu_backward(np.ones_like(yr), yr, x, w, padding=1, backend=backend)[0]
+        grads = F.conv2d_backward(np.ones_like(y), x, w, padding=1, backend=backend)
+        grads_relu = F.conv2d_relu_backward(np.ones_like(yr), yr, x, w, padding=1, backend=backend)
         yp, argmax = F.conv2d_max_pool2d(x, w, b, padding=1, relu=True, backend=backend)
-        gxp = F.conv2d_max_pool2d_backward(np.ones_like(yp), argmax, x, w, padding=1, relu_output=yp,
-                                           backend=backend)[0]
-        results[backend] = (y, yr, gx, gxr, yp, gxp)
-    assert winograd_calls.count("grad_input") == 3
+        grads_pooled = F.conv2d_max_pool2d_backward(np.ones_like(yp), argmax, x, w, padding=1, relu_output=yp,
+                                                    backend=backend)
+        results[backend] = (y, yr, yp, *grads, *grads_relu, *grads_pooled)
+    assert winograd_calls.count("grad_input") == winograd_calls.count("grad_weight") == 3
     assert winograd_calls.count("forward") == 3 + 3  # an input gradient is a forward pass of the output gradient
     for got, want in zip(results["numba"], results["numpy"]):
         np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-3)
@@ -140,3 +140,49 @@ def test_the_numba_backend_runs_3x3_stride_1_convs_of_32_channels_and_more_here(
     F.conv2d(x, w, dilation=2, padding=2, backend="numba")
     F.conv2d(x[:1], w, padding=1, backend="numba")
     assert winograd_calls == []
+
+
+def _reference_grad_weight(gy, x, geo):
+    """``gw[k, c, i, j] = sum(gy[s, k, r, q] * xp[s, c, r + i, q + j])`` and ``gb[k] = gy[:, k].sum()``, in float64."""
+    xp, (oh, ow) = _padded(x, geo), geo.out_hw
+    gw = np.empty((gy.shape[1], x.shape[1], 3, 3))
+    for i in range(3):
+        for j in range(3):
+            gw[:, :, i, j] = np.einsum("skrq,scrq->kc", gy.astype(np.float64), xp[:, :, i : i + oh, j : j + ow])
+    return gw, gy.astype(np.float64).sum(axis=(0, 2, 3))
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("gated", [False, True])
+@CASES
+def test_winograd_weight_gradient_matches_the_reference(n, c_in, c_out, hw, padding, gated, dtype):
+    """Through the ReLU whose output is ``gate``: the gradient where the gate is positive."""
+    from fastcnn.kernels import winograd
+    rng = np.random.default_rng(c_in + c_out)
+    x, w, _, geo = _case(rng, n, c_in, c_out, hw, padding, dtype)
+    gy = rng.standard_normal((n, c_out) + geo.out_hw).astype(dtype)
+    gate = np.maximum(rng.standard_normal(gy.shape), 0).astype(dtype) if gated else None
+    gw, gb = winograd.grad_weight(gy, gate, x, geo)
+    assert gw.shape == w.shape and gw.dtype == gb.dtype == dtype
+    want_w, want_b = _reference_grad_weight(gy * (gate > 0) if gated else gy, x, geo)
+    scale = np.sqrt(n * geo.out_hw[0] * geo.out_hw[1])  # the sums' terms are many: their rounding grows so
+    np.testing.assert_allclose(gw, want_w, rtol=TOL[dtype]["rtol"], atol=TOL[dtype]["atol"] * scale)
+    np.testing.assert_allclose(gb, want_b, rtol=TOL[dtype]["rtol"], atol=TOL[dtype]["atol"] * scale)
+
+
+def test_winograd_weight_gradient_is_the_same_bits_on_any_thread_count():
+    """Its shares of the samples are fixed by the batch, not by the threads that run them."""
+    from fastcnn.kernels import winograd
+    rng = np.random.default_rng(6)
+    x, w, _, geo = _case(rng, 21, 40, 72, (10, 10), 1, np.float32)
+    gy = rng.standard_normal((21, 72) + geo.out_hw).astype(np.float32)
+    before = fastcnn.get_num_threads()
+    got = []
+    try:
+        for threads in (1, fastcnn.threads.max_threads()):
+            fastcnn.set_num_threads(threads)
+            got.append(winograd.grad_weight(gy, None, x, geo))
+    finally:
+        fastcnn.set_num_threads(before)
+    for one, many in zip(*got):
+        np.testing.assert_array_equal(one, many)

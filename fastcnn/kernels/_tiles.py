@@ -10,8 +10,8 @@ Numba intrinsics emit the loop directly: vector loads, broadcasts and ``llvm.fma
 pass (``dense_tile``), which also prefetches the input rows it will read next, so that streaming
 them from memory overlaps the arithmetic; and a 1x1 conv's weight gradient (``dot_segments``), whose
 sums run over a segment of each of several samples' planes, any length, without leaving the registers.
-The transforms of Winograd's F(2x2, 3x3) (``winograd_input``, ``winograd_output``, see :mod:`.winograd`)
-take one vector of channels of a tile at a time, all sixteen values of it in registers.
+The transforms of Winograd's F(2x2, 3x3) (``winograd_input``, ``winograd_output``, ``winograd_gradient``,
+see :mod:`.winograd`) take one vector of channels of a tile at a time, all sixteen values of it in registers.
 
 A vector is :data:`jit.VECTOR_BYTES` bytes (:func:`lanes`): one register of the target, 64 bytes on
 AVX-512 and 32 on AVX2. The tiles' shapes (below) are chosen for the target's register file: 32 vector
@@ -431,6 +431,37 @@ def _winograd_output(typingctx, o, o_at, o_row, o_col, m, m_at, m_step):
     return sig, codegen
 
 
+@intrinsic
+def _winograd_gradient(typingctx, z, z_at, z_step, g, g_at, g_row, g_col):
+    """``z[z_at + (4*u + a)*z_step :][:lanes] = (A g A^T)[u, a]`` for the 2x2 tile ``g[r, q] = g[g_at +
+    r*g_row + q*g_col :][:lanes]`` of an output gradient: what the weight gradient of Winograd's F(2x2,
+    3x3) multiplies the input tiles' transforms by (``A`` as :func:`_winograd_at`, transposed)."""
+    if not (_float_arrays(z, g) and z.ndim == g.ndim == 1):
+        return None
+    sig = types.void(z, types.intp, types.intp, g, types.intp, types.intp, types.intp)
+
+    def codegen(context, builder, signature, args):
+        z_a, g_a = (context.make_array(signature.args[i])(context, builder, args[i]) for i in (0, 3))
+        _, z_at, z_step, _, g_at, g_row, g_col = args
+        vectors = _Vectors(context, builder, signature.args[0].dtype)
+        mul, add = builder.mul, builder.add
+        gv = [[vectors.load_all(g_a.data, add(g_at, add(mul(_int(r), g_row), mul(_int(q), g_col)))) for q in range(2)]
+              for r in range(2)]
+        columns = [_winograd_a(builder, gv[0][q], gv[1][q]) for q in range(2)]  # A g, by column
+        for u in range(4):
+            row = _winograd_a(builder, columns[0][u], columns[1][u])  # (A g) A^T, row u
+            for a in range(4):
+                vectors.store_all(row[a], z_a.data, add(z_at, mul(_int(4 * u + a), z_step)))
+        return context.get_dummy_value()
+
+    return sig, codegen
+
+
+def _winograd_a(builder, g0, g1):
+    """``A`` (rows (1, 0), (1, 1), (1, -1), (0, -1)) times the column (g0, g1)."""
+    return [g0, builder.fadd(g0, g1), builder.fsub(g0, g1), builder.fneg(g1)]
+
+
 _store_tile_rows = _store_tile(ROWS)
 _store_tile_one = _store_tile(1)
 _dot_tile_rows = _dot_tile(DOT_ROWS, DOT_COLS, False)
@@ -611,3 +642,20 @@ def winograd_output(o, o_at, o_row, o_col, m, m_at, m_step):
     if CHECK_BOUNDS:
         check_winograd_output(o, o_at, o_row, o_col, m, m_at, m_step)
     _winograd_output(o, o_at, o_row, o_col, m, m_at, m_step)
+
+
+@register_jitable
+def check_winograd_gradient(z, z_at, z_step, g, g_at, g_row, g_col):
+    """Assert the preconditions of a ``winograd_gradient``: every read and write in bounds."""
+    n = lanes(z.itemsize)
+    assert z_step >= 0 and g_row >= 0 and g_col >= 0, "winograd_gradient: a negative step"
+    assert 0 <= z_at and z_at + 15 * z_step + n <= z.size, "winograd_gradient: a write is out of bounds"
+    assert 0 <= g_at and g_at + g_row + g_col + n <= g.size, "winograd_gradient: a read is out of bounds"
+
+
+@register_jitable(inline="always")
+def winograd_gradient(z, z_at, z_step, g, g_at, g_row, g_col):
+    """The :func:`_winograd_gradient` intrinsic (bounds asserted under ``jit.CHECK_BOUNDS``)."""
+    if CHECK_BOUNDS:
+        check_winograd_gradient(z, z_at, z_step, g, g_at, g_row, g_col)
+    _winograd_gradient(z, z_at, z_step, g, g_at, g_row, g_col)

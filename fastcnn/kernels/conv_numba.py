@@ -837,6 +837,8 @@ def _conv2d_grad_weight(gy, gate, x, geo):
     (kh, kw), (sh, sw), (dh, dw), padding = geo.kernel, geo.stride, geo.dilation, geo.padding
     if _unpadded_1x1(geo):
         return _pointwise_grad_weight(gated(elementwise_numba, gy, gate), x, geo)
+    if winograd.takes(x.shape, (gy.shape[1], x.shape[1], kh, kw), geo, "weight_gradient"):
+        return winograd.grad_weight(gy, gate, x, geo)
     if conv_channels.takes(x.shape, (gy.shape[1], x.shape[1], kh, kw), geo, "weight_gradient"):
         return conv_channels.conv2d_channels_grad_weight(gy, gate, x, geo)
     work = gy.size * x.shape[1] * kh * kw
@@ -876,8 +878,9 @@ def conv2d_max_pool2d_grad_weight(gp, argmax, gate, x, geo):
     """:func:`conv2d_grad_weight` of the conv output (N, C_out, oh, ow) that a max-pool took to ``gp``
     with ``argmax``; if ``gate`` is not None, through a ReLU after the pool, whose output it is."""
     (kh, kw), (sh, sw), (dh, dw), (oh, ow) = geo.kernel, geo.stride, geo.dilation, geo.out_hw
-    if not _fuses_unpool(gp, sh, sw, oh, ow) or _unpadded_1x1(geo) or \
-            conv_channels.takes(x.shape, (gp.shape[1], x.shape[1], kh, kw), geo, "pooled_weight_gradient"):
+    w_shape = (gp.shape[1], x.shape[1], kh, kw)
+    if not _fuses_unpool(gp, sh, sw, oh, ow) or _unpadded_1x1(geo) or winograd.takes(x.shape, w_shape, geo,
+            "weight_gradient") or conv_channels.takes(x.shape, w_shape, geo, "pooled_weight_gradient"):
         gy = unpooled(pool_numba, elementwise_numba, gp, argmax, gate, oh, ow)
         return conv2d_grad_weight(gy, x, geo)
     planes = _conv_planes(geo)
