@@ -357,71 +357,45 @@ def test_bounds_switch_refuses_out_of_bounds_calls(tmp_path):
     assert "channel_tile: the width is not a block's" in result.stdout, result.stdout
 
 
+
 WINOGRAD_BT = np.array([[1, 0, -1, 0], [0, 1, 1, 0], [0, -1, 1, 0], [0, 1, 0, -1]], dtype=np.float64)
 WINOGRAD_AT = np.array([[1, 1, 1, 0], [0, 1, -1, -1]], dtype=np.float64)
+# each transform: its wrapper, T (the result is T x T^t), and whether its source (else its result) is the
+# 4x4 tile of 16 entries that lie ``step`` apart
+WINOGRAD = {"input": (_winograd_input, WINOGRAD_BT, True), "output": (_winograd_output, WINOGRAD_AT, False),
+            "gradient": (_winograd_gradient, WINOGRAD_AT.T, True)}
 
 
+@pytest.mark.parametrize("kind", list(WINOGRAD))
 @pytest.mark.parametrize("dtype", DTYPES)
-def test_winograd_input_is_bt_d_b_of_a_tile_a_vector_of_lanes_at_a_time(dtype):
-    """``v[v_at + (4u + a)*v_step + lane] = (B^T d B)[u, a]`` for the 4x4 tile of each lane, read at
-    ``p_at + i*p_row + j*p_col + lane``; nothing else in ``v`` written."""
+def test_winograd_transforms_a_tile_a_vector_of_lanes_at_a_time(dtype, kind):
+    """Each lane's tile ``x`` becomes ``T x T^t``: the input transform ``B^T d B`` reads a 4x4 tile at
+    ``at + i*row + j*col`` and writes entry ``(u, a)`` at ``at + (4u + a)*step``; the output transform
+    ``A^T M A`` reads ``M`` so and writes a 2x2 tile by rows and columns; the gradient's ``A g A^T``
+    reads a 2x2 tile and writes as the input's. Nothing else in the output is written."""
+    call, t, tile_first = WINOGRAD[kind]
     rng = np.random.default_rng(11)
     n = _lanes(dtype)
-    for p_row, p_col, v_step, p_at, v_at in ((5 * n, n, 2 * n, 3, 1), (n, 7 * n, n, 0, 0), (9 * n + 2, 2 * n, 3 * n + 1, 5, 2)):
-        p = rng.standard_normal(p_at + 3 * p_row + 3 * p_col + n + 3).astype(dtype)
-        v = np.full(v_at + 15 * v_step + n + 4, np.nan, dtype)
-        _winograd_input(v, v_at, v_step, p, p_at, p_row, p_col)
+    size, out_size = t.shape[1], t.shape[0]
+    for row, col, step, src_at, out_at in ((5 * n, n, 2 * n, 3, 1), (n, 7 * n, n + 3, 0, 0), (9 * n + 2, 2 * n, 3 * n, 5, 2)):
+        if tile_first:  # (row, col) place the source tile, step the result's 16 entries
+            src_index = lambda i, j: src_at + i * row + j * col  # noqa: E731
+            out_index = lambda u, a: out_at + (4 * u + a) * step  # noqa: E731
+            out_extent, src_extent = 15 * step, (size - 1) * (row + col)
+        else:  # step places the source's 16 entries, (row, col) the result's 2x2 tile
+            src_index = lambda i, j: src_at + (4 * i + j) * step  # noqa: E731
+            out_index = lambda u, a: out_at + u * row + a * col  # noqa: E731
+            out_extent, src_extent = row + col, 15 * step
+        src = rng.standard_normal(src_at + src_extent + n + 3).astype(dtype)
+        out = np.full(out_at + out_extent + n + 4, np.nan, dtype)
+        call(out, out_at, *((step, src, src_at, row, col) if tile_first else (row, col, src, src_at, step)))
         lane = np.arange(n)
-        d = np.stack([np.stack([p[p_at + i * p_row + j * p_col + lane] for j in range(4)]) for i in range(4)])  # (4, 4, n)
-        want = np.einsum("ui,ijl,aj->ual", WINOGRAD_BT, d.astype(np.float64), WINOGRAD_BT)
-        written = np.zeros(v.size, bool)
-        for u in range(4):
-            for a in range(4):
-                at = v_at + (4 * u + a) * v_step + lane
-                np.testing.assert_allclose(v[at], want[u, a], rtol=1e-6 if dtype == np.float32 else 1e-14, atol=1e-6)
+        x = np.stack([np.stack([src[src_index(i, j) + lane] for j in range(size)]) for i in range(size)])
+        want = np.einsum("ui,ijl,aj->ual", t, x.astype(np.float64), t)
+        written = np.zeros(out.size, bool)
+        for u in range(out_size):
+            for a in range(out_size):
+                at = out_index(u, a) + lane
+                np.testing.assert_allclose(out[at], want[u, a], rtol=1e-6 if dtype == np.float32 else 1e-14, atol=1e-6)
                 written[at] = True
-        assert np.isnan(v[~written]).all()
-
-
-@pytest.mark.parametrize("dtype", DTYPES)
-def test_winograd_output_is_at_m_a_of_a_tile_a_vector_of_lanes_at_a_time(dtype):
-    """``o[o_at + r*o_row + q*o_col + lane] = (A^T M A)[r, q]`` for ``M[u, a]`` of each lane read at
-    ``m_at + (4u + a)*m_step + lane``; nothing else in ``o`` written."""
-    rng = np.random.default_rng(12)
-    n = _lanes(dtype)
-    for o_row, o_col, m_step, o_at, m_at in ((4 * n, n, n, 2, 0), (n, 3 * n, 5 * n + 3, 0, 7)):
-        m = rng.standard_normal(m_at + 15 * m_step + n + 2).astype(dtype)
-        o = np.full(o_at + o_row + o_col + n + 5, np.nan, dtype)
-        _winograd_output(o, o_at, o_row, o_col, m, m_at, m_step)
-        lane = np.arange(n)
-        mm = np.stack([np.stack([m[m_at + (4 * u + a) * m_step + lane] for a in range(4)]) for u in range(4)])
-        want = np.einsum("ru,ual,qa->rql", WINOGRAD_AT, mm.astype(np.float64), WINOGRAD_AT)
-        written = np.zeros(o.size, bool)
-        for r in range(2):
-            for q in range(2):
-                at = o_at + r * o_row + q * o_col + lane
-                np.testing.assert_allclose(o[at], want[r, q], rtol=1e-6 if dtype == np.float32 else 1e-14, atol=1e-6)
-                written[at] = True
-        assert np.isnan(o[~written]).all()
-
-
-@pytest.mark.parametrize("dtype", DTYPES)
-def test_winograd_gradient_is_a_g_at_of_a_tile_a_vector_of_lanes_at_a_time(dtype):
-    """``z[z_at + (4u + a)*z_step + lane] = (A g A^T)[u, a]`` for the 2x2 tile ``g`` of each lane read at
-    ``g_at + r*g_row + q*g_col + lane``; nothing else in ``z`` written."""
-    rng = np.random.default_rng(13)
-    n = _lanes(dtype)
-    for g_row, g_col, z_step, g_at, z_at in ((4 * n, n, n, 2, 0), (n, 3 * n, 2 * n + 3, 0, 5)):
-        g = rng.standard_normal(g_at + g_row + g_col + n + 2).astype(dtype)
-        z = np.full(z_at + 15 * z_step + n + 3, np.nan, dtype)
-        _winograd_gradient(z, z_at, z_step, g, g_at, g_row, g_col)
-        lane = np.arange(n)
-        gg = np.stack([np.stack([g[g_at + r * g_row + q * g_col + lane] for q in range(2)]) for r in range(2)])
-        want = np.einsum("ru,rql,qa->ual", WINOGRAD_AT, gg.astype(np.float64), WINOGRAD_AT)
-        written = np.zeros(z.size, bool)
-        for u in range(4):
-            for a in range(4):
-                at = z_at + (4 * u + a) * z_step + lane
-                np.testing.assert_allclose(z[at], want[u, a], rtol=1e-6 if dtype == np.float32 else 1e-14, atol=1e-6)
-                written[at] = True
-        assert np.isnan(z[~written]).all()
+        assert np.isnan(out[~written]).all()

@@ -370,34 +370,37 @@ def _channel_tile_typing(positions, vectors, out, w, src, pos, taps):
     return sig, codegen
 
 
-@intrinsic
-def _winograd_input(typingctx, v, v_at, v_step, p, p_at, p_row, p_col):
-    """``v[v_at + (4*u + a)*v_step :][:lanes] = (B^T d B)[u, a]`` for the 4x4 tile ``d[i, j] =
-    p[p_at + i*p_row + j*p_col :][:lanes]``, Winograd's F(2x2, 3x3) input transform of one vector of
-    channels: ``B^T`` has the rows (1, 0, -1, 0), (0, 1, 1, 0), (0, -1, 1, 0), (0, 1, 0, -1)."""
-    if not (_float_arrays(v, p) and v.ndim == p.ndim == 1):
-        return None
-    sig = types.void(v, types.intp, types.intp, p, types.intp, types.intp, types.intp)
+def _winograd_transform(transform, size: int, name: str):
+    """An intrinsic ``name(out, out_at, out_row, out_col, src, src_at, src_row, src_col)``: one of
+    Winograd's F(2x2, 3x3) transforms of one vector of channels, ``T x T^t``, where ``x[i, j] =
+    src[src_at + i*src_row + j*src_col :][:lanes]`` for ``i, j < size`` and ``transform`` builds ``T``
+    times a column of vectors; entry ``[u, a]`` of the result goes to ``out[out_at + u*out_row +
+    a*out_col :][:lanes]``. All of the tile stays in registers."""
+    def winograd(typingctx, out, out_at, out_row, out_col, src, src_at, src_row, src_col):
+        if not (_float_arrays(out, src) and out.ndim == src.ndim == 1):
+            return None
+        return types.void(out, types.intp, types.intp, types.intp, src, types.intp, types.intp, types.intp), codegen
 
     def codegen(context, builder, signature, args):
-        v_a, p_a = (context.make_array(signature.args[i])(context, builder, args[i]) for i in (0, 3))
-        _, v_at, v_step, _, p_at, p_row, p_col = args
+        out_a, src_a = (context.make_array(signature.args[i])(context, builder, args[i]) for i in (0, 4))
+        _, out_at, out_row, out_col, _, src_at, src_row, src_col = args
         vectors = _Vectors(context, builder, signature.args[0].dtype)
         mul, add = builder.mul, builder.add
-        d = [[vectors.load_all(p_a.data, add(p_at, add(mul(_int(i), p_row), mul(_int(j), p_col))))
-              for j in range(4)] for i in range(4)]
-        columns = [_winograd_bt(builder, *(d[i][j] for i in range(4))) for j in range(4)]  # B^T d, by column
-        for u in range(4):
-            row = _winograd_bt(builder, *(columns[j][u] for j in range(4)))  # (B^T d) B, row u
-            for a in range(4):
-                vectors.store_all(row[a], v_a.data, add(v_at, mul(_int(4 * u + a), v_step)))
+        x = [[vectors.load_all(src_a.data, add(src_at, add(mul(_int(i), src_row), mul(_int(j), src_col))))
+              for j in range(size)] for i in range(size)]
+        columns = [transform(builder, *(x[i][j] for i in range(size))) for j in range(size)]  # T x, by column
+        for u in range(len(columns[0])):
+            row = transform(builder, *(columns[j][u] for j in range(size)))  # (T x) T^t, row u
+            for a, value in enumerate(row):
+                vectors.store_all(value, out_a.data, add(out_at, add(mul(_int(u), out_row), mul(_int(a), out_col))))
         return context.get_dummy_value()
 
-    return sig, codegen
+    winograd.__name__ = winograd.__qualname__ = name
+    return intrinsic(winograd)
 
 
 def _winograd_bt(builder, d0, d1, d2, d3):
-    """``B^T`` times the column (d0, d1, d2, d3)."""
+    """``B^T`` (rows (1, 0, -1, 0), (0, 1, 1, 0), (0, -1, 1, 0), (0, 1, 0, -1)) times the column (d0, d1, d2, d3)."""
     return [builder.fsub(d0, d2), builder.fadd(d1, d2), builder.fsub(d2, d1), builder.fsub(d1, d3)]
 
 
@@ -406,61 +409,14 @@ def _winograd_at(builder, m0, m1, m2, m3):
     return [builder.fadd(builder.fadd(m0, m1), m2), builder.fsub(builder.fsub(m1, m2), m3)]
 
 
-@intrinsic
-def _winograd_output(typingctx, o, o_at, o_row, o_col, m, m_at, m_step):
-    """``o[o_at + r*o_row + q*o_col :][:lanes] = (A^T M A)[r, q]`` for ``r, q < 2``, where ``M[u, a] =
-    m[m_at + (4*u + a)*m_step :][:lanes]``: Winograd's F(2x2, 3x3) output transform of one vector of
-    channels (``A^T`` as :func:`_winograd_at`)."""
-    if not (_float_arrays(o, m) and o.ndim == m.ndim == 1):
-        return None
-    sig = types.void(o, types.intp, types.intp, types.intp, m, types.intp, types.intp)
-
-    def codegen(context, builder, signature, args):
-        o_a, m_a = (context.make_array(signature.args[i])(context, builder, args[i]) for i in (0, 4))
-        _, o_at, o_row, o_col, _, m_at, m_step = args
-        vectors = _Vectors(context, builder, signature.args[0].dtype)
-        mul, add = builder.mul, builder.add
-        mv = [vectors.load_all(m_a.data, add(m_at, mul(_int(e), m_step))) for e in range(16)]
-        columns = [_winograd_at(builder, *(mv[4 * u + a] for u in range(4))) for a in range(4)]  # A^T M, by column
-        for r in range(2):
-            row = _winograd_at(builder, *(columns[a][r] for a in range(4)))  # (A^T M) A, row r
-            for q in range(2):
-                vectors.store_all(row[q], o_a.data, add(o_at, add(mul(_int(r), o_row), mul(_int(q), o_col))))
-        return context.get_dummy_value()
-
-    return sig, codegen
-
-
-@intrinsic
-def _winograd_gradient(typingctx, z, z_at, z_step, g, g_at, g_row, g_col):
-    """``z[z_at + (4*u + a)*z_step :][:lanes] = (A g A^T)[u, a]`` for the 2x2 tile ``g[r, q] = g[g_at +
-    r*g_row + q*g_col :][:lanes]`` of an output gradient: what the weight gradient of Winograd's F(2x2,
-    3x3) multiplies the input tiles' transforms by (``A`` as :func:`_winograd_at`, transposed)."""
-    if not (_float_arrays(z, g) and z.ndim == g.ndim == 1):
-        return None
-    sig = types.void(z, types.intp, types.intp, g, types.intp, types.intp, types.intp)
-
-    def codegen(context, builder, signature, args):
-        z_a, g_a = (context.make_array(signature.args[i])(context, builder, args[i]) for i in (0, 3))
-        _, z_at, z_step, _, g_at, g_row, g_col = args
-        vectors = _Vectors(context, builder, signature.args[0].dtype)
-        mul, add = builder.mul, builder.add
-        gv = [[vectors.load_all(g_a.data, add(g_at, add(mul(_int(r), g_row), mul(_int(q), g_col)))) for q in range(2)]
-              for r in range(2)]
-        columns = [_winograd_a(builder, gv[0][q], gv[1][q]) for q in range(2)]  # A g, by column
-        for u in range(4):
-            row = _winograd_a(builder, columns[0][u], columns[1][u])  # (A g) A^T, row u
-            for a in range(4):
-                vectors.store_all(row[a], z_a.data, add(z_at, mul(_int(4 * u + a), z_step)))
-        return context.get_dummy_value()
-
-    return sig, codegen
-
-
 def _winograd_a(builder, g0, g1):
     """``A`` (rows (1, 0), (1, 1), (1, -1), (0, -1)) times the column (g0, g1)."""
     return [g0, builder.fadd(g0, g1), builder.fsub(g0, g1), builder.fneg(g1)]
 
+
+_winograd_input = _winograd_transform(_winograd_bt, 4, "winograd_input_tile")  # V = B^T d B of a 4x4 input tile
+_winograd_output = _winograd_transform(_winograd_at, 4, "winograd_output_tile")  # A^T M A: a 2x2 output tile
+_winograd_gradient = _winograd_transform(_winograd_a, 2, "winograd_gradient_tile")  # A dy A^T of a 2x2 gradient tile
 
 _store_tile_rows = _store_tile(ROWS)
 _store_tile_one = _store_tile(1)
@@ -610,52 +566,44 @@ def channel_tile(out, at, w, w_at, src, pos, first, taps, width, add):
         _channel_tile_wide(out, at, w, w_at, src, pos, first, taps, add)
 
 
-@register_jitable
-def check_winograd_input(v, v_at, v_step, p, p_at, p_row, p_col):
-    """Assert the preconditions of a ``winograd_input``: every read and write in bounds."""
-    n = lanes(v.itemsize)
-    assert v_step >= 0 and p_row >= 0 and p_col >= 0, "winograd_input: a negative step"
-    assert 0 <= v_at and v_at + 15 * v_step + n <= v.size, "winograd_input: a write is out of bounds"
-    assert 0 <= p_at and p_at + 3 * p_row + 3 * p_col + n <= p.size, "winograd_input: a read is out of bounds"
-
-
-@register_jitable
-def check_winograd_output(o, o_at, o_row, o_col, m, m_at, m_step):
-    """Assert the preconditions of a ``winograd_output``: every read and write in bounds."""
-    n = lanes(o.itemsize)
-    assert o_row >= 0 and o_col >= 0 and m_step >= 0, "winograd_output: a negative step"
-    assert 0 <= o_at and o_at + o_row + o_col + n <= o.size, "winograd_output: a write is out of bounds"
-    assert 0 <= m_at and m_at + 15 * m_step + n <= m.size, "winograd_output: a read is out of bounds"
-
 
 @register_jitable(inline="always")
 def winograd_input(v, v_at, v_step, p, p_at, p_row, p_col):
-    """The :func:`_winograd_input` intrinsic (bounds asserted under ``jit.CHECK_BOUNDS``)."""
+    """``v[v_at + (4*u + a)*v_step :][:lanes] = (B^T d B)[u, a]`` for the 4x4 tile ``d[i, j] = p[p_at +
+    i*p_row + j*p_col :][:lanes]``: Winograd's F(2x2, 3x3) input transform of one vector of channels
+    (bounds asserted under ``jit.CHECK_BOUNDS``)."""
     if CHECK_BOUNDS:
-        check_winograd_input(v, v_at, v_step, p, p_at, p_row, p_col)
-    _winograd_input(v, v_at, v_step, p, p_at, p_row, p_col)
+        _check_transform(4, 4, v, v_at, 4 * v_step, v_step, p, p_at, p_row, p_col)
+    _winograd_input(v, v_at, 4 * v_step, v_step, p, p_at, p_row, p_col)
 
 
 @register_jitable(inline="always")
 def winograd_output(o, o_at, o_row, o_col, m, m_at, m_step):
-    """The :func:`_winograd_output` intrinsic (bounds asserted under ``jit.CHECK_BOUNDS``)."""
+    """``o[o_at + r*o_row + q*o_col :][:lanes] = (A^T M A)[r, q]`` for ``r, q < 2``, where ``M[u, a] =
+    m[m_at + (4*u + a)*m_step :][:lanes]``: Winograd's F(2x2, 3x3) output transform of one vector of
+    channels (bounds asserted under ``jit.CHECK_BOUNDS``)."""
     if CHECK_BOUNDS:
-        check_winograd_output(o, o_at, o_row, o_col, m, m_at, m_step)
-    _winograd_output(o, o_at, o_row, o_col, m, m_at, m_step)
-
-
-@register_jitable
-def check_winograd_gradient(z, z_at, z_step, g, g_at, g_row, g_col):
-    """Assert the preconditions of a ``winograd_gradient``: every read and write in bounds."""
-    n = lanes(z.itemsize)
-    assert z_step >= 0 and g_row >= 0 and g_col >= 0, "winograd_gradient: a negative step"
-    assert 0 <= z_at and z_at + 15 * z_step + n <= z.size, "winograd_gradient: a write is out of bounds"
-    assert 0 <= g_at and g_at + g_row + g_col + n <= g.size, "winograd_gradient: a read is out of bounds"
+        _check_transform(4, 2, o, o_at, o_row, o_col, m, m_at, 4 * m_step, m_step)
+    _winograd_output(o, o_at, o_row, o_col, m, m_at, 4 * m_step, m_step)
 
 
 @register_jitable(inline="always")
 def winograd_gradient(z, z_at, z_step, g, g_at, g_row, g_col):
-    """The :func:`_winograd_gradient` intrinsic (bounds asserted under ``jit.CHECK_BOUNDS``)."""
+    """``z[z_at + (4*u + a)*z_step :][:lanes] = (A g A^T)[u, a]`` for the 2x2 tile ``g[r, q] = g[g_at +
+    r*g_row + q*g_col :][:lanes]`` of an output gradient: what the weight gradient of Winograd's F(2x2,
+    3x3) multiplies the input tiles' transforms by (bounds asserted under ``jit.CHECK_BOUNDS``)."""
     if CHECK_BOUNDS:
-        check_winograd_gradient(z, z_at, z_step, g, g_at, g_row, g_col)
-    _winograd_gradient(z, z_at, z_step, g, g_at, g_row, g_col)
+        _check_transform(2, 4, z, z_at, 4 * z_step, z_step, g, g_at, g_row, g_col)
+    _winograd_gradient(z, z_at, 4 * z_step, z_step, g, g_at, g_row, g_col)
+
+
+@register_jitable
+def _check_transform(size, out_size, out, out_at, out_row, out_col, src, src_at, src_row, src_col):
+    """Assert the preconditions of a Winograd transform of a ``size x size`` tile into an ``out_size x
+    out_size`` one: every read and write in bounds."""
+    n = lanes(out.itemsize)
+    assert out_row >= 0 and out_col >= 0 and src_row >= 0 and src_col >= 0, "winograd: a negative step"
+    assert 0 <= out_at and out_at + (out_size - 1) * (out_row + out_col) + n <= out.size, \
+        "winograd: a write is out of bounds"
+    assert 0 <= src_at and src_at + (size - 1) * (src_row + src_col) + n <= src.size, \
+        "winograd: a read is out of bounds"
