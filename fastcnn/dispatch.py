@@ -48,7 +48,7 @@ POLICIES = ("auto",) + BACKENDS
 _MEASURE_ROUNDS = (3, 15)  # rounds of timing, usually at least and at most
 _LEAST_ROUNDS = 2  # rounds, even of slow calls: each backend timed once first and once second in a round
 _MEASURE_BUDGET_S = 0.05  # keep adding rounds (up to the most) while all of them took less than this
-_SLOW_ROUND_S = 0.1  # after a round slower than this, _LEAST_ROUNDS suffice (but for a close call): the difference is plain
+_SLOW_ROUND_S = 0.1  # rounds that took longer than this in all: _LEAST_ROUNDS suffice (but for a close call), the difference is plain
 _CLOSE_CALL = 1.5  # best times within this factor of each other: a close call, worth more rounds ...
 _CLOSE_CALL_BUDGET_S = 0.4  # ... while the next one still ends within this (measured: with two rounds, a 1x1
 # conv at batch 256 that runs in 12 ms took 32 ms in one and lost to NumPy's 28 ms, which runs in 19)

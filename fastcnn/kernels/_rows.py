@@ -31,9 +31,10 @@ def copy_relu(dst, src, plus):
 
 @kernel_helper
 def row_sum(row):
-    """``row.sum()`` in float64, by a plain loop. Inside a ``prange`` body, ``row.sum()`` becomes a
-    parallel reduction of its own (run serially there), whose order differs from the serial twin's
-    plain sum (:func:`.jit.sized`): the bits then depended on the thread count."""
+    """``row.sum()`` in float64, by a loop of its own, compiled alike in a parallel kernel and in its
+    serial twin (:func:`.jit.sized`). Inside a ``prange`` body, ``row.sum()`` becomes a parallel
+    reduction of its own (run serially there), whose order differs from the serial twin's sum: the
+    bits then depended on the thread count."""
     total = 0.0
     for p in range(row.shape[0]):
         total += row[p]

@@ -32,6 +32,10 @@ arrays, for the 1x1 convs of the model zoo on an AVX2 Zen 3, 2026-12-02; 1.07x f
 on 4x4); one with a stride is that conv of its input subsampled by the stride (a copy a quarter of the
 input's size, for stride 2), its input gradient spread back to the strided positions.
 
+3x3 stride-1 convs of 32 channels or more run by Winograd's F(2x2, 3x3) instead, where :func:`.winograd.takes`
+them (before every route above and below; with a max-pool after one, the pool runs on the full output,
+and its gradient is unpooled first).
+
 Where the shapes allow, a stride-1 forward pass is one launch of a :class:`PreparedConv`, whose
 tasks are samples: each task's wide output is copied out while it is in cache, not the whole batch's
 written and read back; a stride-1 input gradient in the wide layout runs by the same tasks
@@ -475,7 +479,8 @@ def conv2d_forward(x, w, b, geo, out=None):
     its phases' layout (no padded copy), or, where :func:`.conv_channels.takes` it (most strided
     convs, stride-1 ones on small planes), a padded copy of each sample with the output channels in
     the vector lanes; a 1x1 conv without padding is a product per sample on the arrays as they lie
-    (:mod:`.pointwise_numba`), a strided one on the input subsampled by the stride. Into ``out``
+    (:mod:`.pointwise_numba`), a strided one on the input subsampled by the stride; a 3x3 stride-1 conv
+    of 32 channels or more runs by Winograd's F(2x2, 3x3) (:mod:`.winograd`). Into ``out``
     (C-contiguous, the output's shape) if given."""
     return _conv2d_forward(x, w, b, geo, False, out)
 

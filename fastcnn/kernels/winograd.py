@@ -42,6 +42,8 @@ from ._tiles import (TILE_SPEED, channel_positions, channel_tile, channel_width,
                      winograd_input, winograd_output)
 
 _LEAST_CHANNELS = 32  # input and output channels from which the Winograd conv runs (see takes)
+_MOST_POSITIONS = 64 * 64  # output positions a plane, at most: measured up to 32x32; a task's transformed
+# sample takes 4 times its output's size in channels, so a larger plane would leave the caches far behind
 _TASKS_PER_THREAD = 2  # tasks a thread gets, at least, where the samples allow
 _PARTS = ("forward", "input_gradient", "weight_gradient")
 _GRAD_SHARES = 16  # the weight gradient's shares of the samples, at most: enough to balance two to eight threads
@@ -51,9 +53,12 @@ _SHARE_TILES = 256  # and at least this many tiles a share, so that its sums, wr
 def takes(x_shape: tuple, w_shape: tuple, geo, part: str = "forward") -> bool:
     """Whether the ``part`` (``"forward"``, ``"input_gradient"`` or ``"weight_gradient"``) of the conv of
     input ``x_shape`` and weight ``w_shape`` runs here: a 3x3 kernel, stride 1, no dilation, at least
-    :data:`_LEAST_CHANNELS` input and output channels, :data:`_TASKS_PER_THREAD` samples a thread (at
-    batch 2, 128->128 on 8x8 took 1.06-1.13x the direct time) and, for the weight gradient, blocks of
-    more than one vector of output channels (see the module's measurements).
+    :data:`_LEAST_CHANNELS` input and output channels, planes of at most :data:`_MOST_POSITIONS` output
+    positions, :data:`_TASKS_PER_THREAD` samples a thread (at batch 2, 128->128 on 8x8 took
+    1.06-1.13x the direct time) and, for the weight gradient, blocks of more than one vector of output
+    channels (see the module's measurements). float32 and float64 alike (only float32 was timed).
+    The weight gradient's shares of the samples are at most one per :data:`_SHARE_TILES` tiles, so on
+    small planes it keeps fewer threads busy than a machine of many cores has (timed on 2 only).
     """
     if part not in _PARTS:
         raise ValueError(f"winograd.takes: part must be one of {_PARTS}, got {part!r}")
@@ -63,7 +68,8 @@ def takes(x_shape: tuple, w_shape: tuple, geo, part: str = "forward") -> bool:
         plain = plain and conv_channels.transposed_padding(geo) is not None
     if part == "weight_gradient":  # its sums in blocks of one vector of output channels lost (see above)
         plain = plain and channel_width(c_out, 4) > lanes(4)
-    return plain and min(c_in, c_out) >= _LEAST_CHANNELS and x_shape[0] >= _TASKS_PER_THREAD * jit.num_threads()
+    return (plain and min(c_in, c_out) >= _LEAST_CHANNELS and geo.out_hw[0] * geo.out_hw[1] <= _MOST_POSITIONS
+            and x_shape[0] >= _TASKS_PER_THREAD * jit.num_threads())
 
 
 def forward(x: np.ndarray, w: np.ndarray, b: np.ndarray, geo, relu: bool, y: np.ndarray) -> np.ndarray:
@@ -127,7 +133,7 @@ _G = np.array([[1, 0, 0], [0.5, 0.5, 0.5], [0.5, -0.5, 0.5], [0, 0, 1]])  # U = 
 
 def _tile_starts(tiles: int, channels: int) -> np.ndarray:
     """Where tile ``q`` of product ``e`` starts in a task's transformed input: entry ``e*tiles + q``."""
-    return (np.arange(16 * tiles, dtype=np.int64) * channels).reshape(16 * tiles)
+    return np.arange(16 * tiles, dtype=np.int64) * channels
 
 
 @parallel_kernel
@@ -146,8 +152,8 @@ def _winograd(x, w, b, y, relu, top, left, width, blocks, channels, tiles_h, til
         o = np.empty(4 * tiles_h * tiles_w * width, x.dtype)
         v[:] = 0  # the tiles past the last are summed too: zeros, not leftovers
         for s in range(task * n // tasks, (task + 1) * n // tasks):
-            _pad_positions(x[s], plane, top, left, hp, wp, channels)
-            _transform_input(plane, v, wp, channels, tiles_h, tiles_w, 0, tiles)
+            _pad_positions(x[s], plane, top, left, wp, channels)
+            _transform_input(plane, v, wp, channels, tiles_h, tiles_w, tiles)
             for k in range(blocks):
                 for e in range(16):
                     for q in range(0, tiles, channel_positions(width, x.itemsize)):
@@ -184,28 +190,28 @@ def _pack_channel(w, packed, k, blocks, width):
 
 
 @kernel_helper
-def _pad_positions(xs, plane, top, left, hp, wp, channels):
+def _pad_positions(xs, plane, top, left, wp, channels):
     """The sample ``xs`` (C, H, W) into ``plane``, position-major: ``plane[((top + r)*wp + left + q)*channels
     + c] = xs[c, r, q]``, zeros around it and in the channels past C."""
     c_in, h, w = xs.shape
     plane[:] = 0
     for c in range(c_in):  # (rows outermost took up to 2.5x the time: 4 KiB apart, the channels' rows alias)
-        for r in range(min(h, hp - top)):
+        for r in range(h):
             row = (top + r) * wp + left
-            for q in range(min(w, wp - left)):
+            for q in range(w):
                 plane[(row + q) * channels + c] = xs[c, r, q]
 
 
 @kernel_helper
-def _transform_input(plane, v, wp, channels, tiles_h, tiles_w, first, total):
-    """``V = B^T d B`` of every tile of ``plane``, into ``v``: entry ``e`` of tile ``first + q`` at ``(e*total
-    + first + q)*channels``, a vector of channels at a time."""
+def _transform_input(plane, v, wp, channels, tiles_h, tiles_w, tiles):
+    """``V = B^T d B`` of every tile of ``plane``, into ``v``: entry ``e`` of tile ``q`` at ``(e*tiles +
+    q)*channels``, a vector of channels at a time."""
     n = lanes(plane.itemsize)
     for i in range(tiles_h):
         for j in range(tiles_w):
-            q = first + i * tiles_w + j
+            q = i * tiles_w + j
             for c in range(0, channels, n):
-                winograd_input(v, q * channels + c, total * channels, plane, (2 * i * wp + 2 * j) * channels + c,
+                winograd_input(v, q * channels + c, tiles * channels, plane, (2 * i * wp + 2 * j) * channels + c,
                                wp * channels, channels)
 
 
@@ -240,7 +246,7 @@ def _write_block(o, ys, b, k0, count, width, o_width, relu):
 def _winograd_grad(x, gy, top, left, width, blocks, channels, tiles_h, tiles_w, sums, bias):
     """:func:`grad_weight`'s sums: a task per share of the samples transforms a sample's input and output
     gradient tiles, then adds their products over the sample's tiles to the share's sums."""
-    n, c_in = x.shape[:2]
+    n = x.shape[0]
     c_out, oh, ow = gy.shape[1], gy.shape[2], gy.shape[3]
     shares, cq = sums.shape[0], sums.shape[3]
     positions = channel_positions(width, x.itemsize)
@@ -258,10 +264,10 @@ def _winograd_grad(x, gy, top, left, width, blocks, channels, tiles_h, tiles_w, 
         taps = np.arange(tiles) * channels
         out = sums[share].reshape(sums[share].size)
         for s in range(share * n // shares, (share + 1) * n // shares):
-            _pad_positions(x[s], plane, top, left, hp, wp, channels)
-            _transform_input(plane, v, wp, channels, tiles_h, tiles_w, 0, tiles)
-            _pad_positions(gy[s], g_plane, 0, 0, 2 * tiles_h, 2 * tiles_w, blocks * width)
-            _transform_gradient(g_plane, z, width, blocks, tiles_h, tiles_w, 0, tiles)
+            _pad_positions(x[s], plane, top, left, wp, channels)
+            _transform_input(plane, v, wp, channels, tiles_h, tiles_w, tiles)
+            _pad_positions(gy[s], g_plane, 0, 0, 2 * tiles_w, blocks * width)
+            _transform_gradient(g_plane, z, width, blocks, tiles_h, tiles_w)
             for k in range(c_out):
                 bias[share, k] += row_sum(gy[s, k].reshape(oh * ow))
             for e in range(16):
@@ -272,17 +278,17 @@ def _winograd_grad(x, gy, top, left, width, blocks, channels, tiles_h, tiles_w, 
 
 
 @kernel_helper
-def _transform_gradient(g_plane, z, width, blocks, tiles_h, tiles_w, first, total):
+def _transform_gradient(g_plane, z, width, blocks, tiles_h, tiles_w):
     """``A dy A^T`` of every 2x2 tile of the output gradient's plane ``g_plane`` (position-major, rows of
     ``2*tiles_w`` positions of ``blocks*width`` channels), into ``z``: entry ``e`` of block ``k`` of tile
-    ``first + q`` at ``((e*blocks + k)*total + first + q)*width``, a vector of channels at a time."""
+    ``q`` at ``((e*blocks + k)*tiles + q)*width``, a vector of channels at a time."""
     n = lanes(z.itemsize)
-    channels = blocks * width
+    channels, tiles = blocks * width, tiles_h * tiles_w
     row = 2 * tiles_w * channels
     for i in range(tiles_h):
         for j in range(tiles_w):
-            q = first + i * tiles_w + j
+            q = i * tiles_w + j
             for k in range(blocks):
                 for c in range(0, width, n):
-                    winograd_gradient(z, (k * total + q) * width + c, blocks * total * width, g_plane,
+                    winograd_gradient(z, (k * tiles + q) * width + c, blocks * tiles * width, g_plane,
                                       2 * i * row + 2 * j * channels + k * width + c, row, channels)
