@@ -79,19 +79,17 @@ def forward(x: np.ndarray, w: np.ndarray, b: np.ndarray, geo, relu: bool, y: np.
     n, c_in = x.shape[:2]
     c_out = w.shape[0]
     (top, _), (left, _) = geo.padding
-    oh, ow = geo.out_hw
     width = channel_width(c_out, x.itemsize)
     tile = channel_positions(width, x.itemsize)
     blocks = -(-c_out // width)
-    tiles_h, tiles_w = -(-oh // 2), -(-ow // 2)
+    tiles_h, tiles_w = _tile_grid(geo)
     tiles = whole(tiles_h * tiles_w, tile)
     channels = whole(c_in, lanes(x.itemsize))  # a plane position's channels, whole vectors
     packed = np.empty(16 * blocks * c_in * width, x.dtype)
     tasks = min(n, _TASKS_PER_THREAD * jit.num_threads())
-    work = n * oh * ow * c_out * c_in * 4  # the multiply-adds, 16 for 4 outputs, where the direct conv does 9
-    sized(_winograd, work // TILE_SPEED)(x, w, b, y, relu, top, left, width, blocks, channels, tiles_h, tiles_w,
-                                         tiles, _tile_starts(tiles, channels), np.arange(c_in, dtype=np.int64),
-                                         packed, tasks)
+    sized(_winograd, _work(n, c_in, c_out, geo))(x, w, b, y, relu, top, left, width, blocks, channels, tiles_h,
+                                                 tiles_w, tiles, _tile_starts(tiles, channels),
+                                                 np.arange(c_in, dtype=np.int64), packed, tasks)
     return y
 
 
@@ -112,16 +110,15 @@ def grad_weight(gy: np.ndarray, gate: np.ndarray | None, x: np.ndarray, geo) -> 
     n, c_out = gy.shape[:2]
     c_in = x.shape[1]
     (top, _), (left, _) = geo.padding
-    oh, ow = geo.out_hw
+    tiles_h, tiles_w = _tile_grid(geo)
     width = channel_width(c_out, x.itemsize)
     blocks = -(-c_out // width)
     positions = channel_positions(width, x.itemsize)  # input channels a tile
-    shares = max(1, min(n, _GRAD_SHARES, n * -(-oh // 2) * -(-ow // 2) // _SHARE_TILES))
+    shares = max(1, min(n, _GRAD_SHARES, n * tiles_h * tiles_w // _SHARE_TILES))
     sums = np.empty((shares, 16, blocks, whole(c_in, positions), width), x.dtype)
     bias = np.zeros((shares, c_out))
-    work = n * oh * ow * c_out * c_in * 4
-    sized(_winograd_grad, work // TILE_SPEED)(x, gy, top, left, width, blocks, whole(c_in, lanes(x.itemsize)),
-                                              -(-oh // 2), -(-ow // 2), sums, bias)
+    sized(_winograd_grad, _work(n, c_in, c_out, geo))(x, gy, top, left, width, blocks, whole(c_in, lanes(x.itemsize)),
+                                                      tiles_h, tiles_w, sums, bias)
     s = sums.sum(axis=0, dtype=np.float64)[:, :, :c_in]  # (16, blocks, C, width), the shares in order
     s = s.transpose(0, 1, 3, 2).reshape(4, 4, blocks * width, c_in)[:, :, :c_out]  # S[u, a, k, c]
     grad_w = np.einsum("ui,uakc,aj->kcij", _G, s, _G, optimize=True)
@@ -129,6 +126,18 @@ def grad_weight(gy: np.ndarray, gate: np.ndarray | None, x: np.ndarray, geo) -> 
 
 
 _G = np.array([[1, 0, 0], [0.5, 0.5, 0.5], [0.5, -0.5, 0.5], [0, 0, 1]])  # U = G g G^T (see _pack_channel)
+
+
+def _tile_grid(geo) -> tuple[int, int]:
+    """The 2x2 tiles that cover the output of ``geo``: rows and columns of them."""
+    oh, ow = geo.out_hw
+    return -(-oh // 2), -(-ow // 2)
+
+
+def _work(n: int, c_in: int, c_out: int, geo) -> int:
+    """The work :func:`.jit.sized` weighs for a pass of ``n`` samples: its multiply-adds (16 for 4
+    outputs, where the direct conv does 36) over :data:`._tiles.TILE_SPEED`."""
+    return n * geo.out_hw[0] * geo.out_hw[1] * c_out * c_in * 4 // TILE_SPEED
 
 
 def _tile_starts(tiles: int, channels: int) -> np.ndarray:
