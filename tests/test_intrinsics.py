@@ -75,6 +75,11 @@ def _winograd_gradient(z, z_at, z_step, g, g_at, g_row, g_col):
 
 
 @numba.njit
+def _transpose_tile(out, out_at, out_step, rows, src, src_at, src_step, cols, plus, plus_at, relu):
+    tiles.transpose_tile(out, out_at, out_step, rows, src, src_at, src_step, cols, plus, plus_at, relu)
+
+
+@numba.njit
 def _max_pairs(x, at, step, w, relu, y, out, idx, base, count):
     pv.max_pairs(x, at, step, w, None, relu, y, out, idx, base, count)
 
@@ -323,6 +328,10 @@ BOUNDS_SCRIPT = textwrap.dedent("""
     def channels(out, w, src, pos, taps, width):
         tiles.channel_tile(out, 0, w, 0, src, pos, 0, taps, width, False)
 
+    @numba.njit
+    def transpose(out, src, rows, cols):
+        tiles.transpose_tile(out, 0, cols, rows, src, 0, rows, cols, np.zeros(rows, out.dtype), 0, False)
+
     a = np.zeros(10, np.float32)
     clear(a, 2, 8)  # in bounds
     n, width = tiles.lanes(4), tiles.tile_width(4)  # the target's geometry (jit.VECTOR_BYTES)
@@ -338,7 +347,8 @@ BOUNDS_SCRIPT = textwrap.dedent("""
                                   np.array([0] * (narrow - 1) + [49], np.int64), np.array([1], np.int64), n),
                  lambda: channels(np.zeros(narrow * 3 * n, np.float32), np.zeros(3 * n, np.float32),
                                   np.zeros(50, np.float32), np.zeros(narrow, np.int64), np.array([1], np.int64),
-                                  3 * n)):  # a width that is no block's
+                                  3 * n),  # a width that is no block's
+                 lambda: transpose(np.zeros(n * n - 1, np.float32), np.zeros(n * n, np.float32), n, n)):
         try:
             call()
         except AssertionError as exc:
@@ -353,7 +363,8 @@ def test_bounds_switch_refuses_out_of_bounds_calls(tmp_path):
     env = dict(os.environ, FASTCNN_CHECK_BOUNDS="1", NUMBA_CACHE_DIR=str(tmp_path))
     result = subprocess.run([sys.executable, "-c", BOUNDS_SCRIPT], env=env, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stdout + result.stderr
-    assert result.stdout.count("refused:") == 5, result.stdout
+    assert result.stdout.count("refused:") == 6, result.stdout
+    assert "transpose_tile: a write is out of bounds" in result.stdout, result.stdout
     assert "channel_tile: the width is not a block's" in result.stdout, result.stdout
 
 
@@ -399,3 +410,26 @@ def test_winograd_transforms_a_tile_a_vector_of_lanes_at_a_time(dtype, kind):
                 np.testing.assert_allclose(out[at], want[u, a], rtol=1e-6 if dtype == np.float32 else 1e-14, atol=1e-6)
                 written[at] = True
         assert np.isnan(out[~written]).all()
+
+
+@pytest.mark.parametrize("relu", [False, True])
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_transpose_tile_writes_a_position_major_tile_channel_major(dtype, relu):
+    """``out[out_at + c*out_step + p] = src[src_at + p*src_step + c] + plus[plus_at + c]`` (through a ReLU
+    that keeps NaN, with ``relu``) for ``c < rows``, ``p < cols``: whole tiles and every kind of part tile;
+    nothing else in ``out`` is written."""
+    rng = np.random.default_rng(12)
+    n = _lanes(dtype)
+    for rows, cols in ((n, n), (n, 1), (1, n), (3, n - 1), (n - 1, 2), (1, 1), (0, n), (n, 0)):
+        out_at, out_step, src_at, src_step, plus_at = 3, n + 5, 2, n + 1, 4
+        src = rng.standard_normal(src_at + n * src_step + n).astype(dtype)
+        src[src_at + src_step + 1] = np.nan  # position 1, channel 1
+        plus = rng.standard_normal(plus_at + n).astype(dtype)
+        out = np.full(out_at + n * out_step + n, 7.5, dtype)
+        want = out.copy()
+        for c in range(rows):
+            for p in range(cols):
+                v = src[src_at + p * src_step + c] + plus[plus_at + c]
+                want[out_at + c * out_step + p] = 0 if relu and v <= 0 else v
+        _transpose_tile(out, out_at, out_step, rows, src, src_at, src_step, cols, plus, plus_at, relu)
+        np.testing.assert_array_equal(out, want, err_msg=f"rows {rows}, cols {cols}")

@@ -1,8 +1,10 @@
 """Row copies that the conv kernels finish their outputs and gradients with: plus a bias, through a
 ReLU, or gated by a ReLU's output (vector loops, inlined into the kernels that call them); the sum of
-a row, for bias gradients; and the sum of the weight gradients' per-task parts."""
+a row, for bias gradients; the sum of the weight gradients' per-task parts; and a position-major
+buffer written out channel-major (the conv kernels that keep channels in the vector lanes)."""
 from __future__ import annotations
 
+from ._tiles import lanes, transpose_tile
 from .jit import kernel_helper
 
 
@@ -58,3 +60,16 @@ def sum_shares(sums, bias, grad_w, grad_b):
             for share in range(shares):
                 total += sums[share, r, k]
             grad_w[r, k] = total
+
+
+@kernel_helper
+def write_channels(rows, rows_at, width, b, c0, count, length, out, out_at, out_step, relu):
+    """``out[out_at + c*out_step + p] = rows[rows_at + p*width + c] + b[c0 + c]`` for ``c < count`` and ``p <
+    length``, through a ReLU with ``relu``: ``length`` positions of a buffer of ``width`` channels a position
+    written channel-major, a tile of a vector of channels by a vector of positions at a time, in registers
+    (:func:`._tiles.transpose_tile`: 0.3-0.4x the time of a strided copy per channel)."""
+    n = lanes(rows.itemsize)
+    for v in range(0, count, n):
+        for p in range(0, length, n):
+            transpose_tile(out, out_at + v * out_step + p, out_step, min(n, count - v), rows, rows_at + p * width + v,
+                           width, min(n, length - p), b, c0 + v, relu)

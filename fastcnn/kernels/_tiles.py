@@ -414,6 +414,61 @@ def _winograd_a(builder, g0, g1):
     return [g0, builder.fadd(g0, g1), builder.fsub(g0, g1), builder.fneg(g1)]
 
 
+def _transpose_tile_typing(typingctx, out, out_at, out_step, rows, src, src_at, src_step, cols, plus, plus_at, relu):
+    if not (_float_arrays(out, src, plus) and out.ndim == src.ndim == plus.ndim == 1):
+        return None
+    sig = types.void(out, types.intp, types.intp, types.intp, src, types.intp, types.intp, types.intp, plus,
+                     types.intp, types.boolean)
+
+    def codegen(context, builder, signature, args):
+        out_a, src_a, plus_a = (context.make_array(signature.args[i])(context, builder, args[i]) for i in (0, 4, 8))
+        _, out_at, out_step, rows, _, src_at, src_step, cols, _, plus_at, relu = args
+        vectors = _Vectors(context, builder, signature.args[0].dtype)
+        n, mul, add = vectors.n, builder.mul, builder.add
+        whole = builder.and_(builder.icmp_signed("==", rows, _int(n)), builder.icmp_signed("==", cols, _int(n)))
+        with builder.if_else(whole) as (full, part):
+            with full:
+                values = [vectors.load_all(src_a.data, add(src_at, mul(_int(p), src_step))) for p in range(n)]
+                _transpose_write(vectors, values, vectors.load_all(plus_a.data, plus_at), relu,
+                                 lambda c, v: vectors.store_all(v, out_a.data, add(out_at, mul(_int(c), out_step))))
+            with part:
+                channels = vectors.below(_int(0), rows)
+                values = [vectors.load(src_a.data, add(src_at, mul(_int(p), src_step)),
+                                       builder.and_(channels, vectors.splat(builder.icmp_signed("<", _int(p), cols))),
+                                       vectors.zero) for p in range(n)]
+                positions = vectors.below(_int(0), cols)
+                _transpose_write(vectors, values, vectors.load(plus_a.data, plus_at, channels, vectors.zero), relu,
+                                 lambda c, v: vectors.store(v, out_a.data, add(out_at, mul(_int(c), out_step)),
+                                                            builder.and_(positions, vectors.splat(
+                                                                builder.icmp_signed("<", _int(c), rows)))))
+        return context.get_dummy_value()
+
+    return sig, codegen
+
+
+def _transpose_write(vectors, values, plus, relu, write):
+    """``write(c, column c)`` for each lane ``c`` of the ``lanes x lanes`` tile whose rows are ``values``,
+    each row plus ``plus`` and through a ReLU (kept NaN) where ``relu``: one round of shuffles per bit of
+    the lane number, each swapping that bit of the row's number with that bit of the column's."""
+    builder, n = vectors.builder, vectors.n
+    rows = [builder.fadd(v, plus) for v in values]
+    rows = [builder.select(builder.and_(vectors.splat(relu), builder.fcmp_ordered("<=", v, vectors.zero)),
+                           vectors.zero, v) for v in rows]
+    step = 1
+    while step < n:
+        for i in range(n):
+            if i & step == 0:
+                low, high = rows[i], rows[i | step]
+                rows[i] = vectors.shuffle(low, high, [c if c & step == 0 else n + c - step for c in range(n)])
+                rows[i | step] = vectors.shuffle(low, high, [c + step if c & step == 0 else n + c for c in range(n)])
+        step *= 2
+    for c, column in enumerate(rows):
+        write(c, column)
+
+
+_transpose_tile = intrinsic(_transpose_tile_typing)
+
+
 _winograd_input = _winograd_transform(_winograd_bt, 4, "winograd_input_tile")  # V = B^T d B of a 4x4 input tile
 _winograd_output = _winograd_transform(_winograd_at, 4, "winograd_output_tile")  # A^T M A: a 2x2 output tile
 _winograd_gradient = _winograd_transform(_winograd_a, 2, "winograd_gradient_tile")  # A dy A^T of a 2x2 gradient tile
@@ -595,6 +650,23 @@ def winograd_gradient(z, z_at, z_step, g, g_at, g_row, g_col):
     if CHECK_BOUNDS:
         _check_transform(2, 4, z, z_at, 4 * z_step, z_step, g, g_at, g_row, g_col)
     _winograd_gradient(z, z_at, 4 * z_step, z_step, g, g_at, g_row, g_col)
+
+
+@register_jitable(inline="always")
+def transpose_tile(out, out_at, out_step, rows, src, src_at, src_step, cols, plus, plus_at, relu):
+    """``out[out_at + c*out_step + p] = src[src_at + p*src_step + c] + plus[plus_at + c]`` for ``c < rows``
+    and ``p < cols`` (at most :func:`lanes` each), through a ReLU (``0 if v <= 0 else v``) where ``relu``: a
+    tile of a position-major buffer written channel-major, in registers. Nothing else is read or written
+    (bounds asserted under ``jit.CHECK_BOUNDS``)."""
+    if CHECK_BOUNDS:
+        n = lanes(out.itemsize)
+        assert 0 <= rows and rows <= n and 0 <= cols and cols <= n, "transpose_tile: more rows or columns than lanes"
+        assert out_step >= 0 and src_step >= 0, "transpose_tile: a negative step"
+        if rows > 0 and cols > 0:
+            assert 0 <= out_at and out_at + (rows - 1) * out_step + cols <= out.size, "transpose_tile: a write is out of bounds"
+            assert 0 <= src_at and src_at + (cols - 1) * src_step + rows <= src.size, "transpose_tile: a read is out of bounds"
+            assert 0 <= plus_at and plus_at + rows <= plus.size, "transpose_tile: the bias is out of bounds"
+    _transpose_tile(out, out_at, out_step, rows, src, src_at, src_step, cols, plus, plus_at, relu)
 
 
 @register_jitable

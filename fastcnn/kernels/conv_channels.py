@@ -30,13 +30,12 @@ import numpy as np
 from . import _compose, elementwise_numba, jit
 from .jit import kernel_helper, parallel_kernel, prange, sized
 from ._planes import place
-from ._rows import copy_gated, copy_plus, copy_relu
+from ._rows import copy_gated, write_channels
 from ._taps import tap_offsets
 from ._tiles import CHANNEL_ACCUMULATORS, TILE_SPEED, channel_positions, channel_tile, channel_width, lanes
 
 _TASKS_PER_THREAD = 4  # small batches are split until every thread has this many tasks
 _MIN_CHUNK_TILES = 8  # a task's positions, at least (in tiles), when small batches are split by positions
-_WRITE_POSITIONS = 64  # positions per block of the transposed write (their lines of the buffer stay in L1)
 _WIDE_WASTE = 1.4  # a stride-1 forward pass runs here from this ratio of padded input to output positions (see takes)
 _WIDE_WASTE_GRAD = 1.2  # and its input gradient (and a weight gradient in blocks of one vector) from this one
 _WHOLE_TILE = CHANNEL_ACCUMULATORS  # a whole number of tiles of either block width (_tiles.channel_positions)
@@ -254,8 +253,9 @@ def _grad_input_phases(gy, gate, gated, w, packed, pt, pl, hp, wp, positions, wr
     """:func:`_grad_input_by_phases`: the weight packed per block of input channels and phase into
     ``packed`` (blocks, taps, width), then a task per sample: its output gradient padded (see
     :func:`_phase_layout`; where ``gate`` is positive, if ``gated``), then for each block and phase,
-    tiles of the phase's positions into a position-major buffer (``pass_taps`` taps at a time, as the
-    forward pass), written to their places in the sample's input gradient."""
+    tiles of the phase's positions (``pass_taps`` taps at a time, as the forward pass) copied to their
+    places in the block's position-major input plane, which :func:`._rows.write_channels` transposes
+    into the sample's channel-major input gradient."""
     n, c_out = gy.shape[:2]
     c_in = w.shape[1]
     blocks, n_taps, width = packed.shape
@@ -272,6 +272,7 @@ def _grad_input_phases(gy, gate, gated, w, packed, pt, pl, hp, wp, positions, wr
                     packed[k, t0 + t, c] = kernel[o, ci, tap] if ci < c_in else 0
     flat_w = packed.reshape(packed.size)
     tile = channel_positions(width, gy.itemsize)
+    zeros = np.zeros(c_in, gy.dtype)  # the bias, none
     most = 0
     for ph in range(phases):
         most = max(most, pos_starts[ph + 1] - pos_starts[ph])
@@ -283,18 +284,21 @@ def _grad_input_phases(gy, gate, gated, w, packed, pt, pl, hp, wp, positions, wr
         else:
             _pad_sample(gy[s], src, pt, pl, hp, wp)
         acc = np.empty(most * width, gy.dtype)
-        out = grad_x[s].reshape(c_in, plane)
+        full = np.empty(plane * width, gy.dtype)  # the block's input gradient, position-major
+        out = grad_x[s].reshape(c_in * plane)
         for k in range(blocks):
-            count_c = min(width, c_in - k * width)
             for ph in range(phases):
                 p0, n_pos, t0, t1 = pos_starts[ph], counts[ph], tap_starts[ph], tap_starts[ph + 1]
-                reached = t1 > t0  # else no tap reaches this phase: its positions get zeros
-                reads = positions[p0 : pos_starts[ph + 1]]
-                _tiles_in_passes(acc, flat_w, (k * n_taps + t0) * width, src, reads, 0, n_pos, tile, taps[t0:t1],
-                                 pass_taps, width)
-                for c in range(count_c):
-                    for p in range(n_pos):
-                        out[k * width + c, writes[p0 + p]] = acc[p * width + c] if reached else 0
+                if t1 == t0:  # no tap reaches this phase: its positions get zeros
+                    acc[: n_pos * width] = 0
+                else:
+                    _tiles_in_passes(acc, flat_w, (k * n_taps + t0) * width, src, positions[p0 : pos_starts[ph + 1]],
+                                     0, n_pos, tile, taps[t0:t1], pass_taps, width)
+                for p in range(n_pos):
+                    at = writes[p0 + p] * width
+                    full[at : at + width] = acc[p * width : (p + 1) * width]
+            write_channels(full, 0, width, zeros, k * width, min(width, c_in - k * width), plane, out, k * width * plane,
+                           plane, False)
 
 
 def transposed_padding(geo) -> tuple | None:
@@ -504,10 +508,11 @@ def _conv_channels(x, w, b, packed, taps, positions, top, left, hp, wp, relu, gr
         src = np.empty(c_in * hp * wp, x.dtype)
         _pad_sample(x[s], src, top, left, hp, wp)
         acc = np.empty(n_tiles * tile * width, x.dtype)
-        out = y[s].reshape(c_out, n_pos)
+        out = y[s].reshape(c_out * n_pos)
         for k in range(group * blocks // groups, (group + 1) * blocks // groups):
             _tiles_in_passes(acc, flat_w, k * n_taps * width, src, positions, lo, hi, tile, taps, pass_taps, width)
-            _write_block(acc, width, b, k * width, min(width, c_out - k * width), lo, hi, relu, out)
+            write_channels(acc, lo * width, width, b, k * width, min(width, c_out - k * width), hi - lo, out,
+                           k * width * n_pos + lo, n_pos, relu)
 
 
 @kernel_helper
@@ -554,17 +559,3 @@ def _pad_gated_sample(gs, gate, src, top, left, hp, wp):
         for r in range(h):
             at = c * hp * wp + (top + r) * wp + left
             copy_gated(src[at : at + w], gs[c, r], gate[c, r])
-
-
-@kernel_helper
-def _write_block(acc, width, b, c0, count, lo, hi, relu, out):
-    """Positions ``lo .. hi - 1`` of ``acc`` (position-major, ``width`` channels a position) to channels
-    ``c0 .. c0 + count - 1`` of ``out`` (C_out, positions), plus the bias, through a ReLU with ``relu``."""
-    for p0 in range(lo, hi, _WRITE_POSITIONS):
-        p1 = min(hi, p0 + _WRITE_POSITIONS)
-        for c in range(count):
-            column = acc[p0 * width + c : p1 * width : width]  # channel c at positions p0 .. p1 - 1
-            if relu:
-                copy_relu(out[c0 + c, p0:p1], column, b[c0 + c])
-            else:
-                copy_plus(out[c0 + c, p0:p1], column, b[c0 + c])

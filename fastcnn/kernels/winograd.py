@@ -37,7 +37,7 @@ import numpy as np
 
 from . import _compose, conv_channels, elementwise_numba, jit
 from .jit import kernel_helper, parallel_kernel, prange, sized
-from ._rows import copy_plus, copy_relu, row_sum
+from ._rows import row_sum, write_channels
 from ._tiles import (TILE_SPEED, channel_positions, channel_tile, channel_width, lanes, whole, winograd_gradient,
                      winograd_input, winograd_output)
 
@@ -150,7 +150,7 @@ def _winograd(x, w, b, y, relu, top, left, width, blocks, channels, tiles_h, til
               tasks):
     """:func:`forward`: the weight transformed and packed, then a task per share of the samples."""
     n, c_in = x.shape[:2]
-    c_out = w.shape[0]
+    c_out, oh, ow = y.shape[1], y.shape[2], y.shape[3]
     for k in prange(blocks * width):
         _pack_channel(w, packed, k, blocks, width)
     hp, wp = 2 * tiles_h + 2, 2 * tiles_w + 2  # the padded plane the tiles read
@@ -161,6 +161,7 @@ def _winograd(x, w, b, y, relu, top, left, width, blocks, channels, tiles_h, til
         o = np.empty(4 * tiles_h * tiles_w * width, x.dtype)
         v[:] = 0  # the tiles past the last are summed too: zeros, not leftovers
         for s in range(task * n // tasks, (task + 1) * n // tasks):
+            out = y[s].reshape(c_out * oh * ow)
             _pad_positions(x[s], plane, top, left, wp, channels)
             _transform_input(plane, v, wp, channels, tiles_h, tiles_w, tiles)
             for k in range(blocks):
@@ -169,7 +170,11 @@ def _winograd(x, w, b, y, relu, top, left, width, blocks, channels, tiles_h, til
                         channel_tile(m, (e * tiles + q) * width, packed, (e * blocks + k) * c_in * width, v, starts,
                                      e * tiles + q, taps, width, False)
                 _transform_output(m, o, width, tiles_h, tiles_w, tiles)
-                _write_block(o, y[s], b, k * width, min(width, c_out - k * width), width, 2 * tiles_w, relu)
+                count = min(width, c_out - k * width)
+                rows = oh if 2 * tiles_w == ow else 1  # output rows that lie in o as in y[s]: one run
+                for r in range(0, oh, rows):
+                    write_channels(o, 2 * r * tiles_w * width, width, b, k * width, count, rows * ow, out,
+                                   k * width * oh * ow + r * ow, oh * ow, relu)
 
 
 @kernel_helper
@@ -235,20 +240,6 @@ def _transform_output(m, o, width, tiles_h, tiles_w, tiles):
             q = i * tiles_w + j
             for c in range(0, width, n):
                 winograd_output(o, 2 * i * row + 2 * j * width + c, row, width, m, q * width + c, tiles * width)
-
-
-@kernel_helper
-def _write_block(o, ys, b, k0, count, width, o_width, relu):
-    """Channels ``k0 .. k0 + count - 1`` of the output ``ys`` (C_out, OH, OW) from ``o`` (position-major,
-    ``width`` channels a position, rows of ``o_width`` positions), plus the bias, through a ReLU with ``relu``."""
-    oh, ow = ys.shape[1], ys.shape[2]
-    for k in range(count):
-        for r in range(oh):
-            column = o[r * o_width * width + k : (r * o_width + ow) * width : width]
-            if relu:
-                copy_relu(ys[k0 + k, r], column, b[k0 + k])
-            else:
-                copy_plus(ys[k0 + k, r], column, b[k0 + k])
 
 
 @parallel_kernel
