@@ -32,7 +32,10 @@ from ._tiles import (DOT_COLS, DOT_ROWS, ROWS, TILE_SPEED, dot_segments, dot_seg
 
 _BLOCK_BYTES = 1 << 17  # input a block of positions reads (channels x positions): it stays in L2 cache
 _TASKS_PER_THREAD = 8
-_SEGMENT_BYTES = 1 << 18  # the weight gradient's input rows for one stretch of positions: they stay in L2 cache
+_SEGMENT_BYTES = 1 << 19  # the weight gradient's input rows for one stretch of positions: they stay in L2 cache
+# (half of a 1 MiB L2). Against 256 KiB, Zen 4, 2 threads, 15 interleaved rounds: 0.75-0.90x on mobilenet_dw's
+# pointwise convs (64->128, 128->128 on 16x16, 128->256 on 8x8 at batch 32), 0.86x for 256->512 on 4x4,
+# 0.94-1.01x on the other zoo shapes.
 _LEAST_POSITIONS = 256  # but a stretch is this long at least, as its dot products' final sums cost (measured, one
 # thread, 512->128 channels on 8x8 at batch 32: 18, 25 and 22 GMAC/s for stretches of 128, 256 and 512 positions)
 _MOST_POSITIONS = 2048  # positions a dot product sums in float32 at most before it is added to a float64 sum
