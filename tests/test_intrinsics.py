@@ -13,6 +13,7 @@ import pytest
 numba = pytest.importorskip("numba")
 
 from fastcnn.kernels import _pool_vectors as pv  # noqa: E402
+from fastcnn.kernels import _rows as row_ops  # noqa: E402
 from fastcnn.kernels import _tiles as tiles  # noqa: E402
 from fastcnn.kernels import jit  # noqa: E402
 
@@ -77,6 +78,11 @@ def _winograd_gradient(z, z_at, z_step, g, g_at, g_row, g_col):
 @numba.njit
 def _transpose_tile(out, out_at, out_step, rows, src, src_at, src_step, cols, plus, plus_at, relu):
     tiles.transpose_tile(out, out_at, out_step, rows, src, src_at, src_step, cols, plus, plus_at, relu)
+
+
+@numba.njit
+def _write_channels(buffer, buffer_at, width, b, c0, count, length, out, out_at, out_step, relu):
+    row_ops.write_channels(buffer, buffer_at, width, b, c0, count, length, out, out_at, out_step, relu)
 
 
 @numba.njit
@@ -433,3 +439,23 @@ def test_transpose_tile_writes_a_position_major_tile_channel_major(dtype, relu):
                 want[out_at + c * out_step + p] = 0 if relu and v <= 0 else v
         _transpose_tile(out, out_at, out_step, rows, src, src_at, src_step, cols, plus, plus_at, relu)
         np.testing.assert_array_equal(out, want, err_msg=f"rows {rows}, cols {cols}")
+
+
+@pytest.mark.parametrize("relu", [False, True])
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_write_channels_writes_any_block_of_a_position_major_buffer_channel_major(dtype, relu):
+    """``write_channels`` tiles ``transpose_tile`` over channel and position counts that are not whole
+    vectors (and are): the same values as a loop, nothing else in ``out`` written."""
+    rng = np.random.default_rng(13)
+    n = _lanes(dtype)
+    for width, c0, count, length in ((n, 0, n, 3 * n), (2 * n, 3, 2 * n - 3, 2 * n + 5), (n + 3, 1, n + 2, 7),
+                                     (1, 0, 1, 1)):
+        buffer_at, out_at, out_step = 5, 2, length + 3
+        buffer = rng.standard_normal(buffer_at + length * width).astype(dtype)
+        b = rng.standard_normal(c0 + count).astype(dtype)
+        out = np.full(out_at + count * out_step, 7.5, dtype)
+        want = out.copy()
+        block = buffer[buffer_at:].reshape(length, width)[:, :count].T + b[c0:, None]
+        want[out_at:].reshape(count, out_step)[:, :length] = np.where(relu & (block <= 0), 0, block)
+        _write_channels(buffer, buffer_at, width, b, c0, count, length, out, out_at, out_step, relu)
+        np.testing.assert_array_equal(out, want, err_msg=f"width {width}, count {count}, length {length}")

@@ -63,13 +63,13 @@ def sum_shares(sums, bias, grad_w, grad_b):
 
 
 @kernel_helper
-def write_channels(rows, rows_at, width, b, c0, count, length, out, out_at, out_step, relu):
-    """``out[out_at + c*out_step + p] = rows[rows_at + p*width + c] + b[c0 + c]`` for ``c < count`` and ``p <
-    length``, through a ReLU with ``relu``: ``length`` positions of a buffer of ``width`` channels a position
-    written channel-major, a tile of a vector of channels by a vector of positions at a time, in registers
-    (:func:`._tiles.transpose_tile`: 0.3-0.4x the time of a strided copy per channel)."""
-    n = lanes(rows.itemsize)
+def write_channels(buffer, buffer_at, width, b, c0, count, length, out, out_at, out_step, relu):
+    """``out[out_at + c*out_step + p] = buffer[buffer_at + p*width + c] + b[c0 + c]`` for ``c < count`` and ``p <
+    length``, through a ReLU with ``relu``: ``length`` positions of a position-major buffer of ``width``
+    channels a position written channel-major, a tile of a vector of channels by a vector of positions at a
+    time, transposed in registers (:func:`._tiles.transpose_tile`)."""
+    n = lanes(buffer.itemsize)
     for v in range(0, count, n):
         for p in range(0, length, n):
-            transpose_tile(out, out_at + v * out_step + p, out_step, min(n, count - v), rows, rows_at + p * width + v,
-                           width, min(n, length - p), b, c0 + v, relu)
+            transpose_tile(out, out_at + v * out_step + p, out_step, min(n, count - v), buffer,
+                           buffer_at + p * width + v, width, min(n, length - p), b, c0 + v, relu)

@@ -14,7 +14,8 @@ The transforms of Winograd's F(2x2, 3x3) (``winograd_input``, ``winograd_output`
 see :mod:`.winograd`) take one vector of channels of a tile at a time, all sixteen values of it in registers.
 ``transpose_tile`` turns a square of vectors (positions by channels) into channels by positions with
 shuffles, in registers, so that the kernels that keep channels in the lanes write channel-major planes
-with vector stores instead of a scalar scatter.
+with vector stores instead of a strided copy per channel (or, in the strided input gradient, a scalar
+scatter).
 
 A vector is :data:`jit.VECTOR_BYTES` bytes (:func:`lanes`): one register of the target, 64 bytes on
 AVX-512 and 32 on AVX2. The tiles' shapes (below) are chosen for the target's register file: 32 vector

@@ -17,9 +17,11 @@ block (:func:`._tiles.channel_tile`).
 One launch does the whole pass. Its tasks are samples (in the forward pass split by blocks of output
 channels and by positions where there are fewer samples than threads want): each copies its sample
 into a zero-padded plane of its own, computes its tiles into a position-major buffer while both stay
-in cache, and writes the buffer out, transposed to the output's channel-major planes (plus the bias
-and through a ReLU if asked; a strided input gradient's to each phase's positions). Every task writes
-its own part of the output, so the result does not depend on the thread count.
+in cache, and writes the buffer out, transposed to the output's channel-major planes in registers
+(:func:`._rows.write_channels`; plus the bias and through a ReLU if asked). A strided input gradient
+first copies each phase's tiles to their places in a position-major plane of the block, then writes
+that plane out so. Every task writes its own part of the output, so the result does not depend on the
+thread count.
 """
 from __future__ import annotations
 
