@@ -31,6 +31,11 @@ def _store_row(out, w, row, col, src, offsets, first, stop, add):
 
 
 @numba.njit
+def _store_narrow(out, w, row, col, src, offsets, first, stop, add, rows, vectors):
+    tiles.store_narrow(out, w, row, col, src, offsets, first, stop, add, rows, vectors)
+
+
+@numba.njit
 def _dot_tile(out, g, g_starts, x, x_starts, length):
     tiles.dot_tile(out, g, g_starts, x, x_starts, length, 0)
 
@@ -126,10 +131,15 @@ def test_a_vector_width_other_than_32_or_64_is_refused(monkeypatch):
 
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("rows", [tiles.ROWS, 1])
-def test_store_tile_sums_shifted_reads(dtype, rows):
-    rng = np.random.default_rng(rows)
-    width = tiles.VECTORS * _lanes(dtype)
-    call = _store_tile if rows == tiles.ROWS else _store_row
+@pytest.mark.parametrize("vectors", [tiles.VECTORS, 1, 2])
+def test_store_tile_sums_shifted_reads(dtype, rows, vectors):
+    rng = np.random.default_rng(rows * 10 + vectors)
+    width = vectors * _lanes(dtype)
+    if vectors < tiles.VECTORS:
+        def call(*args):
+            _store_narrow(*args, rows, vectors)
+    else:
+        call = _store_tile if rows == tiles.ROWS else _store_row
     for trial in range(6):
         n_taps = int(rng.integers(1, 20))
         out = rng.standard_normal((rows + 3, width * 2 + 5)).astype(dtype)

@@ -166,22 +166,23 @@ def _int(value: int):
     return ir.Constant(ir.IntType(64), value)
 
 
-def _store_tile(rows: int):
+def _store_tile(rows: int, width: int = VECTORS):
     """An intrinsic ``store_tile(out, w, row, col, src, offsets, first, stop, add)``:
     ``out[row + r, col + q] = sum(w[row + r, t] * src[offsets[t] + col + q] for first <= t < stop)``
-    for ``r < rows`` and ``q < VECTORS * lanes``; with ``add`` true the sum is added to ``out`` instead.
+    for ``r < rows`` and ``q < width * lanes`` (``width`` vectors); with ``add`` true the sum is added to
+    ``out`` instead.
 
     ``out`` and ``w`` are C-contiguous 2-D arrays, ``src`` 1-D, ``offsets`` int64: tap ``t`` of row
     ``r`` weighs ``src`` shifted by ``offsets[t]``. The caller keeps every read and write in bounds.
     """
     def store_tile(typingctx, out, w, row, col, src, offsets, first, stop, add):
-        return _store_tile_typing(rows, out, w, src, offsets)
+        return _store_tile_typing(rows, width, out, w, src, offsets)
 
-    store_tile.__name__ = store_tile.__qualname__ = f"store_tile_{rows}"  # one name per intrinsic
+    store_tile.__name__ = store_tile.__qualname__ = f"store_tile_{rows}x{width}"  # one name per intrinsic
     return intrinsic(store_tile)
 
 
-def _store_tile_typing(rows, out, w, src, offsets):
+def _store_tile_typing(rows, width, out, w, src, offsets):
     if not (_float_arrays(out, w, src) and out.ndim == w.ndim == 2 and src.ndim == 1
             and isinstance(offsets, types.Array) and offsets.dtype == types.int64):
         return None
@@ -196,23 +197,23 @@ def _store_tile_typing(rows, out, w, src, offsets):
         n, zero, splat, load, store = vectors.n, vectors.zero, vectors.splat, vectors.load_all, vectors.store_all
         out_width = cgutils.unpack_tuple(builder, out_a.shape, 2)[1]
         n_taps = cgutils.unpack_tuple(builder, w_a.shape, 2)[1]
-        acc = [[cgutils.alloca_once_value(builder, zero) for _ in range(VECTORS)] for _ in range(rows)]
+        acc = [[cgutils.alloca_once_value(builder, zero) for _ in range(width)] for _ in range(rows)]
         w_rows = [builder.mul(builder.add(row, _int(r)), n_taps) for r in range(rows)]
         with cgutils.for_range_slice(builder, first, stop, _int(1)) as (t, _):
             start = builder.add(builder.load(builder.gep(offsets_a.data, [t])), col)
-            xs = [load(src_a.data, builder.add(start, _int(n * v))) for v in range(VECTORS)]
+            xs = [load(src_a.data, builder.add(start, _int(n * v))) for v in range(width)]
             for r in range(rows):
                 weight = splat(builder.load(builder.gep(w_a.data, [builder.add(w_rows[r], t)])))
-                for v in range(VECTORS):
+                for v in range(width):
                     builder.store(vectors.fma(weight, xs[v], builder.load(acc[r][v])), acc[r][v])
         bases = [builder.add(builder.mul(builder.add(row, _int(r)), out_width), col) for r in range(rows)]
         with builder.if_then(args[8]):
             for r in range(rows):
-                for v in range(VECTORS):
+                for v in range(width):
                     at = builder.add(bases[r], _int(n * v))
                     builder.store(builder.fadd(builder.load(acc[r][v]), load(out_a.data, at)), acc[r][v])
         for r in range(rows):
-            for v in range(VECTORS):
+            for v in range(width):
                 store(builder.load(acc[r][v]), out_a.data, builder.add(bases[r], _int(n * v)))
         return context.get_dummy_value()
 
@@ -479,6 +480,8 @@ _winograd_gradient = _winograd_transform(_winograd_a, 2, "winograd_gradient_tile
 
 _store_tile_rows = _store_tile(ROWS)
 _store_tile_one = _store_tile(1)
+_store_tile_rows_1, _store_tile_rows_2 = _store_tile(ROWS, 1), _store_tile(ROWS, 2)  # (store_narrow's)
+_store_tile_one_1, _store_tile_one_2 = _store_tile(1, 1), _store_tile(1, 2)
 _dot_tile_rows = _dot_tile(DOT_ROWS, DOT_COLS, False)
 _dot_tile_one = _dot_tile(1, DOT_COLS, False)
 _dense_tile = _dot_tile(DENSE_ROWS, DENSE_COLS, True)
@@ -489,13 +492,15 @@ _channel_tile_narrow = _channel_tile(CHANNEL_ACCUMULATORS, 1)
 
 
 @register_jitable
-def check_store_tile(rows, out, w, row, col, src, offsets, first, stop):
-    """Assert the preconditions of a ``store_tile`` of ``rows`` rows: every read and write in bounds."""
+def check_store_tile(rows, vectors, out, w, row, col, src, offsets, first, stop):
+    """Assert the preconditions of a ``store_tile`` of ``rows`` rows by ``vectors`` vectors: every read
+    and write in bounds."""
+    width = vectors * lanes(out.itemsize)
     assert 0 <= row and row + rows <= out.shape[0] and row + rows <= w.shape[0], "store_tile: rows out of bounds"
-    assert 0 <= col and col + tile_width(out.itemsize) <= out.shape[1], "store_tile: columns out of bounds"
+    assert 0 <= col and col + width <= out.shape[1], "store_tile: columns out of bounds"
     assert 0 <= first and first <= stop and stop <= w.shape[1] and stop <= offsets.size, "store_tile: taps out of bounds"
     for t in range(first, stop):
-        assert 0 <= offsets[t] + col and offsets[t] + col + tile_width(out.itemsize) <= src.size, \
+        assert 0 <= offsets[t] + col and offsets[t] + col + width <= src.size, \
             "store_tile: a shifted read of src is out of bounds"
 
 
@@ -529,7 +534,7 @@ def check_dot_segments(rows, cols, out, g, g_starts, g_step, x, x_starts, x_step
 def store_tile(out, w, row, col, src, offsets, first, stop, add):
     """The :func:`_store_tile` intrinsic for :data:`ROWS` rows (bounds asserted under ``jit.CHECK_BOUNDS``)."""
     if CHECK_BOUNDS:
-        check_store_tile(ROWS, out, w, row, col, src, offsets, first, stop)
+        check_store_tile(ROWS, VECTORS, out, w, row, col, src, offsets, first, stop)
     _store_tile_rows(out, w, row, col, src, offsets, first, stop, add)
 
 
@@ -537,8 +542,26 @@ def store_tile(out, w, row, col, src, offsets, first, stop, add):
 def store_row(out, w, row, col, src, offsets, first, stop, add):
     """:func:`store_tile` for one row: outputs of fewer than :data:`FEW_ROWS` rows."""
     if CHECK_BOUNDS:
-        check_store_tile(1, out, w, row, col, src, offsets, first, stop)
+        check_store_tile(1, VECTORS, out, w, row, col, src, offsets, first, stop)
     _store_tile_one(out, w, row, col, src, offsets, first, stop, add)
+
+
+@register_jitable(inline="always")
+def store_narrow(out, w, row, col, src, offsets, first, stop, add, rows, vectors):
+    """:func:`store_tile` (``rows`` :data:`ROWS`) or :func:`store_row` (``rows`` 1) over ``vectors``
+    vectors of positions, fewer than :data:`VECTORS`: a plane's last positions, without computing a whole
+    tile's width for them."""
+    if CHECK_BOUNDS:
+        check_store_tile(rows, vectors, out, w, row, col, src, offsets, first, stop)
+    if rows == ROWS:
+        if vectors == 1:
+            _store_tile_rows_1(out, w, row, col, src, offsets, first, stop, add)
+        else:
+            _store_tile_rows_2(out, w, row, col, src, offsets, first, stop, add)
+    elif vectors == 1:
+        _store_tile_one_1(out, w, row, col, src, offsets, first, stop, add)
+    else:
+        _store_tile_one_2(out, w, row, col, src, offsets, first, stop, add)
 
 
 @register_jitable(inline="always")

@@ -4,8 +4,9 @@ arrays as they lie: a sample's channels are rows of ``H*W`` positions in NCHW, s
 stride-1 kernels' wide layout and none out of it.
 
 The tasks are (sample, block of positions, group of output rows): a block's input stays in cache while
-every tile of rows reads it. A tile covers whole vectors of positions; the last positions of a plane
-that do not fill one go through a small zero-padded copy. (Measured against the wide-layout kernel and
+every tile of rows reads it. A tile covers :data:`._tiles.VECTORS` vectors of positions; a plane's last
+whole vectors that do not fill one take a narrower tile (``store_narrow``), and its last positions that do not
+fill a vector go through a zero-padded copy of one vector. (Measured against the wide-layout kernel and
 PyTorch on MobileNet's 1x1 convs at batch 256, 2 threads: 1.5-1.9x faster than the first, 0.7-1.0x
 PyTorch's time.)
 
@@ -27,8 +28,8 @@ from . import jit
 from .jit import kernel_helper, parallel_kernel, prange, sized
 from ._planes import narrow
 from ._rows import copy_plus, copy_relu, row_sum, sum_shares
-from ._tiles import (DOT_COLS, DOT_ROWS, ROWS, TILE_SPEED, dot_segments, dot_segments_row, lanes, store_row,
-                     store_tile, tile_width, whole)
+from ._tiles import (DOT_COLS, DOT_ROWS, ROWS, TILE_SPEED, VECTORS, dot_segments, dot_segments_row, lanes,
+                     store_narrow, store_row, store_tile, tile_width, whole)
 
 _BLOCK_BYTES = 1 << 17  # input a block of positions reads (channels x positions): it stays in L2 cache
 _TASKS_PER_THREAD = 8
@@ -103,50 +104,59 @@ def _product(x, taps, b, relu, y, block, groups, pass_taps):
     """:func:`product`, tasks of (sample, ``block`` positions, one of ``groups`` groups of row tiles)."""
     n, channels, positions = x.shape
     rows = y.shape[1]
-    width = tile_width(x.itemsize)
+    width, n_lanes = tile_width(x.itemsize), lanes(x.itemsize)
     blocks = -(-positions // block)
     per_pass = -(-channels // -(-channels // pass_taps))
     units = -(-rows // ROWS)
     per_group = -(-units // groups)
     offsets = np.arange(channels) * positions
-    tail_offsets = np.arange(channels) * width
+    rest_offsets = np.arange(channels) * n_lanes
     for task in prange(n * blocks * groups):
         s, blk, group = task // (blocks * groups), task // groups % blocks, task % groups
         src, out = x[s].reshape(channels * positions), y[s]
         p0 = blk * block
         p1 = min(positions, p0 + block)
-        body = p0 + (p1 - p0) // width * width
-        tail = p1 - body
-        if tail:  # the block's last positions, zero-padded to a whole vector, and their tile
-            tail_src = np.zeros(channels * width, dtype=x.dtype)
+        tiles_end = p0 + (p1 - p0) // width * width  # whole tiles, then whole vectors in a narrow tile
+        vectors_end = p0 + (p1 - p0) // n_lanes * n_lanes
+        narrow = (vectors_end - tiles_end) // n_lanes
+        rest = p1 - vectors_end
+        if rest:  # the block's last positions, fewer than a vector, zero-padded to one, and their tile
+            rest_src = np.zeros(channels * n_lanes, dtype=x.dtype)
             for c in range(channels):
-                for k in range(tail):
-                    tail_src[c * width + k] = src[c * positions + body + k]
-            tail_out = np.empty((units * ROWS, width), dtype=x.dtype)
+                for k in range(rest):
+                    rest_src[c * n_lanes + k] = src[c * positions + vectors_end + k]
+            rest_out = np.empty((units * ROWS, n_lanes), dtype=x.dtype)
         for unit in range(group * per_group, min(units, (group + 1) * per_group)):
             r0 = unit * ROWS
             r1 = min(rows, r0 + ROWS)
             for t0 in range(0, channels, per_pass):
                 t1 = min(channels, t0 + per_pass)
-                for p in range(p0, body, width):
-                    _tile(out, taps, r0, r1, p, src, offsets, t0, t1)
-                if tail:
-                    _tile(tail_out, taps, r0, r1, 0, tail_src, tail_offsets, t0, t1)
+                for p in range(p0, tiles_end, width):
+                    _tile(out, taps, r0, r1, p, src, offsets, t0, t1, VECTORS)
+                if narrow:
+                    _tile(out, taps, r0, r1, tiles_end, src, offsets, t0, t1, narrow)
+                if rest:
+                    _tile(rest_out, taps, r0, r1, 0, rest_src, rest_offsets, t0, t1, 1)
             for r in range(r0, r1):
-                _finish(out[r, p0:body], out[r, p0:body], b[r], relu)
-                if tail:
-                    _finish(out[r, body:p1], tail_out[r, :tail], b[r], relu)
+                _finish(out[r, p0:vectors_end], out[r, p0:vectors_end], b[r], relu)
+                if rest:
+                    _finish(out[r, vectors_end:p1], rest_out[r, :rest], b[r], relu)
 
 
 @kernel_helper
-def _tile(out, taps, r0, r1, p, src, offsets, t0, t1):
-    """Rows ``r0`` to ``r1`` of ``out`` at the positions of one tile from ``p``, summed over taps ``t0``
-    to ``t1`` (added to what they hold after the first pass): a whole tile, or a row at a time."""
-    if r1 - r0 == ROWS:
-        store_tile(out, taps, r0, p, src, offsets, t0, t1, t0 > 0)
-    else:
-        for r in range(r0, r1):
-            store_row(out, taps, r, p, src, offsets, t0, t1, t0 > 0)
+def _tile(out, taps, r0, r1, p, src, offsets, t0, t1, vectors):
+    """Rows ``r0`` to ``r1`` of ``out`` at ``vectors`` vectors of positions from ``p`` (a whole tile,
+    :data:`VECTORS`, or fewer), summed over taps ``t0`` to ``t1`` (added to what they hold after the
+    first pass): a whole tile of rows, or a row at a time."""
+    rows = ROWS if r1 - r0 == ROWS else 1
+    for r in range(r0, r1, rows):
+        if vectors == VECTORS:
+            if rows == ROWS:
+                store_tile(out, taps, r, p, src, offsets, t0, t1, t0 > 0)
+            else:
+                store_row(out, taps, r, p, src, offsets, t0, t1, t0 > 0)
+        else:
+            store_narrow(out, taps, r, p, src, offsets, t0, t1, t0 > 0, rows, vectors)
 
 
 @kernel_helper
