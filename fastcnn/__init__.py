@@ -33,7 +33,7 @@ Where things are
   the faster (``fastcnn.dispatch_report()``; force one with ``fastcnn.set_backend``);
   ``fastcnn.set_num_threads`` sets the threads.
 """
-from . import blocks, callbacks, functional, layers, losses, models, optim, threads
+from . import blocks, callbacks, functional, layers, losses, memory, models, optim, threads
 from ._version import __version__
 from .callbacks import Callback, EarlyStopping, ModelCheckpoint
 from .blocks import Residual

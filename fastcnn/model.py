@@ -7,7 +7,7 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from . import _untrusted, dispatch, inference, onnx_io, saving
+from . import _untrusted, dispatch, inference, memory, onnx_io, saving
 from ._checks import positive_int
 from ._version import __version__
 from .callbacks import Callback, CallbackList
@@ -348,6 +348,11 @@ class Sequential:
         ------
         TrainingDivergedError
             When the loss stops being finite; the model keeps the last weights that gave a finite loss.
+
+        Notes
+        -----
+        Under glibc, the first ``fit`` of a process has the allocator keep freed memory for reuse
+        (:func:`fastcnn.memory.keep_freed_memory`; ``FASTCNN_KEEP_FREED_MEMORY=0`` leaves it alone).
         """
         x = self._prepare_input(x)
         positive_int("batch_size", batch_size)
@@ -356,6 +361,7 @@ class Sequential:
             raise ValueError("x is empty: fit needs at least one sample")
         optimizer = get_optimizer(optimizer)
         self.loss = loss = get_loss(loss)
+        memory.keep_freed_memory()  # each step's arrays in the memory the last one freed, not fresh pages
         if validation_split:
             x, y, validation_data = _split_validation(x, y, validation_split, validation_data)
         y = loss.check_targets(y, (len(x),) + self.output_shapes(x.shape[1:])[-1])
