@@ -5,8 +5,8 @@ at the next step. glibc's malloc hands blocks over its mmap threshold (128 KiB a
 32 MiB) straight back to the system when they are freed, and trims the top of its heap once more than
 twice that is free there, so the next step's arrays come from fresh memory, at one page fault per 4 KiB
 on first touch. Measured on an AMD Zen 4, 2 threads, the zoo's training steps: ``mobilenet_dw`` took
-2,200-2,600 page faults and 14-20 ms of system time a step (66-71 ms a step against 51-54 with the
-thresholds below), ``resnet_mini`` 2,300-2,650. (PyTorch has the same problem; its users set
+2,200-2,600 page faults and 14-20 ms of system time a step (66-71 ms a step against 51-54 with both
+thresholds raised to 1 GB), ``resnet_mini`` 2,300-2,650. (PyTorch has the same problem; its users set
 ``MALLOC_MMAP_THRESHOLD_`` and ``MALLOC_TRIM_THRESHOLD_`` in the environment.)
 
 :func:`keep_freed_memory`, which :meth:`~fastcnn.Sequential.fit` calls, raises both thresholds once per
