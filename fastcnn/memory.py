@@ -12,18 +12,19 @@ thresholds raised to 1 GB), ``resnet_mini`` 2,300-2,650. (PyTorch has the same p
 :func:`keep_freed_memory`, which :meth:`~fastcnn.Sequential.fit` calls, raises both thresholds once per
 process, unless the environment already sets glibc's malloc options (the user's choice stands) or
 ``FASTCNN_KEEP_FREED_MEMORY=0``. The price: memory that a step freed stays with the process (up to
-:data:`TRIM_THRESHOLD` of it free at the heap's top) instead of going back to the system. Elsewhere than
-glibc it does nothing.
+:data:`TRIM_THRESHOLD` of it free at the heap's top, and any freed below the top, as for every block
+glibc serves from its heap) instead of going back to the system. Elsewhere than glibc it does nothing.
 """
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 import os
+import sys
 
 __all__ = ["MMAP_THRESHOLD", "TRIM_THRESHOLD", "keep_freed_memory"]
 
 MMAP_THRESHOLD = 1 << 28  # blocks up to 256 MiB come from the heap, whose freed memory is reused
+OLD_GLIBC_MMAP_THRESHOLD = 1 << 25  # the most that older glibc accepts
 TRIM_THRESHOLD = 1 << 29  # the heap gives memory back only when more than 512 MiB is free at its top
 _M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3  # mallopt's parameter numbers (malloc.h)
 _USER_SETTINGS = ("MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_", "MALLOC_TOP_PAD_", "MALLOC_MMAP_MAX_")
@@ -47,25 +48,25 @@ def keep_freed_memory() -> bool:
 
 
 def _apply() -> bool:
-    if os.environ.get("FASTCNN_KEEP_FREED_MEMORY", "1") == "0":
+    if os.environ.get("FASTCNN_KEEP_FREED_MEMORY", "1") in ("", "0"):
         return False
     if any(name in os.environ for name in _USER_SETTINGS) or "glibc.malloc" in os.environ.get("GLIBC_TUNABLES", ""):
         return False
     libc = _glibc()
     if libc is None:
         return False
-    return bool(libc.mallopt(_M_MMAP_THRESHOLD, MMAP_THRESHOLD)) and bool(libc.mallopt(_M_TRIM_THRESHOLD, TRIM_THRESHOLD))
+    # older glibc refuses an mmap threshold over HEAP_MAX_SIZE / 2 (32 MiB on 64-bit): take that there
+    if not (libc.mallopt(_M_MMAP_THRESHOLD, MMAP_THRESHOLD) or libc.mallopt(_M_MMAP_THRESHOLD, OLD_GLIBC_MMAP_THRESHOLD)):
+        return False
+    return bool(libc.mallopt(_M_TRIM_THRESHOLD, TRIM_THRESHOLD))
 
 
 def _glibc() -> ctypes.CDLL | None:
-    """The process's C library if it is glibc (which has ``gnu_get_libc_version`` and ``mallopt``)."""
-    name = ctypes.util.find_library("c")
-    if name is None:
+    """The process's own C library if it is glibc (which has ``gnu_get_libc_version`` and ``mallopt``),
+    found among the symbols the process has loaded: no search that would start a program."""
+    if sys.platform != "linux":
         return None
-    try:
-        libc = ctypes.CDLL(name)
-    except OSError:
-        return None
+    libc = ctypes.CDLL(None)
     if not (hasattr(libc, "gnu_get_libc_version") and hasattr(libc, "mallopt")):
         return None
     libc.mallopt.argtypes, libc.mallopt.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int

@@ -480,6 +480,7 @@ _winograd_gradient = _winograd_transform(_winograd_a, 2, "winograd_gradient_tile
 
 _store_tile_rows = _store_tile(ROWS)
 _store_tile_one = _store_tile(1)
+assert VECTORS == 3, "store_narrow has tiles of 1 and 2 vectors: every width below VECTORS"
 _store_tile_rows_1, _store_tile_rows_2 = _store_tile(ROWS, 1), _store_tile(ROWS, 2)  # (store_narrow's)
 _store_tile_one_1, _store_tile_one_2 = _store_tile(1, 1), _store_tile(1, 2)
 _dot_tile_rows = _dot_tile(DOT_ROWS, DOT_COLS, False)
@@ -552,6 +553,7 @@ def store_narrow(out, w, row, col, src, offsets, first, stop, add, rows, vectors
     vectors of positions, fewer than :data:`VECTORS`: a plane's last positions, without computing a whole
     tile's width for them."""
     if CHECK_BOUNDS:
+        assert (rows == ROWS or rows == 1) and 1 <= vectors < VECTORS, "store_narrow: not a narrow tile or row"
         check_store_tile(rows, vectors, out, w, row, col, src, offsets, first, stop)
     if rows == ROWS:
         if vectors == 1:

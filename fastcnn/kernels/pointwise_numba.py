@@ -118,7 +118,7 @@ def _product(x, taps, b, relu, y, block, groups, pass_taps):
         p1 = min(positions, p0 + block)
         tiles_end = p0 + (p1 - p0) // width * width  # whole tiles, then whole vectors in a narrow tile
         vectors_end = p0 + (p1 - p0) // n_lanes * n_lanes
-        narrow = (vectors_end - tiles_end) // n_lanes
+        narrow_vectors = (vectors_end - tiles_end) // n_lanes
         rest = p1 - vectors_end
         if rest:  # the block's last positions, fewer than a vector, zero-padded to one, and their tile
             rest_src = np.zeros(channels * n_lanes, dtype=x.dtype)
@@ -133,8 +133,8 @@ def _product(x, taps, b, relu, y, block, groups, pass_taps):
                 t1 = min(channels, t0 + per_pass)
                 for p in range(p0, tiles_end, width):
                     _tile(out, taps, r0, r1, p, src, offsets, t0, t1, VECTORS)
-                if narrow:
-                    _tile(out, taps, r0, r1, tiles_end, src, offsets, t0, t1, narrow)
+                if narrow_vectors:
+                    _tile(out, taps, r0, r1, tiles_end, src, offsets, t0, t1, narrow_vectors)
                 if rest:
                     _tile(rest_out, taps, r0, r1, 0, rest_src, rest_offsets, t0, t1, 1)
             for r in range(r0, r1):
