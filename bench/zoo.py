@@ -162,7 +162,8 @@ def fastcnn_runner(model: fastcnn.Sequential, kind: str, x: np.ndarray, y: np.nd
     """One training step (``kind="train"``) or one inference of ``model`` on ``x`` under ``backend``'s policy.
 
     The step is what :meth:`~fastcnn.Sequential.fit` does per batch: forward with training on, the
-    loss, backward (no input gradient) and the optimizer's update.
+    loss, backward (no input gradient) and the optimizer's update, with the allocator as ``fit`` sets it
+    (:func:`fastcnn.memory.keep_freed_memory`).
     """
     if kind == "infer":
         def infer():
@@ -171,6 +172,7 @@ def fastcnn_runner(model: fastcnn.Sequential, kind: str, x: np.ndarray, y: np.nd
         return infer
     loss = fastcnn.CrossEntropyLoss()
     opt = fastcnn.SGD(0.01, momentum=0.9)
+    fastcnn.memory.keep_freed_memory()  # as fit has it: the step's arrays reuse what the last one freed
 
     def step():
         with fastcnn.use_backend(backend), blas.held():
