@@ -13,8 +13,9 @@ import fastcnn.functional as F
 from .conftest import BACKENDS
 
 SHAPES = [  # (N, C_in, H, W), C_out
-    ((3, 5, 7, 7), 10),       # 49 positions: one whole vector of float32 and a tail; a ragged row tile
-    ((2, 12, 9, 9), 11),      # 81 positions: whole tiles, a narrow tile (1 or 2 vectors) and 1 more, in every
+    ((3, 5, 7, 7), 10),       # 49 positions: a narrow tile of 3 float32 vectors (AVX-512) or whole tiles
+                              # (AVX2), and a tail; a ragged row tile
+    ((2, 12, 9, 9), 11),      # 81 positions: whole tiles, a narrower one (1 or 2 vectors) and 1 more, in every
                               # geometry and dtype; a ragged row tile
     ((2, 32, 32, 32), 64),    # MobileNet's first pointwise conv, parallel
     ((1, 128, 8, 8), 20),     # one sample: tasks by groups of rows

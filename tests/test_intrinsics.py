@@ -31,8 +31,8 @@ def _store_row(out, w, row, col, src, offsets, first, stop, add):
 
 
 @numba.njit
-def _store_narrow(out, w, row, col, src, offsets, first, stop, add, rows, vectors):
-    tiles.store_narrow(out, w, row, col, src, offsets, first, stop, add, rows, vectors)
+def _store_point(out, w, row, col, src, offsets, first, stop, add, rows, vectors):
+    tiles.store_point(out, w, row, col, src, offsets, first, stop, add, rows, vectors)
 
 
 @numba.njit
@@ -129,17 +129,21 @@ def test_a_vector_width_other_than_32_or_64_is_refused(monkeypatch):
         jit._vector_bytes()
 
 
+STORE_TILES = ([("tile", tiles.ROWS, tiles.VECTORS), ("row", 1, tiles.VECTORS)]
+               + [("point", rows, vectors) for rows in (tiles.POINT_ROWS, 1) for vectors in range(1, tiles.POINT_VECTORS + 1)])
+
+
 @pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("rows", [tiles.ROWS, 1])
-@pytest.mark.parametrize("vectors", [tiles.VECTORS, 1, 2])
-def test_store_tile_sums_shifted_reads(dtype, rows, vectors):
+@pytest.mark.parametrize("kind, rows, vectors", STORE_TILES)
+def test_store_tile_sums_shifted_reads(dtype, kind, rows, vectors):
+    """``store_tile``, ``store_row`` and every geometry of the 1x1 conv's ``store_point``."""
     rng = np.random.default_rng(rows * 10 + vectors)
     width = vectors * _lanes(dtype)
-    if vectors < tiles.VECTORS:
+    if kind == "point":
         def call(*args):
-            _store_narrow(*args, rows, vectors)
+            _store_point(*args, rows, vectors)
     else:
-        call = _store_tile if rows == tiles.ROWS else _store_row
+        call = _store_tile if kind == "tile" else _store_row
     for trial in range(6):
         n_taps = int(rng.integers(1, 20))
         out = rng.standard_normal((rows + 3, width * 2 + 5)).astype(dtype)

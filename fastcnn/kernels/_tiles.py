@@ -26,6 +26,8 @@ their arrays (see each factory) and drop what lands in the padding.
 """
 from __future__ import annotations
 
+import functools
+
 from llvmlite import ir
 from numba import types
 from numba.core import cgutils
@@ -38,6 +40,10 @@ if VECTOR_BYTES == 64:  # AVX-512: 32 vector registers
     DOT_ROWS, DOT_COLS = 4, 6  # the weight gradient's tile, 4 output channels by 6 (input channel, tap) pairs:
     # measured best of 2x3 .. 12x3 and 4x6 (4x6 over 4x3: 3-12% less time on lenet's 8->16 gradient, 17-20% on a 32->64)
     DENSE_ROWS, DENSE_COLS = 4, 5  # input rows by outputs: an MLP's ten outputs in two calls
+    POINT_ROWS, POINT_VECTORS = 4, 4  # a 1x1 conv's tile (store_point, pointwise_numba): output rows by vectors of
+    # positions. Measured against 8x3 on the zoo's ten 1x1 shapes (planes of 64 to 1024 positions, 10 to 256
+    # outputs, one thread, interleaved): 4x4 took 0.79-0.96x the time, 6x4 0.87-0.96x, 5x4 0.82-1.02x, 7x4
+    # (spilled) 1.0-1.19x, 3x8 1.27-1.36x; with 2 threads 4x4 took 0.80-0.94x
     CHANNEL_ACCUMULATORS, CHANNEL_VECTORS = 24, 4  # channel_tile: 24 vector sums; a block of 4 vectors (64 float32
     # channels) by 6 positions, or of one vector by 24 positions where a conv has two vectors of channels or fewer.
     # Measured, 3x3 convs at batch 64: with 64 output channels 12x2 took 1.2-1.3x the time of 6x4 and 24x1 1.1-1.4x;
@@ -50,6 +56,8 @@ else:  # AVX2: 16 vector registers, so 12 accumulators and the loads and broadca
     # 1.0-1.07x, 4x2 1.04-1.16x, 3x4 1.5-1.8x (spilled). The AVX-512 shapes above took 1.3-2.2x (split into
     # 256-bit halves, their 24 sums, 20 for the dense tile, need 48 or 40 registers and spill).
     ROWS, VECTORS = 4, 3
+    POINT_ROWS, POINT_VECTORS = 4, 3  # against these, 3x4 took 1.14-1.59x the time and 4x4 1.43-2.0x (znver4 run
+    # as haswell, the zoo's 1x1 shapes, one thread)
     DOT_ROWS, DOT_COLS = 4, 3
     DENSE_ROWS, DENSE_COLS = 4, 3
     CHANNEL_ACCUMULATORS, CHANNEL_VECTORS = 12, 2
@@ -166,7 +174,8 @@ def _int(value: int):
     return ir.Constant(ir.IntType(64), value)
 
 
-def _store_tile(rows: int, width: int = VECTORS):
+@functools.lru_cache(maxsize=None)  # one intrinsic (and one name) a geometry
+def _store_tile(rows: int, width: int):
     """An intrinsic ``store_tile(out, w, row, col, src, offsets, first, stop, add)``:
     ``out[row + r, col + q] = sum(w[row + r, t] * src[offsets[t] + col + q] for first <= t < stop)``
     for ``r < rows`` and ``q < width * lanes`` (``width`` vectors); with ``add`` true the sum is added to
@@ -478,11 +487,14 @@ _winograd_input = _winograd_transform(_winograd_bt, 4, "winograd_input_tile")  #
 _winograd_output = _winograd_transform(_winograd_at, 4, "winograd_output_tile")  # A^T M A: a 2x2 output tile
 _winograd_gradient = _winograd_transform(_winograd_a, 2, "winograd_gradient_tile")  # A dy A^T of a 2x2 gradient tile
 
-_store_tile_rows = _store_tile(ROWS)
-_store_tile_one = _store_tile(1)
-assert VECTORS == 3, "store_narrow has tiles of 1 and 2 vectors: every width below VECTORS"
-_store_tile_rows_1, _store_tile_rows_2 = _store_tile(ROWS, 1), _store_tile(ROWS, 2)  # (store_narrow's)
-_store_tile_one_1, _store_tile_one_2 = _store_tile(1, 1), _store_tile(1, 2)
+_store_tile_rows = _store_tile(ROWS, VECTORS)
+_store_tile_one = _store_tile(1, VECTORS)
+assert 2 <= POINT_VECTORS <= 4, "store_point has tiles of 1 to 4 vectors"
+# (with 3 vectors, the fourth is the third again: store_point never calls it, but every branch is compiled)
+_point_tiles = tuple(_store_tile(POINT_ROWS, min(v, POINT_VECTORS)) for v in range(1, 5))
+_point_rows = tuple(_store_tile(1, min(v, POINT_VECTORS)) for v in range(1, 5))
+_point_tile_1, _point_tile_2, _point_tile_3, _point_tile_4 = _point_tiles
+_point_row_1, _point_row_2, _point_row_3, _point_row_4 = _point_rows
 _dot_tile_rows = _dot_tile(DOT_ROWS, DOT_COLS, False)
 _dot_tile_one = _dot_tile(1, DOT_COLS, False)
 _dense_tile = _dot_tile(DENSE_ROWS, DENSE_COLS, True)
@@ -548,22 +560,36 @@ def store_row(out, w, row, col, src, offsets, first, stop, add):
 
 
 @register_jitable(inline="always")
-def store_narrow(out, w, row, col, src, offsets, first, stop, add, rows, vectors):
-    """:func:`store_tile` (``rows`` :data:`ROWS`) or :func:`store_row` (``rows`` 1) over ``vectors``
-    vectors of positions, fewer than :data:`VECTORS`: a plane's last positions, without computing a whole
-    tile's width for them."""
+def point_width(itemsize: int) -> int:
+    """Output positions per :func:`store_point` tile: :data:`POINT_VECTORS` vectors."""
+    return POINT_VECTORS * lanes(itemsize)
+
+
+@register_jitable(inline="always")
+def store_point(out, w, row, col, src, offsets, first, stop, add, rows, vectors):
+    """The :func:`_store_tile` intrinsic of a 1x1 conv's product: ``rows`` (:data:`POINT_ROWS` or 1) output
+    rows by ``vectors`` vectors of positions (:data:`POINT_VECTORS`, or fewer for a plane's last whole
+    vectors), bounds asserted under ``jit.CHECK_BOUNDS``."""
     if CHECK_BOUNDS:
-        assert (rows == ROWS or rows == 1) and 1 <= vectors < VECTORS, "store_narrow: not a narrow tile or row"
+        assert (rows == POINT_ROWS or rows == 1) and 1 <= vectors <= POINT_VECTORS, "store_point: not a point tile"
         check_store_tile(rows, vectors, out, w, row, col, src, offsets, first, stop)
-    if rows == ROWS:
+    if rows == POINT_ROWS:
         if vectors == 1:
-            _store_tile_rows_1(out, w, row, col, src, offsets, first, stop, add)
+            _point_tile_1(out, w, row, col, src, offsets, first, stop, add)
+        elif vectors == 2:
+            _point_tile_2(out, w, row, col, src, offsets, first, stop, add)
+        elif vectors == 3:
+            _point_tile_3(out, w, row, col, src, offsets, first, stop, add)
         else:
-            _store_tile_rows_2(out, w, row, col, src, offsets, first, stop, add)
+            _point_tile_4(out, w, row, col, src, offsets, first, stop, add)
     elif vectors == 1:
-        _store_tile_one_1(out, w, row, col, src, offsets, first, stop, add)
+        _point_row_1(out, w, row, col, src, offsets, first, stop, add)
+    elif vectors == 2:
+        _point_row_2(out, w, row, col, src, offsets, first, stop, add)
+    elif vectors == 3:
+        _point_row_3(out, w, row, col, src, offsets, first, stop, add)
     else:
-        _store_tile_one_2(out, w, row, col, src, offsets, first, stop, add)
+        _point_row_4(out, w, row, col, src, offsets, first, stop, add)
 
 
 @register_jitable(inline="always")

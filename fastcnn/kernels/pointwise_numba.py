@@ -1,14 +1,16 @@
 """1x1 convs (stride 1, no padding) as one matrix product per sample, ``y[s] = W @ x[s] (+ b)``, on the
 arrays as they lie: a sample's channels are rows of ``H*W`` positions in NCHW, so a register tile
-(:func:`._tiles.store_tile`) reads the input and writes the output in place, with no copy into the
+(:func:`._tiles.store_point`) reads the input and writes the output in place, with no copy into the
 stride-1 kernels' wide layout and none out of it.
 
 The tasks are (sample, block of positions, group of output rows): a block's input stays in cache while
-every tile of rows reads it. A tile covers :data:`._tiles.VECTORS` vectors of positions; a plane's last
-whole vectors that do not fill one take a narrower tile (``store_narrow``), and its last positions that do not
-fill a vector go through a zero-padded copy of one vector. (Measured against the wide-layout kernel and
-PyTorch on MobileNet's 1x1 convs at batch 256, 2 threads: 1.5-1.9x faster than the first, 0.7-1.0x
-PyTorch's time.)
+every tile of rows reads it. A tile (:func:`._tiles.store_point`) is :data:`._tiles.POINT_ROWS` output rows
+by :data:`._tiles.POINT_VECTORS` vectors of positions (4 by 4 on AVX-512: 64 float32 positions, a whole
+number of which fills the planes of 8x8, 16x16 and 32x32); a plane's last whole vectors that do not fill
+one take a narrower tile, and its last positions that do not fill a vector go through a zero-padded copy
+of one vector. (Measured against the wide-layout kernel and PyTorch on MobileNet's 1x1 convs at batch
+256, 2 threads: 1.5-1.9x faster than the first, 0.7-1.0x PyTorch's time, with tiles of 8 rows by 3
+vectors; 4 by 4 then took 0.80-0.94x of that time on the zoo's 1x1 shapes.)
 
 The weight gradient, ``sum(g[s] @ x[s].T)`` over the samples, also reads the arrays as they lie
 (:func:`grad_weight`): a register tile of output by input channels sums its dot products over a
@@ -28,8 +30,8 @@ from . import jit
 from .jit import kernel_helper, parallel_kernel, prange, sized
 from ._planes import narrow
 from ._rows import copy_plus, copy_relu, row_sum, sum_shares
-from ._tiles import (DOT_COLS, DOT_ROWS, ROWS, TILE_SPEED, VECTORS, dot_segments, dot_segments_row, lanes,
-                     store_narrow, store_row, store_tile, tile_width, whole)
+from ._tiles import (DOT_COLS, DOT_ROWS, POINT_ROWS, POINT_VECTORS, TILE_SPEED, dot_segments, dot_segments_row,
+                     lanes, point_width, store_point, whole)
 
 _BLOCK_BYTES = 1 << 17  # input a block of positions reads (channels x positions): it stays in L2 cache
 _TASKS_PER_THREAD = 8
@@ -89,10 +91,10 @@ def product(x, taps, b, relu, y, pass_taps):
     ``pass_taps`` channels at a time (see :func:`.conv_numba._pass_taps`). Returns ``y``."""
     n, channels, positions = x.shape
     rows = y.shape[1]
-    width = tile_width(x.itemsize)
+    width = point_width(x.itemsize)
     block = max(1, _BLOCK_BYTES // (channels * width * x.itemsize)) * width
     blocks = -(-positions // block)
-    units = -(-rows // ROWS)
+    units = -(-rows // POINT_ROWS)
     groups = max(1, min(units, -(-_TASKS_PER_THREAD * jit.num_threads() // max(1, n * blocks))))
     bias = np.zeros(rows, x.dtype) if b is None else b
     sized(_product, n * positions * rows * channels // TILE_SPEED)(x, taps, bias, relu, y, block, groups, pass_taps)
@@ -104,10 +106,10 @@ def _product(x, taps, b, relu, y, block, groups, pass_taps):
     """:func:`product`, tasks of (sample, ``block`` positions, one of ``groups`` groups of row tiles)."""
     n, channels, positions = x.shape
     rows = y.shape[1]
-    width, n_lanes = tile_width(x.itemsize), lanes(x.itemsize)
+    width, n_lanes = point_width(x.itemsize), lanes(x.itemsize)
     blocks = -(-positions // block)
     per_pass = -(-channels // -(-channels // pass_taps))
-    units = -(-rows // ROWS)
+    units = -(-rows // POINT_ROWS)
     per_group = -(-units // groups)
     offsets = np.arange(channels) * positions
     rest_offsets = np.arange(channels) * n_lanes
@@ -125,14 +127,14 @@ def _product(x, taps, b, relu, y, block, groups, pass_taps):
             for c in range(channels):
                 for k in range(rest):
                     rest_src[c * n_lanes + k] = src[c * positions + vectors_end + k]
-            rest_out = np.empty((units * ROWS, n_lanes), dtype=x.dtype)
+            rest_out = np.empty((units * POINT_ROWS, n_lanes), dtype=x.dtype)
         for unit in range(group * per_group, min(units, (group + 1) * per_group)):
-            r0 = unit * ROWS
-            r1 = min(rows, r0 + ROWS)
+            r0 = unit * POINT_ROWS
+            r1 = min(rows, r0 + POINT_ROWS)
             for t0 in range(0, channels, per_pass):
                 t1 = min(channels, t0 + per_pass)
                 for p in range(p0, tiles_end, width):
-                    _tile(out, taps, r0, r1, p, src, offsets, t0, t1, VECTORS)
+                    _tile(out, taps, r0, r1, p, src, offsets, t0, t1, POINT_VECTORS)
                 if narrow_vectors:
                     _tile(out, taps, r0, r1, tiles_end, src, offsets, t0, t1, narrow_vectors)
                 if rest:
@@ -146,17 +148,13 @@ def _product(x, taps, b, relu, y, block, groups, pass_taps):
 @kernel_helper
 def _tile(out, taps, r0, r1, p, src, offsets, t0, t1, vectors):
     """Rows ``r0`` to ``r1`` of ``out`` at ``vectors`` vectors of positions from ``p`` (a whole tile,
-    :data:`VECTORS`, or fewer), summed over taps ``t0`` to ``t1`` (added to what they hold after the
+    :data:`POINT_VECTORS`, or fewer), summed over taps ``t0`` to ``t1`` (added to what they hold after the
     first pass): a whole tile of rows, or a row at a time."""
-    rows = ROWS if r1 - r0 == ROWS else 1
-    for r in range(r0, r1, rows):
-        if vectors == VECTORS:
-            if rows == ROWS:
-                store_tile(out, taps, r, p, src, offsets, t0, t1, t0 > 0)
-            else:
-                store_row(out, taps, r, p, src, offsets, t0, t1, t0 > 0)
-        else:
-            store_narrow(out, taps, r, p, src, offsets, t0, t1, t0 > 0, rows, vectors)
+    if r1 - r0 == POINT_ROWS:
+        store_point(out, taps, r0, p, src, offsets, t0, t1, t0 > 0, POINT_ROWS, vectors)
+    else:
+        for r in range(r0, r1):
+            store_point(out, taps, r, p, src, offsets, t0, t1, t0 > 0, 1, vectors)
 
 
 @kernel_helper
