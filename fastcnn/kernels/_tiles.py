@@ -43,7 +43,8 @@ if VECTOR_BYTES == 64:  # AVX-512: 32 vector registers
     POINT_ROWS, POINT_VECTORS = 4, 4  # a 1x1 conv's tile (store_point, pointwise_numba): output rows by vectors of
     # positions. Measured against 8x3 on the zoo's ten 1x1 shapes (planes of 64 to 1024 positions, 10 to 256
     # outputs, one thread, interleaved): 4x4 took 0.79-0.96x the time, 6x4 0.87-0.96x, 5x4 0.82-1.02x, 7x4
-    # (spilled) 1.0-1.19x, 3x8 1.27-1.36x; with 2 threads 4x4 took 0.80-0.94x
+    # (spilled) 1.0-1.19x, 3x8 1.27-1.36x; then the product itself, 8x3 against 4x4 in one process: 0.88-1.01x the
+    # time with 2 threads, 0.80-1.00x with one
     CHANNEL_ACCUMULATORS, CHANNEL_VECTORS = 24, 4  # channel_tile: 24 vector sums; a block of 4 vectors (64 float32
     # channels) by 6 positions, or of one vector by 24 positions where a conv has two vectors of channels or fewer.
     # Measured, 3x3 convs at batch 64: with 64 output channels 12x2 took 1.2-1.3x the time of 6x4 and 24x1 1.1-1.4x;

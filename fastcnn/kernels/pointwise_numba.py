@@ -10,7 +10,7 @@ number of which fills the planes of 8x8, 16x16 and 32x32); a plane's last whole 
 one take a narrower tile, and its last positions that do not fill a vector go through a zero-padded copy
 of one vector. (Measured against the wide-layout kernel and PyTorch on MobileNet's 1x1 convs at batch
 256, 2 threads: 1.5-1.9x faster than the first, 0.7-1.0x PyTorch's time, with tiles of 8 rows by 3
-vectors; 4 by 4 then took 0.80-0.94x of that time on the zoo's 1x1 shapes.)
+vectors; 4 by 4 then took 0.88-1.01x of that time on the zoo's 1x1 shapes, 2 threads.)
 
 The weight gradient, ``sum(g[s] @ x[s].T)`` over the samples, also reads the arrays as they lie
 (:func:`grad_weight`): a register tile of output by input channels sums its dot products over a
