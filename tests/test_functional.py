@@ -162,9 +162,11 @@ def test_max_pool2d_matches_reference_with_ties(case):
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
-def test_max_pool2d_2x2_on_wide_rows_with_nans_and_any_indices(backend, dtype, rng):
-    # 35 windows a row: several vectors of windows and a part vector; odd height and width.
-    x = np.maximum(rng.integers(-2, 3, (2, 3, 9, 71)), 0).astype(dtype)
+@pytest.mark.parametrize("width", [71, 32, 9])
+def test_max_pool2d_2x2_on_wide_rows_with_nans_and_any_indices(backend, dtype, width, rng):
+    # 35 windows a row (odd height and width): several vectors of windows and a part vector; 16: whole
+    # vectors only; 4: a part vector only.
+    x = np.maximum(rng.integers(-2, 3, (2, 3, 9, width)), 0).astype(dtype)
     x[0, 1, 2, 5] = x[0, 1, 3, 4] = x[1, 2, 8, 7] = np.nan
     want_y, want_idx = ref.max_pool2d(x, (2, 2), (2, 2), (0, 0))
     y, idx = F.max_pool2d(x, 2, backend=backend)
@@ -174,7 +176,7 @@ def test_max_pool2d_2x2_on_wide_rows_with_nans_and_any_indices(backend, dtype, r
     np.testing.assert_allclose(F.max_pool2d_backward(gy, idx, x.shape, backend=backend),
                                _scatter_reference(gy, idx, x.shape), **TOL[dtype])
     # Indices outside their 2x2 block, repeated ones among them: every gradient still lands, and sums.
-    any_idx = rng.integers(0, 9 * 71, y.shape)
+    any_idx = rng.integers(0, 9 * width, y.shape)
     any_idx[1, 0, 0, :3] = 5
     np.testing.assert_allclose(F.max_pool2d_backward(gy, any_idx, x.shape, backend=backend),
                                _scatter_reference(gy, any_idx, x.shape), **TOL[dtype])
