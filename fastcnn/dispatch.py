@@ -102,7 +102,17 @@ def get_backend() -> str:
         return local
     if _global_policy is not None:
         return _global_policy
-    return _check_policy(os.environ.get("FASTCNN_BACKEND", "auto") or "auto", "FASTCNN_BACKEND")
+    return _check_policy(_environment("FASTCNN_BACKEND") or "auto", "FASTCNN_BACKEND")
+
+
+def _environment(name: str) -> str | None:
+    """``os.environ.get(name)``, without the KeyError that raises and catches inside for a variable not
+    set (a microsecond or two, per predict call)."""
+    data = getattr(os.environ, "_data", None)  # CPython's and PyPy's os._Environ: the encoded variables
+    if data is None:
+        return os.environ.get(name)
+    value = data.get(os.environ.encodekey(name))
+    return None if value is None else os.environ.decodevalue(value)
 
 
 @contextmanager

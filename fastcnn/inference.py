@@ -64,7 +64,7 @@ from .kernels.scratch import KEEP_BYTES, aligned_bytes, zero_padded
 from .steps import fuse
 
 if backends.jit.NUMBA_AVAILABLE:
-    from .kernels import conv_numba, norm_numba
+    from .kernels import conv_numba, linear_numba, norm_numba
 
 __all__ = ["InferencePlan", "current_plan", "fold_batch_norm"]
 
@@ -119,9 +119,20 @@ def _fold_into(weight: np.ndarray, bias: np.ndarray, bn, w_out: np.ndarray, b_ou
 
 
 def _live(layer: Layer) -> Arrays:
-    """The layer's own weight and bias (zeros when it has none), read at each call."""
+    """The layer's own weight and bias (zeros when it has none): :data:`fixed` arrays."""
     zeros = np.zeros(layer.params["weight"].shape[0], layer.params["weight"].dtype)
-    return lambda: (layer.params["weight"], layer.params.get("bias", zeros))
+    return _fixed(lambda: (layer.params["weight"], layer.params.get("bias", zeros)))
+
+
+def _fixed(arrays: Arrays) -> Arrays:
+    """``arrays``, marked as giving the same arrays as long as the plan is current (its parameter arrays
+    are the same objects, :meth:`InferencePlan.is_current`): a plan calls it once, not per predict call."""
+    arrays.fixed = True
+    return arrays
+
+
+def _no_arrays() -> tuple:
+    return ()
 
 
 def _folded(layer: Layer, bn) -> Arrays:
@@ -203,7 +214,7 @@ class _Step:
     a new array where nothing after the step makes one, else a buffer of the plan that the next call
     in the thread overwrites."""
 
-    arrays: Arrays = staticmethod(lambda: ())
+    arrays: Arrays = staticmethod(_fixed(_no_arrays))
     makes_new_arrays = False  # whether the step's output never shares memory with its input
 
     def __init__(self, dtype: np.dtype) -> None:
@@ -342,6 +353,8 @@ class _Linear(_Step):
     def bind(self, x, arrays, policy, output):
         check_allocation("linear output", (x.shape[0], self.w_shape[0]), self.dtype)
         kernel = dispatch.chosen("linear", (x.shape, self.w_shape, self.dtype.char), (x, *arrays), policy)
+        if backends.jit.NUMBA_AVAILABLE and kernel is linear_numba.linear_forward:  # its route chosen once
+            kernel = linear_numba.forward_for(x.shape[0], self.w_shape, self.dtype.itemsize)
         relu = self.relu
         return lambda x, arrays: kernel(x, *arrays, relu)
 
@@ -537,6 +550,11 @@ class InferencePlan:
             self._slots.append(None if fresh or not step.makes_new_arrays else made % 2)
             made += step.makes_new_arrays
         self._bound: dict[tuple, list[Run]] = {}
+        self._residuals = [step for step in self.steps if type(step) is _Residual]
+        fixed = [getattr(step.arrays, "fixed", False) for step in self.steps]
+        self._fixed_arrays = [step.arrays() if is_fixed else None for step, is_fixed in zip(self.steps, fixed)]
+        self._changing_arrays = [(k, step.arrays) for k, (step, is_fixed) in enumerate(zip(self.steps, fixed))
+                                 if not is_fixed]
 
     def is_current(self, layers: list[Layer], dtype) -> bool:
         """Whether the plan was built for these layers (the same objects), their backends, ``dtype`` and
@@ -553,7 +571,10 @@ class InferencePlan:
         for store, key, value in self._arrays:
             if store.get(key) is not value:
                 return False
-        return all(step.is_current(dtype) for step in self.steps if type(step) is _Residual)
+        for step in self._residuals:
+            if not step.is_current(dtype):
+                return False
+        return True
 
     def predict(self, x: np.ndarray, batch_size: int) -> np.ndarray:
         """Outputs for ``x`` (already validated: the model's dtype and per-sample shape), in batches."""
@@ -565,8 +586,11 @@ class InferencePlan:
                                for start in range(0, len(x), batch_size)])
 
     def _step_arrays(self) -> list:
-        """What each step's ``arrays`` gives now (batch norm folded): for one predict call."""
-        return [step.arrays() for step in self.steps]
+        """What each step's ``arrays`` gives now (batch norm folded): for one predict call of a current plan."""
+        arrays = self._fixed_arrays.copy()
+        for k, changing in self._changing_arrays:
+            arrays[k] = changing()
+        return arrays
 
     def _run(self, h: np.ndarray, arrays: list[tuple], policy: str, threads: int) -> np.ndarray:
         runs = self._bound.get((h.shape, policy, threads))

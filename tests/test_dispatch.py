@@ -76,6 +76,16 @@ def test_env_variable_sets_the_default(monkeypatch, spy):
     monkeypatch.setenv("FASTCNN_BACKEND", "gpu")
     with pytest.raises(ValueError, match=r"FASTCNN_BACKEND must be one of .* got 'gpu'"):
         F.conv2d(X, W)
+    monkeypatch.setenv("FASTCNN_BACKEND", "")  # empty: the default
+    assert fastcnn.get_backend() == "auto"
+    monkeypatch.delenv("FASTCNN_BACKEND")
+    assert fastcnn.get_backend() == "auto"
+    os.environ["FASTCNN_BACKEND"] = "numpy"  # set as a program would, after the first read
+    try:
+        assert fastcnn.get_backend() == "numpy"
+    finally:
+        del os.environ["FASTCNN_BACKEND"]
+    assert fastcnn.get_backend() == "auto"
 
 
 def test_bad_names_are_rejected():

@@ -687,6 +687,8 @@ class PreparedConv:
         self._kernel = jit.serialized(kernel) if jit.SERIALIZE_KERNELS and kernel is _conv_wide_from else kernel
         self._own_runs = np.prod(self._shapes[0], dtype=np.float64) * self.dtype.itemsize <= _OWN_RUNS_BYTES
         self._local = threading.local()
+        self._settings = (self.relu, self.pooled, ow, self._per_task, self._groups, self._used, *self._plane,
+                          self._pass_taps, self._phases)  # the kernel's arguments after y, but idx
 
     @staticmethod
     def takes(x_shape: tuple, w_shape: tuple, geo, pool=None) -> bool:
@@ -703,33 +705,36 @@ class PreparedConv:
         tasks = -(-x_shape[0] // per_task) * _sample_groups(x_shape[0], per_task, w_shape[0])
         return tasks >= jit.num_threads() or _launch(x_shape, w_shape, geo) is not _conv_wide_from
 
-    def _temporaries(self, direct: bool) -> tuple:
-        """The input's runs (the kernel writes every value of them: scratch, or kept per thread where
-        they are small) and the tap matrix (the weight itself if ``direct``; else kept per thread, its
-        rows past the weight's zero)."""
-        runs = getattr(self._local, "runs", None)
-        if runs is None:
-            if self._own_runs:
-                runs = self._local.runs = np.zeros(self._shapes[0], self.dtype)
-            else:
-                runs = scratch("prepared runs", self._shapes[0], self.dtype)
-        if direct:
-            return runs, None
+    def _runs(self) -> np.ndarray:
+        """The input's runs, which the kernel writes every value of: scratch, or kept per thread where
+        they are small."""
+        if self._own_runs:
+            runs = self._local.runs = np.zeros(self._shapes[0], self.dtype)
+            return runs
+        return scratch("prepared runs", self._shapes[0], self.dtype)
+
+    def _taps(self) -> np.ndarray:
+        """The tap matrix for a weight that is not one: kept per thread, its rows past the weight's zero."""
         taps = getattr(self._local, "taps", None)
         if taps is None:
             taps = self._local.taps = np.zeros(self._shapes[1], self.dtype)
-        return runs, taps
+        return taps
 
     def __call__(self, x: np.ndarray, w: np.ndarray, b: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
-        direct = self._weight_taps and w.flags.writeable and w.flags.c_contiguous  # the kernel's taps are writable
-        runs, taps = self._temporaries(direct)
-        if direct:
-            taps = w.reshape(self._taps_shape)
+        runs = getattr(self._local, "runs", None)
+        if runs is None:
+            runs = self._runs()
+        if self._weight_taps and w.flags.writeable and w.flags.c_contiguous:  # the kernel's taps are writable
+            taps, copy_taps = w.reshape(self._taps_shape), False
+        else:
+            taps, copy_taps = self._taps(), True
         y = np.empty(self.out_shape, self.dtype) if out is None else out
-        idx = np.empty(self.out_shape, np.int64) if self.argmax else None
-        self._kernel(x, w, b, runs, taps, not direct, self._offsets, y, self.relu, self.pooled, self.ow,
-                     self._per_task, self._groups, self._used, *self._plane, self._pass_taps, self._phases, idx)
-        return (y, idx) if self.argmax else y
+        if not self.argmax:
+            self._kernel(x, w, b, runs, taps, copy_taps, self._offsets, y, *self._settings, None)
+            return y
+        idx = np.empty(self.out_shape, np.int64)
+        self._kernel(x, w, b, runs, taps, copy_taps, self._offsets, y, *self._settings, idx)
+        return y, idx
 
 
 def _prepared_planes(x_shape: tuple, w_shape: tuple, geo, pool) -> tuple[int, int] | None:

@@ -16,6 +16,9 @@ API makes it so).
 """
 from __future__ import annotations
 
+import functools
+from typing import Callable
+
 import numpy as np
 
 from .jit import kernel_helper, parallel_kernel, prange, sized
@@ -40,16 +43,32 @@ _TILED_COLUMN_BYTES = 1 << 18  # the most a column of the transposed weight's ti
 
 def linear_forward(x, w, b, relu=False):
     """``x @ w.T + b`` for ``x`` (N, in) and ``w`` (out, in), through a ReLU with ``relu``."""
+    return forward_for(x.shape[0], w.shape, x.itemsize)(x, w, b, relu)
+
+
+def forward_for(n: int, w_shape: tuple, itemsize: int) -> Callable[..., np.ndarray]:
+    """:func:`linear_forward` for ``n`` rows through a weight of ``w_shape``, its route chosen once (and
+    whether it runs on Numba's threads, for the thread count in force): for a caller that runs one
+    shape many times, such as the inference plan."""
+    work = n * w_shape[0] * w_shape[1] // TILE_SPEED
+    if n < DENSE_ROWS:  # a tile of rows would repeat rows: one row at a time
+        return functools.partial(_into_new, sized(_forward_rows, work))
+    if by_output_tiles(n, *w_shape, itemsize):
+        return functools.partial(_tiled_into_new, sized(_forward_tiled, work))
+    return functools.partial(_into_new, sized(_forward, work))
+
+
+def _into_new(kernel, x, w, b, relu):
     y = np.empty((x.shape[0], w.shape[0]), dtype=x.dtype)
-    work = x.shape[0] * w.size // TILE_SPEED
-    if x.shape[0] < DENSE_ROWS:  # a tile of rows would repeat rows: one row at a time
-        sized(_forward_rows, work)(x, w, b, y, relu)
-    elif by_output_tiles(x.shape[0], *w.shape, x.itemsize):
-        w_t = scratch("linear weight T", (w.shape[1], whole(w.shape[0], tile_width(x.itemsize))), x.dtype)
-        out = scratch("linear out", (whole(x.shape[0], ROWS), w_t.shape[1]), x.dtype)
-        sized(_forward_tiled, work)(x, w, b, y, relu, w_t, out)
-    else:
-        sized(_forward, work)(x, w, b, y, relu)
+    kernel(x, w, b, y, relu)
+    return y
+
+
+def _tiled_into_new(kernel, x, w, b, relu):
+    y = np.empty((x.shape[0], w.shape[0]), dtype=x.dtype)
+    w_t = scratch("linear weight T", (w.shape[1], whole(w.shape[0], tile_width(x.itemsize))), x.dtype)
+    out = scratch("linear out", (whole(x.shape[0], ROWS), w_t.shape[1]), x.dtype)
+    kernel(x, w, b, y, relu, w_t, out)
     return y
 
 

@@ -81,11 +81,16 @@ def _pool_rows(x, at, step, w, bias, relu, y, out, idx, rows, cols):
     whole = cols - cols % n
     for r in range(rows):
         for q in range(0, whole, n):
-            max_pairs(x, at + 2 * r * step + 2 * q, step, w, bias, relu, y, out + r * cols + q, idx,
-                      2 * r * w + 2 * q, n)
+            _pool_windows(x, at, step, w, bias, relu, y, out, idx, cols, r, q, n)
         if whole < cols:
-            max_pairs(x, at + 2 * r * step + 2 * whole, step, w, bias, relu, y, out + r * cols + whole, idx,
-                      2 * r * w + 2 * whole, cols - whole)
+            _pool_windows(x, at, step, w, bias, relu, y, out, idx, cols, r, whole, cols - whole)
+
+
+@kernel_helper
+def _pool_windows(x, at, step, w, bias, relu, y, out, idx, cols, r, q, count):
+    """:func:`._pool_vectors.max_pairs` on ``count`` windows from window ``q`` of window row ``r``."""
+    max_pairs(x, at + 2 * r * step + 2 * q, step, w, bias, relu, y, out + r * cols + q, idx,
+              2 * r * w + 2 * q, count)
 
 
 @parallel_kernel
