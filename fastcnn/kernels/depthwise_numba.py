@@ -431,8 +431,13 @@ def _column_masks(kw, dw, left, width, size):
 @kernel_helper
 def _finish_plane(plane, relu):
     """The ReLU (NaN kept) on an output ``plane`` just written, with ``relu``."""
+    _finish_flat(plane.reshape(plane.size), relu)
+
+
+@kernel_helper
+def _finish_flat(flat, relu):
+    """:func:`_finish_plane` of a plane given flat."""
     if relu:
-        flat = plane.reshape(plane.size)
         copy_relu(flat, flat, flat.dtype.type(0))
 
 
@@ -510,20 +515,23 @@ def _flat_planes(src, w, base, flip, count, divisor, dh, dw, top, left, out, per
     src_size = src.shape[2] * width
     size, length, offsets, masks, inside, halves = _flat_layout(rows, kh, kw, dh, dw, left, width)
     planes = n * planes_per_sample
+    src_flat, out_flat = src.reshape(src.size), out.reshape(out.size)  # planes as slices: no reshape per plane
     for task in prange(-(-planes // per_task)):
         buf = np.zeros((1, length), dtype=out.dtype)
         weights = np.empty((kw, kh), dtype=out.dtype)
         in_buf = -1  # the source plane buf holds (a multiplier's planes read one source in turn)
         for plane in range(task * per_task, min(planes, (task + 1) * per_task)):
             s, q = plane // planes_per_sample, plane % planes_per_sample
+            out_plane = out_flat[plane * size : (plane + 1) * size]
             for k in range(count):
                 o = q * count + k
-                if s * src.shape[1] + o // divisor != in_buf:
-                    in_buf = s * src.shape[1] + o // divisor
-                    _row_padded(buf[0], src[s, o // divisor].reshape(src_size), left + top * width)
+                source = s * src.shape[1] + o // divisor
+                if source != in_buf:
+                    in_buf = source
+                    _row_padded(buf[0], src_flat[source * src_size : (source + 1) * src_size], left + top * width)
                 _by_columns(weights, w[o, 0], flip)
-                _correlate_rows(out[s, q].reshape(size), buf, halves, weights, offsets, masks, inside, base[q], k > 0)
-            _finish_plane(out[s, q], relu)
+                _correlate_rows(out_plane, buf, halves, weights, offsets, masks, inside, base[q], k > 0)
+            _finish_flat(out_plane, relu)
     return out
 
 
@@ -539,13 +547,15 @@ def _grad_weight_flat(gy, x, kh, kw, dh, dw, top, left):
     group = stack_size(n, size)
     parts = phase_size(n, group)
     partial = np.zeros((parts, c_out, kh * kw + 1))  # the bias's sum last
+    gy_flat, x_flat = gy.reshape(gy.size), x.reshape(x.size)  # planes as slices: no reshape per plane
     for task in prange(parts * c_out):
         part, o = task // c_out, task % c_out
         buf, column = np.zeros(length, dtype=x.dtype), np.empty(kh)
         sums = partial[part, o]
         for s in range(part * group, min(n, part * group + group)):
-            g = gy[s, o].reshape(size)
-            _row_padded(buf, x[s, o // m].reshape(h * width), left + top * width)
+            g = gy_flat[(s * c_out + o) * size : (s * c_out + o + 1) * size]
+            source = s * c + o // m
+            _row_padded(buf, x_flat[source * h * width : (source + 1) * h * width], left + top * width)
             for j in range(kw):
                 column[:] = 0
                 if inside[j]:
