@@ -729,12 +729,9 @@ class PreparedConv:
         else:
             taps, copy_taps = self._taps(), True
         y = np.empty(self.out_shape, self.dtype) if out is None else out
-        if not self.argmax:
-            self._kernel(x, w, b, runs, taps, copy_taps, self._offsets, y, *self._settings, None)
-            return y
-        idx = np.empty(self.out_shape, np.int64)
+        idx = np.empty(self.out_shape, np.int64) if self.argmax else None
         self._kernel(x, w, b, runs, taps, copy_taps, self._offsets, y, *self._settings, idx)
-        return y, idx
+        return (y, idx) if self.argmax else y
 
 
 def _prepared_planes(x_shape: tuple, w_shape: tuple, geo, pool) -> tuple[int, int] | None:
